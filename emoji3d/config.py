@@ -1,0 +1,316 @@
+"""Typed settings loaded from ``config.toml`` and the environment.
+
+``load_config(path)`` parses the TOML file and validates it against the
+dataclasses below before anything starts. Every problem stops start-up with a
+:class:`~emoji3d.errors.ConfigError` whose message is one line naming the key
+and what was expected, e.g.::
+
+    config.toml: engine.lease_seconds must be an integer >= 5, got 'soon'
+
+Conventions:
+- Each TOML table maps to a dataclass; each key to a field. Unknown keys are
+  errors (a typo must never be silently ignored).
+- Constraints (ranges, choices) sit in the field's ``metadata`` and are
+  checked by the same walker, so the schema is the single source of truth.
+- Relative paths are resolved against the folder holding ``config.toml``.
+- Secrets never live in the file: bot tokens come from ``TELEGRAM_BOT_TOKEN``
+  and ``DISCORD_BOT_TOKEN`` and are wrapped in :class:`Secret`, whose ``repr``
+  and ``str`` never show the value, so a logged config cannot leak them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "config.toml"
+
+
+def _c(default=dataclasses.MISSING, *, ge=None, le=None, gt=None, choices=None, doc="", factory=None):
+    """A field with validation metadata."""
+    meta = {"ge": ge, "le": le, "gt": gt, "choices": choices, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Secret:
+    """A string that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: str = _c("data", doc="root of the database, blobs, caches and weights")
+    out_dir: str = _c("out", doc="where `emoji3d make` writes packs and previews")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = _c("", doc="SQLAlchemy URL; empty = SQLite file in data_dir")
+
+
+@dataclass(frozen=True)
+class BlobsConfig:
+    max_blob_mb: int = _c(64, ge=1, le=4096, doc="largest single blob accepted")
+    gc_grace_seconds: int = _c(3600, ge=0, doc="unreferenced blobs younger than this survive GC")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    device: str = _c("auto", choices=("auto", "cpu", "cuda"))
+    preset: str = _c("auto", choices=("auto", "pretrained", "slim"))
+    lease_seconds: int = _c(120, ge=5, le=3600)
+    heartbeat_seconds: int = _c(20, ge=1, le=600)
+    poll_seconds: float = _c(1.0, gt=0, le=60)
+    max_attempts: int = _c(3, ge=1, le=20)
+    restart_backoff_seconds: float = _c(5.0, ge=0, le=600)
+    seed: int = _c(0, ge=0)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_upload_mb: int = _c(20, ge=1, le=20, doc="Telegram getFile serves at most 20 MB")
+    max_image_megapixels: float = _c(40.0, gt=0, le=100)
+    min_face_px: int = _c(128, ge=32, le=1024)
+    max_yaw_degrees: float = _c(40.0, gt=0, le=90)
+    max_pitch_degrees: float = _c(30.0, gt=0, le=90)
+    jobs_per_user_per_day: int = _c(10, ge=1)
+    active_jobs_per_user: int = _c(1, ge=1, le=10)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    selfie_retention_hours: int = _c(24, ge=0, le=24 * 365)
+    artifact_retention_days: int = _c(30, ge=0, le=3650)
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    enabled: bool = _c(True)
+    set_title_prefix: str = _c("My 3D emoji")
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    enabled: bool = _c(True)
+    cooldown_seconds: int = _c(60, ge=0, le=86400)
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    dir: str = _c("", doc="empty = <data_dir>/weights")
+    manifest: str = _c("engine/weights_manifest.toml", doc="file listing every official weight file")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    id: str
+    cron: str
+    action: str = _c(choices=("regenerate_style_packs", "regenerate_outdated_packs"))
+    selector: dict = _c(factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = _c(factory=PathsConfig)
+    database: DatabaseConfig = _c(factory=DatabaseConfig)
+    blobs: BlobsConfig = _c(factory=BlobsConfig)
+    engine: EngineConfig = _c(factory=EngineConfig)
+    limits: LimitsConfig = _c(factory=LimitsConfig)
+    privacy: PrivacyConfig = _c(factory=PrivacyConfig)
+    telegram: TelegramConfig = _c(factory=TelegramConfig)
+    discord: DiscordConfig = _c(factory=DiscordConfig)
+    weights: WeightsConfig = _c(factory=WeightsConfig)
+    schedules: tuple = _c(factory=tuple)  # tuple[Schedule, ...] from [[schedules]]
+    # Filled from the environment, never from the file.
+    root: pathlib.Path = field(default=pathlib.Path("."), metadata={"internal": True})
+    telegram_token: Secret = field(default_factory=lambda: Secret(""), metadata={"internal": True})
+    discord_token: Secret = field(default_factory=lambda: Secret(""), metadata={"internal": True})
+
+    # Derived locations -------------------------------------------------
+    def resolve(self, p: str) -> pathlib.Path:
+        path = pathlib.Path(p).expanduser()
+        return path if path.is_absolute() else (self.root / path)
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self.resolve(self.paths.data_dir)
+
+    @property
+    def out_dir(self) -> pathlib.Path:
+        return self.resolve(self.paths.out_dir)
+
+    @property
+    def blob_dir(self) -> pathlib.Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def weights_dir(self) -> pathlib.Path:
+        return self.resolve(self.weights.dir) if self.weights.dir else self.data_dir / "weights"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'emoji3d.sqlite3'}"
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+
+
+def _describe(meta: dict, tp) -> str:
+    words = _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+    parts = [words]
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if meta.get("ge") is not None:
+        parts.append(f">= {meta['ge']}")
+    if meta.get("gt") is not None:
+        parts.append(f"> {meta['gt']}")
+    if meta.get("le") is not None:
+        parts.append(f"<= {meta['le']}")
+    return " ".join(parts)
+
+
+def _check_value(key: str, value, tp, meta: dict):
+    expected = _describe(meta, tp)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif tp is dict:
+        ok = isinstance(value, dict)
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"unsupported schema type {tp} for {key}")
+    if ok and meta.get("choices") and value not in meta["choices"]:
+        ok = False
+    if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if meta.get("ge") is not None and value < meta["ge"]:
+            ok = False
+        if meta.get("gt") is not None and value <= meta["gt"]:
+            ok = False
+        if meta.get("le") is not None and value > meta["le"]:
+            ok = False
+    if not ok:
+        raise ConfigError(f"config.toml: {key} must be {expected}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config.toml: {prefix.rstrip('.') or 'top level'} must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"config.toml: unknown key '{prefix}{unknown[0]}' (expected one of: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"config.toml: missing required key '{key}'")
+            continue
+        tp = hints[name]
+        value = data[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        elif cls is Config and name == "schedules":
+            if not isinstance(value, list):
+                raise ConfigError(f"config.toml: schedules must be an array of tables ([[schedules]]), got {value!r}")
+            items = [_build(Schedule, item, f"schedules[{i}].") for i, item in enumerate(value)]
+            ids = [s.id for s in items]
+            dup = next((i for i in ids if ids.count(i) > 1), None)
+            if dup:
+                raise ConfigError(f"config.toml: schedules[].id must be unique, got {dup!r} twice")
+            for i, s in enumerate(items):
+                _validate_cron(f"schedules[{i}].cron", s.cron)
+            kwargs[name] = tuple(items)
+        else:
+            if isinstance(tp, types.GenericAlias):
+                tp = typing.get_origin(tp)
+            kwargs[name] = _check_value(key, value, tp, f.metadata)
+    return cls(**kwargs)
+
+
+def _validate_cron(key: str, expr: str) -> None:
+    try:
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(expr)
+    except ValueError as exc:
+        raise ConfigError(f"config.toml: {key} must be a 5-field crontab expression, got {expr!r} ({exc})") from None
+
+
+def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Parse and validate ``config.toml``. Raises ConfigError (one line)."""
+    path = pathlib.Path(path) if path else pathlib.Path(os.environ.get("EMOJI3D_CONFIG", DEFAULT_CONFIG_PATH))
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config.toml: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config.toml: not valid TOML ({exc})") from None
+    cfg = _build(Config, raw, "")
+    if cfg.engine.heartbeat_seconds >= cfg.engine.lease_seconds:
+        raise ConfigError(
+            "config.toml: engine.heartbeat_seconds must be smaller than engine.lease_seconds "
+            f"({cfg.engine.lease_seconds}), got {cfg.engine.heartbeat_seconds}"
+        )
+    return dataclasses.replace(
+        cfg,
+        root=path.resolve().parent,
+        telegram_token=Secret(env.get("TELEGRAM_BOT_TOKEN", "").strip()),
+        discord_token=Secret(env.get("DISCORD_BOT_TOKEN", "").strip()),
+    )
+
+
+def enabled_frontends(cfg: Config) -> tuple[list[str], list[str]]:
+    """(enabled front ends, one-line notices for the disabled ones)."""
+    enabled, notices = [], []
+    for name, section, token, var in (
+        ("telegram", cfg.telegram, cfg.telegram_token, "TELEGRAM_BOT_TOKEN"),
+        ("discord", cfg.discord, cfg.discord_token, "DISCORD_BOT_TOKEN"),
+    ):
+        if not section.enabled:
+            notices.append(f"{name}: disabled in config.toml")
+        elif not token:
+            notices.append(f"{name}: disabled because {var} is not set")
+        else:
+            enabled.append(name)
+    return enabled, notices
