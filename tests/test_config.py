@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import pytest
+
+from emoji3d.config import Config, ConfigError, enabled_frontends, load_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+def test_repository_config_is_valid(repo_root):
+    cfg = load_config(repo_root / "config.toml", env={})
+    assert isinstance(cfg, Config)
+    assert cfg.database_url.startswith("sqlite:///")
+    assert cfg.weights_manifest.name == "weights_manifest.toml"
+    assert {s.action for s in cfg.schedules} == {"regenerate_style_packs", "regenerate_outdated_packs"}
+
+
+def test_defaults_apply_for_an_empty_file(tmp_path):
+    cfg = load_config(write(tmp_path, ""), env={})
+    assert cfg.engine.lease_seconds == 120
+    assert cfg.data_dir == tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[engine]\nlease_secnds = 5\n", "unknown key 'engine.lease_secnds'"),
+        ("[enigne]\n", "unknown key 'enigne'"),
+        ("[engine]\nlease_seconds = 'soon'\n", "engine.lease_seconds must be an integer >= 5 <= 3600, got 'soon'"),
+        ("[engine]\nlease_seconds = 2\n", "engine.lease_seconds must be an integer >= 5"),
+        ("[engine]\ndevice = 'tpu'\n", "engine.device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        ("[telegram]\nenabled = 1\n", "telegram.enabled must be true or false, got 1"),
+        ("[engine]\nlease_seconds = 10\nheartbeat_seconds = 10\n", "engine.heartbeat_seconds must be smaller"),
+        ("[[schedules]]\nid='a'\ncron='61 * * * *'\naction='regenerate_outdated_packs'\n", "schedules[0].cron"),
+        ("[[schedules]]\nid='a'\ncron='* * * * *'\naction='explode'\n", "schedules[0].action must be one of"),
+        ("[[schedules]]\ncron='* * * * *'\naction='regenerate_outdated_packs'\n", "missing required key 'schedules[0].id'"),
+        ("engine = 3\n", "engine must be a table"),
+        ("[engine\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_gives_one_line_naming_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith("config.toml: ")
+
+
+def test_tokens_come_from_environment_and_never_print(tmp_path):
+    cfg = load_config(write(tmp_path, ""), env={"TELEGRAM_BOT_TOKEN": "123:SECRET"})
+    assert cfg.telegram_token.reveal() == "123:SECRET"
+    assert "SECRET" not in repr(cfg) and "SECRET" not in str(cfg)
+    enabled, notices = enabled_frontends(cfg)
+    assert enabled == ["telegram"]
+    assert notices == ["discord: disabled because DISCORD_BOT_TOKEN is not set"]
+
+
+def test_disabled_frontend_notice(tmp_path):
+    cfg = load_config(write(tmp_path, "[telegram]\nenabled = false\n"), env={"TELEGRAM_BOT_TOKEN": "x"})
+    assert enabled_frontends(cfg)[0] == []
+
+
+def test_cli_exits_nonzero_with_one_line_on_bad_config(tmp_path):
+    bad = write(tmp_path, "[engine]\nlease_seconds = -1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "emoji3d.cli", "--config", str(bad), "jobs", "list"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["config.toml: engine.lease_seconds must be an integer >= 5 <= 3600, got -1"]
