@@ -1,0 +1,146 @@
+"""Lazy, digest-keyed build of our fused CUDA kernels (never at import).
+
+Each extension in ``EXTENSIONS`` is compiled on first use with ninja through
+``torch.utils.cpp_extension.load`` into
+``<cache>/<name>-<digest>/`` where ``digest`` hashes the source files, the
+torch and CUDA versions and the target GPU architectures, so a changed kernel,
+torch upgrade or another GPU never reuses a stale binary. ``<cache>`` is
+``$EMOJI3D_OPS_CACHE`` or ``~/.cache/emoji3d/ops``.
+
+If the build (or import) fails, ``impl='auto'`` emits one warning per
+extension and falls back to the pure-torch reference for the rest of the
+process; ``impl='cuda'`` raises :class:`OpsBuildError` instead.
+
+Target architectures: ``$TORCH_CUDA_ARCH_LIST`` when set (required on a
+machine without a GPU, e.g. a Docker build), else the visible GPU's.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import threading
+import warnings
+from types import ModuleType
+
+import torch
+
+SOURCE_DIR = pathlib.Path(__file__).resolve().parent / "cuda"
+
+# extension name -> source files (relative to SOURCE_DIR)
+EXTENSIONS: dict[str, list[str]] = {
+    "upfirdn2d": ["upfirdn2d.cpp", "upfirdn2d.cu"],
+    "bias_act": ["bias_act.cpp", "bias_act.cu"],
+    "modconv": ["modconv.cpp", "modconv.cu"],
+}
+
+IMPLS = ("ref", "cuda", "auto")
+
+_lock = threading.Lock()
+_loaded: dict[str, ModuleType] = {}  # process-wide cache of compiled modules
+_failed: dict[str, str] = {}  # name -> reason (warned once)
+
+
+class OpsBuildError(RuntimeError):
+    """A fused kernel was requested explicitly (impl='cuda') but is unavailable."""
+
+
+def cache_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("EMOJI3D_OPS_CACHE", pathlib.Path.home() / ".cache" / "emoji3d" / "ops"))
+
+
+def target_arch() -> str:
+    """The arch list the build targets (``TORCH_CUDA_ARCH_LIST`` or the GPU's)."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env:
+        return env
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"{major}.{minor}"
+    return ""
+
+
+def digest(name: str, arch: str | None = None) -> str:
+    """Hash of the sources + torch/CUDA versions + target arch."""
+    if name not in EXTENSIONS:
+        raise KeyError(f"unknown op extension {name!r}; known: {sorted(EXTENSIONS)}")
+    h = hashlib.sha256()
+    for src in EXTENSIONS[name]:
+        h.update(src.encode())
+        h.update((SOURCE_DIR / src).read_bytes())
+    h.update(f"torch={torch.__version__};cuda={torch.version.cuda};arch={arch if arch is not None else target_arch()}".encode())
+    return h.hexdigest()[:16]
+
+
+def build(name: str, verbose: bool = False) -> ModuleType:
+    """Compile (or reuse the cached build of) extension ``name``; raises on failure."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        from torch.utils import cpp_extension
+
+        arch = target_arch()
+        if not arch:
+            raise OpsBuildError("no CUDA device visible and TORCH_CUDA_ARCH_LIST is not set: nothing to build for")
+        if cpp_extension.CUDA_HOME is None:
+            raise OpsBuildError("CUDA toolkit (nvcc) not found; set CUDA_HOME")
+        dig = digest(name, arch)
+        build_dir = cache_root() / f"{name}-{dig}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+        try:
+            module = cpp_extension.load(
+                name=f"emoji3d_{name}_{dig}",
+                sources=[str(SOURCE_DIR / s) for s in EXTENSIONS[name]],
+                build_directory=str(build_dir),
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
+                verbose=verbose,
+            )
+        finally:
+            if old_arch is None:
+                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
+        _loaded[name] = module
+        return module
+
+
+def get(name: str) -> ModuleType | None:
+    """The built extension, or None after one warning if it cannot be built."""
+    if name in _loaded:
+        return _loaded[name]
+    if name in _failed:
+        return None
+    try:
+        return build(name)
+    except Exception as exc:  # noqa: BLE001 - any build failure means: fall back
+        _failed[name] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"emoji3d: could not build the fused CUDA op '{name}' ({_failed[name].splitlines()[0][:300]}); "
+            "falling back to the slower pure-torch reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def use_cuda(impl: str, x: torch.Tensor, name: str) -> bool:
+    """Decide the implementation for tensor ``x``: True = our fused kernel."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "ref":
+        return False
+    if impl == "cuda":
+        if not x.is_cuda:
+            raise OpsBuildError(f"impl='cuda' needs a CUDA tensor for op '{name}', got device {x.device}")
+        if name in _failed:
+            raise OpsBuildError(f"fused op '{name}' failed to build earlier: {_failed[name]}")
+        try:
+            build(name)
+        except Exception as exc:
+            _failed[name] = f"{type(exc).__name__}: {exc}"
+            raise OpsBuildError(f"fused op '{name}' failed to build: {exc}") from exc
+        return True
+    return x.is_cuda and get(name) is not None
