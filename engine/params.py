@@ -1,0 +1,86 @@
+"""Network weights as plain dictionaries.
+
+A long-lived engine keeps each pretrained network loaded once and never
+mutates it. A per-style or per-user variant of a network is a dictionary
+``{parameter name: tensor}`` that is applied with
+``torch.func.functional_call`` for one forward pass; the module's own weights
+stay the pretrained ones. Variants are stored compactly as fp16 *deltas*
+against the base weights (only the tensors that changed).
+
+Conventions: names are ``module.named_parameters()`` names; a params dict may
+hold a subset, the rest falls back to the module's own tensors.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+Params = dict[str, torch.Tensor]
+
+
+def trainable_copy(module: nn.Module, prefix: str = "", include: tuple[str, ...] = ()) -> Params:
+    """Detached float32 copies of the parameters (optionally only names that
+    start with one of ``include``), with ``requires_grad`` set, for an
+    optimiser to own."""
+    out: Params = {}
+    for name, p in module.named_parameters(prefix=prefix.rstrip(".") if prefix else ""):
+        if include and not name.startswith(include):
+            continue
+        out[name] = p.detach().clone().float().requires_grad_(True)
+    return out
+
+
+def call(module: nn.Module, params: Mapping[str, torch.Tensor] | None, *args, **kwargs):
+    """Run ``module`` with ``params`` standing in for its own tensors."""
+    if not params:
+        return module(*args, **kwargs)
+    return torch.func.functional_call(module, dict(params), args, kwargs, strict=False)
+
+
+def compute_delta(tuned: Mapping[str, torch.Tensor], base: nn.Module, dtype=torch.float16) -> Params:
+    """``tuned - base`` for every tensor that changed, stored in ``dtype``."""
+    own = dict(base.named_parameters())
+    out: Params = {}
+    for name, t in tuned.items():
+        d = (t.detach().float() - own[name].detach().float())
+        if torch.count_nonzero(d):
+            out[name] = d.to(dtype).cpu().contiguous()
+    return out
+
+
+def apply_delta(base: nn.Module, delta: Mapping[str, torch.Tensor], device=None) -> Params:
+    """Materialise a variant from the base weights and a stored delta."""
+    own = dict(base.named_parameters())
+    out: Params = {}
+    for name, d in delta.items():
+        if name not in own:
+            raise KeyError(f"delta names a parameter the network does not have: {name}")
+        p = own[name]
+        out[name] = (p.detach().float() + d.to(p.device, torch.float32)).to(device or p.device)
+    return out
+
+
+def interpolate(base: nn.Module, a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], s: float) -> Params:
+    """Weights between variant ``a`` (s = 0) and variant ``b`` (s = 1).
+
+    ``torch.lerp`` evaluates ``end - (end - start) * (1 - w)`` for w >= 0.5,
+    so s = 1 reproduces ``b`` bit for bit, and s = 0 returns ``a`` unchanged.
+    A tensor present in only one variant is taken from the base network for
+    the other.
+    """
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"strength must be within [0, 1], got {s}")
+    own = dict(base.named_parameters())
+    out: Params = {}
+    for name in set(a) | set(b):
+        start = a.get(name, own[name].detach())
+        end = b.get(name, own[name].detach())
+        if s == 0.0:
+            out[name] = start
+        elif s == 1.0:
+            out[name] = end
+        else:
+            out[name] = torch.lerp(start.float(), end.float(), s)
+    return out
