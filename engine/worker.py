@@ -1,0 +1,313 @@
+"""The engine process loop: claim one job at a time from the durable queue and run it.
+
+Conventions
+-----------
+* Handlers are plain callables ``handler(job, ctx) -> dict`` keyed by job kind.
+  They are built once, before the loop, by a factory (models load there), and
+  the worker only claims kinds it has a handler for.
+* A handler reports progress with ``ctx.progress(stage, fraction)`` (fraction of
+  the whole job in [0, 1]) and calls ``ctx.check_cancelled()`` between steps;
+  ``progress`` checks too. Output files go through ``ctx.put_blob``; they are
+  referenced by the job only when it completes (see :mod:`storage.jobs`).
+* A background thread renews the lease every ``heartbeat_interval`` seconds
+  (default a third of the lease). If the lease is lost (the job was reclaimed
+  by another worker after this one stalled), the next step raises
+  :class:`JobAborted` and nothing more is written for that job.
+* Outcomes: return value → ``complete``; :class:`JobCancelled` → cancelled;
+  :class:`emoji3d.errors.UserFacingError` → failed at once, its ``key`` kept as
+  ``error_key``; any other exception → retried with backoff up to the job's
+  ``max_attempts``.
+* SIGTERM / SIGINT: stop claiming. The current job is released at its next
+  step (``shutdown='release'``, default: the lease is handed back and another
+  worker can take the job immediately, without using up an attempt) or run to
+  the end (``shutdown='finish'``). Then :meth:`Worker.run` returns 0.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from emoji3d.errors import UserFacingError
+from storage import jobs as q
+from storage.blobs import BlobStore
+from storage.db import Database, open_database
+from storage.jobs import Job, LeaseLost, RetryPolicy
+
+log = logging.getLogger("emoji3d.worker")
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler when someone cancelled the job."""
+
+
+class JobInterrupted(Exception):
+    """Raised inside a handler when the worker is shutting down and releases the job."""
+
+
+class JobAborted(Exception):
+    """Raised inside a handler when this worker lost the job's lease."""
+
+
+Handler = Callable[[Job, "JobContext"], dict]
+HandlersFactory = Callable[[], dict]
+
+
+@dataclass
+class JobContext:
+    """What a handler may do with the job it runs. One per job attempt."""
+
+    job: Job
+    db: Database
+    blobs: BlobStore
+    token: str
+    _stop: threading.Event
+    _lease_lost: threading.Event
+    _release_on_stop: bool
+    result_blobs: list[str] = field(default_factory=list)
+
+    def check_cancelled(self) -> None:
+        """Raise if the job must stop now: cancelled, lease lost, or shutdown."""
+        if self._lease_lost.is_set():
+            raise JobAborted(f"job {self.job.id}: lease lost")
+        if self._release_on_stop and self._stop.is_set():
+            raise JobInterrupted(f"job {self.job.id}: worker shutting down")
+        try:
+            status = q.job_status(self.db, self.job.id)
+        except q.JobNotFound:
+            raise JobAborted(f"job {self.job.id} was deleted") from None
+        if status == "cancel_requested":
+            raise JobCancelled(f"job {self.job.id} cancelled")
+        if status != "running":
+            raise JobAborted(f"job {self.job.id} is {status}, no longer ours")
+
+    def progress(self, stage: str, fraction: float) -> None:
+        """Record the stage and overall fraction, then check for cancellation."""
+        try:
+            q.set_progress(self.db, self.job.id, self.token, stage, min(1.0, max(0.0, float(fraction))))
+        except LeaseLost:
+            self._lease_lost.set()
+        self.check_cancelled()
+
+    def put_blob(self, data: bytes) -> str:
+        """Store an output file; it becomes the job's once the job completes."""
+        digest = self.blobs.put_bytes(data)
+        self.result_blobs.append(digest)
+        return digest
+
+    def put_file(self, path: str | os.PathLike[str]) -> str:
+        digest = self.blobs.put_file(path)
+        self.result_blobs.append(digest)
+        return digest
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, db: Database, job_id: int, token: str, lease_seconds: float, interval: float,
+                 lease_lost: threading.Event) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.db, self.job_id, self.token = db, job_id, token
+        self.lease_seconds, self.interval, self.lease_lost = lease_seconds, interval, lease_lost
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                q.heartbeat(self.db, self.job_id, self.token, self.lease_seconds)
+            except LeaseLost:
+                log.warning("job %s: lease lost; aborting at the next step", self.job_id)
+                self.lease_lost.set()
+                return
+            except Exception:  # transient DB trouble: keep trying until the lease runs out
+                log.exception("job %s: heartbeat failed", self.job_id)
+
+
+class Worker:
+    """One engine process: runs jobs one at a time until asked to stop."""
+
+    def __init__(self, db: Database, blobs: BlobStore, handlers: dict[str, Handler], worker_id: str,
+                 lease_seconds: float = 60.0, poll_interval: float = 1.0, *,
+                 heartbeat_interval: float | None = None, retry: RetryPolicy = RetryPolicy(),
+                 shutdown: Literal["release", "finish"] = "release") -> None:
+        if not handlers:
+            raise ValueError("a worker needs at least one job handler")
+        bad = [k for k, h in handlers.items() if not callable(h)]
+        if bad:
+            raise TypeError(f"handler for job kind {bad[0]!r} is not callable")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValueError(f"lease_seconds and poll_interval must be positive, got {lease_seconds}, {poll_interval}")
+        if shutdown not in ("release", "finish"):
+            raise ValueError(f"shutdown must be 'release' or 'finish', got {shutdown!r}")
+        hb = lease_seconds / 3 if heartbeat_interval is None else heartbeat_interval
+        if not 0 < hb < lease_seconds:
+            raise ValueError(f"heartbeat_interval must be in (0, lease_seconds), got {hb}")
+        self.db, self.blobs, self.handlers = db, blobs, dict(handlers)
+        self.worker_id, self.lease_seconds, self.poll_interval = worker_id, float(lease_seconds), float(poll_interval)
+        self.heartbeat_interval, self.retry, self.shutdown = float(hb), retry, shutdown
+        self._stop = threading.Event()
+
+    # ---- control ----
+    def request_stop(self, *_: Any) -> None:
+        if not self._stop.is_set():
+            log.info("worker %s: stop requested", self.worker_id)
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a graceful stop (main thread only)."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # ---- loop ----
+    def run(self, *, max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+        """Claim and run jobs until stopped (or ``max_jobs`` ran, or idle with
+        ``exit_when_idle``). Returns the process exit code (0)."""
+        ran = 0
+        while not self._stop.is_set() and (max_jobs is None or ran < max_jobs):
+            try:
+                did = self.run_once()
+            except Exception:  # DB unreachable etc.: log, back off, keep the process alive
+                log.exception("worker %s: claim failed", self.worker_id)
+                did = False
+            if did:
+                ran += 1
+                continue
+            if exit_when_idle:
+                break
+            self._stop.wait(self.poll_interval)
+        log.info("worker %s: exiting after %d job(s)", self.worker_id, ran)
+        return 0
+
+    def run_once(self) -> bool:
+        """Claim one job and run it; False when none was eligible."""
+        job = q.claim(self.db, self.worker_id, self.lease_seconds, kinds=self.handlers.keys())
+        if job is None:
+            return False
+        self._process(job)
+        return True
+
+    def _process(self, job: Job) -> None:
+        assert job.lease_token is not None
+        token = job.lease_token
+        lease_lost = threading.Event()
+        ctx = JobContext(job, self.db, self.blobs, token, self._stop, lease_lost, self.shutdown == "release")
+        hb = _Heartbeat(self.db, job.id, token, self.lease_seconds, self.heartbeat_interval, lease_lost)
+        hb.start()
+        log.info("job %s (%s) attempt %d/%d started", job.id, job.kind, job.attempts, job.max_attempts)
+        try:
+            try:
+                result = self.handlers[job.kind](job, ctx)
+                if not isinstance(result, dict):
+                    raise TypeError(f"handler for {job.kind!r} returned {type(result).__name__}, expected dict")
+            finally:
+                hb.done.set()
+                hb.join()
+            if lease_lost.is_set():
+                raise JobAborted(f"job {job.id}: lease lost before completion")
+            q.complete(self.db, job.id, token, result, ctx.result_blobs)
+            log.info("job %s succeeded", job.id)
+        except JobCancelled:
+            self._finish_write(job, lambda: q.mark_cancelled(self.db, job.id, token), "cancelled")
+        except JobInterrupted:
+            self._finish_write(job, lambda: q.release(self.db, job.id, token), "released for another worker")
+        except (JobAborted, LeaseLost) as exc:
+            log.warning("job %s: %s; another worker owns it now", job.id, exc)
+        except UserFacingError as exc:
+            self._finish_write(job, lambda: q.fail(self.db, job.id, token, str(exc) or exc.key, retryable=False,
+                                                    error_key=exc.key, policy=self.retry), f"failed ({exc.key})")
+        except Exception as exc:
+            log.exception("job %s raised", job.id)
+            reason = f"{type(exc).__name__}: {exc}"
+            self._finish_write(job, lambda: q.fail(self.db, job.id, token, reason, policy=self.retry),
+                               "attempt failed")
+
+    def _finish_write(self, job: Job, write: Callable[[], object], what: str) -> None:
+        try:
+            status = write()
+            log.info("job %s %s%s", job.id, what, f" -> {status}" if isinstance(status, str) else "")
+        except LeaseLost:
+            log.warning("job %s: lease lost; not recording '%s'", job.id, what)
+
+
+# --------------------------------------------------------------------------- process entry
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What ``emoji3d engine`` needs; the CLI fills it from config.toml."""
+
+    db_url: str
+    blob_root: str
+    handlers_factory: str  # "package.module:function" returning {kind: handler}
+    worker_id: str | None = None
+    lease_seconds: float = 60.0
+    poll_interval: float = 1.0
+    max_blob_bytes: int = 64 << 20
+    shutdown: Literal["release", "finish"] = "release"
+    retry: RetryPolicy = RetryPolicy()
+
+
+def resolve_factory(spec: str) -> HandlersFactory:
+    """Import ``"module:function"``."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ValueError(f"handlers factory must be 'module:function', got {spec!r}")
+    fn = getattr(importlib.import_module(mod_name), attr, None)
+    if not callable(fn):
+        raise ValueError(f"{spec!r}: {attr} is not a callable in {mod_name}")
+    return fn  # type: ignore[no-any-return]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_engine(settings: EngineSettings, *, factory: HandlersFactory | None = None,
+               max_jobs: int | None = None, exit_when_idle: bool = False) -> int:
+    """Open storage, build handlers once (models load here), run until SIGTERM."""
+    db = open_database(settings.db_url)
+    blobs = BlobStore(db, settings.blob_root, max_bytes=settings.max_blob_bytes)
+    handlers = (factory or resolve_factory(settings.handlers_factory))()
+    worker = Worker(db, blobs, handlers, settings.worker_id or default_worker_id(), settings.lease_seconds,
+                    settings.poll_interval, retry=settings.retry, shutdown=settings.shutdown)
+    if threading.current_thread() is threading.main_thread():
+        worker.install_signal_handlers()
+    try:
+        return worker.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    finally:
+        db.dispose()
+
+
+def main(argv: list[str]) -> int:
+    """``emoji3d engine`` without config.toml: all settings as flags."""
+    ap = argparse.ArgumentParser(prog="emoji3d engine", description="Run the engine worker loop.")
+    ap.add_argument("--db", required=True, help="database URL, e.g. sqlite:///data/emoji3d.db")
+    ap.add_argument("--blobs", required=True, help="blob folder")
+    ap.add_argument("--handlers", required=True, help="module:function returning {job kind: handler}")
+    ap.add_argument("--worker-id", default=None)
+    ap.add_argument("--lease", type=float, default=60.0, help="lease seconds")
+    ap.add_argument("--poll", type=float, default=1.0, help="poll interval seconds when idle")
+    ap.add_argument("--shutdown", choices=("release", "finish"), default="release")
+    ap.add_argument("--max-jobs", type=int, default=None)
+    ap.add_argument("--exit-when-idle", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("EMOJI3D_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = EngineSettings(db_url=a.db, blob_root=str(Path(a.blobs)), handlers_factory=a.handlers,
+                       worker_id=a.worker_id, lease_seconds=a.lease, poll_interval=a.poll, shutdown=a.shutdown)
+    return run_engine(s, max_jobs=a.max_jobs, exit_when_idle=a.exit_when_idle)
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""Sticker packs and their stickers.
+
+Conventions
+-----------
+* A pack belongs to one user, was made with one style at ``style_version``,
+  a style ``strength`` in [0, 1] and an ``engine_version`` string of dotted
+  integers (``"0.1.0"``; a ``+local`` suffix is ignored when comparing).
+* Sticker ``idx`` is the 0-based position in the pack; ``kind`` is the file
+  kind (``static`` PNG/WebP, ``animated`` TGS/WebP, ``video`` WebM).
+  The sticker file blob is referenced by holder ``sticker:<id>``.
+* ``platform_state`` makes uploads crash-safe: ``local`` (rendered only) →
+  ``uploaded`` (``platform_file_id`` known) → ``added`` (in the platform's set).
+  An upload resumes from the first sticker that is not ``added``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from storage.blobs import add_ref, release_holder
+from storage.db import Database
+
+PACK_STATUSES = ("pending", "rendering", "ready", "uploading", "published", "failed", "superseded")
+STICKER_KINDS = ("static", "animated", "video")
+PLATFORM_STATES = ("local", "uploaded", "added")
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
+
+
+class PackNotFound(KeyError):
+    pass
+
+
+@dataclass(frozen=True)
+class Pack:
+    id: int
+    user_id: int
+    style_id: int | None
+    style_version: int | None
+    strength: float
+    engine_version: str
+    status: str
+    platform: str | None
+    platform_set_name: str | None
+    job_id: int | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Sticker:
+    id: int
+    pack_id: int
+    idx: int
+    emoji: str
+    kind: str
+    blob_digest: str
+    platform_state: str
+    platform_file_id: str | None
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Comparable key of a dotted-integer version; raises ValueError otherwise."""
+    core = version.split("+", 1)[0].strip()
+    if not _VERSION.match(core):
+        raise ValueError(f"engine version {version!r} is not dotted integers like '0.1.0'")
+    parts = [int(p) for p in core.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def _opt_int(v: object) -> int | None:
+    return None if v is None else int(v)  # type: ignore[arg-type]
+
+
+def _pack(r: sa.Row) -> Pack:
+    m = r._mapping
+    return Pack(int(m["id"]), int(m["user_id"]), _opt_int(m["style_id"]), _opt_int(m["style_version"]),
+                float(m["strength"]), m["engine_version"], m["status"], m["platform"], m["platform_set_name"],
+                _opt_int(m["job_id"]), float(m["created_at"]), float(m["updated_at"]))
+
+
+def _sticker(r: sa.Row) -> Sticker:
+    m = r._mapping
+    return Sticker(int(m["id"]), int(m["pack_id"]), int(m["idx"]), m["emoji"], m["kind"], m["blob_digest"],
+                   m["platform_state"], m["platform_file_id"])
+
+
+def create_pack(db: Database, user_id: int, style_id: int | None, style_version: int | None, strength: float,
+                engine_version: str, *, platform: str | None = None, job_id: int | None = None) -> Pack:
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    version_key(engine_version)
+    t = time.time()
+    with db.write() as conn:
+        pid = int(conn.execute(sa.text(
+            "INSERT INTO packs (user_id, style_id, style_version, strength, engine_version, status, platform, "
+            "job_id, created_at, updated_at) VALUES (:u, :s, :sv, :st, :ev, 'pending', :pl, :j, :t, :t) RETURNING id"),
+            {"u": user_id, "s": style_id, "sv": style_version, "st": float(strength), "ev": engine_version,
+             "pl": platform, "j": job_id, "t": t}).scalar_one())
+        return _pack(conn.execute(sa.text("SELECT * FROM packs WHERE id = :id"), {"id": pid}).one())
+
+
+def get_pack(db: Database, pack_id: int) -> Pack:
+    with db.read() as conn:
+        r = conn.execute(sa.text("SELECT * FROM packs WHERE id = :id"), {"id": pack_id}).first()
+    if r is None:
+        raise PackNotFound(pack_id)
+    return _pack(r)
+
+
+def list_packs(db: Database, user_id: int) -> list[Pack]:
+    with db.read() as conn:
+        return [_pack(r) for r in conn.execute(sa.text("SELECT * FROM packs WHERE user_id = :u ORDER BY id"),
+                                               {"u": user_id})]
+
+
+def update_pack(db: Database, pack_id: int, *, status: str | None = None, platform_set_name: str | None = None,
+                job_id: int | None = None) -> None:
+    if status is not None and status not in PACK_STATUSES:
+        raise ValueError(f"pack status must be one of {PACK_STATUSES}, got {status!r}")
+    sets, params = ["updated_at = :t"], {"t": time.time(), "id": pack_id}
+    for col, val in (("status", status), ("platform_set_name", platform_set_name), ("job_id", job_id)):
+        if val is not None:
+            sets.append(f"{col} = :{col}")
+            params[col] = val
+    with db.write() as conn:
+        if conn.execute(sa.text(f"UPDATE packs SET {', '.join(sets)} WHERE id = :id"), params).rowcount != 1:
+            raise PackNotFound(pack_id)
+
+
+def put_sticker(db: Database, pack_id: int, idx: int, emoji: str, kind: str, blob_digest: str) -> Sticker:
+    """Add the sticker at ``idx`` or replace its file (platform state resets to local)."""
+    if kind not in STICKER_KINDS:
+        raise ValueError(f"sticker kind must be one of {STICKER_KINDS}, got {kind!r}")
+    if idx < 0:
+        raise ValueError(f"sticker idx must be >= 0, got {idx}")
+    if not emoji:
+        raise ValueError("a sticker needs at least one emoji")
+    t = time.time()
+    with db.write() as conn:
+        old = conn.execute(sa.text("SELECT id FROM stickers WHERE pack_id = :p AND idx = :i"),
+                           {"p": pack_id, "i": idx}).scalar()
+        if old is not None:
+            release_holder(conn, f"sticker:{int(old)}")
+            conn.execute(sa.text("DELETE FROM stickers WHERE id = :id"), {"id": old})
+        sid = int(conn.execute(sa.text(
+            "INSERT INTO stickers (pack_id, idx, emoji, kind, blob_digest, platform_state, updated_at) "
+            "VALUES (:p, :i, :e, :k, :d, 'local', :t) RETURNING id"),
+            {"p": pack_id, "i": idx, "e": emoji, "k": kind, "d": blob_digest, "t": t}).scalar_one())
+        add_ref(conn, blob_digest, f"sticker:{sid}", t)
+    return Sticker(sid, pack_id, idx, emoji, kind, blob_digest, "local", None)
+
+
+def set_sticker_platform_state(db: Database, sticker_id: int, state: str, file_id: str | None = None) -> None:
+    if state not in PLATFORM_STATES:
+        raise ValueError(f"platform_state must be one of {PLATFORM_STATES}, got {state!r}")
+    with db.write() as conn:
+        res = conn.execute(sa.text(
+            "UPDATE stickers SET platform_state = :s, platform_file_id = COALESCE(:f, platform_file_id), "
+            "updated_at = :t WHERE id = :id"), {"s": state, "f": file_id, "t": time.time(), "id": sticker_id})
+        if res.rowcount != 1:
+            raise KeyError(f"sticker {sticker_id} does not exist")
+
+
+def list_stickers(db: Database, pack_id: int) -> list[Sticker]:
+    with db.read() as conn:
+        return [_sticker(r) for r in conn.execute(
+            sa.text("SELECT * FROM stickers WHERE pack_id = :p ORDER BY idx"), {"p": pack_id})]
+
+
+_LIVE = "('ready', 'uploading', 'published')"
+
+
+def packs_with_changed_style(db: Database, *, style_names: list[str] | None = None,
+                             house_only: bool = True) -> list[tuple[Pack, int]]:
+    """Live packs whose style has a newer version than the pack was made with,
+    and whose style is ready. Returns (pack, current style version) pairs."""
+    sql = ("SELECT p.*, s.version AS cur_version FROM packs p JOIN styles s ON s.id = p.style_id "
+           f"WHERE p.status IN {_LIVE} AND s.status = 'ready' AND p.style_version < s.version")
+    params: dict[str, object] = {}
+    if house_only:
+        sql += " AND s.community_id IS NULL"
+    if style_names is not None:
+        if not style_names:
+            return []
+        sql += " AND s.name IN (" + ", ".join(f":n{i}" for i in range(len(style_names))) + ")"
+        params.update({f"n{i}": n for i, n in enumerate(style_names)})
+    with db.read() as conn:
+        rows = conn.execute(sa.text(sql + " ORDER BY p.id"), params).all()
+    return [(_pack(r), int(r._mapping["cur_version"])) for r in rows]
+
+
+def packs_with_engine_older_than(db: Database, current_version: str) -> list[Pack]:
+    """Live packs made by an engine version older than ``current_version``."""
+    cur = version_key(current_version)
+    with db.read() as conn:
+        rows = conn.execute(sa.text(f"SELECT * FROM packs WHERE status IN {_LIVE} ORDER BY id")).all()
+    out = []
+    for r in rows:
+        p = _pack(r)
+        try:
+            if version_key(p.engine_version) < cur:
+                out.append(p)
+        except ValueError:
+            continue  # unparseable historic version string: left alone rather than guessed
+    return out
