@@ -1,0 +1,46 @@
+import os
+import signal
+import sys
+import time
+
+from emoji3d.supervisor import Supervisor
+
+CHILD = [sys.executable, "-c",
+         "import signal, sys, time\n"
+         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+         "time.sleep(120)\n"]
+
+
+def wait_for(pred, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_child_is_restarted_and_stop_terminates_it():
+    sup = Supervisor("child", CHILD, backoff_seconds=0.1, grace_seconds=10)
+    sup.start()
+    try:
+        assert wait_for(lambda: sup.alive())
+        first = sup.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: sup.alive() and sup.pid != first)
+        assert sup.restarts == 1 and len(sup.pids) == 2
+    finally:
+        code = sup.stop()
+    assert code == 0  # SIGTERM handled: a clean exit, not a kill
+    assert not sup.alive()
+
+
+def test_stop_kills_a_child_that_ignores_sigterm():
+    stubborn = [sys.executable, "-c",
+                "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(120)\n"]
+    sup = Supervisor("stubborn", stubborn, backoff_seconds=0.1, grace_seconds=1.0)
+    sup.start()
+    assert wait_for(lambda: sup.alive())
+    time.sleep(0.5)  # let it install its handler
+    code = sup.stop()
+    assert code == -signal.SIGKILL
