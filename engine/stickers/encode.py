@@ -1,0 +1,390 @@
+"""Encode an RGBA frame sequence into a file that passes a target's rules.
+
+``encode(frames, fps, target) -> EncodeResult(data, report)`` is pure: the
+same frames, fps, target and config give the same bytes. It measures real
+output instead of predicting sizes: every candidate file is written, its byte
+size compared with the limit, and a fitting candidate is decoded and checked
+by :func:`engine.stickers.verify.verify`. The encoder never returns a file
+that fails verification; if nothing fits it raises :class:`StickerEncodeError`
+naming the last reason.
+
+Search order (the first fitting level wins; within a level the best quality
+that fits is kept):
+
+* WEBM VP9 (Telegram): levels are ``content_scale`` (outer) x ``fps`` (inner,
+  from ``min(fps_in, max_fps)`` down the ladder); within a level a search
+  over CRF starts at ``crf_start`` and moves toward better quality
+  (``crf_best``) when it fits, toward ``crf_worst`` when it does not. Telegram
+  fixes the 512 px side, so "smaller frames" means a smaller figure on the
+  same transparent canvas (``content_scale`` < 1).
+* APNG / GIF (Discord): levels are duration (outer) x fps (inner); within a
+  level the palette shrinks (256 -> 16 colours; APNG first tries full RGBA).
+  GIF delays are multiples of 10 ms, hence its own fps ladder.
+* Still PNG/WEBP: lossless RGBA PNG, then lossy WEBP qualities (where WEBP is
+  accepted), then indexed PNG palettes.
+* Levels whose size, extrapolated from a measured candidate, is more than
+  ``skip_margin`` times the limit are skipped (recorded in the report); the
+  last level is always tried.
+
+Input conventions: ``frames`` are RGBA uint8 ``(H, W, 4)`` arrays, straight
+alpha, all the same shape; ``fps`` is the input rate. Geometry and retiming
+follow :mod:`engine.stickers.frames` (fit, letterbox, trim or speed-up); every
+change (fps, frame count, trimmed seconds, content scale, still fallback) is
+listed in ``report.adjustments``. An animated input goes to the target's
+animated formats; a single frame to its still formats (or a 1-frame video
+where the target has no still format). With ``allow_static_fallback`` an
+animation that cannot fit becomes a still of frame ``still_frame``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import codecs, palette
+from .errors import StickerEncodeError
+from .frames import Layout, Timing, fit_frame, layout, retime, validate_frames
+from .targets import FormatRule, Target, get_target
+from .verify import VerifyReport, verify
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    crf_best: int = 12
+    crf_start: int = 28
+    crf_worst: int = 63
+    crf_refine_steps: int = 3  # binary-search steps toward better quality after a fit
+    vp9_cpu_used: int = 4  # libvpx speed (0 best .. 8 fastest) in "good" deadline
+    vp9_deadline: str = "good"
+    threads: int = 1
+    fps_ladder: tuple[float, ...] = (30.0, 24.0, 20.0, 15.0, 12.0, 10.0)
+    gif_fps_ladder: tuple[float, ...] = (25.0, 20.0, 12.5, 10.0)  # 40, 50, 80, 100 ms delays
+    content_scale_ladder: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55)
+    palette_ladder: tuple[int, ...] = (256, 128, 64, 32, 16)
+    webp_quality_ladder: tuple[int, ...] = (90, 80, 65, 50, 35, 20)
+    duration_ladder_s: tuple[float, ...] = (5.0, 4.0, 3.0, 2.0)  # APNG/GIF, capped by the target
+    duration_policy: str = "trim"  # or "speedup": see frames.retime
+    gif_alpha_threshold: int = 128
+    still_frame: int = 0
+    allow_static_fallback: bool = True
+    skip_margin: float = 1.3
+    max_tries: int = 60
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crf_best <= self.crf_start <= self.crf_worst <= 63:
+            raise ValueError("need 0 <= crf_best <= crf_start <= crf_worst <= 63")
+        if self.duration_policy not in ("trim", "speedup"):
+            raise ValueError(f"duration_policy must be 'trim' or 'speedup', got {self.duration_policy!r}")
+        if not self.fps_ladder or not self.gif_fps_ladder or not self.content_scale_ladder or not self.palette_ladder:
+            raise ValueError("ladders must not be empty")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    container: str
+    settings: dict[str, object]
+    byte_size: int | None  # None: skipped by extrapolation
+    ok: bool
+    reason: str  # "" when ok
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EncodeReport:
+    target: str
+    container: str
+    width: int
+    height: int
+    frames_in: int
+    fps_in: float
+    duration_in_s: float
+    frames_out: int
+    fps_out: float | None
+    duration_out_s: float | None
+    content_scale: float
+    settings: dict[str, object]
+    byte_size: int
+    max_bytes: int
+    adjustments: tuple[str, ...]
+    attempts: tuple[Attempt, ...]
+    verify: VerifyReport
+    seconds: float
+
+    def summary(self) -> str:
+        s = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        return (f"{self.target}: {self.container} {self.width}x{self.height} {self.frames_out} frame(s)"
+                + (f" @ {self.fps_out:g} fps" if self.fps_out else "")
+                + f", {self.byte_size}/{self.max_bytes} B, [{s}], {len(self.attempts)} tries, {self.seconds:.2f} s")
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    data: bytes
+    report: EncodeReport
+
+    @property
+    def extension(self) -> str:
+        return {"apng": ".png"}.get(self.report.container, "." + self.report.container)
+
+    @property
+    def mime(self) -> str:
+        return {"webm": "video/webm", "png": "image/png", "apng": "image/apng", "gif": "image/gif",
+                "webp": "image/webp"}[self.report.container]
+
+
+@dataclass
+class _Found:
+    data: bytes
+    verify: VerifyReport
+    settings: dict[str, object]
+
+
+class _Tries:
+    """Bookkeeping of one encode call (local to it; never stored on anything)."""
+
+    def __init__(self, target: Target, cfg: EncodeConfig) -> None:
+        self.target, self.cfg = target, cfg
+        self.attempts: list[Attempt] = []
+        self.last_reason = "no candidate was tried"
+
+    def budget_left(self) -> bool:
+        return len(self.attempts) < self.cfg.max_tries
+
+    def skip(self, container: str, settings: dict[str, object], why: str) -> None:
+        self.attempts.append(Attempt(container, settings, None, False, why, 0.0))
+
+    def run(self, rule: FormatRule, settings: dict[str, object], make: Callable[[], bytes]) -> tuple[_Found | None, int]:
+        t0 = time.perf_counter()
+        data = make()
+        size = len(data)
+        if size > rule.max_bytes:
+            reason = f"too_large: {size} > {rule.max_bytes} bytes"
+            found = None
+        else:
+            rep = verify(data, self.target)
+            reason = "; ".join(str(v) for v in rep.reasons)
+            found = _Found(data, rep, dict(settings)) if rep.ok else None
+        self.attempts.append(Attempt(rule.container, dict(settings), size, found is not None, reason,
+                                     time.perf_counter() - t0))
+        if found is None:
+            self.last_reason = f"{rule.container} {settings}: {reason}"
+        return found, size
+
+
+def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: EncodeConfig | None = None) -> EncodeResult:
+    """Frames (RGBA uint8, (H, W, 4)) at ``fps`` -> the best file that passes ``target``."""
+    t_start = time.perf_counter()
+    tgt = get_target(target) if isinstance(target, str) else target
+    cfg = config or EncodeConfig()
+    src_h, src_w = validate_frames(frames, fps)
+    tries = _Tries(tgt, cfg)
+    adjustments: list[str] = []
+    animated_in = len(frames) > 1
+    result: tuple[_Found, Layout, Timing | None, float, str] | None = None
+
+    if animated_in or not tgt.static_formats:
+        for rule in tgt.animated_formats:
+            if rule.container == "webm":
+                result = _search_webm(frames, fps, tgt, rule, cfg, tries, src_h, src_w)
+            elif rule.container in ("apng", "gif", "webp"):
+                result = _search_image_anim(frames, fps, tgt, rule, cfg, tries, src_h, src_w)
+            if result is not None:
+                break
+        if result is None and animated_in and tgt.static_formats and cfg.allow_static_fallback:
+            k = min(max(cfg.still_frame, 0), len(frames) - 1)
+            result = _search_still(frames[k], tgt, cfg, tries, src_h, src_w)
+            if result is not None:
+                adjustments.append(f"no animation fitted; fell back to a still image of frame {k}")
+    else:
+        result = _search_still(frames[0], tgt, cfg, tries, src_h, src_w)
+
+    if result is None:
+        raise StickerEncodeError(
+            f"nothing fits {tgt.name} after {len(tries.attempts)} tries; last: {tries.last_reason}",
+            target=tgt.name, tries=len(tries.attempts))
+    found, lay, timing, scale, container = result
+    n_in, dur_in = len(frames), len(frames) / fps
+    if (lay.canvas_w, lay.canvas_h) != (src_w, src_h) or (lay.content_w, lay.content_h) != (src_w, src_h):
+        adjustments.append(f"resized {src_w}x{src_h} -> content {lay.content_w}x{lay.content_h} on a {lay.canvas_w}x{lay.canvas_h} canvas")
+    if scale < 1:
+        adjustments.append(f"content scaled to {scale:g} of the canvas to fit the byte limit")
+    if timing is not None:
+        if abs(timing.fps - fps) > 1e-9:
+            adjustments.append(f"fps {fps:g} -> {timing.fps:g}")
+        if timing.trimmed_s > 0:
+            adjustments.append(f"trimmed {timing.trimmed_s:.3f} s from the end (duration {dur_in:.3f} s -> {timing.duration_s:.3f} s)")
+        if timing.speed > 1:
+            adjustments.append(f"played {timing.speed:.3f}x faster to fit {timing.duration_s:.3f} s")
+        if len(timing.indices) != n_in:
+            adjustments.append(f"frames {n_in} -> {len(timing.indices)}")
+    rule = tgt.rules_for(found.verify.props.container, found.verify.props.n_frames > 1 or container == "webm")
+    report = EncodeReport(
+        target=tgt.name, container=container, width=lay.canvas_w, height=lay.canvas_h,
+        frames_in=n_in, fps_in=float(fps), duration_in_s=dur_in,
+        frames_out=found.verify.props.n_frames,
+        fps_out=timing.fps if timing is not None else None,
+        duration_out_s=timing.duration_s if timing is not None else None,
+        content_scale=scale, settings=found.settings, byte_size=len(found.data),
+        max_bytes=rule.max_bytes if rule else -1, adjustments=tuple(adjustments),
+        attempts=tuple(tries.attempts), verify=found.verify, seconds=time.perf_counter() - t_start)
+    return EncodeResult(found.data, report)
+
+
+def _fps_levels(fps_in: float, max_fps: float | None, ladder: tuple[float, ...]) -> list[float]:
+    top = min(fps_in, max_fps) if max_fps else fps_in
+    levels = [top] + [f for f in ladder if f < top - 1e-9]
+    return levels
+
+
+def _prepare(frames, timing: Timing, lay: Layout, cache: dict) -> list[np.ndarray]:
+    out = []
+    for i in timing.indices:
+        key = (i, lay)
+        if key not in cache:
+            cache[key] = fit_frame(frames[i], lay)  # (canvas_h, canvas_w, 4)
+        out.append(cache[key])
+    return out
+
+
+def _search_webm(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
+    max_dur = tgt.aim_duration_s or tgt.max_duration_s
+    levels = [(s, f) for s in cfg.content_scale_ladder for f in _fps_levels(fps, tgt.max_fps, cfg.fps_ladder)]
+    ref: tuple[int, float] | None = None  # (size at crf_worst, frames*pixels) of the last infeasible level
+    for li, (scale, f) in enumerate(levels):
+        if not tries.budget_left():
+            break
+        lay = layout(src_h, src_w, tgt.side, tgt.square, content_scale=scale, even=True)
+        timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy)
+        work = len(timing.indices) * lay.content_w * lay.content_h
+        last = li == len(levels) - 1
+        if ref is not None and not last and ref[0] * work / ref[1] > cfg.skip_margin * rule.max_bytes:
+            tries.skip("webm", {"content_scale": scale, "fps": timing.fps},
+                       f"skipped: extrapolated {ref[0] * work / ref[1]:.0f} B at crf {cfg.crf_worst}")
+            continue
+        cache: dict = {}
+        seq = _prepare(frames, timing, lay, cache)
+
+        def attempt(crf: int):
+            st = {"crf": crf, "fps": round(timing.fps, 3), "content_scale": scale, "cpu_used": cfg.vp9_cpu_used}
+            return tries.run(rule, st, lambda: codecs.write_webm_vp9(
+                seq, timing.fps, crf, cpu_used=cfg.vp9_cpu_used, deadline=cfg.vp9_deadline, threads=cfg.threads))
+
+        best, _ = attempt(cfg.crf_start)
+        if best is not None:
+            lo, hi = cfg.crf_best, cfg.crf_start  # hi fits
+            for _ in range(cfg.crf_refine_steps):
+                if lo >= hi or not tries.budget_left():
+                    break
+                mid = (lo + hi) // 2
+                got, _ = attempt(mid)
+                if got is not None:
+                    best, hi = got, mid
+                else:
+                    lo = mid + 1
+            return best, lay, timing, scale, "webm"
+        if cfg.crf_worst == cfg.crf_start:
+            continue
+        got, size = attempt(cfg.crf_worst)
+        if got is None:
+            ref = (size, work)
+            continue
+        best, lo, hi = got, cfg.crf_start + 1, cfg.crf_worst  # hi fits, crf_start does not
+        for _ in range(cfg.crf_refine_steps + 1):
+            if lo >= hi or not tries.budget_left():
+                break
+            mid = (lo + hi) // 2
+            got, _ = attempt(mid)
+            if got is not None:
+                best, hi = got, mid
+            else:
+                lo = mid + 1
+        return best, lay, timing, scale, "webm"
+    return None
+
+
+def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
+    container = rule.container
+    lay = layout(src_h, src_w, tgt.side, tgt.square)
+    dur_in = len(frames) / fps
+    cap = tgt.aim_duration_s or tgt.max_duration_s
+    durations = [d for d in cfg.duration_ladder_s if (cap is None or d <= cap + 1e-9) and d < dur_in - 1e-9]
+    top = min(dur_in, cap) if cap else dur_in
+    durations = [top] + [d for d in durations if d < top - 1e-9]
+    ladder = cfg.gif_fps_ladder if container == "gif" else cfg.fps_ladder
+    fps_top = min(fps, tgt.max_fps) if tgt.max_fps else fps
+    if container == "gif":
+        fps_list = [f for f in ladder if f <= fps_top + 1e-9] or [min(ladder)]
+    else:
+        fps_list = _fps_levels(fps, tgt.max_fps, ladder)
+    cache: dict = {}
+    ref: tuple[int, int] | None = None  # (smallest candidate size, its frame count) of an infeasible level
+    levels = [(d, f) for d in durations for f in fps_list]
+    for li, (dur, f) in enumerate(levels):
+        if not tries.budget_left():
+            break
+        timing = retime(len(frames), fps, f, dur, cfg.duration_policy)
+        n = len(timing.indices)
+        last = li == len(levels) - 1
+        if ref is not None and not last and ref[0] * n / ref[1] > cfg.skip_margin * rule.max_bytes:
+            tries.skip(container, {"fps": timing.fps, "duration_s": round(timing.duration_s, 3)},
+                       f"skipped: extrapolated {ref[0] * n / ref[1]:.0f} B")
+            continue
+        seq = _prepare(frames, timing, lay, cache)
+        base = {"fps": round(timing.fps, 3), "duration_s": round(timing.duration_s, 3)}
+        smallest = None
+        if container == "apng" and li == 0:
+            got, size = tries.run(rule, {**base, "colors": "rgba"}, lambda: codecs.write_apng(seq, timing.fps))
+            if got is not None:
+                return got, lay, timing, 1.0, container
+        if container == "webp":
+            for q in cfg.webp_quality_ladder:
+                if not tries.budget_left():
+                    break
+                got, size = tries.run(rule, {**base, "quality": q}, lambda q=q: codecs.write_webp(seq, timing.fps, quality=q))
+                if got is not None:
+                    return got, lay, timing, 1.0, container
+                smallest = size
+        else:
+            for colors in cfg.palette_ladder:
+                if not tries.budget_left():
+                    break
+                if container == "apng":
+                    idx, pal = palette.quantize_rgba(seq, colors)
+                    make = lambda idx=idx, pal=pal: codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal)
+                else:
+                    idx, pal, ti = palette.quantize_gif(seq, colors, cfg.gif_alpha_threshold)
+                    make = lambda idx=idx, pal=pal, ti=ti: codecs.write_gif(idx, pal, ti, timing.fps)
+                got, size = tries.run(rule, {**base, "colors": colors}, make)
+                if got is not None:
+                    return got, lay, timing, 1.0, container
+                smallest = size
+        if smallest is not None:
+            ref = (smallest, n)
+    return None
+
+
+def _search_still(frame, tgt: Target, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
+    lay = layout(src_h, src_w, tgt.side, tgt.square)
+    img = fit_frame(frame, lay)  # (canvas_h, canvas_w, 4)
+    rules = {r.container: r for r in tgt.static_formats}
+    plan: list[tuple[FormatRule, dict, Callable[[], bytes]]] = []
+    if "png" in rules:
+        plan.append((rules["png"], {"colors": "rgba"}, lambda: codecs.write_png(img)))
+    if "webp" in rules:
+        for q in cfg.webp_quality_ladder:
+            plan.append((rules["webp"], {"quality": q}, lambda q=q: codecs.write_webp([img], 0, quality=q)))
+    if "png" in rules:
+        for colors in cfg.palette_ladder:
+            def make(colors=colors):
+                idx, pal = palette.quantize_rgba([img], colors)
+                return codecs.write_png(None, indices=idx[0], palette_rgba=pal)
+            plan.append((rules["png"], {"colors": colors}, make))
+    for rule, st, make in plan:
+        if not tries.budget_left():
+            break
+        got, _ = tries.run(rule, st, make)
+        if got is not None:
+            return got, lay, None, 1.0, rule.container
+    return None
