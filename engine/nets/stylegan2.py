@@ -29,11 +29,16 @@ Conventions
 """
 from __future__ import annotations
 
-import math
+import json
+import pathlib
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from emoji3d.errors import WeightsError
+from engine.nets import stylegan2_layouts as _layouts
 
 from engine.ops import bias_act as _ba
 from engine.ops import upfirdn2d as _up
@@ -57,6 +62,14 @@ __all__ = [
     "truncate",
     "style_mix",
     "channels_for",
+    "StyleGAN2Config",
+    "build_generator",
+    "build_discriminator",
+    "load_stylegan2",
+    "save_pretrained",
+    "from_pretrained",
+    "stylegan2_slim",
+    "stylegan2_slim_config",
 ]
 
 
@@ -690,3 +703,303 @@ class Discriminator(torch.nn.Module):
 
     def extra_repr(self):
         return f"c_dim={self.c_dim}, img_resolution={self.img_resolution}, img_channels={self.img_channels}"
+
+
+# --------------------------------------------------------------------------- config, loading, saving, presets
+
+
+@dataclass
+class StyleGAN2Config:
+    """Everything needed to rebuild G (and D) without the weights.
+
+    ``channels`` / ``d_channels`` map resolution -> width (JSON keys are
+    strings). ``source`` records where the weights came from.
+    """
+
+    img_resolution: int = 1024
+    channels: dict[int, int] = field(default_factory=dict)
+    z_dim: int = 512
+    c_dim: int = 0
+    w_dim: int = 512
+    img_channels: int = 3
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    w_avg_beta: float | None = 0.998
+    layer_features: int | None = None
+    embed_features: int | None = None
+    architecture: str = "skip"
+    conv_clamp: float | None = None
+    num_fp16_res: int = 0
+    resample_filter: list[float] = field(default_factory=lambda: [1.0, 3.0, 3.0, 1.0])
+    use_noise: bool = True
+    fused_modconv_default: bool | str = True
+    has_discriminator: bool = True
+    d_channels: dict[int, int] | None = None
+    d_architecture: str = "resnet"
+    d_conv_clamp: float | None = None
+    d_num_fp16_res: int = 0
+    mbstd_group_size: int | None = 4
+    mbstd_num_channels: int = 1
+    d_cmap_dim: int | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.channels = {int(k): int(v) for k, v in self.channels.items()}
+        if self.d_channels is not None:
+            self.d_channels = {int(k): int(v) for k, v in self.d_channels.items()}
+        if not self.channels:
+            n = int(np.log2(self.img_resolution))
+            self.channels = {2 ** i: min(32768 // 2 ** i, 512) for i in range(2, n + 1)}
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * int(np.log2(self.img_resolution)) - 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = {str(k): v for k, v in self.channels.items()}
+        if self.d_channels is not None:
+            d["d_channels"] = {str(k): v for k, v in self.d_channels.items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "stylegan2", **self.to_dict()}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StyleGAN2Config":
+        d = json.loads(text)
+        if d.pop("kind", "stylegan2") != "stylegan2":
+            raise WeightsError("config.json does not describe a StyleGAN2 network")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise WeightsError(f"StyleGAN2 config.json has unknown keys: {unknown}")
+        return cls(**d)
+
+
+def build_generator(cfg: StyleGAN2Config) -> Generator:
+    mapping_kwargs = dict(num_layers=cfg.mapping_layers, lr_multiplier=cfg.mapping_lr_multiplier,
+                          w_avg_beta=cfg.w_avg_beta, layer_features=cfg.layer_features,
+                          embed_features=cfg.embed_features)
+    return Generator(cfg.z_dim, cfg.c_dim, cfg.w_dim, cfg.img_resolution, cfg.img_channels,
+                     mapping_kwargs=mapping_kwargs, channels_dict=cfg.channels, num_fp16_res=cfg.num_fp16_res,
+                     architecture=cfg.architecture, conv_clamp=cfg.conv_clamp,
+                     resample_filter=list(cfg.resample_filter), use_noise=cfg.use_noise,
+                     fused_modconv_default=cfg.fused_modconv_default)
+
+
+def build_discriminator(cfg: StyleGAN2Config) -> Discriminator:
+    return Discriminator(cfg.c_dim, cfg.img_resolution, cfg.img_channels, architecture=cfg.d_architecture,
+                         num_fp16_res=cfg.d_num_fp16_res, conv_clamp=cfg.d_conv_clamp, cmap_dim=cfg.d_cmap_dim,
+                         channels_dict=cfg.d_channels or cfg.channels,
+                         block_kwargs=dict(resample_filter=list(cfg.resample_filter)),
+                         epilogue_kwargs=dict(mbstd_group_size=cfg.mbstd_group_size,
+                                              mbstd_num_channels=cfg.mbstd_num_channels))
+
+
+def _load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Strict load, except derived constant buffers (resample filters) may be absent."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd and not k.endswith("resample_filter")]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        raise WeightsError(f"{what}: state dict does not fit the architecture inferred from it "
+                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise WeightsError(f"{what}: tensor '{k}' has shape {list(v.shape)}, expected {list(expected[k].shape)}")
+    full = dict(expected)
+    full.update({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    module.load_state_dict(full, strict=True)
+
+
+def _split_sd(obj):
+    """(state_dict, init_kwargs or None) from a state dict or a (sd, kwargs) pair."""
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Mapping):
+        return obj[0], dict(obj[1] or {})
+    if isinstance(obj, Mapping):
+        return obj, None
+    raise WeightsError(f"expected a state dict or (state_dict, init_kwargs), got {type(obj).__name__}")
+
+
+def _config_from_sds(g_sd, d_sd, g_kwargs, d_kwargs, source) -> StyleGAN2Config:
+    ga = _layouts.infer_g_arch(g_sd)
+    filt = [1.0, 3.0, 3.0, 1.0]
+    if "synthesis.b8.resample_filter" in g_sd:
+        filt = _layouts.filter_1d_from_2d(g_sd["synthesis.b8.resample_filter"])
+    cfg = StyleGAN2Config(
+        img_resolution=ga["img_resolution"], channels=ga["channels"], z_dim=ga["z_dim"], c_dim=ga["c_dim"],
+        w_dim=ga["w_dim"], img_channels=ga["img_channels"], mapping_layers=ga["mapping_layers"],
+        layer_features=ga.get("layer_features"), embed_features=ga.get("embed_features"),
+        architecture=ga["architecture"], use_noise=ga["use_noise"], resample_filter=filt,
+        has_discriminator=d_sd is not None, source=source)
+    if g_kwargs:
+        mk = dict(g_kwargs.get("mapping_kwargs") or {})
+        cfg.mapping_lr_multiplier = float(mk.get("lr_multiplier", cfg.mapping_lr_multiplier))
+        if "w_avg_beta" in mk:
+            cfg.w_avg_beta = mk["w_avg_beta"]
+        syn = dict(g_kwargs.get("synthesis_kwargs") or {})
+        syn.update({k: v for k, v in g_kwargs.items() if k in ("conv_clamp", "num_fp16_res", "fused_modconv_default")})
+        cfg.conv_clamp = syn.get("conv_clamp", 256)  # NVlabs SynthesisBlock default
+        cfg.num_fp16_res = int(syn.get("num_fp16_res", 4))
+        cfg.fused_modconv_default = syn.get("fused_modconv_default", True)
+    if d_sd is not None:
+        da = _layouts.infer_d_arch(d_sd)
+        if da["img_resolution"] != cfg.img_resolution:
+            raise WeightsError(f"discriminator resolution {da['img_resolution']} != generator {cfg.img_resolution}")
+        cfg.d_channels = da["channels"]
+        cfg.d_architecture = da["architecture"]
+        cfg.mbstd_num_channels = da["mbstd_num_channels"]
+        if da["c_dim"]:
+            cfg.d_cmap_dim = da["cmap_dim"]
+        if d_kwargs:
+            cfg.d_conv_clamp = d_kwargs.get("conv_clamp", 256)
+            cfg.d_num_fp16_res = int(d_kwargs.get("num_fp16_res", 4))
+            ek = dict(d_kwargs.get("epilogue_kwargs") or {})
+            cfg.mbstd_group_size = ek.get("mbstd_group_size", cfg.mbstd_group_size)
+    return cfg
+
+
+def load_stylegan2(obj, device: torch.device | str = "cpu"):
+    """Build StyleGAN2 G (and D) from any supported layout.
+
+    ``obj`` is one of: a rosinality checkpoint dict ``{'g_ema', 'd'?, 'latent_avg'?}``;
+    an NVlabs generator state dict or ``(state_dict, init_kwargs)`` pair; a dict
+    ``{'G_ema' or 'G': sd-or-pair, 'D'?: sd-or-pair}``.
+    Returns ``(G, D or None, latent_avg [w_dim] or None, StyleGAN2Config)``.
+    """
+    if not isinstance(obj, (Mapping, tuple, list)):
+        raise WeightsError(f"cannot read a StyleGAN2 checkpoint from {type(obj).__name__}")
+    latent_avg = None
+    g_kwargs = d_kwargs = None
+    d_sd = None
+    if isinstance(obj, Mapping) and "g_ema" in obj:
+        g_src, d_src = obj["g_ema"], obj.get("d")
+        la = obj.get("latent_avg")
+        latent_avg = la.reshape(-1).to(torch.float32) if isinstance(la, torch.Tensor) else None
+    elif isinstance(obj, Mapping) and ("G_ema" in obj or "G" in obj):
+        g_src, d_src = obj.get("G_ema", obj.get("G")), obj.get("D")
+    else:
+        g_src, d_src = obj, None
+    g_sd, g_kwargs = _split_sd(g_src)
+    if d_src is not None:
+        d_sd, d_kwargs = _split_sd(d_src)
+
+    g_layout = _layouts.detect_layout(g_sd)
+    if g_layout == "rosinality_g":
+        g_sd = _layouts.rosinality_g_to_nvlabs(g_sd, latent_avg)
+        source = "rosinality"
+    elif g_layout == "nvlabs_g":
+        g_sd = dict(g_sd)
+        source = "nvlabs"
+        if latent_avg is None and "mapping.w_avg" in g_sd:
+            latent_avg = g_sd["mapping.w_avg"].reshape(-1).to(torch.float32)
+        elif latent_avg is not None:
+            g_sd["mapping.w_avg"] = latent_avg
+    else:
+        raise WeightsError(f"expected a generator state dict, got a {g_layout} layout")
+    if d_sd is not None:
+        d_layout = _layouts.detect_layout(d_sd)
+        if d_layout == "rosinality_d":
+            d_sd = _layouts.rosinality_d_to_nvlabs(d_sd)
+        elif d_layout != "nvlabs_d":
+            raise WeightsError(f"expected a discriminator state dict, got a {d_layout} layout")
+
+    cfg = _config_from_sds(g_sd, d_sd, g_kwargs, d_kwargs, source)
+    if source == "rosinality" and latent_avg is None:
+        cfg.w_avg_beta = 0.998  # w_avg stays zero: no average latent stored
+    G = build_generator(cfg)
+    if "mapping.w_avg" not in g_sd:
+        g_sd["mapping.w_avg"] = torch.zeros([cfg.w_dim])
+    _load_into(G, g_sd, "StyleGAN2 generator")
+    D = None
+    if d_sd is not None:
+        D = build_discriminator(cfg)
+        _load_into(D, d_sd, "StyleGAN2 discriminator")
+        D = D.to(device).eval()
+    return G.to(device).eval(), D, latent_avg, cfg
+
+
+def _contiguous_sd(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_pretrained(folder, G: Generator, D: Discriminator | None, cfg: StyleGAN2Config) -> pathlib.Path:
+    """Write ``config.json``, ``generator.safetensors`` and (with D) ``discriminator.safetensors``."""
+    from safetensors.torch import save_file
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = replace(cfg, has_discriminator=D is not None)
+    save_file(_contiguous_sd(G), str(folder / "generator.safetensors"))
+    if D is not None:
+        save_file(_contiguous_sd(D), str(folder / "discriminator.safetensors"))
+    (folder / "config.json").write_text(cfg.to_json())
+    return folder
+
+
+def from_pretrained(folder, device: torch.device | str = "cpu", with_discriminator: bool = True):
+    """Inverse of ``save_pretrained``: ``(G, D or None, w_avg [w_dim], cfg)``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = pathlib.Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise WeightsError(f"{cfg_path}: missing (not a converted StyleGAN2 folder)")
+    try:
+        cfg = StyleGAN2Config.from_json(cfg_path.read_text())
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{cfg_path}: unreadable StyleGAN2 config ({exc})") from exc
+
+    def read(name: str) -> dict[str, torch.Tensor]:
+        path = folder / name
+        if not path.is_file():
+            raise WeightsError(f"{path}: missing")
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
+
+    G = build_generator(cfg)
+    _load_into(G, read("generator.safetensors"), f"{folder / 'generator.safetensors'}")
+    D = None
+    if with_discriminator and cfg.has_discriminator:
+        D = build_discriminator(cfg)
+        _load_into(D, read("discriminator.safetensors"), f"{folder / 'discriminator.safetensors'}")
+        D = D.to(device).eval()
+    return G.to(device).eval(), D, G.mapping.w_avg.detach().clone(), cfg
+
+
+SLIM_CHANNELS = {4: 64, 8: 64, 16: 64, 32: 64, 64: 32, 128: 32, 256: 16, 512: 16, 1024: 16}
+
+
+def stylegan2_slim_config(resolution: int = 256) -> StyleGAN2Config:
+    """The slim preset: full StyleGAN2 architecture (8-layer 512-d mapping,
+    skip generator, resnet discriminator) with narrow widths ``SLIM_CHANNELS``
+    (64 up to 32 px, 32 at 64-128 px, 16 from 256 px), default 256 px."""
+    if resolution < 4 or resolution > 1024 or resolution & (resolution - 1):
+        raise ValueError(f"slim preset resolution must be a power of two in [4, 1024], got {resolution}")
+    ch = {r: c for r, c in SLIM_CHANNELS.items() if r <= resolution}
+    return StyleGAN2Config(img_resolution=resolution, channels=ch, d_channels=dict(ch), source="slim")
+
+
+def stylegan2_slim(seed: int = 0, resolution: int = 256, with_discriminator: bool = True):
+    """Deterministically initialised slim preset: ``(G, D or None, w_avg, cfg)``.
+
+    Weights follow the NVlabs initialisation drawn from ``seed`` (the global
+    torch RNG is left untouched); ``w_avg`` is the mean of the mapping of 1024
+    latents drawn from the same seed, so truncation behaves as with a trained model.
+    """
+    cfg = replace(stylegan2_slim_config(resolution), source=f"slim:seed={seed}",
+                  has_discriminator=with_discriminator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        G = build_generator(cfg)
+        D = build_discriminator(cfg) if with_discriminator else None
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        z = torch.randn([1024, cfg.z_dim], generator=gen)  # [1024, z_dim]
+        w = G.mapping(z, None, impl="ref")[:, 0]  # [1024, w_dim]
+        G.mapping.w_avg.copy_(w.mean(dim=0))
+    return G.eval(), (D.eval() if D is not None else None), G.mapping.w_avg.detach().clone(), cfg
