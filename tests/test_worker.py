@@ -1,0 +1,219 @@
+"""Engine worker loop against a real SQLite file, with real worker processes.
+
+Worker processes run ``python -m engine.worker`` with the small handlers in
+tests/storage/jobhandlers.py; tests kill, stop, signal and cancel them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from engine.worker import Worker
+from storage import jobs as q
+from storage.blobs import BlobStore
+from storage.db import open_database
+from storage.jobs import RetryPolicy
+from tests.storage import jobhandlers
+from tests.storage.procs import start_worker, stop, wait_for
+
+
+@pytest.fixture
+def env(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    db = open_database(url)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    blobs = BlobStore(db, tmp_path / "blobs", gc_grace_seconds=0)
+    procs = []
+    yield {"url": url, "db": db, "marks": marks, "logs": logs, "blobs": blobs, "root": tmp_path / "blobs",
+           "procs": procs}
+    for p in procs:
+        stop(p)
+    db.dispose()
+
+
+def _spawn(env, wid, **kw):
+    p = start_worker(env["url"], env["root"], wid, env["logs"], **kw)
+    env["procs"].append(p)
+    return p
+
+
+def _payload(env, n, delay, **extra):
+    return {"n": n, "delay": delay, "marks": str(env["marks"]), **extra}
+
+
+def _status(env, jid):
+    return q.get_job(env["db"], jid).status
+
+
+def _logs(env):
+    return "\n".join(p.read_text() for p in env["logs"].iterdir())
+
+
+def _sha(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _refs(db, holder):
+    with db.read() as c:
+        return list(c.execute(sa.text("SELECT digest FROM blob_refs WHERE holder = :h"), {"h": holder}).scalars())
+
+
+def test_sigkill_mid_job_is_retaken_after_lease_and_stored_once(env):
+    db, marks = env["db"], env["marks"]
+    jid = q.enqueue(db, "steps", _payload(env, 6, 0.3), "kill-1")
+    w1 = _spawn(env, "w1", lease=2.0)
+    wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "w1 to run two steps")
+    w1.send_signal(signal.SIGKILL)
+    w1.wait(timeout=10)
+    assert _status(env, jid) == "running"  # nobody knows yet that w1 died
+    killed_at = time.time()
+    w2 = _spawn(env, "w2", lease=2.0)
+    wait_for(lambda: _status(env, jid) == "succeeded", 60, "w2 to complete the job\n" + _logs(env))
+    job = q.get_job(db, jid)
+    assert job.attempts == 2 and job.result["attempt"] == 2 and job.result["pid"] == w2.pid
+    assert job.finished_at - killed_at >= 1.0  # not before w1's lease ran out
+    assert (marks / f"{jid}-finished").read_text().count("\n") == 1
+    # The job references exactly what the successful attempt wrote.
+    expected = {_sha(f"final job={jid}"), _sha(f"partial job={jid} attempt=2")}
+    assert set(_refs(db, f"job:{jid}")) == expected and job.result["digest"] in expected
+    # The killed attempt's blob is on disk but nothing references it: GC removes it.
+    orphan = _sha(f"partial job={jid} attempt=1")
+    assert env["blobs"].exists(orphan) and env["blobs"].refcount(orphan) == 0
+    assert env["blobs"].stats()["unreferenced"] == 1
+    report = env["blobs"].gc(grace_seconds=0)
+    assert report.removed_blobs == 1 and not env["blobs"].exists(orphan)
+    assert env["blobs"].stats()["unreferenced"] == 0
+    files = {p.name for p in env["root"].rglob("*") if p.is_file()}
+    assert files == expected
+    w2.send_signal(signal.SIGTERM)
+    assert w2.wait(timeout=20) == 0
+
+
+def test_stalled_worker_resumed_later_cannot_overwrite(env):
+    db, marks = env["db"], env["marks"]
+    jid = q.enqueue(db, "steps", _payload(env, 10, 0.3), "stall-1")
+    w1 = _spawn(env, "w1", lease=1.5)
+    wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "w1 to run two steps")
+    w1.send_signal(signal.SIGSTOP)
+    try:
+        w2 = _spawn(env, "w2", lease=1.5)
+        wait_for(lambda: _status(env, jid) == "succeeded", 90, "w2 to complete the job\n" + _logs(env))
+    finally:
+        w1.send_signal(signal.SIGCONT)
+    result = q.get_job(db, jid).result
+    time.sleep(2.0)  # w1 runs again: its next write must be refused
+    job = q.get_job(db, jid)
+    assert job.status == "succeeded" and job.result == result and job.result["pid"] == w2.pid
+    assert (marks / f"{jid}-finished").read_text().count("\n") == 1
+    assert "lease lost" in (env["logs"] / "w1.log").read_text()
+    assert w1.poll() is None  # it survives and goes on polling
+
+
+def test_heartbeat_keeps_a_long_job_with_its_worker(env):
+    db, marks = env["db"], env["marks"]
+    jid = q.enqueue(db, "steps", _payload(env, 5, 0.6), "long-1")  # 3 s job, 1 s lease
+    _spawn(env, "w1", lease=1.0)
+    wait_for(lambda: (marks / f"{jid}-started-1").exists(), 60, "a worker to start the job")
+    _spawn(env, "w2", lease=1.0)
+    wait_for(lambda: _status(env, jid) == "succeeded", 60, "the job to complete\n" + _logs(env))
+    assert q.get_job(db, jid).attempts == 1
+    assert (marks / f"{jid}-finished").read_text().count("\n") == 1
+
+
+def test_cancel_stops_running_job_at_next_step(env):
+    db, marks = env["db"], env["marks"]
+    jid = q.enqueue(db, "steps", _payload(env, 100, 0.2), "cancel-1")
+    _spawn(env, "w1")
+    wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "the job to run")
+    assert q.cancel(db, jid) == "cancel_requested"
+    cancelled_steps = len(list(marks.glob(f"{jid}-step-*")))
+    wait_for(lambda: _status(env, jid) == "cancelled", 20, "the worker to stop\n" + _logs(env))
+    steps_run = len(list(marks.glob(f"{jid}-step-*")))
+    assert steps_run <= cancelled_steps + 1  # the step in flight may finish, no further one starts
+    assert not (marks / f"{jid}-finished").exists()
+    assert _refs(db, f"job:{jid}") == []
+
+
+def test_sigterm_releases_job_and_another_worker_takes_it_at_once(env):
+    db, marks = env["db"], env["marks"]
+    jid = q.enqueue(db, "steps", _payload(env, 10, 0.3), "term-1")
+    w1 = _spawn(env, "w1", lease=30.0)  # long lease: a retake before 30 s proves the release
+    wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "the job to run")
+    w1.send_signal(signal.SIGTERM)
+    assert w1.wait(timeout=20) == 0
+    job = q.get_job(db, jid)
+    assert job.status == "queued" and job.attempts == 0 and job.lease_token is None
+    t0 = time.time()
+    _spawn(env, "w2", lease=30.0)
+    wait_for(lambda: _status(env, jid) == "succeeded", 60, "w2 to complete\n" + _logs(env))
+    assert time.time() - t0 < 25
+    assert q.get_job(db, jid).attempts == 1
+
+
+def test_sigterm_in_finish_mode_completes_the_job_then_exits(env):
+    db, marks = env["db"], env["marks"]
+    jid = q.enqueue(db, "steps", _payload(env, 5, 0.3), "term-2")
+    w1 = _spawn(env, "w1", shutdown="finish")
+    wait_for(lambda: (marks / f"{jid}-step-0").exists(), 60, "the job to run")
+    w1.send_signal(signal.SIGTERM)
+    assert w1.wait(timeout=30) == 0
+    job = q.get_job(db, jid)
+    assert job.status == "succeeded" and job.result["pid"] == w1.pid
+
+
+def test_interactive_overtakes_queued_batch(env):
+    db, marks = env["db"], env["marks"]
+    b1 = q.enqueue(db, "steps", _payload(env, 4, 0.3), "b1", priority="batch")
+    b2 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "b2", priority="batch")
+    b3 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "b3", priority="batch")
+    _spawn(env, "w1")
+    wait_for(lambda: (marks / f"{b1}-started-1").exists(), 60, "the first batch job to start")
+    i1 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "i1", priority="interactive")
+    assert q.queue_position(db, i1) == 1 and q.queue_position(db, b2) == 2
+    wait_for(lambda: all(_status(env, j) == "succeeded" for j in (b1, b2, b3, i1)), 60, "all jobs")
+    order = [int(x) for x in (marks / "order").read_text().split()]
+    assert order == [b1, i1, b2, b3]
+
+
+# ---- in-process worker: outcome mapping --------------------------------------------
+
+def _inproc_worker(env, lease=5.0):
+    return Worker(env["db"], env["blobs"], jobhandlers.factory(), "inproc", lease, 0.05,
+                  retry=RetryPolicy(base_seconds=0.0))
+
+
+def test_user_facing_error_fails_at_once_with_its_key(env):
+    jid = q.enqueue(env["db"], "steps", _payload(env, 1, 0.0, user_error=True), "ue-1")
+    _inproc_worker(env).run(exit_when_idle=True)
+    job = q.get_job(env["db"], jid)
+    assert job.status == "failed" and job.attempts == 1
+    assert job.error_key == "test_bad_input" and "no face" in job.error
+
+
+def test_crash_is_retried_then_succeeds_and_exhausted_retries_fail(env):
+    db = env["db"]
+    ok = q.enqueue(db, "steps", _payload(env, 1, 0.0, fail_until_attempt=3), "retry-ok", max_attempts=3)
+    bad = q.enqueue(db, "steps", _payload(env, 1, 0.0, fail_until_attempt=9), "retry-bad", max_attempts=2)
+    _inproc_worker(env).run(exit_when_idle=True)
+    job_ok, job_bad = q.get_job(db, ok), q.get_job(db, bad)
+    assert job_ok.status == "succeeded" and job_ok.attempts == 3
+    assert job_bad.status == "failed" and job_bad.attempts == 2
+    assert "planned failure on attempt 2" in job_bad.error and job_bad.error_key is None
+
+
+def test_worker_rejects_bad_construction(env):
+    with pytest.raises(ValueError, match="at least one job handler"):
+        Worker(env["db"], env["blobs"], {}, "w")
+    with pytest.raises(TypeError, match="not callable"):
+        Worker(env["db"], env["blobs"], {"x": 3}, "w")  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        Worker(env["db"], env["blobs"], jobhandlers.factory(), "w", 1.0, heartbeat_interval=2.0)
