@@ -1,0 +1,490 @@
+"""EG3D tri-plane generator (``TriPlaneGenerator``), OSG decoder, typed config and loading.
+
+Same architecture, parameter names and forward maths as NVlabs EG3D
+``training/triplane.py``; an official state dict (``backbone.*``,
+``superresolution.*``, ``decoder.net.*``) loads unchanged.
+
+Pieces and conventions:
+
+* ``mapping(z [N,z_dim], c [N,25]) -> ws [N,14,w_dim]``. The conditioning
+  label is multiplied by ``rendering.c_scale`` (zeroed when
+  ``c_gen_conditioning_zero``); truncation ``w_avg + psi (w - w_avg)`` on the
+  first ``truncation_cutoff`` ws (all when None).
+* ``planes(ws) -> [N,3,32,256,256]``: the StyleGAN2 backbone's 96-channel
+  256px output read as 3 planes x 32 channels (plane order and axes: see
+  ``engine.nets.volume``). The planes are *returned*; nothing is cached.
+* ``render(planes, ws, c)``: volume rendering at the neural rendering
+  resolution R (from the config, overridable per call), then
+  super-resolution from the last w. Cameras may outnumber plane sets:
+  with P plane sets and B = P*V cameras, camera b uses plane set b // V, and
+  the planes are evaluated once for all their views.
+  Outputs (NCHW float32): ``image`` [B,3,S,S] (super-resolved, ~[-1,1]),
+  ``image_raw`` [B,3,R,R] (first 3 feature channels, [-1,1]),
+  ``image_features`` [B,32,R,R], ``image_depth`` [B,1,R,R] (scene units along
+  the ray), ``image_alpha`` [B,1,R,R] (accumulated opacity in [0,1]).
+* ``sample_points(planes, coords)``: raw density (before the marcher's
+  ``softplus(sigma - 1)``) and 32 colour/feature channels in [-0.001, 1.001]
+  at world points, for meshes and mattes.
+* Sampling mode: ``"deterministic"`` (default; stickers, golden fixtures) or
+  ``"stochastic"`` with a ``torch.Generator``. Backbone noise: ``noise_mode``
+  'const' (default here; NVlabs' layer default is 'random'), 'random' (with
+  ``noise_generator``) or 'none', or explicit ``noise_inputs`` per layer.
+  Super-resolution noise follows ``rendering.superresolution_noise_mode``
+  ('none' in the official configs).
+
+Config files: ``config.json`` = ``{"class_name":
+"training.triplane.TriPlaneGenerator", "init_kwargs": {...},
+"neural_rendering_resolution": R}`` (the official constructor arguments, as
+in the reference fixtures) beside a safetensors state dict with official keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from emoji3d.errors import WeightsError
+from engine.nets import volume
+from engine.nets.stylegan2 import FullyConnectedLayer, Generator as StyleGAN2Backbone
+from engine.nets.superresolution import sr_class
+
+PLANE_CHANNELS = 32
+PLANE_RESOLUTION = 256
+DECODER_HIDDEN = 64
+CLASS_NAME = "training.triplane.TriPlaneGenerator"
+WEIGHT_FILES = ("G.safetensors", "G_official_keys.safetensors")
+
+# Rendering keys we interpret; everything else in rendering_kwargs (training
+# regularisers such as density_reg, gpc_reg_prob) is kept verbatim in ``extra``.
+_RENDER_KEYS = (
+    "depth_resolution", "depth_resolution_importance", "ray_start", "ray_end", "box_warp", "clamp_mode",
+    "disparity_space_sampling", "white_back", "density_noise", "superresolution_module",
+    "superresolution_noise_mode", "sr_antialias", "c_gen_conditioning_zero", "c_scale", "decoder_lr_mul",
+    "avg_camera_radius", "avg_camera_pivot", "image_resolution",
+)
+
+
+@dataclass(frozen=True)
+class RenderingConfig:
+    """EG3D ``rendering_kwargs`` (FFHQ-512 defaults)."""
+
+    depth_resolution: int = 48
+    depth_resolution_importance: int = 48
+    ray_start: float | str = 2.25
+    ray_end: float | str = 3.3
+    box_warp: float = 1.0
+    clamp_mode: str = "softplus"
+    disparity_space_sampling: bool = False
+    white_back: bool = False
+    density_noise: float = 0.0
+    superresolution_module: str = "training.superresolution.SuperresolutionHybrid8XDC"
+    superresolution_noise_mode: str = "none"
+    sr_antialias: bool = True
+    c_gen_conditioning_zero: bool = False
+    c_scale: float = 1.0
+    decoder_lr_mul: float = 1.0
+    avg_camera_radius: float = 2.7
+    avg_camera_pivot: tuple[float, float, float] = (0.0, 0.0, 0.2)
+    image_resolution: int | None = 512
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_kwargs(cls, kw: Mapping[str, Any]) -> "RenderingConfig":
+        """From an official ``rendering_kwargs`` dict. A missing ``c_scale`` means 0, as in the official mapping."""
+        if "superresolution_module" not in kw:
+            raise ValueError("rendering_kwargs needs 'superresolution_module'")
+        known = {k: kw[k] for k in _RENDER_KEYS if k in kw}
+        if "avg_camera_pivot" in known:
+            known["avg_camera_pivot"] = tuple(float(v) for v in known["avg_camera_pivot"])
+        known.setdefault("c_scale", 0.0)
+        extra = {k: v for k, v in kw.items() if k not in _RENDER_KEYS}
+        return cls(**known, extra=dict(extra))
+
+    def to_kwargs(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in _RENDER_KEYS}
+        out["avg_camera_pivot"] = list(self.avg_camera_pivot)
+        if out["image_resolution"] is None:
+            del out["image_resolution"]
+        out.update(self.extra)
+        return out
+
+    def render_options(self, sampling: volume.SamplingMode = "deterministic", **overrides) -> volume.RenderOptions:
+        base = dict(
+            depth_resolution=self.depth_resolution, depth_resolution_importance=self.depth_resolution_importance,
+            ray_start=self.ray_start, ray_end=self.ray_end, box_warp=self.box_warp, clamp_mode=self.clamp_mode,
+            disparity_space_sampling=self.disparity_space_sampling, white_back=self.white_back,
+            density_noise=self.density_noise, sampling=sampling,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return volume.RenderOptions(**base)
+
+
+@dataclass(frozen=True)
+class EG3DConfig:
+    """Constructor arguments of ``TriPlaneGenerator`` (official names) plus the neural rendering resolution.
+
+    Defaults of the backbone fields are the NVlabs constructor defaults, so an
+    ``init_kwargs`` dict that omits a key behaves as the official code does.
+    """
+
+    z_dim: int = 512
+    c_dim: int = 25
+    w_dim: int = 512
+    img_resolution: int = 512
+    img_channels: int = 3
+    sr_num_fp16_res: int = 0
+    mapping_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    rendering: RenderingConfig = field(default_factory=RenderingConfig)
+    sr_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    channel_base: int = 32768
+    channel_max: int = 512
+    num_fp16_res: int = 4
+    conv_clamp: float | None = 256
+    fused_modconv_default: bool | str = True
+    neural_rendering_resolution: int = 64
+    synthesis_extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.neural_rendering_resolution < 1:
+            raise ValueError(f"neural_rendering_resolution must be >= 1, got {self.neural_rendering_resolution}")
+        sr_class(self.rendering.superresolution_module)  # validates the name
+
+    _SYN_KEYS = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "fused_modconv_default")
+
+    @classmethod
+    def from_init_kwargs(cls, init_kwargs: Mapping[str, Any], neural_rendering_resolution: int = 64) -> "EG3DConfig":
+        kw = dict(init_kwargs)
+        for req in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "rendering_kwargs"):
+            if req not in kw:
+                raise ValueError(f"EG3D init_kwargs lacks {req!r}")
+        args: dict[str, Any] = {k: kw.pop(k) for k in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels")}
+        args["sr_num_fp16_res"] = kw.pop("sr_num_fp16_res", 0)
+        args["mapping_kwargs"] = dict(kw.pop("mapping_kwargs", {}) or {})
+        args["sr_kwargs"] = dict(kw.pop("sr_kwargs", {}) or {})
+        args["rendering"] = RenderingConfig.from_kwargs(kw.pop("rendering_kwargs"))
+        for k in cls._SYN_KEYS:
+            if k in kw:
+                args[k] = kw.pop(k)
+        args["synthesis_extra"] = kw  # anything else goes to the backbone, as **synthesis_kwargs
+        return cls(**args, neural_rendering_resolution=int(neural_rendering_resolution))
+
+    def to_init_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(
+            z_dim=self.z_dim, c_dim=self.c_dim, w_dim=self.w_dim, img_resolution=self.img_resolution,
+            img_channels=self.img_channels, sr_num_fp16_res=self.sr_num_fp16_res,
+            mapping_kwargs=dict(self.mapping_kwargs), rendering_kwargs=self.rendering.to_kwargs(),
+            sr_kwargs=dict(self.sr_kwargs),
+        )
+        out.update({k: getattr(self, k) for k in self._SYN_KEYS})
+        out.update(self.synthesis_extra)
+        return out
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"class_name": CLASS_NAME, "init_kwargs": self.to_init_kwargs(),
+                "neural_rendering_resolution": self.neural_rendering_resolution}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, Any]) -> "EG3DConfig":
+        if not is_eg3d_config(d):
+            raise ValueError(f"not an EG3D TriPlaneGenerator config (class_name={d.get('class_name')!r})")
+        return cls.from_init_kwargs(d["init_kwargs"], int(d.get("neural_rendering_resolution", 64)))
+
+    def replace(self, **changes) -> "EG3DConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def is_eg3d_config(d: Mapping[str, Any]) -> bool:
+    return str(d.get("class_name", "")).rsplit(".", 1)[-1] == "TriPlaneGenerator" and "init_kwargs" in d
+
+
+# ----------------------------------------------------------------------------- presets
+
+def ffhq512_config() -> EG3DConfig:
+    """The published FFHQ-512 generator (``ffhqrebalanced512-128.pkl``): 8XDC SR, neural rendering 128."""
+    return EG3DConfig(
+        sr_num_fp16_res=4, mapping_kwargs={"num_layers": 2},
+        rendering=RenderingConfig(c_scale=1.0, extra={"gpc_reg_prob": 0.5, "density_reg": 0.25,
+                                                      "density_reg_p_dist": 0.004, "reg_type": "l1"}),
+        sr_kwargs={"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
+        channel_base=32768, channel_max=512, num_fp16_res=0, conv_clamp=None,
+        fused_modconv_default="inference_only", neural_rendering_resolution=128,
+    )
+
+
+PRESETS: dict[str, EG3DConfig] = {}
+
+
+def _build_presets() -> None:
+    full = ffhq512_config()
+    # Same architecture as the golden fixture: FFHQ-512 layout, narrow backbone, 64px neural render, 24+24 samples.
+    PRESETS["slim512"] = full.replace(
+        channel_base=4096, channel_max=64, neural_rendering_resolution=64, sr_kwargs={},
+        rendering=dataclasses.replace(full.rendering, depth_resolution=24, depth_resolution_importance=24),
+    )
+    # CPU demo / fast tests: 128px output through Hybrid2X, 32px neural render, 12+12 samples.
+    PRESETS["slim128"] = full.replace(
+        img_resolution=128, channel_base=2048, channel_max=32, neural_rendering_resolution=32, sr_kwargs={},
+        rendering=dataclasses.replace(full.rendering, depth_resolution=12, depth_resolution_importance=12,
+                                      superresolution_module="training.superresolution.SuperresolutionHybrid2X",
+                                      image_resolution=128),
+    )
+    PRESETS["ffhq512"] = full
+
+
+_build_presets()
+
+
+# ----------------------------------------------------------------------------- modules
+
+class OSGDecoder(torch.nn.Module):
+    """Tri-plane feature decoder: mean over planes, FC 32->64, softplus, FC 64->1+32.
+
+    Returns raw sigma [N,M,1] (channel 0) and rgb/features [N,M,32] =
+    sigmoid(x) * (1 + 2*0.001) - 0.001.
+    """
+
+    def __init__(self, n_features: int = PLANE_CHANNELS, hidden: int = DECODER_HIDDEN, output_dim: int = PLANE_CHANNELS,
+                 lr_multiplier: float = 1.0):
+        super().__init__()
+        self.hidden_dim = hidden
+        self.net = torch.nn.Sequential(
+            FullyConnectedLayer(n_features, hidden, lr_multiplier=lr_multiplier),
+            torch.nn.Softplus(),
+            FullyConnectedLayer(hidden, 1 + output_dim, lr_multiplier=lr_multiplier),
+        )
+
+    def forward(self, sampled_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sampled_features [N, n_planes, M, C] -> (sigma [N,M,1], rgb [N,M,output_dim])."""
+        x = sampled_features.mean(1)  # [N,M,C]
+        n, m, c = x.shape
+        x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
+        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
+        sigma = x[..., 0:1]
+        return sigma, rgb
+
+
+class TriPlaneGenerator(torch.nn.Module):
+    """EG3D generator. See the module docstring for the API and conventions."""
+
+    def __init__(self, config: EG3DConfig):
+        super().__init__()
+        self.config = config
+        self.z_dim, self.c_dim, self.w_dim = config.z_dim, config.c_dim, config.w_dim
+        self.img_resolution, self.img_channels = config.img_resolution, config.img_channels
+        syn = {k: getattr(config, k) for k in EG3DConfig._SYN_KEYS}
+        syn.update(config.synthesis_extra)
+        self.backbone = StyleGAN2Backbone(config.z_dim, config.c_dim, config.w_dim, img_resolution=PLANE_RESOLUTION,
+                                          img_channels=3 * PLANE_CHANNELS, mapping_kwargs=dict(config.mapping_kwargs),
+                                          **syn)
+        sr = sr_class(config.rendering.superresolution_module)
+        self.superresolution = sr(channels=PLANE_CHANNELS, img_resolution=config.img_resolution,
+                                  sr_num_fp16_res=config.sr_num_fp16_res, sr_antialias=config.rendering.sr_antialias,
+                                  **dict(config.sr_kwargs))
+        self.decoder = OSGDecoder(PLANE_CHANNELS, DECODER_HIDDEN, PLANE_CHANNELS, config.rendering.decoder_lr_mul)
+
+    @property
+    def num_ws(self) -> int:
+        return self.backbone.num_ws
+
+    # -- latent ---------------------------------------------------------------
+    def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                update_emas: bool = False, impl: str = "auto") -> torch.Tensor:
+        """z [N,z_dim], c [N,25] (the *conditioning* camera) -> ws [N,num_ws,w_dim]."""
+        if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
+            raise ValueError(f"camera labels must be [N,{self.c_dim}], got {None if c is None else tuple(c.shape)}")
+        if self.config.rendering.c_gen_conditioning_zero:
+            c = torch.zeros_like(c)
+        return self.backbone.mapping(z, c * self.config.rendering.c_scale, truncation_psi=truncation_psi,
+                                     truncation_cutoff=truncation_cutoff, update_emas=update_emas, impl=impl)
+
+    # -- planes ---------------------------------------------------------------
+    def planes(self, ws: torch.Tensor, *, noise_mode: str = "const", noise_inputs: Mapping[str, torch.Tensor] | None = None,
+               noise_generator: torch.Generator | None = None, **synthesis_kwargs) -> torch.Tensor:
+        """ws [N,num_ws,w_dim] -> planes [N,3,32,256,256]."""
+        if noise_generator is not None:
+            synthesis_kwargs["noise_generator"] = noise_generator
+        raw = self.backbone.synthesis(ws, noise_inputs=noise_inputs, noise_mode=noise_mode, **synthesis_kwargs)
+        return raw.view(raw.shape[0], 3, PLANE_CHANNELS, raw.shape[-2], raw.shape[-1])  # [N,3,32,H,W]
+
+    # -- queries --------------------------------------------------------------
+    def field(self, planes: torch.Tensor) -> volume.Field:
+        """The density/colour field of plane sets [P,3,32,H,W] as a ``volume.Field``."""
+        box_warp = self.config.rendering.box_warp
+        decoder = self.decoder
+
+        def query(coords: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            del dirs  # the OSG decoder ignores view directions
+            return decoder(volume.sample_from_planes(planes, coords, box_warp))
+
+        return query
+
+    def sample_points(self, planes: torch.Tensor, coords: torch.Tensor, directions: torch.Tensor | None = None,
+                      *, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw sigma [P,M,1] and rgb/features [P,M,32] at world points coords [P,M,3]."""
+        if coords.ndim != 3 or coords.shape[-1] != 3 or coords.shape[0] != planes.shape[0]:
+            raise ValueError(f"coords must be [{planes.shape[0]},M,3], got {tuple(coords.shape)}")
+        dirs = torch.zeros_like(coords) if directions is None else directions
+        f = self.field(planes)
+        if chunk is None or coords.shape[1] <= chunk:
+            return f(coords, dirs)
+        parts = [f(coords[:, i:i + chunk], dirs[:, i:i + chunk]) for i in range(0, coords.shape[1], chunk)]
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+    # -- rendering ------------------------------------------------------------
+    def render_options(self, sampling: volume.SamplingMode = "deterministic", **overrides) -> volume.RenderOptions:
+        return self.config.rendering.render_options(sampling, **overrides)
+
+    def render(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, *,
+               neural_rendering_resolution: int | None = None, sampling: volume.SamplingMode = "deterministic",
+               generator: torch.Generator | None = None, options: volume.RenderOptions | None = None,
+               depth_resolution: int | None = None, depth_resolution_importance: int | None = None,
+               superresolution: bool = True, views_per_pass: int | None = None,
+               **sr_kwargs) -> dict[str, torch.Tensor]:
+        """Render cameras c [B,25] from planes [P,3,32,H,W] (B = P*V) and super-resolve with ws.
+
+        ``ws`` is [P,...] or [B,...]. ``views_per_pass`` bounds memory: views
+        of each plane set are rendered in groups of that size.
+        """
+        if planes.ndim != 5 or planes.shape[1:3] != (3, PLANE_CHANNELS):
+            raise ValueError(f"planes must be [P,3,{PLANE_CHANNELS},H,W], got {tuple(planes.shape)}")
+        if c.ndim != 2 or c.shape[1] != 25:
+            raise ValueError(f"camera labels must be [B,25], got {tuple(c.shape)}")
+        p, b = planes.shape[0], c.shape[0]
+        if b % p != 0:
+            raise ValueError(f"{b} cameras cannot be shared evenly by {p} plane sets")
+        v = b // p
+        if ws.shape[0] not in (p, b):
+            raise ValueError(f"ws has batch {ws.shape[0]}, expected {p} (per plane set) or {b} (per camera)")
+        res = int(neural_rendering_resolution or self.config.neural_rendering_resolution)
+        opts = options or self.render_options(sampling, depth_resolution=depth_resolution,
+                                              depth_resolution_importance=depth_resolution_importance)
+        c2w = c[:, :16].reshape(p, v, 4, 4)
+        intr = c[:, 16:25].reshape(p, v, 3, 3)
+        step = v if not views_per_pass else max(1, int(views_per_pass))
+        field = self.field(planes)
+        chunks = []
+        for s in range(0, v, step):
+            e = min(v, s + step)
+            chunks.append(volume.render_views(field, c2w[:, s:e].reshape(-1, 4, 4), intr[:, s:e].reshape(-1, 3, 3), res,
+                                              opts, n_fields=p, generator=generator))
+        out = {k: torch.cat([ch[k].reshape(p, -1, *ch[k].shape[1:]) for ch in chunks], 1).reshape(b, *chunks[0][k].shape[1:])
+               for k in chunks[0]}
+        feats = out["features"]  # [B,32,R,R]
+        rgb = feats[:, :3]
+        result = {"image_raw": rgb, "image_features": feats, "image_depth": out["depth"], "image_alpha": out["opacity"]}
+        if superresolution:
+            ws_b = ws if ws.shape[0] == b else ws.repeat_interleave(v, dim=0)
+            sr_kwargs.setdefault("noise_mode", self.config.rendering.superresolution_noise_mode)
+            result["image"] = self.superresolution(rgb, feats, ws_b, **sr_kwargs)
+        return result
+
+    def synthesis(self, ws: torch.Tensor, c: torch.Tensor, *, noise_mode: str = "const",
+                  noise_inputs: Mapping[str, torch.Tensor] | None = None, noise_generator: torch.Generator | None = None,
+                  impl: str = "auto", fused_modconv: bool | str | None = None, force_fp32: bool = False,
+                  **render_kwargs) -> dict[str, torch.Tensor]:
+        """planes(ws) then render(planes, ws, c); the result also holds ``planes``."""
+        planes = self.planes(ws, noise_mode=noise_mode, noise_inputs=noise_inputs, noise_generator=noise_generator,
+                             impl=impl, fused_modconv=fused_modconv, force_fp32=force_fp32)
+        out = self.render(planes, ws, c, impl=impl, fused_modconv=fused_modconv, force_fp32=force_fp32, **render_kwargs)
+        out["planes"] = planes
+        return out
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                c_render: torch.Tensor | None = None, **synthesis_kwargs) -> dict[str, torch.Tensor]:
+        """mapping(z, c) then synthesis(ws, c_render or c)."""
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff)
+        return self.synthesis(ws, c if c_render is None else c_render, **synthesis_kwargs)
+
+
+# ----------------------------------------------------------------------------- loading and saving
+
+def load_official_state_dict(G: TriPlaneGenerator, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy an official-key state dict into G; any missing/unexpected key or shape mismatch is a WeightsError."""
+    own = G.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state_dict) if tuple(state_dict[k].shape) != tuple(own[k].shape))
+    problems = []
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+            problems.append(f"{what}: {', '.join(items[:8])}{more}")
+    if problems:
+        raise WeightsError(f"{source} does not fit this EG3D configuration: " + "; ".join(problems), file=source)
+    with torch.no_grad():
+        G.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
+
+
+def from_official(state_dict: Mapping[str, torch.Tensor], init_kwargs: Mapping[str, Any],
+                  neural_rendering_resolution: int = 128, source: str = "state dict") -> TriPlaneGenerator:
+    """Build a generator from the official (state_dict, init_kwargs) pair (e.g. from the pickle reader)."""
+    G = TriPlaneGenerator(EG3DConfig.from_init_kwargs(init_kwargs, neural_rendering_resolution))
+    load_official_state_dict(G, state_dict, source)
+    return G.eval().requires_grad_(False)
+
+
+def save(G: TriPlaneGenerator, folder: str | pathlib.Path, weights_name: str = WEIGHT_FILES[0]) -> pathlib.Path:
+    """Write ``config.json`` and the safetensors state dict (official keys) into folder."""
+    from safetensors.torch import save_file
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(G.config.to_json_dict(), indent=1))
+    save_file({k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}, str(folder / weights_name))
+    return folder
+
+
+def load(folder: str | pathlib.Path, weights_name: str | None = None, device: str | torch.device = "cpu") -> TriPlaneGenerator:
+    """Read a folder written by ``save`` (or a reference fixture folder)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = pathlib.Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise WeightsError(f"{cfg_path} is missing", file=str(cfg_path))
+    try:
+        cfg = EG3DConfig.from_json_dict(json.loads(cfg_path.read_text()))
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{cfg_path}: {exc}", file=str(cfg_path)) from exc
+    names = [weights_name] if weights_name else list(WEIGHT_FILES)
+    path = next((folder / n for n in names if (folder / n).is_file()), None)
+    if path is None:
+        raise WeightsError(f"{folder}: no weight file ({' or '.join(names)})", file=str(folder / names[0]))
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path} is corrupt or truncated: {exc}", file=str(path)) from exc
+    G = TriPlaneGenerator(cfg)
+    load_official_state_dict(G, sd, str(path))
+    return G.to(device).eval().requires_grad_(False)
+
+
+def slim_generator(preset: str = "slim128", seed: int = 0, device: str | torch.device = "cpu") -> TriPlaneGenerator:
+    """A randomly initialised generator of a named preset, identical for the same (preset, seed).
+
+    The NVlabs-style constructors draw from torch's global RNG; it is seeded
+    inside ``torch.random.fork_rng`` so the caller's RNG state is untouched.
+    Then ``w_avg``, noise strengths and biases get small seeded values so that
+    every term of the forward pass matters (as in the reference fixtures).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown EG3D preset {preset!r}; known: {', '.join(PRESETS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        G = TriPlaneGenerator(PRESETS[preset])
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, t in sorted(G.named_parameters()) + sorted(G.named_buffers()):
+            if name.endswith("noise_strength"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif name.endswith("w_avg"):
+                t.copy_(0.5 * torch.randn(t.shape, generator=g))
+            elif name.endswith(".bias") and "affine" not in name:
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+    return G.to(device).eval().requires_grad_(False)
