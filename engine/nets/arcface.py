@@ -1,0 +1,108 @@
+"""IR-SE50 ArcFace (InsightFace ``Backbone(112, 50, 'ir_se')``) and the e4e/pSp ID loss.
+
+Conventions
+- :class:`ArcFaceBackbone` takes faces [B,3,112,112] float in [-1, 1] and returns
+  L2-normalised embeddings [B,512] (unit length along dim 1).
+- :func:`id_crop` turns a 256x256 FFHQ-aligned image (larger ones are first
+  average-pooled to 256, as e4e's ID loss does) into the ArcFace input: rows
+  35:223, columns 32:220, then adaptive average pooling to 112x112.
+- :func:`id_loss` is e4e's ID loss: mean over the batch of 1 − ⟨e(y_hat), e(y)⟩,
+  with the target embedding detached.
+- State-dict keys equal ``model_ir_se50.pth`` (``input_layer.*``, ``body.*``,
+  ``output_layer.{0,3,4}.*``). ``output_layer`` = BatchNorm2d(512), Dropout,
+  Flatten, Linear(512·7·7, 512), BatchNorm1d(512); the network runs in eval
+  mode, so Dropout is the identity and BatchNorm uses running statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .irse import make_body, make_input_layer
+
+CROP_ROWS = (35, 223)
+CROP_COLS = (32, 220)
+ARCFACE_SIZE = 112
+
+
+@dataclass(frozen=True)
+class ArcFaceConfig:
+    input_size: int = 112  # 112 or 224
+    num_layers: int = 50
+    mode: str = "ir_se"
+    drop_ratio: float = 0.6  # as in e4e's IDLoss; only matters in training mode
+    affine: bool = True
+
+
+class ArcFaceBackbone(nn.Module):
+    def __init__(self, cfg: ArcFaceConfig = ArcFaceConfig()) -> None:
+        super().__init__()
+        if cfg.input_size not in (112, 224):
+            raise ValueError(f"ArcFace: input_size must be 112 or 224, got {cfg.input_size}")
+        self.cfg = cfg
+        self.input_layer = make_input_layer()
+        side = 7 if cfg.input_size == 112 else 14
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(512),
+            nn.Dropout(cfg.drop_ratio),
+            nn.Flatten(),
+            nn.Linear(512 * side * side, 512),
+            nn.BatchNorm1d(512, affine=cfg.affine),
+        )
+        self.body = make_body(cfg.num_layers, cfg.mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B,3,S,S] in [-1,1], S = input_size → embedding [B,512], unit L2 norm."""
+        s = self.cfg.input_size
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (s, s):
+            raise ValueError(f"ArcFace: expected faces [B,3,{s},{s}], got {tuple(x.shape)}")
+        x = self.input_layer(x)  # [B,64,S,S]
+        x = self.body(x)  # [B,512,S/16,S/16]
+        x = self.output_layer(x)  # [B,512]
+        return x / torch.norm(x, 2, 1, keepdim=True)
+
+
+def id_crop(images: torch.Tensor) -> torch.Tensor:
+    """FFHQ-aligned images [B,3,H,W] (H=W ≥ 256) in [-1,1] → ArcFace input [B,3,112,112]."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.shape[2] < 256:
+        raise ValueError(f"ID crop: expected square images [B,3,S,S] with S >= 256, got {tuple(images.shape)}")
+    if images.shape[2] != 256:
+        images = F.adaptive_avg_pool2d(images, (256, 256))  # [B,3,256,256]
+    face = images[:, :, CROP_ROWS[0]:CROP_ROWS[1], CROP_COLS[0]:CROP_COLS[1]]  # [B,3,188,188]
+    return F.adaptive_avg_pool2d(face, (ARCFACE_SIZE, ARCFACE_SIZE))  # [B,3,112,112]
+
+
+def embed(net: ArcFaceBackbone, images: torch.Tensor) -> torch.Tensor:
+    """Embeddings [B,512] of FFHQ-aligned images through the standard ID crop."""
+    return net(id_crop(images))
+
+
+def id_loss(net: ArcFaceBackbone, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Scalar ID loss: mean(1 − cos(e(y_hat), e(y))); gradients flow into y_hat only."""
+    if y_hat.shape[0] != y.shape[0]:
+        raise ValueError(f"ID loss: batch sizes differ ({y_hat.shape[0]} vs {y.shape[0]})")
+    e_y = embed(net, y).detach()
+    e_hat = embed(net, y_hat)
+    return (1.0 - (e_hat * e_y).sum(dim=1)).mean()
+
+
+def build_arcface(state_dict: dict[str, torch.Tensor], cfg: ArcFaceConfig | None = None, source: str = "ArcFace weights") -> ArcFaceBackbone:
+    """An eval-mode, frozen IR-SE ArcFace holding ``state_dict`` (official key names).
+
+    The input size (112/224) is inferred from ``output_layer.3.weight`` when
+    ``cfg`` is None. Wrong keys or shapes raise ``WeightsError``.
+    """
+    from engine.weights import load_module_state
+
+    if cfg is None:
+        w = state_dict.get("output_layer.3.weight")
+        size = 224 if (w is not None and w.ndim == 2 and w.shape[1] == 512 * 14 * 14) else 112
+        affine = "output_layer.4.weight" in state_dict
+        cfg = ArcFaceConfig(input_size=size, affine=affine)
+    with torch.device("meta"):
+        model = ArcFaceBackbone(cfg)
+    load_module_state(model, state_dict, source, assign=True)
+    return model.eval().requires_grad_(False)
