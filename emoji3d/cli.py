@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except UserFacingError as exc:
-        print(f"emoji3d {ns.group}: {exc}", file=sys.stderr)
+        from .texts import explain
+
+        print(explain(exc), file=sys.stderr)
+        if ns.verbose:
+            print(f"(detail: {exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

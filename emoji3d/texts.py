@@ -27,6 +27,7 @@ ERRORS: dict[str, str] = {
     # Styles and weights
     "style_not_found": "I don't know a style called “{name}”.",
     "style_name_taken": "There is already a style called “{name}” here.",
+    "style_invalid": "That style can't be used: {detail}",
     "weights_invalid": "A model file is missing or damaged: {detail}",
     "stage_unavailable": "This part of the pipeline isn't available yet: {detail}",
     # Storage
