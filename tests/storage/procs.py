@@ -42,3 +42,69 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=10)
+
+
+# ---- targets for multiprocessing (spawn) ---------------------------------------------
+
+def proc_migrate(url: str, barrier_path: str) -> None:
+    from storage.db import open_database
+
+    _barrier(barrier_path)
+    open_database(url).dispose()
+
+
+def proc_enqueue(url: str, keys: list[str], barrier_path: str, out_path: str) -> None:
+    from storage import jobs as q
+    from storage.db import open_database
+
+    db = open_database(url)
+    _barrier(barrier_path)
+    ids = [q.enqueue(db, "k", {"key": k}, k, priority="batch") for k in keys]
+    Path(out_path).write_text(" ".join(map(str, ids)))
+    db.dispose()
+
+
+def proc_claim_all(url: str, worker_id: str, barrier_path: str, out_path: str) -> None:
+    """Claim and complete jobs until none is left; write the claimed ids."""
+    from storage import jobs as q
+    from storage.db import open_database
+
+    db = open_database(url)
+    _barrier(barrier_path)
+    got = []
+    while True:
+        job = q.claim(db, worker_id, 60)
+        if job is None:
+            break
+        got.append(job.id)
+        q.complete(db, job.id, job.lease_token, {"by": worker_id})
+    Path(out_path).write_text(" ".join(map(str, got)))
+    db.dispose()
+
+
+def _barrier(path: str, timeout: float = 60.0) -> None:
+    """Start together: wait until the file ``path`` exists."""
+    end = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > end:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+
+
+def run_spawned(targets: list[tuple], barrier_path: Path, timeout: float = 120.0) -> None:
+    """Start processes (spawn), release them together, join, fail on nonzero exit."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=t[0], args=t[1:]) for t in targets]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    barrier_path.write_text("go")
+    for p in procs:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            raise AssertionError("a spawned process hung")
+        if p.exitcode != 0:
+            raise AssertionError(f"a spawned process exited with {p.exitcode}")
