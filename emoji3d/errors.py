@@ -29,3 +29,63 @@ class WeightsError(UserFacingError):
     """A weight file is missing, corrupt, truncated or of the wrong layout."""
 
     key = "weights_invalid"
+
+
+# --- Image decoding and face front end (emoji3d.images, engine.face*) -------
+
+
+class NotAnImageError(UserFacingError):
+    """The bytes are not an image in any format we read (sniffed by magic bytes)."""
+
+    key = "not_an_image"
+
+
+class UnsupportedImageFormatError(UserFacingError):
+    """A real image format we cannot decode here (e.g. HEIC). ``params``: ``detail``."""
+
+    key = "unsupported_image"
+
+
+class ImageTruncatedError(UserFacingError):
+    """The file starts like an image but is cut off or damaged."""
+
+    key = "image_truncated"
+
+
+class ImageTooLargeError(UserFacingError):
+    """More pixels than allowed (or a decompression bomb); refused before decoding.
+    ``params``: ``megapixels`` (what the header claims), ``limit`` (megapixels)."""
+
+    key = "image_too_large"
+
+
+class FileTooLargeError(UserFacingError):
+    """More bytes than allowed. ``params``: ``size_mb``, ``limit_mb``."""
+
+    key = "file_too_large"
+
+
+class NoFaceError(UserFacingError):
+    """No face was found in the photo."""
+
+    key = "no_face"
+
+
+class FaceTooSmallError(UserFacingError):
+    """The face is too small to use. ``params``: ``face_px``, ``min_face_px``."""
+
+    key = "face_too_small"
+
+
+class HeadTurnedTooFarError(UserFacingError):
+    """The head is turned or tilted beyond the configured limits.
+    ``params``: ``angle`` (the offending angle, degrees, absolute), ``yaw_degrees``,
+    ``pitch_degrees``, ``max_yaw_degrees``, ``max_pitch_degrees``."""
+
+    key = "head_turned_too_far"
+
+
+class EyesClosedError(UserFacingError):
+    """Both eyes look closed (eye aspect ratio from the face mesh below the threshold)."""
+
+    key = "eyes_closed"
