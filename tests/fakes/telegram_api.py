@@ -1,0 +1,1289 @@
+"""A fake Telegram Bot API server (aiohttp, 127.0.0.1) for driving the real
+python-telegram-bot client in tests.
+
+What it serves
+--------------
+* ``/bot<token>/<method>``: JSON bodies, ``application/x-www-form-urlencoded``,
+  ``multipart/form-data`` (file parts) and GET query strings. Method names are
+  matched case-insensitively, as on Telegram. Point a client at it with
+  ``Bot(token, base_url=server.base_url, base_file_url=server.base_file_url)``.
+* ``/file/bot<token>/<file_path>``: downloads of files returned by ``getFile``.
+
+Conventions
+-----------
+* Responses use the real envelope: ``{"ok": true, "result": ...}`` or
+  ``{"ok": false, "error_code": N, "description": "Bad Request: ...",
+  "parameters": {...}}``. The error texts used are collected in :data:`ERRORS`;
+  where Telegram's exact wording is known (name occupied, PEER_ID_INVALID, file is
+  too big, message is not modified, ...) it is reproduced.
+* Form values arrive as strings (python-telegram-bot JSON-encodes every non-string
+  value); each method declares its parameter types and values are coerced per
+  declaration, so a malformed value fails like it would on Telegram.
+* Sizes are bytes; ``KB`` = 1024. ``date`` is Unix seconds from the injectable
+  ``clock`` (default ``time.time``).
+* The server keeps state (users, chats, chat members, messages, files, sticker sets,
+  pending updates) behind one ``threading.RLock``, so tests may call the test API
+  (``add_user``, ``push_update``, ``inject``, ...) from any thread while the server
+  runs in another (see :meth:`FakeTelegramServer.serve_in_thread`).
+* Known simplifications: message entities are not parsed (text is stored as sent);
+  HTTP-URL file inputs are refused (the fake has no network); video stickers are only
+  checked for the WEBM/EBML header and size unless a ``sticker_verifier`` is plugged in.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import io
+import json
+import mimetypes
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes import telegram_updates as tgu
+
+JSON = dict[str, Any]
+KB = 1024
+MB = 1024 * 1024
+
+#: Bot API limits used by the validators.
+GETFILE_MAX_BYTES = 20 * MB
+SEND_PHOTO_MAX_BYTES = 10 * MB
+SEND_DOCUMENT_MAX_BYTES = 50 * MB
+STATIC_STICKER_MAX_BYTES = 512 * KB
+VIDEO_STICKER_MAX_BYTES = 256 * KB
+ANIMATED_STICKER_MAX_BYTES = 64 * KB
+STATIC_THUMB_MAX_BYTES = 128 * KB
+ANIMATED_THUMB_MAX_BYTES = 32 * KB
+VIDEO_THUMB_MAX_BYTES = 32 * KB
+INITIAL_STICKERS_MAX = 50
+SET_MAX_STICKERS = {"regular": 120, "mask": 120, "custom_emoji": 200}
+EMOJI_LIST_MAX = 20
+KEYWORDS_MAX = 20
+KEYWORDS_TOTAL_CHARS = 64
+MESSAGE_TEXT_MAX = 4096
+CALLBACK_ANSWER_TEXT_MAX = 200
+CALLBACK_DATA_MAX_BYTES = 64
+COMMANDS_MAX = 100
+
+STICKER_FORMATS = ("static", "animated", "video")
+STICKER_TYPES = ("regular", "mask", "custom_emoji")
+CHAT_ACTIONS = ("typing", "upload_photo", "record_video", "upload_video", "record_voice",
+                "upload_voice", "upload_document", "choose_sticker", "find_location",
+                "record_video_note", "upload_video_note")
+PARSE_MODES = ("html", "markdown", "markdownv2")
+#: update types delivered when ``allowed_updates`` was never set or set to [].
+_OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+
+#: Error descriptions (without the "Bad Request: " style prefix) used by the fake.
+ERRORS = {
+    "name_invalid": "sticker set name invalid",
+    "name_occupied": "sticker set name is already occupied",
+    "set_invalid": "STICKERSET_INVALID",
+    "sticker_invalid": "STICKER_INVALID",
+    "too_many_stickers": "STICKERS_TOO_MUCH",
+    "no_stickers": "stickers must be non-empty",
+    "title_invalid": "STICKERSET_TITLE_INVALID",
+    "emojis_invalid": "invalid sticker emojis",
+    "keywords_invalid": "invalid sticker keywords",
+    "format_invalid": "can't parse InputSticker: Invalid sticker format specified",
+    "type_invalid": "invalid sticker set type specified",
+    "peer_invalid": "PEER_ID_INVALID",
+    "user_not_found": "user not found",
+    "user_is_bot": "USER_IS_BOT",
+    "file_too_big": "file is too big",
+    "file_id_invalid": "wrong file identifier/HTTP URL specified",
+    "url_unavailable": "failed to get HTTP URL content",
+    "attach_missing": "can't find attached file",
+    "not_webm": "STICKER_VIDEO_NOWEBM",
+    "not_png": "STICKER_PNG_NOPNG",
+    "png_dimensions": "STICKER_PNG_DIMENSIONS",
+    "not_tgs": "STICKER_TGS_NOTGS",
+    "thumb_dimensions": "STICKER_THUMB_PNG_DIMENSIONS",
+    "image_failed": "IMAGE_PROCESS_FAILED",
+    "chat_not_found": "chat not found",
+    "text_empty": "message text is empty",
+    "text_too_long": "message is too long",
+    "parse_mode": "unsupported parse_mode",
+    "not_modified": ("message is not modified: specified new message content and reply "
+                     "markup are exactly the same as a current content and reply markup "
+                     "of the message"),
+    "edit_not_found": "message to edit not found",
+    "cant_edit": "message can't be edited",
+    "delete_not_found": "message to delete not found",
+    "reply_not_found": "message to be replied not found",
+    "query_invalid": ("query is too old and response timeout expired or query ID is "
+                      "invalid"),
+    "answer_too_long": "MESSAGE_TOO_LONG",
+    "button_data": "BUTTON_DATA_INVALID",
+    "markup": "can't parse reply keyboard markup JSON object",
+    "action": "wrong parameter action in request",
+    "command_invalid": "BOT_COMMAND_INVALID",
+    "command_description": "BOT_COMMAND_DESCRIPTION_INVALID",
+    "too_many_commands": "too many commands specified",
+    "blocked": "bot was blocked by the user",
+    "cant_initiate": "bot can't initiate conversation with a user",
+    "conflict": ("terminated by other getUpdates request; make sure that only one bot "
+                 "instance is running"),
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|_(?!_))*$")
+_COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+class ApiError(Exception):
+    """A Bot API error response. ``description`` excludes the status prefix."""
+
+    _PREFIX = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+               409: "Conflict", 413: "Request Entity Too Large", 429: "Too Many Requests",
+               500: "Internal Server Error"}
+
+    def __init__(self, code: int, description: str, parameters: JSON | None = None) -> None:
+        self.code = code
+        self.description = description
+        self.parameters = parameters
+        super().__init__(self.full_description)
+
+    @property
+    def full_description(self) -> str:
+        prefix = self._PREFIX.get(self.code, "Error")
+        return f"{prefix}: {self.description}" if self.description else prefix
+
+    def payload(self) -> JSON:
+        out: JSON = {"ok": False, "error_code": self.code,
+                     "description": self.full_description}
+        if self.parameters:
+            out["parameters"] = self.parameters
+        return out
+
+
+def bad(key: str, *args: object) -> ApiError:
+    """A 400 with the text ``ERRORS[key]`` (``%``-formatted with ``args``)."""
+    text = ERRORS[key]
+    return ApiError(400, text % args if args else text)
+
+
+def retry_after_error(seconds: int) -> ApiError:
+    return ApiError(429, f"retry after {seconds}", {"retry_after": seconds})
+
+
+# ----------------------------------------------------------------------------- records
+
+@dataclass
+class BotIdentity:
+    """The bot the fake impersonates (what ``getMe`` returns)."""
+
+    id: int = 7000001
+    username: str = "emoji3d_test_bot"
+    first_name: str = "Emoji3D Test"
+
+    def to_json(self) -> JSON:
+        return {"id": self.id, "is_bot": True, "first_name": self.first_name,
+                "username": self.username, "can_join_groups": True,
+                "can_read_all_group_messages": False, "supports_inline_queries": False}
+
+
+@dataclass
+class FileRecord:
+    """A file known to the server. ``file_size`` may exceed ``len(data)`` when a test
+    declares a large file without allocating it (only ``getFile`` limits read it)."""
+
+    file_id: str
+    file_unique_id: str
+    data: bytes
+    file_size: int
+    file_path: str
+    kind: str  # "photo" | "document" | "sticker" | "thumbnail" | "upload"
+    file_name: str | None = None
+    mime_type: str | None = None
+
+    def to_file_json(self, with_path: bool = True) -> JSON:
+        out: JSON = {"file_id": self.file_id, "file_unique_id": self.file_unique_id,
+                     "file_size": self.file_size}
+        if with_path:
+            out["file_path"] = self.file_path
+        return out
+
+
+@dataclass
+class StickerEntry:
+    """One sticker in a set. ``file.file_unique_id`` is the unique id of the uploaded
+    source file (same content => same unique id); ``file.file_id`` is new per entry."""
+
+    file: FileRecord
+    format: str
+    emoji_list: list[str]
+    keywords: list[str]
+    width: int
+    height: int
+
+
+@dataclass
+class StickerSetRecord:
+    name: str
+    title: str
+    sticker_type: str
+    owner_id: int
+    stickers: list[StickerEntry] = field(default_factory=list)
+    thumbnail: FileRecord | None = None
+    thumbnail_format: str | None = None
+
+
+@dataclass
+class Call:
+    """One request as seen by the server: canonical method name, coerced params (raw
+    strings if coercion failed), uploaded parts by field name, and the HTTP status."""
+
+    method: str
+    params: JSON
+    files: dict[str, bytes]
+    status: int = 200
+
+
+@dataclass
+class Injection:
+    method: str  # lower-case method name
+    kind: str  # "retry_after" | "retry_after_landed" | "bad_request" | "error"
+    retry_after: int = 1
+    description: str = ""
+    error_code: int = 400
+    times: int = 1
+    after: int = 0
+
+
+#: ``verifier(data, format, role) -> None | error description``; role is "sticker" or
+#: "thumbnail". Plugged into :class:`FakeTelegramServer` for deeper media checks.
+StickerVerifier = Callable[[bytes, str, str], "str | None"]
+
+
+# ----------------------------------------------------------------------------- params
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """Coerce one request value to the declared Bot API type."""
+    if kind == "str":
+        if isinstance(value, (dict, list)):
+            raise ApiError(400, f"can't parse {name}: expected a string")
+        return value if isinstance(value, str) else json.dumps(value)
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ApiError(400, f"invalid {name} specified")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise ApiError(400, f"invalid {name} specified")
+    if kind == "chat":  # Integer or String (@username)
+        if isinstance(value, str) and value.startswith("@"):
+            return value
+        return _coerce(name, "int", value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ApiError(400, f"invalid {name} specified")
+    if kind == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ApiError(400, f"can't parse {name} JSON object") from exc
+        if not isinstance(value, (dict, list)):
+            raise ApiError(400, f"can't parse {name} JSON object")
+        return value
+    if kind == "file":  # the string form: file_id, URL or attach://name
+        if not isinstance(value, str):
+            raise ApiError(400, f"can't parse {name}")
+        return value
+    raise AssertionError(f"unknown parameter kind {kind!r}")
+
+
+_EMPTY_TEXT = {"chat_id": "chat_id is empty", "text": ERRORS["text_empty"],
+               "user_id": "user_id is empty", "name": "sticker set name is empty"}
+
+
+def _coerce_params(spec: dict[str, tuple[str, bool]], raw: JSON,
+                   uploads: dict[str, "Upload"]) -> JSON:
+    out: JSON = {}
+    for name, (kind, required) in spec.items():
+        if name in raw and raw[name] not in (None, ""):
+            out[name] = _coerce(name, kind, raw[name])
+        elif kind == "file" and name in uploads:
+            out[name] = f"attach://{name}"  # uploaded directly under the field name
+        elif required:
+            raise ApiError(400, _EMPTY_TEXT.get(name, f"parameter \"{name}\" is required"))
+    return out
+
+
+@dataclass
+class Upload:
+    """A multipart file part."""
+
+    data: bytes
+    filename: str | None
+    content_type: str | None
+
+
+# ----------------------------------------------------------------------------- media checks
+
+def _image_info(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) from the image header via Pillow, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return str(img.format), int(img.width), int(img.height)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def is_webm(data: bytes) -> bool:
+    """EBML magic and a ``webm`` DocType in the header (Matroska files fail)."""
+    return data[:4] == b"\x1a\x45\xdf\xa3" and b"webm" in data[:64]
+
+
+def check_sticker_file(data: bytes, size: int, fmt: str, role: str,
+                       verifier: StickerVerifier | None) -> tuple[int, int]:
+    """Cheap Bot API checks of a sticker (or set thumbnail) file; returns (w, h).
+
+    static: PNG/WEBP, sticker one side exactly 512 and both <= 512, <= 512 KB;
+    thumbnail exactly 100x100, <= 128 KB. video: WEBM header, <= 256 KB (thumbnail
+    <= 32 KB). animated: gzip (TGS) header, <= 64 KB (thumbnail <= 32 KB).
+    """
+    if fmt not in STICKER_FORMATS:
+        raise bad("format_invalid")
+    thumb = role == "thumbnail"
+    width = height = 100 if thumb else 512
+    if fmt == "static":
+        limit = STATIC_THUMB_MAX_BYTES if thumb else STATIC_STICKER_MAX_BYTES
+        info = _image_info(data)
+        if info is None or info[0] not in ("PNG", "WEBP"):
+            raise bad("not_png")
+        _, width, height = info
+        if thumb and (width, height) != (100, 100):
+            raise bad("thumb_dimensions")
+        if not thumb and (max(width, height) != 512 or min(width, height) < 1):
+            raise bad("png_dimensions")
+    elif fmt == "video":
+        limit = VIDEO_THUMB_MAX_BYTES if thumb else VIDEO_STICKER_MAX_BYTES
+        if not is_webm(data):
+            raise bad("not_webm")
+    else:
+        limit = ANIMATED_THUMB_MAX_BYTES if thumb else ANIMATED_STICKER_MAX_BYTES
+        if data[:2] != b"\x1f\x8b":
+            raise bad("not_tgs")
+    if size > limit:
+        raise bad("file_too_big")
+    if verifier is not None:
+        problem = verifier(data, fmt, role)
+        if problem:
+            raise ApiError(400, problem)
+    return width, height
+
+
+def check_sticker_set_name(name: str, bot_username: str) -> None:
+    """Bot API rules: 1-64 chars, English letters/digits/underscores, starts with a
+    letter, no consecutive underscores, ends in ``_by_<bot_username>`` (the bot
+    username is matched case-insensitively)."""
+    if not 1 <= len(name) <= 64 or not name.isascii() or not _NAME_RE.match(name):
+        raise bad("name_invalid")
+    if not name.lower().endswith(f"_by_{bot_username.lower()}"):
+        raise bad("name_invalid")
+
+
+def _is_emoji(s: str) -> bool:
+    """Loose emoji test: non-empty, no ASCII letters/digits/space (``#️⃣`` passes)."""
+    return bool(s) and len(s) <= 16 and not any(c.isascii() and (c.isalpha() or c.isspace())
+                                                for c in s) and any(ord(c) > 0x2000 for c in s)
+
+
+def _check_reply_markup(markup: Any) -> None:
+    if not isinstance(markup, dict):
+        raise bad("markup")
+    if "inline_keyboard" in markup:
+        rows = markup["inline_keyboard"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise bad("markup")
+        for row in rows:
+            for button in row:
+                if not isinstance(button, dict) or not button.get("text"):
+                    raise bad("markup")
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(str(data).encode()) <= \
+                        CALLBACK_DATA_MAX_BYTES:
+                    raise bad("button_data")
+    elif not any(k in markup for k in ("keyboard", "remove_keyboard", "force_reply")):
+        raise bad("markup")
+
+
+def _update_type(upd: JSON) -> str:
+    keys = [k for k in upd if k != "update_id"]
+    if len(keys) != 1:
+        raise ValueError(f"an Update holds exactly one payload besides update_id, got {keys}")
+    return keys[0]
+
+
+# ----------------------------------------------------------------------------- server
+
+Handler = Callable[[JSON, dict[str, Upload]], Awaitable[Any]]
+
+#: HTTP status recorded in :class:`Call` for a long poll whose client went away.
+CLIENT_GONE = 499
+_current_request: contextvars.ContextVar[web.Request] = contextvars.ContextVar("request")
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while a long poll was pending."""
+
+
+class FakeTelegramServer:
+    """Stateful fake of the Telegram Bot API. See the module docstring.
+
+    Test-facing API (thread-safe): :meth:`add_user`, :meth:`add_chat`,
+    :meth:`set_chat_member`, :meth:`add_file`, :meth:`push_update`, :meth:`inject`,
+    :attr:`calls`, :meth:`calls_to`, :meth:`messages_in`, :meth:`sticker_set_json`.
+    """
+
+    def __init__(self, token: str = "123456:TEST-fake-token", bot: BotIdentity | None = None,
+                 *, sticker_verifier: StickerVerifier | None = None,
+                 clock: Callable[[], float] = time.time, host: str = "127.0.0.1",
+                 poll_interval_s: float = 0.01) -> None:
+        if not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", token):
+            raise ValueError(f"token must look like '<digits>:<secret>', got {token!r}")
+        self.token = token
+        self.bot = bot or BotIdentity(id=int(token.split(":")[0]))
+        self.sticker_verifier = sticker_verifier
+        self._clock = clock
+        self._host = host
+        self._poll_interval_s = poll_interval_s
+        self._lock = threading.RLock()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._closing = False
+        # state
+        self._users: dict[int, JSON] = {}
+        self._started: set[int] = set()
+        self._blocked: set[int] = set()
+        self._chats: dict[int, JSON] = {}
+        self._members: dict[tuple[int, int], JSON] = {}
+        self._messages: dict[tuple[int, int], JSON] = {}
+        self._bot_messages: set[tuple[int, int]] = set()
+        self._next_message_id: dict[int, int] = {}
+        self._files: dict[str, FileRecord] = {}
+        self._unique_by_content: dict[bytes, str] = {}
+        self._sets: dict[str, StickerSetRecord] = {}  # key: lower-case name
+        self._updates: list[JSON] = []
+        self._next_update_id = 1
+        self._allowed_updates: frozenset[str] | None = None  # None: default set
+        self._poll_generation = 0
+        self._open_queries: set[str] = set()
+        self._commands: dict[str, list[JSON]] = {}
+        self._injections: list[Injection] = []
+        self._calls: list[Call] = []
+        self._counter = 0
+        self._methods: dict[str, tuple[str, dict[str, tuple[str, bool]], Handler]] = {}
+        self._register_methods()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Bind a free port on 127.0.0.1 and serve."""
+        if self._runner is not None:
+            raise RuntimeError("FakeTelegramServer is already running")
+        self._closing = False
+        app = web.Application(client_max_size=64 * MB)
+        app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
+        runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, 0)
+        await site.start()
+        server = site._server  # the asyncio Server behind the site
+        assert server is not None and server.sockets
+        self._port = int(server.sockets[0].getsockname()[1])
+        self._runner = runner
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = None
+        self._port = None
+
+    async def __aenter__(self) -> "FakeTelegramServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def serve_in_thread(self) -> Iterator["FakeTelegramServer"]:
+        """Run the server on its own event loop in a daemon thread (for sync tests)."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="fake-telegram", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
+            yield self
+        finally:
+            try:
+                asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=30)
+                loop.close()
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeTelegramServer is not running; call start() first")
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def base_url(self) -> str:
+        """For ``Bot(base_url=...)``; python-telegram-bot appends the token."""
+        return f"{self.url}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        return f"{self.url}/file/bot"
+
+    # ------------------------------------------------------------------ test API
+    def _next(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def add_user(self, u: JSON, *, started: bool = True) -> JSON:
+        """Make a user known; ``started`` means they pressed Start (bot may message them)."""
+        with self._lock:
+            self._users[u["id"]] = u
+            if started:
+                self._started.add(u["id"])
+                self._chats.setdefault(u["id"], tgu.private_chat(u))
+            return u
+
+    def block(self, user_id: int) -> None:
+        """The user blocked the bot: sends to them fail with 403."""
+        with self._lock:
+            self._blocked.add(user_id)
+
+    def add_chat(self, chat: JSON) -> JSON:
+        with self._lock:
+            self._chats[chat["id"]] = chat
+            return chat
+
+    def set_chat_member(self, chat_id: int, u: JSON, status: str) -> None:
+        """Set ``u``'s status in the chat (creator/administrator/member/...)."""
+        with self._lock:
+            self._users.setdefault(u["id"], u)
+            self._members[(chat_id, u["id"])] = tgu.chat_member(u, status)
+
+    def add_file(self, data: bytes, *, kind: str = "document", file_size: int | None = None,
+                 file_name: str | None = None, mime_type: str | None = None) -> FileRecord:
+        """Register a file a user 'sent'; ``file_size`` may be declared larger than data."""
+        with self._lock:
+            return self._new_file(data, kind, file_size=file_size, file_name=file_name,
+                                  mime_type=mime_type)
+
+    def push_update(self, upd: JSON) -> int:
+        """Queue an update for getUpdates; assigns ``update_id`` when absent. Users and
+        chats seen in it become known (a private message means the user started the bot)."""
+        kind = _update_type(upd)
+        with self._lock:
+            upd = json.loads(json.dumps(upd))  # own copy, JSON-clean
+            if "update_id" not in upd:
+                upd["update_id"] = self._next_update_id
+            self._next_update_id = max(self._next_update_id, upd["update_id"] + 1)
+            payload = upd[kind]
+            sender = payload.get("from")
+            if isinstance(sender, dict):
+                self._users.setdefault(sender["id"], sender)
+            msg = payload.get("message") if kind == "callback_query" else payload
+            if isinstance(msg, dict) and isinstance(msg.get("chat"), dict):
+                chat = msg["chat"]
+                self._chats.setdefault(chat["id"], chat)
+                if chat.get("type") == "private" and kind == "message" and sender:
+                    self._started.add(sender["id"])
+                    self._blocked.discard(sender["id"])
+                if "message_id" in msg:
+                    self._messages.setdefault((chat["id"], msg["message_id"]), msg)
+                    self._next_message_id[chat["id"]] = max(
+                        self._next_message_id.get(chat["id"], 1), msg["message_id"] + 1)
+            if kind == "callback_query":
+                self._open_queries.add(payload["id"])
+            self._updates.append(upd)
+            return int(upd["update_id"])
+
+    def inject(self, method: str, kind: str = "retry_after", *, retry_after: int = 1,
+               description: str = "", error_code: int = 400, times: int = 1,
+               after: int = 0) -> None:
+        """Make the next ``times`` calls of ``method`` (after skipping ``after`` calls) fail.
+
+        kinds: ``retry_after`` (429, nothing happens), ``retry_after_landed`` (the call
+        takes effect, then the client gets 429 — how flooded addStickerToSet duplicates
+        arise), ``bad_request`` (400 with ``description``), ``error`` (``error_code``
+        with ``description``, e.g. 500 or 403).
+        """
+        if kind not in ("retry_after", "retry_after_landed", "bad_request", "error"):
+            raise ValueError(f"unknown injection kind {kind!r}")
+        if method.lower() not in self._methods:
+            raise ValueError(f"unknown method {method!r}")
+        if times < 1 or after < 0 or retry_after < 1:
+            raise ValueError("times >= 1, after >= 0 and retry_after >= 1 are required")
+        with self._lock:
+            self._injections.append(Injection(method.lower(), kind, retry_after, description,
+                                              400 if kind == "bad_request" else error_code,
+                                              times, after))
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method.lower() == method.lower()]
+
+    def clear_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    def messages_in(self, chat_id: int, *, from_bot: bool = True) -> list[JSON]:
+        """Current (edited, not deleted) messages of a chat in id order."""
+        with self._lock:
+            keys = sorted(k for k in self._messages if k[0] == chat_id
+                          and ((k in self._bot_messages) == from_bot))
+            return [json.loads(json.dumps(self._messages[k])) for k in keys]
+
+    def sticker_set_json(self, name: str) -> JSON | None:
+        with self._lock:
+            rec = self._sets.get(name.lower())
+            return None if rec is None else self._set_json(rec)
+
+    @property
+    def pending_updates(self) -> list[JSON]:
+        with self._lock:
+            return list(self._updates)
+
+    # ------------------------------------------------------------------ HTTP layer
+    async def _handle_method(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.json_response(ApiError(401, "").payload(), status=401)
+        entry = self._methods.get(request.match_info["method"].lower())
+        if entry is None:
+            return web.json_response(ApiError(404, "").payload(), status=404)
+        name, spec, handler = entry
+        try:
+            raw, uploads = await self._read_params(request)
+        except ApiError as exc:
+            self._log(Call(name, {}, {}, exc.code))
+            return web.json_response(exc.payload(), status=exc.code)
+        try:
+            params = _coerce_params(spec, raw, uploads)
+        except ApiError as exc:
+            self._log(Call(name, raw, {k: u.data for k, u in uploads.items()}, exc.code))
+            return web.json_response(exc.payload(), status=exc.code)
+        call = Call(name, params, {k: u.data for k, u in uploads.items()})
+        self._log(call)
+        injection = self._take_injection(name.lower())
+        _current_request.set(request)
+        try:
+            if injection is not None and injection.kind != "retry_after_landed":
+                raise self._injected_error(injection)
+            result = await handler(params, uploads)
+            if injection is not None:
+                raise self._injected_error(injection)
+        except ApiError as exc:
+            call.status = exc.code
+            return web.json_response(exc.payload(), status=exc.code)
+        except _ClientGone:
+            call.status = CLIENT_GONE
+            return web.Response(status=CLIENT_GONE)
+        return web.json_response({"ok": True, "result": result})
+
+    @staticmethod
+    def _injected_error(inj: Injection) -> ApiError:
+        if inj.kind in ("retry_after", "retry_after_landed"):
+            return retry_after_error(inj.retry_after)
+        return ApiError(inj.error_code, inj.description or "injected error")
+
+    async def _read_params(self, request: web.Request) -> tuple[JSON, dict[str, Upload]]:
+        raw: JSON = dict(request.query)
+        uploads: dict[str, Upload] = {}
+        if request.method == "GET" or not request.can_read_body:
+            return raw, uploads
+        ctype = request.content_type
+        if ctype == "application/json":
+            try:
+                body = await request.json()
+            except json.JSONDecodeError as exc:
+                raise ApiError(400, "can't parse JSON encoded request") from exc
+            if not isinstance(body, dict):
+                raise ApiError(400, "can't parse JSON encoded request")
+            raw.update(body)
+        elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            form = await request.post()
+            for key, value in form.items():
+                if isinstance(value, web.FileField):
+                    uploads[key] = Upload(value.file.read(), value.filename, value.content_type)
+                else:
+                    raw[key] = value
+        elif ctype:
+            raise ApiError(400, f"unsupported Content-Type {ctype}")
+        return raw, uploads
+
+    async def _handle_file(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["token"] != self.token:
+            return web.json_response(ApiError(401, "").payload(), status=401)
+        path = request.match_info["path"]
+        with self._lock:
+            rec = next((f for f in self._files.values() if f.file_path == path), None)
+        if rec is None:
+            return web.json_response(ApiError(404, "").payload(), status=404)
+        return web.Response(body=rec.data, content_type="application/octet-stream")
+
+    def _log(self, call: Call) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+    def _take_injection(self, method: str) -> Injection | None:
+        with self._lock:
+            for inj in self._injections:
+                if inj.method != method:
+                    continue
+                if inj.after > 0:
+                    inj.after -= 1
+                    return None
+                inj.times -= 1
+                if inj.times == 0:
+                    self._injections.remove(inj)
+                return inj
+            return None
+
+    # ------------------------------------------------------------------ state helpers
+    _FOLDERS = {"photo": ("photos", ".jpg"), "document": ("documents", ""),
+                "sticker": ("stickers", ""), "thumbnail": ("thumbnails", ""),
+                "upload": ("stickers", "")}
+
+    def _new_file(self, data: bytes, kind: str, *, file_size: int | None = None,
+                  file_name: str | None = None, mime_type: str | None = None,
+                  ext: str | None = None) -> FileRecord:
+        if kind not in self._FOLDERS:
+            raise ValueError(f"file kind must be one of {sorted(self._FOLDERS)}, got {kind!r}")
+        n = self._next()
+        folder, default_ext = self._FOLDERS[kind]
+        if ext is None:
+            ext = default_ext
+            if file_name and "." in file_name:
+                ext = "." + file_name.rsplit(".", 1)[1].lower()
+        unique = self._unique_by_content.setdefault(data, f"AQADU{n:07d}")
+        rec = FileRecord(file_id=f"BQACAgF{n:07d}{kind[:2]}", file_unique_id=unique,
+                         data=bytes(data), file_size=len(data) if file_size is None
+                         else file_size, file_path=f"{folder}/file_{n}{ext}", kind=kind,
+                         file_name=file_name, mime_type=mime_type)
+        self._files[rec.file_id] = rec
+        return rec
+
+    def _resolve_file(self, value: str, uploads: dict[str, Upload], kind: str,
+                      field_name: str) -> tuple[FileRecord, bool]:
+        """File input -> (record, freshly uploaded?)."""
+        if value.startswith("attach://"):
+            part = uploads.get(value[len("attach://"):])
+            if part is None:
+                raise bad("attach_missing")
+            name = part.filename if part.filename and part.filename != field_name else None
+            return self._new_file(part.data, kind, file_name=name,
+                                  mime_type=part.content_type), True
+        if value.startswith(("http://", "https://")):
+            raise bad("url_unavailable")
+        rec = self._files.get(value)
+        if rec is None:
+            raise bad("file_id_invalid")
+        return rec, False
+
+    def _user_for_stickers(self, user_id: int) -> JSON:
+        if user_id == self.bot.id:
+            raise bad("user_is_bot")
+        u = self._users.get(user_id)
+        if u is None:
+            raise bad("user_not_found")
+        if user_id not in self._started:
+            raise bad("peer_invalid")
+        return u
+
+    def _chat_for_send(self, chat_id: int | str) -> JSON:
+        if isinstance(chat_id, str):
+            chat = next((c for c in self._chats.values()
+                         if c.get("username", "").lower() == chat_id[1:].lower()), None)
+        else:
+            chat = self._chats.get(chat_id)
+        if chat is None:
+            if isinstance(chat_id, int) and chat_id in self._users:
+                raise ApiError(403, ERRORS["cant_initiate"])
+            raise bad("chat_not_found")
+        if chat["type"] == "private":
+            if chat["id"] in self._blocked:
+                raise ApiError(403, ERRORS["blocked"])
+            if chat["id"] not in self._started:
+                raise ApiError(403, ERRORS["cant_initiate"])
+        return chat
+
+    def _store_bot_message(self, chat: JSON, body: JSON, p: JSON) -> JSON:
+        cid = chat["id"]
+        reply = p.get("reply_parameters")
+        reply_to = None
+        if reply is not None:
+            if not isinstance(reply, dict) or "message_id" not in reply:
+                raise ApiError(400, "can't parse reply parameters JSON object")
+            reply_to = self._messages.get((cid, reply["message_id"]))
+            if reply_to is None and not reply.get("allow_sending_without_reply"):
+                raise bad("reply_not_found")
+        if "reply_markup" in p:
+            _check_reply_markup(p["reply_markup"])
+        mid = self._next_message_id.get(cid, 1)
+        self._next_message_id[cid] = mid + 1
+        msg: JSON = {"message_id": mid, "from": self.bot.to_json(), "chat": chat,
+                     "date": int(self._clock()), **body}
+        if reply_to is not None:
+            msg["reply_to_message"] = reply_to
+        markup = p.get("reply_markup")
+        if isinstance(markup, dict) and "inline_keyboard" in markup:
+            msg["reply_markup"] = markup
+        self._messages[(cid, mid)] = msg
+        self._bot_messages.add((cid, mid))
+        return msg
+
+    def _set_json(self, rec: StickerSetRecord) -> JSON:
+        out: JSON = {"name": rec.name, "title": rec.title, "sticker_type": rec.sticker_type,
+                     "stickers": [self._sticker_json(e, rec) for e in rec.stickers]}
+        if rec.thumbnail is not None:
+            out["thumbnail"] = tgu.photo_size(rec.thumbnail.file_id,
+                                              rec.thumbnail.file_unique_id, 100, 100,
+                                              rec.thumbnail.file_size)
+        return out
+
+    @staticmethod
+    def _sticker_json(e: StickerEntry, rec: StickerSetRecord | None) -> JSON:
+        out: JSON = {"file_id": e.file.file_id, "file_unique_id": e.file.file_unique_id,
+                     "type": rec.sticker_type if rec else "regular", "width": e.width,
+                     "height": e.height, "is_animated": e.format == "animated",
+                     "is_video": e.format == "video", "file_size": e.file.file_size}
+        if e.emoji_list:
+            out["emoji"] = e.emoji_list[0]
+        if rec is not None:
+            out["set_name"] = rec.name
+        return out
+
+    def _find_set(self, name: str) -> StickerSetRecord:
+        rec = self._sets.get(name.lower())
+        if rec is None:
+            raise bad("set_invalid")
+        return rec
+
+    def _owned_set(self, name: str, user_id: int) -> StickerSetRecord:
+        rec = self._find_set(name)
+        self._user_for_stickers(user_id)
+        if rec.owner_id != user_id:
+            raise bad("set_invalid")
+        return rec
+
+    def _input_sticker(self, obj: Any, uploads: dict[str, Upload]) -> StickerEntry:
+        """Validate one InputSticker and materialise it as a set entry."""
+        if not isinstance(obj, dict) or "sticker" not in obj:
+            raise ApiError(400, "can't parse InputSticker JSON object")
+        fmt = obj.get("format")
+        if fmt not in STICKER_FORMATS:
+            raise bad("format_invalid")
+        emojis = obj.get("emoji_list")
+        if (not isinstance(emojis, list) or not 1 <= len(emojis) <= EMOJI_LIST_MAX
+                or not all(isinstance(e, str) and _is_emoji(e) for e in emojis)):
+            raise bad("emojis_invalid")
+        keywords = obj.get("keywords", [])
+        if (not isinstance(keywords, list) or len(keywords) > KEYWORDS_MAX
+                or not all(isinstance(k, str) for k in keywords)
+                or sum(len(k) for k in keywords) > KEYWORDS_TOTAL_CHARS):
+            raise bad("keywords_invalid")
+        if not isinstance(obj["sticker"], str):
+            raise ApiError(400, "can't parse InputSticker JSON object")
+        src, _ = self._resolve_file(obj["sticker"], uploads, "upload", "sticker")
+        width, height = check_sticker_file(src.data, src.file_size, fmt, "sticker",
+                                           self.sticker_verifier)
+        n = self._next()
+        entry_file = FileRecord(file_id=f"CAACAgI{n:07d}st", file_unique_id=src.file_unique_id,
+                                data=src.data, file_size=src.file_size,
+                                file_path=f"stickers/file_{n}.{self._ext(fmt)}",
+                                kind="sticker")
+        self._files[entry_file.file_id] = entry_file
+        return StickerEntry(entry_file, fmt, list(emojis), list(keywords), width, height)
+
+    @staticmethod
+    def _ext(fmt: str) -> str:
+        return {"static": "webp", "video": "webm", "animated": "tgs"}[fmt]
+
+    def _find_entry(self, file_id: str) -> tuple[StickerSetRecord, int]:
+        for rec in self._sets.values():
+            for i, e in enumerate(rec.stickers):
+                if e.file.file_id == file_id:
+                    return rec, i
+        raise bad("sticker_invalid")
+
+    # ------------------------------------------------------------------ methods
+    def _register_methods(self) -> None:
+        S, I, B, J, F, C = "str", "int", "bool", "json", "file", "chat"
+        m = self._methods
+
+        def reg(method: str, handler: Handler, /, **spec: tuple[str, bool]) -> None:
+            m[method.lower()] = (method, spec, handler)
+
+        req = True
+        opt = False
+        reg("getMe", self._get_me)
+        reg("deleteWebhook", self._delete_webhook, drop_pending_updates=(B, opt))
+        reg("getUpdates", self._get_updates, offset=(I, opt), limit=(I, opt),
+            timeout=(I, opt), allowed_updates=(J, opt))
+        common = dict(chat_id=(C, req), reply_markup=(J, opt), reply_parameters=(J, opt),
+                      message_thread_id=(I, opt), disable_notification=(B, opt))
+        reg("sendMessage", self._send_message, text=(S, req), parse_mode=(S, opt),
+            **common)
+        reg("editMessageText", self._edit_message_text, chat_id=(C, opt),
+            message_id=(I, opt), inline_message_id=(S, opt), text=(S, req),
+            parse_mode=(S, opt), reply_markup=(J, opt))
+        reg("answerCallbackQuery", self._answer_callback_query,
+            callback_query_id=(S, req), text=(S, opt), show_alert=(B, opt), url=(S, opt),
+            cache_time=(I, opt))
+        reg("getFile", self._get_file, file_id=(S, req))
+        reg("sendSticker", self._send_sticker, sticker=(F, req), emoji=(S, opt), **common)
+        reg("sendPhoto", self._send_photo, photo=(F, req), caption=(S, opt),
+            parse_mode=(S, opt), **common)
+        reg("sendDocument", self._send_document, document=(F, req), caption=(S, opt),
+            parse_mode=(S, opt), **common)
+        reg("uploadStickerFile", self._upload_sticker_file, user_id=(I, req),
+            sticker=(F, req), sticker_format=(S, req))
+        reg("createNewStickerSet", self._create_new_sticker_set, user_id=(I, req),
+            name=(S, req), title=(S, req), stickers=(J, req), sticker_type=(S, opt),
+            needs_repainting=(B, opt))
+        reg("addStickerToSet", self._add_sticker_to_set, user_id=(I, req), name=(S, req),
+            sticker=(J, req))
+        reg("getStickerSet", self._get_sticker_set, name=(S, req))
+        reg("replaceStickerInSet", self._replace_sticker_in_set, user_id=(I, req),
+            name=(S, req), old_sticker=(S, req), sticker=(J, req))
+        reg("deleteStickerSet", self._delete_sticker_set, name=(S, req))
+        reg("setStickerSetThumbnail", self._set_sticker_set_thumbnail, name=(S, req),
+            user_id=(I, req), thumbnail=(F, opt), format=(S, req))
+        reg("deleteStickerFromSet", self._delete_sticker_from_set, sticker=(S, req))
+        reg("getChatMember", self._get_chat_member, chat_id=(C, req), user_id=(I, req))
+        reg("setMyCommands", self._set_my_commands, commands=(J, req), scope=(J, opt),
+            language_code=(S, opt))
+        reg("deleteMessage", self._delete_message, chat_id=(C, req), message_id=(I, req))
+        reg("sendChatAction", self._send_chat_action, chat_id=(C, req), action=(S, req),
+            message_thread_id=(I, opt))
+
+    async def _get_me(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        return self.bot.to_json()
+
+    async def _delete_webhook(self, p: JSON, up: dict[str, Upload]) -> bool:
+        if p.get("drop_pending_updates"):
+            with self._lock:
+                self._updates.clear()
+        return True
+
+    async def _get_updates(self, p: JSON, up: dict[str, Upload]) -> list[JSON]:
+        limit = min(max(p.get("limit", 100), 1), 100)
+        timeout = max(p.get("timeout", 0), 0)
+        with self._lock:
+            if "allowed_updates" in p:
+                allowed = p["allowed_updates"]
+                if not isinstance(allowed, list):
+                    raise ApiError(400, "can't parse allowed_updates JSON object")
+                self._allowed_updates = frozenset(allowed) if allowed else None
+            offset = p.get("offset")
+            if offset is not None and offset < 0:
+                self._updates = self._updates[offset:]
+            elif offset:
+                self._updates = [u for u in self._updates if u["update_id"] >= offset]
+            self._poll_generation += 1
+            generation = self._poll_generation
+        deadline = time.monotonic() + timeout
+        request = _current_request.get()
+        while True:
+            if request.transport is None or request.transport.is_closing():
+                raise _ClientGone()
+            with self._lock:
+                if generation != self._poll_generation:
+                    raise ApiError(409, ERRORS["conflict"])
+                allowed = self._allowed_updates
+                kept = [u for u in self._updates
+                        if (_update_type(u) in allowed if allowed is not None
+                            else _update_type(u) not in _OPT_IN_UPDATES)]
+                self._updates = kept  # updates of types not asked for are dropped
+                batch = kept[:limit]
+            if batch or time.monotonic() >= deadline or self._closing:
+                return batch
+            await asyncio.sleep(self._poll_interval_s)
+
+    @staticmethod
+    def _check_text(text: str, parse_mode: str | None, *, empty_ok: bool = False) -> None:
+        if parse_mode is not None and parse_mode.lower() not in PARSE_MODES:
+            raise bad("parse_mode")
+        if not text.strip() and not empty_ok:
+            raise bad("text_empty")
+        if len(text) > MESSAGE_TEXT_MAX:
+            raise bad("text_too_long")
+
+    async def _send_message(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        self._check_text(p["text"], p.get("parse_mode"))
+        with self._lock:
+            chat = self._chat_for_send(p["chat_id"])
+            return self._store_bot_message(chat, {"text": p["text"]}, p)
+
+    async def _edit_message_text(self, p: JSON, up: dict[str, Upload]) -> JSON | bool:
+        self._check_text(p["text"], p.get("parse_mode"))
+        if "inline_message_id" in p:
+            raise ApiError(400, ERRORS["edit_not_found"])  # no inline mode in the fake
+        if "chat_id" not in p or "message_id" not in p:
+            raise ApiError(400, "message identifier is not specified")
+        if "reply_markup" in p:
+            _check_reply_markup(p["reply_markup"])
+        with self._lock:
+            chat = self._chat_for_send(p["chat_id"])
+            key = (chat["id"], p["message_id"])
+            msg = self._messages.get(key)
+            if msg is None:
+                raise bad("edit_not_found")
+            if key not in self._bot_messages or "text" not in msg:
+                raise bad("cant_edit")
+            new_markup = p.get("reply_markup")
+            if isinstance(new_markup, dict) and not new_markup.get("inline_keyboard"):
+                new_markup = None
+            if msg["text"] == p["text"] and msg.get("reply_markup") == new_markup:
+                raise bad("not_modified")
+            msg["text"] = p["text"]
+            msg["edit_date"] = int(self._clock())
+            if new_markup is None:
+                msg.pop("reply_markup", None)
+            else:
+                msg["reply_markup"] = new_markup
+            return json.loads(json.dumps(msg))
+
+    async def _answer_callback_query(self, p: JSON, up: dict[str, Upload]) -> bool:
+        if len(p.get("text", "")) > CALLBACK_ANSWER_TEXT_MAX:
+            raise bad("answer_too_long")
+        with self._lock:
+            if p["callback_query_id"] not in self._open_queries:
+                raise bad("query_invalid")
+            self._open_queries.discard(p["callback_query_id"])
+        return True
+
+    async def _get_file(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            rec = self._files.get(p["file_id"])
+            if rec is None:
+                raise ApiError(400, "invalid file_id")
+            if rec.file_size > GETFILE_MAX_BYTES:
+                raise bad("file_too_big")
+            return rec.to_file_json()
+
+    async def _send_sticker(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            chat = self._chat_for_send(p["chat_id"])
+            value = p["sticker"]
+            if not value.startswith("attach://") and value in self._files:
+                try:
+                    rec, i = self._find_entry(value)
+                    sticker = self._sticker_json(rec.stickers[i], rec)
+                except ApiError:
+                    sticker = None
+                if sticker is not None:
+                    return self._store_bot_message(chat, {"sticker": sticker}, p)
+            src, _ = self._resolve_file(value, up, "sticker", "sticker")
+            fmt = "video" if is_webm(src.data) else "static"
+            w, h = check_sticker_file(src.data, src.file_size, fmt, "sticker",
+                                      self.sticker_verifier)
+            entry = StickerEntry(src, fmt, [p["emoji"]] if p.get("emoji") else [], [], w, h)
+            return self._store_bot_message(chat, {"sticker": self._sticker_json(entry, None)},
+                                           p)
+
+    async def _send_photo(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            chat = self._chat_for_send(p["chat_id"])
+            src, fresh = self._resolve_file(p["photo"], up, "photo", "photo")
+            if fresh and src.file_size > SEND_PHOTO_MAX_BYTES:
+                raise bad("file_too_big")
+            info = _image_info(src.data)
+            if info is None:
+                raise bad("image_failed")
+            body: JSON = {"photo": [tgu.photo_size(src.file_id, src.file_unique_id, info[1],
+                                                   info[2], src.file_size)]}
+            if p.get("caption"):
+                body["caption"] = p["caption"]
+            return self._store_bot_message(chat, body, p)
+
+    async def _send_document(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            chat = self._chat_for_send(p["chat_id"])
+            src, fresh = self._resolve_file(p["document"], up, "document", "document")
+            if fresh and src.file_size > SEND_DOCUMENT_MAX_BYTES:
+                raise ApiError(413, "")
+            mime = src.mime_type
+            if src.file_name and (not mime or mime == "application/octet-stream"):
+                mime = mimetypes.guess_type(src.file_name)[0] or mime
+            body: JSON = {"document": tgu.document(src.file_id, src.file_unique_id,
+                                                   file_name=src.file_name, mime_type=mime,
+                                                   file_size=src.file_size)}
+            if p.get("caption"):
+                body["caption"] = p["caption"]
+            return self._store_bot_message(chat, body, p)
+
+    async def _upload_sticker_file(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        fmt = p["sticker_format"]
+        if fmt not in STICKER_FORMATS:
+            raise bad("format_invalid")
+        with self._lock:
+            self._user_for_stickers(p["user_id"])
+            if not p["sticker"].startswith("attach://"):
+                raise ApiError(400, "sticker file must be uploaded using multipart/form-data")
+            part = up.get(p["sticker"][len("attach://"):])
+            if part is None:
+                raise bad("attach_missing")
+            check_sticker_file(part.data, len(part.data), fmt, "sticker",
+                               self.sticker_verifier)
+            rec = self._new_file(part.data, "upload", ext="." + self._ext(fmt))
+            return rec.to_file_json(with_path=False)
+
+    async def _create_new_sticker_set(self, p: JSON, up: dict[str, Upload]) -> bool:
+        name, title = p["name"], p["title"]
+        sticker_type = p.get("sticker_type", "regular")
+        if sticker_type not in STICKER_TYPES:
+            raise bad("type_invalid")
+        if not 1 <= len(title) <= 64:
+            raise bad("title_invalid")
+        check_sticker_set_name(name, self.bot.username)
+        stickers = p["stickers"]
+        if not isinstance(stickers, list):
+            raise ApiError(400, "can't parse stickers JSON object")
+        if not stickers:
+            raise bad("no_stickers")
+        if len(stickers) > INITIAL_STICKERS_MAX:
+            raise bad("too_many_stickers")
+        with self._lock:
+            self._user_for_stickers(p["user_id"])
+            if name.lower() in self._sets:
+                raise bad("name_occupied")
+            entries = [self._input_sticker(s, up) for s in stickers]
+            self._sets[name.lower()] = StickerSetRecord(name, title, sticker_type,
+                                                        p["user_id"], entries)
+        return True
+
+    async def _add_sticker_to_set(self, p: JSON, up: dict[str, Upload]) -> bool:
+        with self._lock:
+            rec = self._owned_set(p["name"], p["user_id"])
+            if len(rec.stickers) >= SET_MAX_STICKERS[rec.sticker_type]:
+                raise bad("too_many_stickers")
+            rec.stickers.append(self._input_sticker(p["sticker"], up))
+        return True
+
+    async def _get_sticker_set(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            return self._set_json(self._find_set(p["name"]))
+
+    async def _replace_sticker_in_set(self, p: JSON, up: dict[str, Upload]) -> bool:
+        with self._lock:
+            rec = self._owned_set(p["name"], p["user_id"])
+            owner, index = self._find_entry(p["old_sticker"])
+            if owner is not rec:
+                raise bad("sticker_invalid")
+            entry = self._input_sticker(p["sticker"], up)
+            del self._files[rec.stickers[index].file.file_id]
+            rec.stickers[index] = entry
+        return True
+
+    async def _delete_sticker_set(self, p: JSON, up: dict[str, Upload]) -> bool:
+        with self._lock:
+            rec = self._find_set(p["name"])
+            for e in rec.stickers:
+                self._files.pop(e.file.file_id, None)
+            del self._sets[rec.name.lower()]
+        return True
+
+    async def _set_sticker_set_thumbnail(self, p: JSON, up: dict[str, Upload]) -> bool:
+        fmt = p["format"]
+        if fmt not in STICKER_FORMATS:
+            raise bad("format_invalid")
+        with self._lock:
+            rec = self._owned_set(p["name"], p["user_id"])
+            if "thumbnail" not in p:
+                rec.thumbnail, rec.thumbnail_format = None, None
+                return True
+            value = p["thumbnail"]
+            if fmt != "static" and value.startswith(("http://", "https://")):
+                raise ApiError(400, "animated and video thumbnails can't be uploaded via URL")
+            src, _ = self._resolve_file(value, up, "thumbnail", "thumbnail")
+            check_sticker_file(src.data, src.file_size, fmt, "thumbnail",
+                               self.sticker_verifier)
+            rec.thumbnail, rec.thumbnail_format = src, fmt
+        return True
+
+    async def _delete_sticker_from_set(self, p: JSON, up: dict[str, Upload]) -> bool:
+        with self._lock:
+            rec, index = self._find_entry(p["sticker"])
+            entry = rec.stickers.pop(index)
+            self._files.pop(entry.file.file_id, None)
+        return True
+
+    async def _get_chat_member(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            chat_id = p["chat_id"]
+            if isinstance(chat_id, str) or chat_id not in self._chats:
+                raise bad("chat_not_found")
+            member = self._members.get((chat_id, p["user_id"]))
+            if member is not None:
+                return member
+            u = self._users.get(p["user_id"])
+            if u is None:
+                raise bad("user_not_found")
+            return tgu.chat_member(u, "left")
+
+    async def _set_my_commands(self, p: JSON, up: dict[str, Upload]) -> bool:
+        commands = p["commands"]
+        if not isinstance(commands, list):
+            raise ApiError(400, "can't parse commands JSON object")
+        if len(commands) > COMMANDS_MAX:
+            raise bad("too_many_commands")
+        for c in commands:
+            if not isinstance(c, dict) or not _COMMAND_RE.match(str(c.get("command", ""))):
+                raise bad("command_invalid")
+            if not 1 <= len(str(c.get("description", ""))) <= 256:
+                raise bad("command_description")
+        scope = json.dumps(p.get("scope", {"type": "default"}), sort_keys=True)
+        with self._lock:
+            self._commands[f"{scope}|{p.get('language_code', '')}"] = commands
+        return True
+
+    async def _delete_message(self, p: JSON, up: dict[str, Upload]) -> bool:
+        with self._lock:
+            chat_id = p["chat_id"]
+            if isinstance(chat_id, str) or chat_id not in self._chats:
+                raise bad("chat_not_found")
+            key = (chat_id, p["message_id"])
+            if self._messages.pop(key, None) is None:
+                raise bad("delete_not_found")
+            self._bot_messages.discard(key)
+        return True
+
+    async def _send_chat_action(self, p: JSON, up: dict[str, Upload]) -> bool:
+        if p["action"] not in CHAT_ACTIONS:
+            raise bad("action")
+        with self._lock:
+            self._chat_for_send(p["chat_id"])
+        return True
+
+    def commands(self, scope: JSON | None = None, language_code: str = "") -> list[JSON]:
+        """Commands last set with setMyCommands for this scope/language ([] if none)."""
+        key = json.dumps(scope or {"type": "default"}, sort_keys=True)
+        with self._lock:
+            return list(self._commands.get(f"{key}|{language_code}", []))
