@@ -108,3 +108,21 @@ def run_spawned(targets: list[tuple], barrier_path: Path, timeout: float = 120.0
             raise AssertionError("a spawned process hung")
         if p.exitcode != 0:
             raise AssertionError(f"a spawned process exited with {p.exitcode}")
+
+
+def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_until: float, report_path: str) -> None:
+    """Run a scheduler process until the wall-clock time ``run_until``, then shut down."""
+    import json
+    import logging
+
+    from emoji3d.scheduler import Schedule, start_scheduler
+    from storage.db import open_database
+
+    logging.basicConfig(level=logging.INFO)
+    db = open_database(url)
+    sched, report = start_scheduler(db, [Schedule(**s) for s in schedules], engine_version)
+    Path(report_path).write_text(json.dumps(report.__dict__))
+    while time.time() < run_until:
+        time.sleep(0.05)
+    sched.shutdown(wait=True)
+    db.dispose()
