@@ -32,9 +32,22 @@ def frame_delays_ms(n: int, fps: float, quantum: int = 1) -> list[int]:
     return [max(quantum, edges[k + 1] - edges[k]) for k in range(n)]
 
 
+class OverBudget(Exception):
+    """A writer stopped early because its output already exceeded ``max_bytes``."""
+
+    def __init__(self, bytes_so_far: int, frames_done: int) -> None:
+        super().__init__(f"output passed {bytes_so_far} bytes after {frames_done} frame(s)")
+        self.bytes_so_far = bytes_so_far
+        self.frames_done = frames_done
+
+
 def write_webm_vp9(frames: list[np.ndarray], fps: float, crf: int, *, cpu_used: int = 4,
-                   deadline: str = "good", threads: int = 1) -> bytes:
-    """Encode RGBA frames (each (H, W, 4) uint8, even H and W) to WEBM VP9 with alpha."""
+                   deadline: str = "good", threads: int = 1, max_bytes: int | None = None) -> bytes:
+    """Encode RGBA frames (each (H, W, 4) uint8, even H and W) to WEBM VP9 with alpha.
+
+    With ``max_bytes``, raises :class:`OverBudget` as soon as the encoded packets
+    alone exceed it (saves encoding the rest of a hopeless candidate).
+    """
     import av
 
     h, w = frames[0].shape[:2]
@@ -55,13 +68,20 @@ def write_webm_vp9(frames: list[np.ndarray], fps: float, crf: int, *, cpu_used: 
             "lag-in-frames": "16",
             "auto-alt-ref": "1",
         }
+        total = 0
         for k, f in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgba")
             vf.pts = k
             vf.time_base = 1 / rate
             for pkt in st.encode(vf):
+                total += pkt.size
                 box.mux(pkt)
+            if max_bytes is not None and total > max_bytes:
+                raise OverBudget(total, k + 1)
         for pkt in st.encode(None):
+            total += pkt.size
+            if max_bytes is not None and total > max_bytes:
+                raise OverBudget(total, len(frames))
             box.mux(pkt)
     return buf.getvalue()
 

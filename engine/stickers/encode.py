@@ -8,23 +8,27 @@ by :func:`engine.stickers.verify.verify`. The encoder never returns a file
 that fails verification; if nothing fits it raises :class:`StickerEncodeError`
 naming the last reason.
 
-Search order (the first fitting level wins; within a level the best quality
-that fits is kept):
+Search (the same for every format, :func:`_ladder_search`): a *level* fixes
+the sequence (frame size, fps, duration); a *knob* sets quality within a
+level (VP9 CRF; APNG full RGBA then palette 256 -> 32 colours; GIF palette;
+WEBP quality). Level 0 is tried at the knob's start value, then at its worst
+value; if neither fits, the first level that fits at the worst knob is found
+by bisection over the levels, and finally the knob is bisected toward better
+quality at that level. Levels, in order:
 
-* WEBM VP9 (Telegram): levels are ``content_scale`` (outer) x ``fps`` (inner,
-  from ``min(fps_in, max_fps)`` down the ladder); within a level a search
-  over CRF starts at ``crf_start`` and moves toward better quality
-  (``crf_best``) when it fits, toward ``crf_worst`` when it does not. Telegram
-  fixes the 512 px side, so "smaller frames" means a smaller figure on the
-  same transparent canvas (``content_scale`` < 1).
-* APNG / GIF (Discord): levels are duration (outer) x fps (inner); within a
-  level the palette shrinks (256 -> 16 colours; APNG first tries full RGBA).
-  GIF delays are multiples of 10 ms, hence its own fps ladder.
+* WEBM VP9 (Telegram): ``content_scale`` (outer) x ``fps`` (inner, from
+  ``min(fps_in, max_fps)`` down the ladder). Telegram fixes the 512 px side,
+  so "smaller frames" means a smaller figure on the same transparent canvas
+  (``content_scale`` < 1). CRF starts at ``crf_start`` and ranges over
+  ``crf_best .. crf_worst``. A VP9 candidate is abandoned as soon as its
+  packets exceed the byte limit.
+* APNG / GIF (Discord) and animated WEBP (preview): duration (outer) x fps
+  (inner). GIF delays are multiples of 10 ms, hence its own fps ladder.
 * Still PNG/WEBP: lossless RGBA PNG, then lossy WEBP qualities (where WEBP is
-  accepted), then indexed PNG palettes.
-* Levels whose size, extrapolated from a measured candidate, is more than
-  ``skip_margin`` times the limit are skipped (recorded in the report); the
-  last level is always tried.
+  accepted), then indexed PNG palettes, first fit wins.
+
+The search assumes size falls along knobs and levels; that is only a
+heuristic for speed, since every returned file has passed :func:`verify`.
 
 Input conventions: ``frames`` are RGBA uint8 ``(H, W, 4)`` arrays, straight
 alpha, all the same shape; ``fps`` is the input rate. Geometry and retiming
@@ -55,21 +59,20 @@ class EncodeConfig:
     crf_best: int = 12
     crf_start: int = 28
     crf_worst: int = 63
-    crf_refine_steps: int = 3  # binary-search steps toward better quality after a fit
+    refine_steps: int = 5  # bisection steps toward better quality once a level fits
     vp9_cpu_used: int = 4  # libvpx speed (0 best .. 8 fastest) in "good" deadline
     vp9_deadline: str = "good"
     threads: int = 1
     fps_ladder: tuple[float, ...] = (30.0, 24.0, 20.0, 15.0, 12.0, 10.0)
     gif_fps_ladder: tuple[float, ...] = (25.0, 20.0, 12.5, 10.0)  # 40, 50, 80, 100 ms delays
     content_scale_ladder: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55)
-    palette_ladder: tuple[int, ...] = (256, 128, 64, 32, 16)
+    palette_ladder: tuple[int, ...] = (256, 128, 64, 32)
     webp_quality_ladder: tuple[int, ...] = (90, 80, 65, 50, 35, 20)
     duration_ladder_s: tuple[float, ...] = (5.0, 4.0, 3.0, 2.0)  # APNG/GIF, capped by the target
     duration_policy: str = "trim"  # or "speedup": see frames.retime
     gif_alpha_threshold: int = 128
     still_frame: int = 0
     allow_static_fallback: bool = True
-    skip_margin: float = 1.3
     max_tries: int = 60
 
     def __post_init__(self) -> None:
@@ -85,7 +88,7 @@ class EncodeConfig:
 class Attempt:
     container: str
     settings: dict[str, object]
-    byte_size: int | None  # None: skipped by extrapolation
+    byte_size: int  # measured size, or the size reached when the writer stopped early
     ok: bool
     reason: str  # "" when ok
     seconds: float
@@ -152,14 +155,19 @@ class _Tries:
     def budget_left(self) -> bool:
         return len(self.attempts) < self.cfg.max_tries
 
-    def skip(self, container: str, settings: dict[str, object], why: str) -> None:
-        self.attempts.append(Attempt(container, settings, None, False, why, 0.0))
-
-    def run(self, rule: FormatRule, settings: dict[str, object], make: Callable[[], bytes]) -> tuple[_Found | None, int]:
+    def run(self, rule: FormatRule, settings: dict[str, object], make: Callable[[], bytes]) -> _Found | None:
         t0 = time.perf_counter()
-        data = make()
-        size = len(data)
-        if size > rule.max_bytes:
+        try:
+            data = make()
+        except codecs.OverBudget as e:
+            data, size = None, e.bytes_so_far
+            reason = f"too_large: passed {size} > {rule.max_bytes} bytes after {e.frames_done} frame(s), stopped"
+            found = None
+        else:
+            size = len(data)
+        if data is None:
+            pass
+        elif size > rule.max_bytes:
             reason = f"too_large: {size} > {rule.max_bytes} bytes"
             found = None
         else:
@@ -170,7 +178,7 @@ class _Tries:
                                      time.perf_counter() - t0))
         if found is None:
             self.last_reason = f"{rule.container} {settings}: {reason}"
-        return found, size
+        return found
 
 
 def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: EncodeConfig | None = None) -> EncodeResult:
@@ -234,8 +242,7 @@ def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: E
 
 def _fps_levels(fps_in: float, max_fps: float | None, ladder: tuple[float, ...]) -> list[float]:
     top = min(fps_in, max_fps) if max_fps else fps_in
-    levels = [top] + [f for f in ladder if f < top - 1e-9]
-    return levels
+    return [top] + [f for f in ladder if f < top - 1e-9]
 
 
 def _prepare(frames, timing: Timing, lay: Layout, cache: dict) -> list[np.ndarray]:
@@ -248,60 +255,84 @@ def _prepare(frames, timing: Timing, lay: Layout, cache: dict) -> list[np.ndarra
     return out
 
 
-def _search_webm(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
-    max_dur = tgt.aim_duration_s or tgt.max_duration_s
-    levels = [(s, f) for s in cfg.content_scale_ladder for f in _fps_levels(fps, tgt.max_fps, cfg.fps_ladder)]
-    ref: tuple[int, float] | None = None  # (size at crf_worst, frames*pixels) of the last infeasible level
-    for li, (scale, f) in enumerate(levels):
-        if not tries.budget_left():
-            break
-        lay = layout(src_h, src_w, tgt.side, tgt.square, content_scale=scale, even=True)
-        timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy)
-        work = len(timing.indices) * lay.content_w * lay.content_h
-        last = li == len(levels) - 1
-        if ref is not None and not last and ref[0] * work / ref[1] > cfg.skip_margin * rule.max_bytes:
-            tries.skip("webm", {"content_scale": scale, "fps": timing.fps},
-                       f"skipped: extrapolated {ref[0] * work / ref[1]:.0f} B at crf {cfg.crf_worst}")
-            continue
-        cache: dict = {}
-        seq = _prepare(frames, timing, lay, cache)
+def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, attempt, tries: _Tries):
+    """Find the first level that can fit, then the best knob there.
 
-        def attempt(crf: int):
-            st = {"crf": crf, "fps": round(timing.fps, 3), "content_scale": scale, "cpu_used": cfg.vp9_cpu_used}
-            return tries.run(rule, st, lambda: codecs.write_webm_vp9(
-                seq, timing.fps, crf, cpu_used=cfg.vp9_cpu_used, deadline=cfg.vp9_deadline, threads=cfg.threads))
+    ``knobs`` go from best to worst quality; ``attempt(level, knob_index)`` returns a
+    :class:`_Found` or None. Assumes (as a search heuristic only: every returned file
+    is verified) that size falls along the knobs and along the levels.
+    Returns ``(found, level, knob_index)`` or None.
+    """
+    worst = len(knobs) - 1
 
-        best, _ = attempt(cfg.crf_start)
-        if best is not None:
-            lo, hi = cfg.crf_best, cfg.crf_start  # hi fits
-            for _ in range(cfg.crf_refine_steps):
-                if lo >= hi or not tries.budget_left():
-                    break
-                mid = (lo + hi) // 2
-                got, _ = attempt(mid)
-                if got is not None:
-                    best, hi = got, mid
-                else:
-                    lo = mid + 1
-            return best, lay, timing, scale, "webm"
-        if cfg.crf_worst == cfg.crf_start:
-            continue
-        got, size = attempt(cfg.crf_worst)
-        if got is None:
-            ref = (size, work)
-            continue
-        best, lo, hi = got, cfg.crf_start + 1, cfg.crf_worst  # hi fits, crf_start does not
-        for _ in range(cfg.crf_refine_steps + 1):
-            if lo >= hi or not tries.budget_left():
+    def best_knob(level: int, lo: int, hi: int, found: _Found):
+        # knob ``hi`` fits; bisect [lo, hi) for a better one that fits too
+        best, best_i = found, hi
+        for _ in range(refine_steps):
+            if lo >= best_i or not tries.budget_left():
                 break
-            mid = (lo + hi) // 2
-            got, _ = attempt(mid)
+            mid = (lo + best_i) // 2
+            got = attempt(level, mid)
             if got is not None:
-                best, hi = got, mid
+                best, best_i = got, mid
             else:
                 lo = mid + 1
-        return best, lay, timing, scale, "webm"
-    return None
+        return best, level, best_i
+
+    got = attempt(0, start)
+    if got is not None:
+        return best_knob(0, 0, start, got)
+    if start < worst:
+        got = attempt(0, worst)
+        if got is not None:
+            return best_knob(0, start + 1, worst, got)
+    if n_levels == 1 or not tries.budget_left():
+        return None
+    lo, hi = 1, n_levels - 1
+    got = attempt(hi, worst)
+    if got is None:
+        return None
+    best_level, best = hi, got
+    hi -= 1
+    while lo <= hi and tries.budget_left():
+        mid = (lo + hi) // 2
+        got = attempt(mid, worst)
+        if got is not None:
+            best_level, best = mid, got
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return best_knob(best_level, 0, worst, best)
+
+
+def _search_webm(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
+    max_dur = tgt.aim_duration_s or tgt.max_duration_s
+    levels = [(sc, f) for sc in cfg.content_scale_ladder for f in _fps_levels(fps, tgt.max_fps, cfg.fps_ladder)]
+    crfs = list(range(cfg.crf_best, cfg.crf_worst + 1))
+    prepared: dict[int, tuple[Layout, Timing, list[np.ndarray]]] = {}
+    cache: dict = {}
+
+    def level(i: int):
+        if i not in prepared:
+            sc, f = levels[i]
+            lay = layout(src_h, src_w, tgt.side, tgt.square, content_scale=sc, even=True)
+            timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy)
+            prepared[i] = (lay, timing, _prepare(frames, timing, lay, cache))
+        return prepared[i]
+
+    def attempt(i: int, k: int):
+        lay, timing, seq = level(i)
+        st = {"crf": crfs[k], "fps": round(timing.fps, 3), "content_scale": levels[i][0], "cpu_used": cfg.vp9_cpu_used}
+        return tries.run(rule, st, lambda: codecs.write_webm_vp9(
+            seq, timing.fps, crfs[k], cpu_used=cfg.vp9_cpu_used, deadline=cfg.vp9_deadline,
+            threads=cfg.threads, max_bytes=rule.max_bytes))
+
+    out = _ladder_search(len(levels), crfs, cfg.crf_start - cfg.crf_best, cfg.refine_steps, attempt, tries)
+    if out is None:
+        return None
+    found, i, _ = out
+    lay, timing, _ = level(i)
+    return found, lay, timing, levels[i][0], "webm"
 
 
 def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
@@ -309,60 +340,61 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
     lay = layout(src_h, src_w, tgt.side, tgt.square)
     dur_in = len(frames) / fps
     cap = tgt.aim_duration_s or tgt.max_duration_s
-    durations = [d for d in cfg.duration_ladder_s if (cap is None or d <= cap + 1e-9) and d < dur_in - 1e-9]
     top = min(dur_in, cap) if cap else dur_in
-    durations = [top] + [d for d in durations if d < top - 1e-9]
-    ladder = cfg.gif_fps_ladder if container == "gif" else cfg.fps_ladder
+    durations = [top] + [d for d in cfg.duration_ladder_s if d < top - 1e-9]
     fps_top = min(fps, tgt.max_fps) if tgt.max_fps else fps
     if container == "gif":
-        fps_list = [f for f in ladder if f <= fps_top + 1e-9] or [min(ladder)]
+        fps_list = [f for f in cfg.gif_fps_ladder if f <= fps_top + 1e-9] or [min(cfg.gif_fps_ladder)]
     else:
-        fps_list = _fps_levels(fps, tgt.max_fps, ladder)
-    cache: dict = {}
-    ref: tuple[int, int] | None = None  # (smallest candidate size, its frame count) of an infeasible level
+        fps_list = _fps_levels(fps, tgt.max_fps, cfg.fps_ladder)
     levels = [(d, f) for d in durations for f in fps_list]
-    for li, (dur, f) in enumerate(levels):
-        if not tries.budget_left():
-            break
-        timing = retime(len(frames), fps, f, dur, cfg.duration_policy)
-        n = len(timing.indices)
-        last = li == len(levels) - 1
-        if ref is not None and not last and ref[0] * n / ref[1] > cfg.skip_margin * rule.max_bytes:
-            tries.skip(container, {"fps": timing.fps, "duration_s": round(timing.duration_s, 3)},
-                       f"skipped: extrapolated {ref[0] * n / ref[1]:.0f} B")
-            continue
-        seq = _prepare(frames, timing, lay, cache)
-        base = {"fps": round(timing.fps, 3), "duration_s": round(timing.duration_s, 3)}
-        smallest = None
-        if container == "apng" and li == 0:
-            got, size = tries.run(rule, {**base, "colors": "rgba"}, lambda: codecs.write_apng(seq, timing.fps))
-            if got is not None:
-                return got, lay, timing, 1.0, container
+    if container == "webp":
+        knobs: list = list(cfg.webp_quality_ladder)
+        start = 0
+    elif container == "apng":
+        knobs, start = ["rgba", *cfg.palette_ladder], 1
+    else:
+        knobs, start = list(cfg.palette_ladder), 0
+    cache: dict = {}
+    prepared: dict[int, tuple[Timing, list[np.ndarray]]] = {}
+
+    def level(i: int):
+        if i not in prepared:
+            d, f = levels[i]
+            timing = retime(len(frames), fps, f, d, cfg.duration_policy)
+            prepared[i] = (timing, _prepare(frames, timing, lay, cache))
+        return prepared[i]
+
+    def attempt(i: int, k: int):
+        timing, seq = level(i)
+        knob = knobs[k]
+        st: dict[str, object] = {"fps": round(timing.fps, 3), "duration_s": round(timing.duration_s, 3)}
         if container == "webp":
-            for q in cfg.webp_quality_ladder:
-                if not tries.budget_left():
-                    break
-                got, size = tries.run(rule, {**base, "quality": q}, lambda q=q: codecs.write_webp(seq, timing.fps, quality=q))
-                if got is not None:
-                    return got, lay, timing, 1.0, container
-                smallest = size
+            st["quality"] = knob
+            make = lambda: codecs.write_webp(seq, timing.fps, quality=knob)
+        elif container == "apng" and knob == "rgba":
+            st["colors"] = "rgba"
+            make = lambda: codecs.write_apng(seq, timing.fps)
+        elif container == "apng":
+            st["colors"] = knob
+
+            def make():
+                idx, pal = palette.quantize_rgba(seq, knob)
+                return codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal)
         else:
-            for colors in cfg.palette_ladder:
-                if not tries.budget_left():
-                    break
-                if container == "apng":
-                    idx, pal = palette.quantize_rgba(seq, colors)
-                    make = lambda idx=idx, pal=pal: codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal)
-                else:
-                    idx, pal, ti = palette.quantize_gif(seq, colors, cfg.gif_alpha_threshold)
-                    make = lambda idx=idx, pal=pal, ti=ti: codecs.write_gif(idx, pal, ti, timing.fps)
-                got, size = tries.run(rule, {**base, "colors": colors}, make)
-                if got is not None:
-                    return got, lay, timing, 1.0, container
-                smallest = size
-        if smallest is not None:
-            ref = (smallest, n)
-    return None
+            st["colors"] = knob
+
+            def make():
+                idx, pal, ti = palette.quantize_gif(seq, knob, cfg.gif_alpha_threshold)
+                return codecs.write_gif(idx, pal, ti, timing.fps)
+        return tries.run(rule, st, make)
+
+    out = _ladder_search(len(levels), knobs, start, cfg.refine_steps, attempt, tries)
+    if out is None:
+        return None
+    found, i, _ = out
+    timing, _ = level(i)
+    return found, lay, timing, 1.0, container
 
 
 def _search_still(frame, tgt: Target, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
@@ -384,7 +416,7 @@ def _search_still(frame, tgt: Target, cfg: EncodeConfig, tries: _Tries, src_h, s
     for rule, st, make in plan:
         if not tries.budget_left():
             break
-        got, _ = tries.run(rule, st, make)
+        got = tries.run(rule, st, make)
         if got is not None:
             return got, lay, None, 1.0, rule.container
     return None
