@@ -25,7 +25,10 @@ Conventions
   pending updates) behind one ``threading.RLock``, so tests may call the test API
   (``add_user``, ``push_update``, ``inject``, ...) from any thread while the server
   runs in another (see :meth:`FakeTelegramServer.serve_in_thread`).
-* Known simplifications: message entities are not parsed (text is stored as sent);
+* Text with ``parse_mode=HTML`` is parsed like Telegram does (supported tags only,
+  proper nesting, only &lt; &gt; &amp; &quot; named entities) and stored as plain
+  text + entities; "message is not modified" compares text, entities and markup.
+* Known simplifications: Markdown/MarkdownV2 text is stored unparsed;
   HTTP-URL file inputs are refused (the fake has no network); video stickers are only
   checked for the WEBM/EBML header and size unless a ``sticker_verifier`` is plugged in.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import html.parser
 import io
 import json
 import mimetypes
@@ -68,6 +72,7 @@ EMOJI_LIST_MAX = 20
 KEYWORDS_MAX = 20
 KEYWORDS_TOTAL_CHARS = 64
 MESSAGE_TEXT_MAX = 4096
+CAPTION_MAX = 1024
 CALLBACK_ANSWER_TEXT_MAX = 200
 CALLBACK_DATA_MAX_BYTES = 64
 COMMANDS_MAX = 100
@@ -110,6 +115,8 @@ ERRORS = {
     "chat_not_found": "chat not found",
     "text_empty": "message text is empty",
     "text_too_long": "message is too long",
+    "caption_too_long": "message caption is too long",
+    "thumb_format": "thumbnail format must match the format of the stickers in the set",
     "parse_mode": "unsupported parse_mode",
     "not_modified": ("message is not modified: specified new message content and reply "
                      "markup are exactly the same as a current content and reply markup "
@@ -249,8 +256,9 @@ class Call:
 @dataclass
 class Injection:
     method: str  # lower-case method name
-    kind: str  # "retry_after" | "retry_after_landed" | "bad_request" | "error"
+    kind: str  # "retry_after" | "retry_after_landed" | "bad_request" | "error" | "delay"
     retry_after: int = 1
+    delay_s: float = 0.0
     description: str = ""
     error_code: int = 400
     times: int = 1
@@ -420,6 +428,98 @@ def _check_reply_markup(markup: Any) -> None:
                     raise bad("button_data")
     elif not any(k in markup for k in ("keyboard", "remove_keyboard", "force_reply")):
         raise bad("markup")
+
+
+_HTML_TAGS = {"b": "bold", "strong": "bold", "i": "italic", "em": "italic",
+              "u": "underline", "ins": "underline", "s": "strikethrough",
+              "strike": "strikethrough", "del": "strikethrough", "tg-spoiler": "spoiler",
+              "span": "spoiler", "a": "text_link", "code": "code", "pre": "pre",
+              "blockquote": "blockquote", "tg-emoji": "custom_emoji"}
+_HTML_NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
+
+
+class _TelegramHTML(html.parser.HTMLParser):
+    """Bot API HTML parse mode: the supported tags only, proper nesting, and only the
+    named entities &lt; &gt; &amp; &quot; (numeric ones are all allowed)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(convert_charrefs=False)
+        self._source = source
+        self._lines = source.splitlines(keepends=True)
+        self.text: list[str] = []
+        self.entities: list[JSON] = []
+        self._open: list[tuple[str, int, JSON]] = []  # tag, utf-16 offset, entity
+
+    def _byte_offset(self) -> int:
+        line, col = self.getpos()
+        before = "".join(self._lines[:line - 1]) + self._lines[line - 1][:col] \
+            if self._lines else ""
+        return len(before.encode())
+
+    def _fail(self, what: str) -> ApiError:
+        return ApiError(400, f"can't parse entities: {what}")
+
+    def _utf16_len(self) -> int:
+        return len("".join(self.text).encode("utf-16-le")) // 2
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        kind = _HTML_TAGS.get(tag)
+        a = dict(attrs)
+        if kind is None or (tag == "span" and a.get("class") != "tg-spoiler"):
+            raise self._fail(f'Unsupported start tag "{tag}" at byte offset '
+                             f"{self._byte_offset()}")
+        entity: JSON = {"type": kind}
+        if tag == "a":
+            if not a.get("href"):
+                raise self._fail(f'Can\'t find href for tag "a" at byte offset '
+                                 f"{self._byte_offset()}")
+            entity["url"] = a["href"]
+        self._open.append((tag, self._utf16_len(), entity))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._open or self._open[-1][0] != tag:
+            expected = f'"</{self._open[-1][0]}>"' if self._open else "nothing"
+            raise self._fail(f"Unmatched end tag at byte offset {self._byte_offset()}, "
+                             f'expected {expected}, found "</{tag}>"')
+        _, start, entity = self._open.pop()
+        length = self._utf16_len() - start
+        if length > 0:
+            self.entities.append({**entity, "offset": start, "length": length})
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        if name not in _HTML_NAMED_ENTITIES:
+            raise self._fail(f'Unsupported HTML entity "&{name};"')
+        self.text.append(_HTML_NAMED_ENTITIES[name])
+
+    def handle_charref(self, name: str) -> None:
+        try:
+            code = int(name[1:], 16) if name[:1] in "xX" else int(name)
+            self.text.append(chr(code))
+        except (ValueError, OverflowError) as exc:
+            raise self._fail(f'Unsupported HTML entity "&#{name};"') from exc
+
+    def render(self) -> tuple[str, list[JSON]]:
+        self.feed(self._source)
+        self.close()
+        if self._open:
+            raise self._fail("Can't find end tag corresponding to start tag "
+                             f'"{self._open[-1][0]}"')
+        return "".join(self.text), sorted(self.entities, key=lambda e: e["offset"])
+
+
+def render_text(text: str, parse_mode: str | None) -> tuple[str, list[JSON]]:
+    """(plain text, entities) as Telegram stores a message. HTML is parsed and checked;
+    Markdown modes are passed through unparsed (a documented simplification)."""
+    if parse_mode is None:
+        return text, []
+    if parse_mode.lower() not in PARSE_MODES:
+        raise bad("parse_mode")
+    if parse_mode.lower() == "html":
+        return _TelegramHTML(text).render()
+    return text, []
 
 
 def _update_type(upd: JSON) -> str:
@@ -622,22 +722,27 @@ class FakeTelegramServer:
 
     def inject(self, method: str, kind: str = "retry_after", *, retry_after: int = 1,
                description: str = "", error_code: int = 400, times: int = 1,
-               after: int = 0) -> None:
+               after: int = 0, delay_s: float = 0.0) -> None:
         """Make the next ``times`` calls of ``method`` (after skipping ``after`` calls) fail.
 
         kinds: ``retry_after`` (429, nothing happens), ``retry_after_landed`` (the call
         takes effect, then the client gets 429 — how flooded addStickerToSet duplicates
         arise), ``bad_request`` (400 with ``description``), ``error`` (``error_code``
-        with ``description``, e.g. 500 or 403).
+        with ``description``, e.g. 500 or 403), ``delay`` (the call takes effect and
+        the answer is held ``delay_s`` seconds: a client read timeout then reports
+        ``TimedOut`` for a request that landed).
         """
-        if kind not in ("retry_after", "retry_after_landed", "bad_request", "error"):
+        if kind not in ("retry_after", "retry_after_landed", "bad_request", "error", "delay"):
             raise ValueError(f"unknown injection kind {kind!r}")
         if method.lower() not in self._methods:
             raise ValueError(f"unknown method {method!r}")
         if times < 1 or after < 0 or retry_after < 1:
             raise ValueError("times >= 1, after >= 0 and retry_after >= 1 are required")
+        if kind == "delay" and not delay_s > 0:
+            raise ValueError("kind='delay' needs delay_s > 0")
         with self._lock:
-            self._injections.append(Injection(method.lower(), kind, retry_after, description,
+            self._injections.append(Injection(method.lower(), kind, retry_after, delay_s,
+                                              description,
                                               400 if kind == "bad_request" else error_code,
                                               times, after))
 
@@ -693,10 +798,14 @@ class FakeTelegramServer:
         injection = self._take_injection(name.lower())
         _current_request.set(request)
         try:
-            if injection is not None and injection.kind != "retry_after_landed":
+            if injection is not None and injection.kind not in ("retry_after_landed", "delay"):
                 raise self._injected_error(injection)
             result = await handler(params, uploads)
-            if injection is not None:
+            if injection is not None and injection.kind == "delay":
+                deadline = time.monotonic() + injection.delay_s
+                while time.monotonic() < deadline and not self._closing:
+                    await asyncio.sleep(self._poll_interval_s)
+            elif injection is not None:
                 raise self._injected_error(injection)
         except ApiError as exc:
             call.status = exc.code
@@ -1027,22 +1136,34 @@ class FakeTelegramServer:
             await asyncio.sleep(self._poll_interval_s)
 
     @staticmethod
-    def _check_text(text: str, parse_mode: str | None, *, empty_ok: bool = False) -> None:
-        if parse_mode is not None and parse_mode.lower() not in PARSE_MODES:
-            raise bad("parse_mode")
-        if not text.strip() and not empty_ok:
+    def _render_checked(text: str, parse_mode: str | None) -> tuple[str, list[JSON]]:
+        plain, entities = render_text(text, parse_mode)
+        if not plain.strip():
             raise bad("text_empty")
-        if len(text) > MESSAGE_TEXT_MAX:
+        if len(plain) > MESSAGE_TEXT_MAX:
             raise bad("text_too_long")
+        return plain, entities
+
+    @staticmethod
+    def _caption(p: JSON) -> JSON:
+        if not p.get("caption"):
+            return {}
+        plain, entities = render_text(p["caption"], p.get("parse_mode"))
+        if len(plain) > CAPTION_MAX:
+            raise bad("caption_too_long")
+        return {"caption": plain, **({"caption_entities": entities} if entities else {})}
 
     async def _send_message(self, p: JSON, up: dict[str, Upload]) -> JSON:
-        self._check_text(p["text"], p.get("parse_mode"))
+        plain, entities = self._render_checked(p["text"], p.get("parse_mode"))
+        body: JSON = {"text": plain}
+        if entities:
+            body["entities"] = entities
         with self._lock:
             chat = self._chat_for_send(p["chat_id"])
-            return self._store_bot_message(chat, {"text": p["text"]}, p)
+            return self._store_bot_message(chat, body, p)
 
     async def _edit_message_text(self, p: JSON, up: dict[str, Upload]) -> JSON | bool:
-        self._check_text(p["text"], p.get("parse_mode"))
+        plain, entities = self._render_checked(p["text"], p.get("parse_mode"))
         if "inline_message_id" in p:
             raise ApiError(400, ERRORS["edit_not_found"])  # no inline mode in the fake
         if "chat_id" not in p or "message_id" not in p:
@@ -1060,9 +1181,14 @@ class FakeTelegramServer:
             new_markup = p.get("reply_markup")
             if isinstance(new_markup, dict) and not new_markup.get("inline_keyboard"):
                 new_markup = None
-            if msg["text"] == p["text"] and msg.get("reply_markup") == new_markup:
+            if (msg["text"], msg.get("entities", []), msg.get("reply_markup")) == \
+                    (plain, entities, new_markup):
                 raise bad("not_modified")
-            msg["text"] = p["text"]
+            msg["text"] = plain
+            if entities:
+                msg["entities"] = entities
+            else:
+                msg.pop("entities", None)
             msg["edit_date"] = int(self._clock())
             if new_markup is None:
                 msg.pop("reply_markup", None)
@@ -1119,8 +1245,7 @@ class FakeTelegramServer:
                 raise bad("image_failed")
             body: JSON = {"photo": [tgu.photo_size(src.file_id, src.file_unique_id, info[1],
                                                    info[2], src.file_size)]}
-            if p.get("caption"):
-                body["caption"] = p["caption"]
+            body.update(self._caption(p))
             return self._store_bot_message(chat, body, p)
 
     async def _send_document(self, p: JSON, up: dict[str, Upload]) -> JSON:
@@ -1135,8 +1260,7 @@ class FakeTelegramServer:
             body: JSON = {"document": tgu.document(src.file_id, src.file_unique_id,
                                                    file_name=src.file_name, mime_type=mime,
                                                    file_size=src.file_size)}
-            if p.get("caption"):
-                body["caption"] = p["caption"]
+            body.update(self._caption(p))
             return self._store_bot_message(chat, body, p)
 
     async def _upload_sticker_file(self, p: JSON, up: dict[str, Upload]) -> JSON:
@@ -1222,6 +1346,8 @@ class FakeTelegramServer:
             value = p["thumbnail"]
             if fmt != "static" and value.startswith(("http://", "https://")):
                 raise ApiError(400, "animated and video thumbnails can't be uploaded via URL")
+            if fmt not in {e.format for e in rec.stickers}:
+                raise bad("thumb_format")
             src, _ = self._resolve_file(value, up, "thumbnail", "thumbnail")
             check_sticker_file(src.data, src.file_size, fmt, "thumbnail",
                                self.sticker_verifier)

@@ -137,6 +137,54 @@ def test_async_start_stop_without_thread() -> None:
     run(scenario())
 
 
+def test_html_parse_mode_entities_and_errors(telegram_server: FakeTelegramServer,
+                                             telegram_user: dict) -> None:
+    uid = telegram_user["id"]
+
+    async def scenario() -> None:
+        async with ptb_bot(telegram_server) as bot:
+            msg = await bot.send_message(uid, "<b>Stage</b> 1 &amp; 2 &#128512;",
+                                         parse_mode="HTML")
+            assert msg.text == "Stage 1 & 2 \U0001F600"
+            assert [(e.type, e.offset, e.length) for e in msg.entities] == [("bold", 0, 5)]
+            with pytest.raises(BadRequest, match="(?i)not modified"):
+                await bot.edit_message_text("<b>Stage</b> 1 &amp; 2 &#128512;", chat_id=uid,
+                                            message_id=msg.message_id, parse_mode="HTML")
+            # Same plain text without the bold entity is a modification.
+            edited = await bot.edit_message_text("Stage 1 & 2 \U0001F600", chat_id=uid,
+                                                 message_id=msg.message_id)
+            assert edited.entities == ()
+            for bad_html, why in [("style <neon>", "unsupported start tag"),
+                                  ("<b>open", "can't find end tag"),
+                                  ("<b><i>x</b></i>", "unmatched end tag"),
+                                  ("a &nbsp; b", "unsupported html entity"),
+                                  ("<a>x</a>", "href")]:
+                with pytest.raises(BadRequest, match=f"(?i)can't parse entities.*{why}"):
+                    await bot.send_message(uid, bad_html, parse_mode="HTML")
+            with pytest.raises(BadRequest, match="(?i)unsupported parse_mode"):
+                await bot.send_message(uid, "x", parse_mode="BBCode")
+            with pytest.raises(BadRequest, match="(?i)message is too long"):
+                await bot.send_message(uid, "x" * 4097)
+
+    run(scenario())
+
+
+def test_delay_injection_times_out_but_lands(telegram_server: FakeTelegramServer,
+                                             telegram_user: dict) -> None:
+    from telegram.error import TimedOut
+    from telegram.request import HTTPXRequest
+
+    telegram_server.inject("sendMessage", "delay", delay_s=1.0)
+
+    async def scenario() -> None:
+        async with ptb_bot(telegram_server, request=HTTPXRequest(read_timeout=0.2)) as bot:
+            with pytest.raises(TimedOut):
+                await bot.send_message(telegram_user["id"], "slow")
+
+    run(scenario())
+    assert [m["text"] for m in telegram_server.messages_in(telegram_user["id"])] == ["slow"]
+
+
 # ----------------------------------------------------------------------------- files
 
 def test_get_file_download_and_20mb_limit(telegram_server: FakeTelegramServer) -> None:
@@ -238,11 +286,9 @@ def test_sticker_set_round_trip(telegram_server: FakeTelegramServer,
             with pytest.raises(BadRequest, match="(?i)file is too big"):
                 await bot.set_sticker_set_thumbnail(
                     name, uid, "video", InputFile(webm(33 * 1024), filename="t.webm"))
-            with pytest.raises(BadRequest, match="(?i)thumb_png_dimensions"):
+            with pytest.raises(BadRequest, match="(?i)thumbnail format must match"):
                 await bot.set_sticker_set_thumbnail(
-                    name, uid, "static", InputFile(png(120, 100), filename="t.png"))
-            assert await bot.set_sticker_set_thumbnail(
-                name, uid, "static", InputFile(png(100, 100), filename="t.png"))
+                    name, uid, "static", InputFile(png(100, 100), filename="t.png"))
             # The bot can send a sticker of the set.
             sent = await bot.send_sticker(uid, s2.stickers[0].file_id)
             assert sent.sticker.set_name == name
@@ -339,6 +385,15 @@ def test_sticker_file_checks_and_verifier_hook(telegram_server: FakeTelegramServ
             with pytest.raises(BadRequest, match="(?i)sticker_png_dimensions"):
                 await bot.upload_sticker_file(uid, InputFile(png(300, 300), filename="s.png"),
                                               "static")
+            static_name = "still" + by(telegram_server)
+            assert await bot.create_new_sticker_set(
+                uid, static_name, "t", [InputSticker(png(512, 512), ["🙂"], "static")])
+            with pytest.raises(BadRequest, match="(?i)thumb_png_dimensions"):
+                await bot.set_sticker_set_thumbnail(
+                    static_name, uid, "static", InputFile(png(120, 100), filename="t.png"))
+            assert await bot.set_sticker_set_thumbnail(
+                static_name, uid, "static", InputFile(png(100, 100), filename="t.png"))
+            assert (await bot.get_sticker_set(static_name)).thumbnail.width == 100
             with pytest.raises(BadRequest, match="(?i)invalid sticker format"):
                 await bot.do_api_request("uploadStickerFile", api_kwargs={
                     "user_id": uid, "sticker_format": "gif",
