@@ -129,8 +129,7 @@ def upfirdn2d_ref(
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
     # Convolve (conv2d correlates, so flip unless a correlation is asked for).
-    f = f * (gain ** (f.ndim / 2))
-    f = f.to(x.dtype)
+    f = f.to(x.dtype) * (gain ** (f.ndim / 2))
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     x = x.reshape(n * c, 1, x.shape[2], x.shape[3])
