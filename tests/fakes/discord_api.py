@@ -388,6 +388,17 @@ class FakeDiscord:
     def emojis(self, guild_id: int | str) -> list[dict[str, Any]]:
         return list(self._guild(str(guild_id)).emojis.values())
 
+    def default_member_permissions(self, name: str, *,
+                                   guild_id: int | str | None = None) -> int | None:
+        """``default_member_permissions`` of a synced top-level command (None = everyone)."""
+        cmds = self.global_commands if guild_id is None else \
+            self.guild_commands.get(str(guild_id), [])
+        for c in cmds:
+            if c["name"] == name and int(c.get("type", 1)) == 1:
+                v = c.get("default_member_permissions")
+                return None if v is None else int(v)
+        raise KeyError(f"command {name!r} (guild {guild_id}) was never synced")
+
     def channel_messages(self, channel_id: int | str) -> list[dict[str, Any]]:
         return list(self.messages.get(str(channel_id), {}).values())
 
@@ -821,6 +832,8 @@ class FakeDiscord:
         cid, mid = call.params["channel_id"], call.params["message_id"]
         self._channel(cid)
         msg = self._message(cid, mid)
+        if msg["flags"] & EPHEMERAL_FLAG:  # only reachable through the interaction webhook
+            raise ApiError(404, 10008, "Unknown Message")
         if request.method == "GET":
             return msg
         if str(msg["author"]["id"]) != str(self._bot()["id"]):

@@ -193,6 +193,29 @@ class DiscordHarness:
                                            f"{timeout}s: {names}")
         return interaction
 
+    def emit(self, event: str, data: Mapping[str, Any]) -> None:
+        """Feed any other gateway dispatch (e.g. ``GUILD_STICKERS_UPDATE``) to the state."""
+        try:
+            parser = self.state.parsers[event]
+        except KeyError:
+            raise ValueError(f"discord.py has no parser for gateway event {event!r}") from None
+        parser(dict(data))
+
+    def command_visible(self, command: str, invoker: Mapping[str, Any], *,
+                        command_guild_id: int | str | None = None, **ctx: Any) -> bool:
+        """Whether Discord would offer ``command`` to ``invoker``: the member's
+        permissions cover the synced ``default_member_permissions`` (no per-server
+        overrides are modelled). ``deliver`` does not enforce this, so tests can
+        also simulate a server that granted the command to everyone."""
+        required = self.server.default_member_permissions(
+            command.split()[0], guild_id=command_guild_id)
+        if required is None:
+            return True
+        have = self.context(invoker, **ctx).member_permissions
+        if required == 0:  # "0" hides the command from everyone but administrators
+            return bool(have & P.permission_bits("ADMINISTRATOR"))
+        return (have & required) == required
+
     # -------------------------------------------------------------- builders
 
     def _token(self) -> str:

@@ -95,6 +95,25 @@ class EmojiCog(commands.Cog):
         await interaction.response.defer(thinking=True)
 
 
+class HouseStyleCog(commands.Cog):
+    housestyle = app_commands.Group(
+        name="housestyle", description="Server house styles",
+        default_permissions=discord.Permissions(manage_expressions=True), guild_only=True)
+
+    @housestyle.command(name="list", description="List house styles")
+    @app_commands.checks.has_permissions(manage_expressions=True)
+    async def list_(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("styles:" + ",".join(STYLES), ephemeral=True)
+
+    async def cog_app_command_error(self, interaction: discord.Interaction,
+                                    error: app_commands.AppCommandError) -> None:
+        if isinstance(error, app_commands.MissingPermissions):
+            await interaction.response.send_message("refused:" + ",".join(error.missing_permissions),
+                                                    ephemeral=True)
+            return
+        raise error
+
+
 class ThrowawayBot(commands.Bot):
     def __init__(self) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default())
@@ -102,6 +121,7 @@ class ThrowawayBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.add_cog(self.cog)
+        await self.add_cog(HouseStyleCog())
         self.add_view(AddToServer())
 
 
@@ -130,8 +150,10 @@ def test_login_ready_and_sync_reach_the_fake() -> None:
         assert keys[:2] == ["GET /users/@me", "GET /oauth2/applications/@me"]
         put = h.server.calls_to("PUT", "/applications/{application_id}/commands", ok_only=True)
         assert len(put) == 1
-        (cmd,) = put[0].json
-        assert cmd["name"] == "emoji" and {o["name"] for o in cmd["options"]} == {"create", "wait"}
+        emoji_cmd, house_cmd = sorted(put[0].json, key=lambda c: c["name"])
+        assert {o["name"] for o in emoji_cmd["options"]} == {"create", "wait"}
+        assert int(house_cmd["default_member_permissions"]) == P.permission_bits(
+            "MANAGE_GUILD_EXPRESSIONS")
         assert all(c.headers["Authorization"] == "Bot fake-bot-token" for c in h.server.calls)
         h.assert_no_errors()
 
@@ -315,6 +337,76 @@ def test_second_initial_response_is_rejected_by_discord_py_or_the_fake() -> None
     run_bot(t)
 
 
+def test_house_style_permission_check_allowed_and_refused() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        assert h.command_visible("housestyle list", w.moderator)
+        assert not h.command_visible("housestyle list", w.member)
+        ok = h.slash("housestyle list", w.moderator)
+        await h.deliver(ok)
+        assert h.server.original_response(ok["token"])["content"].startswith("styles:pixar")
+        # A server may grant the command to everyone; the runtime check still refuses.
+        no = h.slash("housestyle list", w.member)
+        interaction = await h.deliver(no)
+        assert not interaction.permissions.manage_expressions
+        assert h.server.original_response(no["token"])["content"] == "refused:manage_expressions"
+        h.assert_no_errors()
+
+    run_bot(t)
+
+
+def test_slash_command_in_a_dm() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        user = w.member["user"]
+        payload = h.slash("emoji wait", user)
+        interaction = await h.deliver(payload)
+        h.assert_no_errors()
+        assert interaction.guild is None and isinstance(interaction.channel, discord.DMChannel)
+        assert isinstance(interaction.user, discord.User) and str(interaction.user.id) == user["id"]
+        (msg,) = h.server.dm_messages(user["id"])
+        assert msg["flags"] & (1 << 7)  # deferred: "thinking"
+        await interaction.edit_original_response(content="done")
+        assert h.server.dm_messages(user["id"])[0]["content"] == "done"
+
+    run_bot(t)
+
+
+def test_unknown_command_is_logged_not_raised() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        payload = h.slash("emoji wait", w.member)
+        payload["data"]["name"] = "nosuch"
+        await h.deliver(payload)
+        assert any("nosuch" in str(r.exc_info[1]) for r in h.errors if r.exc_info)
+        with pytest.raises(AssertionError, match="logged errors"):
+            h.assert_no_errors()
+
+    run_bot(t)
+
+
+def test_restarted_bot_delivers_by_webhook_then_falls_back_to_dm() -> None:
+    async def main() -> None:
+        async with FakeDiscord() as server:
+            w = build_world(server)
+            async with DiscordHarness(ThrowawayBot(), server) as h1:
+                payload = h1.slash("emoji wait", w.member)
+                await h1.deliver(payload)
+            app_id, token = int(w.application["id"]), payload["token"]
+            # A new process: fresh Bot, same Discord; it only kept app id + token.
+            async with DiscordHarness(ThrowawayBot(), server) as h2:
+                hook = discord.Webhook.partial(app_id, token, client=h2.bot)
+                sent = await hook.send("result", wait=True, file=discord.File(
+                    io.BytesIO(png_bytes()), "s.png"))
+                assert [m["id"] for m in server.followups(token)] == [str(sent.id)]
+                server.expire_token(token)
+                with pytest.raises(discord.NotFound):
+                    await hook.send("later result", wait=True)
+                user = await h2.bot.fetch_user(int(w.member["user"]["id"]))
+                await user.send("later result")
+                assert server.dm_messages(w.member["user"]["id"])[0]["content"] == "later result"
+                h2.assert_no_errors()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
 def test_channel_message_with_file_and_edit() -> None:
     async def t(h: DiscordHarness, w: World) -> None:
         channel = h.bot.get_channel(int(w.channel["id"]))
@@ -337,12 +429,23 @@ def test_channel_message_with_file_and_edit() -> None:
 # ------------------------------------------------------- part 2: raw HTTP rules
 
 
+class ManualClock:
+    """Seconds that only move when a test says so (for the token clocks)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
 def run_raw(test: Callable[[FakeDiscord, World, aiohttp.ClientSession], Awaitable[None]],
             **kw: Any) -> None:
     async def main() -> None:
-        clock = [0.0]
-        async with FakeDiscord(config=ServerConfig(**kw), clock=lambda: clock[0]) as server:
-            server.now = clock  # type: ignore[attr-defined]
+        async with FakeDiscord(config=ServerConfig(**kw), clock=ManualClock()) as server:
             world = build_world(server)
             headers = {"Authorization": f"Bot {server.config.bot_token}"}
             async with aiohttp.ClientSession(headers=headers) as session:
@@ -400,7 +503,7 @@ def test_raw_interaction_timing_rules() -> None:
         late = P.slash_interaction(ctx, iid=server.ids(), token="tok-late", command="emoji",
                                    command_id="1")
         server.register_interaction(late)
-        server.now[0] += 3.5  # type: ignore[attr-defined]
+        server.clock.advance(3.5)  # type: ignore[attr-defined]
         url = f"{server.api_base}/interactions/{late['id']}/tok-late/callback"
         async with s.post(url, json={"type": 5}) as r:
             assert r.status == 404 and (await r.json())["code"] == 10062
@@ -413,10 +516,10 @@ def test_raw_interaction_timing_rules() -> None:
         async with s.post(url, json={"type": 4, "data": {"content": "x"}}) as r:
             assert r.status == 400 and (await r.json())["code"] == 40060
         hook = f"{server.api_base}/webhooks/{w.application['id']}/tok-ok/messages/@original"
-        server.now[0] += 14 * 60  # type: ignore[attr-defined]
+        server.clock.advance(14 * 60)  # type: ignore[attr-defined]
         async with s.patch(hook, json={"content": "still in time"}) as r:
             assert r.status == 200 and (await r.json())["content"] == "still in time"
-        server.now[0] += 61  # type: ignore[attr-defined]
+        server.clock.advance(61)  # type: ignore[attr-defined]
         async with s.patch(hook, json={"content": "too late"}) as r:
             assert r.status == 404 and (await r.json())["code"] == 10015
 
@@ -452,6 +555,25 @@ def test_raw_sticker_rules() -> None:
         sid = server.stickers(w.guild_id)[0].payload["id"]
         async with s.delete(f"{url}/{sid}") as r:
             assert r.status == 403 and (await r.json())["code"] == 50013
+
+    run_raw(t)
+
+
+def test_raw_ephemeral_messages_are_only_reachable_by_webhook() -> None:
+    async def t(server: FakeDiscord, w: World, s: aiohttp.ClientSession) -> None:
+        p = P.slash_interaction(_ctx(server, w), iid=server.ids(), token="tok-e",
+                                command="emoji", command_id="1")
+        server.register_interaction(p)
+        url = f"{server.api_base}/interactions/{p['id']}/tok-e/callback?with_response=true"
+        async with s.post(url, json={"type": 4, "data": {"content": "secret", "flags": 64}}) as r:
+            body = await r.json()
+            assert r.status == 200 and body["interaction"]["response_message_ephemeral"] is True
+            mid = body["resource"]["message"]["id"]
+        async with s.get(f"{server.api_base}/channels/{w.channel['id']}/messages/{mid}") as r:
+            assert r.status == 404 and (await r.json())["code"] == 10008
+        hook = f"{server.api_base}/webhooks/{w.application['id']}/tok-e/messages/@original"
+        async with s.get(hook) as r:
+            assert r.status == 200 and (await r.json())["content"] == "secret"
 
     run_raw(t)
 
