@@ -15,7 +15,31 @@ from typing import Any
 import pytest
 
 from tests.fakes import telegram_updates as tgu
-from tests.fakes.telegram_api import FakeTelegramServer
+from tests.fakes.telegram_api import FakeTelegramServer, StickerVerifier
+
+#: (sticker format, role) -> engine.stickers target name used by the deep verifier.
+_ENGINE_TARGETS = {("video", "sticker"): "telegram_video",
+                   ("static", "sticker"): "telegram_static",
+                   ("video", "thumbnail"): "telegram_thumb",
+                   ("static", "thumbnail"): "telegram_thumb"}
+
+
+def engine_sticker_verifier() -> StickerVerifier:
+    """A ``sticker_verifier`` backed by ``engine.stickers.verify`` (decodes the file and
+    checks codec, dimensions, fps, duration, alpha, audio). Animated (TGS) files have
+    no engine target and pass. Failures read ``STICKER_FILE_INVALID: <codes>``."""
+    from engine.stickers.verify import verify
+
+    def check(data: bytes, fmt: str, role: str) -> str | None:
+        target = _ENGINE_TARGETS.get((fmt, role))
+        if target is None:
+            return None
+        report = verify(data, target)
+        if report.ok:
+            return None
+        return "STICKER_FILE_INVALID: " + ", ".join(v.code for v in report.reasons)
+
+    return check
 
 
 def ptb_bot(server: FakeTelegramServer, **kwargs: Any) -> Any:

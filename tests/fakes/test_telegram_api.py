@@ -23,7 +23,8 @@ from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, Comm
 
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, is_webm
-from tests.fakes.telegram_fixtures import ptb_bot, telegram_server, telegram_user  # noqa: F401
+from tests.fakes.telegram_fixtures import (engine_sticker_verifier, ptb_bot,  # noqa: F401
+                                           telegram_server, telegram_user)
 
 pytestmark = [
     # Raw do_api_request calls are deliberate; RetryAfter.retry_after's int/timedelta
@@ -44,7 +45,7 @@ def webm(n_bytes: int, seed: int = 0) -> bytes:
 
 def png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    Image.new("RGBA", (width, height), (200, 30, 30, 128)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -401,6 +402,23 @@ def test_sticker_file_checks_and_verifier_hook(telegram_server: FakeTelegramServ
 
     run(scenario())
     assert (256 * 1024, "video", "sticker") in seen
+
+
+def test_engine_verifier_plugs_in(telegram_server: FakeTelegramServer,
+                                  telegram_user: dict) -> None:
+    telegram_server.sticker_verifier = engine_sticker_verifier()
+    uid = telegram_user["id"]
+
+    async def scenario() -> None:
+        async with ptb_bot(telegram_server) as bot:
+            # Passes the cheap header check, but is no decodable video.
+            with pytest.raises(BadRequest, match="(?i)sticker_file_invalid: decode_failed"):
+                await bot.upload_sticker_file(uid, InputFile(webm(3000), filename="a.webm"),
+                                              "video")
+            assert await bot.upload_sticker_file(uid, InputFile(png(512, 512),
+                                                                filename="s.png"), "static")
+
+    run(scenario())
 
 
 def test_raw_json_and_get_requests_validate_input_sticker(telegram_server: FakeTelegramServer,
