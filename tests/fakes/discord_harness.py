@@ -22,6 +22,17 @@ tasks that parsing spawned (command invocation, view callbacks, listeners).
 Exceptions that discord.py swallows and logs (command errors, view errors) are
 captured from the ``discord`` logger into :attr:`DiscordHarness.errors`.
 
+Typical use (each test on its own ``asyncio.run`` loop)::
+
+    async def scenario():
+        async with running_bot(MyBot()) as (h, world):
+            att = h.upload(P.make_png(64, 64), "me.png", "image/png")
+            await h.deliver(h.slash("emoji create", world.member, attachments=[att],
+                                    options=[P.option("selfie", "attachment", att["id"])]))
+            h.assert_no_errors()
+            assert h.server.calls_to("POST", "/webhooks/{application_id}/{token}")
+    asyncio.run(scenario())
+
 Conventions: ids are decimal strings in payloads; the default world
 (:func:`build_world`) has one guild (boost tier 0, 5 sticker slots) with a
 ``#general`` channel, a moderator (Manage Expressions) and an ordinary member.
@@ -29,15 +40,16 @@ Conventions: ids are decimal strings in payloads; the default world
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import discord
 from discord.ext import commands
 
 from tests.fakes import discord_payloads as P
-from tests.fakes.discord_api import FakeDiscord, sniff_image
+from tests.fakes.discord_api import FakeDiscord, ServerConfig, sniff_image
 
 
 @dataclasses.dataclass
@@ -182,7 +194,11 @@ class DiscordHarness:
             self.bot.wait_for("interaction", check=lambda i: i.id == iid, timeout=timeout))
         await asyncio.sleep(0)  # let wait_for register its listener
         before = asyncio.all_tasks()
-        self.state.parsers["INTERACTION_CREATE"](dict(payload))
+        try:
+            self.state.parsers["INTERACTION_CREATE"](dict(payload))
+        except BaseException:
+            waiter.cancel()
+            raise
         spawned = asyncio.all_tasks() - before - {waiter}
         interaction = await waiter
         if wait and spawned:
@@ -297,3 +313,15 @@ class DiscordHarness:
         return P.component_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
                                        token=self._token(), custom_id=custom_id,
                                        message_payload=message)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(bot: commands.Bot | discord.Client, *, config: ServerConfig | None = None,
+                      sync_guilds: Sequence[int | str] = (), **world_kw: Any
+                      ) -> AsyncIterator[tuple[DiscordHarness, World]]:
+    """Start a fake server with :func:`build_world` (``world_kw`` go there), run
+    ``bot`` against it, yield ``(harness, world)``, and tear both down."""
+    async with FakeDiscord(config=config) as server:
+        world = build_world(server, **world_kw)
+        async with DiscordHarness(bot, server, sync_guilds=sync_guilds) as h:
+            yield h, world

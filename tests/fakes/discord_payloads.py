@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import struct
+import zlib
 from typing import Any, Iterable, Mapping, Sequence
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -538,3 +540,21 @@ def compute_permissions(guild_payload: Mapping[str, Any], member_payload: Mappin
     if (1, uid) in ows:
         perms = (perms & ~int(ows[(1, uid)]["deny"])) | int(ows[(1, uid)]["allow"])
     return perms
+
+
+def make_png(width: int = 320, height: int = 320, *, animated: bool = False,
+             rgb: tuple[int, int, int] = (128, 64, 32)) -> bytes:
+    """A valid flat-colour PNG (or a one-frame APNG with ``animated``), for
+    attachment and sticker uploads. Built with zlib only."""
+    if not (1 <= width <= 4096 and 1 <= height <= 4096):
+        raise ValueError("width and height must be 1..4096")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width                     # filter byte + RGB pixels
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    if animated:
+        out += chunk(b"acTL", struct.pack(">II", 1, 0))     # 1 frame, loop forever
+        out += chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, width, height, 0, 0, 1, 10, 0, 0))
+    return out + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b"")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import struct
-import zlib
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -23,23 +21,13 @@ from discord.ext import commands
 
 from tests.fakes import discord_payloads as P
 from tests.fakes.discord_api import FakeDiscord, ServerConfig, sniff_image
-from tests.fakes.discord_harness import DiscordHarness, World, build_world
+from tests.fakes.discord_harness import DiscordHarness, World, build_world, running_bot
 
 STYLES = ["pixar", "pixel-art", "anime", "clay"]
 ADD_ID = "emoji3d:add"
 
 
-def png_bytes(w: int = 320, h: int = 320, *, animated: bool = False) -> bytes:
-    """A valid (A)PNG of a flat colour, built by hand (no PIL dependency on the fast path)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    raw = b"".join(b"\x00" + b"\x80\x40\x20" * w for _ in range(h))
-    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-    if animated:
-        out += chunk(b"acTL", struct.pack(">II", 1, 0))
-        out += chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, w, h, 0, 0, 1, 10, 0, 0))
-    return out + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+png_bytes = P.make_png
 
 
 # ------------------------------------------------------------ throwaway cog
@@ -64,6 +52,30 @@ class AddToServer(discord.ui.View):
             await interaction.followup.send(f"failed:{e.code}", ephemeral=True)
             return
         await interaction.followup.send(f"added:{sticker.id}", ephemeral=True)
+
+
+class RenameModal(discord.ui.Modal, title="Rename"):
+    name = discord.ui.TextInput(label="Name", max_length=30)
+
+
+class Extras(discord.ui.View):
+    """Buttons answering with UPDATE_MESSAGE (7), DEFERRED_UPDATE (6) and MODAL (9)."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+
+    @discord.ui.button(label="Refresh", custom_id="emoji3d:refresh")
+    async def refresh(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.edit_message(content="refreshed", view=None)
+
+    @discord.ui.button(label="Later", custom_id="emoji3d:later")
+    async def later(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content="updated later")
+
+    @discord.ui.button(label="Rename", custom_id="emoji3d:rename")
+    async def rename(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.send_modal(RenameModal())
 
 
 class EmojiCog(commands.Cog):
@@ -123,14 +135,13 @@ class ThrowawayBot(commands.Bot):
         await self.add_cog(self.cog)
         await self.add_cog(HouseStyleCog())
         self.add_view(AddToServer())
+        self.add_view(Extras())
 
 
 def run_bot(test: Callable[[DiscordHarness, World], Awaitable[None]], **world_kw: Any) -> None:
     async def main() -> None:
-        async with FakeDiscord() as server:
-            world = build_world(server, **world_kw)
-            async with DiscordHarness(ThrowawayBot(), server) as h:
-                await test(h, world)
+        async with running_bot(ThrowawayBot(), **world_kw) as (h, world):
+            await test(h, world)
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
 
@@ -247,6 +258,32 @@ def test_a_429_that_lands_anyway_makes_a_duplicate() -> None:
                                    lands=True)
         await h.deliver(h.click(ADD_ID, w.moderator, message=msg))
         assert len(h.server.stickers(w.guild_id)) == 2
+
+    run_bot(t)
+
+
+def test_component_update_deferred_update_and_modal() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        channel = h.bot.get_channel(int(w.channel["id"]))
+        sent = await channel.send("result", view=Extras())
+        stored = h.server.channel_messages(w.channel["id"])[0]
+        assert [c["custom_id"] for c in stored["components"][0]["components"]] == [
+            "emoji3d:refresh", "emoji3d:later", "emoji3d:rename"]
+        click = h.click("emoji3d:later", w.member, message=stored)
+        await h.deliver(click)
+        assert h.server.interaction(click["token"]).response_type == 6
+        assert h.server.channel_messages(w.channel["id"])[0]["content"] == "updated later"
+        click = h.click("emoji3d:rename", w.member, message=stored)
+        await h.deliver(click)
+        rec = h.server.interaction(click["token"])
+        assert rec.response_type == 9 and rec.response_data["title"] == "Rename"
+        click = h.click("emoji3d:refresh", w.member, message=stored)
+        await h.deliver(click)
+        msg = h.server.channel_messages(w.channel["id"])[0]
+        assert h.server.interaction(click["token"]).response_type == 7
+        assert msg["id"] == str(sent.id) and msg["content"] == "refreshed"
+        assert msg["components"] == []
+        h.assert_no_errors()
 
     run_bot(t)
 
@@ -378,6 +415,16 @@ def test_unknown_command_is_logged_not_raised() -> None:
         assert any("nosuch" in str(r.exc_info[1]) for r in h.errors if r.exc_info)
         with pytest.raises(AssertionError, match="logged errors"):
             h.assert_no_errors()
+
+    run_bot(t)
+
+
+def test_malformed_payload_raises_from_deliver() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        payload = h.slash("emoji wait", w.member)
+        del payload["version"]
+        with pytest.raises(KeyError, match="version"):
+            await h.deliver(payload)
 
     run_bot(t)
 
