@@ -1,0 +1,175 @@
+"""Face front end: one selfie in, everything both generators need out.
+
+:func:`analyze_face` runs, in order: landmarks (largest face; several faces is
+a *warning*), face-size check, head pose and its limits, eyes-closed check,
+FFHQ crop (1024, and 256 for e4e), EG3D crop (512), the 25-number EG3D camera
+label and the FFHQ-1024 → EG3D-512 similarity. Each refusal is a
+:class:`~emoji3d.errors.UserFacingError` with a stable key (``no_face``,
+``face_too_small``, ``head_turned_too_far``, ``eyes_closed``).
+
+Conventions are those of ``face_landmarks`` (pixels, y down, 478 points),
+``face_align`` (2x3 photo → crop matrices, pixel centres at integers) and
+``face_pose`` (Deep3DFaceRecon angles, EG3D label).
+
+- **Face size** (``face_px``) is the side, in photo pixels, of the FFHQ crop
+  square (the region that becomes the 1024 and 256 crops; about twice the face
+  width). Below ``min_face_px`` (default 128) the 256 px e4e input would be
+  enlarged more than 2x.
+- **Eyes closed**: both eye aspect ratios (face-mesh lid distance over corner
+  distance) below ``eyes_closed_ear``. Occlusion (hands, masks) is not
+  detected: MediaPipe always completes the mesh, so the landmarks give no
+  reliable signal for it.
+
+No torch here (numpy, Pillow, scipy, MediaPipe).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emoji3d.errors import EyesClosedError, FaceTooSmallError, NoFaceError
+from engine import face_align as fa
+from engine.face_landmarks import FaceLandmarks, LandmarkDetector, detect_landmarks, eye_aspect_ratio
+from engine.face_pose import HeadPose, check_pose_limits, label_from_pose, solve_head_pose
+
+WARNING_SEVERAL_FACES = "several_faces"  # params: count
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    min_face_px: int = 128
+    max_yaw_degrees: float = 40.0
+    max_pitch_degrees: float = 30.0
+    max_faces: int = 4
+    eyes_closed_ear: float | None = 0.12  # None disables the check
+    ffhq: fa.FfhqCropConfig = field(default_factory=fa.FfhqCropConfig)
+    e4e_size: int = 256
+    eg3d: fa.Eg3dCropConfig = field(default_factory=fa.Eg3dCropConfig)
+
+    def __post_init__(self) -> None:
+        if self.min_face_px < 1 or self.max_faces < 1 or self.e4e_size < 8:
+            raise ValueError(f"bad FaceConfig: {self}")
+        if not (0 < self.max_yaw_degrees <= 90 and 0 < self.max_pitch_degrees <= 90):
+            raise ValueError("max_yaw_degrees and max_pitch_degrees must be in (0, 90]")
+
+
+@dataclass(frozen=True)
+class FaceWarning:
+    key: str
+    params: dict
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    landmarks: FaceLandmarks
+    n_faces: int
+    warnings: tuple[FaceWarning, ...]
+    face_px: float
+    eye_aspect_ratios: tuple[float, float]
+    pose: HeadPose
+    camera_label: np.ndarray  # (25,) float64
+    ffhq: fa.FfhqCrop  # 1024 crop + photo -> crop matrix
+    e4e_image: np.ndarray  # (256, 256, 3) uint8, the FFHQ crop resized
+    e4e_matrix: np.ndarray  # (2, 3) photo -> 256 crop
+    eg3d: fa.Eg3dCrop  # 512 crop + matrix + align_img trans params
+    ffhq_to_eg3d: np.ndarray  # (2, 3) FFHQ-1024 crop pixels -> EG3D-512 crop pixels
+
+
+def face_size_px(face: FaceLandmarks) -> float:
+    """Side of the FFHQ crop square in photo pixels (see the module docstring)."""
+    return fa.ffhq_quad(fa.ffhq_anchor_points(face))[1]
+
+
+def check_eyes_open(face: FaceLandmarks, threshold: float | None) -> tuple[float, float]:
+    ears = eye_aspect_ratio(face)
+    if threshold is not None and max(ears) < threshold:
+        raise EyesClosedError(f"eye aspect ratios {ears[0]:.3f}, {ears[1]:.3f} < {threshold}")
+    return ears
+
+
+def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: LandmarkDetector | None = None) -> FaceResult:
+    """Find, check, crop and pose the largest face of an RGB uint8 photo (H, W, 3)."""
+    faces = detect_landmarks(rgb, cfg.max_faces, detector)
+    if not faces:
+        raise NoFaceError("no face found")
+    face = faces[0]
+    warnings = ()
+    if len(faces) > 1:
+        warnings = (FaceWarning(WARNING_SEVERAL_FACES, {"count": len(faces)}),)
+
+    face_px = face_size_px(face)
+    if face_px < cfg.min_face_px:
+        raise FaceTooSmallError(f"face region {face_px:.0f} px < {cfg.min_face_px} px", face_px=int(round(face_px)), min_face_px=cfg.min_face_px)
+
+    pose = solve_head_pose(face.points)
+    check_pose_limits(pose, cfg.max_yaw_degrees, cfg.max_pitch_degrees)
+    ears = check_eyes_open(face, cfg.eyes_closed_ear)
+
+    ffhq = fa.ffhq_crop(rgb, fa.ffhq_anchor_points(face), cfg.ffhq)
+    e4e_image = _resize_square(ffhq.image, cfg.e4e_size)
+    e4e_matrix = fa.rescale_output(ffhq.matrix, cfg.ffhq.output_size, cfg.e4e_size)
+    eg3d = fa.eg3d_crop(rgb, face.five_points(), cfg.eg3d)
+    return FaceResult(
+        landmarks=face,
+        n_faces=len(faces),
+        warnings=warnings,
+        face_px=face_px,
+        eye_aspect_ratios=ears,
+        pose=pose,
+        camera_label=label_from_pose(pose),
+        ffhq=ffhq,
+        e4e_image=e4e_image,
+        e4e_matrix=e4e_matrix,
+        eg3d=eg3d,
+        ffhq_to_eg3d=fa.crop_to_crop(ffhq.matrix, eg3d.matrix),
+    )
+
+
+def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[0] == size:
+        return img.copy()
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS), dtype=np.uint8)
+
+
+def result_to_json(r: FaceResult) -> dict:
+    """JSON-ready summary (lists and floats) of a :class:`FaceResult`, without the images."""
+
+    def mat(a: np.ndarray) -> list:
+        return np.asarray(a, dtype=np.float64).round(6).tolist()
+
+    return {
+        "image_size": list(r.landmarks.image_size),
+        "n_faces": r.n_faces,
+        "warnings": [{"key": w.key, "params": w.params} for w in r.warnings],
+        "face_px": round(r.face_px, 2),
+        "eye_aspect_ratios": [round(e, 4) for e in r.eye_aspect_ratios],
+        "landmarks_px": r.landmarks.points.round(3).tolist(),
+        "five_points_px": r.landmarks.five_points().round(3).tolist(),
+        "pose": {
+            "convention": "Deep3DFaceRecon angles (x=pitch down+, y=yaw towards image right+, z=roll ccw+), degrees",
+            "pitch_degrees": round(r.pose.pitch_degrees, 3),
+            "yaw_degrees": round(r.pose.yaw_degrees, 3),
+            "roll_degrees": round(r.pose.roll_degrees, 3),
+            "rotation": mat(r.pose.rotation),
+            "fit_rms_px": round(r.pose.rms_px, 3),
+        },
+        "camera_label": [float(v) for v in r.camera_label],
+        "crops": {
+            "ffhq_1024": {"size": r.ffhq.image.shape[0], "photo_to_crop": mat(r.ffhq.matrix), "quad": mat(r.ffhq.quad)},
+            "e4e_256": {"size": r.e4e_image.shape[0], "photo_to_crop": mat(r.e4e_matrix)},
+            "eg3d_512": {
+                "size": r.eg3d.image.shape[0],
+                "photo_to_crop": mat(r.eg3d.matrix),
+                "align_img_trans_params": [float(v) for v in r.eg3d.trans_params],
+            },
+            "ffhq_1024_to_eg3d_512": mat(r.ffhq_to_eg3d),
+        },
+    }
+
+
+def eye_positions_in_crop(r: FaceResult) -> np.ndarray:
+    """(2, 2) image-left and image-right eye centres mapped into the FFHQ-1024 crop."""
+    return fa.apply(r.ffhq.matrix, fa.ffhq_anchor_points(r.landmarks)[:2])
