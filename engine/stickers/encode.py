@@ -56,7 +56,7 @@ from .verify import VerifyReport, verify
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    crf_best: int = 12
+    crf_best: int = 18  # below this VP9 gains nothing visible at sticker sizes, only bytes
     crf_start: int = 28
     crf_worst: int = 63
     refine_steps: int = 5  # bisection steps toward better quality once a level fits
