@@ -57,6 +57,7 @@ PLANE_RESOLUTION = 256
 DECODER_HIDDEN = 64
 CLASS_NAME = "training.triplane.TriPlaneGenerator"
 WEIGHT_FILES = ("G.safetensors", "G_official_keys.safetensors")
+DEFAULT_POINTS_PER_PASS = 1 << 21  # ~2M sample points per decoder call (~1 GB of plane features in float32)
 
 # Rendering keys we interpret; everything else in rendering_kwargs (training
 # regularisers such as density_reg, gpc_reg_prob) is kept verbatim in ``extra``.
@@ -342,12 +343,14 @@ class TriPlaneGenerator(torch.nn.Module):
                neural_rendering_resolution: int | None = None, sampling: volume.SamplingMode = "deterministic",
                generator: torch.Generator | None = None, options: volume.RenderOptions | None = None,
                depth_resolution: int | None = None, depth_resolution_importance: int | None = None,
-               superresolution: bool = True, views_per_pass: int | None = None,
+               superresolution: bool = True, max_points_per_pass: int | None = DEFAULT_POINTS_PER_PASS,
                **sr_kwargs) -> dict[str, torch.Tensor]:
         """Render cameras c [B,25] from planes [P,3,32,H,W] (B = P*V) and super-resolve with ws.
 
-        ``ws`` is [P,...] or [B,...]. ``views_per_pass`` bounds memory: views
-        of each plane set are rendered in groups of that size.
+        ``ws`` is [P,...] or [B,...]. ``max_points_per_pass`` bounds memory:
+        rays are marched in chunks so that one decoder call sees at most that
+        many points (None: everything at once). Deterministic renders do not
+        depend on it.
         """
         if planes.ndim != 5 or planes.shape[1:3] != (3, PLANE_CHANNELS):
             raise ValueError(f"planes must be [P,3,{PLANE_CHANNELS},H,W], got {tuple(planes.shape)}")
@@ -362,17 +365,12 @@ class TriPlaneGenerator(torch.nn.Module):
         res = int(neural_rendering_resolution or self.config.neural_rendering_resolution)
         opts = options or self.render_options(sampling, depth_resolution=depth_resolution,
                                               depth_resolution_importance=depth_resolution_importance)
-        c2w = c[:, :16].reshape(p, v, 4, 4)
-        intr = c[:, 16:25].reshape(p, v, 3, 3)
-        step = v if not views_per_pass else max(1, int(views_per_pass))
-        field = self.field(planes)
-        chunks = []
-        for s in range(0, v, step):
-            e = min(v, s + step)
-            chunks.append(volume.render_views(field, c2w[:, s:e].reshape(-1, 4, 4), intr[:, s:e].reshape(-1, 3, 3), res,
-                                              opts, n_fields=p, generator=generator))
-        out = {k: torch.cat([ch[k].reshape(p, -1, *ch[k].shape[1:]) for ch in chunks], 1).reshape(b, *chunks[0][k].shape[1:])
-               for k in chunks[0]}
+        ray_chunk = None
+        if max_points_per_pass:
+            per_ray = opts.depth_resolution + opts.depth_resolution_importance
+            ray_chunk = max(1, int(max_points_per_pass) // (p * per_ray))
+        out = volume.render_views(self.field(planes), c[:, :16].reshape(b, 4, 4), c[:, 16:25].reshape(b, 3, 3), res,
+                                  opts, n_fields=p, generator=generator, ray_chunk=ray_chunk)
         feats = out["features"]  # [B,32,R,R]
         rgb = feats[:, :3]
         result = {"image_raw": rgb, "image_features": feats, "image_depth": out["depth"], "image_alpha": out["opacity"]}

@@ -395,13 +395,18 @@ def render_views(
     *,
     n_fields: int,
     generator: torch.Generator | None = None,
+    ray_chunk: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Render B = n_fields * V cameras, V views per field, as images.
 
     Cameras are grouped per field: camera ``b`` belongs to field ``b // V``.
-    The field is called once per pass with ``[n_fields, V*R*R*S, 3]`` points,
-    so one plane set serves all its views. Returns ``features`` [B,C,R,R]
-    (in [-1,1]), ``depth`` [B,1,R,R] and ``opacity`` [B,1,R,R].
+    The field is called with ``[n_fields, rays*S, 3]`` points, all the views
+    of a field together, so one plane set serves all its views. ``ray_chunk``
+    bounds memory: at most that many rays per field per call (in
+    deterministic mode with a fixed depth range the result does not depend
+    on it; in stochastic mode the random draws are laid out per chunk).
+    Returns ``features`` [B,C,R,R] (in [-1,1]), ``depth`` [B,1,R,R] and
+    ``opacity`` [B,1,R,R].
     """
     b = cam2world.shape[0]
     if n_fields < 1 or b % n_fields != 0:
@@ -409,9 +414,17 @@ def render_views(
     v = b // n_fields
     origins, dirs = generate_rays(cam2world, intrinsics, resolution)  # [B,RR,3]
     rr = origins.shape[1]
-    out = render_rays(field, origins.reshape(n_fields, v * rr, 3), dirs.reshape(n_fields, v * rr, 3), opts, generator=generator)
+    origins = origins.reshape(n_fields, v * rr, 3)
+    dirs = dirs.reshape(n_fields, v * rr, 3)
+    total = v * rr
+    step = total if not ray_chunk else max(1, int(ray_chunk))
+    parts = [render_rays(field, origins[:, s:s + step], dirs[:, s:s + step], opts, generator=generator)
+             for s in range(0, total, step)]
+    feats = torch.cat([p.features for p in parts], 1)  # [P, V*RR, C]
+    depth = torch.cat([p.depth for p in parts], 1)
+    opacity = torch.cat([p.opacity for p in parts], 1)
 
     def to_img(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(b, rr, t.shape[-1]).permute(0, 2, 1).reshape(b, t.shape[-1], resolution, resolution).contiguous()
 
-    return {"features": to_img(out.features), "depth": to_img(out.depth), "opacity": to_img(out.opacity)}
+    return {"features": to_img(feats), "depth": to_img(depth), "opacity": to_img(opacity)}

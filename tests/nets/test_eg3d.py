@@ -128,7 +128,7 @@ def test_many_views_from_one_plane_set_match_single_renders(G):
     c = camera.orbit_label([0.0, 0.4, -0.4], [0.0, -0.1, 0.15])
     kw = dict(neural_rendering_resolution=16, depth_resolution=8, depth_resolution_importance=8)
     multi = G.render(planes, ws, c, **kw)
-    chunked = G.render(planes, ws, c, views_per_pass=2, **kw)
+    chunked = G.render(planes, ws, c, max_points_per_pass=1000, **kw)
     for i in range(3):
         one = G.render(planes, ws, c[i:i + 1], **kw)
         for key in ("image_raw", "image_depth", "image_alpha", "image"):
