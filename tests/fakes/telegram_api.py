@@ -42,6 +42,7 @@ import io
 import json
 import mimetypes
 import re
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -601,11 +602,15 @@ class FakeTelegramServer:
         app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
         runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, 0)
-        await site.start()
-        server = site._server  # the asyncio Server behind the site
-        assert server is not None and server.sockets
-        self._port = int(server.sockets[0].getsockname()[1])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((self._host, 0))  # the OS picks a free port
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._port = int(sock.getsockname()[1])
         self._runner = runner
 
     async def stop(self) -> None:
@@ -690,6 +695,41 @@ class FakeTelegramServer:
         with self._lock:
             return self._new_file(data, kind, file_size=file_size, file_name=file_name,
                                   mime_type=mime_type)
+
+    def add_photo(self, data: bytes, *, file_size: int | None = None,
+                  size: tuple[int, int] | None = None) -> list[JSON]:
+        """Register a photo a user sent; returns the message's ``photo`` list (one
+        PhotoSize). ``size`` (w, h) defaults to the image header's; ``file_size`` may
+        be declared larger than ``data`` to exercise the 20 MB getFile limit."""
+        if size is None:
+            info = _image_info(data)
+            if info is None:
+                raise ValueError("data is no decodable image; pass size=(w, h)")
+            size = (info[1], info[2])
+        rec = self.add_file(data, kind="photo", file_size=file_size)
+        return [tgu.photo_size(rec.file_id, rec.file_unique_id, size[0], size[1],
+                               rec.file_size)]
+
+    def add_document(self, data: bytes, file_name: str, *, mime_type: str | None = None,
+                     file_size: int | None = None) -> JSON:
+        """Register a file a user sent as a document; returns the ``Document`` dict."""
+        mime = mime_type or mimetypes.guess_type(file_name)[0]
+        rec = self.add_file(data, kind="document", file_size=file_size, file_name=file_name,
+                            mime_type=mime)
+        return tgu.document(rec.file_id, rec.file_unique_id, file_name=file_name,
+                            mime_type=mime, file_size=rec.file_size)
+
+    def now(self) -> int:
+        """The server clock in Unix seconds (use it for ``date`` in factories)."""
+        return int(self._clock())
+
+    def next_message_id(self, chat_id: int) -> int:
+        """Reserve the next message id of a chat (ids are per chat and shared by the
+        user's and the bot's messages, as in private chats on Telegram)."""
+        with self._lock:
+            mid = self._next_message_id.get(chat_id, 1)
+            self._next_message_id[chat_id] = mid + 1
+            return mid
 
     def push_update(self, upd: JSON) -> int:
         """Queue an update for getUpdates; assigns ``update_id`` when absent. Users and

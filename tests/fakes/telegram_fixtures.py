@@ -26,7 +26,8 @@ _ENGINE_TARGETS = {("video", "sticker"): "telegram_video",
 
 def engine_sticker_verifier() -> StickerVerifier:
     """A ``sticker_verifier`` backed by ``engine.stickers.verify`` (decodes the file and
-    checks codec, dimensions, fps, duration, alpha, audio). Animated (TGS) files have
+    checks codec, dimensions, fps, duration, alpha, audio). It applies emoji3d's product
+    rules too (e.g. alpha required), stricter than Telegram. Animated (TGS) files have
     no engine target and pass. Failures read ``STICKER_FILE_INVALID: <codes>``."""
     from engine.stickers.verify import verify
 

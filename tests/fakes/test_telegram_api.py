@@ -19,7 +19,8 @@ from telegram import (ChatMemberAdministrator, ChatMemberLeft, ChatMemberMember,
                       InlineKeyboardButton, InlineKeyboardMarkup, InputFile, InputSticker)
 from telegram.error import BadRequest, Conflict, EndPointNotFound, Forbidden, InvalidToken, \
     RetryAfter
-from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler
+from telegram.ext import (AIORateLimiter, Application, CallbackQueryHandler, CommandHandler,
+                          MessageHandler, filters)
 
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, is_webm
@@ -647,6 +648,10 @@ def test_application_polling_handles_command_and_callback(
         await update.message.reply_text(f"hello {update.effective_user.first_name}",
                                         reply_markup=kb, do_quote=True)
 
+    async def on_photo(update: Any, context: Any) -> None:
+        f = await update.message.photo[-1].get_file()
+        await update.message.reply_text(f"got {len(await f.download_as_bytearray())} bytes")
+
     async def on_button(update: Any, context: Any) -> None:
         await update.callback_query.answer("ok")
         await update.callback_query.edit_message_text(f"pressed {update.callback_query.data}")
@@ -663,16 +668,26 @@ def test_application_polling_handles_command_and_callback(
                .build())
         app.add_handler(CommandHandler("start", on_start))
         app.add_handler(CallbackQueryHandler(on_button))
+        app.add_handler(MessageHandler(filters.PHOTO, on_photo))
         await app.initialize()
         await app.start()
         await app.updater.start_polling(poll_interval=0.0, timeout=1)
         try:
+            mid = telegram_server.next_message_id(uid)
             telegram_server.push_update(tgu.message_update(tgu.command_message(
-                1, chat, telegram_user, "start", date=1_700_000_000)))
+                mid, chat, telegram_user, "start", date=telegram_server.now())))
             await wait_for(lambda: telegram_server.messages_in(uid))
             sent = telegram_server.messages_in(uid)[0]
             assert sent["text"] == "hello Ada"
-            assert sent["reply_to_message"]["message_id"] == 1
+            assert sent["reply_to_message"]["message_id"] == mid
+            assert sent["message_id"] == mid + 1
+            # A selfie sent as a photo: the handler downloads the largest size.
+            photo = telegram_server.add_photo(png(40, 30))
+            telegram_server.push_update(tgu.message_update(tgu.message(
+                telegram_server.next_message_id(uid), chat, telegram_user,
+                date=telegram_server.now(), photo=photo)))
+            await wait_for(lambda: len(telegram_server.messages_in(uid)) == 2)
+            assert telegram_server.messages_in(uid)[1]["text"] == f"got {len(png(40, 30))} bytes"
             telegram_server.push_update(tgu.callback_update(
                 tgu.callback_query("q1", telegram_user, "go", msg=sent)))
             await wait_for(lambda: telegram_server.messages_in(uid)[0]["text"] == "pressed go")
@@ -726,3 +741,19 @@ def test_factories_parse_with_ptb(telegram_user: dict) -> None:
         tgu.callback_query("q", telegram_user, "x" * 65)
     assert is_webm(WEBM_HEADER) and not is_webm(b"\x1a\x45\xdf\xa3matroska")
     json.dumps(tgu.document("d", "u", file_name="a.png", mime_type="image/png", file_size=3))
+
+
+def test_add_document_and_photo_helpers(telegram_server: FakeTelegramServer) -> None:
+    doc = telegram_server.add_document(png(20, 20), "selfie.png", file_size=25 * 1024 * 1024)
+    assert doc["mime_type"] == "image/png" and doc["file_size"] == 25 * 1024 * 1024
+    photo = telegram_server.add_photo(png(33, 22))
+    assert (photo[0]["width"], photo[0]["height"]) == (33, 22)
+    with pytest.raises(ValueError, match="no decodable image"):
+        telegram_server.add_photo(b"nope")
+
+    async def scenario() -> None:
+        async with ptb_bot(telegram_server) as bot:
+            with pytest.raises(BadRequest, match="(?i)file is too big"):
+                await bot.get_file(doc["file_id"])
+
+    run(scenario())
