@@ -18,8 +18,9 @@ Conventions
   webhooks; initial response within ``initial_response_s`` (3 s) -> 10062;
   one initial response (400 40060); sticker slots by boost tier (400 30039);
   sticker file <= 512 KiB (400 50045), PNG/APNG/GIF (Lottie only for
-  verified/partnered guilds, else 400 50046); name 2-30, description empty or
-  2-100, tags 1-200 (400 50035); bot permissions (403 50013); DMs closed
+  verified/partnered guilds, else 400 50046), animation <= 5 s (400 170007)
+  and <= 1000 frames (400 170004); name 2-30, description empty or 2-100,
+  tags 1-200 (400 50035); emoji slots per kind (400 30008 / 30018); bot permissions (403 50013); DMs closed
   (403 50007); attachment total size > guild upload limit (413 40005).
 - 320x320 is only a guideline for stickers on Discord; the fake records the
   image size (``StickerRecord.width/height``) and enforces it only when
@@ -222,6 +223,72 @@ def sniff_image(data: bytes) -> tuple[str, int | None, int | None]:
             return "lottie", doc.get("w"), doc.get("h")
     return "unknown", None, None
 
+
+def animation_timing(data: bytes) -> tuple[int, float]:
+    """(frames, duration in seconds) of an APNG or GIF; (1, 0.0) for still images.
+
+    APNG: ``fcTL`` chunks, delay = num/den (den 0 means 1/100 s).
+    GIF: image descriptors, delays from Graphic Control Extensions (1/100 s).
+    Raises ValueError on a truncated file."""
+    kind, _, _ = sniff_image(data)
+    if kind == "apng":
+        pos, frames, total = 8, 0, 0.0
+        while pos + 8 <= len(data):
+            length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+            if ctype == b"fcTL":
+                if pos + 8 + 26 > len(data):
+                    raise ValueError("truncated fcTL chunk")
+                num, den = struct.unpack(">HH", data[pos + 8 + 20:pos + 8 + 24])
+                frames += 1
+                total += num / (den or 100)
+            pos += 12 + length
+        return max(frames, 1), total
+    if kind == "gif":
+        if len(data) < 13:
+            raise ValueError("truncated GIF header")
+        pos = 13
+        if data[10] & 0x80:
+            pos += 3 * (2 << (data[10] & 7))
+        frames, total = 0, 0.0
+
+        def skip_sub_blocks(p: int) -> int:
+            while True:
+                if p >= len(data):
+                    raise ValueError("truncated GIF")
+                n = data[p]
+                p += 1 + n
+                if n == 0:
+                    return p
+
+        while True:
+            if pos >= len(data):
+                raise ValueError("GIF ends without a trailer")
+            tag = data[pos]
+            if tag == 0x3B:
+                break
+            if tag == 0x21:
+                if pos + 1 >= len(data):
+                    raise ValueError("truncated GIF")
+                if data[pos + 1] == 0xF9 and pos + 8 <= len(data):
+                    total += struct.unpack("<H", data[pos + 4:pos + 6])[0] / 100.0
+                pos = skip_sub_blocks(pos + 2)
+            elif tag == 0x2C:
+                if pos + 10 > len(data):
+                    raise ValueError("truncated GIF")
+                packed = data[pos + 9]
+                pos += 10
+                if packed & 0x80:
+                    pos += 3 * (2 << (packed & 7))
+                frames += 1
+                pos = skip_sub_blocks(pos + 1)
+            else:
+                raise ValueError(f"bad GIF block 0x{tag:02x}")
+        return max(frames, 1), total
+    return 1, 0.0
+
+
+STICKER_MAX_SECONDS = 5.0
+STICKER_MAX_FRAMES = 1000
 
 _STICKER_FORMAT = {"png": 1, "apng": 2, "lottie": 3, "gif": 4}
 _CONTENT_TYPES = {"png": "image/png", "apng": "image/png", "gif": "image/gif",
@@ -764,7 +831,7 @@ class FakeDiscord:
         limit = GUILD_UPLOAD_LIMITS[self.guilds[guild_id].premium_tier] if guild_id else \
             GUILD_UPLOAD_LIMITS[0]
         if len(call.files) > MESSAGE_MAX_FILES:
-            raise form_error("files", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
+            raise ApiError(400, 30015, "Maximum number of attachments in a message reached (10)")
         if sum(len(f.data) for f in call.files) > limit:
             raise ApiError(413, 40005, "Request entity too large")
         content = body.get("content")
@@ -1029,9 +1096,17 @@ class FakeDiscord:
             raise ApiError(400, 50045, "File uploaded exceeds the maximum size")
         kind, w, h = sniff_image(f.data)
         if kind not in _STICKER_FORMAT:
-            raise ApiError(400, 50046, "Invalid Asset")
+            raise ApiError(400, 50046, "Invalid file uploaded")
         if kind == "lottie" and not {"VERIFIED", "PARTNERED"} & set(g.features):
-            raise ApiError(400, 50046, "Invalid Asset")
+            raise ApiError(400, 50046, "Invalid file uploaded")
+        try:
+            frames, seconds = animation_timing(f.data)
+        except ValueError:
+            raise ApiError(400, 50046, "Invalid file uploaded") from None
+        if frames > STICKER_MAX_FRAMES:
+            raise ApiError(400, 170004, "Sticker frame count exceeds maximum of 1000 frames")
+        if seconds > STICKER_MAX_SECONDS:
+            raise ApiError(400, 170007, "Sticker animation duration exceeds maximum of 5 seconds")
         if self.config.strict_sticker_size and (w, h) != (320, 320):
             raise form_error("file", "STICKER_INVALID_DIMENSIONS",
                              "Sticker must be exactly 320x320")
@@ -1089,6 +1164,8 @@ class FakeDiscord:
         animated = kind == "gif"
         same_kind = [e for e in g.emojis.values() if bool(e.get("animated")) == animated]
         if len(same_kind) >= P.emoji_limit(g.premium_tier, g.features):
+            if animated:
+                raise ApiError(400, 30018, "Maximum number of animated emojis reached")
             raise ApiError(400, 30008, "Maximum number of emojis reached")
         payload = P.custom_emoji(self.ids(), name, animated=animated, creator=self._bot())
         g.emojis[payload["id"]] = payload

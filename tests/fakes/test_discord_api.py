@@ -20,7 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from tests.fakes import discord_payloads as P
-from tests.fakes.discord_api import FakeDiscord, ServerConfig, sniff_image
+from tests.fakes.discord_api import FakeDiscord, ServerConfig, animation_timing, sniff_image
 from tests.fakes.discord_harness import DiscordHarness, World, build_world, running_bot
 
 STYLES = ["pixar", "pixel-art", "anime", "clay"]
@@ -591,7 +591,9 @@ def test_raw_sticker_rules() -> None:
         lottie = json.dumps({"v": "5.5.2", "w": 320, "h": 320, "layers": []}).encode()
         status, body = await post(_sticker_form("lottie one", lottie))
         assert status == 400 and body["code"] == 50046
-        status, body = await post(_sticker_form("gif one", b"GIF89a\x40\x01\x40\x01" + b"\0" * 8))
+        status, body = await post(_sticker_form("bad gif", b"GIF89a\x40\x01\x40\x01\x00"))
+        assert status == 400 and body["code"] == 50046
+        status, body = await post(_sticker_form("gif one", _animation("GIF", 3, 100)))
         assert status == 200 and body["format_type"] == 4
         for i in range(4):
             status, body = await post(_sticker_form(f"apng {i}", png_bytes(8, 8, animated=True)))
@@ -672,3 +674,33 @@ def test_payload_validation_and_permissions() -> None:
                                command_id="2", options=[P.option("n", "integer", 3)])["data"]
     assert data["options"][0]["type"] == 2 and data["options"][0]["options"][0]["type"] == 1
     assert data["options"][0]["options"][0]["options"] == [{"name": "n", "type": 4, "value": 3}]
+
+
+def _animation(fmt: str, frames: int, ms: int) -> bytes:
+    from PIL import Image
+
+    imgs = [Image.new("RGB", (32, 32), (i * 5 % 256, 0, 0)) for i in range(frames)]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format=fmt, save_all=True, append_images=imgs[1:], duration=ms, loop=0)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG"])
+def test_animation_timing_reads_pillow_files(fmt: str) -> None:
+    frames, seconds = animation_timing(_animation(fmt, 12, 250))
+    assert frames == 12 and seconds == pytest.approx(3.0)
+    assert animation_timing(png_bytes(4, 4)) == (1, 0.0)
+    with pytest.raises(ValueError):
+        animation_timing(_animation("GIF", 3, 100)[:40])
+
+
+def test_raw_sticker_animation_limits() -> None:
+    async def t(server: FakeDiscord, w: World, s: aiohttp.ClientSession) -> None:
+        url = f"{server.api_base}/guilds/{w.guild_id}/stickers"
+        async with s.post(url, data=_sticker_form("long gif", _animation("GIF", 30, 200))) as r:
+            assert r.status == 400 and (await r.json())["code"] == 170007
+        async with s.post(url, data=_sticker_form("ok apng", _animation("PNG", 20, 200))) as r:
+            body = await r.json()
+            assert r.status == 200 and body["format_type"] == 2
+
+    run_raw(t)
