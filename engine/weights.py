@@ -357,7 +357,7 @@ def load_torch_checkpoint(path: str | os.PathLike, allow_namespace: bool = False
             what = found.group(1) if found else "a non-tensor object"
             raise UnsafePickle(f"{p}: refuses to load {what} (only tensors and plain containers are allowed)", file=str(p)) from None
         raise WeightsError(f"{p}: corrupt checkpoint ({msg})", file=str(p)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise WeightsError(f"{p}: corrupt or truncated checkpoint ({first})", file=str(p)) from None
 
