@@ -320,6 +320,7 @@ class FakeDiscord:
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[str, list[dict[str, Any]]] = {}
         self.files: dict[str, tuple[bytes, str]] = {}      # cdn path -> (bytes, type)
+        self._handlers: dict[tuple[str, str], Handler] = {}
         self._command_ids: dict[tuple[str | None, str, int], str] = {}
         self._call_event = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -604,8 +605,7 @@ class FakeDiscord:
                     raise ApiError(info.http_exception.status, 0,
                                    f"{info.http_exception.status}: {info.http_exception.reason}")
                 self._check_auth(request, route)
-                result = await getattr(info.handler, "__fake_call__", _unwrap)(request, call,
-                                                                               info.handler)
+                result = await self._handlers[(request.method, route)](request, call)
                 if isinstance(result, web.Response):
                     call.status = result.status
                     return result
@@ -636,13 +636,15 @@ class FakeDiscord:
             raise ApiError(401, 0, "401: Unauthorized")
 
     def _add_routes(self, app: web.Application) -> None:
-        def add(method: str, path: str, fn: Handler) -> None:
-            async def endpoint(request: web.Request) -> web.StreamResponse:  # pragma: no cover
-                raise AssertionError("endpoint is called through the middleware")
+        """Register routes with aiohttp for matching; the middleware records the
+        call and runs ``self._handlers[(method, route template)]``."""
+        async def endpoint(request: web.Request) -> web.StreamResponse:  # pragma: no cover
+            raise AssertionError("endpoints are run by the middleware")
 
-            endpoint.__fake_call__ = lambda req, call, _h, fn=fn: fn(req, call)  # type: ignore[attr-defined]
-            app.router.add_route(method, (API_PREFIX + path) if not path.startswith("/cdn")
-                                 else path, endpoint)
+        def add(method: str, path: str, fn: Handler) -> None:
+            self._handlers[(method, path)] = fn
+            app.router.add_route(method, path if path.startswith("/cdn") else API_PREFIX + path,
+                                 endpoint)
 
         add("GET", "/users/@me", self._get_me)
         add("GET", "/oauth2/applications/@me", self._get_app)
@@ -1189,6 +1191,3 @@ class FakeDiscord:
             raise ApiError(404, 0, "404: Not Found") from None
         return web.Response(body=data, content_type=ctype)
 
-
-async def _unwrap(request: web.Request, call: Call, handler: Any) -> Any:  # pragma: no cover
-    raise AssertionError(f"route {call.route} has no fake handler")

@@ -83,6 +83,7 @@ class EmojiCog(commands.Cog):
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
 
     @emoji.command(name="create", description="Make an avatar from a selfie")
     @app_commands.describe(selfie="A photo of your face", style="House or global style")
@@ -101,6 +102,16 @@ class EmojiCog(commands.Cog):
     async def style_autocomplete(self, interaction: discord.Interaction,
                                  current: str) -> list[app_commands.Choice[str]]:
         return [app_commands.Choice(name=s, value=s) for s in STYLES if current in s]
+
+    @emoji.command(name="later", description="Defer, then deliver from a background task")
+    async def later(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+
+        async def deliver() -> None:
+            await asyncio.sleep(0.05)
+            await interaction.followup.send("background result")
+
+        self.tasks.add(asyncio.create_task(deliver()))
 
     @emoji.command(name="wait", description="Defer and do nothing else")
     async def wait(self, interaction: discord.Interaction) -> None:
@@ -162,7 +173,7 @@ def test_login_ready_and_sync_reach_the_fake() -> None:
         put = h.server.calls_to("PUT", "/applications/{application_id}/commands", ok_only=True)
         assert len(put) == 1
         emoji_cmd, house_cmd = sorted(put[0].json, key=lambda c: c["name"])
-        assert {o["name"] for o in emoji_cmd["options"]} == {"create", "wait"}
+        assert {o["name"] for o in emoji_cmd["options"]} == {"create", "later", "wait"}
         assert int(house_cmd["default_member_permissions"]) == P.permission_bits(
             "MANAGE_GUILD_EXPRESSIONS")
         assert all(c.headers["Authorization"] == "Bot fake-bot-token" for c in h.server.calls)
@@ -199,6 +210,22 @@ def test_create_flow_defers_edits_and_follows_up_with_a_file() -> None:
         assert not original["flags"] & (1 << 7)  # no longer "thinking"
         (msg,) = s.followups(payload["token"])
         assert s.file_bytes(msg["attachments"][0]["url"]) == f.data
+
+    run_bot(t)
+
+
+def test_background_follow_up_survives_a_webhook_429() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        route = "/webhooks/{application_id}/{token}"
+        h.server.inject_rate_limit("POST", route, retry_after=0.02)
+        payload = h.slash("emoji later", w.member)
+        await h.deliver(payload)
+        assert h.server.followups(payload["token"]) == []  # the task is still sleeping
+        call = await h.server.wait_for_call(lambda c: c.key == f"POST {route}" and c.status == 200)
+        assert call.json["content"] == "background result"
+        assert [c.status for c in h.server.calls_to("POST", route)] == [429, 200]
+        assert len(h.server.followups(payload["token"])) == 1
+        h.assert_no_errors()
 
     run_bot(t)
 
