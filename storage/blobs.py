@@ -312,7 +312,10 @@ class BlobStore:
                     stray += 1
                     freed += st.st_size
                 elif _DIGEST.match(f.name):
-                    with self.db.write() as conn:
+                    with self.db.read() as conn:
+                        if conn.execute(sa.text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": f.name}).first():
+                            continue
+                    with self.db.write() as conn:  # re-check under the write lock, then unlink
                         known = conn.execute(sa.text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": f.name}).first()
                         if known is None:
                             f.unlink(missing_ok=True)

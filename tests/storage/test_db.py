@@ -1,6 +1,8 @@
 """Database opening, pragmas and migrations (SQLite file; PostgreSQL when configured)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import sqlalchemy as sa
 
@@ -82,3 +84,12 @@ def test_split_statements_drops_comments():
 def test_bad_urls_are_explained(url, msg):
     with pytest.raises(DatabaseError, match=msg):
         open_database(url)
+
+
+@pytest.mark.skipif(not os.environ.get("EMOJI3D_TEST_PG_URL"), reason="set EMOJI3D_TEST_PG_URL to test PostgreSQL")
+def test_plain_postgresql_url_uses_psycopg3():
+    url = os.environ["EMOJI3D_TEST_PG_URL"].replace("postgresql+psycopg://", "postgresql://", 1)
+    db = open_database(url)
+    assert db.dialect == "postgresql" and db.engine.dialect.driver == "psycopg"
+    assert db.schema_version() == len(load_migrations())
+    db.dispose()
