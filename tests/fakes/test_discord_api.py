@@ -418,6 +418,18 @@ def test_house_style_permission_check_allowed_and_refused() -> None:
     run_bot(t)
 
 
+def test_emit_feeds_other_gateway_events() -> None:
+    async def t(h: DiscordHarness, w: World) -> None:
+        sticker = P.guild_sticker(h.server.ids(), w.guild_id, "from gateway", tags="smile")
+        h.emit("GUILD_STICKERS_UPDATE", {"guild_id": w.guild_id, "stickers": [sticker]})
+        guild = h.bot.get_guild(int(w.guild_id))
+        assert [s.name for s in guild.stickers] == ["from gateway"]
+        with pytest.raises(ValueError, match="no parser"):
+            h.emit("NOT_AN_EVENT", {})
+
+    run_bot(t)
+
+
 def test_slash_command_in_a_dm() -> None:
     async def t(h: DiscordHarness, w: World) -> None:
         user = w.member["user"]
