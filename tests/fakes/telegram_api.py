@@ -546,9 +546,12 @@ class _ClientGone(Exception):
 class FakeTelegramServer:
     """Stateful fake of the Telegram Bot API. See the module docstring.
 
-    Test-facing API (thread-safe): :meth:`add_user`, :meth:`add_chat`,
-    :meth:`set_chat_member`, :meth:`add_file`, :meth:`push_update`, :meth:`inject`,
-    :attr:`calls`, :meth:`calls_to`, :meth:`messages_in`, :meth:`sticker_set_json`.
+    Test-facing API (thread-safe): :meth:`add_user`, :meth:`block`, :meth:`add_chat`,
+    :meth:`set_chat_member`, :meth:`add_file`, :meth:`add_photo`, :meth:`add_document`,
+    :meth:`next_message_id`, :meth:`now`, :meth:`push_update`, :meth:`inject`,
+    :attr:`calls`, :meth:`calls_to`, :meth:`clear_calls`, :meth:`messages_in`,
+    :meth:`sticker_set_json`, :attr:`pending_updates`, :meth:`commands`;
+    ``sticker_verifier`` may be (re)assigned at any time.
     """
 
     def __init__(self, token: str = "123456:TEST-fake-token", bot: BotIdentity | None = None,
