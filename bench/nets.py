@@ -1,0 +1,244 @@
+"""Network benchmarks: forward and forward+backward time and peak memory.
+
+    python bench/nets.py [--device auto|cpu|cuda] [--only stylegan2 ...] [--no-full] [--repeats N]
+
+Prints one table row per (network, configuration, device, op implementation):
+median wall time of the forward pass and of forward+backward (backward of a
+scalar loss into every parameter and the input), and the peak memory of each:
+on CUDA ``torch.cuda.max_memory_allocated`` above the level before the call;
+on CPU the peak of the running sum of tensor allocations recorded by the torch
+profiler (tensor memory only, not the Python heap). On a GPU it also prints
+the time ratio of our pure-torch reference ops to the fused CUDA kernels.
+
+Full-size configurations use random weights. On CPU they run forward only
+(one repetition); everything runs on a GPU when one is present.
+
+Adding a network: write ``def mynet_rows(ctx: BenchContext) -> list[Row]``
+(use ``measure``) and append it to ``NETWORK_BENCHES`` under a name.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Run as a script, sys.path[0] is bench/, whose files (e.g. bench/queue.py) would
+# shadow standard modules: put the repository root there instead.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import torch  # noqa: E402
+
+
+@dataclass
+class BenchContext:
+    device: torch.device
+    repeats: int = 3
+    full: bool = True  # include full-size configurations
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class Row:
+    network: str
+    config: str
+    device: str
+    impl: str
+    forward_ms: float
+    forward_mib: float
+    fwd_bwd_ms: float | None = None
+    fwd_bwd_mib: float | None = None
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_cpu_mib(fn: Callable[[], object]) -> float:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak / 2 ** 20
+
+
+def _peak_cuda_mib(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (and lazy kernel builds)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def measure(ctx: BenchContext, forward: Callable[[], torch.Tensor], backward: bool, repeats: int | None = None):
+    """(forward ms, forward MiB, fwd+bwd ms or None, fwd+bwd MiB or None)."""
+    repeats = repeats or ctx.repeats
+
+    def fwd():
+        with torch.no_grad():
+            return forward()
+
+    def fwd_bwd():
+        out = forward()
+        out.float().square().mean().backward()
+
+    peak = (lambda f: _peak_cuda_mib(f, ctx.device)) if ctx.cuda else _peak_cpu_mib
+    f_ms = _time_ms(fwd, ctx.device, repeats)
+    f_mib = peak(fwd)
+    if not backward:
+        return f_ms, f_mib, None, None
+    b_ms = _time_ms(fwd_bwd, ctx.device, repeats)
+    b_mib = peak(fwd_bwd)
+    return f_ms, f_mib, b_ms, b_mib
+
+
+# --------------------------------------------------------------------------- StyleGAN2
+
+
+def stylegan2_rows(ctx: BenchContext) -> list[Row]:
+    from engine.nets import stylegan2 as S
+
+    rows: list[Row] = []
+    dev = ctx.device
+    impls = ("ref", "cuda") if ctx.cuda else ("ref",)
+    configs = [("slim-256", S.stylegan2_slim_config(256), 2)]
+    if ctx.full:
+        full = S.StyleGAN2Config(img_resolution=1024)  # FFHQ-1024 widths, random weights
+        configs.append(("ffhq-1024", full, 2 if ctx.cuda else 1))
+    for label, cfg, batch in configs:
+        is_full = label != "slim-256"
+        backward = ctx.cuda or not is_full
+        repeats = ctx.repeats if (ctx.cuda or not is_full) else 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            G = S.build_generator(cfg).to(dev)
+            D = S.build_discriminator(cfg).to(dev)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        z = torch.randn(batch, cfg.z_dim, device=dev, generator=gen)
+        img = torch.randn(batch, 3, cfg.img_resolution, cfg.img_resolution, device=dev, generator=gen)
+        with torch.no_grad():
+            ws = G.mapping(z, None)
+        for impl in impls:
+            note = "" if backward else "CPU: forward only"
+            t = measure(ctx, lambda: G(z, None, noise_mode="const", impl=impl), backward, repeats)
+            rows.append(Row("StyleGAN2 G (z->img)", f"{label} b{batch}", str(dev), impl, *t, note=note))
+            t = measure(ctx, lambda: G.synthesis(ws, noise_mode="const", impl=impl), backward, repeats)
+            rows.append(Row("StyleGAN2 synthesis (W+)", f"{label} b{batch}", str(dev), impl, *t, note=note))
+            t = measure(ctx, lambda: D(img, impl=impl), backward, repeats)
+            rows.append(Row("StyleGAN2 D", f"{label} b{batch}", str(dev), impl, *t, note=note))
+        del G, D
+    return rows
+
+
+# --------------------------------------------------------------------------- op ratios (GPU)
+
+
+def op_ratio_rows(ctx: BenchContext) -> list[tuple[str, float, float]]:
+    """(op, ref ms, fused ms) on the GPU for StyleGAN2-1024-like shapes."""
+    from engine.ops import bias_act as B
+    from engine.ops import upfirdn2d as U
+    from engine.ops.modulated_conv import modulate_weights, modulated_conv2d
+
+    dev = ctx.device
+    g = torch.Generator(device=dev).manual_seed(0)
+    f = U.setup_filter([1, 3, 3, 1], device=dev)
+    x = torch.randn(4, 128, 256, 256, device=dev, generator=g)
+    img = torch.randn(4, 3, 512, 512, device=dev, generator=g)
+    b = torch.randn(128, device=dev, generator=g)
+    w = torch.randn(512, 512, 3, 3, device=dev, generator=g)
+    s = torch.randn(4, 512, device=dev, generator=g)
+    xm = torch.randn(4, 512, 32, 32, device=dev, generator=g)
+    cases = {
+        "upfirdn2d upsample2d 4x128x256^2": lambda impl: U.upsample2d(x, f, impl=impl),
+        "upfirdn2d downsample2d 4x3x512^2": lambda impl: U.downsample2d(img, f, impl=impl),
+        "bias_act lrelu+clamp 4x128x256^2": lambda impl: B.bias_act(x, b, act="lrelu", clamp=256, impl=impl),
+        "modulate_weights 4x512x512x3x3": lambda impl: modulate_weights(w, s, True, impl=impl),
+        "modulated_conv2d up2 4x512x32^2": lambda impl: modulated_conv2d(
+            xm, w, s, up=2, padding=1, resample_filter=f, flip_weight=False, impl=impl),
+    }
+    out = []
+    for name, fn in cases.items():
+        with torch.no_grad():
+            ref = _time_ms(lambda: fn("ref"), dev, max(ctx.repeats, 10))
+            fused = _time_ms(lambda: fn("cuda"), dev, max(ctx.repeats, 10))
+        out.append((name, ref, fused))
+    return out
+
+
+NETWORK_BENCHES: dict[str, Callable[[BenchContext], list[Row]]] = {
+    "stylegan2": stylegan2_rows,
+}
+
+
+def format_rows(rows: list[Row]) -> str:
+    def num(v):
+        return "-" if v is None else f"{v:,.1f}"
+
+    header = ["network", "config", "device", "impl", "fwd ms", "fwd MiB", "fwd+bwd ms", "fwd+bwd MiB", "note"]
+    table = [header] + [[r.network, r.config, r.device, r.impl, num(r.forward_ms), num(r.forward_mib),
+                         num(r.fwd_bwd_ms), num(r.fwd_bwd_mib), r.note] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i < 4 or i == 8 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="forward / forward+backward time and peak memory per network")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--only", nargs="*", choices=sorted(NETWORK_BENCHES), help="networks to run (default: all)")
+    p.add_argument("--no-full", action="store_true", help="skip the full-size configurations")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench/nets.py: --device cuda asked for but no CUDA device is visible", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    ctx = BenchContext(device=device, repeats=args.repeats, full=not args.no_full)
+    print(f"# torch {torch.__version__}, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if ctx.cuda else f", {torch.get_num_threads()} CPU thread(s)"))
+    rows: list[Row] = []
+    for name in args.only or sorted(NETWORK_BENCHES):
+        rows.extend(NETWORK_BENCHES[name](ctx))
+    print(format_rows(rows))
+    if ctx.cuda:
+        print("\n# op time, pure-torch reference vs our fused CUDA kernel")
+        for name, ref, fused in op_ratio_rows(ctx):
+            print(f"{name:<40} ref {ref:8.3f} ms  fused {fused:8.3f} ms  ref/fused {ref / fused:6.2f}x")
+    else:
+        print("\n# ref/fused op ratios need a CUDA device (not measured here)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
