@@ -170,16 +170,12 @@ def _probe_matroska(data: bytes, container: str, keep_frames: bool) -> Decoded:
                     if n > MAX_FRAMES:
                         raise ProbeError(f"more than {MAX_FRAMES} frames")
                     pix_fmt = fr.format.name
-                    if "a" in pix_fmt.replace("gray", "") or pix_fmt.startswith("yuva"):
-                        rgba = fr.to_ndarray(format="rgba")  # (H, W, 4) uint8
+                    has_a = pix_fmt.startswith("yuva") or pix_fmt in ("gbrap", "rgba", "bgra", "argb", "abgr")
+                    if has_a or keep_frames:
+                        rgba = frame_to_rgba(fr, has_a)  # (H, W, 4) uint8
                         alpha_used = alpha_used or bool((rgba[..., 3] < 255).any())
-                    else:
-                        rgba = None
-                    if keep_frames:
-                        if rgba is None:
-                            rgb = fr.to_ndarray(format="rgb24")  # (H, W, 3)
-                            rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
-                        frames.append(rgba)
+                        if keep_frames:
+                            frames.append(rgba)
         except av.FFmpegError as e:
             raise ProbeError(f"VP9/WEBM decoding failed: {e}") from e
     if n == 0:
@@ -210,6 +206,26 @@ def _probe_matroska(data: bytes, container: str, keep_frames: bool) -> Decoded:
         ),
         frames,
     )
+
+
+def _plane(fr, i: int) -> np.ndarray:
+    pl = fr.planes[i]
+    return np.frombuffer(pl, np.uint8).reshape(-1, pl.line_size)[: fr.height, : fr.width]
+
+
+def frame_to_rgba(fr, has_alpha: bool) -> np.ndarray:
+    """A decoded PyAV frame -> RGBA uint8 ``(H, W, 4)``.
+
+    Goes through the planar ``gbrap``/``gbrp`` formats and stacks the planes
+    here: swscale's packed ``rgba``/``rgb24`` output of ``yuva420p`` corrupts
+    the last columns when the width is not a multiple of 8 (measured: a 100 px
+    wide VP9 frame came back with alpha 16-255 in columns 96-99 where the
+    decoded alpha plane holds 0).
+    """
+    g = fr.reformat(format="gbrap" if has_alpha else "gbrp")
+    r, gg, b = _plane(g, 2), _plane(g, 0), _plane(g, 1)
+    a = _plane(g, 3) if has_alpha else np.full_like(r, 255)
+    return np.stack([r, gg, b, a], axis=-1)  # copies out of the frame's buffers
 
 
 def _timing_from_pts(pts: list[float], durs: list[float], fps_declared: float | None):

@@ -90,7 +90,8 @@ def check_props(p: MediaProps, t: Target) -> list[Violation]:
     rule = t.rules_for(p.container, animated)
     accepted = ", ".join(f"{r.container.upper()}{' (animated)' if r.animated else ' (still)'}" for r in t.formats)
     if rule is None:
-        alt = t.rules_for(p.container, not animated)
+        family = {"apng": "png", "png": "apng"}.get(p.container, p.container)
+        alt = t.rules_for(p.container, not animated) or t.rules_for(family, not animated)
         if alt is not None:
             kind = "an animation" if animated else "a still image"
             out.append(Violation("wrong_kind", f"{p.container.upper()} is {kind} ({p.n_frames} frames) but {t.name} accepts {accepted}"))
