@@ -110,11 +110,12 @@ def test_stalled_worker_resumed_later_cannot_overwrite(env):
     finally:
         w1.send_signal(signal.SIGCONT)
     result = q.get_job(db, jid).result
-    time.sleep(2.0)  # w1 runs again: its next write must be refused
+    # w1 runs again: its next write must be refused, and it notices.
+    wait_for(lambda: "lease lost" in (env["logs"] / "w1.log").read_text(), 30, "w1 to notice the lost lease")
+    time.sleep(0.5)
     job = q.get_job(db, jid)
     assert job.status == "succeeded" and job.result == result and job.result["pid"] == w2.pid
     assert (marks / f"{jid}-finished").read_text().count("\n") == 1
-    assert "lease lost" in (env["logs"] / "w1.log").read_text()
     assert w1.poll() is None  # it survives and goes on polling
 
 
@@ -172,7 +173,7 @@ def test_sigterm_in_finish_mode_completes_the_job_then_exits(env):
 
 def test_interactive_overtakes_queued_batch(env):
     db, marks = env["db"], env["marks"]
-    b1 = q.enqueue(db, "steps", _payload(env, 4, 0.3), "b1", priority="batch")
+    b1 = q.enqueue(db, "steps", _payload(env, 6, 0.3), "b1", priority="batch")
     b2 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "b2", priority="batch")
     b3 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "b3", priority="batch")
     _spawn(env, "w1")
