@@ -128,6 +128,9 @@ def rosinality_g_to_nvlabs(sd: StateDict, latent_avg: torch.Tensor | None = None
         out[f"{dst}.affine.bias"] = _need(sd, f"{src}.conv.modulation.bias")
         out[f"{dst}.bias"] = _need(sd, f"{src}.bias").reshape(-1)
 
+    blur = sd.get("convs.0.conv.blur.kernel")
+    if blur is not None:  # stored as the 2D kernel times up**2; ours is normalised to sum 1
+        out["synthesis.b8.resample_filter"] = (blur / blur.sum()).to(torch.float32)
     out["synthesis.b4.const"] = _need(sd, "input.input")[0]
     styled("conv1", "synthesis.b4.conv1", 0)
     to_rgb("to_rgb1", "synthesis.b4.torgb")

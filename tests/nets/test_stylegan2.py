@@ -257,3 +257,65 @@ def test_fp16_blocks_run_on_cuda():
     b = G(z, None, noise_mode="const", force_fp32=True)
     assert a.dtype == torch.float32 and torch.isfinite(a).all()
     assert (a - b).abs().max() < 0.05 * max(1.0, float(b.abs().max()))
+
+
+def _to_rosinality(G, D):
+    """Inverse of the converter, written independently from the rosinality key list,
+    to check that other widths and resolutions load (no fixture special-casing)."""
+    g, d = G.state_dict(), D.state_dict()
+    out = {}
+    for i in range(G.mapping.num_layers):
+        out[f"style.{i + 1}.weight"], out[f"style.{i + 1}.bias"] = g[f"mapping.fc{i}.weight"], g[f"mapping.fc{i}.bias"]
+    out["input.input"] = g["synthesis.b4.const"][None]
+    noise_i = 0
+
+    def styled(src, dst, up):
+        nonlocal noise_i
+        out[f"{dst}.conv.weight"] = g[f"{src}.weight"][None]
+        out[f"{dst}.conv.modulation.weight"] = g[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = g[f"{src}.affine.bias"]
+        out[f"{dst}.noise.weight"] = g[f"{src}.noise_strength"].reshape(1)
+        out[f"{dst}.activate.bias"] = g[f"{src}.bias"]
+        if up:
+            out[f"{dst}.conv.blur.kernel"] = g[f"{src}.resample_filter"] * 4
+        out[f"noises.noise_{noise_i}"] = g[f"{src}.noise_const"][None, None]
+        noise_i += 1
+
+    def rgb(src, dst):
+        out[f"{dst}.conv.weight"] = g[f"{src}.weight"][None]
+        out[f"{dst}.conv.modulation.weight"] = g[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = g[f"{src}.affine.bias"]
+        out[f"{dst}.bias"] = g[f"{src}.bias"].reshape(1, -1, 1, 1)
+
+    styled("synthesis.b4.conv1", "conv1", False)
+    rgb("synthesis.b4.torgb", "to_rgb1")
+    for k, res in enumerate(G.synthesis.block_resolutions[1:]):
+        styled(f"synthesis.b{res}.conv0", f"convs.{2 * k}", True)
+        styled(f"synthesis.b{res}.conv1", f"convs.{2 * k + 1}", False)
+        rgb(f"synthesis.b{res}.torgb", f"to_rgbs.{k}")
+    dd = {"convs.0.0.weight": d[f"b{D.img_resolution}.fromrgb.weight"], "convs.0.1.bias": d[f"b{D.img_resolution}.fromrgb.bias"]}
+    for i, res in enumerate(D.block_resolutions, start=1):
+        dd[f"convs.{i}.conv1.0.weight"], dd[f"convs.{i}.conv1.1.bias"] = d[f"b{res}.conv0.weight"], d[f"b{res}.conv0.bias"]
+        dd[f"convs.{i}.conv2.1.weight"], dd[f"convs.{i}.conv2.2.bias"] = d[f"b{res}.conv1.weight"], d[f"b{res}.conv1.bias"]
+        dd[f"convs.{i}.skip.1.weight"] = d[f"b{res}.skip.weight"]
+    for a, b in [("final_conv.0.weight", "b4.conv.weight"), ("final_conv.1.bias", "b4.conv.bias"),
+                 ("final_linear.0.weight", "b4.fc.weight"), ("final_linear.0.bias", "b4.fc.bias"),
+                 ("final_linear.1.weight", "b4.out.weight"), ("final_linear.1.bias", "b4.out.bias")]:
+        dd[a] = d[b]
+    return {"g_ema": out, "d": dd, "latent_avg": G.mapping.w_avg[None].clone()}
+
+
+def test_rosinality_layout_with_other_widths_and_resolution():
+    G = S.Generator(512, 0, 512, 32, 3, mapping_kwargs=dict(num_layers=3), channels_dict={4: 40, 8: 40, 16: 24, 32: 12},
+                    num_fp16_res=0, conv_clamp=None)
+    D = S.Discriminator(0, 32, 3, channels_dict={32: 12, 16: 24, 8: 40, 4: 40}, conv_clamp=None)
+    _perturb(G, seed=4)
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+    ckpt = _to_rosinality(G, D)
+    G2, D2, la, cfg = S.load_stylegan2(ckpt)
+    assert cfg.channels == {4: 40, 8: 40, 16: 24, 32: 12} and cfg.mapping_layers == 3 and G2.num_ws == 8
+    z = torch.randn(2, 512, generator=torch.Generator().manual_seed(8))
+    img = G(z, None, truncation_psi=0.7, noise_mode="const", impl="ref")
+    torch.testing.assert_close(G2(z, None, truncation_psi=0.7, noise_mode="const", impl="ref"), img)
+    torch.testing.assert_close(D2(img, impl="ref"), D(img, impl="ref"))
