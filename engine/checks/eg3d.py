@@ -96,7 +96,11 @@ def run(folder: pathlib.Path, skip: frozenset[str] = frozenset()) -> list[Tensor
 
         wanted = [k for k in ("image", "image_raw", "image_depth") if k in io and k not in skip]
         if wanted:
-            out = G.render(planes, ws, c, sampling=sampling, superresolution="image" in wanted)
+            need_sr = "image" in wanted or ("image_raw" in wanted and not G.superresolution.first_block_upsamples)
+            # The official SR aliases image_raw for 2X/4X heads without resize: reproduce that, and
+            # keep the same SR path even when ``image`` itself is skipped.
+            out = G.render(planes, ws, c, sampling=sampling, superresolution=need_sr,
+                           official_raw_aliasing=True)
             for key in wanted:
                 checks.append(max_abs_check(key, out[key], io[key]))
                 done.add(key)

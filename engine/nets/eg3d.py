@@ -344,13 +344,20 @@ class TriPlaneGenerator(torch.nn.Module):
                generator: torch.Generator | None = None, options: volume.RenderOptions | None = None,
                depth_resolution: int | None = None, depth_resolution_importance: int | None = None,
                superresolution: bool = True, max_points_per_pass: int | None = DEFAULT_POINTS_PER_PASS,
-               **sr_kwargs) -> dict[str, torch.Tensor]:
+               official_raw_aliasing: bool = False, **sr_kwargs) -> dict[str, torch.Tensor]:
         """Render cameras c [B,25] from planes [P,3,32,H,W] (B = P*V) and super-resolve with ws.
 
         ``ws`` is [P,...] or [B,...]. ``max_points_per_pass`` bounds memory:
         rays are marched in chunks so that one decoder call sees at most that
         many points (None: everything at once). Deterministic renders do not
         depend on it.
+
+        ``official_raw_aliasing``: reproduce an artefact of the official code.
+        With the 2X/4X heads and no resize before the SR (e.g. Hybrid2X at a
+        64px neural render), the official SR adds its first block's RGB *in
+        place* to the tensor that is also returned as ``image_raw``. Our
+        default returns the clean render; set this to match official outputs
+        bit for bit (the reference checker does). ``image`` is unaffected.
         """
         if planes.ndim != 5 or planes.shape[1:3] != (3, PLANE_CHANNELS):
             raise ValueError(f"planes must be [P,3,{PLANE_CHANNELS},H,W], got {tuple(planes.shape)}")
@@ -377,7 +384,11 @@ class TriPlaneGenerator(torch.nn.Module):
         if superresolution:
             ws_b = ws if ws.shape[0] == b else ws.repeat_interleave(v, dim=0)
             sr_kwargs.setdefault("noise_mode", self.config.rendering.superresolution_noise_mode)
-            result["image"] = self.superresolution(rgb, feats, ws_b, **sr_kwargs)
+            image, rgb0, resized = self.superresolution.forward_detailed(rgb, feats, ws_b, **sr_kwargs)
+            result["image"] = image
+            if official_raw_aliasing and not self.superresolution.first_block_upsamples and not resized:
+                result["image_raw"] = rgb0
+                result["image_features"] = torch.cat([rgb0, feats[:, 3:]], 1)
         return result
 
     def synthesis(self, ws: torch.Tensor, c: torch.Tensor, *, noise_mode: str = "const",

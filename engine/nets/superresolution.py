@@ -127,17 +127,30 @@ class _HybridSR(torch.nn.Module):
     def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, *, noise_mode: str = "none",
                 force_fp32: bool = False, fused_modconv: bool | str | None = None, impl: str = "auto") -> torch.Tensor:
         """rgb [N,3,R,R], features x [N,C,R,R], ws [N,num_ws,w_dim] -> image [N,3,out,out]."""
+        return self.forward_detailed(rgb, x, ws, noise_mode=noise_mode, force_fp32=force_fp32,
+                                     fused_modconv=fused_modconv, impl=impl)[0]
+
+    def forward_detailed(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, *, noise_mode: str = "none",
+                         force_fp32: bool = False, fused_modconv: bool | str | None = None,
+                         impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(image, skip image after block0, whether the inputs were resized).
+
+        The official 2X/4X heads add block0's to-RGB output *in place* to the
+        rgb tensor they were given when no resize happened, so the official
+        ``image_raw`` then equals the second value (see ``TriPlaneGenerator.render``).
+        """
         if ws.ndim != 3:
             raise ValueError(f"ws must be [N,num_ws,w_dim], got {tuple(ws.shape)}")
         ws = ws[:, -1:, :].repeat(1, 3, 1)  # [N,3,w_dim]
         side = x.shape[-1]
-        if (side < self.input_resolution) if self.resize_only_smaller else (side != self.input_resolution):
+        resized = (side < self.input_resolution) if self.resize_only_smaller else (side != self.input_resolution)
+        if resized:
             x = _resize(x, self.input_resolution, self.sr_antialias)
             rgb = _resize(rgb, self.input_resolution, self.sr_antialias)
         kw = dict(noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv, impl=impl)
-        x, rgb = self.block0(x, rgb, ws, **kw)
-        x, rgb = self.block1(x, rgb, ws, **kw)
-        return rgb
+        x, rgb0 = self.block0(x, rgb, ws, **kw)
+        x, img = self.block1(x, rgb0, ws, **kw)
+        return img, rgb0, resized
 
 
 class SuperresolutionHybrid2X(_HybridSR):

@@ -246,3 +246,16 @@ def test_8x_heads_layout():
     assert sd_8["block0.conv0.weight"].shape == (128, 32, 3, 3) and sd_8["block1.torgb.weight"].shape == (3, 64, 1, 1)
     assert sd_dc["block1.conv0.noise_const"].shape == (512, 512)
     assert dc.block0.conv0.conv_clamp == 256 and x8.block0.conv0.conv_clamp is None
+
+
+def test_official_raw_aliasing_only_when_the_2x_head_gets_its_native_size(G):
+    ws = G.mapping(_z(1, seed=4), camera.conditioning_label(1))
+    planes = G.planes(ws)
+    c = camera.conditioning_label(1)
+    kw = dict(depth_resolution=6, depth_resolution_importance=6)
+    for res, aliased in ((64, True), (32, False)):  # Hybrid2X input is 64px; 32px renders are resized first
+        clean = G.render(planes, ws, c, neural_rendering_resolution=res, **kw)
+        off = G.render(planes, ws, c, neural_rendering_resolution=res, official_raw_aliasing=True, **kw)
+        assert torch.equal(clean["image"], off["image"])
+        assert torch.equal(clean["image_depth"], off["image_depth"])
+        assert torch.equal(clean["image_raw"], off["image_raw"]) != aliased
