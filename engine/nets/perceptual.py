@@ -46,6 +46,15 @@ def hub_checkpoint_dir() -> pathlib.Path:
     return pathlib.Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def point_torch_hub(weights_dir: str | os.PathLike) -> pathlib.Path:
+    """Make torch.hub (and so torchvision) use ``<weights dir>/torch_hub`` as its cache,
+    so any hub file lands beside our weights; returns the checkpoints folder.
+    Process-wide: call once at engine start, not from library code."""
+    hub = pathlib.Path(weights_dir) / "torch_hub"
+    torch.hub.set_dir(str(hub))
+    return hub / "checkpoints"
+
+
 def find_backbone(net: str, weights_dir: str | os.PathLike | None) -> pathlib.Path:
     """Path of the ImageNet trunk weights for ``net``; ``WeightsMissing`` if absent."""
     if net not in BACKBONES:
