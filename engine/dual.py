@@ -32,20 +32,8 @@ import torch.nn.functional as F
 from .invert import DistanceFn, Inversion, RenderFn, _resize
 from .params import Params
 from .steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, run_steps
-from .stylize import FeaturesFn, MappingFn, StyleFinetuneConfig, SynthesisFn, feature_l1, mixed_latents
-
-
-@dataclass(frozen=True)
-class DualConfig:
-    steps: int = 300             # rounds; each round = steps_3d 3D steps + one 2D step
-    steps_3d: int = 1
-    lr_3d: float = 1e-4          # below PTI's 3e-4: the 3D branch must move in style, not lose geometry
-    lr_2d: float = 2e-4          # a tenth of the stage-2 rate: the 2D branch only adjusts
-    lambda_1: float = 0.1        # LPIPS to the exemplar: a different person, so a light pull
-    lambda_2: float = 1.0        # LPIPS to the warped 2D cartoon: the main perceptual guide
-    lambda_style_2d: float = 1.0  # stage-2 loss kept on the 2D branch while it adjusts
-    update_2d: bool = True
-    lpips_size: int = 256
+from .settings import DualConfig, StyleFinetuneConfig
+from .stylize import FeaturesFn, MappingFn, SynthesisFn, feature_l1, mixed_latents
 
 
 @dataclass
@@ -114,7 +102,7 @@ def dual_branch_train(
             with torch.no_grad():
                 ws = mixed_latents(inputs.w_e, mapping_2d, style_cfg.batch, style_cfg, generator)
             feats = features_2d(synthesis_2d(params_2d, ws))
-            style = feature_l1(feats, [t.expand_as(f) for t, f in zip(ex_feats, feats)], style_cfg.feature_blocks)
+            style = feature_l1(feats, [t.expand_as(f) for t, f in zip(ex_feats, feats)])
             opt_2d.zero_grad(set_to_none=True)
             (loss_2d + cfg.lambda_style_2d * style).backward()
             opt_2d.step()

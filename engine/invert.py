@@ -23,34 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .params import Params
+from .settings import InversionConfig, PivotalTuningConfig
 from .steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, ramped_lr, run_steps
 
 # (params, ws [B, L, 512], c [B, 25], noise list) -> image [B, 3, H, W]
 RenderFn = Callable[[Params, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
 # (a, b) images in [-1, 1] -> per-sample distance [B]
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class InversionConfig:
-    steps: int = 500                 # EG3D/PTI projector: ~500 w steps
-    lr: float = 0.01
-    lr_rampup: float = 0.05
-    lr_rampdown: float = 0.25
-    initial_noise_factor: float = 0.05
-    noise_ramp_length: float = 0.75
-    noise_reg_weight: float = 1e5
-    lpips_size: int = 256            # LPIPS is computed on 256 px, as the projector does
-    w_avg_samples: int = 10000
-
-
-@dataclass(frozen=True)
-class PivotalTuningConfig:
-    steps: int = 350
-    lr: float = 3e-4
-    lambda_l2: float = 1.0
-    lambda_lpips: float = 1.0
-    lambda_id: float = 0.1           # Your3dEmoji adds an ArcFace identity term
 
 
 @dataclass

@@ -17,13 +17,13 @@ Everything here is a pure function of tensors and callables; the RNG is a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .params import Params
+from .settings import StyleFinetuneConfig
 from .steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, run_steps
 
 # (params, ws [B, L, 512]) -> image [B, 3, H, W]
@@ -34,25 +34,13 @@ MappingFn = Callable[[torch.Tensor], torch.Tensor]
 FeaturesFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class StyleFinetuneConfig:
-    steps: int = 300            # JoJoGAN's default
-    lr: float = 2e-3            # Adam, JoJoGAN's default
-    beta1: float = 0.0
-    beta2: float = 0.99
-    batch: int = 4              # mixed latents per step
-    alpha: float = 0.5          # Eq. 1 mixing weight on the mixed layers
-    mixed_layers: tuple[int, int] = (7, 18)  # [start, stop) of W+ layers that are mixed
-    feature_blocks: tuple[int, ...] = ()     # which D features enter the loss; () = all
-
-
 def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinetuneConfig,
                   generator: torch.Generator) -> torch.Tensor:
     """Eq. 1: ``n`` style-mixed W+ latents [n, L, 512] around ``w_e`` [L, 512]."""
     num_layers, w_dim = w_e.shape
-    start, stop = cfg.mixed_layers
+    start, stop = cfg.mixed_from, cfg.mixed_to or num_layers
     if not 0 <= start < stop <= num_layers:
-        raise ValueError(f"mixed_layers {cfg.mixed_layers} outside the generator's {num_layers} W+ layers")
+        raise ValueError(f"mixed layers [{start}, {stop}) outside the generator's {num_layers} W+ layers")
     z = torch.randn(n, w_dim, generator=generator, device=generator.device).to(w_e.device)  # [n, 512]
     w_rand = mapping(z)  # [n, L, 512]
     out = w_e.unsqueeze(0).repeat(n, 1, 1)  # [n, L, 512]
@@ -60,10 +48,9 @@ def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinet
     return out
 
 
-def feature_l1(fa: Sequence[torch.Tensor], fb: Sequence[torch.Tensor], blocks: tuple[int, ...] = ()) -> torch.Tensor:
-    """Sum over blocks of the mean absolute difference of D features."""
-    idx = blocks or tuple(range(len(fa)))
-    return sum(F.l1_loss(fa[i], fb[i]) for i in idx)
+def feature_l1(fa: Sequence[torch.Tensor], fb: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over D blocks of the mean absolute difference of their features (JoJoGAN)."""
+    return sum(F.l1_loss(a, b) for a, b in zip(fa, fb))
 
 
 def finetune_style(
@@ -95,7 +82,7 @@ def finetune_style(
             ws = mixed_latents(w_e, mapping, cfg.batch, cfg, generator)
         img = synthesis(params, ws)
         feats = features(img)
-        loss = feature_l1(feats, [t.expand_as(f) for t, f in zip(target_feats, feats)], cfg.feature_blocks)
+        loss = feature_l1(feats, [t.expand_as(f) for t, f in zip(target_feats, feats)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,142 @@
+"""The contract between producers (bots, CLI, scheduler) and the engine for a sticker pack.
+
+A producer places an order with :func:`order_pack`: it creates the pack row
+and enqueues one ``make_pack`` job whose payload is :class:`PackOrder`
+(``to_payload``). The engine's handler reads the order, and on success
+completes the job with a :class:`PackResult` (``to_dict``) that names every
+produced file by blob digest, per platform target. Producers read the result
+back with :func:`result_of`.
+
+Idempotency: the job key is derived from everything that determines the
+output (user, selfie, style and its version, strength, platform, seed, engine
+version), so a double click, a retried webhook or a rescheduled regeneration
+yields one job. ``regenerate`` orders add the pack id, so a regeneration of
+an existing pack is distinct from a new order.
+
+No torch here: bots import this module.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from storage import jobs, packs
+from storage.db import Database
+
+ENGINE_VERSION = "0.1.0"  # engine.pipeline.ENGINE_VERSION; a test keeps them equal
+JOB_KIND = "make_pack"
+
+# Files each platform needs, in engine.stickers target names.
+PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
+    "telegram": ("telegram_video",),
+    "discord": ("discord_sticker", "discord_emoji"),
+    "local": ("telegram_video", "discord_sticker"),
+}
+THUMBNAIL_TARGETS: dict[str, str | None] = {"telegram": "telegram_thumb", "discord": None, "local": None}
+
+
+@dataclass(frozen=True)
+class PackOrder:
+    user_id: int
+    selfie_digest: str
+    exemplar_digest: str          # the style image (house style's exemplar, or the user's upload)
+    strength: float = 1.0
+    platform: str = "local"
+    style_id: int | None = None   # None for a one-off uploaded style
+    style_version: int | None = None
+    seed: int = 0
+    pack_id: int | None = None    # set by order_pack
+    regenerate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORM_TARGETS:
+            raise ValueError(f"platform must be one of {sorted(PLATFORM_TARGETS)}, got {self.platform!r}")
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise ValueError(f"strength must be within [0, 1], got {self.strength}")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return PLATFORM_TARGETS[self.platform]
+
+    def idempotency_key(self) -> str:
+        parts = [JOB_KIND, self.user_id, self.selfie_digest, self.exemplar_digest, self.style_id,
+                 self.style_version, f"{float(self.strength):.3f}", self.platform, self.seed, ENGINE_VERSION]
+        if self.regenerate:
+            parts += ["regenerate", self.pack_id]
+        return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "PackOrder":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+
+@dataclass(frozen=True)
+class StickerFiles:
+    idx: int
+    name: str                      # e.g. "turn", "smile"
+    emoji: str
+    files: dict[str, str]          # target name -> blob digest
+
+
+@dataclass
+class PackResult:
+    pack_id: int
+    preset: str                    # "pretrained" or "slim" (random weights: not a real avatar)
+    stickers: list[StickerFiles] = field(default_factory=list)
+    thumbnail: dict[str, str] = field(default_factory=dict)   # target -> digest
+    preview_png: str | None = None
+    preview_html: str | None = None
+    avatar: str | None = None      # the stored avatar (latents + generator deltas)
+    renders: list[str] = field(default_factory=list)          # still renders of the avatar (PNG)
+    missing: list[str] = field(default_factory=list)          # stages this build cannot run yet
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PackResult":
+        d = dict(d)
+        d["stickers"] = [StickerFiles(**s) for s in d.get("stickers", [])]
+        return cls(**d)
+
+    def blob_digests(self) -> list[str]:
+        out = [dg for s in self.stickers for dg in s.files.values()]
+        out += list(self.thumbnail.values()) + list(self.renders)
+        out += [d for d in (self.preview_png, self.preview_html, self.avatar) if d]
+        return out
+
+
+def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive") -> tuple[packs.Pack, int]:
+    """Create the pack row (unless the order names one) and enqueue its job.
+
+    Placing the same order twice returns the first order's pack and job.
+    """
+    key = order.idempotency_key()
+    existing = jobs.find_by_key(db, key)
+    if existing is not None:
+        return packs.get_pack(db, existing.payload["pack_id"]), existing.id
+    if order.pack_id is None:
+        pack = packs.create_pack(db, order.user_id, order.style_id, order.style_version, order.strength,
+                                 ENGINE_VERSION, platform=order.platform)
+        order = PackOrder(**{**asdict(order), "pack_id": pack.id})
+    job_id = jobs.enqueue(db, JOB_KIND, order.to_payload(), key, priority=priority, user_id=order.user_id)
+    job = jobs.get_job(db, job_id)
+    if job.payload["pack_id"] != order.pack_id:  # lost a race with an identical order
+        packs.update_pack(db, order.pack_id, status="superseded")
+    else:
+        packs.update_pack(db, order.pack_id, job_id=job_id)
+    return packs.get_pack(db, job.payload["pack_id"]), job_id
+
+
+def result_of(job: jobs.Job) -> PackResult | None:
+    """The finished job's result, or None while it is not done."""
+    if job.status != "succeeded" or not job.result:
+        return None
+    return PackResult.from_dict(job.result)
