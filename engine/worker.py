@@ -21,6 +21,8 @@ Conventions
   step (``shutdown='release'``, default: the lease is handed back and another
   worker can take the job immediately, without using up an attempt) or run to
   the end (``shutdown='finish'``). Then :meth:`Worker.run` returns 0.
+* The heartbeat also refreshes the grace period of the blobs the job wrote so
+  far, so the blob GC never removes outputs of a job that is still running.
 """
 from __future__ import annotations
 
@@ -110,10 +112,13 @@ class JobContext:
 
 
 class _Heartbeat(threading.Thread):
+    """Renews the lease and keeps the job's not yet referenced output blobs
+    young, so a blob GC during a long job cannot take them."""
+
     def __init__(self, db: Database, job_id: int, token: str, lease_seconds: float, interval: float,
-                 lease_lost: threading.Event) -> None:
+                 lease_lost: threading.Event, ctx: JobContext) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.db, self.job_id, self.token = db, job_id, token
+        self.db, self.job_id, self.token, self.ctx = db, job_id, token, ctx
         self.lease_seconds, self.interval, self.lease_lost = lease_seconds, interval, lease_lost
         self.done = threading.Event()
 
@@ -121,6 +126,7 @@ class _Heartbeat(threading.Thread):
         while not self.done.wait(self.interval):
             try:
                 q.heartbeat(self.db, self.job_id, self.token, self.lease_seconds)
+                self.ctx.blobs.touch(list(self.ctx.result_blobs))
             except LeaseLost:
                 log.warning("job %s: lease lost; aborting at the next step", self.job_id)
                 self.lease_lost.set()
@@ -201,7 +207,7 @@ class Worker:
         token = job.lease_token
         lease_lost = threading.Event()
         ctx = JobContext(job, self.db, self.blobs, token, self._stop, lease_lost, self.shutdown == "release")
-        hb = _Heartbeat(self.db, job.id, token, self.lease_seconds, self.heartbeat_interval, lease_lost)
+        hb = _Heartbeat(self.db, job.id, token, self.lease_seconds, self.heartbeat_interval, lease_lost, ctx)
         hb.start()
         log.info("job %s (%s) attempt %d/%d started", job.id, job.kind, job.attempts, job.max_attempts)
         try:

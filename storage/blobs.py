@@ -234,6 +234,20 @@ class BlobStore:
                 return digest
         raise OSError(f"blob {digest} vanished twice while being written under {self.root}")
 
+    def touch(self, digests: Iterable[str], *, now: float | None = None) -> int:
+        """Restart the grace period of ``digests`` (a long job keeps its not yet
+        referenced outputs alive this way). Returns how many rows exist."""
+        ds = sorted({check_digest(d) for d in digests})
+        if not ds:
+            return 0
+        t = time.time() if now is None else now
+        with self.db.write() as conn:
+            n = 0
+            for d in ds:
+                n += conn.execute(sa.text("UPDATE blobs SET last_put_at = :t WHERE digest = :d AND last_put_at < :t"),
+                                  {"t": t, "d": d}).rowcount
+        return n
+
     # ---- references (own transaction) ----
     def add_ref(self, digest: str, holder: str) -> None:
         with self.db.write() as conn:

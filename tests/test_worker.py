@@ -218,3 +218,22 @@ def test_worker_rejects_bad_construction(env):
         Worker(env["db"], env["blobs"], {"x": 3}, "w")  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="heartbeat_interval"):
         Worker(env["db"], env["blobs"], jobhandlers.factory(), "w", 1.0, heartbeat_interval=2.0)
+
+
+def test_outputs_of_a_running_job_survive_gc(env):
+    """GC with a grace period shorter than the job: the heartbeat keeps the
+    job's early output young until complete references it."""
+    db = env["db"]
+    jid = q.enqueue(db, "steps", _payload(env, 6, 0.5), "gc-1")
+    w = Worker(db, env["blobs"], jobhandlers.factory(), "inproc", 1.2, 0.05, heartbeat_interval=0.3)
+    import threading
+
+    t = threading.Thread(target=w.run, kwargs={"max_jobs": 1})
+    t.start()
+    try:
+        wait_for(lambda: (env["marks"] / f"{jid}-step-3").exists(), 60, "the job to run for a while")
+        assert env["blobs"].gc(grace_seconds=1.0).removed_blobs == 0  # partial blob is ~2 s old but touched
+    finally:
+        t.join(60)
+    job = q.get_job(db, jid)
+    assert job.status == "succeeded" and len(_refs(db, f"job:{jid}")) == 2

@@ -124,3 +124,11 @@ def test_store_arguments_are_checked(db, tmp_path):
         BlobStore(db, tmp_path, max_bytes=0)
     with pytest.raises(TypeError, match="bytes"):
         BlobStore(db, tmp_path).put_bytes("text")  # type: ignore[arg-type]
+
+
+def test_touch_restarts_the_grace_period(blobs):
+    d = blobs.put_bytes(b"long job output")
+    t = time.time()
+    assert blobs.touch([d], now=t + 100) == 1
+    assert blobs.gc(now=t + 150, grace_seconds=60).removed_blobs == 0
+    assert blobs.gc(now=t + 170, grace_seconds=60).removed_blobs == 1
