@@ -938,8 +938,37 @@ def save_pretrained(folder, G: Generator, D: Discriminator | None, cfg: StyleGAN
     return folder
 
 
+def _from_converted(folder: pathlib.Path, raw: dict, device, with_discriminator: bool):
+    """A folder written by ``emoji3d weights convert`` (engine.weights): rosinality or stylegan2-ada groups."""
+    from engine.weights import load_converted
+
+    conf, groups = load_converted(folder)
+    kind = conf.get("kind")
+    if kind == "stylegan2_rosinality":
+        if "g_ema" not in groups:
+            raise WeightsError(f"{folder}: converted rosinality checkpoint has no g_ema group")
+        obj = {"g_ema": groups["g_ema"]}
+        if with_discriminator and "d" in groups:
+            obj["d"] = groups["d"]
+        if "latent_avg" in groups:
+            obj["latent_avg"] = groups["latent_avg"]["latent_avg"]
+    else:  # stylegan2_ada_pickle: networks with init_kwargs
+        nets = conf.get("networks") or {}
+        g_name = "G_ema" if "G_ema" in groups else "G"
+        if g_name not in groups:
+            raise WeightsError(f"{folder}: converted stylegan2-ada pickle has no G_ema/G network")
+        obj = {"G_ema": (groups[g_name], (nets.get(g_name) or {}).get("init_kwargs") or {})}
+        if with_discriminator and "D" in groups:
+            obj["D"] = (groups["D"], (nets.get("D") or {}).get("init_kwargs") or {})
+    G, D, _, cfg = load_stylegan2(obj, device=device)
+    return G, D, G.mapping.w_avg.detach().clone(), cfg
+
+
 def from_pretrained(folder, device: torch.device | str = "cpu", with_discriminator: bool = True):
-    """Inverse of ``save_pretrained``: ``(G, D or None, w_avg [w_dim], cfg)``."""
+    """Inverse of ``save_pretrained``: ``(G, D or None, w_avg [w_dim], cfg)``.
+
+    Also reads the folders ``emoji3d weights convert`` writes for the kinds
+    ``stylegan2_rosinality`` and ``stylegan2_ada_pickle`` (converted on the fly)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -947,6 +976,12 @@ def from_pretrained(folder, device: torch.device | str = "cpu", with_discriminat
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise WeightsError(f"{cfg_path}: missing (not a converted StyleGAN2 folder)")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"{cfg_path}: unreadable StyleGAN2 config ({exc})") from exc
+    if isinstance(raw, dict) and raw.get("kind") in ("stylegan2_rosinality", "stylegan2_ada_pickle"):
+        return _from_converted(folder, raw, device, with_discriminator)
     try:
         cfg = StyleGAN2Config.from_json(cfg_path.read_text())
     except (ValueError, TypeError) as exc:

@@ -319,3 +319,17 @@ def test_rosinality_layout_with_other_widths_and_resolution():
     img = G(z, None, truncation_psi=0.7, noise_mode="const", impl="ref")
     torch.testing.assert_close(G2(z, None, truncation_psi=0.7, noise_mode="const", impl="ref"), img)
     torch.testing.assert_close(D2(img, impl="ref"), D(img, impl="ref"))
+
+
+def test_from_pretrained_reads_weights_convert_output(rosinality_dir, tmp_path):
+    from engine.weights import convert
+
+    out = convert(rosinality_dir / "checkpoint.pt", tmp_path / "sg2", "stylegan2_rosinality")
+    G, D, w_avg, cfg = S.from_pretrained(out)
+    ckpt = torch.load(rosinality_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    G0, D0, la0, _ = S.load_stylegan2(ckpt)
+    assert D is not None and cfg.channels == {4: 64, 8: 64, 16: 64, 32: 64, 64: 32}
+    torch.testing.assert_close(w_avg, la0)
+    for k, v in G0.state_dict().items():
+        assert torch.equal(G.state_dict()[k], v), k
+    assert S.from_pretrained(out, with_discriminator=False)[1] is None
