@@ -21,7 +21,7 @@ Conventions
   documented choice: a transparent selfie background becomes white).
 - Errors are :class:`emoji3d.errors.UserFacingError` subclasses with stable keys:
   ``not_an_image``, ``unsupported_image``, ``image_truncated``,
-  ``image_too_large``, ``file_too_large`` (more than ``max_bytes``), ``unsupported_image``.
+  ``image_too_large``, ``file_too_large`` (more than ``max_bytes``).
 
 This module must not import torch or ``engine`` (the bots use it).
 """
@@ -112,7 +112,9 @@ def decode_image(data: bytes | bytearray | memoryview, limits: DecodeLimits = De
         raise NotAnImageError("the data does not start with the signature of any image format")
     pil_format = _PIL_FORMATS[fmt]
     if pil_format is None:
-        raise UnsupportedImageFormatError(f"{fmt} images cannot be decoded here", detail=fmt.upper())
+        err = UnsupportedImageFormatError(f"{fmt} images cannot be decoded here")
+        err.params["detail"] = fmt.upper()  # the text's {detail}; the constructor's own `detail` is the log message
+        raise err
 
     try:
         img = Image.open(io.BytesIO(data), formats=[pil_format])  # lazy: header only

@@ -114,6 +114,43 @@ class LandmarkDetector:
         faces.sort(key=lambda f: f.box_area(), reverse=True)
         return faces[:limit]
 
+    def detect_with_search(self, rgb: np.ndarray, max_faces: int | None = None, min_window: int = 192) -> list[FaceLandmarks]:
+        """:meth:`detect`, and when it finds nothing, search overlapping windows.
+
+        MediaPipe's face detector (the short-range model inside FaceMesh) sees
+        the whole image at 128x128, so a face under about a tenth of the image
+        width is missed. The fallback runs on windows of half the shorter side
+        (stride half a window), then of a quarter, ... down to ``min_window``
+        pixels, stopping at the first level that finds a face; points are mapped
+        back to the photo and duplicates dropped (a face whose landmark-box
+        centre lies inside a bigger one's box).
+        """
+        faces = self.detect(rgb, max_faces)
+        h, w = rgb.shape[:2]
+        found: list[FaceLandmarks] = []
+        side = min(h, w) // 2
+        while not faces and not found and side >= min_window:
+            stride = side // 2
+            for y0 in _starts(h, side, stride):
+                for x0 in _starts(w, side, stride):
+                    for f in self.detect(np.ascontiguousarray(rgb[y0 : y0 + side, x0 : x0 + side]), max_faces):
+                        pts = f.points.copy()
+                        pts[:, 0] += x0
+                        pts[:, 1] += y0
+                        found.append(FaceLandmarks(points=pts, image_size=(w, h)))
+            side //= 2
+        if faces:
+            return faces
+        found.sort(key=lambda f: f.box_area(), reverse=True)
+        kept: list[FaceLandmarks] = []
+        for f in found:
+            x0, y0, x1, y1 = f.box()
+            cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+            if not any(k.box()[0] <= cx <= k.box()[2] and k.box()[1] <= cy <= k.box()[3] for k in kept):
+                kept.append(f)
+        limit = self.max_faces if max_faces is None else min(max_faces, self.max_faces)
+        return kept[:limit]
+
     def close(self) -> None:
         with self._lock:
             if self._mesh is not None:
@@ -125,6 +162,14 @@ class LandmarkDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _starts(length: int, side: int, stride: int) -> list[int]:
+    """Window starts covering [0, length) with windows of ``side`` (the last one flush with the end)."""
+    starts = list(range(0, max(length - side, 0) + 1, max(stride, 1)))
+    if starts[-1] != max(length - side, 0):
+        starts.append(max(length - side, 0))
+    return starts
 
 
 def detect_landmarks(

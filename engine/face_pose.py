@@ -27,7 +27,10 @@ Frames (all right-handed)
   ``c = -R (trans - (0, 0, 10))``, scaled by 0.27, offset by (0, 0.006, 0.161),
   rotation ``R diag(1, -1, -1)``, then the centre renormalised to radius 2.7.
   A frontal head at the origin gives a camera at about (0, 0.0057, 2.7)
-  looking down -z, near the pivot (0, 0, 0.2) EG3D conditions on.
+  looking down -z, near the pivot (0, 0, 0.2) EG3D conditions on. Head yaw
+  +θ puts the camera at about orbit yaw -θ (``engine.nets.camera``'s
+  convention, where positive yaw moves the camera towards +x); head pitch +θ
+  (face down) puts it above, at about orbit pitch -θ.
 
 Solver: a weighted similarity Procrustes (Umeyama) fit of MediaPipe's canonical
 face to the landmarks, with MediaPipe's own 33 Procrustes landmark weights
