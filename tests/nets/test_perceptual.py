@@ -95,7 +95,7 @@ def test_converted_safetensors_and_hub_cache_are_found(tmp_path):
 def test_point_torch_hub_redirects_the_cache(tmp_path):
     from engine.nets.perceptual import point_torch_hub
 
-    old = torch.hub.get_dir()
+    saved = torch.hub._hub_dir  # None = follow $TORCH_HOME
     try:
         ckpt = point_torch_hub(tmp_path / "w")
         assert hub_checkpoint_dir() == ckpt == tmp_path / "w" / "torch_hub" / "checkpoints"
@@ -103,7 +103,7 @@ def test_point_torch_hub_redirects_the_cache(tmp_path):
         torch.save(_trunk("alex", 0), ckpt / "alexnet-owt-7be5be79.pth")
         assert find_backbone("alex", None) == ckpt / "alexnet-owt-7be5be79.pth"
     finally:
-        torch.hub.set_dir(old)
+        torch.hub._hub_dir = saved
 
 
 def test_wrong_file_and_bad_inputs(tmp_path):
