@@ -32,6 +32,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from engine.settings import PipelineConfig
+
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "config.toml"
@@ -149,6 +151,7 @@ class Config:
     telegram: TelegramConfig = _c(factory=TelegramConfig)
     discord: DiscordConfig = _c(factory=DiscordConfig)
     weights: WeightsConfig = _c(factory=WeightsConfig)
+    pipeline: PipelineConfig = _c(factory=PipelineConfig)
     schedules: tuple = _c(factory=tuple)  # tuple[Schedule, ...] from [[schedules]]
     # Filled from the environment, never from the file.
     root: pathlib.Path = field(default=pathlib.Path("."), metadata={"internal": True})
@@ -275,7 +278,10 @@ def _build(cls, data: dict, prefix: str):
             if isinstance(tp, types.GenericAlias):
                 tp = typing.get_origin(tp)
             kwargs[name] = _check_value(key, value, tp, f.metadata)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a dataclass's own range checks: "<field> must be ..."
+        raise ConfigError(f"config.toml: {prefix}{exc}") from None
 
 
 def _validate_cron(key: str, expr: str) -> None:

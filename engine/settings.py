@@ -12,6 +12,13 @@ import json
 from dataclasses import dataclass, field
 
 
+def _check(obj, **rules) -> None:
+    """Raise ValueError('field must be ...') for the first violated rule."""
+    for name, (ok, what) in rules.items():
+        if not ok:
+            raise ValueError(f"{name} must be {what}, got {getattr(obj, name)!r}")
+
+
 @dataclass(frozen=True)
 class StyleFinetuneConfig:
     """Stage 2 (Eq. 1 + 4). Defaults follow JoJoGAN."""
@@ -24,6 +31,12 @@ class StyleFinetuneConfig:
     alpha: float = 0.5          # Eq. 1 weight of w_e on the mixed layers (0 = JoJoGAN's random fine layers)
     mixed_from: int = 7         # first mixed W+ layer (JoJoGAN: 7..17 of 18)
     mixed_to: int = 0           # one past the last mixed layer; 0 = through the last layer
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"), batch=(self.batch >= 1, ">= 1"),
+               alpha=(0 <= self.alpha <= 1, "within [0, 1]"), beta2=(0 <= self.beta2 < 1, "within [0, 1)"),
+               mixed_from=(self.mixed_from >= 0, ">= 0"),
+               mixed_to=(self.mixed_to == 0 or self.mixed_to > self.mixed_from, "0 or > mixed_from"))
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,11 @@ class InversionConfig:
     lpips_size: int = 256       # LPIPS on 256 px, as the projector does
     w_avg_samples: int = 10000
 
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"),
+               noise_reg_weight=(self.noise_reg_weight >= 0, ">= 0"), lpips_size=(self.lpips_size >= 32, ">= 32"),
+               w_avg_samples=(self.w_avg_samples >= 2, ">= 2"))
+
 
 @dataclass(frozen=True)
 class PivotalTuningConfig:
@@ -50,6 +68,11 @@ class PivotalTuningConfig:
     lambda_l2: float = 1.0
     lambda_lpips: float = 1.0
     lambda_id: float = 0.1      # PTI-style ArcFace weight; higher starts to fight LPIPS on 512 px renders
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"),
+               lambda_l2=(self.lambda_l2 >= 0, ">= 0"), lambda_lpips=(self.lambda_lpips >= 0, ">= 0"),
+               lambda_id=(self.lambda_id >= 0, ">= 0"))
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,12 @@ class DualConfig:
     lambda_style_2d: float = 1.0  # stage-2 loss kept on the 2D branch while it adjusts
     update_2d: bool = True
     lpips_size: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), steps_3d=(self.steps_3d >= 1, ">= 1"),
+               lr_3d=(self.lr_3d > 0, "> 0"), lr_2d=(self.lr_2d > 0, "> 0"), lambda_1=(self.lambda_1 >= 0, ">= 0"),
+               lambda_2=(self.lambda_2 >= 0, ">= 0"), lambda_style_2d=(self.lambda_style_2d >= 0, ">= 0"),
+               lpips_size=(self.lpips_size >= 32, ">= 32"))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ def test_defaults_apply_for_an_empty_file(tmp_path):
         ("[[schedules]]\nid='a'\ncron='* * * * *'\naction='explode'\n", "schedules[0].action must be one of"),
         ("[[schedules]]\ncron='* * * * *'\naction='regenerate_outdated_packs'\n", "missing required key 'schedules[0].id'"),
         ("engine = 3\n", "engine must be a table"),
+        ("[pipeline.dual]\nlr_3d = 0\n", "config.toml: pipeline.dual.lr_3d must be > 0, got 0.0"),
+        ("[pipeline.style]\nalpha = 2\n", "pipeline.style.alpha must be within [0, 1]"),
+        ("[pipeline.pti]\nsteps = 'many'\n", "pipeline.pti.steps must be an integer, got 'many'"),
+        ("[pipeline.inversoin]\n", "unknown key 'pipeline.inversoin'"),
         ("[engine\n", "not valid TOML"),
     ],
 )
@@ -75,3 +79,10 @@ def test_cli_exits_nonzero_with_one_line_on_bad_config(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == ["config.toml: engine.lease_seconds must be an integer >= 5 <= 3600, got -1"]
+
+
+def test_loading_the_config_does_not_import_torch(repo_root):
+    code = ("import sys; from emoji3d.config import load_config; "
+            f"load_config({str(repo_root / 'config.toml')!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
