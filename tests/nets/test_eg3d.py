@@ -259,3 +259,13 @@ def test_official_raw_aliasing_only_when_the_2x_head_gets_its_native_size(G):
         assert torch.equal(clean["image"], off["image"])
         assert torch.equal(clean["image_depth"], off["image_depth"])
         assert torch.equal(clean["image_raw"], off["image_raw"]) != aliased
+
+
+def test_gradients_reach_ws_through_planes_render_and_sr(G):
+    ws = G.mapping(_z(1, seed=5), camera.conditioning_label(1)).detach().requires_grad_(True)
+    c = camera.orbit_label(0.2, 0.0)
+    out = G.synthesis(ws, c, neural_rendering_resolution=16, depth_resolution=6, depth_resolution_importance=6,
+                      sampling="stochastic", generator=torch.Generator().manual_seed(0))
+    (out["image"].mean() + out["image_raw"].mean() + out["image_depth"].mean()).backward()
+    assert ws.grad is not None and torch.isfinite(ws.grad).all()
+    assert float(ws.grad[:, :-1].abs().sum()) > 0 and float(ws.grad[:, -1].abs().sum()) > 0
