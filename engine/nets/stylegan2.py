@@ -488,6 +488,9 @@ class SynthesisNetwork(torch.nn.Module):
 
 class Generator(torch.nn.Module):
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, **synthesis_kwargs):
+        # stylegan2-ada passes the synthesis arguments as one dict, stylegan3 as keywords: accept both.
+        nested = synthesis_kwargs.pop("synthesis_kwargs", None) or {}
+        synthesis_kwargs = {**dict(nested), **synthesis_kwargs}
         super().__init__()
         self.z_dim = z_dim
         self.c_dim = c_dim

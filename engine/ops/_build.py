@@ -16,6 +16,7 @@ machine without a GPU, e.g. a Docker build), else the visible GPU's.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -89,7 +90,15 @@ def build(name: str, verbose: bool = False) -> ModuleType:
         build_dir.mkdir(parents=True, exist_ok=True)
         old_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+        # Our own advisory lock (released by the OS if the process dies): while we
+        # hold it no other emoji3d process builds here, so a torch 'lock' baton
+        # left by a killed build is stale and would otherwise block forever.
+        lock_file = open(build_dir / ".emoji3d-build.lock", "w")
         try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            stale = build_dir / "lock"
+            if stale.exists():
+                stale.unlink()
             module = cpp_extension.load(
                 name=f"emoji3d_{name}_{dig}",
                 sources=[str(SOURCE_DIR / s) for s in EXTENSIONS[name]],
@@ -99,6 +108,7 @@ def build(name: str, verbose: bool = False) -> ModuleType:
                 verbose=verbose,
             )
         finally:
+            lock_file.close()
             if old_arch is None:
                 os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
             else:
