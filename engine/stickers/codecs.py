@@ -53,7 +53,8 @@ def write_webm_vp9(frames: list[np.ndarray], fps: float, crf: int, *, cpu_used: 
     h, w = frames[0].shape[:2]
     rate = Fraction(fps).limit_denominator(1001)
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="webm") as box:
+    # bitexact: no random track/segment UIDs and no version string, so equal input gives equal bytes
+    with av.open(buf, mode="w", format="webm", options={"fflags": "+bitexact"}) as box:
         st = box.add_stream("libvpx-vp9", rate=rate)
         st.width, st.height = w, h
         st.pix_fmt = "yuva420p"

@@ -56,10 +56,10 @@ from .verify import VerifyReport, verify
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    crf_best: int = 18  # below this VP9 gains nothing visible at sticker sizes, only bytes
-    crf_start: int = 28
+    crf_best: int = 24  # below this VP9 spends bytes on detail nobody sees at sticker size
+    crf_start: int = 30
     crf_worst: int = 63
-    refine_steps: int = 5  # bisection steps toward better quality once a level fits
+    refine_steps: int = 4  # bisection steps toward better quality once a level fits (after trying the best)
     vp9_cpu_used: int = 4  # libvpx speed (0 best .. 8 fastest) in "good" deadline
     vp9_deadline: str = "good"
     threads: int = 1
@@ -107,6 +107,7 @@ class EncodeReport:
     fps_out: float | None
     duration_out_s: float | None
     content_scale: float
+    source_frames: tuple[int, ...]  # input frame shown as each output frame (before any merging by the writer)
     settings: dict[str, object]
     byte_size: int
     max_bytes: int
@@ -192,7 +193,8 @@ def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: E
     animated_in = len(frames) > 1
     result: tuple[_Found, Layout, Timing | None, float, str] | None = None
 
-    if animated_in or not tgt.static_formats:
+    still_k = min(max(cfg.still_frame, 0), len(frames) - 1) if animated_in else 0
+    if (animated_in and tgt.animated_formats) or not tgt.static_formats:
         for rule in tgt.animated_formats:
             if rule.container == "webm":
                 result = _search_webm(frames, fps, tgt, rule, cfg, tries, src_h, src_w)
@@ -201,12 +203,13 @@ def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: E
             if result is not None:
                 break
         if result is None and animated_in and tgt.static_formats and cfg.allow_static_fallback:
-            k = min(max(cfg.still_frame, 0), len(frames) - 1)
-            result = _search_still(frames[k], tgt, cfg, tries, src_h, src_w)
+            result = _search_still(frames[still_k], tgt, cfg, tries, src_h, src_w)
             if result is not None:
-                adjustments.append(f"no animation fitted; fell back to a still image of frame {k}")
+                adjustments.append(f"no animation fitted; fell back to a still image of frame {still_k}")
     else:
-        result = _search_still(frames[0], tgt, cfg, tries, src_h, src_w)
+        result = _search_still(frames[still_k], tgt, cfg, tries, src_h, src_w)
+        if animated_in:
+            adjustments.append(f"{tgt.name} is a still target: used frame {still_k} of {len(frames)}")
 
     if result is None:
         raise StickerEncodeError(
@@ -234,7 +237,9 @@ def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: E
         frames_out=found.verify.props.n_frames,
         fps_out=timing.fps if timing is not None else None,
         duration_out_s=timing.duration_s if timing is not None else None,
-        content_scale=scale, settings=found.settings, byte_size=len(found.data),
+        content_scale=scale,
+        source_frames=timing.indices if timing is not None else (still_k,),
+        settings=found.settings, byte_size=len(found.data),
         max_bytes=rule.max_bytes if rule else -1, adjustments=tuple(adjustments),
         attempts=tuple(tries.attempts), verify=found.verify, seconds=time.perf_counter() - t_start)
     return EncodeResult(found.data, report)
@@ -268,6 +273,11 @@ def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, at
     def best_knob(level: int, lo: int, hi: int, found: _Found):
         # knob ``hi`` fits; bisect [lo, hi) for a better one that fits too
         best, best_i = found, hi
+        if lo < hi and tries.budget_left():  # typical content fits at the best knob: one try settles it
+            got = attempt(level, lo)
+            if got is not None:
+                return got, level, lo
+            lo += 1
         for _ in range(refine_steps):
             if lo >= best_i or not tries.budget_left():
                 break
