@@ -6,10 +6,9 @@ tests/storage/jobhandlers.py; tests kill, stop, signal and cancel them.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
+import threading
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -226,7 +225,6 @@ def test_outputs_of_a_running_job_survive_gc(env):
     db = env["db"]
     jid = q.enqueue(db, "steps", _payload(env, 6, 0.5), "gc-1")
     w = Worker(db, env["blobs"], jobhandlers.factory(), "inproc", 1.2, 0.05, heartbeat_interval=0.3)
-    import threading
 
     t = threading.Thread(target=w.run, kwargs={"max_jobs": 1})
     t.start()
