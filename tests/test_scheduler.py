@@ -118,7 +118,7 @@ def test_scheduled_regeneration_survives_restart_and_fires(world):
     declarations, runs it on start (missed run) and runs the other on time."""
     db, url, tmp = world["db"], world["url"], world["tmp"]
     t0 = time.time()
-    t_missed, t_live = int(t0) + 8, int(t0) + 14
+    t_missed, t_live = int(t0) + 8, int(t0) + 16
     declared = [
         {"id": "style-refresh", "cron": _cron_at(t_missed), "action": "regenerate_style_packs",
          "selector": {"styles": ["toon"]}},
