@@ -363,6 +363,7 @@ class TriPlaneGenerator(torch.nn.Module):
             raise ValueError(f"planes must be [P,3,{PLANE_CHANNELS},H,W], got {tuple(planes.shape)}")
         if c.ndim != 2 or c.shape[1] != 25:
             raise ValueError(f"camera labels must be [B,25], got {tuple(c.shape)}")
+        c = c.to(device=planes.device, dtype=planes.dtype)
         p, b = planes.shape[0], c.shape[0]
         if b % p != 0:
             raise ValueError(f"{b} cameras cannot be shared evenly by {p} plane sets")
