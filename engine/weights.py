@@ -466,7 +466,7 @@ def audit_module_src(src: str, class_name: str, source: str) -> None:
     ``class_name`` is defined. The real protection is that the source is never
     executed; this check refuses files that are obviously crafted."""
     try:
-        tree = ast.parse(src)
+        tree = ast.parse(src.lstrip("\ufeff"))
     except SyntaxError as exc:
         raise UnsafePickle(f"{source}: embedded module source for {class_name} does not parse ({exc.msg})", file=source) from None
 

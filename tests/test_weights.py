@@ -494,3 +494,10 @@ def test_torch_load_always_weights_only():
             if re.search(r"\bpickle\.loads?\(", src) and f.name != "weights.py":
                 offenders.append(f"{f.relative_to(REPO)}: plain pickle.load")
     assert not offenders, offenders
+
+
+def test_audit_accepts_official_style_source_with_bom():
+    # stylegan2-ada's training/networks.py starts with a UTF-8 byte-order mark
+    W.audit_module_src("\ufeff" + _NET_SRC, "Generator", "net.pkl")
+    with pytest.raises(W.UnsafePickle, match="does not define class Mapping"):
+        W.audit_module_src(_NET_SRC, "Mapping", "net.pkl")
