@@ -82,13 +82,12 @@ class JobContext:
         if self._release_on_stop and self._stop.is_set():
             raise JobInterrupted(f"job {self.job.id}: worker shutting down")
         try:
-            status = q.job_status(self.db, self.job.id)
-        except q.JobNotFound:
-            raise JobAborted(f"job {self.job.id} was deleted") from None
+            status = q.lease_status(self.db, self.job.id, self.token)
+        except LeaseLost:
+            self._lease_lost.set()
+            raise JobAborted(f"job {self.job.id}: lease lost") from None
         if status == "cancel_requested":
             raise JobCancelled(f"job {self.job.id} cancelled")
-        if status != "running":
-            raise JobAborted(f"job {self.job.id} is {status}, no longer ours")
 
     def progress(self, stage: str, fraction: float) -> None:
         """Record the stage and overall fraction, then check for cancellation."""

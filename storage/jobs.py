@@ -384,6 +384,16 @@ def job_status(db: Database, job_id: JobId) -> str:
     return str(st)
 
 
+def lease_status(db: Database, job_id: JobId, token: str) -> str:
+    """The job's status if ``token`` still holds its lease; raises :class:`LeaseLost`
+    otherwise (reclaimed by another worker, released, finished or deleted)."""
+    with db.read() as conn:
+        row = conn.execute(sa.text("SELECT status, lease_token FROM jobs WHERE id = :id"), {"id": job_id}).first()
+    if row is None or row[1] != token or row[0] not in ACTIVE:
+        raise LeaseLost(f"job {job_id}: lease {token[:8]}… is no longer held")
+    return str(row[0])
+
+
 def find_by_key(db: Database, idempotency_key: str) -> Job | None:
     with db.read() as conn:
         row = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = :k"),

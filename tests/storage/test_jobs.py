@@ -191,3 +191,14 @@ def test_concurrent_claims_never_hand_a_job_to_two_workers(db_url, db, tmp_path)
     claimed = [int(x) for o in outs for x in o.read_text().split()]
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
     assert all(j.status == "succeeded" and j.attempts == 1 for j in q.list_jobs(db, limit=1000))
+
+
+def test_lease_status_tells_the_holder_apart(db):
+    jid = q.enqueue(db, "k", {}, "a", now=T0)
+    first = q.claim(db, "w1", 5, now=T0)
+    assert q.lease_status(db, jid, first.lease_token) == "running"
+    second = q.claim(db, "w2", 5, now=T0 + 6)
+    with pytest.raises(LeaseLost):
+        q.lease_status(db, jid, first.lease_token)
+    q.cancel(db, jid)
+    assert q.lease_status(db, jid, second.lease_token) == "cancel_requested"
