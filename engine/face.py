@@ -1,9 +1,11 @@
 """Face front end: one selfie in, everything both generators need out.
 
-:func:`analyze_face` runs, in order: landmarks (largest face; several faces is
-a *warning*), face-size check, head pose and its limits, eyes-closed check,
-FFHQ crop (1024, and 256 for e4e), EG3D crop (512), the 25-number EG3D camera
-label and the FFHQ-1024 → EG3D-512 similarity. Each refusal is a
+:func:`check_face` (what a bot needs before queueing a job; tens of ms) runs
+landmarks (largest face; several faces is a *warning*), the face-size check,
+head pose with its limits and the 25-number EG3D camera label, and the
+eyes-closed check. :func:`analyze_face` (what the engine needs) adds the FFHQ
+crop (1024, and 256 for e4e), the EG3D crop (512) and the FFHQ-1024 →
+EG3D-512 similarity. Each refusal is a
 :class:`~emoji3d.errors.UserFacingError` with a stable key (``no_face``,
 ``face_too_small``, ``head_turned_too_far``, ``eyes_closed``).
 
@@ -109,13 +111,26 @@ def refined_ffhq_anchors(rgb: np.ndarray, face: FaceLandmarks, detector: Landmar
     return fa.apply(fa.invert(quick.matrix), fa.ffhq_anchor_points(again[0]))
 
 
-def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: LandmarkDetector | None = None) -> FaceResult:
-    """Find, check, crop and pose the largest face of an RGB uint8 photo (H, W, 3).
+@dataclass(frozen=True)
+class FaceCheck:
+    """What :func:`check_face` finds: enough for a bot to accept or refuse a selfie."""
+
+    landmarks: FaceLandmarks  # the largest face
+    n_faces: int
+    warnings: tuple[FaceWarning, ...]
+    face_px: float
+    eye_aspect_ratios: tuple[float, float]
+    pose: HeadPose
+    camera_label: np.ndarray  # (25,) float64
+
+
+def check_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: LandmarkDetector | None = None) -> FaceCheck:
+    """Landmarks of the largest face and every refusal (no crops; tens of ms).
 
     Pass a long-lived ``detector`` in workers; without one, a detector is made for this call."""
     if detector is None:
         with LandmarkDetector(max_faces=cfg.max_faces) as own:
-            return analyze_face(rgb, cfg, own)
+            return check_face(rgb, cfg, own)
     faces = detector.detect_with_search(rgb, cfg.max_faces)
     if not faces:
         raise NoFaceError("no face found")
@@ -131,24 +146,30 @@ def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: Land
     pose = solve_head_pose(face.points)
     check_pose_limits(pose, cfg.max_yaw_degrees, cfg.max_pitch_degrees)
     ears = check_eyes_open(face, cfg.eyes_closed_ear)
+    return FaceCheck(face, len(faces), warnings, face_px, ears, pose, label_from_pose(pose))
 
-    anchors = refined_ffhq_anchors(rgb, face, detector) if cfg.refine_alignment else fa.ffhq_anchor_points(face)
+
+def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: LandmarkDetector | None = None) -> FaceResult:
+    """:func:`check_face`, then both crops and the crop-to-crop map."""
+    if detector is None:
+        with LandmarkDetector(max_faces=cfg.max_faces) as own:
+            return analyze_face(rgb, cfg, own)
+    c = check_face(rgb, cfg, detector)
+    anchors = refined_ffhq_anchors(rgb, c.landmarks, detector) if cfg.refine_alignment else fa.ffhq_anchor_points(c.landmarks)
     ffhq = fa.ffhq_crop(rgb, anchors, cfg.ffhq)
-    e4e_image = _resize_square(ffhq.image, cfg.e4e_size)
-    e4e_matrix = fa.rescale_output(ffhq.matrix, cfg.ffhq.output_size, cfg.e4e_size)
-    eg3d = fa.eg3d_crop(rgb, face.five_points(), cfg.eg3d)
+    eg3d = fa.eg3d_crop(rgb, c.landmarks.five_points(), cfg.eg3d)
     return FaceResult(
-        landmarks=face,
-        n_faces=len(faces),
-        warnings=warnings,
-        face_px=face_px,
-        eye_aspect_ratios=ears,
-        pose=pose,
-        camera_label=label_from_pose(pose),
+        landmarks=c.landmarks,
+        n_faces=c.n_faces,
+        warnings=c.warnings,
+        face_px=c.face_px,
+        eye_aspect_ratios=c.eye_aspect_ratios,
+        pose=c.pose,
+        camera_label=c.camera_label,
         ffhq_anchors=anchors,
         ffhq=ffhq,
-        e4e_image=e4e_image,
-        e4e_matrix=e4e_matrix,
+        e4e_image=_resize_square(ffhq.image, cfg.e4e_size),
+        e4e_matrix=fa.rescale_output(ffhq.matrix, cfg.ffhq.output_size, cfg.e4e_size),
         eg3d=eg3d,
         ffhq_to_eg3d=fa.crop_to_crop(ffhq.matrix, eg3d.matrix),
     )

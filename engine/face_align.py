@@ -6,6 +6,8 @@
   is much larger than the output, crop with a border, pad with a blurred
   reflection that fades to the median colour, then sample the square
   (bilinear at ``transform_size``) and resize to ``output_size`` (Lanczos).
+  When the square is enlarged anyway, it is sampled at ``output_size``
+  directly (``adaptive_transform``; see ``FfhqCropConfig``).
   Eye centres are the means of the six eye-contour points (the dlib-68 eye
   points the recipe averages), mouth corners are mesh points 61 and 291.
 - **EG3D crop** (3D branch): EG3D's in-the-wild preprocessing
@@ -136,6 +138,10 @@ class FfhqCropConfig:
     output_size: int = 1024
     transform_size: int = 4096  # the recipe samples at 4096 then resizes (FFHQ); lower is faster
     enable_padding: bool = True
+    # Sample directly at output_size when the square is enlarged (its side in the working image is at
+    # most output_size): the 4096 detour only antialiases a reduction. Measured on the astronaut
+    # (enlarged 5.9x): 57 dB PSNR against the 4096 path, 30x faster.
+    adaptive_transform: bool = True
 
     def __post_init__(self) -> None:
         if self.output_size < 8 or self.transform_size < self.output_size:
@@ -218,6 +224,8 @@ def ffhq_crop(rgb: np.ndarray, anchors: np.ndarray, cfg: FfhqCropConfig = FfhqCr
 
     # Sample the square: output pixel centre (i + 0.5) / T along UL->UR and UL->LL.
     t = cfg.transform_size
+    if cfg.adaptive_transform and qsize <= cfg.output_size:
+        t = cfg.output_size
     img = img.transform((t, t), Image.QUAD, tuple((quad + 0.5).flatten()), Image.BILINEAR)
     if cfg.output_size < t:
         img = img.resize((cfg.output_size, cfg.output_size), Image.LANCZOS)

@@ -131,3 +131,22 @@ def test_cli_bad_input_friendly_exit_2(tmp_path, capsys):
     assert main([str(blank), "--out", str(tmp_path / "o")]) == 2
     assert message("no_face") in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_face_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, engine.face, engine.face_cli, engine.checks.face_geometry, engine.face_pose, engine.face_align; "
+        "print(int('torch' in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "0"
+
+
+def test_check_face_agrees_with_analyze(astronaut, detector, astronaut_result):
+    from engine.face import check_face
+
+    c = check_face(astronaut, detector=detector)
+    assert np.array_equal(c.camera_label, astronaut_result.camera_label)
+    assert c.face_px == astronaut_result.face_px and c.n_faces == 1

@@ -1,0 +1,100 @@
+"""Face front end benchmark: milliseconds per image on the CPU.
+
+    python bench/face.py [--repeats N] [--image PATH] [--sizes 512,2048,4032]
+
+For each photo size (the astronaut, or ``--image``, resized so that its longer
+side is the given size) it prints the median over ``--repeats`` of:
+
+- decode: ``emoji3d.images.decode_image`` of a JPEG of that photo;
+- landmarks: one MediaPipe face-mesh pass (detector created once, outside the timing);
+- pose: the weighted Procrustes fit + EG3D label;
+- check: ``check_face`` (landmarks + size, pose, eyes checks; what a bot needs);
+- ffhq / ffhq@1024: the FFHQ 1024 crop with the default config (the recipe's 4096
+  sampling when the face is reduced, direct sampling when it is enlarged) and
+  with sampling always at 1024;
+- refine: the second landmark pass on a quick 512 crop;
+- eg3d_512: the EG3D crop;
+- analyze: the whole ``analyze_face`` (default config).
+
+One thread (``OMP_NUM_THREADS=1``) unless the environment says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--image", help="photo to use (default: skimage.data.astronaut)")
+    p.add_argument("--sizes", default="512,2048,4032", help="longer side of the photo, comma-separated")
+    args = p.parse_args(argv)
+
+    from emoji3d.images import decode_image, read_image_file
+    from engine import face_align as fa
+    from engine.face import FaceConfig, analyze_face, check_face, refined_ffhq_anchors
+    from engine.face_landmarks import LandmarkDetector
+    from engine.face_pose import label_from_pose, solve_head_pose
+
+    if args.image:
+        base = read_image_file(args.image)
+    else:
+        from skimage import data
+
+        base = data.astronaut()
+    rows = []
+    with LandmarkDetector() as det:
+        for size in (int(s) for s in args.sizes.split(",")):
+            h, w = base.shape[:2]
+            k = size / max(h, w)
+            rgb = np.asarray(Image.fromarray(base).resize((round(w * k), round(h * k)), Image.BICUBIC))
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, "JPEG", quality=92)
+            jpeg = buf.getvalue()
+            face = det.detect(rgb, 1)[0]
+            anchors = fa.ffhq_anchor_points(face)
+            r = args.repeats
+            row = {
+                "photo": f"{rgb.shape[1]}x{rgb.shape[0]}",
+                "decode": _median_ms(lambda: decode_image(jpeg), r),
+                "landmarks": _median_ms(lambda: det.detect(rgb, 1), r),
+                "pose": _median_ms(lambda: label_from_pose(solve_head_pose(face.points)), r),
+                "check": _median_ms(lambda: check_face(rgb, FaceConfig(), det), r),
+                "ffhq": _median_ms(lambda: fa.ffhq_crop(rgb, anchors), r),
+                "ffhq@1024": _median_ms(lambda: fa.ffhq_crop(rgb, anchors, fa.FfhqCropConfig(transform_size=1024)), r),
+                "refine": _median_ms(lambda: refined_ffhq_anchors(rgb, face, det), r),
+                "eg3d_512": _median_ms(lambda: fa.eg3d_crop(rgb, face.five_points()), r),
+                "analyze": _median_ms(lambda: analyze_face(rgb, FaceConfig(), det), max(1, r // 2)),
+            }
+            rows.append(row)
+    cols = list(rows[0])
+    print(f"face front end, ms per image (median), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print("  ".join(f"{c:>10}" for c in cols))
+    for row in rows:
+        print("  ".join(f"{row[c]:>10}" if isinstance(row[c], str) else f"{row[c]:>10.1f}" for c in cols))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
