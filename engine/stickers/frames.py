@@ -5,7 +5,7 @@ Conventions
 * A frame is an RGBA ``uint8`` array of shape ``(H, W, 4)``, straight (not
   premultiplied) alpha. All frames of a sequence share one shape.
 * Fitting: the content is resized with its aspect ratio kept, using Lanczos on
-  *premultiplied* colour (Pillow mode ``RGBa``) so no dark fringe appears at
+  *premultiplied* colour (float planes) so no dark fringe appears at
   transparent edges. Non-square targets (Telegram 512 px): the long side
   becomes exactly ``side``, the short side is scaled to match (rounded, at
   least 1 px) and, for WEBM only, padded to an even number with a transparent
@@ -95,12 +95,30 @@ def fit_frame(frame: np.ndarray, lay: Layout) -> np.ndarray:
     if (w, h) == (lay.content_w, lay.content_h):
         content = frame
     else:
-        im = Image.fromarray(frame, "RGBA").convert("RGBa")
-        im = im.resize((lay.content_w, lay.content_h), Image.Resampling.LANCZOS)
-        content = np.asarray(im.convert("RGBA"))
+        content = _resize_premultiplied(frame, lay.content_w, lay.content_h)
     out = np.zeros((lay.canvas_h, lay.canvas_w, 4), np.uint8)  # transparent canvas
     out[lay.top : lay.top + lay.content_h, lay.left : lay.left + lay.content_w] = content
     return clear_transparent(out)
+
+
+def _resize_premultiplied(frame: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Lanczos resize of premultiplied colour in float32, then back to straight RGBA uint8.
+
+    Float planes (Pillow mode ``F``) avoid the 8-bit premultiplied round trip, which
+    turns the colour of alpha-1..3 edge pixels into noise (costly to encode, and
+    faintly visible).
+    """
+    a = frame[..., 3].astype(np.float32) / 255.0  # (H, W)
+    planes = [frame[..., c].astype(np.float32) * a for c in range(3)] + [a * 255.0]
+    size = (w, h)
+    res = [np.asarray(Image.fromarray(p, "F").resize(size, Image.Resampling.LANCZOS)) for p in planes]
+    alpha = np.clip(res[3], 0.0, 255.0)  # (h, w)
+    out = np.zeros((h, w, 4), np.uint8)
+    safe = np.maximum(alpha / 255.0, 1e-6)
+    for c in range(3):
+        out[..., c] = np.clip(res[c] / safe, 0.0, 255.0) + 0.5
+    out[..., 3] = alpha + 0.5
+    return out
 
 
 def clear_transparent(frame: np.ndarray) -> np.ndarray:
