@@ -106,3 +106,14 @@ def build_arcface(state_dict: dict[str, torch.Tensor], cfg: ArcFaceConfig | None
         model = ArcFaceBackbone(cfg)
     load_module_state(model, state_dict, source, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def load_arcface(folder) -> ArcFaceBackbone:
+    """The ArcFace from a folder written by ``emoji3d weights convert arcface_ir_se50``."""
+    from emoji3d.errors import WeightsError
+    from engine.weights import load_converted
+
+    cfg, groups = load_converted(folder)
+    if "state" not in groups:
+        raise WeightsError(f"{folder}: not a converted ArcFace folder (groups: {', '.join(groups)})", file=str(folder))
+    return build_arcface(groups["state"], source=f"{folder}/state.safetensors")

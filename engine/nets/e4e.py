@@ -200,3 +200,15 @@ def build_encoder(state_dict: dict[str, torch.Tensor], cfg: E4EConfig | None = N
         model = Encoder4Editing(cfg)
     load_module_state(model, state_dict, source, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def load_e4e(folder) -> tuple[Encoder4Editing, torch.Tensor]:
+    """(encoder, latent_avg [n_styles,512]) from a folder written by
+    ``emoji3d weights convert e4e_ffhq`` (groups ``encoder`` and ``latent_avg``)."""
+    from emoji3d.errors import WeightsError
+    from engine.weights import load_converted
+
+    cfg, groups = load_converted(folder)
+    if "encoder" not in groups or "latent_avg" not in groups:
+        raise WeightsError(f"{folder}: not a converted e4e folder (groups: {', '.join(groups)})", file=str(folder))
+    return build_encoder(groups["encoder"], source=f"{folder}/encoder.safetensors"), groups["latent_avg"]["latent_avg"]

@@ -171,3 +171,42 @@ def test_split_checkpoint_and_layout_errors(fixture):
         build_arcface(bad, source="model_ir_se50.pth")
     msg = str(ei.value)
     assert "model_ir_se50.pth" in msg and "output_layer.3.bias" in msg and "output_layer.9.weight" in msg
+
+
+def test_load_from_converted_folders_errors(tmp_path):
+    from engine.nets.arcface import load_arcface
+    from engine.nets.e4e import load_e4e
+    from engine.weights import WeightsMissing, convert
+
+    with pytest.raises(WeightsMissing, match="weights convert"):
+        load_e4e(tmp_path / "nothing")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "model_ir_se50.pth")
+    out = convert(tmp_path / "model_ir_se50.pth", tmp_path / "arc", "arcface")
+    with pytest.raises(WeightsError, match="not a converted e4e folder"):
+        load_e4e(out)
+    with pytest.raises(WeightsError, match="state.safetensors.*missing key"):
+        load_arcface(out)
+
+
+@pytest.mark.slow
+def test_real_checkpoint_formats_round_trip(tmp_path, fixture):
+    """e4e_ffhq_encode.pt / model_ir_se50.pth layouts → convert → load → same outputs (≈1.3 GB on disk)."""
+    import argparse
+
+    from engine.nets.arcface import load_arcface
+    from engine.nets.e4e import load_e4e
+    from engine.weights import convert
+
+    cfg, io = fixture
+    enc_sd = recipe_state_dict(cfg["e4e"]["state_dict_keys_in_order"], cfg["e4e"]["seed"])
+    arc_sd = recipe_state_dict(cfg["arcface"]["state_dict_keys_in_order"], cfg["arcface"]["seed"])
+    avg = torch.randn(18, 512, generator=torch.Generator().manual_seed(5))
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc_sd.items()}, "latent_avg": avg, "opts": argparse.Namespace(stylegan_size=1024)}, tmp_path / "e4e_ffhq_encode.pt")
+    torch.save(arc_sd, tmp_path / "model_ir_se50.pth")
+    enc, latent_avg = load_e4e(convert(tmp_path / "e4e_ffhq_encode.pt", tmp_path / "e4e", "e4e"))
+    arc = load_arcface(convert(tmp_path / "model_ir_se50.pth", tmp_path / "arc", "arcface"))
+    x = io["input_256"]
+    with torch.no_grad():
+        assert torch.equal(latent_avg, avg)
+        assert torch.allclose(encode(enc, x, latent_avg), build_encoder(enc_sd)(x) + avg, atol=1e-5)
+        assert (arc(id_crop(x)) - io["arcface_embedding"]).abs().max() <= _tol(io["arcface_embedding"])
