@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from engine.face_landmarks import EYE_LEFT_CONTOUR, EYE_RIGHT_CONTOUR, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarks
+from engine.face_landmarks import EYE_LEFT_CONTOUR, EYE_RIGHT_CONTOUR, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarks, check_rgb
 
 # Standard 5-point 3D template (left eye, right eye, nose tip, left and right mouth corner as
 # seen in the image; y up), from Deep3DFaceRecon BFM/similarity_Lm3D_all.mat as EG3D loads it.
@@ -182,12 +182,15 @@ def ffhq_quad(anchors: np.ndarray) -> tuple[np.ndarray, float]:
     y = np.array([-x[1], x[0]])
     c = eye_avg + eye_to_mouth * 0.1
     quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-    return quad, float(math.hypot(*x) * 2.0)
+    qsize = float(math.hypot(*x) * 2.0)
+    if qsize < 8.0:
+        raise ValueError(f"face anchors span only {qsize:.1f} px; too small to crop")
+    return quad, qsize
 
 
 def ffhq_crop(rgb: np.ndarray, anchors: np.ndarray, cfg: FfhqCropConfig = FfhqCropConfig()) -> FfhqCrop:
     """The FFHQ-aligned crop of ``rgb`` from the 4 anchors of :func:`ffhq_anchor_points`."""
-    _check_rgb(rgb)
+    check_rgb(rgb, min_side=1)
     quad0, qsize0 = ffhq_quad(anchors)
     quad, qsize = quad0.copy(), qsize0
     img = Image.fromarray(rgb)
@@ -242,16 +245,15 @@ def _blurred_reflection_pad(arr: np.ndarray, pad: list[int], qsize: float) -> np
     """The recipe's padding: reflect, blend towards a Gaussian blur and the median colour near the edges."""
     from scipy.ndimage import gaussian_filter
 
-    left, top, right, bottom = pad
+    left, top, right, bottom = pad  # each >= 1 (the caller raises them to 0.3 * qsize, qsize >= 8)
     img = np.pad(arr.astype(np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")  # (H', W', 3)
     h, w, _ = img.shape
     yy, xx = np.ogrid[:h, :w]
-    xx = xx.astype(np.float32)[:, :, None]
-    yy = yy.astype(np.float32)[:, :, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fx = np.minimum(xx / max(left, 1e-9) if left else np.inf, (w - 1 - xx) / right if right else np.inf)
-        fy = np.minimum(yy / max(top, 1e-9) if top else np.inf, (h - 1 - yy) / bottom if bottom else np.inf)
-    mask = np.maximum(1.0 - fx, 1.0 - fy).astype(np.float32)  # 1 at the outer edge, <= 0 inside
+    xx = xx.astype(np.float32)[:, :, None]  # (1, W', 1)
+    yy = yy.astype(np.float32)[:, :, None]  # (H', 1, 1)
+    fx = np.minimum(xx / left, (w - 1 - xx) / right)
+    fy = np.minimum(yy / top, (h - 1 - yy) / bottom)
+    mask = np.maximum(1.0 - fx, 1.0 - fy)  # (H', W', 1): 1 at the outer edge, <= 0 inside the photo
     blur = qsize * 0.02
     img += (gaussian_filter(img, [blur, blur, 0]) - img) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
     img += (np.median(img, axis=(0, 1)) - img) * np.clip(mask, 0.0, 1.0)
@@ -344,7 +346,7 @@ def eg3d_crop(
 ) -> Eg3dCrop:
     """EG3D's in-the-wild crop from five points (y down; image-left eye, image-right eye, nose tip,
     image-left mouth corner, image-right mouth corner)."""
-    _check_rgb(rgb)
+    check_rgb(rgb, min_side=1)
     h0, w0 = rgb.shape[:2]
     params = eg3d_trans_params(five_points, (w0, h0), cfg, template)
     matrix, win, (w, h) = eg3d_matrix(params, cfg)
@@ -362,6 +364,3 @@ def eg3d_crop(
     return Eg3dCrop(image=np.asarray(out, dtype=np.uint8), matrix=matrix, trans_params=params)
 
 
-def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {getattr(rgb, 'dtype', type(rgb))} {getattr(rgb, 'shape', '')}")

@@ -65,14 +65,15 @@ class FaceLandmarks:
         return (x1 - x0) * (y1 - y0)
 
 
-def _check_rgb(rgb: np.ndarray) -> None:
+def check_rgb(rgb: np.ndarray, min_side: int = 8) -> None:
+    """Raise ValueError unless ``rgb`` is an RGB uint8 array (H, W, 3) with both sides >= ``min_side``."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(
             "expected an RGB uint8 array (H, W, 3), got "
             f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}"
         )
-    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
-        raise ValueError(f"image too small for landmark detection: {rgb.shape[1]}x{rgb.shape[0]}")
+    if rgb.shape[0] < min_side or rgb.shape[1] < min_side:
+        raise ValueError(f"image too small: {rgb.shape[1]}x{rgb.shape[0]} (need >= {min_side} px a side)")
 
 
 class LandmarkDetector:
@@ -98,7 +99,7 @@ class LandmarkDetector:
 
     def detect(self, rgb: np.ndarray, max_faces: int | None = None) -> list[FaceLandmarks]:
         """Landmarks of up to ``max_faces`` faces, largest first; [] when none."""
-        _check_rgb(rgb)
+        check_rgb(rgb)
         limit = self.max_faces if max_faces is None else min(max_faces, self.max_faces)
         h, w = rgb.shape[:2]
         with self._lock:

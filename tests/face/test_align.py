@@ -181,3 +181,17 @@ def test_ffhq_quad_rejects_degenerate():
         fa.ffhq_quad(np.zeros((4, 2)))
     with pytest.raises(ValueError):
         fa.eg3d_crop(np.zeros((10, 10), np.uint8), np.zeros((5, 2)))
+
+
+def test_ffhq_crop_pads_with_blurred_reflection(astronaut, detector):
+    photo = np.ascontiguousarray(astronaut[40:300, 150:400])  # the face close to the top and left edges
+    face = detector.detect(photo, 1)[0]
+    anchors = fa.ffhq_anchor_points(face)
+    crop = fa.ffhq_crop(photo, anchors, fa.FfhqCropConfig(transform_size=1024))
+    assert crop.quad[:, 0].min() < 0 or crop.quad[:, 1].min() < 0  # the square leaves the photo
+    assert crop.image[:40].mean() > 60  # padded area is filled, not black
+    unpadded = fa.ffhq_crop(photo, anchors, fa.FfhqCropConfig(transform_size=1024, enable_padding=False))
+    assert unpadded.image[:20].mean() < crop.image[:20].mean()
+    eyes = fa.apply(crop.matrix, anchors[:2])
+    again = fa.ffhq_anchor_points(detector.detect(crop.image, 1)[0])[:2]
+    assert np.abs(again - eyes).max() < 4.0

@@ -150,3 +150,23 @@ def test_check_face_agrees_with_analyze(astronaut, detector, astronaut_result):
     c = check_face(astronaut, detector=detector)
     assert np.array_equal(c.camera_label, astronaut_result.camera_label)
     assert c.face_px == astronaut_result.face_px and c.n_faces == 1
+
+
+def test_eyes_closed_detected_on_painted_photo(astronaut, detector, astronaut_result):
+    """The astronaut with both eyes painted over in skin colour plus a lid line: the real detector
+    follows the paint and the eye aspect ratio collapses (about 0.04-0.09 vs 0.32 open)."""
+    from PIL import ImageDraw
+
+    from engine.face import check_face
+
+    img = Image.fromarray(astronaut.copy())
+    draw = ImageDraw.Draw(img)
+    for contour in (EYE_LEFT_CONTOUR, EYE_RIGHT_CONTOUR):
+        p = astronaut_result.landmarks.xy[list(contour)]
+        (x0, y0), (x1, y1) = p.min(0) - [2, 3], p.max(0) + [2, 2]
+        skin = tuple(int(v) for v in astronaut[int(y1) + 6, int((x0 + x1) / 2)])
+        draw.rectangle((x0, y0, x1, y1), fill=skin)
+        draw.line((x0 + 1, (y0 + y1) / 2 + 1, (x0 + x1) / 2, y1 - 1, x1 - 1, (y0 + y1) / 2 + 1), fill=(60, 40, 35), width=2)
+    with pytest.raises(EyesClosedError) as e:
+        check_face(np.asarray(img), detector=detector)
+    assert e.value.key == "eyes_closed"
