@@ -61,6 +61,26 @@ def target_arch() -> str:
     return ""
 
 
+def _cudart_link_dirs(cuda_home: str | None) -> list[str]:
+    """Folders holding libcudart.so. torch derives CUDA_HOME from the nvcc on PATH,
+    which may be a wrapper outside the toolkit (e.g. /usr/local/bin/nvcc), so
+    also look next to the real nvcc and in /usr/local/cuda."""
+    import shutil
+
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cuda_home]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(str(pathlib.Path(nvcc).resolve().parent.parent))
+    roots.append("/usr/local/cuda")
+    found: list[str] = []
+    for root in filter(None, roots):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"):
+            d = pathlib.Path(root) / sub
+            if (d / "libcudart.so").exists() and str(d) not in found:
+                found.append(str(d))
+    return found
+
+
 def digest(name: str, arch: str | None = None) -> str:
     """Hash of the sources + torch/CUDA versions + target arch."""
     if name not in EXTENSIONS:
@@ -105,6 +125,7 @@ def build(name: str, verbose: bool = False) -> ModuleType:
                 build_directory=str(build_dir),
                 extra_cflags=["-O3"],
                 extra_cuda_cflags=["-O3"],
+                extra_ldflags=[f"-L{d}" for d in _cudart_link_dirs(cpp_extension.CUDA_HOME)],
                 verbose=verbose,
             )
         finally:
