@@ -459,6 +459,18 @@ _AUDIT_FORBIDDEN_CALLS = {"exec", "eval", "compile", "__import__", "open", "syst
 _AUDIT_TOPLEVEL_OK = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.If, ast.Try, ast.Pass)
 
 
+def _is_main_guard(node: ast.stmt) -> bool:
+    t = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(t, ast.Compare)
+        and isinstance(t.left, ast.Name)
+        and t.left.id == "__name__"
+        and len(t.comparators) == 1
+        and isinstance(t.comparators[0], ast.Constant)
+        and t.comparators[0].value == "__main__"
+    )
+
+
 def audit_module_src(src: str, class_name: str, source: str) -> None:
     """Static check (``ast`` only, nothing runs) that embedded source looks like a
     network definition: statements that run on import are only imports,
@@ -472,6 +484,8 @@ def audit_module_src(src: str, class_name: str, source: str) -> None:
 
     def check_body(body: list[ast.stmt], where: str) -> None:
         for node in body:
+            if _is_main_guard(node):
+                continue  # `if __name__ == "__main__":` does not run on import
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
                 continue  # docstring
             if not isinstance(node, _AUDIT_TOPLEVEL_OK):
@@ -540,9 +554,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     (``os.system``, ``builtins.eval`` …) raises :class:`UnsafePickle`.
     """
 
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+    def __init__(self, file: io.BufferedIOBase, source: str, audit_source: bool = True) -> None:
         super().__init__(file)
         self.source = source
+        self.audit_source = audit_source
         self._opaque: dict[tuple[str, str], type] = {}
 
     # -- safe stand-ins -------------------------------------------------
@@ -579,7 +594,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         src, cname, state = meta.get("module_src"), meta.get("class_name"), meta.get("state")
         if not isinstance(src, str) or not isinstance(cname, str) or not isinstance(state, dict):
             raise UnsafePickle(f"{self.source}: malformed persistence record; refused", file=self.source)
-        audit_module_src(src, cname, self.source)
+        if self.audit_source:
+            audit_module_src(src, cname, self.source)
         return PersistentObject(cname, src, dict(state))
 
     @staticmethod
@@ -634,11 +650,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickle(f"{self.source}: unexpected persistent id in pickle; refused", file=self.source)
 
 
-def restricted_load(data: bytes | io.BufferedIOBase, source: str) -> Any:
-    """Unpickle with :class:`RestrictedUnpickler`; corrupt input → ``WeightsError`` naming ``source``."""
+def restricted_load(data: bytes | io.BufferedIOBase, source: str, audit_source: bool = True) -> Any:
+    """Unpickle with :class:`RestrictedUnpickler`; corrupt input → ``WeightsError`` naming ``source``.
+
+    ``audit_source=False`` skips the static check of embedded module source
+    (for an official file it wrongly refuses); the source is never executed either way."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
-        return RestrictedUnpickler(f, source).load()
+        return RestrictedUnpickler(f, source, audit_source).load()
     except WeightsError:
         raise
     except EOFError:
@@ -717,7 +736,7 @@ def to_plain(obj: Any, depth: int = 0) -> Any:
     return repr(obj)
 
 
-def load_nvidia_pickle(path: str | os.PathLike) -> NvidiaPickle:
+def load_nvidia_pickle(path: str | os.PathLike, audit_source: bool = True) -> NvidiaPickle:
     """Read an NVIDIA (EG3D / stylegan2-ada / stylegan3) network pickle as data.
 
     Each top-level persistent network becomes a :class:`PickledNetwork` with its
@@ -727,7 +746,7 @@ def load_nvidia_pickle(path: str | os.PathLike) -> NvidiaPickle:
     if not p.is_file():
         raise WeightsMissing(f"{p}: file not found", file=str(p))
     with open(p, "rb") as f:
-        data = restricted_load(f, str(p))
+        data = restricted_load(f, str(p), audit_source)
     if isinstance(data, PersistentObject):
         data = {"G": data}
     if not isinstance(data, dict):
@@ -776,7 +795,7 @@ def _tensor_dict(obj: Any, what: str, source: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def convert(src: str | os.PathLike, out_dir: str | os.PathLike, kind: str) -> pathlib.Path:
+def convert(src: str | os.PathLike, out_dir: str | os.PathLike, kind: str, audit_source: bool = True) -> pathlib.Path:
     """Convert one official file into ``out_dir/config.json`` + ``*.safetensors``.
 
     kinds and outputs (groups are safetensors files):
@@ -793,7 +812,7 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, kind: str) -> pa
     source = str(src_p)
     base = {"kind": kind, "source": src_p.name}
     if kind in ("eg3d_pickle", "stylegan2_ada_pickle"):
-        pk = load_nvidia_pickle(src_p)
+        pk = load_nvidia_pickle(src_p, audit_source)
         nets = {
             name: {"class_name": n.class_name, "init_args": n.init_args, "init_kwargs": n.init_kwargs}
             for name, n in pk.networks.items()

@@ -501,3 +501,18 @@ def test_audit_accepts_official_style_source_with_bom():
     W.audit_module_src("\ufeff" + _NET_SRC, "Generator", "net.pkl")
     with pytest.raises(W.UnsafePickle, match="does not define class Mapping"):
         W.audit_module_src(_NET_SRC, "Mapping", "net.pkl")
+    W.audit_module_src(_NET_SRC + "\nif __name__ == '__main__':\n    main()\n", "Generator", "net.pkl")
+
+
+def test_source_audit_can_be_skipped_but_nothing_runs(tmp_path, fake_nvidia_modules):
+    pers, _ = fake_nvidia_modules
+    marker = tmp_path / "MARKER"
+    src = f"open({str(marker)!r}, 'w').write('x')\nclass Generator:\n    pass\n"
+    meta = dict(type="class", version=6, module_src=src, class_name="Generator", state={"_init_kwargs": {"a": 1}, "_modules": {}})
+    p = tmp_path / "g.pkl"
+    p.write_bytes(_persistent_pickle(pers, meta))
+    with pytest.raises(W.UnsafePickle):
+        W.load_nvidia_pickle(p)
+    pk = W.load_nvidia_pickle(p, audit_source=False)
+    assert pk.networks["G_ema"].init_kwargs == {"a": 1} and pk.networks["G_ema"].state_dict == {}
+    assert not marker.exists()
