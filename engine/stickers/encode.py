@@ -158,23 +158,20 @@ class _Tries:
 
     def run(self, rule: FormatRule, settings: dict[str, object], make: Callable[[], bytes]) -> _Found | None:
         t0 = time.perf_counter()
+        found: _Found | None = None
         try:
             data = make()
         except codecs.OverBudget as e:
-            data, size = None, e.bytes_so_far
+            size = e.bytes_so_far
             reason = f"too_large: passed {size} > {rule.max_bytes} bytes after {e.frames_done} frame(s), stopped"
-            found = None
         else:
             size = len(data)
-        if data is None:
-            pass
-        elif size > rule.max_bytes:
-            reason = f"too_large: {size} > {rule.max_bytes} bytes"
-            found = None
-        else:
-            rep = verify(data, self.target)
-            reason = "; ".join(str(v) for v in rep.reasons)
-            found = _Found(data, rep, dict(settings)) if rep.ok else None
+            if size > rule.max_bytes:
+                reason = f"too_large: {size} > {rule.max_bytes} bytes"
+            else:
+                rep = verify(data, self.target)  # decode and check every rule, not just the size
+                reason = "; ".join(str(v) for v in rep.reasons)
+                found = _Found(data, rep, dict(settings)) if rep.ok else None
         self.attempts.append(Attempt(rule.container, dict(settings), size, found is not None, reason,
                                      time.perf_counter() - t0))
         if found is None:
