@@ -313,11 +313,14 @@ def eg3d_trans_params(
 ) -> np.ndarray:
     """align_img's [w0, h0, s', tx, ty] for five points (y down) in a photo of (w0, h0)."""
     w0, h0 = image_size
-    p = np.asarray(five_points, dtype=np.float64).copy()
+    # float32 like the recipe's landmark file (np.loadtxt(...).astype(np.float32)), flipped to y up in
+    # float32 too: this keeps s, tx, ty within ~1e-7 of the official values, so the recipe's integer
+    # crop offsets come out the same.
+    p = np.asarray(five_points, dtype=np.float32).copy()
     if p.shape != (5, 2):
         raise ValueError(f"five_points must be (5, 2), got {p.shape}")
-    p[:, 1] = h0 - 1 - p[:, 1]  # y up, as the recipe flips them
-    t, s = pos_fit(p, template)
+    p[:, 1] = np.float32(h0 - 1) - p[:, 1]
+    t, s = pos_fit(p.astype(np.float64), template)
     return np.array([w0, h0, cfg.rescale_factor / s, t[0], t[1]], dtype=np.float64)
 
 

@@ -7,8 +7,9 @@ Two kinds of fixture folder, told apart by ``config.json``:
   ``<case>__crop512``. Per case: the five points mapped by our transform vs
   by the official pipeline's transform (built from the fixture's trans params:
   its resize to ``int(w*s)``, integer crop offsets, centre 700 → 512), max
-  Euclidean distance in 512-crop pixels ≤ 1; and the crop's PSNR against the
-  official ``crop512`` ≥ 30 dB.
+  Euclidean distance in 512-crop pixels ≤ 1; the crop's PSNR against the
+  official ``crop512`` ≥ 30 dB; and our ``[w0, h0, s, tx, ty]`` against the
+  fixture's within 1e-5 relative.
 - **labels** (``eg3d_camera_labels``): ``head_pose_convention`` in the config;
   ``angles`` [N,3], ``trans`` [N,3], ``label`` [N,25] (float64). Every label
   number within 1e-6 (absolute, float64).
@@ -27,6 +28,7 @@ TRANS_KEY = "align_img_trans_params [w0,h0,s,tx,ty]"
 POINT_TOL_PX = 1.0
 PSNR_MIN_DB = 30.0
 LABEL_TOL = 1e-6
+TRANS_REL_TOL = 1e-5  # align_img's [w0, h0, s, tx, ty]; informative (the point and PSNR checks decide)
 
 
 def _kind(config: dict) -> str | None:
@@ -72,7 +74,10 @@ def _run_crop(config: dict, io: dict) -> list[TensorCheck]:
             checks.append(TensorCheck(f"{case} (missing {exc.args[0]})", float("nan"), 0.0))
             continue
         ours = fa.eg3d_crop(np.ascontiguousarray(image), np.asarray(points, dtype=np.float64))
-        official, _, _ = fa.eg3d_matrix(np.asarray(info[TRANS_KEY], dtype=np.float64))
+        ref_params = np.asarray(info[TRANS_KEY], dtype=np.float64)
+        official, _, _ = fa.eg3d_matrix(ref_params)
+        rel = float(np.max(np.abs(ours.trans_params - ref_params) / np.maximum(1.0, np.abs(ref_params))))
+        checks.append(TensorCheck(f"{case}/trans_params", rel, TRANS_REL_TOL, rule="rel"))
         d = np.linalg.norm(fa.apply(ours.matrix, points) - fa.apply(official, points), axis=1)
         checks.append(TensorCheck(f"{case}/five_points_512", float(d.max()), POINT_TOL_PX, rule="max px"))
         if ours.image.shape != ref.shape:
