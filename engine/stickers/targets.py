@@ -24,7 +24,8 @@ Sources (facts only): Telegram Bot API "Sticker requirements" (static: PNG or
 WEBP, 512 px side, 512 KB; video: WEBM VP9, 512 px side, <= 30 fps, <= 3 s,
 no audio, 256 KB; custom emoji 100x100; set thumbnail 100x100 WEBP/PNG
 128 KB or WEBM 32 KB), Discord developer docs (sticker 320x320, PNG/APNG/GIF,
-512 KiB; emoji 128x128, 256 KiB) and sticker-convert's compression table.
+"max 512 KB", <= 5 s animated; emoji 128x128, 256 KiB) and sticker-convert's
+compression table. Where a unit is ambiguous the smaller reading is used.
 """
 from __future__ import annotations
 
@@ -141,10 +142,12 @@ TARGETS: dict[str, Target] = {
         name="discord_sticker",
         side=320,
         square=True,
+        # Discord's create-guild-sticker docs say "max 512 KB" (older text: 500 KB); the app
+        # says 512 KiB. We take the smaller reading, 512,000 bytes, so either check passes.
         formats=(
-            FormatRule("apng", True, 512 * KIB),
-            FormatRule("gif", True, 512 * KIB),
-            FormatRule("png", False, 512 * KIB),
+            FormatRule("apng", True, 512 * KB),
+            FormatRule("gif", True, 512 * KB),
+            FormatRule("png", False, 512 * KB),
         ),
         max_duration_s=5.0,
         aim_duration_s=5.0,

@@ -23,7 +23,7 @@ def test_thumb_and_discord_limits():
     assert th.rules_for("png", False).max_bytes == 128 * KB
     assert th.size_ok(100, 100) and not th.size_ok(100, 90)
     ds = get_target("discord_sticker")
-    assert ds.rules_for("apng", True).max_bytes == 512 * KIB and ds.max_duration_s == 5.0
+    assert ds.rules_for("apng", True).max_bytes == 512 * KB and ds.max_duration_s == 5.0  # smaller reading of "512 KB"
     assert ds.rules_for("png", False) is not None and ds.rules_for("webm", True) is None
     assert get_target("discord_emoji").rules_for("gif", True).max_bytes == 256 * KIB
 
