@@ -1,4 +1,5 @@
-"""Every sentence a person reads, in one place.
+"""Every sentence a person reads, in one place (errors by key in ``ERRORS``, bot
+copy by key in ``BOT``).
 
 Engine and storage code raise :class:`~emoji3d.errors.UserFacingError` with a
 stable ``key``; front ends (the CLI, Telegram, Discord) turn it into words
@@ -33,9 +34,113 @@ ERRORS: dict[str, str] = {
     # Storage
     "blob_too_large": "That file is too large to store.",
     "user_not_found": "I have no data stored for you.",
+    # Bot flow (bots.core)
+    "consent_required": "Before I can look at a photo I need your OK. Send /start and press “I agree”.",
+    "no_selfie": "I don't have a selfie from you (or it has expired). Please send a selfie first.",
+    "own_style_missing": "I don't have your style image any more. Please choose “Use my own style” and send it again.",
+    "style_has_no_face": "The style image needs a face in it (a portrait in the style you want).",
+    "job_active": "You already have a pack in the works. Wait for it to finish, or cancel it first.",
+    "quota_exceeded": "You've made {limit} packs in the last 24 hours, which is the daily limit. Please try again later.",
+    "not_admin": "Sorry, only this chat's administrators can manage its house styles.",
+    "housestyle_usage": "Usage: reply to an image with /housestyle add <name>, or use /housestyle remove <name>, /housestyle list.",
+    "housestyle_group_only": "House styles belong to a group: use /housestyle in the group you manage.",
+    "nothing_to_cancel": "There's nothing of yours to cancel right now.",
+    "strength_invalid": "That strength isn't one I know. Please pick subtle, medium or full.",
+    "worker_lost": "The machine making your pack stopped responding. Please try again.",
+    "cancelled": "Your pack was cancelled.",
+    # Telegram
+    "telegram_not_started": "I can't create a sticker set for you until you start a private chat with me. "
+                            "Open @{bot_username}, press Start, then ask for your pack again with /mypacks.",
+    "telegram_set_failed": "Telegram refused to create the sticker set ({detail}). Please try again later.",
     # Fallback
     "internal": "Something went wrong on my side. Please try again in a moment.",
 }
+
+
+# Everything else the bots say, by key. ``{placeholders}`` as in ERRORS.
+BOT: dict[str, str] = {
+    "welcome": ("Hi {name}! I turn one selfie into a personal pack of animated 3D cartoon stickers, "
+                "in a style you choose.\n\n"
+                "To do that I store your selfie for up to {selfie_hours} hours, the 3D avatar made from it for "
+                "up to {artifact_days} days, and the stickers until you delete them. /privacy has the details; "
+                "/delete erases everything.\n\nDo you agree that I process your selfie this way?"),
+    "consent_button": "I agree",
+    "consent_thanks": "Thank you! Now send me a selfie: a photo, or an image file to keep full resolution.",
+    "consent_already": "You're all set. Send me a selfie to begin.",
+    "privacy": ("What I store and for how long:\n"
+                "• Your selfie: deleted {selfie_hours} hours after upload.\n"
+                "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
+                "• Your sticker packs and the time you gave consent: until you delete them.\n"
+                "• Style images you upload: used for your pack only.\n"
+                "Nothing is shared with anyone. /delete erases all of it, including the sticker sets I made for you."),
+    "help": ("Send a selfie to start. Commands: /start, /privacy, /mypacks, /delete, /cancel. "
+             "Group admins: /housestyle add|remove|list."),
+    "selfie_ok": "Great photo! Now pick a style:",
+    "selfie_warning": "Note: {detail}",
+    "style_own_button": "🎨 Use my own style",
+    "style_own_prompt": "Send me the style image (a portrait drawn in the style you like) as a reply to this message.",
+    "style_own_ok": "Got your style image. How strong should the style be?",
+    "no_styles": "There are no styles yet. Choose “Use my own style” and send an image.",
+    "choose_strength": "Style “{style}”: how strong should it be?",
+    "strength_subtle": "Subtle",
+    "strength_medium": "Medium",
+    "strength_full": "Full",
+    "style_house_prefix": "🏠 ",
+    "queued": "Your pack is in the queue: position {position}.",
+    "queued_soon": "Your pack is about to start.",
+    "progress": "Making your pack: {stage} ({percent}%).",
+    "finishing": "Almost done: creating your sticker set…",
+    "cancel_button": "Cancel",
+    "cancel_requested": "Cancelling…",
+    "cancelled_ok": "Cancelled. Send a selfie whenever you want to try again.",
+    "failed": "Sorry, your pack could not be made: {reason}",
+    "done": "Your sticker pack is ready: {link}",
+    "done_updated": "Your sticker pack was updated: {link}",
+    "slim_warning": ("Heads-up: this server runs test weights, so these stickers are not a real avatar of you "
+                     "(random weights)."),
+    "pack_incomplete": ("Your avatar is ready, but this build cannot make sticker files yet ({missing}). "
+                        "Here are still renders instead."),
+    "resumed": "I restarted; your pack is still being made.",
+    "mypacks_none": "You have no packs yet. Send a selfie to make one.",
+    "mypacks_header": "Your packs:",
+    "mypacks_line": "• {style} ({strength}) — {state}{link}",
+    "pack_state_pending": "waiting",
+    "pack_state_rendering": "being made",
+    "pack_state_ready": "ready",
+    "pack_state_uploading": "uploading",
+    "pack_state_published": "published",
+    "pack_state_failed": "failed",
+    "pack_state_superseded": "replaced",
+    "own_style_name": "your own style",
+    "delete_confirm": ("This deletes your selfies, avatars, tuned weights, packs and the sticker sets I created "
+                       "for you. It cannot be undone. Delete everything?"),
+    "delete_yes": "Yes, delete everything",
+    "delete_no": "No, keep it",
+    "delete_done": "Done. I deleted {packs} pack(s), {selfies} selfie(s) and {sets} sticker set(s).",
+    "delete_nothing": "I have no data stored for you.",
+    "delete_kept": "Nothing was deleted.",
+    "housestyle_added": "House style “{name}” added. I'm preparing it in the background.",
+    "housestyle_removed": "House style “{name}” removed.",
+    "housestyle_list": "House styles here: {names}",
+    "housestyle_none": "This chat has no house styles yet.",
+    # Stage names shown in progress (engine.tasks.STAGE_WEIGHTS keys)
+    "stage_face": "checking the photo",
+    "stage_style_finetune": "learning the style",
+    "stage_invert_3d": "building your 3D head",
+    "stage_pivotal_tuning": "refining the likeness",
+    "stage_dual_branch": "cartoonifying in 3D",
+    "stage_render": "rendering the stickers",
+    "stage_unknown": "working",
+}
+
+
+def text(key: str, **params: object) -> str:
+    """A bot sentence by key; a missing key is a programming error (KeyError)."""
+    template = BOT[key]
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError, ValueError):
+        return template.split("{")[0].rstrip(" (:")
 
 
 def message(key: str, **params: object) -> str:

@@ -1,0 +1,217 @@
+"""Watch pack jobs in the database and hand progress and results to a platform sender.
+
+A :class:`Notifier` keeps one :class:`Watch` per ``make_pack`` job it follows.
+Each :meth:`Notifier.tick` reads every watched job once and
+
+* while it is queued or running, asks the sender to show a
+  :class:`bots.core.ProgressView` — only when the view changed, and not more
+  often than ``min_interval`` seconds per job (final states always go out);
+* when it succeeded, calls ``sender.deliver`` (which publishes the pack) and
+  stops watching; a delivery that raises a ``UserFacingError`` is reported to
+  the user and not retried, any other exception is retried on later ticks
+  (every ``retry_seconds``, at most ``max_delivery_attempts`` times);
+* when it failed or was cancelled, calls ``sender.finish`` and stops.
+
+Restart safety: nothing needed for delivery lives only in memory. At start
+(:meth:`Notifier.resume_from_db`) and every ``rescan_seconds`` the notifier
+finds the platform's packs whose job is still open, whose result was never
+published, or whose job finished after the pack was last published (a
+scheduled regeneration), and watches them. Such a watch has no chat and no
+progress message: the sender uses the user's private chat (DM) and sends a
+fresh progress message.
+
+Times: ``clock`` is monotonic seconds (rate limits); the database holds UNIX
+seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from emoji3d.errors import UserFacingError
+from storage import jobs, packs, users
+
+from .core import BotResources, ProgressView, progress_view, should_edit
+
+log = logging.getLogger("emoji3d.notify")
+
+LIVE_PACK_STATUSES = ("pending", "rendering", "ready", "uploading")
+
+
+@dataclass
+class Watch:
+    job_id: int
+    pack_id: int | None
+    user_id: int                 # storage user id
+    platform_user_id: str
+    chat_id: str | None = None   # where to talk; None = the user's private chat / DM
+    message_id: str | None = None  # the progress message to edit; None = send a new one
+    resumed: bool = False        # found in the database after a restart
+    last_signature: str | None = None
+    last_edit_at: float | None = None
+    delivery_attempts: int = 0
+    next_delivery_at: float = 0.0
+
+
+class Sender(Protocol):
+    async def show_progress(self, watch: Watch, view: ProgressView) -> None:
+        """Send or edit the progress message (set ``watch.message_id`` when sending)."""
+
+    async def deliver(self, watch: Watch, job: jobs.Job) -> None:
+        """Publish the finished pack and tell the user."""
+
+    async def finish(self, watch: Watch, view: ProgressView) -> None:
+        """The job ended without a result (failed / cancelled)."""
+
+    async def report_error(self, watch: Watch, err: UserFacingError) -> None:
+        """Delivery was refused for a reason the user can act on."""
+
+
+def _signature(view: ProgressView) -> str:
+    return f"{view.key}|{sorted(view.params.items())}|{view.stage_key}|{view.cancellable}"
+
+
+class Notifier:
+    def __init__(self, res: BotResources, platform: str, sender: Sender, *, min_interval: float = 3.0,
+                 retry_seconds: float = 30.0, max_delivery_attempts: int = 5, rescan_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if min_interval < 0 or retry_seconds < 0 or max_delivery_attempts < 1:
+            raise ValueError("min_interval, retry_seconds >= 0 and max_delivery_attempts >= 1 are required")
+        self.res = res
+        self.platform = platform
+        self.sender = sender
+        self.min_interval = float(min_interval)
+        self.retry_seconds = float(retry_seconds)
+        self.max_delivery_attempts = int(max_delivery_attempts)
+        self.rescan_seconds = float(rescan_seconds)
+        self.clock = clock
+        self.watches: dict[int, Watch] = {}
+        self.refused: set[int] = set()  # jobs whose delivery was refused: not re-watched by rescans
+
+    # ------------------------------------------------------------------ registration
+    def watch(self, job_id: int, pack_id: int | None, user: users.User, *, chat_id: str | None = None,
+              message_id: str | None = None) -> Watch:
+        """Follow a job (replacing an older watch of the same job)."""
+        w = Watch(job_id, pack_id, user.id, user.platform_user_id, chat_id, message_id)
+        self.watches[job_id] = w
+        self.refused.discard(job_id)
+        return w
+
+    def resume_from_db(self) -> list[Watch]:
+        """Watch every job of this platform that still needs a message (see the
+        module docstring). Returns the new watches."""
+        found = []
+        for pack, job, user in self._undelivered():
+            if job.id in self.watches or job.id in self.refused:
+                continue
+            w = Watch(job.id, pack.id, user.id, user.platform_user_id, resumed=True)
+            self.watches[job.id] = w
+            found.append(w)
+        return found
+
+    def _undelivered(self) -> list[tuple[packs.Pack, jobs.Job, users.User]]:
+        import sqlalchemy as sa
+
+        with self.res.db.read() as conn:
+            ids = [int(r[0]) for r in conn.execute(sa.text(
+                "SELECT id FROM packs WHERE platform = :p AND job_id IS NOT NULL ORDER BY id"),
+                {"p": self.platform})]
+        out = []
+        for pid in ids:
+            try:
+                pack = packs.get_pack(self.res.db, pid)
+                job = jobs.get_job(self.res.db, pack.job_id) if pack.job_id is not None else None
+                user = users.get_user(self.res.db, pack.user_id)
+            except (packs.PackNotFound, jobs.JobNotFound, UserFacingError):
+                continue  # deleted meanwhile
+            if job is None or job.payload.get("pack_id") != pack.id:
+                continue
+            open_job = not job.done and pack.status in LIVE_PACK_STATUSES
+            unpublished = job.status == "succeeded" and pack.status in LIVE_PACK_STATUSES
+            regenerated = (job.status == "succeeded" and pack.status == "published"
+                           and job.finished_at is not None and job.finished_at > pack.updated_at)
+            if open_job or unpublished or regenerated:
+                out.append((pack, job, user))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    async def tick(self) -> None:
+        for job_id in list(self.watches):
+            w = self.watches.get(job_id)
+            if w is None:
+                continue
+            try:
+                await self._step(w)
+            except Exception:  # noqa: BLE001 - one user's problem must not stop the others
+                log.exception("notify: job %s (user %s) failed in this tick", w.job_id, w.user_id)
+
+    async def _step(self, w: Watch) -> None:
+        try:
+            job = jobs.get_job(self.res.db, w.job_id)
+        except jobs.JobNotFound:
+            self.watches.pop(w.job_id, None)  # the user deleted their data
+            return
+        now = self.clock()
+        if job.status == "succeeded":
+            if now < w.next_delivery_at:
+                return
+            await self._deliver(w, job, now)
+            return
+        view = progress_view(self.res, job)
+        sig = _signature(view)
+        if view.final:
+            self.watches.pop(w.job_id, None)
+            if job.payload.get("pack_id") is not None:
+                self._mark_pack_failed(int(job.payload["pack_id"]))
+            await self.sender.finish(w, view)
+            return
+        if should_edit(w.last_signature, sig, w.last_edit_at, now, self.min_interval, False):
+            await self.sender.show_progress(w, view)
+            w.last_signature, w.last_edit_at = sig, now
+
+    def _mark_pack_failed(self, pack_id: int) -> None:
+        try:
+            if packs.get_pack(self.res.db, pack_id).status in ("pending", "rendering"):
+                packs.update_pack(self.res.db, pack_id, status="failed")
+        except packs.PackNotFound:
+            pass
+
+    async def _deliver(self, w: Watch, job: jobs.Job, now: float) -> None:
+        w.delivery_attempts += 1
+        try:
+            await self.sender.deliver(w, job)
+        except UserFacingError as err:
+            self.watches.pop(w.job_id, None)
+            self.refused.add(w.job_id)
+            log.info("notify: job %s delivery refused: %s (%s)", w.job_id, err.key, err)
+            await self.sender.report_error(w, err)
+            return
+        except Exception as exc:  # noqa: BLE001 - network and platform hiccups: try again later
+            if w.delivery_attempts >= self.max_delivery_attempts:
+                self.watches.pop(w.job_id, None)
+                self.refused.add(w.job_id)
+                log.exception("notify: job %s delivery failed %d times; giving up", w.job_id, w.delivery_attempts)
+                await self.sender.report_error(w, UserFacingError(str(exc)))
+                return
+            w.next_delivery_at = now + self.retry_seconds
+            log.warning("notify: job %s delivery failed (%s); retrying in %.0f s", w.job_id, exc, self.retry_seconds)
+            return
+        self.watches.pop(w.job_id, None)
+
+    async def run(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
+        """Resume from the database, then tick every ``poll_seconds`` until ``stop``."""
+        self.resume_from_db()
+        last_scan = self.clock()
+        while not stop.is_set():
+            await self.tick()
+            if self.clock() - last_scan >= self.rescan_seconds:
+                self.resume_from_db()
+                last_scan = self.clock()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
