@@ -57,11 +57,17 @@ class VerifyReport:
         return "\n".join([head] + [f"  - {v}" for v in self.reasons])
 
 
-def _read(data_or_path: bytes | bytearray | str | os.PathLike) -> bytes:
+MAX_VERIFY_BYTES = 64 * 1024 * 1024  # no sticker is near this; larger files are refused undecoded
+
+
+def _read(data_or_path: bytes | bytearray | str | os.PathLike) -> bytes | int:
+    """The file's bytes, or its size (int) when it is too big to be worth decoding."""
     if isinstance(data_or_path, (bytes, bytearray, memoryview)):
         return bytes(data_or_path)
     if isinstance(data_or_path, (str, os.PathLike)):
-        return Path(data_or_path).read_bytes()
+        p = Path(data_or_path)
+        size = p.stat().st_size
+        return size if size > MAX_VERIFY_BYTES else p.read_bytes()
     raise TypeError(f"verify expects bytes or a path, got {type(data_or_path).__name__}")
 
 
@@ -69,6 +75,11 @@ def verify(data_or_path: bytes | str | os.PathLike, target: Target | str) -> Ver
     """Decode the file and check every rule of ``target``."""
     tgt = get_target(target) if isinstance(target, str) else target
     data = _read(data_or_path)
+    if isinstance(data, int) or len(data) > MAX_VERIFY_BYTES:
+        size = data if isinstance(data, int) else len(data)
+        return VerifyReport(tgt.name, False, (Violation(
+            "too_large", f"file is {size} bytes; not decoded (anything over {MAX_VERIFY_BYTES} bytes is refused)"),),
+            None, ("byte_size",))
     try:
         props = probe(data).props
     except ProbeError as e:

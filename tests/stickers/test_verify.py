@@ -159,3 +159,12 @@ def test_probe_frames_keep_alpha(disc512):
     from scipy import ndimage
     far = ndimage.binary_erosion(src == 0, iterations=4)  # 4 px away from the silhouette
     assert a[far].max() <= 16 and a[src == 255].min() >= 230
+
+
+def test_huge_files_are_refused_without_decoding(tmp_path):
+    from engine.stickers.verify import MAX_VERIFY_BYTES
+    p = tmp_path / "huge.webm"
+    with open(p, "wb") as f:
+        f.truncate(MAX_VERIFY_BYTES + 1)  # sparse: costs no disk
+    rep = verify(p, "telegram_video")
+    assert codes(rep) == {"too_large"} and rep.props is None
