@@ -6,7 +6,10 @@ Two kinds of fixture folder, told apart by ``config.json``:
   ``io.safetensors`` holds ``<case>__image``, ``<case>__five_points`` and
   ``<case>__crop512``. Per case: the five points mapped by our transform vs
   by the official pipeline's transform (built from the fixture's trans params:
-  its resize to ``int(w*s)``, integer crop offsets, centre 700 → 512), max
+  its resize to ``int(w*s)``, integer crop offsets, centre 700 → 512; this is
+  where the official *pixels* go, which ``crop512`` confirms at ~85 dB. The
+  continuous ``lm_new`` formula of ``align_img`` ignores the integer offsets and
+  pixel centres and is 1-1.5 px away from it, so it is not the reference), max
   Euclidean distance in 512-crop pixels ≤ 1; the crop's PSNR against the
   official ``crop512`` ≥ 30 dB; and our ``[w0, h0, s, tx, ty]`` against the
   fixture's within 1e-5 relative.

@@ -195,3 +195,35 @@ def test_ffhq_crop_pads_with_blurred_reflection(astronaut, detector):
     eyes = fa.apply(crop.matrix, anchors[:2])
     again = fa.ffhq_anchor_points(detector.detect(crop.image, 1)[0])[:2]
     assert np.abs(again - eyes).max() < 4.0
+
+
+def _blob_photo(w, h, centres, sigma):
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    img = np.zeros((h, w))
+    for cx, cy in centres:
+        img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+    return np.repeat(np.clip(img * 255, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _centroid(img, around, radius):
+    x0, y0 = int(around[0]) - radius, int(around[1]) - radius
+    patch = img[y0 : y0 + 2 * radius + 1, x0 : x0 + 2 * radius + 1, 0].astype(np.float64)
+    patch = np.clip(patch - 0.1 * patch.max(), 0, None)
+    yy, xx = np.mgrid[: patch.shape[0], : patch.shape[1]]
+    return np.array([(xx * patch).sum() / patch.sum() + x0, (yy * patch).sum() / patch.sum() + y0])
+
+
+@pytest.mark.parametrize("which", ["eg3d", "ffhq"])
+def test_matrices_say_where_the_pixels_go(which):
+    """Gaussian blobs at known sub-pixel photo positions land where the crop matrix maps them."""
+    five = np.array([[230.3, 240.7], [290.6, 241.2], [260.2, 280.9], [236.8, 310.4], [285.1, 311.0]])
+    blobs = [(220.25, 230.5), (300.75, 260.25), (255.5, 330.75)]
+    photo = _blob_photo(520, 560, blobs, sigma=3.0)
+    if which == "eg3d":
+        crop = fa.eg3d_crop(photo, five)
+    else:
+        anchors = np.stack([five[0], five[1], five[3], five[4]])
+        crop = fa.ffhq_crop(photo, anchors, fa.FfhqCropConfig(output_size=512, transform_size=2048))
+    for b in blobs:
+        at = fa.apply(crop.matrix, np.array([b]))[0]
+        assert np.linalg.norm(_centroid(crop.image, at, 12) - at) < 0.15, (b, at)
