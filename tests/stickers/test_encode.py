@@ -119,3 +119,21 @@ def test_bad_frames_are_user_facing():
         encode([np.zeros((8, 8, 3), np.uint8)], 30, "telegram_emoji")
     with pytest.raises(ValueError, match="unknown sticker target"):
         encode(cartoon(1, 8, 8), 30, "whatsapp")
+
+
+def test_independent_ffmpeg_reads_our_webm_as_vp9_with_alpha(tmp_path):
+    """Cross-check with the separate imageio-ffmpeg binary (not PyAV): codec, alpha, frame count."""
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    res = encode(cartoon(12, 120, 90), 30, "telegram_emoji")
+    p = tmp_path / "e.webm"
+    p.write_bytes(res.data)
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-c:v", "libvpx-vp9", "-i", str(p),
+                          "-f", "null", "-"], capture_output=True, text=True, timeout=60).stderr
+    assert re.search(r"Video: vp9 .*yuva420p.*100x100", out), out
+    assert re.search(r"alpha_mode\s*:\s*1", out) and "Audio" not in out
+    frames = int(re.findall(r"frame=\s*(\d+)", out)[-1])
+    assert frames == res.report.frames_out == 12
