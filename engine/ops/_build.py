@@ -13,11 +13,20 @@ process; ``impl='cuda'`` raises :class:`OpsBuildError` instead.
 
 Target architectures: ``$TORCH_CUDA_ARCH_LIST`` when set (required on a
 machine without a GPU, e.g. a Docker build), else the visible GPU's.
+
+Reuse of prebuilt binaries: every successful build writes
+``emoji3d-build.json`` (source digest without the arch, arch list, module
+name, .so file). On a GPU machine a cached build whose sources match and whose
+arch list covers the device (exactly, or through ``+PTX`` of an older arch) is
+imported directly, so an image prebuilt for "8.0;8.6;8.9;9.0" needs no
+compiler at run time.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
+import json
 import os
 import pathlib
 import threading
@@ -81,16 +90,64 @@ def _cudart_link_dirs(cuda_home: str | None) -> list[str]:
     return found
 
 
-def digest(name: str, arch: str | None = None) -> str:
-    """Hash of the sources + torch/CUDA versions + target arch."""
+def source_digest(name: str) -> str:
+    """Hash of the sources + torch/CUDA versions (arch-independent)."""
     if name not in EXTENSIONS:
         raise KeyError(f"unknown op extension {name!r}; known: {sorted(EXTENSIONS)}")
     h = hashlib.sha256()
     for src in EXTENSIONS[name]:
         h.update(src.encode())
         h.update((SOURCE_DIR / src).read_bytes())
-    h.update(f"torch={torch.__version__};cuda={torch.version.cuda};arch={arch if arch is not None else target_arch()}".encode())
+    h.update(f"torch={torch.__version__};cuda={torch.version.cuda}".encode())
     return h.hexdigest()[:16]
+
+
+def digest(name: str, arch: str | None = None) -> str:
+    """Hash of the sources + torch/CUDA versions + target arch (the build folder key)."""
+    h = hashlib.sha256(source_digest(name).encode())
+    h.update(f";arch={arch if arch is not None else target_arch()}".encode())
+    return h.hexdigest()[:16]
+
+
+def arch_covers(arch_list: str, capability: str) -> bool:
+    """Does a TORCH_CUDA_ARCH_LIST value produce code that runs on ``capability`` ("9.0")?"""
+    want = tuple(int(v) for v in capability.split("."))
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        try:
+            have = tuple(int(v) for v in entry.removesuffix("+PTX").split("."))
+        except ValueError:
+            continue
+        if have == want or (ptx and have <= want):
+            return True
+    return False
+
+
+def _load_prebuilt(name: str) -> ModuleType | None:
+    """Import a cached build of ``name`` that fits the visible GPU, if there is one."""
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    cap = f"{major}.{minor}"
+    src = source_digest(name)
+    for folder in sorted(cache_root().glob(f"{name}-*")):
+        try:
+            info = json.loads((folder / "emoji3d-build.json").read_text())
+        except (OSError, ValueError):
+            continue
+        so = folder / str(info.get("so_file", ""))
+        if info.get("source_digest") != src or not arch_covers(str(info.get("arch", "")), cap) or not so.is_file():
+            continue
+        spec = importlib.util.spec_from_file_location(info["module"], so)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return None
 
 
 def build(name: str, verbose: bool = False) -> ModuleType:
@@ -98,6 +155,10 @@ def build(name: str, verbose: bool = False) -> ModuleType:
     with _lock:
         if name in _loaded:
             return _loaded[name]
+        prebuilt = _load_prebuilt(name)
+        if prebuilt is not None:
+            _loaded[name] = prebuilt
+            return prebuilt
         from torch.utils import cpp_extension
 
         arch = target_arch()
@@ -119,8 +180,9 @@ def build(name: str, verbose: bool = False) -> ModuleType:
             stale = build_dir / "lock"
             if stale.exists():
                 stale.unlink()
+            module_name = f"emoji3d_{name}_{dig}"
             module = cpp_extension.load(
-                name=f"emoji3d_{name}_{dig}",
+                name=module_name,
                 sources=[str(SOURCE_DIR / s) for s in EXTENSIONS[name]],
                 build_directory=str(build_dir),
                 extra_cflags=["-O3"],
@@ -128,6 +190,10 @@ def build(name: str, verbose: bool = False) -> ModuleType:
                 extra_ldflags=[f"-L{d}" for d in _cudart_link_dirs(cpp_extension.CUDA_HOME)],
                 verbose=verbose,
             )
+            so_file = pathlib.Path(module.__file__).name if getattr(module, "__file__", None) else f"{module_name}.so"
+            (build_dir / "emoji3d-build.json").write_text(json.dumps(
+                {"name": name, "module": module_name, "so_file": so_file, "source_digest": source_digest(name),
+                 "arch": arch, "torch": torch.__version__, "cuda": torch.version.cuda}, indent=1))
         finally:
             lock_file.close()
             if old_arch is None:

@@ -59,3 +59,12 @@ def test_prebuild_without_gpu_or_arch_exits_zero(monkeypatch, capsys):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     assert prebuild.main([]) == 0
     assert "nothing to build" in capsys.readouterr().out
+
+
+def test_arch_coverage_rules():
+    assert _build.arch_covers("8.0;8.6;8.9;9.0", "9.0")
+    assert not _build.arch_covers("8.0;8.6", "9.0")
+    assert _build.arch_covers("8.0 8.6+PTX", "9.0")  # PTX JIT-compiles forward
+    assert not _build.arch_covers("9.0+PTX", "8.6")
+    assert _build.source_digest("modconv") == _build.source_digest("modconv")
+    assert _build.digest("modconv", "8.0") != _build.digest("modconv", "8.0;9.0")
