@@ -127,10 +127,12 @@ class LandmarkDetector:
         centre lies inside a bigger one's box).
         """
         faces = self.detect(rgb, max_faces)
+        if faces:
+            return faces
         h, w = rgb.shape[:2]
         found: list[FaceLandmarks] = []
         side = min(h, w) // 2
-        while not faces and not found and side >= min_window:
+        while not found and side >= min_window:
             stride = side // 2
             for y0 in _starts(h, side, stride):
                 for x0 in _starts(w, side, stride):
@@ -140,8 +142,6 @@ class LandmarkDetector:
                         pts[:, 1] += y0
                         found.append(FaceLandmarks(points=pts, image_size=(w, h)))
             side //= 2
-        if faces:
-            return faces
         found.sort(key=lambda f: f.box_area(), reverse=True)
         kept: list[FaceLandmarks] = []
         for f in found:
