@@ -232,9 +232,9 @@ def test_other_architectures_and_clamp_build_and_run():
 
 
 @pytest.mark.gpu
-def test_cuda_fused_ops_match_reference_end_to_end(slim):
-    G, D, _, _ = slim
-    G = _perturb(S.stylegan2_slim(seed=3, resolution=RES)[0]).cuda()
+def test_cuda_fused_ops_match_reference_end_to_end():
+    G, D, _, _ = S.stylegan2_slim(seed=3, resolution=RES)  # fresh copies: .cuda() moves modules in place
+    G = _perturb(G).cuda()
     D = D.cuda()
     z = torch.randn(4, 512, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
     ws = G.mapping(z, None, impl="ref").requires_grad_(True)
