@@ -156,8 +156,8 @@ class HeadPose:
     rotation: np.ndarray  # (3, 3) M: model frame -> Deep3DFaceRecon world (column vectors)
     angles: np.ndarray  # (3,) Deep3DFaceRecon (x=pitch, y=yaw, z=roll), radians
     scale: float  # landmark pixels per canonical centimetre (orthographic fit)
-    translation: np.ndarray  # (3,) landmark-frame pixels of the canonical origin
-    rms_px: float  # weighted RMS residual of the fit, pixels
+    translation: np.ndarray  # (3,) landmark-frame pixels of the canonical origin (orthographic fit)
+    rms_px: float  # weighted RMS image-plane residual of the orthographic fit, pixels
 
     @property
     def pitch_degrees(self) -> float:
@@ -205,12 +205,12 @@ def solve_head_pose(points: np.ndarray, focal_px: float | None = None, principal
     if not np.all(np.isfinite(dst)):
         raise ValueError("landmarks contain NaN/inf")
     s, r_lm, t = weighted_procrustes(CANONICAL_POINTS, dst, PROCRUSTES_WEIGHTS)
+    resid = s * CANONICAL_POINTS @ r_lm.T + t - dst  # (33, 3) of the orthographic fit
+    rms = float(math.sqrt(PROCRUSTES_WEIGHTS @ np.sum(resid[:, :2] ** 2, axis=1) / PROCRUSTES_WEIGHTS.sum()))
     if focal_px is not None:
         if principal_point is None:
             raise ValueError("principal_point is required with focal_px")
         r_lm = _refine_perspective(dst[:, :2], r_lm, t, s, float(focal_px), principal_point)
-    resid = s * CANONICAL_POINTS @ r_lm.T + t - dst
-    rms = float(math.sqrt(PROCRUSTES_WEIGHTS @ np.sum(resid[:, :2] ** 2, axis=1) / PROCRUSTES_WEIGHTS.sum()))
     m = FLIP_YZ @ r_lm
     return HeadPose(rotation=m, angles=deep3d_angles_from_rotation(m), scale=s, translation=t, rms_px=rms)
 
@@ -248,7 +248,7 @@ def _refine_perspective(
         for k in range(6):
             d = np.zeros(6)
             d[k] = eps
-            jac[:, k] = (residual(_rodrigues(d[:3]) @ rot, trans + d[3:] * 1.0) - res) / eps
+            jac[:, k] = (residual(_rodrigues(d[:3]) @ rot, trans + d[3:]) - res) / eps
         step = np.linalg.lstsq(jac, -res, rcond=None)[0]
         rot = _rodrigues(step[:3]) @ rot
         trans = trans + step[3:]
