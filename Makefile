@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Optimisation steps per stage for the demo (the CPU-friendly default); DEMO_STEPS= runs the full config.
+DEMO_STEPS ?= 15
+
 ## Run the main job on the embedded defaults (SQLite, ./data blobs, bundled selfie and house style) into ./out
 demo: $(STAMP)
-	$(VENV)/bin/emoji3d make --selfie styles/_samples/selfie.png --style toon --out out
+	$(VENV)/bin/emoji3d make --selfie samples/selfie.jpg --style toon --out out $(if $(DEMO_STEPS),--steps $(DEMO_STEPS))
 
 ## The default test suite (slow and GPU tests excluded); CI runs exactly this
 test: $(STAMP)

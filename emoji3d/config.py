@@ -271,8 +271,13 @@ def _build(cls, data: dict, prefix: str):
             dup = next((i for i in ids if ids.count(i) > 1), None)
             if dup:
                 raise ConfigError(f"config.toml: schedules[].id must be unique, got {dup!r} twice")
-            for i, s in enumerate(items):
-                _validate_cron(f"schedules[{i}].cron", s.cron)
+            from .scheduler import Schedule as StoredSchedule, validate_schedule
+
+            for s in items:
+                try:
+                    validate_schedule(StoredSchedule(s.id, s.cron, s.action, dict(s.selector)))
+                except ConfigError as exc:
+                    raise ConfigError(f"config.toml: {exc}") from None
             kwargs[name] = tuple(items)
         else:
             if isinstance(tp, types.GenericAlias):
@@ -282,15 +287,6 @@ def _build(cls, data: dict, prefix: str):
         return cls(**kwargs)
     except ValueError as exc:  # a dataclass's own range checks: "<field> must be ..."
         raise ConfigError(f"config.toml: {prefix}{exc}") from None
-
-
-def _validate_cron(key: str, expr: str) -> None:
-    try:
-        from apscheduler.triggers.cron import CronTrigger
-
-        CronTrigger.from_crontab(expr)
-    except ValueError as exc:
-        raise ConfigError(f"config.toml: {key} must be a 5-field crontab expression, got {expr!r} ({exc})") from None
 
 
 def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:

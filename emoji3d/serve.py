@@ -50,13 +50,33 @@ def _start_frontends(cfg: Config, stop: threading.Event) -> list[threading.Threa
     return threads
 
 
-def _start_scheduler(cfg: Config):
-    try:
-        from . import scheduler
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while the scheduler is absent
-        print(f"scheduler: not available ({exc.name} missing)", flush=True)
-        return None
-    return scheduler.start_from_config(cfg)
+def _start_scheduler(cfg: Config, db):
+    from .orders import ENGINE_VERSION
+    from .scheduler import Schedule, start_scheduler
+
+    schedules = [Schedule(s.id, s.cron, s.action, dict(s.selector)) for s in cfg.schedules]
+    scheduler, _report = start_scheduler(db, schedules, ENGINE_VERSION)
+    return scheduler
+
+
+def maintenance_once(cfg: Config, db, blobs) -> dict:
+    """Privacy and disk hygiene: expired selfies, unused per-user artifacts, unreferenced blobs."""
+    from storage import artifacts, selfies
+
+    purged = selfies.purge_expired(db, blobs)
+    evicted = artifacts.evict_unused(db, blobs, cfg.privacy.artifact_retention_days * 86400.0)
+    gc = blobs.gc()
+    return {"selfies_purged": purged, "artifacts_evicted": evicted, "gc": gc}
+
+
+def _maintenance_loop(cfg: Config, db, blobs, stop: threading.Event, every_seconds: float = 600.0) -> None:
+    while True:
+        try:
+            log.info("maintenance: %s", maintenance_once(cfg, db, blobs))
+        except Exception:  # keep serving; the next round retries
+            log.exception("maintenance failed")
+        if stop.wait(every_seconds):
+            return
 
 
 def main(argv: list[str]) -> int:
@@ -76,6 +96,17 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    from storage.blobs import BlobStore
+    from storage.db import open_database
+
+    from .styles import sync_global_styles
+
+    db = open_database(cfg.database_url)
+    blobs = BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20,
+                      gc_grace_seconds=cfg.blobs.gc_grace_seconds)
+    for style, what in sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels):
+        if what != "unchanged":
+            print(f"style {style.name}: {what} (finetune queued)", flush=True)
     engine = None
     if not args.no_engine:
         engine = Supervisor(
@@ -84,7 +115,8 @@ def main(argv: list[str]) -> int:
             grace_seconds=float(cfg.engine.lease_seconds),
         )
         engine.start()
-    sched = _start_scheduler(cfg)
+    sched = _start_scheduler(cfg, db)
+    threading.Thread(target=_maintenance_loop, args=(cfg, db, blobs, stop), name="maintenance", daemon=True).start()
     threads = _start_frontends(cfg, stop)
     print("serving; stop with Ctrl-C or SIGTERM", flush=True)
     stop.wait()
@@ -95,5 +127,6 @@ def main(argv: list[str]) -> int:
         sched.shutdown(wait=False)
     code = engine.stop() if engine else 0
     log.info("engine stopped with code %s", code)
+    db.dispose()
     print("stopped", flush=True)
     return 0

@@ -31,6 +31,10 @@ ERRORS: dict[str, str] = {
     "style_invalid": "That style can't be used: {detail}",
     "weights_invalid": "A model file is missing or damaged: {detail}",
     "stage_unavailable": "This part of the pipeline isn't available yet: {detail}",
+    "style_no_face": "I couldn't find a face in the style image. Style images need one clear face, like a portrait.",
+    "style_removed": "The style of this pack was removed, so I can't remake it.",
+    "selfie_expired": "Your selfie was deleted after {hours} hours, as promised. Send it again to remake this pack.",
+    "worker_lost": "Something went wrong on my side while making your pack. Please try again.",
     # Storage
     "blob_too_large": "That file is too large to store.",
     "user_not_found": "I have no data stored for you.",

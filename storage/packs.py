@@ -208,3 +208,14 @@ def packs_with_engine_older_than(db: Database, current_version: str) -> list[Pac
         except ValueError:
             continue  # unparseable historic version string: left alone rather than guessed
     return out
+
+
+def mark_regenerated(db: Database, pack_id: int, *, style_version: int | None, engine_version: str) -> None:
+    """Record that a pack was remade with this style version and engine version."""
+    version_key(engine_version)
+    with db.write() as conn:
+        res = conn.execute(sa.text(
+            "UPDATE packs SET style_version = :sv, engine_version = :ev, updated_at = :t WHERE id = :id"),
+            {"sv": style_version, "ev": engine_version, "t": time.time(), "id": pack_id})
+        if res.rowcount != 1:
+            raise PackNotFound(pack_id)

@@ -1,0 +1,255 @@
+"""What the engine does for each job kind.
+
+``build_handlers(cfg)`` is the worker's factory: it loads the networks and the
+face detector once, then returns ``{job kind: handler}``. Handlers are thin
+IO wrappers around the pure stages: read blobs, call ``engine.face`` and
+``engine.pipeline``, write blobs, return a JSON result.
+
+Job kinds:
+
+- ``make_pack`` (payload: :class:`emoji3d.orders.PackOrder`): selfie + style
+  → avatar (cached per selfie and per style) → renders / stickers →
+  :class:`emoji3d.orders.PackResult`.
+- ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
+  house style, so its first user finds it cached.
+
+Progress is reported as (stage name, overall fraction), using the stage
+weights below; cancellation is checked at every step (``JobContext.progress``
+raises when the job was cancelled), so a cancel lands within one step.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from emoji3d.config import Config
+from emoji3d.errors import UserFacingError
+from emoji3d.images import DecodeLimits, decode_image
+from emoji3d.orders import PackOrder, PackResult
+from storage import artifacts, packs
+from storage import styles as st
+
+from .face import FaceConfig, FaceResult, analyze_face
+from .face_landmarks import LandmarkDetector
+from .networks import SLIM_WARNING, load_networks
+from .pipeline import AvatarResult, Pipeline, PortraitInputs, result_to_bytes
+from .worker import JobContext
+
+log = logging.getLogger("emoji3d.tasks")
+
+# Share of a make_pack job's progress bar per stage.
+STAGE_WEIGHTS = {
+    "face": 0.02,
+    "style_finetune": 0.18,
+    "invert_3d": 0.25,
+    "pivotal_tuning": 0.20,
+    "dual_branch": 0.30,
+    "render": 0.05,
+}
+
+# What this build cannot do yet; reported in every PackResult until built.
+MISSING_STAGES: list[str] = [
+    "animated sticker frames and platform sticker files (expressions/render and sticker packaging are not wired "
+    "into the engine yet); the result holds still renders of the stylized avatar instead",
+]
+
+
+class StyleHasNoFace(UserFacingError):
+    key = "style_no_face"
+
+
+class SelfieGone(UserFacingError):
+    """A regeneration needs the selfie, which was deleted under the retention policy."""
+
+    key = "selfie_expired"
+
+
+class StyleGone(UserFacingError):
+    key = "style_removed"
+
+
+@dataclass
+class EngineContext:
+    cfg: Config
+    pipeline: Pipeline
+    detector: LandmarkDetector
+    face_cfg: FaceConfig
+    decode_limits: DecodeLimits
+
+    @classmethod
+    def load(cls, cfg: Config) -> "EngineContext":
+        device = "cuda" if cfg.engine.device == "cuda" or (
+            cfg.engine.device == "auto" and torch.cuda.is_available()) else "cpu"
+        nets = load_networks(cfg.weights_dir, cfg.engine.preset, device, seed=cfg.engine.seed)
+        if nets.preset == "slim":
+            log.warning(SLIM_WARNING)
+        face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
+                              max_pitch_degrees=cfg.limits.max_pitch_degrees)
+        return cls(cfg, Pipeline(nets, cfg.pipeline), LandmarkDetector(), face_cfg,
+                   DecodeLimits(max_megapixels=cfg.limits.max_image_megapixels))
+
+
+def build_handlers(cfg: Config) -> dict:
+    ctx = EngineContext.load(cfg)
+    return {"make_pack": functools.partial(handle_make_pack, ctx),
+            "regenerate_pack": functools.partial(handle_regenerate_pack, ctx),
+            "style_finetune": functools.partial(handle_style_finetune, ctx)}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class BlobArtifactCache:
+    """``engine.pipeline.ArtifactCache`` over the artifacts table and blob store."""
+
+    def __init__(self, jc: JobContext, owner_user_id: int | None) -> None:
+        self.jc = jc
+        self.owner = owner_user_id
+
+    def _key(self, kind: str, key: str) -> str:
+        return artifacts.cache_key(kind, {"key": key}, {}, "")
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        art = artifacts.get_artifact(self.jc.db, self._key(kind, key))
+        if art is None or not self.jc.blobs.exists(art.blob_digest):
+            return None
+        return self.jc.blobs.read_bytes(art.blob_digest)
+
+    def put(self, kind: str, key: str, data: bytes) -> None:
+        digest = self.jc.blobs.put_bytes(data)
+        # Style finetunes are shared between users; per-selfie results belong to the user.
+        owner = None if kind == "style_2d" else self.owner
+        artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> [1, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [-1, 1] -> uint8 HxWx3."""
+    return ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def centre_to_edge(m: np.ndarray) -> torch.Tensor:
+    """``engine.face`` matrices put pixel centres at integers; ``engine.warp``
+    at half-integers. Same map, shifted coordinates: M' = T(+½) M T(−½)."""
+    m = np.asarray(m, dtype=np.float64)
+    out = m.copy()
+    out[:, 2] = m[:, 2] + 0.5 - m[:, :2] @ np.array([0.5, 0.5])
+    return torch.from_numpy(out)
+
+
+def portrait_inputs(face: FaceResult, key: str) -> PortraitInputs:
+    return PortraitInputs(
+        image_2d=to_tensor(face.ffhq.image), image_3d=to_tensor(face.eg3d.image),
+        camera=torch.from_numpy(np.asarray(face.camera_label, dtype=np.float32)).reshape(1, 25),
+        crop2d_to_crop3d=centre_to_edge(face.ffhq_to_eg3d), key=key)
+
+
+def _progress(jc: JobContext):
+    order = list(STAGE_WEIGHTS)
+
+    def report(stage: str, step: int, total: int) -> None:
+        done = sum(STAGE_WEIGHTS[s] for s in order[: order.index(stage)]) if stage in STAGE_WEIGHTS else 0.0
+        jc.progress(stage, done + STAGE_WEIGHTS.get(stage, 0.0) * step / max(1, total))
+
+    return report
+
+
+def _analyze(ctx: EngineContext, data: bytes, what: str) -> FaceResult:
+    rgb = decode_image(data, ctx.decode_limits)
+    try:
+        return analyze_face(rgb, ctx.face_cfg, ctx.detector)
+    except UserFacingError as exc:
+        if what == "style" and exc.key == "no_face":
+            raise StyleHasNoFace("no face found in the style image") from exc
+        raise
+
+
+def render_stills(pipeline: Pipeline, avatar: AvatarResult, strength: float, yaws=(-0.35, 0.0, 0.35)) -> list[bytes]:
+    """PNG renders of the stylized avatar from a few head turns (one plane set, several cameras)."""
+    from .nets.camera import orbit_label
+
+    params = pipeline.generator_params(avatar, strength)
+    cams = orbit_label(torch.tensor(yaws), torch.zeros(len(yaws))).to(pipeline.nets.device)  # [V, 25]
+    with torch.no_grad():
+        images = pipeline.render_views(params, avatar.w_3d, cams, avatar.noise)
+    pngs = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pngs
+
+
+# ----------------------------------------------------------------------------- handlers
+
+def handle_make_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
+    return make_pack(ctx, PackOrder.from_payload(job.payload), jc)
+
+
+def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
+    progress = _progress(jc)
+    progress("face", 0, 1)
+    selfie = _analyze(ctx, jc.blobs.read_bytes(order.selfie_digest), "selfie")
+    style = _analyze(ctx, jc.blobs.read_bytes(order.exemplar_digest), "style")
+    progress("face", 1, 1)
+    cache = BlobArtifactCache(jc, order.user_id)
+    avatar = ctx.pipeline(portrait_inputs(selfie, order.selfie_digest), portrait_inputs(style, order.exemplar_digest),
+                          seed=order.seed + ctx.cfg.engine.seed, progress=progress, cache=cache)
+    progress("render", 0, 1)
+    renders = [jc.put_blob(png) for png in render_stills(ctx.pipeline, avatar, order.strength)]
+    progress("render", 1, 1)
+    result = PackResult(
+        pack_id=order.pack_id, preset=avatar.preset, avatar=jc.put_blob(result_to_bytes(avatar)), renders=renders,
+        missing=list(MISSING_STAGES), timings=avatar.timings,
+        warnings=[{"key": w.key, **w.params} for w in selfie.warnings])
+    if order.pack_id is not None and not MISSING_STAGES:
+        packs.update_pack(jc.db, order.pack_id, status="ready")
+    return result.to_dict()
+
+
+def handle_regenerate_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
+    """A scheduled remake of an existing pack (its style changed, or the engine did)."""
+    import time
+
+    from emoji3d.orders import ENGINE_VERSION
+    from storage import selfies
+
+    pack = packs.get_pack(jc.db, int(job.payload["pack_id"]))
+    selfie = selfies.latest_selfie(jc.db, pack.user_id)
+    if selfie is None or (selfie.expires_at is not None and selfie.expires_at < time.time()):
+        raise SelfieGone(f"pack {pack.id}: the owner's selfie is no longer stored")
+    if pack.style_id is None:
+        raise StyleGone(f"pack {pack.id}: its style was removed")
+    style = st.get_style(jc.db, pack.style_id)
+    order = PackOrder(user_id=pack.user_id, selfie_digest=selfie.blob_digest, exemplar_digest=style.exemplar_digest,
+                      strength=pack.strength, platform=pack.platform or "local", style_id=style.id,
+                      style_version=style.version, pack_id=pack.id, regenerate=True,
+                      settings=ctx.cfg.pipeline.digest("style", "inversion", "pti", "dual"))
+    result = make_pack(ctx, order, jc)
+    packs.mark_regenerated(jc.db, pack.id, style_version=style.version, engine_version=ENGINE_VERSION)
+    return result
+
+
+def handle_style_finetune(ctx: EngineContext, job, jc: JobContext) -> dict:
+    style = st.get_style(jc.db, int(job.payload["style_id"]))
+    if style.version != int(job.payload.get("version", style.version)):
+        return {"skipped": f"style {style.name} changed to version {style.version}; a newer job tunes it"}
+    st.set_status(jc.db, style.id, "tuning")
+    try:
+        face = _analyze(ctx, jc.blobs.read_bytes(style.exemplar_digest), "style")
+        ctx.pipeline.stylize_2d(portrait_inputs(face, style.exemplar_digest), torch.Generator().manual_seed(
+            ctx.cfg.engine.seed), _progress(jc), cache=BlobArtifactCache(jc, None))
+    except UserFacingError as exc:
+        st.set_status(jc.db, style.id, "failed", exc.key)
+        raise
+    st.set_status(jc.db, style.id, "ready")
+    return {"style_id": style.id, "version": style.version, "preset": ctx.pipeline.nets.preset}
