@@ -71,4 +71,6 @@ class _BiasAct(torch.autograd.Function):
 
 
 def bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
+    if b is not None and b.dtype != x.dtype:
+        b = b.to(x.dtype)  # the kernel reads the bias in x's dtype (the reference casts too)
     return _BiasAct.apply(x, b, dim, act, alpha, gain, clamp)
