@@ -159,8 +159,11 @@ def _translate(exc: Exception, bot_username: str) -> Exception:
 
 async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, tg_user_id: int, *,
                        bot_username: str, title: str, thumbnail: bytes | None = None,
-                       max_rounds: int = 8, sleep: Any = asyncio.sleep) -> Published:
-    """Make the pack's Telegram set match its sticker rows. See the module docstring."""
+                       initial_max: int = INITIAL_MAX, max_rounds: int = 8, sleep: Any = asyncio.sleep) -> Published:
+    """Make the pack's Telegram set match its sticker rows. See the module docstring.
+    ``initial_max`` (1..50) caps the stickers sent with ``createNewStickerSet``."""
+    if not 1 <= initial_max <= INITIAL_MAX:
+        raise ValueError(f"initial_max must be within 1..{INITIAL_MAX}, got {initial_max}")
     pack = packs.get_pack(db, pack_id)
     stickers = packs.list_stickers(db, pack_id)
     if not stickers:
@@ -170,13 +173,14 @@ async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, t
     name = pack.platform_set_name or set_name_for(pack_id, str(tg_user_id), bot_username)
     packs.update_pack(db, pack_id, status="uploading", platform_set_name=name)
     try:
-        return await _publish(bot, db, blobs, pack_id, tg_user_id, name, title, thumbnail, max_rounds, sleep)
+        return await _publish(bot, db, blobs, pack_id, tg_user_id, name, title, thumbnail, initial_max,
+                              max_rounds, sleep)
     except (BadRequest, Forbidden) as exc:
         raise _translate(exc, bot_username) from exc
 
 
 async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: int, name: str, title: str,
-                   thumbnail: bytes | None, max_rounds: int, sleep: Any) -> Published:
+                   thumbnail: bytes | None, initial_max: int, max_rounds: int, sleep: Any) -> Published:
     # 1. upload once (uploadStickerFile has no side effect in the set: plain retries are safe)
     for s in packs.list_stickers(db, pack_id):
         if s.platform_state == "local" or not s.platform_file_id:
@@ -197,7 +201,7 @@ async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: 
             if current is None:
                 try:
                     await bot.create_new_sticker_set(uid, name, title,
-                                                     [_input_sticker(s) for s in stickers[:INITIAL_MAX]])
+                                                     [_input_sticker(s) for s in stickers[:initial_max]])
                     created = True
                 except BadRequest as exc:
                     if not _OCCUPIED.search(exc.message):

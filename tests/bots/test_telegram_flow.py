@@ -1,0 +1,273 @@
+"""The real python-telegram-bot Application against the fake Bot API: the whole
+conversation, bad uploads, cancel, /delete, house styles, /privacy, /mypacks."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import Any, AsyncIterator
+
+import pytest
+
+from bots.core import BotResources
+from bots.telegram.app import AppOptions, build_application, serve
+from emoji3d.texts import message, text
+from storage import jobs, packs, selfies, users
+from storage import styles as st
+from tests.bots.conftest import finish_job, wait_for
+from tests.fakes import telegram_updates as tgu
+from tests.fakes.telegram_api import FakeTelegramServer
+
+pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarning"),
+              pytest.mark.timeout(120)]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(res: BotResources, server: FakeTelegramServer) -> AsyncIterator[Any]:
+    opts = AppOptions(base_url=server.base_url, base_file_url=server.base_file_url, progress_interval_s=0.0,
+                      poll_jobs_s=0.05, long_poll_timeout_s=1)
+    app = build_application(res, server.token, opts)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, stop, opts))
+    await wait_for(lambda: server.calls_to("getUpdates"), what="polling")
+    try:
+        yield app
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+class Chat:
+    """A person typing into a chat with the bot."""
+
+    def __init__(self, server: FakeTelegramServer, user: dict, chat: dict | None = None) -> None:
+        self.server, self.user = server, user
+        self.chat = chat or tgu.private_chat(user)
+        self.q = 0
+
+    @property
+    def cid(self) -> int:
+        return self.chat["id"]
+
+    def bot_messages(self) -> list[dict]:
+        return self.server.messages_in(self.cid)
+
+    def texts(self) -> list[str]:
+        return [m.get("text", "") for m in self.bot_messages()]
+
+    def command(self, cmd: str, args: str = "", reply_to: dict | None = None) -> None:
+        self.server.push_update(tgu.message_update(tgu.command_message(
+            self.server.next_message_id(self.cid), self.chat, self.user, cmd, args=args,
+            date=self.server.now(), reply_to=reply_to)))
+
+    def photo(self, data: bytes, *, file_size: int | None = None, reply_to: dict | None = None) -> dict:
+        msg = tgu.message(self.server.next_message_id(self.cid), self.chat, self.user, date=self.server.now(),
+                          photo=self.server.add_photo(data, file_size=file_size), reply_to=reply_to)
+        self.server.push_update(tgu.message_update(msg))
+        return msg
+
+    def document(self, data: bytes, name: str, *, file_size: int | None = None) -> None:
+        self.server.push_update(tgu.message_update(tgu.message(
+            self.server.next_message_id(self.cid), self.chat, self.user, date=self.server.now(),
+            doc=self.server.add_document(data, name, file_size=file_size))))
+
+    def press(self, msg: dict, data: str) -> None:
+        self.q += 1
+        self.server.push_update(tgu.callback_update(tgu.callback_query(f"q{self.user['id']}_{self.q}", self.user,
+                                                                       data, msg=msg)))
+
+    async def reply_containing(self, fragment: str, timeout: float = 20.0) -> dict:
+        return await wait_for(lambda: next((m for m in self.bot_messages() if fragment in m.get("text", "")), None),
+                              timeout, f"a bot message containing {fragment!r}; got {self.texts()}")
+
+
+def buttons(msg: dict) -> dict[str, str]:
+    return {b["text"]: b["callback_data"] for row in msg.get("reply_markup", {}).get("inline_keyboard", [])
+            for b in row if "callback_data" in b}
+
+
+def add_global_style(res: BotResources, name: str, image: bytes) -> st.Style:
+    return st.add_style(res.db, name, res.blobs.put_bytes(image), status="ready")
+
+
+async def consent(chat: Chat) -> None:
+    chat.command("start")
+    welcome = await chat.reply_containing("Do you agree")
+    chat.press(welcome, buttons(welcome)[text("consent_button")])
+    await chat.reply_containing(text("consent_thanks"))
+
+
+def test_whole_conversation_creates_a_set(res, telegram_server, telegram_user, selfie_png, sticker_files):
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            kb = buttons(styles_msg)
+            assert list(kb) == ["toon", text("style_own_button")]
+            chat.press(styles_msg, kb["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_medium")])
+            progress = await chat.reply_containing("about to start")
+            assert text("cancel_button") in buttons(progress)
+            job = jobs.list_jobs(res.db, kind="make_pack")[0]
+            assert job.payload["strength"] == 0.7 and job.payload["style_id"] == style.id
+            # the engine reports a stage, then finishes
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "invert_3d", 0.42)
+            await chat.reply_containing("building your 3D head (42%)")
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_job(res, job.id, sticker_files)
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert done["message_id"] == progress["message_id"]  # the same message, edited in place
+            assert text("slim_warning") in done["text"]
+            await wait_for(lambda: telegram_server.calls_to("sendSticker"), what="sendSticker")
+
+    asyncio.run(scenario())
+    user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+    assert user is not None and user.consent_at is not None
+    pack = packs.list_packs(res.db, user.id)[0]
+    assert pack.status == "published"
+    s = telegram_server.sticker_set_json(pack.platform_set_name)
+    assert [x["emoji"] for x in s["stickers"]] == ["😀", "😮", "😉"]
+    assert all(x["is_video"] for x in s["stickers"]) and "thumbnail" in s
+    assert pack.platform_set_name.endswith("_by_" + telegram_server.bot.username)
+    assert [st_.platform_state for st_ in packs.list_stickers(res.db, pack.id)] == ["added"] * 3
+    assert len(telegram_server.calls_to("uploadStickerFile")) == 3
+    sel = selfies.latest_selfie(res.db, user.id)
+    assert sel is not None and sel.expires_at is not None
+    assert abs(sel.expires_at - sel.created_at - 24 * 3600) < 1
+
+
+def test_bad_uploads_are_explained(res, telegram_server, telegram_user, selfie_png, faceless_png):
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            chat.photo(selfie_png)  # before consent
+            await chat.reply_containing(message("consent_required")[:30])
+            await consent(chat)
+            chat.document(b"%PDF-1.4 not a picture", "cv.pdf")
+            await chat.reply_containing(message("not_an_image"))
+            before = len(telegram_server.calls_to("getFile"))
+            chat.document(selfie_png, "huge.png", file_size=25 * 1024 * 1024)
+            await chat.reply_containing("That file is too big (25.0 MB)")
+            assert len(telegram_server.calls_to("getFile")) == before  # refused before downloading
+            chat.photo(faceless_png)
+            await chat.reply_containing(message("no_face"))
+
+    asyncio.run(scenario())
+    user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+    assert selfies.latest_selfie(res.db, user.id) is None
+
+
+def test_cancel_from_the_progress_message(res, telegram_server, telegram_user, selfie_png):
+    add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            progress = await chat.reply_containing("about to start")
+            chat.press(progress, buttons(progress)[text("cancel_button")])
+            await chat.reply_containing(text("cancelled_ok"))
+
+    asyncio.run(scenario())
+    job = jobs.list_jobs(res.db, kind="make_pack")[0]
+    assert job.status == "cancelled"
+    assert packs.get_pack(res.db, job.payload["pack_id"]).status == "failed"
+
+
+def test_delete_with_confirmation_erases_rows_blobs_and_sets(res, telegram_server, telegram_user, selfie_png,
+                                                             sticker_files):
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> str:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            chat.photo(selfie_png)
+            await chat.reply_containing(text("selfie_ok"))
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            from bots import core
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            finish_job(res, placed.job_id, sticker_files)
+            await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            name = packs.get_pack(res.db, placed.pack.id).platform_set_name
+            chat.command("mypacks")
+            await chat.reply_containing(name)
+            chat.command("delete")
+            confirm = await chat.reply_containing("Delete everything?")
+            chat.press(confirm, buttons(confirm)[text("delete_no")])
+            await chat.reply_containing(text("delete_kept"))
+            assert telegram_server.sticker_set_json(name) is not None
+            chat.command("delete")
+            await wait_for(lambda: sum("Delete everything?" in t for t in chat.texts()) == 1
+                           and len([m for m in chat.bot_messages() if "Delete everything?" in m.get("text", "")]) == 1,
+                           what="second confirmation")
+            confirm = [m for m in chat.bot_messages() if "Delete everything?" in m.get("text", "")][-1]
+            chat.press(confirm, buttons(confirm)[text("delete_yes")])
+            await chat.reply_containing("sticker set(s)")
+            return name
+
+    name = asyncio.run(scenario())
+    assert telegram_server.sticker_set_json(name) is None
+    assert users.find_user(res.db, "telegram", str(telegram_user["id"])) is None
+    assert jobs.list_jobs(res.db, kind="make_pack") == []
+    # every blob only this user held is gone; the style exemplar (same bytes as the selfie) stays
+    for v in sticker_files["videos"] + [sticker_files["thumb"]]:
+        assert not res.blobs.exists(hashlib.sha256(v).hexdigest())
+    assert res.blobs.exists(style.exemplar_digest)
+
+
+def test_house_styles_admin_and_refusal(res, telegram_server, selfie_png):
+    admin = telegram_server.add_user(tgu.user(5001, "Grace"))
+    member = telegram_server.add_user(tgu.user(5002, "Bob"))
+    group = telegram_server.add_chat(tgu.group_chat(-1001234, "Painters"))
+    telegram_server.set_chat_member(group["id"], admin, "administrator")
+    telegram_server.set_chat_member(group["id"], member, "member")
+    a, m = Chat(telegram_server, admin, group), Chat(telegram_server, member, group)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            img = a.photo(selfie_png)
+            a.command("housestyle", "add neon", reply_to=img)
+            await a.reply_containing("House style “neon” added")
+            m.command("housestyle", "add other", reply_to=img)
+            await m.reply_containing(message("not_admin"))
+            m.command("housestyle", "remove neon")
+            await wait_for(lambda: sum(message("not_admin") in t for t in m.texts()) == 2, what="second refusal")
+            m.command("housestyle", "list")
+            await m.reply_containing("House styles here: neon")
+            a.command("housestyle", "bogus")
+            await a.reply_containing("Usage:")
+
+    asyncio.run(scenario())
+    community = [s for s in st.list_styles(res.db, community_id=1, include_house=False)]
+    assert [s.name for s in community] == ["neon"]
+    assert st.find_style(res.db, "other", community[0].community_id) is None
+    tune = jobs.list_jobs(res.db, kind="style_finetune")
+    assert len(tune) == 1 and tune[0].priority == "batch"
+    assert {c.params["user_id"] for c in telegram_server.calls_to("getChatMember")} == {5001, 5002}
+
+
+def test_privacy_and_mypacks_answer(res, telegram_server, telegram_user):
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            chat.command("privacy")
+            await chat.reply_containing("deleted 24 hours after upload")
+            chat.command("mypacks")
+            await chat.reply_containing(text("mypacks_none"))
+
+    asyncio.run(scenario())
