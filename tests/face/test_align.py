@@ -155,7 +155,7 @@ def test_ffhq_crop_invariant_to_rotation_scale_shift(astronaut, detector, artefa
     r1 = analyze_face(moved, cfg, detector)
     pts = r0.landmarks.xy[:468]  # the same physical points, seen in both crops
     err = np.linalg.norm(fa.apply(r0.ffhq.matrix, pts) - fa.apply(fa.compose(r1.ffhq.matrix, t), pts), axis=1)
-    assert err.mean() < 1.5 and err.max() < 2.5, (err.mean(), err.max())
+    assert err.mean() < 1.0 and err.max() < 2.0, (err.mean(), err.max())  # measured 0.45 / 0.95 px (3.0 / 6.1 without refine)
     # and the crops themselves look the same
     assert psnr(r0.ffhq.image[200:900, 200:850], r1.ffhq.image[200:900, 200:850]) > 24
     Image.fromarray(np.hstack([r0.ffhq.image, r1.ffhq.image])[::2, ::2]).save(artefact_dir / "invariance_pair.png")
