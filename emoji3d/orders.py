@@ -48,6 +48,7 @@ class PackOrder:
     seed: int = 0
     pack_id: int | None = None    # set by order_pack
     regenerate: bool = False
+    settings: str = ""            # digest of the pipeline settings (PipelineConfig.digest), part of the key
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORM_TARGETS:
@@ -61,7 +62,8 @@ class PackOrder:
 
     def idempotency_key(self) -> str:
         parts = [JOB_KIND, self.user_id, self.selfie_digest, self.exemplar_digest, self.style_id,
-                 self.style_version, f"{float(self.strength):.3f}", self.platform, self.seed, ENGINE_VERSION]
+                 self.style_version, f"{float(self.strength):.3f}", self.platform, self.seed, self.settings,
+                 ENGINE_VERSION]
         if self.regenerate:
             parts += ["regenerate", self.pack_id]
         return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
