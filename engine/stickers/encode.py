@@ -42,7 +42,7 @@ animation that cannot fit becomes a still of frame ``still_frame``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

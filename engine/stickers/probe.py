@@ -282,8 +282,6 @@ def _probe_image(data: bytes, container: str, keep_frames: bool) -> Decoded:
             raise ProbeError(f"{container.upper()} decoding failed at frame {n}: {e}") from e
         if container == "png" and n > 1:
             container = "apng"
-        if container == "apng" and n == 1 and not getattr(im, "is_animated", False):
-            pass  # an acTL with one frame is still an APNG container; keep the sniffed name
         codec = {"apng": "png"}.get(container, container)
         pix_fmt = im.mode
     animated = n > 1

@@ -89,7 +89,7 @@ def test_webm_rules_each_have_a_reason(disc512):
 
 def test_size_limit_is_exact(disc512):
     data = make_webm(disc512[:3], 30)
-    from engine.stickers.targets import FormatRule, Target, get_target
+    from engine.stickers.targets import FormatRule, get_target
     import dataclasses
     t = get_target("telegram_video")
     at = dataclasses.replace(t, formats=(FormatRule("webm", True, len(data), codec="vp9"),))
