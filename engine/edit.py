@@ -70,7 +70,7 @@ class FitConfig:
 
     fraction: float = 0.1          # top and bottom fraction of the samples used as positives / negatives
     val_fraction: float = 0.3      # of the chosen samples, held out to report accuracy
-    svm_c: float = 1.0             # LinearSVC regularisation
+    svm_c: float = 0.01            # LinearSVC regularisation (on standardised latents)
     max_iter: int = 20000
 
     def __post_init__(self) -> None:

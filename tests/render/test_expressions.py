@@ -1,0 +1,115 @@
+"""Geometry expression scorers on perturbed canonical-face landmarks and a real photo."""
+import pathlib
+
+import numpy as np
+import pytest
+
+from engine import expressions as X
+
+CANONICAL = pathlib.Path(__file__).parent / "data" / "canonical_face_landmarks.txt"
+
+LOWER_LIP = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 181, 91, 146, 314, 405, 321, 375, 15, 16, 86, 85, 316, 315]
+UPPER_BROWS = [70, 63, 105, 66, 107, 300, 293, 334, 296, 336, 46, 53, 52, 65, 55, 276, 283, 282, 295, 285]
+
+
+def canonical_image_points(scale=20.0, roll_deg=0.0, offset=(256.0, 256.0)):
+    """The canonical face as image pixels (y down), optionally rolled and scaled."""
+    v = np.loadtxt(CANONICAL)  # (468, 3) cm, y up
+    assert v.shape == (468, 3)
+    xy = np.stack([v[:, 0], -v[:, 1]], 1) * scale
+    a = np.radians(roll_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return xy @ rot.T + np.asarray(offset)
+
+
+def test_scores_invariant_to_translation_roll_and_scale():
+    a = X.geometry_scores(canonical_image_points())
+    b = X.geometry_scores(canonical_image_points(scale=7.0, roll_deg=25.0, offset=(40.0, 900.0)))
+    for k in X.GEOMETRY_EXPRESSIONS:
+        assert a[k] == pytest.approx(b[k], abs=1e-9)
+
+
+def test_raised_mouth_corners_score_a_higher_smile():
+    base = canonical_image_points(scale=1.0)
+    s0 = X.geometry_scores(base)["smile"]
+    prev = s0
+    for lift in (0.2, 0.4, 0.8):  # cm, corners (and their neighbours) moved up
+        pts = base.copy()
+        for i, w in ((61, 1.0), (291, 1.0), (146, 0.5), (375, 0.5), (185, 0.5), (409, 0.5)):
+            pts[i, 1] -= w * lift
+        s = X.geometry_scores(pts)["smile"]
+        assert s > prev
+        prev = s
+    pts = base.copy()
+    pts[[61, 291], 1] += 0.5  # corners down: a frown
+    assert X.geometry_scores(pts)["smile"] < s0
+
+
+def test_opened_mouth_and_raised_brows_score_higher_surprise_lowered_brows_anger():
+    base = canonical_image_points(scale=1.0)
+    s0 = X.geometry_scores(base)
+    opened = base.copy()
+    opened[LOWER_LIP, 1] += 1.0
+    s1 = X.geometry_scores(opened)
+    assert s1["surprise"] > s0["surprise"] + 0.05
+    raised = base.copy()
+    raised[UPPER_BROWS, 1] -= 0.6
+    assert X.geometry_scores(raised)["surprise"] > s0["surprise"]
+    knit = base.copy()
+    knit[UPPER_BROWS, 1] += 0.5
+    knit[[107, 55, 65], 0] += 0.4   # image-left inner brow moves towards the centre
+    knit[[336, 285, 295], 0] -= 0.4
+    sk = X.geometry_scores(knit)
+    assert sk["anger"] > s0["anger"] and sk["surprise"] < s0["surprise"]
+    closed = base.copy()
+    closed[[159, 158, 160, 386, 385, 387], 1] = base[[145, 153, 144, 374, 380, 373], 1]
+    assert X.geometry_scores(closed)["blink"] > s0["blink"]
+
+
+def test_bad_landmarks_are_refused():
+    with pytest.raises(ValueError, match="468"):
+        X.geometry_scores(np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="coincide"):
+        X.geometry_scores(np.zeros((478, 2)))
+
+
+def test_astronaut_real_detector_and_perturbation():
+    skimage_data = pytest.importorskip("skimage.data")
+    from engine.face_landmarks import LandmarkDetector
+
+    img = skimage_data.astronaut()  # 512x512 RGB, Eileen Collins, smiling
+    with LandmarkDetector(max_faces=1) as det:
+        scores = X.score_frames([img, np.zeros((64, 64, 3), np.uint8)], det)
+        faces = det.detect(img)
+    assert np.isfinite(scores["smile"][0]) and np.isnan(scores["smile"][1])
+    xy = faces[0].xy
+    s0 = X.geometry_scores(xy)
+    assert s0["smile"] == pytest.approx(scores["smile"][0])
+    iod = np.linalg.norm(xy[263] - xy[33])
+    # she smiles: higher than the neutral canonical face (scores are scale/roll invariant, so comparable)
+    assert s0["smile"] > X.geometry_scores(canonical_image_points())["smile"]
+    assert X.face_features(xy).corner_lift > 0
+    opened = xy.copy()
+    opened[LOWER_LIP, 1] += 0.15 * iod
+    assert X.geometry_scores(opened)["surprise"] > s0["surprise"]
+    lifted = xy.copy()
+    lifted[[61, 291], 1] -= 0.08 * iod
+    assert X.geometry_scores(lifted)["smile"] > s0["smile"]
+
+
+def test_classifier_attributes_report_unavailable(tmp_path):
+    avail, missing = X.classifier_scorers(tmp_path)
+    assert avail == {} and set(missing) == set(X.CLASSIFIER_ATTRIBUTES)
+    (tmp_path / "attribute_glasses").mkdir()
+    (tmp_path / "attribute_glasses" / "config.json").write_text("{}")
+    avail, missing = X.classifier_scorers(tmp_path)
+    assert "no classifier architecture" in missing["glasses"]
+
+    class Dummy:
+        name = "glasses"
+
+        def __call__(self, images):
+            return images.mean((1, 2, 3))
+
+    avail, missing = X.classifier_scorers(tmp_path, loaders={"glasses": lambda folder: Dummy()})
+    assert list(avail) == ["glasses"] and "glasses" not in missing
