@@ -34,7 +34,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -308,3 +308,91 @@ def boundaries_from_mapping(items: Mapping[str, Boundary], generator_digest_hex:
                             for_tests_only: bool) -> BoundarySet:
     return BoundarySet(generator_digest=generator_digest_hex, generator_preset=preset, boundaries=dict(items),
                        for_tests_only=for_tests_only)
+
+
+# ----------------------------------------------------------------------------- fitting on a generator
+
+FrameScorer = Callable[[torch.Tensor], dict[str, np.ndarray]]  # images [B,3,H,W] in [-1,1] -> {name: scores [B]}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How latents of the base generator are drawn and rendered for fitting."""
+
+    n: int = 5000                  # latents (several thousand on a GPU)
+    batch: int = 8                 # latents per forward pass
+    truncation_psi: float = 0.7    # EG3D's usual sampling truncation: cleaner faces, steadier landmarks
+    neural_rendering_resolution: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 4 or self.batch < 1:
+            raise ValueError(f"need n >= 4 and batch >= 1, got n={self.n}, batch={self.batch}")
+
+
+@torch.no_grad()
+def sample_and_score(generator: torch.nn.Module, scorer: FrameScorer, names: Sequence[str], config: SampleConfig,
+                     rng: torch.Generator, progress: Callable[[int, int], None] = lambda done, total: None
+                     ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Draw ``config.n`` latents of the base generator, render each frontally and score it.
+
+    Returns w [N, D] (layer 0 of ws, after truncation, conditioned on the
+    frontal camera) and {name: scores [N]} (NaN where the scorer found no face).
+    ``rng`` is a CPU torch.Generator; z ~ N(0, I).
+    """
+    from engine.nets import camera
+
+    dev = next(generator.parameters()).device
+    ws_all, scores = [], {n: [] for n in names}
+    done = 0
+    while done < config.n:
+        b = min(config.batch, config.n - done)
+        z = torch.randn(b, generator.z_dim, generator=rng).to(dev)  # [B, z_dim]
+        c = camera.conditioning_label(b, device=dev)  # [B, 25] frontal
+        ws = generator.mapping(z, c, truncation_psi=config.truncation_psi)  # [B, L, D]
+        out = generator.synthesis(ws, c, neural_rendering_resolution=config.neural_rendering_resolution)
+        s = scorer(out["image"])
+        for n in names:
+            if n not in s or len(s[n]) != b:
+                raise ValueError(f"scorer returned no {b} scores for {n!r}")
+            scores[n].append(np.asarray(s[n], dtype=np.float64))
+        ws_all.append(ws[:, 0].float().cpu())
+        done += b
+        progress(done, config.n)
+    return torch.cat(ws_all), {n: np.concatenate(v) for n, v in scores.items()}
+
+
+def fit_boundaries(latents: torch.Tensor, scores: Mapping[str, np.ndarray], rng: np.random.Generator,
+                   config: FitConfig = FitConfig(), *, scorer: str = "",
+                   layers: Mapping[str, tuple[int, int] | None] | None = None) -> dict[str, Boundary]:
+    """One boundary per scored attribute (see :func:`fit_boundary`)."""
+    layers = layers or {}
+    return {n: fit_boundary(latents, s, rng, config, name=n, scorer=scorer, layers=layers.get(n))
+            for n, s in scores.items()}
+
+
+def rescore_edits(generator: torch.nn.Module, bset: BoundarySet, scorer: FrameScorer, n: int, rng: torch.Generator,
+                  truncation_psi: float = 0.7, neural_rendering_resolution: int | None = None) -> dict[str, dict[str, float]]:
+    """For ``n`` fresh latents, the score before and after each boundary's precomputed edit.
+
+    Returns {name: {"before", "after" (means over faces found in both), "raised" (fraction
+    of latents whose score went up), "scored" (how many had a face both times)}}.
+    """
+    from engine.nets import camera
+
+    dev = next(generator.parameters()).device
+    with torch.no_grad():
+        z = torch.randn(n, generator.z_dim, generator=rng).to(dev)
+        c = camera.conditioning_label(n, device=dev)
+        ws = generator.mapping(z, c, truncation_psi=truncation_psi)
+        base = scorer(generator.synthesis(ws, c, neural_rendering_resolution=neural_rendering_resolution)["image"])
+        report = {}
+        for name, b in bset.boundaries.items():
+            edited = apply_edit(ws, b.normal, b.d, b.layers)
+            after = scorer(generator.synthesis(edited, c, neural_rendering_resolution=neural_rendering_resolution)["image"])
+            s0, s1 = np.asarray(base[name], float), np.asarray(after[name], float)
+            ok = np.isfinite(s0) & np.isfinite(s1)
+            report[name] = {"before": float(s0[ok].mean()) if ok.any() else float("nan"),
+                            "after": float(s1[ok].mean()) if ok.any() else float("nan"),
+                            "raised": float((s1[ok] > s0[ok]).mean()) if ok.any() else float("nan"),
+                            "scored": int(ok.sum())}
+    return report
