@@ -191,9 +191,12 @@ def build(name: str, verbose: bool = False) -> ModuleType:
                 verbose=verbose,
             )
             so_file = pathlib.Path(module.__file__).name if getattr(module, "__file__", None) else f"{module_name}.so"
-            (build_dir / "emoji3d-build.json").write_text(json.dumps(
-                {"name": name, "module": module_name, "so_file": so_file, "source_digest": source_digest(name),
-                 "arch": arch, "torch": torch.__version__, "cuda": torch.version.cuda}, indent=1))
+            try:  # the manifest only enables reuse on other GPUs; never fail a good build over it
+                (build_dir / "emoji3d-build.json").write_text(json.dumps(
+                    {"name": name, "module": module_name, "so_file": so_file, "source_digest": source_digest(name),
+                     "arch": arch, "torch": torch.__version__, "cuda": torch.version.cuda}, indent=1))
+            except OSError as exc:
+                warnings.warn(f"emoji3d: could not record build manifest in {build_dir}: {exc}", RuntimeWarning)
         finally:
             lock_file.close()
             if old_arch is None:
