@@ -41,10 +41,11 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
 
     folder = pathlib.Path(folder)
     config = json.loads((folder / "config.json").read_text())
+    if "calls" not in config:
+        raise ValueError(f"{folder}/config.json: no 'calls' table describing the stored outputs")
     ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
     io = load_file(str(folder / "io.safetensors"))
     G, D, latent_avg, cfg = load_stylegan2(ckpt)
-    calls = set(config.get("calls", {})) | set(io)
     kw = dict(noise_mode="const", impl="ref")
     checks: list[TensorCheck] = []
 
@@ -88,5 +89,4 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
     checked = {c.name.split(" ")[0] for c in checks}
     for name in sorted(set(io) - inputs - checked):
         checks.append(TensorCheck(f"{name} (no rule to rebuild this output)", float("nan"), 0.0))
-    del calls
     return checks
