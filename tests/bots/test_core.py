@@ -1,0 +1,199 @@
+"""Platform-neutral core and notifier: limits, consent, regeneration, resume after a restart,
+and that bot modules never import torch."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import subprocess
+import sys
+
+import pytest
+
+from bots import core
+from bots.notify import Notifier
+from emoji3d.texts import message
+from storage import jobs, packs, users
+from storage import styles as st
+from tests.bots.conftest import finish_job, make_resources
+
+
+def ready_user(res, selfie_png, pid: str = "1"):
+    user = core.ensure_user(res, "telegram", pid)
+    core.give_consent(res, user)
+    user = users.get_user(res.db, user.id)
+    core.accept_selfie(res, user, selfie_png)
+    return user
+
+
+def test_consent_is_required_and_timestamped(res, selfie_png):
+    user = core.ensure_user(res, "telegram", "9")
+    with pytest.raises(core.ConsentRequired):
+        core.accept_selfie(res, user, selfie_png)
+    at = core.give_consent(res, user)
+    assert users.get_user(res.db, user.id).consent_at == at
+    assert core.give_consent(res, users.get_user(res.db, user.id)) == at  # first consent kept
+
+
+def test_one_active_job_per_user(res, selfie_png):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    user = ready_user(res, selfie_png)
+    core.place_order(res, user, "telegram", preset="subtle", style_id=style.id)
+    with pytest.raises(core.ActiveJobExists) as err:
+        core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+    assert message(err.value.key).startswith("You already have a pack")
+    other = ready_user(res, selfie_png, "2")  # someone else is not blocked
+    core.place_order(res, other, "telegram", preset="full", style_id=style.id)
+
+
+def test_daily_quota(tmp_path, face_check, selfie_png, sticker_files):
+    res = make_resources(tmp_path, face_check, jobs_per_user_per_day=2)
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    user = ready_user(res, selfie_png)
+    for preset in ("subtle", "medium"):
+        placed = core.place_order(res, user, "local", preset=preset, style_id=style.id)
+        finish_job(res, placed.job_id, sticker_files)
+    with pytest.raises(core.QuotaExceeded) as err:
+        core.place_order(res, user, "local", preset="full", style_id=style.id)
+    assert err.value.params["limit"] == 2 and "2 packs" in message(err.value.key, **err.value.params)
+    # a day later the window has moved on
+    day_later = time.time() + 25 * 3600
+    later = core.BotResources(res.cfg, res.db, res.blobs, face_check, clock=lambda: day_later)
+    with pytest.raises(core.NoSelfie):  # and yesterday's selfie has expired (24 h retention)
+        core.place_order(later, user, "local", preset="full", style_id=style.id)
+    no_expiry = dataclasses.replace(res.cfg, privacy=dataclasses.replace(res.cfg.privacy, selfie_retention_hours=0))
+    later = core.BotResources(no_expiry, res.db, res.blobs, face_check, clock=lambda: day_later)
+    core.accept_selfie(later, user, selfie_png)
+    core.place_order(later, user, "local", preset="full", style_id=style.id)
+
+
+def test_strength_presets_and_unknown():
+    assert core.STRENGTHS == {"subtle": 0.35, "medium": 0.7, "full": 1.0}
+    with pytest.raises(core.UnknownStrength):
+        core.strength_value("extreme")
+
+
+def test_styles_list_house_first_and_own_style_token(res, selfie_png):
+    digest = res.blobs.put_bytes(selfie_png)
+    st.add_style(res.db, "aaa", digest, status="ready")
+    st.add_style(res.db, "off", digest, status="disabled")
+    cid = core.community_id_for(res, "telegram", "-100", "grp")
+    st.add_style(res.db, "zzz", digest, community_id=cid, status="pending")
+    names = [(c.name, c.house) for c in core.list_style_choices(res, cid)]
+    assert names == [("zzz", True), ("aaa", False)]
+    tok = core.digest_token(digest)
+    assert len(tok) == 43 and core.digest_from_token(tok) == digest
+    with pytest.raises(core.OwnStyleMissing):
+        core.digest_from_token("short")
+
+
+def test_same_style_again_regenerates_the_published_pack(res, selfie_png, sticker_files):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    other = st.add_style(res.db, "ink", res.blobs.put_bytes(selfie_png + b"x"), status="ready")
+    user = ready_user(res, selfie_png)
+    first = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+    finish_job(res, first.job_id, sticker_files)
+    packs.update_pack(res.db, first.pack.id, status="published", platform_set_name="e3d1xab_by_b")
+    again = core.place_order(res, user, "telegram", preset="medium", style_id=style.id)
+    assert again.regenerate and again.pack.id == first.pack.id and again.job_id != first.job_id
+    assert packs.get_pack(res.db, first.pack.id).status == "pending"
+    jobs.cancel(res.db, again.job_id)
+    new = core.place_order(res, user, "telegram", preset="full", style_id=other.id)
+    assert not new.regenerate and new.pack.id != first.pack.id
+
+
+def test_materialize_is_idempotent(res, selfie_png, sticker_files):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    user = ready_user(res, selfie_png)
+    placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+    result = finish_job(res, placed.job_id, sticker_files)
+    rows = core.materialize_result(res, placed.pack, result, "telegram_video")
+    packs.set_sticker_platform_state(res.db, rows[0].id, "added", "FILEID")
+    again = core.materialize_result(res, placed.pack, result, "telegram_video")
+    assert [s.id for s in again] == [s.id for s in rows]
+    assert again[0].platform_state == "added" and again[0].platform_file_id == "FILEID"
+
+
+class RecordingSender:
+    """A platform sender that records what the notifier hands it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, str]] = []
+
+    async def show_progress(self, w, view):
+        self.events.append(("progress", w.job_id, view.key))
+        w.message_id = "1"
+
+    async def deliver(self, w, job):
+        self.events.append(("deliver", w.job_id, job.status))
+        packs.update_pack(self.res.db, w.pack_id, status="published")
+
+    async def finish(self, w, view):
+        self.events.append(("finish", w.job_id, view.key))
+
+    async def report_error(self, w, err):
+        self.events.append(("error", w.job_id, err.key))
+
+
+def test_notifier_resumes_from_the_database_and_rate_limits(res, selfie_png, sticker_files):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    u1, u2 = ready_user(res, selfie_png, "1"), ready_user(res, selfie_png, "2")
+    a = core.place_order(res, u1, "telegram", preset="full", style_id=style.id)
+    b = core.place_order(res, u2, "telegram", preset="full", style_id=style.id)
+    now = [0.0]
+    sender = RecordingSender()
+    sender.res = res
+    # a "restarted" notifier knows nothing in memory
+    n = Notifier(res, "telegram", sender, min_interval=3.0, clock=lambda: now[0])
+    found = n.resume_from_db()
+    assert sorted(w.job_id for w in found) == [a.job_id, b.job_id] and all(w.resumed for w in found)
+
+    async def go():
+        await n.tick()
+        claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+        jobs.set_progress(res.db, claimed.id, claimed.lease_token, "render", 0.5)
+        now[0] = 1.0
+        await n.tick()  # changed, but within 3 s of the last edit: no edit
+        now[0] = 4.0
+        await n.tick()
+        jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": a.pack.id, "preset": "slim"})
+        jobs.cancel(res.db, b.job_id)
+        await n.tick()
+
+    asyncio.run(go())
+    assert ("progress", a.job_id, "progress") in sender.events
+    assert sum(1 for e in sender.events if e[:2] == ("progress", a.job_id)) == 2
+    assert ("deliver", a.job_id, "succeeded") in sender.events
+    assert ("finish", b.job_id, "cancelled_ok") in sender.events
+    assert n.watches == {}
+    assert n.resume_from_db() == []  # delivered and cancelled jobs are not picked up again
+
+
+async def _no_op(name: str) -> None:
+    raise RuntimeError("platform down")
+
+
+def test_delete_my_data_continues_when_a_set_cannot_be_deleted(res, selfie_png):
+    user = ready_user(res, selfie_png)
+    pack = packs.create_pack(res.db, user.id, None, None, 1.0, "0.1.0", platform="telegram")
+    packs.update_pack(res.db, pack.id, platform_set_name="e3d1x_by_b")
+    out = asyncio.run(core.delete_my_data(res, "telegram", user.platform_user_id, _no_op))
+    assert out.sets_failed == ["e3d1x_by_b"] and out.summary.packs == 1 and out.summary.selfies == 1
+    assert users.find_user(res.db, "telegram", user.platform_user_id) is None
+    nothing = asyncio.run(core.delete_my_data(res, "telegram", user.platform_user_id, _no_op))
+    assert nothing.summary is None
+
+
+def test_upload_size_is_checked_before_download(res):
+    core.check_announced_size(res, None)
+    core.check_announced_size(res, 20 * 1024 * 1024)
+    with pytest.raises(Exception) as err:
+        core.check_announced_size(res, 20 * 1024 * 1024 + 1)
+    assert err.value.key == "file_too_large"
+
+
+def test_bot_modules_do_not_import_torch():
+    code = ("import sys; import bots.core, bots.notify, bots.telegram.app, bots.telegram.handlers, "
+            "bots.telegram.stickers; bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
