@@ -147,16 +147,21 @@ def _upload_of(msg: Any) -> tuple[str, int | None] | None:
     return None
 
 
-def _is_style_reply(msg: Any, context: Any) -> bool:
+def _replies_to_bot(msg: Any, context: Any) -> bool:
     r = msg.reply_to_message
-    return bool(r is not None and r.from_user is not None and r.from_user.id == context.bot.id
-                and r.text == text("style_own_prompt"))
+    return bool(r is not None and r.from_user is not None and r.from_user.id == context.bot.id)
+
+
+def _is_style_reply(msg: Any, context: Any) -> bool:
+    return _replies_to_bot(msg, context) and msg.reply_to_message.text == text("style_own_prompt")
 
 
 @guard
 async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     res = _res(context)
     msg = update.effective_message
+    if update.effective_chat.type != "private" and not _replies_to_bot(msg, context):
+        return  # in groups only images sent in reply to the bot are meant for it
     user = _user(update, context)
     core.require_consent(user)
     found = _upload_of(msg)

@@ -271,3 +271,101 @@ def test_privacy_and_mypacks_answer(res, telegram_server, telegram_user):
             await chat.reply_containing(text("mypacks_none"))
 
     asyncio.run(scenario())
+
+
+def test_own_style_upload_orders_with_that_image(res, telegram_server, telegram_user, selfie_png, faceless_png):
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            assert list(buttons(styles_msg)) == [text("style_own_button")]  # no styles installed
+            chat.press(styles_msg, buttons(styles_msg)[text("style_own_button")])
+            prompt = await chat.reply_containing(text("style_own_prompt"))
+            chat.photo(faceless_png, reply_to=prompt)  # same hygiene as a selfie
+            await chat.reply_containing(message("style_has_no_face"))
+            chat.photo(selfie_png, reply_to=prompt)
+            strength_msg = await chat.reply_containing(text("style_own_ok"))
+            data = buttons(strength_msg)[text("strength_subtle")]
+            assert len(data.encode()) <= 64
+            chat.press(strength_msg, data)
+            await chat.reply_containing("about to start")
+            chat.press(strength_msg, data)  # a second order while one is open
+            await chat.reply_containing(message("job_active"))
+
+    asyncio.run(scenario())
+    [job] = jobs.list_jobs(res.db, kind="make_pack")
+    assert job.payload["style_id"] is None and job.payload["strength"] == 0.35
+    assert job.payload["exemplar_digest"] == hashlib.sha256(selfie_png).hexdigest()
+
+
+def test_restart_while_the_job_runs_still_delivers(res, telegram_server, telegram_user, selfie_png, sticker_files):
+    add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            await chat.reply_containing("about to start")
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            job = jobs.list_jobs(res.db, kind="make_pack")[0]
+            await chat.reply_containing(text("resumed"))
+            finish_job(res, job.id, sticker_files)
+            await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+
+    asyncio.run(first_life())
+    asyncio.run(second_life())
+    [pack] = packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)
+    assert pack.status == "published"
+    assert len(telegram_server.sticker_set_json(pack.platform_set_name)["stickers"]) == 3
+
+
+def test_group_member_who_never_started_the_bot_is_told_how(res, telegram_server, selfie_png, sticker_files):
+    add_global_style(res, "toon", selfie_png)
+    eve = telegram_server.add_user(tgu.user(6001, "Eve"), started=False)
+    group = telegram_server.add_chat(tgu.group_chat(-1005555, "Friends"))
+    chat = Chat(telegram_server, eve, group)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            chat.photo(selfie_png)  # a photo not addressed to the bot is ignored in groups
+            chat.command("start")
+            welcome = await chat.reply_containing("Do you agree")
+            chat.press(welcome, buttons(welcome)[text("consent_button")])
+            thanks = await chat.reply_containing(text("consent_thanks"))
+            chat.photo(selfie_png, reply_to=thanks)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            await chat.reply_containing("about to start")
+            finish_job(res, jobs.list_jobs(res.db, kind="make_pack")[0].id, sticker_files)
+            await chat.reply_containing("@" + telegram_server.bot.username, timeout=30)
+
+    asyncio.run(scenario())
+    assert not any(message("consent_required")[:20] in t for t in chat.texts())
+    assert telegram_server.calls_to("uploadStickerFile")[0].status == 400
+
+
+def test_unexpected_failure_is_answered_politely(res, telegram_server, telegram_user, selfie_png):
+    chat = Chat(telegram_server, telegram_user)
+    telegram_server.inject("getFile", "error", error_code=500, description="boom")
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            await chat.reply_containing(message("internal"))
+            chat.photo(selfie_png)  # the bot is still alive
+            await chat.reply_containing(text("selfie_ok"))
+
+    asyncio.run(scenario())
