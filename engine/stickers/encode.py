@@ -32,7 +32,7 @@ heuristic for speed, since every returned file has passed :func:`verify`.
 
 Input conventions: ``frames`` are RGBA uint8 ``(H, W, 4)`` arrays, straight
 alpha, all the same shape; ``fps`` is the input rate. Geometry and retiming
-follow :mod:`engine.stickers.frames` (fit, letterbox, trim or speed-up); every
+follow :mod:`engine.stickers.frames` (fit, letterbox, speed-up or trim); every
 change (fps, frame count, trimmed seconds, content scale, still fallback) is
 listed in ``report.adjustments``. An animated input goes to the target's
 animated formats; a single frame to its still formats (or a 1-frame video
@@ -49,7 +49,7 @@ import numpy as np
 
 from . import codecs, palette
 from .errors import StickerEncodeError
-from .frames import Layout, Timing, fit_frame, layout, retime, validate_frames
+from .frames import DURATION_POLICIES, Layout, Timing, fit_frame, layout, retime, validate_frames
 from .targets import FormatRule, Target, get_target
 from .verify import VerifyReport, verify
 
@@ -69,7 +69,8 @@ class EncodeConfig:
     palette_ladder: tuple[int, ...] = (256, 128, 64, 32)
     webp_quality_ladder: tuple[int, ...] = (90, 80, 65, 50, 35, 20)
     duration_ladder_s: tuple[float, ...] = (5.0, 4.0, 3.0, 2.0)  # APNG/GIF, capped by the target
-    duration_policy: str = "trim"  # or "speedup": see frames.retime
+    duration_policy: str = "auto"  # "auto" | "trim" | "speedup": see frames.retime
+    max_auto_speedup: float = 1.25  # "auto" plays a loop up to this much faster rather than cut it
     gif_alpha_threshold: int = 128
     still_frame: int = 0
     allow_static_fallback: bool = True
@@ -78,8 +79,10 @@ class EncodeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.crf_best <= self.crf_start <= self.crf_worst <= 63:
             raise ValueError("need 0 <= crf_best <= crf_start <= crf_worst <= 63")
-        if self.duration_policy not in ("trim", "speedup"):
-            raise ValueError(f"duration_policy must be 'trim' or 'speedup', got {self.duration_policy!r}")
+        if self.duration_policy not in DURATION_POLICIES:
+            raise ValueError(f"duration_policy must be one of {DURATION_POLICIES}, got {self.duration_policy!r}")
+        if self.max_auto_speedup < 1:
+            raise ValueError(f"max_auto_speedup must be >= 1, got {self.max_auto_speedup}")
         if not self.fps_ladder or not self.gif_fps_ladder or not self.content_scale_ladder or not self.palette_ladder:
             raise ValueError("ladders must not be empty")
 
@@ -323,7 +326,7 @@ def _search_webm(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, 
         if i not in prepared:
             sc, f = levels[i]
             lay = layout(src_h, src_w, tgt.side, tgt.square, content_scale=sc, even=True)
-            timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy)
+            timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy, cfg.max_auto_speedup)
             prepared[i] = (lay, timing, _prepare(frames, timing, lay, cache))
         return prepared[i]
 
@@ -368,7 +371,7 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
     def level(i: int):
         if i not in prepared:
             d, f = levels[i]
-            timing = retime(len(frames), fps, f, d, cfg.duration_policy)
+            timing = retime(len(frames), fps, f, d, cfg.duration_policy, cfg.max_auto_speedup)
             prepared[i] = (timing, _prepare(frames, timing, lay, cache))
         return prepared[i]
 

@@ -17,8 +17,8 @@ Conventions
   encoding noise there only costs bytes.
 * Retiming is explicit: frame ``k`` of the output is shown at ``k / fps_out``
   and takes the latest input frame at or before that time (``speed`` > 1
-  compresses the timeline instead of trimming it). The output never has more
-  frames per second than the input.
+  compresses the timeline instead of trimming it; see :func:`retime` for the
+  policies). The output never has more frames per second than the input.
 """
 from __future__ import annotations
 
@@ -142,14 +142,25 @@ class Timing:
         return len(self.indices) / self.fps
 
 
-def retime(n_in: int, fps_in: float, fps_out: float, max_duration_s: float | None, policy: str = "trim") -> Timing:
-    """Pick input frames for an output rate and duration cap (``policy``: ``trim`` or ``speedup``)."""
-    if policy not in ("trim", "speedup"):
-        raise ValueError(f"duration policy must be 'trim' or 'speedup', got {policy!r}")
+DURATION_POLICIES = ("auto", "trim", "speedup")
+
+
+def retime(n_in: int, fps_in: float, fps_out: float, max_duration_s: float | None, policy: str = "auto",
+           max_auto_speedup: float = 1.25) -> Timing:
+    """Pick input frames for an output rate and duration cap.
+
+    ``policy``: ``trim`` cuts the end; ``speedup`` compresses the whole timeline
+    (a loop stays seamless); ``auto`` speeds up when that needs at most
+    ``max_auto_speedup`` (e.g. a 3.0 s loop played in 2.9 s) and trims otherwise.
+    """
+    if policy not in DURATION_POLICIES:
+        raise ValueError(f"duration policy must be one of {DURATION_POLICIES}, got {policy!r}")
     fps_out = min(fps_out, fps_in)
     dur_in = n_in / fps_in
     speed, trimmed, dur = 1.0, 0.0, dur_in
     if max_duration_s is not None and dur_in > max_duration_s:
+        if policy == "auto":
+            policy = "speedup" if dur_in / max_duration_s <= max_auto_speedup else "trim"
         if policy == "trim":
             dur, trimmed = max_duration_s, dur_in - max_duration_s
         else:

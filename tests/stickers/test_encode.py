@@ -24,7 +24,7 @@ def test_cartoon_telegram_video_fits_with_room_at_30fps():
     assert r.settings["crf"] == EncodeConfig().crf_best  # the best quality we spend bytes on ...
     assert r.byte_size < 256_000 // 2, r.summary()  # ... and still well under the limit
     assert r.content_scale == 1.0 and (r.width, r.height) == (512, 512)
-    assert any("trimmed" in a for a in r.adjustments)
+    assert any("faster" in a for a in r.adjustments)  # a 3.0 s loop is played in 2.9 s, not cut
     assert res.extension == ".webm" and res.mime == "video/webm"
     assert r.attempts[-1].byte_size > 0 and all(a.byte_size > 0 for a in r.attempts)
 

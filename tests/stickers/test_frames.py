@@ -25,7 +25,7 @@ def test_layout_obeys_the_size_rule(h, w, side, square, even, scale):
 @settings(max_examples=200)
 @given(n=st.integers(1, 300), fps_in=st.sampled_from([8.0, 12.5, 24.0, 30.0, 60.0]),
        fps_out=st.sampled_from([10.0, 15.0, 24.0, 30.0]), cap=st.sampled_from([None, 2.9, 5.0]),
-       policy=st.sampled_from(["trim", "speedup"]))
+       policy=st.sampled_from(["trim", "speedup", "auto"]))
 def test_retime_respects_rate_and_duration(n, fps_in, fps_out, cap, policy):
     t = retime(n, fps_in, fps_out, cap, policy)
     assert t.fps <= fps_out and t.fps <= fps_in
@@ -36,6 +36,17 @@ def test_retime_respects_rate_and_duration(n, fps_in, fps_out, cap, policy):
     assert t.duration_s <= n / fps_in + 1e-9 or len(t.indices) == 1
     if policy == "trim":
         assert t.speed == 1.0
+    if policy == "auto":
+        assert t.speed <= 1.25 and (t.speed == 1.0 or t.trimmed_s == 0.0)
+
+
+def test_auto_policy_keeps_short_loops_whole_and_trims_long_clips():
+    loop = retime(90, 30.0, 30.0, 2.9, "auto")  # a 3.0 s loop: play 3.4 % faster, keep the seam
+    assert loop.speed > 1 and loop.trimmed_s == 0 and len(loop.indices) == 87 and loop.indices[-1] >= 88
+    clip = retime(120, 30.0, 30.0, 2.9, "auto")  # 4.0 s would need 1.38x: cut instead
+    assert clip.speed == 1.0 and abs(clip.trimmed_s - 1.1) < 1e-9 and clip.indices[-1] == 86
+    with pytest.raises(ValueError, match="policy"):
+        retime(10, 30.0, 30.0, None, "stretch")
 
 
 def test_fit_keeps_transparency_and_clears_hidden_colour():
