@@ -66,7 +66,7 @@ class OwnStyleMissing(UserFacingError):
 
 
 class StyleHasNoFace(UserFacingError):
-    key = "style_has_no_face"
+    key = "style_no_face"
 
 
 class ActiveJobExists(UserFacingError):

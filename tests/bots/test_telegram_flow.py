@@ -285,7 +285,7 @@ def test_own_style_upload_orders_with_that_image(res, telegram_server, telegram_
             chat.press(styles_msg, buttons(styles_msg)[text("style_own_button")])
             prompt = await chat.reply_containing(text("style_own_prompt"))
             chat.photo(faceless_png, reply_to=prompt)  # same hygiene as a selfie
-            await chat.reply_containing(message("style_has_no_face"))
+            await chat.reply_containing(message("style_no_face"))
             chat.photo(selfie_png, reply_to=prompt)
             strength_msg = await chat.reply_containing(text("style_own_ok"))
             data = buttons(strength_msg)[text("strength_subtle")]

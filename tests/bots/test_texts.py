@@ -1,0 +1,33 @@
+"""Every error key the code can raise has a sentence, and texts never raise."""
+from __future__ import annotations
+
+import pathlib
+import re
+
+from emoji3d import texts
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KEY = re.compile(r'^\s+key\s*=\s*"([a-z0-9_]+)"', re.M)
+
+
+def raised_keys() -> set[str]:
+    keys: set[str] = set()
+    for pkg in ("bots", "emoji3d", "storage", "engine"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            keys.update(KEY.findall(path.read_text(encoding="utf-8")))
+    return keys
+
+
+def test_every_error_key_has_a_text():
+    keys = raised_keys()
+    assert {"consent_required", "job_active", "quota_exceeded", "telegram_not_started"} <= keys
+    assert sorted(keys - set(texts.ERRORS)) == []
+
+
+def test_texts_fill_or_degrade_without_raising():
+    assert texts.message("quota_exceeded", limit=3).startswith("You've made 3 packs")
+    assert "{" not in texts.message("quota_exceeded")  # a missing parameter degrades, never raises
+    assert texts.message("no_such_key") == texts.ERRORS["internal"]
+    for key, template in texts.BOT.items():
+        names = set(re.findall(r"{(\w+)", template))
+        assert "{" not in texts.text(key, **{n: 1 for n in names}), key
