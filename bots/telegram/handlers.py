@@ -28,8 +28,7 @@ from telegram.ext import ContextTypes
 
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
-from emoji3d.texts import explain, message, text
-from emoji3d.texts import BOT
+from emoji3d.texts import BOT, message, text
 from storage import jobs, packs
 from storage import styles as st
 

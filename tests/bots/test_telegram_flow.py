@@ -369,3 +369,36 @@ def test_unexpected_failure_is_answered_politely(res, telegram_server, telegram_
             await chat.reply_containing(text("selfie_ok"))
 
     asyncio.run(scenario())
+
+
+def test_run_entry_point_serves_until_stopped(tmp_path, telegram_server, telegram_user):
+    """``run(cfg, stop_event)`` as ``emoji3d serve`` calls it: opens its own database,
+    answers, and returns once the event is set."""
+    import dataclasses
+    import threading
+
+    from bots.telegram.app import run
+    from emoji3d.config import Config, PathsConfig, Secret
+
+    cfg = dataclasses.replace(Config(), root=tmp_path, paths=PathsConfig(data_dir=str(tmp_path / "data")),
+                              telegram_token=Secret(telegram_server.token))
+    (tmp_path / "data").mkdir()
+    stop = threading.Event()
+    opts = AppOptions(base_url=telegram_server.base_url, base_file_url=telegram_server.base_file_url,
+                      long_poll_timeout_s=1)
+    t = threading.Thread(target=run, args=(cfg, stop, opts), daemon=True)
+    t.start()
+    chat = Chat(telegram_server, telegram_user)
+    chat.command("privacy")
+
+    async def wait() -> None:
+        await chat.reply_containing("What I store")
+
+    try:
+        asyncio.run(wait())
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert [c["command"] for c in telegram_server.commands()][:2] == ["start", "privacy"]
+    assert (tmp_path / "data" / "emoji3d.sqlite3").exists()
