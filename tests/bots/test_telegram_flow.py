@@ -402,3 +402,32 @@ def test_run_entry_point_serves_until_stopped(tmp_path, telegram_server, telegra
     assert not t.is_alive()
     assert [c["command"] for c in telegram_server.commands()][:2] == ["start", "privacy"]
     assert (tmp_path / "data" / "emoji3d.sqlite3").exists()
+
+
+def test_result_without_sticker_files_sends_stills_and_says_why(res, telegram_server, telegram_user, selfie_png):
+    """Today's engine renders stills only (PackResult.missing names what is absent)."""
+    from bots import core
+    from emoji3d.orders import PackResult
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            core.accept_selfie(res, user, selfie_png)
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            render = res.blobs.put_bytes(selfie_png)
+            result = PackResult(pack_id=placed.pack.id, preset="pretrained", renders=[render],
+                                missing=["animated sticker frames"])
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            await chat.reply_containing("cannot make sticker files yet (animated sticker frames)")
+            await wait_for(lambda: telegram_server.calls_to("sendPhoto"), what="the still render")
+
+    asyncio.run(scenario())
+    assert not telegram_server.calls_to("createNewStickerSet")
+    assert packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)[0].status \
+        == "published"
