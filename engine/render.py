@@ -38,6 +38,7 @@ Conventions
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
@@ -89,6 +90,7 @@ class RenderSettings:
     depth_resolution_importance: int | None = None
     max_points_per_pass: int = 1 << 21                   # decoder points per call (memory bound)
     matte: MatteConfig = field(default_factory=MatteConfig)
+    superresolution: bool = True                         # False: the neural render's RGB, upsampled (previews)
 
     def __post_init__(self) -> None:
         for k in ("size", "views_per_pass", "latents_per_pass", "max_points_per_pass"):
@@ -344,8 +346,9 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
             idx = groups[u0 + j]
             for v0 in range(0, len(idx), settings.views_per_pass):
                 sel = idx[v0:v0 + settings.views_per_pass]
-                out = bound_call(generator, params, "render", planes[j:j + 1], ws_u[j:j + 1], cameras[sel], settings)
-                img = out["image"]
+                out = bound_call(generator, params, "render", planes[j:j + 1], ws_u[j:j + 1], cameras[sel], settings,
+                                 superresolution=settings.superresolution)
+                img = out["image"] if settings.superresolution else out["features"][:, :3]
                 if img.shape[-1] != size:
                     img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
                                         antialias=img.shape[-1] > size)
@@ -407,7 +410,7 @@ def render_pack(generator: nn.Module, params: Mapping[str, torch.Tensor] | None,
     """
     settings = settings or RenderSettings()
     if settings.size != size:
-        settings = RenderSettings(**{**settings.__dict__, "size": int(size)})
+        settings = dataclasses.replace(settings, size=int(size))
     if w_3d.ndim != 3 or w_3d.shape[0] != 1:
         raise ValueError(f"w_3d must be [1,L,D], got {tuple(w_3d.shape)}")
     specs, _ = available_stickers(pack_spec, boundaries)
