@@ -31,6 +31,8 @@ Conventions
   opacity is partial, survive; empty space has opacity ~ 0. The colour is the
   super-resolved image of the same (masked) render.
 * **Output frames**: RGBA ``uint8`` (H, W, 4), straight alpha, H = W = ``size``.
+  ``RenderSettings.superresolution = False`` skips the super-resolution and
+  upsamples the neural render's RGB instead (fast previews).
 * Per-user weights: ``params`` is a dict from ``Pipeline.generator_params``
   (EG3D parameter names), applied with ``torch.func.functional_call``;
   ``{}``/None renders the base generator. ``noise``: backbone noise maps by
