@@ -161,6 +161,66 @@ def stylegan2_rows(ctx: BenchContext) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- EG3D
+
+
+def eg3d_rows(ctx: BenchContext) -> list[Row]:
+    from engine.nets import eg3d as E
+    from engine.nets.camera import conditioning_label
+
+    rows: list[Row] = []
+    dev = ctx.device
+    configs = [("slim128", 1)] + ([("ffhq512", 1)] if ctx.full else [])
+    for preset, batch in configs:
+        is_full = preset == "ffhq512"
+        backward = ctx.cuda or not is_full
+        repeats = ctx.repeats if (ctx.cuda or not is_full) else 1
+        G = E.slim_generator(preset, seed=0, device=dev)
+        c = conditioning_label(batch, device=dev)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        with torch.no_grad():
+            ws = G.mapping(torch.randn(batch, 512, device=dev, generator=gen), c)
+        ws = ws.requires_grad_(backward)
+        note = "" if backward else "CPU: forward only"
+        t = measure(ctx, lambda: G.planes(ws), backward, repeats)
+        rows.append(Row("EG3D backbone (tri-planes)", f"{preset} b{batch}", str(dev), "auto", *t, note=note))
+        with torch.no_grad():
+            planes = G.planes(ws)
+        planes = planes.requires_grad_(backward)
+        t = measure(ctx, lambda: G.render(planes, ws, c)["image"], backward, repeats)
+        rows.append(Row("EG3D render + super-res", f"{preset} b{batch}", str(dev), "auto", *t, note=note))
+        del G, planes
+    return rows
+
+
+# --------------------------------------------------------------------------- e4e, ArcFace, LPIPS
+
+
+def encoder_rows(ctx: BenchContext) -> list[Row]:
+    import lpips
+
+    from engine.nets import arcface, e4e
+
+    rows: list[Row] = []
+    dev = ctx.device
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.rand(1, 3, 256, 256, device=dev, generator=gen) * 2 - 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        nets = [("e4e encoder (IR-SE50, 18 styles)", e4e.Encoder4Editing(), lambda m: m(x)),
+                ("ArcFace IR-SE50 (ID crop, 112)", arcface.ArcFaceBackbone(), lambda m: arcface.embed(m, x)),
+                ("LPIPS VGG (256)", lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False),
+                 lambda m: m(x, x.flip(-1)))]
+    for name, module, call in nets:
+        module = module.to(dev).eval().requires_grad_(False)
+        inp = x.requires_grad_(True)  # backward into the image, as the losses use them
+        t = measure(ctx, lambda: call(module), True, ctx.repeats)
+        rows.append(Row(name, "full size b1", str(dev), "torch", *t, note="random weights"))
+        del module
+        x.requires_grad_(False)
+    return rows
+
+
 # --------------------------------------------------------------------------- op ratios (GPU)
 
 
@@ -198,6 +258,8 @@ def op_ratio_rows(ctx: BenchContext) -> list[tuple[str, float, float]]:
 
 NETWORK_BENCHES: dict[str, Callable[[BenchContext], list[Row]]] = {
     "stylegan2": stylegan2_rows,
+    "eg3d": eg3d_rows,
+    "encoders": encoder_rows,
 }
 
 

@@ -129,7 +129,7 @@ class BlobArtifactCache:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> [1, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
