@@ -87,6 +87,12 @@ def test_tuned_params_are_applied(gen):
     assert (changed.rgb - base.rgb).abs().max() > 1e-3
     # the base module was not modified by the functional call
     assert all(torch.equal(dict(G.named_parameters())[k], v) for k, v in same.items())
+    # a base-W boundary edit composes with the tuned weights: it changes the tuned avatar's frame
+    from engine.edit import apply_edit
+
+    normal = torch.nn.functional.normalize(torch.randn(G.w_dim, generator=torch.Generator().manual_seed(2)), dim=0)
+    edited = R.render_frames(G, tuned, apply_edit(ws, normal, 3.0), None, cams, FAST)
+    assert (edited.rgb - changed.rgb).abs().max() > 1e-3
 
 
 def test_input_validation(gen):
