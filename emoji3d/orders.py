@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from storage import jobs, packs
+from storage.blobs import add_ref
 from storage.db import Database
 
 ENGINE_VERSION = "0.1.0"  # engine.pipeline.ENGINE_VERSION; a test keeps them equal
@@ -128,6 +129,10 @@ def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive")
         pack = packs.create_pack(db, order.user_id, order.style_id, order.style_version, order.strength,
                                  ENGINE_VERSION, platform=order.platform)
         order = PackOrder(**{**asdict(order), "pack_id": pack.id})
+        # The pack holds its style image (a user's own upload has no other holder), so it
+        # survives blob GC while the job waits and stays available for regeneration.
+        with db.write() as conn:
+            add_ref(conn, order.exemplar_digest, f"pack:{pack.id}")
     job_id = jobs.enqueue(db, JOB_KIND, order.to_payload(), key, priority=priority, user_id=order.user_id)
     job = jobs.get_job(db, job_id)
     if job.payload["pack_id"] != order.pack_id:  # lost a race with an identical order

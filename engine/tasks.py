@@ -198,6 +198,9 @@ def handle_make_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
 def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
     progress = _progress(jc)
     progress("face", 0, 1)
+    if not jc.blobs.exists(order.selfie_digest):
+        raise SelfieGone(f"selfie {order.selfie_digest[:12]} was deleted before the job ran",
+                         hours=ctx.cfg.privacy.selfie_retention_hours)
     selfie = _analyze(ctx, jc.blobs.read_bytes(order.selfie_digest), "selfie")
     style = _analyze(ctx, jc.blobs.read_bytes(order.exemplar_digest), "style")
     progress("face", 1, 1)
@@ -226,7 +229,8 @@ def handle_regenerate_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
     pack = packs.get_pack(jc.db, int(job.payload["pack_id"]))
     selfie = selfies.latest_selfie(jc.db, pack.user_id)
     if selfie is None or (selfie.expires_at is not None and selfie.expires_at < time.time()):
-        raise SelfieGone(f"pack {pack.id}: the owner's selfie is no longer stored")
+        raise SelfieGone(f"pack {pack.id}: the owner's selfie is no longer stored",
+                         hours=ctx.cfg.privacy.selfie_retention_hours)
     if pack.style_id is None:
         raise StyleGone(f"pack {pack.id}: its style was removed")
     style = st.get_style(jc.db, pack.style_id)
