@@ -66,6 +66,22 @@ ERRORS: dict[str, str] = {
     "telegram_not_started": "I can't create a sticker set for you until you start a private chat with me. "
                             "Open @{bot_username}, press Start, then ask for your pack again with /mypacks.",
     "telegram_set_failed": "Telegram refused to create the sticker set ({detail}). Please try again later.",
+    # Discord
+    "discord_bad_attachment": ("That attachment isn't a photo I can use ({content_type}). "
+                               "Please attach a JPEG, PNG or WebP image."),
+    "discord_cooldown": "Please wait {seconds} more seconds before making another pack.",
+    "discord_no_style": ("There are no styles here yet. Attach a style image with the style_image option, "
+                         "or ask a moderator to add a house style with /housestyle add."),
+    "discord_need_manage_expressions": ("Only members who can manage this server's expressions "
+                                        "can manage its house styles."),
+    "discord_need_create_expressions": ("Only members with the Create Expressions permission can add "
+                                        "stickers or emoji to this server."),
+    "discord_bot_missing_permission": ("I'm missing the “{permission}” permission here. "
+                                       "Please ask a moderator to grant it to me, then try again."),
+    "discord_server_only": "That only works inside a server.",
+    "discord_pack_gone": "I can't find that pack any more (it may have been deleted).",
+    "discord_files_invalid": "Your stickers didn't pass Discord's file checks ({detail}). Please try again.",
+    "discord_unreachable": "I couldn't reach you by direct message or in the channel to deliver your pack.",
     # Fallback
     "internal": "Something went wrong on my side. Please try again in a moment.",
 }
@@ -137,6 +153,46 @@ BOT: dict[str, str] = {
     "housestyle_removed": "House style “{name}” removed.",
     "housestyle_list": "House styles here: {names}",
     "housestyle_none": "This chat has no house styles yet.",
+    # Discord
+    "discord_consent": ("I turn one selfie into animated 3D cartoon stickers in a style you choose.\n"
+                        "To do that I store your selfie for up to {selfie_hours} hours, the 3D avatar made from it "
+                        "for up to {artifact_days} days, and your packs until you delete them. "
+                        "/emoji privacy has the details; /emoji delete-my-data erases everything.\n"
+                        "Press “I agree”, then run /emoji create again."),
+    "discord_consent_thanks": "Thank you! Now run /emoji create with your selfie.",
+    "discord_privacy": ("What I store and for how long:\n"
+                        "• Your selfie: deleted {selfie_hours} hours after upload.\n"
+                        "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
+                        "• Your packs and the time you gave consent: until you delete them.\n"
+                        "• Style images you upload: used for your pack only.\n"
+                        "Stickers and emoji added to a server belong to that server. Nothing is shared with anyone "
+                        "else. /emoji delete-my-data erases everything I store about you."),
+    "discord_selfie_notes": "Notes about your photo: {notes}",
+    "discord_done": "Your 3D emoji are ready! Here are the animated stickers and a preview.",
+    "discord_done_later": ("Your 3D emoji are ready! The original message expired, so here they are. "
+                           "“Add to server” works in the server you made them in."),
+    "discord_done_channel": "{mention} your 3D emoji are ready (I couldn't send you a direct message).",
+    "discord_delivered_below": "Done: your stickers are in the message below.",
+    "discord_delivered_elsewhere": "Done: I sent your stickers by direct message.",
+    "discord_add_button": "Add to server",
+    "discord_emoji_button": "Add as custom emoji instead",
+    "discord_added": "Added {added} sticker(s) to this server ({existing} were already here).",
+    "discord_slots_full": ("This server's sticker slots are full ({limit} used), so I added {added} of {total} "
+                           "sticker(s). You can add them as custom emoji (128×128) instead."),
+    "discord_emoji_added": "Added {added} custom emoji to this server ({existing} were already here).",
+    "discord_emoji_slots_full": "This server's emoji slots are full too, so I added {added} of {total} emoji.",
+    "discord_add_failed": "Discord refused {failed} file(s); the others were added.",
+    "discord_sticker_description": "3D emoji of {name} ({expression}) by emoji3d",
+    "discord_delete_confirm": ("This deletes your selfies, avatars, tuned weights and packs. Stickers already added "
+                               "to servers belong to those servers and stay. It cannot be undone. Delete everything?"),
+    "discord_delete_done": "Done. I deleted {packs} pack(s) and {selfies} selfie(s).",
+    "discord_housestyle_list": "House styles here: {names}",
+    "discord_housestyle_none": "This server has no house styles yet. Add one with /housestyle add.",
+    "discord_style_state_pending": "being prepared",
+    "discord_style_state_tuning": "being prepared",
+    "discord_style_state_ready": "ready",
+    "discord_style_state_failed": "failed",
+    "discord_style_state_disabled": "disabled",
     # Stage names shown in progress (engine.tasks.STAGE_WEIGHTS keys)
     "stage_face": "checking the photo",
     "stage_style_finetune": "learning the style",

@@ -1,0 +1,139 @@
+"""Build and run the Discord bot: the ``commands.Bot`` subclass with its
+resources injected (discord.py ``examples/advanced_startup.py`` style); cogs,
+persistent views, the job notifier and the per-user cooldown are wired here
+and nowhere else.
+
+``run(cfg, stop_event)`` is what ``emoji3d serve`` starts in a thread (when
+``DISCORD_BOT_TOKEN`` is set): it opens the database and blob store, loads the
+face detector once, connects to Discord and watches jobs until ``stop_event``
+(a ``threading.Event``) is set. Tests construct :class:`EmojiBot` directly and
+drive it against the fake REST API (``tests/fakes/discord_harness.py``).
+
+Intents: the default (non-privileged) intents; slash commands need no message
+content. Cooldown times are ``BotResources.clock`` seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from emoji3d.config import Config
+from emoji3d.errors import UserFacingError
+from storage.blobs import BlobStore
+from storage.db import open_database
+
+from ..core import BotResources, default_face_check
+from ..notify import Notifier
+from .cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
+from .delivery import PLATFORM, AddAsEmojiButton, AddToServerButton, DiscordSender
+
+log = logging.getLogger("emoji3d.discord")
+
+
+@dataclass(frozen=True)
+class BotOptions:
+    progress_interval_s: float = 3.0   # at most one progress edit per job per interval
+    poll_jobs_s: float = 1.0           # how often the notifier reads the jobs table
+    rescan_s: float = 60.0             # how often the notifier looks for undelivered packs
+    retry_s: float = 30.0              # wait before retrying a failed delivery
+    token_margin_s: float = 30.0       # stop using an interaction token this long before it expires
+    sync_commands: bool = True         # PUT the slash commands at startup
+
+
+class EmojiBot(commands.Bot):
+    """The emoji3d Discord bot. ``res`` is shared with the other front ends."""
+
+    def __init__(self, res: BotResources, opts: BotOptions = BotOptions()) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
+                         help_command=None)
+        self.res = res
+        self.opts = opts
+        self.sender = DiscordSender(self, res, margin_s=opts.token_margin_s)
+        self.notifier = Notifier(res, PLATFORM, self.sender, min_interval=opts.progress_interval_s,
+                                 retry_seconds=opts.retry_s, rescan_seconds=opts.rescan_s)
+        self._cooldowns: dict[int, float] = {}   # Discord user id -> last order (res.clock seconds)
+        self._stop = asyncio.Event()
+        self._notifier_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ cooldown
+    def check_cooldown(self, user_id: int) -> None:
+        wait = self.res.cfg.discord.cooldown_seconds
+        last = self._cooldowns.get(int(user_id))
+        if wait > 0 and last is not None:
+            left = last + wait - self.res.clock()
+            if left > 0:
+                raise Cooldown(f"user {user_id} ordered {wait - left:.0f} s ago", seconds=math.ceil(left))
+
+    def stamp_cooldown(self, user_id: int) -> None:
+        self._cooldowns[int(user_id)] = float(self.res.clock())
+
+    def forget_cooldown(self, user_id: int) -> None:
+        self._cooldowns.pop(int(user_id), None)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def setup_hook(self) -> None:
+        await self.add_cog(EmojiCog(self))
+        await self.add_cog(HouseStyleCog(self))
+        self.add_view(ConsentView())
+        self.add_view(DeleteView())
+        self.add_dynamic_items(AddToServerButton, AddAsEmojiButton)
+        self.tree.on_error = self._tree_error  # type: ignore[method-assign]
+        if self.opts.sync_commands:
+            await self.tree.sync()
+        self._stop.clear()
+        self._notifier_task = asyncio.create_task(self.notifier.run(self._stop, self.opts.poll_jobs_s),
+                                                  name="discord-notifier")
+
+    async def _tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await answer_error(interaction, error)
+
+    async def on_error(self, event_method: str, /, *args: object, **kwargs: object) -> None:
+        log.exception("unhandled error in %s", event_method)
+
+    async def close(self) -> None:
+        self._stop.set()
+        task, self._notifier_task = self._notifier_task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.warning("notifier did not stop cleanly", exc_info=True)
+        await super().close()
+
+
+def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions()) -> None:
+    """Blocking entry point for ``emoji3d serve`` (runs in its own thread)."""
+    token = cfg.discord_token.reveal()
+    if not token:
+        raise RuntimeError("DISCORD_BOT_TOKEN is not set")
+    db = open_database(cfg.database_url)
+    blobs = BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20)
+    face_check, close = default_face_check(cfg)
+    res = BotResources(cfg, db, blobs, face_check)
+
+    async def main() -> None:
+        bot = EmojiBot(res, opts)
+        loop = asyncio.get_running_loop()
+
+        def stopper() -> None:
+            stop_event.wait()
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(bot.close()))
+
+        threading.Thread(target=stopper, name="discord-stop", daemon=True).start()
+        async with bot:
+            await bot.start(token)
+
+    try:
+        asyncio.run(main())
+    finally:
+        close()
+
+
+__all__ = ["BotOptions", "EmojiBot", "UserFacingError", "run"]
