@@ -25,7 +25,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from emoji3d.config import Config
-from emoji3d.errors import UserFacingError
 from storage.blobs import BlobStore
 from storage.db import open_database
 
@@ -136,4 +135,4 @@ def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions(
         close()
 
 
-__all__ = ["BotOptions", "EmojiBot", "UserFacingError", "run"]
+__all__ = ["BotOptions", "EmojiBot", "run"]

@@ -18,8 +18,9 @@ The "Add to server" button is a ``discord.ui.DynamicItem`` whose custom id
 carries the pack id and the guild id (``emoji3d:add:<pack>:<guild>``, guild 0 =
 unknown), so it keeps working after a restart. Adding is idempotent: each
 sticker's description ends with a marker ``#<pack>.<idx>``, and a sticker whose
-marker is already in the guild is not created again (a retried click, or a
-429 that discord.py retries, never makes duplicates). When the sticker slots
+marker is already in the guild is not created again (a retried click makes no
+duplicates), and after creating, a copy made by a 429 that landed anyway and
+was retried by discord.py is deleted again. When the sticker slots
 are full, an "Add as custom emoji instead" button (``emoji3d:emoji:...``)
 creates 128×128 custom emoji from the result's ``discord_emoji`` files, named
 ``e3d<pack>_<idx>_<expression>``, again skipped when the name already exists.
@@ -347,6 +348,8 @@ async def add_stickers(interaction: discord.Interaction, pack_id: int, guild_id:
         packs.set_sticker_platform_state(res.db, r.id, "added")
         added += 1
         used += 1
+    if added:
+        await _drop_duplicates(guild, pack.id)
     if full:
         body = text("discord_slots_full", limit=guild.sticker_limit, added=added, total=len(rows) - already)
         v = discord.ui.View(timeout=None)
@@ -357,6 +360,28 @@ async def add_stickers(interaction: discord.Interaction, pack_id: int, guild_id:
     if failed:
         lines.append(text("discord_add_failed", failed=failed))
     await interaction.followup.send("\n".join(lines), ephemeral=True)
+
+
+async def _drop_duplicates(guild: discord.Guild, pack_id: int) -> int:
+    """A 429 whose request landed anyway makes discord.py's retry create a
+    second copy; keep the oldest sticker per marker of this pack, delete the
+    rest. Returns how many were deleted."""
+    seen: set[str] = set()
+    dropped = 0
+    prefix = f"#{pack_id}."
+    for s in sorted(await guild.fetch_stickers(), key=lambda s: s.id):
+        marker = (s.description or "").rsplit(" ", 1)[-1]
+        if not marker.startswith(prefix):
+            continue
+        if marker in seen:
+            try:
+                await s.delete(reason="emoji3d: duplicate from a retried request")
+                dropped += 1
+            except discord.HTTPException as exc:
+                log.warning("could not delete duplicate sticker %s: %s", s.id, exc)
+            continue
+        seen.add(marker)
+    return dropped
 
 
 def emoji_name(pack_id: int, idx: int, expression: str) -> str:

@@ -441,3 +441,59 @@ def test_importing_the_discord_bot_does_not_import_torch():
             "bad = [m for m in ('torch', 'engine.pipeline', 'engine.nets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_429_that_landed_anyway_leaves_no_duplicate(res, selfie_png, discord_files):
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            _, fu = await create_and_deliver(h, w, res, selfie_png, discord_files, style)
+            h.server.inject_rate_limit("POST", STICKERS, retry_after=0.02, lands=True)
+            click = h.click(custom_ids(fu)[0], w.moderator, message=fu)
+            await h.deliver(click)
+            h.assert_no_errors()
+            assert [c.status for c in h.server.calls_to("POST", STICKERS)] == [429, 200, 200, 200]
+            markers = sorted(s.payload["description"].rsplit(" ", 1)[-1] for s in h.server.stickers(w.guild_id))
+            pack = packs.list_packs(res.db, only_job(res).user_id)[0]
+            assert markers == [f"#{pack.id}.{i}" for i in range(3)]
+            assert len(h.server.calls_to("DELETE", STICKERS + "/{sticker_id}", ok_only=True)) == 1
+
+    run(scenario())
+
+
+def test_unexpected_errors_are_answered_and_the_bot_keeps_working(tmp_path, selfie_png):
+    def broken_face_check(rgb: Any) -> Any:
+        raise RuntimeError("detector crashed")
+
+    res = make_resources(tmp_path, broken_face_check)
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            consented(res, w.member)
+            p1 = create_payload(h, w.member, selfie_png, style=str(style.id))
+            await h.deliver(p1)
+            assert original(h, p1)["content"] == message("internal")
+            pv = h.slash("emoji privacy", w.member)
+            await h.deliver(pv)
+            assert "hours" in original(h, pv)["content"]
+            # a button for a pack that does not exist
+            msg = P.message(h.server.ids(), w.channel["id"], w.bot_user, guild_id=w.guild_id)
+            msg["components"] = [P.action_row(P.button(f"emoji3d:add:999:{w.guild_id}", "Add"))]
+            click = h.click(f"emoji3d:add:999:{w.guild_id}", w.moderator, message=msg)
+            await h.deliver(click)
+            assert original(h, click)["content"] == message("discord_pack_gone")
+            h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_run_refuses_without_a_token():
+    import threading
+
+    from bots.discord.app import run as run_bot
+    from emoji3d.config import Config
+
+    with pytest.raises(RuntimeError, match="DISCORD_BOT_TOKEN"):
+        run_bot(Config(), threading.Event())
