@@ -497,3 +497,48 @@ def test_run_refuses_without_a_token():
 
     with pytest.raises(RuntimeError, match="DISCORD_BOT_TOKEN"):
         run_bot(Config(), threading.Event())
+
+
+def test_progress_after_the_token_window_goes_to_one_dm_edited_in_place(res, selfie_png, discord_files):
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            consented(res, w.member)
+            payload = create_payload(h, w.member, selfie_png, style=str(style.id))
+            await h.deliver(payload)
+            h.server.expire_token(payload["token"])
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, job.id, job.lease_token, "invert_3d", 0.25)
+            (dm,) = await wait_for(lambda: h.server.dm_messages(uid(w.member)), what="a progress DM")
+            assert "building your 3D head (25%)" in dm["content"]
+            jobs.set_progress(res.db, job.id, job.lease_token, "render", 0.9)
+            await wait_for(lambda: "rendering the stickers (90%)" in h.server.dm_messages(uid(w.member))[0]["content"],
+                           what="the DM edited")
+            assert len(h.server.dm_messages(uid(w.member))) == 1
+            jobs.fail(res.db, job.id, job.lease_token, "boom", retryable=False, error_key="worker_lost")
+            await wait_for(lambda: h.server.dm_messages(uid(w.member))[0]["content"]
+                           == text("failed", reason=message("worker_lost")), what="the failure in the DM")
+            assert packs.list_packs(res.db, job.user_id)[0].status == "failed"
+            assert bot.notifier.watches == {} and bot.sender.refs == {}
+            h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_a_failed_job_edits_the_original_response(res, selfie_png):
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            consented(res, w.member)
+            payload = create_payload(h, w.member, selfie_png, style=str(style.id))
+            await h.deliver(payload)
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.fail(res.db, job.id, job.lease_token, "no weights", retryable=False, error_key="weights_missing")
+            await wait_for(lambda: original(h, payload)["content"] == text("failed", reason=message("weights_missing")),
+                           what="the failure shown")
+            assert not h.server.dm_messages(uid(w.member))
+            h.assert_no_errors()
+
+    run(scenario())
