@@ -29,6 +29,7 @@ GROUPS = {
     "weights": ("engine.weights_cli", "list, fetch, verify, convert official weights; check reference fixtures"),
     "face": ("engine.face_cli", "find, align, crop and pose a face; check face reference fixtures"),
     "stickers": ("engine.stickers.cli", "encode frames into platform stickers; verify sticker files"),
+    "boundaries": ("engine.boundaries_cli", "fit or verify the expression boundaries (smile, surprise, anger...)"),
 }
 
 # Groups whose main() takes the database URL from config.toml when not given.

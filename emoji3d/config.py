@@ -132,6 +132,40 @@ class WeightsConfig:
     manifest: str = _c("", doc="empty = the manifest shipped in the engine package")
 
 
+MOTIONS = ("still", "orbit", "nod")  # engine.render.MOTIONS; a test keeps them equal
+
+
+@dataclass(frozen=True)
+class StickerEntry:
+    """One sticker of the default pack ([[pack.stickers]])."""
+
+    name: str
+    emoji: str
+    motion: str = _c("still", choices=MOTIONS)
+    expression: str = _c("", doc="boundary name (smile, surprise, anger, blink...); empty = none")
+    strength: float = _c(1.0, gt=0, le=3, doc="scales the expression's precomputed edit distance")
+    seconds: float = _c(2.0, gt=0, le=3)
+    yaw_degrees: float = _c(30.0, ge=0, le=60)
+    pitch_degrees: float = _c(12.0, ge=0, le=45)
+    optional: bool = _c(False, doc="skip (not fail) when its expression has no boundary")
+
+
+def _default_pack() -> tuple:
+    return (StickerEntry("turn", "😎", motion="orbit"), StickerEntry("smile", "😄", expression="smile"),
+            StickerEntry("surprise", "😮", expression="surprise"), StickerEntry("anger", "😠", expression="anger"),
+            StickerEntry("nod", "👍", motion="nod"),
+            StickerEntry("blink", "😌", expression="blink", seconds=1.0, optional=True))
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    fps: float = _c(15.0, gt=0, le=30)
+    size: int = _c(512, ge=64, le=1024)
+    views_per_pass: int = _c(8, ge=1, le=256)
+    boundaries: str = _c("", doc="boundary file; empty = <data_dir>/boundaries/eg3d.safetensors")
+    stickers: tuple = _c(factory=_default_pack)  # tuple[StickerEntry, ...]
+
+
 @dataclass(frozen=True)
 class Schedule:
     id: str
@@ -152,6 +186,7 @@ class Config:
     discord: DiscordConfig = _c(factory=DiscordConfig)
     weights: WeightsConfig = _c(factory=WeightsConfig)
     pipeline: PipelineConfig = _c(factory=PipelineConfig)
+    pack: PackConfig = _c(factory=PackConfig)
     schedules: tuple = _c(factory=tuple)  # tuple[Schedule, ...] from [[schedules]]
     # Filled from the environment, never from the file.
     root: pathlib.Path = field(default=pathlib.Path("."), metadata={"internal": True})
@@ -180,6 +215,12 @@ class Config:
         if self.weights.manifest:
             return self.resolve(self.weights.manifest)
         return pathlib.Path(__file__).resolve().parent.parent / "engine" / "weights_manifest.toml"
+
+    @property
+    def boundaries_path(self) -> pathlib.Path:
+        if self.pack.boundaries:
+            return self.resolve(self.pack.boundaries)
+        return self.data_dir / "boundaries" / "eg3d.safetensors"
 
     @property
     def blob_dir(self) -> pathlib.Path:
@@ -263,6 +304,22 @@ def _build(cls, data: dict, prefix: str):
         value = data[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, key + ".")
+        elif cls is PackConfig and name == "stickers":
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"config.toml: pack.stickers must be a non-empty array of tables "
+                                  f"([[pack.stickers]]), got {value!r}")
+            items = tuple(_build(StickerEntry, item, f"pack.stickers[{i}].") for i, item in enumerate(value))
+            names = [e.name for e in items]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup:
+                raise ConfigError(f"config.toml: pack.stickers[].name must be unique, got {dup!r} twice")
+            bad = next((e for e in items if e.motion == "still" and not e.expression), None)
+            if bad:
+                raise ConfigError(f"config.toml: pack.stickers[{names.index(bad.name)}] ({bad.name}) neither moves "
+                                  "nor changes expression: set motion or expression")
+            if len(items) > 50:
+                raise ConfigError("config.toml: pack.stickers has more than 50 entries (a set's first upload limit)")
+            kwargs[name] = items
         elif cls is Config and name == "schedules":
             if not isinstance(value, list):
                 raise ConfigError(f"config.toml: schedules must be an array of tables ([[schedules]]), got {value!r}")

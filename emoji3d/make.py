@@ -59,7 +59,7 @@ def _prepare(cfg: Config, args):
         exemplar, style_id, style_version = style.exemplar_digest, style.id, style.version
     order = PackOrder(user_id=user.id, selfie_digest=selfie_digest, exemplar_digest=exemplar, strength=args.strength,
                       platform="local", style_id=style_id, style_version=style_version, seed=args.seed,
-                      settings=cfg.pipeline.digest("style", "inversion", "pti", "dual"))
+                      settings=cfg.pipeline.digest("style", "inversion", "pti", "dual"), mesh=args.mesh)
     pack, job_id = order_pack(db, order)
     return db, blobs, pack, job_id
 
@@ -112,6 +112,18 @@ def _run_job(cfg: Config, db, blobs, job_id: int) -> None:
         bar.join(timeout=5)
 
 
+def _extension(head: bytes) -> str:
+    if head.startswith(b"\x89PNG"):
+        return "png"
+    if head.startswith(b"GIF8"):
+        return "gif"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "webm"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return "bin"
+
+
 def _export(blobs, result, out: pathlib.Path) -> list[pathlib.Path]:
     from storage.blobs import copy_out
 
@@ -121,11 +133,14 @@ def _export(blobs, result, out: pathlib.Path) -> list[pathlib.Path]:
         written.append(copy_out(blobs, digest, out / f"avatar_view{i}.png"))
     if result.avatar:
         written.append(copy_out(blobs, result.avatar, out / "avatar.safetensors"))
-    ext = {"telegram_video": "webm", "telegram_static": "webp", "discord_sticker": "png", "discord_emoji": "gif"}
     for s in result.stickers:
         for target, digest in s.files.items():
-            written.append(copy_out(blobs, digest, out / f"{s.idx:02d}_{s.name}.{target}.{ext.get(target, 'bin')}"))
-    for name, digest in (("preview.png", result.preview_png), ("preview.html", result.preview_html)):
+            ext = _extension(blobs.read_bytes(digest)[:16])
+            written.append(copy_out(blobs, digest, out / f"{s.idx:02d}_{s.name}.{target}.{ext}"))
+    for target, digest in result.thumbnail.items():
+        written.append(copy_out(blobs, digest, out / f"thumbnail.{target}.{_extension(blobs.read_bytes(digest)[:16])}"))
+    for name, digest in (("preview.png", result.preview_png), ("preview.html", result.preview_html),
+                         ("avatar.glb", result.mesh)):
         if digest:
             written.append(copy_out(blobs, digest, out / name))
     (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
@@ -142,6 +157,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=pathlib.Path, help="output folder (default: config's out_dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="cut every optimisation stage to this many steps (quick CPU runs)")
+    p.add_argument("--mesh", action="store_true", help="also export the avatar as a GLB mesh (avatar.glb)")
     args = p.parse_args(argv)
     if not 0.0 <= args.strength <= 1.0:
         p.error(f"--strength must be within [0, 1], got {args.strength}")
@@ -178,7 +194,9 @@ def main(argv: list[str]) -> int:
         if result.preset == "slim":
             print(f"\n*** {SLIM_WARNING} ***", file=sys.stderr)
         for line in result.missing:
-            print(f"NOT BUILT YET: {line}", file=sys.stderr)
+            print(f"NOT MADE: {line}", file=sys.stderr)
+        if result.preview_html:
+            print(f"open {out / 'preview.html'} to see the pack", file=sys.stderr)
         return 0
     except UserFacingError as exc:
         print(explain(exc), file=sys.stderr)

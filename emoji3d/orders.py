@@ -50,6 +50,7 @@ class PackOrder:
     pack_id: int | None = None    # set by order_pack
     regenerate: bool = False
     settings: str = ""            # digest of the pipeline settings (PipelineConfig.digest), part of the key
+    mesh: bool = False            # also export the avatar as a GLB mesh
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORM_TARGETS:
@@ -64,7 +65,7 @@ class PackOrder:
     def idempotency_key(self) -> str:
         parts = [JOB_KIND, self.user_id, self.selfie_digest, self.exemplar_digest, self.style_id,
                  self.style_version, f"{float(self.strength):.3f}", self.platform, self.seed, self.settings,
-                 ENGINE_VERSION]
+                 self.mesh, ENGINE_VERSION]
         if self.regenerate:
             parts += ["regenerate", self.pack_id]
         return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
@@ -96,7 +97,8 @@ class PackResult:
     preview_html: str | None = None
     avatar: str | None = None      # the stored avatar (latents + generator deltas)
     renders: list[str] = field(default_factory=list)          # still renders of the avatar (PNG)
-    missing: list[str] = field(default_factory=list)          # stages this build cannot run yet
+    mesh: str | None = None        # GLB of the avatar, when the order asked for it
+    missing: list[str] = field(default_factory=list)          # what could not be made, and why
     warnings: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -112,7 +114,7 @@ class PackResult:
     def blob_digests(self) -> list[str]:
         out = [dg for s in self.stickers for dg in s.files.values()]
         out += list(self.thumbnail.values()) + list(self.renders)
-        out += [d for d in (self.preview_png, self.preview_html, self.avatar) if d]
+        out += [d for d in (self.preview_png, self.preview_html, self.avatar, self.mesh) if d]
         return out
 
 

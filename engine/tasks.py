@@ -31,7 +31,7 @@ from PIL import Image
 from emoji3d.config import Config
 from emoji3d.errors import UserFacingError
 from emoji3d.images import DecodeLimits, decode_image
-from emoji3d.orders import PackOrder, PackResult
+from emoji3d.orders import THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFiles
 from storage import artifacts, packs
 from storage import styles as st
 
@@ -46,18 +46,13 @@ log = logging.getLogger("emoji3d.tasks")
 # Share of a make_pack job's progress bar per stage.
 STAGE_WEIGHTS = {
     "face": 0.02,
-    "style_finetune": 0.18,
-    "invert_3d": 0.25,
-    "pivotal_tuning": 0.20,
-    "dual_branch": 0.30,
-    "render": 0.05,
+    "style_finetune": 0.15,
+    "invert_3d": 0.20,
+    "pivotal_tuning": 0.18,
+    "dual_branch": 0.25,
+    "render": 0.12,
+    "encode": 0.08,
 }
-
-# What this build cannot do yet; reported in every PackResult until built.
-MISSING_STAGES: list[str] = [
-    "animated sticker frames and platform sticker files (expressions/render and sticker packaging are not wired "
-    "into the engine yet); the result holds still renders of the stylized avatar instead",
-]
 
 
 class StyleHasNoFace(UserFacingError):
@@ -81,6 +76,8 @@ class EngineContext:
     detector: LandmarkDetector
     face_cfg: FaceConfig
     decode_limits: DecodeLimits
+    boundaries: object | None = None      # engine.edit.BoundarySet, or None when not installed
+    boundaries_problem: str = ""          # why there are none (reported with each pack)
 
     @classmethod
     def load(cls, cfg: Config) -> "EngineContext":
@@ -91,8 +88,27 @@ class EngineContext:
             log.warning(SLIM_WARNING)
         face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
+        boundaries, problem = load_installed_boundaries(cfg, nets.g3d)
         return cls(cfg, Pipeline(nets, cfg.pipeline), LandmarkDetector(), face_cfg,
-                   DecodeLimits(max_megapixels=cfg.limits.max_image_megapixels))
+                   DecodeLimits(max_megapixels=cfg.limits.max_image_megapixels), boundaries, problem)
+
+
+def load_installed_boundaries(cfg: Config, g3d) -> tuple[object | None, str]:
+    """The expression boundaries for this base generator, or (None, why not).
+
+    A missing, damaged or mismatched file is not fatal: motion stickers are
+    still made, and every result says which expressions are unavailable and why.
+    """
+    from .edit import generator_digest, load_boundaries
+
+    path = cfg.boundaries_path
+    if not path.is_file():
+        return None, f"no expression boundary file at {path} (make one with `emoji3d boundaries fit`)"
+    try:
+        return load_boundaries(path, expected_digest=generator_digest(g3d)), ""
+    except UserFacingError as exc:
+        log.error("expression boundaries unusable: %s", exc)
+        return None, f"expression boundary file {path} is unusable: {exc}"
 
 
 def build_handlers(cfg: Config) -> dict:
@@ -173,11 +189,10 @@ def _analyze(ctx: EngineContext, data: bytes, what: str) -> FaceResult:
         raise
 
 
-def render_stills(pipeline: Pipeline, avatar: AvatarResult, strength: float, yaws=(-0.35, 0.0, 0.35)) -> list[bytes]:
+def render_stills(pipeline: Pipeline, avatar: AvatarResult, params, yaws=(-0.35, 0.0, 0.35)) -> list[bytes]:
     """PNG renders of the stylized avatar from a few head turns (one plane set, several cameras)."""
     from .nets.camera import orbit_label
 
-    params = pipeline.generator_params(avatar, strength)
     cams = orbit_label(torch.tensor(yaws), torch.zeros(len(yaws))).to(pipeline.nets.device)  # [V, 25]
     with torch.no_grad():
         images = pipeline.render_views(params, avatar.w_3d, cams, avatar.noise)
@@ -187,6 +202,56 @@ def render_stills(pipeline: Pipeline, avatar: AvatarResult, strength: float, yaw
         Image.fromarray(to_uint8(img)).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     return pngs
+
+
+def sticker_specs(ctx: EngineContext) -> tuple[list, list[str]]:
+    """The configured stickers this engine can render, and notes on those it cannot."""
+    from .render import StickerSpec
+
+    have = set(ctx.boundaries.names()) if ctx.boundaries is not None else set()
+    specs, notes = [], []
+    for e in ctx.cfg.pack.stickers:
+        if e.expression and e.expression not in have:
+            if not e.optional:
+                why = ctx.boundaries_problem or f"the boundary file has no {e.expression!r} direction"
+                notes.append(f"the {e.name} sticker needs the {e.expression} expression: {why}")
+            continue
+        specs.append(StickerSpec(name=e.name, emoji=e.emoji, motion=e.motion, expression=e.expression or None,
+                                 strength=e.strength, seconds=e.seconds, yaw_degrees=e.yaw_degrees,
+                                 pitch_degrees=e.pitch_degrees, optional=e.optional))
+    return specs, notes
+
+
+def render_and_encode(ctx: EngineContext, avatar: AvatarResult, params, order: PackOrder, jc: JobContext,
+                      progress) -> tuple[list[StickerFiles], dict[str, str], str | None, str | None, list[str]]:
+    """Frames for every sticker, then every platform file, each verified by its encoder.
+
+    Returns (stickers, thumbnail files, preview png digest, preview html digest, notes)."""
+    from .render import RenderSettings, render_pack
+    from .stickers.encode import encode
+    from .stickers.preview import PackItem, build_pack_preview
+
+    pack = ctx.cfg.pack
+    specs, notes = sticker_specs(ctx)
+    settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass)
+    rendered = []
+    for i, spec in enumerate(specs):
+        with torch.no_grad():
+            rendered += render_pack(ctx.pipeline.nets.g3d, params, avatar.w_3d, avatar.noise, ctx.boundaries,
+                                    [spec], fps=pack.fps, size=pack.size, settings=settings)
+        progress("render", i + 1, len(specs))
+    stickers = []
+    for i, sf in enumerate(rendered):
+        files = {target: jc.put_blob(encode(sf.frames, sf.fps, target).data) for target in order.targets}
+        stickers.append(StickerFiles(idx=i, name=sf.name, emoji=sf.emoji, files=files))
+        progress("encode", i + 1, len(rendered) + 1)
+    thumbnail = {}
+    thumb_target = THUMBNAIL_TARGETS.get(order.platform)
+    if thumb_target and rendered:
+        thumbnail[thumb_target] = jc.put_blob(encode(rendered[0].frames, rendered[0].fps, thumb_target).data)
+    preview = build_pack_preview("emoji3d pack", [PackItem(sf.name, sf.frames, sf.fps) for sf in rendered])
+    progress("encode", 1, 1)
+    return stickers, thumbnail, jc.put_blob(preview.sheet_png), jc.put_blob(preview.html.encode("utf-8")), notes
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -207,14 +272,28 @@ def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
     cache = BlobArtifactCache(jc, order.user_id)
     avatar = ctx.pipeline(portrait_inputs(selfie, order.selfie_digest), portrait_inputs(style, order.exemplar_digest),
                           seed=order.seed + ctx.cfg.engine.seed, progress=progress, cache=cache)
+    params = ctx.pipeline.generator_params(avatar, order.strength)
     progress("render", 0, 1)
-    renders = [jc.put_blob(png) for png in render_stills(ctx.pipeline, avatar, order.strength)]
-    progress("render", 1, 1)
+    renders = [jc.put_blob(png) for png in render_stills(ctx.pipeline, avatar, params)]
+    stickers, thumbnail, sheet, page, notes = render_and_encode(ctx, avatar, params, order, jc, progress)
+    mesh = None
+    if order.mesh:
+        import tempfile
+
+        from .mesh import export_glb
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/avatar.glb"
+            try:
+                export_glb(ctx.pipeline.nets.g3d, params, avatar.w_3d, avatar.noise, path)
+                mesh = jc.put_file(path)
+            except ValueError as exc:  # e.g. no surface in the density field (random slim weights)
+                notes.append(f"mesh: {exc}")
     result = PackResult(
-        pack_id=order.pack_id, preset=avatar.preset, avatar=jc.put_blob(result_to_bytes(avatar)), renders=renders,
-        missing=list(MISSING_STAGES), timings=avatar.timings,
-        warnings=[{"key": w.key, **w.params} for w in selfie.warnings])
-    if order.pack_id is not None and not MISSING_STAGES:
+        pack_id=order.pack_id, preset=avatar.preset, stickers=stickers, thumbnail=thumbnail, preview_png=sheet,
+        preview_html=page, avatar=jc.put_blob(result_to_bytes(avatar)), renders=renders, mesh=mesh,
+        missing=notes, timings=avatar.timings, warnings=[{"key": w.key, **w.params} for w in selfie.warnings])
+    if order.pack_id is not None:
         packs.update_pack(jc.db, order.pack_id, status="ready")
     return result.to_dict()
 

@@ -39,10 +39,19 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     assert "USING SLIM RANDOM WEIGHTS" in proc.stderr  # never passed off as a real avatar
     result = json.loads((out / "result.json").read_text())
     assert result["preset"] == "slim"
-    for line in result["missing"]:
-        assert f"NOT BUILT YET: {line}" in proc.stderr
+    # No boundary file is installed in a fresh data folder: the expression stickers are reported, not faked.
+    assert result["missing"] and all(f"NOT MADE: {line}" in proc.stderr for line in result["missing"])
+    assert [s["name"] for s in result["stickers"]] == ["turn", "nod"]
     produced = sorted(p.name for p in out.iterdir())
     assert "avatar.safetensors" in produced and any(n.startswith("avatar_view") for n in produced)
+    assert {"preview.png", "preview.html", "00_turn.telegram_video.webm", "01_nod.telegram_video.webm"} <= set(produced)
+    from engine.stickers.verify import verify
+
+    for name in produced:
+        if name.endswith(".webm"):
+            assert verify(out / name, "telegram_video").ok, name
+        if ".discord_sticker." in name:
+            assert verify(out / name, "discord_sticker").ok, name
     # The same order again is the same job: nothing is recomputed.
     again = run(args, timeout=120)
     assert again.returncode == 0 and "loading the networks" not in again.stderr

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -89,3 +90,22 @@ def test_loading_the_config_does_not_import_torch(repo_root):
             f"load_config({str(repo_root / 'config.toml')!r}); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_sticker_motions_match_the_renderer():
+    from emoji3d.config import MOTIONS
+    from engine.render import MOTIONS as RENDER_MOTIONS
+
+    assert MOTIONS == RENDER_MOTIONS
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[[pack.stickers]]\nname='a'\nemoji='x'\nmotion='spin'\n", "pack.stickers[0].motion must be one of"),
+    ("[[pack.stickers]]\nname='a'\nemoji='x'\n", "neither moves nor changes expression"),
+    ("[[pack.stickers]]\nname='a'\nemoji='x'\nmotion='nod'\n[[pack.stickers]]\nname='a'\nemoji='y'\nmotion='nod'\n",
+     "pack.stickers[].name must be unique"),
+    ("[pack]\nfps = 60\n", "pack.fps must be a number > 0 <= 30"),
+])
+def test_bad_pack_definitions_are_refused(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, text), env={})
