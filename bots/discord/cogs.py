@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -314,7 +314,11 @@ class HouseStyleCog(_Base):
         if interaction.guild is None:
             return []
         q = (current or "").casefold()
-        names = [s.name for s in core.house_style_list(self.res, self.community(interaction))]
+        try:
+            names = [s.name for s in core.house_style_list(self.res, self.community(interaction))]
+        except Exception:  # noqa: BLE001 - autocomplete must answer something
+            log.exception("house style autocomplete failed")
+            return []
         return [app_commands.Choice(name=n, value=n) for n in names if q in n.casefold()][:AUTOCOMPLETE_MAX]
 
     @housestyle.command(name="list", description="List this server's house styles")
