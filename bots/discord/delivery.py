@@ -561,10 +561,15 @@ class DiscordSender:
                 log.error("job %s: sticker files failed verification: %s", job.id, bad)
             if not items:
                 raise FilesInvalid("; ".join(bad), detail="; ".join(bad)[:200])
-        else:
+        else:  # this build made an avatar but no sticker files: still renders instead
             items = []
+            for i, digest in enumerate(result.renders[:3]):
+                try:
+                    items.append((f"render{i}.png", self.res.blobs.read_bytes(digest)))
+                except Exception:  # noqa: BLE001 - skip an unreadable render
+                    log.warning("job %s: render blob %s unreadable", job.id, digest)
             lines.append(text("pack_incomplete", missing="; ".join(result.missing) or "sticker files"))
-        preview = result.preview_png or (result.renders[0] if result.renders else None)
+        preview = result.preview_png or (result.renders[0] if result.renders and stickers else None)
         if preview is not None:
             try:
                 items.append(("preview.png", self.res.blobs.read_bytes(preview)))

@@ -544,3 +544,30 @@ def test_a_failed_job_edits_the_original_response(res, selfie_png):
             h.assert_no_errors()
 
     run(scenario())
+
+
+def test_dm_command_and_a_stills_only_result(res, selfie_png, discord_files):
+    from emoji3d.orders import PackResult
+
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            consented(res, w.member)
+            payload = create_payload(h, w.member["user"], selfie_png, style=str(style.id))  # in a DM
+            await h.deliver(payload)
+            h.assert_no_errors()
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            renders = [res.blobs.put_bytes(discord_files["preview"])]
+            result = PackResult(pack_id=job.payload["pack_id"], preset="slim", renders=renders,
+                                missing=["dual-branch training"])
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="the stills")
+            assert text("pack_incomplete", missing="dual-branch training") in fu["content"]
+            assert text("slim_warning") in fu["content"]
+            assert [a["filename"] for a in fu["attachments"]] == ["render0.png"]
+            assert custom_ids(fu) == []  # nothing to add to a server
+            await wait_for(lambda: packs.list_packs(res.db, job.user_id)[0].status == "published", what="published")
+            h.assert_no_errors()
+
+    run(scenario())
