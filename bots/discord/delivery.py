@@ -588,7 +588,7 @@ class DiscordSender:
                 hook = self._hook(ref)
                 for k, chunk in enumerate(chunks):
                     last = k == len(chunks) - 1
-                    body = "\n".join([text("discord_done"), *lines]) if k == 0 else "\u200b"
+                    body = "\n".join([*([text("discord_done")] if stickers else []), *lines]) if k == 0 else "\u200b"
                     kw: dict[str, Any] = {"view": view} if (last and view is not None) else {}
                     await hook.send(body, files=_discord_files(chunk), wait=True, **kw)
                 delivered = True
@@ -604,7 +604,7 @@ class DiscordSender:
         if not delivered:
             for k, chunk in enumerate(chunks):
                 last = k == len(chunks) - 1
-                body = "\n".join([text("discord_done_later"), *lines]) if k == 0 else "\u200b"
+                body = "\n".join([*([text("discord_done_later")] if stickers else []), *lines]) if k == 0 else "\u200b"
                 kw = {"view": view} if (last and view is not None) else {}
                 await self._send_somewhere(w, content=body, files_factory=lambda c=chunk: _discord_files(c), **kw)
             if ref is not None:
