@@ -101,6 +101,7 @@ class PackResult:
     missing: list[str] = field(default_factory=list)          # what could not be made, and why
     warnings: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)          # stages served from the cache
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

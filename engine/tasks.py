@@ -83,6 +83,10 @@ class EngineContext:
     def load(cls, cfg: Config) -> "EngineContext":
         device = "cuda" if cfg.engine.device == "cuda" or (
             cfg.engine.device == "auto" and torch.cuda.is_available()) else "cpu"
+        if device == "cuda":
+            # TF32 matmuls/convolutions: ~3x faster on Ampere/Hopper, well inside GAN-training tolerance.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         nets = load_networks(cfg.weights_dir, cfg.engine.preset, device, seed=cfg.engine.seed)
         if nets.preset == "slim":
             log.warning(SLIM_WARNING)
@@ -292,7 +296,7 @@ def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
     result = PackResult(
         pack_id=order.pack_id, preset=avatar.preset, stickers=stickers, thumbnail=thumbnail, preview_png=sheet,
         preview_html=page, avatar=jc.put_blob(result_to_bytes(avatar)), renders=renders, mesh=mesh,
-        missing=notes, timings=avatar.timings, warnings=[{"key": w.key, **w.params} for w in selfie.warnings])
+        missing=notes, timings=avatar.timings, skipped=avatar.skipped(), warnings=[{"key": w.key, **w.params} for w in selfie.warnings])
     if order.pack_id is not None:
         packs.update_pack(jc.db, order.pack_id, status="ready")
     return result.to_dict()

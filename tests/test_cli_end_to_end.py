@@ -55,6 +55,16 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     # The same order again is the same job: nothing is recomputed.
     again = run(args, timeout=120)
     assert again.returncode == 0 and "loading the networks" not in again.stderr
+    # The same selfie with another style reuses the stored inversion and pivotal tuning.
+    from PIL import Image
+
+    other_style = tmp_path / "other_style.png"
+    Image.open(repo_root / "styles" / "toon" / "exemplar.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other_style)
+    args2 = [a if a != "toon" else str(other_style) for a in args]
+    second = run(args2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    result2 = json.loads((out / "result.json").read_text())
+    assert {"invert_3d", "pivotal_tuning"} <= set(result2["skipped"]) and "style_finetune" not in result2["skipped"]
 
 
 def test_make_refuses_a_non_image_with_the_friendly_text(config, tmp_path):
