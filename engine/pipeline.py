@@ -56,7 +56,6 @@ EG3D_FRAME = 512   # the 3D crop frame
 TUNE_PREFIXES_2D = ("synthesis.",)
 TUNE_PREFIXES_3D = ("backbone.synthesis.", "decoder.", "superresolution.")
 
-STAGES = ("e4e", "style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 
 
 class Distance(Protocol):
@@ -305,7 +304,6 @@ class Pipeline:
         logs["style_finetune"] = style_log
         w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, should_cancel, cache)
         logs["invert_3d"], logs["pivotal_tuning"] = inv_logs
-        logs["e4e"] = StageLog("e4e", seconds=0.0)
 
         params_2d = {k: v.requires_grad_(True) for k, v in P.apply_delta(self.nets.g2d, delta_2d).items()} \
             if delta_2d else P.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
