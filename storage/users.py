@@ -123,6 +123,8 @@ def delete_user(db: Database, blobs: BlobStore, user_id: int) -> DeletionSummary
         conn.execute(sa.text("DELETE FROM selfies WHERE user_id = :u"), {"u": user_id})
         conn.execute(sa.text("UPDATE packs SET job_id = NULL WHERE job_id IN (SELECT id FROM jobs WHERE user_id = :u)"),
                      {"u": user_id})
+        conn.execute(sa.text("DELETE FROM delivery_refs WHERE user_id = :u "
+                             "OR job_id IN (SELECT id FROM jobs WHERE user_id = :u)"), {"u": user_id})
         conn.execute(sa.text("DELETE FROM jobs WHERE user_id = :u"), {"u": user_id})
         conn.execute(sa.text("DELETE FROM artifacts WHERE owner_user_id = :u"), {"u": user_id})
         conn.execute(sa.text("UPDATE styles SET added_by = NULL WHERE added_by = :u"), {"u": user_id})

@@ -1,0 +1,151 @@
+"""Delivery references: where a bot talks to a user about one job.
+
+A row (table ``delivery_refs``, migration 0002) lets a restarted bot resume
+editing the same progress message instead of starting a new conversation:
+
+* ``chat_id`` / ``message_id``: the progress message (Telegram: chat id and
+  message id; Discord: the command's channel id and ``"@original"``);
+* ``guild_id``: the Discord guild the command was used in ("Add to server");
+* ``application_id`` / ``token`` / ``started_at``: a Discord interaction
+  webhook. ``token`` is a short-lived secret: it is never part of a ``repr``
+  or a log line, and :func:`forget_token` clears it once it expired;
+* ``fallback_chat_id`` / ``fallback_message_id``: the message used after the
+  token window (a DM or a channel message), edited in place.
+
+Conventions: all platform ids are strings (``str(int_id)``); times are UNIX
+epoch seconds. One row per job (``job_id`` is the key); ``user_id`` is taken
+from the job row. Rows are deleted when the job was finished and delivered
+(:func:`delete_delivery`), with their job (foreign-key cascade) and by
+:func:`storage.users.delete_user`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from storage.db import Database
+
+FIELDS = ("chat_id", "message_id", "guild_id", "application_id", "token", "started_at",
+          "fallback_chat_id", "fallback_message_id")
+_STR_FIELDS = frozenset(FIELDS) - {"started_at"}
+
+
+class DeliveryJobMissing(LookupError):
+    """The job a delivery reference names does not exist (deleted meanwhile)."""
+
+
+@dataclass(frozen=True)
+class DeliveryRef:
+    job_id: int
+    user_id: int | None
+    platform: str
+    chat_id: str | None = None
+    message_id: str | None = None
+    guild_id: str | None = None
+    application_id: str | None = None
+    token: str | None = field(default=None, repr=False)  # secret: kept out of repr and logs
+    started_at: float | None = None
+    fallback_chat_id: str | None = None
+    fallback_message_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+def _row(r: sa.Row) -> DeliveryRef:
+    m = r._mapping
+    return DeliveryRef(
+        job_id=int(m["job_id"]), user_id=None if m["user_id"] is None else int(m["user_id"]),
+        platform=m["platform"], chat_id=m["chat_id"], message_id=m["message_id"], guild_id=m["guild_id"],
+        application_id=m["application_id"], token=m["token"],
+        started_at=None if m["started_at"] is None else float(m["started_at"]),
+        fallback_chat_id=m["fallback_chat_id"], fallback_message_id=m["fallback_message_id"],
+        created_at=float(m["created_at"]), updated_at=float(m["updated_at"]))
+
+
+def _check_fields(fields: dict[str, object]) -> dict[str, object]:
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown delivery field(s) {sorted(unknown)}; expected some of {FIELDS}")
+    out: dict[str, object] = {}
+    for k, v in fields.items():
+        if v is None:
+            out[k] = None
+        elif k in _STR_FIELDS:
+            if not isinstance(v, (str, int)) or isinstance(v, bool) or str(v) == "":
+                raise ValueError(f"delivery field {k} must be a non-empty string or an int id, got {type(v).__name__}")
+            out[k] = str(v)
+        else:  # started_at
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ValueError(f"delivery field started_at must be UNIX seconds, got {type(v).__name__}")
+            out[k] = float(v)
+    return out
+
+
+def record_delivery(db: Database, job_id: int, platform: str, **fields: object) -> DeliveryRef:
+    """Create the job's reference, or update it: only the ``fields`` given are
+    written (``None`` clears one), the others keep their stored value.
+
+    Raises :class:`DeliveryJobMissing` when the job does not exist, ``ValueError``
+    for an unknown field or a value of the wrong kind, or when the row exists for
+    another platform.
+    """
+    if not platform or not isinstance(platform, str):
+        raise ValueError(f"platform must be a non-empty string, got {platform!r}")
+    vals = _check_fields(fields)
+    now = time.time()
+    with db.write() as conn:
+        job = conn.execute(sa.text("SELECT user_id FROM jobs WHERE id = :j"), {"j": int(job_id)}).first()
+        if job is None:
+            raise DeliveryJobMissing(f"job {job_id} does not exist")
+        old = conn.execute(sa.text("SELECT platform FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).first()
+        if old is None:
+            cols = ["job_id", "user_id", "platform", *vals, "created_at", "updated_at"]
+            params = {"job_id": int(job_id), "user_id": job[0], "platform": platform, **vals,
+                      "created_at": now, "updated_at": now}
+            conn.execute(sa.text(f"INSERT INTO delivery_refs ({', '.join(cols)}) "
+                                 f"VALUES ({', '.join(':' + c for c in cols)})"), params)
+        else:
+            if old[0] != platform:
+                raise ValueError(f"job {job_id} has a {old[0]} delivery reference, not {platform}")
+            sets = ", ".join([*(f"{c} = :{c}" for c in vals), "updated_at = :updated_at"])
+            conn.execute(sa.text(f"UPDATE delivery_refs SET {sets} WHERE job_id = :job_id"),
+                         {"job_id": int(job_id), **vals, "updated_at": now})
+        return _row(conn.execute(sa.text("SELECT * FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).one())
+
+
+def update_delivery(db: Database, job_id: int, **fields: object) -> bool:
+    """Change some fields of an existing reference; False when there is none."""
+    vals = _check_fields(fields)
+    if not vals:
+        return get_delivery(db, job_id) is not None
+    sets = ", ".join([*(f"{c} = :{c}" for c in vals), "updated_at = :updated_at"])
+    with db.write() as conn:
+        res = conn.execute(sa.text(f"UPDATE delivery_refs SET {sets} WHERE job_id = :job_id"),
+                           {"job_id": int(job_id), **vals, "updated_at": time.time()})
+        return res.rowcount == 1
+
+
+def forget_token(db: Database, job_id: int) -> bool:
+    """Clear a stored interaction token (expired or refused); the rest stays."""
+    return update_delivery(db, job_id, token=None)
+
+
+def get_delivery(db: Database, job_id: int) -> DeliveryRef | None:
+    with db.read() as conn:
+        r = conn.execute(sa.text("SELECT * FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).first()
+    return None if r is None else _row(r)
+
+
+def list_deliveries(db: Database, platform: str) -> list[DeliveryRef]:
+    with db.read() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM delivery_refs WHERE platform = :p ORDER BY job_id"),
+                            {"p": platform}).all()
+    return [_row(r) for r in rows]
+
+
+def delete_delivery(db: Database, job_id: int) -> bool:
+    """Remove the job's reference (its job was finished and delivered)."""
+    with db.write() as conn:
+        return conn.execute(sa.text("DELETE FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).rowcount == 1
