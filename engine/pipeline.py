@@ -83,10 +83,15 @@ class Networks:
 
 @dataclass
 class PortraitInputs:
-    """A face prepared by ``engine.face`` for both branches."""
+    """A face prepared by ``engine.face`` for both branches.
 
-    image_2d: torch.Tensor         # [1, 3, S, S] FFHQ-aligned crop, any S (resized here)
-    image_3d: torch.Tensor         # [1, 3, S', S'] EG3D crop, any S'
+    The images are None for a portrait rebuilt from its per-selfie artifact
+    after the photo itself was deleted (``Pipeline.cached_portrait``): stages
+    3 and 4 come from the cache then, and stage 5 never reads the photo.
+    """
+
+    image_2d: torch.Tensor | None  # [1, 3, S, S] FFHQ-aligned crop, any S (resized here)
+    image_3d: torch.Tensor | None  # [1, 3, S', S'] EG3D crop, any S'
     camera: torch.Tensor           # [1, 25] EG3D label estimated from the photo
     crop2d_to_crop3d: torch.Tensor  # [2, 3] pixels, FFHQ 1024 frame -> EG3D 512 frame
     key: str                       # digest of the source image (cache key)
@@ -222,8 +227,18 @@ class Pipeline:
     def style_key(self, exemplar: PortraitInputs) -> str:
         return f"{exemplar.key}:{self.cfg.digest('style')}:{self.nets.weights_id}:{ENGINE_VERSION}"
 
-    def portrait_key(self, portrait: PortraitInputs) -> str:
-        return f"{portrait.key}:{self.cfg.digest('inversion', 'pti')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+    def portrait_key(self, portrait_key: str) -> str:
+        return f"{portrait_key}:{self.cfg.digest('inversion', 'pti')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+
+    def cached_portrait(self, portrait_key: str, cache: ArtifactCache) -> PortraitInputs | None:
+        """The portrait as far as stages 5+ need it (camera, crop transform), from its
+        per-selfie artifact alone; None when nothing is cached for it."""
+        blob = cache.get("portrait_3d", self.portrait_key(portrait_key))
+        if blob is None:
+            return None
+        t = unpack_tensors(blob)
+        return PortraitInputs(image_2d=None, image_3d=None, camera=t["camera"],
+                              crop2d_to_crop3d=t["crop2d_to_crop3d"].double(), key=portrait_key)
 
     def stylize_2d(self, exemplar: PortraitInputs, generator: torch.Generator, progress: ProgressFn = no_progress,
                    should_cancel: CancelFn = never_cancel,
@@ -249,13 +264,15 @@ class Pipeline:
                         progress: ProgressFn = no_progress, should_cancel: CancelFn = never_cancel,
                         cache: ArtifactCache | None = None) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
         """Stages 1 (portrait) + 3 + 4, cached per selfie. Returns (w_2d, pivot, delta_pti, logs)."""
-        key = self.portrait_key(portrait)
+        key = self.portrait_key(portrait.key)
         if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
             t = unpack_tensors(blob)
             names = self.noise_names_3d()
             pivot = Inversion(t["w_3d"], [t[f"noise.{n}"] for n in names], StageLog("invert_3d", skipped=True))
             progress("pivotal_tuning", 1, 1)
             return t["w_2d"], pivot, _split("delta.", t), [pivot.log, StageLog("pivotal_tuning", skipped=True)]
+        if portrait.image_2d is None or portrait.image_3d is None:
+            raise ValueError(f"portrait {portrait.key}: no photo and no cached inversion")
         dev = self.nets.device
         w_2d = self.encode(portrait.image_2d.to(dev))
         target = _resize(portrait.image_3d.to(dev), self.res_3d)
@@ -273,7 +290,9 @@ class Pipeline:
         if cache is not None:
             names = self.noise_names_3d()
             cache.put("portrait_3d", key, pack_tensors({
-                "w_2d": w_2d, "w_3d": pivot.ws, **{f"noise.{n}": v for n, v in zip(names, pivot.noise)},
+                "w_2d": w_2d, "w_3d": pivot.ws, "camera": portrait.camera,
+                "crop2d_to_crop3d": portrait.crop2d_to_crop3d.double(),
+                **{f"noise.{n}": v for n, v in zip(names, pivot.noise)},
                 **_with_prefix("delta.", delta)}))
         return w_2d, pivot, delta, [pivot.log, pti_log]
 

@@ -267,14 +267,21 @@ def handle_make_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
 def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
     progress = _progress(jc)
     progress("face", 0, 1)
-    if not jc.blobs.exists(order.selfie_digest):
-        raise SelfieGone(f"selfie {order.selfie_digest[:12]} was deleted before the job ran",
-                         hours=ctx.cfg.privacy.selfie_retention_hours)
-    selfie = _analyze(ctx, jc.blobs.read_bytes(order.selfie_digest), "selfie")
+    cache = BlobArtifactCache(jc, order.user_id)
+    warnings = []
+    if jc.blobs.exists(order.selfie_digest):
+        selfie = _analyze(ctx, jc.blobs.read_bytes(order.selfie_digest), "selfie")
+        portrait = portrait_inputs(selfie, order.selfie_digest)
+        warnings = [{"key": w.key, **w.params} for w in selfie.warnings]
+    else:
+        # The photo was deleted under the retention policy; its inversion may still be cached.
+        portrait = ctx.pipeline.cached_portrait(order.selfie_digest, cache)
+        if portrait is None:
+            raise SelfieGone(f"selfie {order.selfie_digest[:12]} and its cached inversion are both gone",
+                             hours=ctx.cfg.privacy.selfie_retention_hours)
     style = _analyze(ctx, jc.blobs.read_bytes(order.exemplar_digest), "style")
     progress("face", 1, 1)
-    cache = BlobArtifactCache(jc, order.user_id)
-    avatar = ctx.pipeline(portrait_inputs(selfie, order.selfie_digest), portrait_inputs(style, order.exemplar_digest),
+    avatar = ctx.pipeline(portrait, portrait_inputs(style, order.exemplar_digest),
                           seed=order.seed + ctx.cfg.engine.seed, progress=progress, cache=cache)
     params = ctx.pipeline.generator_params(avatar, order.strength)
     progress("render", 0, 1)
@@ -296,7 +303,7 @@ def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
     result = PackResult(
         pack_id=order.pack_id, preset=avatar.preset, stickers=stickers, thumbnail=thumbnail, preview_png=sheet,
         preview_html=page, avatar=jc.put_blob(result_to_bytes(avatar)), renders=renders, mesh=mesh,
-        missing=notes, timings=avatar.timings, skipped=avatar.skipped(), warnings=[{"key": w.key, **w.params} for w in selfie.warnings])
+        missing=notes, timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings)
     if order.pack_id is not None:
         packs.update_pack(jc.db, order.pack_id, status="ready")
     return result.to_dict()
@@ -309,15 +316,26 @@ def handle_regenerate_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
     from emoji3d.orders import ENGINE_VERSION
     from storage import selfies
 
+    from storage import jobs
+
     pack = packs.get_pack(jc.db, int(job.payload["pack_id"]))
-    selfie = selfies.latest_selfie(jc.db, pack.user_id)
-    if selfie is None or (selfie.expires_at is not None and selfie.expires_at < time.time()):
-        raise SelfieGone(f"pack {pack.id}: the owner's selfie is no longer stored",
-                         hours=ctx.cfg.privacy.selfie_retention_hours)
+    # The selfie the pack was made from (its photo may be gone; make_pack then uses the cached inversion).
+    selfie_digest = None
+    if pack.job_id is not None:
+        try:
+            selfie_digest = jobs.get_job(jc.db, pack.job_id).payload.get("selfie_digest")
+        except jobs.JobNotFound:
+            selfie_digest = None
+    if selfie_digest is None:
+        selfie = selfies.latest_selfie(jc.db, pack.user_id)
+        if selfie is None or (selfie.expires_at is not None and selfie.expires_at < time.time()):
+            raise SelfieGone(f"pack {pack.id}: the owner's selfie is no longer stored",
+                             hours=ctx.cfg.privacy.selfie_retention_hours)
+        selfie_digest = selfie.blob_digest
     if pack.style_id is None:
         raise StyleGone(f"pack {pack.id}: its style was removed")
     style = st.get_style(jc.db, pack.style_id)
-    order = PackOrder(user_id=pack.user_id, selfie_digest=selfie.blob_digest, exemplar_digest=style.exemplar_digest,
+    order = PackOrder(user_id=pack.user_id, selfie_digest=selfie_digest, exemplar_digest=style.exemplar_digest,
                       strength=pack.strength, platform=pack.platform or "local", style_id=style.id,
                       style_version=style.version, pack_id=pack.id, regenerate=True,
                       settings=ctx.cfg.pipeline.digest("style", "inversion", "pti", "dual"))

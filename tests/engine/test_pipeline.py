@@ -73,7 +73,11 @@ def test_every_stage_runs_and_its_loss_decreases(first_run):
 def test_second_style_for_the_same_selfie_skips_the_inversion(first_run, faces):
     pipe, cache, _result, _seen = first_run
     portrait, style = faces
-    second = pipe(portrait, other_exemplar(style), seed=0, cache=cache)
+    # The photo itself is not needed any more: its per-selfie artifact carries camera and crop transform.
+    from_cache = pipe.cached_portrait(portrait.key, cache)
+    assert from_cache.image_2d is None and torch.equal(from_cache.camera, portrait.camera)
+    assert torch.allclose(from_cache.crop2d_to_crop3d, portrait.crop2d_to_crop3d.double())
+    second = pipe(from_cache, other_exemplar(style), seed=0, cache=cache)
     assert second.logs["invert_3d"].skipped and second.logs["pivotal_tuning"].skipped
     assert not second.logs["style_finetune"].skipped  # a new exemplar is tuned
     assert second.logs["dual_branch"].steps == STEPS
