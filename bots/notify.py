@@ -12,13 +12,20 @@ Each :meth:`Notifier.tick` reads every watched job once and
   (every ``retry_seconds``, at most ``max_delivery_attempts`` times);
 * when it failed or was cancelled, calls ``sender.finish`` and stops.
 
-Restart safety: nothing needed for delivery lives only in memory. At start
-(:meth:`Notifier.resume_from_db`) and every ``rescan_seconds`` the notifier
-finds the platform's packs whose job is still open, whose result was never
-published, or whose job finished after the pack was last published (a
-scheduled regeneration), and watches them. Such a watch has no chat and no
-progress message: the sender uses the user's private chat (DM) and sends a
-fresh progress message.
+Restart safety: nothing needed for delivery lives only in memory. Where the
+user is talked to (chat and progress message) is kept in the database
+(:mod:`storage.deliveries`, one row per job): :meth:`Notifier.watch` records
+it, and a sender that sends a new progress message has it recorded after
+``show_progress``. The row is deleted once the job ended and its outcome was
+delivered (or refused). At start (:meth:`Notifier.resume_from_db`) and every
+``rescan_seconds`` the notifier finds the platform's packs whose job is still
+open, whose result was never published, or whose job finished after the pack
+was last published (a scheduled regeneration), and watches them with their
+stored chat and message, so the same message keeps being edited. Without a
+stored reference the watch has no chat and no message: the sender uses the
+user's private chat (DM) and sends a fresh progress message. Platform extras
+(a Discord interaction token, its guild) are stored by the sender itself in
+the same row.
 
 Times: ``clock`` is monotonic seconds (rate limits); the database holds UNIX
 seconds.
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from emoji3d.errors import UserFacingError
-from storage import jobs, packs, users
+from storage import deliveries, jobs, packs, users
 
 from .core import BotResources, ProgressView, progress_view, should_edit
 
@@ -94,11 +101,31 @@ class Notifier:
     # ------------------------------------------------------------------ registration
     def watch(self, job_id: int, pack_id: int | None, user: users.User, *, chat_id: str | None = None,
               message_id: str | None = None) -> Watch:
-        """Follow a job (replacing an older watch of the same job)."""
+        """Follow a job (replacing an older watch of the same job) and record
+        where its messages go, so a restarted bot carries on in the same place."""
         w = Watch(job_id, pack_id, user.id, user.platform_user_id, chat_id, message_id)
         self.watches[job_id] = w
         self.refused.discard(job_id)
+        self._store(w)
         return w
+
+    # ------------------------------------------------------------------ persisted reference
+    def _store(self, w: Watch) -> None:
+        """Record the watch's chat and message; a failure is logged, not fatal
+        (delivery still works in this process)."""
+        try:
+            deliveries.record_delivery(self.res.db, w.job_id, self.platform, chat_id=w.chat_id,
+                                       message_id=w.message_id)
+        except deliveries.DeliveryJobMissing:
+            pass  # deleted meanwhile; the next tick drops the watch
+        except Exception:  # noqa: BLE001 - the database may be briefly unavailable
+            log.warning("notify: could not record where job %s is delivered", w.job_id, exc_info=True)
+
+    def _drop_ref(self, job_id: int) -> None:
+        try:
+            deliveries.delete_delivery(self.res.db, job_id)
+        except Exception:  # noqa: BLE001 - a stale row is harmless: rows go with their job
+            log.warning("notify: could not delete the delivery reference of job %s", job_id, exc_info=True)
 
     def resume_from_db(self) -> list[Watch]:
         """Watch every job of this platform that still needs a message (see the
@@ -107,7 +134,11 @@ class Notifier:
         for pack, job, user in self._undelivered():
             if job.id in self.watches or job.id in self.refused:
                 continue
-            w = Watch(job.id, pack.id, user.id, user.platform_user_id, resumed=True)
+            ref = deliveries.get_delivery(self.res.db, job.id)
+            stored = ref is not None and ref.platform == self.platform
+            w = Watch(job.id, pack.id, user.id, user.platform_user_id,
+                      chat_id=ref.chat_id if stored else None, message_id=ref.message_id if stored else None,
+                      resumed=True)
             self.watches[job.id] = w
             found.append(w)
         return found
@@ -153,6 +184,7 @@ class Notifier:
             job = jobs.get_job(self.res.db, w.job_id)
         except jobs.JobNotFound:
             self.watches.pop(w.job_id, None)  # the user deleted their data
+            self._drop_ref(w.job_id)
             return
         now = self.clock()
         if job.status == "succeeded":
@@ -166,11 +198,17 @@ class Notifier:
             self.watches.pop(w.job_id, None)
             if job.payload.get("pack_id") is not None:
                 self._mark_pack_failed(int(job.payload["pack_id"]))
-            await self.sender.finish(w, view)
+            try:
+                await self.sender.finish(w, view)
+            finally:  # nothing will be said about this job again
+                self._drop_ref(w.job_id)
             return
         if should_edit(w.last_signature, sig, w.last_edit_at, now, self.min_interval, False):
+            where = (w.chat_id, w.message_id)
             await self.sender.show_progress(w, view)
             w.last_signature, w.last_edit_at = sig, now
+            if (w.chat_id, w.message_id) != where:  # the sender started a new progress message
+                self._store(w)
 
     def _mark_pack_failed(self, pack_id: int) -> None:
         try:
@@ -188,6 +226,7 @@ class Notifier:
             self.refused.add(w.job_id)
             log.info("notify: job %s delivery refused: %s (%s)", w.job_id, err.key, err)
             await self.sender.report_error(w, err)
+            self._drop_ref(w.job_id)
             return
         except Exception as exc:  # noqa: BLE001 - network and platform hiccups: try again later
             if w.delivery_attempts >= self.max_delivery_attempts:
@@ -195,11 +234,15 @@ class Notifier:
                 self.refused.add(w.job_id)
                 log.exception("notify: job %s delivery failed %d times; giving up", w.job_id, w.delivery_attempts)
                 await self.sender.report_error(w, UserFacingError(str(exc)))
+                self._drop_ref(w.job_id)
                 return
             w.next_delivery_at = now + self.retry_seconds
             log.warning("notify: job %s delivery failed (%s); retrying in %.0f s", w.job_id, exc, self.retry_seconds)
+            if w.message_id is not None:
+                self._store(w)  # a progress message sent before the failure is edited by the retry
             return
         self.watches.pop(w.job_id, None)
+        self._drop_ref(w.job_id)
 
     async def run(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
         """Resume from the database, then tick every ``poll_seconds`` until ``stop``."""

@@ -7,10 +7,16 @@
   result as a follow-up on the same interaction webhook
   (``discord.Webhook.partial(application_id, token)``), which needs no channel
   permission of the bot.
-* After the window, after a restart (the notifier resumes watches from the
-  database without an interaction) or when Discord answers 10015/10062, it
-  falls back to a direct message; when the member's DMs are closed, to a
-  message in the channel the command was used in (mentioning the member).
+* The interaction (application id, token, channel, guild, arrival time) is
+  stored with the job (:mod:`storage.deliveries`), so a restarted bot keeps
+  editing ``@original`` while the token is still valid. The token is a
+  short-lived secret: it never appears in a repr or a log line, and it is
+  cleared from the database as soon as it is known to be expired.
+* After the window, or when Discord answers 10015/10062, it falls back to a
+  direct message (also stored, and edited in place, across restarts); when
+  the member's DMs are closed, to a message in the channel the command was
+  used in (mentioning the member). The stored guild id keeps "Add to server"
+  pointing at the command's server in that fallback message.
 * Every sticker file is checked with ``engine.stickers.verify`` against the
   ``discord_sticker`` target before it is uploaded anywhere (no torch there).
 
@@ -25,7 +31,9 @@ are full, an "Add as custom emoji instead" button (``emoji3d:emoji:...``)
 creates 128×128 custom emoji from the result's ``discord_emoji`` files, named
 ``e3d<pack>_<idx>_<expression>``, again skipped when the name already exists.
 
-Times: ``clock`` is monotonic seconds.
+Times: ``clock`` and ``InteractionRef.started`` are UNIX seconds (they must
+survive a restart, so not monotonic); the window is measured from the moment
+the bot received the interaction, so ``margin_s`` also covers clock steps.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ import io
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import discord
@@ -42,7 +50,7 @@ import discord
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
 from emoji3d.texts import BOT, message, text
-from storage import jobs, packs, users
+from storage import deliveries, jobs, packs, users
 
 from .. import core
 from ..core import BotResources, ProgressView
@@ -99,10 +107,22 @@ class InteractionRef:
     """What is needed to talk through an interaction's webhook later."""
 
     application_id: int
-    token: str
+    token: str | None = field(repr=False)  # secret; None once expired or refused
     channel_id: int | None
     guild_id: int | None
-    started: float  # monotonic seconds when the interaction arrived
+    started: float  # UNIX seconds when the interaction arrived
+
+
+def _int_or_none(v: str | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def ref_from_row(row: deliveries.DeliveryRef) -> InteractionRef | None:
+    """The interaction stored for a job, or None when none was stored."""
+    if row.application_id is None or row.started_at is None:
+        return None
+    return InteractionRef(int(row.application_id), row.token, _int_or_none(row.chat_id),
+                          _int_or_none(row.guild_id), float(row.started_at))
 
 
 def render_view(view: ProgressView) -> str:
@@ -436,38 +456,81 @@ class DiscordSender:
     """``bots.notify.Sender`` for Discord (see the module docstring)."""
 
     def __init__(self, client: discord.Client, res: BotResources, *, margin_s: float = 30.0,
-                 token_lifetime_s: float = TOKEN_LIFETIME_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 token_lifetime_s: float = TOKEN_LIFETIME_S, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.res = res
         self.margin_s = float(margin_s)
         self.token_lifetime_s = float(token_lifetime_s)
         self.clock = clock
+        # in-memory views of the job's delivery_refs row (loaded from it after a restart)
         self.refs: dict[int, InteractionRef] = {}                 # job id -> interaction
         self.fallback_msgs: dict[int, tuple[int, int]] = {}       # job id -> (channel id, message id)
+        self._loaded: set[int] = set()                            # jobs whose row was read
 
     # ------------------------------------------------------------------ bookkeeping
     def attach(self, job_id: int, ref: InteractionRef) -> None:
+        """Use ``ref`` for the job and store it, so a restart can use it too."""
         self.refs[job_id] = ref
+        self._loaded.add(job_id)
+        self._persist(job_id, application_id=ref.application_id, token=ref.token, started_at=ref.started,
+                      guild_id=ref.guild_id, **({} if ref.channel_id is None else {"chat_id": ref.channel_id}))
 
     def forget(self, job_id: int) -> None:
+        """Drop the in-memory state (the notifier deletes the stored row)."""
         self.refs.pop(job_id, None)
         self.fallback_msgs.pop(job_id, None)
+        self._loaded.discard(job_id)
+
+    def _persist(self, job_id: int, **fields: Any) -> None:
+        try:
+            deliveries.record_delivery(self.res.db, job_id, PLATFORM, **fields)
+        except deliveries.DeliveryJobMissing:
+            pass  # the user deleted their data meanwhile
+        except Exception:  # noqa: BLE001 - delivery in this process still works
+            log.warning("job %s: could not store its delivery reference", job_id, exc_info=True)
+
+    def _load(self, job_id: int) -> None:
+        """After a restart: the interaction and fallback message stored for the job."""
+        if job_id in self._loaded:
+            return
+        self._loaded.add(job_id)
+        row = deliveries.get_delivery(self.res.db, job_id)
+        if row is None or row.platform != PLATFORM:
+            return
+        ref = ref_from_row(row)
+        if ref is not None:
+            self.refs.setdefault(job_id, ref)
+        if row.fallback_chat_id is not None and row.fallback_message_id is not None:
+            self.fallback_msgs.setdefault(job_id, (int(row.fallback_chat_id), int(row.fallback_message_id)))
+
+    def ref(self, job_id: int) -> InteractionRef | None:
+        """The job's interaction, live or not (its guild id still names where
+        "Add to server" applies)."""
+        self._load(job_id)
+        return self.refs.get(job_id)
 
     def _live_ref(self, job_id: int) -> InteractionRef | None:
-        ref = self.refs.get(job_id)
-        if ref is None:
+        ref = self.ref(job_id)
+        if ref is None or ref.token is None:
             return None
         if self.clock() - ref.started >= self.token_lifetime_s - self.margin_s:
-            return None  # kept (its guild id still names where "Add to server" applies)
+            self._expire(job_id)  # the secret is useless now: do not keep it stored
+            return None
         return ref
 
     def _expire(self, job_id: int) -> None:
+        """The token expired or Discord refused it: clear it, keep the rest."""
         ref = self.refs.get(job_id)
-        if ref is not None:  # make it look old: Discord already refused the token
-            self.refs[job_id] = InteractionRef(ref.application_id, ref.token, ref.channel_id, ref.guild_id,
-                                               ref.started - self.token_lifetime_s)
+        if ref is not None and ref.token is not None:
+            self.refs[job_id] = replace(ref, token=None)
+            try:
+                deliveries.forget_token(self.res.db, job_id)
+            except Exception:  # noqa: BLE001 - an unusable token left behind is deleted with its row
+                log.warning("job %s: could not clear its expired token", job_id, exc_info=True)
 
     def _hook(self, ref: InteractionRef) -> discord.Webhook:
+        if ref.token is None:
+            raise ValueError("interaction token is no longer usable")
         return discord.Webhook.partial(ref.application_id, ref.token, client=self.client)
 
     @staticmethod
@@ -495,6 +558,7 @@ class DiscordSender:
     async def _fallback_text(self, w: Watch, body: str) -> None:
         """Progress/final text outside the token window: edit our DM (or channel)
         message, or send one."""
+        self._load(w.job_id)
         known = self.fallback_msgs.get(w.job_id)
         if known is not None:
             ch = self.client.get_partial_messageable(known[0])
@@ -507,6 +571,7 @@ class DiscordSender:
             body = text("resumed") + "\n" + body
         sent = await self._send_somewhere(w, content=body)
         self.fallback_msgs[w.job_id] = (sent.channel.id, sent.id)
+        self._persist(w.job_id, fallback_chat_id=sent.channel.id, fallback_message_id=sent.id)
 
     async def _send_somewhere(self, w: Watch, **kw: Any) -> discord.Message:
         """DM the member; if their DMs are closed, the command's channel with a mention."""
@@ -578,7 +643,7 @@ class DiscordSender:
         if result.preset == "slim":
             lines.append(text("slim_warning"))
         ref = self._live_ref(w.job_id)
-        known = self.refs.get(w.job_id)
+        known = self.ref(w.job_id)
         guild_id = known.guild_id if known is not None else None
         view = result_view(pack.id, guild_id) if stickers and guild_id else None
         chunks = [items[i:i + MAX_FILES_PER_MESSAGE] for i in range(0, len(items), MAX_FILES_PER_MESSAGE)] or [[]]

@@ -383,7 +383,7 @@ class TelegramSender:
                     return
                 if "not found" not in low and "can't be edited" not in low:
                     raise
-        if w.resumed and w.message_id is None:
+        if w.resumed:  # after a restart, and the stored progress message is unknown or gone
             body = text("resumed") + "\n" + body
         sent = await self.bot.send_message(chat, body, reply_markup=markup)
         w.message_id = str(sent.message_id)

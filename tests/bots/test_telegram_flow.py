@@ -12,7 +12,7 @@ import pytest
 from bots.core import BotResources
 from bots.telegram.app import AppOptions, build_application, serve
 from emoji3d.texts import message, text
-from storage import jobs, packs, selfies, users
+from storage import deliveries, jobs, packs, selfies, users
 from storage import styles as st
 from tests.bots.conftest import finish_job, wait_for
 from tests.fakes import telegram_updates as tgu
@@ -301,7 +301,94 @@ def test_own_style_upload_orders_with_that_image(res, telegram_server, telegram_
     assert job.payload["exemplar_digest"] == hashlib.sha256(selfie_png).hexdigest()
 
 
-def test_restart_while_the_job_runs_still_delivers(res, telegram_server, telegram_user, selfie_png, sticker_files):
+def test_restart_while_the_job_runs_edits_the_same_message(res, telegram_server, telegram_user, selfie_png,
+                                                          sticker_files):
+    add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict[str, dict] = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            seen["progress"] = await chat.reply_containing("about to start")
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            job = jobs.list_jobs(res.db, kind="make_pack")[0]
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "invert_3d", 0.5)
+            edited = await chat.reply_containing("building your 3D head (50%)")
+            assert edited["message_id"] == seen["progress"]["message_id"]
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_job(res, job.id, sticker_files)
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert done["message_id"] == seen["progress"]["message_id"]
+            await wait_for(lambda: deliveries.get_delivery(res.db, job.id) is None, what="the row deleted")
+
+    asyncio.run(first_life())
+    n_before = len(chat.bot_messages())
+    asyncio.run(second_life())
+    assert not any(text("resumed") in t for t in chat.texts())
+    assert len([m for m in chat.bot_messages() if "text" in m]) <= n_before  # no new text message
+    [pack] = packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)
+    assert pack.status == "published"
+    assert len(telegram_server.sticker_set_json(pack.platform_set_name)["stickers"]) == 3
+
+
+def test_restart_while_a_group_job_runs_keeps_talking_in_the_group(res, telegram_server, telegram_user, selfie_png,
+                                                                   sticker_files):
+    add_global_style(res, "toon", selfie_png)
+    group = telegram_server.add_chat(tgu.group_chat(-1007777, "Friends"))
+    chat = Chat(telegram_server, telegram_user, group)
+    private = Chat(telegram_server, telegram_user)
+    seen: dict[str, dict] = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server):
+            chat.command("start")
+            welcome = await chat.reply_containing("Do you agree")
+            chat.press(welcome, buttons(welcome)[text("consent_button")])
+            thanks = await chat.reply_containing(text("consent_thanks"))
+            chat.photo(selfie_png, reply_to=thanks)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            seen["progress"] = await chat.reply_containing("about to start")
+        job = jobs.list_jobs(res.db, kind="make_pack")[0]
+        ref = deliveries.get_delivery(res.db, job.id)
+        assert (ref.chat_id, ref.message_id) == (str(group["id"]), str(seen["progress"]["message_id"]))
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            job = jobs.list_jobs(res.db, kind="make_pack")[0]
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "invert_3d", 0.5)
+            edited = await chat.reply_containing("building your 3D head (50%)")
+            assert edited["message_id"] == seen["progress"]["message_id"]
+            assert text("cancel_button") in buttons(edited)  # still cancellable from the same message
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_job(res, job.id, sticker_files)
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert done["message_id"] == seen["progress"]["message_id"]
+            (sticker,) = await wait_for(lambda: telegram_server.calls_to("sendSticker"), what="sendSticker")
+            assert int(sticker.params["chat_id"]) == group["id"]  # the result arrives in the group
+            await wait_for(lambda: deliveries.get_delivery(res.db, job.id) is None, what="the row deleted")
+
+    asyncio.run(first_life())
+    asyncio.run(second_life())
+    assert private.bot_messages() == []  # nothing went to the private chat
+    [pack] = packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)
+    assert pack.status == "published"
+
+
+def test_restart_after_the_progress_message_vanished_says_so_in_a_new_one(res, telegram_server, telegram_user,
+                                                                         selfie_png, sticker_files):
     add_global_style(res, "toon", selfie_png)
     chat = Chat(telegram_server, telegram_user)
 
@@ -319,14 +406,18 @@ def test_restart_while_the_job_runs_still_delivers(res, telegram_server, telegra
         async with running_bot(res, telegram_server):
             job = jobs.list_jobs(res.db, kind="make_pack")[0]
             await chat.reply_containing(text("resumed"))
+            fresh = next(m for m in chat.bot_messages() if text("resumed") in m.get("text", ""))
+            await wait_for(lambda: deliveries.get_delivery(res.db, job.id).message_id == str(fresh["message_id"]),
+                           what="the new progress message recorded")
             finish_job(res, job.id, sticker_files)
             await chat.reply_containing("https://t.me/addstickers/", timeout=30)
 
     asyncio.run(first_life())
+    job = jobs.list_jobs(res.db, kind="make_pack")[0]
+    deliveries.update_delivery(res.db, job.id, message_id="999999")  # e.g. deleted by the user
     asyncio.run(second_life())
     [pack] = packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)
     assert pack.status == "published"
-    assert len(telegram_server.sticker_set_json(pack.platform_set_name)["stickers"]) == 3
 
 
 def test_group_member_who_never_started_the_bot_is_told_how(res, telegram_server, selfie_png, sticker_files):

@@ -1,18 +1,21 @@
 """The real ``EmojiBot`` (discord.py 2.7 ``commands.Bot``) against the fake Discord
 REST API: create flow, delivery, "Add to server", slots full → custom emoji,
-a 429 on sticker creation, expired tokens and restarts (DM delivery), bad
+a 429 on sticker creation, expired tokens, restarts (the stored interaction within
+its window, DM after it), bad
 attachments, autocomplete, house styles, consent, privacy, delete-my-data."""
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 
 from bots.core import BotResources, give_consent, ensure_user
 from emoji3d.texts import message, text
-from storage import jobs, packs, users
+from storage import deliveries, jobs, packs, users
 from storage import styles as st
 from storage.communities import get_or_create_community
 from tests.bots.conftest import make_resources, wait_for
@@ -257,9 +260,66 @@ def test_closed_dms_fall_back_to_the_channel(res, selfie_png, discord_files):
     run(scenario())
 
 
-def test_restart_resumes_from_the_database_and_delivers_by_dm(res, selfie_png, discord_files):
-    from tests.bots.discord.conftest import FAST
+def _restarted_bot(res: BotResources, *, late_s: float = 0.0) -> Any:
+    """A fresh EmojiBot (a restarted process); its wall clock runs ``late_s`` ahead."""
     from bots.discord.app import EmojiBot
+    from tests.bots.discord.conftest import FAST
+
+    bot = EmojiBot(res, FAST)
+    if late_s:
+        bot.sender.clock = lambda: time.time() + late_s
+    return bot
+
+
+def test_restart_within_the_token_window_edits_the_original_response(res, selfie_png, discord_files, caplog):
+    from tests.fakes.discord_api import FakeDiscord
+    from tests.fakes.discord_harness import build_world
+
+    style = global_style(res, "toon", selfie_png)
+    caplog.set_level(logging.DEBUG, logger="emoji3d")
+
+    async def scenario() -> None:
+        async with FakeDiscord() as server:
+            w = build_world(server)
+            async with DiscordHarness(_restarted_bot(res), server) as h1:
+                consented(res, w.member)
+                payload = create_payload(h1, w.member, selfie_png, style=str(style.id))
+                await h1.deliver(payload)
+                h1.assert_no_errors()
+            job = only_job(res)
+            stored = deliveries.get_delivery(res.db, job.id)
+            assert stored.token == payload["token"] and stored.guild_id == w.guild_id
+            # the engine works on while the bot is down
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "invert_3d", 0.5)
+            async with DiscordHarness(_restarted_bot(res), server) as h2:
+                await wait_for(lambda: "building your 3D head (50%)" in original(h2, payload)["content"],
+                               what="the original response edited after the restart")
+                jobs.release(res.db, claimed.id, claimed.lease_token)
+                finish_discord_job(res, job.id, discord_files)
+                (fu,) = await wait_for(lambda: server.followups(payload["token"]), what="the result follow-up")
+                assert fu["content"].startswith(text("discord_done"))
+                assert len(fu["attachments"]) == 4
+                pack = packs.list_packs(res.db, job.user_id)[0]
+                assert custom_ids(fu) == [f"emoji3d:add:{pack.id}:{w.guild_id}"]
+                await wait_for(lambda: original(h2, payload)["content"] == text("discord_delivered_below"),
+                               what="original response says done")
+                await wait_for(lambda: deliveries.get_delivery(res.db, job.id) is None,
+                               what="the delivery row deleted once delivered")
+                assert packs.get_pack(res.db, pack.id).status == "published"
+                assert not server.dm_messages(uid(w.member))
+                # "Add to server" from the follow-up works
+                await h2.deliver(h2.click(custom_ids(fu)[0], w.moderator, message=fu))
+                assert len(server.stickers(w.guild_id)) == 3
+                h2.assert_no_errors()
+            # our own log lines never carry the token (discord.py itself logs webhook URLs at DEBUG)
+            ours = [r for r in caplog.records if r.name.startswith("emoji3d")]
+            assert not [r for r in ours if payload["token"] in r.getMessage()], "token logged"
+
+    run(scenario())
+
+
+def test_restart_after_the_token_window_delivers_by_dm_for_the_right_guild(res, selfie_png, discord_files):
     from tests.fakes.discord_api import FakeDiscord
     from tests.fakes.discord_harness import build_world
 
@@ -268,18 +328,60 @@ def test_restart_resumes_from_the_database_and_delivers_by_dm(res, selfie_png, d
     async def scenario() -> None:
         async with FakeDiscord() as server:
             w = build_world(server)
-            async with DiscordHarness(EmojiBot(res, FAST), server) as h1:
+            async with DiscordHarness(_restarted_bot(res), server) as h1:
                 consented(res, w.member)
                 payload = create_payload(h1, w.member, selfie_png, style=str(style.id))
                 await h1.deliver(payload)
                 h1.assert_no_errors()
-            finish_discord_job(res, only_job(res).id, discord_files)  # finished while the bot was down
-            async with DiscordHarness(EmojiBot(res, FAST), server) as h2:
-                (dm,) = await wait_for(lambda: server.dm_messages(uid(w.member)), what="a DM after restart")
+            job = only_job(res)
+            finish_discord_job(res, job.id, discord_files)  # finished while the bot was down
+            server.expire_token(payload["token"])           # ... for longer than 15 minutes
+            calls_before = len(server.calls)
+            async with DiscordHarness(_restarted_bot(res, late_s=16 * 60.0), server) as h2:
+                (dm,) = await wait_for(lambda: [m for m in server.dm_messages(uid(w.member)) if m["attachments"]],
+                                       what="a DM with the files after the restart")
                 assert dm["content"].startswith(text("discord_done_later"))
                 assert len(dm["attachments"]) == 4
-                pack = packs.list_packs(res.db, only_job(res).user_id)[0]
+                pack = packs.list_packs(res.db, job.user_id)[0]
+                assert custom_ids(dm) == [f"emoji3d:add:{pack.id}:{w.guild_id}"]
                 await wait_for(lambda: packs.get_pack(res.db, pack.id).status == "published", what="published")
+                await wait_for(lambda: deliveries.get_delivery(res.db, job.id) is None, what="row deleted")
+                # the expired token was not even tried
+                assert not [c for c in server.calls[calls_before:] if payload["token"] in c.path]
+                assert not server.followups(payload["token"])
+                # clicked in the DM, "Add to server" adds to the server the command came from
+                await h2.deliver(h2.click(custom_ids(dm)[0], w.moderator["user"], message=dm))
+                h2.assert_no_errors()
+                assert len(server.stickers(w.guild_id)) == 3
+
+    run(scenario())
+
+
+def test_restart_after_the_window_keeps_editing_the_same_progress_dm(res, selfie_png):
+    from tests.fakes.discord_api import FakeDiscord
+    from tests.fakes.discord_harness import build_world
+
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with FakeDiscord() as server:
+            w = build_world(server)
+            async with DiscordHarness(_restarted_bot(res), server) as h1:
+                consented(res, w.member)
+                payload = create_payload(h1, w.member, selfie_png, style=str(style.id))
+                await h1.deliver(payload)
+                assert deliveries.get_delivery(res.db, only_job(res).id).token == payload["token"]
+                server.expire_token(payload["token"])  # Discord refuses it from now on (10015)
+                job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+                jobs.set_progress(res.db, job.id, job.lease_token, "invert_3d", 0.25)
+                await wait_for(lambda: [m for m in server.dm_messages(uid(w.member))
+                                        if "building your 3D head (25%)" in m["content"]], what="a progress DM")
+                assert deliveries.get_delivery(res.db, job.id).token is None  # refused: not kept
+            jobs.set_progress(res.db, job.id, job.lease_token, "render", 0.9)
+            async with DiscordHarness(_restarted_bot(res, late_s=16 * 60.0), server) as h2:
+                await wait_for(lambda: "rendering the stickers (90%)" in server.dm_messages(uid(w.member))[0]["content"],
+                               what="the same DM edited after the restart")
+                assert len(server.dm_messages(uid(w.member))) == 1
                 h2.assert_no_errors()
 
     run(scenario())
