@@ -13,7 +13,7 @@ import pytest
 from bots import core
 from bots.notify import Notifier
 from emoji3d.texts import message
-from storage import jobs, packs, users
+from storage import deliveries, jobs, packs, users
 from storage import styles as st
 from tests.bots.conftest import finish_job, make_resources
 
@@ -167,6 +167,57 @@ def test_notifier_resumes_from_the_database_and_rate_limits(res, selfie_png, sti
     assert ("finish", b.job_id, "cancelled_ok") in sender.events
     assert n.watches == {}
     assert n.resume_from_db() == []  # delivered and cancelled jobs are not picked up again
+
+
+def test_notifier_stores_where_it_talks_and_forgets_it_when_done(res, selfie_png):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    u1, u2, u3 = (ready_user(res, selfie_png, str(i)) for i in (1, 2, 3))
+    a = core.place_order(res, u1, "telegram", preset="full", style_id=style.id)
+    b = core.place_order(res, u2, "telegram", preset="full", style_id=style.id)
+    c = core.place_order(res, u3, "telegram", preset="full", style_id=style.id)
+    class EditsOrSends(RecordingSender):
+        async def show_progress(self, w, view):
+            self.events.append(("progress", w.job_id, view.key))
+            if w.message_id is None:
+                w.message_id = "1"
+
+    sender = EditsOrSends()
+    sender.res = res
+    first = Notifier(res, "telegram", sender, min_interval=0.0)
+    first.watch(a.job_id, a.pack.id, u1, chat_id="-100", message_id="7")
+    first.watch(b.job_id, b.pack.id, u2)  # no message yet: the sender sends one (id "1")
+    asyncio.run(first.tick())
+    assert deliveries.get_delivery(res.db, b.job_id).message_id == "1"
+    # a restarted notifier resumes with the stored chat and message; c has no row
+    n = Notifier(res, "telegram", sender, min_interval=0.0)
+    found = {w.job_id: w for w in n.resume_from_db()}
+    assert (found[a.job_id].chat_id, found[a.job_id].message_id) == ("-100", "7")
+    assert (found[b.job_id].chat_id, found[b.job_id].message_id) == (None, "1")
+    assert (found[c.job_id].chat_id, found[c.job_id].message_id) == (None, None)
+    assert all(w.resumed for w in found.values())
+    # another platform's notifier does not pick the rows up
+    assert Notifier(res, "discord", sender).resume_from_db() == []
+
+    class Refusing(RecordingSender):
+        async def deliver(self, w, job):
+            raise core.NothingToCancel("refused")
+
+    claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    assert claimed.id == a.job_id
+    jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": a.pack.id, "preset": "slim"})
+    jobs.cancel(res.db, b.job_id)
+    asyncio.run(n.tick())
+    assert deliveries.get_delivery(res.db, a.job_id) is None  # delivered
+    assert deliveries.get_delivery(res.db, b.job_id) is None  # cancelled and told
+    claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": c.pack.id, "preset": "slim"})
+    refusing = Refusing()
+    refusing.res = res
+    r = Notifier(res, "telegram", refusing)
+    r.watch(c.job_id, c.pack.id, u3, chat_id="5", message_id="6")
+    asyncio.run(r.tick())
+    assert ("error", c.job_id, "nothing_to_cancel") in refusing.events
+    assert deliveries.get_delivery(res.db, c.job_id) is None
 
 
 async def _no_op(name: str) -> None:

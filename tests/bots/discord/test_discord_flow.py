@@ -517,8 +517,11 @@ def test_privacy_and_delete_my_data(res, selfie_png):
             body = original(h, pv)
             assert f"{res.cfg.privacy.selfie_retention_hours} hours" in body["content"] and body["flags"] & 64
             consented(res, w.member)
-            await h.deliver(create_payload(h, w.member, selfie_png, style=str(style.id)))
+            made = create_payload(h, w.member, selfie_png, style=str(style.id))
+            await h.deliver(made)
             assert jobs.list_jobs(res.db, kind="make_pack")
+            (stored,) = deliveries.list_deliveries(res.db, "discord")
+            assert stored.token == made["token"] and stored.guild_id == w.guild_id
             ask = h.slash("emoji delete-my-data", w.member)
             await h.deliver(ask)
             confirm = original(h, ask)
@@ -534,7 +537,8 @@ def test_privacy_and_delete_my_data(res, selfie_png):
             assert done["content"] == text("discord_delete_done", packs=1, selfies=1)
             assert users.find_user(res.db, "discord", uid(w.member)) is None
             assert jobs.list_jobs(res.db, kind="make_pack") == []
-            assert bot.notifier.watches == {}
+            assert deliveries.list_deliveries(res.db, "discord") == []  # the token went with the data
+            assert bot.notifier.watches == {} and bot.sender.refs == {}
             h.assert_no_errors()
 
     run(scenario())
