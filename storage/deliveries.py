@@ -99,19 +99,17 @@ def record_delivery(db: Database, job_id: int, platform: str, **fields: object) 
         job = conn.execute(sa.text("SELECT user_id FROM jobs WHERE id = :j"), {"j": int(job_id)}).first()
         if job is None:
             raise DeliveryJobMissing(f"job {job_id} does not exist")
-        old = conn.execute(sa.text("SELECT platform FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).first()
-        if old is None:
-            cols = ["job_id", "user_id", "platform", *vals, "created_at", "updated_at"]
-            params = {"job_id": int(job_id), "user_id": job[0], "platform": platform, **vals,
-                      "created_at": now, "updated_at": now}
-            conn.execute(sa.text(f"INSERT INTO delivery_refs ({', '.join(cols)}) "
-                                 f"VALUES ({', '.join(':' + c for c in cols)})"), params)
-        else:
-            if old[0] != platform:
-                raise ValueError(f"job {job_id} has a {old[0]} delivery reference, not {platform}")
-            sets = ", ".join([*(f"{c} = :{c}" for c in vals), "updated_at = :updated_at"])
-            conn.execute(sa.text(f"UPDATE delivery_refs SET {sets} WHERE job_id = :job_id"),
-                         {"job_id": int(job_id), **vals, "updated_at": now})
+        # insert-or-keep, then update: safe when two processes record the same job at once
+        conn.execute(sa.text("INSERT INTO delivery_refs (job_id, user_id, platform, created_at, updated_at) "
+                             "VALUES (:j, :u, :p, :t, :t) ON CONFLICT (job_id) DO NOTHING"),
+                     {"j": int(job_id), "u": job[0], "p": platform, "t": now})
+        stored = conn.execute(sa.text("SELECT platform FROM delivery_refs WHERE job_id = :j"),
+                              {"j": int(job_id)}).scalar_one()
+        if stored != platform:
+            raise ValueError(f"job {job_id} has a {stored} delivery reference, not {platform}")
+        sets = ", ".join([*(f"{c} = :{c}" for c in vals), "updated_at = :updated_at"])
+        conn.execute(sa.text(f"UPDATE delivery_refs SET {sets} WHERE job_id = :job_id"),
+                     {"job_id": int(job_id), **vals, "updated_at": now})
         return _row(conn.execute(sa.text("SELECT * FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).one())
 
 
