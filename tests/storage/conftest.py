@@ -11,7 +11,7 @@ from storage.blobs import BlobStore
 from storage.db import open_database
 
 PG_URL = os.environ.get("EMOJI3D_TEST_PG_URL")
-_TABLES = ["apscheduler_jobs", "blob_refs", "stickers", "packs", "selfies", "artifacts", "styles", "jobs",
+_TABLES = ["apscheduler_jobs", "blob_refs", "stickers", "packs", "selfies", "artifacts", "styles", "delivery_refs", "jobs",
            "communities", "users", "blobs", "schema_version"]
 
 
