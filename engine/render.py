@@ -193,6 +193,10 @@ def camera_path(motion: str, n_frames: int, *, yaw_degrees: float = 30.0, pitch_
                 fov_degrees: float = camera.FFHQ_FOV_DEG) -> torch.Tensor:
     """EG3D labels [n_frames, 25] (float32) of a looping camera path."""
     yaw, pitch = motion_angles(motion, phases(n_frames), yaw_degrees, pitch_degrees)
+    # Round the angles (to 1e-9 rad, far below a pixel) so that frames whose angles agree
+    # mathematically (sin is symmetric: frame k and frame n/2 - k of a loop) get bit-identical
+    # cameras; render_frames then renders each distinct camera once.
+    yaw, pitch = (torch.round(a * 1e9) / 1e9 for a in (yaw, pitch))
     return camera.orbit_label(yaw.float(), pitch.float(), radius, pivot, fov_degrees)
 
 
@@ -302,7 +306,8 @@ def _render_masked(g, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, s
 
 
 def _latent_groups(ws: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
-    """Distinct latents [U,L,D] of ws [F,L,D] (first-seen order) and the frame indices of each."""
+    """Distinct rows [U,...] of ws [F,...] (first-seen order) and the row indices of each
+    (used for latents, and for the cameras of one latent)."""
     keys: dict[bytes, int] = {}
     groups: list[list[int]] = []
     firsts: list[int] = []
@@ -324,8 +329,9 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
     """Render frame ``k`` from latent ``ws[k]`` (or the single ``ws``) at camera ``cameras[k]``.
 
     ws [F,L,D] or [1,L,D]; cameras [F,25]. The backbone runs once per distinct
-    latent; views are batched. Deterministic: equal inputs give bit-identical
-    frames.
+    latent, and each distinct (latent, camera) pair is ray-marched once (a loop's
+    frames k and n/2 - k share their camera); views are batched. Deterministic:
+    equal inputs give bit-identical frames.
     """
     if cameras.ndim != 2 or cameras.shape[1] != camera.LABEL_DIM:
         raise ValueError(f"cameras must be [F,25], got {tuple(cameras.shape)}")
@@ -346,10 +352,12 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
         planes = bound_call(generator, params, "planes", ws_u, noise_inputs=noise_inputs)  # [P,3,32,256,256]
         for j in range(ws_u.shape[0]):
             idx = groups[u0 + j]
-            for v0 in range(0, len(idx), settings.views_per_pass):
-                sel = idx[v0:v0 + settings.views_per_pass]
-                out = bound_call(generator, params, "render", planes[j:j + 1], ws_u[j:j + 1], cameras[sel], settings,
-                                 superresolution=settings.superresolution)
+            # Each distinct camera of this latent is rendered once, then copied to all its frames.
+            cams_u, cam_groups = _latent_groups(cameras[idx])
+            for v0 in range(0, cams_u.shape[0], settings.views_per_pass):
+                views = range(v0, min(v0 + settings.views_per_pass, cams_u.shape[0]))
+                out = bound_call(generator, params, "render", planes[j:j + 1], ws_u[j:j + 1], cams_u[v0:views.stop],
+                                 settings, superresolution=settings.superresolution)
                 img = out["image"] if settings.superresolution else out["features"][:, :3]
                 if img.shape[-1] != size:
                     img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
@@ -359,10 +367,11 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
                     rgb = torch.empty(n, 3, size, size, device=dev)  # [F,3,S,S]
                     opacity = torch.empty(n, 1, r, r, device=dev)    # [F,1,R,R]
                     depth = torch.empty(n, 1, r, r, device=dev)
-                sel_t = torch.tensor(sel, device=dev)
-                rgb[sel_t] = img.float()
-                opacity[sel_t] = out["opacity"].float()
-                depth[sel_t] = out["depth"].float()
+                for local, view in enumerate(views):
+                    frames = torch.tensor([idx[p] for p in cam_groups[view]], device=dev)
+                    rgb[frames] = img[local].float()
+                    opacity[frames] = out["opacity"][local].float()
+                    depth[frames] = out["depth"][local].float()
     alpha = alpha_matte(opacity, size, settings.matte)
     return FrameBatch(rgb=rgb, alpha=alpha, opacity=opacity, depth=depth, planes_computed=unique.shape[0])
 

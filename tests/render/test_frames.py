@@ -101,3 +101,26 @@ def test_input_validation(gen):
         R.render_frames(G, None, ws, None, torch.zeros(2, 16), FAST)
     with pytest.raises(ValueError, match="ws must be"):
         R.render_frames(G, None, ws.expand(3, -1, -1), None, R.camera_path("still", 2), FAST)
+
+
+def test_each_distinct_camera_is_rendered_once(gen, monkeypatch):
+    """A loop's sine path revisits each head turn: frame k and frame n/2 - k share a camera."""
+    G, ws = gen
+    n = 16
+    cams = R.camera_path("orbit", n)
+    assert torch.equal(cams[1], cams[n // 2 - 1]) and torch.equal(cams[n // 2 + 1], cams[n - 1])
+    distinct = torch.unique(cams, dim=0).shape[0]
+    assert distinct == n // 2 + 1
+    rendered = []
+    original = R._render_masked
+
+    def counting(g, planes, w, c, *a, **k):  # counts the cameras ray-marched, then renders for real
+        rendered.append(c.shape[0])
+        return original(g, planes, w, c, *a, **k)
+
+    monkeypatch.setattr(R, "_render_masked", counting)
+    batch = R.render_frames(G, None, ws, None, cams, FAST)
+    assert sum(rendered) == distinct
+    assert torch.equal(batch.rgb[1], batch.rgb[n // 2 - 1])
+    reference = R.render_frames(G, None, ws, None, cams[3:4], FAST)  # a camera rendered on its own
+    torch.testing.assert_close(batch.rgb[3:4], reference.rgb, atol=1e-4, rtol=0)
