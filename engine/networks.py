@@ -3,9 +3,11 @@
 ``load_networks(weights_dir, preset, device)``:
 
 - ``"pretrained"``: every file converted by ``emoji3d weights convert`` into
-  ``<weights_dir>/<name>/`` (config.json + safetensors): StyleGAN2 FFHQ with
-  its discriminator, e4e, EG3D FFHQ-512, IR-SE50 ArcFace, and the LPIPS VGG
-  trunk. A missing or corrupt file raises ``WeightsError`` naming it.
+  ``<weights_dir>/<manifest name>/`` (config.json + safetensors groups):
+  ``stylegan2_ffhq`` (rosinality, with its discriminator), ``e4e_ffhq``,
+  ``eg3d_ffhq`` (the NVIDIA pickle's ``G_ema``, neural rendering at 128 as in
+  ``ffhqrebalanced512-128``), ``arcface_ir_se50``, and the LPIPS VGG trunk
+  (``vgg16``). A missing or corrupt file raises ``WeightsError`` naming it.
 - ``"slim"``: the same architectures with narrow widths, deterministically
   initialised from a seed (StyleGAN2 at ``SLIM_2D_RESOLUTION`` px, EG3D
   ``slim128``, e4e for that generator, LPIPS with a random trunk, ArcFace
@@ -29,7 +31,8 @@ log = logging.getLogger("emoji3d.networks")
 
 SLIM_2D_RESOLUTION = 64
 SLIM_3D_PRESET = "slim128"
-PRETRAINED_FOLDERS = ("stylegan2_ffhq", "e4e_ffhq_encode", "eg3d_ffhq512", "arcface_ir_se50")
+PRETRAINED_FOLDERS = ("stylegan2_ffhq", "e4e_ffhq", "eg3d_ffhq", "arcface_ir_se50")  # manifest names
+EG3D_NEURAL_RESOLUTION = 128  # ffhqrebalanced512-128: the "-128" is its neural rendering resolution
 
 SLIM_WARNING = ("USING SLIM RANDOM WEIGHTS: no pretrained weights are installed, so the networks are "
                 "random. Every stage runs, but the output is NOT a real avatar. Install the official "
@@ -37,7 +40,18 @@ SLIM_WARNING = ("USING SLIM RANDOM WEIGHTS: no pretrained weights are installed,
 
 
 def pretrained_available(weights_dir: pathlib.Path) -> bool:
-    return all((weights_dir / name / "config.json").is_file() for name in PRETRAINED_FOLDERS)
+    """Every converted network folder is there, and LPIPS finds its VGG trunk."""
+    from emoji3d.errors import WeightsError
+
+    from .nets.perceptual import find_backbone
+
+    if not all((weights_dir / name / "config.json").is_file() for name in PRETRAINED_FOLDERS):
+        return False
+    try:
+        find_backbone("vgg", weights_dir)
+    except WeightsError:
+        return False
+    return True
 
 
 def _seeded(seed: int, build):
@@ -65,10 +79,24 @@ def slim_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks
     return _assemble(g2d, d2d, enc, enc_avg, g3d, perceptual, face_id, "slim", f"slim:{seed}", device)
 
 
-def pretrained_networks(weights_dir: pathlib.Path, device: str | torch.device = "cpu") -> Networks:
-    from safetensors.torch import load_file
+def eg3d_from_converted(folder: pathlib.Path):
+    """The EG3D generator from a folder ``weights convert`` wrote for an NVIDIA pickle."""
+    from emoji3d.errors import WeightsError
 
-    from .nets import arcface, e4e, eg3d, perceptual, stylegan2
+    from .nets import eg3d
+    from .weights import load_converted
+
+    cfg, groups = load_converted(folder)
+    nets = cfg.get("networks") or {}
+    name = next((n for n in ("G_ema", "G") if n in groups and n in nets), None)
+    if name is None:
+        raise WeightsError(f"{folder}: no generator (G_ema or G) in this converted EG3D folder", file=str(folder))
+    return eg3d.from_official(groups[name], nets[name]["init_kwargs"], EG3D_NEURAL_RESOLUTION,
+                              source=f"{folder}/{name}.safetensors")
+
+
+def pretrained_networks(weights_dir: pathlib.Path, device: str | torch.device = "cpu") -> Networks:
+    from .nets import arcface, e4e, perceptual, stylegan2
     from .weights import WeightsMissing
 
     missing = [n for n in PRETRAINED_FOLDERS if not (weights_dir / n / "config.json").is_file()]
@@ -76,13 +104,10 @@ def pretrained_networks(weights_dir: pathlib.Path, device: str | torch.device = 
         raise WeightsMissing(f"converted weights missing in {weights_dir}: {', '.join(missing)}; run "
                              "`emoji3d weights fetch` then `emoji3d weights convert`", file=str(weights_dir / missing[0]))
     g2d, d2d, _latent_avg, _cfg = stylegan2.from_pretrained(weights_dir / "stylegan2_ffhq", with_discriminator=True)
-    folder = weights_dir / "e4e_ffhq_encode"
-    enc = e4e.build_encoder(load_file(str(folder / "encoder.safetensors")), source=str(folder))
-    enc_avg = load_file(str(folder / "latent_avg.safetensors"))["latent_avg"]
-    g3d = eg3d.load(weights_dir / "eg3d_ffhq512")
+    enc, enc_avg = e4e.load_e4e(weights_dir / "e4e_ffhq")
+    g3d = eg3d_from_converted(weights_dir / "eg3d_ffhq")
     perceptual_net = perceptual.build_lpips(perceptual.LPIPSConfig(net="vgg"), weights_dir)
-    folder = weights_dir / "arcface_ir_se50"
-    face_id = arcface.build_arcface(load_file(str(folder / "model.safetensors")), source=str(folder))
+    face_id = arcface.load_arcface(weights_dir / "arcface_ir_se50")
     digest = hashlib.sha256()
     for name in PRETRAINED_FOLDERS:
         digest.update((weights_dir / name / "config.json").read_bytes())
