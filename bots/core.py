@@ -130,6 +130,20 @@ def default_face_check(cfg: Config) -> tuple[FaceCheck, Callable[[], None]]:
     return check, detector.close
 
 
+def open_bot_resources(cfg: Config) -> tuple[BotResources, Callable[[], None]]:
+    """Everything a front end needs from config.toml, and one ``close`` for all of it."""
+    from emoji3d.resources import open_storage
+
+    db, blobs = open_storage(cfg)
+    face_check, close_detector = default_face_check(cfg)
+
+    def close() -> None:
+        close_detector()
+        db.dispose()
+
+    return BotResources(cfg, db, blobs, face_check), close
+
+
 # ----------------------------------------------------------------------------- users, consent, privacy
 
 def ensure_user(res: BotResources, platform: str, platform_user_id: str) -> users.User:

@@ -21,20 +21,18 @@ import time
 
 from .config import Config, load_config
 from .errors import UserFacingError
+from .resources import open_storage
 from .texts import explain, message
 
 
 def _prepare(cfg: Config, args):
     from storage import selfies, styles as st, users
-    from storage.blobs import BlobStore
-    from storage.db import open_database
 
     from .images import DecodeLimits, decode_image
     from .orders import PackOrder, order_pack
     from .styles import sync_global_styles
 
-    db = open_database(cfg.database_url)
-    blobs = BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20)
+    db, blobs = open_storage(cfg)
     limits = DecodeLimits(max_megapixels=cfg.limits.max_image_megapixels, max_bytes=cfg.limits.max_upload_mb << 20)
 
     def read_image(path: pathlib.Path) -> bytes:

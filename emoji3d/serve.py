@@ -16,6 +16,7 @@ import sys
 import threading
 
 from .config import Config, enabled_frontends, load_config
+from .resources import open_storage
 from .supervisor import Supervisor
 
 log = logging.getLogger("emoji3d.serve")
@@ -96,14 +97,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from storage.blobs import BlobStore
-    from storage.db import open_database
-
     from .styles import sync_global_styles
 
-    db = open_database(cfg.database_url)
-    blobs = BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20,
-                      gc_grace_seconds=cfg.blobs.gc_grace_seconds)
+    db, blobs = open_storage(cfg)
     for style, what in sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels):
         if what != "unchanged":
             print(f"style {style.name}: {what} (finetune queued)", flush=True)

@@ -5,14 +5,7 @@ import argparse
 import pathlib
 
 from .config import load_config
-
-
-def _open(cfg):
-    from storage.blobs import BlobStore
-    from storage.db import open_database
-
-    db = open_database(cfg.database_url)
-    return db, BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20)
+from .resources import open_storage
 
 
 def _community(db, spec: str | None) -> int | None:
@@ -47,8 +40,7 @@ def main(argv: list[str]) -> int:
     from .styles import add_house_style, remove_style, sync_global_styles
 
     cfg = load_config(args.config)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    db, blobs = _open(cfg)
+    db, blobs = open_storage(cfg)
     try:
         community_id = _community(db, getattr(args, "community", None))
         if args.cmd == "sync":

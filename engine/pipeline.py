@@ -202,16 +202,6 @@ class Pipeline:
             return g.synthesis(ws, c, noise_inputs=noise_inputs)["image"]
         return _functional_synthesis(g, params, ws, c, noise_inputs)["image"]
 
-    def render_views(self, params: P.Params, ws: torch.Tensor, cams: torch.Tensor, noise) -> torch.Tensor:
-        """Images [V, 3, S, S] of one latent ws [1, L, 512] from V cameras [V, 25]:
-        the tri-planes are computed once and shared by every view."""
-        noise_inputs = noise if isinstance(noise, dict) else dict(zip(self.noise_names_3d(), noise))
-        dev = self.nets.device
-        call = _ViewsCall(self.nets.g3d)
-        out = torch.func.functional_call(call, {f"g.{k}": v for k, v in params.items()},
-                                         (ws.to(dev), cams.to(dev)), {"noise_inputs": noise_inputs}, strict=False)
-        return out["image"]
-
     # -- stages -------------------------------------------------------------------------
     def encode(self, image_2d: torch.Tensor) -> torch.Tensor:
         """e4e W+ [B, L, 512] of an FFHQ-aligned crop in [-1, 1]."""
@@ -370,18 +360,6 @@ class _SynthesisCall(nn.Module):
 
     def forward(self, ws, c, noise_inputs=None):
         return self.g.synthesis(ws, c, noise_inputs=noise_inputs)
-
-
-class _ViewsCall(nn.Module):
-    """Planes once for one latent, then render every camera from them."""
-
-    def __init__(self, g: nn.Module) -> None:
-        super().__init__()
-        self.g = g
-
-    def forward(self, ws, cams, noise_inputs=None):
-        planes = self.g.planes(ws, noise_inputs=noise_inputs)
-        return self.g.render(planes, ws, cams)
 
 
 def result_to_bytes(result: AvatarResult) -> bytes:

@@ -152,11 +152,6 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> uint8 HxWx3."""
-    return ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 def centre_to_edge(m: np.ndarray) -> torch.Tensor:
     """``engine.face`` matrices put pixel centres at integers; ``engine.warp``
     at half-integers. Same map, shifted coordinates: M' = T(+½) M T(−½)."""
@@ -193,17 +188,18 @@ def _analyze(ctx: EngineContext, data: bytes, what: str) -> FaceResult:
         raise
 
 
-def render_stills(pipeline: Pipeline, avatar: AvatarResult, params, yaws=(-0.35, 0.0, 0.35)) -> list[bytes]:
-    """PNG renders of the stylized avatar from a few head turns (one plane set, several cameras)."""
+def render_stills(ctx: EngineContext, avatar: AvatarResult, params, yaws=(-0.35, 0.0, 0.35)) -> list[bytes]:
+    """RGBA PNG renders of the stylized avatar from a few head turns (one plane set, matted)."""
     from .nets.camera import orbit_label
+    from .render import RenderSettings, render_frames, to_rgba
 
-    cams = orbit_label(torch.tensor(yaws), torch.zeros(len(yaws))).to(pipeline.nets.device)  # [V, 25]
-    with torch.no_grad():
-        images = pipeline.render_views(params, avatar.w_3d, cams, avatar.noise)
+    cams = orbit_label(torch.tensor(yaws), torch.zeros(len(yaws)))  # [V, 25]
+    settings = RenderSettings(size=ctx.cfg.pack.size, views_per_pass=ctx.cfg.pack.views_per_pass)
+    batch = render_frames(ctx.pipeline.nets.g3d, params, avatar.w_3d, avatar.noise, cams, settings)
     pngs = []
-    for img in images:
+    for rgba in to_rgba(batch.rgb, batch.alpha):
         buf = io.BytesIO()
-        Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+        Image.fromarray(rgba).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     return pngs
 
@@ -285,7 +281,7 @@ def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
                           seed=order.seed + ctx.cfg.engine.seed, progress=progress, cache=cache)
     params = ctx.pipeline.generator_params(avatar, order.strength)
     progress("render", 0, 1)
-    renders = [jc.put_blob(png) for png in render_stills(ctx.pipeline, avatar, params)]
+    renders = [jc.put_blob(png) for png in render_stills(ctx, avatar, params)]
     stickers, thumbnail, sheet, page, notes = render_and_encode(ctx, avatar, params, order, jc, progress)
     mesh = None
     if order.mesh:

@@ -25,10 +25,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from emoji3d.config import Config
-from storage.blobs import BlobStore
-from storage.db import open_database
 
-from ..core import BotResources, default_face_check
+from ..core import BotResources, open_bot_resources
 from ..notify import Notifier
 from .cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
 from .delivery import PLATFORM, AddAsEmojiButton, AddToServerButton, DiscordSender
@@ -112,10 +110,7 @@ def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions(
     token = cfg.discord_token.reveal()
     if not token:
         raise RuntimeError("DISCORD_BOT_TOKEN is not set")
-    db = open_database(cfg.database_url)
-    blobs = BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20)
-    face_check, close = default_face_check(cfg)
-    res = BotResources(cfg, db, blobs, face_check)
+    res, close = open_bot_resources(cfg)
 
     async def main() -> None:
         bot = EmojiBot(res, opts)

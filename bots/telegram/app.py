@@ -18,10 +18,8 @@ from telegram import BotCommand, Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
 from emoji3d.config import Config
-from storage.blobs import BlobStore
-from storage.db import open_database
 
-from ..core import BotResources, default_face_check
+from ..core import BotResources, open_bot_resources
 from ..notify import Notifier
 from . import handlers as h
 from .stickers import StickerSafeRateLimiter
@@ -99,10 +97,7 @@ def run(cfg: Config, stop_event: threading.Event, opts: AppOptions = AppOptions(
     token = cfg.telegram_token.reveal()
     if not token:
         raise RuntimeError("TELEGRAM_BOT_TOKEN is not set")
-    db = open_database(cfg.database_url)
-    blobs = BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20)
-    face_check, close = default_face_check(cfg)
-    res = BotResources(cfg, db, blobs, face_check)
+    res, close = open_bot_resources(cfg)
 
     async def main() -> None:
         stop = asyncio.Event()
