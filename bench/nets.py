@@ -199,7 +199,7 @@ def eg3d_rows(ctx: BenchContext) -> list[Row]:
 def encoder_rows(ctx: BenchContext) -> list[Row]:
     import lpips
 
-    from engine.nets import arcface, e4e
+    from engine.nets import arcface, e4e, progan_classifier
 
     rows: list[Row] = []
     dev = ctx.device
@@ -207,18 +207,33 @@ def encoder_rows(ctx: BenchContext) -> list[Row]:
     x = torch.rand(1, 3, 256, 256, device=dev, generator=gen) * 2 - 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        nets = [("e4e encoder (IR-SE50, 18 styles)", e4e.Encoder4Editing(), lambda m: m(x)),
-                ("ArcFace IR-SE50 (ID crop, 112)", arcface.ArcFaceBackbone(), lambda m: arcface.embed(m, x)),
+        nets = [("e4e encoder (IR-SE50, 18 styles)", e4e.Encoder4Editing(), lambda m: m(x), "full size b1"),
+                ("ArcFace IR-SE50 (ID crop, 112)", arcface.ArcFaceBackbone(), lambda m: arcface.embed(m, x),
+                 "full size b1"),
                 ("LPIPS VGG (256)", lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False),
-                 lambda m: m(x, x.flip(-1)))]
-    for name, module, call in nets:
+                 lambda m: m(x, x.flip(-1)), "full size b1"),
+                # one minibatch-stddev group, as the boundary fitter scores renders
+                ("CelebA-HQ attribute classifier (ProGAN D, 256)", _progan_classifier(),
+                 lambda m: progan_classifier.score_in_groups(m, x.expand(4, -1, -1, -1)), "full size b4")]
+    for name, module, call, config in nets:
         module = module.to(dev).eval().requires_grad_(False)
         inp = x.requires_grad_(True)  # backward into the image, as the losses use them
         t = measure(ctx, lambda: call(module), True, ctx.repeats)
-        rows.append(Row(name, "full size b1", str(dev), "torch", *t, note="random weights"))
+        rows.append(Row(name, config, str(dev), "torch", *t, note="random weights"))
         del module
         x.requires_grad_(False)
     return rows
+
+
+def _progan_classifier() -> torch.nn.Module:
+    """The released classifiers' architecture with random N(0, 1) weights (equalised-lr storage)."""
+    from engine.nets import progan_classifier
+
+    net = progan_classifier.ProGANClassifier(progan_classifier.ProGANClassifierConfig())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    return net
 
 
 # --------------------------------------------------------------------------- op ratios (GPU)

@@ -142,7 +142,7 @@ class StickerEntry:
     name: str
     emoji: str
     motion: str = _c("still", choices=MOTIONS)
-    expression: str = _c("", doc="boundary name (smile, surprise, anger, blink...); empty = none")
+    expression: str = _c("", doc="boundary name (smile, surprise, anger, blink, glasses, gender, age); empty = none")
     strength: float = _c(1.0, gt=0, le=3, doc="scales the expression's precomputed edit distance")
     seconds: float = _c(2.0, gt=0, le=3)
     yaw_degrees: float = _c(30.0, ge=0, le=60)
@@ -154,7 +154,8 @@ def _default_pack() -> tuple:
     return (StickerEntry("turn", "😎", motion="orbit"), StickerEntry("smile", "😄", expression="smile"),
             StickerEntry("surprise", "😮", expression="surprise"), StickerEntry("anger", "😠", expression="anger"),
             StickerEntry("nod", "👍", motion="nod"),
-            StickerEntry("blink", "😌", expression="blink", seconds=1.0, optional=True))
+            StickerEntry("blink", "😌", expression="blink", seconds=1.0, optional=True),
+            StickerEntry("glasses", "🤓", expression="glasses", optional=True))
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,19 @@ fit
     Loads the base EG3D (the converted pretrained weights when installed,
     else the slim preset the pipeline uses, with a loud warning), draws
     ``--n`` latents, renders each frontally, scores smile / surprise / anger /
-    blink from MediaPipe face-mesh geometry (:mod:`engine.expressions`),
-    fits one linear SVM per expression (:mod:`engine.edit`), computes the
+    blink from MediaPipe face-mesh geometry and glasses / gender / age with the
+    installed CelebA-HQ attribute classifiers (:mod:`engine.expressions`),
+    fits one linear SVM per attribute (:mod:`engine.edit`), computes the
     precomputed coefficient ``d`` and writes the versioned boundary file tied
-    to the generator's digest.
+    to the generator's digest. By default every geometry expression and every
+    installed classifier attribute is fitted; naming a classifier attribute
+    that is not installed is an error.
 
     Slim random weights render no faces, so MediaPipe scores nothing; on the
-    slim preset the fit falls back to *proxy image statistics* (brightness and
-    contrast of face regions, see :func:`proxy_scores`) and the file is marked
-    ``for_tests_only``. Such a file exercises the code paths only; it is not
-    an expression edit.
+    slim preset the geometry expressions fall back to *proxy image
+    statistics* (brightness and contrast of face regions, see
+    :func:`proxy_scores`) and the file is marked ``for_tests_only``. Such a
+    file exercises the code paths only; it is not an expression edit.
 
 verify
     Loads a file (format, version, unit normals, finite coefficients), checks
@@ -38,6 +41,7 @@ from emoji3d.errors import UserFacingError
 from engine import edit as E
 from engine import expressions as X
 
+CLASSIFIER_SCORER = "celebahq-classifier"
 SLIM_BANNER = ("*** SLIM RANDOM WEIGHTS: this boundary file is FOR TESTS ONLY. The slim generator renders no "
                "faces, so proxy image statistics replaced the expression scorers. Install the pretrained EG3D "
                "(`emoji3d weights fetch` / `convert`) to fit real boundaries. ***")
@@ -71,16 +75,29 @@ def proxy_scores(images: torch.Tensor) -> dict[str, np.ndarray]:
             "anger": (-upper.mean(1)).cpu().numpy(), "blink": (-eyes.std(1)).cpu().numpy()}
 
 
+def combined_scorer(geometry: E.FrameScorer | None, geometry_names: Sequence[str],
+                    classifiers: dict[str, X.ImageScorer]) -> E.FrameScorer:
+    """One frame scorer: ``geometry`` for the geometry expressions, each classifier for its attribute."""
+
+    def score(images: torch.Tensor) -> dict[str, np.ndarray]:
+        out = {n: v for n, v in geometry(images).items() if n in geometry_names} if geometry and geometry_names else {}
+        for name, clf in classifiers.items():
+            out[name] = clf(images).detach().cpu().numpy()
+        return out
+
+    return score
+
+
 # ----------------------------------------------------------------------------- generator
 
 def load_base_generator(preset: str, weights_dir: pathlib.Path, seed: int, device: str) -> tuple[torch.nn.Module, str]:
     """The base EG3D the pipeline would load: (generator, "pretrained" | "slim")."""
     from engine.nets import eg3d
-    from engine.networks import SLIM_3D_PRESET
+    from engine.networks import SLIM_3D_PRESET, eg3d_from_converted
 
-    folder = weights_dir / "eg3d_ffhq512"
+    folder = weights_dir / "eg3d_ffhq"  # the manifest name, as the pipeline loads it
     if preset == "pretrained" or (preset == "auto" and (folder / "config.json").is_file()):
-        return eg3d.load(folder, device=device), "pretrained"
+        return eg3d_from_converted(folder).to(device), "pretrained"
     # Same construction as engine.networks.slim_networks, so the digest matches the pipeline's g3d.
     return eg3d.slim_generator(SLIM_3D_PRESET, seed=seed + 20, device=device), "slim"
 
@@ -118,11 +135,24 @@ def _parse_layers(items: Sequence[str]) -> dict[str, tuple[int, int]]:
 def cmd_fit(ns: argparse.Namespace) -> int:
     weights_dir, seed, device = _settings(ns)
     G, kind = load_base_generator(ns.preset, weights_dir, seed, device)
-    names = [n.strip() for n in ns.expressions.split(",") if n.strip()]
-    unknown = set(names) - set(X.GEOMETRY_EXPRESSIONS)
+    known = X.GEOMETRY_EXPRESSIONS + X.CLASSIFIER_ATTRIBUTES
+    names = [n.strip() for n in ns.expressions.split(",") if n.strip()] if ns.expressions else None
+    unknown = set(names or ()) - set(known)
     if unknown:
-        print(f"error: unknown expressions {sorted(unknown)}; known: {', '.join(X.GEOMETRY_EXPRESSIONS)}", file=sys.stderr)
+        print(f"error: unknown expressions {sorted(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
+    installed, missing = X.classifier_scorers(weights_dir)
+    if names is None:
+        names = list(X.GEOMETRY_EXPRESSIONS) + list(installed)
+        for name, why in missing.items():
+            print(f"note: not fitting {name}: {why}", file=sys.stderr)
+    wanted_missing = {n: missing[n] for n in names if n in missing}
+    if wanted_missing:
+        for name, why in wanted_missing.items():
+            print(f"error: cannot fit {name}: {why}", file=sys.stderr)
+        return 1
+    geo_names = [n for n in names if n in X.GEOMETRY_EXPRESSIONS]
+    classifiers = {n: installed[n] for n in names if n in installed}
     try:
         layers = _parse_layers(ns.layers)
     except ValueError as exc:
@@ -139,25 +169,31 @@ def cmd_fit(ns: argparse.Namespace) -> int:
             print(f"rendered and scored {done}/{total}", file=sys.stderr)
 
     scorer_name = "proxy-image-stats" if kind == "slim" else "mediapipe-geometry"
-    if kind == "slim":
-        latents, scores = E.sample_and_score(G, proxy_scores, names, sample_cfg, rng, progress)
+    if kind == "slim" or not geo_names:
+        scorer = combined_scorer(proxy_scores, geo_names, classifiers)
+        latents, scores = E.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
     else:
         from engine.face_landmarks import LandmarkDetector
 
         with LandmarkDetector(max_faces=1) as det:
-            latents, scores = E.sample_and_score(G, geometry_scorer(det, names), names, sample_cfg, rng, progress)
-        found = float(np.isfinite(scores[names[0]]).mean())
+            scorer = combined_scorer(geometry_scorer(det, geo_names), geo_names, classifiers)
+            latents, scores = E.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
+        found = float(np.isfinite(scores[geo_names[0]]).mean())
         print(f"faces found in {found:.1%} of the renders", file=sys.stderr)
         if found < ns.min_face_fraction:
             print(f"error: faces were found in only {found:.1%} of the renders (< {ns.min_face_fraction:.0%}); "
                   "the generator does not render usable faces", file=sys.stderr)
             return 1
+    fit_cfg, fit_rng = E.FitConfig(fraction=ns.fraction), np.random.default_rng(ns.seed)
     try:
-        boundaries = E.fit_boundaries(latents, scores, np.random.default_rng(ns.seed), E.FitConfig(fraction=ns.fraction),
+        boundaries = E.fit_boundaries(latents, {n: scores[n] for n in geo_names}, fit_rng, fit_cfg,
                                       scorer=scorer_name, layers=layers)
+        boundaries.update(E.fit_boundaries(latents, {n: scores[n] for n in classifiers}, fit_rng, fit_cfg,
+                                           scorer=CLASSIFIER_SCORER, layers=layers))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    boundaries = {n: boundaries[n] for n in names}  # the order asked for
     bset = E.BoundarySet(generator_digest=E.generator_digest(G), generator_preset=kind, boundaries=boundaries,
                          for_tests_only=kind == "slim")
     out = pathlib.Path(ns.out)
@@ -196,15 +232,24 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         if digest != bset.generator_digest:
             problems.append(f"generator digest mismatch: file {bset.generator_digest[:12]}, {kind} generator {digest[:12]}")
     if ns.rescore and G is not None and not problems:
-        if bset.for_tests_only:
-            scorer = proxy_scores
-            report = E.rescore_edits(G, bset, scorer, ns.rescore, torch.Generator().manual_seed(ns.seed))
+        names = bset.names()
+        geo_names = [n for n in names if n in X.GEOMETRY_EXPRESSIONS]
+        installed, missing = X.classifier_scorers(weights_dir)
+        for n in names:
+            if n in X.CLASSIFIER_ATTRIBUTES and n not in installed:
+                problems.append(f"{n}: cannot re-score: {missing[n]}")
+        classifiers = {n: installed[n] for n in names if n in installed}
+        rng = torch.Generator().manual_seed(ns.seed)
+        if problems:
+            report = {}
+        elif bset.for_tests_only or not geo_names:
+            report = E.rescore_edits(G, bset, combined_scorer(proxy_scores, geo_names, classifiers), ns.rescore, rng)
         else:
             from engine.face_landmarks import LandmarkDetector
 
             with LandmarkDetector(max_faces=1) as det:
-                report = E.rescore_edits(G, bset, geometry_scorer(det, bset.names()), ns.rescore,
-                                         torch.Generator().manual_seed(ns.seed))
+                report = E.rescore_edits(G, bset, combined_scorer(geometry_scorer(det, geo_names), geo_names,
+                                                                  classifiers), ns.rescore, rng)
         print(json.dumps({"rescore": report}, indent=1))
         for name, r in report.items():
             if not r["scored"]:
@@ -237,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch", type=int, default=8)
     f.add_argument("--psi", type=float, default=0.7, help="truncation psi for sampling")
     f.add_argument("--fraction", type=float, default=0.1, help="top/bottom fraction used as SVM classes")
-    f.add_argument("--expressions", default=",".join(X.GEOMETRY_EXPRESSIONS))
+    f.add_argument("--expressions", default=None,
+                   help="comma-separated: smile,surprise,anger,blink,glasses,gender,age (default: the geometry "
+                        "expressions and every installed attribute classifier)")
     f.add_argument("--layers", nargs="*", default=[], help="NAME=START:STOP: restrict an edit to ws [START, STOP)")
     f.add_argument("--min-face-fraction", type=float, default=0.5)
     f.add_argument("--neural-rendering-resolution", type=int, default=None)

@@ -28,11 +28,15 @@ Conventions
   ``blink = -eye_open``.
 * A frame without a detected face scores NaN (the fitter drops it).
 
-Attribute classifiers (glasses, gender, age) are image classifiers the user
-may install; :func:`classifier_scorers` returns the installed ones and, for
-the others, why they are unavailable. This engine ships no classifier
-architecture yet, so today they are all reported unavailable and the bot
-must list only the geometry expressions.
+Attribute classifiers (glasses, gender, age) are NVIDIA's CelebA-HQ
+classifiers (:mod:`engine.nets.progan_classifier`), optional entries of the
+weights manifest (``attribute_glasses`` = Eyeglasses, ``attribute_gender`` =
+Male, ``attribute_age`` = Young). Scores are their logits on the render
+box-downsampled to 256 px, in groups of 4 as StyleGAN's metric ran them:
+``glasses`` = eyeglasses logit, ``gender`` = male logit (higher = more
+masculine), ``age`` = minus the young logit (higher = older).
+:func:`classifier_scorers` returns the installed ones and, for the others, why
+they are unavailable; only the available ones can be fitted and offered.
 """
 from __future__ import annotations
 
@@ -144,7 +148,7 @@ def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- attribute classifiers
 
 class ImageScorer(Protocol):
-    """An attribute classifier: images [B,3,H,W] in [-1,1] (EG3D frontal renders) -> logits [B]."""
+    """An attribute classifier: images [B,3,H,W] in [-1,1] (EG3D frontal renders) -> scores [B]."""
 
     name: str
 
@@ -153,26 +157,59 @@ class ImageScorer(Protocol):
 
 ClassifierLoader = Callable[[pathlib.Path], ImageScorer]
 
+# attribute -> (sign applied to the classifier's logit, what the score means)
+CLASSIFIER_SCORES: dict[str, tuple[float, str]] = {
+    "glasses": (1.0, "eyeglasses logit"),
+    "gender": (1.0, "male logit (higher = more masculine)"),
+    "age": (-1.0, "minus the young logit (higher = older)"),
+}
+
+
+class ProGANAttributeScorer:
+    """One CelebA-HQ classifier as an :class:`ImageScorer` (sign per :data:`CLASSIFIER_SCORES`)."""
+
+    def __init__(self, name: str, net: torch.nn.Module) -> None:
+        self.name = name
+        self.net = net
+        self.sign, self.meaning = CLASSIFIER_SCORES[name]
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from engine.nets.progan_classifier import score_in_groups
+
+        net = self.net.to(images.device)
+        return self.sign * score_in_groups(net, images.float())
+
+
+def load_attribute_scorer(name: str, folder: pathlib.Path) -> ImageScorer:
+    from engine.nets.progan_classifier import load_classifier
+
+    return ProGANAttributeScorer(name, load_classifier(folder))
+
 
 def classifier_scorers(weights_dir: pathlib.Path | str,
                        loaders: dict[str, ClassifierLoader] | None = None) -> tuple[dict[str, ImageScorer], dict[str, str]]:
-    """Installed attribute classifiers and, for each missing one, the reason.
+    """Installed attribute classifiers and, for each unusable one, the reason.
 
-    A classifier lives in ``<weights_dir>/attribute_<name>/`` (config.json +
-    safetensors, like every converted weight). ``loaders`` maps an attribute
-    to the function that builds it from that folder; the engine ships none
-    yet, so an installed folder without a loader is reported as such.
+    A classifier lives in ``<weights_dir>/attribute_<name>/`` (what ``emoji3d
+    weights convert attribute_<name>`` writes). ``loaders`` overrides how an
+    attribute is built from that folder (default: the CelebA-HQ classifier).
+    A folder that fails to load (corrupt, wrong layout) is reported, not raised.
     """
+    from emoji3d.errors import WeightsError
+
     weights_dir = pathlib.Path(weights_dir)
-    loaders = loaders or {}
     available: dict[str, ImageScorer] = {}
     missing: dict[str, str] = {}
     for name in CLASSIFIER_ATTRIBUTES:
         folder = weights_dir / f"attribute_{name}"
+        load = (loaders or {}).get(name) or (lambda f, n=name: load_attribute_scorer(n, f))
         if not (folder / "config.json").is_file():
-            missing[name] = f"no classifier weights installed at {folder}"
-        elif name not in loaders:
-            missing[name] = f"weights found at {folder}, but this engine has no classifier architecture for {name!r}"
-        else:
-            available[name] = loaders[name](folder)
+            missing[name] = (f"no classifier installed at {folder} (run `emoji3d weights fetch attribute_{name} "
+                             f"--convert`)")
+            continue
+        try:
+            available[name] = load(folder)
+        except WeightsError as exc:
+            missing[name] = f"classifier at {folder} is unusable: {exc}"
     return available, missing

@@ -15,7 +15,11 @@ Conventions
   pickles (EG3D, stylegan2-ada) embed Python source through
   ``torch_utils.persistence``; :class:`RestrictedUnpickler` reads them as plain
   data (state dicts + constructor kwargs) and never imports or executes
-  anything from the file.
+  anything from the file. NVIDIA's older TensorFlow pickles
+  (``dnnlib.tflib.network.Network``, e.g. the CelebA-HQ attribute classifiers)
+  hold their variables as numpy arrays beside the source of their build
+  function; :func:`load_tf_network_pickle` reads the arrays and never runs the
+  source.
 - Every problem with a file (missing, truncated, corrupt, wrong checksum, wrong
   layout, unsafe pickle) is a :class:`emoji3d.errors.WeightsError` (or subclass)
   whose message names the file.
@@ -81,7 +85,7 @@ class UnsafePickle(WeightsError):
 # ---------------------------------------------------------------------------
 # manifest
 
-KINDS = ("eg3d_pickle", "stylegan2_ada_pickle", "stylegan2_rosinality", "e4e", "arcface", "torchvision")
+KINDS = ("eg3d_pickle", "stylegan2_ada_pickle", "stylegan2_rosinality", "e4e", "arcface", "torchvision", "tf_network_pickle")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -96,6 +100,7 @@ class WeightFile:
     kind: str  # one of KINDS: selects the converter
     licence_url: str = ""
     note: str = ""
+    optional: bool = False  # an add-on (e.g. attribute classifiers): fetched only when named or with --all
 
     def __post_init__(self) -> None:
         if not self.name or not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -111,6 +116,8 @@ class WeightFile:
             if not _HEX.match(s) or not (8 <= len(s) <= 64):
                 raise WeightsError(f"weights manifest [{self.name}]: sha256 must be 8..64 hex digits, got {self.sha256!r}")
             object.__setattr__(self, "sha256", s)
+        if not isinstance(self.optional, bool):
+            raise WeightsError(f"weights manifest [{self.name}]: optional must be true or false, got {self.optional!r}")
         if not self.url.startswith(("https://", "http://")):
             raise WeightsError(f"weights manifest [{self.name}]: url must be http(s), got {self.url!r}")
 
@@ -471,11 +478,11 @@ def _is_main_guard(node: ast.stmt) -> bool:
     )
 
 
-def audit_module_src(src: str, class_name: str, source: str) -> None:
+def audit_module_src(src: str, class_name: str, source: str, defines: str = "class") -> None:
     """Static check (``ast`` only, nothing runs) that embedded source looks like a
     network definition: statements that run on import are only imports,
     definitions and assignments; no dangerous call outside function bodies; and
-    ``class_name`` is defined. The real protection is that the source is never
+    ``class_name`` is defined (a class, or with ``defines="function"`` a function). The real protection is that the source is never
     executed; this check refuses files that are obviously crafted."""
     try:
         tree = ast.parse(src.lstrip("\ufeff"))
@@ -524,8 +531,9 @@ def audit_module_src(src: str, class_name: str, source: str) -> None:
                     )
 
     check_body(tree.body, "module level")
-    if not any(isinstance(n, ast.ClassDef) and n.name == class_name for n in tree.body):
-        raise UnsafePickle(f"{source}: embedded source does not define class {class_name}; refused", file=source)
+    wanted = ast.ClassDef if defines == "class" else (ast.FunctionDef, ast.AsyncFunctionDef)
+    if not any(isinstance(n, wanted) and n.name == class_name for n in tree.body):
+        raise UnsafePickle(f"{source}: embedded source does not define {defines} {class_name}; refused", file=source)
 
 
 _TORCH_DTYPES = {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
@@ -554,8 +562,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     (``os.system``, ``builtins.eval`` …) raises :class:`UnsafePickle`.
     """
 
-    def __init__(self, file: io.BufferedIOBase, source: str, audit_source: bool = True) -> None:
-        super().__init__(file)
+    def __init__(self, file: io.BufferedIOBase, source: str, audit_source: bool = True, encoding: str = "ASCII") -> None:
+        super().__init__(file, encoding=encoding)
         self.source = source
         self.audit_source = audit_source
         self._opaque: dict[tuple[str, str], type] = {}
@@ -650,19 +658,23 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickle(f"{self.source}: unexpected persistent id in pickle; refused", file=self.source)
 
 
-def restricted_load(data: bytes | io.BufferedIOBase, source: str, audit_source: bool = True) -> Any:
+def restricted_load(data: bytes | io.BufferedIOBase, source: str, audit_source: bool = True,
+                    encoding: str = "ASCII") -> Any:
     """Unpickle with :class:`RestrictedUnpickler`; corrupt input → ``WeightsError`` naming ``source``.
 
     ``audit_source=False`` skips the static check of embedded module source
-    (for an official file it wrongly refuses); the source is never executed either way."""
+    (for an official file it wrongly refuses); the source is never executed either way.
+    ``encoding`` applies to Python 2 strings only ("latin1", as NVIDIA's TF loader)."""
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
-        return RestrictedUnpickler(f, source, audit_source).load()
+        return RestrictedUnpickler(f, source, audit_source, encoding).load()
     except WeightsError:
         raise
     except EOFError:
         raise WeightsError(f"{source}: pickle ends early (truncated file)", file=source) from None
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, MemoryError, UnicodeDecodeError) as exc:
+        if "truncated" in str(exc):
+            raise WeightsError(f"{source}: pickle ends early (truncated file)", file=source) from None
         raise WeightsError(f"{source}: corrupt pickle ({type(exc).__name__}: {exc})", file=source) from None
 
 
@@ -769,6 +781,68 @@ def load_nvidia_pickle(path: str | os.PathLike, audit_source: bool = True) -> Nv
     return NvidiaPickle(nets, extras)
 
 
+@dataclass
+class TFNetwork:
+    """A ``dnnlib.tflib.network.Network`` pickle (NVIDIA's TensorFlow releases), as data."""
+
+    name: str
+    build_func_name: str
+    static_kwargs: dict
+    variables: dict[str, torch.Tensor]  # TensorFlow variable names ("4x4/Dense0/weight"), stored order
+    build_module_src: str = ""
+
+
+def _tf_variable(name: Any, value: Any, source: str) -> tuple[str, torch.Tensor]:
+    import numpy as np
+
+    if not isinstance(name, str):
+        raise WeightsError(f"{source}: variable name {name!r} is not a string", file=source)
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "fiub":
+        return name, torch.from_numpy(np.array(value, dtype=value.dtype.newbyteorder("="), copy=True))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return name, torch.tensor(value, dtype=torch.float32)
+    raise WeightsError(f"{source}: variable {name!r} is a {type(value).__name__}"
+                       f"{' of dtype ' + str(value.dtype) if hasattr(value, 'dtype') else ''}, not a numeric array",
+                       file=source)
+
+
+def load_tf_network_pickle(path: str | os.PathLike, audit_source: bool = True) -> TFNetwork:
+    """Read an NVIDIA TensorFlow network pickle as data: variables, ``static_kwargs``, build
+    function name. The embedded build source (which NVIDIA's loader ``exec``s) is kept as
+    text and never run; with ``audit_source`` it must also pass :func:`audit_module_src`."""
+    p = pathlib.Path(path)
+    source = str(p)
+    if not p.is_file():
+        raise WeightsMissing(f"{p}: file not found", file=source)
+    with open(p, "rb") as f:
+        obj = restricted_load(f, source, audit_source=audit_source, encoding="latin1")
+    qualname = getattr(obj, "qualname", "")
+    if not isinstance(obj, OpaqueObject) or qualname != "dnnlib.tflib.network.Network" or not isinstance(obj.state, dict):
+        raise WeightsError(f"{source}: not a TensorFlow network pickle (top object is "
+                           f"{qualname or type(obj).__name__}, expected dnnlib.tflib.network.Network)", file=source)
+    st = obj.state
+    if st.get("version") not in (2, 3, 4):
+        raise WeightsError(f"{source}: unknown TensorFlow network pickle version {st.get('version')!r}", file=source)
+    if st.get("components"):
+        raise WeightsError(f"{source}: network has sub-networks ({', '.join(map(str, st['components']))}); only "
+                           "single networks such as the attribute classifiers are supported", file=source)
+    src, func = st.get("build_module_src"), st.get("build_func_name")
+    if not isinstance(src, str) or not isinstance(func, str) or not isinstance(st.get("variables"), (list, tuple)):
+        raise WeightsError(f"{source}: malformed TensorFlow network pickle (build source, function or variables "
+                           "missing)", file=source)
+    if audit_source:
+        audit_module_src(src, func, source, defines="function")
+    variables = {}
+    for item in st["variables"]:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise WeightsError(f"{source}: malformed variable entry {to_plain(item)!r}", file=source)
+        name, tensor = _tf_variable(item[0], item[1], source)
+        variables[name] = tensor
+    return TFNetwork(name=str(st.get("name", "")), build_func_name=func,
+                     static_kwargs=to_plain(dict(st.get("static_kwargs") or {})), variables=variables,
+                     build_module_src=src)
+
+
 # ---------------------------------------------------------------------------
 # conversion to config.json + safetensors
 
@@ -807,6 +881,8 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, kind: str, audit
     - ``e4e``: groups ``encoder`` and ``decoder`` (prefixes removed), ``latent_avg``;
       config holds ``opts``.
     - ``arcface`` / ``torchvision``: one group ``state`` (the plain state dict).
+    - ``tf_network_pickle``: one group ``variables`` (TensorFlow names and layouts);
+      config holds the network's ``name``, ``build_func_name`` and ``static_kwargs``.
     """
     src_p, out = pathlib.Path(src), pathlib.Path(out_dir)
     source = str(src_p)
@@ -839,6 +915,10 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, kind: str, audit
         opts = ck.get("opts")
         opts = vars(opts) if hasattr(opts, "__dict__") else opts
         return _write_converted(out, {**base, "opts": to_plain(opts)}, groups)
+    if kind == "tf_network_pickle":
+        net = load_tf_network_pickle(src_p, audit_source)
+        meta = {"name": net.name, "build_func_name": net.build_func_name, "static_kwargs": net.static_kwargs}
+        return _write_converted(out, {**base, "network": meta}, {"variables": net.variables})
     if kind in ("arcface", "torchvision"):
         ck = load_torch_checkpoint(src_p)
         return _write_converted(out, base, {"state": _tensor_dict(ck, "the checkpoint", source)})

@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="manifest entries and what is installed")
     f = sub.add_parser("fetch", help="download (resumable), show licence first, verify")
-    f.add_argument("names", nargs="*", help="entry names (default: all)")
+    f.add_argument("names", nargs="*", help="entry names (default: every required entry)")
+    f.add_argument("--all", action="store_true", help="also fetch the optional entries (attribute classifiers)")
     f.add_argument("--accept-licence", action="store_true", help="accept every shown licence without asking")
     f.add_argument("--no-progress", action="store_true")
     f.add_argument("--convert", action="store_true", help="convert each file after download")
@@ -78,6 +79,11 @@ def main(argv: list[str]) -> int:
     manifest = W.load_manifest(mpath)
     names = getattr(ns, "names", None) or []
     entries = [manifest.get(n) for n in names] if names else list(manifest.files)
+    if ns.cmd == "fetch" and not names and not ns.all:
+        skipped = [e.name for e in entries if e.optional]
+        entries = [e for e in entries if not e.optional]
+        if skipped:
+            print(f"optional entries not fetched (name them or pass --all): {', '.join(skipped)}", file=sys.stderr)
 
     if ns.cmd == "list":
         state = dict((e.name, s) for e, s in W.iter_status(manifest, wdir))
@@ -85,7 +91,9 @@ def main(argv: list[str]) -> int:
         for e in entries:
             size = f"{e.size / 2**20:.1f} MiB" if e.size else "size ?"
             sha = ("sha256 prefix" if e.sha256_is_prefix else "sha256") if e.sha256 else "no checksum"
-            print(f"{e.name:<16} {state[e.name]:<10} {e.filename:<28} {e.kind:<20} {size:>11}  {sha:<13}  {e.licence}")
+            extra = "  (optional)" if e.optional else ""
+            print(f"{e.name:<18} {state[e.name]:<10} {e.filename:<38} {e.kind:<20} {size:>11}  {sha:<13}  "
+                  f"{e.licence}{extra}")
         return 0
 
     if ns.cmd == "fetch":

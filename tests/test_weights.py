@@ -46,6 +46,37 @@ def test_packaged_manifest_lists_every_needed_file():
         assert e.sha256 == re.search(r"-([0-9a-f]{8})\.pth$", fn).group(1) and e.sha256_is_prefix
 
 
+def test_attribute_classifiers_are_optional_manifest_entries():
+    m = W.load_manifest()
+    attrs = {e.name: e for e in m.files if e.optional}
+    assert sorted(attrs) == ["attribute_age", "attribute_gender", "attribute_glasses"]
+    for e in attrs.values():
+        assert e.kind == "tf_network_pickle" and "non-commercial" in e.licence
+        assert e.url.startswith("https://nvlabs-fi-cdn.nvidia.com/stylegan/networks/metrics/celebahq-classifier-")
+    assert attrs["attribute_glasses"].filename == "celebahq-classifier-19-eyeglasses.pkl"
+    assert not any(e.optional for e in m.files if not e.name.startswith("attribute_"))
+
+
+def test_cli_fetch_skips_optional_entries_unless_named_or_all(tmp_path, server, payload, capsys):
+    from engine.weights_cli import main
+
+    digest = hashlib.sha256(payload).hexdigest()
+    manifest = tmp_path / "m.toml"
+    manifest.write_text("".join(
+        f'[files.{name}]\nfilename = "{name}.bin"\nurl = "{server.url}"\nsize = {len(payload)}\nsha256 = "{digest}"\n'
+        f'licence = "MIT"\nkind = "arcface"\noptional = {opt}\n' for name, opt in (("core", "false"), ("extra", "true"))))
+    wd = tmp_path / "w"
+    base = ["--dir", str(wd), "--manifest", str(manifest), "fetch", "--accept-licence", "--no-progress"]
+    assert main(base) == 0
+    assert "optional entries not fetched (name them or pass --all): extra" in capsys.readouterr().err
+    assert (wd / "core.bin").is_file() and not (wd / "extra.bin").exists()
+    assert main(base + ["extra"]) == 0 and (wd / "extra.bin").read_bytes() == payload
+    (wd / "extra.bin").unlink()
+    assert main(base + ["--all"]) == 0 and (wd / "extra.bin").is_file()
+    assert main(["--dir", str(wd), "--manifest", str(manifest), "list"]) == 0
+    assert "(optional)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "patch, match",
     [
@@ -55,6 +86,7 @@ def test_packaged_manifest_lists_every_needed_file():
         ({"filename": "../etc/passwd"}, "plain file name"),
         ({"url": "ftp://x"}, "http"),
         ({"size": -3}, "size"),
+        ({"optional": "yes"}, "optional must be true or false"),
     ],
 )
 def test_manifest_rejects_bad_entries(patch, match):

@@ -59,3 +59,46 @@ def test_verify_rescore_on_slim(tmp_path, capsys):
     report = json.loads(cap.out[cap.out.index('{\n "rescore"'):])["rescore"]
     assert report["smile"]["scored"] == 3
     assert rc in (0, 1)  # proxy statistics need not follow a boundary fitted on 24 random samples
+
+
+def test_fit_adds_installed_attribute_classifiers_and_refuses_missing_ones(tmp_path, capsys):
+    from tests.nets.progan_reference import install_classifier
+
+    base = ["fit", "--preset", "slim", "--weights-dir", str(tmp_path), "--device", "cpu", "--engine-seed", "0",
+            "--n", "12", "--batch", "6", "--fraction", "0.25", "--neural-rendering-resolution", "16"]
+    out = tmp_path / "b.safetensors"
+    # asking for a classifier attribute that is not installed: a clear error, no file
+    assert C.main(base + ["--out", str(out), "--expressions", "smile,glasses"]) == 1
+    assert "cannot fit glasses: no classifier installed" in capsys.readouterr().err and not out.exists()
+
+    install_classifier(tmp_path, "glasses")
+    assert C.main(base + ["--out", str(out), "--expressions", "glasses,smile"]) == 0, capsys.readouterr().err
+    bset = E.load_boundaries(out)
+    assert bset.names() == ["glasses", "smile"]
+    assert bset.get("glasses").scorer == "celebahq-classifier" and bset.get("smile").scorer == "proxy-image-stats"
+    assert abs(float(bset.get("glasses").normal.norm()) - 1) < 1e-5 and bset.get("glasses").d > 0
+
+    # default: every geometry expression plus every installed classifier; the others are named as skipped
+    capsys.readouterr()
+    assert C.main(base + ["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "not fitting gender" in err and "not fitting age" in err
+    assert set(E.load_boundaries(out).names()) == {"smile", "surprise", "anger", "blink", "glasses"}
+
+
+def test_pretrained_generator_is_read_from_the_folder_weights_convert_writes(tmp_path, reference_fixtures):
+    from safetensors.torch import load_file
+
+    from engine import networks
+    from engine.weights import _write_converted
+
+    fixture = reference_fixtures / "eg3d_slim"
+    cfg = json.loads((fixture / "config.json").read_text())
+    _write_converted(tmp_path / "eg3d_ffhq", {"kind": "eg3d_pickle", "source": "ffhqrebalanced512-128.pkl",
+                                             "networks": {"G_ema": {"class_name": cfg["class_name"], "init_args": [],
+                                                                    "init_kwargs": cfg["init_kwargs"]}}},
+                     {"G_ema": load_file(str(fixture / "G_official_keys.safetensors"))})
+    G, kind = C.load_base_generator("auto", tmp_path, seed=0, device="cpu")
+    assert kind == "pretrained"
+    # the digest a boundary file is tied to is the one of the generator the pipeline loads
+    assert E.generator_digest(G) == E.generator_digest(networks.eg3d_from_converted(tmp_path / "eg3d_ffhq"))

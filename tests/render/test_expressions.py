@@ -3,6 +3,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import torch
 
 from engine import expressions as X
 
@@ -97,19 +98,36 @@ def test_astronaut_real_detector_and_perturbation():
     assert X.geometry_scores(lifted)["smile"] > s0["smile"]
 
 
-def test_classifier_attributes_report_unavailable(tmp_path):
+def test_attribute_classifiers_installed_missing_or_broken(tmp_path):
+    from engine.nets import progan_classifier as P
+    from tests.nets.progan_reference import install_classifier
+
     avail, missing = X.classifier_scorers(tmp_path)
     assert avail == {} and set(missing) == set(X.CLASSIFIER_ATTRIBUTES)
-    (tmp_path / "attribute_glasses").mkdir()
-    (tmp_path / "attribute_glasses" / "config.json").write_text("{}")
-    avail, missing = X.classifier_scorers(tmp_path)
-    assert "no classifier architecture" in missing["glasses"]
+    assert "emoji3d weights fetch attribute_age --convert" in missing["age"]
 
-    class Dummy:
-        name = "glasses"
+    install_classifier(tmp_path, "glasses")
+    install_classifier(tmp_path, "age")
+    (tmp_path / "attribute_gender").mkdir()
+    (tmp_path / "attribute_gender" / "config.json").write_text("{not json")
+    avail, missing = X.classifier_scorers(tmp_path)
+    assert sorted(avail) == ["age", "glasses"] and list(missing) == ["gender"]
+    assert "unusable" in missing["gender"] and "corrupt config.json" in missing["gender"]
+
+    # renders of any size are box-downsampled / resampled to the classifier's input, scored in groups of 4
+    images = torch.tanh(torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    glasses, age = avail["glasses"](images), avail["age"](images)
+    assert glasses.shape == (6,) and torch.isfinite(glasses).all()
+    net = P.load_classifier(tmp_path / "attribute_glasses")
+    with torch.no_grad():
+        assert torch.allclose(glasses, P.score_in_groups(net, images), atol=1e-6)
+    assert torch.allclose(age, -glasses, atol=1e-6)  # same weights here; age is minus the "young" logit
+
+    class Fixed:
+        name = "gender"
 
         def __call__(self, images):
             return images.mean((1, 2, 3))
 
-    avail, missing = X.classifier_scorers(tmp_path, loaders={"glasses": lambda folder: Dummy()})
-    assert list(avail) == ["glasses"] and "glasses" not in missing
+    avail, missing = X.classifier_scorers(tmp_path, loaders={"gender": lambda folder: Fixed()})
+    assert isinstance(avail["gender"], Fixed) and not missing  # a loader may replace the default architecture
