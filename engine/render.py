@@ -132,6 +132,7 @@ DEFAULT_PACK: tuple[StickerSpec, ...] = (
     StickerSpec("anger", "😠", expression="anger"),
     StickerSpec("nod", "👍", motion="nod"),
     StickerSpec("blink", "😌", expression="blink", seconds=1.0, optional=True),
+    StickerSpec("glasses", "🤓", expression="glasses", optional=True),
 )
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from emoji3d.config import Config, ConfigError, enabled_frontends, load_config
+from emoji3d.config import Config, ConfigError, PackConfig, enabled_frontends, load_config
 
 
 def write(tmp_path, text):
@@ -19,6 +19,7 @@ def test_repository_config_is_valid(repo_root):
     assert cfg.database_url.startswith("sqlite:///")
     assert cfg.weights_manifest.name == "weights_manifest.toml"
     assert {s.action for s in cfg.schedules} == {"regenerate_style_packs", "regenerate_outdated_packs"}
+    assert cfg.pack == PackConfig()  # the shipped pack is the built-in default (one definition)
 
 
 def test_defaults_apply_for_an_empty_file(tmp_path):

@@ -72,10 +72,12 @@ def _bset(names):
 
 def test_default_pack_and_availability():
     names = [s.name for s in R.DEFAULT_PACK]
-    assert names == ["turn", "smile", "surprise", "anger", "nod", "blink"]
+    assert names == ["turn", "smile", "surprise", "anger", "nod", "blink", "glasses"]
     assert all(s.emoji for s in R.DEFAULT_PACK)
     keep, skipped = R.available_stickers(R.DEFAULT_PACK, _bset(["smile", "surprise", "anger"]))
-    assert [s.name for s in keep] == names[:5] and skipped == ["blink"]
+    assert [s.name for s in keep] == names[:5] and skipped == ["blink", "glasses"]
+    keep, skipped = R.available_stickers(R.DEFAULT_PACK, _bset(["smile", "surprise", "anger", "glasses"]))
+    assert [s.name for s in keep] == names[:5] + ["glasses"] and skipped == ["blink"]
     with pytest.raises(ExpressionUnavailableError) as e:
         R.available_stickers(R.DEFAULT_PACK, _bset(["smile"]))
     assert e.value.key == "expression_unavailable" and e.value.params["expression"] == "surprise"
@@ -109,3 +111,13 @@ def test_sticker_latents_follow_the_ramp():
     proj = (ws[:, 0] @ n)
     torch.testing.assert_close(proj, 0.5 * R.expression_ramp(10).float())
     assert torch.equal(ws[3], ws[7])
+
+
+def test_engine_default_pack_is_the_config_default():
+    import dataclasses
+
+    from emoji3d.config import PackConfig
+
+    # config.toml spells "no expression" as "" (TOML has no null); the engine reads it as None
+    entries = [{**dataclasses.asdict(e), "expression": e.expression or None} for e in PackConfig().stickers]
+    assert R.pack_from_config(entries) == list(R.DEFAULT_PACK)
