@@ -144,12 +144,20 @@ class Notifier:
         return found
 
     def _undelivered(self) -> list[tuple[packs.Pack, jobs.Job, users.User]]:
+        """This platform's packs whose job is open, unpublished, or finished after the pack was
+        last published. One query picks the candidates (index packs_platform_status), so a
+        rescan costs the same however many packs were delivered long ago."""
         import sqlalchemy as sa
 
+        live = ", ".join(f"'{s}'" for s in LIVE_PACK_STATUSES)
+        final = ", ".join(f"'{s}'" for s in jobs.FINAL)
         with self.res.db.read() as conn:
             ids = [int(r[0]) for r in conn.execute(sa.text(
-                "SELECT id FROM packs WHERE platform = :p AND job_id IS NOT NULL ORDER BY id"),
-                {"p": self.platform})]
+                "SELECT p.id FROM packs p JOIN jobs j ON j.id = p.job_id "
+                "WHERE p.platform = :p AND ("
+                f" (p.status IN ({live}) AND (j.status NOT IN ({final}) OR j.status = 'succeeded'))"
+                " OR (p.status = 'published' AND j.status = 'succeeded' AND j.finished_at > p.updated_at)"
+                ") ORDER BY p.id"), {"p": self.platform})]
         out = []
         for pid in ids:
             try:
@@ -160,6 +168,7 @@ class Notifier:
                 continue  # deleted meanwhile
             if job is None or job.payload.get("pack_id") != pack.id:
                 continue
+            # Re-checked on the loaded rows: the state may have moved since the query.
             open_job = not job.done and pack.status in LIVE_PACK_STATUSES
             unpublished = job.status == "succeeded" and pack.status in LIVE_PACK_STATUSES
             regenerated = (job.status == "succeeded" and pack.status == "published"

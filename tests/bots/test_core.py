@@ -248,3 +248,29 @@ def test_bot_modules_do_not_import_torch():
             "bots.telegram.stickers; bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_notifier_rescan_loads_only_candidate_packs(res, selfie_png, monkeypatch):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    orders = [core.place_order(res, ready_user(res, selfie_png, str(i)), "telegram", preset="full", style_id=style.id)
+              for i in range(6)]
+    done, open_, regen = orders[:4], orders[4], orders[5]
+    for o in done:  # finished and published long ago: not candidates
+        c = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+        jobs.complete(res.db, c.id, c.lease_token, {"pack_id": c.payload["pack_id"], "preset": "slim"})
+        packs.update_pack(res.db, c.payload["pack_id"], status="published")
+    assert jobs.claim(res.db, "eng", 60, kinds=["make_pack"]).id == open_.job_id  # stays running: a candidate
+    # published, then its job finished again (a scheduled regeneration): a candidate
+    c = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    assert c.id == regen.job_id
+    packs.update_pack(res.db, regen.pack.id, status="published")
+    jobs.complete(res.db, c.id, c.lease_token, {"pack_id": regen.pack.id, "preset": "slim"})
+
+    loaded = []
+    real_get_pack = packs.get_pack
+    monkeypatch.setattr(packs, "get_pack", lambda db, pid: loaded.append(pid) or real_get_pack(db, pid))
+    sender = RecordingSender()
+    sender.res = res
+    found = Notifier(res, "telegram", sender).resume_from_db()
+    assert sorted(w.job_id for w in found) == sorted([open_.job_id, regen.job_id])
+    assert sorted(loaded) == sorted([open_.pack.id, regen.pack.id])  # the delivered packs were never read
