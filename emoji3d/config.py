@@ -162,7 +162,7 @@ def _default_pack() -> tuple:
 class PackConfig:
     fps: float = _c(15.0, gt=0, le=30)
     size: int = _c(512, ge=64, le=1024)
-    views_per_pass: int = _c(8, ge=1, le=256)
+    views_per_pass: int = _c(0, ge=0, le=256, doc="cameras ray-marched per call; 0 = auto (8 on a GPU, 1 on a CPU)")
     boundaries: str = _c("", doc="boundary file; empty = <data_dir>/boundaries/eg3d.safetensors")
     stickers: tuple = _c(factory=_default_pack)  # tuple[StickerEntry, ...]
 

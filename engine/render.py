@@ -19,7 +19,10 @@ Conventions
   (computed from ``min(k, n - k)``), so they share one latent and one plane set.
 * **Speed**: frames are grouped by distinct latent; the backbone runs once per
   distinct latent (``latents_per_pass`` at a time), never per view, and the
-  views of a latent are ray-marched ``views_per_pass`` cameras per call.
+  views of a latent are ray-marched ``views_per_pass`` cameras per call
+  (auto: 8 on a GPU, 1 on a CPU, where batching views measured slower per
+  view: 219 vs 350 ms neural, 5.9 vs 9.2 s with super-resolution, slim512,
+  one thread).
   Sampling is EG3D's deterministic mode (no shimmer: the same camera renders
   bit-identically).
 * **Alpha matte**: the density is cleared outside the *matte region* (a world
@@ -58,6 +61,7 @@ Motion = Literal["still", "orbit", "nod"]
 MOTIONS: tuple[str, ...] = ("still", "orbit", "nod")
 MAX_SECONDS = 3.0
 MAX_FPS = 30.0
+GPU_VIEWS_PER_PASS = 8
 EMPTY_SIGMA = -1.0e4  # raw density that the marcher's softplus(sigma - 1) turns into exactly 0
 
 
@@ -85,7 +89,7 @@ class RenderSettings:
     """How frames are rendered. None = the generator's own value."""
 
     size: int = 512                                      # output side in px
-    views_per_pass: int = 8                              # cameras ray-marched per call
+    views_per_pass: int | None = None                    # cameras ray-marched per call; None: 8 on CUDA, 1 on CPU
     latents_per_pass: int = 4                            # latents through the backbone per call
     neural_rendering_resolution: int | None = None
     depth_resolution: int | None = None
@@ -96,7 +100,7 @@ class RenderSettings:
 
     def __post_init__(self) -> None:
         for k in ("size", "views_per_pass", "latents_per_pass", "max_points_per_pass"):
-            if int(getattr(self, k)) < 1:
+            if getattr(self, k) is not None and int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
 
@@ -347,6 +351,7 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
     noise_inputs = {k: v.to(dev) for k, v in noise.items()} if noise else None
     unique, groups = _latent_groups(ws)
     size = int(settings.size)
+    per_pass = settings.views_per_pass or (GPU_VIEWS_PER_PASS if dev.type == "cuda" else 1)
     rgb = opacity = depth = None
     for u0 in range(0, unique.shape[0], settings.latents_per_pass):
         ws_u = unique[u0:u0 + settings.latents_per_pass]  # [P,L,D]
@@ -355,8 +360,8 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
             idx = groups[u0 + j]
             # Each distinct camera of this latent is rendered once, then copied to all its frames.
             cams_u, cam_groups = _latent_groups(cameras[idx])
-            for v0 in range(0, cams_u.shape[0], settings.views_per_pass):
-                views = range(v0, min(v0 + settings.views_per_pass, cams_u.shape[0]))
+            for v0 in range(0, cams_u.shape[0], per_pass):
+                views = range(v0, min(v0 + per_pass, cams_u.shape[0]))
                 out = bound_call(generator, params, "render", planes[j:j + 1], ws_u[j:j + 1], cams_u[v0:views.stop],
                                  settings, superresolution=settings.superresolution)
                 img = out["image"] if settings.superresolution else out["features"][:, :3]

@@ -194,7 +194,7 @@ def render_stills(ctx: EngineContext, avatar: AvatarResult, params, yaws=(-0.35,
     from .render import RenderSettings, render_frames, to_rgba
 
     cams = orbit_label(torch.tensor(yaws), torch.zeros(len(yaws)))  # [V, 25]
-    settings = RenderSettings(size=ctx.cfg.pack.size, views_per_pass=ctx.cfg.pack.views_per_pass)
+    settings = RenderSettings(size=ctx.cfg.pack.size, views_per_pass=ctx.cfg.pack.views_per_pass or None)
     batch = render_frames(ctx.pipeline.nets.g3d, params, avatar.w_3d, avatar.noise, cams, settings)
     pngs = []
     for rgba in to_rgba(batch.rgb, batch.alpha):
@@ -233,7 +233,7 @@ def render_and_encode(ctx: EngineContext, avatar: AvatarResult, params, order: P
 
     pack = ctx.cfg.pack
     specs, notes = sticker_specs(ctx)
-    settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass)
+    settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
     rendered = []
     for i, spec in enumerate(specs):
         with torch.no_grad():

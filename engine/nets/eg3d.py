@@ -260,7 +260,10 @@ class OSGDecoder(torch.nn.Module):
 
     def forward(self, sampled_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sampled_features [N, n_planes, M, C] -> (sigma [N,M,1], rgb [N,M,output_dim])."""
-        x = sampled_features.mean(1)  # [N,M,C]
+        return self.decode(sampled_features.mean(1))
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plane-averaged features [N,M,C] -> (sigma [N,M,1], rgb [N,M,output_dim])."""
         n, m, c = x.shape
         x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
         rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
@@ -319,7 +322,7 @@ class TriPlaneGenerator(torch.nn.Module):
 
         def query(coords: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             del dirs  # the OSG decoder ignores view directions
-            return decoder(volume.sample_from_planes(planes, coords, box_warp))
+            return decoder.decode(volume.sample_plane_mean(planes, coords, box_warp))
 
         return query
 

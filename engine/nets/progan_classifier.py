@@ -34,7 +34,9 @@ Conventions
 """
 from __future__ import annotations
 
+import logging
 import math
+import pathlib
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import Mapping
@@ -45,6 +47,9 @@ from torch import nn
 
 from emoji3d.errors import WeightsError
 from engine.nets.stylegan2 import MinibatchStdLayer
+from engine.weights import load_converted, load_module_state
+
+log = logging.getLogger(__name__)
 
 LRELU_SLOPE = 0.2
 METRIC_RESOLUTION = 256
@@ -240,22 +245,14 @@ def from_variables(variables: Mapping[str, torch.Tensor], static_kwargs: Mapping
     cfg = config_from_variables(variables, static_kwargs, source)
     names = tf_names(cfg)
     net = ProGANClassifier(cfg)
-    own = net.state_dict()
     missing = [n for n in names if n not in variables]
     unexpected = [n for n in variables if n not in names]
-    wrong = [f"{n} {list(variables[n].shape)} != {list(own[k].shape)}" for n, k in names.items()
-             if n in variables and tuple(variables[n].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:3])}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected[:3])}")
-    if wrong:
-        problems.append(f"shape mismatch {'; '.join(wrong[:3])}")
-    if problems:
+    if missing or unexpected:
+        problems = [f"missing {', '.join(missing[:3])}"] if missing else []
+        problems += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
         raise WeightsError(f"{source}: wrong layout for a ProGAN classifier ({asdict(cfg)}): " + "; ".join(problems),
                            file=source)
-    net.load_state_dict({k: variables[n].to(torch.float32).reshape(own[k].shape) for n, k in names.items()})
+    load_module_state(net, {k: variables[n] for n, k in names.items()}, source)  # shapes and dtypes
     return net.eval().requires_grad_(False)
 
 
@@ -283,18 +280,13 @@ def score_in_groups(net: ProGANClassifier, images: torch.Tensor, group: int = ME
 
 def load_classifier(folder, device: torch.device | str = "cpu") -> ProGANClassifier:
     """The classifier from a folder ``emoji3d weights convert`` wrote for a ``tf_network_pickle``."""
-    import logging
-    import pathlib
-
-    from engine.weights import load_converted
-
     folder = pathlib.Path(folder)
     cfg, groups = load_converted(folder)
     meta = cfg.get("network") or {}
     if "variables" not in groups:
         raise WeightsError(f"{folder}: no variables.safetensors; not a converted TensorFlow network", file=str(folder))
     if meta.get("build_func_name") != "D_paper":
-        logging.getLogger(__name__).warning("%s: built by %r, not ProGAN's D_paper; loading it only because every "
-                                            "variable matches D_paper's layout", folder, meta.get("build_func_name"))
+        log.warning("%s: built by %r, not ProGAN's D_paper; it loads only if every variable matches "
+                    "D_paper's layout", folder, meta.get("build_func_name"))
     return from_variables(groups["variables"], meta.get("static_kwargs"),
                           source=str(folder / cfg["files"]["variables"])).to(device)

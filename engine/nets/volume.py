@@ -296,8 +296,8 @@ def project_onto_planes(coords: torch.Tensor) -> torch.Tensor:
     return torch.stack([coords[..., list(ix)] for ix in PLANE_COORD_INDEX], dim=1)
 
 
-def sample_from_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """Bilinear features [N, 3, M, C] of planes [N,3,C,H,W] at world points [N,M,3]."""
+def _grid_sample_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """Bilinear features [N, 3, C, M] of planes [N,3,C,H,W] at world points [N,M,3]."""
     if planes.ndim != 5 or planes.shape[1] != 3:
         raise ValueError(f"planes must be [N,3,C,H,W], got {tuple(planes.shape)}")
     n, n_planes, c, h, w = planes.shape
@@ -308,7 +308,18 @@ def sample_from_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: flo
     feats = F.grid_sample(
         planes.reshape(n * n_planes, c, h, w), grid.to(planes.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
     )  # [N*3, C, 1, M]
-    return feats.permute(0, 3, 2, 1).reshape(n, n_planes, m, c)
+    return feats.view(n, n_planes, c, m)
+
+
+def sample_from_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """Bilinear features [N, 3, M, C] of planes [N,3,C,H,W] at world points [N,M,3]."""
+    return _grid_sample_planes(planes, coords, box_warp).transpose(2, 3)
+
+
+def sample_plane_mean(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """The mean over the three planes of :func:`sample_from_planes`, [N, M, C]: what the OSG
+    decoder reads. Averaged before the transpose, so a third of the features is moved."""
+    return _grid_sample_planes(planes, coords, box_warp).mean(1).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------- full renderer
