@@ -31,10 +31,12 @@ Conventions
 Attribute classifiers (glasses, gender, age) are NVIDIA's CelebA-HQ
 classifiers (:mod:`engine.nets.progan_classifier`), optional entries of the
 weights manifest (``attribute_glasses`` = Eyeglasses, ``attribute_gender`` =
-Male, ``attribute_age`` = Young). Scores are their logits on the render
-box-downsampled to 256 px, in groups of 4 as StyleGAN's metric ran them:
-``glasses`` = eyeglasses logit, ``gender`` = male logit (higher = more
-masculine), ``age`` = minus the young logit (higher = older).
+Male, ``attribute_age`` = Young). Scores come from their logits ``l`` on the
+render box-downsampled to 256 px, in groups of 4 as StyleGAN's metric ran
+them; a negative logit means the attribute is present (see
+:mod:`engine.nets.progan_classifier`): ``glasses = -l(eyeglasses)``,
+``gender = -l(male)`` (higher = more masculine), ``age = +l(young)``
+(higher = older).
 :func:`classifier_scorers` returns the installed ones and, for the others, why
 they are unavailable; only the available ones can be fitted and offered.
 """
@@ -159,9 +161,9 @@ ClassifierLoader = Callable[[pathlib.Path], ImageScorer]
 
 # attribute -> (sign applied to the classifier's logit, what the score means)
 CLASSIFIER_SCORES: dict[str, tuple[float, str]] = {
-    "glasses": (1.0, "eyeglasses logit"),
-    "gender": (1.0, "male logit (higher = more masculine)"),
-    "age": (-1.0, "minus the young logit (higher = older)"),
+    "glasses": (-1.0, "minus the eyeglasses logit (higher = glasses)"),
+    "gender": (-1.0, "minus the male logit (higher = more masculine)"),
+    "age": (1.0, "the young logit (higher = older)"),
 }
 
 

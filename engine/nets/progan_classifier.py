@@ -12,8 +12,12 @@ Conventions
   classifier's resolution (256 for the released files). The metric feeds
   generator images box-downsampled to 256 (mean over ``factor x factor``
   blocks); :func:`classifier_input` does the same.
-* Output: logits ``[N, 1]``; the metric reads ``softmax([l, -l])``, i.e.
-  ``P(attribute) = sigmoid(2 l)``. Positive = the attribute is present.
+* Output: logits ``[N, 1]``. The metric takes ``softmax([l, -l])`` and only
+  needs the two classes apart; which one is the attribute is read the way
+  NVIDIA's DiffPure reads these classifiers, ``P(attribute) = softmax([l,
+  -l])[1] = sigmoid(-2 l)``: a *negative* logit means the attribute is
+  present (a StyleFlow evaluation script that scores these same files
+  agrees).
 * Weights keep TensorFlow's names and layouts: ``"<scope>/weight"`` is
   ``[k, k, in, out]`` for convolutions and ``[in, out]`` for dense layers;
   ``"<scope>/bias"`` is ``[out]``; ``"lod"`` is a scalar. Scopes are

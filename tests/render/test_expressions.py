@@ -120,8 +120,8 @@ def test_attribute_classifiers_installed_missing_or_broken(tmp_path):
     assert glasses.shape == (6,) and torch.isfinite(glasses).all()
     net = P.load_classifier(tmp_path / "attribute_glasses")
     with torch.no_grad():
-        assert torch.allclose(glasses, P.score_in_groups(net, images), atol=1e-6)
-    assert torch.allclose(age, -glasses, atol=1e-6)  # same weights here; age is minus the "young" logit
+        assert torch.allclose(glasses, -P.score_in_groups(net, images), atol=1e-6)  # a negative logit = glasses
+    assert torch.allclose(age, -glasses, atol=1e-6)  # same weights here; age is the "young" logit itself
 
     class Fixed:
         name = "gender"
