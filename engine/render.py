@@ -129,15 +129,19 @@ class StickerSpec:
             raise ValueError(f"sticker {self.name!r} neither moves nor changes expression")
 
 
-DEFAULT_PACK: tuple[StickerSpec, ...] = (
-    StickerSpec("turn", "😎", motion="orbit"),
-    StickerSpec("smile", "😄", expression="smile"),
-    StickerSpec("surprise", "😮", expression="surprise"),
-    StickerSpec("anger", "😠", expression="anger"),
-    StickerSpec("nod", "👍", motion="nod"),
-    StickerSpec("blink", "😌", expression="blink", seconds=1.0, optional=True),
-    StickerSpec("glasses", "🤓", expression="glasses", optional=True),
-)
+def spec_from_entry(entry) -> StickerSpec:
+    """A ``[[pack.stickers]]`` entry (:class:`emoji3d.config.StickerEntry`) as a StickerSpec;
+    config.toml spells "no expression" as "" (TOML has no null)."""
+    return StickerSpec(**{**dataclasses.asdict(entry), "expression": entry.expression or None})
+
+
+def _config_default_pack() -> tuple[StickerSpec, ...]:
+    from emoji3d.config import PackConfig  # torch-free; the pack is defined once, in the config schema
+
+    return tuple(spec_from_entry(e) for e in PackConfig().stickers)
+
+
+DEFAULT_PACK: tuple[StickerSpec, ...] = _config_default_pack()
 
 
 @dataclass
@@ -437,21 +441,4 @@ def render_pack(generator: nn.Module, params: Mapping[str, torch.Tensor] | None,
         ws, cams = sticker_latents_and_cameras(spec, w_3d, boundaries, n)
         batch = render_frames(generator, params, ws, noise, cams, settings)
         out.append(StickerFrames(name=spec.name, emoji=spec.emoji, frames=to_rgba(batch.rgb, batch.alpha), fps=float(fps)))
-    return out
-
-
-def pack_from_config(entries: Sequence[Mapping[str, object]]) -> list[StickerSpec]:
-    """StickerSpecs from ``[[pack.stickers]]`` tables (keys = StickerSpec fields); unknown keys are an error."""
-    known = set(StickerSpec.__dataclass_fields__)
-    out = []
-    for i, e in enumerate(entries):
-        extra = set(e) - known
-        if extra:
-            raise ValueError(f"pack.stickers[{i}]: unknown keys {', '.join(sorted(extra))}")
-        if "name" not in e or "emoji" not in e:
-            raise ValueError(f"pack.stickers[{i}]: 'name' and 'emoji' are required")
-        out.append(StickerSpec(**e))  # type: ignore[arg-type]
-    names = [s.name for s in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"pack.stickers: duplicate names in {names}")
     return out

@@ -206,7 +206,7 @@ def render_stills(ctx: EngineContext, avatar: AvatarResult, params, yaws=(-0.35,
 
 def sticker_specs(ctx: EngineContext) -> tuple[list, list[str]]:
     """The configured stickers this engine can render, and notes on those it cannot."""
-    from .render import StickerSpec
+    from .render import spec_from_entry
 
     have = set(ctx.boundaries.names()) if ctx.boundaries is not None else set()
     specs, notes = [], []
@@ -216,9 +216,7 @@ def sticker_specs(ctx: EngineContext) -> tuple[list, list[str]]:
                 why = ctx.boundaries_problem or f"the boundary file has no {e.expression!r} direction"
                 notes.append(f"the {e.name} sticker needs the {e.expression} expression: {why}")
             continue
-        specs.append(StickerSpec(name=e.name, emoji=e.emoji, motion=e.motion, expression=e.expression or None,
-                                 strength=e.strength, seconds=e.seconds, yaw_degrees=e.yaw_degrees,
-                                 pitch_degrees=e.pitch_degrees, optional=e.optional))
+        specs.append(spec_from_entry(e))
     return specs, notes
 
 

@@ -85,22 +85,6 @@ def test_default_pack_and_availability():
     assert [s.name for s in keep] == ["turn", "nod"]
 
 
-def test_pack_from_config_validates():
-    specs = R.pack_from_config([{"name": "turn", "emoji": "😎", "motion": "orbit"},
-                                {"name": "smile", "emoji": "😄", "expression": "smile", "strength": 0.8}])
-    assert specs[1].strength == 0.8 and specs[0].motion == "orbit"
-    with pytest.raises(ValueError, match="unknown keys"):
-        R.pack_from_config([{"name": "a", "emoji": "😎", "motion": "orbit", "colour": 1}])
-    with pytest.raises(ValueError, match="duplicate"):
-        R.pack_from_config([{"name": "a", "emoji": "😎", "motion": "orbit"}] * 2)
-    with pytest.raises(ValueError, match="motion"):
-        R.StickerSpec("a", "😎", motion="spin")
-    with pytest.raises(ValueError, match="seconds"):
-        R.StickerSpec("a", "😎", motion="orbit", seconds=4)
-    with pytest.raises(ValueError, match="neither"):
-        R.StickerSpec("a", "😎")
-
-
 def test_sticker_latents_follow_the_ramp():
     bset = _bset(["smile"])
     w = torch.zeros(1, 3, 8)
@@ -113,11 +97,18 @@ def test_sticker_latents_follow_the_ramp():
     assert torch.equal(ws[3], ws[7])
 
 
-def test_engine_default_pack_is_the_config_default():
-    import dataclasses
+def test_config_entries_become_specs():
+    from emoji3d.config import StickerEntry
 
-    from emoji3d.config import PackConfig
+    spec = R.spec_from_entry(StickerEntry("turn", "😎", motion="orbit"))
+    assert spec == R.StickerSpec("turn", "😎", motion="orbit") and spec.expression is None
+    assert R.spec_from_entry(StickerEntry("s", "😄", expression="smile", strength=0.5)).expression == "smile"
 
-    # config.toml spells "no expression" as "" (TOML has no null); the engine reads it as None
-    entries = [{**dataclasses.asdict(e), "expression": e.expression or None} for e in PackConfig().stickers]
-    assert R.pack_from_config(entries) == list(R.DEFAULT_PACK)
+
+def test_sticker_spec_validates():
+    with pytest.raises(ValueError, match="motion"):
+        R.StickerSpec("a", "😎", motion="spin")
+    with pytest.raises(ValueError, match="seconds"):
+        R.StickerSpec("a", "😎", motion="orbit", seconds=4)
+    with pytest.raises(ValueError, match="neither"):
+        R.StickerSpec("a", "😎")
