@@ -49,11 +49,22 @@ SLIM_BANNER = ("*** SLIM RANDOM WEIGHTS: this boundary file is FOR TESTS ONLY. T
 
 # ----------------------------------------------------------------------------- scorers
 
-def geometry_scorer(detector, names: Sequence[str]) -> E.FrameScorer:
-    """Face-mesh expression scores of rendered images [B,3,H,W] in [-1,1]."""
+def face_scorer(detector, geometry_names: Sequence[str], classifiers: dict[str, X.ImageScorer]) -> E.FrameScorer:
+    """Renders [B,3,H,W] in [-1,1] of a generator that draws faces: one face-mesh detection per
+    frame gives the geometry scores and the FFHQ-aligned crop (CelebA-HQ's framing) that the
+    attribute classifiers read. NaN where no face is found."""
 
     def score(images: torch.Tensor) -> dict[str, np.ndarray]:
-        return X.score_frames(X.images_to_uint8(images), detector, names)
+        faces = X.detect_faces(X.images_to_uint8(images), detector)
+        out = X.geometry_from_faces(faces, geometry_names) if geometry_names else {}
+        found = np.array([f is not None for f in faces], dtype=bool)
+        aligned = X.align_to_ffhq(images, faces) if classifiers and found.any() else None
+        for name, clf in classifiers.items():
+            values = np.full(len(faces), np.nan)
+            if aligned is not None:
+                values[found] = clf(aligned).detach().cpu().numpy()
+            out[name] = values
+        return out
 
     return score
 
@@ -77,7 +88,8 @@ def proxy_scores(images: torch.Tensor) -> dict[str, np.ndarray]:
 
 def combined_scorer(geometry: E.FrameScorer | None, geometry_names: Sequence[str],
                     classifiers: dict[str, X.ImageScorer]) -> E.FrameScorer:
-    """One frame scorer: ``geometry`` for the geometry expressions, each classifier for its attribute."""
+    """Slim (test-only) renders, which show no face: ``geometry`` (the proxy statistics) for the
+    geometry names, each classifier on the whole render."""
 
     def score(images: torch.Tensor) -> dict[str, np.ndarray]:
         out = {n: v for n, v in geometry(images).items() if n in geometry_names} if geometry and geometry_names else {}
@@ -169,16 +181,16 @@ def cmd_fit(ns: argparse.Namespace) -> int:
             print(f"rendered and scored {done}/{total}", file=sys.stderr)
 
     scorer_name = "proxy-image-stats" if kind == "slim" else "mediapipe-geometry"
-    if kind == "slim" or not geo_names:
+    if kind == "slim":
         scorer = combined_scorer(proxy_scores, geo_names, classifiers)
         latents, scores = E.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
     else:
         from engine.face_landmarks import LandmarkDetector
 
         with LandmarkDetector(max_faces=1) as det:
-            scorer = combined_scorer(geometry_scorer(det, geo_names), geo_names, classifiers)
-            latents, scores = E.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
-        found = float(np.isfinite(scores[geo_names[0]]).mean())
+            latents, scores = E.sample_and_score(G, face_scorer(det, geo_names, classifiers), names, sample_cfg,
+                                                 rng, progress)
+        found = float(np.isfinite(scores[names[0]]).mean())
         print(f"faces found in {found:.1%} of the renders", file=sys.stderr)
         if found < ns.min_face_fraction:
             print(f"error: faces were found in only {found:.1%} of the renders (< {ns.min_face_fraction:.0%}); "
@@ -242,14 +254,13 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         rng = torch.Generator().manual_seed(ns.seed)
         if problems:
             report = {}
-        elif bset.for_tests_only or not geo_names:
+        elif bset.for_tests_only:
             report = E.rescore_edits(G, bset, combined_scorer(proxy_scores, geo_names, classifiers), ns.rescore, rng)
         else:
             from engine.face_landmarks import LandmarkDetector
 
             with LandmarkDetector(max_faces=1) as det:
-                report = E.rescore_edits(G, bset, combined_scorer(geometry_scorer(det, geo_names), geo_names,
-                                                                  classifiers), ns.rescore, rng)
+                report = E.rescore_edits(G, bset, face_scorer(det, geo_names, classifiers), ns.rescore, rng)
         print(json.dumps({"rescore": report}, indent=1))
         for name, r in report.items():
             if not r["scored"]:

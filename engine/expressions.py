@@ -31,9 +31,11 @@ Conventions
 Attribute classifiers (glasses, gender, age) are NVIDIA's CelebA-HQ
 classifiers (:mod:`engine.nets.progan_classifier`), optional entries of the
 weights manifest (``attribute_glasses`` = Eyeglasses, ``attribute_gender`` =
-Male, ``attribute_age`` = Young). Scores come from their logits ``l`` on the
-render box-downsampled to 256 px, in groups of 4 as StyleGAN's metric ran
-them; a negative logit means the attribute is present (see
+Male, ``attribute_age`` = Young). They read the FFHQ-aligned 256 px crop of
+the rendered face (:func:`align_to_ffhq`: FFHQ's alignment is CelebA-HQ's,
+the framing they were trained on), in groups of 4 as StyleGAN's metric ran
+them. Scores come from their logits ``l``; a negative logit means the
+attribute is present (see
 :mod:`engine.nets.progan_classifier`): ``glasses = -l(eyeglasses)``,
 ``gender = -l(male)`` (higher = more masculine), ``age = +l(young)``
 (higher = older).
@@ -121,23 +123,39 @@ def geometry_scores(xy: np.ndarray) -> dict[str, float]:
     return face_features(xy).scores()
 
 
-def score_frames(frames: Sequence[np.ndarray], detector, names: Sequence[str] = GEOMETRY_EXPRESSIONS) -> dict[str, np.ndarray]:
-    """Geometry scores [F] per name for RGB uint8 frames (H, W, 3); NaN where no face is found.
+def detect_faces(frames: Sequence[np.ndarray], detector) -> list:
+    """The first face (``FaceLandmarks``) of each RGB uint8 frame, or None where none is found.
 
     ``detector`` is an ``engine.face_landmarks.LandmarkDetector`` (the caller owns it).
     """
+    out = []
+    for f in frames:
+        faces = detector.detect(np.ascontiguousarray(f[..., :3]), max_faces=1)
+        out.append(faces[0] if faces else None)
+    return out
+
+
+def geometry_from_faces(faces: Sequence, names: Sequence[str] = GEOMETRY_EXPRESSIONS) -> dict[str, np.ndarray]:
+    """Geometry scores [F] per name for detected faces (None -> NaN)."""
     unknown = set(names) - set(GEOMETRY_EXPRESSIONS)
     if unknown:
         raise ValueError(f"unknown geometry expressions {sorted(unknown)}; known: {GEOMETRY_EXPRESSIONS}")
-    out = {n: np.full(len(frames), np.nan) for n in names}
-    for i, f in enumerate(frames):
-        faces = detector.detect(np.ascontiguousarray(f[..., :3]), max_faces=1)
-        if not faces:
+    out = {n: np.full(len(faces), np.nan) for n in names}
+    for i, face in enumerate(faces):
+        if face is None:
             continue
-        s = geometry_scores(faces[0].xy)
+        s = geometry_scores(face.xy)
         for n in names:
             out[n][i] = s[n]
     return out
+
+
+def score_frames(frames: Sequence[np.ndarray], detector, names: Sequence[str] = GEOMETRY_EXPRESSIONS) -> dict[str, np.ndarray]:
+    """Geometry scores [F] per name for RGB uint8 frames (H, W, 3); NaN where no face is found."""
+    unknown = set(names) - set(GEOMETRY_EXPRESSIONS)
+    if unknown:
+        raise ValueError(f"unknown geometry expressions {sorted(unknown)}; known: {GEOMETRY_EXPRESSIONS}")
+    return geometry_from_faces(detect_faces(frames, detector), names)
 
 
 def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -181,6 +199,34 @@ class ProGANAttributeScorer:
 
         net = self.net.to(images.device)
         return self.sign * score_in_groups(net, images.float())
+
+
+def ffhq_matrix(face, size: int) -> np.ndarray:
+    """(2, 3) similarity from a frame's pixels to the FFHQ-aligned crop of side ``size`` of its
+    face: the recipe's oriented square (:func:`engine.face_align.ffhq_quad`), which is
+    CelebA-HQ's alignment, the framing the attribute classifiers were trained on.
+
+    In :mod:`engine.warp`'s convention (pixel centres at +0.5); the square's corners, like the
+    landmarks, put pixel centres at integers and bound the crop's outer edges."""
+    from engine.face_align import ffhq_anchor_points, ffhq_quad
+
+    quad, qsize = ffhq_quad(ffhq_anchor_points(face))
+    upper_left, lower_left, upper_right = quad[0], quad[1], quad[3]
+    rows = np.stack([upper_right - upper_left, lower_left - upper_left]) * (size / qsize**2)  # [2,2]
+    return np.concatenate([rows, -(rows @ (upper_left + 0.5))[:, None]], axis=1)
+
+
+def align_to_ffhq(images: torch.Tensor, faces: Sequence, size: int = 256) -> torch.Tensor:
+    """FFHQ-aligned crops [K,3,size,size] of the images [B,3,H,W] whose face is not None, in
+    order; sampled at twice the size and box-filtered, so a reduction does not alias."""
+    from engine.warp import warp_to_frame
+
+    keep = [i for i, f in enumerate(faces) if f is not None]
+    if not keep:
+        return images.new_zeros(0, images.shape[1], size, size)
+    m = torch.tensor(np.stack([ffhq_matrix(faces[i], 2 * size) for i in keep]), dtype=torch.float32)
+    warped, _ = warp_to_frame(images[keep].float(), m, 2 * size)
+    return torch.nn.functional.avg_pool2d(warped, 2)
 
 
 def load_attribute_scorer(name: str, folder: pathlib.Path) -> ImageScorer:

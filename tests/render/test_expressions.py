@@ -131,3 +131,32 @@ def test_attribute_classifiers_installed_missing_or_broken(tmp_path):
 
     avail, missing = X.classifier_scorers(tmp_path, loaders={"gender": lambda folder: Fixed()})
     assert isinstance(avail["gender"], Fixed) and not missing  # a loader may replace the default architecture
+
+
+def test_renders_are_aligned_like_ffhq_for_the_classifiers(tmp_path):
+    """The classifiers read the FFHQ (= CelebA-HQ) framing: our fast warp matches the recipe's crop."""
+    from skimage import data as skimage_data
+
+    from engine.boundaries_cli import face_scorer
+    from engine.face_align import FfhqCropConfig, ffhq_anchor_points, ffhq_crop
+    from engine.face_landmarks import LandmarkDetector
+    from tests.nets.progan_reference import install_classifier
+
+    img = skimage_data.astronaut()
+    with LandmarkDetector(max_faces=1) as det:
+        face = det.detect(img, max_faces=1)[0]
+        images = torch.from_numpy(np.stack([img, np.zeros_like(img)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        aligned = X.align_to_ffhq(images, [face, None], 256)
+        assert aligned.shape == (1, 3, 256, 256)
+        recipe = ffhq_crop(img, ffhq_anchor_points(face), FfhqCropConfig(output_size=256)).image
+        ours = ((aligned[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).numpy()
+        mse = float(((ours - recipe.astype(np.float64)) ** 2).mean())
+        assert 10 * np.log10(255**2 / mse) > 45  # 49 dB: the filters differ a little, the geometry agrees
+        assert X.align_to_ffhq(images[1:], [None], 256).shape == (0, 3, 256, 256)
+
+        install_classifier(tmp_path, "glasses")
+        clf = X.classifier_scorers(tmp_path)[0]["glasses"]
+        scores = face_scorer(det, ["smile"], {"glasses": clf})(images)
+    assert np.isfinite(scores["smile"][0]) and np.isnan(scores["smile"][1])
+    assert np.isnan(scores["glasses"][1])
+    assert np.isclose(scores["glasses"][0], float(clf(aligned)[0]), atol=1e-5)
