@@ -152,9 +152,6 @@ def geometry_from_faces(faces: Sequence, names: Sequence[str] = GEOMETRY_EXPRESS
 
 def score_frames(frames: Sequence[np.ndarray], detector, names: Sequence[str] = GEOMETRY_EXPRESSIONS) -> dict[str, np.ndarray]:
     """Geometry scores [F] per name for RGB uint8 frames (H, W, 3); NaN where no face is found."""
-    unknown = set(names) - set(GEOMETRY_EXPRESSIONS)
-    if unknown:
-        raise ValueError(f"unknown geometry expressions {sorted(unknown)}; known: {GEOMETRY_EXPRESSIONS}")
     return geometry_from_faces(detect_faces(frames, detector), names)
 
 
@@ -168,7 +165,7 @@ def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- attribute classifiers
 
 class ImageScorer(Protocol):
-    """An attribute classifier: images [B,3,H,W] in [-1,1] (EG3D frontal renders) -> scores [B]."""
+    """An attribute classifier: face images [B,3,H,W] in [-1,1] (FFHQ-aligned crops of frontal renders) -> scores [B]."""
 
     name: str
 

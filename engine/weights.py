@@ -85,7 +85,8 @@ class UnsafePickle(WeightsError):
 # ---------------------------------------------------------------------------
 # manifest
 
-KINDS = ("eg3d_pickle", "stylegan2_ada_pickle", "stylegan2_rosinality", "e4e", "arcface", "torchvision", "tf_network_pickle")
+KINDS = ("eg3d_pickle", "stylegan2_ada_pickle", "stylegan2_rosinality", "e4e", "arcface", "torchvision",
+         "tf_network_pickle")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -482,8 +483,9 @@ def audit_module_src(src: str, class_name: str, source: str, defines: str = "cla
     """Static check (``ast`` only, nothing runs) that embedded source looks like a
     network definition: statements that run on import are only imports,
     definitions and assignments; no dangerous call outside function bodies; and
-    ``class_name`` is defined (a class, or with ``defines="function"`` a function). The real protection is that the source is never
-    executed; this check refuses files that are obviously crafted."""
+    ``class_name`` is defined (a class, or with ``defines="function"`` a
+    function). The real protection is that the source is never executed; this
+    check refuses files that are obviously crafted."""
     try:
         tree = ast.parse(src.lstrip("\ufeff"))
     except SyntaxError as exc:
@@ -817,7 +819,8 @@ def load_tf_network_pickle(path: str | os.PathLike, audit_source: bool = True) -
     with open(p, "rb") as f:
         obj = restricted_load(f, source, audit_source=audit_source, encoding="latin1")
     qualname = getattr(obj, "qualname", "")
-    if not isinstance(obj, OpaqueObject) or qualname != "dnnlib.tflib.network.Network" or not isinstance(obj.state, dict):
+    if (not isinstance(obj, OpaqueObject) or qualname != "dnnlib.tflib.network.Network"
+            or not isinstance(obj.state, dict)):
         raise WeightsError(f"{source}: not a TensorFlow network pickle (top object is "
                            f"{qualname or type(obj).__name__}, expected dnnlib.tflib.network.Network)", file=source)
     st = obj.state

@@ -223,7 +223,8 @@ def config_from_variables(variables: Mapping[str, torch.Tensor], static_kwargs: 
                            f"found e.g. {', '.join(list(variables)[:4])}", file=source)
     res = max([int(m.group(1)) for k in variables if (m := _BLOCK.match(k))] + [4])
     if "resolution" in kw and int(kw["resolution"]) != res:
-        raise WeightsError(f"{source}: static_kwargs say resolution {kw['resolution']}, the variables {res}", file=source)
+        raise WeightsError(f"{source}: static_kwargs say resolution {kw['resolution']}, the variables {res}",
+                           file=source)
     group = int(kw.get("mbstd_group_size", 4))
     cfg = ProGANClassifierConfig(
         resolution=res, num_channels=int(variables["FromRGB_lod0/weight"].shape[2]),
