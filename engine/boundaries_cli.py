@@ -22,7 +22,9 @@ verify
     Loads a file (format, version, unit normals, finite coefficients), checks
     its digest against the generator that would use it, and with
     ``--rescore K`` renders K fresh latents before and after each edit and
-    reports how often the expression score went up.
+    reports how often the expression score went up. ``--sheet PNG`` writes a
+    contact sheet (per boundary, a few latents at -d, 0, +d) for a look: a
+    score cannot reveal a direction that is inverted as a whole, a picture can.
 
 Exit status: 0 success, 1 a check failed or the fit could not be made, 2 usage.
 """
@@ -267,6 +269,12 @@ def cmd_verify(ns: argparse.Namespace) -> int:
                 problems.append(f"{name}: no rendered face could be scored")
             elif not r["after"] > r["before"]:
                 problems.append(f"{name}: the edit did not raise the mean score ({r['before']:.4f} -> {r['after']:.4f})")
+    if ns.sheet and G is not None and not problems:
+        from PIL import Image
+
+        sheet, labels = E.edit_sheet(G, bset, ns.sheet_latents, torch.Generator().manual_seed(ns.seed))
+        Image.fromarray(sheet).save(ns.sheet)
+        print(f"wrote {ns.sheet}: columns -d, 0, +d; rows {', '.join(labels)}", file=sys.stderr)
     for p in problems:
         print(f"FAIL: {p}", file=sys.stderr)
     if not problems:
@@ -306,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("path")
     v.add_argument("--rescore", type=int, default=0, metavar="K", help="re-render K latents before/after each edit")
     v.add_argument("--no-generator", action="store_true", help="check the file only, not its generator digest")
+    v.add_argument("--sheet", metavar="PNG", help="write a contact sheet of every edit at -d, 0, +d")
+    v.add_argument("--sheet-latents", type=int, default=3, metavar="N", help="latents per boundary on the sheet")
     v.set_defaults(func=cmd_verify)
     return p
 

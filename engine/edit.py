@@ -370,6 +370,38 @@ def fit_boundaries(latents: torch.Tensor, scores: Mapping[str, np.ndarray], rng:
             for n, s in scores.items()}
 
 
+@torch.no_grad()
+def edit_sheet(generator: torch.nn.Module, bset: BoundarySet, n: int, rng: torch.Generator,
+               truncation_psi: float = 0.7, neural_rendering_resolution: int | None = None,
+               tile: int = 128) -> tuple[np.ndarray, list[str]]:
+    """A contact sheet for looking at a boundary file: for each boundary, ``n`` fresh latents
+    (rows) rendered frontally at ``-d``, ``0`` and ``+d`` along it (columns).
+
+    Returns (RGB uint8 [rows*tile, 3*tile, 3], one label per row, e.g. "glasses #1"). A score
+    cannot show an inverted direction (fit and rescore share the scorer); a picture can.
+    """
+    from engine.nets import camera
+
+    dev = next(generator.parameters()).device
+    z = torch.randn(n, generator.z_dim, generator=rng).to(dev)  # [n, z_dim]
+    c = camera.conditioning_label(n, device=dev)  # [n, 25] frontal
+    ws = generator.mapping(z, c, truncation_psi=truncation_psi)  # [n, L, D]
+    rows, labels = [], []
+    for name, b in bset.boundaries.items():
+        cols = []
+        for d in (-b.d, 0.0, b.d):
+            img = generator.synthesis(apply_edit(ws, b.normal, d, b.layers), c,
+                                      neural_rendering_resolution=neural_rendering_resolution)["image"]
+            img = torch.nn.functional.interpolate(img.float(), size=(tile, tile), mode="bilinear",
+                                                  align_corners=False, antialias=img.shape[-1] > tile)
+            cols.append(img)  # [n, 3, tile, tile]
+        rows.append(torch.cat(cols, dim=-1))  # [n, 3, tile, 3*tile]
+        labels += [f"{name} #{i + 1}" for i in range(n)]
+    sheet = torch.cat(rows, dim=0)  # [B*n, 3, tile, 3*tile]
+    sheet = torch.cat(list(sheet), dim=-2)  # [3, B*n*tile, 3*tile]
+    return ((sheet.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), labels
+
+
 def rescore_edits(generator: torch.nn.Module, bset: BoundarySet, scorer: FrameScorer, n: int, rng: torch.Generator,
                   truncation_psi: float = 0.7, neural_rendering_resolution: int | None = None) -> dict[str, dict[str, float]]:
     """For ``n`` fresh latents, the score before and after each boundary's precomputed edit.

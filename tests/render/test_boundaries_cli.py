@@ -1,6 +1,7 @@
 """`emoji3d boundaries fit|verify` end to end on the slim preset (proxy scorers, test-only file)."""
 import json
 
+import numpy as np
 import pytest
 
 from engine import boundaries_cli as C
@@ -25,11 +26,19 @@ def test_fit_then_verify_on_slim(tmp_path, capsys):
     # tied to the generator the pipeline builds for the slim preset
     assert bset.generator_digest == E.generator_digest(eg3d.slim_generator(SLIM_3D_PRESET, seed=20))
 
+    sheet = tmp_path / "sheet.png"
     rc = C.main(["verify", str(out), "--preset", "slim", "--weights-dir", str(tmp_path), "--device", "cpu",
-                 "--engine-seed", "0"])
+                 "--engine-seed", "0", "--sheet", str(sheet), "--sheet-latents", "2"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "for tests only" in cap.err and "OK" in cap.err
+    assert "rows smile #1, smile #2, surprise #1, surprise #2" in cap.err
+    from PIL import Image
+
+    img = np.asarray(Image.open(sheet))
+    assert img.shape == (4 * 128, 3 * 128, 3)
+    minus, zero, plus = img[:128, :128], img[:128, 128:256], img[:128, 256:]
+    assert not np.array_equal(minus, zero) and not np.array_equal(plus, zero)  # the edit shows
     # another engine seed is another generator: digest mismatch
     rc = C.main(["verify", str(out), "--preset", "slim", "--weights-dir", str(tmp_path), "--device", "cpu",
                  "--engine-seed", "1"])
