@@ -59,12 +59,11 @@ def face_scorer(detector, geometry_names: Sequence[str], classifiers: dict[str, 
     def score(images: torch.Tensor) -> dict[str, np.ndarray]:
         faces = X.detect_faces(X.images_to_uint8(images), detector)
         out = X.geometry_from_faces(faces, geometry_names) if geometry_names else {}
-        found = np.array([f is not None for f in faces], dtype=bool)
-        aligned = X.align_to_ffhq(images, faces) if classifiers and found.any() else None
+        aligned, kept = X.align_to_ffhq(images, faces) if classifiers else (None, [])
         for name, clf in classifiers.items():
             values = np.full(len(faces), np.nan)
-            if aligned is not None:
-                values[found] = clf(aligned).detach().cpu().numpy()
+            if kept:
+                values[kept] = clf(aligned).detach().cpu().numpy()
             out[name] = values
         return out
 

@@ -213,17 +213,25 @@ def ffhq_matrix(face, size: int) -> np.ndarray:
     return np.concatenate([rows, -(rows @ (upper_left + 0.5))[:, None]], axis=1)
 
 
-def align_to_ffhq(images: torch.Tensor, faces: Sequence, size: int = 256) -> torch.Tensor:
-    """FFHQ-aligned crops [K,3,size,size] of the images [B,3,H,W] whose face is not None, in
-    order; sampled at twice the size and box-filtered, so a reduction does not alias."""
+def align_to_ffhq(images: torch.Tensor, faces: Sequence, size: int = 256) -> tuple[torch.Tensor, list[int]]:
+    """FFHQ-aligned crops [K,3,size,size] of the images [B,3,H,W] that have a usable face (not
+    None, not degenerate), and their indices; sampled at twice the size and box-filtered, so a
+    reduction does not alias."""
     from engine.warp import warp_to_frame
 
-    keep = [i for i, f in enumerate(faces) if f is not None]
+    keep, mats = [], []
+    for i, face in enumerate(faces):
+        if face is None:
+            continue
+        try:
+            mats.append(ffhq_matrix(face, 2 * size))
+        except ValueError:  # eyes and mouth collapsed, or a face a few pixels wide
+            continue
+        keep.append(i)
     if not keep:
-        return images.new_zeros(0, images.shape[1], size, size)
-    m = torch.tensor(np.stack([ffhq_matrix(faces[i], 2 * size) for i in keep]), dtype=torch.float32)
-    warped, _ = warp_to_frame(images[keep].float(), m, 2 * size)
-    return torch.nn.functional.avg_pool2d(warped, 2)
+        return images.new_zeros(0, images.shape[1], size, size), keep
+    warped, _ = warp_to_frame(images[keep].float(), torch.tensor(np.stack(mats), dtype=torch.float32), 2 * size)
+    return torch.nn.functional.avg_pool2d(warped, 2), keep
 
 
 def load_attribute_scorer(name: str, folder: pathlib.Path) -> ImageScorer:

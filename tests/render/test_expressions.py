@@ -1,4 +1,5 @@
 """Geometry expression scorers on perturbed canonical-face landmarks and a real photo."""
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -146,13 +147,15 @@ def test_renders_are_aligned_like_ffhq_for_the_classifiers(tmp_path):
     with LandmarkDetector(max_faces=1) as det:
         face = det.detect(img, max_faces=1)[0]
         images = torch.from_numpy(np.stack([img, np.zeros_like(img)])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        aligned = X.align_to_ffhq(images, [face, None], 256)
-        assert aligned.shape == (1, 3, 256, 256)
+        aligned, kept = X.align_to_ffhq(images, [face, None], 256)
+        assert aligned.shape == (1, 3, 256, 256) and kept == [0]
         recipe = ffhq_crop(img, ffhq_anchor_points(face), FfhqCropConfig(output_size=256)).image
         ours = ((aligned[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).numpy()
         mse = float(((ours - recipe.astype(np.float64)) ** 2).mean())
         assert 10 * np.log10(255**2 / mse) > 45  # 49 dB: the filters differ a little, the geometry agrees
-        assert X.align_to_ffhq(images[1:], [None], 256).shape == (0, 3, 256, 256)
+        assert X.align_to_ffhq(images[1:], [None], 256)[0].shape == (0, 3, 256, 256)
+        squashed = dataclasses.replace(face, points=np.zeros_like(face.points))  # degenerate: skipped, not fatal
+        assert X.align_to_ffhq(images, [squashed, face], 256)[1] == [1]
 
         install_classifier(tmp_path, "glasses")
         clf = X.classifier_scorers(tmp_path)[0]["glasses"]
