@@ -12,7 +12,7 @@ hold a subset, the rest falls back to the module's own tensors.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -37,6 +37,26 @@ def call(module: nn.Module, params: Mapping[str, torch.Tensor] | None, *args, **
     if not params:
         return module(*args, **kwargs)
     return torch.func.functional_call(module, dict(params), args, kwargs, strict=False)
+
+
+class _Using(nn.Module):
+    """Lets ``functional_call`` reach ``fn(module, ...)`` (a method other than ``forward``, or a
+    function that drives the module); the module's tensors are named ``m.<name>`` here."""
+
+    def __init__(self, module: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.m = module
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(self.m, *args, **kwargs)
+
+
+def call_with(module: nn.Module, params: Mapping[str, torch.Tensor] | None, fn: Callable[..., Any], *args, **kwargs):
+    """``fn(module, *args, **kwargs)`` with ``params`` standing in for the module's tensors."""
+    if not params:
+        return fn(module, *args, **kwargs)
+    return call(_Using(module, fn), {f"m.{k}": v for k, v in params.items()}, *args, **kwargs)
 
 
 def compute_delta(tuned: Mapping[str, torch.Tensor], base: nn.Module, dtype=torch.float16) -> Params:

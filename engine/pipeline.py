@@ -200,7 +200,7 @@ class Pipeline:
         g = self.nets.g3d
         if not params:
             return g.synthesis(ws, c, noise_inputs=noise_inputs)["image"]
-        return _functional_synthesis(g, params, ws, c, noise_inputs)["image"]
+        return P.call_with(g, params, _synthesis, ws, c, noise_inputs)["image"]
 
     # -- stages -------------------------------------------------------------------------
     def encode(self, image_2d: torch.Tensor) -> torch.Tensor:
@@ -345,21 +345,8 @@ class Pipeline:
                              float(strength))
 
 
-def _functional_synthesis(g3d: nn.Module, params: P.Params, ws, c, noise_inputs) -> dict:
-    """``g3d.synthesis`` with ``params`` standing in for the module's tensors."""
-    return torch.func.functional_call(_SynthesisCall(g3d), {f"g.{k}": v for k, v in params.items()},
-                                      (ws, c), {"noise_inputs": noise_inputs}, strict=False)
-
-
-class _SynthesisCall(nn.Module):
-    """Wraps a generator so that functional_call reaches ``synthesis`` (not ``forward``)."""
-
-    def __init__(self, g: nn.Module) -> None:
-        super().__init__()
-        self.g = g
-
-    def forward(self, ws, c, noise_inputs=None):
-        return self.g.synthesis(ws, c, noise_inputs=noise_inputs)
+def _synthesis(g3d: nn.Module, ws, c, noise_inputs) -> dict:
+    return g3d.synthesis(ws, c, noise_inputs=noise_inputs)
 
 
 def result_to_bytes(result: AvatarResult) -> bytes:

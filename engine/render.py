@@ -259,29 +259,13 @@ def to_rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> list[np.ndarray]:
 
 # ----------------------------------------------------------------------------- rendering
 
-class _Bound(nn.Module):
-    """Lets ``functional_call`` reach the generator's planes and our masked render with per-user weights."""
-
-    def __init__(self, g: nn.Module) -> None:
-        super().__init__()
-        self.g = g
-
-    def forward(self, op: str, *args, **kwargs):
-        if op == "planes":
-            return self.g.planes(*args, **kwargs)
-        if op == "render":
-            return _render_masked(self.g, *args, **kwargs)
-        if op == "sample_points":
-            return self.g.sample_points(*args, **kwargs)
-        raise ValueError(f"unknown op {op!r}")
-
-
 def bound_call(g: nn.Module, params: Mapping[str, torch.Tensor] | None, op: str, *args, **kwargs):
     """Run ``op`` ("planes", "render" = masked render, "sample_points") with ``params`` standing in for g's weights."""
-    bound = _Bound(g)
-    if not params:
-        return bound(op, *args, **kwargs)
-    return P.call(bound, {f"g.{k}": v for k, v in params.items()}, op, *args, **kwargs)
+    ops = {"planes": lambda m, *a, **k: m.planes(*a, **k), "render": _render_masked,
+           "sample_points": lambda m, *a, **k: m.sample_points(*a, **k)}
+    if op not in ops:
+        raise ValueError(f"unknown op {op!r}")
+    return P.call_with(g, params, ops[op], *args, **kwargs)
 
 
 def _render_masked(g, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, settings: RenderSettings,
