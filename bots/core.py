@@ -38,6 +38,7 @@ from emoji3d import orders
 from emoji3d.config import Config
 from emoji3d.errors import FileTooLargeError, NoFaceError, UserFacingError
 from emoji3d.images import DecodeLimits, decode_image
+from emoji3d.texts import BOT, message, text
 from emoji3d.styles import add_house_style, remove_style
 from storage import jobs, packs, selfies, users
 from storage import styles as st
@@ -361,6 +362,19 @@ def progress_view(res: BotResources, job: jobs.Job) -> ProgressView:
     if job.status == "failed":
         return ProgressView("failed", {"error_key": job.error_key or "internal"}, cancellable=False, final=True)
     return ProgressView("finishing", cancellable=False, final=True)
+
+
+_STAGE_KEYS = frozenset(k for k in BOT if k.startswith("stage_"))
+
+
+def progress_text(view: ProgressView) -> str:
+    """The words of a progress view, in either front end (stage name, failure reason filled in)."""
+    params = dict(view.params)
+    if view.stage_key is not None:
+        params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
+    if view.key == "failed":
+        params["reason"] = message(params.pop("error_key", "internal"))
+    return text(view.key, **params)
 
 
 def should_edit(last_text: str | None, new_text: str, last_at: float | None, now: float, min_interval: float,

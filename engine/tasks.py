@@ -308,9 +308,7 @@ def handle_regenerate_pack(ctx: EngineContext, job, jc: JobContext) -> dict:
     import time
 
     from emoji3d.orders import ENGINE_VERSION
-    from storage import selfies
-
-    from storage import jobs
+    from storage import jobs, selfies
 
     pack = packs.get_pack(jc.db, int(job.payload["pack_id"]))
     # The selfie the pack was made from (its photo may be gone; make_pack then uses the cached inversion).

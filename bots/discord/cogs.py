@@ -29,12 +29,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from emoji3d.errors import UserFacingError
-from emoji3d.texts import message, text
+from emoji3d.texts import explain, message, text
 from storage import jobs
 from storage import styles as st
 
 from .. import core
-from .delivery import PLATFORM, InteractionRef, explain, reply
+from .delivery import PLATFORM, InteractionRef, reply
 
 if TYPE_CHECKING:
     from .app import EmojiBot

@@ -49,7 +49,7 @@ import discord
 
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
-from emoji3d.texts import BOT, message, text
+from emoji3d.texts import explain, message, text
 from storage import deliveries, jobs, packs, users
 
 from .. import core
@@ -67,7 +67,6 @@ MAX_FILES_PER_MESSAGE = 10
 UNKNOWN_WEBHOOK, UNKNOWN_INTERACTION = 10015, 10062
 MISSING_PERMISSIONS, CANNOT_DM = 50013, 50007
 MAX_STICKERS, MAX_EMOJIS, MAX_ANIMATED_EMOJIS = 30039, 30008, 30018
-_STAGE_KEYS = frozenset(k for k in BOT if k.startswith("stage_"))
 
 
 # ----------------------------------------------------------------------------- errors
@@ -123,19 +122,6 @@ def ref_from_row(row: deliveries.DeliveryRef) -> InteractionRef | None:
         return None
     return InteractionRef(int(row.application_id), row.token, _int_or_none(row.chat_id),
                           _int_or_none(row.guild_id), float(row.started_at))
-
-
-def render_view(view: ProgressView) -> str:
-    params = dict(view.params)
-    if view.stage_key is not None:
-        params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
-    if view.key == "failed":
-        params["reason"] = message(params.pop("error_key", "internal"))
-    return text(view.key, **params)
-
-
-def explain(err: UserFacingError) -> str:
-    return message(err.key, **err.params)
 
 
 def _pack_of(res: BotResources, pack_id: int) -> packs.Pack:
@@ -593,7 +579,7 @@ class DiscordSender:
 
     # ------------------------------------------------------------------ Sender protocol
     async def show_progress(self, w: Watch, view: ProgressView) -> None:
-        body = render_view(view)
+        body = core.progress_text(view)
         if not await self._edit_original(w, body):
             await self._fallback_text(w, body)
 

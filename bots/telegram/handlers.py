@@ -28,7 +28,7 @@ from telegram.ext import ContextTypes
 
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
-from emoji3d.texts import BOT, message, text
+from emoji3d.texts import message, text
 from storage import jobs, packs
 from storage import styles as st
 
@@ -363,14 +363,6 @@ class TelegramSender:
     def _chat(self, w: Watch) -> int:
         return int(w.chat_id) if w.chat_id is not None else int(w.platform_user_id)
 
-    def _render(self, view: ProgressView) -> str:
-        params = dict(view.params)
-        if view.stage_key is not None:
-            params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
-        if view.key == "failed":
-            params["reason"] = message(params.pop("error_key", "internal"))
-        return text(view.key, **params)
-
     async def _put(self, w: Watch, body: str, markup: InlineKeyboardMarkup | None) -> None:
         chat = self._chat(w)
         if w.message_id is not None:
@@ -393,10 +385,10 @@ class TelegramSender:
         if view.cancellable:
             markup = InlineKeyboardMarkup([[InlineKeyboardButton(text("cancel_button"),
                                                                  callback_data=f"cancel:{w.job_id}")]])
-        await self._put(w, self._render(view), markup)
+        await self._put(w, core.progress_text(view), markup)
 
     async def finish(self, w: Watch, view: ProgressView) -> None:
-        await self._put(w, self._render(view), None)
+        await self._put(w, core.progress_text(view), None)
 
     async def report_error(self, w: Watch, err: UserFacingError) -> None:
         try:
@@ -448,4 +440,3 @@ class TelegramSender:
         return f"{self.res.cfg.telegram.set_title_prefix} · {name}"[:64]
 
 
-_STAGE_KEYS = frozenset(k for k in BOT if k.startswith("stage_"))
