@@ -47,9 +47,10 @@ construction; :func:`label_from_pose` therefore uses ``trans = 0``.
 The canonical points and weights below are from MediaPipe
 (``mediapipe/modules/face_geometry/data/canonical_face_model.obj`` and
 ``geometry_pipeline_metadata_landmarks.pbtxt``), Copyright 2020 The MediaPipe
-Authors, Apache License 2.0. Only the 33 weighted points matter for the fit.
-(The copy in ``shared/data/mediapipe_canonical_face_vertices.txt`` does not
-match MediaPipe's model in landmark order, so it is not used.)
+Authors, Apache License 2.0. Only the 33 weighted points matter for the fit, so
+they are embedded here rather than read from a data file at run time;
+tests/face/test_pose.py checks them against the full model in landmark order
+(``shared/data/mediapipe_canonical_face_vertices.txt``).
 
 No torch here.
 """

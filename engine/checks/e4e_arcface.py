@@ -12,13 +12,10 @@ output before ``latent_avg``), ``arcface_input_112`` (the ID crop of
 ``input_256``), ``arcface_embedding``; plus the parameter counts (267.1 M and
 43.8 M, to 0.1 M) and the recipe's key/shape list against our modules.
 
-Known discrepancy (as of this writing): the fixture's ``e4e_codes`` match our
-encoder to ~4e-6 only when the style heads' ``EqualLinear`` scale
-(1/sqrt(512)) is dropped; official e4e (``models/stylegan2/model.py``,
-``EqualLinear.scale = (1 / math.sqrt(in_dim)) * lr_mul``, used by
-``GradualStyleBlock``) applies it, and so do we, because the released
-checkpoint was trained with it. ``e4e_codes`` therefore reports FAIL until the
-fixture is regenerated; tests/nets/test_e4e_arcface.py pins both facts.
+The e4e style heads apply ``EqualLinear``'s 1/sqrt(512) weight scale, as the
+official e4e does (``EqualLinear.scale = (1 / math.sqrt(in_dim)) * lr_mul``,
+used by ``GradualStyleBlock``); the fixture was made by the official code with
+that scale, and ``e4e_codes`` matches it exactly.
 """
 from __future__ import annotations
 

@@ -49,6 +49,23 @@ def test_canonical_model_is_mirror_symmetric_and_weights_match_shared(reference_
         assert np.allclose(table[:, 1], PROCRUSTES_WEIGHTS, rtol=0, atol=1e-15)
 
 
+def test_canonical_points_match_shared_mediapipe_model(reference_fixtures, repo_root):
+    """The engine's 33 embedded points and the tests' full copy are MediaPipe's model, in landmark order.
+
+    Both stay in the repository (the product must not read ``../shared``); this pins them to the
+    shared reference file wherever that file is present.
+    """
+    shared = reference_fixtures.parent.parent / "data" / "mediapipe_canonical_face_vertices.txt"
+    if not shared.is_file():
+        pytest.skip(f"{shared} not found")
+    model = np.loadtxt(shared)  # (468, 3) cm, row i = landmark i
+    assert model.shape == (468, 3)
+    assert np.allclose(model[0], [0.0, -3.406404, 5.979507])
+    assert np.array_equal(model[PROCRUSTES_IDS], CANONICAL_POINTS)
+    copy = np.loadtxt(repo_root / "tests" / "render" / "data" / "canonical_face_landmarks.txt")
+    assert np.array_equal(copy, model)
+
+
 def test_rotation_angle_roundtrip():
     rng = np.random.default_rng(1)
     for _ in range(100):

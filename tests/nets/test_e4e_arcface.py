@@ -88,30 +88,6 @@ def test_id_crop_rejects_bad_shapes():
         ArcFaceBackbone()(torch.zeros(1, 3, 100, 100))
 
 
-def test_e4e_codes_match_official_structure(fixture, encoder):
-    """Everything except the EqualLinear output scale agrees with the fixture.
-
-    The fixture's ``e4e_codes`` behave as if the style heads' EqualLinear had no
-    1/sqrt(512) scale, whereas official e4e (models/stylegan2/model.py,
-    EqualLinear.scale = 1/sqrt(in_dim)) applies it. With the scale set to 1 here,
-    every other part of the network (IR-SE body, FPN merges, 18 progressive
-    deltas) must match to the fixture tolerance.
-    """
-    _, io = fixture
-    scales = [s.linear.scale for s in encoder.styles]
-    try:
-        for s in encoder.styles:
-            s.linear.scale = 1.0
-        with torch.no_grad():
-            codes = encoder(io["input_256"])
-    finally:
-        for s, sc in zip(encoder.styles, scales):
-            s.linear.scale = sc
-    assert codes.shape == (2, 18, 512)
-    assert (codes - io["e4e_codes"]).abs().max() <= _tol(io["e4e_codes"])
-
-
-@pytest.mark.xfail(strict=True, reason="fixture e4e_codes omit official EqualLinear scale (see test above)")
 def test_e4e_codes_match_reference(fixture, encoder):
     _, io = fixture
     with torch.no_grad():
