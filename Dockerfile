@@ -15,6 +15,7 @@ COPY emoji3d ./emoji3d
 COPY engine ./engine
 COPY storage ./storage
 COPY bots ./bots
+COPY shell ./shell
 COPY styles ./styles
 RUN python3 -m venv /opt/emoji3d/venv \
  && /opt/emoji3d/venv/bin/pip install --upgrade pip setuptools wheel \

@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from emoji3d.images import decode_image, read_image_file
-    from engine import face_align as fa
-    from engine.face import FaceConfig, analyze_face, check_face, refined_ffhq_anchors
-    from engine.face_landmarks import LandmarkDetector
-    from engine.face_pose import label_from_pose, solve_head_pose
+    from engine.face import align as fa
+    from engine.face.analyze import FaceConfig, analyze_face, check_face, refined_ffhq_anchors
+    from engine.face.landmarks import LandmarkDetector
+    from engine.face.pose import label_from_pose, solve_head_pose
 
     if args.image:
         base = read_image_file(args.image)

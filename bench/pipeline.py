@@ -35,7 +35,7 @@ def full_networks(device):
     import lpips
 
     from engine.nets import arcface, e4e, eg3d, stylegan2
-    from engine.networks import _assemble, _seeded
+    from engine.avatar.networks import _assemble, _seeded
 
     cfg = stylegan2.StyleGAN2Config(img_resolution=1024)
     g2d = _seeded(1, lambda: stylegan2.build_generator(cfg))
@@ -62,10 +62,10 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from emoji3d.config import load_config
-    from engine.face import analyze_face
-    from engine.face_landmarks import LandmarkDetector
-    from engine.networks import slim_networks
-    from engine.pipeline import MemoryCache, Pipeline
+    from engine.face.analyze import analyze_face
+    from engine.face.landmarks import LandmarkDetector
+    from engine.avatar.networks import slim_networks
+    from engine.avatar.pipeline import MemoryCache, Pipeline
     from engine.tasks import portrait_inputs
 
     repo = _HERE.parent

@@ -7,7 +7,7 @@ For each EG3D configuration (random weights: the timing does not depend on
 them) and each mode, the same latent is rendered along the same ``--frames``
 orbit (yaw ±30 deg, deterministic sampling) two ways, in the same run:
 
-* **ours**: ``engine.render.render_frames``: the tri-plane backbone runs once
+* **ours**: ``engine.render.frames.render_frames``: the tri-plane backbone runs once
   for the latent, then the views are ray-marched (and super-resolved)
   ``views_per_pass`` at a time (the engine's choice: 1 on a CPU), through the
   matte region;
@@ -60,7 +60,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
 
-from engine import render as R  # noqa: E402
+from engine.render import frames as R  # noqa: E402
 from engine.nets import camera, eg3d  # noqa: E402
 
 

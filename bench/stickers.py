@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from engine.stickers.encode import encode  # noqa: E402
 from engine.stickers.errors import StickerEncodeError  # noqa: E402
 from engine.stickers.targets import TARGETS  # noqa: E402
-from tests.stickers import content  # noqa: E402
+from tests.engine.stickers import content  # noqa: E402
 
 
 def make(kind: str, n: int, size: int) -> list[np.ndarray]:

@@ -24,8 +24,8 @@ Conventions
   style id, same platform) reuses that pack (``regenerate=True``) so the front
   end updates the existing sticker set in place; another style makes a new pack.
 * Face checks run through ``BotResources.face_check`` (by default
-  ``engine.face.analyze_face`` with one long-lived MediaPipe detector). Bots may
-  import ``engine.face`` but never torch.
+  ``engine.face.analyze.analyze_face`` with one long-lived MediaPipe detector). Bots may
+  import ``engine.face.analyze`` but never torch.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from emoji3d.config import Config
 from emoji3d.errors import FileTooLargeError, NoFaceError, UserFacingError
 from emoji3d.images import DecodeLimits, decode_image
 from emoji3d.texts import BOT, message, text
-from emoji3d.styles import add_house_style, remove_style
+from storage.style_catalog import add_house_style, remove_style
 from storage import jobs, packs, selfies, users
 from storage import styles as st
 from storage.blobs import BlobStore
@@ -96,7 +96,7 @@ class UnknownStrength(UserFacingError):
 
 # ----------------------------------------------------------------------------- resources
 
-FaceCheck = Callable[[Any], Any]  # (H, W, 3) uint8 RGB -> engine.face.FaceResult; raises UserFacingError
+FaceCheck = Callable[[Any], Any]  # (H, W, 3) uint8 RGB -> engine.face.analyze.FaceResult; raises UserFacingError
 
 
 @dataclass
@@ -116,10 +116,10 @@ class BotResources:
 
 
 def default_face_check(cfg: Config) -> tuple[FaceCheck, Callable[[], None]]:
-    """``engine.face.analyze_face`` with the configured limits and one shared
+    """``engine.face.analyze.analyze_face`` with the configured limits and one shared
     detector. Returns (check, close)."""
-    from engine.face import FaceConfig, analyze_face
-    from engine.face_landmarks import LandmarkDetector
+    from engine.face.analyze import FaceConfig, analyze_face
+    from engine.face.landmarks import LandmarkDetector
 
     fc = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                     max_pitch_degrees=cfg.limits.max_pitch_degrees)
@@ -133,7 +133,7 @@ def default_face_check(cfg: Config) -> tuple[FaceCheck, Callable[[], None]]:
 
 def open_bot_resources(cfg: Config) -> tuple[BotResources, Callable[[], None]]:
     """Everything a front end needs from config.toml, and one ``close`` for all of it."""
-    from emoji3d.resources import open_storage
+    from storage.connect import open_storage
 
     db, blobs = open_storage(cfg)
     face_check, close_detector = default_face_check(cfg)

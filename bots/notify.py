@@ -41,7 +41,7 @@ from typing import Callable, Protocol
 from emoji3d.errors import UserFacingError
 from storage import deliveries, jobs, packs, users
 
-from .core import BotResources, ProgressView, progress_view, should_edit
+from bots.core import BotResources, ProgressView, progress_view, should_edit
 
 log = logging.getLogger("emoji3d.notify")
 

@@ -32,9 +32,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from engine.settings import PipelineConfig
+from emoji3d.pipeline_config import PipelineConfig
 
-from .errors import ConfigError
+from emoji3d.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = pathlib.Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -132,7 +132,7 @@ class WeightsConfig:
     manifest: str = _c("", doc="empty = the manifest shipped in the engine package")
 
 
-MOTIONS = ("still", "orbit", "nod")  # engine.render.MOTIONS; a test keeps them equal
+MOTIONS = ("still", "orbit", "nod")  # engine.render.frames.MOTIONS; a test keeps them equal
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class Config:
     def weights_manifest(self) -> pathlib.Path:
         if self.weights.manifest:
             return self.resolve(self.weights.manifest)
-        return pathlib.Path(__file__).resolve().parent.parent / "engine" / "weights_manifest.toml"
+        return pathlib.Path(__file__).resolve().parent.parent / "engine" / "weights" / "manifest.toml"
 
     @property
     def boundaries_path(self) -> pathlib.Path:
@@ -329,7 +329,7 @@ def _build(cls, data: dict, prefix: str):
             dup = next((i for i in ids if ids.count(i) > 1), None)
             if dup:
                 raise ConfigError(f"config.toml: schedules[].id must be unique, got {dup!r} twice")
-            from .scheduler import Schedule as StoredSchedule, validate_schedule
+            from shell.scheduler import Schedule as StoredSchedule, validate_schedule
 
             for s in items:
                 try:

@@ -31,7 +31,7 @@ class WeightsError(UserFacingError):
     key = "weights_invalid"
 
 
-# --- Image decoding and face front end (emoji3d.images, engine.face*) -------
+# --- Image decoding and face front end (emoji3d.images, engine.face.analyze*) -------
 
 
 class NotAnImageError(UserFacingError):

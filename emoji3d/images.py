@@ -34,13 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from emoji3d.errors import (
-    FileTooLargeError,
-    ImageTooLargeError,
-    ImageTruncatedError,
-    NotAnImageError,
-    UnsupportedImageFormatError,
-)
+from emoji3d.errors import FileTooLargeError, ImageTooLargeError, ImageTruncatedError, NotAnImageError, UnsupportedImageFormatError
 
 DEFAULT_MAX_MEGAPIXELS = 40.0
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024

@@ -25,7 +25,7 @@ from storage import jobs, packs
 from storage.blobs import add_ref
 from storage.db import Database
 
-ENGINE_VERSION = "0.1.0"  # engine.pipeline.ENGINE_VERSION; a test keeps them equal
+ENGINE_VERSION = "0.1.0"  # engine.avatar.pipeline.ENGINE_VERSION; a test keeps them equal
 JOB_KIND = "make_pack"
 
 # Files each platform needs, in engine.stickers target names.

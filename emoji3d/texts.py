@@ -9,7 +9,7 @@ and the test suite checks that every key the code raises has a text here.
 """
 from __future__ import annotations
 
-from .errors import UserFacingError
+from emoji3d.errors import UserFacingError
 
 ERRORS: dict[str, str] = {
     # Image hygiene

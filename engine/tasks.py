@@ -2,8 +2,8 @@
 
 ``build_handlers(cfg)`` is the worker's factory: it loads the networks and the
 face detector once, then returns ``{job kind: handler}``. Handlers are thin
-IO wrappers around the pure stages: read blobs, call ``engine.face`` and
-``engine.pipeline``, write blobs, return a JSON result.
+IO wrappers around the pure stages: read blobs, call ``engine.face.analyze`` and
+``engine.avatar.pipeline``, write blobs, return a JSON result.
 
 Job kinds:
 
@@ -35,11 +35,11 @@ from emoji3d.orders import THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFile
 from storage import artifacts, packs
 from storage import styles as st
 
-from .face import FaceConfig, FaceResult, analyze_face
-from .face_landmarks import LandmarkDetector
-from .networks import SLIM_WARNING, load_networks
-from .pipeline import AvatarResult, Pipeline, PortraitInputs, result_to_bytes
-from .worker import JobContext
+from engine.face.analyze import FaceConfig, FaceResult, analyze_face
+from engine.face.landmarks import LandmarkDetector
+from engine.avatar.networks import SLIM_WARNING, load_networks
+from engine.avatar.pipeline import AvatarResult, Pipeline, PortraitInputs, result_to_bytes
+from engine.worker import JobContext
 
 log = logging.getLogger("emoji3d.tasks")
 
@@ -76,7 +76,7 @@ class EngineContext:
     detector: LandmarkDetector
     face_cfg: FaceConfig
     decode_limits: DecodeLimits
-    boundaries: object | None = None      # engine.edit.BoundarySet, or None when not installed
+    boundaries: object | None = None      # engine.render.edits.BoundarySet, or None when not installed
     boundaries_problem: str = ""          # why there are none (reported with each pack)
 
     @classmethod
@@ -103,7 +103,7 @@ def load_installed_boundaries(cfg: Config, g3d) -> tuple[object | None, str]:
     A missing, damaged or mismatched file is not fatal: motion stickers are
     still made, and every result says which expressions are unavailable and why.
     """
-    from .edit import generator_digest, load_boundaries
+    from engine.render.edits import generator_digest, load_boundaries
 
     path = cfg.boundaries_path
     if not path.is_file():
@@ -125,7 +125,7 @@ def build_handlers(cfg: Config) -> dict:
 # ----------------------------------------------------------------------------- helpers
 
 class BlobArtifactCache:
-    """``engine.pipeline.ArtifactCache`` over the artifacts table and blob store."""
+    """``engine.avatar.pipeline.ArtifactCache`` over the artifacts table and blob store."""
 
     def __init__(self, jc: JobContext, owner_user_id: int | None) -> None:
         self.jc = jc
@@ -153,7 +153,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 def centre_to_edge(m: np.ndarray) -> torch.Tensor:
-    """``engine.face`` matrices put pixel centres at integers; ``engine.warp``
+    """``engine.face.analyze`` matrices put pixel centres at integers; ``engine.avatar.warp``
     at half-integers. Same map, shifted coordinates: M' = T(+½) M T(−½)."""
     m = np.asarray(m, dtype=np.float64)
     out = m.copy()
@@ -190,8 +190,8 @@ def _analyze(ctx: EngineContext, data: bytes, what: str) -> FaceResult:
 
 def render_stills(ctx: EngineContext, avatar: AvatarResult, params, yaws=(-0.35, 0.0, 0.35)) -> list[bytes]:
     """RGBA PNG renders of the stylized avatar from a few head turns (one plane set, matted)."""
-    from .nets.camera import orbit_label
-    from .render import RenderSettings, render_frames, to_rgba
+    from engine.nets.camera import orbit_label
+    from engine.render.frames import RenderSettings, render_frames, to_rgba
 
     cams = orbit_label(torch.tensor(yaws), torch.zeros(len(yaws)))  # [V, 25]
     settings = RenderSettings(size=ctx.cfg.pack.size, views_per_pass=ctx.cfg.pack.views_per_pass or None)
@@ -206,7 +206,7 @@ def render_stills(ctx: EngineContext, avatar: AvatarResult, params, yaws=(-0.35,
 
 def sticker_specs(ctx: EngineContext) -> tuple[list, list[str]]:
     """The configured stickers this engine can render, and notes on those it cannot."""
-    from .render import spec_from_entry
+    from engine.render.frames import spec_from_entry
 
     have = set(ctx.boundaries.names()) if ctx.boundaries is not None else set()
     specs, notes = [], []
@@ -225,9 +225,9 @@ def render_and_encode(ctx: EngineContext, avatar: AvatarResult, params, order: P
     """Frames for every sticker, then every platform file, each verified by its encoder.
 
     Returns (stickers, thumbnail files, preview png digest, preview html digest, notes)."""
-    from .render import RenderSettings, render_pack
-    from .stickers.encode import encode
-    from .stickers.preview import PackItem, build_pack_preview
+    from engine.render.frames import RenderSettings, render_pack
+    from engine.stickers.encode import encode
+    from engine.stickers.preview import PackItem, build_pack_preview
 
     pack = ctx.cfg.pack
     specs, notes = sticker_specs(ctx)
@@ -285,7 +285,7 @@ def make_pack(ctx: EngineContext, order: PackOrder, jc: JobContext) -> dict:
     if order.mesh:
         import tempfile
 
-        from .mesh import export_glb
+        from engine.render.mesh import export_glb
 
         with tempfile.TemporaryDirectory() as tmp:
             path = f"{tmp}/avatar.glb"

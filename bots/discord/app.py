@@ -26,10 +26,10 @@ from discord.ext import commands
 
 from emoji3d.config import Config
 
-from ..core import BotResources, open_bot_resources
-from ..notify import Notifier
-from .cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
-from .delivery import PLATFORM, AddAsEmojiButton, AddToServerButton, DiscordSender
+from bots.core import BotResources, open_bot_resources
+from bots.notify import Notifier
+from bots.discord.cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
+from bots.discord.delivery import PLATFORM, AddAsEmojiButton, AddToServerButton, DiscordSender
 
 log = logging.getLogger("emoji3d.discord")
 

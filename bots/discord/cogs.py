@@ -33,11 +33,11 @@ from emoji3d.texts import explain, message, text
 from storage import jobs
 from storage import styles as st
 
-from .. import core
-from .delivery import PLATFORM, InteractionRef, reply
+from bots import core
+from bots.discord.delivery import PLATFORM, InteractionRef, reply
 
 if TYPE_CHECKING:
-    from .app import EmojiBot
+    from bots.discord.app import EmojiBot
 
 log = logging.getLogger("emoji3d.discord")
 

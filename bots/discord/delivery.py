@@ -52,9 +52,9 @@ from emoji3d.errors import UserFacingError
 from emoji3d.texts import explain, message, text
 from storage import deliveries, jobs, packs, users
 
-from .. import core
-from ..core import BotResources, ProgressView
-from ..notify import Watch
+from bots import core
+from bots.core import BotResources, ProgressView
+from bots.notify import Watch
 
 log = logging.getLogger("emoji3d.discord")
 

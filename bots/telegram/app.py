@@ -19,10 +19,10 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Mess
 
 from emoji3d.config import Config
 
-from ..core import BotResources, open_bot_resources
-from ..notify import Notifier
-from . import handlers as h
-from .stickers import StickerSafeRateLimiter
+from bots.core import BotResources, open_bot_resources
+from bots.notify import Notifier
+from bots.telegram import handlers as h
+from bots.telegram.stickers import StickerSafeRateLimiter
 
 log = logging.getLogger("emoji3d.telegram")
 

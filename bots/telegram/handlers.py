@@ -32,10 +32,10 @@ from emoji3d.texts import message, text
 from storage import jobs, packs
 from storage import styles as st
 
-from .. import core
-from ..core import BotResources, ProgressView
-from ..notify import Notifier, Watch
-from .stickers import publish_pack, set_link
+from bots import core
+from bots.core import BotResources, ProgressView
+from bots.notify import Notifier, Watch
+from bots.telegram.stickers import publish_pack, set_link
 
 log = logging.getLogger("emoji3d.telegram")
 PLATFORM = "telegram"

@@ -25,7 +25,7 @@ import pathlib
 
 import torch
 
-from . import TensorCheck, max_abs_check
+from engine.checks import TensorCheck, max_abs_check
 
 E4E_PARAMS_M = 267.1
 ARCFACE_PARAMS_M = 43.8
@@ -81,7 +81,7 @@ def layout_checks(config: dict) -> list[TensorCheck]:
 def run(folder: pathlib.Path) -> list[TensorCheck]:
     from engine.nets.arcface import build_arcface, id_crop
     from engine.nets.e4e import build_encoder
-    from engine.weights import load_safetensors
+    from engine.weights.core import load_safetensors
 
     folder = pathlib.Path(folder)
     config = json.loads((folder / "config.json").read_text())

@@ -67,7 +67,7 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
 
 
 def _run_crop(config: dict, io: dict) -> list[TensorCheck]:
-    from engine import face_align as fa
+    from engine.face import align as fa
 
     checks = []
     for case, info in config["cases"].items():
@@ -91,7 +91,7 @@ def _run_crop(config: dict, io: dict) -> list[TensorCheck]:
 
 
 def _run_labels(io: dict) -> list[TensorCheck]:
-    from engine.face_pose import label_from_deep3d_pose
+    from engine.face.pose import label_from_deep3d_pose
 
     angles = np.asarray(io["angles"], dtype=np.float64)
     trans = np.asarray(io["trans"], dtype=np.float64)

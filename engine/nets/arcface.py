@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .irse import make_body, make_input_layer
+from engine.nets.irse import make_body, make_input_layer
 
 CROP_ROWS = (35, 223)
 CROP_COLS = (32, 220)
@@ -95,7 +95,7 @@ def build_arcface(state_dict: dict[str, torch.Tensor], cfg: ArcFaceConfig | None
     The input size (112/224) is inferred from ``output_layer.3.weight`` when
     ``cfg`` is None. Wrong keys or shapes raise ``WeightsError``.
     """
-    from engine.weights import load_module_state
+    from engine.weights.core import load_module_state
 
     if cfg is None:
         w = state_dict.get("output_layer.3.weight")
@@ -111,7 +111,7 @@ def build_arcface(state_dict: dict[str, torch.Tensor], cfg: ArcFaceConfig | None
 def load_arcface(folder) -> ArcFaceBackbone:
     """The ArcFace from a folder written by ``emoji3d weights convert arcface_ir_se50``."""
     from emoji3d.errors import WeightsError
-    from engine.weights import load_converted
+    from engine.weights.core import load_converted
 
     cfg, groups = load_converted(folder)
     if "state" not in groups:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .irse import make_body, make_input_layer
+from engine.nets.irse import make_body, make_input_layer
 
 INPUT_SIZE = 256
 # body indices whose outputs feed the style heads (official e4e hard-codes these)
@@ -187,7 +187,7 @@ def build_encoder(state_dict: dict[str, torch.Tensor], cfg: E4EConfig | None = N
     ``cfg.stylegan_size`` is inferred from the number of style heads when not given.
     Missing, unexpected or mis-shaped keys raise ``WeightsError`` naming them.
     """
-    from engine.weights import load_module_state
+    from engine.weights.core import load_module_state
 
     if cfg is None:
         n = len({k.split(".")[1] for k in state_dict if k.startswith("styles.")})
@@ -206,7 +206,7 @@ def load_e4e(folder) -> tuple[Encoder4Editing, torch.Tensor]:
     """(encoder, latent_avg [n_styles,512]) from a folder written by
     ``emoji3d weights convert e4e_ffhq`` (groups ``encoder`` and ``latent_avg``)."""
     from emoji3d.errors import WeightsError
-    from engine.weights import load_converted
+    from engine.weights.core import load_converted
 
     cfg, groups = load_converted(folder)
     if "encoder" not in groups or "latent_avg" not in groups:

@@ -10,7 +10,7 @@ Conventions
      searched in this order: the converted folder ``<weights dir>/<name>/``
      (``state.safetensors``), ``<weights dir>/<file>``, then torch hub's
      cache ``$TORCH_HOME/hub/checkpoints/<file>`` (where torchvision itself
-     would have put it). If none exists, :class:`engine.weights.WeightsMissing`
+     would have put it). If none exists, :class:`engine.weights.core.WeightsMissing`
      names the file and the ``emoji3d weights fetch`` command;
   2. LPIPS' own linear calibration layers, shipped inside the ``lpips``
      package (``lpips/weights/v0.1/<net>.pth``).
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.weights import WeightsMissing, load_module_state, load_safetensors, load_torch_checkpoint
+from engine.weights.core import WeightsMissing, load_module_state, load_safetensors, load_torch_checkpoint
 
 BACKBONES = {
     # net -> (manifest entry name, official torchvision file name)

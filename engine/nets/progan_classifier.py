@@ -51,7 +51,7 @@ from torch import nn
 
 from emoji3d.errors import WeightsError
 from engine.nets.stylegan2 import MinibatchStdLayer
-from engine.weights import load_converted, load_module_state
+from engine.weights.core import load_converted, load_module_state
 
 log = logging.getLogger(__name__)
 

@@ -942,8 +942,8 @@ def save_pretrained(folder, G: Generator, D: Discriminator | None, cfg: StyleGAN
 
 
 def _from_converted(folder: pathlib.Path, raw: dict, device, with_discriminator: bool):
-    """A folder written by ``emoji3d weights convert`` (engine.weights): rosinality or stylegan2-ada groups."""
-    from engine.weights import load_converted
+    """A folder written by ``emoji3d weights convert`` (engine.weights.core): rosinality or stylegan2-ada groups."""
+    from engine.weights.core import load_converted
 
     conf, groups = load_converted(folder)
     kind = conf.get("kind")

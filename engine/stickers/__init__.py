@@ -7,6 +7,6 @@ search), ``probe`` (decode + measure any file), ``verify`` (rules), ``preview``
 Importing the package itself is cheap (PyAV is imported only when a WEBM is
 written or read).
 """
-from .targets import TARGETS, FormatRule, Target, get_target
+from engine.stickers.targets import TARGETS, FormatRule, Target, get_target
 
 __all__ = ["TARGETS", "FormatRule", "Target", "get_target"]

@@ -47,11 +47,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import codecs, palette
-from .errors import StickerEncodeError
-from .frames import DURATION_POLICIES, Layout, Timing, fit_frame, layout, retime, validate_frames
-from .targets import FormatRule, Target, get_target
-from .verify import VerifyReport, verify
+from engine.stickers import codecs, palette
+from engine.stickers.errors import StickerEncodeError
+from engine.stickers.frames import DURATION_POLICIES, Layout, Timing, fit_frame, layout, retime, validate_frames
+from engine.stickers.targets import FormatRule, Target, get_target
+from engine.stickers.verify import VerifyReport, verify
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import StickerInputError
+from engine.stickers.errors import StickerInputError
 
 MAX_INPUT_FRAMES = 2000
 MAX_INPUT_SIDE = 4096

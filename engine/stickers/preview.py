@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .encode import EncodeConfig, EncodeResult, encode
-from .frames import fit_frame, layout, validate_frames
+from engine.stickers.encode import EncodeConfig, EncodeResult, encode
+from engine.stickers.frames import fit_frame, layout, validate_frames
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .probe import MediaProps, ProbeError, probe
-from .targets import Target, get_target
+from engine.stickers.probe import MediaProps, ProbeError, probe
+from engine.stickers.targets import Target, get_target
 
 FPS_TOL = 0.05
 DELAY_TOL_MS = 1.5

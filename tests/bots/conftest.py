@@ -30,7 +30,7 @@ def sticker_files() -> dict[str, Any]:
     """Three distinct Telegram video stickers and a video thumbnail (bytes),
     encoded by engine.stickers from synthetic RGBA frames."""
     from engine.stickers.encode import encode
-    from tests.stickers.content import cartoon
+    from tests.engine.stickers.content import cartoon
 
     videos = [encode(cartoon(6, 64, 64, period=7 + 5 * k), 10.0, "telegram_video").data for k in range(3)]
     thumb = encode(cartoon(4, 32, 32), 10.0, "telegram_thumb").data
@@ -40,8 +40,8 @@ def sticker_files() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def face_check() -> Any:
-    from engine.face import FaceConfig, analyze_face
-    from engine.face_landmarks import LandmarkDetector
+    from engine.face.analyze import FaceConfig, analyze_face
+    from engine.face.landmarks import LandmarkDetector
 
     det = LandmarkDetector(max_faces=4)
     yield lambda rgb: analyze_face(rgb, FaceConfig(), det)

@@ -8,8 +8,7 @@ import asyncio
 import pytest
 from telegram.ext import ExtBot
 
-from bots.telegram.stickers import (StickerSafeRateLimiter, TelegramNotStarted, publish_pack,
-                                    set_name_for)
+from bots.telegram.stickers import StickerSafeRateLimiter, TelegramNotStarted, publish_pack, set_name_for
 from emoji3d.texts import message
 from storage import packs, users
 from tests.bots.conftest import EMOJIS

@@ -24,8 +24,7 @@ from telegram.ext import (AIORateLimiter, Application, CallbackQueryHandler, Com
 
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, is_webm
-from tests.fakes.telegram_fixtures import (engine_sticker_verifier, ptb_bot,  # noqa: F401
-                                           telegram_server, telegram_user)
+from tests.fakes.telegram_fixtures import engine_sticker_verifier, ptb_bot, telegram_server, telegram_user
 
 pytestmark = [
     # Raw do_api_request calls are deliberate; RetryAfter.retry_after's int/timedelta

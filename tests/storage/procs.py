@@ -115,7 +115,7 @@ def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_unt
     import json
     import logging
 
-    from emoji3d.scheduler import Schedule, start_scheduler
+    from shell.scheduler import Schedule, start_scheduler
     from storage.db import open_database
 
     logging.basicConfig(level=logging.INFO)

@@ -27,7 +27,7 @@ def discord_files() -> dict[str, Any]:
     """Three distinct animated Discord stickers (320x320), three 128x128 emoji
     and a PNG preview, encoded by engine.stickers from synthetic frames."""
     from engine.stickers.encode import encode
-    from tests.stickers.content import cartoon
+    from tests.engine.stickers.content import cartoon
 
     stickers = [encode(cartoon(4, 320, 320, period=7 + 5 * k), 10.0, "discord_sticker").data for k in range(3)]
     emoji = [encode(cartoon(4, 128, 128, period=7 + 5 * k), 10.0, "discord_emoji").data for k in range(3)]

@@ -1,0 +1,115 @@
+"""Settings of the pipeline stages (paper §2.1–2.2), as plain dataclasses.
+
+They live apart from the stage code so that ``emoji3d.config`` can validate the
+``[pipeline.*]`` tables of config.toml at start-up without importing torch.
+Each default is the value the cited reference uses, or is justified inline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+def _check(obj, **rules) -> None:
+    """Raise ValueError('field must be ...') for the first violated rule."""
+    for name, (ok, what) in rules.items():
+        if not ok:
+            raise ValueError(f"{name} must be {what}, got {getattr(obj, name)!r}")
+
+
+@dataclass(frozen=True)
+class StyleFinetuneConfig:
+    """Stage 2 (Eq. 1 + 4). Defaults follow JoJoGAN."""
+
+    steps: int = 300
+    lr: float = 2e-3
+    beta1: float = 0.0
+    beta2: float = 0.99
+    batch: int = 4              # style-mixed latents per step
+    alpha: float = 0.5          # Eq. 1 weight of w_e on the mixed layers (0 = JoJoGAN's random fine layers)
+    mixed_from: int = 7         # first mixed W+ layer (JoJoGAN: 7..17 of 18)
+    mixed_to: int = 0           # one past the last mixed layer; 0 = through the last layer
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"), batch=(self.batch >= 1, ">= 1"),
+               alpha=(0 <= self.alpha <= 1, "within [0, 1]"), beta2=(0 <= self.beta2 < 1, "within [0, 1)"),
+               mixed_from=(self.mixed_from >= 0, ">= 0"),
+               mixed_to=(self.mixed_to == 0 or self.mixed_to > self.mixed_from, "0 or > mixed_from"))
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Stage 3 (Eq. 2). Defaults follow the EG3D / StyleGAN2 projector."""
+
+    steps: int = 500
+    lr: float = 0.01
+    lr_rampup: float = 0.05
+    lr_rampdown: float = 0.25
+    initial_noise_factor: float = 0.05
+    noise_ramp_length: float = 0.75
+    noise_reg_weight: float = 1e5
+    lpips_size: int = 256       # LPIPS on 256 px, as the projector does
+    w_avg_samples: int = 10000
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"),
+               noise_reg_weight=(self.noise_reg_weight >= 0, ">= 0"), lpips_size=(self.lpips_size >= 32, ">= 32"),
+               w_avg_samples=(self.w_avg_samples >= 2, ">= 2"))
+
+
+@dataclass(frozen=True)
+class PivotalTuningConfig:
+    """Stage 4 (Eq. 3). Defaults follow PTI; the ID term is Your3dEmoji's."""
+
+    steps: int = 350
+    lr: float = 3e-4
+    lambda_l2: float = 1.0
+    lambda_lpips: float = 1.0
+    lambda_id: float = 0.1      # PTI-style ArcFace weight; higher starts to fight LPIPS on 512 px renders
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"),
+               lambda_l2=(self.lambda_l2 >= 0, ">= 0"), lambda_lpips=(self.lambda_lpips >= 0, ">= 0"),
+               lambda_id=(self.lambda_id >= 0, ">= 0"))
+
+
+@dataclass(frozen=True)
+class DualConfig:
+    """Stage 5 (Eq. 5). The paper gives no numbers; see engine/avatar/dual.py for the reasoning."""
+
+    steps: int = 300            # rounds; each = steps_3d updates of EG3D + one of the 2D branch
+    steps_3d: int = 1
+    lr_3d: float = 1e-4         # below PTI's 3e-4: move the look, keep the geometry
+    lr_2d: float = 2e-4         # a tenth of stage 2: the 2D branch only adjusts
+    lambda_1: float = 0.1       # LPIPS to the exemplar (another face): a light pull towards its look
+    lambda_2: float = 1.0       # LPIPS to the warped 2D cartoon: the main perceptual guide
+    lambda_style_2d: float = 1.0  # stage-2 loss kept on the 2D branch while it adjusts
+    update_2d: bool = True
+    lpips_size: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self, steps=(self.steps >= 0, ">= 0"), steps_3d=(self.steps_3d >= 1, ">= 1"),
+               lr_3d=(self.lr_3d > 0, "> 0"), lr_2d=(self.lr_2d > 0, "> 0"), lambda_1=(self.lambda_1 >= 0, ">= 0"),
+               lambda_2=(self.lambda_2 >= 0, ">= 0"), lambda_style_2d=(self.lambda_style_2d >= 0, ">= 0"),
+               lpips_size=(self.lpips_size >= 32, ">= 32"))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    style: StyleFinetuneConfig = field(default_factory=StyleFinetuneConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    pti: PivotalTuningConfig = field(default_factory=PivotalTuningConfig)
+    dual: DualConfig = field(default_factory=DualConfig)
+
+    def digest(self, *parts: str) -> str:
+        """A stable digest of selected sub-configs, for cache keys."""
+        d = {p: dataclasses.asdict(getattr(self, p)) for p in parts}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def reduced(self, steps: int) -> "PipelineConfig":
+        """The same settings with every stage cut to ``steps`` (tests, benchmarks, CPU demo)."""
+        r = dataclasses.replace
+        return r(self, style=r(self.style, steps=steps), inversion=r(self.inversion, steps=steps, w_avg_samples=min(
+            self.inversion.w_avg_samples, 256)), pti=r(self.pti, steps=steps), dual=r(self.dual, steps=steps))

@@ -1,0 +1,152 @@
+"""Stages 3 and 4: EG3D inversion (paper Eq. 2) and pivotal tuning (Eq. 3).
+
+Stage 3 optimises the W+ latent ``w_3d`` [1, 14, 512] and the backbone's
+noise maps so that the EG3D render at the portrait's camera ``c`` matches the
+EG3D crop of the portrait under LPIPS, with the StyleGAN2 projector's noise
+regularisation (multi-scale autocorrelation penalty + renormalisation after
+each step) and its schedule (latent noise ramp, learning-rate ramp up/down).
+
+Stage 4 (PTI) freezes that pivot and finetunes the generator's weights with
+LPIPS + lambda_l2 * MSE + lambda_id * ArcFace identity loss, so the render
+reproduces the photo while the latent stays in the well-behaved region.
+
+Images are [B, 3, H, W] in [-1, 1]. The generator is reached through a
+``RenderFn(params, ws, c, noise) -> image`` callable, so these functions
+never touch module state; the RNG is passed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from engine.avatar.params import Params
+from emoji3d.pipeline_config import InversionConfig, PivotalTuningConfig
+from engine.avatar.steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, ramped_lr, run_steps
+
+# (params, ws [B, L, 512], c [B, 25], noise list) -> image [B, 3, H, W]
+RenderFn = Callable[[Params, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
+# (a, b) images in [-1, 1] -> per-sample distance [B]
+DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Inversion:
+    ws: torch.Tensor                 # [1, L, 512]
+    noise: list[torch.Tensor]        # the backbone's noise maps, each [1, 1, r, r]
+    log: StageLog
+
+
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    if img.shape[-1] == size:
+        return img
+    if img.shape[-1] > size:
+        return F.adaptive_avg_pool2d(img, size)
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def noise_regularisation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over maps and scales of squared one-pixel autocorrelations."""
+    reg = torch.zeros((), device=noise[0].device)
+    for v in noise:
+        v = v[None, None] if v.ndim == 2 else v
+        while True:
+            reg = reg + (v * torch.roll(v, 1, dims=3)).mean() ** 2 + (v * torch.roll(v, 1, dims=2)).mean() ** 2
+            if v.shape[2] <= 8:
+                break
+            v = F.avg_pool2d(v, 2)
+    return reg
+
+
+def latent_statistics(mapping: Callable[[torch.Tensor], torch.Tensor], n: int, w_dim: int,
+                      generator: torch.Generator, device) -> tuple[torch.Tensor, float]:
+    """Mean W [1, 1, 512] and its scalar spread from ``n`` mapped samples."""
+    z = torch.randn(n, w_dim, generator=generator, device=generator.device).to(device)  # [n, 512]
+    with torch.no_grad():
+        w = mapping(z)[:, :1, :]  # [n, 1, 512]
+    w_avg = w.mean(0, keepdim=True)
+    w_std = float(((w - w_avg).square().sum() / n).sqrt())
+    return w_avg, w_std
+
+
+def invert_3d(
+    target: torch.Tensor,
+    c: torch.Tensor,
+    render: RenderFn,
+    lpips: DistanceFn,
+    w_avg: torch.Tensor,
+    w_std: float,
+    noise_shapes: Sequence[tuple[int, ...]],
+    num_ws: int,
+    cfg: InversionConfig,
+    generator: torch.Generator,
+    progress: ProgressFn = no_progress,
+    should_cancel: CancelFn = never_cancel,
+) -> Inversion:
+    """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop."""
+    device = target.device
+    w_opt = w_avg.detach().clone().repeat(1, num_ws, 1).requires_grad_(True)  # [1, L, 512]
+    noise = [torch.randn(s, generator=generator, device=generator.device).to(device).requires_grad_(True)
+             for s in noise_shapes]
+    opt = torch.optim.Adam([w_opt, *noise], lr=cfg.lr, betas=(0.9, 0.999))
+    target_small = _resize(target, cfg.lpips_size)
+
+    def step(i: int) -> dict:
+        t = i / cfg.steps
+        lr = ramped_lr(i, cfg.steps, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        w_noise_scale = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
+        w_noise = torch.randn(w_opt.shape, generator=generator, device=generator.device).to(device) * w_noise_scale
+        img = render({}, w_opt + w_noise, c, noise)
+        dist = lpips(_resize(img, cfg.lpips_size), target_small).sum()
+        reg = noise_regularisation(noise)
+        loss = dist + cfg.noise_reg_weight * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # keep each noise map zero-mean, unit-variance
+            for v in noise:
+                v -= v.mean()
+                v *= v.square().mean().rsqrt()
+        return {"total": loss.detach(), "lpips": dist.detach(), "noise_reg": reg.detach()}
+
+    log = run_steps("invert_3d", cfg.steps, step, progress, should_cancel)
+    return Inversion(w_opt.detach(), [v.detach() for v in noise], log)
+
+
+def pivotal_tuning(
+    params: Params,
+    target: torch.Tensor,
+    pivot: Inversion,
+    c: torch.Tensor,
+    render: RenderFn,
+    lpips: DistanceFn,
+    id_loss: DistanceFn | None,
+    cfg: PivotalTuningConfig,
+    progress: ProgressFn = no_progress,
+    should_cancel: CancelFn = never_cancel,
+) -> StageLog:
+    """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot."""
+    trainable = [p for p in params.values() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr)
+
+    def step(_: int) -> dict:
+        img = render(params, pivot.ws, c, pivot.noise)
+        l_lpips = lpips(img, target).mean()
+        l_l2 = F.mse_loss(img, target)
+        terms = {"lpips": l_lpips.detach(), "l2": l_l2.detach()}
+        loss = cfg.lambda_lpips * l_lpips + cfg.lambda_l2 * l_l2
+        if id_loss is not None and cfg.lambda_id > 0:
+            l_id = id_loss(img, target).mean()
+            loss = loss + cfg.lambda_id * l_id
+            terms["id"] = l_id.detach()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        terms["total"] = loss.detach()
+        return terms
+
+    return run_steps("pivotal_tuning", cfg.steps, step, progress, should_cancel)

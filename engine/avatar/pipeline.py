@@ -1,0 +1,376 @@
+"""The one-shot dual-branch pipeline (paper §2.1–2.2): selfie + style → stylized 3D avatar.
+
+:class:`Pipeline` holds the networks, loaded once, and exposes one call::
+
+    result = pipeline(portrait, exemplar, seed=..., progress=..., should_cancel=..., cache=...)
+
+which runs, in order,
+
+1. ``e4e``            — W+ latents of the exemplar (w_e) and the portrait (w_2d);
+2. ``style_finetune`` — Eq. 1 + 4 on the 2D StyleGAN2 (cached per style);
+3. ``invert_3d``      — Eq. 2, (w_3d, noise) at the portrait's camera (cached per selfie);
+4. ``pivotal_tuning`` — Eq. 3 on EG3D (cached per selfie, with stage 3);
+5. ``dual_branch``    — Eq. 5, alternate 2D/3D updates;
+
+and returns an :class:`AvatarResult`: latents, the compact generator deltas
+(fp16, against the base weights), the camera, per-stage loss logs and
+timings. :meth:`Pipeline.generator_params` turns a result and a style
+strength s ∈ [0, 1] into EG3D weights: s = 0 is the pivot-tuned (photo-real)
+generator, s = 1 the stylized one, exactly.
+
+Frames: the 2D branch works on the FFHQ-aligned crop at the 2D generator's
+resolution, the 3D branch on EG3D's crop at the 3D generator's output
+resolution; ``PortraitInputs.crop2d_to_crop3d`` is the pixel similarity
+between the 1024 FFHQ frame and the 512 EG3D frame (``engine.face.analyze``), which
+is rescaled here to the generators' sizes. Images are [1, 3, S, S] in [-1, 1].
+
+The base networks are never modified: every variant is a parameter dict
+applied with ``torch.func.functional_call`` (see ``engine.avatar.params``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.avatar import params as P
+from engine.avatar.dual import DualInputs, dual_branch_train
+from engine.avatar.invert import Inversion, invert_3d, latent_statistics, pivotal_tuning
+from emoji3d.pipeline_config import PipelineConfig
+from engine.avatar.steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress
+from engine.avatar.stylize import finetune_style
+from engine.avatar.warp import rescale_similarity, warp_to_frame
+
+ENGINE_VERSION = "0.1.0"
+
+FFHQ_FRAME = 1024  # the 2D crop frame in which crop2d_to_crop3d is expressed
+EG3D_FRAME = 512   # the 3D crop frame
+
+# What the per-style and per-user stages tune: the whole synthesis side, as
+# JoJoGAN (2D) and PTI (3D) do; the mapping networks stay fixed.
+TUNE_PREFIXES_2D = ("synthesis.",)
+TUNE_PREFIXES_3D = ("backbone.synthesis.", "decoder.", "superresolution.")
+
+
+
+class Distance(Protocol):
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class Networks:
+    """The loaded networks. ``preset`` is "pretrained" or "slim"."""
+
+    g2d: nn.Module                     # StyleGAN2 Generator (mapping + synthesis)
+    d2d: nn.Module                     # its Discriminator (features for Eq. 4)
+    e4e: nn.Module                     # Encoder4Editing
+    e4e_latent_avg: torch.Tensor       # [n_styles, 512] or [512]
+    g3d: nn.Module                     # EG3D TriPlaneGenerator
+    lpips: Distance                    # (a, b) in [-1, 1] -> [B]
+    id_loss: Distance | None           # ArcFace identity loss, or None
+    preset: str
+    weights_id: str                    # identifies the base weights (cache keys)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.g3d.parameters()).device
+
+
+@dataclass
+class PortraitInputs:
+    """A face prepared by ``engine.face.analyze`` for both branches.
+
+    The images are None for a portrait rebuilt from its per-selfie artifact
+    after the photo itself was deleted (``Pipeline.cached_portrait``): stages
+    3 and 4 come from the cache then, and stage 5 never reads the photo.
+    """
+
+    image_2d: torch.Tensor | None  # [1, 3, S, S] FFHQ-aligned crop, any S (resized here)
+    image_3d: torch.Tensor | None  # [1, 3, S', S'] EG3D crop, any S'
+    camera: torch.Tensor           # [1, 25] EG3D label estimated from the photo
+    crop2d_to_crop3d: torch.Tensor  # [2, 3] pixels, FFHQ 1024 frame -> EG3D 512 frame
+    key: str                       # digest of the source image (cache key)
+
+
+@dataclass
+class AvatarResult:
+    w_e: torch.Tensor               # [L2, 512]
+    w_2d: torch.Tensor              # [1, L2, 512]
+    w_3d: torch.Tensor              # [1, L3, 512]
+    noise: dict[str, torch.Tensor]  # EG3D backbone noise maps
+    camera: torch.Tensor            # [1, 25]
+    delta_2d: dict[str, torch.Tensor]        # style finetune, fp16
+    delta_pti: dict[str, torch.Tensor]       # pivotal tuning, fp16
+    delta_stylized: dict[str, torch.Tensor]  # after dual-branch training, fp16
+    logs: dict[str, StageLog] = field(default_factory=dict)
+    preset: str = "slim"
+    engine_version: str = ENGINE_VERSION
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {k: v.seconds for k, v in self.logs.items()}
+
+    def skipped(self) -> list[str]:
+        return [k for k, v in self.logs.items() if v.skipped]
+
+
+class ArtifactCache(Protocol):
+    def get(self, kind: str, key: str) -> bytes | None: ...
+    def put(self, kind: str, key: str, data: bytes) -> None: ...
+
+
+class MemoryCache:
+    """An in-process ArtifactCache (tests, one-off CLI runs)."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, str], bytes] = {}
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        return self.store.get((kind, key))
+
+    def put(self, kind: str, key: str, data: bytes) -> None:
+        self.store[(kind, key)] = data
+
+
+def pack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta or {})
+
+
+def unpack_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def _split(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+
+def _with_prefix(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in d.items()}
+
+
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    if img.shape[-1] == size:
+        return img
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=img.shape[-1] > size)
+
+
+class Pipeline:
+    def __init__(self, nets: Networks, cfg: PipelineConfig = PipelineConfig()) -> None:
+        self.nets = nets
+        self.cfg = cfg
+
+    # -- bound network calls ----------------------------------------------------------
+    @property
+    def res_2d(self) -> int:
+        return int(self.nets.g2d.img_resolution)
+
+    @property
+    def res_3d(self) -> int:
+        return int(self.nets.g3d.config.img_resolution)
+
+    def synthesis_2d(self, params: P.Params, ws: torch.Tensor) -> torch.Tensor:
+        return P.call(self.nets.g2d.synthesis, _split("synthesis.", params), ws, noise_mode="const")
+
+    def mapping_2d(self, z: torch.Tensor) -> torch.Tensor:
+        return self.nets.g2d.mapping(z, None)
+
+    def features_2d(self, img: torch.Tensor) -> list[torch.Tensor]:
+        return self.nets.d2d.features(img)
+
+    def noise_names_3d(self) -> list[str]:
+        return self.nets.g3d.backbone.synthesis.noise_layer_names()
+
+    def noise_shapes_3d(self) -> list[tuple[int, ...]]:
+        """[1, 1, r, r] per noise layer name 'b<r>.convK'."""
+        return [(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0])) for n in self.noise_names_3d()]
+
+    def render_3d(self, params: P.Params, ws: torch.Tensor, c: torch.Tensor, noise) -> torch.Tensor:
+        """EG3D image [B, 3, S, S] for W+ ``ws`` at camera ``c`` with the given weights and noise."""
+        noise_inputs = noise if isinstance(noise, dict) else dict(zip(self.noise_names_3d(), noise))
+        g = self.nets.g3d
+        if not params:
+            return g.synthesis(ws, c, noise_inputs=noise_inputs)["image"]
+        return P.call_with(g, params, _synthesis, ws, c, noise_inputs)["image"]
+
+    # -- stages -------------------------------------------------------------------------
+    def encode(self, image_2d: torch.Tensor) -> torch.Tensor:
+        """e4e W+ [B, L, 512] of an FFHQ-aligned crop in [-1, 1]."""
+        from engine.nets.e4e import encode
+
+        with torch.no_grad():
+            ws = encode(self.nets.e4e, _resize(image_2d, 256), self.nets.e4e_latent_avg)
+        expected = self.nets.g2d.num_ws
+        if ws.shape[1] != expected:
+            raise ValueError(f"e4e gives {ws.shape[1]} styles but the 2D generator takes {expected}")
+        return ws
+
+    def style_key(self, exemplar: PortraitInputs) -> str:
+        return f"{exemplar.key}:{self.cfg.digest('style')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+
+    def portrait_key(self, portrait_key: str) -> str:
+        return f"{portrait_key}:{self.cfg.digest('inversion', 'pti')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+
+    def cached_portrait(self, portrait_key: str, cache: ArtifactCache) -> PortraitInputs | None:
+        """The portrait as far as stages 5+ need it (camera, crop transform), from its
+        per-selfie artifact alone; None when nothing is cached for it."""
+        blob = cache.get("portrait_3d", self.portrait_key(portrait_key))
+        if blob is None:
+            return None
+        t = unpack_tensors(blob)
+        return PortraitInputs(image_2d=None, image_3d=None, camera=t["camera"],
+                              crop2d_to_crop3d=t["crop2d_to_crop3d"].double(), key=portrait_key)
+
+    def stylize_2d(self, exemplar: PortraitInputs, generator: torch.Generator, progress: ProgressFn = no_progress,
+                   should_cancel: CancelFn = never_cancel,
+                   cache: ArtifactCache | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], StageLog]:
+        """Stage 1 (exemplar) + 2. Returns (w_e [L,512], delta_2d, log); cached per style."""
+        key = self.style_key(exemplar)
+        if cache is not None and (blob := cache.get("style_2d", key)) is not None:
+            t = unpack_tensors(blob)
+            log = StageLog("style_finetune", skipped=True)
+            progress("style_finetune", 1, 1)
+            return t["w_e"], _split("delta.", t), log
+        y_e = _resize(exemplar.image_2d, self.res_2d)
+        w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
+        params = P.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
+        log = finetune_style(params, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,
+                             self.cfg.style, generator, progress, should_cancel)
+        delta = P.compute_delta(params, self.nets.g2d)
+        if cache is not None:
+            cache.put("style_2d", key, pack_tensors({"w_e": w_e, **_with_prefix("delta.", delta)}))
+        return w_e, delta, log
+
+    def invert_portrait(self, portrait: PortraitInputs, generator: torch.Generator,
+                        progress: ProgressFn = no_progress, should_cancel: CancelFn = never_cancel,
+                        cache: ArtifactCache | None = None) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
+        """Stages 1 (portrait) + 3 + 4, cached per selfie. Returns (w_2d, pivot, delta_pti, logs)."""
+        key = self.portrait_key(portrait.key)
+        if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
+            t = unpack_tensors(blob)
+            names = self.noise_names_3d()
+            pivot = Inversion(t["w_3d"], [t[f"noise.{n}"] for n in names], StageLog("invert_3d", skipped=True))
+            progress("pivotal_tuning", 1, 1)
+            return t["w_2d"], pivot, _split("delta.", t), [pivot.log, StageLog("pivotal_tuning", skipped=True)]
+        if portrait.image_2d is None or portrait.image_3d is None:
+            raise ValueError(f"portrait {portrait.key}: no photo and no cached inversion")
+        dev = self.nets.device
+        w_2d = self.encode(portrait.image_2d.to(dev))
+        target = _resize(portrait.image_3d.to(dev), self.res_3d)
+        c = portrait.camera.to(dev)
+        g3d = self.nets.g3d
+        cond = c  # EG3D conditions the mapping on the camera of the photo
+        w_avg, w_std = latent_statistics(lambda z: g3d.mapping(z, cond.expand(z.shape[0], -1)),
+                                         self.cfg.inversion.w_avg_samples, g3d.config.z_dim, generator, dev)
+        pivot = invert_3d(target, c, self.render_3d, self.nets.lpips, w_avg, w_std, self.noise_shapes_3d(),
+                          g3d.num_ws, self.cfg.inversion, generator, progress, should_cancel)
+        params = P.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
+        pti_log = pivotal_tuning(params, target, pivot, c, self.render_3d, self.nets.lpips,
+                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, should_cancel)
+        delta = P.compute_delta(params, g3d)
+        if cache is not None:
+            names = self.noise_names_3d()
+            cache.put("portrait_3d", key, pack_tensors({
+                "w_2d": w_2d, "w_3d": pivot.ws, "camera": portrait.camera,
+                "crop2d_to_crop3d": portrait.crop2d_to_crop3d.double(),
+                **{f"noise.{n}": v for n, v in zip(names, pivot.noise)},
+                **_with_prefix("delta.", delta)}))
+        return w_2d, pivot, delta, [pivot.log, pti_log]
+
+    def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> Distance | None:
+        """ArcFace expects FFHQ-aligned faces: carry EG3D-frame images back
+        into the FFHQ frame (256 px) before its standard ID crop."""
+        if self.nets.id_loss is None or self.cfg.pti.lambda_id <= 0:
+            return None
+        m = rescale_similarity(portrait.crop2d_to_crop3d, 1.0, self.res_3d / EG3D_FRAME)
+        full = torch.cat([m, torch.tensor([[0.0, 0.0, 1.0]], dtype=m.dtype)])
+        back = rescale_similarity(torch.linalg.inv(full)[:2], 1.0, 256 / FFHQ_FRAME)  # res_3d px -> FFHQ 256 px
+        id_loss = self.nets.id_loss
+
+        def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            to_ffhq = lambda img: warp_to_frame(img, back.to(torch.float32), 256)[0]  # noqa: E731
+            return id_loss(to_ffhq(a), to_ffhq(b))
+
+        return loss
+
+    def __call__(self, portrait: PortraitInputs, exemplar: PortraitInputs, *, seed: int = 0,
+                 progress: ProgressFn = no_progress, should_cancel: CancelFn = never_cancel,
+                 cache: ArtifactCache | None = None) -> AvatarResult:
+        dev = self.nets.device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        logs: dict[str, StageLog] = {}
+        t0 = time.perf_counter()
+        w_e, delta_2d, style_log = self.stylize_2d(exemplar, gen, progress, should_cancel, cache)
+        logs["style_finetune"] = style_log
+        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, should_cancel, cache)
+        logs["invert_3d"], logs["pivotal_tuning"] = inv_logs
+
+        params_2d = {k: v.requires_grad_(True) for k, v in P.apply_delta(self.nets.g2d, delta_2d).items()} \
+            if delta_2d else P.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
+        params_3d = P.apply_delta(self.nets.g3d, delta_pti)
+        params_3d = {**P.trainable_copy(self.nets.g3d, include=TUNE_PREFIXES_3D), **params_3d}
+        for v in params_3d.values():
+            v.requires_grad_(True)
+        m = rescale_similarity(portrait.crop2d_to_crop3d, self.res_2d / FFHQ_FRAME, self.res_3d / EG3D_FRAME)
+        warp = lambda img: warp_to_frame(img, m.to(torch.float32), self.res_3d)  # noqa: E731
+        inputs = DualInputs(
+            w_2d=w_2d, w_e=w_e, exemplar_2d=_resize(exemplar.image_2d.to(dev), self.res_2d),
+            exemplar_3d=_resize(exemplar.image_3d.to(dev), self.res_3d), pivot=pivot,
+            c=portrait.camera.to(dev), warp=warp)
+        logs["dual_branch"] = dual_branch_train(
+            params_3d, params_2d, inputs, self.render_3d, self.synthesis_2d, self.mapping_2d, self.features_2d,
+            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress, should_cancel)
+        delta_stylized = P.compute_delta(params_3d, self.nets.g3d)
+        names = self.noise_names_3d()
+        logs["total"] = StageLog("total", seconds=time.perf_counter() - t0)
+        return AvatarResult(
+            w_e=w_e, w_2d=w_2d, w_3d=pivot.ws, noise=dict(zip(names, pivot.noise)), camera=portrait.camera,
+            delta_2d=delta_2d, delta_pti=delta_pti, delta_stylized=delta_stylized, logs=logs,
+            preset=self.nets.preset)
+
+    # -- using a result -----------------------------------------------------------------
+    def generator_params(self, result: AvatarResult, strength: float) -> P.Params:
+        """EG3D weights at style strength s: 0 = photo-real (PTI), 1 = fully stylized."""
+        g = self.nets.g3d
+        return P.interpolate(g, P.apply_delta(g, result.delta_pti), P.apply_delta(g, result.delta_stylized),
+                             float(strength))
+
+
+def _synthesis(g3d: nn.Module, ws, c, noise_inputs) -> dict:
+    return g3d.synthesis(ws, c, noise_inputs=noise_inputs)
+
+
+def result_to_bytes(result: AvatarResult) -> bytes:
+    """The compact, storable form of an avatar (safetensors)."""
+    tensors = {"w_e": result.w_e, "w_2d": result.w_2d, "w_3d": result.w_3d, "camera": result.camera,
+               **_with_prefix("noise.", result.noise), **_with_prefix("delta_2d.", result.delta_2d),
+               **_with_prefix("delta_pti.", result.delta_pti),
+               **_with_prefix("delta_stylized.", result.delta_stylized)}
+    meta = {"preset": result.preset, "engine_version": result.engine_version,
+            "logs": json.dumps({k: v.summary() for k, v in result.logs.items()})}
+    return pack_tensors(tensors, meta)
+
+
+def result_from_bytes(data: bytes) -> AvatarResult:
+    t = unpack_tensors(data)
+    meta = _read_metadata(data)
+    return AvatarResult(
+        w_e=t["w_e"], w_2d=t["w_2d"], w_3d=t["w_3d"], noise=_split("noise.", t), camera=t["camera"],
+        delta_2d=_split("delta_2d.", t), delta_pti=_split("delta_pti.", t),
+        delta_stylized=_split("delta_stylized.", t), preset=meta.get("preset", "slim"),
+        engine_version=meta.get("engine_version", ENGINE_VERSION))
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    return header.get("__metadata__", {}) or {}

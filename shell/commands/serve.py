@@ -1,0 +1,128 @@
+"""``emoji3d serve``: the enabled chat front ends, the scheduler, and a supervised engine.
+
+The engine runs as its own process (``emoji3d engine``), restarted by
+:class:`~shell.supervisor.Supervisor` if it dies. Front ends and the
+scheduler run here; they talk to the engine only through the database queue.
+SIGTERM/SIGINT stop everything in order: front ends and scheduler first (no
+new work), then the engine, which finishes or releases its current job.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+
+from emoji3d.config import Config, enabled_frontends, load_config
+from storage.connect import open_storage
+from shell.supervisor import Supervisor
+
+log = logging.getLogger("shell.commands.serve")
+
+# front end name -> module exposing run(cfg, stop_event) (blocking until stop_event is set)
+FRONTENDS = {"telegram": "bots.telegram.app", "discord": "bots.discord.app"}
+
+
+def engine_argv(config_path: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "shell.cli"]
+    if config_path:
+        argv += ["--config", config_path]
+    return argv + ["engine"]
+
+
+def _start_frontends(cfg: Config, stop: threading.Event) -> list[threading.Thread]:
+    enabled, notices = enabled_frontends(cfg)
+    for line in notices:
+        print(line, flush=True)
+    threads = []
+    for name in enabled:
+        try:
+            module = importlib.import_module(FRONTENDS[name])
+        except ModuleNotFoundError as exc:
+            if exc.name and FRONTENDS[name].startswith(exc.name):
+                print(f"{name}: token is set, but this build has no {name} front end yet", flush=True)
+                continue
+            raise
+        t = threading.Thread(target=module.run, args=(cfg, stop), name=f"frontend-{name}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def _start_scheduler(cfg: Config, db):
+    from emoji3d.orders import ENGINE_VERSION
+    from shell.scheduler import Schedule, start_scheduler
+
+    schedules = [Schedule(s.id, s.cron, s.action, dict(s.selector)) for s in cfg.schedules]
+    scheduler, _report = start_scheduler(db, schedules, ENGINE_VERSION)
+    return scheduler
+
+
+def maintenance_once(cfg: Config, db, blobs) -> dict:
+    """Privacy and disk hygiene: expired selfies, unused per-user artifacts, unreferenced blobs."""
+    from storage import artifacts, selfies
+
+    purged = selfies.purge_expired(db, blobs)
+    evicted = artifacts.evict_unused(db, blobs, cfg.privacy.artifact_retention_days * 86400.0)
+    gc = blobs.gc()
+    return {"selfies_purged": purged, "artifacts_evicted": evicted, "gc": gc}
+
+
+def _maintenance_loop(cfg: Config, db, blobs, stop: threading.Event, every_seconds: float = 600.0) -> None:
+    while True:
+        try:
+            log.info("maintenance: %s", maintenance_once(cfg, db, blobs))
+        except Exception:  # keep serving; the next round retries
+            log.exception("maintenance failed")
+        if stop.wait(every_seconds):
+            return
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emoji3d serve", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="path to config.toml")
+    p.add_argument("--no-engine", action="store_true", help="do not start an engine (one runs elsewhere)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    from storage.style_catalog import sync_global_styles
+
+    db, blobs = open_storage(cfg)
+    for style, what in sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels):
+        if what != "unchanged":
+            print(f"style {style.name}: {what} (finetune queued)", flush=True)
+    engine = None
+    if not args.no_engine:
+        engine = Supervisor(
+            "engine", engine_argv(args.config),
+            backoff_seconds=cfg.engine.restart_backoff_seconds,
+            grace_seconds=float(cfg.engine.lease_seconds),
+        )
+        engine.start()
+    sched = _start_scheduler(cfg, db)
+    threading.Thread(target=_maintenance_loop, args=(cfg, db, blobs, stop), name="maintenance", daemon=True).start()
+    threads = _start_frontends(cfg, stop)
+    print("serving; stop with Ctrl-C or SIGTERM", flush=True)
+    stop.wait()
+
+    for t in threads:
+        t.join(timeout=30)
+    if sched is not None:
+        sched.shutdown(wait=False)
+    code = engine.stop() if engine else 0
+    log.info("engine stopped with code %s", code)
+    db.dispose()
+    print("stopped", flush=True)
+    return 0

@@ -1,0 +1,64 @@
+"""``emoji3d styles``: list, sync, add or remove global and house styles."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from emoji3d.config import load_config
+from storage.connect import open_storage
+
+
+def _community(db, spec: str | None) -> int | None:
+    if not spec:
+        return None
+    platform, sep, platform_id = spec.partition(":")
+    if not sep or platform not in ("telegram", "discord") or not platform_id:
+        raise SystemExit(f"emoji3d styles: --community must look like telegram:<chat id> or discord:<guild id>, got {spec!r}")
+    from storage.communities import get_or_create_community
+
+    return get_or_create_community(db, platform, platform_id).id
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="emoji3d styles", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="path to config.toml")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("list", help="list styles (global, or one community's with --community)")
+    ls.add_argument("--community", metavar="PLATFORM:ID", help="e.g. telegram:-100123 or discord:4567")
+    sub.add_parser("sync", help="mirror the styles folder into the database (enqueues finetunes for changes)")
+    add = sub.add_parser("add", help="add a style from an image (global unless --community)")
+    add.add_argument("name")
+    add.add_argument("image", type=pathlib.Path)
+    add.add_argument("--community", metavar="PLATFORM:ID", help="owner community (default: a global style)")
+    rm = sub.add_parser("remove", help="remove a style")
+    rm.add_argument("name")
+    rm.add_argument("--community", metavar="PLATFORM:ID")
+    args = p.parse_args(argv)
+
+    from storage import styles as st
+
+    from storage.style_catalog import add_house_style, remove_style, sync_global_styles
+
+    cfg = load_config(args.config)
+    db, blobs = open_storage(cfg)
+    try:
+        community_id = _community(db, getattr(args, "community", None))
+        if args.cmd == "sync":
+            for style, what in sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels):
+                print(f"{style.name:<24} v{style.version:<3} {what}")
+        elif args.cmd == "list":
+            sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels)
+            rows = st.list_styles(db, community_id=community_id)
+            print(f"{'name':<24} {'scope':<16} {'version':>7}  status")
+            for s in rows:
+                print(f"{s.name:<24} {s.scope:<16} {s.version:>7}  {s.status}")
+        elif args.cmd == "add":
+            style = add_house_style(db, blobs, args.name, args.image.read_bytes(), community_id=community_id,
+                                    added_by=None, max_megapixels=cfg.limits.max_image_megapixels)
+            print(f"added {style.name} ({style.scope}); its finetune is queued at batch priority")
+        elif args.cmd == "remove":
+            style = remove_style(db, args.name, community_id=community_id)
+            print(f"removed {style.name} ({style.scope})")
+    finally:
+        db.dispose()
+    return 0

@@ -1,0 +1,15 @@
+"""Opening the storage that config.toml describes, the same way in every process."""
+from __future__ import annotations
+
+from emoji3d.config import Config
+
+
+def open_storage(cfg: Config):
+    """(Database, BlobStore) for ``cfg``: migrations applied, blob limits and GC grace from config."""
+    from storage.blobs import BlobStore
+    from storage.db import open_database
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_database(cfg.database_url)
+    return db, BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20,
+                         gc_grace_seconds=cfg.blobs.gc_grace_seconds)

@@ -1,0 +1,112 @@
+import re
+import subprocess
+import sys
+
+import pytest
+
+from emoji3d.config import Config, ConfigError, PackConfig, enabled_frontends, load_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+def test_repository_config_is_valid(repo_root):
+    cfg = load_config(repo_root / "config.toml", env={})
+    assert isinstance(cfg, Config)
+    assert cfg.database_url.startswith("sqlite:///")
+    assert cfg.weights_manifest.name == "manifest.toml"
+    assert {s.action for s in cfg.schedules} == {"regenerate_style_packs", "regenerate_outdated_packs"}
+    assert cfg.pack == PackConfig()  # the shipped pack is the built-in default (one definition)
+
+
+def test_defaults_apply_for_an_empty_file(tmp_path):
+    cfg = load_config(write(tmp_path, ""), env={})
+    assert cfg.engine.lease_seconds == 120
+    assert cfg.data_dir == tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[engine]\nlease_secnds = 5\n", "unknown key 'engine.lease_secnds'"),
+        ("[enigne]\n", "unknown key 'enigne'"),
+        ("[engine]\nlease_seconds = 'soon'\n", "engine.lease_seconds must be an integer >= 5 <= 3600, got 'soon'"),
+        ("[engine]\nlease_seconds = 2\n", "engine.lease_seconds must be an integer >= 5"),
+        ("[engine]\ndevice = 'tpu'\n", "engine.device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        ("[telegram]\nenabled = 1\n", "telegram.enabled must be true or false, got 1"),
+        ("[engine]\nlease_seconds = 10\nheartbeat_seconds = 10\n", "engine.heartbeat_seconds must be smaller"),
+        ("[[schedules]]\nid='a'\ncron='61 * * * *'\naction='regenerate_outdated_packs'\n", "schedules[a].cron"),
+        ("[[schedules]]\nid='a'\ncron='0 3 * * 1'\naction='regenerate_outdated_packs'\n", "day of week must be"),
+        ("[[schedules]]\nid='a'\ncron='0 3 * * *'\naction='regenerate_outdated_packs'\nselector={style='x'}\n",
+         "schedules[a].selector: unknown key 'style'"),
+        ("[[schedules]]\nid='a'\ncron='* * * * *'\naction='explode'\n", "schedules[0].action must be one of"),
+        ("[[schedules]]\ncron='* * * * *'\naction='regenerate_outdated_packs'\n", "missing required key 'schedules[0].id'"),
+        ("engine = 3\n", "engine must be a table"),
+        ("[pipeline.dual]\nlr_3d = 0\n", "config.toml: pipeline.dual.lr_3d must be > 0, got 0.0"),
+        ("[pipeline.style]\nalpha = 2\n", "pipeline.style.alpha must be within [0, 1]"),
+        ("[pipeline.pti]\nsteps = 'many'\n", "pipeline.pti.steps must be an integer, got 'many'"),
+        ("[pipeline.inversoin]\n", "unknown key 'pipeline.inversoin'"),
+        ("[engine\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_gives_one_line_naming_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith("config.toml: ")
+
+
+def test_tokens_come_from_environment_and_never_print(tmp_path):
+    cfg = load_config(write(tmp_path, ""), env={"TELEGRAM_BOT_TOKEN": "123:SECRET"})
+    assert cfg.telegram_token.reveal() == "123:SECRET"
+    assert "SECRET" not in repr(cfg) and "SECRET" not in str(cfg)
+    enabled, notices = enabled_frontends(cfg)
+    assert enabled == ["telegram"]
+    assert notices == ["discord: disabled because DISCORD_BOT_TOKEN is not set"]
+
+
+def test_disabled_frontend_notice(tmp_path):
+    cfg = load_config(write(tmp_path, "[telegram]\nenabled = false\n"), env={"TELEGRAM_BOT_TOKEN": "x"})
+    assert enabled_frontends(cfg)[0] == []
+
+
+def test_cli_exits_nonzero_with_one_line_on_bad_config(tmp_path):
+    bad = write(tmp_path, "[engine]\nlease_seconds = -1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "shell.cli", "--config", str(bad), "jobs", "list"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["config.toml: engine.lease_seconds must be an integer >= 5 <= 3600, got -1"]
+
+
+def test_loading_the_config_does_not_import_torch(repo_root):
+    code = ("import sys; from emoji3d.config import load_config; "
+            f"load_config({str(repo_root / 'config.toml')!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_sticker_motions_match_the_renderer():
+    from emoji3d.config import MOTIONS
+    from engine.render.frames import MOTIONS as RENDER_MOTIONS
+
+    assert MOTIONS == RENDER_MOTIONS
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[[pack.stickers]]\nname='a'\nemoji='x'\nmotion='spin'\n", "pack.stickers[0].motion must be one of"),
+    ("[[pack.stickers]]\nname='a'\nemoji='x'\n", "neither moves nor changes expression"),
+    ("[[pack.stickers]]\nname='a'\nemoji='x'\nmotion='nod'\n[[pack.stickers]]\nname='a'\nemoji='y'\nmotion='nod'\n",
+     "pack.stickers[].name must be unique"),
+    ("[pack]\nfps = 60\n", "pack.fps must be a number > 0 <= 30"),
+])
+def test_bad_pack_definitions_are_refused(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, text), env={})

@@ -1,0 +1,113 @@
+"""The README's main job and `emoji3d serve`, as real processes on a temporary data folder."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+EMOJI3D = [sys.executable, "-m", "shell.cli"]
+
+
+@pytest.fixture()
+def config(tmp_path, repo_root):
+    text = (repo_root / "config.toml").read_text()
+    text = text.replace('data_dir = "data"', f'data_dir = "{tmp_path / "data"}"')
+    text = text.replace('styles_dir = "styles"', f'styles_dir = "{repo_root / "styles"}"')
+    text = text.replace("lease_seconds = 120", "lease_seconds = 30")
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def run(args, timeout=600, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TELEGRAM_BOT_TOKEN": "", "DISCORD_BOT_TOKEN": ""}
+    return subprocess.run(EMOJI3D + args, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root):
+    out = tmp_path / "out"
+    args = ["--config", str(config), "make", "--selfie", str(repo_root / "samples" / "selfie.jpg"),
+            "--style", "toon", "--out", str(out), "--steps", "1"]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "USING SLIM RANDOM WEIGHTS" in proc.stderr  # never passed off as a real avatar
+    result = json.loads((out / "result.json").read_text())
+    assert result["preset"] == "slim"
+    # No boundary file is installed in a fresh data folder: the expression stickers are reported, not faked.
+    assert result["missing"] and all(f"NOT MADE: {line}" in proc.stderr for line in result["missing"])
+    assert [s["name"] for s in result["stickers"]] == ["turn", "nod"]
+    produced = sorted(p.name for p in out.iterdir())
+    assert "avatar.safetensors" in produced and any(n.startswith("avatar_view") for n in produced)
+    assert {"preview.png", "preview.html", "00_turn.telegram_video.webm", "01_nod.telegram_video.webm"} <= set(produced)
+    from engine.stickers.verify import verify
+
+    for name in produced:
+        if name.endswith(".webm"):
+            assert verify(out / name, "telegram_video").ok, name
+        if ".discord_sticker." in name:
+            assert verify(out / name, "discord_sticker").ok, name
+    # The same order again is the same job: nothing is recomputed.
+    again = run(args, timeout=120)
+    assert again.returncode == 0 and "loading the networks" not in again.stderr
+    # The same selfie with another style reuses the stored inversion and pivotal tuning.
+    from PIL import Image
+
+    other_style = tmp_path / "other_style.png"
+    Image.open(repo_root / "styles" / "toon" / "exemplar.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other_style)
+    args2 = [a if a != "toon" else str(other_style) for a in args]
+    second = run(args2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    result2 = json.loads((out / "result.json").read_text())
+    assert {"invert_3d", "pivotal_tuning"} <= set(result2["skipped"]) and "style_finetune" not in result2["skipped"]
+
+
+def test_make_refuses_a_non_image_with_the_friendly_text(config, tmp_path):
+    bad = tmp_path / "selfie.jpg"
+    bad.write_bytes(b"definitely not a photo")
+    proc = run(["--config", str(config), "make", "--selfie", str(bad), "--style", "toon"], timeout=120)
+    assert proc.returncode == 2
+    assert "isn't an image I can read" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (each thread lists the children it started)."""
+    out = []
+    for task in pathlib.Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return sorted(out)
+
+
+def test_serve_supervises_the_engine_and_stops_cleanly(config):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TELEGRAM_BOT_TOKEN": "", "DISCORD_BOT_TOKEN": ""}
+    proc = subprocess.Popen(EMOJI3D + ["--config", str(config), "serve"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [engine] = _children(proc.pid)
+        os.kill(engine, signal.SIGKILL)  # a crashed engine is restarted
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _children(proc.pid) in ([], [engine]):
+            time.sleep(0.2)
+        restarted = _children(proc.pid)
+        assert restarted and restarted != [engine]
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert "telegram: disabled because TELEGRAM_BOT_TOKEN is not set" in output
+    assert "discord: disabled because DISCORD_BOT_TOKEN is not set" in output
+    assert "stopped" in output

@@ -1,0 +1,55 @@
+import pytest
+
+from emoji3d import orders
+from storage import jobs, packs, users
+from storage.blobs import BlobStore
+from storage.db import open_database
+
+
+@pytest.fixture()
+def store(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    yield db, BlobStore(db, tmp_path / "blobs", gc_grace_seconds=0)
+    db.dispose()
+
+
+def order_for(db, blobs, **kw):
+    user = users.get_or_create_user(db, "telegram", "42")
+    selfie = blobs.put_bytes(b"selfie bytes")
+    style = blobs.put_bytes(b"my own style image")
+    return orders.PackOrder(user_id=user.id, selfie_digest=selfie, exemplar_digest=style, platform="telegram", **kw)
+
+
+def test_the_same_order_twice_is_one_pack_and_one_job(store):
+    db, blobs = store
+    order = order_for(db, blobs, strength=0.7)
+    pack1, job1 = orders.order_pack(db, order)
+    pack2, job2 = orders.order_pack(db, order)
+    assert (pack1.id, job1) == (pack2.id, job2)
+    assert jobs.get_job(db, job1).payload["pack_id"] == pack1.id
+    other, job3 = orders.order_pack(db, orders.PackOrder(**{**order.to_payload(), "strength": 1.0}))
+    assert job3 != job1 and other.id != pack1.id
+
+
+def test_an_uploaded_style_image_survives_gc_while_queued_and_goes_with_the_user(store):
+    db, blobs = store
+    order = order_for(db, blobs)
+    pack, _ = orders.order_pack(db, order)
+    blobs.gc(grace_seconds=0)
+    assert blobs.exists(order.exemplar_digest)
+    users.delete_user(db, blobs, order.user_id)
+    assert not blobs.exists(order.exemplar_digest)
+    with pytest.raises(packs.PackNotFound):
+        packs.get_pack(db, pack.id)
+
+
+def test_engine_version_is_one_value(repo_root):
+    from engine.avatar.pipeline import ENGINE_VERSION
+
+    assert orders.ENGINE_VERSION == ENGINE_VERSION
+
+
+def test_result_round_trips():
+    r = orders.PackResult(pack_id=3, preset="slim", stickers=[orders.StickerFiles(0, "turn", "🙂", {"telegram_video": "ab"})])
+    back = orders.PackResult.from_dict(r.to_dict())
+    assert back == r and back.blob_digests() == ["ab"]
