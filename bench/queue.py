@@ -39,20 +39,20 @@ def _wait_go(go: str) -> None:
 
 
 def producer(url: str, prefix: str, n: int, go: str, out: str) -> None:
-    from storage import jobs as q
+    from storage import jobs
     from storage.db import open_database
 
     db = open_database(url)
     _wait_go(go)
     t0 = time.time()
     for i in range(n):
-        q.enqueue(db, "bench", {"i": i}, f"{prefix}-{i}", priority="batch" if i % 2 else "interactive")
+        jobs.enqueue(db, "bench", {"i": i}, f"{prefix}-{i}", priority="batch" if i % 2 else "interactive")
     Path(out).write_text(json.dumps({"start": t0, "end": time.time(), "n": n}))
     db.dispose()
 
 
 def worker(url: str, wid: str, lease: float, go: str, producers_done: str | None, out: str) -> None:
-    from storage import jobs as q
+    from storage import jobs
     from storage.db import open_database
 
     db = open_database(url)
@@ -60,18 +60,18 @@ def worker(url: str, wid: str, lease: float, go: str, producers_done: str | None
     t0 = time.time()
     claimed: list[int] = []
     while True:
-        job = q.claim(db, wid, lease)
+        job = jobs.claim(db, wid, lease)
         if job is None:
             if producers_done is None or os.path.exists(producers_done):
                 # Producers finished: one more look, then stop.
-                job = q.claim(db, wid, lease)
+                job = jobs.claim(db, wid, lease)
                 if job is None:
                     break
             else:
                 time.sleep(0.001)
                 continue
         claimed.append(job.id)
-        q.complete(db, job.id, job.lease_token, {"by": wid})
+        jobs.complete(db, job.id, job.lease_token, {"by": wid})
     Path(out).write_text(json.dumps({"start": t0, "end": time.time(), "claimed": claimed}))
     db.dispose()
 
@@ -100,14 +100,14 @@ def _double_claims(outs: list[Path]) -> tuple[int, int]:
 
 
 def _db_check(url: str, expected: int) -> int:
-    from storage import jobs as q
+    from storage import jobs
     from storage.db import open_database
 
     db = open_database(url)
-    jobs = q.list_jobs(db, limit=expected * 2 + 10)
+    listed = jobs.list_jobs(db, limit=expected * 2 + 10)
     db.dispose()
-    bad = [j for j in jobs if j.status != "succeeded" or j.attempts != 1]
-    return len(bad) + abs(len(jobs) - expected)
+    bad = [j for j in listed if j.status != "succeeded" or j.attempts != 1]
+    return len(bad) + abs(len(listed) - expected)
 
 
 def scenario(tmp: Path, n_prod: int, n_work: int, per: int, lease: float) -> list[dict]:

@@ -36,7 +36,7 @@ from typing import Any, Awaitable, Callable
 
 from emoji3d import orders
 from emoji3d.config import Config
-from emoji3d.errors import FileTooLargeError, NoFaceError, UserFacingError
+from emoji3d.errors import FileTooLargeError, NoFaceError, StyleHasNoFace, UserFacingError
 from emoji3d.images import DecodeLimits, decode_image
 from emoji3d.texts import BOT, message, text
 from storage.style_catalog import add_house_style, remove_style
@@ -64,10 +64,6 @@ class NoSelfie(UserFacingError):
 
 class OwnStyleMissing(UserFacingError):
     key = "own_style_missing"
-
-
-class StyleHasNoFace(UserFacingError):
-    key = "style_no_face"
 
 
 class ActiveJobExists(UserFacingError):
@@ -321,13 +317,13 @@ def place_order(res: BotResources, user: users.User, platform: str, *, preset: s
     if style_id is not None:
         previous = next((p for p in reversed(packs.list_packs(res.db, user.id))
                          if p.style_id == style_id and p.platform == platform and p.platform_set_name
-                         and p.status == "published"), None)
+                         and p.status == packs.PUBLISHED), None)
     order = orders.PackOrder(user_id=user.id, selfie_digest=selfie.blob_digest, exemplar_digest=exemplar,
                              strength=strength, platform=platform, style_id=style_id, style_version=version,
                              seed=seed, pack_id=previous.id if previous else None, regenerate=previous is not None)
-    pack, job_id = orders.order_pack(res.db, order)
+    pack, job_id = packs.order_pack(res.db, order)
     if previous is not None:
-        packs.update_pack(res.db, pack.id, status="pending")
+        packs.reopen(res.db, pack.id)
         pack = packs.get_pack(res.db, pack.id)
     return Placed(pack, job_id, previous is not None)
 
@@ -405,8 +401,7 @@ def cancel_open_job(res: BotResources, user: users.User, job_id: int | None = No
     pack_id = job.payload.get("pack_id")
     if status == "cancelled" and pack_id is not None:
         try:
-            if packs.get_pack(res.db, int(pack_id)).status in ("pending", "rendering"):
-                packs.update_pack(res.db, int(pack_id), status="failed")
+            packs.mark_failed(res.db, int(pack_id))
         except packs.PackNotFound:
             pass
     return status
@@ -443,7 +438,7 @@ class PackLine:
 def my_packs(res: BotResources, user: users.User) -> list[PackLine]:
     out = []
     for p in packs.list_packs(res.db, user.id):
-        if p.status == "superseded":
+        if p.status == packs.SUPERSEDED:
             continue
         name = None
         if p.style_id is not None:

@@ -45,9 +45,6 @@ from bots.core import BotResources, ProgressView, progress_view, should_edit
 
 log = logging.getLogger("emoji3d.notify")
 
-LIVE_PACK_STATUSES = ("pending", "rendering", "ready", "uploading")
-
-
 @dataclass
 class Watch:
     job_id: int
@@ -144,20 +141,8 @@ class Notifier:
         return found
 
     def _undelivered(self) -> list[tuple[packs.Pack, jobs.Job, users.User]]:
-        """This platform's packs whose job is open, unpublished, or finished after the pack was
-        last published. One query picks the candidates (index packs_platform_status), so a
-        rescan costs the same however many packs were delivered long ago."""
-        import sqlalchemy as sa
-
-        live = ", ".join(f"'{s}'" for s in LIVE_PACK_STATUSES)
-        final = ", ".join(f"'{s}'" for s in jobs.FINAL)
-        with self.res.db.read() as conn:
-            ids = [int(r[0]) for r in conn.execute(sa.text(
-                "SELECT p.id FROM packs p JOIN jobs j ON j.id = p.job_id "
-                "WHERE p.platform = :p AND ("
-                f" (p.status IN ({live}) AND (j.status NOT IN ({final}) OR j.status = 'succeeded'))"
-                " OR (p.status = 'published' AND j.status = 'succeeded' AND j.finished_at > p.updated_at)"
-                ") ORDER BY p.id"), {"p": self.platform})]
+        """This platform's packs still to deliver (:func:`storage.packs.undelivered_pack_ids`)."""
+        ids = packs.undelivered_pack_ids(self.res.db, self.platform)
         out = []
         for pid in ids:
             try:
@@ -169,8 +154,8 @@ class Notifier:
             if job is None or job.payload.get("pack_id") != pack.id:
                 continue
             # Re-checked on the loaded rows: the state may have moved since the query.
-            open_job = not job.done and pack.status in LIVE_PACK_STATUSES
-            unpublished = job.status == "succeeded" and pack.status in LIVE_PACK_STATUSES
+            open_job = not job.done and pack.status in packs.UNDELIVERED
+            unpublished = job.status == "succeeded" and pack.status in packs.UNDELIVERED
             regenerated = (job.status == "succeeded" and pack.status == "published"
                            and job.finished_at is not None and job.finished_at > pack.updated_at)
             if open_job or unpublished or regenerated:
@@ -221,8 +206,7 @@ class Notifier:
 
     def _mark_pack_failed(self, pack_id: int) -> None:
         try:
-            if packs.get_pack(self.res.db, pack_id).status in ("pending", "rendering"):
-                packs.update_pack(self.res.db, pack_id, status="failed")
+            packs.mark_failed(self.res.db, pack_id)
         except packs.PackNotFound:
             pass
 

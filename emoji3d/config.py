@@ -33,6 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from emoji3d.pipeline_config import PipelineConfig
+from emoji3d.schedules import Schedule, validate_schedule
 
 from emoji3d.errors import ConfigError
 
@@ -165,14 +166,6 @@ class PackConfig:
     views_per_pass: int = _c(0, ge=0, le=256, doc="cameras ray-marched per call; 0 = auto (8 on a GPU, 1 on a CPU)")
     boundaries: str = _c("", doc="boundary file; empty = <data_dir>/boundaries/eg3d.safetensors")
     stickers: tuple = _c(factory=_default_pack)  # tuple[StickerEntry, ...]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    id: str
-    cron: str
-    action: str = _c(choices=("regenerate_style_packs", "regenerate_outdated_packs"))
-    selector: dict = _c(factory=dict)
 
 
 @dataclass(frozen=True)
@@ -329,11 +322,9 @@ def _build(cls, data: dict, prefix: str):
             dup = next((i for i in ids if ids.count(i) > 1), None)
             if dup:
                 raise ConfigError(f"config.toml: schedules[].id must be unique, got {dup!r} twice")
-            from shell.scheduler import Schedule as StoredSchedule, validate_schedule
-
             for s in items:
                 try:
-                    validate_schedule(StoredSchedule(s.id, s.cron, s.action, dict(s.selector)))
+                    validate_schedule(s)
                 except ConfigError as exc:
                     raise ConfigError(f"config.toml: {exc}") from None
             kwargs[name] = tuple(items)

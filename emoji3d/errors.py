@@ -1,7 +1,7 @@
 """Errors that can reach a person.
 
 Every error a chat user (or a CLI user) may see is a :class:`UserFacingError`
-with a stable ``key``. The text shown to people lives in ``bots/texts.py`` and
+with a stable ``key``. The text shown to people lives in ``emoji3d/texts.py`` and
 is looked up by that key, so wording changes never touch engine code and tests
 assert on keys, not on sentences. ``params`` fill the placeholders of the text
 (e.g. ``{megapixels}``). ``str(err)`` is a plain English fallback for logs and
@@ -89,3 +89,25 @@ class EyesClosedError(UserFacingError):
     """Both eyes look closed (eye aspect ratio from the face mesh below the threshold)."""
 
     key = "eyes_closed"
+
+
+# --- Orders the engine cannot make (engine.tasks) ------------------------------
+
+
+class StyleHasNoFace(UserFacingError):
+    """The style image shows no face, so it cannot guide a face's style."""
+
+    key = "style_no_face"
+
+
+class SelfieGone(UserFacingError):
+    """A regeneration needs the selfie, which was deleted under the retention policy.
+    ``params``: ``hours`` (the retention)."""
+
+    key = "selfie_expired"
+
+
+class StyleGone(UserFacingError):
+    """The pack's style was removed."""
+
+    key = "style_removed"

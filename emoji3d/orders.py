@@ -1,11 +1,11 @@
 """The contract between producers (bots, CLI, scheduler) and the engine for a sticker pack.
 
-A producer places an order with :func:`order_pack`: it creates the pack row
-and enqueues one ``make_pack`` job whose payload is :class:`PackOrder`
-(``to_payload``). The engine's handler reads the order, and on success
-completes the job with a :class:`PackResult` (``to_dict``) that names every
-produced file by blob digest, per platform target. Producers read the result
-back with :func:`result_of`.
+A producer places an order with :func:`storage.packs.order_pack`: it creates
+the pack row and enqueues one ``make_pack`` job whose payload is
+:class:`PackOrder` (``to_payload``). The engine's handler reads the order, and
+on success completes the job with a :class:`PackResult` (``to_dict``) that
+names every produced file by blob digest, per platform target. Producers read
+the result back with :func:`storage.packs.result_of`.
 
 Idempotency: the job key is derived from everything that determines the
 output (user, selfie, style and its version, strength, platform, seed, engine
@@ -13,7 +13,7 @@ version), so a double click, a retried webhook or a rescheduled regeneration
 yields one job. ``regenerate`` orders add the pack id, so a regeneration of
 an existing pack is distinct from a new order.
 
-No torch here: bots import this module.
+Plain data, no storage and no torch: every layer imports this module.
 """
 from __future__ import annotations
 
@@ -21,11 +21,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from storage import jobs, packs
-from storage.blobs import add_ref
-from storage.db import Database
-
-ENGINE_VERSION = "0.1.0"  # engine.avatar.pipeline.ENGINE_VERSION; a test keeps them equal
+ENGINE_VERSION = "0.1.0"  # the engine's version: part of every order key and recorded on every pack
 JOB_KIND = "make_pack"
 
 # Files each platform needs, in engine.stickers target names.
@@ -117,36 +113,3 @@ class PackResult:
         out += list(self.thumbnail.values()) + list(self.renders)
         out += [d for d in (self.preview_png, self.preview_html, self.avatar, self.mesh) if d]
         return out
-
-
-def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive") -> tuple[packs.Pack, int]:
-    """Create the pack row (unless the order names one) and enqueue its job.
-
-    Placing the same order twice returns the first order's pack and job.
-    """
-    key = order.idempotency_key()
-    existing = jobs.find_by_key(db, key)
-    if existing is not None:
-        return packs.get_pack(db, existing.payload["pack_id"]), existing.id
-    if order.pack_id is None:
-        pack = packs.create_pack(db, order.user_id, order.style_id, order.style_version, order.strength,
-                                 ENGINE_VERSION, platform=order.platform)
-        order = PackOrder(**{**asdict(order), "pack_id": pack.id})
-        # The pack holds its style image (a user's own upload has no other holder), so it
-        # survives blob GC while the job waits and stays available for regeneration.
-        with db.write() as conn:
-            add_ref(conn, order.exemplar_digest, f"pack:{pack.id}")
-    job_id = jobs.enqueue(db, JOB_KIND, order.to_payload(), key, priority=priority, user_id=order.user_id)
-    job = jobs.get_job(db, job_id)
-    if job.payload["pack_id"] != order.pack_id:  # lost a race with an identical order
-        packs.update_pack(db, order.pack_id, status="superseded")
-    else:
-        packs.update_pack(db, order.pack_id, job_id=job_id)
-    return packs.get_pack(db, job.payload["pack_id"]), job_id
-
-
-def result_of(job: jobs.Job) -> PackResult | None:
-    """The finished job's result, or None while it is not done."""
-    if job.status != "succeeded" or not job.result:
-        return None
-    return PackResult.from_dict(job.result)

@@ -41,10 +41,8 @@ ERRORS: dict[str, str] = {
     "expression_unavailable": "The “{expression}” expression isn't available on this server.",
     "sticker_encode_failed": "I couldn't fit your sticker into the platform's size limits: {detail}",
     "sticker_input_invalid": "Something went wrong while preparing your sticker frames.",
-    "style_no_face": "I couldn't find a face in the style image. Style images need one clear face, like a portrait.",
     "style_removed": "The style of this pack was removed, so I can't remake it.",
     "selfie_expired": "Your selfie was deleted after {hours} hours, as promised. Send it again to remake this pack.",
-    "worker_lost": "Something went wrong on my side while making your pack. Please try again.",
     # Storage
     "blob_too_large": "That file is too large to store.",
     "user_not_found": "I have no data stored for you.",

@@ -2,17 +2,12 @@
 
 Conventions
 -----------
-* Schedules are declared (config.toml ``[[schedules]]``) as :class:`Schedule`
-  values. :func:`start_scheduler` syncs them into the store: new ones are
+* Schedules are declared (config.toml ``[[schedules]]``) as
+  :class:`emoji3d.schedules.Schedule` values (validated there, at start-up). :func:`start_scheduler` syncs them into the store: new ones are
   added, changed ones replaced, undeclared ones removed, and unchanged ones
   kept *as stored* — so a run that fell due while no scheduler was running is
   still executed after a restart (within ``misfire_grace_seconds``; missed
   runs are coalesced into one).
-* ``cron`` is a 5-field crontab (``minute hour day month day_of_week``) or
-  6 fields with seconds first (``second minute hour day month day_of_week``),
-  evaluated in UTC. Day-of-week must be ``*`` or names (``mon-fri``, ``sun``):
-  APScheduler numbers days from Monday=0 while crontab uses Sunday=0, so
-  numbers are refused rather than silently shifted by a day.
 * The stored callable is the module-level :func:`run_action`, referenced by
   name, with JSON-like keyword arguments only (db URL, action, selector,
   engine version). APScheduler pickles these arguments into its own table
@@ -33,33 +28,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from emoji3d.errors import ConfigError
-from storage import jobs as q
+from emoji3d.schedules import Schedule, parse_cron, validate_schedule
+from storage import jobs
 from storage import packs
 from storage.db import Database, open_database
 
 log = logging.getLogger("shell.scheduler")
 
 REGENERATE_KIND = "regenerate_pack"
-ACTIONS = ("regenerate_style_packs", "regenerate_outdated_packs")
-_SELECTOR_KEYS = {"regenerate_style_packs": {"styles", "limit"}, "regenerate_outdated_packs": {"limit"}}
 _FUNC_REF = "shell.scheduler:run_action"
 JOBSTORE_TABLE = "apscheduler_jobs"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    id: str
-    cron: str
-    action: str
-    selector: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,48 +55,6 @@ class SyncReport:
     removed: list[str]
 
 
-# --------------------------------------------------------------------------- validation
-
-def parse_cron(expr: str, where: str = "cron") -> CronTrigger:
-    """A UTC :class:`CronTrigger` from 5 or 6 fields; ConfigError naming ``where`` otherwise."""
-    fields = expr.split() if isinstance(expr, str) else []
-    if len(fields) == 5:
-        names = ("minute", "hour", "day", "month", "day_of_week")
-    elif len(fields) == 6:
-        names = ("second", "minute", "hour", "day", "month", "day_of_week")
-    else:
-        raise ConfigError(f"{where}: expected 5 cron fields (min hour day month dow) or 6 with seconds first, "
-                          f"got {expr!r}")
-    values = dict(zip(names, fields))
-    if any(ch.isdigit() for ch in values["day_of_week"]):
-        raise ConfigError(f"{where}: day of week must be '*' or names like mon-fri, got {values['day_of_week']!r}")
-    try:
-        return CronTrigger(timezone=_dt.timezone.utc, **values)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc} (in {expr!r})") from None
-
-
-def validate_schedule(s: Schedule) -> None:
-    where = f"schedules[{s.id}]"
-    if not s.id or not isinstance(s.id, str):
-        raise ConfigError(f"schedules: every schedule needs a non-empty string id, got {s.id!r}")
-    if s.action not in ACTIONS:
-        raise ConfigError(f"{where}.action: expected one of {', '.join(ACTIONS)}, got {s.action!r}")
-    parse_cron(s.cron, f"{where}.cron")
-    if not isinstance(s.selector, dict):
-        raise ConfigError(f"{where}.selector: expected a table, got {type(s.selector).__name__}")
-    unknown = set(s.selector) - _SELECTOR_KEYS[s.action]
-    if unknown:
-        raise ConfigError(f"{where}.selector: unknown key {sorted(unknown)[0]!r} for {s.action} "
-                          f"(allowed: {', '.join(sorted(_SELECTOR_KEYS[s.action]))})")
-    styles = s.selector.get("styles")
-    if styles is not None and (not isinstance(styles, list) or not all(isinstance(x, str) and x for x in styles)):
-        raise ConfigError(f"{where}.selector.styles: expected a list of style names, got {styles!r}")
-    limit = s.selector.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ConfigError(f"{where}.selector.limit: expected an integer >= 1, got {limit!r}")
-
-
 # --------------------------------------------------------------------------- actions
 
 def regenerate_style_packs(db: Database, selector: dict[str, Any]) -> list[int]:
@@ -119,7 +62,7 @@ def regenerate_style_packs(db: Database, selector: dict[str, Any]) -> list[int]:
     found = packs.packs_with_changed_style(db, style_names=selector.get("styles"), house_only=True)
     ids = []
     for pack, style_version in found[: selector.get("limit")]:
-        ids.append(q.enqueue(
+        ids.append(jobs.enqueue(
             db, REGENERATE_KIND,
             {"pack_id": pack.id, "reason": "style_changed", "style_id": pack.style_id,
              "from_style_version": pack.style_version, "style_version": style_version},
@@ -133,7 +76,7 @@ def regenerate_outdated_packs(db: Database, selector: dict[str, Any], engine_ver
     found = packs.packs_with_engine_older_than(db, engine_version)
     ids = []
     for pack in found[: selector.get("limit")]:
-        ids.append(q.enqueue(
+        ids.append(jobs.enqueue(
             db, REGENERATE_KIND,
             {"pack_id": pack.id, "reason": "engine_updated", "from_engine_version": pack.engine_version,
              "engine_version": engine_version},

@@ -1,7 +1,27 @@
-"""Sticker packs and their stickers.
+"""Sticker packs and their stickers: the one owner of a pack's life cycle.
 
-Conventions
------------
+Life cycle (``packs.status``); only the functions below write it::
+
+    order_pack ──> pending ──mark_rendering──> rendering ──mark_ready──> ready
+                     │  ▲                          │                      │ mark_uploading
+       mark_superseded  │ reopen (a new order       │ mark_failed          ▼
+                     ▼  │ for a made pack)          ▼                  uploading ──mark_published──> published
+                superseded                       failed
+
+* ``pending``: ordered, its ``make_pack`` job waits in the queue.
+* ``rendering``: an engine runs the job (also while a made pack is regenerated).
+* ``ready``: the engine stored the files; no platform has them yet.
+* ``uploading`` / ``published``: a bot is publishing / has published the set.
+* ``failed``: the job failed or was cancelled before the pack was made.
+* ``superseded``: an identical order won a race; this row was never used.
+
+A transition names the statuses it may start from and is one conditional
+``UPDATE``, so two processes cannot move a pack along two paths at once; it
+returns False when the pack was in another state (and raises
+:class:`PackNotFound` when the pack is gone, e.g. its user was deleted).
+
+Other conventions
+-----------------
 * A pack belongs to one user, was made with one style at ``style_version``,
   a style ``strength`` in [0, 1] and an ``engine_version`` string of dotted
   integers (``"0.1.0"``; a ``+local`` suffix is ignored when comparing).
@@ -14,16 +34,23 @@ Conventions
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from emoji3d.orders import ENGINE_VERSION, JOB_KIND, PackOrder, PackResult
+from storage import jobs
 from storage.blobs import add_ref, release_holder
 from storage.db import Database
 
-PACK_STATUSES = ("pending", "rendering", "ready", "uploading", "published", "failed", "superseded")
+PENDING, RENDERING, READY, UPLOADING, PUBLISHED, FAILED, SUPERSEDED = (
+    "pending", "rendering", "ready", "uploading", "published", "failed", "superseded")
+PACK_STATUSES = (PENDING, RENDERING, READY, UPLOADING, PUBLISHED, FAILED, SUPERSEDED)
+MADE = (READY, UPLOADING, PUBLISHED)                   # the engine has made the files
+UNDELIVERED = (PENDING, RENDERING, READY, UPLOADING)   # a bot still has to tell the user / publish
 STICKER_KINDS = ("static", "animated", "video")
 PLATFORM_STATES = ("local", "uploaded", "added")
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
@@ -72,6 +99,11 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _sql_list(statuses: tuple[str, ...]) -> str:
+    """Status constants (never user input) as an SQL list body."""
+    return ", ".join(f"'{s}'" for s in statuses)
+
+
 def _opt_int(v: object) -> int | None:
     return None if v is None else int(v)  # type: ignore[arg-type]
 
@@ -118,18 +150,90 @@ def list_packs(db: Database, user_id: int) -> list[Pack]:
                                                {"u": user_id})]
 
 
-def update_pack(db: Database, pack_id: int, *, status: str | None = None, platform_set_name: str | None = None,
-                job_id: int | None = None) -> None:
-    if status is not None and status not in PACK_STATUSES:
-        raise ValueError(f"pack status must be one of {PACK_STATUSES}, got {status!r}")
-    sets, params = ["updated_at = :t"], {"t": time.time(), "id": pack_id}
-    for col, val in (("status", status), ("platform_set_name", platform_set_name), ("job_id", job_id)):
-        if val is not None:
-            sets.append(f"{col} = :{col}")
-            params[col] = val
+def _transition(db: Database, pack_id: int, to: str, allowed_from: tuple[str, ...], **columns) -> bool:
+    """Move a pack to ``to`` if its status is in ``allowed_from`` (one conditional UPDATE)."""
+    sets, params = ["status = :to", "updated_at = :t"], {"to": to, "t": time.time(), "id": pack_id}
+    for col, val in columns.items():
+        sets.append(f"{col} = :{col}")
+        params[col] = val
+    froms = _sql_list(allowed_from)
     with db.write() as conn:
-        if conn.execute(sa.text(f"UPDATE packs SET {', '.join(sets)} WHERE id = :id"), params).rowcount != 1:
+        moved = conn.execute(sa.text(f"UPDATE packs SET {', '.join(sets)} WHERE id = :id AND status IN ({froms})"),
+                             params).rowcount == 1
+        if not moved and conn.execute(sa.text("SELECT 1 FROM packs WHERE id = :id"), {"id": pack_id}).first() is None:
             raise PackNotFound(pack_id)
+    return moved
+
+
+def mark_rendering(db: Database, pack_id: int) -> bool:
+    """An engine started (or retried, or regenerates) the pack's job."""
+    return _transition(db, pack_id, RENDERING, (PENDING, RENDERING, FAILED) + MADE)
+
+
+def mark_ready(db: Database, pack_id: int) -> bool:
+    """The engine stored every file of the pack."""
+    return _transition(db, pack_id, READY, (PENDING, RENDERING))
+
+
+def mark_failed(db: Database, pack_id: int) -> bool:
+    """The pack's job failed or was cancelled before the pack was made (no-op once made)."""
+    return _transition(db, pack_id, FAILED, (PENDING, RENDERING))
+
+
+def mark_uploading(db: Database, pack_id: int, set_name: str) -> bool:
+    """A bot starts publishing the made pack as the platform set ``set_name``."""
+    return _transition(db, pack_id, UPLOADING, MADE, platform_set_name=set_name)
+
+
+def mark_published(db: Database, pack_id: int) -> bool:
+    return _transition(db, pack_id, PUBLISHED, MADE)
+
+
+def reopen(db: Database, pack_id: int) -> bool:
+    """A new order remakes this pack (same platform set): back to pending."""
+    return _transition(db, pack_id, PENDING, (PENDING, FAILED) + MADE)
+
+
+def set_job(db: Database, pack_id: int, job_id: int) -> None:
+    """Point the pack at the job that makes it (not a status change)."""
+    with db.write() as conn:
+        if conn.execute(sa.text("UPDATE packs SET job_id = :j, updated_at = :t WHERE id = :id"),
+                        {"j": job_id, "t": time.time(), "id": pack_id}).rowcount != 1:
+            raise PackNotFound(pack_id)
+
+
+def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive") -> tuple[Pack, int]:
+    """Create the pack row (unless the order names one) and enqueue its ``make_pack`` job.
+
+    Placing the same order twice returns the first order's pack and job (the
+    job key is :meth:`PackOrder.idempotency_key`).
+    """
+    key = order.idempotency_key()
+    existing = jobs.find_by_key(db, key)
+    if existing is not None:
+        return get_pack(db, existing.payload["pack_id"]), existing.id
+    if order.pack_id is None:
+        pack = create_pack(db, order.user_id, order.style_id, order.style_version, order.strength,
+                           ENGINE_VERSION, platform=order.platform)
+        order = dataclasses.replace(order, pack_id=pack.id)
+        # The pack holds its style image (a user's own upload has no other holder), so it
+        # survives blob GC while the job waits and stays available for regeneration.
+        with db.write() as conn:
+            add_ref(conn, order.exemplar_digest, f"pack:{pack.id}")
+    job_id = jobs.enqueue(db, JOB_KIND, order.to_payload(), key, priority=priority, user_id=order.user_id)
+    job = jobs.get_job(db, job_id)
+    if job.payload["pack_id"] != order.pack_id:  # lost a race with an identical order
+        _transition(db, order.pack_id, SUPERSEDED, (PENDING,))
+    else:
+        set_job(db, order.pack_id, job_id)
+    return get_pack(db, job.payload["pack_id"]), job_id
+
+
+def result_of(job: jobs.Job) -> PackResult | None:
+    """The finished ``make_pack`` job's result, or None while it is not done."""
+    if job.status != "succeeded" or not job.result:
+        return None
+    return PackResult.from_dict(job.result)
 
 
 def put_sticker(db: Database, pack_id: int, idx: int, emoji: str, kind: str, blob_digest: str) -> Sticker:
@@ -172,15 +276,12 @@ def list_stickers(db: Database, pack_id: int) -> list[Sticker]:
             sa.text("SELECT * FROM stickers WHERE pack_id = :p ORDER BY idx"), {"p": pack_id})]
 
 
-_LIVE = "('ready', 'uploading', 'published')"
-
-
 def packs_with_changed_style(db: Database, *, style_names: list[str] | None = None,
                              house_only: bool = True) -> list[tuple[Pack, int]]:
     """Live packs whose style has a newer version than the pack was made with,
     and whose style is ready. Returns (pack, current style version) pairs."""
     sql = ("SELECT p.*, s.version AS cur_version FROM packs p JOIN styles s ON s.id = p.style_id "
-           f"WHERE p.status IN {_LIVE} AND s.status = 'ready' AND p.style_version < s.version")
+           f"WHERE p.status IN ({_sql_list(MADE)}) AND s.status = 'ready' AND p.style_version < s.version")
     params: dict[str, object] = {}
     if house_only:
         sql += " AND s.community_id IS NULL"
@@ -198,7 +299,7 @@ def packs_with_engine_older_than(db: Database, current_version: str) -> list[Pac
     """Live packs made by an engine version older than ``current_version``."""
     cur = version_key(current_version)
     with db.read() as conn:
-        rows = conn.execute(sa.text(f"SELECT * FROM packs WHERE status IN {_LIVE} ORDER BY id")).all()
+        rows = conn.execute(sa.text(f"SELECT * FROM packs WHERE status IN ({_sql_list(MADE)}) ORDER BY id")).all()
     out = []
     for r in rows:
         p = _pack(r)
@@ -208,6 +309,21 @@ def packs_with_engine_older_than(db: Database, current_version: str) -> list[Pac
         except ValueError:
             continue  # unparseable historic version string: left alone rather than guessed
     return out
+
+
+def undelivered_pack_ids(db: Database, platform: str) -> list[int]:
+    """Ids of ``platform``'s packs a bot still has to deliver: job open or succeeded while the pack
+    is undelivered, or published but remade since (its job finished after the last publish).
+
+    One query over the index on (platform, status), so a rescan costs the same however many
+    packs were delivered long ago. Callers re-check each pack on its loaded rows.
+    """
+    sql = ("SELECT p.id FROM packs p JOIN jobs j ON j.id = p.job_id WHERE p.platform = :p AND ("
+           f" (p.status IN ({_sql_list(UNDELIVERED)}) AND (j.status NOT IN ({_sql_list(jobs.FINAL)})"
+           "  OR j.status = 'succeeded')) OR (p.status = 'published' AND j.status = 'succeeded'"
+           "  AND j.finished_at > p.updated_at)) ORDER BY p.id")
+    with db.read() as conn:
+        return [int(r[0]) for r in conn.execute(sa.text(sql), {"p": platform})]
 
 
 def mark_regenerated(db: Database, pack_id: int, *, style_version: int | None, engine_version: str) -> None:

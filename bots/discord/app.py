@@ -29,7 +29,9 @@ from emoji3d.config import Config
 from bots.core import BotResources, open_bot_resources
 from bots.notify import Notifier
 from bots.discord.cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
-from bots.discord.delivery import PLATFORM, AddAsEmojiButton, AddToServerButton, DiscordSender
+from bots.discord.delivery import DiscordSender
+from bots.discord.interactions import PLATFORM
+from bots.discord.server_stickers import AddAsEmojiButton, AddToServerButton
 
 log = logging.getLogger("emoji3d.discord")
 

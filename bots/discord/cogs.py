@@ -34,7 +34,7 @@ from storage import jobs
 from storage import styles as st
 
 from bots import core
-from bots.discord.delivery import PLATFORM, InteractionRef, reply
+from bots.discord.interactions import PLATFORM, InteractionRef, ServerOnly, reply
 
 if TYPE_CHECKING:
     from bots.discord.app import EmojiBot
@@ -63,10 +63,6 @@ class NoStyle(UserFacingError):
 
 class NeedManageExpressions(UserFacingError):
     key = "discord_need_manage_expressions"
-
-
-class ServerOnlyCommand(UserFacingError):
-    key = "discord_server_only"
 
 
 def check_attachment(res: core.BotResources, att: discord.Attachment) -> None:
@@ -277,7 +273,7 @@ def _require_manager(interaction: discord.Interaction) -> int:
     """Runtime check behind ``default_permissions`` (a server may grant the
     command to anyone). Returns the guild id."""
     if interaction.guild is None:
-        raise ServerOnlyCommand("house styles belong to a server")
+        raise ServerOnly("house styles belong to a server")
     p = interaction.permissions
     if not (p.manage_expressions or p.administrator):
         raise NeedManageExpressions(f"user {interaction.user.id} cannot manage expressions")

@@ -21,7 +21,7 @@ from emoji3d.config import Config
 
 from bots.core import BotResources, open_bot_resources
 from bots.notify import Notifier
-from bots.telegram import handlers as h
+from bots.telegram import handlers
 from bots.telegram.stickers import StickerSafeRateLimiter
 
 log = logging.getLogger("emoji3d.telegram")
@@ -49,25 +49,25 @@ def build_application(res: BotResources, token: str, opts: AppOptions = AppOptio
     if opts.base_file_url:
         b = b.base_file_url(opts.base_file_url)
     app = b.build()
-    sender = h.TelegramSender(app.bot, res)
+    sender = handlers.TelegramSender(app.bot, res)
     app.bot_data["res"] = res
     app.bot_data["sender"] = sender
-    app.bot_data["notifier"] = Notifier(res, h.PLATFORM, sender, min_interval=opts.progress_interval_s)
+    app.bot_data["notifier"] = Notifier(res, handlers.PLATFORM, sender, min_interval=opts.progress_interval_s)
 
-    app.add_handler(CommandHandler("start", h.start))
-    app.add_handler(CommandHandler("privacy", h.privacy))
-    app.add_handler(CommandHandler("help", h.help_))
-    app.add_handler(CommandHandler("mypacks", h.mypacks))
-    app.add_handler(CommandHandler("delete", h.delete))
-    app.add_handler(CommandHandler("cancel", h.on_cancel))
-    app.add_handler(CommandHandler("housestyle", h.housestyle))
-    app.add_handler(CallbackQueryHandler(h.on_consent, pattern=r"^consent$"))
-    app.add_handler(CallbackQueryHandler(h.on_style, pattern=r"^style:(own|\d+)$"))
-    app.add_handler(CallbackQueryHandler(h.on_go, pattern=r"^go:(o[A-Za-z0-9_-]{43}|\d+):[a-z]+$"))
-    app.add_handler(CallbackQueryHandler(h.on_cancel, pattern=r"^cancel:\d+$"))
-    app.add_handler(CallbackQueryHandler(h.on_delete, pattern=r"^del:(yes|no)$"))
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, h.on_image))
-    app.add_error_handler(h.on_error)
+    app.add_handler(CommandHandler("start", handlers.start))
+    app.add_handler(CommandHandler("privacy", handlers.privacy))
+    app.add_handler(CommandHandler("help", handlers.help_))
+    app.add_handler(CommandHandler("mypacks", handlers.mypacks))
+    app.add_handler(CommandHandler("delete", handlers.delete))
+    app.add_handler(CommandHandler("cancel", handlers.on_cancel))
+    app.add_handler(CommandHandler("housestyle", handlers.housestyle))
+    app.add_handler(CallbackQueryHandler(handlers.on_consent, pattern=r"^consent$"))
+    app.add_handler(CallbackQueryHandler(handlers.on_style, pattern=r"^style:(own|\d+)$"))
+    app.add_handler(CallbackQueryHandler(handlers.on_go, pattern=r"^go:(o[A-Za-z0-9_-]{43}|\d+):[a-z]+$"))
+    app.add_handler(CallbackQueryHandler(handlers.on_cancel, pattern=r"^cancel:\d+$"))
+    app.add_handler(CallbackQueryHandler(handlers.on_delete, pattern=r"^del:(yes|no)$"))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, handlers.on_image))
+    app.add_error_handler(handlers.on_error)
     return app
 
 

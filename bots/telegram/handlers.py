@@ -397,7 +397,7 @@ class TelegramSender:
             log.warning("could not tell user %s about %s: %s", w.platform_user_id, err.key, exc)
 
     async def deliver(self, w: Watch, job: Any) -> None:
-        result = orders.result_of(job)
+        result = packs.result_of(job)
         pack = packs.get_pack(self.res.db, w.pack_id if w.pack_id is not None else int(job.payload["pack_id"]))
         if result is None:
             raise RuntimeError(f"job {job.id} succeeded without a result")
@@ -428,7 +428,7 @@ class TelegramSender:
         for digest in result.renders[:3]:
             await self.bot.send_photo(self._chat(w), InputFile(self.res.blobs.read_bytes(digest), filename="render.png"))
         # no sticker set exists; "published" = delivered, so restarts do not send the stills again
-        packs.update_pack(self.res.db, pack.id, status="published")
+        packs.mark_published(self.res.db, pack.id)
 
     def _title(self, pack: packs.Pack) -> str:
         name = text("own_style_name")

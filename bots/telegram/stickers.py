@@ -171,7 +171,7 @@ async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, t
     if len(stickers) > 120:
         raise ValueError(f"pack {pack_id} has {len(stickers)} stickers; a set holds at most 120")
     name = pack.platform_set_name or set_name_for(pack_id, str(tg_user_id), bot_username)
-    packs.update_pack(db, pack_id, status="uploading", platform_set_name=name)
+    packs.mark_uploading(db, pack_id, name)
     try:
         return await _publish(bot, db, blobs, pack_id, tg_user_id, name, title, thumbnail, initial_max,
                               max_rounds, sleep)
@@ -227,7 +227,7 @@ async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: 
                                                 InputFile(thumbnail, filename="thumb"))
         except (BadRequest, RetryAfter) as exc:  # cosmetic: the set works without it
             log.warning("set %s: thumbnail refused: %s", name, exc)
-    packs.update_pack(db, pack_id, status="published")
+    packs.mark_published(db, pack_id)
     first = final.stickers[0].file_id if final.stickers else None
     return Published(name, set_link(name), created, first, added, replaced, removed)
 

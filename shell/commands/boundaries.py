@@ -15,7 +15,7 @@ fit
     Slim random weights render no faces, so MediaPipe scores nothing; on the
     slim preset the geometry expressions fall back to *proxy image
     statistics* (brightness and contrast of face regions, see
-    :func:`proxy_scores`) and the file is marked ``for_tests_only``. Such a
+    :func:`engine.render.scorers.proxy_scores`) and the file is marked ``for_tests_only``. Such a
     file exercises the code paths only; it is not an expression edit.
 
 verify
@@ -40,65 +40,12 @@ import numpy as np
 import torch
 
 from emoji3d.errors import UserFacingError
-from engine.render import edits as E
-from engine.render import expressions as X
+from engine.render import edits, expressions
+from engine.render.scorers import CLASSIFIER_SCORER, combined_scorer, face_scorer, proxy_scores
 
-CLASSIFIER_SCORER = "celebahq-classifier"
 SLIM_BANNER = ("*** SLIM RANDOM WEIGHTS: this boundary file is FOR TESTS ONLY. The slim generator renders no "
                "faces, so proxy image statistics replaced the expression scorers. Install the pretrained EG3D "
                "(`emoji3d weights fetch` / `convert`) to fit real boundaries. ***")
-
-
-# ----------------------------------------------------------------------------- scorers
-
-def face_scorer(detector, geometry_names: Sequence[str], classifiers: dict[str, X.ImageScorer]) -> E.FrameScorer:
-    """Renders [B,3,H,W] in [-1,1] of a generator that draws faces: one face-mesh detection per
-    frame gives the geometry scores and the FFHQ-aligned crop (CelebA-HQ's framing) that the
-    attribute classifiers read. NaN where no face is found."""
-
-    def score(images: torch.Tensor) -> dict[str, np.ndarray]:
-        faces = X.detect_faces(X.images_to_uint8(images), detector)
-        out = X.geometry_from_faces(faces, geometry_names) if geometry_names else {}
-        aligned, kept = X.align_to_ffhq(images, faces) if classifiers else (None, [])
-        for name, clf in classifiers.items():
-            values = np.full(len(faces), np.nan)
-            if kept:
-                values[kept] = clf(aligned).detach().cpu().numpy()
-            out[name] = values
-        return out
-
-    return score
-
-
-def proxy_scores(images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Test-only stand-ins for slim random weights: image statistics of fixed regions of the frontal render.
-
-    smile: mean brightness of the lower-centre region; surprise: its contrast
-    (std); anger: minus the brightness of the upper band; blink: minus the
-    contrast of the eye band. Values are per image [B]; they are NOT
-    expressions.
-    """
-    x = images.detach().float().clamp(-1, 1).mean(1)  # [B,H,W] grey
-    h, w = x.shape[-2:]
-    lower = x[:, int(0.6 * h):int(0.85 * h), int(0.3 * w):int(0.7 * w)].reshape(x.shape[0], -1)
-    upper = x[:, int(0.15 * h):int(0.35 * h), :].reshape(x.shape[0], -1)
-    eyes = x[:, int(0.35 * h):int(0.5 * h), int(0.2 * w):int(0.8 * w)].reshape(x.shape[0], -1)
-    return {"smile": lower.mean(1).cpu().numpy(), "surprise": lower.std(1).cpu().numpy(),
-            "anger": (-upper.mean(1)).cpu().numpy(), "blink": (-eyes.std(1)).cpu().numpy()}
-
-
-def combined_scorer(geometry: E.FrameScorer | None, geometry_names: Sequence[str],
-                    classifiers: dict[str, X.ImageScorer]) -> E.FrameScorer:
-    """Slim (test-only) renders, which show no face: ``geometry`` (the proxy statistics) for the
-    geometry names, each classifier on the whole render."""
-
-    def score(images: torch.Tensor) -> dict[str, np.ndarray]:
-        out = {n: v for n, v in geometry(images).items() if n in geometry_names} if geometry and geometry_names else {}
-        for name, clf in classifiers.items():
-            out[name] = clf(images).detach().cpu().numpy()
-        return out
-
-    return score
 
 
 # ----------------------------------------------------------------------------- generator
@@ -148,15 +95,15 @@ def _parse_layers(items: Sequence[str]) -> dict[str, tuple[int, int]]:
 def cmd_fit(ns: argparse.Namespace) -> int:
     weights_dir, seed, device = _settings(ns)
     G, kind = load_base_generator(ns.preset, weights_dir, seed, device)
-    known = X.GEOMETRY_EXPRESSIONS + X.CLASSIFIER_ATTRIBUTES
+    known = expressions.GEOMETRY_EXPRESSIONS + expressions.CLASSIFIER_ATTRIBUTES
     names = [n.strip() for n in ns.expressions.split(",") if n.strip()] if ns.expressions else None
     unknown = set(names or ()) - set(known)
     if unknown:
         print(f"error: unknown expressions {sorted(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    installed, missing = X.classifier_scorers(weights_dir)
+    installed, missing = expressions.classifier_scorers(weights_dir)
     if names is None:
-        names = list(X.GEOMETRY_EXPRESSIONS) + list(installed)
+        names = list(expressions.GEOMETRY_EXPRESSIONS) + list(installed)
         for name, why in missing.items():
             print(f"note: not fitting {name}: {why}", file=sys.stderr)
     wanted_missing = {n: missing[n] for n in names if n in missing}
@@ -164,7 +111,7 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         for name, why in wanted_missing.items():
             print(f"error: cannot fit {name}: {why}", file=sys.stderr)
         return 1
-    geo_names = [n for n in names if n in X.GEOMETRY_EXPRESSIONS]
+    geo_names = [n for n in names if n in expressions.GEOMETRY_EXPRESSIONS]
     classifiers = {n: installed[n] for n in names if n in installed}
     try:
         layers = _parse_layers(ns.layers)
@@ -173,7 +120,7 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         return 2
     if kind == "slim":
         print(SLIM_BANNER, file=sys.stderr)
-    sample_cfg = E.SampleConfig(n=ns.n, batch=ns.batch, truncation_psi=ns.psi,
+    sample_cfg = edits.SampleConfig(n=ns.n, batch=ns.batch, truncation_psi=ns.psi,
                                 neural_rendering_resolution=ns.neural_rendering_resolution)
     rng = torch.Generator().manual_seed(ns.seed)
 
@@ -184,12 +131,12 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     scorer_name = "proxy-image-stats" if kind == "slim" else "mediapipe-geometry"
     if kind == "slim":
         scorer = combined_scorer(proxy_scores, geo_names, classifiers)
-        latents, scores = E.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
+        latents, scores = edits.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
     else:
         from engine.face.landmarks import LandmarkDetector
 
         with LandmarkDetector(max_faces=1) as det:
-            latents, scores = E.sample_and_score(G, face_scorer(det, geo_names, classifiers), names, sample_cfg,
+            latents, scores = edits.sample_and_score(G, face_scorer(det, geo_names, classifiers), names, sample_cfg,
                                                  rng, progress)
         found = float(np.isfinite(scores[names[0]]).mean())
         print(f"faces found in {found:.1%} of the renders", file=sys.stderr)
@@ -197,21 +144,21 @@ def cmd_fit(ns: argparse.Namespace) -> int:
             print(f"error: faces were found in only {found:.1%} of the renders (< {ns.min_face_fraction:.0%}); "
                   "the generator does not render usable faces", file=sys.stderr)
             return 1
-    fit_cfg, fit_rng = E.FitConfig(fraction=ns.fraction), np.random.default_rng(ns.seed)
+    fit_cfg, fit_rng = edits.FitConfig(fraction=ns.fraction), np.random.default_rng(ns.seed)
     try:
-        boundaries = E.fit_boundaries(latents, {n: scores[n] for n in geo_names}, fit_rng, fit_cfg,
+        boundaries = edits.fit_boundaries(latents, {n: scores[n] for n in geo_names}, fit_rng, fit_cfg,
                                       scorer=scorer_name, layers=layers)
-        boundaries.update(E.fit_boundaries(latents, {n: scores[n] for n in classifiers}, fit_rng, fit_cfg,
+        boundaries.update(edits.fit_boundaries(latents, {n: scores[n] for n in classifiers}, fit_rng, fit_cfg,
                                            scorer=CLASSIFIER_SCORER, layers=layers))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     boundaries = {n: boundaries[n] for n in names}  # the order asked for
-    bset = E.BoundarySet(generator_digest=E.generator_digest(G), generator_preset=kind, boundaries=boundaries,
+    bset = edits.BoundarySet(generator_digest=edits.generator_digest(G), generator_preset=kind, boundaries=boundaries,
                          for_tests_only=kind == "slim")
     out = pathlib.Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    E.save_boundaries(bset, out)
+    edits.save_boundaries(bset, out)
     print(json.dumps(_summary(bset), indent=1))
     print(f"wrote {out}", file=sys.stderr)
     if kind == "slim":
@@ -219,7 +166,7 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(bset: E.BoundarySet) -> dict:
+def _summary(bset: edits.BoundarySet) -> dict:
     return {"generator_digest": bset.generator_digest, "generator_preset": bset.generator_preset,
             "for_tests_only": bset.for_tests_only,
             "boundaries": {n: {"d": round(b.d, 4), "accuracy": round(b.accuracy, 4), "n_samples": b.n_samples,
@@ -229,7 +176,7 @@ def _summary(bset: E.BoundarySet) -> dict:
 def cmd_verify(ns: argparse.Namespace) -> int:
     weights_dir, seed, device = _settings(ns)
     try:
-        bset = E.load_boundaries(ns.path)
+        bset = edits.load_boundaries(ns.path)
     except UserFacingError as exc:
         print(f"FAIL: {exc}", file=sys.stderr)
         return 1
@@ -241,27 +188,27 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     if not ns.no_generator:
         preset = ns.preset if ns.preset != "auto" else ("slim" if bset.generator_preset == "slim" else "auto")
         G, kind = load_base_generator(preset, weights_dir, seed, device)
-        digest = E.generator_digest(G)
+        digest = edits.generator_digest(G)
         if digest != bset.generator_digest:
             problems.append(f"generator digest mismatch: file {bset.generator_digest[:12]}, {kind} generator {digest[:12]}")
     if ns.rescore and G is not None and not problems:
         names = bset.names()
-        geo_names = [n for n in names if n in X.GEOMETRY_EXPRESSIONS]
-        installed, missing = X.classifier_scorers(weights_dir)
+        geo_names = [n for n in names if n in expressions.GEOMETRY_EXPRESSIONS]
+        installed, missing = expressions.classifier_scorers(weights_dir)
         for n in names:
-            if n in X.CLASSIFIER_ATTRIBUTES and n not in installed:
+            if n in expressions.CLASSIFIER_ATTRIBUTES and n not in installed:
                 problems.append(f"{n}: cannot re-score: {missing[n]}")
         classifiers = {n: installed[n] for n in names if n in installed}
         rng = torch.Generator().manual_seed(ns.seed)
         if problems:
             report = {}
         elif bset.for_tests_only:
-            report = E.rescore_edits(G, bset, combined_scorer(proxy_scores, geo_names, classifiers), ns.rescore, rng)
+            report = edits.rescore_edits(G, bset, combined_scorer(proxy_scores, geo_names, classifiers), ns.rescore, rng)
         else:
             from engine.face.landmarks import LandmarkDetector
 
             with LandmarkDetector(max_faces=1) as det:
-                report = E.rescore_edits(G, bset, face_scorer(det, geo_names, classifiers), ns.rescore, rng)
+                report = edits.rescore_edits(G, bset, face_scorer(det, geo_names, classifiers), ns.rescore, rng)
         print(json.dumps({"rescore": report}, indent=1))
         for name, r in report.items():
             if not r["scored"]:
@@ -271,7 +218,7 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     if ns.sheet and G is not None and not problems:
         from PIL import Image
 
-        sheet, labels = E.edit_sheet(G, bset, ns.sheet_latents, torch.Generator().manual_seed(ns.seed))
+        sheet, labels = edits.edit_sheet(G, bset, ns.sheet_latents, torch.Generator().manual_seed(ns.seed))
         Image.fromarray(sheet).save(ns.sheet)
         print(f"wrote {ns.sheet}: columns -d, 0, +d; rows {', '.join(labels)}", file=sys.stderr)
     for p in problems:

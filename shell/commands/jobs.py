@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TextIO
 
-from storage import jobs as q
+from storage import jobs
 from storage.db import open_database
 
 
@@ -27,24 +27,24 @@ def _bar(fraction: float, width: int = 20) -> str:
 
 
 def _list(db, a, out: TextIO) -> int:
-    rows = q.list_jobs(db, status=a.status or None, user_id=a.user, kind=a.kind, limit=a.limit)
+    rows = jobs.list_jobs(db, status=a.status or None, user_id=a.user, kind=a.kind, limit=a.limit)
     head = f"{'id':>6}  {'status':<16} {'prio':<11} {'kind':<20} {'att':>5}  {'stage':<14} {'progress':>8}  created"
     print(head, file=out)
     for j in rows:
         print(f"{j.id:>6}  {j.status:<16} {j.priority:<11} {j.kind[:20]:<20} {j.attempts:>2}/{j.max_attempts:<2}  "
               f"{(j.stage or '-')[:14]:<14} {j.progress * 100:7.1f}%  {_ts(j.created_at)}", file=out)
-    counts = q.counts_by_status(db)
+    counts = jobs.counts_by_status(db)
     print("total: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no jobs"), file=out)
     return 0
 
 
 def _show(db, a, out: TextIO) -> int:
     try:
-        j = q.get_job(db, a.job_id)
-    except q.JobNotFound:
+        j = jobs.get_job(db, a.job_id)
+    except jobs.JobNotFound:
         print(f"emoji3d jobs: no job with id {a.job_id}", file=sys.stderr)
         return 1
-    pos = q.queue_position(db, j.id)
+    pos = jobs.queue_position(db, j.id)
     lines = [
         ("id", j.id), ("kind", j.kind), ("status", j.status), ("priority", j.priority),
         ("queue position", pos if pos is not None else "-"), ("user", j.user_id if j.user_id is not None else "-"),
@@ -67,8 +67,8 @@ def _cancel(db, a, out: TextIO) -> int:
     code = 0
     for jid in a.job_ids:
         try:
-            status = q.cancel(db, jid)
-        except q.JobNotFound:
+            status = jobs.cancel(db, jid)
+        except jobs.JobNotFound:
             print(f"emoji3d jobs: no job with id {jid}", file=sys.stderr)
             code = 1
             continue
@@ -83,7 +83,7 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
     ap.add_argument("--db", required=True, help="database URL, e.g. sqlite:///data/emoji3d.db")
     sub = ap.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="newest jobs first")
-    ls.add_argument("--status", action="append", choices=q.STATUSES, help="repeatable")
+    ls.add_argument("--status", action="append", choices=jobs.STATUSES, help="repeatable")
     ls.add_argument("--user", type=int, default=None, help="user id")
     ls.add_argument("--kind", default=None)
     ls.add_argument("--limit", type=int, default=50)

@@ -29,7 +29,8 @@ def _prepare(cfg: Config, args):
     from storage import selfies, styles as st, users
 
     from emoji3d.images import DecodeLimits, decode_image
-    from emoji3d.orders import PackOrder, order_pack
+    from emoji3d.orders import PackOrder
+    from storage.packs import order_pack
     from storage.style_catalog import sync_global_styles
 
     db, blobs = open_storage(cfg)
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> int:
     from engine.avatar.networks import SLIM_WARNING, pretrained_available
     from storage import jobs
 
-    from emoji3d.orders import result_of
+    from storage.packs import result_of
 
     slim = cfg.engine.preset == "slim" or (cfg.engine.preset == "auto" and not pretrained_available(cfg.weights_dir))
     if slim:

@@ -53,9 +53,9 @@ def _start_frontends(cfg: Config, stop: threading.Event) -> list[threading.Threa
 
 def _start_scheduler(cfg: Config, db):
     from emoji3d.orders import ENGINE_VERSION
-    from shell.scheduler import Schedule, start_scheduler
+    from shell.scheduler import start_scheduler
 
-    schedules = [Schedule(s.id, s.cron, s.action, dict(s.selector)) for s in cfg.schedules]
+    schedules = list(cfg.schedules)
     scheduler, _report = start_scheduler(db, schedules, ENGINE_VERSION)
     return scheduler
 

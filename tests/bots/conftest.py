@@ -21,6 +21,7 @@ from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import open_database
 from tests.fakes.telegram_fixtures import telegram_server, telegram_user  # noqa: F401
+from tests.lifecycle import make_ready
 
 EMOJIS = ("😀", "😮", "😉")
 
@@ -91,6 +92,7 @@ def finish_job(res: BotResources, job_id: int, files: dict[str, Any], *, preset:
                         stickers=[StickerFiles(i, f"s{i}", EMOJIS[i], {"telegram_video": d})
                                   for i, d in enumerate(digests)],
                         thumbnail={"telegram_thumb": thumb})
+    make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
     return result
 

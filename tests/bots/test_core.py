@@ -16,6 +16,7 @@ from emoji3d.texts import message
 from storage import deliveries, jobs, packs, users
 from storage import styles as st
 from tests.bots.conftest import finish_job, make_resources
+from tests.lifecycle import make_ready, publish
 
 
 def ready_user(res, selfie_png, pid: str = "1"):
@@ -93,7 +94,7 @@ def test_same_style_again_regenerates_the_published_pack(res, selfie_png, sticke
     user = ready_user(res, selfie_png)
     first = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
     finish_job(res, first.job_id, sticker_files)
-    packs.update_pack(res.db, first.pack.id, status="published", platform_set_name="e3d1xab_by_b")
+    publish(res.db, first.pack.id, "e3d1xab_by_b")
     again = core.place_order(res, user, "telegram", preset="medium", style_id=style.id)
     assert again.regenerate and again.pack.id == first.pack.id and again.job_id != first.job_id
     assert packs.get_pack(res.db, first.pack.id).status == "pending"
@@ -126,7 +127,7 @@ class RecordingSender:
 
     async def deliver(self, w, job):
         self.events.append(("deliver", w.job_id, job.status))
-        packs.update_pack(self.res.db, w.pack_id, status="published")
+        publish(self.res.db, w.pack_id)
 
     async def finish(self, w, view):
         self.events.append(("finish", w.job_id, view.key))
@@ -156,6 +157,7 @@ def test_notifier_resumes_from_the_database_and_rate_limits(res, selfie_png, sti
         await n.tick()  # changed, but within 3 s of the last edit: no edit
         now[0] = 4.0
         await n.tick()
+        make_ready(res.db, claimed.payload["pack_id"])  # as the engine does before completing
         jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": a.pack.id, "preset": "slim"})
         jobs.cancel(res.db, b.job_id)
         await n.tick()
@@ -204,12 +206,14 @@ def test_notifier_stores_where_it_talks_and_forgets_it_when_done(res, selfie_png
 
     claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
     assert claimed.id == a.job_id
+    make_ready(res.db, claimed.payload["pack_id"])  # as the engine does before completing
     jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": a.pack.id, "preset": "slim"})
     jobs.cancel(res.db, b.job_id)
     asyncio.run(n.tick())
     assert deliveries.get_delivery(res.db, a.job_id) is None  # delivered
     assert deliveries.get_delivery(res.db, b.job_id) is None  # cancelled and told
     claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    make_ready(res.db, claimed.payload["pack_id"])  # as the engine does before completing
     jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": c.pack.id, "preset": "slim"})
     refusing = Refusing()
     refusing.res = res
@@ -227,7 +231,7 @@ async def _no_op(name: str) -> None:
 def test_delete_my_data_continues_when_a_set_cannot_be_deleted(res, selfie_png):
     user = ready_user(res, selfie_png)
     pack = packs.create_pack(res.db, user.id, None, None, 1.0, "0.1.0", platform="telegram")
-    packs.update_pack(res.db, pack.id, platform_set_name="e3d1x_by_b")
+    publish(res.db, pack.id, "e3d1x_by_b")
     out = asyncio.run(core.delete_my_data(res, "telegram", user.platform_user_id, _no_op))
     assert out.sets_failed == ["e3d1x_by_b"] and out.summary.packs == 1 and out.summary.selfies == 1
     assert users.find_user(res.db, "telegram", user.platform_user_id) is None
@@ -257,13 +261,15 @@ def test_notifier_rescan_loads_only_candidate_packs(res, selfie_png, monkeypatch
     done, open_, regen = orders[:4], orders[4], orders[5]
     for o in done:  # finished and published long ago: not candidates
         c = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+        make_ready(res.db, c.payload["pack_id"])  # as the engine does before completing
         jobs.complete(res.db, c.id, c.lease_token, {"pack_id": c.payload["pack_id"], "preset": "slim"})
-        packs.update_pack(res.db, c.payload["pack_id"], status="published")
+        publish(res.db, c.payload["pack_id"])
     assert jobs.claim(res.db, "eng", 60, kinds=["make_pack"]).id == open_.job_id  # stays running: a candidate
     # published, then its job finished again (a scheduled regeneration): a candidate
     c = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
     assert c.id == regen.job_id
-    packs.update_pack(res.db, regen.pack.id, status="published")
+    publish(res.db, regen.pack.id)
+    make_ready(res.db, c.payload["pack_id"])  # as the engine does before completing
     jobs.complete(res.db, c.id, c.lease_token, {"pack_id": regen.pack.id, "preset": "slim"})
 
     loaded = []

@@ -17,6 +17,7 @@ from storage import styles as st
 from tests.bots.conftest import finish_job, wait_for
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.lifecycle import make_ready
 
 pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarning"),
               pytest.mark.timeout(120)]
@@ -514,6 +515,7 @@ def test_result_without_sticker_files_sends_stills_and_says_why(res, telegram_se
             render = res.blobs.put_bytes(selfie_png)
             result = PackResult(pack_id=placed.pack.id, preset="pretrained", renders=[render],
                                 missing=["animated sticker frames"])
+            make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
             jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
             await chat.reply_containing("cannot make sticker files yet (animated sticker frames)")
             await wait_for(lambda: telegram_server.calls_to("sendPhoto"), what="the still render")

@@ -14,6 +14,7 @@ from storage import packs, users
 from tests.bots.conftest import EMOJIS
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_fixtures import engine_sticker_verifier
+from tests.lifecycle import make_ready
 
 pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarning"),
               pytest.mark.timeout(120)]
@@ -24,7 +25,8 @@ def make_pack(res, tg_user_id: int, videos: list[bytes]) -> packs.Pack:
     pack = packs.create_pack(res.db, user.id, None, None, 1.0, "0.1.0", platform="telegram")
     for i, v in enumerate(videos):
         packs.put_sticker(res.db, pack.id, i, EMOJIS[i], "video", res.blobs.put_bytes(v))
-    return pack
+    make_ready(res.db, pack.id)
+    return packs.get_pack(res.db, pack.id)
 
 
 def bot_for(server) -> ExtBot:

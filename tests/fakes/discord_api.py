@@ -52,7 +52,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from tests.fakes import discord_payloads as P
+from tests.fakes import discord_payloads as payloads
 
 API_PREFIX = "/api/v10"
 TOKEN_LIFETIME_S = 15 * 60.0
@@ -301,10 +301,10 @@ class FakeDiscord:
     """The fake REST server. ``await start()``, use :attr:`api_base`, ``await close()``."""
 
     def __init__(self, *, config: ServerConfig | None = None,
-                 snowflakes: P.Snowflakes | None = None,
+                 snowflakes: payloads.Snowflakes | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or ServerConfig()
-        self.ids = snowflakes or P.Snowflakes()
+        self.ids = snowflakes or payloads.Snowflakes()
         self.clock = clock
         self.calls: list[Call] = []
         self.faults: list[Fault] = []
@@ -368,7 +368,7 @@ class FakeDiscord:
         self.users[str(user_payload["id"])] = dict(user_payload)
 
     def add_guild(self, guild_payload: Mapping[str, Any], *,
-                  bot_permissions: int = P.DEFAULT_BOT_PERMISSIONS) -> GuildState:
+                  bot_permissions: int = payloads.DEFAULT_BOT_PERMISSIONS) -> GuildState:
         g = GuildState(payload=dict(guild_payload), bot_permissions=bot_permissions)
         for ch in g.payload.get("channels", []):
             ch = dict(ch)
@@ -409,7 +409,7 @@ class FakeDiscord:
         aid = self.ids()
         path = f"/cdn/attachments/{channel_id}/{aid}/{filename}"
         self.files[path] = (bytes(data), content_type)
-        return P.attachment(aid, filename, size=len(data), url=self.url + path,
+        return payloads.attachment(aid, filename, size=len(data), url=self.url + path,
                             content_type=content_type, width=width, height=height)
 
     # -------------------------------------------------------- interactions
@@ -423,7 +423,7 @@ class FakeDiscord:
             channel_id=str(payload["channel"]["id"]),
             guild_id=str(payload["guild_id"]) if payload.get("guild_id") else None,
             user=dict(user), created=self.clock())
-        if rec.type == P.INTERACTION_MESSAGE_COMPONENT:
+        if rec.type == payloads.INTERACTION_MESSAGE_COMPONENT:
             msg = payload["message"]
             rec.component_message_id = str(msg["id"])
             self.messages.setdefault(str(msg["channel_id"]), {}).setdefault(str(msg["id"]),
@@ -459,7 +459,7 @@ class FakeDiscord:
     def default_member_permissions(self, name: str, *,
                                    guild_id: int | str | None = None) -> int | None:
         """``default_member_permissions`` of a synced top-level command (None = everyone)."""
-        cmds = self.global_commands if guild_id is None else \
+        cmds = self.global_commands if guild_id is None else\
             self.guild_commands.get(str(guild_id), [])
         for c in cmds:
             if c["name"] == name and int(c.get("type", 1)) == 1:
@@ -707,16 +707,16 @@ class FakeDiscord:
 
     def bot_permissions_in(self, guild_id: str, channel_id: str | None = None) -> int:
         g = self._guild(guild_id)
-        perms = g.channel_bot_permissions.get(str(channel_id), g.bot_permissions) \
+        perms = g.channel_bot_permissions.get(str(channel_id), g.bot_permissions)\
             if channel_id is not None else g.bot_permissions
-        if perms & (1 << P.PERMISSION_BITS["ADMINISTRATOR"]):
+        if perms & (1 << payloads.PERMISSION_BITS["ADMINISTRATOR"]):
             return _ALL_PERMISSIONS
         return perms
 
     def _require(self, guild_id: str, channel_id: str | None, *names: str,
                  any_of: bool = False) -> None:
         have = self.bot_permissions_in(guild_id, channel_id)
-        bits = [P.permission_bits(n) for n in names]
+        bits = [payloads.permission_bits(n) for n in names]
         ok = any(have & b for b in bits) if any_of else all(have & b for b in bits)
         if not ok:
             raise ApiError(403, 50013, "Missing Permissions")
@@ -750,7 +750,7 @@ class FakeDiscord:
         if cid is None:
             cid = self.ids()
             self.dm_channels[uid] = cid
-            self.channels[cid] = P.dm_channel(cid, self.users[uid])
+            self.channels[cid] = payloads.dm_channel(cid, self.users[uid])
         return self.channels[cid]
 
     # commands
@@ -830,7 +830,7 @@ class FakeDiscord:
                        guild_id: str | None, extra: Mapping[str, Any] | None = None,
                        base: dict[str, Any] | None = None) -> dict[str, Any]:
         body = dict(call.json or {})
-        limit = GUILD_UPLOAD_LIMITS[self.guilds[guild_id].premium_tier] if guild_id else \
+        limit = GUILD_UPLOAD_LIMITS[self.guilds[guild_id].premium_tier] if guild_id else\
             GUILD_UPLOAD_LIMITS[0]
         if len(call.files) > MESSAGE_MAX_FILES:
             raise ApiError(400, 30015, "Maximum number of attachments in a message reached (10)")
@@ -848,7 +848,7 @@ class FakeDiscord:
                                  channel_id=channel_id, width=w, height=h)
             new_atts.append(att)
         if base is None:
-            msg = P.message(self.ids(), channel_id, author, content=content or "",
+            msg = payloads.message(self.ids(), channel_id, author, content=content or "",
                             guild_id=guild_id, attachments=new_atts,
                             embeds=body.get("embeds") or [],
                             components=body.get("components") or [],
@@ -871,7 +871,7 @@ class FakeDiscord:
             keep = [a for a in msg["attachments"] if str(a["id"]) in ids]
         msg["attachments"] = keep + new_atts
         msg["flags"] &= ~LOADING_FLAG
-        msg["edited_timestamp"] = P.iso(_utcnow())
+        msg["edited_timestamp"] = payloads.iso(_utcnow())
         return msg
 
     def _store(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -889,7 +889,7 @@ class FakeDiscord:
             self._require(str(gid), cid, "VIEW_CHANNEL", "SEND_MESSAGES")
             if call.files:
                 self._require(str(gid), cid, "ATTACH_FILES")
-        elif ch.get("type") == P.CHANNEL_DM:
+        elif ch.get("type") == payloads.CHANNEL_DM:
             recipient = str(ch["recipients"][0]["id"])
             if recipient in self.dms_closed:
                 raise ApiError(403, 50007, "Cannot send messages to this user")
@@ -939,7 +939,7 @@ class FakeDiscord:
         meta = {"id": rec.id, "type": rec.type, "user": rec.user,
                 "authorizing_integration_owners": {"0": rec.guild_id or "0"}}
         if loading:
-            msg = P.message(self.ids(), rec.channel_id, bot, guild_id=rec.guild_id,
+            msg = payloads.message(self.ids(), rec.channel_id, bot, guild_id=rec.guild_id,
                             flags=flags | LOADING_FLAG, webhook_id=rec.application_id,
                             application_id=rec.application_id,
                             message_type=20 if rec.type == 2 else 0,
@@ -1112,10 +1112,10 @@ class FakeDiscord:
         if self.config.strict_sticker_size and (w, h) != (320, 320):
             raise form_error("file", "STICKER_INVALID_DIMENSIONS",
                              "Sticker must be exactly 320x320")
-        limit = P.sticker_limit(g.premium_tier, g.features)
+        limit = payloads.sticker_limit(g.premium_tier, g.features)
         if len(g.stickers) >= limit:
             raise ApiError(400, 30039, f"Maximum number of stickers reached ({limit})")
-        payload = P.guild_sticker(self.ids(), g.id, name, tags=tags,
+        payload = payloads.guild_sticker(self.ids(), g.id, name, tags=tags,
                                   format_type=_STICKER_FORMAT[kind], description=desc,
                                   creator=self._bot())
         g.stickers[payload["id"]] = StickerRecord(payload, f.data, _CONTENT_TYPES[kind], w, h)
@@ -1165,11 +1165,11 @@ class FakeDiscord:
             raise form_error("image", "IMAGE_INVALID", "Invalid image data")
         animated = kind == "gif"
         same_kind = [e for e in g.emojis.values() if bool(e.get("animated")) == animated]
-        if len(same_kind) >= P.emoji_limit(g.premium_tier, g.features):
+        if len(same_kind) >= payloads.emoji_limit(g.premium_tier, g.features):
             if animated:
                 raise ApiError(400, 30018, "Maximum number of animated emojis reached")
             raise ApiError(400, 30008, "Maximum number of emojis reached")
-        payload = P.custom_emoji(self.ids(), name, animated=animated, creator=self._bot())
+        payload = payloads.custom_emoji(self.ids(), name, animated=animated, creator=self._bot())
         g.emojis[payload["id"]] = payload
         return payload
 

@@ -48,7 +48,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import discord
 from discord.ext import commands
 
-from tests.fakes import discord_payloads as P
+from tests.fakes import discord_payloads as payloads
 from tests.fakes.discord_api import FakeDiscord, ServerConfig, sniff_image
 
 
@@ -72,24 +72,24 @@ class World:
 
 def build_world(server: FakeDiscord, *, premium_tier: int = 0,
                 existing_stickers: int = 0,
-                bot_permissions: int = P.DEFAULT_BOT_PERMISSIONS) -> World:
+                bot_permissions: int = payloads.DEFAULT_BOT_PERMISSIONS) -> World:
     """Create and register the default world on ``server`` (uses ``server.ids``)."""
     ids = server.ids
-    bot_user = P.user(ids(), "emoji3d", bot=True)
-    owner = P.user(ids(), "owner")
-    app = P.application(ids(), "emoji3d", owner)
+    bot_user = payloads.user(ids(), "emoji3d", bot=True)
+    owner = payloads.user(ids(), "owner")
+    app = payloads.application(ids(), "emoji3d", owner)
     gid = ids()
     mod_role = ids()
-    roles = [P.role(gid, "@everyone", P.DEFAULT_MEMBER_PERMISSIONS),
-             P.role(mod_role, "Moderators",
-                    P.permission_bits("MANAGE_GUILD_EXPRESSIONS", "CREATE_GUILD_EXPRESSIONS"),
+    roles = [payloads.role(gid, "@everyone", payloads.DEFAULT_MEMBER_PERMISSIONS),
+             payloads.role(mod_role, "Moderators",
+                    payloads.permission_bits("MANAGE_GUILD_EXPRESSIONS", "CREATE_GUILD_EXPRESSIONS"),
                     position=1)]
-    channel = P.text_channel(ids(), gid, "general")
-    moderator = P.member(P.user(ids(), "alice", global_name="Alice"), roles=[mod_role])
-    member = P.member(P.user(ids(), "bob", global_name="Bob"))
-    stickers = [P.guild_sticker(ids(), gid, f"old{i}", tags="smile") for i in range(existing_stickers)]
-    guild = P.guild(gid, "Test Server", owner_id=owner["id"], roles=roles, channels=[channel],
-                    members=[P.member(owner), P.member(bot_user), moderator, member],
+    channel = payloads.text_channel(ids(), gid, "general")
+    moderator = payloads.member(payloads.user(ids(), "alice", global_name="Alice"), roles=[mod_role])
+    member = payloads.member(payloads.user(ids(), "bob", global_name="Bob"))
+    stickers = [payloads.guild_sticker(ids(), gid, f"old{i}", tags="smile") for i in range(existing_stickers)]
+    guild = payloads.guild(gid, "Test Server", owner_id=owner["id"], roles=roles, channels=[channel],
+                    members=[payloads.member(owner), payloads.member(bot_user), moderator, member],
                     premium_tier=premium_tier, stickers=stickers)
     server.set_bot(bot_user, app)
     server.add_guild(guild, bot_permissions=bot_permissions)
@@ -150,7 +150,7 @@ class DiscordHarness:
             state = self.state
             state._chunk_guilds = False          # GUILD_CREATE already carries members
             state.guild_ready_timeout = 0.05     # seconds to wait for more GUILD_CREATEs
-            state.parsers["READY"](P.ready(server.bot_user, server.application,
+            state.parsers["READY"](payloads.ready(server.bot_user, server.application,
                                            list(server.guilds)))
             for gid in server.guilds:
                 state.parsers["GUILD_CREATE"](server.guild_create_payload(gid))
@@ -229,7 +229,7 @@ class DiscordHarness:
             return True
         have = self.context(invoker, **ctx).member_permissions
         if required == 0:  # "0" hides the command from everyone but administrators
-            return bool(have & P.permission_bits("ADMINISTRATOR"))
+            return bool(have & payloads.permission_bits("ADMINISTRATOR"))
         return (have & required) == required
 
     # -------------------------------------------------------------- builders
@@ -241,7 +241,7 @@ class DiscordHarness:
     def context(self, invoker: Mapping[str, Any], *, guild_id: int | str | None = None,
                 channel: Mapping[str, Any] | None = None,
                 member_permissions: int | None = None,
-                app_permissions: int | None = None) -> P.InteractionContext:
+                app_permissions: int | None = None) -> payloads.InteractionContext:
         """Context for ``invoker`` (member payload in a guild, user payload in DM).
         Permissions default to what the fake's guild roles/overwrites give."""
         server = self.server
@@ -251,9 +251,9 @@ class DiscordHarness:
             if channel is None:
                 cid = server.dm_channels.get(uid) or server.ids()
                 server.dm_channels[uid] = cid
-                channel = P.dm_channel(cid, invoker)
+                channel = payloads.dm_channel(cid, invoker)
                 server.channels[cid] = dict(channel)
-            return P.InteractionContext(application_id=app_id, channel=channel, invoker=invoker,
+            return payloads.InteractionContext(application_id=app_id, channel=channel, invoker=invoker,
                                         member_permissions=member_permissions or 0,
                                         app_permissions=app_permissions or 0)
         if guild_id is None:
@@ -262,16 +262,16 @@ class DiscordHarness:
             guild_id = next(iter(server.guilds))
         g = server.guilds[str(guild_id)]
         if channel is None:
-            channel = next(c for c in g.payload["channels"] if c["type"] == P.CHANNEL_GUILD_TEXT)
-        perms = member_permissions if member_permissions is not None else \
-            P.compute_permissions(g.payload, invoker, channel)
-        app_perms = app_permissions if app_permissions is not None else \
+            channel = next(c for c in g.payload["channels"] if c["type"] == payloads.CHANNEL_GUILD_TEXT)
+        perms = member_permissions if member_permissions is not None else\
+            payloads.compute_permissions(g.payload, invoker, channel)
+        app_perms = app_permissions if app_permissions is not None else\
             server.bot_permissions_in(g.id, str(channel["id"]))
-        return P.InteractionContext(application_id=app_id, channel=channel, invoker=invoker,
+        return payloads.InteractionContext(application_id=app_id, channel=channel, invoker=invoker,
                                     guild_id=g.id, member_permissions=perms,
                                     app_permissions=app_perms,
                                     attachment_size_limit=max(
-                                        P.DEFAULT_ATTACHMENT_SIZE_LIMIT,
+                                        payloads.DEFAULT_ATTACHMENT_SIZE_LIMIT,
                                         {2: 50, 3: 100}.get(g.premium_tier, 10) * 1024 * 1024))
 
     def _command_id(self, command: str, command_guild_id: str | None) -> str:
@@ -291,7 +291,7 @@ class DiscordHarness:
               attachments: Sequence[Mapping[str, Any]] = (),
               command_guild_id: int | str | None = None, **ctx: Any) -> dict[str, Any]:
         cg = None if command_guild_id is None else str(command_guild_id)
-        return P.slash_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
+        return payloads.slash_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
                                    token=self._token(), command=command,
                                    command_id=self._command_id(command, cg), options=options,
                                    attachments=attachments, command_guild_id=cg)
@@ -301,7 +301,7 @@ class DiscordHarness:
                      attachments: Sequence[Mapping[str, Any]] = (),
                      command_guild_id: int | str | None = None, **ctx: Any) -> dict[str, Any]:
         cg = None if command_guild_id is None else str(command_guild_id)
-        return P.autocomplete_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
+        return payloads.autocomplete_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
                                           token=self._token(), command=command,
                                           command_id=self._command_id(command, cg),
                                           options=options, attachments=attachments,
@@ -310,7 +310,7 @@ class DiscordHarness:
     def click(self, custom_id: str, invoker: Mapping[str, Any], *,
               message: Mapping[str, Any], **ctx: Any) -> dict[str, Any]:
         """A button press on ``message`` (a message payload as the fake stored it)."""
-        return P.component_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
+        return payloads.component_interaction(self.context(invoker, **ctx), iid=self.server.ids(),
                                        token=self._token(), custom_id=custom_id,
                                        message_payload=message)
 

@@ -19,7 +19,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes import discord_payloads as P
+from tests.fakes import discord_payloads as payloads
 from tests.fakes.discord_api import FakeDiscord, ServerConfig, animation_timing, sniff_image
 from tests.fakes.discord_harness import DiscordHarness, World, build_world, running_bot
 
@@ -27,7 +27,7 @@ STYLES = ["pixar", "pixel-art", "anime", "clay"]
 ADD_ID = "emoji3d:add"
 
 
-png_bytes = P.make_png
+png_bytes = payloads.make_png
 
 
 # ------------------------------------------------------------ throwaway cog
@@ -174,7 +174,7 @@ def test_login_ready_and_sync_reach_the_fake() -> None:
         assert len(put) == 1
         emoji_cmd, house_cmd = sorted(put[0].json, key=lambda c: c["name"])
         assert {o["name"] for o in emoji_cmd["options"]} == {"create", "later", "wait"}
-        assert int(house_cmd["default_member_permissions"]) == P.permission_bits(
+        assert int(house_cmd["default_member_permissions"]) == payloads.permission_bits(
             "MANAGE_GUILD_EXPRESSIONS")
         assert all(c.headers["Authorization"] == "Bot fake-bot-token" for c in h.server.calls)
         h.assert_no_errors()
@@ -187,7 +187,7 @@ def test_create_flow_defers_edits_and_follows_up_with_a_file() -> None:
         selfie = png_bytes(64, 48)
         att = h.upload(selfie, "me.png", "image/png")
         payload = h.slash("emoji create", w.member, attachments=[att], options=[
-            P.option("selfie", "attachment", att["id"]), P.option("style", "string", "anime")])
+            payloads.option("selfie", "attachment", att["id"]), payloads.option("style", "string", "anime")])
         interaction = await h.deliver(payload)
         h.assert_no_errors()
         assert isinstance(interaction, discord.Interaction)
@@ -234,8 +234,8 @@ def test_autocomplete_answers_choices() -> None:
     async def t(h: DiscordHarness, w: World) -> None:
         att = h.upload(png_bytes(8, 8), "me.png", "image/png")
         payload = h.autocomplete("emoji create", w.member, attachments=[att], options=[
-            P.option("selfie", "attachment", att["id"]),
-            P.option("style", "string", "pix", focused=True)])
+            payloads.option("selfie", "attachment", att["id"]),
+            payloads.option("style", "string", "pix", focused=True)])
         await h.deliver(payload)
         h.assert_no_errors()
         (cb,) = h.server.calls_to("POST", "/interactions/{interaction_id}/{token}/callback")
@@ -250,7 +250,7 @@ def test_autocomplete_answers_choices() -> None:
 async def _result_message(h: DiscordHarness, w: World) -> dict[str, Any]:
     att = h.upload(png_bytes(8, 8), "me.png", "image/png")
     payload = h.slash("emoji create", w.member, attachments=[att],
-                      options=[P.option("selfie", "attachment", att["id"])])
+                      options=[payloads.option("selfie", "attachment", att["id"])])
     await h.deliver(payload)
     (msg,) = h.server.followups(payload["token"])
     return msg
@@ -350,7 +350,7 @@ def test_bot_missing_permission_gives_50013() -> None:
         (fu,) = h.server.followups(click["token"])
         assert fu["content"] == "failed:50013"
 
-    run_bot(t, bot_permissions=P.permission_bits("VIEW_CHANNEL", "SEND_MESSAGES", "ATTACH_FILES"))
+    run_bot(t, bot_permissions=payloads.permission_bits("VIEW_CHANNEL", "SEND_MESSAGES", "ATTACH_FILES"))
 
 
 def test_expired_token_edit_fails_and_a_dm_works() -> None:
@@ -420,7 +420,7 @@ def test_house_style_permission_check_allowed_and_refused() -> None:
 
 def test_emit_feeds_other_gateway_events() -> None:
     async def t(h: DiscordHarness, w: World) -> None:
-        sticker = P.guild_sticker(h.server.ids(), w.guild_id, "from gateway", tags="smile")
+        sticker = payloads.guild_sticker(h.server.ids(), w.guild_id, "from gateway", tags="smile")
         h.emit("GUILD_STICKERS_UPDATE", {"guild_id": w.guild_id, "stickers": [sticker]})
         guild = h.bot.get_guild(int(w.guild_id))
         assert [s.name for s in guild.stickers] == ["from gateway"]
@@ -540,8 +540,8 @@ def run_raw(test: Callable[[FakeDiscord, World, aiohttp.ClientSession], Awaitabl
     asyncio.run(asyncio.wait_for(main(), timeout=30))
 
 
-def _ctx(server: FakeDiscord, w: World) -> P.InteractionContext:
-    return P.InteractionContext(application_id=w.application["id"], channel=w.channel,
+def _ctx(server: FakeDiscord, w: World) -> payloads.InteractionContext:
+    return payloads.InteractionContext(application_id=w.application["id"], channel=w.channel,
                                 invoker=w.member, guild_id=w.guild_id)
 
 
@@ -586,14 +586,14 @@ def test_raw_unauthorized_and_unknown_routes() -> None:
 def test_raw_interaction_timing_rules() -> None:
     async def t(server: FakeDiscord, w: World, s: aiohttp.ClientSession) -> None:
         ctx = _ctx(server, w)
-        late = P.slash_interaction(ctx, iid=server.ids(), token="tok-late", command="emoji",
+        late = payloads.slash_interaction(ctx, iid=server.ids(), token="tok-late", command="emoji",
                                    command_id="1")
         server.register_interaction(late)
         server.clock.advance(3.5)  # type: ignore[attr-defined]
         url = f"{server.api_base}/interactions/{late['id']}/tok-late/callback"
         async with s.post(url, json={"type": 5}) as r:
             assert r.status == 404 and (await r.json())["code"] == 10062
-        ok = P.slash_interaction(ctx, iid=server.ids(), token="tok-ok", command="emoji",
+        ok = payloads.slash_interaction(ctx, iid=server.ids(), token="tok-ok", command="emoji",
                                  command_id="1")
         server.register_interaction(ok)
         url = f"{server.api_base}/interactions/{ok['id']}/tok-ok/callback"
@@ -639,7 +639,7 @@ def test_raw_sticker_rules() -> None:
             assert status == 200 and body["format_type"] == 2
         status, body = await post(_sticker_form("sixth", png_bytes(8, 8)))
         assert status == 400 and body["code"] == 30039
-        server.set_bot_permissions(w.guild_id, P.permission_bits("SEND_MESSAGES"))
+        server.set_bot_permissions(w.guild_id, payloads.permission_bits("SEND_MESSAGES"))
         sid = server.stickers(w.guild_id)[0].payload["id"]
         async with s.delete(f"{url}/{sid}") as r:
             assert r.status == 403 and (await r.json())["code"] == 50013
@@ -649,7 +649,7 @@ def test_raw_sticker_rules() -> None:
 
 def test_raw_ephemeral_messages_are_only_reachable_by_webhook() -> None:
     async def t(server: FakeDiscord, w: World, s: aiohttp.ClientSession) -> None:
-        p = P.slash_interaction(_ctx(server, w), iid=server.ids(), token="tok-e",
+        p = payloads.slash_interaction(_ctx(server, w), iid=server.ids(), token="tok-e",
                                 command="emoji", command_id="1")
         server.register_interaction(p)
         url = f"{server.api_base}/interactions/{p['id']}/tok-e/callback?with_response=true"
@@ -681,36 +681,36 @@ def test_raw_strict_sticker_size() -> None:
 
 
 def test_payload_validation_and_permissions() -> None:
-    ids = P.Snowflakes()
+    ids = payloads.Snowflakes()
     a, b = ids.next(), ids.next()
-    assert b > a and P.snowflake_time(a).year == 2026
+    assert b > a and payloads.snowflake_time(a).year == 2026
     with pytest.raises(ValueError, match="unknown Discord permission"):
-        P.permission_bits("MAKE_COFFEE")
+        payloads.permission_bits("MAKE_COFFEE")
     with pytest.raises(ValueError, match="premium_tier"):
-        P.sticker_limit(4)
-    assert [P.sticker_limit(t) for t in range(4)] == [5, 15, 30, 60]
+        payloads.sticker_limit(4)
+    assert [payloads.sticker_limit(t) for t in range(4)] == [5, 15, 30, 60]
     gid = ids()
     mod = ids()
-    roles = [P.role(gid, "@everyone", P.permission_bits("VIEW_CHANNEL", "SEND_MESSAGES")),
-             P.role(mod, "mods", P.permission_bits("MANAGE_GUILD_EXPRESSIONS"))]
-    m = P.member(P.user(ids(), "carol"), roles=[mod])
-    g = P.guild(gid, "g", owner_id=ids(), roles=roles)
-    ch = P.text_channel(ids(), gid, overwrites=[
-        P.overwrite(gid, kind=0, deny=P.permission_bits("SEND_MESSAGES")),
-        P.overwrite(m["user"]["id"], kind=1, allow=P.permission_bits("ATTACH_FILES"))])
-    perms = P.compute_permissions(g, m, ch)
-    assert perms & P.permission_bits("MANAGE_GUILD_EXPRESSIONS", "ATTACH_FILES", "VIEW_CHANNEL") \
-        == P.permission_bits("MANAGE_GUILD_EXPRESSIONS", "ATTACH_FILES", "VIEW_CHANNEL")
-    assert not perms & P.permission_bits("SEND_MESSAGES")
-    ctx = P.InteractionContext(application_id="1", channel=ch, invoker=m, guild_id=gid)
+    roles = [payloads.role(gid, "@everyone", payloads.permission_bits("VIEW_CHANNEL", "SEND_MESSAGES")),
+             payloads.role(mod, "mods", payloads.permission_bits("MANAGE_GUILD_EXPRESSIONS"))]
+    m = payloads.member(payloads.user(ids(), "carol"), roles=[mod])
+    g = payloads.guild(gid, "g", owner_id=ids(), roles=roles)
+    ch = payloads.text_channel(ids(), gid, overwrites=[
+        payloads.overwrite(gid, kind=0, deny=payloads.permission_bits("SEND_MESSAGES")),
+        payloads.overwrite(m["user"]["id"], kind=1, allow=payloads.permission_bits("ATTACH_FILES"))])
+    perms = payloads.compute_permissions(g, m, ch)
+    assert perms & payloads.permission_bits("MANAGE_GUILD_EXPRESSIONS", "ATTACH_FILES", "VIEW_CHANNEL")\
+        == payloads.permission_bits("MANAGE_GUILD_EXPRESSIONS", "ATTACH_FILES", "VIEW_CHANNEL")
+    assert not perms & payloads.permission_bits("SEND_MESSAGES")
+    ctx = payloads.InteractionContext(application_id="1", channel=ch, invoker=m, guild_id=gid)
     with pytest.raises(ValueError, match="not listed"):
-        P.slash_interaction(ctx, iid="5", token="t", command="emoji create", command_id="2",
-                            options=[P.option("selfie", "attachment", "99")])
+        payloads.slash_interaction(ctx, iid="5", token="t", command="emoji create", command_id="2",
+                            options=[payloads.option("selfie", "attachment", "99")])
     with pytest.raises(ValueError, match="exactly one focused"):
-        P.autocomplete_interaction(ctx, iid="5", token="t", command="emoji create",
-                                   command_id="2", options=[P.option("style", "string", "a")])
-    data = P.slash_interaction(ctx, iid="5", token="t", command="emoji group create",
-                               command_id="2", options=[P.option("n", "integer", 3)])["data"]
+        payloads.autocomplete_interaction(ctx, iid="5", token="t", command="emoji create",
+                                   command_id="2", options=[payloads.option("style", "string", "a")])
+    data = payloads.slash_interaction(ctx, iid="5", token="t", command="emoji group create",
+                               command_id="2", options=[payloads.option("n", "integer", 3)])["data"]
     assert data["options"][0]["type"] == 2 and data["options"][0]["options"][0]["type"] == 1
     assert data["options"][0]["options"][0]["options"] == [{"name": "n", "type": 4, "value": 3}]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from storage import jobs as q
+from storage import jobs
 from shell.commands.jobs import main
 
 
@@ -14,10 +14,10 @@ def _run(url, *args):
 
 
 def test_list_show_cancel(db_url, db):
-    a = q.enqueue(db, "make", {"pack": 1}, "a")
-    b = q.enqueue(db, "regenerate_pack", {"pack": 2}, "b", priority="batch")
-    j = q.claim(db, "gpu0", 60)
-    q.set_progress(db, j.id, j.lease_token, "invert", 0.4)
+    a = jobs.enqueue(db, "make", {"pack": 1}, "a")
+    b = jobs.enqueue(db, "regenerate_pack", {"pack": 2}, "b", priority="batch")
+    j = jobs.claim(db, "gpu0", 60)
+    jobs.set_progress(db, j.id, j.lease_token, "invert", 0.4)
     code, text = _run(db_url, "list")
     assert code == 0 and "invert" in text and "regenerate_pack" in text and "queued 1, running 1" in text
     code, text = _run(db_url, "show", str(a))
@@ -26,7 +26,7 @@ def test_list_show_cancel(db_url, db):
     assert "queue position: 1" in text
     code, text = _run(db_url, "cancel", str(a), str(b))
     assert code == 0 and "cancel requested" in text and f"job {b}: cancelled" in text
-    assert q.get_job(db, a).status == "cancel_requested" and q.get_job(db, b).status == "cancelled"
+    assert jobs.get_job(db, a).status == "cancel_requested" and jobs.get_job(db, b).status == "cancelled"
     code, text = _run(db_url, "list", "--status", "cancelled")
     assert code == 0 and "regenerate_pack" in text and "make" not in text.split("total")[0]
 

@@ -9,12 +9,14 @@ import pytest
 import sqlalchemy as sa
 
 from emoji3d.errors import ConfigError
-from shell.scheduler import REGENERATE_KIND, Schedule, parse_cron, regenerate_outdated_packs, regenerate_style_packs, start_scheduler
-from storage import jobs as q
+from emoji3d.schedules import Schedule, parse_cron
+from shell.scheduler import REGENERATE_KIND, regenerate_outdated_packs, regenerate_style_packs, start_scheduler
+from storage import jobs
 from storage import packs, styles, users
 from storage.blobs import BlobStore
 from storage.db import open_database
 from tests.storage.procs import proc_scheduler, run_spawned
+from tests.lifecycle import make_ready
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def world(tmp_path):
     p_old = packs.create_pack(db, u.id, other.id, other.version, 0.8, "0.0.9")
     p_pending = packs.create_pack(db, u.id, toon.id, toon.version, 0.8, "0.0.1")  # not live: never touched
     for p in (p_changed, p_ink, p_old):
-        packs.update_pack(db, p.id, status="ready")
+        make_ready(db, p.id)
     styles.set_exemplar(db, toon.id, blobs.put_bytes(b"toon v2"))
     styles.set_status(db, toon.id, "ready")
     yield {"db": db, "url": url, "changed": p_changed.id, "old": p_old.id, "pending": p_pending.id,
@@ -39,7 +41,7 @@ def world(tmp_path):
 
 
 def _regen_jobs(db):
-    return sorted((j.payload["pack_id"], j.payload["reason"]) for j in q.list_jobs(db, kind=REGENERATE_KIND))
+    return sorted((j.payload["pack_id"], j.payload["reason"]) for j in jobs.list_jobs(db, kind=REGENERATE_KIND))
 
 
 def test_style_change_bumps_version_and_selects_packs(world):
@@ -48,7 +50,7 @@ def test_style_change_bumps_version_and_selects_packs(world):
     ids = regenerate_style_packs(db, {})
     assert _regen_jobs(db) == [(world["changed"], "style_changed")]
     assert regenerate_style_packs(db, {}) == ids  # idempotent
-    job = q.get_job(db, ids[0])
+    job = jobs.get_job(db, ids[0])
     assert job.priority == "batch" and job.payload["style_version"] == 2 and job.payload["from_style_version"] == 1
     assert regenerate_style_packs(db, {"styles": ["ink"]}) == []
 
@@ -65,9 +67,9 @@ def test_outdated_engine_packs_selected_by_version_order(world):
 def test_interactive_jobs_go_before_scheduled_batch_jobs(world):
     db = world["db"]
     regenerate_outdated_packs(db, {}, "0.2.0")
-    inter = q.enqueue(db, "make", {}, "user-make")
-    assert q.claim(db, "w", 30).id == inter
-    assert q.claim(db, "w", 30).kind == REGENERATE_KIND
+    inter = jobs.enqueue(db, "make", {}, "user-make")
+    assert jobs.claim(db, "w", 30).id == inter
+    assert jobs.claim(db, "w", 30).kind == REGENERATE_KIND
 
 
 @pytest.mark.parametrize("sched,msg", [
@@ -135,13 +137,13 @@ def test_scheduled_regeneration_survives_restart_and_fires(world):
     assert _regen_jobs(db) == []  # nothing ran while no scheduler was up
     run_spawned([(proc_scheduler, url, declared, "0.1.0", t_live + 3, str(tmp / "b.json"))], tmp / "go-b")
     assert sorted(json.loads((tmp / "b.json").read_text())["kept"]) == ["engine-refresh", "style-refresh"]
-    jobs = {j.payload["reason"]: j for j in q.list_jobs(db, kind=REGENERATE_KIND)}
-    assert set(jobs) == {"style_changed", "engine_updated"}
-    assert jobs["style_changed"].payload["pack_id"] == world["changed"]
-    assert jobs["style_changed"].created_at < t_live  # the missed run, executed on start
-    assert jobs["engine_updated"].payload["pack_id"] == world["old"]
-    assert jobs["engine_updated"].created_at >= t_live  # on time, not before
-    assert all(j.priority == "batch" for j in jobs.values())
+    by_reason = {j.payload["reason"]: j for j in jobs.list_jobs(db, kind=REGENERATE_KIND)}
+    assert set(by_reason) == {"style_changed", "engine_updated"}
+    assert by_reason["style_changed"].payload["pack_id"] == world["changed"]
+    assert by_reason["style_changed"].created_at < t_live  # the missed run, executed on start
+    assert by_reason["engine_updated"].payload["pack_id"] == world["old"]
+    assert by_reason["engine_updated"].created_at >= t_live  # on time, not before
+    assert all(j.priority == "batch" for j in by_reason.values())
 
 
 def test_parse_cron_accepts_seconds_field():

@@ -54,30 +54,30 @@ def proc_migrate(url: str, barrier_path: str) -> None:
 
 
 def proc_enqueue(url: str, keys: list[str], barrier_path: str, out_path: str) -> None:
-    from storage import jobs as q
+    from storage import jobs
     from storage.db import open_database
 
     db = open_database(url)
     _barrier(barrier_path)
-    ids = [q.enqueue(db, "k", {"key": k}, k, priority="batch") for k in keys]
+    ids = [jobs.enqueue(db, "k", {"key": k}, k, priority="batch") for k in keys]
     Path(out_path).write_text(" ".join(map(str, ids)))
     db.dispose()
 
 
 def proc_claim_all(url: str, worker_id: str, barrier_path: str, out_path: str) -> None:
     """Claim and complete jobs until none is left; write the claimed ids."""
-    from storage import jobs as q
+    from storage import jobs
     from storage.db import open_database
 
     db = open_database(url)
     _barrier(barrier_path)
     got = []
     while True:
-        job = q.claim(db, worker_id, 60)
+        job = jobs.claim(db, worker_id, 60)
         if job is None:
             break
         got.append(job.id)
-        q.complete(db, job.id, job.lease_token, {"by": worker_id})
+        jobs.complete(db, job.id, job.lease_token, {"by": worker_id})
     Path(out_path).write_text(" ".join(map(str, got)))
     db.dispose()
 
@@ -115,7 +115,8 @@ def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_unt
     import json
     import logging
 
-    from shell.scheduler import Schedule, start_scheduler
+    from emoji3d.schedules import Schedule
+    from shell.scheduler import start_scheduler
     from storage.db import open_database
 
     logging.basicConfig(level=logging.INFO)

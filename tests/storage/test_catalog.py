@@ -7,6 +7,7 @@ import pytest
 
 from storage import artifacts, packs, selfies, styles, users
 from storage.communities import get_or_create_community
+from tests.lifecycle import publish
 
 
 def test_style_scopes_versions_and_names(db, blobs):
@@ -42,7 +43,7 @@ def test_stickers_and_platform_state(db, blobs):
     s0b = packs.put_sticker(db, p.id, 0, "😀", "static", b)  # re-render replaces the file
     assert blobs.refcount(a) == 0 and blobs.refcount(b) == 1
     assert packs.list_stickers(db, p.id)[0].platform_state == "local" and s0b.id != s0.id
-    packs.update_pack(db, p.id, status="published", platform_set_name="me_by_bot")
+    publish(db, p.id, "me_by_bot")
     assert packs.get_pack(db, p.id).platform_set_name == "me_by_bot"
     with pytest.raises(ValueError):
         packs.put_sticker(db, p.id, 1, "😀", "gif", b)

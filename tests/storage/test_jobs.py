@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage import jobs as q
+from storage import jobs
 from storage.blobs import BlobNotFound, refcount
 from storage.jobs import LeaseLost, RetryPolicy
 from tests.storage.procs import proc_claim_all, proc_enqueue, run_spawned
@@ -12,163 +12,163 @@ T0 = 1_000_000.0
 
 
 def test_enqueue_is_idempotent(db):
-    a = q.enqueue(db, "make", {"x": 1}, "user1:selfieA:styleB", now=T0)
-    b = q.enqueue(db, "make", {"x": 2}, "user1:selfieA:styleB", now=T0 + 5)
+    a = jobs.enqueue(db, "make", {"x": 1}, "user1:selfieA:styleB", now=T0)
+    b = jobs.enqueue(db, "make", {"x": 2}, "user1:selfieA:styleB", now=T0 + 5)
     assert a == b
-    assert len(q.list_jobs(db)) == 1 and q.get_job(db, a).payload == {"x": 1}
-    assert q.find_by_key(db, "user1:selfieA:styleB").id == a
+    assert len(jobs.list_jobs(db)) == 1 and jobs.get_job(db, a).payload == {"x": 1}
+    assert jobs.find_by_key(db, "user1:selfieA:styleB").id == a
 
 
 def test_enqueue_validates(db):
     with pytest.raises(ValueError, match="priority"):
-        q.enqueue(db, "make", {}, "k", priority="urgent")  # type: ignore[arg-type]
+        jobs.enqueue(db, "make", {}, "k", priority="urgent")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_attempts"):
-        q.enqueue(db, "make", {}, "k", max_attempts=0)
+        jobs.enqueue(db, "make", {}, "k", max_attempts=0)
     with pytest.raises(TypeError, match="JSON"):
-        q.enqueue(db, "make", {"x": object()}, "k")
+        jobs.enqueue(db, "make", {"x": object()}, "k")
     with pytest.raises(ValueError, match="idempotency_key"):
-        q.enqueue(db, "make", {}, "")
+        jobs.enqueue(db, "make", {}, "")
 
 
 def test_claim_order_interactive_first_then_fifo(db):
-    b1 = q.enqueue(db, "k", {}, "b1", priority="batch", now=T0)
-    i1 = q.enqueue(db, "k", {}, "i1", now=T0 + 1)
-    b2 = q.enqueue(db, "k", {}, "b2", priority="batch", now=T0 + 2)
-    i2 = q.enqueue(db, "k", {}, "i2", now=T0 + 3)
-    assert [q.queue_position(db, j) for j in (i1, i2, b1, b2)] == [1, 2, 3, 4]
-    got = [q.claim(db, "w", 30, now=T0 + 10).id for _ in range(4)]
+    b1 = jobs.enqueue(db, "k", {}, "b1", priority="batch", now=T0)
+    i1 = jobs.enqueue(db, "k", {}, "i1", now=T0 + 1)
+    b2 = jobs.enqueue(db, "k", {}, "b2", priority="batch", now=T0 + 2)
+    i2 = jobs.enqueue(db, "k", {}, "i2", now=T0 + 3)
+    assert [jobs.queue_position(db, j) for j in (i1, i2, b1, b2)] == [1, 2, 3, 4]
+    got = [jobs.claim(db, "w", 30, now=T0 + 10).id for _ in range(4)]
     assert got == [i1, i2, b1, b2]
-    assert q.claim(db, "w", 30, now=T0 + 10) is None
-    assert q.queue_position(db, i1) is None
+    assert jobs.claim(db, "w", 30, now=T0 + 10) is None
+    assert jobs.queue_position(db, i1) is None
 
 
 def test_claim_filters_kinds(db):
-    a = q.enqueue(db, "render", {}, "a", now=T0)
-    b = q.enqueue(db, "tune", {}, "b", now=T0)
-    assert q.claim(db, "w", 30, kinds=["tune"], now=T0).id == b
-    assert q.claim(db, "w", 30, kinds=["tune"], now=T0) is None
-    assert q.claim(db, "w", 30, kinds=[], now=T0) is None
-    assert q.claim(db, "w", 30, kinds=["render", "x"], now=T0).id == a
+    a = jobs.enqueue(db, "render", {}, "a", now=T0)
+    b = jobs.enqueue(db, "tune", {}, "b", now=T0)
+    assert jobs.claim(db, "w", 30, kinds=["tune"], now=T0).id == b
+    assert jobs.claim(db, "w", 30, kinds=["tune"], now=T0) is None
+    assert jobs.claim(db, "w", 30, kinds=[], now=T0) is None
+    assert jobs.claim(db, "w", 30, kinds=["render", "x"], now=T0).id == a
 
 
 def test_expired_lease_is_reclaimed_and_old_token_refused(db):
-    jid = q.enqueue(db, "k", {}, "k1", now=T0)
-    first = q.claim(db, "w1", 10, now=T0)
+    jid = jobs.enqueue(db, "k", {}, "k1", now=T0)
+    first = jobs.claim(db, "w1", 10, now=T0)
     assert first.attempts == 1 and first.lease_owner == "w1"
-    assert q.claim(db, "w2", 10, now=T0 + 9) is None  # lease still valid
-    second = q.claim(db, "w2", 10, now=T0 + 11)
+    assert jobs.claim(db, "w2", 10, now=T0 + 9) is None  # lease still valid
+    second = jobs.claim(db, "w2", 10, now=T0 + 11)
     assert second.id == jid and second.attempts == 2 and second.lease_token != first.lease_token
-    for write in (lambda: q.heartbeat(db, jid, first.lease_token, 10, now=T0 + 12),
-                  lambda: q.set_progress(db, jid, first.lease_token, "x", 0.5, now=T0 + 12),
-                  lambda: q.complete(db, jid, first.lease_token, {"by": "w1"}, now=T0 + 12),
-                  lambda: q.fail(db, jid, first.lease_token, "boom", now=T0 + 12),
-                  lambda: q.release(db, jid, first.lease_token, now=T0 + 12)):
+    for write in (lambda: jobs.heartbeat(db, jid, first.lease_token, 10, now=T0 + 12),
+                  lambda: jobs.set_progress(db, jid, first.lease_token, "x", 0.5, now=T0 + 12),
+                  lambda: jobs.complete(db, jid, first.lease_token, {"by": "w1"}, now=T0 + 12),
+                  lambda: jobs.fail(db, jid, first.lease_token, "boom", now=T0 + 12),
+                  lambda: jobs.release(db, jid, first.lease_token, now=T0 + 12)):
         with pytest.raises(LeaseLost):
             write()
-    q.complete(db, jid, second.lease_token, {"by": "w2"}, now=T0 + 13)
+    jobs.complete(db, jid, second.lease_token, {"by": "w2"}, now=T0 + 13)
     with pytest.raises(LeaseLost):  # exactly once, even for the rightful owner
-        q.complete(db, jid, second.lease_token, {"by": "w2 again"}, now=T0 + 14)
-    job = q.get_job(db, jid)
+        jobs.complete(db, jid, second.lease_token, {"by": "w2 again"}, now=T0 + 14)
+    job = jobs.get_job(db, jid)
     assert job.status == "succeeded" and job.result == {"by": "w2"} and job.progress == 1.0
 
 
 def test_heartbeat_extends_the_lease(db):
-    jid = q.enqueue(db, "k", {}, "hb", now=T0)
-    j = q.claim(db, "w1", 10, now=T0)
-    assert q.heartbeat(db, jid, j.lease_token, 10, now=T0 + 8) == "running"
-    assert q.claim(db, "w2", 10, now=T0 + 15) is None
-    assert q.claim(db, "w2", 10, now=T0 + 18.5).attempts == 2
+    jid = jobs.enqueue(db, "k", {}, "hb", now=T0)
+    j = jobs.claim(db, "w1", 10, now=T0)
+    assert jobs.heartbeat(db, jid, j.lease_token, 10, now=T0 + 8) == "running"
+    assert jobs.claim(db, "w2", 10, now=T0 + 15) is None
+    assert jobs.claim(db, "w2", 10, now=T0 + 18.5).attempts == 2
 
 
 def test_lease_expiry_after_last_attempt_fails_the_job(db):
-    jid = q.enqueue(db, "k", {}, "k1", max_attempts=2, now=T0)
-    q.claim(db, "w", 5, now=T0)
-    q.claim(db, "w", 5, now=T0 + 6)
-    assert q.claim(db, "w", 5, now=T0 + 12) is None
-    job = q.get_job(db, jid)
+    jid = jobs.enqueue(db, "k", {}, "k1", max_attempts=2, now=T0)
+    jobs.claim(db, "w", 5, now=T0)
+    jobs.claim(db, "w", 5, now=T0 + 6)
+    assert jobs.claim(db, "w", 5, now=T0 + 12) is None
+    job = jobs.get_job(db, jid)
     assert job.status == "failed" and job.error_key == "worker_lost" and "2 time" in job.error
 
 
 def test_fail_retries_with_exponential_backoff_then_fails(db):
     policy = RetryPolicy(base_seconds=10, factor=2, max_seconds=1000)
-    jid = q.enqueue(db, "k", {}, "k1", max_attempts=3, now=T0)
-    j = q.claim(db, "w", 30, now=T0)
-    assert q.fail(db, jid, j.lease_token, "gpu oom", policy=policy, now=T0 + 1) == "queued"
-    assert q.get_job(db, jid).not_before == pytest.approx(T0 + 11)
-    assert q.claim(db, "w", 30, now=T0 + 10) is None
-    j = q.claim(db, "w", 30, now=T0 + 11)
-    assert q.fail(db, jid, j.lease_token, "gpu oom", policy=policy, now=T0 + 12) == "queued"
-    assert q.get_job(db, jid).not_before == pytest.approx(T0 + 32)
-    j = q.claim(db, "w", 30, now=T0 + 32)
-    assert q.fail(db, jid, j.lease_token, "gpu oom again", policy=policy, now=T0 + 33) == "failed"
-    job = q.get_job(db, jid)
+    jid = jobs.enqueue(db, "k", {}, "k1", max_attempts=3, now=T0)
+    j = jobs.claim(db, "w", 30, now=T0)
+    assert jobs.fail(db, jid, j.lease_token, "gpu oom", policy=policy, now=T0 + 1) == "queued"
+    assert jobs.get_job(db, jid).not_before == pytest.approx(T0 + 11)
+    assert jobs.claim(db, "w", 30, now=T0 + 10) is None
+    j = jobs.claim(db, "w", 30, now=T0 + 11)
+    assert jobs.fail(db, jid, j.lease_token, "gpu oom", policy=policy, now=T0 + 12) == "queued"
+    assert jobs.get_job(db, jid).not_before == pytest.approx(T0 + 32)
+    j = jobs.claim(db, "w", 30, now=T0 + 32)
+    assert jobs.fail(db, jid, j.lease_token, "gpu oom again", policy=policy, now=T0 + 33) == "failed"
+    job = jobs.get_job(db, jid)
     assert job.status == "failed" and job.error == "gpu oom again" and job.attempts == 3
     assert job.finished_at == pytest.approx(T0 + 33)
 
 
 def test_non_retryable_failure_keeps_its_key(db):
-    jid = q.enqueue(db, "k", {}, "k1", now=T0)
-    j = q.claim(db, "w", 30, now=T0)
-    assert q.fail(db, jid, j.lease_token, "no face", retryable=False, error_key="no_face", now=T0) == "failed"
-    assert q.get_job(db, jid).error_key == "no_face"
+    jid = jobs.enqueue(db, "k", {}, "k1", now=T0)
+    j = jobs.claim(db, "w", 30, now=T0)
+    assert jobs.fail(db, jid, j.lease_token, "no face", retryable=False, error_key="no_face", now=T0) == "failed"
+    assert jobs.get_job(db, jid).error_key == "no_face"
 
 
 def test_release_returns_job_without_using_an_attempt(db):
-    jid = q.enqueue(db, "k", {}, "k1", max_attempts=1, now=T0)
-    j = q.claim(db, "w1", 300, now=T0)
-    assert q.release(db, jid, j.lease_token, now=T0 + 1) == "queued"
-    j2 = q.claim(db, "w2", 300, now=T0 + 1)  # at once, no waiting for the lease
+    jid = jobs.enqueue(db, "k", {}, "k1", max_attempts=1, now=T0)
+    j = jobs.claim(db, "w1", 300, now=T0)
+    assert jobs.release(db, jid, j.lease_token, now=T0 + 1) == "queued"
+    j2 = jobs.claim(db, "w2", 300, now=T0 + 1)  # at once, no waiting for the lease
     assert j2.id == jid and j2.attempts == 1
 
 
 def test_cancel_queued_and_running(db):
-    a = q.enqueue(db, "k", {}, "a", now=T0)
-    b = q.enqueue(db, "k", {}, "b", now=T0)
-    assert q.cancel(db, a, now=T0) == "cancelled"
-    jb = q.claim(db, "w", 30, now=T0)
+    a = jobs.enqueue(db, "k", {}, "a", now=T0)
+    b = jobs.enqueue(db, "k", {}, "b", now=T0)
+    assert jobs.cancel(db, a, now=T0) == "cancelled"
+    jb = jobs.claim(db, "w", 30, now=T0)
     assert jb.id == b  # the cancelled job is never handed out
-    assert q.cancel(db, b, now=T0) == "cancel_requested"
-    assert q.heartbeat(db, b, jb.lease_token, 30, now=T0 + 1) == "cancel_requested"
-    q.mark_cancelled(db, b, jb.lease_token, now=T0 + 2)
-    assert q.get_job(db, b).status == "cancelled"
-    assert q.cancel(db, b) == "cancelled"  # finished jobs stay as they are
-    with pytest.raises(q.JobNotFound):
-        q.cancel(db, 12345)
+    assert jobs.cancel(db, b, now=T0) == "cancel_requested"
+    assert jobs.heartbeat(db, b, jb.lease_token, 30, now=T0 + 1) == "cancel_requested"
+    jobs.mark_cancelled(db, b, jb.lease_token, now=T0 + 2)
+    assert jobs.get_job(db, b).status == "cancelled"
+    assert jobs.cancel(db, b) == "cancelled"  # finished jobs stay as they are
+    with pytest.raises(jobs.JobNotFound):
+        jobs.cancel(db, 12345)
 
 
 def test_cancel_requested_job_whose_worker_died_ends_cancelled(db):
-    jid = q.enqueue(db, "k", {}, "a", now=T0)
-    q.claim(db, "w", 5, now=T0)
-    q.cancel(db, jid, now=T0 + 1)
-    assert q.claim(db, "w2", 5, now=T0 + 10) is None
-    assert q.get_job(db, jid).status == "cancelled"
+    jid = jobs.enqueue(db, "k", {}, "a", now=T0)
+    jobs.claim(db, "w", 5, now=T0)
+    jobs.cancel(db, jid, now=T0 + 1)
+    assert jobs.claim(db, "w2", 5, now=T0 + 10) is None
+    assert jobs.get_job(db, jid).status == "cancelled"
 
 
 def test_complete_references_result_blobs_in_the_same_transaction(db, blobs):
     d = blobs.put_bytes(b"sticker")
-    jid = q.enqueue(db, "k", {}, "a", now=T0)
-    j = q.claim(db, "w", 30, now=T0)
+    jid = jobs.enqueue(db, "k", {}, "a", now=T0)
+    j = jobs.claim(db, "w", 30, now=T0)
     with pytest.raises(BlobNotFound):
-        q.complete(db, jid, j.lease_token, {"ok": True}, ["f" * 64])  # unknown blob: nothing recorded
-    assert q.get_job(db, jid).status == "running"
-    q.complete(db, jid, j.lease_token, {"ok": True}, [d, d])
+        jobs.complete(db, jid, j.lease_token, {"ok": True}, ["f" * 64])  # unknown blob: nothing recorded
+    assert jobs.get_job(db, jid).status == "running"
+    jobs.complete(db, jid, j.lease_token, {"ok": True}, [d, d])
     with db.read() as c:
         assert refcount(c, d) == 1
 
 
 def test_progress_is_validated_and_listed(db):
-    jid = q.enqueue(db, "k", {}, "a", user_id=None, now=T0)
-    j = q.claim(db, "w", 30, now=T0)
-    q.set_progress(db, jid, j.lease_token, "invert", 0.25)
-    job = q.get_job(db, jid)
+    jid = jobs.enqueue(db, "k", {}, "a", user_id=None, now=T0)
+    j = jobs.claim(db, "w", 30, now=T0)
+    jobs.set_progress(db, jid, j.lease_token, "invert", 0.25)
+    job = jobs.get_job(db, jid)
     assert (job.stage, job.progress) == ("invert", 0.25)
     with pytest.raises(ValueError, match="fraction"):
-        q.set_progress(db, jid, j.lease_token, "invert", 1.5)
-    assert [x.id for x in q.list_jobs(db, status="running")] == [jid]
-    assert q.list_jobs(db, status=["queued"]) == []
-    assert q.counts_by_status(db) == {"running": 1}
+        jobs.set_progress(db, jid, j.lease_token, "invert", 1.5)
+    assert [x.id for x in jobs.list_jobs(db, status="running")] == [jid]
+    assert jobs.list_jobs(db, status=["queued"]) == []
+    assert jobs.counts_by_status(db) == {"running": 1}
     with pytest.raises(ValueError, match="unknown job status"):
-        q.list_jobs(db, status="done")
+        jobs.list_jobs(db, status="done")
 
 
 def test_concurrent_enqueue_from_two_processes_gives_one_job_per_key(db_url, db, tmp_path):
@@ -180,25 +180,25 @@ def test_concurrent_enqueue_from_two_processes_gives_one_job_per_key(db_url, db,
     a = outs[0].read_text().split()
     b = list(reversed(outs[1].read_text().split()))
     assert a == b  # both producers got the same id for each key
-    assert len(q.list_jobs(db, limit=1000)) == 40
+    assert len(jobs.list_jobs(db, limit=1000)) == 40
 
 
 def test_concurrent_claims_never_hand_a_job_to_two_workers(db_url, db, tmp_path):
-    ids = [q.enqueue(db, "k", {}, f"j{i}") for i in range(60)]
+    ids = [jobs.enqueue(db, "k", {}, f"j{i}") for i in range(60)]
     go = tmp_path / "go"
     outs = [tmp_path / f"claimed-{i}" for i in range(3)]
     run_spawned([(proc_claim_all, db_url, f"w{i}", str(go), str(outs[i])) for i in range(3)], go)
     claimed = [int(x) for o in outs for x in o.read_text().split()]
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
-    assert all(j.status == "succeeded" and j.attempts == 1 for j in q.list_jobs(db, limit=1000))
+    assert all(j.status == "succeeded" and j.attempts == 1 for j in jobs.list_jobs(db, limit=1000))
 
 
 def test_lease_status_tells_the_holder_apart(db):
-    jid = q.enqueue(db, "k", {}, "a", now=T0)
-    first = q.claim(db, "w1", 5, now=T0)
-    assert q.lease_status(db, jid, first.lease_token) == "running"
-    second = q.claim(db, "w2", 5, now=T0 + 6)
+    jid = jobs.enqueue(db, "k", {}, "a", now=T0)
+    first = jobs.claim(db, "w1", 5, now=T0)
+    assert jobs.lease_status(db, jid, first.lease_token) == "running"
+    second = jobs.claim(db, "w2", 5, now=T0 + 6)
     with pytest.raises(LeaseLost):
-        q.lease_status(db, jid, first.lease_token)
-    q.cancel(db, jid)
-    assert q.lease_status(db, jid, second.lease_token) == "cancel_requested"
+        jobs.lease_status(db, jid, first.lease_token)
+    jobs.cancel(db, jid)
+    assert jobs.lease_status(db, jid, second.lease_token) == "cancel_requested"

@@ -23,30 +23,24 @@ def order_for(db, blobs, **kw):
 def test_the_same_order_twice_is_one_pack_and_one_job(store):
     db, blobs = store
     order = order_for(db, blobs, strength=0.7)
-    pack1, job1 = orders.order_pack(db, order)
-    pack2, job2 = orders.order_pack(db, order)
+    pack1, job1 = packs.order_pack(db, order)
+    pack2, job2 = packs.order_pack(db, order)
     assert (pack1.id, job1) == (pack2.id, job2)
     assert jobs.get_job(db, job1).payload["pack_id"] == pack1.id
-    other, job3 = orders.order_pack(db, orders.PackOrder(**{**order.to_payload(), "strength": 1.0}))
+    other, job3 = packs.order_pack(db, orders.PackOrder(**{**order.to_payload(), "strength": 1.0}))
     assert job3 != job1 and other.id != pack1.id
 
 
 def test_an_uploaded_style_image_survives_gc_while_queued_and_goes_with_the_user(store):
     db, blobs = store
     order = order_for(db, blobs)
-    pack, _ = orders.order_pack(db, order)
+    pack, _ = packs.order_pack(db, order)
     blobs.gc(grace_seconds=0)
     assert blobs.exists(order.exemplar_digest)
     users.delete_user(db, blobs, order.user_id)
     assert not blobs.exists(order.exemplar_digest)
     with pytest.raises(packs.PackNotFound):
         packs.get_pack(db, pack.id)
-
-
-def test_engine_version_is_one_value(repo_root):
-    from engine.avatar.pipeline import ENGINE_VERSION
-
-    assert orders.ENGINE_VERSION == ENGINE_VERSION
 
 
 def test_result_round_trips():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 import pytest
 
-from storage import artifacts, jobs as q, packs, selfies, styles, users
+from storage import artifacts, jobs, packs, selfies, styles, users
 from storage.communities import get_or_create_community
 
 
@@ -34,10 +34,10 @@ def _world(db, blobs):
     w["a_sticker"] = blobs.put_bytes(b"alice sticker 0")
     packs.put_sticker(db, pack.id, 0, "😀", "static", w["a_sticker"])
     packs.put_sticker(db, pack.id, 1, "😎", "static", w["exemplar"])  # same bytes as the style: shared
-    jid = q.enqueue(db, "make", {"pack": pack.id}, f"make:{pack.id}", user_id=alice.id)
-    job = q.claim(db, "w", 60)
+    jid = jobs.enqueue(db, "make", {"pack": pack.id}, f"make:{pack.id}", user_id=alice.id)
+    job = jobs.claim(db, "w", 60)
     w["a_result"] = blobs.put_bytes(b"alice job result")
-    q.complete(db, jid, job.lease_token, {"ok": True}, [w["a_result"]])
+    jobs.complete(db, jid, job.lease_token, {"ok": True}, [w["a_result"]])
     w["a_inversion"] = blobs.put_bytes(b"alice inversion")
     artifacts.put_artifact(db, "k-inv", "inversion", w["a_inversion"], alice.id)
     w["finetune"] = blobs.put_bytes(b"shared finetune")
@@ -46,7 +46,7 @@ def _world(db, blobs):
     bpack = packs.create_pack(db, bob.id, house.id, house.version, 0.5, "0.1.0")
     w["b_sticker"] = blobs.put_bytes(b"bob sticker")
     packs.put_sticker(db, bpack.id, 0, "🙂", "static", w["b_sticker"])
-    q.enqueue(db, "make", {"pack": bpack.id}, f"make:{bpack.id}", user_id=bob.id)
+    jobs.enqueue(db, "make", {"pack": bpack.id}, f"make:{bpack.id}", user_id=bob.id)
     w["bob_pack"] = bpack
     return w
 
@@ -94,12 +94,12 @@ def test_delete_unknown_user_is_a_clear_error(db, blobs):
 
 def test_running_job_of_deleted_user_cannot_complete(db, blobs):
     u = users.get_or_create_user(db, "telegram", "5")
-    jid = q.enqueue(db, "make", {}, "m", user_id=u.id)
-    job = q.claim(db, "w", 60)
+    jid = jobs.enqueue(db, "make", {}, "m", user_id=u.id)
+    job = jobs.claim(db, "w", 60)
     users.delete_user(db, blobs, u.id)
     d = blobs.put_bytes(b"late result")
-    with pytest.raises(q.LeaseLost):
-        q.complete(db, jid, job.lease_token, {}, [d])
+    with pytest.raises(jobs.LeaseLost):
+        jobs.complete(db, jid, job.lease_token, {}, [d])
     assert blobs.refcount(d) == 0
 
 

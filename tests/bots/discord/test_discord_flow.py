@@ -20,8 +20,9 @@ from storage import styles as st
 from storage.communities import get_or_create_community
 from tests.bots.conftest import make_resources, wait_for
 from tests.bots.discord.conftest import EMOJIS, bot_on_fake, finish_discord_job, run
-from tests.fakes import discord_payloads as P
+from tests.fakes import discord_payloads as payloads
 from tests.fakes.discord_harness import DiscordHarness, World
+from tests.lifecycle import make_ready
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,11 +50,11 @@ def global_style(res: BotResources, name: str, image: bytes) -> st.Style:
 def create_payload(h: DiscordHarness, member: dict, selfie: bytes, *, style: str | None = None,
                    strength: str | None = None, ctype: str = "image/png", filename: str = "me.png") -> dict:
     att = h.upload(selfie, filename, ctype)
-    opts = [P.option("selfie", "attachment", att["id"])]
+    opts = [payloads.option("selfie", "attachment", att["id"])]
     if style is not None:
-        opts.append(P.option("style", "string", style))
+        opts.append(payloads.option("style", "string", style))
     if strength is not None:
-        opts.append(P.option("strength", "string", strength))
+        opts.append(payloads.option("strength", "string", strength))
     return h.slash("emoji create", member, attachments=[att], options=opts)
 
 
@@ -196,7 +197,7 @@ def test_slots_full_offers_custom_emoji(res, selfie_png, discord_files):
 
 def test_bot_without_create_expressions_says_so(res, selfie_png, discord_files):
     style = global_style(res, "toon", selfie_png)
-    perms = P.permission_bits("VIEW_CHANNEL", "SEND_MESSAGES", "ATTACH_FILES", "EMBED_LINKS")
+    perms = payloads.permission_bits("VIEW_CHANNEL", "SEND_MESSAGES", "ATTACH_FILES", "EMBED_LINKS")
 
     async def scenario() -> None:
         async with bot_on_fake(res, bot_permissions=perms) as (h, w, bot):
@@ -459,11 +460,11 @@ def test_style_autocomplete_lists_house_styles_first(res, selfie_png):
             g1 = st.add_style(res.db, "toon", digest, status="ready")
             st.add_style(res.db, "anime", digest, status="tuning")
             st.add_style(res.db, "broken", digest, status="failed")
-            ac = h.autocomplete("emoji create", w.member, options=[P.option("style", "string", "", focused=True)])
+            ac = h.autocomplete("emoji create", w.member, options=[payloads.option("style", "string", "", focused=True)])
             await h.deliver(ac)
             choices = h.server.interaction(ac["token"]).response_data
             assert [c["name"] for c in choices] == [text("style_house_prefix") + "zine", "anime", "toon"]
-            ac = h.autocomplete("emoji create", w.member, options=[P.option("style", "string", "TO", focused=True)])
+            ac = h.autocomplete("emoji create", w.member, options=[payloads.option("style", "string", "TO", focused=True)])
             await h.deliver(ac)
             assert h.server.interaction(ac["token"]).response_data == [{"name": "toon", "value": str(g1.id)}]
             h.assert_no_errors()
@@ -479,12 +480,12 @@ def test_housestyle_allowed_for_moderators_refused_for_members(res, selfie_png):
             att = h.upload(selfie_png, "style.png", "image/png")
             # a server that granted the command to everyone: the runtime check still refuses
             no = h.slash("housestyle add", w.member, attachments=[att],
-                         options=[P.option("name", "string", "zine"), P.option("image", "attachment", att["id"])])
+                         options=[payloads.option("name", "string", "zine"), payloads.option("image", "attachment", att["id"])])
             await h.deliver(no)
             assert original(h, no)["content"] == message("discord_need_manage_expressions")
             assert st.list_styles(res.db) == [] or all(not s.is_house for s in st.list_styles(res.db))
             ok = h.slash("housestyle add", w.moderator, attachments=[att],
-                         options=[P.option("name", "string", "zine"), P.option("image", "attachment", att["id"])])
+                         options=[payloads.option("name", "string", "zine"), payloads.option("image", "attachment", att["id"])])
             await h.deliver(ok)
             (fu,) = h.server.followups(ok["token"])
             assert fu["content"] == text("housestyle_added", name="zine") and fu["flags"] & 64
@@ -496,7 +497,7 @@ def test_housestyle_allowed_for_moderators_refused_for_members(res, selfie_png):
             lst = h.slash("housestyle list", w.moderator)
             await h.deliver(lst)
             assert "zine" in original(h, lst)["content"]
-            rm = h.slash("housestyle remove", w.moderator, options=[P.option("name", "string", "zine")])
+            rm = h.slash("housestyle remove", w.moderator, options=[payloads.option("name", "string", "zine")])
             await h.deliver(rm)
             assert original(h, rm)["content"] == text("housestyle_removed", name="zine")
             assert st.list_styles(res.db, community_id=community, include_house=False) == []
@@ -545,7 +546,7 @@ def test_privacy_and_delete_my_data(res, selfie_png):
 
 
 def test_importing_the_discord_bot_does_not_import_torch():
-    code = ("import sys, bots.discord, bots.discord.app, bots.discord.cogs, bots.discord.delivery; "
+    code = ("import sys, bots.discord, bots.discord.app, bots.discord.cogs, bots.discord.delivery, bots.discord.interactions, bots.discord.server_stickers; "
             "bad = [m for m in ('torch', 'engine.avatar.pipeline', 'engine.nets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -587,8 +588,8 @@ def test_unexpected_errors_are_answered_and_the_bot_keeps_working(tmp_path, self
             await h.deliver(pv)
             assert "hours" in original(h, pv)["content"]
             # a button for a pack that does not exist
-            msg = P.message(h.server.ids(), w.channel["id"], w.bot_user, guild_id=w.guild_id)
-            msg["components"] = [P.action_row(P.button(f"emoji3d:add:999:{w.guild_id}", "Add"))]
+            msg = payloads.message(h.server.ids(), w.channel["id"], w.bot_user, guild_id=w.guild_id)
+            msg["components"] = [payloads.action_row(payloads.button(f"emoji3d:add:999:{w.guild_id}", "Add"))]
             click = h.click(f"emoji3d:add:999:{w.guild_id}", w.moderator, message=msg)
             await h.deliver(click)
             assert original(h, click)["content"] == message("discord_pack_gone")
@@ -667,6 +668,7 @@ def test_dm_command_and_a_stills_only_result(res, selfie_png, discord_files):
             renders = [res.blobs.put_bytes(discord_files["preview"])]
             result = PackResult(pack_id=job.payload["pack_id"], preset="slim", renders=renders,
                                 missing=["dual-branch training"])
+            make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
             jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
             (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="the stills")
             assert fu["content"].startswith(text("pack_incomplete", missing="dual-branch training"))

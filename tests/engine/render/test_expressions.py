@@ -138,7 +138,7 @@ def test_renders_are_aligned_like_ffhq_for_the_classifiers(tmp_path):
     """The classifiers read the FFHQ (= CelebA-HQ) framing: our fast warp matches the recipe's crop."""
     from skimage import data as skimage_data
 
-    from shell.commands.boundaries import face_scorer
+    from engine.render.scorers import face_scorer
     from engine.face.align import FfhqCropConfig, ffhq_anchor_points, ffhq_crop
     from engine.face.landmarks import LandmarkDetector
     from tests.engine.nets.progan_reference import install_classifier

@@ -1,0 +1,140 @@
+"""From an avatar to the configured pack: still renders, sticker files per platform, previews, mesh.
+
+``make_pack_files`` is the whole step after the avatar pipeline. It works on
+tensors and returns bytes; storing them (blobs) and describing them
+(:class:`emoji3d.orders.PackResult`) is the job handler's business
+(:mod:`engine.tasks`).
+
+Conventions
+-----------
+* The avatar is its W latent ``w_3d`` [1, L, 512], its backbone noise maps and
+  the EG3D parameter dict ``params`` at the ordered style strength
+  (:meth:`engine.avatar.pipeline.Pipeline.generator_params`).
+* Stickers come from ``[pack]`` in config.toml, in order. A sticker whose
+  expression has no boundary is left out: silently when it is ``optional``,
+  otherwise with a note saying why (the notes reach the user).
+* Every sticker file is encoded by :func:`engine.stickers.encode.encode`,
+  which verifies it against the platform's rules before returning it.
+* ``progress(stage, done, total)`` is called with the stages ``render`` and
+  ``encode``; it may raise to stop the work (the engine's cancellation).
+"""
+from __future__ import annotations
+
+import io
+import pathlib
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+from PIL import Image
+from torch import nn
+
+from emoji3d.config import PackConfig
+from engine.nets.camera import orbit_label
+from engine.render.edits import BoundarySet
+from engine.render.frames import RenderSettings, StickerSpec, render_frames, render_pack, spec_from_entry, to_rgba
+from engine.render.mesh import export_glb
+from engine.stickers.encode import encode
+from engine.stickers.preview import PackItem, build_pack_preview
+
+STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
+
+PackProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AvatarPose:
+    """What rendering needs of an avatar."""
+
+    params: Mapping[str, torch.Tensor] | None  # EG3D weights at the ordered strength
+    w_3d: torch.Tensor                         # [1, L, 512]
+    noise: Mapping[str, torch.Tensor] | None   # backbone noise maps
+
+
+@dataclass
+class StickerOutput:
+    name: str
+    emoji: str
+    files: dict[str, bytes]  # platform target -> file
+
+
+@dataclass
+class PackFiles:
+    stills: list[bytes]                                  # RGBA PNGs, one per STILL_YAWS
+    stickers: list[StickerOutput]
+    thumbnail: dict[str, bytes] = field(default_factory=dict)  # thumbnail target -> file
+    preview_png: bytes = b""
+    preview_html: bytes = b""
+    mesh: bytes | None = None                            # GLB, when asked for
+    notes: list[str] = field(default_factory=list)       # what could not be made, and why
+
+
+def sticker_specs(pack: PackConfig, boundaries: BoundarySet | None,
+                  boundaries_problem: str = "") -> tuple[list[StickerSpec], list[str]]:
+    """The configured stickers this avatar can get, and a note for each required one it cannot."""
+    have = set(boundaries.names()) if boundaries is not None else set()
+    specs, notes = [], []
+    for entry in pack.stickers:
+        if entry.expression and entry.expression not in have:
+            if not entry.optional:
+                why = boundaries_problem or f"the boundary file has no {entry.expression!r} direction"
+                notes.append(f"the {entry.name} sticker needs the {entry.expression} expression: {why}")
+            continue
+        specs.append(spec_from_entry(entry))
+    return specs, notes
+
+
+def render_stills(generator: nn.Module, avatar: AvatarPose, settings: RenderSettings) -> list[bytes]:
+    """RGBA PNG renders of the avatar from ``STILL_YAWS`` (one plane set, matted)."""
+    cams = orbit_label(torch.tensor(STILL_YAWS), torch.zeros(len(STILL_YAWS)))  # [V, 25]
+    with torch.no_grad():
+        batch = render_frames(generator, avatar.params, avatar.w_3d, avatar.noise, cams, settings)
+    pngs = []
+    for rgba in to_rgba(batch.rgb, batch.alpha):
+        buf = io.BytesIO()
+        Image.fromarray(rgba).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pngs
+
+
+def mesh_glb(generator: nn.Module, avatar: AvatarPose) -> bytes:
+    """The avatar's surface as GLB bytes; ValueError when the density field has no surface."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "avatar.glb"
+        export_glb(generator, avatar.params, avatar.w_3d, avatar.noise, str(path))
+        return path.read_bytes()
+
+
+def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, targets: tuple[str, ...],
+                    *, thumbnail_target: str | None, boundaries: BoundarySet | None, boundaries_problem: str = "",
+                    mesh: bool = False, progress: PackProgress) -> PackFiles:
+    """Stills, every configured sticker in every target, a thumbnail, previews and (optionally) a mesh."""
+    settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
+    specs, notes = sticker_specs(pack, boundaries, boundaries_problem)
+    progress("render", 0, len(specs) + 1)
+    stills = render_stills(generator, avatar, settings)
+    rendered = []
+    for i, spec in enumerate(specs):
+        with torch.no_grad():
+            rendered += render_pack(generator, avatar.params, avatar.w_3d, avatar.noise, boundaries, [spec],
+                                    fps=pack.fps, size=pack.size, settings=settings)
+        progress("render", i + 2, len(specs) + 1)
+    stickers = []
+    for i, frames in enumerate(rendered):
+        files = {target: encode(frames.frames, frames.fps, target).data for target in targets}
+        stickers.append(StickerOutput(frames.name, frames.emoji, files))
+        progress("encode", i + 1, len(rendered) + 1)
+    thumbnail = {}
+    if thumbnail_target and rendered:
+        thumbnail[thumbnail_target] = encode(rendered[0].frames, rendered[0].fps, thumbnail_target).data
+    preview = build_pack_preview("emoji3d pack", [PackItem(f.name, f.frames, f.fps) for f in rendered])
+    glb = None
+    if mesh:
+        try:
+            glb = mesh_glb(generator, avatar)
+        except ValueError as exc:  # e.g. no surface in the density field (random slim weights)
+            notes.append(f"mesh: {exc}")
+    progress("encode", 1, 1)
+    return PackFiles(stills=stills, stickers=stickers, thumbnail=thumbnail, preview_png=preview.sheet_png,
+                     preview_html=preview.html.encode("utf-8"), mesh=glb, notes=notes)
