@@ -20,6 +20,7 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import sys
@@ -231,7 +232,10 @@ class Config:
         return f"sqlite:///{self.data_dir / 'emoji3d.sqlite3'}"
 
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+# Every integer key fits a signed 64-bit column and torch's seed range; TOML floats such as
+# 1e23 are not integers at all, and nan/inf are no number a key can mean.
+INT_RANGE = (-(2**63), 2**63 - 1)
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", dict: "a table"}
 
 
 def _describe(meta: dict, tp) -> str:
@@ -253,9 +257,9 @@ def _check_value(key: str, value, tp, meta: dict):
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, int) and not isinstance(value, bool) and INT_RANGE[0] <= value <= INT_RANGE[1]
     elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)
@@ -343,9 +347,15 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     path = pathlib.Path(path) if path else pathlib.Path(os.environ.get("EMOJI3D_CONFIG", DEFAULT_CONFIG_PATH))
     env = os.environ if env is None else env
     try:
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"config.toml: {path} is not a file")
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config.toml: file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config.toml: {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"config.toml: cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config.toml: not valid TOML ({exc})") from None
     cfg = _build(Config, raw, "")

@@ -23,6 +23,7 @@ from typing import Any
 
 ENGINE_VERSION = "0.1.0"  # the engine's version: part of every order key and recorded on every pack
 JOB_KIND = "make_pack"
+REGENERATE_KIND = "regenerate_pack"  # a scheduled remake of an existing pack (payload: {"pack_id", ...})
 
 # Files each platform needs, in engine.stickers target names.
 PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
@@ -91,7 +92,8 @@ class PackResult:
     thumbnail: dict[str, str] = field(default_factory=dict)   # target -> digest
     preview_png: str | None = None
     preview_html: str | None = None
-    avatar: str | None = None      # the stored avatar (latents + generator deltas)
+    avatar: str | None = None      # the stored avatar (latents + generator deltas); None once expired
+    avatar_expired_at: float | None = None  # when retention deleted it ([privacy] artifact_retention_days)
     renders: list[str] = field(default_factory=list)          # still renders of the avatar (PNG)
     mesh: str | None = None        # GLB of the avatar, when the order asked for it
     missing: list[str] = field(default_factory=list)          # what could not be made, and why

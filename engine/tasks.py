@@ -31,7 +31,7 @@ import torch
 from emoji3d.config import Config
 from emoji3d.errors import SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
-from emoji3d.orders import ENGINE_VERSION, THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFiles
+from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFiles
 from engine.avatar.pipeline import result_to_bytes
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
@@ -57,17 +57,24 @@ STAGE_WEIGHTS = {
 
 def build_handlers(cfg: Config) -> dict:
     res = EngineResources.load(cfg)
-    return {"make_pack": functools.partial(handle_make_pack, res),
-            "regenerate_pack": functools.partial(handle_regenerate_pack, res),
+    return {JOB_KIND: functools.partial(handle_make_pack, res),
+            REGENERATE_KIND: functools.partial(handle_regenerate_pack, res),
             "style_finetune": functools.partial(handle_style_finetune, res)}
 
 
 class BlobArtifactCache:
-    """``engine.avatar.pipeline.ArtifactCache`` over the artifacts table and blob store."""
+    """``engine.avatar.pipeline.ArtifactCache`` over the artifacts table and blob store.
 
-    def __init__(self, jc: JobContext, owner_user_id: int | None) -> None:
+    Every artifact belongs to the user it was made for (deleted with them, by
+    ``/delete`` or retention), except the finetune of a house style
+    (``shared_style``), which every user of that style shares. A finetune on a
+    one-off uploaded style image belongs to its uploader.
+    """
+
+    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool) -> None:
         self.jc = jc
         self.owner = owner_user_id
+        self.shared_style = shared_style
 
     def _key(self, kind: str, key: str) -> str:
         return artifacts.cache_key(kind, {"key": key}, {}, "")
@@ -80,8 +87,7 @@ class BlobArtifactCache:
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         digest = self.jc.blobs.put_bytes(data)
-        # Style finetunes are shared between users; per-selfie results belong to the user.
-        owner = None if kind == "style_2d" else self.owner
+        owner = None if kind == "style_2d" and self.shared_style else self.owner
         artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
 
 
@@ -117,7 +123,7 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     if order.pack_id is not None:
         packs.mark_rendering(jc.db, order.pack_id)
     progress("face", 0, 1)
-    cache = BlobArtifactCache(jc, order.user_id)
+    cache = BlobArtifactCache(jc, order.user_id, shared_style=order.style_id is not None)
     warnings = []
     if jc.blobs.exists(order.selfie_digest):
         selfie = _analyze(res, jc.blobs.read_bytes(order.selfie_digest), "selfie")
@@ -188,7 +194,7 @@ def handle_style_finetune(res: EngineResources, job, jc: JobContext) -> dict:
     try:
         face = _analyze(res, jc.blobs.read_bytes(style.exemplar_digest), "style")
         res.pipeline.stylize_2d(portrait_inputs(face, style.exemplar_digest), torch.Generator().manual_seed(
-            res.cfg.engine.seed), stage_progress(jc), cache=BlobArtifactCache(jc, None))
+            res.cfg.engine.seed), stage_progress(jc), cache=BlobArtifactCache(jc, None, shared_style=True))
     except UserFacingError as exc:
         style_store.set_status(jc.db, style.id, "failed", exc.key)
         raise

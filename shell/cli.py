@@ -1,8 +1,9 @@
 """The ``emoji3d`` command: a thin dispatcher over the packages.
 
-Each subcommand group lives next to the code it drives and exposes
-``main(argv) -> int``; this module only loads the config, routes argv and turns
-errors into one-line messages and exit codes:
+Each subcommand group is a module in ``shell/commands/`` exposing
+``main(argv) -> int``; this module only routes argv, passes the global
+``--config`` on (as ``$EMOJI3D_CONFIG``), and turns errors into one line and an
+exit code, with no traceback unless ``-v`` is given:
 
 - 0 success, 1 a failure in the work itself, 2 bad input or bad config.
 
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import pathlib
 import sys
 
 from emoji3d import __version__
 from emoji3d.errors import ConfigError, UserFacingError
+from storage.db import DatabaseError
 
 # group name -> (module, help). The module's main(argv) parses the rest.
 GROUPS = {
@@ -34,8 +38,6 @@ GROUPS = {
 
 # Groups whose main() takes the database URL from config.toml when not given.
 _NEEDS_DB = {"jobs"}
-# Groups whose main() reads config.toml itself and accepts --config.
-_TAKES_CONFIG = {"make", "serve", "engine", "styles"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     rest = list(ns.args)
+    if ns.config:
+        # Every load_config() reads $EMOJI3D_CONFIG when not given a path: one way for the global
+        # option to reach every group, and the processes they start (serve's engine).
+        os.environ["EMOJI3D_CONFIG"] = str(pathlib.Path(ns.config).resolve())
     try:
         if ns.config or ns.group in _NEEDS_DB:
             from emoji3d.config import load_config
@@ -70,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(ns.config)
             if ns.group in _NEEDS_DB and "--db" not in rest:
                 rest = ["--db", cfg.database_url, *rest]
-        if ns.config and ns.group in _TAKES_CONFIG:
-            rest = ["--config", ns.config, *rest]
         module_name, _ = GROUPS[ns.group]
         try:
             module = importlib.import_module(module_name)
@@ -91,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         if ns.verbose:
             print(f"(detail: {exc})", file=sys.stderr)
         return 2
+    except DatabaseError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a one-line report; the traceback only with -v
+        if ns.verbose:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"emoji3d {ns.group}: unexpected error: {type(exc).__name__}: {first} (run with -v for details)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from emoji3d.errors import ConfigError
+from emoji3d.orders import REGENERATE_KIND
 from emoji3d.schedules import Schedule, parse_cron, validate_schedule
 from storage import jobs
 from storage import packs
@@ -42,7 +43,6 @@ from storage.db import Database, open_database
 
 log = logging.getLogger("shell.scheduler")
 
-REGENERATE_KIND = "regenerate_pack"
 _FUNC_REF = "shell.scheduler:run_action"
 JOBSTORE_TABLE = "apscheduler_jobs"
 

@@ -17,7 +17,13 @@ Conventions
   portable SQL plus one placeholder, ``{pk}``, replaced by the dialect's
   auto-increment integer primary key. Two processes opening the same database
   at once serialise on a lock (SQLite write lock / PostgreSQL advisory lock),
-  so each migration is applied exactly once.
+  so each migration is applied exactly once. An up-to-date database is
+  checked with a plain read first, so opening one never waits for the write
+  lock (a read-only command such as ``emoji3d jobs list`` is not queued
+  behind a long writer).
+* Operator problems (a bad or unreachable URL, a data folder that cannot be
+  created) raise :class:`DatabaseError` with one sentence naming the cause;
+  the password of a URL is never shown.
 """
 from __future__ import annotations
 
@@ -161,11 +167,16 @@ def open_database(url: str, *, migrate: bool = True, sqlite: SqliteOptions | Non
     backend = sa_url.get_backend_name()
     if backend not in _PK:
         raise DatabaseError(f"database url {url!r}: backend {backend!r} unsupported (sqlite or postgresql)")
+    shown = sa_url.render_as_string(hide_password=True)
     if backend == "sqlite":
         dbfile = sa_url.database
         if not dbfile or dbfile == ":memory:":
             raise DatabaseError("an in-memory SQLite database cannot be shared between processes; give a file path")
-        Path(dbfile).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(dbfile).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the database folder {Path(dbfile).parent}: "
+                                f"{exc.strerror or exc}") from None
         engine = sa.create_engine(sa_url, echo=echo, connect_args={"timeout": (sqlite or SqliteOptions()).busy_timeout_ms / 1000})
         _install_sqlite_hooks(engine, sqlite or SqliteOptions())
     else:
@@ -173,9 +184,23 @@ def open_database(url: str, *, migrate: bool = True, sqlite: SqliteOptions | Non
             sa_url = sa_url.set(drivername="postgresql+psycopg")
         engine = sa.create_engine(sa_url, echo=echo, pool_pre_ping=True)
     db = Database(url, engine)
-    if migrate:
-        apply_migrations(db)
+    try:
+        if migrate:
+            apply_migrations(db)
+        else:
+            with db.read() as conn:
+                conn.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as exc:
+        db.dispose()
+        first = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines() or ["unknown error"]
+        raise DatabaseError(f"cannot use the database {shown}: {first[0]}") from None
     return db
+
+
+def _recorded_versions(conn: Connection) -> set[int]:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return set()
+    return {int(v) for v in conn.execute(sa.text("SELECT version FROM schema_version")).scalars()}
 
 
 def apply_migrations(db: Database, migrations: list[Migration] | None = None) -> list[int]:
@@ -185,6 +210,9 @@ def apply_migrations(db: Database, migrations: list[Migration] | None = None) ->
     under a database-wide lock, and already recorded versions are skipped.
     """
     migs = load_migrations() if migrations is None else migrations
+    with db.read() as conn:  # the common case, without the write lock
+        if {m.version for m in migs} <= _recorded_versions(conn):
+            return []
     pk = _PK[db.dialect]
     applied: list[int] = []
     with db.write() as conn:
@@ -193,7 +221,7 @@ def apply_migrations(db: Database, migrations: list[Migration] | None = None) ->
         conn.execute(sa.text(
             "CREATE TABLE IF NOT EXISTS schema_version ("
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"))
-        done = {int(v) for v in conn.execute(sa.text("SELECT version FROM schema_version")).scalars()}
+        done = _recorded_versions(conn)
         for mig in migs:
             if mig.version in done:
                 continue

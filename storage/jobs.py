@@ -44,7 +44,7 @@ from typing import Any, Iterable, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from storage.blobs import add_ref, check_digest
+from storage.blobs import BlobStore, add_ref, check_digest, release_ref
 from storage.db import Database
 
 JobId = int
@@ -53,6 +53,8 @@ PRIORITIES: dict[str, int] = {"interactive": 0, "batch": 1}
 _PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
 ACTIVE = ("running", "cancel_requested")
 FINAL = ("succeeded", "failed", "cancelled")
+UNSUCCESSFUL = ("failed", "cancelled")  # ended without a result: the key is free for a new attempt
+_UNSUCCESSFUL_SQL = "(" + ", ".join(f"'{s}'" for s in UNSUCCESSFUL) + ")"
 STATUSES = ("queued",) + ACTIVE + FINAL
 
 
@@ -160,6 +162,11 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
             not_before: float | None = None, now: float | None = None) -> JobId:
     """Add a job, or return the existing job with this ``idempotency_key``.
 
+    A key names one attempt that is queued, running or succeeded. A job that
+    failed or was cancelled gives its key up (it is kept, renamed
+    ``<key>#<id>``), so placing the same order again after a transient
+    failure starts a new attempt instead of answering with the old failure.
+
     Race-safe: the key is UNIQUE and the insert is ``ON CONFLICT DO NOTHING``,
     so concurrent producers with one key get one job.
     """
@@ -174,6 +181,10 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
     body = _dump(payload, "payload")
     t = _now(now)
     with db.write() as conn:
+        conn.execute(sa.text(
+            f"UPDATE jobs SET idempotency_key = idempotency_key || '#' || CAST(id AS TEXT), updated_at = :t "
+            f"WHERE idempotency_key = :key AND status IN {_UNSUCCESSFUL_SQL}"),
+            {"key": idempotency_key, "t": t})
         row = conn.execute(sa.text(
             "INSERT INTO jobs (kind, payload, idempotency_key, priority, status, user_id, attempts, "
             "max_attempts, not_before, progress, created_at, updated_at) VALUES "
@@ -298,6 +309,35 @@ def complete(db: Database, job_id: JobId, token: str, result: dict[str, Any],
                        {"r": body, "now": t})
         for d in digests:
             add_ref(conn, d, f"job:{job_id}", t)
+
+
+def expire_result_blob(db: Database, blobs: BlobStore, kinds: Iterable[str], field: str, finished_before: float) -> int:
+    """Forget the blob named by ``result[field]`` of succeeded jobs of ``kinds`` finished before
+    ``finished_before``: the job's reference to it is released, the field becomes None (and
+    ``<field>_expired_at`` records when), and the blob is deleted at once unless another holder
+    keeps it. Returns how many jobs had one. For the retention of per-user outputs."""
+    kinds = list(kinds)
+    if not kinds:
+        return 0
+    held: set[str] = set()
+    t = time.time()
+    with db.write() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT id, result FROM jobs WHERE status = 'succeeded' AND finished_at < :cut AND result IS NOT NULL "
+            "AND kind IN (" + ", ".join(f":k{i}" for i in range(len(kinds))) + ")"),
+            {"cut": finished_before, **{f"k{i}": k for i, k in enumerate(kinds)}}).all()
+        for job_id, body in rows:
+            result = json.loads(body)
+            digest = result.get(field)
+            if not digest:
+                continue
+            release_ref(conn, digest, f"job:{job_id}")
+            held.add(digest)
+            result[field], result[f"{field}_expired_at"] = None, t
+            conn.execute(sa.text("UPDATE jobs SET result = :r, updated_at = :t WHERE id = :id"),
+                         {"r": _dump(result, "result"), "t": t, "id": job_id})
+    blobs.delete_unreferenced(held)
+    return len(held)
 
 
 def fail(db: Database, job_id: JobId, token: str, reason: str, *, retryable: bool = True,

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from emoji3d.orders import ENGINE_VERSION, JOB_KIND, PackOrder, PackResult
+from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, PackOrder, PackResult
 from storage import jobs
-from storage.blobs import add_ref, release_holder
+from storage.blobs import BlobStore, add_ref, release_holder
 from storage.db import Database
 
 PENDING, RENDERING, READY, UPLOADING, PUBLISHED, FAILED, SUPERSEDED = (
@@ -206,12 +206,20 @@ def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive")
     """Create the pack row (unless the order names one) and enqueue its ``make_pack`` job.
 
     Placing the same order twice returns the first order's pack and job (the
-    job key is :meth:`PackOrder.idempotency_key`).
+    job key is :meth:`PackOrder.idempotency_key`), unless that job failed or
+    was cancelled: then the order starts a new attempt on the same pack.
     """
     key = order.idempotency_key()
     existing = jobs.find_by_key(db, key)
-    if existing is not None:
+    if existing is not None and existing.status not in jobs.UNSUCCESSFUL:
         return get_pack(db, existing.payload["pack_id"]), existing.id
+    if existing is not None and order.pack_id is None:
+        # A new attempt at an order that failed or was cancelled: the same pack row, pending again.
+        try:
+            if reopen(db, int(existing.payload["pack_id"])):
+                order = dataclasses.replace(order, pack_id=int(existing.payload["pack_id"]))
+        except PackNotFound:
+            pass  # deleted meanwhile: a new pack below
     if order.pack_id is None:
         pack = create_pack(db, order.user_id, order.style_id, order.style_version, order.strength,
                            ENGINE_VERSION, platform=order.platform)
@@ -324,6 +332,13 @@ def undelivered_pack_ids(db: Database, platform: str) -> list[int]:
            "  AND j.finished_at > p.updated_at)) ORDER BY p.id")
     with db.read() as conn:
         return [int(r[0]) for r in conn.execute(sa.text(sql), {"p": platform})]
+
+
+def expire_avatars(db: Database, blobs: BlobStore, older_than_seconds: float, *, now: float | None = None) -> int:
+    """Delete the avatar (latents and tuned weights, a pack job's largest per-user output) of packs
+    made more than ``older_than_seconds`` ago; the stickers stay. Returns how many were deleted."""
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    return jobs.expire_result_blob(db, blobs, (JOB_KIND, REGENERATE_KIND), "avatar", cutoff)
 
 
 def mark_regenerated(db: Database, pack_id: int, *, style_version: int | None, engine_version: str) -> None:

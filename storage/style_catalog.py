@@ -73,13 +73,9 @@ def read_style_folder(folder: pathlib.Path) -> StyleFolder:
     return StyleFolder(name, str(data.get("title", name)), str(data.get("description", "")), exemplar)
 
 
-def finetune_job_key(style: st.Style) -> str:
-    return f"style_finetune:{style.id}:v{style.version}"
-
-
 def enqueue_finetune(db: Database, style: st.Style) -> int:
     return jobs.enqueue(db, "style_finetune", {"style_id": style.id, "version": style.version},
-                        finetune_job_key(style), priority="batch")
+                        st.finetune_job_key(style), priority="batch")
 
 
 def _validated_exemplar(data: bytes, max_megapixels: float) -> None:

@@ -10,6 +10,12 @@ Conventions
   :func:`storage.packs.packs_with_changed_style`).
 * The exemplar blob is referenced by holder ``style:<id>``.
 * ``status``: pending → tuning → ready | failed (``disabled`` hides a style).
+  The stored status is what the engine last wrote; the status a style is
+  *read* with also reflects its finetune job (key :func:`finetune_job_key`):
+  a pending or tuning style whose job failed for good, whatever the cause (an
+  exception after the last retry, a worker killed on its last attempt), reads
+  as ``failed`` with the job's error key as the reason. So it is shown failed
+  to admins and no longer offered, without any process having to notice.
 """
 from __future__ import annotations
 
@@ -51,11 +57,24 @@ class Style:
         return self.community_id is None
 
 
+def finetune_job_key(style: Style) -> str:
+    """The idempotency key of the job that tunes this version of the style (the SQL below agrees)."""
+    return f"style_finetune:{style.id}:v{style.version}"
+
+
+_SELECT = ("SELECT s.*, j.status AS finetune_status, j.error_key AS finetune_error FROM styles s "
+           "LEFT JOIN jobs j ON j.idempotency_key = "
+           "('style_finetune' || ':' || CAST(s.id AS TEXT) || ':' || 'v' || CAST(s.version AS TEXT))")  # ':v' would bind
+
+
 def _row(r: sa.Row) -> Style:
     m = r._mapping
+    status, reason = m["status"], m["status_reason"]
+    if status in ("pending", "tuning") and m.get("finetune_status") == "failed":
+        status, reason = "failed", m.get("finetune_error") or "internal"
     return Style(int(m["id"]), m["name"], m["scope"], None if m["community_id"] is None else int(m["community_id"]),
-                 m["exemplar_digest"], None if m["added_by"] is None else int(m["added_by"]), m["status"],
-                 m["status_reason"], int(m["version"]), float(m["updated_at"]))
+                 m["exemplar_digest"], None if m["added_by"] is None else int(m["added_by"]), status,
+                 reason, int(m["version"]), float(m["updated_at"]))
 
 
 def scope_of(community_id: int | None) -> str:
@@ -82,12 +101,12 @@ def add_style(db: Database, name: str, exemplar_digest: str, *, community_id: in
             raise StyleNameTaken(f"a style named {name!r} already exists in {scope}", name=name)
         sid = int(row[0])
         add_ref(conn, exemplar_digest, f"style:{sid}", t)
-        return _row(conn.execute(sa.text("SELECT * FROM styles WHERE id = :id"), {"id": sid}).one())
+        return _row(conn.execute(sa.text(f"{_SELECT} WHERE s.id = :id"), {"id": sid}).one())
 
 
 def get_style(db: Database, style_id: int) -> Style:
     with db.read() as conn:
-        r = conn.execute(sa.text("SELECT * FROM styles WHERE id = :id"), {"id": style_id}).first()
+        r = conn.execute(sa.text(f"{_SELECT} WHERE s.id = :id"), {"id": style_id}).first()
     if r is None:
         raise StyleNotFound(f"style {style_id} does not exist", style_id=style_id)
     return _row(r)
@@ -95,7 +114,7 @@ def get_style(db: Database, style_id: int) -> Style:
 
 def find_style(db: Database, name: str, community_id: int | None = None) -> Style | None:
     with db.read() as conn:
-        r = conn.execute(sa.text("SELECT * FROM styles WHERE scope = :s AND name = :n"),
+        r = conn.execute(sa.text(f"{_SELECT} WHERE s.scope = :s AND s.name = :n"),
                          {"s": scope_of(community_id), "n": name}).first()
     return None if r is None else _row(r)
 
@@ -103,8 +122,8 @@ def find_style(db: Database, name: str, community_id: int | None = None) -> Styl
 def list_styles(db: Database, *, community_id: int | None = None, include_house: bool = True) -> list[Style]:
     scopes = [scope_of(community_id)] + (["global"] if include_house and community_id is not None else [])
     with db.read() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM styles WHERE scope IN (" +
-                                    ", ".join(f":s{i}" for i in range(len(scopes))) + ") ORDER BY name"),
+        rows = conn.execute(sa.text(f"{_SELECT} WHERE s.scope IN (" +
+                                    ", ".join(f":s{i}" for i in range(len(scopes))) + ") ORDER BY s.name"),
                             {f"s{i}": s for i, s in enumerate(scopes)}).all()
     return [_row(r) for r in rows]
 
@@ -123,7 +142,7 @@ def set_exemplar(db: Database, style_id: int, exemplar_digest: str) -> Style:
             conn.execute(sa.text(
                 "UPDATE styles SET exemplar_digest = :d, version = version + 1, status = 'pending', "
                 "status_reason = NULL, updated_at = :t WHERE id = :id"), {"d": exemplar_digest, "t": t, "id": style_id})
-        return _row(conn.execute(sa.text("SELECT * FROM styles WHERE id = :id"), {"id": style_id}).one())
+        return _row(conn.execute(sa.text(f"{_SELECT} WHERE s.id = :id"), {"id": style_id}).one())
 
 
 def set_status(db: Database, style_id: int, status: str, reason: str | None = None) -> None:

@@ -61,13 +61,15 @@ def _start_scheduler(cfg: Config, db):
 
 
 def maintenance_once(cfg: Config, db, blobs) -> dict:
-    """Privacy and disk hygiene: expired selfies, unused per-user artifacts, unreferenced blobs."""
-    from storage import artifacts, selfies
+    """Privacy and disk hygiene: expired selfies, unused per-user artifacts, old avatars, unreferenced blobs."""
+    from storage import artifacts, packs, selfies
 
+    retention = cfg.privacy.artifact_retention_days * 86400.0
     purged = selfies.purge_expired(db, blobs)
-    evicted = artifacts.evict_unused(db, blobs, cfg.privacy.artifact_retention_days * 86400.0)
+    evicted = artifacts.evict_unused(db, blobs, retention)
+    avatars = packs.expire_avatars(db, blobs, retention)
     gc = blobs.gc()
-    return {"selfies_purged": purged, "artifacts_evicted": evicted, "gc": gc}
+    return {"selfies_purged": purged, "artifacts_evicted": evicted, "avatars_expired": avatars, "gc": gc}
 
 
 def _maintenance_loop(cfg: Config, db, blobs, stop: threading.Event, every_seconds: float = 600.0) -> None:

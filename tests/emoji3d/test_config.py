@@ -50,6 +50,12 @@ def test_defaults_apply_for_an_empty_file(tmp_path):
         ("[pipeline.pti]\nsteps = 'many'\n", "pipeline.pti.steps must be an integer, got 'many'"),
         ("[pipeline.inversoin]\n", "unknown key 'pipeline.inversoin'"),
         ("[engine\n", "not valid TOML"),
+        ("[engine]\npoll_seconds = nan\n", "engine.poll_seconds must be a finite number > 0 <= 60, got nan"),
+        ("[limits]\nmax_image_megapixels = inf\n", "limits.max_image_megapixels must be a finite number"),
+        ("[pipeline.style]\nlr = nan\n", "pipeline.style.lr must be a finite number, got nan"),
+        ("[pipeline.dual]\nlr_3d = -inf\n", "pipeline.dual.lr_3d must be a finite number"),
+        ("[engine]\nseed = 1e23\n", "engine.seed must be an integer >= 0, got 1e+23"),
+        ("[engine]\nseed = 9223372036854775808\n", "engine.seed must be an integer >= 0, got 9223372036854775808"),
     ],
 )
 def test_bad_config_gives_one_line_naming_the_key(tmp_path, text, expected):
@@ -59,6 +65,14 @@ def test_bad_config_gives_one_line_naming_the_key(tmp_path, text, expected):
     assert expected in message
     assert "\n" not in message
     assert message.startswith("config.toml: ")
+
+
+def test_a_config_path_that_is_no_text_file_is_one_line(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes("[engine]\n# caf\xe9\n".encode("latin-1"))
+    for path, expected in ((tmp_path, "is not a file"), (tmp_path / "latin1.toml", "is not UTF-8 text")):
+        with pytest.raises(ConfigError, match=expected) as info:
+            load_config(path, env={})
+        assert "\n" not in str(info.value)
 
 
 def test_tokens_come_from_environment_and_never_print(tmp_path):
@@ -86,6 +100,25 @@ def test_cli_exits_nonzero_with_one_line_on_bad_config(tmp_path):
     assert lines == ["config.toml: engine.lease_seconds must be an integer >= 5 <= 3600, got -1"]
 
 
+def test_global_config_reaches_every_group(tmp_path):
+    """``emoji3d --config X weights list`` reads X's weights folder (it used to read the default config)."""
+    cfg = write(tmp_path, f'[paths]\ndata_dir = "{tmp_path / "data"}"\n[weights]\ndir = "{tmp_path / "w"}"\n')
+    proc = subprocess.run([sys.executable, "-m", "shell.cli", "--config", str(cfg), "weights", "list"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(tmp_path / "w") in proc.stdout
+
+
+def test_unreachable_database_is_one_line_exit_2(tmp_path):
+    cfg = write(tmp_path, '[database]\nurl = "postgresql://u:pw@127.0.0.1:9/x"\n')
+    proc = subprocess.run([sys.executable, "-m", "shell.cli", "--config", str(cfg), "jobs", "list"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        proc.stderr.strip()] and proc.stderr.startswith("cannot use the database postgresql://u:***@127.0.0.1:9/x")
+    assert "Traceback" not in proc.stderr and "pw" not in proc.stderr
+
+
 def test_loading_the_config_does_not_import_torch(repo_root):
     code = ("import sys; from emoji3d.config import load_config; "
             f"load_config({str(repo_root / 'config.toml')!r}); print('torch' in sys.modules)")
@@ -105,7 +138,7 @@ def test_sticker_motions_match_the_renderer():
     ("[[pack.stickers]]\nname='a'\nemoji='x'\n", "neither moves nor changes expression"),
     ("[[pack.stickers]]\nname='a'\nemoji='x'\nmotion='nod'\n[[pack.stickers]]\nname='a'\nemoji='y'\nmotion='nod'\n",
      "pack.stickers[].name must be unique"),
-    ("[pack]\nfps = 60\n", "pack.fps must be a number > 0 <= 30"),
+    ("[pack]\nfps = 60\n", "pack.fps must be a finite number > 0 <= 30"),
 ])
 def test_bad_pack_definitions_are_refused(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):

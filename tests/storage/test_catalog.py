@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from storage import artifacts, packs, selfies, styles, users
+from storage import artifacts, jobs, packs, selfies, styles, users
 from storage.communities import get_or_create_community
 from tests.lifecycle import publish
 
@@ -80,3 +80,30 @@ def test_artifact_cache_keys_hits_and_eviction(db, blobs):
     assert artifacts.evict_unused(db, blobs, 3600) == 0
     assert artifacts.evict_unused(db, blobs, 3600, now=time.time() + 7200) == 1
     assert not blobs.exists(d) and artifacts.get_artifact(db, k1) is None
+
+
+def test_a_house_style_whose_finetune_fails_for_good_reads_failed_with_the_reason(db, blobs):
+    """Retries used up by crashes, or a worker killed on the last attempt: the style is shown failed
+    (and so no longer offered), though no process wrote that status."""
+    from storage.style_catalog import enqueue_finetune
+
+    crashing = styles.add_style(db, "crashing", blobs.put_bytes(b"a"))
+    killed = styles.add_style(db, "killed", blobs.put_bytes(b"b"))
+    for style in (crashing, killed):
+        enqueue_finetune(db, style)
+    t = time.time()
+    for attempt in range(3):  # each round both jobs are claimed; one crashes, the other's worker dies
+        now = t + 1000 * attempt
+        for _ in range(2):
+            job = jobs.claim(db, "engine", 60, kinds=["style_finetune"], now=now)
+            styles.set_status(db, job.payload["style_id"], "tuning")
+            if job.payload["style_id"] == crashing.id:
+                jobs.fail(db, job.id, job.lease_token, "RuntimeError: CUDA error", now=now)
+        if attempt < 2:
+            assert styles.get_style(db, crashing.id).status in ("pending", "tuning")  # still being retried
+    # the killed worker's lease runs out on its last attempt; the next claim sweeps it
+    assert jobs.claim(db, "engine", 60, kinds=["style_finetune"], now=t + 10_000) is None
+    got = {s.name: (s.status, s.status_reason) for s in styles.list_styles(db)}
+    assert got == {"crashing": ("failed", "internal"), "killed": ("failed", "worker_lost")}
+    # a new version (a new exemplar) is tuned afresh
+    assert styles.set_exemplar(db, crashing.id, blobs.put_bytes(b"a2")).status == "pending"

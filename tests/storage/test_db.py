@@ -94,3 +94,32 @@ def test_plain_postgresql_url_uses_psycopg3():
     assert db.dialect == "postgresql" and db.engine.dialect.driver == "psycopg"
     assert db.schema_version() == len(load_migrations())
     db.dispose()
+
+
+def test_unreachable_or_impossible_databases_are_one_sentence(tmp_path):
+    with pytest.raises(DatabaseError, match=r"cannot use the database postgresql://emoji3d:\*\*\*@127.0.0.1:9/x: .*refused"):
+        open_database("postgresql://emoji3d:secret@127.0.0.1:9/x")  # nothing listens on the discard port
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(DatabaseError, match="cannot create the database folder"):
+        open_database(f"sqlite:///{blocker / 'sub' / 'db.sqlite3'}")
+
+
+def test_opening_an_up_to_date_database_does_not_wait_for_a_writer(tmp_path):
+    """A read-only command must not queue behind a long write transaction (migrations are checked by a read)."""
+    import sqlite3
+
+    from storage import jobs
+    from storage.db import SqliteOptions
+
+    path = tmp_path / "db.sqlite3"
+    open_database(f"sqlite:///{path}").dispose()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock, as a long job-claiming writer would
+    try:
+        db = open_database(f"sqlite:///{path}", sqlite=SqliteOptions(busy_timeout_ms=300))
+        assert jobs.list_jobs(db) == []
+        db.dispose()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -113,6 +113,23 @@ def test_non_retryable_failure_keeps_its_key(db):
     assert jobs.get_job(db, jid).error_key == "no_face"
 
 
+def test_a_failed_or_cancelled_job_gives_its_key_to_a_new_attempt(db):
+    first = jobs.enqueue(db, "k", {"n": 1}, "order-1", now=T0)
+    j = jobs.claim(db, "w", 30, now=T0)
+    jobs.fail(db, first, j.lease_token, "disk full", retryable=False, now=T0)
+    second = jobs.enqueue(db, "k", {"n": 1}, "order-1", now=T0 + 1)
+    assert second != first and jobs.get_job(db, second).status == "queued"
+    assert jobs.find_by_key(db, "order-1").id == second
+    assert jobs.get_job(db, first).idempotency_key == f"order-1#{first}"  # kept, as history
+    assert jobs.enqueue(db, "k", {"n": 1}, "order-1") == second  # the new attempt holds the key again
+    jobs.cancel(db, second)
+    third = jobs.enqueue(db, "k", {"n": 1}, "order-1")
+    assert third not in (first, second)
+    done = jobs.claim(db, "w", 30)
+    jobs.complete(db, done.id, done.lease_token, {"ok": True})
+    assert jobs.enqueue(db, "k", {"n": 1}, "order-1") == third  # a success keeps its key for good
+
+
 def test_release_returns_job_without_using_an_attempt(db):
     jid = jobs.enqueue(db, "k", {}, "k1", max_attempts=1, now=T0)
     j = jobs.claim(db, "w1", 300, now=T0)
