@@ -217,8 +217,9 @@ def message(key: str, **params: object) -> str:
     try:
         return template.format(**params)
     except (KeyError, IndexError, ValueError):
-        return template.split("{")[0].rstrip(" (") + ("." if "{" in template else "")
+        return template.split("{")[0].rstrip(" (:") + ("." if "{" in template else "")
 
 
 def explain(err: UserFacingError) -> str:
-    return message(err.key, **err.params)
+    """The sentence for ``err``; a text's ``{detail}`` is the error's own detail unless a param says otherwise."""
+    return message(err.key, **{"detail": err.detail, **err.params})

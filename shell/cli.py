@@ -91,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserFacingError as exc:
         from emoji3d.texts import explain
 
-        print(explain(exc), file=sys.stderr)
-        if ns.verbose:
-            print(f"(detail: {exc})", file=sys.stderr)
+        sentence = explain(exc)
+        # An operator needs the specifics a chat user is spared (which file, which key).
+        if exc.detail and exc.detail not in sentence and exc.detail != exc.key.replace("_", " "):
+            sentence = f"{sentence} ({exc.detail})"
+        print(sentence, file=sys.stderr)
         return 2
     except DatabaseError as exc:
         print(str(exc), file=sys.stderr)

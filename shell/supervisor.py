@@ -10,6 +10,11 @@ class to supervise it.
 - ``stop()`` sends SIGTERM (the engine then finishes or releases its job, so
   nothing is lost), waits ``grace_seconds``, then SIGKILLs.
 - Restarts are counted and logged; ``pids`` lists every child started.
+- A child that exits with a code in ``fatal_codes`` (2: the ``emoji3d``
+  convention for bad configuration, e.g. weights that are not installed) is not
+  restarted, since it would fail the same way for ever: supervision ends,
+  ``fatal_reason`` holds the child's last line on stderr, and ``on_fatal`` is
+  called with it. The child's stderr is passed through to ours as it comes.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 log = logging.getLogger("shell.supervisor")
 
@@ -27,7 +33,8 @@ log = logging.getLogger("shell.supervisor")
 class Supervisor:
     def __init__(self, name: str, argv: Sequence[str], *, backoff_seconds: float = 5.0,
                  max_backoff_seconds: float = 300.0, stable_seconds: float = 60.0,
-                 grace_seconds: float = 30.0, env: dict[str, str] | None = None) -> None:
+                 grace_seconds: float = 30.0, env: dict[str, str] | None = None,
+                 fatal_codes: tuple[int, ...] = (2,), on_fatal: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.backoff_seconds = backoff_seconds
@@ -35,6 +42,10 @@ class Supervisor:
         self.stable_seconds = stable_seconds
         self.grace_seconds = grace_seconds
         self.env = env
+        self.fatal_codes = fatal_codes
+        self.on_fatal = on_fatal
+        self.fatal_reason: str | None = None
+        self._last_stderr_line = ""
         self.pids: list[int] = []
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
@@ -51,10 +62,21 @@ class Supervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen:
-        proc = subprocess.Popen(self.argv, env=self.env)
+        proc = subprocess.Popen(self.argv, env=self.env, stderr=subprocess.PIPE)
         self.pids.append(proc.pid)
+        threading.Thread(target=self._pass_stderr, args=(proc,), name=f"{self.name}-stderr", daemon=True).start()
         log.info("%s started (pid %d)", self.name, proc.pid)
         return proc
+
+    def _pass_stderr(self, proc: subprocess.Popen) -> None:
+        """Copy the child's stderr to ours, remembering its last non-empty line."""
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            sys.stderr.buffer.write(raw)
+            sys.stderr.flush()
+            line = raw.decode("utf-8", "replace").strip()
+            if line:
+                self._last_stderr_line = line
 
     def _loop(self) -> None:
         delay = self.backoff_seconds
@@ -66,6 +88,13 @@ class Supervisor:
             started = time.monotonic()
             code = self._proc.wait()
             if self._stopping.is_set():
+                return
+            if code in self.fatal_codes:
+                time.sleep(0.2)  # let the stderr reader take the child's last words
+                self.fatal_reason = self._last_stderr_line or f"{self.name} exited with code {code}"
+                log.error("%s cannot run (exit code %s): %s; not restarting it", self.name, code, self.fatal_reason)
+                if self.on_fatal is not None:
+                    self.on_fatal(self.fatal_reason)
                 return
             uptime = time.monotonic() - started
             if uptime >= self.stable_seconds:

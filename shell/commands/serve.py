@@ -106,11 +106,18 @@ def main(argv: list[str]) -> int:
         if what != "unchanged":
             print(f"style {style.name}: {what} (finetune queued)", flush=True)
     engine = None
+    fatal: list[str] = []
+
+    def engine_cannot_run(reason: str) -> None:
+        fatal.append(reason)
+        stop.set()
+
     if not args.no_engine:
         engine = Supervisor(
             "engine", engine_argv(args.config),
             backoff_seconds=cfg.engine.restart_backoff_seconds,
             grace_seconds=float(cfg.engine.lease_seconds),
+            on_fatal=engine_cannot_run,
         )
         engine.start()
     sched = _start_scheduler(cfg, db)
@@ -126,5 +133,8 @@ def main(argv: list[str]) -> int:
     code = engine.stop() if engine else 0
     log.info("engine stopped with code %s", code)
     db.dispose()
+    if fatal:
+        print(f"stopped: the engine cannot run: {fatal[0]}", file=sys.stderr, flush=True)
+        return 2
     print("stopped", flush=True)
     return 0

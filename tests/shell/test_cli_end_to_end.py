@@ -111,3 +111,17 @@ def test_serve_supervises_the_engine_and_stops_cleanly(config):
     assert "telegram: disabled because TELEGRAM_BOT_TOKEN is not set" in output
     assert "discord: disabled because DISCORD_BOT_TOKEN is not set" in output
     assert "stopped" in output
+
+
+def test_serve_stops_with_the_reason_when_the_engine_cannot_run(config, tmp_path):
+    """A fatal configuration error (here: pretrained weights asked for, none installed) is not restarted for ever."""
+    text = config.read_text().replace('preset = "auto"', 'preset = "pretrained"')
+    assert 'preset = "pretrained"' in text
+    config.write_text(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TELEGRAM_BOT_TOKEN": "", "DISCORD_BOT_TOKEN": ""}
+    proc = subprocess.run(EMOJI3D + ["--config", str(config), "serve"], capture_output=True, text=True,
+                          env=env, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped: the engine cannot run: A model file isn't installed on this server yet.")
+    assert "eg3d_ffhq" in last or "stylegan2_ffhq" in last  # names what is missing

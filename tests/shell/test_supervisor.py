@@ -47,3 +47,18 @@ def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
     assert wait_for(lambda: sup.alive() and (tmp_path / str(sup.pid)).exists())  # its handler is installed
     code = sup.stop()
     assert code == -signal.SIGKILL
+
+
+def test_a_child_exiting_with_a_fatal_code_is_not_restarted_and_says_why(tmp_path):
+    misconfigured = [sys.executable, "-c",
+                     "import sys\nprint('loading...', file=sys.stderr)\n"
+                     "print('A model file is missing or damaged: eg3d_ffhq not installed', file=sys.stderr)\n"
+                     "sys.exit(2)\n"]
+    reasons = []
+    sup = Supervisor("engine", misconfigured, backoff_seconds=0.05, grace_seconds=1.0, on_fatal=reasons.append)
+    sup.start()
+    assert wait_for(lambda: reasons)
+    time.sleep(0.5)  # time enough for several restarts, were there any
+    assert len(sup.pids) == 1 and sup.restarts == 0
+    assert reasons == ["A model file is missing or damaged: eg3d_ffhq not installed"] == [sup.fatal_reason]
+    sup.stop()
