@@ -218,11 +218,13 @@ def _sweep_expired(conn: Connection, now: float) -> None:
 
 
 def claim(db: Database, worker_id: str, lease_seconds: float, kinds: Iterable[str] | None = None, *,
-          now: float | None = None) -> Job | None:
+          job_ids: Iterable[JobId] | None = None, now: float | None = None) -> Job | None:
     """Atomically take the next eligible job (interactive first, then FIFO).
 
-    Also reclaims jobs whose lease expired. Returns the claimed :class:`Job`
-    (with its new ``lease_token``) or ``None`` when nothing is eligible.
+    Also reclaims jobs whose lease expired. ``kinds`` and ``job_ids`` narrow
+    what may be taken (a one-off local run takes only the jobs it placed).
+    Returns the claimed :class:`Job` (with its new ``lease_token``) or
+    ``None`` when nothing is eligible.
     """
     if lease_seconds <= 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
@@ -238,6 +240,12 @@ def claim(db: Database, worker_id: str, lease_seconds: float, kinds: Iterable[st
         names = [f":k{i}" for i in range(len(kind_list))]
         where += f" AND kind IN ({', '.join(names)})"
         params.update({f"k{i}": k for i, k in enumerate(kind_list)})
+    if job_ids is not None:
+        id_list = sorted({int(i) for i in job_ids})
+        if not id_list:
+            return None
+        where += f" AND id IN ({', '.join(f':j{i}' for i in range(len(id_list)))})"
+        params.update({f"j{i}": v for i, v in enumerate(id_list)})
     select = f"SELECT id FROM jobs WHERE {where} ORDER BY priority, id LIMIT 1"
     if db.dialect == "postgresql":
         select += " FOR UPDATE SKIP LOCKED"

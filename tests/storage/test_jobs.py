@@ -51,6 +51,15 @@ def test_claim_filters_kinds(db):
     assert jobs.claim(db, "w", 30, kinds=["render", "x"], now=T0).id == a
 
 
+def test_claim_can_be_narrowed_to_given_jobs(db):
+    theirs = jobs.enqueue(db, "make_pack", {}, "someone else's order")
+    mine = jobs.enqueue(db, "make_pack", {}, "my order")
+    assert jobs.claim(db, "local", 30, job_ids=[]) is None
+    assert jobs.claim(db, "local", 30, job_ids=[mine]).id == mine
+    assert jobs.claim(db, "local", 30, job_ids=[mine]) is None  # taken; theirs is not a candidate
+    assert jobs.get_job(db, theirs).status == "queued"
+
+
 def test_expired_lease_is_reclaimed_and_old_token_refused(db):
     jid = jobs.enqueue(db, "k", {}, "k1", now=T0)
     first = jobs.claim(db, "w1", 10, now=T0)
