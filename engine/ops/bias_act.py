@@ -172,11 +172,11 @@ def bias_act_fused(kernel: ModuleType, x, b=None, dim=1, act="linear", alpha=Non
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
     """Self-check inputs: every activation on [N, C, H, W] with a bias, StyleGAN2's clamped
     lrelu, a bias along another axis and no bias; the gradients w.r.t. x and b."""
-    generator = torch.Generator().manual_seed(20240614)
-    x4 = torch.randn(2, 5, 3, 4, generator=generator) * 2  # [N, C, H, W]
-    b5 = torch.randn(5, generator=generator)  # [C]
+    draw = dispatch.probe_normal(20240614)
+    x4 = draw(2, 5, 3, 4) * 2  # [N, C, H, W]
+    b5 = draw(5)  # [C]
     cases = [(act, x4, b5, 1, None) for act in ACTIVATIONS]  # label, x, b, dim, clamp
-    b2 = torch.randn(2, generator=generator)  # [N]: a bias along dim 0
+    b2 = draw(2)  # [N]: a bias along dim 0
     cases += [("lrelu clamp=0.5", x4, b5, 1, 0.5), ("swish dim=0 clamp=1", x4, b2, 0, 1.0),
               ("relu no bias", x4, None, 1, None)]
     results: dispatch.ProbeResults = []
@@ -196,7 +196,7 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
         results.append((f"forward {label}", y_fused, y_ref))
         if y_fused.shape != y_ref.shape:
             continue
-        dy = torch.randn(y_ref.shape, generator=generator).to(device=device, dtype=dtype)
+        dy = draw(*y_ref.shape).to(device=device, dtype=dtype)
         grads_fused = torch.autograd.grad(y_fused, inputs_fused, dy)
         grads_ref = torch.autograd.grad(y_ref, inputs_ref, dy.double())
         for name, fused, reference in zip(("x", "b"), grads_fused, grads_ref):

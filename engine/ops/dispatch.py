@@ -79,6 +79,15 @@ class FusedOp:
             raise ValueError(f"{self.name}: no self-check tolerance for {unchecked}")
 
 
+def probe_normal(seed: int) -> Callable[..., torch.Tensor]:
+    """``draw(*shape)``: standard-normal float32 tensors for a probe, the same in every process.
+
+    Its own generator (the caller's RNG state is untouched) on the CPU, whatever
+    the default device; the probe moves the tensors to the device under test."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return lambda *shape: torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class Decision:
     """How an op runs on one (device, dtype): ``kernel`` None means the reference."""

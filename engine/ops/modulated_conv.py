@@ -80,12 +80,10 @@ def modulate_weights_fused(kernel: ModuleType, weight: torch.Tensor, styles: tor
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
     """Self-check inputs: a demodulated 3x3 conv whose weight row (I*kh*kw = 360) is longer
     than the kernel's 256-thread block, and a ToRGB-like 1x1 conv without demodulation."""
-    generator = torch.Generator().manual_seed(20240615)
+    draw = dispatch.probe_normal(20240615)
     cases = [  # label, weight [O, I, kh, kw], styles [N, I], demodulate
-        ("3x3 demodulated", torch.randn(4, 40, 3, 3, generator=generator), torch.randn(2, 40, generator=generator) + 1,
-         True),
-        ("1x1 not demodulated", torch.randn(3, 6, 1, 1, generator=generator), torch.randn(2, 6, generator=generator),
-         False),
+        ("3x3 demodulated", draw(4, 40, 3, 3), draw(2, 40) + 1, True),
+        ("1x1 not demodulated", draw(3, 6, 1, 1), draw(2, 6), False),
     ]
     results: dispatch.ProbeResults = []
     for label, weight, styles, demodulate in cases:
@@ -96,7 +94,7 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
         results.append((f"forward {label}", out_fused, out_ref))
         if out_fused.shape != out_ref.shape:
             continue
-        dout = torch.randn(out_ref.shape, generator=generator).to(device=device, dtype=dtype)
+        dout = draw(*out_ref.shape).to(device=device, dtype=dtype)
         grads_fused = torch.autograd.grad(out_fused, inputs_fused, dout)
         grads_ref = torch.autograd.grad(out_ref, inputs_ref, dout.double())
         for name, fused, reference in zip(("weight", "styles"), grads_fused, grads_ref):

@@ -18,7 +18,10 @@ Conventions
 
 Three parts, one file:
 
-* ``upfirdn2d_ref``: the readable pure-torch definition.
+* ``upfirdn2d_ref``: the readable pure-torch definition. The filter runs as a
+  depthwise convolution (``groups=C``, weight ``[C, 1, fh, fw]``): bit-identical
+  to one single-filter convolution over an ``[N*C, 1, H, W]`` view and about
+  twice as fast on the CPU (see bench/nets.py).
 * ``upfirdn2d_fused``: the autograd Function around our CUDA kernel
   (``cuda/upfirdn2d.cu``, 2D filters only; a 1D filter runs as an x pass then
   a y pass). The gradient of upfirdn2d is again an upfirdn2d (``adjoint_params``:
@@ -140,17 +143,17 @@ def upfirdn2d_ref(
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
-    # Convolve (conv2d correlates, so flip unless a correlation is asked for).
+    # Convolve (conv2d correlates, so flip unless a correlation is asked for) with one
+    # filter copy per channel (depthwise, groups=C): bit-identical to one filter over
+    # an [N*C, 1, H, W] view, and faster on the CPU.
     f = f.to(x.dtype) * (gain ** (f.ndim / 2))
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
-    x = x.reshape(n * c, 1, x.shape[2], x.shape[3])
     if f.ndim == 2:
-        x = F.conv2d(x, f[None, None])
+        x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)  # weight [C, 1, fh, fw]
     else:
-        x = F.conv2d(x, f[None, None, None, :])  # along x
-        x = F.conv2d(x, f[None, None, :, None])  # along y
-    x = x.reshape(n, c, x.shape[2], x.shape[3])
+        x = F.conv2d(x, f[None, None, None, :].repeat(c, 1, 1, 1), groups=c)  # along x: [C, 1, 1, fw]
+        x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)  # along y: [C, 1, fh, 1]
 
     # Downsample by taking every down-th pixel.
     return x[:, :, ::downy, ::downx]
@@ -220,10 +223,10 @@ def upfirdn2d_fused(kernel: ModuleType, x, f, up=1, down=1, padding=0, flip_filt
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
     """Self-check inputs: an asymmetric 2D filter (a flip or transposition shows), a
     separable filter, up/down/padding as StyleGAN2 uses them plus uneven ones and a crop."""
-    generator = torch.Generator().manual_seed(20240613)
-    x = torch.randn(2, 3, 7, 6, generator=generator)  # [N, C, H, W]
-    f2d = torch.randn(4, 3, generator=generator)  # [fh, fw]
-    f1d = torch.randn(4, generator=generator)  # [fw]
+    draw = dispatch.probe_normal(20240613)
+    x = draw(2, 3, 7, 6)  # [N, C, H, W]
+    f2d = draw(4, 3)  # [fh, fw]
+    f1d = draw(4)  # [fw]
     cases = [  # label, filter, up, down, padding, flip_filter, gain
         ("up=2", f2d, 2, 1, [2, 1, 2, 1], False, 4.0),
         ("down=2 flipped", f2d, 1, 2, [1, 1, 2, 1], True, 1.0),
@@ -239,7 +242,7 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
         results.append((f"forward {label}", y_fused, y_ref))
         if y_fused.shape != y_ref.shape:
             continue
-        dy = torch.randn(y_ref.shape, generator=generator).to(device=device, dtype=dtype)
+        dy = draw(*y_ref.shape).to(device=device, dtype=dtype)
         (dx_fused,) = torch.autograd.grad(y_fused, x_fused, dy)
         (dx_ref,) = torch.autograd.grad(y_ref, x_ref, dy.double())
         results.append((f"gradient {label}", dx_fused, dx_ref))

@@ -1,4 +1,5 @@
-"""upfirdn2d: the reference against a direct loop definition, its adjoint
+"""upfirdn2d: the reference against a direct loop definition, its depthwise
+layout bit for bit against the previous single-filter layout, its adjoint
 (the rule the fused backward uses), gradients, helpers, errors, and (GPU) the
 fused kernel against the reference."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from engine.ops import upfirdn2d
 from engine.ops.upfirdn2d import adjoint_params
+from tests.engine.ops.upfirdn2d_layouts import upfirdn2d_ref_single_filter_layout
 
 
 def brute_force(x, f, up, down, pad, flip, gain):
@@ -61,6 +63,34 @@ def test_separable_filter_equals_outer_product():
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
+LAYOUT_CASES = [  # x shape, filter shape, up, down, padding
+    ((2, 3, 7, 6), (4, 4), 1, 1, [0, 0, 0, 0]),
+    ((2, 3, 7, 6), (4, 4), 2, 1, [2, 1, 2, 1]),
+    ((1, 16, 16, 16), (4, 4), 1, 2, [1, 1, 1, 1]),
+    ((3, 5, 9, 11), (3, 2), (2, 1), (1, 2), [1, 2, -1, 3]),
+    ((2, 4, 8, 8), (4,), 2, 1, [2, 1, 2, 1]),
+    ((2, 4, 8, 8), (6,), 1, 2, [2, 2, 2, 2]),
+    ((1, 32, 12, 10), (5,), 2, 2, [0, 3, -1, 2]),
+]
+
+
+@pytest.mark.parametrize("shape,fshape,up,down,pad", LAYOUT_CASES)
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_depthwise_layout_is_bit_identical_to_the_single_filter_layout(shape, fshape, up, down, pad, flip, dtype):
+    g = torch.Generator().manual_seed(len(LAYOUT_CASES) * sum(shape) + len(fshape))
+    x = torch.randn(*shape, generator=g, dtype=dtype, requires_grad=True)
+    f = torch.rand(*fshape, generator=g)
+    params = dict(up=up, down=down, padding=pad, flip_filter=flip, gain=1.7)
+    ours = upfirdn2d.upfirdn2d_ref(x, f, **params)
+    before = upfirdn2d_ref_single_filter_layout(x, f, **params)
+    assert torch.equal(ours, before)
+    dy = torch.randn(ours.shape, generator=g, dtype=dtype)
+    (grad_ours,) = torch.autograd.grad(ours, x, dy)
+    (grad_before,) = torch.autograd.grad(before, x, dy)
+    assert torch.equal(grad_ours, grad_before)
+
+
 @pytest.mark.parametrize("up,down,pad,fshape,flip", CASES)
 def test_adjoint_is_the_gradient(up, down, pad, fshape, flip):
     g = torch.Generator().manual_seed(7)
@@ -69,7 +99,8 @@ def test_adjoint_is_the_gradient(up, down, pad, fshape, flip):
     y = upfirdn2d.upfirdn2d_ref(x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=0.7)
     dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
     (gx,) = torch.autograd.grad(y, x, dy)
-    up2, down2, pad2, flip2 = adjoint_params(x.shape[2:], y.shape[2:], tuple(f.shape), (up, up), (down, down), pad, flip)
+    up2, down2, pad2, flip2 = adjoint_params(x.shape[2:], y.shape[2:], tuple(f.shape), (up, up), (down, down), pad,
+                                             flip)
     gx2 = upfirdn2d.upfirdn2d_ref(dy, f, up=up2, down=down2, padding=pad2, flip_filter=flip2, gain=0.7)
     assert gx2.shape == gx.shape
     torch.testing.assert_close(gx2, gx, atol=1e-10, rtol=0)
