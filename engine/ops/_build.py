@@ -7,9 +7,10 @@ torch and CUDA versions and the target GPU architectures, so a changed kernel,
 torch upgrade or another GPU never reuses a stale binary. ``<cache>`` is
 ``$EMOJI3D_OPS_CACHE`` or ``~/.cache/emoji3d/ops``.
 
-If the build (or import) fails, ``impl='auto'`` emits one warning per
-extension and falls back to the pure-torch reference for the rest of the
-process; ``impl='cuda'`` raises :class:`OpsBuildError` instead.
+This module only builds and imports: :func:`build` raises
+:class:`OpsBuildError` (or the compiler's error) on failure. Choosing between a
+kernel and the reference, the self-check and the fall-back live in
+``engine.ops.dispatch``.
 
 Target architectures: ``$TORCH_CUDA_ARCH_LIST`` when set (required on a
 machine without a GPU, e.g. a Docker build), else the visible GPU's.
@@ -44,15 +45,12 @@ EXTENSIONS: dict[str, list[str]] = {
     "modconv": ["modconv.cpp", "modconv.cu"],
 }
 
-IMPLS = ("ref", "cuda", "auto")
-
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType] = {}  # process-wide cache of compiled modules
-_failed: dict[str, str] = {}  # name -> reason (warned once)
 
 
 class OpsBuildError(RuntimeError):
-    """A fused kernel was requested explicitly (impl='cuda') but is unavailable."""
+    """A fused kernel cannot be built or imported here."""
 
 
 def cache_root() -> pathlib.Path:
@@ -90,14 +88,14 @@ def _cudart_link_dirs(cuda_home: str | None) -> list[str]:
     return found
 
 
-def source_digest(name: str) -> str:
-    """Hash of the sources + torch/CUDA versions (arch-independent)."""
+def source_digest(name: str, source_dir: pathlib.Path = SOURCE_DIR) -> str:
+    """Hash of the sources (read from ``source_dir``) + torch/CUDA versions (arch-independent)."""
     if name not in EXTENSIONS:
         raise KeyError(f"unknown op extension {name!r}; known: {sorted(EXTENSIONS)}")
     h = hashlib.sha256()
     for src in EXTENSIONS[name]:
         h.update(src.encode())
-        h.update((SOURCE_DIR / src).read_bytes())
+        h.update((source_dir / src).read_bytes())
     h.update(f"torch={torch.__version__};cuda={torch.version.cuda}".encode())
     return h.hexdigest()[:16]
 
@@ -205,42 +203,3 @@ def build(name: str, verbose: bool = False) -> ModuleType:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
         _loaded[name] = module
         return module
-
-
-def get(name: str) -> ModuleType | None:
-    """The built extension, or None after one warning if it cannot be built."""
-    if name in _loaded:
-        return _loaded[name]
-    if name in _failed:
-        return None
-    try:
-        return build(name)
-    except Exception as exc:  # noqa: BLE001 - any build failure means: fall back
-        _failed[name] = f"{type(exc).__name__}: {exc}"
-        warnings.warn(
-            f"emoji3d: could not build the fused CUDA op '{name}' ({_failed[name].splitlines()[0][:300]}); "
-            "falling back to the slower pure-torch reference",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-
-
-def use_cuda(impl: str, x: torch.Tensor, name: str) -> bool:
-    """Decide the implementation for tensor ``x``: True = our fused kernel."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "ref":
-        return False
-    if impl == "cuda":
-        if not x.is_cuda:
-            raise OpsBuildError(f"impl='cuda' needs a CUDA tensor for op '{name}', got device {x.device}")
-        if name in _failed:
-            raise OpsBuildError(f"fused op '{name}' failed to build earlier: {_failed[name]}")
-        try:
-            build(name)
-        except Exception as exc:
-            _failed[name] = f"{type(exc).__name__}: {exc}"
-            raise OpsBuildError(f"fused op '{name}' failed to build: {exc}") from exc
-        return True
-    return x.is_cuda and get(name) is not None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.ops import upfirdn2d as _up
+from engine.ops import upfirdn2d
 
 __all__ = ["conv2d_resample"]
 
@@ -43,7 +43,7 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
         raise ValueError("conv2d_resample: resampling needs a filter f")
     out_channels, in_per_group, kh, kw = w.shape
     fw, fh = (f.shape[-1], f.shape[0]) if f is not None else (1, 1)
-    px0, px1, py0, py1 = _up._parse_padding(padding)
+    px0, px1, py0, py1 = upfirdn2d.parse_padding(padding)
 
     # Padding in the resampled grid, extended by the filter support.
     if up > 1:
@@ -59,17 +59,18 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
 
     # 1x1 conv with downsampling only: downsample first, then convolve.
     if kw == 1 and kh == 1 and down > 1 and up == 1:
-        x = _up.upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
+        x = upfirdn2d.upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
         return _conv(x, w, groups=groups, flip_weight=flip_weight)
 
     # 1x1 conv with upsampling only: convolve first, then upsample.
     if kw == 1 and kh == 1 and up > 1 and down == 1:
         x = _conv(x, w, groups=groups, flip_weight=flip_weight)
-        return _up.upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up ** 2, flip_filter=flip_filter, impl=impl)
+        return upfirdn2d.upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up ** 2, flip_filter=flip_filter,
+                                   impl=impl)
 
     # Downsampling only: filter, then strided conv.
     if down > 1 and up == 1:
-        x = _up.upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
+        x = upfirdn2d.upfirdn2d(x, f, padding=[px0, px1, py0, py1], flip_filter=flip_filter, impl=impl)
         return _conv(x, w, stride=down, groups=groups, flip_weight=flip_weight)
 
     # Upsampling (optionally then downsampling): transposed strided conv, then filter.
@@ -87,10 +88,10 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
         pxt = max(min(-px0, -px1), 0)
         pyt = max(min(-py0, -py1), 0)
         x = _conv(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight)
-        x = _up.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2,
+        x = upfirdn2d.upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2,
                           flip_filter=flip_filter, impl=impl)
         if down > 1:
-            x = _up.upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
+            x = upfirdn2d.upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
         return x
 
     # No resampling, symmetric non-negative padding: plain conv.
@@ -98,9 +99,9 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
         return _conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
 
     # General case.
-    x = _up.upfirdn2d(x, f if up > 1 else None, up=up, padding=[px0, px1, py0, py1], gain=up ** 2,
+    x = upfirdn2d.upfirdn2d(x, f if up > 1 else None, up=up, padding=[px0, px1, py0, py1], gain=up ** 2,
                       flip_filter=flip_filter, impl=impl)
     x = _conv(x, w, groups=groups, flip_weight=flip_weight)
     if down > 1:
-        x = _up.upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
+        x = upfirdn2d.upfirdn2d(x, f, down=down, flip_filter=flip_filter, impl=impl)
     return x

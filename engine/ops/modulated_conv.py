@@ -16,18 +16,25 @@ Two equivalent execution paths (NVlabs semantics):
 Shapes: ``x`` [N, I, H, W]; ``weight`` [O, I, kh, kw]; ``styles`` [N, I];
 returns [N, O, H', W'] where H' follows ``conv2d_resample``.
 
-``modulate_weights`` has a fused CUDA twin (``cuda/modconv.cu``: one pass that
-modulates, reduces the demodulation norm and scales), selected with ``impl``;
-the convolution itself runs in cuDNN.
+``modulate_weights`` comes in three parts, one file: the reference
+``modulate_weights_ref``; ``modulate_weights_fused``, the autograd Function
+around our CUDA kernel (``cuda/modconv.cu``: one pass that modulates, reduces
+the demodulation norm and scales; float32 only), whose backward is the
+differentiable reference formula (so every gradient order works); and the
+switch ``modulate_weights(..., impl='ref'|'cuda'|'auto')``, which uses the
+kernel only after it passed its self-check (``engine.ops.dispatch``, probe
+below). The convolution itself runs in cuDNN.
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 
-from engine.ops import _build
+from engine.ops import dispatch
 from engine.ops.conv2d_resample import conv2d_resample
 
-__all__ = ["modulate_weights", "modulate_weights_ref", "modulated_conv2d"]
+__all__ = ["modulate_weights", "modulate_weights_ref", "modulate_weights_fused", "modulated_conv2d", "FUSED"]
 
 DEMOD_EPS = 1e-8
 
@@ -41,13 +48,73 @@ def modulate_weights_ref(weight: torch.Tensor, styles: torch.Tensor, demodulate:
     return w
 
 
-def modulate_weights(weight, styles, demodulate=True, impl="auto"):
-    """``modulate_weights_ref`` with an implementation switch."""
-    _check_shapes(None, weight, styles)
-    if weight.dtype == torch.float32 and styles.dtype == torch.float32 and _build.use_cuda(impl, weight, "modconv"):
-        from engine.ops import _modconv_cuda
+class _ModulateWeights(torch.autograd.Function):
+    """Forward on the kernel; backward through the reference formula (any order)."""
 
-        return _modconv_cuda.modulate_weights_cuda(weight, styles, demodulate)
+    @staticmethod
+    def forward(ctx, kernel, weight, styles, demodulate):
+        out = kernel.modulate_weights(weight, styles, bool(demodulate), DEMOD_EPS)
+        ctx.save_for_backward(weight, styles)
+        ctx.demodulate = demodulate
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        weight, styles = ctx.saved_tensors
+        create = torch.is_grad_enabled()  # a graph of the gradient is wanted (double backward)
+        with torch.enable_grad():
+            w = weight if weight.requires_grad and create else weight.detach().requires_grad_(True)
+            s = styles if styles.requires_grad and create else styles.detach().requires_grad_(True)
+            out = modulate_weights_ref(w, s, ctx.demodulate)
+        dw, ds = torch.autograd.grad(out, [w, s], dout, create_graph=create)
+        return None, (dw if ctx.needs_input_grad[1] else None), (ds if ctx.needs_input_grad[2] else None), None
+
+
+def modulate_weights_fused(kernel: ModuleType, weight: torch.Tensor, styles: torch.Tensor,
+                           demodulate: bool = True) -> torch.Tensor:
+    """``modulate_weights_ref`` on ``kernel`` (a module with the ``cuda/modconv.cpp`` signature), differentiable."""
+    _check_shapes(None, weight, styles)
+    return _ModulateWeights.apply(kernel, weight, styles, demodulate)
+
+
+def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
+    """Self-check inputs: a demodulated 3x3 conv whose weight row (I*kh*kw = 360) is longer
+    than the kernel's 256-thread block, and a ToRGB-like 1x1 conv without demodulation."""
+    draw = dispatch.probe_normal(20240615)
+    cases = [  # label, weight [O, I, kh, kw], styles [N, I], demodulate
+        ("3x3 demodulated", draw(4, 40, 3, 3), draw(2, 40) + 1, True),
+        ("1x1 not demodulated", draw(3, 6, 1, 1), draw(2, 6), False),
+    ]
+    results: dispatch.ProbeResults = []
+    for label, weight, styles, demodulate in cases:
+        inputs_fused = [t.to(device=device, dtype=dtype, copy=True).requires_grad_(True) for t in (weight, styles)]
+        inputs_ref = [t.detach().double().requires_grad_(True) for t in inputs_fused]
+        out_fused = modulate_weights_fused(kernel, *inputs_fused, demodulate)
+        out_ref = modulate_weights_ref(*inputs_ref, demodulate)
+        results.append((f"forward {label}", out_fused, out_ref))
+        if out_fused.shape != out_ref.shape:
+            continue
+        dout = draw(*out_ref.shape).to(device=device, dtype=dtype)
+        grads_fused = torch.autograd.grad(out_fused, inputs_fused, dout)
+        grads_ref = torch.autograd.grad(out_ref, inputs_ref, dout.double())
+        for name, fused, reference in zip(("weight", "styles"), grads_fused, grads_ref):
+            results.append((f"gradient {label} w.r.t. {name}", fused, reference))
+    return results
+
+
+# cuda/modconv.cpp accepts float32 only.
+FUSED = dispatch.FusedOp(name="modulate_weights", extension="modconv", dtypes=(torch.float32,), probe=_probe)
+
+
+def modulate_weights(weight, styles, demodulate=True, impl="auto"):
+    """``modulate_weights_ref`` with an implementation switch (``'ref'|'cuda'|'auto'``).
+
+    The kernel runs in the dtype the reference's type promotion gives."""
+    _check_shapes(None, weight, styles)
+    dtype = torch.promote_types(weight.dtype, styles.dtype)
+    kernel = dispatch.fused_kernel(FUSED, impl, weight.device, dtype)
+    if kernel is not None:
+        return modulate_weights_fused(kernel, weight.to(dtype), styles.to(dtype), demodulate)
     return modulate_weights_ref(weight, styles, demodulate)
 
 

@@ -3,7 +3,10 @@
 For the Dockerfile: set ``TORCH_CUDA_ARCH_LIST`` (e.g. "8.0;8.6;9.0") because
 the build machine usually has no GPU, and ``EMOJI3D_OPS_CACHE`` to a path that
 ships in the image. Without a GPU and without ``TORCH_CUDA_ARCH_LIST`` there is
-nothing to target: it says so and exits 0. A failed build exits 1.
+nothing to target: it says so and exits 0. A failed build exits 1. When a
+GPU is visible, every built kernel is also self-checked against its reference
+(float32 and float16 where the kernel takes it, ``engine.ops.dispatch``) and a
+failed self-check exits 1 too.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import sys
 
 import torch
 
-from engine.ops import _build
+from engine.ops import FUSED_OPS, _build, dispatch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - report every failure, then exit 1
             print(f"  {name}: FAILED: {exc}")
             failed.append(name)
+    if torch.cuda.is_available():
+        device = dispatch.concrete_device("cuda")
+        print(f"engine.ops.prebuild: self-check on {torch.cuda.get_device_name(device)}")
+        for op in FUSED_OPS:
+            if op.extension not in args.ops or op.extension in failed:
+                continue
+            for dtype in (d for d in (torch.float32, torch.float16) if d in op.dtypes):
+                decision = dispatch.decide(op, device, dtype)
+                print(f"  {op.name} {dispatch.dtype_name(dtype)}: {decision.description}")
+                if decision.kernel is None:
+                    failed.append(f"{op.name} {dispatch.dtype_name(dtype)}")
     return 1 if failed else 0
 
 

@@ -1,56 +1,59 @@
-"""The lazy build machinery: impl switch, digest keys, no compile on CPU paths, prebuild."""
+"""The lazy build machinery (_build): digest keys, arch coverage, no compile on
+CPU paths, prebuild without a GPU."""
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
 
-from engine.ops import _build, prebuild
+from engine.ops import _build, dispatch, prebuild
 from engine.ops.bias_act import bias_act
 
 
-def test_impl_switch_on_cpu_never_builds(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("build must not be attempted for CPU tensors")
+def test_cpu_tensors_never_build():
+    def refuse(extension):
+        raise AssertionError(f"no kernel may be loaded for CPU tensors ({extension})")
 
-    monkeypatch.setattr(_build, "build", boom)
-    x = torch.zeros(2, 3)
-    assert _build.use_cuda("ref", x, "bias_act") is False
-    assert _build.use_cuda("auto", x, "bias_act") is False
-    bias_act(x, act="lrelu")  # default impl='auto' on CPU
-
-
-def test_cuda_on_cpu_tensor_is_a_clear_error():
-    with pytest.raises(_build.OpsBuildError, match="CUDA tensor"):
-        _build.use_cuda("cuda", torch.zeros(1), "upfirdn2d")
-    with pytest.raises(ValueError, match="impl must be"):
-        _build.use_cuda("fused", torch.zeros(1), "upfirdn2d")
+    with dispatch.kernel_loader("cuda", refuse):
+        x = torch.zeros(2, 3)
+        bias_act(x, act="lrelu")  # default impl='auto' on CPU
+        bias_act(x, act="lrelu", impl="ref")
 
 
-def test_digest_depends_on_arch_and_sources():
+def test_digest_depends_on_arch_and_extension():
     a = _build.digest("upfirdn2d", "8.0")
     assert a == _build.digest("upfirdn2d", "8.0")
     assert a != _build.digest("upfirdn2d", "9.0")
     assert a != _build.digest("bias_act", "8.0")
+    assert _build.digest("modconv", "8.0") != _build.digest("modconv", "8.0;9.0")
+    assert len({_build.source_digest(name) for name in _build.EXTENSIONS}) == len(_build.EXTENSIONS)
     for name, files in _build.EXTENSIONS.items():
         for f in files:
             assert (_build.SOURCE_DIR / f).is_file(), f"{name}: missing source {f}"
 
 
-def test_auto_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(_build, "_failed", {})
-    monkeypatch.setattr(_build, "_loaded", {})
+@pytest.mark.parametrize("name", sorted(_build.EXTENSIONS))
+def test_source_digest_follows_every_source_byte(tmp_path, name):
+    sources = tmp_path / "cuda"
+    shutil.copytree(_build.SOURCE_DIR, sources)
+    original = _build.source_digest(name, sources)
+    assert original == _build.source_digest(name)  # an identical copy hashes the same
+    for file in _build.EXTENSIONS[name]:
+        path = sources / file
+        text = path.read_bytes()
+        path.write_bytes(text + b"\n")  # one byte more, e.g. a kernel edit
+        assert _build.source_digest(name, sources) != original, f"{file}: change not in the digest"
+        path.write_bytes(text)
+    assert _build.source_digest(name, sources) == original
+    other = next(n for n in _build.EXTENSIONS if n != name)
+    (sources / _build.EXTENSIONS[other][0]).write_bytes(b"// another extension's change\n")
+    assert _build.source_digest(name, sources) == original  # only its own sources count
 
-    def fail(name, verbose=False):
-        raise RuntimeError("nvcc exploded")
 
-    monkeypatch.setattr(_build, "build", fail)
-    with pytest.warns(RuntimeWarning, match="falling back"):
-        assert _build.get("bias_act") is None
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert _build.get("bias_act") is None  # second call: silent
+def test_unknown_extension_is_a_clear_error():
+    with pytest.raises(KeyError, match="unknown op extension"):
+        _build.source_digest("upfirdn3d")
 
 
 def test_prebuild_without_gpu_or_arch_exits_zero(monkeypatch, capsys):
@@ -66,5 +69,3 @@ def test_arch_coverage_rules():
     assert not _build.arch_covers("8.0;8.6", "9.0")
     assert _build.arch_covers("8.0 8.6+PTX", "9.0")  # PTX JIT-compiles forward
     assert not _build.arch_covers("9.0+PTX", "8.6")
-    assert _build.source_digest("modconv") == _build.source_digest("modconv")
-    assert _build.digest("modconv", "8.0") != _build.digest("modconv", "8.0;9.0")

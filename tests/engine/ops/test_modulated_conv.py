@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.ops import upfirdn2d as U
+from engine.ops import upfirdn2d
 from engine.ops.conv2d_resample import conv2d_resample
 from engine.ops.modulated_conv import modulate_weights, modulate_weights_ref, modulated_conv2d
 
@@ -18,11 +18,11 @@ def conv_resample_definition(x, w, f, up, down, padding):
     """Upsample (zero insert + filter, gain up^2), conv with padding, filter + decimate."""
     if up > 1:
         fw = f.shape[-1]
-        x = U.upfirdn2d_ref(x, f, up=up, padding=[(fw + up - 1) // 2, (fw - up) // 2] * 2, gain=up ** 2)
+        x = upfirdn2d.upfirdn2d_ref(x, f, up=up, padding=[(fw + up - 1) // 2, (fw - up) // 2] * 2, gain=up ** 2)
     x = F.conv2d(x, w, padding=padding)
     if down > 1:
         fw = f.shape[-1]
-        x = U.upfirdn2d_ref(x, f, down=down, padding=[(fw - down + 1) // 2, (fw - down) // 2] * 2)
+        x = upfirdn2d.upfirdn2d_ref(x, f, down=down, padding=[(fw - down + 1) // 2, (fw - down) // 2] * 2)
     return x
 
 
@@ -31,7 +31,7 @@ def test_conv2d_resample_matches_definition(k, up, down):
     g = torch.Generator().manual_seed(k * 10 + up + down)
     x = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
     w = torch.randn(5, 4, k, k, generator=g, dtype=torch.float64)
-    f = U.setup_filter([1, 3, 3, 1]).double()
+    f = upfirdn2d.setup_filter([1, 3, 3, 1]).double()
     ours = conv2d_resample(x, w, f=f.float(), up=up, down=down, padding=k // 2, impl="ref")
     ref = conv_resample_definition(x, w, f.float(), up, down, k // 2)
     assert ours.shape == ref.shape == (2, 5, 8 * up // down, 8 * up // down)
@@ -61,7 +61,7 @@ def test_modulated_conv_paths(up, demod, fused, k):
     x = torch.randn(3, 4, 6, 6, generator=g, dtype=torch.float64)
     weight = torch.randn(5, 4, k, k, generator=g, dtype=torch.float64)
     styles = torch.randn(3, 4, generator=g, dtype=torch.float64) + 1
-    f = U.setup_filter([1, 3, 3, 1])
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
     # NVlabs convention: upsampling convs run as a true convolution (flip_weight=False).
     ours = modulated_conv2d(x, weight, styles, up=up, padding=k // 2, resample_filter=f, demodulate=demod,
                             flip_weight=(up == 1), fused_modconv=fused, impl="ref")
@@ -86,7 +86,7 @@ def test_gradcheck_modulated_conv():
     x = torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     styles = (torch.randn(2, 2, generator=g, dtype=torch.float64) + 1).requires_grad_(True)
-    f = U.setup_filter([1, 3, 3, 1])
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
     fn = lambda a, b, c: modulated_conv2d(a, b, c, up=2, padding=1, resample_filter=f, flip_weight=False, impl="ref")
     assert torch.autograd.gradcheck(fn, (x, weight, styles))
 
@@ -121,7 +121,7 @@ def test_cuda_modulated_conv_matches_reference(up, fused):
     x = torch.randn(4, 32, 16, 16, generator=g, device="cuda", requires_grad=True)
     weight = torch.randn(24, 32, 3, 3, generator=g, device="cuda")
     styles = torch.randn(4, 32, generator=g, device="cuda") + 1
-    f = U.setup_filter([1, 3, 3, 1], device="cuda")
+    f = upfirdn2d.setup_filter([1, 3, 3, 1], device="cuda")
     kw = dict(up=up, padding=1, resample_filter=f, flip_weight=(up == 1), fused_modconv=fused)
     r = modulated_conv2d(x, weight, styles, impl="ref", **kw)
     c = modulated_conv2d(x, weight, styles, impl="cuda", **kw)

@@ -1,0 +1,222 @@
+"""CPU stand-ins for our compiled CUDA extensions, written independently of the
+pure-torch references: numpy, float64, straight from each kernel's contract
+(the signatures in ``engine/ops/cuda/*.cpp`` and the formulas in the ``.cu``
+comments). The references are zero-insertion + ``conv2d`` / torch activations
+/ broadcasting; these are a per-tap gather / numpy formulas / explicit einsum,
+so agreement between the two is evidence, not a tautology.
+
+They let the CPU tests run the Python side of the fused ops (autograd
+Functions, separable split, adjoint backward, bias gradient, higher-order
+fall-backs) and the self-check (``engine.ops.dispatch``), injected through
+``dispatch.kernel_loader('cpu', ...)``. Deliberately wrong variants (a slightly
+scaled output, a cropped output, a gradient kernel that forgets the clamp, a
+kernel that crashes, ...) show that the self-check catches them.
+
+Each stand-in counts its calls (``calls``) so a test can tell whether the
+dispatcher used it. Conventions as in the kernels: ``act`` is the integer id
+of ``cuda/bias_act.cu``'s enum, ``clamp < 0`` means no clamp, an empty bias
+means no bias.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _numpy64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float64).numpy()
+
+
+def _like(values: np.ndarray, t: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device=t.device, dtype=t.dtype)
+
+
+# --------------------------------------------------------------------------- upfirdn2d
+
+
+class Upfirdn2dKernel:
+    """``upfirdn2d(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip, gain)``, 2D filters only.
+
+    Output pixel (oy, ox) reads the zero-upsampled, padded grid at
+    ``oy*down + t`` for filter tap t; only taps landing on a real sample
+    (upsampled coordinate divisible by ``up``, inside the image) contribute;
+    tap t meets filter entry ``f-1-t`` (a convolution) unless ``flip``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def upfirdn2d(self, x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip, gain):
+        self.calls += 1
+        if x.ndim != 4:
+            raise RuntimeError("upfirdn2d: x must be [N, C, H, W]")
+        if f.ndim != 2 or f.dtype != torch.float32:
+            raise RuntimeError("upfirdn2d: the kernel takes a 2D float32 filter [fh, fw]")
+        if min(upx, upy, downx, downy) < 1:
+            raise RuntimeError("upfirdn2d: up/down must be >= 1")
+        xs, fs = _numpy64(x), _numpy64(f)
+        n, c, h, w = xs.shape
+        fh, fw = fs.shape
+        oh = (h * upy + py0 + py1 - fh) // downy + 1
+        ow = (w * upx + px0 + px1 - fw) // downx + 1
+        if oh < 1 or ow < 1:
+            raise RuntimeError("upfirdn2d: output would be empty")
+        out = np.zeros((n, c, oh, ow))  # [N, C, OH, OW]
+        base_y = np.arange(oh) * downy - py0  # upsampled row of tap 0, per output row
+        base_x = np.arange(ow) * downx - px0
+        for ty in range(fh):
+            uy = base_y + ty
+            rows_ok = (uy >= 0) & (uy % upy == 0) & (uy // upy < h)
+            iy = np.where(rows_ok, uy // upy, 0)
+            fy = ty if flip else fh - 1 - ty
+            for tx in range(fw):
+                ux = base_x + tx
+                cols_ok = (ux >= 0) & (ux % upx == 0) & (ux // upx < w)
+                ix = np.where(cols_ok, ux // upx, 0)
+                fx = tx if flip else fw - 1 - tx
+                taps = xs[:, :, iy[:, None], ix[None, :]]  # [N, C, OH, OW]
+                out += taps * (rows_ok[:, None] & cols_ok[None, :]) * fs[fy, fx]
+        return _like(self.finish(out * gain, x), x)
+
+    def finish(self, out: np.ndarray, x: torch.Tensor) -> np.ndarray:
+        """Hook for the deliberately wrong variants; the correct kernel returns ``out``."""
+        return out
+
+
+class Upfirdn2dScaledOutput(Upfirdn2dKernel):
+    """Every output 0.1% too large: slightly wrong, forward and gradient."""
+
+    def finish(self, out, x):
+        return out * 1.001
+
+
+class Upfirdn2dCroppedOutput(Upfirdn2dKernel):
+    """Drops the last output row (an off-by-one in the output size)."""
+
+    def finish(self, out, x):
+        return out[:, :, :-1]
+
+
+class Upfirdn2dWrongInHalf(Upfirdn2dKernel):
+    """Correct in float32/float64, garbage (as from a mis-typed load) in float16."""
+
+    def finish(self, out, x):
+        return out[..., ::-1] if x.dtype == torch.float16 else out
+
+
+class Upfirdn2dCrashes(Upfirdn2dKernel):
+    """Fails like a kernel with a bad memory access."""
+
+    def upfirdn2d(self, *args):
+        self.calls += 1
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+# --------------------------------------------------------------------------- bias_act
+
+_SELU_SCALE = 1.0507009873554804934193349852946
+_SELU_ALPHA = 1.6732632423543772848170429916717
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+# Activation id (cuda/bias_act.cu enum) -> (value(z, alpha), derivative(z, alpha)).
+ACTIVATION_FORMULAS = {
+    1: (lambda z, a: z, lambda z, a: np.ones_like(z)),
+    2: (lambda z, a: np.where(z > 0, z, 0.0), lambda z, a: np.where(z > 0, 1.0, 0.0)),
+    3: (lambda z, a: np.where(z > 0, z, z * a), lambda z, a: np.where(z > 0, 1.0, a)),
+    4: (lambda z, a: np.tanh(z), lambda z, a: 1 - np.tanh(z) ** 2),
+    5: (lambda z, a: _sigmoid(z), lambda z, a: _sigmoid(z) * (1 - _sigmoid(z))),
+    6: (lambda z, a: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
+        lambda z, a: np.where(z > 0, 1.0, np.exp(np.minimum(z, 0)))),
+    7: (lambda z, a: _SELU_SCALE * np.where(z > 0, z, _SELU_ALPHA * np.expm1(np.minimum(z, 0))),
+        lambda z, a: _SELU_SCALE * np.where(z > 0, 1.0, _SELU_ALPHA * np.exp(np.minimum(z, 0)))),
+    8: (lambda z, a: np.where(z > 20, z, np.log1p(np.exp(np.minimum(z, 20)))),
+        lambda z, a: np.where(z > 20, 1.0, _sigmoid(z))),
+    9: (lambda z, a: z * _sigmoid(z), lambda z, a: _sigmoid(z) + z * _sigmoid(z) * (1 - _sigmoid(z))),
+}
+
+
+class BiasActKernel:
+    """``forward(x, b, dim, act, alpha, gain, clamp)`` and ``grad(dy, x, b, dim, act, alpha, gain, clamp)``:
+    ``y = clamp(act(x + b) * gain)``, ``dx = dy * act'(x + b) * gain``, zero where clamped."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _z(self, x, b, dim):
+        if b.numel() > 0 and (b.ndim != 1 or b.shape[0] != x.shape[dim] or b.dtype != x.dtype):
+            raise RuntimeError("bias_act: bias must be [x.shape[dim]] in x's dtype")
+        z = _numpy64(x)
+        if b.numel() > 0:
+            z = z + _numpy64(b).reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+        return z
+
+    def forward(self, x, b, dim, act, alpha, gain, clamp):
+        self.calls += 1
+        value, _ = ACTIVATION_FORMULAS[act]
+        y = value(self._z(x, b, dim), alpha) * gain
+        if clamp >= 0:
+            y = np.clip(y, -clamp, clamp)
+        return _like(y, x)
+
+    def grad(self, dy, x, b, dim, act, alpha, gain, clamp):
+        self.calls += 1
+        if dy.shape != x.shape:
+            raise RuntimeError("bias_act: grad shape must match x")
+        value, derivative = ACTIVATION_FORMULAS[act]
+        z = self._z(x, b, dim)
+        dx = _numpy64(dy) * derivative(z, alpha) * gain
+        if clamp >= 0 and self.masks_clamped():
+            dx = dx * (np.abs(value(z, alpha) * gain) <= clamp)
+        return _like(dx, x)
+
+    def masks_clamped(self) -> bool:
+        return True
+
+
+class BiasActGradientIgnoresClamp(BiasActKernel):
+    """Right forward; the gradient kernel forgets that clamped outputs have zero gradient."""
+
+    def masks_clamped(self) -> bool:
+        return False
+
+
+# --------------------------------------------------------------------------- modconv
+
+
+class ModconvKernel:
+    """``modulate_weights(weight, styles, demodulate, eps)``, float32 only:
+    ``out[n,o,i,k] = W[o,i,k] s[n,i] d[n,o]``, ``d = rsqrt(sum_{i,k} (W s)^2 + eps)`` (1 without demod)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def modulate_weights(self, weight, styles, demodulate, eps):
+        self.calls += 1
+        if weight.dtype != torch.float32 or styles.dtype != torch.float32:
+            raise RuntimeError("modulate_weights: float32 only")
+        if weight.ndim != 4 or styles.ndim != 2 or styles.shape[1] != weight.shape[1]:
+            raise RuntimeError("modulate_weights: weight must be [O, I, kh, kw] and styles [N, I]")
+        out = np.einsum("oihw,ni->noihw", _numpy64(weight), _numpy64(styles))  # [N, O, I, kh, kw]
+        if demodulate or self.always_demodulates():
+            out = out / np.sqrt((out ** 2).sum(axis=(2, 3, 4), keepdims=True) + eps)
+        return _like(out, weight)
+
+    def always_demodulates(self) -> bool:
+        return False
+
+
+class ModconvAlwaysDemodulates(ModconvKernel):
+    """Ignores ``demodulate=False`` (the ToRGB layers')."""
+
+    def always_demodulates(self) -> bool:
+        return True
+
+
+def loader(upfirdn2d=None, bias_act=None, modconv=None):
+    """A ``dispatch.kernel_loader`` function serving the given stand-ins (correct ones by default)."""
+    kernels = {"upfirdn2d": upfirdn2d or Upfirdn2dKernel(), "bias_act": bias_act or BiasActKernel(),
+               "modconv": modconv or ModconvKernel()}
+    return lambda extension: kernels[extension]

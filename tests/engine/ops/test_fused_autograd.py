@@ -1,0 +1,120 @@
+"""The Python side of the fused ops on the CPU: autograd Functions, the
+separable split, the adjoint backward, the bias gradient and the higher-order
+fall-backs, run on independent numpy stand-ins for the compiled kernels
+(``kernel_standins``) and compared with the pure-torch references. The real
+kernels are compared with the references by the ``gpu`` tests."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.ops import bias_act, upfirdn2d
+from engine.ops.modulated_conv import modulate_weights_fused, modulate_weights_ref
+from tests.engine.ops import kernel_standins
+
+
+@pytest.mark.parametrize("up,down,pad", [(2, 1, [2, 1, 2, 1]), (1, 2, [1, 1, 1, 1]), (2, 2, [0, 3, -1, 2]),
+                                         ((2, 1), (1, 2), [1, 2, 0, 1])])
+@pytest.mark.parametrize("separable", [False, True])
+@pytest.mark.parametrize("flip", [False, True])
+def test_upfirdn2d_fused_forward_and_gradients(up, down, pad, separable, flip):
+    g = torch.Generator().manual_seed(0)
+    kernel = kernel_standins.Upfirdn2dKernel()
+    x = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    # Asymmetric filters, so a flip or a transposition in the wrapper would show.
+    f = torch.randn(4, generator=g) if separable else torch.randn(4, 3, generator=g)
+    params = dict(up=up, down=down, padding=pad, flip_filter=flip, gain=1.3)
+    ref = upfirdn2d.upfirdn2d_ref(x, f, **params)
+    ours = upfirdn2d.upfirdn2d_fused(kernel, x, f, **params)
+    assert kernel.calls == (2 if separable else 1)  # a 1D filter runs as an x pass then a y pass
+    torch.testing.assert_close(ours, ref)
+    dy = torch.randn(ref.shape, generator=g, dtype=torch.float64, requires_grad=True)
+    (gr,) = torch.autograd.grad(ref, x, dy, create_graph=True)
+    (go,) = torch.autograd.grad(ours, x, dy, create_graph=True)
+    torch.testing.assert_close(go, gr)
+    # Second order: the backward is the adjoint Function, itself differentiable.
+    v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(go, dy, v)[0], torch.autograd.grad(gr, dy, v)[0])
+
+
+def test_upfirdn2d_fused_float16_and_no_filter():
+    g = torch.Generator().manual_seed(1)
+    kernel = kernel_standins.Upfirdn2dKernel()
+    x = torch.randn(1, 2, 5, 6, generator=g).half()
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    ours = upfirdn2d.upfirdn2d_fused(kernel, x, f, up=2, padding=[2, 1, 2, 1], gain=4)
+    assert ours.dtype == torch.float16
+    ref = upfirdn2d.upfirdn2d_ref(x.double(), f, up=2, padding=[2, 1, 2, 1], gain=4)
+    torch.testing.assert_close(ours.double(), ref, atol=2e-3, rtol=2e-3)
+    # f=None is the 1x1 identity filter: pure zero insertion + padding.
+    torch.testing.assert_close(upfirdn2d.upfirdn2d_fused(kernel, x.double(), None, up=2, padding=1),
+                               upfirdn2d.upfirdn2d_ref(x.double(), None, up=2, padding=1))
+
+
+@pytest.mark.parametrize("act", ["lrelu", "swish", "linear", "softplus", "selu"])
+@pytest.mark.parametrize("clamp", [None, 0.5])
+@pytest.mark.parametrize("dim", [1, 0])
+def test_bias_act_fused_gradients_first_and_second_order(act, clamp, dim):
+    g = torch.Generator().manual_seed(1)
+    kernel = kernel_standins.BiasActKernel()
+    x = (torch.randn(3, 4, 5, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    b = torch.randn(x.shape[dim], generator=g, dtype=torch.float64, requires_grad=True)
+    yr = bias_act.bias_act_ref(x, b, dim=dim, act=act, clamp=clamp)
+    yo = bias_act.bias_act_fused(kernel, x, b, dim=dim, act=act, clamp=clamp)
+    torch.testing.assert_close(yo, yr)
+    dy = torch.randn(yr.shape, generator=g, dtype=torch.float64)
+    calls = kernel.calls
+    for ours, theirs in zip(torch.autograd.grad(yo, (x, b), dy), torch.autograd.grad(yr, (x, b), dy)):
+        torch.testing.assert_close(ours, theirs)
+    assert kernel.calls == calls + 1  # first order: the fused gradient kernel
+    # R1-style double backward: the backward switches to the differentiable formula.
+    (gxo,) = torch.autograd.grad(bias_act.bias_act_fused(kernel, x, b, dim=dim, act=act, clamp=clamp).sum(), x,
+                                 create_graph=True)
+    (gxr,) = torch.autograd.grad(bias_act.bias_act_ref(x, b, dim=dim, act=act, clamp=clamp).sum(), x,
+                                 create_graph=True)
+    torch.testing.assert_close(_second(gxo, b), _second(gxr, b))
+
+
+def _second(gx, wrt):
+    """d(sum gx^2)/d wrt, zero where gx does not depend on wrt (piecewise-linear activations)."""
+    if not gx.requires_grad:
+        return torch.zeros_like(wrt)
+    (g,) = torch.autograd.grad(gx.square().sum(), wrt, allow_unused=True)
+    return torch.zeros_like(wrt) if g is None else g
+
+
+def test_bias_act_fused_without_bias_and_with_a_float32_bias_on_float16():
+    kernel = kernel_standins.BiasActKernel()
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = bias_act.bias_act_fused(kernel, x, None, act="relu")
+    torch.testing.assert_close(y, bias_act.bias_act_ref(x, act="relu"))
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gx, (x > 0).double() * 2 ** 0.5)
+    # The kernel reads the bias in x's dtype; the wrapper casts it (and the gradient flows back).
+    xh = torch.randn(2, 3, 4).half()
+    b = torch.randn(3, requires_grad=True)
+    yh = bias_act.bias_act_fused(kernel, xh, b, act="lrelu")
+    assert yh.dtype == torch.float16
+    (gb,) = torch.autograd.grad(yh.float().sum(), b)
+    assert gb.dtype == torch.float32 and gb.shape == (3,)
+
+
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_modulate_weights_fused_gradients(demodulate):
+    g = torch.Generator().manual_seed(2)
+    kernel = kernel_standins.ModconvKernel()
+    w = torch.randn(4, 3, 3, 3, generator=g, requires_grad=True)  # [O, I, kh, kw]
+    s = torch.randn(2, 3, generator=g, requires_grad=True)  # [N, I]
+    o = modulate_weights_fused(kernel, w, s, demodulate)
+    r = modulate_weights_ref(w, s, demodulate)
+    torch.testing.assert_close(o, r)
+    d = torch.randn(r.shape, generator=g)
+    for a, b in zip(torch.autograd.grad(o, (w, s), d), torch.autograd.grad(r, (w, s), d)):
+        torch.testing.assert_close(a, b)
+    # Double backward (path-length-style): the backward is the differentiable reference.
+    o = modulate_weights_fused(kernel, w, s, demodulate)
+    (go,) = torch.autograd.grad((o * d).sum(), s, create_graph=True)
+    r = modulate_weights_ref(w, s, demodulate)
+    (gr,) = torch.autograd.grad((r * d).sum(), s, create_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(go.square().sum(), w)[0],
+                               torch.autograd.grad(gr.square().sum(), w)[0])
