@@ -1,5 +1,8 @@
 """What the engine process loads once, before its first job.
 
+At start it also logs how each custom op will run on its device (a fused
+CUDA kernel that passed its self-check, or the reference and why).
+
 :class:`EngineResources` holds the networks (through the avatar
 :class:`~engine.avatar.pipeline.Pipeline`), the face-mesh detector, the face
 and decoding limits, and the expression boundaries for this generator. Job
@@ -16,6 +19,7 @@ import torch
 from emoji3d.config import Config
 from emoji3d.errors import UserFacingError
 from emoji3d.images import DecodeLimits
+from engine import ops
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
 from engine.face.analyze import FaceConfig
@@ -43,6 +47,8 @@ class EngineResources:
             # TF32 matmuls/convolutions: ~3x faster on Ampere/Hopper, well inside GAN-training tolerance.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        for op, how in ops.implementations(device).items():  # builds and self-checks the kernels on CUDA
+            log.info("op %s: %s", op, how)
         nets = load_networks(cfg.weights_dir, cfg.engine.preset, device, seed=cfg.engine.seed)
         if nets.preset == "slim":
             log.warning(SLIM_WARNING)

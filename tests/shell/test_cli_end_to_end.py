@@ -37,6 +37,8 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     proc = run(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "USING SLIM RANDOM WEIGHTS" in proc.stderr  # never passed off as a real avatar
+    for op in ("upfirdn2d", "bias_act", "modulate_weights"):  # the engine says how each op runs
+        assert f"op {op}: pure-torch reference (no fused kernels for cpu tensors)" in proc.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["preset"] == "slim"
     # No boundary file is installed in a fresh data folder: the expression stickers are reported, not faked.
