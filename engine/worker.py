@@ -6,9 +6,19 @@ Conventions
   They are built once, before the loop, by a factory (models load there), and
   the worker only claims kinds it has a handler for.
 * A handler reports progress with ``ctx.progress(stage, fraction)`` (fraction of
-  the whole job in [0, 1]) and calls ``ctx.check_cancelled()`` between steps;
-  ``progress`` checks too. Output files go through ``ctx.put_blob``; they are
-  referenced by the job only when it completes (see :mod:`storage.jobs`).
+  the whole job in [0, 1]), typically after every optimisation step. That call
+  is also the way a job is stopped: it raises :class:`JobCancelled`,
+  :class:`JobInterrupted` or :class:`JobAborted` inside the handler (the
+  pipeline stages let it propagate; see :mod:`engine.avatar.steps`).
+  ``ctx.check_cancelled()`` checks the same without reporting progress.
+  Output files go through ``ctx.put_blob``; they are referenced by the job
+  only when it completes (see :mod:`storage.jobs`).
+* Progress is rate-limited: the database row is written, and asked whether
+  the job was cancelled, when the stage name changes and otherwise at most
+  once per ``progress_interval`` (1 s), so a step loop running many steps a
+  second does not hammer the database. The in-process signals (lease lost,
+  shutdown) are checked at every call. A cancel therefore lands within
+  max(one step, ~1 s).
 * A background thread renews the lease every ``heartbeat_interval`` seconds
   (default a third of the lease). If the lease is lost (the job was reclaimed
   by another worker after this one stalled), the next step raises
@@ -33,12 +43,13 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from emoji3d.errors import UserFacingError
-from storage import jobs as q
+from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import Database, open_database
 from storage.jobs import Job, LeaseLost, RetryPolicy
@@ -61,6 +72,9 @@ class JobAborted(Exception):
 Handler = Callable[[Job, "JobContext"], dict]
 HandlersFactory = Callable[[], dict]
 
+# Seconds between two progress writes (and cancel checks) within one stage.
+PROGRESS_INTERVAL = 1.0
+
 
 @dataclass
 class JobContext:
@@ -74,15 +88,23 @@ class JobContext:
     _lease_lost: threading.Event
     _release_on_stop: bool
     result_blobs: list[str] = field(default_factory=list)
+    progress_interval: float = PROGRESS_INTERVAL
+    clock: Callable[[], float] = time.monotonic  # injectable, so tests need not sleep
+    _written_stage: str | None = None
+    _written_at: float | None = None
 
-    def check_cancelled(self) -> None:
-        """Raise if the job must stop now: cancelled, lease lost, or shutdown."""
+    def _check_local(self) -> None:
+        """Raise if this process already knows the job must stop: lease lost, or shutdown."""
         if self._lease_lost.is_set():
             raise JobAborted(f"job {self.job.id}: lease lost")
         if self._release_on_stop and self._stop.is_set():
             raise JobInterrupted(f"job {self.job.id}: worker shutting down")
+
+    def check_cancelled(self) -> None:
+        """Raise if the job must stop now: cancelled, lease lost, or shutdown (one database read)."""
+        self._check_local()
         try:
-            status = q.lease_status(self.db, self.job.id, self.token)
+            status = jobs.lease_status(self.db, self.job.id, self.token)
         except LeaseLost:
             self._lease_lost.set()
             raise JobAborted(f"job {self.job.id}: lease lost") from None
@@ -90,9 +112,19 @@ class JobContext:
             raise JobCancelled(f"job {self.job.id} cancelled")
 
     def progress(self, stage: str, fraction: float) -> None:
-        """Record the stage and overall fraction, then check for cancellation."""
+        """Record the stage and overall fraction, and raise if the job must stop.
+
+        Writes (and asks the database about a cancel) on a new stage name, or
+        when ``progress_interval`` seconds passed since the last write; in
+        between only the in-process stop signals are checked."""
+        now = self.clock()
+        if (stage == self._written_stage and self._written_at is not None
+                and now - self._written_at < self.progress_interval):
+            self._check_local()
+            return
+        self._written_stage, self._written_at = stage, now
         try:
-            q.set_progress(self.db, self.job.id, self.token, stage, min(1.0, max(0.0, float(fraction))))
+            jobs.set_progress(self.db, self.job.id, self.token, stage, min(1.0, max(0.0, float(fraction))))
         except LeaseLost:
             self._lease_lost.set()
         self.check_cancelled()
@@ -123,7 +155,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(self.interval):
             try:
-                q.heartbeat(self.db, self.job_id, self.token, self.lease_seconds)
+                jobs.heartbeat(self.db, self.job_id, self.token, self.lease_seconds)
                 self.ctx.blobs.touch(list(self.ctx.result_blobs))
             except LeaseLost:
                 log.warning("job %s: lease lost; aborting at the next step", self.job_id)
@@ -139,7 +171,8 @@ class Worker:
     def __init__(self, db: Database, blobs: BlobStore, handlers: dict[str, Handler], worker_id: str,
                  lease_seconds: float = 60.0, poll_interval: float = 1.0, *,
                  heartbeat_interval: float | None = None, retry: RetryPolicy = RetryPolicy(),
-                 shutdown: Literal["release", "finish"] = "release") -> None:
+                 shutdown: Literal["release", "finish"] = "release", progress_interval: float = PROGRESS_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not handlers:
             raise ValueError("a worker needs at least one job handler")
         bad = [k for k, h in handlers.items() if not callable(h)]
@@ -152,9 +185,12 @@ class Worker:
         hb = lease_seconds / 3 if heartbeat_interval is None else heartbeat_interval
         if not 0 < hb < lease_seconds:
             raise ValueError(f"heartbeat_interval must be in (0, lease_seconds), got {hb}")
+        if progress_interval < 0:
+            raise ValueError(f"progress_interval must be >= 0, got {progress_interval}")
         self.db, self.blobs, self.handlers = db, blobs, dict(handlers)
         self.worker_id, self.lease_seconds, self.poll_interval = worker_id, float(lease_seconds), float(poll_interval)
         self.heartbeat_interval, self.retry, self.shutdown = float(hb), retry, shutdown
+        self.progress_interval, self.clock = float(progress_interval), clock
         self._stop = threading.Event()
 
     # ---- control ----
@@ -194,7 +230,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and run it; False when none was eligible."""
-        job = q.claim(self.db, self.worker_id, self.lease_seconds, kinds=self.handlers.keys())
+        job = jobs.claim(self.db, self.worker_id, self.lease_seconds, kinds=self.handlers.keys())
         if job is None:
             return False
         self._process(job)
@@ -204,7 +240,8 @@ class Worker:
         assert job.lease_token is not None
         token = job.lease_token
         lease_lost = threading.Event()
-        ctx = JobContext(job, self.db, self.blobs, token, self._stop, lease_lost, self.shutdown == "release")
+        ctx = JobContext(job, self.db, self.blobs, token, self._stop, lease_lost, self.shutdown == "release",
+                         progress_interval=self.progress_interval, clock=self.clock)
         hb = _Heartbeat(self.db, job.id, token, self.lease_seconds, self.heartbeat_interval, lease_lost, ctx)
         hb.start()
         log.info("job %s (%s) attempt %d/%d started", job.id, job.kind, job.attempts, job.max_attempts)
@@ -218,21 +255,21 @@ class Worker:
                 hb.join()
             if lease_lost.is_set():
                 raise JobAborted(f"job {job.id}: lease lost before completion")
-            q.complete(self.db, job.id, token, result, ctx.result_blobs)
+            jobs.complete(self.db, job.id, token, result, ctx.result_blobs)
             log.info("job %s succeeded", job.id)
         except JobCancelled:
-            self._finish_write(job, lambda: q.mark_cancelled(self.db, job.id, token), "cancelled")
+            self._finish_write(job, lambda: jobs.mark_cancelled(self.db, job.id, token), "cancelled")
         except JobInterrupted:
-            self._finish_write(job, lambda: q.release(self.db, job.id, token), "released for another worker")
+            self._finish_write(job, lambda: jobs.release(self.db, job.id, token), "released for another worker")
         except (JobAborted, LeaseLost) as exc:
             log.warning("job %s: %s; another worker owns it now", job.id, exc)
         except UserFacingError as exc:
-            self._finish_write(job, lambda: q.fail(self.db, job.id, token, str(exc) or exc.key, retryable=False,
+            self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, str(exc) or exc.key, retryable=False,
                                                     error_key=exc.key, policy=self.retry), f"failed ({exc.key})")
         except Exception as exc:
             log.exception("job %s raised", job.id)
             reason = f"{type(exc).__name__}: {exc}"
-            self._finish_write(job, lambda: q.fail(self.db, job.id, token, reason, policy=self.retry),
+            self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, reason, policy=self.retry),
                                "attempt failed")
 
     def _finish_write(self, job: Job, write: Callable[[], object], what: str) -> None:

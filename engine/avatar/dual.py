@@ -24,16 +24,16 @@ Images are [B, 3, H, W] in [-1, 1]; the RNG is passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from engine.avatar.invert import DistanceFn, Inversion, RenderFn, _resize
-from engine.avatar.params import Params
-from engine.avatar.steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, run_steps
 from emoji3d.pipeline_config import DualConfig, StyleFinetuneConfig
+from engine.avatar.invert import DistanceFn, Inversion, RenderFn
+from engine.avatar.params import Params
+from engine.avatar.steps import ProgressFn, StageLog, no_progress, run_steps
 from engine.avatar.stylize import FeaturesFn, MappingFn, SynthesisFn, feature_l1, mixed_latents
+from engine.avatar.warp import resize_for_lpips
 
 
 @dataclass
@@ -64,21 +64,20 @@ def dual_branch_train(
     style_cfg: StyleFinetuneConfig,
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
-    should_cancel: CancelFn = never_cancel,
 ) -> StageLog:
     """Alternate updates of both branches; both params dicts are updated in place."""
     opt_3d = torch.optim.Adam([p for p in params_3d.values() if p.requires_grad], lr=cfg.lr_3d, betas=(0.0, 0.99))
     trainable_2d = [p for p in params_2d.values() if p.requires_grad]
     opt_2d = torch.optim.Adam(trainable_2d, lr=cfg.lr_2d, betas=(0.0, 0.99)) if cfg.update_2d and trainable_2d else None
-    exemplar_small = _resize(inputs.exemplar_3d, cfg.lpips_size)
+    exemplar_small = resize_for_lpips(inputs.exemplar_3d, cfg.lpips_size)
     with torch.no_grad():
         ex_feats = [f.detach() for f in features_2d(inputs.exemplar_2d)]
 
     def eq5(img_3d: torch.Tensor, img_2d_warped: torch.Tensor, mask: torch.Tensor) -> dict:
-        small_3d = _resize(img_3d, cfg.lpips_size)
+        small_3d = resize_for_lpips(img_3d, cfg.lpips_size)
         mse = masked_mse(img_2d_warped, img_3d, mask)
         l_e = lpips(small_3d, exemplar_small).mean()
-        l_2d = lpips(small_3d, _resize(img_2d_warped * mask, cfg.lpips_size)).mean()
+        l_2d = lpips(small_3d, resize_for_lpips(img_2d_warped * mask, cfg.lpips_size)).mean()
         return {"mse": mse, "lpips_exemplar": l_e, "lpips_2d": l_2d,
                 "total": mse + cfg.lambda_1 * l_e + cfg.lambda_2 * l_2d}
 
@@ -109,4 +108,4 @@ def dual_branch_train(
             out["style_2d"] = style.detach()
         return out
 
-    return run_steps("dual_branch", cfg.steps, step, progress, should_cancel)
+    return run_steps("dual_branch", cfg.steps, step, progress)

@@ -12,7 +12,10 @@ reproduces the photo while the latent stays in the well-behaved region.
 
 Images are [B, 3, H, W] in [-1, 1]. The generator is reached through a
 ``RenderFn(params, ws, c, noise) -> image`` callable, so these functions
-never touch module state; the RNG is passed in.
+never touch module state; the RNG is passed in. LPIPS sees images resized
+with ``engine.avatar.warp.resize_for_lpips`` (area average, as the projector).
+A stage is stopped by an exception from ``progress`` (see
+:mod:`engine.avatar.steps`).
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.avatar.params import Params
 from emoji3d.pipeline_config import InversionConfig, PivotalTuningConfig
-from engine.avatar.steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, ramped_lr, run_steps
+from engine.avatar.params import Params
+from engine.avatar.steps import ProgressFn, StageLog, no_progress, ramped_lr, run_steps
+from engine.avatar.warp import resize_for_lpips
 
 # (params, ws [B, L, 512], c [B, 25], noise list) -> image [B, 3, H, W]
 RenderFn = Callable[[Params, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
-# (a, b) images in [-1, 1] -> per-sample distance [B]
+# (a, b) images [B, 3, H, W] in [-1, 1] -> per-sample distance [B] (LPIPS, ArcFace identity loss);
+# the one definition of an image distance, used by stages 3-5 and by the pipeline's Networks.
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -37,14 +42,6 @@ class Inversion:
     ws: torch.Tensor                 # [1, L, 512]
     noise: list[torch.Tensor]        # the backbone's noise maps, each [1, 1, r, r]
     log: StageLog
-
-
-def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
-    if img.shape[-1] == size:
-        return img
-    if img.shape[-1] > size:
-        return F.adaptive_avg_pool2d(img, size)
-    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def noise_regularisation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -83,7 +80,6 @@ def invert_3d(
     cfg: InversionConfig,
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
-    should_cancel: CancelFn = never_cancel,
 ) -> Inversion:
     """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop."""
     device = target.device
@@ -91,7 +87,7 @@ def invert_3d(
     noise = [torch.randn(s, generator=generator, device=generator.device).to(device).requires_grad_(True)
              for s in noise_shapes]
     opt = torch.optim.Adam([w_opt, *noise], lr=cfg.lr, betas=(0.9, 0.999))
-    target_small = _resize(target, cfg.lpips_size)
+    target_small = resize_for_lpips(target, cfg.lpips_size)
 
     def step(i: int) -> dict:
         t = i / cfg.steps
@@ -99,9 +95,11 @@ def invert_3d(
         for g in opt.param_groups:
             g["lr"] = lr
         w_noise_scale = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
-        w_noise = torch.randn(w_opt.shape, generator=generator, device=generator.device).to(device) * w_noise_scale
+        # CPU draw, copied without waiting for the queued steps (see stylize.mixed_latents).
+        w_noise = torch.randn(w_opt.shape, generator=generator, device=generator.device).to(
+            device, non_blocking=True) * w_noise_scale
         img = render({}, w_opt + w_noise, c, noise)
-        dist = lpips(_resize(img, cfg.lpips_size), target_small).sum()
+        dist = lpips(resize_for_lpips(img, cfg.lpips_size), target_small).sum()
         reg = noise_regularisation(noise)
         loss = dist + cfg.noise_reg_weight * reg
         opt.zero_grad(set_to_none=True)
@@ -113,7 +111,7 @@ def invert_3d(
                 v *= v.square().mean().rsqrt()
         return {"total": loss.detach(), "lpips": dist.detach(), "noise_reg": reg.detach()}
 
-    log = run_steps("invert_3d", cfg.steps, step, progress, should_cancel)
+    log = run_steps("invert_3d", cfg.steps, step, progress)
     return Inversion(w_opt.detach(), [v.detach() for v in noise], log)
 
 
@@ -127,7 +125,6 @@ def pivotal_tuning(
     id_loss: DistanceFn | None,
     cfg: PivotalTuningConfig,
     progress: ProgressFn = no_progress,
-    should_cancel: CancelFn = never_cancel,
 ) -> StageLog:
     """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot."""
     trainable = [p for p in params.values() if p.requires_grad]
@@ -149,4 +146,4 @@ def pivotal_tuning(
         terms["total"] = loss.detach()
         return terms
 
-    return run_steps("pivotal_tuning", cfg.steps, step, progress, should_cancel)
+    return run_steps("pivotal_tuning", cfg.steps, step, progress)

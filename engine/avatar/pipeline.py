@@ -2,15 +2,18 @@
 
 :class:`Pipeline` holds the networks, loaded once, and exposes one call::
 
-    result = pipeline(portrait, exemplar, seed=..., progress=..., should_cancel=..., cache=...)
+    result = pipeline(portrait, exemplar, seed=..., progress=..., cache=...)
 
-which runs, in order,
+which runs, in order (stage names as reported to ``progress`` and in ``logs``),
 
-1. ``e4e``            — W+ latents of the exemplar (w_e) and the portrait (w_2d);
-2. ``style_finetune`` — Eq. 1 + 4 on the 2D StyleGAN2 (cached per style);
-3. ``invert_3d``      — Eq. 2, (w_3d, noise) at the portrait's camera (cached per selfie);
-4. ``pivotal_tuning`` — Eq. 3 on EG3D (cached per selfie, with stage 3);
-5. ``dual_branch``    — Eq. 5, alternate 2D/3D updates;
+1. :meth:`Pipeline.encode` (e4e) — W+ latents of the exemplar (w_e) and the portrait (w_2d);
+2. ``style_finetune`` (``engine.avatar.stylize.finetune_style``) — Eq. 1 + 4 on the 2D
+   StyleGAN2 (cached per style);
+3. ``invert_3d`` (``engine.avatar.invert.invert_3d``) — Eq. 2, (w_3d, noise) at the
+   portrait's camera (cached per selfie);
+4. ``pivotal_tuning`` (``engine.avatar.invert.pivotal_tuning``) — Eq. 3 on EG3D (cached per
+   selfie, with stage 3);
+5. ``dual_branch`` (``engine.avatar.dual.dual_branch_train``) — Eq. 5, alternate 2D/3D updates;
 
 and returns an :class:`AvatarResult`: latents, the compact generator deltas
 (fp16, against the base weights), the camera, per-stage loss logs and
@@ -22,10 +25,18 @@ Frames: the 2D branch works on the FFHQ-aligned crop at the 2D generator's
 resolution, the 3D branch on EG3D's crop at the 3D generator's output
 resolution; ``PortraitInputs.crop2d_to_crop3d`` is the pixel similarity
 between the 1024 FFHQ frame and the 512 EG3D frame (``engine.face.analyze``), which
-is rescaled here to the generators' sizes. Images are [1, 3, S, S] in [-1, 1].
+is rescaled here to the generators' sizes. Images are [1, 3, S, S] in [-1, 1];
+input crops are brought to a network's size with
+``engine.avatar.warp.resize_bilinear`` (the PIL-style filter the networks were
+trained with).
 
 The base networks are never modified: every variant is a parameter dict
 applied with ``torch.func.functional_call`` (see ``engine.avatar.params``).
+
+Stopping: ``progress`` is the only channel; an exception it raises (the
+worker's ``JobCancelled`` and friends) leaves the running stage after its
+current step and propagates out of the call unchanged; nothing is written to
+the cache for a stage that did not finish (see ``engine.avatar.steps``).
 """
 from __future__ import annotations
 
@@ -35,16 +46,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from engine.avatar import params as P
-from engine.avatar.dual import DualInputs, dual_branch_train
-from engine.avatar.invert import Inversion, invert_3d, latent_statistics, pivotal_tuning
 from emoji3d.pipeline_config import PipelineConfig
-from engine.avatar.steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress
+from engine.avatar import params
+from engine.avatar.dual import DualInputs, dual_branch_train
+from engine.avatar.invert import DistanceFn, Inversion, invert_3d, latent_statistics, pivotal_tuning
+from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
-from engine.avatar.warp import rescale_similarity, warp_to_frame
+from engine.avatar.warp import frame_warp, rescale_similarity, resize_bilinear
 
 ENGINE_VERSION = "0.1.0"
 
@@ -57,11 +67,6 @@ TUNE_PREFIXES_2D = ("synthesis.",)
 TUNE_PREFIXES_3D = ("backbone.synthesis.", "decoder.", "superresolution.")
 
 
-
-class Distance(Protocol):
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
-
-
 @dataclass
 class Networks:
     """The loaded networks. ``preset`` is "pretrained" or "slim"."""
@@ -71,8 +76,8 @@ class Networks:
     e4e: nn.Module                     # Encoder4Editing
     e4e_latent_avg: torch.Tensor       # [n_styles, 512] or [512]
     g3d: nn.Module                     # EG3D TriPlaneGenerator
-    lpips: Distance                    # (a, b) in [-1, 1] -> [B]
-    id_loss: Distance | None           # ArcFace identity loss, or None
+    lpips: DistanceFn                  # (a, b) in [-1, 1] -> [B]
+    id_loss: DistanceFn | None         # ArcFace identity loss, or None
     preset: str
     weights_id: str                    # identifies the base weights (cache keys)
 
@@ -157,13 +162,6 @@ def _with_prefix(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {prefix + k: v for k, v in d.items()}
 
 
-def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
-    if img.shape[-1] == size:
-        return img
-    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=img.shape[-1] > size)
-
-
 class Pipeline:
     def __init__(self, nets: Networks, cfg: PipelineConfig = PipelineConfig()) -> None:
         self.nets = nets
@@ -178,8 +176,9 @@ class Pipeline:
     def res_3d(self) -> int:
         return int(self.nets.g3d.config.img_resolution)
 
-    def synthesis_2d(self, params: P.Params, ws: torch.Tensor) -> torch.Tensor:
-        return P.call(self.nets.g2d.synthesis, _split("synthesis.", params), ws, noise_mode="const")
+    def synthesis_2d(self, weights: params.Params, ws: torch.Tensor) -> torch.Tensor:
+        """StyleGAN2 image [B, 3, S, S] of W+ ``ws`` [B, L, 512] with the 2D generator ``weights``."""
+        return params.call(self.nets.g2d.synthesis, _split("synthesis.", weights), ws, noise_mode="const")
 
     def mapping_2d(self, z: torch.Tensor) -> torch.Tensor:
         return self.nets.g2d.mapping(z, None)
@@ -194,13 +193,10 @@ class Pipeline:
         """[1, 1, r, r] per noise layer name 'b<r>.convK'."""
         return [(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0])) for n in self.noise_names_3d()]
 
-    def render_3d(self, params: P.Params, ws: torch.Tensor, c: torch.Tensor, noise) -> torch.Tensor:
+    def render_3d(self, weights: params.Params, ws: torch.Tensor, c: torch.Tensor, noise) -> torch.Tensor:
         """EG3D image [B, 3, S, S] for W+ ``ws`` at camera ``c`` with the given weights and noise."""
         noise_inputs = noise if isinstance(noise, dict) else dict(zip(self.noise_names_3d(), noise))
-        g = self.nets.g3d
-        if not params:
-            return g.synthesis(ws, c, noise_inputs=noise_inputs)["image"]
-        return P.call_with(g, params, _synthesis, ws, c, noise_inputs)["image"]
+        return params.call_with(self.nets.g3d, weights, _synthesis, ws, c, noise_inputs)["image"]
 
     # -- stages -------------------------------------------------------------------------
     def encode(self, image_2d: torch.Tensor) -> torch.Tensor:
@@ -208,7 +204,7 @@ class Pipeline:
         from engine.nets.e4e import encode
 
         with torch.no_grad():
-            ws = encode(self.nets.e4e, _resize(image_2d, 256), self.nets.e4e_latent_avg)
+            ws = encode(self.nets.e4e, resize_bilinear(image_2d, 256), self.nets.e4e_latent_avg)
         expected = self.nets.g2d.num_ws
         if ws.shape[1] != expected:
             raise ValueError(f"e4e gives {ws.shape[1]} styles but the 2D generator takes {expected}")
@@ -231,7 +227,6 @@ class Pipeline:
                               crop2d_to_crop3d=t["crop2d_to_crop3d"].double(), key=portrait_key)
 
     def stylize_2d(self, exemplar: PortraitInputs, generator: torch.Generator, progress: ProgressFn = no_progress,
-                   should_cancel: CancelFn = never_cancel,
                    cache: ArtifactCache | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], StageLog]:
         """Stage 1 (exemplar) + 2. Returns (w_e [L,512], delta_2d, log); cached per style."""
         key = self.style_key(exemplar)
@@ -240,18 +235,18 @@ class Pipeline:
             log = StageLog("style_finetune", skipped=True)
             progress("style_finetune", 1, 1)
             return t["w_e"], _split("delta.", t), log
-        y_e = _resize(exemplar.image_2d, self.res_2d)
+        y_e = resize_bilinear(exemplar.image_2d, self.res_2d)
         w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
-        params = P.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
-        log = finetune_style(params, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,
-                             self.cfg.style, generator, progress, should_cancel)
-        delta = P.compute_delta(params, self.nets.g2d)
+        tuned = params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
+        log = finetune_style(tuned, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,
+                             self.cfg.style, generator, progress)
+        delta = params.compute_delta(tuned, self.nets.g2d)
         if cache is not None:
             cache.put("style_2d", key, pack_tensors({"w_e": w_e, **_with_prefix("delta.", delta)}))
         return w_e, delta, log
 
     def invert_portrait(self, portrait: PortraitInputs, generator: torch.Generator,
-                        progress: ProgressFn = no_progress, should_cancel: CancelFn = never_cancel,
+                        progress: ProgressFn = no_progress,
                         cache: ArtifactCache | None = None) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
         """Stages 1 (portrait) + 3 + 4, cached per selfie. Returns (w_2d, pivot, delta_pti, logs)."""
         key = self.portrait_key(portrait.key)
@@ -265,18 +260,18 @@ class Pipeline:
             raise ValueError(f"portrait {portrait.key}: no photo and no cached inversion")
         dev = self.nets.device
         w_2d = self.encode(portrait.image_2d.to(dev))
-        target = _resize(portrait.image_3d.to(dev), self.res_3d)
+        target = resize_bilinear(portrait.image_3d.to(dev), self.res_3d)
         c = portrait.camera.to(dev)
         g3d = self.nets.g3d
         cond = c  # EG3D conditions the mapping on the camera of the photo
         w_avg, w_std = latent_statistics(lambda z: g3d.mapping(z, cond.expand(z.shape[0], -1)),
                                          self.cfg.inversion.w_avg_samples, g3d.config.z_dim, generator, dev)
         pivot = invert_3d(target, c, self.render_3d, self.nets.lpips, w_avg, w_std, self.noise_shapes_3d(),
-                          g3d.num_ws, self.cfg.inversion, generator, progress, should_cancel)
-        params = P.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
-        pti_log = pivotal_tuning(params, target, pivot, c, self.render_3d, self.nets.lpips,
-                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, should_cancel)
-        delta = P.compute_delta(params, g3d)
+                          g3d.num_ws, self.cfg.inversion, generator, progress)
+        tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
+        pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips,
+                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress)
+        delta = params.compute_delta(tuned, g3d)
         if cache is not None:
             names = self.noise_names_3d()
             cache.put("portrait_3d", key, pack_tensors({
@@ -286,7 +281,7 @@ class Pipeline:
                 **_with_prefix("delta.", delta)}))
         return w_2d, pivot, delta, [pivot.log, pti_log]
 
-    def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> Distance | None:
+    def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> DistanceFn | None:
         """ArcFace expects FFHQ-aligned faces: carry EG3D-frame images back
         into the FFHQ frame (256 px) before its standard ID crop."""
         if self.nets.id_loss is None or self.cfg.pti.lambda_id <= 0:
@@ -295,41 +290,40 @@ class Pipeline:
         full = torch.cat([m, torch.tensor([[0.0, 0.0, 1.0]], dtype=m.dtype)])
         back = rescale_similarity(torch.linalg.inv(full)[:2], 1.0, 256 / FFHQ_FRAME)  # res_3d px -> FFHQ 256 px
         id_loss = self.nets.id_loss
+        to_ffhq = frame_warp(back.to(torch.float32), self.res_3d, 256, self.nets.device)  # built once, used per step
 
         def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            to_ffhq = lambda img: warp_to_frame(img, back.to(torch.float32), 256)[0]  # noqa: E731
-            return id_loss(to_ffhq(a), to_ffhq(b))
+            return id_loss(to_ffhq(a)[0], to_ffhq(b)[0])
 
         return loss
 
     def __call__(self, portrait: PortraitInputs, exemplar: PortraitInputs, *, seed: int = 0,
-                 progress: ProgressFn = no_progress, should_cancel: CancelFn = never_cancel,
-                 cache: ArtifactCache | None = None) -> AvatarResult:
+                 progress: ProgressFn = no_progress, cache: ArtifactCache | None = None) -> AvatarResult:
         dev = self.nets.device
         gen = torch.Generator(device="cpu").manual_seed(seed)
         logs: dict[str, StageLog] = {}
         t0 = time.perf_counter()
-        w_e, delta_2d, style_log = self.stylize_2d(exemplar, gen, progress, should_cancel, cache)
+        w_e, delta_2d, style_log = self.stylize_2d(exemplar, gen, progress, cache)
         logs["style_finetune"] = style_log
-        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, should_cancel, cache)
+        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, cache)
         logs["invert_3d"], logs["pivotal_tuning"] = inv_logs
 
-        params_2d = {k: v.requires_grad_(True) for k, v in P.apply_delta(self.nets.g2d, delta_2d).items()} \
-            if delta_2d else P.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
-        params_3d = P.apply_delta(self.nets.g3d, delta_pti)
-        params_3d = {**P.trainable_copy(self.nets.g3d, include=TUNE_PREFIXES_3D), **params_3d}
+        params_2d = {k: v.requires_grad_(True) for k, v in params.apply_delta(self.nets.g2d, delta_2d).items()} \
+            if delta_2d else params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
+        params_3d = params.apply_delta(self.nets.g3d, delta_pti)
+        params_3d = {**params.trainable_copy(self.nets.g3d, include=TUNE_PREFIXES_3D), **params_3d}
         for v in params_3d.values():
             v.requires_grad_(True)
         m = rescale_similarity(portrait.crop2d_to_crop3d, self.res_2d / FFHQ_FRAME, self.res_3d / EG3D_FRAME)
-        warp = lambda img: warp_to_frame(img, m.to(torch.float32), self.res_3d)  # noqa: E731
+        warp = frame_warp(m.to(torch.float32), self.res_2d, self.res_3d, dev)
         inputs = DualInputs(
-            w_2d=w_2d, w_e=w_e, exemplar_2d=_resize(exemplar.image_2d.to(dev), self.res_2d),
-            exemplar_3d=_resize(exemplar.image_3d.to(dev), self.res_3d), pivot=pivot,
+            w_2d=w_2d, w_e=w_e, exemplar_2d=resize_bilinear(exemplar.image_2d.to(dev), self.res_2d),
+            exemplar_3d=resize_bilinear(exemplar.image_3d.to(dev), self.res_3d), pivot=pivot,
             c=portrait.camera.to(dev), warp=warp)
         logs["dual_branch"] = dual_branch_train(
             params_3d, params_2d, inputs, self.render_3d, self.synthesis_2d, self.mapping_2d, self.features_2d,
-            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress, should_cancel)
-        delta_stylized = P.compute_delta(params_3d, self.nets.g3d)
+            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress)
+        delta_stylized = params.compute_delta(params_3d, self.nets.g3d)
         names = self.noise_names_3d()
         logs["total"] = StageLog("total", seconds=time.perf_counter() - t0)
         return AvatarResult(
@@ -338,11 +332,11 @@ class Pipeline:
             preset=self.nets.preset)
 
     # -- using a result -----------------------------------------------------------------
-    def generator_params(self, result: AvatarResult, strength: float) -> P.Params:
+    def generator_params(self, result: AvatarResult, strength: float) -> params.Params:
         """EG3D weights at style strength s: 0 = photo-real (PTI), 1 = fully stylized."""
-        g = self.nets.g3d
-        return P.interpolate(g, P.apply_delta(g, result.delta_pti), P.apply_delta(g, result.delta_stylized),
-                             float(strength))
+        g3d = self.nets.g3d
+        return params.interpolate(g3d, params.apply_delta(g3d, result.delta_pti),
+                                  params.apply_delta(g3d, result.delta_stylized), float(strength))
 
 
 def _synthesis(g3d: nn.Module, ws, c, noise_inputs) -> dict:

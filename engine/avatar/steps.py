@@ -1,54 +1,88 @@
 """The step loop shared by every optimisation stage.
 
 Each stage (style finetune, 3D inversion, pivotal tuning, dual-branch
-training) is "run N optimiser steps on some tensors, report progress, stop if
-cancelled, keep the loss curve". This module holds that loop once.
+training) is "run N optimiser steps on some tensors, report progress, keep
+the loss curve". This module holds that loop once.
 
 Conventions:
 - ``progress(stage, step, total)`` is called after every step (step counts
   from 1), so a caller can map it to a fraction.
-- ``should_cancel()`` is consulted *between* steps; a True answer raises
-  :class:`Cancelled` before the next step starts, so cancellation lands within
-  one step.
+- Stopping a stage: the progress callback is the *only* channel. It may raise
+  (the engine's ``JobContext.progress`` raises ``engine.worker.JobCancelled``,
+  ``JobInterrupted`` or ``JobAborted``); the exception leaves the stage after
+  the step that just finished, propagates through the pipeline unchanged,
+  and the worker maps it to the job's outcome. Stages do not catch it and
+  have no cancel flag of their own.
+- A step function returns its loss terms as *detached tensors* (or floats)
+  and never reads them back itself: turning a device tensor into a Python
+  float waits for the device to finish, so doing it every step stalls the
+  GPU queue. :class:`StageLog` keeps the tensors and materialises them in one
+  transfer every ``LOG_EVERY`` steps and at the end of the stage (as
+  nanoGPT reads its loss only at the log interval).
 - A stage returns a :class:`StageLog` with every step's loss terms, which the
   pipeline reports and the tests use to check that a loss decreased over the
   whole stage (first vs last window mean, never two noisy single steps).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
+# (stage name, step (1-based), total steps) -> None; may raise to stop the stage.
 ProgressFn = Callable[[str, int, int], None]
-CancelFn = Callable[[], bool]
+LossTerms = Mapping[str, torch.Tensor | float]
 
-
-class Cancelled(Exception):
-    """The job was cancelled between two steps."""
+# Steps between two reads of the loss terms from the device: one host sync per
+# interval instead of one per step, and a bounded number of pending tensors.
+LOG_EVERY = 50
 
 
 def no_progress(stage: str, step: int, total: int) -> None:
     return None
 
 
-def never_cancel() -> bool:
-    return False
+def _as_floats(values: list[torch.Tensor | float]) -> list[float]:
+    """Values of one term as Python floats, in one device-to-host copy when they are
+    all tensors on one device (the normal case); the same numbers ``float(v)`` gives."""
+    if values and all(isinstance(v, torch.Tensor) for v in values):
+        first = values[0]
+        if all(v.device == first.device and v.dtype == first.dtype for v in values):
+            return torch.stack([v.detach().reshape(()) for v in values]).tolist()
+    return [float(v) for v in values]
 
 
 @dataclass
 class StageLog:
+    """Loss curve and timing of one stage. ``terms`` is read through a property
+    that first materialises the pending (device) values."""
+
     name: str
     steps: int = 0
     seconds: float = 0.0
     skipped: bool = False  # True when the result came from the cache
-    terms: dict[str, list[float]] = field(default_factory=dict)
+    _terms: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    _pending: dict[str, list[torch.Tensor | float]] = field(default_factory=dict, repr=False)
 
-    def record(self, terms: Mapping[str, torch.Tensor | float]) -> None:
+    def record(self, terms: LossTerms) -> None:
+        """Keep one step's terms; tensors stay on their device until :meth:`flush`."""
         for key, value in terms.items():
-            self.terms.setdefault(key, []).append(float(value))
+            self._pending.setdefault(key, []).append(value.detach() if isinstance(value, torch.Tensor) else value)
+
+    def flush(self) -> None:
+        """Move the pending values to ``terms`` (one host sync per term)."""
+        for key, values in self._pending.items():
+            self._terms.setdefault(key, []).extend(_as_floats(values))
+        self._pending.clear()
+
+    @property
+    def terms(self) -> dict[str, list[float]]:
+        if self._pending:
+            self.flush()
+        return self._terms
 
     def window_mean(self, term: str = "total", first: bool = True, fraction: float = 0.2) -> float:
         values = self.terms[term]
@@ -72,31 +106,39 @@ class StageLog:
 def run_steps(
     name: str,
     total: int,
-    step_fn: Callable[[int], Mapping[str, torch.Tensor | float]],
+    step_fn: Callable[[int], LossTerms],
     progress: ProgressFn = no_progress,
-    should_cancel: CancelFn = never_cancel,
+    log_every: int = LOG_EVERY,
 ) -> StageLog:
     """Call ``step_fn(i)`` for i in 0..total-1; it returns the step's loss terms
-    (must include ``"total"``). Raises Cancelled between steps when asked."""
+    (must include ``"total"``), read back every ``log_every`` steps and at the end.
+    An exception from ``progress`` stops the loop and propagates."""
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     log = StageLog(name)
     start = time.perf_counter()
     for i in range(total):
-        if should_cancel():
-            log.seconds = time.perf_counter() - start
-            raise Cancelled(f"cancelled during {name} at step {i}/{total}")
         terms = step_fn(i)
+        if "total" not in terms:
+            raise KeyError(f"stage {name}: a step must return a 'total' loss term, got {sorted(terms)}")
         log.record(terms)
         log.steps = i + 1
+        if log.steps % log_every == 0:
+            log.flush()
         progress(name, i + 1, total)
+    log.flush()  # also waits for the device, so ``seconds`` covers the queued work
     log.seconds = time.perf_counter() - start
     return log
 
 
 def ramped_lr(step: int, total: int, base_lr: float, rampup: float = 0.05, rampdown: float = 0.25) -> float:
     """The StyleGAN2/EG3D projector schedule: linear warm-up over the first
-    ``rampup`` of the run, cosine decay over the last ``rampdown``."""
+    ``rampup`` of the run, cosine decay over the last ``rampdown``.
+
+    Plain ``math`` on Python floats: this runs every step, and a tensor here
+    would cost a tensor allocation and an ``.item()`` per step for nothing."""
     t = step / max(1, total)
     down = min(1.0, (1.0 - t) / rampdown)
-    down = 0.5 - 0.5 * torch.cos(torch.tensor(down * torch.pi)).item()
+    down = 0.5 - 0.5 * math.cos(down * math.pi)
     up = min(1.0, t / rampup) if rampup > 0 else 1.0
     return base_lr * down * up

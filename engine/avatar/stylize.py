@@ -13,7 +13,9 @@ layers vary, and the generator learns to map all of them to the exemplar's
 look.
 
 Everything here is a pure function of tensors and callables; the RNG is a
-``torch.Generator`` passed in. Images are [B, 3, H, W] in [-1, 1].
+``torch.Generator`` passed in. Images are [B, 3, H, W] in [-1, 1]. The
+stage callables' types (``SynthesisFn``, ``MappingFn``, ``FeaturesFn``) are
+defined here and shared by stage 5.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.avatar.params import Params
 from emoji3d.pipeline_config import StyleFinetuneConfig
-from engine.avatar.steps import CancelFn, ProgressFn, StageLog, never_cancel, no_progress, run_steps
+from engine.avatar.params import Params
+from engine.avatar.steps import ProgressFn, StageLog, no_progress, run_steps
 
 # (params, ws [B, L, 512]) -> image [B, 3, H, W]
 SynthesisFn = Callable[[Params, torch.Tensor], torch.Tensor]
@@ -41,7 +43,10 @@ def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinet
     start, stop = cfg.mixed_from, cfg.mixed_to or num_layers
     if not 0 <= start < stop <= num_layers:
         raise ValueError(f"mixed layers [{start}, {stop}) outside the generator's {num_layers} W+ layers")
-    z = torch.randn(n, w_dim, generator=generator, device=generator.device).to(w_e.device)  # [n, 512]
+    # Drawn on the generator's device (the CPU: the same stream on any machine); non_blocking: the copy
+    # to the GPU then does not wait for the queued steps to finish.
+    z = torch.randn(n, w_dim, generator=generator, device=generator.device)  # [n, 512]
+    z = z.to(w_e.device, non_blocking=True)
     w_rand = mapping(z)  # [n, L, 512]
     out = w_e.unsqueeze(0).repeat(n, 1, 1)  # [n, L, 512]
     out[:, start:stop] = cfg.alpha * w_e[start:stop] + (1 - cfg.alpha) * w_rand[:, start:stop]
@@ -63,12 +68,12 @@ def finetune_style(
     cfg: StyleFinetuneConfig,
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
-    should_cancel: CancelFn = never_cancel,
 ) -> StageLog:
     """Finetune ``params`` in place (they are the optimiser's leaves).
 
     ``exemplar``: [1, 3, H, W] aligned exemplar in [-1, 1], same size as the
-    synthesis output. Returns the per-step loss log.
+    synthesis output. Returns the per-step loss log. An exception from
+    ``progress`` stops the stage (see :mod:`engine.avatar.steps`).
     """
     trainable = [p for p in params.values() if p.requires_grad]
     if not trainable:
@@ -88,4 +93,4 @@ def finetune_style(
         opt.step()
         return {"total": loss.detach()}
 
-    return run_steps("style_finetune", cfg.steps, step, progress, should_cancel)
+    return run_steps("style_finetune", cfg.steps, step, progress)

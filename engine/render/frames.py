@@ -37,9 +37,11 @@ Conventions
   ``RenderSettings.superresolution = False`` skips the super-resolution and
   upsamples the neural render's RGB instead (fast previews).
 * Per-user weights: ``params`` is a dict from ``Pipeline.generator_params``
-  (EG3D parameter names), applied with ``torch.func.functional_call``;
-  ``{}``/None renders the base generator. ``noise``: backbone noise maps by
-  layer name ([1, 1, r, r] each) or None for the generator's const noise.
+  (EG3D parameter names), applied with ``engine.avatar.params.call_with``
+  around the generator functions below (a name the generator does not have
+  is an error); ``{}``/None renders the base generator. ``noise``: backbone
+  noise maps by layer name ([1, 1, r, r] each) or None for the generator's
+  const noise.
 """
 from __future__ import annotations
 
@@ -50,12 +52,12 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from engine.avatar import params as P
-from engine.render.edits import BoundarySet, ExpressionUnavailableError, apply_edit
+from engine.avatar.params import call_with
+from engine.avatar.warp import resize_bilinear
 from engine.nets import camera, volume
+from engine.render.edits import BoundarySet, ExpressionUnavailableError, apply_edit
 
 Motion = Literal["still", "orbit", "nod"]
 MOTIONS: tuple[str, ...] = ("still", "orbit", "nod")
@@ -162,6 +164,7 @@ class FrameBatch:
     opacity: torch.Tensor
     depth: torch.Tensor
     planes_computed: int  # backbone evaluations spent (distinct latents)
+    views_rendered: int = 0  # cameras ray-marched (distinct (latent, camera) pairs)
 
 
 # ----------------------------------------------------------------------------- time, paths, ramps
@@ -241,10 +244,7 @@ def alpha_matte(opacity: torch.Tensor, size: int, matte: MatteConfig = MatteConf
     """Accumulated opacity [B,1,R,R] -> alpha [B,1,size,size] in [0,1] (bilinear upsampling, soft edge)."""
     if opacity.ndim != 4 or opacity.shape[1] != 1:
         raise ValueError(f"opacity must be [B,1,R,R], got {tuple(opacity.shape)}")
-    a = opacity.float()
-    if a.shape[-1] != size or a.shape[-2] != size:
-        a = F.interpolate(a, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=a.shape[-1] > size)
+    a = resize_bilinear(opacity.float(), size)
     return smoothstep((a - matte.low) / (matte.high - matte.low))
 
 
@@ -259,29 +259,34 @@ def to_rgba(rgb: torch.Tensor, alpha: torch.Tensor) -> list[np.ndarray]:
 
 # ----------------------------------------------------------------------------- rendering
 
-def bound_call(g: nn.Module, params: Mapping[str, torch.Tensor] | None, op: str, *args, **kwargs):
-    """Run ``op`` ("planes", "render" = masked render, "sample_points") with ``params`` standing in for g's weights."""
-    ops = {"planes": lambda m, *a, **k: m.planes(*a, **k), "render": _render_masked,
-           "sample_points": lambda m, *a, **k: m.sample_points(*a, **k)}
-    if op not in ops:
-        raise ValueError(f"unknown op {op!r}")
-    return P.call_with(g, params, ops[op], *args, **kwargs)
+# Functions of the generator for ``call_with``: ``functional_call`` swaps weights in for a module's
+# ``forward`` only, so the generator's other methods are reached through these plain functions.
+
+def compute_planes(g: nn.Module, ws: torch.Tensor,
+                   noise_inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``TriPlaneGenerator.planes``: ws [P,L,D] -> planes [P,3,32,H,W] (const or given noise)."""
+    return g.planes(ws, noise_inputs=noise_inputs)
 
 
-def _render_masked(g, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, settings: RenderSettings,
-                   superresolution: bool = True) -> dict[str, torch.Tensor]:
+def sample_points(g: nn.Module, plane_sets: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TriPlaneGenerator.sample_points``: raw sigma [P,M,1] and features [P,M,32] at coords [P,M,3]."""
+    return g.sample_points(plane_sets, coords)
+
+
+def _render_masked(g: nn.Module, plane_sets: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
+                   settings: RenderSettings, superresolution: bool = True) -> dict[str, torch.Tensor]:
     """``TriPlaneGenerator.render`` (deterministic sampling) through the matte-region field.
 
-    planes [P,3,32,H,W], ws [P,L,D], c [P*V,25] -> image [B,3,S,S] (when
+    plane_sets [P,3,32,H,W], ws [P,L,D], c [P*V,25] -> image [B,3,S,S] (when
     superresolution), features [B,32,R,R], opacity/depth [B,1,R,R].
     """
     cfg = g.config
-    p, b = planes.shape[0], c.shape[0]
+    p, b = plane_sets.shape[0], c.shape[0]
     v = b // p
     res = int(settings.neural_rendering_resolution or cfg.neural_rendering_resolution)
     opts = g.render_options("deterministic", depth_resolution=settings.depth_resolution,
                             depth_resolution_importance=settings.depth_resolution_importance)
-    field_fn = g.field(planes)
+    field_fn = g.field(plane_sets)
     if settings.matte.mask_density:
         field_fn = region_field(field_fn, settings.matte.region_min, settings.matte.region_max)
     per_ray = opts.depth_resolution + opts.depth_resolution_importance
@@ -341,21 +346,20 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
     size = int(settings.size)
     per_pass = settings.views_per_pass or (GPU_VIEWS_PER_PASS if dev.type == "cuda" else 1)
     rgb = opacity = depth = None
+    views_rendered = 0
     for u0 in range(0, unique.shape[0], settings.latents_per_pass):
         ws_u = unique[u0:u0 + settings.latents_per_pass]  # [P,L,D]
-        planes = bound_call(generator, params, "planes", ws_u, noise_inputs=noise_inputs)  # [P,3,32,256,256]
+        plane_sets = call_with(generator, params, compute_planes, ws_u, noise_inputs)  # [P,3,32,256,256]
         for j in range(ws_u.shape[0]):
             idx = groups[u0 + j]
             # Each distinct camera of this latent is rendered once, then copied to all its frames.
             cams_u, cam_groups = _latent_groups(cameras[idx])
             for v0 in range(0, cams_u.shape[0], per_pass):
                 views = range(v0, min(v0 + per_pass, cams_u.shape[0]))
-                out = bound_call(generator, params, "render", planes[j:j + 1], ws_u[j:j + 1], cams_u[v0:views.stop],
-                                 settings, superresolution=settings.superresolution)
-                img = out["image"] if settings.superresolution else out["features"][:, :3]
-                if img.shape[-1] != size:
-                    img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
-                                        antialias=img.shape[-1] > size)
+                out = call_with(generator, params, _render_masked, plane_sets[j:j + 1], ws_u[j:j + 1],
+                                cams_u[v0:views.stop], settings, superresolution=settings.superresolution)
+                views_rendered += len(views)
+                img = resize_bilinear(out["image"] if settings.superresolution else out["features"][:, :3], size)
                 if rgb is None:
                     r = out["opacity"].shape[-1]
                     rgb = torch.empty(n, 3, size, size, device=dev)  # [F,3,S,S]
@@ -367,7 +371,8 @@ def render_frames(generator: nn.Module, params: Mapping[str, torch.Tensor] | Non
                     opacity[frames] = out["opacity"][local].float()
                     depth[frames] = out["depth"][local].float()
     alpha = alpha_matte(opacity, size, settings.matte)
-    return FrameBatch(rgb=rgb, alpha=alpha, opacity=opacity, depth=depth, planes_computed=unique.shape[0])
+    return FrameBatch(rgb=rgb, alpha=alpha, opacity=opacity, depth=depth, planes_computed=unique.shape[0],
+                      views_rendered=views_rendered)
 
 
 def sticker_latents_and_cameras(spec: StickerSpec, w_3d: torch.Tensor, boundaries: BoundarySet | None,

@@ -21,6 +21,9 @@ Conventions
   counter-clockwise seen from outside (glTF's rule), so normals point out.
   glTF's axes (+y up, +z towards the viewer, metres) match EG3D's world, one
   world unit per metre.
+* Per-user weights (``params``, EG3D parameter names) are applied with
+  ``engine.avatar.params.call_with`` around the generator functions of
+  :mod:`engine.render.frames`, as for the sticker frames.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from engine.avatar.params import call_with
+from engine.render.frames import compute_planes, sample_points
 
 GLB_MAGIC = 0x46546C67  # b"glTF"
 CHUNK_JSON = 0x4E4F534A
@@ -189,16 +195,14 @@ def read_accessor(doc: dict, blob: bytes, index: int) -> np.ndarray:
 def avatar_density(generator: nn.Module, params: Mapping[str, torch.Tensor] | None, w_3d: torch.Tensor,
                    noise: Mapping[str, torch.Tensor] | None) -> DensityFn:
     """Density function of an avatar: planes computed once from ``w_3d`` [1,L,D] with the tuned ``params``."""
-    from engine.render.frames import bound_call
-
     dev = next(generator.parameters()).device
     noise_inputs = {k: v.to(dev) for k, v in noise.items()} if noise else None
     with torch.no_grad():
-        planes = bound_call(generator, params, "planes", w_3d[:1].to(dev, torch.float32), noise_inputs=noise_inputs)
+        plane_sets = call_with(generator, params, compute_planes, w_3d[:1].to(dev, torch.float32), noise_inputs)
 
     def density(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            sigma, feats = bound_call(generator, params, "sample_points", planes, points.to(dev).unsqueeze(0))
+            sigma, feats = call_with(generator, params, sample_points, plane_sets, points.to(dev).unsqueeze(0))
         return sigma[0, :, 0], feats[0, :, :3]
 
     return density

@@ -6,6 +6,7 @@ tests/storage/jobhandlers.py; tests kill, stop, signal and cancel them.
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 import threading
 import time
@@ -13,8 +14,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from engine.worker import Worker
-from storage import jobs as q
+from engine.worker import PROGRESS_INTERVAL, JobCancelled, Worker
+from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import open_database
 from storage.jobs import RetryPolicy
@@ -24,7 +25,7 @@ from tests.storage.procs import start_worker, stop, wait_for
 
 @pytest.fixture
 def env(tmp_path):
-    url = f"sqlite:///{tmp_path / 'q.db'}"
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
     db = open_database(url)
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -50,7 +51,7 @@ def _payload(env, n, delay, **extra):
 
 
 def _status(env, jid):
-    return q.get_job(env["db"], jid).status
+    return jobs.get_job(env["db"], jid).status
 
 
 def _logs(env):
@@ -68,7 +69,7 @@ def _refs(db, holder):
 
 def test_sigkill_mid_job_is_retaken_after_lease_and_stored_once(env):
     db, marks = env["db"], env["marks"]
-    jid = q.enqueue(db, "steps", _payload(env, 6, 0.3), "kill-1")
+    jid = jobs.enqueue(db, "steps", _payload(env, 6, 0.3), "kill-1")
     w1 = _spawn(env, "w1", lease=2.0)
     wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "w1 to run two steps")
     w1.send_signal(signal.SIGKILL)
@@ -77,7 +78,7 @@ def test_sigkill_mid_job_is_retaken_after_lease_and_stored_once(env):
     killed_at = time.time()
     w2 = _spawn(env, "w2", lease=2.0)
     wait_for(lambda: _status(env, jid) == "succeeded", 60, "w2 to complete the job\n" + _logs(env))
-    job = q.get_job(db, jid)
+    job = jobs.get_job(db, jid)
     assert job.attempts == 2 and job.result["attempt"] == 2 and job.result["pid"] == w2.pid
     assert job.finished_at - killed_at >= 1.0  # not before w1's lease ran out
     assert (marks / f"{jid}-finished").read_text().count("\n") == 1
@@ -99,7 +100,7 @@ def test_sigkill_mid_job_is_retaken_after_lease_and_stored_once(env):
 
 def test_stalled_worker_resumed_later_cannot_overwrite(env):
     db, marks = env["db"], env["marks"]
-    jid = q.enqueue(db, "steps", _payload(env, 10, 0.3), "stall-1")
+    jid = jobs.enqueue(db, "steps", _payload(env, 10, 0.3), "stall-1")
     w1 = _spawn(env, "w1", lease=1.5)
     wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "w1 to run two steps")
     w1.send_signal(signal.SIGSTOP)
@@ -108,11 +109,11 @@ def test_stalled_worker_resumed_later_cannot_overwrite(env):
         wait_for(lambda: _status(env, jid) == "succeeded", 90, "w2 to complete the job\n" + _logs(env))
     finally:
         w1.send_signal(signal.SIGCONT)
-    result = q.get_job(db, jid).result
+    result = jobs.get_job(db, jid).result
     # w1 runs again: its next write must be refused, and it notices.
     wait_for(lambda: "lease lost" in (env["logs"] / "w1.log").read_text(), 30, "w1 to notice the lost lease")
     time.sleep(0.5)
-    job = q.get_job(db, jid)
+    job = jobs.get_job(db, jid)
     assert job.status == "succeeded" and job.result == result and job.result["pid"] == w2.pid
     assert (marks / f"{jid}-finished").read_text().count("\n") == 1
     assert w1.poll() is None  # it survives and goes on polling
@@ -120,65 +121,68 @@ def test_stalled_worker_resumed_later_cannot_overwrite(env):
 
 def test_heartbeat_keeps_a_long_job_with_its_worker(env):
     db, marks = env["db"], env["marks"]
-    jid = q.enqueue(db, "steps", _payload(env, 5, 0.6), "long-1")  # 3 s job, 1 s lease
+    jid = jobs.enqueue(db, "steps", _payload(env, 5, 0.6), "long-1")  # 3 s job, 1 s lease
     _spawn(env, "w1", lease=1.0)
     wait_for(lambda: (marks / f"{jid}-started-1").exists(), 60, "a worker to start the job")
     _spawn(env, "w2", lease=1.0)
     wait_for(lambda: _status(env, jid) == "succeeded", 60, "the job to complete\n" + _logs(env))
-    assert q.get_job(db, jid).attempts == 1
+    assert jobs.get_job(db, jid).attempts == 1
     assert (marks / f"{jid}-finished").read_text().count("\n") == 1
 
 
-def test_cancel_stops_running_job_at_next_step(env):
+def test_cancel_stops_running_job_within_a_step_or_the_progress_interval(env):
     db, marks = env["db"], env["marks"]
-    jid = q.enqueue(db, "steps", _payload(env, 100, 0.2), "cancel-1")
+    delay = 0.2
+    jid = jobs.enqueue(db, "steps", _payload(env, 100, delay), "cancel-1")
     _spawn(env, "w1")
     wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "the job to run")
-    assert q.cancel(db, jid) == "cancel_requested"
+    assert jobs.cancel(db, jid) == "cancel_requested"
     cancelled_steps = len(list(marks.glob(f"{jid}-step-*")))
     wait_for(lambda: _status(env, jid) == "cancelled", 20, "the worker to stop\n" + _logs(env))
     steps_run = len(list(marks.glob(f"{jid}-step-*")))
-    assert steps_run <= cancelled_steps + 1  # the step in flight may finish, no further one starts
+    # The step in flight may finish, and the cancel is read at the next progress write (at most
+    # PROGRESS_INTERVAL later); steps that run slower than planned only lower the count.
+    assert steps_run <= cancelled_steps + 1 + math.ceil(PROGRESS_INTERVAL / delay)
     assert not (marks / f"{jid}-finished").exists()
     assert _refs(db, f"job:{jid}") == []
 
 
 def test_sigterm_releases_job_and_another_worker_takes_it_at_once(env):
     db, marks = env["db"], env["marks"]
-    jid = q.enqueue(db, "steps", _payload(env, 10, 0.3), "term-1")
+    jid = jobs.enqueue(db, "steps", _payload(env, 10, 0.3), "term-1")
     w1 = _spawn(env, "w1", lease=30.0)  # long lease: a retake before 30 s proves the release
     wait_for(lambda: (marks / f"{jid}-step-1").exists(), 60, "the job to run")
     w1.send_signal(signal.SIGTERM)
     assert w1.wait(timeout=20) == 0
-    job = q.get_job(db, jid)
+    job = jobs.get_job(db, jid)
     assert job.status == "queued" and job.attempts == 0 and job.lease_token is None
     t0 = time.time()
     _spawn(env, "w2", lease=30.0)
     wait_for(lambda: _status(env, jid) == "succeeded", 60, "w2 to complete\n" + _logs(env))
     assert time.time() - t0 < 25
-    assert q.get_job(db, jid).attempts == 1
+    assert jobs.get_job(db, jid).attempts == 1
 
 
 def test_sigterm_in_finish_mode_completes_the_job_then_exits(env):
     db, marks = env["db"], env["marks"]
-    jid = q.enqueue(db, "steps", _payload(env, 5, 0.3), "term-2")
+    jid = jobs.enqueue(db, "steps", _payload(env, 5, 0.3), "term-2")
     w1 = _spawn(env, "w1", shutdown="finish")
     wait_for(lambda: (marks / f"{jid}-step-0").exists(), 60, "the job to run")
     w1.send_signal(signal.SIGTERM)
     assert w1.wait(timeout=30) == 0
-    job = q.get_job(db, jid)
+    job = jobs.get_job(db, jid)
     assert job.status == "succeeded" and job.result["pid"] == w1.pid
 
 
 def test_interactive_overtakes_queued_batch(env):
     db, marks = env["db"], env["marks"]
-    b1 = q.enqueue(db, "steps", _payload(env, 6, 0.3), "b1", priority="batch")
-    b2 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "b2", priority="batch")
-    b3 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "b3", priority="batch")
+    b1 = jobs.enqueue(db, "steps", _payload(env, 6, 0.3), "b1", priority="batch")
+    b2 = jobs.enqueue(db, "steps", _payload(env, 1, 0.0), "b2", priority="batch")
+    b3 = jobs.enqueue(db, "steps", _payload(env, 1, 0.0), "b3", priority="batch")
     _spawn(env, "w1")
     wait_for(lambda: (marks / f"{b1}-started-1").exists(), 60, "the first batch job to start")
-    i1 = q.enqueue(db, "steps", _payload(env, 1, 0.0), "i1", priority="interactive")
-    assert q.queue_position(db, i1) == 1 and q.queue_position(db, b2) == 2
+    i1 = jobs.enqueue(db, "steps", _payload(env, 1, 0.0), "i1", priority="interactive")
+    assert jobs.queue_position(db, i1) == 1 and jobs.queue_position(db, b2) == 2
     wait_for(lambda: all(_status(env, j) == "succeeded" for j in (b1, b2, b3, i1)), 60, "all jobs")
     order = [int(x) for x in (marks / "order").read_text().split()]
     assert order == [b1, i1, b2, b3]
@@ -192,19 +196,19 @@ def _inproc_worker(env, lease=5.0):
 
 
 def test_user_facing_error_fails_at_once_with_its_key(env):
-    jid = q.enqueue(env["db"], "steps", _payload(env, 1, 0.0, user_error=True), "ue-1")
+    jid = jobs.enqueue(env["db"], "steps", _payload(env, 1, 0.0, user_error=True), "ue-1")
     _inproc_worker(env).run(exit_when_idle=True)
-    job = q.get_job(env["db"], jid)
+    job = jobs.get_job(env["db"], jid)
     assert job.status == "failed" and job.attempts == 1
     assert job.error_key == "test_bad_input" and "no face" in job.error
 
 
 def test_crash_is_retried_then_succeeds_and_exhausted_retries_fail(env):
     db = env["db"]
-    ok = q.enqueue(db, "steps", _payload(env, 1, 0.0, fail_until_attempt=3), "retry-ok", max_attempts=3)
-    bad = q.enqueue(db, "steps", _payload(env, 1, 0.0, fail_until_attempt=9), "retry-bad", max_attempts=2)
+    ok = jobs.enqueue(db, "steps", _payload(env, 1, 0.0, fail_until_attempt=3), "retry-ok", max_attempts=3)
+    bad = jobs.enqueue(db, "steps", _payload(env, 1, 0.0, fail_until_attempt=9), "retry-bad", max_attempts=2)
     _inproc_worker(env).run(exit_when_idle=True)
-    job_ok, job_bad = q.get_job(db, ok), q.get_job(db, bad)
+    job_ok, job_bad = jobs.get_job(db, ok), jobs.get_job(db, bad)
     assert job_ok.status == "succeeded" and job_ok.attempts == 3
     assert job_bad.status == "failed" and job_bad.attempts == 2
     assert "planned failure on attempt 2" in job_bad.error and job_bad.error_key is None
@@ -223,7 +227,7 @@ def test_outputs_of_a_running_job_survive_gc(env):
     """GC with a grace period shorter than the job: the heartbeat keeps the
     job's early output young until complete references it."""
     db = env["db"]
-    jid = q.enqueue(db, "steps", _payload(env, 6, 0.5), "gc-1")
+    jid = jobs.enqueue(db, "steps", _payload(env, 6, 0.5), "gc-1")
     w = Worker(db, env["blobs"], jobhandlers.factory(), "inproc", 1.2, 0.05, heartbeat_interval=0.3)
 
     t = threading.Thread(target=w.run, kwargs={"max_jobs": 1})
@@ -233,5 +237,104 @@ def test_outputs_of_a_running_job_survive_gc(env):
         assert env["blobs"].gc(grace_seconds=1.0).removed_blobs == 0  # partial blob is ~2 s old but touched
     finally:
         t.join(60)
-    job = q.get_job(db, jid)
+    job = jobs.get_job(db, jid)
     assert job.status == "succeeded" and len(_refs(db, f"job:{jid}")) == 2
+
+
+# ---- progress: rate limit and stop signals, with an injected clock ------------------
+
+class ManualClock:
+    """A monotonic clock the test moves by hand: the rate limit is tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scripted_worker(env, handler, clock):
+    return Worker(env["db"], env["blobs"], {"scripted": handler}, "inproc", 30.0, 0.05, clock=clock,
+                  retry=RetryPolicy(base_seconds=0.0))
+
+
+def test_progress_is_written_on_a_new_stage_and_otherwise_at_most_once_per_interval(env):
+    db, clock, seen = env["db"], ManualClock(), []
+    assert PROGRESS_INTERVAL == 1.0
+
+    def handler(job, ctx):
+        for after, stage, fraction in [(0.0, "a", 0.1),   # first report: written
+                                       (0.4, "a", 0.2),   # 0.4 s after the write: kept in memory
+                                       (0.5, "a", 0.3),   # 0.9 s: still not
+                                       (0.05, "b", 0.4),  # a new stage: written at once
+                                       (0.99, "b", 0.5),  # 0.99 s: not
+                                       (0.01, "b", 0.6),  # 1.0 s after the last write: written
+                                       (0.2, "b", 0.7)]:
+            clock.now += after
+            ctx.progress(stage, fraction)
+            row = jobs.get_job(db, job.id)
+            seen.append((row.stage, row.progress))
+        return {}
+
+    jid = jobs.enqueue(db, "scripted", {}, "throttle-1")
+    _scripted_worker(env, handler, clock).run(exit_when_idle=True)
+    assert seen == [("a", 0.1), ("a", 0.1), ("a", 0.1), ("b", 0.4), ("b", 0.4), ("b", 0.6), ("b", 0.6)]
+    assert jobs.get_job(db, jid).status == "succeeded"
+
+
+def test_a_cancel_is_read_with_the_next_progress_write_and_ends_the_job_cancelled(env):
+    db, clock, reached = env["db"], ManualClock(), []
+
+    def handler(job, ctx):
+        ctx.progress("stage", 0.1)
+        jobs.cancel(db, job.id)  # as a bot would, while the job runs
+        for i in range(5):
+            clock.now += 0.45
+            ctx.progress("stage", 0.2 + 0.1 * i)  # raises JobCancelled once a write is due (0.9 s < 1 s < 1.35 s)
+            reached.append(i)
+        ctx.put_blob(b"never written")
+        return {}
+
+    jid = jobs.enqueue(db, "scripted", {}, "throttle-cancel")
+    _scripted_worker(env, handler, clock).run(exit_when_idle=True)
+    job = jobs.get_job(db, jid)
+    assert reached == [0, 1]
+    assert job.status == "cancelled" and job.attempts == 1 and job.error is None
+    assert job.progress == pytest.approx(0.4)  # written by the call that read the cancel; none after it
+    assert _refs(db, f"job:{jid}") == [] and env["blobs"].stats()["unreferenced"] == 0
+
+
+def test_shutdown_and_lost_lease_are_checked_at_every_progress_call(env):
+    db, clock = env["db"], ManualClock()
+    worker = None
+    reached = []
+
+    def handler(job, ctx):
+        ctx.progress("stage", 0.1)
+        worker.request_stop()  # SIGTERM's handler; no time passes, no write is due
+        reached.append("before")
+        ctx.progress("stage", 0.2)
+        reached.append("after")
+        return {}
+
+    jid = jobs.enqueue(db, "scripted", {}, "throttle-stop")
+    worker = _scripted_worker(env, handler, clock)
+    worker.run(exit_when_idle=True)
+    job = jobs.get_job(db, jid)
+    assert reached == ["before"]
+    assert job.status == "queued" and job.attempts == 0  # released for another worker, not failed
+
+
+def test_check_cancelled_is_not_rate_limited(env):
+    db, clock = env["db"], ManualClock()
+
+    def handler(job, ctx):
+        ctx.progress("stage", 0.1)
+        jobs.cancel(db, job.id)
+        with pytest.raises(JobCancelled):
+            ctx.check_cancelled()
+        raise JobCancelled("handler stops")
+
+    jid = jobs.enqueue(db, "scripted", {}, "check-now")
+    _scripted_worker(env, handler, clock).run(exit_when_idle=True)
+    assert jobs.get_job(db, jid).status == "cancelled"

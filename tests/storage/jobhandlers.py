@@ -5,9 +5,12 @@
 
 Payload of kind ``steps``::
 
-    {"n": int, "delay": float, "marks": "<dir>", "fail_until_attempt": int (optional)}
+    {"n": int, "delay": float, "marks": "<dir>", "fail_until_attempt": int (optional),
+     "user_error": bool (optional: raise a UserFacingError before the steps)}
 
-Each step records progress and checks cancellation. At step 0 the handler
+Each step reports progress with ``ctx.progress``, which is also how the worker
+stops a job (it raises there; its database write and cancel check are
+rate-limited to one per ``engine.worker.PROGRESS_INTERVAL``). At step 0 the handler
 writes a per-attempt "partial" blob and drops ``<marks>/<job>-started-<attempt>``;
 after each step it drops ``<marks>/<job>-step-<i>``; at the end it writes a final
 blob and appends one line to ``<marks>/<job>-finished`` (how many times a
