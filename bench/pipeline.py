@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from engine.face.landmarks import LandmarkDetector
     from engine.avatar.networks import slim_networks
     from engine.avatar.pipeline import MemoryCache, Pipeline
-    from engine.tasks import portrait_inputs
+    from engine.avatar.portrait import portrait_inputs
 
     repo = _HERE.parent
     configured = load_config(repo / "config.toml").pipeline

@@ -59,6 +59,7 @@ ERRORS: dict[str, str] = {
     "nothing_to_cancel": "There's nothing of yours to cancel right now.",
     "strength_invalid": "That strength isn't one I know. Please pick subtle, medium or full.",
     "worker_lost": "The machine making your pack stopped responding. Please try again.",
+    "storage_full": "I'm very busy right now and couldn't finish your pack. Please try again in a while.",
     "cancelled": "Your pack was cancelled.",
     # Telegram
     "telegram_not_started": "I can't create a sticker set for you until you start a private chat with me. "

@@ -18,7 +18,8 @@ Job kinds:
 
 Progress is reported as (stage name, overall fraction) with the stage
 weights below. Cancellation has one channel: ``JobContext.progress`` raises
-when the job was cancelled, so a cancel lands at the next reported step.
+when the job was cancelled; it reads the cancel at most once a second, so a
+cancel lands within max(one step, about a second).
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ class BlobArtifactCache:
         return self.jc.blobs.read_bytes(art.blob_digest)
 
     def put(self, kind: str, key: str, data: bytes) -> None:
-        digest = self.jc.blobs.put_bytes(data)
+        digest = self.jc.store_blob(data)
         owner = None if kind == "style_2d" and self.shared_style else self.owner
         artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
 

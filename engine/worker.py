@@ -37,6 +37,7 @@ Conventions
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -46,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from emoji3d.errors import UserFacingError
 from storage import jobs
@@ -72,6 +73,9 @@ class JobAborted(Exception):
 Handler = Callable[[Job, "JobContext"], dict]
 HandlersFactory = Callable[[], dict]
 
+# A full disk or quota will not empty itself: such a job fails at once instead of burning retries.
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
 # Seconds between two progress writes (and cancel checks) within one stage.
 PROGRESS_INTERVAL = 1.0
 
@@ -87,7 +91,8 @@ class JobContext:
     _stop: threading.Event
     _lease_lost: threading.Event
     _release_on_stop: bool
-    result_blobs: list[str] = field(default_factory=list)
+    result_blobs: list[str] = field(default_factory=list)   # outputs, referenced by the job when it completes
+    written_blobs: list[str] = field(default_factory=list)  # everything this attempt stored (outputs and caches)
     progress_interval: float = PROGRESS_INTERVAL
     clock: Callable[[], float] = time.monotonic  # injectable, so tests need not sleep
     _written_stage: str | None = None
@@ -129,14 +134,24 @@ class JobContext:
             self._lease_lost.set()
         self.check_cancelled()
 
+    def store_blob(self, data: bytes) -> str:
+        """Store bytes for this job (a cache entry it references itself), after making sure the job
+        may still write: a job whose user was deleted, or that was cancelled, writes nothing more."""
+        self.check_cancelled()
+        digest = self.blobs.put_bytes(data)
+        self.written_blobs.append(digest)
+        return digest
+
     def put_blob(self, data: bytes) -> str:
         """Store an output file; it becomes the job's once the job completes."""
-        digest = self.blobs.put_bytes(data)
+        digest = self.store_blob(data)
         self.result_blobs.append(digest)
         return digest
 
     def put_file(self, path: str | os.PathLike[str]) -> str:
+        self.check_cancelled()
         digest = self.blobs.put_file(path)
+        self.written_blobs.append(digest)
         self.result_blobs.append(digest)
         return digest
 
@@ -172,7 +187,7 @@ class Worker:
                  lease_seconds: float = 60.0, poll_interval: float = 1.0, *,
                  heartbeat_interval: float | None = None, retry: RetryPolicy = RetryPolicy(),
                  shutdown: Literal["release", "finish"] = "release", progress_interval: float = PROGRESS_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, only_jobs: Iterable[int] | None = None) -> None:
         if not handlers:
             raise ValueError("a worker needs at least one job handler")
         bad = [k for k, h in handlers.items() if not callable(h)]
@@ -191,6 +206,7 @@ class Worker:
         self.worker_id, self.lease_seconds, self.poll_interval = worker_id, float(lease_seconds), float(poll_interval)
         self.heartbeat_interval, self.retry, self.shutdown = float(hb), retry, shutdown
         self.progress_interval, self.clock = float(progress_interval), clock
+        self.only_jobs = None if only_jobs is None else frozenset(int(i) for i in only_jobs)  # None: any job
         self._stop = threading.Event()
 
     # ---- control ----
@@ -230,7 +246,8 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and run it; False when none was eligible."""
-        job = jobs.claim(self.db, self.worker_id, self.lease_seconds, kinds=self.handlers.keys())
+        job = jobs.claim(self.db, self.worker_id, self.lease_seconds, kinds=self.handlers.keys(),
+                         job_ids=self.only_jobs)
         if job is None:
             return False
         self._process(job)
@@ -259,18 +276,56 @@ class Worker:
             log.info("job %s succeeded", job.id)
         except JobCancelled:
             self._finish_write(job, lambda: jobs.mark_cancelled(self.db, job.id, token), "cancelled")
+            self._forget_writes(ctx)
         except JobInterrupted:
             self._finish_write(job, lambda: jobs.release(self.db, job.id, token), "released for another worker")
         except (JobAborted, LeaseLost) as exc:
-            log.warning("job %s: %s; another worker owns it now", job.id, exc)
+            if self._job_is_gone_or_cancelled(job.id):
+                log.warning("job %s: %s: it was cancelled or deleted (its user's data erased); stopped", job.id, exc)
+                self._forget_writes(ctx)
+            else:  # another worker took it over; it may be storing the very same (deterministic) files
+                log.warning("job %s: %s; another worker owns it now", job.id, exc)
         except UserFacingError as exc:
             self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, str(exc) or exc.key, retryable=False,
                                                     error_key=exc.key, policy=self.retry), f"failed ({exc.key})")
+        except OSError as exc:
+            if exc.errno not in FULL_DISK_ERRNOS:
+                self._failed_attempt(job, token, exc)
+                return
+            # Retrying cannot help until an operator frees space: fail once, tell the user the service is busy.
+            where = exc.filename or self.blobs.describe_location()  # os.write() names no file
+            log.error("job %s: disk full writing %s (%s); failing without retry", job.id, where,
+                      os.strerror(exc.errno))
+            reason = f"disk full: {where}: {os.strerror(exc.errno)}"
+            self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, reason, retryable=False,
+                                                    error_key="storage_full", policy=self.retry), "failed (disk full)")
         except Exception as exc:
-            log.exception("job %s raised", job.id)
-            reason = f"{type(exc).__name__}: {exc}"
-            self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, reason, policy=self.retry),
-                               "attempt failed")
+            self._failed_attempt(job, token, exc)
+
+    def _failed_attempt(self, job: Job, token: str, exc: Exception) -> None:
+        """Any other error: logged with its traceback, retried with backoff while attempts remain."""
+        log.error("job %s raised", job.id, exc_info=exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, reason, policy=self.retry),
+                           "attempt failed")
+
+    def _job_is_gone_or_cancelled(self, job_id: int) -> bool:
+        try:
+            return jobs.get_job(self.db, job_id).status in ("cancel_requested", "cancelled")
+        except jobs.JobNotFound:
+            return True
+
+    def _forget_writes(self, ctx: JobContext) -> None:
+        """Delete at once every blob this attempt stored that nothing references: the job was
+        cancelled, or its row is gone (its user deleted their data), so its renders of a face
+        must not wait for the blob GC's grace period."""
+        if not ctx.written_blobs:
+            return
+        try:
+            removed, _ = self.blobs.delete_unreferenced(set(ctx.written_blobs))
+            log.info("job %s: removed %d stored file(s) nothing refers to", ctx.job.id, removed)
+        except Exception:  # noqa: BLE001 - the GC removes them later; never crash the worker over it
+            log.exception("job %s: could not remove its stored files now", ctx.job.id)
 
     def _finish_write(self, job: Job, write: Callable[[], object], what: str) -> None:
         try:
@@ -288,7 +343,7 @@ class EngineSettings:
 
     db_url: str
     blob_root: str
-    handlers_factory: str  # "package.module:function" returning {kind: handler}
+    handlers_factory: str = ""  # "package.module:function" returning {kind: handler}, unless run_engine gets one
     worker_id: str | None = None
     lease_seconds: float = 60.0
     poll_interval: float = 1.0
@@ -317,6 +372,8 @@ def run_engine(settings: EngineSettings, *, factory: HandlersFactory | None = No
     """Open storage, build handlers once (models load here), run until SIGTERM."""
     db = open_database(settings.db_url)
     blobs = BlobStore(db, settings.blob_root, max_bytes=settings.max_blob_bytes)
+    if factory is None and not settings.handlers_factory:
+        raise ValueError("run_engine needs a handlers factory (settings.handlers_factory or factory=)")
     handlers = (factory or resolve_factory(settings.handlers_factory))()
     worker = Worker(db, blobs, handlers, settings.worker_id or default_worker_id(), settings.lease_seconds,
                     settings.poll_interval, retry=settings.retry, shutdown=settings.shutdown)

@@ -127,6 +127,10 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ---- paths and reads ----
+    def describe_location(self) -> str:
+        """Where the blobs are stored, for an operator's message."""
+        return str(self.root)
+
     def path(self, digest: str) -> Path:
         d = check_digest(digest)
         return self.root / d[0:2] / d[2:4] / d

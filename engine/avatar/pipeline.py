@@ -48,6 +48,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params
 from engine.avatar.dual import DualInputs, dual_branch_train
@@ -56,7 +57,6 @@ from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
 from engine.avatar.warp import frame_warp, rescale_similarity, resize_bilinear
 
-ENGINE_VERSION = "0.1.0"
 
 FFHQ_FRAME = 1024  # the 2D crop frame in which crop2d_to_crop3d is expressed
 EG3D_FRAME = 512   # the 3D crop frame

@@ -15,7 +15,6 @@ weights give official outputs.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from engine.ops import upfirdn2d

@@ -21,7 +21,6 @@ def settings_from_config(cfg: Config, worker_id: str | None = None) -> EngineSet
     return EngineSettings(
         db_url=cfg.database_url,
         blob_root=str(cfg.blob_dir),
-        handlers_factory="engine.tasks:build_handlers_from_env",
         worker_id=worker_id,
         lease_seconds=float(cfg.engine.lease_seconds),
         poll_interval=float(cfg.engine.poll_seconds),

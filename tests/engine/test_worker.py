@@ -338,3 +338,47 @@ def test_check_cancelled_is_not_rate_limited(env):
     jid = jobs.enqueue(db, "scripted", {}, "check-now")
     _scripted_worker(env, handler, clock).run(exit_when_idle=True)
     assert jobs.get_job(db, jid).status == "cancelled"
+
+
+
+def test_deleting_the_user_mid_job_stops_it_and_removes_what_it_wrote_at_once(env):
+    """Privacy: nothing the running job stored for a deleted user waits for the blob GC's grace period."""
+    from storage import users
+
+    db = env["db"]
+    user = users.get_or_create_user(db, "telegram", "42")
+    jid = jobs.enqueue(db, "steps", _payload(env, 200, 0.05), "their-job", user_id=user.id)
+    _spawn(env, "w1", lease=5.0)
+    wait_for(lambda: (env["marks"] / f"{jid}-step-2").exists(), 30, "the job to be running")
+    partial = _sha(f"partial job={jid} attempt=1")
+    assert BlobStore(db, env["root"]).path(partial).exists()
+    users.delete_user(db, BlobStore(db, env["root"], gc_grace_seconds=3600), user.id)  # grace: no GC help
+    wait_for(lambda: "stopped" in _logs(env) and "removed 1 stored file" in _logs(env), 30, "the worker to stop")
+    assert not BlobStore(db, env["root"]).path(partial).exists()
+    assert not (env["marks"] / f"{jid}-finished").exists()
+    steps_done = len(list(env["marks"].glob(f"{jid}-step-*")))
+    time.sleep(0.5)
+    assert len(list(env["marks"].glob(f"{jid}-step-*"))) == steps_done  # it wrote nothing more
+
+
+def test_a_full_disk_fails_the_job_once_and_names_the_path(env, tmp_path):
+    """No retries burnt on a condition that will not change by itself; the operator sees where."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        db = env["db"]
+        jid = jobs.enqueue(db, "steps", _payload(env, 1, 0.0, big_blob_bytes=1 << 20), "too-big")
+        p = start_worker(env["url"], small / "blobs", "w1", env["logs"], lease=5.0)
+        env["procs"].append(p)
+        wait_for(lambda: _status(env, jid) == "failed", 60, "the job to fail")
+        job = jobs.get_job(db, jid)
+        assert job.attempts == 1 and job.error_key == "storage_full"
+        assert "disk full writing " + str(small / "blobs") in _logs(env)
+    finally:
+        stop(p)
+        subprocess.run(["umount", str(small)], check=False)

@@ -6,7 +6,8 @@
 Payload of kind ``steps``::
 
     {"n": int, "delay": float, "marks": "<dir>", "fail_until_attempt": int (optional),
-     "user_error": bool (optional: raise a UserFacingError before the steps)}
+     "user_error": bool (optional: raise a UserFacingError before the steps),
+     "big_blob_bytes": int (optional: also store that many random bytes at step 0)}
 
 Each step reports progress with ``ctx.progress``, which is also how the worker
 stops a job (it raises there; its database write and cancel check are
@@ -41,6 +42,8 @@ def steps(job, ctx) -> dict:
     with open(Path(marks, "order"), "a") as f:
         f.write(f"{job.id}\n")
     ctx.put_blob(f"partial job={job.id} attempt={job.attempts}".encode())
+    if p.get("big_blob_bytes"):
+        ctx.put_blob(os.urandom(int(p["big_blob_bytes"])))
     if job.attempts < int(p.get("fail_until_attempt", 0)):
         raise RuntimeError(f"planned failure on attempt {job.attempts}")
     if p.get("user_error"):

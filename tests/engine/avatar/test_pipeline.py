@@ -32,7 +32,7 @@ def faces(repo_root):
 
     from engine.face.analyze import analyze_face
     from engine.face.landmarks import LandmarkDetector
-    from engine.tasks import portrait_inputs
+    from engine.avatar.portrait import portrait_inputs
 
     exemplar = np.asarray(Image.open(repo_root / "styles" / "toon" / "exemplar.png").convert("RGB"))
     with LandmarkDetector() as det:
