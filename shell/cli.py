@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from emoji3d import __version__
@@ -52,16 +53,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(verbose: bool) -> None:
+    """The one logging set-up of every ``emoji3d`` command: INFO to stderr (DEBUG
+    with -v); every record any logger makes is scrubbed of the bot tokens and of
+    token-shaped URL parts (``bots.redaction``), and per-request HTTP client
+    logging is kept at WARNING unless -v."""
+    from bots import redaction
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    redaction.install(os.environ.get(var, "").strip() for var in ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"))
+    redaction.quiet_libraries(verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _parser().print_help()
         return 0
     ns = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(ns.verbose)
     rest = list(ns.args)
     try:
         if ns.config or ns.group in _NEEDS_DB:

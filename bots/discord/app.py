@@ -26,6 +26,7 @@ from discord.ext import commands
 
 from emoji3d.config import Config
 
+from bots import redaction
 from bots.core import BotResources, open_bot_resources
 from bots.notify import Notifier
 from bots.discord.cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
@@ -112,6 +113,7 @@ def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions(
     token = cfg.discord_token.reveal()
     if not token:
         raise RuntimeError("DISCORD_BOT_TOKEN is not set")
+    redaction.install([token])  # also when started without the CLI's logging set-up
     res, close = open_bot_resources(cfg)
 
     async def main() -> None:

@@ -19,6 +19,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Mess
 
 from emoji3d.config import Config
 
+from bots import redaction
 from bots.core import BotResources, open_bot_resources
 from bots.notify import Notifier
 from bots.telegram import handlers
@@ -97,6 +98,7 @@ def run(cfg: Config, stop_event: threading.Event, opts: AppOptions = AppOptions(
     token = cfg.telegram_token.reveal()
     if not token:
         raise RuntimeError("TELEGRAM_BOT_TOKEN is not set")
+    redaction.install([token])  # also when started without the CLI's logging set-up
     res, close = open_bot_resources(cfg)
 
     async def main() -> None:
