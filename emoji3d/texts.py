@@ -198,6 +198,7 @@ BOT: dict[str, str] = {
     "stage_pivotal_tuning": "refining the likeness",
     "stage_dual_branch": "cartoonifying in 3D",
     "stage_render": "rendering the stickers",
+    "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
 }
 

@@ -41,6 +41,7 @@ class AppOptions:
     poll_updates_s: float = 0.0        # getUpdates poll interval (long polling timeout below)
     long_poll_timeout_s: int = 10
     max_retries: int = 3               # RetryAfter retries for non-mutating calls
+    retry_s: float = 30.0              # wait before retrying a failed delivery
 
 
 def build_application(res: BotResources, token: str, opts: AppOptions = AppOptions()) -> Application:
@@ -53,7 +54,8 @@ def build_application(res: BotResources, token: str, opts: AppOptions = AppOptio
     sender = handlers.TelegramSender(app.bot, res)
     app.bot_data["res"] = res
     app.bot_data["sender"] = sender
-    app.bot_data["notifier"] = Notifier(res, handlers.PLATFORM, sender, min_interval=opts.progress_interval_s)
+    app.bot_data["notifier"] = Notifier(res, handlers.PLATFORM, sender, min_interval=opts.progress_interval_s,
+                                        retry_seconds=opts.retry_s)
 
     app.add_handler(CommandHandler("start", handlers.start))
     app.add_handler(CommandHandler("privacy", handlers.privacy))

@@ -169,8 +169,11 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     file_id, size = found
     core.check_announced_size(res, size)  # before any download
     data = bytes(await (await context.bot.get_file(file_id)).download_as_bytearray())
-    if _is_style_reply(msg, context) or context.user_data.pop("awaiting_style", False):
+    if _is_style_reply(msg, context) or context.user_data.get("awaiting_style", False):
         digest = await asyncio.to_thread(core.accept_style_image, res, user, data)
+        # the style arrived (as a reply or not): the next image is a selfie again;
+        # a refused style image leaves the flag, so the user can simply send another
+        context.user_data.pop("awaiting_style", None)
         await msg.reply_text(text("style_own_ok"), reply_markup=_strength_keyboard("o" + core.digest_token(digest)))
         return
     accepted = await asyncio.to_thread(core.accept_selfie, res, user, data)
@@ -410,7 +413,9 @@ class TelegramSender:
         title = self._title(pack)
         thumb_digest = result.thumbnail.get("telegram_thumb")
         thumb = self.res.blobs.read_bytes(thumb_digest) if thumb_digest else None
-        regenerated = pack.platform_set_name is not None
+        # a regeneration order updates a set published before; a new pack's set name is
+        # recorded before the set exists, so it cannot tell a new set from an old one
+        regenerated = bool(job.payload.get("regenerate"))
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
         lines = [text("done_updated" if regenerated else "done", link=pub.link)]
