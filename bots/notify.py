@@ -106,6 +106,14 @@ class Notifier:
         self._store(w)
         return w
 
+    async def start(self, job_id: int, pack_id: int | None, user: users.User, *, chat_id: str | None = None,
+                    message_id: str | None = None) -> Watch:
+        """Watch a job just ordered and show its first progress view now; the
+        ticks then show only changes, so the user reads it once."""
+        w = self.watch(job_id, pack_id, user, chat_id=chat_id, message_id=message_id)
+        await self._show(w, progress_view(self.res, jobs.get_job(self.res.db, job_id)), self.clock())
+        return w
+
     # ------------------------------------------------------------------ persisted reference
     def _store(self, w: Watch) -> None:
         """Record the watch's chat and message; a failure is logged, not fatal
@@ -198,11 +206,20 @@ class Notifier:
                 self._drop_ref(w.job_id)
             return
         if should_edit(w.last_signature, sig, w.last_edit_at, now, self.min_interval, False):
-            where = (w.chat_id, w.message_id)
+            await self._show(w, view, now)
+
+    async def _show(self, w: Watch, view: ProgressView, now: float) -> None:
+        where, before = (w.chat_id, w.message_id), (w.last_signature, w.last_edit_at)
+        # recorded before sending: a tick running while a handler's first show is
+        # in flight must see it as shown, or the user reads it twice
+        w.last_signature, w.last_edit_at = _signature(view), now
+        try:
             await self.sender.show_progress(w, view)
-            w.last_signature, w.last_edit_at = sig, now
-            if (w.chat_id, w.message_id) != where:  # the sender started a new progress message
-                self._store(w)
+        except BaseException:
+            w.last_signature, w.last_edit_at = before
+            raise
+        if (w.chat_id, w.message_id) != where:  # the sender started a new progress message
+            self._store(w)
 
     def _mark_pack_failed(self, pack_id: int) -> None:
         try:

@@ -128,6 +128,7 @@ BOT: dict[str, str] = {
                      "(random weights)."),
     "pack_incomplete": ("Your avatar is ready, but this build cannot make sticker files yet ({missing}). "
                         "Here are still renders instead."),
+    "pack_partial": "Some stickers could not be made: {missing}",
     "resumed": "I restarted; your pack is still being made.",
     "mypacks_none": "You have no packs yet. Send a selfie to make one.",
     "mypacks_header": "Your packs:",

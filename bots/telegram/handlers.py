@@ -29,7 +29,7 @@ from telegram.ext import ContextTypes
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
 from emoji3d.texts import message, text
-from storage import jobs, packs
+from storage import packs
 from storage import styles as st
 
 from bots import core
@@ -221,10 +221,8 @@ async def on_go(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     else:
         placed = core.place_order(res, user, PLATFORM, preset=preset, style_id=int(ref), seed=res.cfg.engine.seed)
     await q.answer()
-    w = _notifier(context).watch(placed.job_id, placed.pack.id, user, chat_id=str(q.message.chat.id),
-                                 message_id=str(q.message.message_id))
-    view = core.progress_view(res, jobs.get_job(res.db, placed.job_id))
-    await context.bot_data["sender"].show_progress(w, view)
+    await _notifier(context).start(placed.job_id, placed.pack.id, user, chat_id=str(q.message.chat.id),
+                                   message_id=str(q.message.message_id))
 
 
 @guard
@@ -418,18 +416,13 @@ class TelegramSender:
         regenerated = bool(job.payload.get("regenerate"))
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
-        lines = [text("done_updated" if regenerated else "done", link=pub.link)]
-        if result.preset == "slim":
-            lines.append(text("slim_warning"))
+        lines = [text("done_updated" if regenerated else "done", link=pub.link), *core.result_notes(result)]
         await self._put(w, "\n".join(lines), None)
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)
 
     async def _deliver_stills(self, w: Watch, pack: packs.Pack, result: orders.PackResult) -> None:
-        lines = [text("pack_incomplete", missing="; ".join(result.missing) or "sticker files")]
-        if result.preset == "slim":
-            lines.append(text("slim_warning"))
-        await self._put(w, "\n".join(lines), None)
+        await self._put(w, "\n".join(core.result_notes(result, stickers_made=False)), None)
         for digest in result.renders[:3]:
             await self.bot.send_photo(self._chat(w), InputFile(self.res.blobs.read_bytes(digest), filename="render.png"))
         # no sticker set exists; "published" = delivered, so restarts do not send the stills again

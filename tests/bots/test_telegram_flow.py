@@ -574,3 +574,53 @@ def test_a_new_pack_whose_first_publish_failed_is_announced_as_new(res, telegram
     assert [c.status for c in telegram_server.calls_to("createNewStickerSet")] == [500, 200]
     (done,) = [t for t in chat.texts() if "https://t.me/addstickers/" in t]
     assert done.startswith(text("done", link="")) and "updated" not in done
+
+
+def test_a_pack_missing_a_sticker_says_so(res, telegram_server, telegram_user, selfie_png, sticker_files):
+    """Issue 16 item 8 (its Telegram half): the notes of what could not be made reach the user."""
+    from bots import core
+    from emoji3d.orders import PackResult, StickerFiles
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+    note = "the smile sticker needs the smile expression: the boundary file has no 'smile' direction"
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            core.accept_selfie(res, user, selfie_png)
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            stickers = [StickerFiles(i, f"s{i}", "😀", {"telegram_video": res.blobs.put_bytes(v)})
+                        for i, v in enumerate(sticker_files["videos"][:2])]
+            result = PackResult(pack_id=placed.pack.id, preset="pretrained", stickers=stickers, missing=[note])
+            make_ready(res.db, job.payload["pack_id"])
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert text("pack_partial", missing=note) in done["text"]
+
+    asyncio.run(scenario())
+
+
+def test_about_to_start_is_said_once(res, telegram_server, telegram_user, selfie_png):
+    """Issue 16 item 8: the first progress view is shown by the order, not again by the notifier."""
+    add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            await chat.reply_containing("about to start")
+            await asyncio.sleep(0.5)  # many notifier ticks
+
+    asyncio.run(scenario())
+    said = [c for c in telegram_server.calls if c.method in ("sendMessage", "editMessageText")
+            and text("queued_soon") in str(c.params.get("text", ""))]
+    assert len(said) == 1
