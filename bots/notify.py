@@ -81,7 +81,7 @@ def _signature(view: ProgressView) -> str:
 class Notifier:
     def __init__(self, res: BotResources, platform: str, sender: Sender, *, min_interval: float = 3.0,
                  retry_seconds: float = 30.0, max_delivery_attempts: int = 5, rescan_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 claim_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         if min_interval < 0 or retry_seconds < 0 or max_delivery_attempts < 1:
             raise ValueError("min_interval, retry_seconds >= 0 and max_delivery_attempts >= 1 are required")
         self.res = res
@@ -91,6 +91,7 @@ class Notifier:
         self.retry_seconds = float(retry_seconds)
         self.max_delivery_attempts = int(max_delivery_attempts)
         self.rescan_seconds = float(rescan_seconds)
+        self.claim_seconds = float(claim_seconds)
         self.clock = clock
         self.watches: dict[int, Watch] = {}
         self.refused: set[int] = set()  # jobs whose delivery was refused: not re-watched by rescans
