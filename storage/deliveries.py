@@ -242,11 +242,13 @@ def release_delivery(db: Database, job_id: int, holder: str, *, now: float | Non
 
 def reopen_delivery(db: Database, job_id: int) -> bool:
     """Deliver the job again (the user asked, e.g. after fixing what refused it):
-    clears ``done_at`` and lets the claim lapse. False when the job was never claimed."""
+    a finished claim becomes free to take. A live claim is left alone (its holder
+    is delivering right now). False when there was no finished claim."""
     t = time.time()
     with db.write() as conn:
         return conn.execute(sa.text(
-            "UPDATE delivery_claims SET done_at = NULL, expires_at = :t, updated_at = :t WHERE job_id = :j"),
+            "UPDATE delivery_claims SET done_at = NULL, expires_at = :t, updated_at = :t "
+            "WHERE job_id = :j AND done_at IS NOT NULL"),
             {"j": int(job_id), "t": t}).rowcount == 1
 
 
