@@ -86,9 +86,14 @@ async def _target_guild(interaction: discord.Interaction, guild_id: int) -> tupl
         if guild_id and interaction.guild.id != guild_id:
             guild_id = interaction.guild.id  # a forwarded/copied button: act where it was clicked
         return interaction.guild, interaction.permissions
-    guild = interaction.client.get_guild(guild_id) if guild_id else None
-    if guild is None:
+    if not guild_id:
         raise ServerOnly("button used outside a server")
+    guild = interaction.client.get_guild(guild_id)
+    if guild is None:  # not in this process's cache: another shard's process holds it
+        try:
+            guild = await interaction.client.fetch_guild(guild_id)
+        except (discord.NotFound, discord.Forbidden):
+            raise ServerOnly(f"the bot is no longer in server {guild_id}") from None
     member = guild.get_member(interaction.user.id)
     if member is None:
         try:
