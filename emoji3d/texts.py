@@ -162,7 +162,8 @@ BOT: dict[str, str] = {
     "discord_privacy": ("What I store and for how long:\n"
                         "• Your selfie: deleted {selfie_hours} hours after upload.\n"
                         "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
-                        "• Your packs and the time you gave consent: until you delete them.\n"
+                        "• Your packs (with the display name you had when ordering, to name their stickers) "
+                        "and the time you gave consent: until you delete them.\n"
                         "• Style images you upload: used for your pack only.\n"
                         "Stickers and emoji added to a server belong to that server. Nothing is shared with anyone "
                         "else. /emoji delete-my-data erases everything I store about you."),

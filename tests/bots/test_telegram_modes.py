@@ -134,3 +134,29 @@ def test_webhook_mode_needs_its_url_and_secret(tmp_path):
     assert not cfg.telegram_webhook_secret  # and it never prints
     assert "wh" not in repr(load_config(write_config(tmp_path, 'mode = "webhook"\nwebhook_url = "https://b/t"\n'),
                                         env={"TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET}))
+
+
+def test_a_local_bot_api_server_hands_files_over_on_disk(tmp_path, selfie_png):
+    """A telegram-bot-api started with --local (no 20 MB limit): getFile answers
+    with a path on the server's disk and the bot reads the selfie there, no
+    setting needed beyond base_url (the bot must see that disk)."""
+    server = FakeTelegramServer(local_dir=tmp_path / "tg-server")
+    with server.serve_in_thread():
+        user = server.add_user(tgu.user(515151, "Lin"))
+        cfg = load_config(write_config(tmp_path, f'base_url = "{server.base_url}"\n'
+                                                 f'base_file_url = "{server.base_file_url}"\n'),
+                          env={"TELEGRAM_BOT_TOKEN": server.token})
+        chat = Chat(server, user)
+
+        async def talk() -> None:
+            chat.command("start")
+            welcome = await chat.reply_containing("Do you agree", timeout=60)
+            chat.press(welcome, buttons(welcome)[text("consent_button")])
+            await chat.reply_containing(text("consent_thanks"))
+            chat.photo(selfie_png)
+            await chat.reply_containing(text("selfie_ok"), timeout=60)
+
+        with serving(cfg):
+            asyncio.run(talk())
+    assert server.calls_to("getFile") and server.file_downloads == 0
+    assert list((tmp_path / "tg-server").rglob("*.jpg"))

@@ -37,6 +37,11 @@ Conventions
 * Text with ``parse_mode=HTML`` is parsed like Telegram does (supported tags only,
   proper nesting, only &lt; &gt; &amp; &quot; named entities) and stored as plain
   text + entities; "message is not modified" compares text, entities and markup.
+* ``local_dir``: the fake behaves like a self-hosted Bot API server started with
+  ``--local``: ``getFile`` has no 20 MB limit and answers with an absolute
+  ``file_path`` on the server's disk (the file is written under ``local_dir``),
+  which a client in local mode reads directly instead of downloading.
+  :attr:`FakeTelegramServer.file_downloads` counts ``/file/`` downloads.
 * Known simplifications: like a self-hosted Bot API server (``--local``), the
   fake accepts ``http://`` webhook URLs on any port; other hosts need the real
   API's HTTPS on port 443, 80, 88 or 8443. Markdown/MarkdownV2 text is stored unparsed;
@@ -52,6 +57,8 @@ import html.parser
 import io
 import json
 import mimetypes
+import os
+import pathlib
 import re
 import socket
 import threading
@@ -601,7 +608,8 @@ class FakeTelegramServer:
     def __init__(self, token: str = "123456:TEST-fake-token", bot: BotIdentity | None = None,
                  *, sticker_verifier: StickerVerifier | None = None,
                  clock: Callable[[], float] = time.time, host: str = "127.0.0.1",
-                 poll_interval_s: float = 0.01, webhook_retry_s: float = 0.2) -> None:
+                 poll_interval_s: float = 0.01, webhook_retry_s: float = 0.2,
+                 local_dir: "os.PathLike[str] | str | None" = None) -> None:
         if not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", token):
             raise ValueError(f"token must look like '<digits>:<secret>', got {token!r}")
         self.token = token
@@ -611,6 +619,8 @@ class FakeTelegramServer:
         self._host = host
         self._poll_interval_s = poll_interval_s
         self._webhook_retry_s = webhook_retry_s
+        self._local_dir = None if local_dir is None else pathlib.Path(local_dir).resolve()
+        self.file_downloads = 0
         self._lock = threading.RLock()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -1002,6 +1012,8 @@ class FakeTelegramServer:
             rec = next((f for f in self._files.values() if f.file_path == path), None)
         if rec is None:
             return web.json_response(ApiError(404, "").payload(), status=404)
+        with self._lock:
+            self.file_downloads += 1
         return web.Response(body=rec.data, content_type="application/octet-stream")
 
     def _log(self, call: Call) -> None:
@@ -1413,6 +1425,11 @@ class FakeTelegramServer:
             rec = self._files.get(p["file_id"])
             if rec is None:
                 raise ApiError(400, "invalid file_id")
+            if self._local_dir is not None:  # --local: any size, a path on the server's disk
+                path = self._local_dir / rec.file_path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(rec.data)
+                return {**rec.to_file_json(with_path=False), "file_path": str(path)}
             if rec.file_size > GETFILE_MAX_BYTES:
                 raise bad("file_too_big")
             return rec.to_file_json()
