@@ -42,6 +42,8 @@ _TOKEN_PATTERNS = (
     re.compile(r"\b(\d{6,}(?::|%3[Aa]))[A-Za-z0-9_-]{30,}"),                                # Telegram bot token
     re.compile(r"()\b[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,}"),  # Discord bot token
 )
+#: Environment variables holding secrets (see emoji3d.config.load_config).
+SECRET_ENV_VARS = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET")
 #: Library loggers that log every request (URLs included) at INFO.
 CHATTY_LOGGERS = ("httpx", "httpcore", "aiohttp.access")
 

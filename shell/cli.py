@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: bool) -> None:
     """The one logging set-up of every ``emoji3d`` command: INFO to stderr (DEBUG
-    with -v); every record any logger makes is scrubbed of the bot tokens and of
-    token-shaped URL parts (``bots.redaction``), and per-request HTTP client
+    with -v); every record any logger makes is scrubbed of the secrets in the
+    environment (bot tokens, webhook secret) and of token-shaped URL parts
+    (``bots.redaction``), and per-request HTTP client
     logging is kept at WARNING unless -v."""
     from bots import redaction
 
@@ -64,7 +65,7 @@ def configure_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    redaction.install(os.environ.get(var, "").strip() for var in ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"))
+    redaction.install(os.environ.get(var, "").strip() for var in redaction.SECRET_ENV_VARS)
     redaction.quiet_libraries(verbose)
 
 

@@ -46,3 +46,41 @@ def test_a_whole_telegram_run_at_debug_logs_no_token(project_logging, res, selfi
     assert any("getUpdates" in line for line in capture.lines)
     secret = TELEGRAM_TOKEN.split(":", 1)[1]
     assert leaks(capture, [TELEGRAM_TOKEN, secret]) == []
+
+
+def test_a_webhook_mode_run_at_debug_logs_neither_token_nor_secret(project_logging, tmp_path, monkeypatch):
+    """Webhook mode: setWebhook carries the secret, forged requests are refused
+    and logged; neither the token nor the webhook secret reaches a record."""
+    from emoji3d.config import load_config
+    from tests.bots.test_telegram_flow import Chat
+    from tests.bots.test_telegram_modes import free_port, serving, write_config
+
+    secret = "hook-secret_abcdefgh12345"
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", secret)
+    server = FakeTelegramServer(token=TELEGRAM_TOKEN)
+    with server.serve_in_thread():
+        user = server.add_user(tgu.user(434343, "Ada"))
+        port = free_port()
+        cfg = load_config(write_config(tmp_path, f'''base_url = "{server.base_url}"
+base_file_url = "{server.base_file_url}"
+mode = "webhook"
+webhook_url = "http://127.0.0.1:{port}/hook"
+webhook_port = {port}
+webhook_path = "/hook"
+'''))
+        chat = Chat(server, user)
+
+        async def talk() -> None:
+            await wait_for(lambda: server.webhook is not None, timeout=60, what="setWebhook")
+            chat.command("privacy")
+            await chat.reply_containing("What I store")
+            forged = tgu.message_update(tgu.command_message(server.next_message_id(chat.cid), chat.chat, user,
+                                                            "help", date=server.now()))
+            assert await server.post_to_webhook(forged, secret=secret[:-1]) == 403
+
+        with serving(cfg):
+            asyncio.run(talk())
+    capture = project_logging
+    assert any("setWebhook" in line for line in capture.lines), "setWebhook was not logged: nothing was checked"
+    assert any("refused" in line for line in capture.lines)
+    assert leaks(capture, [TELEGRAM_TOKEN, TELEGRAM_TOKEN.split(":", 1)[1], secret]) == []
