@@ -427,6 +427,20 @@ def materialize_result(res: BotResources, pack: packs.Pack, result: orders.PackR
     return packs.list_stickers(res.db, pack.id)
 
 
+def result_notes(result: orders.PackResult, *, stickers_made: bool = True) -> list[str]:
+    """Lines both front ends add to a delivered pack: what could not be made
+    (``result.missing``) and the test-weights warning. ``stickers_made=False``:
+    stills were sent instead of stickers, which ``pack_incomplete`` explains."""
+    missing = "; ".join(result.missing)
+    if stickers_made:
+        lines = [text("pack_partial", missing=missing)] if result.missing else []
+    else:
+        lines = [text("pack_incomplete", missing=missing or "sticker files")]
+    if result.preset == "slim":
+        lines.append(text("slim_warning"))
+    return lines
+
+
 # ----------------------------------------------------------------------------- my packs, delete
 
 @dataclass(frozen=True)

@@ -27,15 +27,31 @@ user's private chat (DM) and sends a fresh progress message. Platform extras
 (a Discord interaction token, its guild) are stored by the sender itself in
 the same row.
 
-Times: ``clock`` is monotonic seconds (rate limits); the database holds UNIX
-seconds.
+Several processes (webhook replicas, Discord shards in separate processes)
+may watch the same job; only one talks about it at a time. Before sending
+anything about a job a notifier holds the job's delivery claim
+(:func:`storage.deliveries.claim_delivery`, ``claim_seconds`` long, renewed
+while it works, also during a long publish); a job claimed by a live other
+process is left alone, and one whose holder died is taken over once the claim
+lapsed, with where-to-talk reloaded from the database. Once the outcome was
+delivered (or refused, or given up) the claim is finished: no process sends
+it again, until a user asks for it again (:meth:`Notifier.watch` reopens it).
+A clean stop releases the claims held, so another process takes over at once.
+
+Times: ``clock`` is monotonic seconds (rate limits); ``wall_clock`` and the
+database hold UNIX seconds (claims are compared across processes).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
+from typing import AsyncIterator
 from typing import Callable, Protocol
 
 from emoji3d.errors import UserFacingError
@@ -58,6 +74,8 @@ class Watch:
     last_edit_at: float | None = None
     delivery_attempts: int = 0
     next_delivery_at: float = 0.0
+    held_until: float = 0.0      # wall time until which this process holds the job's claim (0: not held)
+    busy_until: float = 0.0      # another process holds the claim until then: do not ask before
 
 
 class Sender(Protocol):
@@ -81,9 +99,11 @@ def _signature(view: ProgressView) -> str:
 class Notifier:
     def __init__(self, res: BotResources, platform: str, sender: Sender, *, min_interval: float = 3.0,
                  retry_seconds: float = 30.0, max_delivery_attempts: int = 5, rescan_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if min_interval < 0 or retry_seconds < 0 or max_delivery_attempts < 1:
-            raise ValueError("min_interval, retry_seconds >= 0 and max_delivery_attempts >= 1 are required")
+                 claim_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        if min_interval < 0 or retry_seconds < 0 or max_delivery_attempts < 1 or not claim_seconds > 0:
+            raise ValueError("min_interval, retry_seconds >= 0, max_delivery_attempts >= 1 and "
+                             "claim_seconds > 0 are required")
         self.res = res
         self.platform = platform
         self.sender = sender
@@ -91,9 +111,12 @@ class Notifier:
         self.retry_seconds = float(retry_seconds)
         self.max_delivery_attempts = int(max_delivery_attempts)
         self.rescan_seconds = float(rescan_seconds)
+        self.claim_seconds = float(claim_seconds)
         self.clock = clock
+        self.wall_clock = wall_clock
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this notifier, in claims
         self.watches: dict[int, Watch] = {}
-        self.refused: set[int] = set()  # jobs whose delivery was refused: not re-watched by rescans
+        self.refused: set[int] = set()  # jobs whose outcome was delivered or refused: not re-watched by rescans
 
     # ------------------------------------------------------------------ registration
     def watch(self, job_id: int, pack_id: int | None, user: users.User, *, chat_id: str | None = None,
@@ -104,7 +127,105 @@ class Notifier:
         self.watches[job_id] = w
         self.refused.discard(job_id)
         self._store(w)
+        try:
+            deliveries.reopen_delivery(self.res.db, job_id)  # asked for again: deliver even if done once
+        except Exception:  # noqa: BLE001 - the claim is retried on the next tick
+            log.warning("notify: could not reopen the delivery of job %s", job_id, exc_info=True)
+        self._hold(w)
         return w
+
+    async def start(self, job_id: int, pack_id: int | None, user: users.User, *, chat_id: str | None = None,
+                    message_id: str | None = None) -> Watch:
+        """Watch a job just ordered and show its first progress view now; the
+        ticks then show only changes, so the user reads it once."""
+        w = self.watch(job_id, pack_id, user, chat_id=chat_id, message_id=message_id)
+        if w.held_until:
+            await self._show(w, progress_view(self.res, jobs.get_job(self.res.db, job_id)), self.clock())
+        return w
+
+    # ------------------------------------------------------------------ claims
+    def _hold(self, w: Watch) -> bool:
+        """Whether this process may talk about ``w``'s job now: it holds the job's
+        claim, taken or renewed here when less than half of it is left. A job
+        whose outcome was delivered (by any process) stops being watched."""
+        now = self.wall_clock()
+        if w.held_until - now > self.claim_seconds / 2:
+            return True
+        if not w.held_until and now < w.busy_until:
+            return False  # another process holds it; its claim cannot have lapsed yet
+        try:
+            claim = deliveries.claim_delivery(self.res.db, w.job_id, self.platform, self.holder,
+                                              self.claim_seconds, now=now)
+        except deliveries.DeliveryJobMissing:
+            return False  # deleted meanwhile; the next tick drops the watch
+        except Exception:  # noqa: BLE001 - without a claim nothing is sent; the next tick asks again
+            log.warning("notify: could not claim the delivery of job %s", w.job_id, exc_info=True)
+            return False
+        if claim.done:
+            self.watches.pop(w.job_id, None)
+            self.refused.add(w.job_id)
+            return False
+        if not claim.held:
+            w.held_until, w.busy_until = 0.0, claim.expires_at
+            return False
+        if w.held_until <= now:  # newly taken: another process may have talked meanwhile
+            self._reload_ref(w)
+        w.held_until = claim.expires_at
+        return True
+
+    def _reload_ref(self, w: Watch) -> None:
+        ref = deliveries.get_delivery(self.res.db, w.job_id)
+        if ref is not None and ref.platform == self.platform and (ref.chat_id, ref.message_id) != (None, None):
+            w.chat_id, w.message_id = ref.chat_id, ref.message_id
+
+    def _renew(self, w: Watch) -> None:
+        try:
+            claim = deliveries.claim_delivery(self.res.db, w.job_id, self.platform, self.holder, self.claim_seconds,
+                                              now=self.wall_clock())
+        except Exception:  # noqa: BLE001 - the next renewal tries again
+            log.warning("notify: could not renew the claim on job %s", w.job_id, exc_info=True)
+            return
+        if claim.held:
+            w.held_until = claim.expires_at
+        elif not claim.done:
+            log.warning("notify: job %s: the claim lapsed while sending (held by %s now)", w.job_id, claim.holder)
+
+    @contextlib.asynccontextmanager
+    async def _kept(self, w: Watch) -> AsyncIterator[None]:
+        """Renew ``w``'s claim every third of its length while the body runs (a
+        publish can take longer than a claim lasts)."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.claim_seconds / 3)
+                self._renew(w)
+
+        task = asyncio.create_task(renew(), name=f"claim-{w.job_id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _done(self, w: Watch) -> None:
+        """The job's outcome went out (or was refused for good): no process sends it again."""
+        self.watches.pop(w.job_id, None)
+        self.refused.add(w.job_id)
+        try:
+            deliveries.finish_delivery(self.res.db, w.job_id, self.holder, now=self.wall_clock())
+        except Exception:  # noqa: BLE001 - the pack's status still keeps rescans from delivering it again
+            log.warning("notify: could not mark job %s delivered", w.job_id, exc_info=True)
+        self._drop_ref(w.job_id)
+
+    def release_claims(self) -> None:
+        """Give up every claim held (a clean stop): other processes take over at once."""
+        for w in list(self.watches.values()):
+            if w.held_until:
+                try:
+                    deliveries.release_delivery(self.res.db, w.job_id, self.holder)
+                except Exception:  # noqa: BLE001 - it lapses by itself
+                    log.warning("notify: could not release the claim on job %s", w.job_id, exc_info=True)
+                w.held_until = 0.0
 
     # ------------------------------------------------------------------ persisted reference
     def _store(self, w: Watch) -> None:
@@ -181,9 +302,11 @@ class Notifier:
             self._drop_ref(w.job_id)
             return
         now = self.clock()
+        if job.status == "succeeded" and now < w.next_delivery_at:
+            return
+        if not self._hold(w):
+            return
         if job.status == "succeeded":
-            if now < w.next_delivery_at:
-                return
             await self._deliver(w, job, now)
             return
         view = progress_view(self.res, job)
@@ -193,16 +316,26 @@ class Notifier:
             if job.payload.get("pack_id") is not None:
                 self._mark_pack_failed(int(job.payload["pack_id"]))
             try:
-                await self.sender.finish(w, view)
+                async with self._kept(w):
+                    await self.sender.finish(w, view)
             finally:  # nothing will be said about this job again
-                self._drop_ref(w.job_id)
+                self._done(w)
             return
         if should_edit(w.last_signature, sig, w.last_edit_at, now, self.min_interval, False):
-            where = (w.chat_id, w.message_id)
+            await self._show(w, view, now)
+
+    async def _show(self, w: Watch, view: ProgressView, now: float) -> None:
+        where, before = (w.chat_id, w.message_id), (w.last_signature, w.last_edit_at)
+        # recorded before sending: a tick running while a handler's first show is
+        # in flight must see it as shown, or the user reads it twice
+        w.last_signature, w.last_edit_at = _signature(view), now
+        try:
             await self.sender.show_progress(w, view)
-            w.last_signature, w.last_edit_at = sig, now
-            if (w.chat_id, w.message_id) != where:  # the sender started a new progress message
-                self._store(w)
+        except BaseException:
+            w.last_signature, w.last_edit_at = before
+            raise
+        if (w.chat_id, w.message_id) != where:  # the sender started a new progress message
+            self._store(w)
 
     def _mark_pack_failed(self, pack_id: int) -> None:
         try:
@@ -213,41 +346,46 @@ class Notifier:
     async def _deliver(self, w: Watch, job: jobs.Job, now: float) -> None:
         w.delivery_attempts += 1
         try:
-            await self.sender.deliver(w, job)
+            async with self._kept(w):
+                await self.sender.deliver(w, job)
         except UserFacingError as err:
             self.watches.pop(w.job_id, None)
-            self.refused.add(w.job_id)
             log.info("notify: job %s delivery refused: %s (%s)", w.job_id, err.key, err)
-            await self.sender.report_error(w, err)
-            self._drop_ref(w.job_id)
+            try:
+                await self.sender.report_error(w, err)
+            finally:
+                self._done(w)
             return
         except Exception as exc:  # noqa: BLE001 - network and platform hiccups: try again later
             if w.delivery_attempts >= self.max_delivery_attempts:
                 self.watches.pop(w.job_id, None)
-                self.refused.add(w.job_id)
                 log.exception("notify: job %s delivery failed %d times; giving up", w.job_id, w.delivery_attempts)
-                await self.sender.report_error(w, UserFacingError(str(exc)))
-                self._drop_ref(w.job_id)
+                try:
+                    await self.sender.report_error(w, UserFacingError(str(exc)))
+                finally:
+                    self._done(w)
                 return
             w.next_delivery_at = now + self.retry_seconds
             log.warning("notify: job %s delivery failed (%s); retrying in %.0f s", w.job_id, exc, self.retry_seconds)
             if w.message_id is not None:
                 self._store(w)  # a progress message sent before the failure is edited by the retry
             return
-        self.watches.pop(w.job_id, None)
-        self._drop_ref(w.job_id)
+        self._done(w)
 
     async def run(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
         """Resume from the database, then tick every ``poll_seconds`` until ``stop``."""
         self.resume_from_db()
         last_scan = self.clock()
-        while not stop.is_set():
-            await self.tick()
-            if self.clock() - last_scan >= self.rescan_seconds:
-                self.resume_from_db()
-                last_scan = self.clock()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            while not stop.is_set():
+                await self.tick()
+                if self.clock() - last_scan >= self.rescan_seconds:
+                    self.resume_from_db()
+                    last_scan = self.clock()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.release_claims()
 

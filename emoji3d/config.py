@@ -14,7 +14,8 @@ Conventions:
   checked by the same walker, so the schema is the single source of truth.
 - Relative paths are resolved against the folder holding ``config.toml``.
 - Secrets never live in the file: bot tokens come from ``TELEGRAM_BOT_TOKEN``
-  and ``DISCORD_BOT_TOKEN`` and are wrapped in :class:`Secret`, whose ``repr``
+  and ``DISCORD_BOT_TOKEN``, the Telegram webhook's secret token from
+  ``TELEGRAM_WEBHOOK_SECRET``, each wrapped in :class:`Secret`, whose ``repr``
   and ``str`` never show the value, so a logged config cannot leak them.
 """
 from __future__ import annotations
@@ -120,12 +121,44 @@ class PrivacyConfig:
 class TelegramConfig:
     enabled: bool = _c(True)
     set_title_prefix: str = _c("My 3D emoji")
+    base_url: str = _c("", doc="Bot API server, e.g. a self-hosted telegram-bot-api: http://host:8081/bot; "
+                               "empty = Telegram's")
+    base_file_url: str = _c("", doc="its file downloads, e.g. http://host:8081/file/bot; empty = Telegram's")
+    mode: str = _c("polling", choices=("polling", "webhook"), doc="how updates arrive")
+    webhook_url: str = _c("", doc="public HTTPS URL Telegram posts updates to (the reverse proxy's)")
+    webhook_listen: str = _c("127.0.0.1", doc="address the bot's webhook server binds")
+    webhook_port: int = _c(8443, ge=1, le=65535, doc="port the bot's webhook server binds")
+    webhook_path: str = _c("/telegram", doc="path the bot's webhook server answers (the proxy forwards here)")
+
+    def __post_init__(self) -> None:
+        for key in ("base_url", "base_file_url", "webhook_url"):
+            value = getattr(self, key)
+            if value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{key} must be an http(s):// URL or empty, got {value!r}")
+        if self.mode == "webhook" and not self.webhook_url:
+            raise ValueError("webhook_url must be set when mode = 'webhook'")
+        if not self.webhook_path.startswith("/"):
+            raise ValueError(f"webhook_path must start with '/', got {self.webhook_path!r}")
 
 
 @dataclass(frozen=True)
 class DiscordConfig:
     enabled: bool = _c(True)
     cooldown_seconds: int = _c(60, ge=0, le=86400)
+    shard_count: int = _c(1, ge=0, le=10000, doc="gateway shards in all; 1 = no sharding, 0 = as many as "
+                                                  "Discord recommends (AutoShardedBot)")
+    shard_ids: tuple = _c(factory=tuple, doc="the shards this process runs; empty = all of shard_count")
+
+    def __post_init__(self) -> None:
+        ids = list(self.shard_ids)
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise ValueError(f"shard_ids must be integers >= 0, got {ids!r}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"shard_ids must not repeat, got {ids!r}")
+        if ids and self.shard_count == 0:
+            raise ValueError("shard_ids needs a fixed shard_count (not 0 = auto)")
+        if any(i >= self.shard_count for i in ids):
+            raise ValueError(f"shard_ids must each be < shard_count ({self.shard_count}), got {ids!r}")
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,7 @@ class Config:
     root: pathlib.Path = field(default=pathlib.Path("."), metadata={"internal": True})
     telegram_token: Secret = field(default_factory=lambda: Secret(""), metadata={"internal": True})
     discord_token: Secret = field(default_factory=lambda: Secret(""), metadata={"internal": True})
+    telegram_webhook_secret: Secret = field(default_factory=lambda: Secret(""), metadata={"internal": True})
 
     # Derived locations -------------------------------------------------
     def resolve(self, p: str) -> pathlib.Path:
@@ -318,6 +352,10 @@ def _build(cls, data: dict, prefix: str):
             if len(items) > 50:
                 raise ConfigError("config.toml: pack.stickers has more than 50 entries (a set's first upload limit)")
             kwargs[name] = items
+        elif cls is DiscordConfig and name == "shard_ids":
+            if not isinstance(value, list):
+                raise ConfigError(f"config.toml: discord.shard_ids must be an array of integers, got {value!r}")
+            kwargs[name] = tuple(value)
         elif cls is Config and name == "schedules":
             if not isinstance(value, list):
                 raise ConfigError(f"config.toml: schedules must be an array of tables ([[schedules]]), got {value!r}")
@@ -369,6 +407,7 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
         root=path.resolve().parent,
         telegram_token=Secret(env.get("TELEGRAM_BOT_TOKEN", "").strip()),
         discord_token=Secret(env.get("DISCORD_BOT_TOKEN", "").strip()),
+        telegram_webhook_secret=Secret(env.get("TELEGRAM_WEBHOOK_SECRET", "").strip()),
     )
 
 

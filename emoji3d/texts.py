@@ -129,6 +129,7 @@ BOT: dict[str, str] = {
                      "(random weights)."),
     "pack_incomplete": ("Your avatar is ready, but this build cannot make sticker files yet ({missing}). "
                         "Here are still renders instead."),
+    "pack_partial": "Some stickers could not be made: {missing}",
     "resumed": "I restarted; your pack is still being made.",
     "mypacks_none": "You have no packs yet. Send a selfie to make one.",
     "mypacks_header": "Your packs:",
@@ -162,7 +163,8 @@ BOT: dict[str, str] = {
     "discord_privacy": ("What I store and for how long:\n"
                         "• Your selfie: deleted {selfie_hours} hours after upload.\n"
                         "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
-                        "• Your packs and the time you gave consent: until you delete them.\n"
+                        "• Your packs (with the display name you had when ordering, to name their stickers) "
+                        "and the time you gave consent: until you delete them.\n"
                         "• Style images you upload: used for your pack only.\n"
                         "Stickers and emoji added to a server belong to that server. Nothing is shared with anyone "
                         "else. /emoji delete-my-data erases everything I store about you."),
@@ -199,6 +201,7 @@ BOT: dict[str, str] = {
     "stage_pivotal_tuning": "refining the likeness",
     "stage_dual_branch": "cartoonifying in 3D",
     "stage_render": "rendering the stickers",
+    "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
 }
 

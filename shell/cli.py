@@ -54,16 +54,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(verbose: bool) -> None:
+    """The one logging set-up of every ``emoji3d`` command: INFO to stderr (DEBUG
+    with -v); every record any logger makes is scrubbed of the secrets in the
+    environment (bot tokens, webhook secret) and of token-shaped URL parts
+    (``bots.redaction``), and per-request HTTP client
+    logging is kept at WARNING unless -v."""
+    from bots import redaction
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    redaction.install(os.environ.get(var, "").strip() for var in redaction.SECRET_ENV_VARS)
+    redaction.quiet_libraries(verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         _parser().print_help()
         return 0
     ns = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(ns.verbose)
     rest = list(ns.args)
     if ns.config:
         # Every load_config() reads $EMOJI3D_CONFIG when not given a path: one way for the global

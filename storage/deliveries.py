@@ -17,6 +17,20 @@ epoch seconds. One row per job (``job_id`` is the key); ``user_id`` is taken
 from the job row. Rows are deleted when the job was finished and delivered
 (:func:`delete_delivery`), with their job (foreign-key cascade) and by
 :func:`storage.users.delete_user`.
+
+Claims (table ``delivery_claims``, migration 0004) let several bot processes
+share one database without telling a user anything twice: a process
+:func:`claim_delivery` s a job before it sends anything about it and renews the
+claim while it works; the claim lapses at ``expires_at`` so another process
+takes over when the holder died; :func:`finish_delivery` marks the job's
+outcome delivered for good (no process sends it again) and
+:func:`reopen_delivery` undoes that when a user asks for it again. Each is one
+conditional statement in one write transaction, portable to SQLite and
+PostgreSQL, so two processes cannot both hold a live claim.
+
+Owner names (table ``pack_owner_names``): the display name the member had when
+ordering, for naming the pack's stickers later (:func:`record_owner_name`,
+:func:`owner_name`); deleted with the pack.
 """
 from __future__ import annotations
 
@@ -147,3 +161,129 @@ def delete_delivery(db: Database, job_id: int) -> bool:
     """Remove the job's reference (its job was finished and delivered)."""
     with db.write() as conn:
         return conn.execute(sa.text("DELETE FROM delivery_refs WHERE job_id = :j"), {"j": int(job_id)}).rowcount == 1
+
+
+# ----------------------------------------------------------------------------- claims
+
+@dataclass(frozen=True)
+class Claim:
+    """A job's claim as stored after a :func:`claim_delivery` attempt."""
+
+    job_id: int
+    holder: str
+    expires_at: float
+    done_at: float | None
+    held: bool  # True: the asking holder holds it now (until expires_at)
+
+    @property
+    def done(self) -> bool:
+        return self.done_at is not None
+
+
+def _check_holder(holder: str, ttl_s: float | None = None) -> None:
+    if not holder or not isinstance(holder, str):
+        raise ValueError(f"holder must be a non-empty string, got {holder!r}")
+    if ttl_s is not None and not ttl_s > 0:
+        raise ValueError(f"a claim's ttl must be > 0 seconds, got {ttl_s}")
+
+
+def claim_delivery(db: Database, job_id: int, platform: str, holder: str, ttl_s: float, *,
+                   now: float | None = None) -> Claim:
+    """Take the job's claim for ``holder`` until ``now + ttl_s``, or renew it.
+
+    It is taken when nobody claimed the job yet, when ``holder`` holds it
+    already, or when the claim expired (its holder died or stalled); never
+    once the outcome was delivered (:func:`finish_delivery`). Returns the
+    stored claim; ``held`` says whether ``holder`` got it. Raises
+    :class:`DeliveryJobMissing` when the job does not exist.
+    """
+    _check_holder(holder, ttl_s)
+    t = time.time() if now is None else float(now)
+    with db.write() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM jobs WHERE id = :j"), {"j": int(job_id)}).first() is None:
+            raise DeliveryJobMissing(f"job {job_id} does not exist")
+        conn.execute(sa.text(
+            "INSERT INTO delivery_claims (job_id, platform, holder, expires_at, created_at, updated_at) "
+            "VALUES (:j, :p, :h, :e, :t, :t) ON CONFLICT (job_id) DO NOTHING"),
+            {"j": int(job_id), "p": platform, "h": holder, "e": t + ttl_s, "t": t})
+        conn.execute(sa.text(
+            "UPDATE delivery_claims SET holder = :h, expires_at = :e, updated_at = :t "
+            "WHERE job_id = :j AND done_at IS NULL AND (holder = :h OR expires_at <= :t)"),
+            {"j": int(job_id), "h": holder, "e": t + ttl_s, "t": t})
+        m = conn.execute(sa.text("SELECT holder, expires_at, done_at FROM delivery_claims WHERE job_id = :j"),
+                         {"j": int(job_id)}).one()._mapping
+    done_at = None if m["done_at"] is None else float(m["done_at"])
+    held = m["holder"] == holder and done_at is None and float(m["expires_at"]) > t
+    return Claim(int(job_id), m["holder"], float(m["expires_at"]), done_at, held)
+
+
+def finish_delivery(db: Database, job_id: int, holder: str, *, now: float | None = None) -> bool:
+    """The job's outcome was delivered (or refused for good) by ``holder``:
+    nobody claims it again. False when ``holder`` did not hold the claim."""
+    _check_holder(holder)
+    t = time.time() if now is None else float(now)
+    with db.write() as conn:
+        return conn.execute(sa.text(
+            "UPDATE delivery_claims SET done_at = :t, updated_at = :t "
+            "WHERE job_id = :j AND holder = :h AND done_at IS NULL"),
+            {"j": int(job_id), "h": holder, "t": t}).rowcount == 1
+
+
+def release_delivery(db: Database, job_id: int, holder: str, *, now: float | None = None) -> bool:
+    """Give a held claim up now (a clean shutdown), so another process takes it at once."""
+    _check_holder(holder)
+    t = time.time() if now is None else float(now)
+    with db.write() as conn:
+        return conn.execute(sa.text(
+            "UPDATE delivery_claims SET expires_at = :t, updated_at = :t "
+            "WHERE job_id = :j AND holder = :h AND done_at IS NULL"),
+            {"j": int(job_id), "h": holder, "t": t}).rowcount == 1
+
+
+def reopen_delivery(db: Database, job_id: int) -> bool:
+    """Deliver the job again (the user asked, e.g. after fixing what refused it):
+    a finished claim becomes free to take. A live claim is left alone (its holder
+    is delivering right now). False when there was no finished claim."""
+    t = time.time()
+    with db.write() as conn:
+        return conn.execute(sa.text(
+            "UPDATE delivery_claims SET done_at = NULL, expires_at = :t, updated_at = :t "
+            "WHERE job_id = :j AND done_at IS NOT NULL"),
+            {"j": int(job_id), "t": t}).rowcount == 1
+
+
+def get_claim(db: Database, job_id: int) -> Claim | None:
+    with db.read() as conn:
+        r = conn.execute(sa.text("SELECT holder, expires_at, done_at FROM delivery_claims WHERE job_id = :j"),
+                         {"j": int(job_id)}).first()
+    if r is None:
+        return None
+    m = r._mapping
+    return Claim(int(job_id), m["holder"], float(m["expires_at"]),
+                 None if m["done_at"] is None else float(m["done_at"]), False)
+
+
+# ----------------------------------------------------------------------------- owner names
+
+OWNER_NAME_MAX = 100
+
+
+def record_owner_name(db: Database, pack_id: int, platform: str, display_name: str) -> None:
+    """Keep the name the member had when ordering ``pack_id`` (the latest order wins).
+    Raises ValueError for an empty name; longer names are cut to OWNER_NAME_MAX."""
+    name = (display_name or "").strip()[:OWNER_NAME_MAX]
+    if not name:
+        raise ValueError("display name must be non-empty")
+    t = time.time()
+    with db.write() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO pack_owner_names (pack_id, platform, display_name, updated_at) VALUES (:p, :pl, :n, :t) "
+            "ON CONFLICT (pack_id) DO UPDATE SET display_name = excluded.display_name, "
+            "platform = excluded.platform, updated_at = excluded.updated_at"),
+            {"p": int(pack_id), "pl": platform, "n": name, "t": t})
+
+
+def owner_name(db: Database, pack_id: int) -> str | None:
+    with db.read() as conn:
+        return conn.execute(sa.text("SELECT display_name FROM pack_owner_names WHERE pack_id = :p"),
+                            {"p": int(pack_id)}).scalar()

@@ -10,7 +10,19 @@ face detector once, connects to Discord and watches jobs until ``stop_event``
 drive it against the fake REST API (``tests/fakes/discord_harness.py``).
 
 Intents: the default (non-privileged) intents; slash commands need no message
-content. Cooldown times are ``BotResources.clock`` seconds.
+content, and sticker names use the display name stored at order time, so no
+members intent either. Cooldown times are ``BotResources.clock`` seconds.
+
+Sharding (``[discord] shard_count`` / ``shard_ids``, :func:`make_bot`): one
+gateway connection serves at most 2,500 servers, so from there on Discord
+requires shards. ``shard_count = 1`` is one connection (:class:`EmojiBot`);
+``0`` runs as many shards as Discord recommends in this process
+(:class:`ShardedEmojiBot`, discord.py's ``AutoShardedBot``); ``N`` with
+``shard_ids`` runs those of N shards here, so several processes can split them
+(one id: a plain bot with ``shard_id``). Every process runs a notifier; the
+delivery claims make sure one of them sends each message. Interactions reach
+the shard of their server (DMs shard 0), and everything the bot does for them
+is REST, so a server another process's shard holds is fetched when needed.
 """
 from __future__ import annotations
 
@@ -26,6 +38,7 @@ from discord.ext import commands
 
 from emoji3d.config import Config
 
+from bots import redaction
 from bots.core import BotResources, open_bot_resources
 from bots.notify import Notifier
 from bots.discord.cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
@@ -46,12 +59,14 @@ class BotOptions:
     sync_commands: bool = True         # PUT the slash commands at startup
 
 
-class EmojiBot(commands.Bot):
-    """The emoji3d Discord bot. ``res`` is shared with the other front ends."""
+class _EmojiBotMixin:
+    """The emoji3d Discord bot's behaviour, on a plain or an auto-sharded bot.
+    ``res`` is shared with the other front ends; ``shards`` are discord.py's
+    sharding options (``shard_id``/``shard_count`` or ``shard_ids``/``shard_count``)."""
 
-    def __init__(self, res: BotResources, opts: BotOptions = BotOptions()) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),
-                         help_command=None)
+    def __init__(self, res: BotResources, opts: BotOptions = BotOptions(), **shards: object) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(),  # type: ignore[call-arg]
+                         help_command=None, **shards)
         self.res = res
         self.opts = opts
         self.sender = DiscordSender(self, res, margin_s=opts.token_margin_s)
@@ -104,7 +119,27 @@ class EmojiBot(commands.Bot):
                 await asyncio.wait_for(task, timeout=10)
             except Exception:  # noqa: BLE001 - shutting down regardless
                 log.warning("notifier did not stop cleanly", exc_info=True)
-        await super().close()
+        await super().close()  # type: ignore[misc]
+
+
+class EmojiBot(_EmojiBotMixin, commands.Bot):
+    """One gateway connection (or one shard of several, with ``shard_id``)."""
+
+
+class ShardedEmojiBot(_EmojiBotMixin, commands.AutoShardedBot):
+    """Several shards in this process (``shard_count`` None = Discord's recommendation)."""
+
+
+def make_bot(res: BotResources, opts: BotOptions = BotOptions()) -> EmojiBot | ShardedEmojiBot:
+    """The bot ``res.cfg.discord`` asks for (see the module docstring)."""
+    count, ids = res.cfg.discord.shard_count, list(res.cfg.discord.shard_ids)
+    if count == 1:
+        return EmojiBot(res, opts)
+    if count == 0:
+        return ShardedEmojiBot(res, opts)
+    if len(ids) == 1:
+        return EmojiBot(res, opts, shard_id=ids[0], shard_count=count)
+    return ShardedEmojiBot(res, opts, shard_count=count, shard_ids=ids or None)
 
 
 def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions()) -> None:
@@ -112,10 +147,11 @@ def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions(
     token = cfg.discord_token.reveal()
     if not token:
         raise RuntimeError("DISCORD_BOT_TOKEN is not set")
+    redaction.install([token])  # also when started without the CLI's logging set-up
     res, close = open_bot_resources(cfg)
 
     async def main() -> None:
-        bot = EmojiBot(res, opts)
+        bot = make_bot(res, opts)
         loop = asyncio.get_running_loop()
 
         def stopper() -> None:
@@ -132,4 +168,4 @@ def run(cfg: Config, stop_event: threading.Event, opts: BotOptions = BotOptions(
         close()
 
 
-__all__ = ["BotOptions", "EmojiBot", "run"]
+__all__ = ["BotOptions", "EmojiBot", "ShardedEmojiBot", "make_bot", "run"]

@@ -3,8 +3,8 @@
 
 Every handler turns an interaction into ``bots.core`` calls and renders the
 answer with ``emoji3d.texts``. Refusals are :class:`UserFacingError` and are
-answered (ephemeral) by :meth:`_Base.cog_app_command_error`; anything else is
-logged and answered with the ``internal`` text, so nothing a member sends can
+answered once (ephemeral) by :func:`answer_error`, which the bot installs as
+the command tree's error handler; anything else is logged and answered with the ``internal`` text, so nothing a member sends can
 crash the bot. Heavy work (decoding, face checks) runs in a worker thread.
 
 ``/emoji create`` order of checks: consent (else the consent prompt), the
@@ -30,7 +30,7 @@ from discord.ext import commands
 
 from emoji3d.errors import UserFacingError
 from emoji3d.texts import explain, message, text
-from storage import jobs
+from storage import deliveries
 from storage import styles as st
 
 from bots import core
@@ -107,10 +107,8 @@ class _Base(commands.Cog):
         if g is None:
             return None
         return core.community_id_for(self.res, PLATFORM, str(g.id), g.name)
-
-    async def cog_app_command_error(self, interaction: discord.Interaction,
-                                    error: app_commands.AppCommandError) -> None:
-        await answer_error(interaction, error)
+    # No cog_app_command_error: discord.py calls the tree's on_error for every
+    # failed command as well, and that one (app.py) answers; two would answer twice.
 
 
 async def answer_error(interaction: discord.Interaction, error: BaseException) -> None:
@@ -233,13 +231,14 @@ class EmojiCog(_Base):
             placed = core.place_order(res, user, PLATFORM, preset=preset, style_id=choice.style_id,
                                       seed=res.cfg.engine.seed)
         self.bot.stamp_cooldown(interaction.user.id)
+        # sticker names use the name the member has here and now (no members intent needed later)
+        deliveries.record_owner_name(res.db, placed.pack.id, PLATFORM, interaction.user.display_name)
         ref = InteractionRef(interaction.application_id, interaction.token, interaction.channel_id,
                              interaction.guild_id, started)
         self.bot.sender.attach(placed.job_id, ref)
-        w = self.bot.notifier.watch(placed.job_id, placed.pack.id, user,
-                                    chat_id=None if interaction.channel_id is None else str(interaction.channel_id),
-                                    message_id="@original")
-        await self.bot.sender.show_progress(w, core.progress_view(res, jobs.get_job(res.db, placed.job_id)))
+        await self.bot.notifier.start(placed.job_id, placed.pack.id, user,
+                                      chat_id=None if interaction.channel_id is None else str(interaction.channel_id),
+                                      message_id="@original")
         if accepted.warnings:
             notes = "; ".join(message(k, **p) for k, p in accepted.warnings)
             await interaction.followup.send(text("discord_selfie_notes", notes=notes), ephemeral=True)

@@ -234,15 +234,13 @@ class DiscordSender:
                     items.append((f"render{i}.png", self.res.blobs.read_bytes(digest)))
                 except Exception:  # noqa: BLE001 - skip an unreadable render
                     log.warning("job %s: render blob %s unreadable", job.id, digest)
-            lines.append(text("pack_incomplete", missing="; ".join(result.missing) or "sticker files"))
+        lines += core.result_notes(result, stickers_made=bool(stickers))
         preview = result.preview_png or (result.renders[0] if result.renders and stickers else None)
         if preview is not None:
             try:
                 items.append(("preview.png", self.res.blobs.read_bytes(preview)))
             except Exception:  # noqa: BLE001 - the preview is a courtesy
                 log.warning("job %s: preview blob %s unreadable", job.id, preview)
-        if result.preset == "slim":
-            lines.append(text("slim_warning"))
         ref = self._live_ref(w.job_id)
         known = self.ref(w.job_id)
         guild_id = known.guild_id if known is not None else None

@@ -6,7 +6,11 @@ unknown), so it keeps working after a restart. Adding is idempotent: each
 sticker's description ends with a marker ``#<pack>.<idx>``, and a sticker whose
 marker is already in the guild is not created again (a retried click makes no
 duplicates), and after creating, a copy made by a 429 that landed anyway and
-was retried by discord.py is deleted again. When the sticker slots
+was retried by discord.py is deleted again. Such a copy may hold the last free
+slot: when Discord answers "maximum number of stickers", duplicates are removed
+first and the sticker is tried once more before the slots count as full.
+Sticker names start with the display name the member had when ordering
+(stored with the pack by ``/emoji create``). When the sticker slots
 are full, an "Add as custom emoji instead" button (``emoji3d:emoji:...``)
 creates 128×128 custom emoji from the result's ``discord_emoji`` files, named
 ``e3d<pack>_<idx>_<expression>``, again skipped when the name already exists.
@@ -21,7 +25,7 @@ import re
 import discord
 
 from emoji3d.texts import text
-from storage import packs, users
+from storage import deliveries, packs, users
 
 from bots.core import BotResources
 from bots.discord.interactions import (
@@ -82,9 +86,14 @@ async def _target_guild(interaction: discord.Interaction, guild_id: int) -> tupl
         if guild_id and interaction.guild.id != guild_id:
             guild_id = interaction.guild.id  # a forwarded/copied button: act where it was clicked
         return interaction.guild, interaction.permissions
-    guild = interaction.client.get_guild(guild_id) if guild_id else None
-    if guild is None:
+    if not guild_id:
         raise ServerOnly("button used outside a server")
+    guild = interaction.client.get_guild(guild_id)
+    if guild is None:  # not in this process's cache: another shard's process holds it
+        try:
+            guild = await interaction.client.fetch_guild(guild_id)
+        except (discord.NotFound, discord.Forbidden):
+            raise ServerOnly(f"the bot is no longer in server {guild_id}") from None
     member = guild.get_member(interaction.user.id)
     if member is None:
         try:
@@ -107,13 +116,18 @@ def _bot_can_create(interaction: discord.Interaction, guild: discord.Guild) -> b
 
 
 def _owner_name(client: discord.Client, res: BotResources, pack: packs.Pack) -> str:
+    """The display name the member had when ordering (stored with the pack); for
+    packs ordered before names were kept, the cached user's name; else "emoji3d"."""
     try:
+        stored = deliveries.owner_name(res.db, pack.id)
+        if stored:
+            return stored
         u = users.get_user(res.db, pack.user_id)
         du = client.get_user(int(u.platform_user_id))
         if du is not None:
             return du.display_name
     except Exception:  # noqa: BLE001 - a name is cosmetic
-        pass
+        log.warning("pack %s: owner name unavailable", pack.id, exc_info=True)
     return "emoji3d"
 
 
@@ -173,22 +187,29 @@ async def add_stickers(interaction: discord.Interaction, pack_id: int, guild_id:
             full = True
             break
         name, desc = sticker_fields(owner, names.get(r.idx, f"emoji {r.idx}"), pack.id, r.idx)
-        try:
-            await guild.create_sticker(name=name, description=desc, emoji=r.emoji,
-                                       file=discord.File(io.BytesIO(data), filename=f"{name}.{file_extension(data)}"),
-                                       reason=f"emoji3d pack {pack.id} added by {interaction.user.id}")
-        except discord.HTTPException as exc:
-            if exc.code == MAX_STICKERS:
-                full = True
+        for attempt in (1, 2):
+            try:
+                await guild.create_sticker(
+                    name=name, description=desc, emoji=r.emoji,
+                    file=discord.File(io.BytesIO(data), filename=f"{name}.{file_extension(data)}"),
+                    reason=f"emoji3d pack {pack.id} added by {interaction.user.id}")
+            except discord.HTTPException as exc:
+                if exc.code == MAX_STICKERS and attempt == 1 and await _drop_duplicates(guild, pack.id):
+                    continue  # a copy made by a retried 429 held the slot; it is gone now: try again
+                if exc.code == MAX_STICKERS:
+                    full = True
+                elif exc.code == MISSING_PERMISSIONS:
+                    raise BotMissingPermission(str(exc), permission="Create Expressions") from None
+                else:
+                    log.warning("pack %s sticker %s refused by Discord: %s", pack.id, r.idx, exc)
+                    failed += 1
                 break
-            if exc.code == MISSING_PERMISSIONS:
-                raise BotMissingPermission(str(exc), permission="Create Expressions") from None
-            log.warning("pack %s sticker %s refused by Discord: %s", pack.id, r.idx, exc)
-            failed += 1
-            continue
-        packs.set_sticker_platform_state(res.db, r.id, "added")
-        added += 1
-        used += 1
+            packs.set_sticker_platform_state(res.db, r.id, "added")
+            added += 1
+            used += 1
+            break
+        if full:
+            break
     if added:
         await _drop_duplicates(guild, pack.id)
     if full:

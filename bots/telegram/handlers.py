@@ -29,7 +29,7 @@ from telegram.ext import ContextTypes
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
 from emoji3d.texts import message, text
-from storage import jobs, packs
+from storage import packs
 from storage import styles as st
 
 from bots import core
@@ -169,8 +169,11 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     file_id, size = found
     core.check_announced_size(res, size)  # before any download
     data = bytes(await (await context.bot.get_file(file_id)).download_as_bytearray())
-    if _is_style_reply(msg, context) or context.user_data.pop("awaiting_style", False):
+    if _is_style_reply(msg, context) or context.user_data.get("awaiting_style", False):
         digest = await asyncio.to_thread(core.accept_style_image, res, user, data)
+        # the style arrived (as a reply or not): the next image is a selfie again;
+        # a refused style image leaves the flag, so the user can simply send another
+        context.user_data.pop("awaiting_style", None)
         await msg.reply_text(text("style_own_ok"), reply_markup=_strength_keyboard("o" + core.digest_token(digest)))
         return
     accepted = await asyncio.to_thread(core.accept_selfie, res, user, data)
@@ -218,10 +221,8 @@ async def on_go(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     else:
         placed = core.place_order(res, user, PLATFORM, preset=preset, style_id=int(ref), seed=res.cfg.engine.seed)
     await q.answer()
-    w = _notifier(context).watch(placed.job_id, placed.pack.id, user, chat_id=str(q.message.chat.id),
-                                 message_id=str(q.message.message_id))
-    view = core.progress_view(res, jobs.get_job(res.db, placed.job_id))
-    await context.bot_data["sender"].show_progress(w, view)
+    await _notifier(context).start(placed.job_id, placed.pack.id, user, chat_id=str(q.message.chat.id),
+                                   message_id=str(q.message.message_id))
 
 
 @guard
@@ -410,21 +411,18 @@ class TelegramSender:
         title = self._title(pack)
         thumb_digest = result.thumbnail.get("telegram_thumb")
         thumb = self.res.blobs.read_bytes(thumb_digest) if thumb_digest else None
-        regenerated = pack.platform_set_name is not None
+        # a regeneration order updates a set published before; a new pack's set name is
+        # recorded before the set exists, so it cannot tell a new set from an old one
+        regenerated = bool(job.payload.get("regenerate"))
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
-        lines = [text("done_updated" if regenerated else "done", link=pub.link)]
-        if result.preset == "slim":
-            lines.append(text("slim_warning"))
+        lines = [text("done_updated" if regenerated else "done", link=pub.link), *core.result_notes(result)]
         await self._put(w, "\n".join(lines), None)
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)
 
     async def _deliver_stills(self, w: Watch, pack: packs.Pack, result: orders.PackResult) -> None:
-        lines = [text("pack_incomplete", missing="; ".join(result.missing) or "sticker files")]
-        if result.preset == "slim":
-            lines.append(text("slim_warning"))
-        await self._put(w, "\n".join(lines), None)
+        await self._put(w, "\n".join(core.result_notes(result, stickers_made=False)), None)
         for digest in result.renders[:3]:
             await self.bot.send_photo(self._chat(w), InputFile(self.res.blobs.read_bytes(digest), filename="render.png"))
         # no sticker set exists; "published" = delivered, so restarts do not send the stills again

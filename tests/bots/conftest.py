@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -106,3 +107,74 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.03)
+
+
+# ----------------------------------------------------------------------------- log hygiene
+
+# Tokens shaped like real ones (long secrets), so the pattern-based redaction is
+# exercised as well as redaction by value.
+TELEGRAM_TOKEN = "7012345678:AAHk3l9Zq-Xw8_rT5uVbN2mLp0sQdEfGhIj"
+DISCORD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.Zq8xW3vT1uR5yN7mK9pL2oJ4hG6fD0sA_bC-eQ"
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record and its fully formatted text (message, traceback, stack)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def project_logging(monkeypatch) -> Iterator[LogCapture]:
+    """``emoji3d -v``'s logging set-up with both tokens in the environment;
+    restores the global logging state afterwards."""
+    from shell.cli import configure_logging
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", DISCORD_TOKEN)
+    root = logging.getLogger()
+    saved_factory = logging.getLogRecordFactory()
+    saved_root = (root.level, list(root.handlers))
+    saved_levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+                    if isinstance(lg, logging.Logger)}
+    configure_logging(verbose=True)
+    root.setLevel(logging.DEBUG)  # under pytest root has handlers already, so basicConfig sets no level
+    capture = LogCapture()
+    root.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        logging.setLogRecordFactory(saved_factory)
+        root.setLevel(saved_root[0])
+        for h in list(root.handlers):
+            if h not in saved_root[1]:
+                root.removeHandler(h)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _leaks(capture: LogCapture, secrets: list[str]) -> list[str]:
+    found = []
+    for record, line in zip(capture.records, capture.lines):  # a formatted line holds the traceback too
+        for s in secrets:
+            if s in line:
+                found.append(f"{record.name} {record.levelname}: {line[:300]}")
+    return found
+
+
+def leaks(capture: LogCapture, secrets: list[str]) -> list[str]:
+    """Formatted log lines (tracebacks included) that contain one of ``secrets``."""
+    found = []
+    for record, line in zip(capture.records, capture.lines):
+        for s in secrets:
+            if s in line:
+                found.append(f"{record.name} {record.levelname}: {line[:300]}")
+    return found

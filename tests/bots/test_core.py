@@ -191,6 +191,7 @@ def test_notifier_stores_where_it_talks_and_forgets_it_when_done(res, selfie_png
     asyncio.run(first.tick())
     assert deliveries.get_delivery(res.db, b.job_id).message_id == "1"
     # a restarted notifier resumes with the stored chat and message; c has no row
+    first.release_claims()  # the first one stopped cleanly (a killed one's claims lapse after claim_seconds)
     n = Notifier(res, "telegram", sender, min_interval=0.0)
     found = {w.job_id: w for w in n.resume_from_db()}
     assert (found[a.job_id].chat_id, found[a.job_id].message_id) == ("-100", "7")
@@ -217,6 +218,7 @@ def test_notifier_stores_where_it_talks_and_forgets_it_when_done(res, selfie_png
     jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": c.pack.id, "preset": "slim"})
     refusing = Refusing()
     refusing.res = res
+    n.release_claims()  # n (which showed c's progress) stops; r takes over
     r = Notifier(res, "telegram", refusing)
     r.watch(c.job_id, c.pack.id, u3, chat_id="5", message_id="6")
     asyncio.run(r.tick())
@@ -280,3 +282,39 @@ def test_notifier_rescan_loads_only_candidate_packs(res, selfie_png, monkeypatch
     found = Notifier(res, "telegram", sender).resume_from_db()
     assert sorted(w.job_id for w in found) == sorted([open_.job_id, regen.job_id])
     assert sorted(loaded) == sorted([open_.pack.id, regen.pack.id])  # the delivered packs were never read
+
+
+def test_two_notifiers_talk_about_a_job_one_at_a_time(res, selfie_png):
+    """Only the claim's holder sends; when it stops renewing (it died), the other
+    takes over; once delivered, nobody sends again."""
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    user = ready_user(res, selfie_png)
+    placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+    wall = [1000.0]
+    senders = {name: RecordingSender() for name in "ab"}
+    notifiers = {}
+    for name, sender in senders.items():
+        sender.res = res
+        notifiers[name] = Notifier(res, "telegram", sender, min_interval=0.0, claim_seconds=10.0,
+                                   wall_clock=lambda: wall[0])
+    a, b = notifiers["a"], notifiers["b"]
+    assert {w.job_id for w in a.resume_from_db()} == {w.job_id for w in b.resume_from_db()} == {placed.job_id}
+    for _ in range(3):
+        asyncio.run(a.tick())
+        asyncio.run(b.tick())
+    assert senders["a"].events == [("progress", placed.job_id, "queued_soon")] and senders["b"].events == []
+    wall[0] += 10.0  # a stopped renewing: its claim lapsed
+    asyncio.run(b.tick())
+    assert senders["b"].events == [("progress", placed.job_id, "queued_soon")]
+    job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    make_ready(res.db, job.payload["pack_id"])
+    jobs.complete(res.db, job.id, job.lease_token, {"pack_id": placed.pack.id, "preset": "slim"})
+    asyncio.run(a.tick())  # a is back, but b holds the job
+    asyncio.run(b.tick())
+    assert senders["a"].events == [("progress", placed.job_id, "queued_soon")]
+    assert senders["b"].events[-1] == ("deliver", placed.job_id, "succeeded")
+    assert deliveries.get_claim(res.db, placed.job_id).done
+    wall[0] += 100.0
+    asyncio.run(a.tick())  # long after: delivered once, never again
+    assert [e for e in senders["a"].events if e[0] == "deliver"] == [] and a.watches == {}
+    assert a.resume_from_db() == [] and b.watches == {}

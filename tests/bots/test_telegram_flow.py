@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarni
 @contextlib.asynccontextmanager
 async def running_bot(res: BotResources, server: FakeTelegramServer) -> AsyncIterator[Any]:
     opts = AppOptions(base_url=server.base_url, base_file_url=server.base_file_url, progress_interval_s=0.0,
-                      poll_jobs_s=0.05, long_poll_timeout_s=1)
+                      poll_jobs_s=0.05, long_poll_timeout_s=1, retry_s=0.05)
     app = build_application(res, server.token, opts)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, stop, opts))
@@ -524,3 +524,103 @@ def test_result_without_sticker_files_sends_stills_and_says_why(res, telegram_se
     assert not telegram_server.calls_to("createNewStickerSet")
     assert packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)[0].status \
         == "published"
+
+
+def test_a_selfie_after_an_own_style_reply_is_a_selfie(res, telegram_server, telegram_user, selfie_png):
+    """Issue 16 item 2: the style came as a reply to the prompt; the next photo,
+    not a reply, is the user's new selfie, not another style image."""
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)[text("style_own_button")])
+            prompt = await chat.reply_containing(text("style_own_prompt"))
+            chat.photo(selfie_png, reply_to=prompt)
+            strength_msg = await chat.reply_containing(text("style_own_ok"))
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            await chat.reply_containing("about to start")
+            before = len(chat.bot_messages())
+            chat.photo(selfie_png)  # a new selfie, sent normally
+            await wait_for(lambda: len(chat.bot_messages()) > before, what="an answer to the new photo")
+            assert text("selfie_ok") in chat.bot_messages()[before]["text"]
+            assert not any(text("style_own_ok") in t for t in chat.texts()[before:])
+
+    asyncio.run(scenario())
+
+
+def test_a_new_pack_whose_first_publish_failed_is_announced_as_new(res, telegram_server, telegram_user, selfie_png,
+                                                                  sticker_files):
+    """Issue 16 item 3: the set name is recorded before the set exists, so a
+    retried first publish must still say "ready", not "updated"."""
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+    telegram_server.inject("createNewStickerSet", "error", error_code=500, description="Internal Server Error")
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            from bots import core
+            core.accept_selfie(res, user, selfie_png)
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            finish_job(res, placed.job_id, sticker_files)
+            await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+
+    asyncio.run(scenario())
+    assert [c.status for c in telegram_server.calls_to("createNewStickerSet")] == [500, 200]
+    (done,) = [t for t in chat.texts() if "https://t.me/addstickers/" in t]
+    assert done.startswith(text("done", link="")) and "updated" not in done
+
+
+def test_a_pack_missing_a_sticker_says_so(res, telegram_server, telegram_user, selfie_png, sticker_files):
+    """Issue 16 item 8 (its Telegram half): the notes of what could not be made reach the user."""
+    from bots import core
+    from emoji3d.orders import PackResult, StickerFiles
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+    note = "the smile sticker needs the smile expression: the boundary file has no 'smile' direction"
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            core.accept_selfie(res, user, selfie_png)
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            stickers = [StickerFiles(i, f"s{i}", "😀", {"telegram_video": res.blobs.put_bytes(v)})
+                        for i, v in enumerate(sticker_files["videos"][:2])]
+            result = PackResult(pack_id=placed.pack.id, preset="pretrained", stickers=stickers, missing=[note])
+            make_ready(res.db, job.payload["pack_id"])
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert text("pack_partial", missing=note) in done["text"]
+
+    asyncio.run(scenario())
+
+
+def test_about_to_start_is_said_once(res, telegram_server, telegram_user, selfie_png):
+    """Issue 16 item 8: the first progress view is shown by the order, not again by the notifier."""
+    add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            await chat.reply_containing("about to start")
+            await asyncio.sleep(0.5)  # many notifier ticks
+
+    asyncio.run(scenario())
+    said = [c for c in telegram_server.calls if c.method in ("sendMessage", "editMessageText")
+            and text("queued_soon") in str(c.params.get("text", ""))]
+    assert len(said) == 1

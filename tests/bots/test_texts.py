@@ -31,3 +31,16 @@ def test_texts_fill_or_degrade_without_raising():
     for key, template in texts.BOT.items():
         names = set(re.findall(r"{(\w+)", template))
         assert "{" not in texts.text(key, **{n: 1 for n in names}), key
+
+
+def test_every_engine_stage_has_a_name():
+    """Each stage the engine reports (engine.tasks.STAGE_WEIGHTS) reads as words,
+    never as the generic "working"."""
+    from bots.core import ProgressView, progress_text
+    from engine.tasks import STAGE_WEIGHTS
+
+    generic = texts.text("stage_unknown")
+    unnamed = [s for s in STAGE_WEIGHTS
+               if generic in progress_text(ProgressView("progress", {"percent": 96}, stage_key=f"stage_{s}"))]
+    assert unnamed == []
+    assert "encode" in STAGE_WEIGHTS  # the stage that read "working (96%)"

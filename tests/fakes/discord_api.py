@@ -183,6 +183,7 @@ class GuildState:
 @dataclasses.dataclass
 class ServerConfig:
     bot_token: str = "fake-bot-token"
+    recommended_shards: int = 1   # GET /gateway/bot "shards" (what an auto-sharded bot runs)
     initial_response_s: float = 3.0
     token_lifetime_s: float = TOKEN_LIFETIME_S
     strict_sticker_size: bool = False
@@ -731,7 +732,7 @@ class FakeDiscord:
         return self.application
 
     async def _get_gateway(self, request: web.Request, call: Call) -> Any:
-        return {"url": "wss://127.0.0.1/fake-gateway", "shards": 1,
+        return {"url": "wss://127.0.0.1/fake-gateway", "shards": self.config.recommended_shards,
                 "session_start_limit": {"total": 1000, "remaining": 1000,
                                         "reset_after": 0, "max_concurrency": 1}}
 

@@ -8,7 +8,10 @@ What the harness does, in order (:meth:`DiscordHarness.start`):
 3. feeds READY and one GUILD_CREATE per fake guild through the connection
    state's gateway parsers (``state.parsers[...]``), exactly the code path the
    websocket uses, and waits for ``on_ready``; member chunking is disabled since
-   GUILD_CREATE already carries the members;
+   GUILD_CREATE already carries the members. An ``AutoShardedClient`` gets what
+   its shard launcher would do: the shard count from ``GET /gateway/bot`` when it
+   has none, one READY per shard it runs (``shard: [id, count]``, with the
+   guilds of that shard: ``(guild_id >> 22) % count``) and those guilds' GUILD_CREATEs;
 4. optionally syncs the app-command tree (``PUT .../commands``), so the fake
    knows the command ids interactions refer to.
 
@@ -105,6 +108,20 @@ class _ErrorLog(logging.Handler):
         self.records.append(record)
 
 
+class _FakeShard:
+    """What ``discord.ShardInfo`` reads of a shard when no websocket runs."""
+
+    def __init__(self, shard_id: int) -> None:
+        self.id = shard_id
+        self.ws = None
+
+    def is_closed(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
 class DiscordHarness:
     """Drive ``bot`` against ``server``. Use as ``async with DiscordHarness(...) as h``."""
 
@@ -150,10 +167,13 @@ class DiscordHarness:
             state = self.state
             state._chunk_guilds = False          # GUILD_CREATE already carries members
             state.guild_ready_timeout = 0.05     # seconds to wait for more GUILD_CREATEs
-            state.parsers["READY"](payloads.ready(server.bot_user, server.application,
-                                           list(server.guilds)))
-            for gid in server.guilds:
-                state.parsers["GUILD_CREATE"](server.guild_create_payload(gid))
+            if isinstance(self.bot, discord.AutoShardedClient):
+                await self._ready_shards()
+            else:
+                state.parsers["READY"](payloads.ready(server.bot_user, server.application,
+                                               list(server.guilds)))
+                for gid in server.guilds:
+                    state.parsers["GUILD_CREATE"](server.guild_create_payload(gid))
             await asyncio.wait_for(self.bot.wait_until_ready(), timeout=10)
             tree = getattr(self.bot, "tree", None)
             if self.sync_commands and tree is not None:
@@ -164,6 +184,23 @@ class DiscordHarness:
             await self.close()
             raise
         return self
+
+    async def _ready_shards(self) -> None:
+        """READY per shard and its guilds, as ``AutoShardedClient.launch_shards`` would bring."""
+        bot, state, server = self.bot, self.state, self.server
+        if bot.shard_count is None:
+            bot.shard_count, _, _ = await bot.http.get_bot_gateway()
+        state.shard_count = bot.shard_count
+        shard_ids = bot.shard_ids or list(range(bot.shard_count))
+        state.shard_ids = shard_ids
+        for sid in shard_ids:
+            mine = [g for g in server.guilds if (int(g) >> 22) % bot.shard_count == sid]
+            ready = payloads.ready(server.bot_user, server.application, mine)
+            ready["shard"] = [sid, bot.shard_count]
+            bot._AutoShardedClient__shards[sid] = _FakeShard(sid)  # type: ignore[attr-defined]
+            state.parsers["READY"](ready)
+            for gid in mine:
+                state.parsers["GUILD_CREATE"](server.guild_create_payload(gid))
 
     async def close(self) -> None:
         try:

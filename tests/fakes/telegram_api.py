@@ -8,6 +8,15 @@ What it serves
   matched case-insensitively, as on Telegram. Point a client at it with
   ``Bot(token, base_url=server.base_url, base_file_url=server.base_file_url)``.
 * ``/file/bot<token>/<file_path>``: downloads of files returned by ``getFile``.
+* Webhooks: after ``setWebhook`` the fake POSTs each pushed update, in order, to
+  the webhook URL with the ``X-Telegram-Bot-Api-Secret-Token`` header when a
+  secret was set, and drops it once answered 2xx; any other answer (or no
+  answer) keeps it pending and it is posted again after ``webhook_retry_s``, as
+  Telegram does. ``getUpdates`` is refused with 409 while a webhook is set;
+  ``deleteWebhook`` goes back to polling; ``getWebhookInfo`` reports the
+  pending count and the last error. :meth:`FakeTelegramServer.post_to_webhook`
+  posts one update with any header (a wrong or missing secret) and returns the
+  status; :attr:`FakeTelegramServer.webhook_posts` lists what was posted.
 
 Conventions
 -----------
@@ -28,7 +37,14 @@ Conventions
 * Text with ``parse_mode=HTML`` is parsed like Telegram does (supported tags only,
   proper nesting, only &lt; &gt; &amp; &quot; named entities) and stored as plain
   text + entities; "message is not modified" compares text, entities and markup.
-* Known simplifications: Markdown/MarkdownV2 text is stored unparsed;
+* ``local_dir``: the fake behaves like a self-hosted Bot API server started with
+  ``--local``: ``getFile`` has no 20 MB limit and answers with an absolute
+  ``file_path`` on the server's disk (the file is written under ``local_dir``),
+  which a client in local mode reads directly instead of downloading.
+  :attr:`FakeTelegramServer.file_downloads` counts ``/file/`` downloads.
+* Known simplifications: like a self-hosted Bot API server (``--local``), the
+  fake accepts ``http://`` webhook URLs on any port; other hosts need the real
+  API's HTTPS on port 443, 80, 88 or 8443. Markdown/MarkdownV2 text is stored unparsed;
   HTTP-URL file inputs are refused (the fake has no network); video stickers are only
   checked for the WEBM/EBML header and size unless a ``sticker_verifier`` is plugged in.
 """
@@ -41,14 +57,18 @@ import html.parser
 import io
 import json
 import mimetypes
+import os
+import pathlib
 import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from tests.fakes import telegram_updates as tgu
@@ -139,7 +159,18 @@ ERRORS = {
     "cant_initiate": "bot can't initiate conversation with a user",
     "conflict": ("terminated by other getUpdates request; make sure that only one bot "
                  "instance is running"),
+    "webhook_active": ("can't use getUpdates method while webhook is active; use deleteWebhook "
+                       "to delete the webhook first"),
+    "webhook_https": "bad webhook: An HTTPS URL must be provided for webhook",
+    "webhook_port": "bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443",
+    "webhook_url": "bad webhook: Failed to resolve host: Name or service not known",
+    "webhook_secret": "secret token contains unallowed characters",
+    "webhook_connections": "bad webhook: max_connections must be between 1 and 100",
 }
+#: Header carrying the secret_token given to setWebhook.
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 _NAME_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|_(?!_))*$")
 _COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
@@ -539,6 +570,26 @@ CLIENT_GONE = 499
 _current_request: contextvars.ContextVar[web.Request] = contextvars.ContextVar("request")
 
 
+@dataclass(frozen=True)
+class WebhookPost:
+    """One POST of an update to the webhook: its update id and the HTTP status (0: no answer)."""
+
+    update_id: int
+    status: int
+    url: str
+
+
+async def _post_update(url: str, upd: JSON, secret: str | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[SECRET_HEADER] = secret
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.post(url, data=json.dumps(upd), headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+
 class _ClientGone(Exception):
     """The client closed the connection while a long poll was pending."""
 
@@ -557,7 +608,8 @@ class FakeTelegramServer:
     def __init__(self, token: str = "123456:TEST-fake-token", bot: BotIdentity | None = None,
                  *, sticker_verifier: StickerVerifier | None = None,
                  clock: Callable[[], float] = time.time, host: str = "127.0.0.1",
-                 poll_interval_s: float = 0.01) -> None:
+                 poll_interval_s: float = 0.01, webhook_retry_s: float = 0.2,
+                 local_dir: "os.PathLike[str] | str | None" = None) -> None:
         if not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", token):
             raise ValueError(f"token must look like '<digits>:<secret>', got {token!r}")
         self.token = token
@@ -566,6 +618,9 @@ class FakeTelegramServer:
         self._clock = clock
         self._host = host
         self._poll_interval_s = poll_interval_s
+        self._webhook_retry_s = webhook_retry_s
+        self._local_dir = None if local_dir is None else pathlib.Path(local_dir).resolve()
+        self.file_downloads = 0
         self._lock = threading.RLock()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -591,6 +646,11 @@ class FakeTelegramServer:
         self._injections: list[Injection] = []
         self._calls: list[Call] = []
         self._counter = 0
+        # webhook (None: updates are fetched with getUpdates)
+        self._webhook: JSON | None = None  # url, secret_token, max_connections, allowed_updates
+        self._webhook_error: tuple[int, str] | None = None  # (unix date, message) of the last failed post
+        self._webhook_posts: list[WebhookPost] = []
+        self._pump: asyncio.Task[None] | None = None
         self._methods: dict[str, tuple[str, dict[str, tuple[str, bool]], Handler]] = {}
         self._register_methods()
 
@@ -615,9 +675,15 @@ class FakeTelegramServer:
             raise
         self._port = int(sock.getsockname()[1])
         self._runner = runner
+        self._pump = asyncio.get_running_loop().create_task(self._webhook_pump(), name="fake-telegram-webhook")
 
     async def stop(self) -> None:
         self._closing = True
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = None
@@ -818,6 +884,55 @@ class FakeTelegramServer:
         with self._lock:
             return list(self._updates)
 
+    @property
+    def webhook(self) -> JSON | None:
+        """The webhook set with ``setWebhook`` (url, secret_token, ...), or None."""
+        with self._lock:
+            return None if self._webhook is None else dict(self._webhook)
+
+    @property
+    def webhook_posts(self) -> list["WebhookPost"]:
+        with self._lock:
+            return list(self._webhook_posts)
+
+    async def post_to_webhook(self, upd: JSON, *, secret: str | None, url: str | None = None) -> int:
+        """POST one update to the webhook (or ``url``) with ``secret`` in the secret
+        header (None: no header) and return the HTTP status; the update is not queued.
+        Call it from any event loop."""
+        target = url or (self._webhook or {}).get("url")
+        if not target:
+            raise RuntimeError("no webhook set and no url given")
+        return await _post_update(target, upd, secret)
+
+    # ------------------------------------------------------------------ webhook delivery
+    async def _webhook_pump(self) -> None:
+        """Post pending updates to the webhook one at a time, in order."""
+        while not self._closing:
+            with self._lock:
+                hook = None if self._webhook is None else dict(self._webhook)
+                allowed = self._allowed_updates
+                if hook is not None:  # updates of types not asked for are dropped, as with getUpdates
+                    self._updates = [u for u in self._updates
+                                     if (_update_type(u) in allowed if allowed is not None
+                                         else _update_type(u) not in _OPT_IN_UPDATES)]
+                upd = self._updates[0] if hook is not None and self._updates else None
+            if upd is None:
+                await asyncio.sleep(self._poll_interval_s)
+                continue
+            try:
+                status = await _post_update(hook["url"], upd, hook.get("secret_token"))
+                error = None if 200 <= status < 300 else f"Wrong response from the webhook: {status}"
+            except Exception as exc:  # noqa: BLE001 - any failure is reported like Telegram does
+                status, error = 0, f"Connection failed: {type(exc).__name__}"
+            with self._lock:
+                self._webhook_posts.append(WebhookPost(int(upd["update_id"]), status, hook["url"]))
+                if error is None:
+                    self._updates = [u for u in self._updates if u["update_id"] != upd["update_id"]]
+                else:
+                    self._webhook_error = (self.now(), error)
+            if error is not None:
+                await asyncio.sleep(self._webhook_retry_s)
+
     # ------------------------------------------------------------------ HTTP layer
     async def _handle_method(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
@@ -897,6 +1012,8 @@ class FakeTelegramServer:
             rec = next((f for f in self._files.values() if f.file_path == path), None)
         if rec is None:
             return web.json_response(ApiError(404, "").payload(), status=404)
+        with self._lock:
+            self.file_downloads += 1
         return web.Response(body=rec.data, content_type="application/octet-stream")
 
     def _log(self, call: Call) -> None:
@@ -1096,6 +1213,10 @@ class FakeTelegramServer:
         opt = False
         reg("getMe", self._get_me)
         reg("deleteWebhook", self._delete_webhook, drop_pending_updates=(B, opt))
+        reg("setWebhook", self._set_webhook, url=(S, req), certificate=(F, opt), ip_address=(S, opt),
+            max_connections=(I, opt), allowed_updates=(J, opt), drop_pending_updates=(B, opt),
+            secret_token=(S, opt))
+        reg("getWebhookInfo", self._get_webhook_info)
         reg("getUpdates", self._get_updates, offset=(I, opt), limit=(I, opt),
             timeout=(I, opt), allowed_updates=(J, opt))
         common = dict(chat_id=(C, req), reply_markup=(J, opt), reply_parameters=(J, opt),
@@ -1139,15 +1260,66 @@ class FakeTelegramServer:
         return self.bot.to_json()
 
     async def _delete_webhook(self, p: JSON, up: dict[str, Upload]) -> bool:
-        if p.get("drop_pending_updates"):
-            with self._lock:
+        with self._lock:
+            self._webhook = None
+            self._webhook_error = None
+            if p.get("drop_pending_updates"):
                 self._updates.clear()
         return True
+
+    async def _set_webhook(self, p: JSON, up: dict[str, Upload]) -> bool:
+        url = p["url"]
+        if url == "":  # an empty url removes the webhook, as on Telegram
+            return await self._delete_webhook(p, up)
+        parsed = urllib.parse.urlsplit(url)
+        local = parsed.hostname in _LOCAL_HOSTS
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise bad("webhook_url")
+        if not local:
+            if parsed.scheme != "https":
+                raise bad("webhook_https")
+            if (parsed.port or 443) not in (80, 88, 443, 8443):
+                raise bad("webhook_port")
+        secret = p.get("secret_token")
+        if secret is not None and not _SECRET_RE.match(secret):
+            raise bad("webhook_secret")
+        conns = p.get("max_connections", 40)
+        if not 1 <= conns <= 100:
+            raise bad("webhook_connections")
+        allowed = p.get("allowed_updates")
+        if allowed is not None and not isinstance(allowed, list):
+            raise ApiError(400, "can't parse allowed_updates JSON object")
+        with self._lock:
+            self._webhook = {"url": url, "secret_token": secret, "max_connections": conns,
+                             "ip_address": p.get("ip_address")}
+            self._webhook_error = None
+            if allowed is not None:
+                self._allowed_updates = frozenset(allowed) if allowed else None
+            if p.get("drop_pending_updates"):
+                self._updates.clear()
+        return True
+
+    async def _get_webhook_info(self, p: JSON, up: dict[str, Upload]) -> JSON:
+        with self._lock:
+            hook = self._webhook
+            out: JSON = {"url": "" if hook is None else hook["url"], "has_custom_certificate": False,
+                         "pending_update_count": len(self._updates)}
+            if hook is not None:
+                out["max_connections"] = hook["max_connections"]
+                if hook.get("ip_address"):
+                    out["ip_address"] = hook["ip_address"]
+                if self._allowed_updates is not None:
+                    out["allowed_updates"] = sorted(self._allowed_updates)
+            if self._webhook_error is not None:
+                out["last_error_date"], out["last_error_message"] = self._webhook_error
+            return out
 
     async def _get_updates(self, p: JSON, up: dict[str, Upload]) -> list[JSON]:
         limit = min(max(p.get("limit", 100), 1), 100)
         timeout = max(p.get("timeout", 0), 0)
         with self._lock:
+            if self._webhook is not None:
+                raise ApiError(409, ERRORS["webhook_active"])
             if "allowed_updates" in p:
                 allowed = p["allowed_updates"]
                 if not isinstance(allowed, list):
@@ -1253,6 +1425,11 @@ class FakeTelegramServer:
             rec = self._files.get(p["file_id"])
             if rec is None:
                 raise ApiError(400, "invalid file_id")
+            if self._local_dir is not None:  # --local: any size, a path on the server's disk
+                path = self._local_dir / rec.file_path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(rec.data)
+                return {**rec.to_file_json(with_path=False), "file_path": str(path)}
             if rec.file_size > GETFILE_MAX_BYTES:
                 raise bad("file_too_big")
             return rec.to_file_json()

@@ -756,3 +756,117 @@ def test_add_document_and_photo_helpers(telegram_server: FakeTelegramServer) -> 
                 await bot.get_file(doc["file_id"])
 
     run(scenario())
+
+
+# ----------------------------------------------------------------------------- webhooks
+
+async def wait_for(pred: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+class _Receiver:
+    """A minimal webhook endpoint: answers ``status`` and keeps (secret header, update)."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.got: list[tuple[str | None, dict]] = []
+        self.runner: Any = None
+        self.url = ""
+
+    async def __aenter__(self) -> "_Receiver":
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            self.got.append((request.headers.get("X-Telegram-Bot-Api-Secret-Token"), await request.json()))
+            return web.Response(status=self.status)
+
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def test_webhook_receives_pushed_updates_in_order_with_the_secret(telegram_server: FakeTelegramServer,
+                                                                  telegram_user: dict) -> None:
+    async def scenario() -> None:
+        async with _Receiver() as hook, ptb_bot(telegram_server) as bot:
+            assert await bot.set_webhook(hook.url, secret_token="s3cret_T-1", allowed_updates=["message"])
+            info = await bot.get_webhook_info()
+            assert info.url == hook.url and info.pending_update_count == 0
+            with pytest.raises(Conflict, match="webhook is active"):
+                await bot.get_updates()
+            chat = tgu.private_chat(telegram_user)
+            for i in range(3):
+                telegram_server.push_update(tgu.message_update(tgu.message(
+                    telegram_server.next_message_id(chat["id"]), chat, telegram_user,
+                    date=telegram_server.now(), text=f"m{i}")))
+            telegram_server.push_update(tgu.callback_update(tgu.callback_query("q1", telegram_user, "x")))
+            await wait_for(lambda: len(hook.got) == 3)
+            await asyncio.sleep(0.1)
+            assert [u["message"]["text"] for _, u in hook.got] == ["m0", "m1", "m2"]
+            assert {s for s, _ in hook.got} == {"s3cret_T-1"}
+            assert telegram_server.pending_updates == []  # the callback query was not asked for
+            assert await bot.delete_webhook()
+            assert await bot.get_updates() == ()
+
+    run(scenario())
+
+
+def test_webhook_keeps_an_update_until_it_is_accepted(telegram_server: FakeTelegramServer,
+                                                      telegram_user: dict) -> None:
+    async def scenario() -> None:
+        async with _Receiver(status=500) as hook, ptb_bot(telegram_server) as bot:
+            await bot.set_webhook(hook.url)
+            chat = tgu.private_chat(telegram_user)
+            telegram_server.push_update(tgu.message_update(tgu.message(
+                telegram_server.next_message_id(chat["id"]), chat, telegram_user, date=telegram_server.now(),
+                text="hi")))
+            await wait_for(lambda: len(hook.got) >= 2)
+            info = await bot.get_webhook_info()
+            assert info.pending_update_count == 1 and "500" in info.last_error_message
+            assert hook.got[0][0] is None  # no secret set: no header
+            hook.status = 200
+            await wait_for(lambda: not telegram_server.pending_updates)
+            statuses = [p.status for p in telegram_server.webhook_posts]
+            assert statuses[-1] == 200 and set(statuses[:-1]) == {500}
+
+    run(scenario())
+
+
+def test_set_webhook_validates_like_telegram(telegram_server: FakeTelegramServer) -> None:
+    async def scenario() -> None:
+        async with ptb_bot(telegram_server) as bot:
+            with pytest.raises(BadRequest, match="(?i)https url"):
+                await bot.set_webhook("http://bot.example.com/hook")
+            with pytest.raises(BadRequest, match="(?i)ports 80, 88, 443 or 8443"):
+                await bot.set_webhook("https://bot.example.com:9000/hook")
+            with pytest.raises(BadRequest, match="(?i)unallowed characters"):
+                await bot.set_webhook("https://bot.example.com/hook", secret_token="no spaces allowed")
+            assert await bot.set_webhook("https://bot.example.com:8443/hook", secret_token="ok")
+            assert telegram_server.webhook["secret_token"] == "ok"
+
+    run(scenario())
+
+
+def test_post_to_webhook_sends_any_secret_header(telegram_server: FakeTelegramServer,
+                                                 telegram_user: dict) -> None:
+    async def scenario() -> None:
+        async with _Receiver() as hook:
+            upd = tgu.callback_update(tgu.callback_query("q2", telegram_user, "x"))
+            assert await telegram_server.post_to_webhook(upd, secret="wrong", url=hook.url) == 200
+            assert await telegram_server.post_to_webhook(upd, secret=None, url=hook.url) == 200
+            assert [s for s, _ in hook.got] == ["wrong", None]
+
+    run(scenario())

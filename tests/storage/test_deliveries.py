@@ -83,3 +83,69 @@ def test_delete_user_removes_their_delivery_rows_only(db, blobs):
     assert deliveries.get_delivery(db, jb) is not None and deliveries.get_delivery(db, jb).token == "b-token"
     with db.read() as c:
         assert c.execute(sa.text("SELECT COUNT(*) FROM delivery_refs")).scalar_one() == 1
+
+
+# ----------------------------------------------------------------------------- claims
+
+def test_a_claim_is_held_by_one_holder_until_it_lapses(db):
+    u = users.get_or_create_user(db, "telegram", "1")
+    j = _job(db, u)
+    a = deliveries.claim_delivery(db, j, "telegram", "proc-a", 10.0, now=1000.0)
+    assert a.held and a.holder == "proc-a" and a.expires_at == 1010.0 and not a.done
+    b = deliveries.claim_delivery(db, j, "telegram", "proc-b", 10.0, now=1005.0)
+    assert not b.held and b.holder == "proc-a" and b.expires_at == 1010.0  # a is alive
+    renewed = deliveries.claim_delivery(db, j, "telegram", "proc-a", 10.0, now=1008.0)
+    assert renewed.held and renewed.expires_at == 1018.0
+    assert not deliveries.claim_delivery(db, j, "telegram", "proc-b", 10.0, now=1017.9).held
+    taken = deliveries.claim_delivery(db, j, "telegram", "proc-b", 10.0, now=1018.0)  # a died: its claim lapsed
+    assert taken.held and taken.holder == "proc-b"
+    assert not deliveries.claim_delivery(db, j, "telegram", "proc-a", 10.0, now=1019.0).held
+    assert not deliveries.finish_delivery(db, j, "proc-a", now=1019.0)  # a no longer holds it
+    assert deliveries.finish_delivery(db, j, "proc-b", now=1020.0)
+    for holder in ("proc-a", "proc-b"):  # delivered: nobody takes it again, however late
+        c = deliveries.claim_delivery(db, j, "telegram", holder, 10.0, now=5000.0)
+        assert c.done and not c.held and c.done_at == 1020.0
+
+
+def test_release_hands_over_at_once_and_reopen_frees_a_finished_claim(db):
+    u = users.get_or_create_user(db, "telegram", "1")
+    j = _job(db, u)
+    assert deliveries.claim_delivery(db, j, "telegram", "a", 60.0).held
+    assert not deliveries.reopen_delivery(db, j)  # a live claim is left alone
+    assert not deliveries.claim_delivery(db, j, "telegram", "b", 60.0).held
+    assert deliveries.release_delivery(db, j, "a") and not deliveries.release_delivery(db, j, "b")
+    assert deliveries.claim_delivery(db, j, "telegram", "b", 60.0).held
+    assert deliveries.finish_delivery(db, j, "b")
+    assert deliveries.reopen_delivery(db, j)
+    again = deliveries.claim_delivery(db, j, "telegram", "a", 60.0)
+    assert again.held and not again.done
+    assert deliveries.get_claim(db, j).holder == "a"
+
+
+def test_claims_refuse_bad_input_and_missing_jobs_and_go_with_the_job(db, blobs):
+    u = users.get_or_create_user(db, "telegram", "1")
+    j = _job(db, u)
+    with pytest.raises(deliveries.DeliveryJobMissing):
+        deliveries.claim_delivery(db, j + 100, "telegram", "a", 10.0)
+    with pytest.raises(ValueError, match="holder"):
+        deliveries.claim_delivery(db, j, "telegram", "", 10.0)
+    with pytest.raises(ValueError, match="ttl"):
+        deliveries.claim_delivery(db, j, "telegram", "a", 0)
+    deliveries.claim_delivery(db, j, "telegram", "a", 10.0)
+    users.delete_user(db, blobs, u.id)
+    assert deliveries.get_claim(db, j) is None
+
+
+def test_owner_names_are_kept_per_pack_and_go_with_it(db, blobs):
+    from storage import packs
+
+    u = users.get_or_create_user(db, "discord", "1")
+    p = packs.create_pack(db, u.id, None, None, 1.0, "0.1.0", platform="discord")
+    assert deliveries.owner_name(db, p.id) is None
+    deliveries.record_owner_name(db, p.id, "discord", "  Bobby ")
+    deliveries.record_owner_name(db, p.id, "discord", "Bob the Builder")  # the latest order wins
+    assert deliveries.owner_name(db, p.id) == "Bob the Builder"
+    with pytest.raises(ValueError):
+        deliveries.record_owner_name(db, p.id, "discord", "   ")
+    users.delete_user(db, blobs, u.id)
+    assert deliveries.owner_name(db, p.id) is None

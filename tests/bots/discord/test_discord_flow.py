@@ -81,8 +81,11 @@ async def create_and_deliver(h: DiscordHarness, w: World, res: BotResources, sel
     payload = create_payload(h, w.member, selfie, style=str(style.id), strength="full")
     await h.deliver(payload)
     h.assert_no_errors()
-    finish_discord_job(res, only_job(res).id, files)
+    job = only_job(res)
+    finish_discord_job(res, job.id, files)
     fu = await wait_for(lambda: h.server.followups(payload["token"]), what="the result follow-up")
+    # the pack is marked published just after the follow-up: "Add to server" refuses it before
+    await wait_for(lambda: packs.get_pack(res.db, job.payload["pack_id"]).status == "published", what="published")
     return payload, fu[0]
 
 
