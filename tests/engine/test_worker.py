@@ -1,4 +1,4 @@
-"""Engine worker loop against a real SQLite file, with real worker processes.
+"""Engine worker loop against a real database (SQLite; PostgreSQL too in CI), with real worker processes.
 
 Worker processes run ``python -m engine.worker`` with the small handlers in
 tests/storage/jobhandlers.py; tests kill, stop, signal and cancel them.
@@ -23,8 +23,8 @@ from tests.storage.procs import start_worker, stop, wait_for
 
 
 @pytest.fixture
-def env(tmp_path):
-    url = f"sqlite:///{tmp_path / 'q.db'}"
+def env(tmp_path, db_url):  # SQLite, and PostgreSQL when the CI run provides it (tests/conftest.py)
+    url = db_url
     db = open_database(url)
     marks = tmp_path / "marks"
     marks.mkdir()
