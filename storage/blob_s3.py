@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-from storage.blobs import BlobNotFound, StaleObject, check_digest
+from storage.blob_backend import BlobNotFound, StaleObject, check_digest
 
 _KEY_TAIL = re.compile(r"^([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -30,6 +30,7 @@ Conventions
   transaction, then re-checks the object and writes it again. So several
   processes (several hosts on PostgreSQL) may put and GC at once.
 * Sizes are bytes; ``max_bytes`` bounds every put.
+* What a backend must do is :class:`storage.blob_backend.BlobBackend`.
 """
 from __future__ import annotations
 
@@ -41,15 +42,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Protocol
+from typing import BinaryIO, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from emoji3d.errors import UserFacingError
+from storage.blob_backend import DIGEST, BlobBackend, BlobNotFound, StaleObject, check_digest
 from storage.db import Database
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _HOLDER = re.compile(r"^[a-z_]+:[0-9A-Za-z_.-]+$")
 _CHUNK = 1 << 20
 
@@ -60,21 +61,11 @@ class BlobTooLarge(UserFacingError):
     key = "file_too_large"
 
 
-class BlobNotFound(Exception):
-    """A digest has no row or no object (internal: callers pass digests they were given)."""
-
-
 @dataclass(frozen=True)
 class GcReport:
     removed_blobs: int  # rows + objects removed because nothing referenced them
     removed_stray_files: int  # objects without a row (crash between write and record), unfinished writes
     freed_bytes: int
-
-
-def check_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise ValueError(f"not a sha256 hex digest: {digest!r}")
-    return digest
 
 
 def check_holder(holder: str) -> str:
@@ -113,44 +104,6 @@ def release_holder(conn: Connection, holder: str) -> list[str]:
 def refcount(conn: Connection, digest: str) -> int:
     return int(conn.execute(sa.text("SELECT COUNT(*) FROM blob_refs WHERE digest = :d"),
                             {"d": check_digest(digest)}).scalar_one())
-
-
-@dataclass(frozen=True)
-class StaleObject:
-    """Something a backend holds that is older than a GC cutoff: a blob's object
-    (``digest`` set) or an unfinished write (``digest`` None, always garbage)."""
-
-    name: str  # the backend's own name for it (path, key or upload id), for removal
-    size: int
-    digest: str | None
-
-
-class BlobBackend(Protocol):
-    """Where blob bytes live. Names are digests; every method is safe to call from
-    several processes at once. Backends know nothing about rows or references."""
-
-    def describe(self) -> str:
-        """Human-readable location, for error messages."""
-
-    def size(self, digest: str) -> int | None:
-        """Size of the stored object, or None when there is none."""
-
-    def open(self, digest: str) -> BinaryIO:
-        """A readable file object (a context manager); BlobNotFound when absent."""
-
-    def write(self, digest: str, source: bytes | Path) -> None:
-        """Store ``source`` (bytes, or a file streamed from disk) atomically as
-        ``digest``. A file whose bytes do not hash to ``digest`` raises OSError
-        and leaves nothing visible."""
-
-    def delete(self, digest: str) -> None:
-        """Remove the object if present."""
-
-    def stale(self, cutoff: float) -> Iterator[StaleObject]:
-        """Objects and unfinished writes last modified before ``cutoff`` (epoch seconds)."""
-
-    def discard(self, item: StaleObject) -> None:
-        """Remove what :meth:`stale` reported (no-op when it is gone already)."""
 
 
 def open_backend(location: str | os.PathLike[str] | BlobBackend) -> BlobBackend:
@@ -240,7 +193,7 @@ class LocalBackend:
                     continue
                 if f.name.startswith(".tmp-"):
                     yield StaleObject(str(f), st.st_size, None)
-                elif _DIGEST.match(f.name):
+                elif DIGEST.match(f.name):
                     yield StaleObject(str(f), st.st_size, f.name)
 
     def discard(self, item: StaleObject) -> None:
