@@ -5,13 +5,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all bench lint-docker clean-venv
+.PHONY: venv demo test test-slow test-all bench lint-docker clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+## Create or update the virtual environment only
+venv: $(STAMP)
 
 # Optimisation steps per stage for the demo (the CPU-friendly default); DEMO_STEPS= runs the full config.
 DEMO_STEPS ?= 15

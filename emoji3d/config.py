@@ -27,6 +27,7 @@ import pathlib
 import sys
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 
 if sys.version_info >= (3, 11):
@@ -86,6 +87,11 @@ class DatabaseConfig:
 class BlobsConfig:
     max_blob_mb: int = _c(64, ge=1, le=4096, doc="largest single blob accepted")
     gc_grace_seconds: int = _c(3600, ge=0, doc="unreferenced blobs younger than this survive GC")
+    backend: str = _c("local", choices=("local", "s3"), doc="local: <data_dir>/blobs; s3: the bucket below")
+    s3_bucket: str = _c("", doc="S3 bucket (must exist); credentials come from the AWS_* environment")
+    s3_prefix: str = _c("", doc="key prefix inside the bucket, e.g. 'emoji3d/prod'")
+    s3_endpoint_url: str = _c("", doc="S3-compatible server URL; empty = AWS (or AWS_ENDPOINT_URL)")
+    s3_region: str = _c("", doc="region name; empty = boto3's default")
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,17 @@ class Config:
         return self.data_dir / "blobs"
 
     @property
+    def blob_location(self) -> str:
+        """Where blobs live, as one string every process takes (storage.blobs.open_backend):
+        the local folder, or ``s3://bucket/prefix?endpoint_url=...&region=...``."""
+        if self.blobs.backend == "local":
+            return str(self.blob_dir)
+        query = urllib.parse.urlencode([(k, v) for k, v in (("endpoint_url", self.blobs.s3_endpoint_url),
+                                                            ("region", self.blobs.s3_region)) if v], safe=":/")
+        prefix = self.blobs.s3_prefix.strip("/")
+        return f"s3://{self.blobs.s3_bucket}/{prefix}" + (f"?{query}" if query else "")
+
+    @property
     def weights_dir(self) -> pathlib.Path:
         return self.resolve(self.weights.dir) if self.weights.dir else self.data_dir / "weights"
 
@@ -397,6 +414,8 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config.toml: not valid TOML ({exc})") from None
     cfg = _build(Config, raw, "")
+    if cfg.blobs.backend == "s3" and not cfg.blobs.s3_bucket:
+        raise ConfigError("config.toml: blobs.backend is \"s3\" but blobs.s3_bucket is empty")
     if cfg.engine.heartbeat_seconds >= cfg.engine.lease_seconds:
         raise ConfigError(
             "config.toml: engine.heartbeat_seconds must be smaller than engine.lease_seconds "

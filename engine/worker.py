@@ -400,7 +400,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("EMOJI3D_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    s = EngineSettings(db_url=a.db, blob_root=str(Path(a.blobs)), handlers_factory=a.handlers,
+    s = EngineSettings(db_url=a.db, blob_root=a.blobs, handlers_factory=a.handlers,
                        worker_id=a.worker_id, lease_seconds=a.lease, poll_interval=a.poll, shutdown=a.shutdown)
     return run_engine(s, max_jobs=a.max_jobs, exit_when_idle=a.exit_when_idle)
 

@@ -15,6 +15,11 @@ Conventions
 * Actions enqueue *batch* jobs of kind :data:`REGENERATE_KIND` with
   idempotency keys that include the pack and the style/engine version, so a
   re-run never duplicates work and interactive jobs still go first.
+* Several ``serve`` processes (on several hosts) may run: the scheduler and
+  maintenance run only in the one holding the ``scheduler`` lock
+  (:class:`storage.leader.LeaderLock`; :func:`run_as_leader`). The others
+  stand by and take over within ``check_seconds`` when it stops or dies, so
+  each due run fires once.
 
 Actions and their selector keys
 -------------------------------
@@ -28,8 +33,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -40,6 +47,7 @@ from emoji3d.schedules import Schedule, parse_cron, validate_schedule
 from storage import jobs
 from storage import packs
 from storage.db import Database, open_database
+from storage.leader import LeaderLock
 
 log = logging.getLogger("shell.scheduler")
 
@@ -161,3 +169,45 @@ def start_scheduler(db: Database, schedules: list[Schedule], engine_version: str
     log.info("scheduler: %d schedule(s) (added %s, replaced %s, kept %s, removed %s)", len(schedules),
              report.added, report.replaced, report.kept, report.removed)
     return scheduler, report
+
+
+def run_as_leader(db: Database, schedules: list[Schedule], engine_version: str, stop: threading.Event, *,
+                  maintenance: Callable[[], object] | None = None, maintenance_every: float = 600.0,
+                  check_seconds: float = 5.0,
+                  on_scheduler: Callable[[BackgroundScheduler], None] | None = None) -> None:
+    """Until ``stop``: wait for the ``scheduler`` lock; while holding it, run the
+    scheduler and ``maintenance`` every ``maintenance_every`` seconds."""
+    lock = LeaderLock(db, "scheduler")
+    while not stop.is_set():
+        try:
+            leading = lock.try_acquire()
+        except Exception:  # database unreachable: stand by and retry
+            log.exception("scheduler: cannot ask for the lock")
+            leading = False
+        if not leading:
+            stop.wait(check_seconds)
+            continue
+        log.info("scheduler: this process leads (scheduler and maintenance run here)")
+        scheduler = None
+        try:
+            scheduler, _report = start_scheduler(db, schedules, engine_version)
+            if on_scheduler is not None:
+                on_scheduler(scheduler)
+            next_maintenance = time.monotonic()
+            while not stop.is_set() and lock.held():
+                if maintenance is not None and time.monotonic() >= next_maintenance:
+                    try:
+                        log.info("maintenance: %s", maintenance())
+                    except Exception:  # keep leading; the next round retries
+                        log.exception("maintenance failed")
+                    next_maintenance = time.monotonic() + maintenance_every
+                stop.wait(check_seconds)
+        except Exception:
+            log.exception("scheduler: leading failed; standing by")
+            stop.wait(check_seconds)
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+            lock.release()
+        if not stop.is_set():
+            log.warning("scheduler: no longer leading; standing by")

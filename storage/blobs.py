@@ -1,12 +1,17 @@
-"""Content-addressed blob store: files in a local folder, reference counts in the database.
+"""Content-addressed blob store: bytes in a backend (a local folder or S3), rows and
+reference counts in the database.
 
 Conventions
 -----------
-* A blob's id is the lowercase hex sha256 of its bytes (64 chars). Its file is
-  ``root/<d[0:2]>/<d[2:4]>/<digest>``; files are immutable once written.
-* Writes are atomic: bytes go to ``.tmp-*`` in the final directory, are
-  fsynced, renamed into place, then the directory is fsynced. A reader never
-  sees a partial file.
+* A blob's id is the lowercase hex sha256 of its bytes (64 chars). Its object is
+  named ``<d[0:2]>/<d[2:4]>/<digest>`` inside the backend (a folder, or a bucket
+  prefix: :mod:`storage.blob_s3`); objects are immutable once written.
+* A backend is chosen by its *location*, one string every process can be given:
+  a folder path (the embedded default), or ``s3://bucket/prefix?endpoint_url=...``
+  (see :func:`open_backend`).
+* Writes are atomic: an object is visible only once complete. The local folder
+  writes ``.tmp-*`` in the final directory, fsyncs, renames, fsyncs the
+  directory; S3 PUT and CompleteMultipartUpload publish whole objects only.
 * Every blob has a row in ``blobs``. References are rows ``(digest, holder)``
   in ``blob_refs``; ``holder`` names the owning row as ``"<table>:<id>"``
   (e.g. ``"selfie:3"``, ``"job:17"``, ``"style:2"``). A blob's reference count
@@ -16,8 +21,16 @@ Conventions
   period covers the window between a put and the transaction that references
   it (a worker writes result blobs, then ``complete`` references them). Blobs
   written by a worker that died are never referenced, and :meth:`BlobStore.gc`
-  removes them once the grace period has passed.
+  removes them once the grace period has passed, together with objects that
+  have no row and unfinished writes (temp files, multipart uploads) older than
+  the grace period.
+* An object is deleted inside a transaction that holds its row (the row's
+  delete, or a placeholder row for an object that had none), before the
+  commit: a concurrent put of the same bytes waits on that row in its own
+  transaction, then re-checks the object and writes it again. So several
+  processes (several hosts on PostgreSQL) may put and GC at once.
 * Sizes are bytes; ``max_bytes`` bounds every put.
+* What a backend must do is :class:`storage.blob_backend.BlobBackend`.
 """
 from __future__ import annotations
 
@@ -29,15 +42,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from emoji3d.errors import UserFacingError
+from storage.blob_backend import DIGEST, BlobBackend, BlobNotFound, StaleObject, check_digest
 from storage.db import Database
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _HOLDER = re.compile(r"^[a-z_]+:[0-9A-Za-z_.-]+$")
 _CHUNK = 1 << 20
 
@@ -48,21 +61,11 @@ class BlobTooLarge(UserFacingError):
     key = "file_too_large"
 
 
-class BlobNotFound(Exception):
-    """A digest has no row or no file (internal: callers pass digests they were given)."""
-
-
 @dataclass(frozen=True)
 class GcReport:
-    removed_blobs: int  # rows + files removed because nothing referenced them
-    removed_stray_files: int  # files without a row (crash between write and record), temp files
+    removed_blobs: int  # rows + objects removed because nothing referenced them
+    removed_stray_files: int  # objects without a row (crash between write and record), unfinished writes
     freed_bytes: int
-
-
-def check_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise ValueError(f"not a sha256 hex digest: {digest!r}")
-    return digest
 
 
 def check_holder(holder: str) -> str:
@@ -103,6 +106,17 @@ def refcount(conn: Connection, digest: str) -> int:
                             {"d": check_digest(digest)}).scalar_one())
 
 
+def open_backend(location: str | os.PathLike[str] | BlobBackend) -> BlobBackend:
+    """The backend a location names: ``s3://...`` (storage.blob_s3), else a local folder."""
+    if isinstance(location, str) and location.startswith("s3://"):
+        from storage.blob_s3 import S3Backend
+
+        return S3Backend.from_location(location)
+    if isinstance(location, (str, os.PathLike)):
+        return LocalBackend(location)
+    return location
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -111,55 +125,48 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class BlobStore:
-    """Blob files under ``root`` with rows and references in ``db``."""
+def _file_chunks(src: Path, digest: str) -> Iterator[bytes]:
+    """Chunks of ``src``; raises OSError at the end if they do not hash to ``digest``."""
+    check = hashlib.sha256()
+    with open(src, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            check.update(chunk)
+            yield chunk
+    if check.hexdigest() != digest:
+        raise OSError(f"{src} changed while being stored")
 
-    def __init__(self, db: Database, root: str | os.PathLike[str], *, max_bytes: int = 64 << 20,
-                 gc_grace_seconds: float = 3600.0) -> None:
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        if gc_grace_seconds < 0:
-            raise ValueError(f"gc_grace_seconds must be >= 0, got {gc_grace_seconds}")
-        self.db = db
+
+class LocalBackend:
+    """Blob files under ``root/<d[0:2]>/<d[2:4]>/<digest>``, written via ``.tmp-*`` + rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.max_bytes = int(max_bytes)
-        self.gc_grace_seconds = float(gc_grace_seconds)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    # ---- paths and reads ----
-    def describe_location(self) -> str:
-        """Where the blobs are stored, for an operator's message."""
-        return str(self.root)
+    def describe(self) -> str:
+        return f"folder {self.root}"
 
     def path(self, digest: str) -> Path:
         d = check_digest(digest)
         return self.root / d[0:2] / d[2:4] / d
 
-    def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def open(self, digest: str) -> BinaryIO:
-        p = self.path(digest)
         try:
-            return open(p, "rb")
+            return open(self.path(digest), "rb")
         except FileNotFoundError:
             raise BlobNotFound(f"blob {digest} has no file under {self.root}") from None
 
-    def read_bytes(self, digest: str) -> bytes:
-        with self.open(digest) as f:
-            return f.read()
-
-    # ---- writes ----
-    def _check_size(self, size: int) -> None:
-        if size > self.max_bytes:
-            raise BlobTooLarge(f"{size} bytes exceeds the limit of {self.max_bytes} bytes",
-                               size_bytes=size, max_bytes=self.max_bytes,
-                               max_megabytes=round(self.max_bytes / (1 << 20), 1))
-
-    def _write_atomic(self, digest: str, chunks: Iterable[bytes]) -> None:
+    def write(self, digest: str, source: bytes | Path) -> None:
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{uuid.uuid4().hex}"
+        chunks: Iterable[bytes] = [source] if isinstance(source, bytes) else _file_chunks(source, digest)
         try:
             with open(tmp, "wb") as f:
                 for chunk in chunks:
@@ -172,6 +179,64 @@ class BlobStore:
             raise
         _fsync_dir(final.parent)
 
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def stale(self, cutoff: float) -> Iterator[StaleObject]:
+        for shard in self.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]"):
+            for f in shard.iterdir():
+                try:
+                    st = f.stat()
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime >= cutoff:
+                    continue
+                if f.name.startswith(".tmp-"):
+                    yield StaleObject(str(f), st.st_size, None)
+                elif DIGEST.match(f.name):
+                    yield StaleObject(str(f), st.st_size, f.name)
+
+    def discard(self, item: StaleObject) -> None:
+        Path(item.name).unlink(missing_ok=True)
+
+
+class BlobStore:
+    """Blob bytes in a backend (folder path, ``s3://`` location or a backend object)
+    with rows and references in ``db``."""
+
+    def __init__(self, db: Database, location: str | os.PathLike[str] | BlobBackend, *,
+                 max_bytes: int = 64 << 20, gc_grace_seconds: float = 3600.0) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        if gc_grace_seconds < 0:
+            raise ValueError(f"gc_grace_seconds must be >= 0, got {gc_grace_seconds}")
+        self.db = db
+        self.backend = open_backend(location)
+        self.max_bytes = int(max_bytes)
+        self.gc_grace_seconds = float(gc_grace_seconds)
+
+    # ---- reads ----
+    def describe_location(self) -> str:
+        """Where the blobs are stored (a folder or a bucket), for an operator's message."""
+        return self.backend.describe()
+
+    def exists(self, digest: str) -> bool:
+        return self.backend.size(check_digest(digest)) is not None
+
+    def open(self, digest: str) -> BinaryIO:
+        return self.backend.open(check_digest(digest))
+
+    def read_bytes(self, digest: str) -> bytes:
+        with self.open(digest) as f:
+            return f.read()
+
+    # ---- writes ----
+    def _check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise BlobTooLarge(f"{size} bytes exceeds the limit of {self.max_bytes} bytes",
+                               size_bytes=size, max_bytes=self.max_bytes,
+                               max_megabytes=round(self.max_bytes / (1 << 20), 1))
+
     def _record(self, digest: str, size: int, holder: str | None) -> None:
         now = time.time()
         with self.db.write() as conn:
@@ -182,11 +247,16 @@ class BlobStore:
             if holder is not None:
                 add_ref(conn, digest, holder, now)
 
-    def _file_ok(self, digest: str, size: int) -> bool:
-        try:
-            return self.path(digest).stat().st_size == size
-        except FileNotFoundError:
-            return False
+    def _store(self, digest: str, size: int, source: bytes | Path, holder: str | None) -> str:
+        for _ in range(2):
+            if self.backend.size(digest) != size:
+                self.backend.write(digest, source)
+            self._record(digest, size, holder)
+            # A concurrent GC may have removed the object before our row update
+            # made the blob young again; after _record it cannot any more.
+            if self.backend.size(digest) == size:
+                return digest
+        raise OSError(f"blob {digest} vanished twice while being written to {self.backend.describe()}")
 
     def put_bytes(self, data: bytes, *, holder: str | None = None) -> str:
         """Store ``data``; returns its digest. With ``holder`` the reference is
@@ -197,16 +267,7 @@ class BlobStore:
         self._check_size(len(data))
         if holder is not None:
             check_holder(holder)
-        digest = hashlib.sha256(data).hexdigest()
-        for _ in range(2):
-            if not self._file_ok(digest, len(data)):
-                self._write_atomic(digest, [data])
-            self._record(digest, len(data), holder)
-            # A concurrent GC may have removed the file before our row update
-            # made the blob young again; after _record it cannot any more.
-            if self._file_ok(digest, len(data)):
-                return digest
-        raise OSError(f"blob {digest} vanished twice while being written under {self.root}")
+        return self._store(hashlib.sha256(data).hexdigest(), len(data), data, holder)
 
     def put_file(self, src: str | os.PathLike[str], *, holder: str | None = None) -> str:
         """Store the file at ``src`` (streamed; never fully in memory)."""
@@ -219,24 +280,7 @@ class BlobStore:
         with open(src, "rb") as f:
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 h.update(chunk)
-        digest = h.hexdigest()
-
-        def chunks() -> Iterable[bytes]:
-            check = hashlib.sha256()
-            with open(src, "rb") as f:
-                for chunk in iter(lambda: f.read(_CHUNK), b""):
-                    check.update(chunk)
-                    yield chunk
-            if check.hexdigest() != digest:
-                raise OSError(f"{src} changed while being stored")
-
-        for _ in range(2):
-            if not self._file_ok(digest, size):
-                self._write_atomic(digest, chunks())
-            self._record(digest, size, holder)
-            if self._file_ok(digest, size):
-                return digest
-        raise OSError(f"blob {digest} vanished twice while being written under {self.root}")
+        return self._store(h.hexdigest(), size, src, holder)
 
     def touch(self, digests: Iterable[str], *, now: float | None = None) -> int:
         """Restart the grace period of ``digests`` (a long job keeps its not yet
@@ -258,7 +302,7 @@ class BlobStore:
             add_ref(conn, digest, holder)
 
     def release(self, digest: str, holder: str) -> int:
-        """Drop one reference; returns the remaining count. The file stays until :meth:`gc`."""
+        """Drop one reference; returns the remaining count. The object stays until :meth:`gc`."""
         with self.db.write() as conn:
             release_ref(conn, digest, holder)
             return refcount(conn, digest)
@@ -280,10 +324,10 @@ class BlobStore:
         return removed, freed
 
     def _delete_if_unreferenced(self, digest: str, cutoff: float | None) -> int | None:
-        """Delete row and file in one transaction if unreferenced (and older than cutoff)."""
+        """Delete row and object in one transaction if unreferenced (and older than cutoff)."""
         sql = ("DELETE FROM blobs WHERE digest = :d "
                "AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.digest = :d)")
-        params: dict[str, object] = {"d": digest}
+        params: dict[str, object] = {"d": check_digest(digest)}
         if cutoff is not None:
             sql += " AND last_put_at < :cut"
             params["cut"] = cutoff
@@ -293,16 +337,16 @@ class BlobStore:
                 row = conn.execute(sa.text(sql), params).first()
                 if row is None:
                     return None
-                # Unlink before commit: a concurrent put of the same bytes waits
-                # on our lock, then re-records the row and rewrites the file.
-                self.path(digest).unlink(missing_ok=True)
+                # Delete before commit: a concurrent put of the same bytes waits
+                # on our lock, then re-records the row and rewrites the object.
+                self.backend.delete(digest)
                 return int(row[0])
         except sa.exc.IntegrityError:  # a reference appeared concurrently (PostgreSQL FK)
             return None
 
     def gc(self, *, now: float | None = None, grace_seconds: float | None = None) -> GcReport:
         """Remove blobs nobody references that are older than the grace period,
-        files on disk without a row, and stale temp files."""
+        objects without a row, and stale unfinished writes."""
         now = time.time() if now is None else now
         grace = self.gc_grace_seconds if grace_seconds is None else grace_seconds
         cutoff = now - grace
@@ -317,28 +361,27 @@ class BlobStore:
                 removed += 1
                 freed += size
         stray = 0
-        for shard in self.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]"):
-            for f in shard.iterdir():
-                try:
-                    st = f.stat()
-                except FileNotFoundError:
+        for item in list(self.backend.stale(cutoff)):
+            if item.digest is None:
+                self.backend.discard(item)
+                stray += 1
+                freed += item.size
+                continue
+            with self.db.read() as conn:
+                if conn.execute(sa.text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": item.digest}).first():
                     continue
-                if st.st_mtime >= cutoff:
+            with self.db.write() as conn:
+                # Hold the digest while removing: an uncommitted placeholder row makes a
+                # concurrent put of these bytes wait in _record, then re-check and rewrite.
+                claimed = conn.execute(sa.text(
+                    "INSERT INTO blobs (digest, size, created_at, last_put_at) VALUES (:d, :s, 0, 0) "
+                    "ON CONFLICT (digest) DO NOTHING RETURNING digest"), {"d": item.digest, "s": item.size}).first()
+                if claimed is None:
                     continue
-                if f.name.startswith(".tmp-"):
-                    f.unlink(missing_ok=True)
-                    stray += 1
-                    freed += st.st_size
-                elif _DIGEST.match(f.name):
-                    with self.db.read() as conn:
-                        if conn.execute(sa.text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": f.name}).first():
-                            continue
-                    with self.db.write() as conn:  # re-check under the write lock, then unlink
-                        known = conn.execute(sa.text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": f.name}).first()
-                        if known is None:
-                            f.unlink(missing_ok=True)
-                            stray += 1
-                            freed += st.st_size
+                self.backend.discard(item)
+                conn.execute(sa.text("DELETE FROM blobs WHERE digest = :d"), {"d": item.digest})
+                stray += 1
+                freed += item.size
         return GcReport(removed, stray, freed)
 
     def stats(self) -> dict[str, int]:

@@ -5,11 +5,16 @@ from emoji3d.config import Config
 
 
 def open_storage(cfg: Config):
-    """(Database, BlobStore) for ``cfg``: migrations applied, blob limits and GC grace from config."""
+    """(Database, BlobStore) for ``cfg``: migrations applied; blob backend (local folder or S3),
+    limits and GC grace from config."""
     from storage.blobs import BlobStore
     from storage.db import open_database
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_database(cfg.database_url)
-    return db, BlobStore(db, cfg.blob_dir, max_bytes=cfg.blobs.max_blob_mb << 20,
-                         gc_grace_seconds=cfg.blobs.gc_grace_seconds)
+    try:
+        return db, BlobStore(db, cfg.blob_location, max_bytes=cfg.blobs.max_blob_mb << 20,
+                             gc_grace_seconds=cfg.blobs.gc_grace_seconds)
+    except BaseException:  # e.g. the object store is unreachable: no pool left behind
+        db.dispose()
+        raise

@@ -2,6 +2,10 @@
 
 - Storage fixtures (``db_url``, ``db``, ``blobs``): a fresh SQLite file per test, and
   PostgreSQL too when EMOJI3D_TEST_PG_URL is set (tables are dropped before each test).
+  ``blob_location`` (and so ``blobs``) is a fresh local folder, and a fresh prefix
+  in a bucket of the S3 server at EMOJI3D_TEST_S3_ENDPOINT too when that is set
+  (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). `.ci/run` starts
+  both servers (tests/servers.py); without them only SQLite and the folder run.
 
 - Tests run on the CPU with one intra-op thread per process: the CI machine
   has 2 cores, and several test processes (workers, schedulers) run at once.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -83,6 +88,32 @@ def db(db_url):
     d.dispose()
 
 
+S3_ENDPOINT = os.environ.get("EMOJI3D_TEST_S3_ENDPOINT")
+S3_TEST_BUCKET = "emoji3d-test"
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> str:
+    """The test bucket on EMOJI3D_TEST_S3_ENDPOINT, made once per session."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=S3_ENDPOINT, region_name="us-east-1")
+    try:
+        client.create_bucket(Bucket=S3_TEST_BUCKET)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return S3_TEST_BUCKET
+
+
+@pytest.fixture(params=["local"] + (["s3"] if S3_ENDPOINT else []))
+def blob_location(request, tmp_path) -> str:
+    """Where a test's blobs live: a folder, or a fresh prefix of the test bucket."""
+    if request.param == "local":
+        return str(tmp_path / "blobs")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/{uuid.uuid4().hex}?endpoint_url={S3_ENDPOINT}&region=us-east-1"
+
+
 @pytest.fixture
-def blobs(db, tmp_path):
-    return BlobStore(db, tmp_path / "blobs", max_bytes=1 << 20, gc_grace_seconds=60)
+def blobs(db, blob_location):
+    return BlobStore(db, blob_location, max_bytes=1 << 20, gc_grace_seconds=60)

@@ -20,7 +20,7 @@ log = logging.getLogger("emoji3d.engine")
 def settings_from_config(cfg: Config, worker_id: str | None = None) -> EngineSettings:
     return EngineSettings(
         db_url=cfg.database_url,
-        blob_root=str(cfg.blob_dir),
+        blob_root=cfg.blob_location,
         worker_id=worker_id,
         lease_seconds=float(cfg.engine.lease_seconds),
         poll_interval=float(cfg.engine.poll_seconds),

@@ -3,6 +3,8 @@
 The engine runs as its own process (``emoji3d engine``), restarted by
 :class:`~shell.supervisor.Supervisor` if it dies. Front ends and the
 scheduler run here; they talk to the engine only through the database queue.
+Several serve processes may share one database: the scheduler and the
+hourly maintenance run in one of them at a time (shell.scheduler.run_as_leader).
 SIGTERM/SIGINT stop everything in order: front ends and scheduler first (no
 new work), then the engine, which finishes or releases its current job.
 """
@@ -51,13 +53,13 @@ def _start_frontends(cfg: Config, stop: threading.Event) -> list[threading.Threa
     return threads
 
 
-def _start_scheduler(cfg: Config, db):
+def _lead(cfg: Config, db, blobs, stop: threading.Event) -> None:
+    """Scheduler and maintenance, in whichever serve process holds the scheduler lock."""
     from emoji3d.orders import ENGINE_VERSION
-    from shell.scheduler import start_scheduler
+    from shell.scheduler import run_as_leader
 
-    schedules = list(cfg.schedules)
-    scheduler, _report = start_scheduler(db, schedules, ENGINE_VERSION)
-    return scheduler
+    run_as_leader(db, list(cfg.schedules), ENGINE_VERSION, stop,
+                  maintenance=lambda: maintenance_once(cfg, db, blobs))
 
 
 def maintenance_once(cfg: Config, db, blobs) -> dict:
@@ -70,16 +72,6 @@ def maintenance_once(cfg: Config, db, blobs) -> dict:
     avatars = packs.expire_avatars(db, blobs, retention)
     gc = blobs.gc()
     return {"selfies_purged": purged, "artifacts_evicted": evicted, "avatars_expired": avatars, "gc": gc}
-
-
-def _maintenance_loop(cfg: Config, db, blobs, stop: threading.Event, every_seconds: float = 600.0) -> None:
-    while True:
-        try:
-            log.info("maintenance: %s", maintenance_once(cfg, db, blobs))
-        except Exception:  # keep serving; the next round retries
-            log.exception("maintenance failed")
-        if stop.wait(every_seconds):
-            return
 
 
 def main(argv: list[str]) -> int:
@@ -120,16 +112,15 @@ def main(argv: list[str]) -> int:
             on_fatal=engine_cannot_run,
         )
         engine.start()
-    sched = _start_scheduler(cfg, db)
-    threading.Thread(target=_maintenance_loop, args=(cfg, db, blobs, stop), name="maintenance", daemon=True).start()
+    leader = threading.Thread(target=_lead, args=(cfg, db, blobs, stop), name="scheduler", daemon=True)
+    leader.start()
     threads = _start_frontends(cfg, stop)
     print("serving; stop with Ctrl-C or SIGTERM", flush=True)
     stop.wait()
 
     for t in threads:
         t.join(timeout=30)
-    if sched is not None:
-        sched.shutdown(wait=False)
+    leader.join(timeout=30)
     code = engine.stop() if engine else 0
     log.info("engine stopped with code %s", code)
     db.dispose()

@@ -1,4 +1,4 @@
-"""Engine worker loop against a real SQLite file, with real worker processes.
+"""Engine worker loop against a real database (SQLite; PostgreSQL too in CI), with real worker processes.
 
 Worker processes run ``python -m engine.worker`` with the small handlers in
 tests/storage/jobhandlers.py; tests kill, stop, signal and cancel them.
@@ -24,8 +24,8 @@ from tests.storage.procs import start_worker, stop, wait_for
 
 
 @pytest.fixture
-def env(tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+def env(tmp_path, db_url):  # SQLite, and PostgreSQL when the CI run provides it (tests/conftest.py)
+    url = db_url
     db = open_database(url)
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -351,10 +351,10 @@ def test_deleting_the_user_mid_job_stops_it_and_removes_what_it_wrote_at_once(en
     _spawn(env, "w1", lease=5.0)
     wait_for(lambda: (env["marks"] / f"{jid}-step-2").exists(), 30, "the job to be running")
     partial = _sha(f"partial job={jid} attempt=1")
-    assert BlobStore(db, env["root"]).path(partial).exists()
+    assert BlobStore(db, env["root"]).exists(partial)
     users.delete_user(db, BlobStore(db, env["root"], gc_grace_seconds=3600), user.id)  # grace: no GC help
     wait_for(lambda: "stopped" in _logs(env) and "removed 1 stored file" in _logs(env), 30, "the worker to stop")
-    assert not BlobStore(db, env["root"]).path(partial).exists()
+    assert not BlobStore(db, env["root"]).exists(partial)
     assert not (env["marks"] / f"{jid}-finished").exists()
     steps_done = len(list(env["marks"].glob(f"{jid}-step-*")))
     time.sleep(0.5)
@@ -378,7 +378,7 @@ def test_a_full_disk_fails_the_job_once_and_names_the_path(env, tmp_path):
         wait_for(lambda: _status(env, jid) == "failed", 60, "the job to fail")
         job = jobs.get_job(db, jid)
         assert job.attempts == 1 and job.error_key == "storage_full"
-        assert "disk full writing " + str(small / "blobs") in _logs(env)
+        assert "disk full writing" in _logs(env) and str(small / "blobs") in _logs(env)
     finally:
         stop(p)
         subprocess.run(["umount", str(small)], check=False)

@@ -127,3 +127,38 @@ def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_unt
         time.sleep(0.05)
     sched.shutdown(wait=True)
     db.dispose()
+
+
+def proc_leader(url: str, cron: str, start_at: float, run_until: float, report_path: str) -> None:
+    """Run shell.scheduler.run_as_leader from ``start_at`` until ``run_until`` (wall clock);
+    write the scheduled times that fired here."""
+    import json
+    import logging
+    import threading
+
+    from apscheduler.events import EVENT_JOB_EXECUTED
+
+    from emoji3d.schedules import Schedule
+    from shell.scheduler import run_as_leader
+    from storage.db import open_database
+
+    logging.basicConfig(level=logging.INFO)
+    db = open_database(url)
+    fired: list[float] = []
+    stop = threading.Event()
+
+    def listen(scheduler) -> None:
+        scheduler.add_listener(lambda ev: fired.append(ev.scheduled_run_time.timestamp()), EVENT_JOB_EXECUTED)
+
+    while time.time() < start_at:
+        time.sleep(0.05)
+    leader = threading.Thread(target=run_as_leader, args=(db, [Schedule("tick", cron, "regenerate_outdated_packs")],
+                                                           "0.1.0", stop),
+                              kwargs={"check_seconds": 0.2, "on_scheduler": listen})
+    leader.start()
+    while time.time() < run_until:
+        time.sleep(0.05)
+    stop.set()
+    leader.join(timeout=30)
+    Path(report_path).write_text(json.dumps(fired))
+    db.dispose()

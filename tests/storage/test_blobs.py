@@ -1,4 +1,10 @@
-"""Content-addressed blob store: atomic files, references, limits, garbage collection."""
+"""Content-addressed blob store: atomic objects, references, limits, garbage collection.
+
+Every test that takes ``blobs`` runs on each backend the session has (the local
+folder always, S3 when .ci/run started its server; see tests/conftest.py).
+``_plant_stray`` and ``_objects`` reach into the backend itself, the way a crash
+between a write and its row would leave things.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,18 +14,28 @@ import time
 import pytest
 
 from emoji3d.errors import UserFacingError
-from storage.blobs import BlobNotFound, BlobStore, BlobTooLarge
+from storage.blobs import BlobNotFound, BlobStore, BlobTooLarge, LocalBackend
+
+
+def _objects(blobs) -> list[str]:
+    """Every object name the backend holds (relative to its folder / prefix), unfinished writes included."""
+    backend = blobs.backend
+    if isinstance(backend, LocalBackend):
+        return sorted(str(p.relative_to(backend.root)) for p in backend.root.rglob("*") if p.is_file())
+    listed = backend.client.list_objects_v2(Bucket=backend.loc.bucket, Prefix=backend.loc.prefix)
+    uploads = backend.client.list_multipart_uploads(Bucket=backend.loc.bucket, Prefix=backend.loc.prefix)
+    return sorted([o["Key"][len(backend.loc.prefix):] for o in listed.get("Contents", [])]
+                  + [f"upload:{u['Key'][len(backend.loc.prefix):]}" for u in uploads.get("Uploads", [])])
 
 
 def test_put_is_content_addressed_and_sharded(blobs):
     data = os.urandom(1000)
     d = blobs.put_bytes(data)
     assert d == hashlib.sha256(data).hexdigest()
-    assert blobs.path(d) == blobs.root / d[:2] / d[2:4] / d
+    assert _objects(blobs) == [f"{d[:2]}/{d[2:4]}/{d}"]  # nothing else: no temp file, no partial upload
     assert blobs.read_bytes(d) == data
     assert blobs.put_bytes(data) == d  # same bytes, same blob
     assert blobs.stats() == {"blobs": 1, "bytes": 1000, "unreferenced": 1}
-    assert not list(blobs.root.rglob(".tmp-*"))
 
 
 def test_put_file_streams_and_matches_put_bytes(blobs, tmp_path):
@@ -41,7 +57,7 @@ def test_size_limit_is_a_user_facing_error(blobs, tmp_path):
     big.write_bytes(b"y" * (blobs.max_bytes + 1))
     with pytest.raises(BlobTooLarge):
         blobs.put_file(big)
-    assert blobs.stats()["blobs"] == 0 and not any(p.is_file() for p in blobs.root.rglob("*"))
+    assert blobs.stats()["blobs"] == 0 and _objects(blobs) == []
 
 
 def test_refcounts_count_distinct_holders(blobs):
@@ -57,7 +73,9 @@ def test_refcounts_count_distinct_holders(blobs):
 
 def test_bad_digests_and_holders_are_rejected(blobs):
     with pytest.raises(ValueError, match="sha256"):
-        blobs.path("../../etc/passwd")
+        blobs.open("../../etc/passwd")
+    with pytest.raises(ValueError, match="sha256"):
+        blobs.exists("0" * 63)
     with pytest.raises(ValueError, match="table:id"):
         blobs.put_bytes(b"a", holder="no holder")
     with pytest.raises(BlobNotFound):
@@ -89,26 +107,32 @@ def test_reput_refreshes_the_grace_period(blobs):
     assert blobs.exists(d)
 
 
-def test_gc_removes_stray_files_and_temp_files(blobs):
+def test_gc_removes_stray_objects_and_unfinished_writes(blobs):
     stray_data = b"written but never recorded"
     stray = hashlib.sha256(stray_data).hexdigest()
-    p = blobs.path(stray)
-    p.parent.mkdir(parents=True)
-    p.write_bytes(stray_data)
-    tmp = p.parent / ".tmp-deadbeef"
-    tmp.write_bytes(b"half")
-    old = time.time() - 7200
-    os.utime(p, (old, old))
-    os.utime(tmp, (old, old))
-    report = blobs.gc()
-    assert report.removed_stray_files == 2 and not p.exists() and not tmp.exists()
+    blobs.backend.write(stray, stray_data)  # a crash between the write and the row
+    unfinished = _plant_unfinished_write(blobs, stray)
+    assert blobs.gc().removed_stray_files == 0  # younger than the grace period
+    report = blobs.gc(now=time.time() + 7200)
+    assert report.removed_stray_files == 2 and _objects(blobs) == [] and not blobs.exists(stray)
+    assert unfinished not in _objects(blobs)
 
 
-def test_gc_leaves_files_whose_row_exists(blobs):
+def _plant_unfinished_write(blobs, digest: str) -> str:
+    """What a process killed mid-write leaves: a temp file / an open multipart upload."""
+    backend = blobs.backend
+    if isinstance(backend, LocalBackend):
+        tmp = backend.path(digest).parent / ".tmp-deadbeef"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"half")
+        return str(tmp.relative_to(backend.root))
+    backend.client.create_multipart_upload(Bucket=backend.loc.bucket, Key=backend.key(digest))
+    return f"upload:{backend.key(digest)[len(backend.loc.prefix):]}"
+
+
+def test_gc_leaves_objects_whose_row_exists(blobs):
     d = blobs.put_bytes(b"recorded", holder="job:3")
-    old = time.time() - 7200
-    os.utime(blobs.path(d), (old, old))
-    assert blobs.gc().removed_stray_files == 0 and blobs.exists(d)
+    assert blobs.gc(now=time.time() + 7200).removed_stray_files == 0 and blobs.exists(d)
 
 
 def test_delete_unreferenced_ignores_grace_but_not_references(blobs):
@@ -117,6 +141,19 @@ def test_delete_unreferenced_ignores_grace_but_not_references(blobs):
     removed, freed = blobs.delete_unreferenced([a, b])
     assert (removed, freed) == (1, 1)
     assert not blobs.exists(a) and blobs.exists(b)
+
+
+def test_local_files_are_sharded_and_old_stray_files_go(db, tmp_path):
+    blobs = BlobStore(db, tmp_path / "blobs")
+    d = blobs.put_bytes(b"on disk")
+    assert blobs.backend.path(d) == tmp_path / "blobs" / d[:2] / d[2:4] / d
+    stray_data = b"stray"
+    p = blobs.backend.path(hashlib.sha256(stray_data).hexdigest())
+    p.parent.mkdir(parents=True)
+    p.write_bytes(stray_data)
+    old = time.time() - 7200
+    os.utime(p, (old, old))
+    assert blobs.gc().removed_stray_files == 1 and not p.exists() and blobs.exists(d)
 
 
 def test_store_arguments_are_checked(db, tmp_path):
@@ -132,3 +169,28 @@ def test_touch_restarts_the_grace_period(blobs):
     assert blobs.touch([d], now=t + 100) == 1
     assert blobs.gc(now=t + 150, grace_seconds=60).removed_blobs == 0
     assert blobs.gc(now=t + 170, grace_seconds=60).removed_blobs == 1
+
+
+def test_a_file_that_changes_while_stored_leaves_nothing(blobs, tmp_path, monkeypatch):
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"first version")
+    real_write = blobs.backend.write
+
+    def write_after_edit(digest, source):  # the file is edited between hashing and copying
+        src.write_bytes(b"edited meanwhile")
+        return real_write(digest, source)
+
+    monkeypatch.setattr(blobs.backend, "write", write_after_edit)
+    with pytest.raises(OSError, match="changed while being stored"):
+        blobs.put_file(src)
+    assert _objects(blobs) == [] and blobs.stats()["blobs"] == 0
+
+
+def test_a_blob_larger_than_a_multipart_part_round_trips(db, blob_location, tmp_path):
+    blobs = BlobStore(db, blob_location, max_bytes=32 << 20)
+    src = tmp_path / "big.bin"
+    data = os.urandom(17 << 20)  # three parts on S3 (8 MiB parts)
+    src.write_bytes(data)
+    d = blobs.put_file(src, holder="job:1")
+    assert d == hashlib.sha256(data).hexdigest() and blobs.read_bytes(d) == data
+    assert _objects(blobs) == [f"{d[:2]}/{d[2:4]}/{d}"]

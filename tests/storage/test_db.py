@@ -49,8 +49,8 @@ def test_write_transaction_rolls_back_on_error(db):
         assert c.execute(sa.text("SELECT COUNT(*) FROM users")).scalar_one() == 0
 
 
-def test_two_processes_migrating_at_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+def test_two_processes_migrating_at_once(db_url, tmp_path):
+    url = db_url
     go = tmp_path / "go"
     run_spawned([(proc_migrate, url, str(go)) for _ in range(3)], go)
     db = open_database(url, migrate=False)

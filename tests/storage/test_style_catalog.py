@@ -6,14 +6,11 @@ from storage.style_catalog import InvalidStyle, add_house_style, remove_style, s
 from storage import jobs, styles as st
 from storage.blobs import BlobStore
 from storage.communities import get_or_create_community
-from storage.db import open_database
 
 
 @pytest.fixture()
-def store(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    yield db, BlobStore(db, tmp_path / "blobs")
-    db.dispose()
+def store(db, blob_location):
+    return db, BlobStore(db, blob_location)
 
 
 def test_sync_adds_then_detects_a_changed_exemplar_and_queues_one_finetune_each(store, tmp_path, repo_root):
