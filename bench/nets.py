@@ -127,23 +127,22 @@ def measure(ctx: BenchContext, forward: Callable[[], torch.Tensor], backward: bo
 
 
 def stylegan2_rows(ctx: BenchContext) -> list[Row]:
-    from engine.nets import stylegan2 as S
+    from engine.nets import stylegan2
 
     rows: list[Row] = []
     dev = ctx.device
     impls = ("ref", "cuda") if ctx.cuda else ("ref",)
-    configs = [("slim-256", S.stylegan2_slim_config(256), 2)]
-    if ctx.full:
-        full = S.StyleGAN2Config(img_resolution=1024)  # FFHQ-1024 widths, random weights
-        configs.append(("ffhq-1024", full, 2 if ctx.cuda else 1))
-    for label, cfg, batch in configs:
+    configs = [("slim-256", stylegan2.slim_generator_config(256), stylegan2.slim_discriminator_config(256), 2)]
+    if ctx.full:  # FFHQ-1024 widths, random weights
+        configs.append(("ffhq-1024", stylegan2.StyleGAN2GeneratorConfig(img_resolution=1024),
+                        stylegan2.StyleGAN2DiscriminatorConfig(img_resolution=1024), 2 if ctx.cuda else 1))
+    for label, cfg, d_cfg, batch in configs:
         is_full = label != "slim-256"
         backward = ctx.cuda or not is_full
         repeats = ctx.repeats if (ctx.cuda or not is_full) else 1
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            G = S.build_generator(cfg).to(dev)
-            D = S.build_discriminator(cfg).to(dev)
+        # parameters trainable, so fwd+bwd times include their gradients (fine-tuning)
+        G = stylegan2.StyleGAN2Generator.from_config(cfg, seed=0).to(dev).requires_grad_(True)
+        D = stylegan2.StyleGAN2Discriminator.from_config(d_cfg, seed=1).to(dev).requires_grad_(True)
         gen = torch.Generator(device=dev).manual_seed(0)
         z = torch.randn(batch, cfg.z_dim, device=dev, generator=gen)
         img = torch.randn(batch, 3, cfg.img_resolution, cfg.img_resolution, device=dev, generator=gen)
@@ -165,7 +164,7 @@ def stylegan2_rows(ctx: BenchContext) -> list[Row]:
 
 
 def eg3d_rows(ctx: BenchContext) -> list[Row]:
-    from engine.nets import eg3d as E
+    from engine.nets import eg3d
     from engine.nets.camera import conditioning_label
 
     rows: list[Row] = []
@@ -175,7 +174,7 @@ def eg3d_rows(ctx: BenchContext) -> list[Row]:
         is_full = preset == "ffhq512"
         backward = ctx.cuda or not is_full
         repeats = ctx.repeats if (ctx.cuda or not is_full) else 1
-        G = E.slim_generator(preset, seed=0, device=dev)
+        G = eg3d.slim_generator(preset, seed=0, device=dev)
         c = conditioning_label(batch, device=dev)
         gen = torch.Generator(device=dev).manual_seed(0)
         with torch.no_grad():
