@@ -240,13 +240,12 @@ def _progan_classifier() -> torch.nn.Module:
 
 def op_ratio_rows(ctx: BenchContext) -> list[tuple[str, float, float]]:
     """(op, ref ms, fused ms) on the GPU for StyleGAN2-1024-like shapes."""
-    from engine.ops import bias_act as B
-    from engine.ops import upfirdn2d as U
+    from engine.ops import bias_act, upfirdn2d
     from engine.ops.modulated_conv import modulate_weights, modulated_conv2d
 
     dev = ctx.device
     g = torch.Generator(device=dev).manual_seed(0)
-    f = U.setup_filter([1, 3, 3, 1], device=dev)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1], device=dev)
     x = torch.randn(4, 128, 256, 256, device=dev, generator=g)
     img = torch.randn(4, 3, 512, 512, device=dev, generator=g)
     b = torch.randn(128, device=dev, generator=g)
@@ -254,9 +253,10 @@ def op_ratio_rows(ctx: BenchContext) -> list[tuple[str, float, float]]:
     s = torch.randn(4, 512, device=dev, generator=g)
     xm = torch.randn(4, 512, 32, 32, device=dev, generator=g)
     cases = {
-        "upfirdn2d upsample2d 4x128x256^2": lambda impl: U.upsample2d(x, f, impl=impl),
-        "upfirdn2d downsample2d 4x3x512^2": lambda impl: U.downsample2d(img, f, impl=impl),
-        "bias_act lrelu+clamp 4x128x256^2": lambda impl: B.bias_act(x, b, act="lrelu", clamp=256, impl=impl),
+        "upfirdn2d upsample2d 4x128x256^2": lambda impl: upfirdn2d.upsample2d(x, f, impl=impl),
+        "upfirdn2d downsample2d 4x3x512^2": lambda impl: upfirdn2d.downsample2d(img, f, impl=impl),
+        "bias_act lrelu+clamp 4x128x256^2": lambda impl: bias_act.bias_act(
+            x, b, act="lrelu", clamp=256, impl=impl),
         "modulate_weights 4x512x512x3x3": lambda impl: modulate_weights(w, s, True, impl=impl),
         "modulated_conv2d up2 4x512x32^2": lambda impl: modulated_conv2d(
             xm, w, s, up=2, padding=1, resample_filter=f, flip_weight=False, impl=impl),
