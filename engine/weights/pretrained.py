@@ -92,10 +92,13 @@ class PretrainedConfig:
         if not isinstance(data, Mapping):
             raise WeightsError(f"{source}: the {cls.__name__} must be a JSON object, got {type(data).__name__}",
                                file=source)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
             raise WeightsError(f"{source}: unknown {cls.__name__} field(s) {', '.join(unknown)}", file=source)
+        missing = [n for n in names if n not in data]  # writers store every field: a gap means another writer
+        if missing:
+            raise WeightsError(f"{source}: {cls.__name__} field(s) missing: {', '.join(missing)}", file=source)
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:

@@ -111,6 +111,9 @@ def test_corrupt_config_and_unknown_fields(folder):
     _edit_config(folder, config={**SMALL.to_json_dict(), "colour": "red"})
     with pytest.raises(WeightsError, match=r"config.json: unknown ProGANClassifierConfig field\(s\) colour"):
         Net.from_pretrained(folder)
+    _edit_config(folder, config={k: v for k, v in SMALL.to_json_dict().items() if k != "fmap_max"})
+    with pytest.raises(WeightsError, match=r"config.json: ProGANClassifierConfig field\(s\) missing: fmap_max"):
+        Net.from_pretrained(folder)
     _edit_config(folder, config={**SMALL.to_json_dict(), "resolution": 12})
     with pytest.raises(WeightsError, match="config.json: invalid ProGANClassifierConfig.*power of two"):
         Net.from_pretrained(folder)
