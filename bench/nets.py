@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 from unittest import mock
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -49,10 +49,6 @@ sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
-
-if TYPE_CHECKING:
-    from engine.nets.stylegan2 import StyleGAN2Config
-
 
 @dataclass
 class BenchContext:
@@ -148,14 +144,13 @@ def stylegan2_rows(ctx: BenchContext) -> list[Row]:
     rows: list[Row] = []
     dev = ctx.device
     impls = ("ref", "auto") if ctx.cuda else ("ref",)  # 'auto' on CUDA: the kernels that passed their self-check
-    for label, cfg, batch in _stylegan2_configs(ctx):
+    for label, cfg, d_cfg, batch in _stylegan2_configs(ctx):
         is_full = label != "slim-256"
         backward = ctx.cuda or not is_full
         repeats = ctx.repeats if (ctx.cuda or not is_full) else 1
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            G = stylegan2.build_generator(cfg).to(dev)
-            D = stylegan2.build_discriminator(cfg).to(dev)
+        # parameters trainable, so fwd+bwd times include their gradients (fine-tuning)
+        G = stylegan2.StyleGAN2Generator.from_config(cfg, seed=0).to(dev).requires_grad_(True)
+        D = stylegan2.StyleGAN2Discriminator.from_config(d_cfg, seed=1).to(dev).requires_grad_(True)
         gen = torch.Generator(device=dev).manual_seed(0)
         z = torch.randn(batch, cfg.z_dim, device=dev, generator=gen)
         img = torch.randn(batch, 3, cfg.img_resolution, cfg.img_resolution, device=dev, generator=gen)
@@ -173,13 +168,15 @@ def stylegan2_rows(ctx: BenchContext) -> list[Row]:
     return rows
 
 
-def _stylegan2_configs(ctx: BenchContext) -> list[tuple[str, StyleGAN2Config, int]]:
-    """(label, StyleGAN2Config, batch): slim-256, and FFHQ-1024 widths (random weights) when ``ctx.full``."""
+def _stylegan2_configs(ctx: BenchContext) -> list[tuple[str, object, object, int]]:
+    """(label, generator config, discriminator config, batch): slim-256, and FFHQ-1024 widths
+    (random weights) when ``ctx.full``."""
     from engine.nets import stylegan2
 
-    configs = [("slim-256", stylegan2.stylegan2_slim_config(256), 2)]
+    configs = [("slim-256", stylegan2.slim_generator_config(256), stylegan2.slim_discriminator_config(256), 2)]
     if ctx.full:
-        configs.append(("ffhq-1024", stylegan2.StyleGAN2Config(img_resolution=1024), 2 if ctx.cuda else 1))
+        configs.append(("ffhq-1024", stylegan2.StyleGAN2GeneratorConfig(img_resolution=1024),
+                        stylegan2.StyleGAN2DiscriminatorConfig(img_resolution=1024), 2 if ctx.cuda else 1))
     return configs
 
 
@@ -366,14 +363,12 @@ def layout_rows(ctx: BenchContext, networks: list[str]) -> list[LayoutRow]:
     if "stylegan2" in networks:
         from engine.nets import stylegan2
 
-        for label, cfg, batch in _stylegan2_configs(ctx):
+        for label, cfg, d_cfg, batch in _stylegan2_configs(ctx):
             is_full = label != "slim-256"
             passes = [False, True] if (ctx.cuda or not is_full) else [False]
             repeats = ctx.repeats if (ctx.cuda or not is_full) else 1
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                G = stylegan2.build_generator(cfg).to(dev)
-                D = stylegan2.build_discriminator(cfg).to(dev)
+            G = stylegan2.StyleGAN2Generator.from_config(cfg, seed=0).to(dev).requires_grad_(True)
+            D = stylegan2.StyleGAN2Discriminator.from_config(d_cfg, seed=1).to(dev).requires_grad_(True)
             gen = torch.Generator(device=dev).manual_seed(0)
             ws = G.mapping(torch.randn(batch, cfg.z_dim, device=dev, generator=gen), None).detach()
             img = torch.randn(batch, 3, cfg.img_resolution, cfg.img_resolution, device=dev, generator=gen)

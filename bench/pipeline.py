@@ -32,20 +32,17 @@ import torch  # noqa: E402
 
 
 def full_networks(device):
-    import lpips
+    from engine.nets import arcface, e4e, eg3d, perceptual, stylegan2
+    from engine.avatar.networks import assemble
 
-    from engine.nets import arcface, e4e, eg3d, stylegan2
-    from engine.avatar.networks import _assemble, _seeded
-
-    cfg = stylegan2.StyleGAN2Config(img_resolution=1024)
-    g2d = _seeded(1, lambda: stylegan2.build_generator(cfg))
-    d2d = _seeded(2, lambda: stylegan2.build_discriminator(cfg))
-    enc = _seeded(3, lambda: e4e.Encoder4Editing())
+    g2d = stylegan2.StyleGAN2Generator.from_config(stylegan2.StyleGAN2GeneratorConfig(img_resolution=1024), seed=1)
+    d2d = stylegan2.StyleGAN2Discriminator.from_config(stylegan2.StyleGAN2DiscriminatorConfig(img_resolution=1024),
+                                                       seed=2)
+    enc = e4e.E4EModel.from_config(e4e.E4EConfig(), seed=3)
     g3d = eg3d.slim_generator("ffhq512", seed=4)
-    perceptual = _seeded(5, lambda: lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False))
-    face_id = _seeded(6, lambda: arcface.ArcFaceBackbone())
-    return _assemble(g2d, d2d, enc, g2d.mapping.w_avg.detach().clone(), g3d, perceptual, face_id, "full-random",
-                     "full-random", device)
+    perceptual_net = perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="vgg"), seed=5)
+    face_id = arcface.ArcFaceBackbone.from_config(arcface.ArcFaceConfig(), seed=6)
+    return assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, "full-random", "full-random", device)
 
 
 def main(argv=None) -> int:

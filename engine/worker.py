@@ -46,7 +46,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from emoji3d.errors import UserFacingError

@@ -12,6 +12,11 @@ output before ``latent_avg``), ``arcface_input_112`` (the ID crop of
 ``input_256``), ``arcface_embedding``; plus the parameter counts (267.1 M and
 43.8 M, to 0.1 M) and the recipe's key/shape list against our modules.
 
+Each network takes the product's own path: the converter builds it from the
+official-key state dict, it is saved as a pretrained folder (in a temporary
+directory; ~1 GB for e4e) and the checked network is ``from_pretrained`` of
+that folder.
+
 The e4e style heads apply ``EqualLinear``'s 1/sqrt(512) weight scale, as the
 official e4e does (``EqualLinear.scale = (1 / math.sqrt(in_dim)) * lr_mul``,
 used by ``GradualStyleBlock``); the fixture was made by the official code with
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import tempfile
 
 import torch
 
@@ -78,10 +84,20 @@ def layout_checks(config: dict) -> list[TensorCheck]:
     return out
 
 
+def _through_folder(network):
+    """``network`` saved as a pretrained folder and read back (the original is released first)."""
+    cls = type(network)
+    with tempfile.TemporaryDirectory(prefix="emoji3d-check-") as tmp:
+        network.save_pretrained(tmp)
+        del network
+        return cls.from_pretrained(tmp)
+
+
 def run(folder: pathlib.Path) -> list[TensorCheck]:
-    from engine.nets.arcface import build_arcface, id_crop
-    from engine.nets.e4e import build_encoder
-    from engine.weights.core import load_safetensors
+    from engine.nets.arcface import id_crop
+    from engine.nets.e4e import encode
+    from engine.weights.convert import arcface_from_state_dict, e4e_model
+    from engine.weights.tensor_files import load_safetensors
 
     folder = pathlib.Path(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -89,14 +105,19 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
     checks = layout_checks(config)
     x = io["input_256"]  # [B,3,256,256] in [-1,1]
 
-    arc = build_arcface(recipe_state_dict(config["arcface"]["state_dict_keys_in_order"], config["arcface"]["seed"]), source=f"{folder} (arcface recipe)")
+    recipe = recipe_state_dict(config["arcface"]["state_dict_keys_in_order"], config["arcface"]["seed"])
+    arc = _through_folder(arcface_from_state_dict(recipe, f"{folder} (arcface recipe)"))
+    del recipe
     with torch.no_grad():
         x112 = id_crop(x)  # [B,3,112,112]
         checks.append(max_abs_check("arcface_input_112", x112, io["arcface_input_112"]))
         checks.append(max_abs_check("arcface_embedding", arc(x112), io["arcface_embedding"]))
     del arc
 
-    enc = build_encoder(recipe_state_dict(config["e4e"]["state_dict_keys_in_order"], config["e4e"]["seed"]), source=f"{folder} (e4e recipe)")
+    recipe = recipe_state_dict(config["e4e"]["state_dict_keys_in_order"], config["e4e"]["seed"])
+    # The fixture's codes are taken before latent_avg is added: a zero latent_avg leaves them as they are.
+    model = _through_folder(e4e_model(recipe, torch.zeros(512), f"{folder} (e4e recipe)"))
+    del recipe
     with torch.no_grad():
-        checks.append(max_abs_check("e4e_codes", enc(x), io["e4e_codes"]))
+        checks.append(max_abs_check("e4e_codes", encode(model.encoder, x, model.latent_avg), io["e4e_codes"]))
     return checks

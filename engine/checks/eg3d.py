@@ -1,11 +1,17 @@
 """Golden-reference checker for EG3D ``TriPlaneGenerator`` fixture folders.
 
-A folder matches when its ``config.json`` names a ``TriPlaneGenerator`` and
-holds ``io.safetensors``. Everything is read from the folder: the
-constructor arguments (``init_kwargs``), the neural rendering resolution, the
-call (``call.noise_mode``, ``call.truncation_psi``, optional
+A folder matches when its ``config.json`` names a ``TriPlaneGenerator`` (the
+official vocabulary: ``class_name`` + ``init_kwargs``) and holds
+``io.safetensors``. Everything is read from the folder: the constructor
+arguments (``init_kwargs``), the neural rendering resolution, the call
+(``call.noise_mode``, ``call.truncation_psi``, optional
 ``call.truncation_cutoff``, ``call.sampling``) and the weights
 (``G.safetensors`` or ``G_official_keys.safetensors``, official keys).
+
+The weights take the product's own path: the converter builds the generator
+from the official keys and saves it as a pretrained folder (in a temporary
+directory), and the checked generator is ``TriPlaneGenerator.from_pretrained``
+of that folder, so a pass also proves the folder format loses nothing.
 
 Inputs in ``io.safetensors``: ``z`` [B,z_dim], ``c`` [B,25] (used both as
 conditioning and rendering camera, as the official ``G(z, c)`` does) and
@@ -28,18 +34,37 @@ import json
 import math
 import pathlib
 import re
+import tempfile
 
 import torch
 
 from engine.checks import TensorCheck, max_abs_check
 
 INPUTS = {"z", "c", "points"}
+OFFICIAL_WEIGHT_FILES = ("G.safetensors", "G_official_keys.safetensors")
 
 
 def matches(config: dict, folder: pathlib.Path) -> bool:
-    from engine.nets.eg3d import is_eg3d_config
+    from engine.weights.convert import is_official_eg3d_config
 
-    return is_eg3d_config(config) and (pathlib.Path(folder) / "io.safetensors").is_file()
+    return is_official_eg3d_config(config) and (pathlib.Path(folder) / "io.safetensors").is_file()
+
+
+def load_generator(folder: pathlib.Path, config: dict):
+    """The fixture's generator, converted and read back through a pretrained folder."""
+    from engine.nets.eg3d import TriPlaneGenerator
+    from engine.weights.convert import eg3d_from_official
+    from engine.weights.tensor_files import load_safetensors
+
+    weights = next((folder / n for n in OFFICIAL_WEIGHT_FILES if (folder / n).is_file()), None)
+    if weights is None:
+        raise ValueError(f"{folder}: no weight file ({' or '.join(OFFICIAL_WEIGHT_FILES)})")
+    converted = eg3d_from_official(load_safetensors(weights), config["init_kwargs"],
+                                   config.get("neural_rendering_resolution", 64), str(weights))
+    with tempfile.TemporaryDirectory(prefix="emoji3d-check-") as tmp:
+        converted.save_pretrained(tmp, source=str(weights))
+        del converted
+        return TriPlaneGenerator.from_pretrained(tmp)
 
 
 def _sampling_mode(call: dict) -> str:
@@ -52,9 +77,7 @@ def _sampling_mode(call: dict) -> str:
 def run(folder: pathlib.Path, skip: frozenset[str] = frozenset()) -> list[TensorCheck]:
     """Rebuild and compare every output; names in ``skip`` are left out (tests use this to
     spare the 512px super-resolution on a CPU) and are *not* reported."""
-    from safetensors.torch import load_file
-
-    from engine.nets import eg3d
+    from engine.weights.tensor_files import load_safetensors
 
     folder = pathlib.Path(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -64,8 +87,8 @@ def run(folder: pathlib.Path, skip: frozenset[str] = frozenset()) -> list[Tensor
     cutoff = call.get("truncation_cutoff")
     sampling = _sampling_mode(call)
 
-    G = eg3d.load(folder)
-    io = load_file(str(folder / "io.safetensors"))
+    G = load_generator(folder, config)
+    io = load_safetensors(folder / "io.safetensors")
     for need in ("z", "c"):
         if need not in io:
             raise ValueError(f"{folder}/io.safetensors lacks the input {need!r}")

@@ -2,11 +2,13 @@
 
 A folder matches when ``config.json`` describes a rosinality generator
 (``n_mlp`` and ``channels_by_resolution`` or ``size``) and ``checkpoint.pt``
-exists. The checkpoint (``{'g_ema', 'd', 'latent_avg'}``) is read with
-``torch.load(weights_only=True)`` and loaded into our single StyleGAN2
-implementation via ``load_stylegan2``; widths and resolution come from the
-tensors, never from the fixture's config. Every tensor in ``io.safetensors``
-that the config's ``calls`` describe is rebuilt from the stored inputs:
+exists. The checkpoint (``{'g_ema', 'd', 'latent_avg'}``) takes the product's
+own path: ``emoji3d weights convert`` (kind ``stylegan2_rosinality``) into a
+temporary folder, then ``StyleGAN2Generator.from_pretrained`` /
+``StyleGAN2Discriminator.from_pretrained``; widths and resolution come from
+the tensors, never from the fixture's config. Every tensor in
+``io.safetensors`` that the config's ``calls`` describe is rebuilt from the
+stored inputs:
 
 * ``w_from_z``: mapping of ``z`` broadcast to all latents;
 * ``img_from_z``: G(z) with the stored noise maps (noise_mode 'const');
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import tempfile
 
 import torch
 
@@ -35,17 +38,21 @@ def matches(config: dict, folder: pathlib.Path) -> bool:
 def run(folder: pathlib.Path) -> list[TensorCheck]:
     import json
 
-    from safetensors.torch import load_file
-
-    from engine.nets.stylegan2 import load_stylegan2, style_mix, truncate
+    from engine.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, style_mix, truncate
+    from engine.weights.convert import DISCRIMINATOR, GENERATOR, convert
+    from engine.weights.tensor_files import load_safetensors
 
     folder = pathlib.Path(folder)
     config = json.loads((folder / "config.json").read_text())
     if "calls" not in config:
         raise ValueError(f"{folder}/config.json: no 'calls' table describing the stored outputs")
-    ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
-    io = load_file(str(folder / "io.safetensors"))
-    G, D, latent_avg, cfg = load_stylegan2(ckpt)
+    io = load_safetensors(folder / "io.safetensors")
+    with tempfile.TemporaryDirectory(prefix="emoji3d-check-") as tmp:
+        converted = convert(folder / "checkpoint.pt", pathlib.Path(tmp) / "stylegan2", "stylegan2_rosinality")
+        G = StyleGAN2Generator.from_pretrained(converted / GENERATOR)
+        D = (StyleGAN2Discriminator.from_pretrained(converted / DISCRIMINATOR)
+             if (converted / DISCRIMINATOR).is_dir() else None)
+    latent_avg = G.mapping.w_avg
     kw = dict(noise_mode="const", impl="ref")
     checks: list[TensorCheck] = []
 
@@ -57,14 +64,14 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
         ws = G.mapping(z, None, impl="ref") if z is not None else None  # [N, num_ws, w_dim]
         if "w_from_z" in io and ws is not None:
             check("w_from_z", ws)
-        if "latent_avg" in io and latent_avg is not None:
+        if "latent_avg" in io:
             check("latent_avg", latent_avg.reshape(io["latent_avg"].shape))
         if "img_from_z" in io and ws is not None:
             check("img_from_z", G.synthesis(ws, **kw))
         for name in sorted(n for n in io if n.startswith("img_trunc_")):
             psi = float(name[len("img_trunc_"):])
-            if latent_avg is None or ws is None:
-                raise ValueError(f"{folder}: {name} needs z and a latent_avg in the checkpoint")
+            if ws is None:
+                raise ValueError(f"{folder}: {name} needs z")
             check(name, G.synthesis(truncate(ws, latent_avg, psi), **kw))
         if "img_from_wplus" in io:
             check("img_from_wplus", G.synthesis(io["wplus"], **kw))

@@ -9,7 +9,8 @@ Conventions
 - :func:`id_loss` is e4e's ID loss: mean over the batch of 1 − ⟨e(y_hat), e(y)⟩,
   with the target embedding detached.
 - State-dict keys equal ``model_ir_se50.pth`` (``input_layer.*``, ``body.*``,
-  ``output_layer.{0,3,4}.*``). ``output_layer`` = BatchNorm2d(512), Dropout,
+  ``output_layer.{0,3,4}.*``); the converter (:mod:`engine.weights.convert`)
+  infers the config from them and saves a pretrained folder. ``output_layer`` = BatchNorm2d(512), Dropout,
   Flatten, Linear(512·7·7, 512), BatchNorm1d(512); the network runs in eval
   mode, so Dropout is the identity and BatchNorm uses running statistics.
 """
@@ -18,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from engine.nets.irse import make_body, make_input_layer
+from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 CROP_ROWS = (35, 223)
 CROP_COLS = (32, 220)
@@ -29,7 +31,7 @@ ARCFACE_SIZE = 112
 
 
 @dataclass(frozen=True)
-class ArcFaceConfig:
+class ArcFaceConfig(PretrainedConfig):
     input_size: int = 112  # 112 or 224
     num_layers: int = 50
     mode: str = "ir_se"
@@ -37,26 +39,29 @@ class ArcFaceConfig:
     affine: bool = True
 
 
-class ArcFaceBackbone(nn.Module):
-    def __init__(self, cfg: ArcFaceConfig = ArcFaceConfig()) -> None:
+class ArcFaceBackbone(PretrainedMixin, nn.Module):
+    config_class = ArcFaceConfig
+
+    def __init__(self, config: ArcFaceConfig = ArcFaceConfig()) -> None:
+        self._check_config(config)
         super().__init__()
-        if cfg.input_size not in (112, 224):
-            raise ValueError(f"ArcFace: input_size must be 112 or 224, got {cfg.input_size}")
-        self.cfg = cfg
+        if config.input_size not in (112, 224):
+            raise ValueError(f"ArcFace: input_size must be 112 or 224, got {config.input_size}")
+        self.config = config
         self.input_layer = make_input_layer()
-        side = 7 if cfg.input_size == 112 else 14
+        side = 7 if config.input_size == 112 else 14
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(512),
-            nn.Dropout(cfg.drop_ratio),
+            nn.Dropout(config.drop_ratio),
             nn.Flatten(),
             nn.Linear(512 * side * side, 512),
-            nn.BatchNorm1d(512, affine=cfg.affine),
+            nn.BatchNorm1d(512, affine=config.affine),
         )
-        self.body = make_body(cfg.num_layers, cfg.mode)
+        self.body = make_body(config.num_layers, config.mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B,3,S,S] in [-1,1], S = input_size → embedding [B,512], unit L2 norm."""
-        s = self.cfg.input_size
+        s = self.config.input_size
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (s, s):
             raise ValueError(f"ArcFace: expected faces [B,3,{s},{s}], got {tuple(x.shape)}")
         x = self.input_layer(x)  # [B,64,S,S]
@@ -70,9 +75,9 @@ def id_crop(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.shape[2] < 256:
         raise ValueError(f"ID crop: expected square images [B,3,S,S] with S >= 256, got {tuple(images.shape)}")
     if images.shape[2] != 256:
-        images = F.adaptive_avg_pool2d(images, (256, 256))  # [B,3,256,256]
+        images = functional.adaptive_avg_pool2d(images, (256, 256))  # [B,3,256,256]
     face = images[:, :, CROP_ROWS[0]:CROP_ROWS[1], CROP_COLS[0]:CROP_COLS[1]]  # [B,3,188,188]
-    return F.adaptive_avg_pool2d(face, (ARCFACE_SIZE, ARCFACE_SIZE))  # [B,3,112,112]
+    return functional.adaptive_avg_pool2d(face, (ARCFACE_SIZE, ARCFACE_SIZE))  # [B,3,112,112]
 
 
 def embed(net: ArcFaceBackbone, images: torch.Tensor) -> torch.Tensor:
@@ -87,33 +92,3 @@ def id_loss(net: ArcFaceBackbone, y_hat: torch.Tensor, y: torch.Tensor) -> torch
     e_y = embed(net, y).detach()
     e_hat = embed(net, y_hat)
     return (1.0 - (e_hat * e_y).sum(dim=1)).mean()
-
-
-def build_arcface(state_dict: dict[str, torch.Tensor], cfg: ArcFaceConfig | None = None, source: str = "ArcFace weights") -> ArcFaceBackbone:
-    """An eval-mode, frozen IR-SE ArcFace holding ``state_dict`` (official key names).
-
-    The input size (112/224) is inferred from ``output_layer.3.weight`` when
-    ``cfg`` is None. Wrong keys or shapes raise ``WeightsError``.
-    """
-    from engine.weights.core import load_module_state
-
-    if cfg is None:
-        w = state_dict.get("output_layer.3.weight")
-        size = 224 if (w is not None and w.ndim == 2 and w.shape[1] == 512 * 14 * 14) else 112
-        affine = "output_layer.4.weight" in state_dict
-        cfg = ArcFaceConfig(input_size=size, affine=affine)
-    with torch.device("meta"):
-        model = ArcFaceBackbone(cfg)
-    load_module_state(model, state_dict, source, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def load_arcface(folder) -> ArcFaceBackbone:
-    """The ArcFace from a folder written by ``emoji3d weights convert arcface_ir_se50``."""
-    from emoji3d.errors import WeightsError
-    from engine.weights.core import load_converted
-
-    cfg, groups = load_converted(folder)
-    if "state" not in groups:
-        raise WeightsError(f"{folder}: not a converted ArcFace folder (groups: {', '.join(groups)})", file=str(folder))
-    return build_arcface(groups["state"], source=f"{folder}/state.safetensors")

@@ -13,9 +13,12 @@ Conventions
   ``ProgressiveStage.Inference``): w = styles[0](c3) repeated, plus a delta from
   ``styles[i]`` for every i ≥ 1, fed by the coarse (c3), FPN middle (p2) or FPN
   fine (p1) map.
-- State-dict keys equal the official module's (``input_layer.*``, ``body.*``,
-  ``styles.<i>.convs.*``, ``styles.<i>.linear.*``, ``latlayer1/2.*``); in
-  ``e4e_ffhq_encode.pt`` they sit under ``encoder.`` in ``state_dict``.
+- State-dict keys of :class:`Encoder4Editing` equal the official module's
+  (``input_layer.*``, ``body.*``, ``styles.<i>.convs.*``, ``styles.<i>.linear.*``,
+  ``latlayer1/2.*``). :class:`E4EModel`, the savable network, holds it as
+  ``encoder`` beside the ``latent_avg`` buffer: the keys ``encoder.*`` and
+  ``latent_avg`` of ``e4e_ffhq_encode.pt`` (whose ``decoder.*`` StyleGAN2 we
+  do not keep: the generator comes from its own file).
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from engine.nets.irse import make_body, make_input_layer
+from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 INPUT_SIZE = 256
 # body indices whose outputs feed the style heads (official e4e hard-codes these)
@@ -35,10 +39,14 @@ COARSE_END, MIDDLE_END = 3, 7
 
 
 @dataclass(frozen=True)
-class E4EConfig:
+class E4EConfig(PretrainedConfig):
     num_layers: int = 50
     mode: str = "ir_se"
     stylegan_size: int = 1024  # output resolution of the generator the codes are for
+
+    def __post_init__(self) -> None:
+        if self.stylegan_size < 4 or self.stylegan_size & (self.stylegan_size - 1):
+            raise ValueError(f"stylegan_size must be a power of two >= 4, got {self.stylegan_size}")
 
     @property
     def n_styles(self) -> int:
@@ -56,7 +64,7 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
+        return functional.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
 
 
 class GradualStyleBlock(nn.Module):
@@ -79,7 +87,7 @@ class GradualStyleBlock(nn.Module):
 
 def upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """FPN merge: bilinear (align_corners=True) resize of x to y's size, plus y."""
-    return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
+    return functional.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
 
 
 class Encoder4Editing(nn.Module):
@@ -149,7 +157,7 @@ def preprocess_uint8(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"e4e: expected [B,H,W,3] RGB, got {tuple(images.shape)}")
     x = images.permute(0, 3, 1, 2).float() / 255.0  # [B,3,H,W] in [0,1]
     if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        x = functional.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
     return x * 2.0 - 1.0
 
 
@@ -163,52 +171,19 @@ def encode(encoder: Encoder4Editing, x: torch.Tensor, latent_avg: torch.Tensor) 
     return codes + latent_avg.to(codes).unsqueeze(0)
 
 
-def split_checkpoint(ckpt: dict, source: str = "e4e checkpoint") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """From the dict of ``e4e_ffhq_encode.pt`` (``state_dict`` with ``encoder.*`` and
-    ``decoder.*`` keys, ``latent_avg`` beside it) return the encoder state dict with
-    the ``encoder.`` prefix removed, and ``latent_avg``."""
-    from emoji3d.errors import WeightsError
+class E4EModel(PretrainedMixin, nn.Module):
+    """The released e4e model: :class:`Encoder4Editing` (``encoder``) and its
+    ``latent_avg`` [n_styles, 512] buffer (zeros in a new model). ``forward`` is W+."""
 
-    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{source}: no 'state_dict' dict inside, so this is not an e4e checkpoint", file=source)
-    enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    if not enc:
-        raise WeightsError(f"{source}: 'state_dict' has no 'encoder.*' keys", file=source)
-    latent_avg = ckpt.get("latent_avg")
-    if not isinstance(latent_avg, torch.Tensor):
-        raise WeightsError(f"{source}: 'latent_avg' tensor is missing", file=source)
-    return enc, latent_avg
+    config_class = E4EConfig
 
+    def __init__(self, config: E4EConfig = E4EConfig()) -> None:
+        self._check_config(config)
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder4Editing(config)
+        self.register_buffer("latent_avg", torch.zeros(config.n_styles, 512))  # [n_styles, 512]
 
-def build_encoder(state_dict: dict[str, torch.Tensor], cfg: E4EConfig | None = None, source: str = "e4e weights") -> Encoder4Editing:
-    """An eval-mode encoder holding ``state_dict`` (official key names, no prefix).
-
-    ``cfg.stylegan_size`` is inferred from the number of style heads when not given.
-    Missing, unexpected or mis-shaped keys raise ``WeightsError`` naming them.
-    """
-    from engine.weights.core import load_module_state
-
-    if cfg is None:
-        n = len({k.split(".")[1] for k in state_dict if k.startswith("styles.")})
-        if n < 2 or n % 2:
-            from emoji3d.errors import WeightsError
-
-            raise WeightsError(f"{source}: found {n} style heads, expected an even number >= 2", file=source)
-        cfg = E4EConfig(stylegan_size=2 ** ((n + 2) // 2))
-    with torch.device("meta"):
-        model = Encoder4Editing(cfg)
-    load_module_state(model, state_dict, source, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def load_e4e(folder) -> tuple[Encoder4Editing, torch.Tensor]:
-    """(encoder, latent_avg [n_styles,512]) from a folder written by
-    ``emoji3d weights convert e4e_ffhq`` (groups ``encoder`` and ``latent_avg``)."""
-    from emoji3d.errors import WeightsError
-    from engine.weights.core import load_converted
-
-    cfg, groups = load_converted(folder)
-    if "encoder" not in groups or "latent_avg" not in groups:
-        raise WeightsError(f"{folder}: not a converted e4e folder (groups: {', '.join(groups)})", file=str(folder))
-    return build_encoder(groups["encoder"], source=f"{folder}/encoder.safetensors"), groups["latent_avg"]["latent_avg"]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B,3,256,256] in [-1,1] → W+ [B,n_styles,512]."""
+        return encode(self.encoder, x, self.latent_avg)

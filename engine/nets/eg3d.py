@@ -1,4 +1,4 @@
-"""EG3D tri-plane generator (``TriPlaneGenerator``), OSG decoder, typed config and loading.
+"""EG3D tri-plane generator (``TriPlaneGenerator``), OSG decoder, typed config and slim presets.
 
 Same architecture, parameter names and forward maths as NVlabs EG3D
 ``training/triplane.py``; an official state dict (``backbone.*``,
@@ -32,31 +32,33 @@ Pieces and conventions:
   Super-resolution noise follows ``rendering.superresolution_noise_mode``
   ('none' in the official configs).
 
-Config files: ``config.json`` = ``{"class_name":
+The config (:class:`EG3DConfig`, frozen) holds everything the outputs depend
+on, the neural rendering resolution included; the generator keeps no other
+state. Its JSON form (the ``config`` of a pretrained folder,
+:mod:`engine.weights.pretrained`) is ``{"class_name":
 "training.triplane.TriPlaneGenerator", "init_kwargs": {...},
-"neural_rendering_resolution": R}`` (the official constructor arguments, as
-in the reference fixtures) beside a safetensors state dict with official keys.
+"neural_rendering_resolution": R}``: the official constructor arguments.
+State-dict keys are the official ones. Official pickles are read by
+:mod:`engine.weights.convert`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 
-from emoji3d.errors import WeightsError
 from engine.nets import volume
 from engine.nets.stylegan2 import FullyConnectedLayer, Generator as StyleGAN2Backbone
 from engine.nets.superresolution import sr_class
+from engine.weights.errors import WeightsError
+from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 PLANE_CHANNELS = 32
 PLANE_RESOLUTION = 256
 DECODER_HIDDEN = 64
 CLASS_NAME = "training.triplane.TriPlaneGenerator"
-WEIGHT_FILES = ("G.safetensors", "G_official_keys.safetensors")
 DEFAULT_POINTS_PER_PASS = 1 << 21  # ~2M sample points per decoder call (~1 GB of plane features in float32)
 
 # Rendering keys we interpret; everything else in rendering_kwargs (training
@@ -125,7 +127,7 @@ class RenderingConfig:
 
 
 @dataclass(frozen=True)
-class EG3DConfig:
+class EG3DConfig(PretrainedConfig):
     """Constructor arguments of ``TriPlaneGenerator`` (official names) plus the neural rendering resolution.
 
     Defaults of the backbone fields are the NVlabs constructor defaults, so an
@@ -189,17 +191,20 @@ class EG3DConfig:
                 "neural_rendering_resolution": self.neural_rendering_resolution}
 
     @classmethod
-    def from_json_dict(cls, d: Mapping[str, Any]) -> "EG3DConfig":
-        if not is_eg3d_config(d):
-            raise ValueError(f"not an EG3D TriPlaneGenerator config (class_name={d.get('class_name')!r})")
-        return cls.from_init_kwargs(d["init_kwargs"], int(d.get("neural_rendering_resolution", 64)))
+    def from_json_dict(cls, data: Any, source: str = "config") -> "EG3DConfig":
+        if not isinstance(data, Mapping) or set(data) != {"class_name", "init_kwargs", "neural_rendering_resolution"}:
+            keys = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise WeightsError(f"{source}: an EG3D config has exactly class_name, init_kwargs and "
+                               f"neural_rendering_resolution, got {keys}", file=source)
+        if data["class_name"] != CLASS_NAME:
+            raise WeightsError(f"{source}: class_name {data['class_name']!r}, expected {CLASS_NAME!r}", file=source)
+        try:
+            return cls.from_init_kwargs(data["init_kwargs"], int(data["neural_rendering_resolution"]))
+        except (TypeError, ValueError) as exc:
+            raise WeightsError(f"{source}: invalid EG3D config ({exc})", file=source) from None
 
     def replace(self, **changes) -> "EG3DConfig":
         return dataclasses.replace(self, **changes)
-
-
-def is_eg3d_config(d: Mapping[str, Any]) -> bool:
-    return str(d.get("class_name", "")).rsplit(".", 1)[-1] == "TriPlaneGenerator" and "init_kwargs" in d
 
 
 # ----------------------------------------------------------------------------- presets
@@ -271,10 +276,14 @@ class OSGDecoder(torch.nn.Module):
         return sigma, rgb
 
 
-class TriPlaneGenerator(torch.nn.Module):
+class TriPlaneGenerator(PretrainedMixin, torch.nn.Module):
     """EG3D generator. See the module docstring for the API and conventions."""
 
+    config_class = EG3DConfig
+    build_on_meta = False  # the StyleGAN2 backbone's filters are made on the CPU
+
     def __init__(self, config: EG3DConfig):
+        self._check_config(config)
         super().__init__()
         self.config = config
         self.z_dim, self.c_dim, self.w_dim = config.z_dim, config.c_dim, config.w_dim
@@ -293,6 +302,17 @@ class TriPlaneGenerator(torch.nn.Module):
     @property
     def num_ws(self) -> int:
         return self.backbone.num_ws
+
+    def init_from_seed(self, generator: torch.Generator) -> None:
+        """Small seeded w_avg, noise strengths and biases, so that every term of the forward
+        pass matters in a random network (as in the reference fixtures)."""
+        for name, tensor in sorted(self.named_parameters()) + sorted(self.named_buffers()):
+            if name.endswith("noise_strength"):
+                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
+            elif name.endswith("w_avg"):
+                tensor.copy_(0.5 * torch.randn(tensor.shape, generator=generator))
+            elif name.endswith(".bias") and "affine" not in name:
+                tensor.add_(0.05 * torch.randn(tensor.shape, generator=generator))
 
     # -- latent ---------------------------------------------------------------
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
@@ -413,91 +433,11 @@ class TriPlaneGenerator(torch.nn.Module):
         return self.synthesis(ws, c if c_render is None else c_render, **synthesis_kwargs)
 
 
-# ----------------------------------------------------------------------------- loading and saving
-
-def load_official_state_dict(G: TriPlaneGenerator, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-    """Copy an official-key state dict into G; any missing/unexpected key or shape mismatch is a WeightsError."""
-    own = G.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state_dict) if tuple(state_dict[k].shape) != tuple(own[k].shape))
-    problems = []
-    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-            problems.append(f"{what}: {', '.join(items[:8])}{more}")
-    if problems:
-        raise WeightsError(f"{source} does not fit this EG3D configuration: " + "; ".join(problems), file=source)
-    with torch.no_grad():
-        G.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
-
-
-def from_official(state_dict: Mapping[str, torch.Tensor], init_kwargs: Mapping[str, Any],
-                  neural_rendering_resolution: int = 128, source: str = "state dict") -> TriPlaneGenerator:
-    """Build a generator from the official (state_dict, init_kwargs) pair (e.g. from the pickle reader)."""
-    G = TriPlaneGenerator(EG3DConfig.from_init_kwargs(init_kwargs, neural_rendering_resolution))
-    load_official_state_dict(G, state_dict, source)
-    return G.eval().requires_grad_(False)
-
-
-def save(G: TriPlaneGenerator, folder: str | pathlib.Path, weights_name: str = WEIGHT_FILES[0]) -> pathlib.Path:
-    """Write ``config.json`` and the safetensors state dict (official keys) into folder."""
-    from safetensors.torch import save_file
-
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(G.config.to_json_dict(), indent=1))
-    save_file({k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}, str(folder / weights_name))
-    return folder
-
-
-def load(folder: str | pathlib.Path, weights_name: str | None = None, device: str | torch.device = "cpu") -> TriPlaneGenerator:
-    """Read a folder written by ``save`` (or a reference fixture folder)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = pathlib.Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise WeightsError(f"{cfg_path} is missing", file=str(cfg_path))
-    try:
-        cfg = EG3DConfig.from_json_dict(json.loads(cfg_path.read_text()))
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{cfg_path}: {exc}", file=str(cfg_path)) from exc
-    names = [weights_name] if weights_name else list(WEIGHT_FILES)
-    path = next((folder / n for n in names if (folder / n).is_file()), None)
-    if path is None:
-        raise WeightsError(f"{folder}: no weight file ({' or '.join(names)})", file=str(folder / names[0]))
-    try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is corrupt or truncated: {exc}", file=str(path)) from exc
-    G = TriPlaneGenerator(cfg)
-    load_official_state_dict(G, sd, str(path))
-    return G.to(device).eval().requires_grad_(False)
-
+# ----------------------------------------------------------------------------- slim presets
 
 def slim_generator(preset: str = "slim128", seed: int = 0, device: str | torch.device = "cpu") -> TriPlaneGenerator:
-    """A randomly initialised generator of a named preset, identical for the same (preset, seed).
-
-    The NVlabs-style constructors draw from torch's global RNG; it is seeded
-    inside ``torch.random.fork_rng`` so the caller's RNG state is untouched.
-    Then ``w_avg``, noise strengths and biases get small seeded values so that
-    every term of the forward pass matters (as in the reference fixtures).
-    """
+    """``TriPlaneGenerator.from_config(PRESETS[preset], seed)`` on ``device``: the same weights for
+    the same (preset, seed)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown EG3D preset {preset!r}; known: {', '.join(PRESETS)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        G = TriPlaneGenerator(PRESETS[preset])
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, t in sorted(G.named_parameters()) + sorted(G.named_buffers()):
-            if name.endswith("noise_strength"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            elif name.endswith("w_avg"):
-                t.copy_(0.5 * torch.randn(t.shape, generator=g))
-            elif name.endswith(".bias") and "affine" not in name:
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-    return G.to(device).eval().requires_grad_(False)
+    return TriPlaneGenerator.from_config(PRESETS[preset], seed=seed).to(device)

@@ -18,12 +18,12 @@ Conventions
   -l])[1] = sigmoid(-2 l)``: a *negative* logit means the attribute is
   present (a StyleFlow evaluation script that scores these same files
   agrees).
-* Weights keep TensorFlow's names and layouts: ``"<scope>/weight"`` is
-  ``[k, k, in, out]`` for convolutions and ``[in, out]`` for dense layers;
-  ``"<scope>/bias"`` is ``[out]``; ``"lod"`` is a scalar. Scopes are
-  ``FromRGB_lod<k>``, ``<r>x<r>/Conv0``, ``<r>x<r>/Conv1_down`` (fused
-  conv + 2x box downscale) or ``<r>x<r>/Conv1`` (separate), and ``4x4/Conv``,
-  ``4x4/Dense0``, ``4x4/Dense1``.
+* Weights keep TensorFlow's layouts: ``weight`` is ``[k, k, in, out]`` for
+  convolutions and ``[in, out]`` for dense layers, ``bias`` is ``[out]``,
+  ``lod`` a scalar. State-dict keys are ours (``from_rgb.<k>``,
+  ``blocks.<i>.conv0/conv1``, ``epilogue.conv/dense0/dense1``); the
+  TensorFlow variable names map onto them in
+  :mod:`engine.weights.progan_layout`.
 * Equalised learning rate (``use_wscale``): stored weights are multiplied at
   run time by ``gain / sqrt(fan_in)``, gain sqrt(2) except ``Dense1`` (1).
   Activations are leaky ReLU 0.2. TensorFlow's 'SAME' padding is symmetric
@@ -38,22 +38,15 @@ Conventions
 """
 from __future__ import annotations
 
-import logging
 import math
-import pathlib
-import re
-from dataclasses import asdict, dataclass, replace
-from typing import Mapping
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
-from emoji3d.errors import WeightsError
 from engine.nets.stylegan2 import MinibatchStdLayer
-from engine.weights.core import load_converted, load_module_state
-
-log = logging.getLogger(__name__)
+from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 LRELU_SLOPE = 0.2
 METRIC_RESOLUTION = 256
@@ -61,7 +54,7 @@ METRIC_GROUP = 4  # StyleGAN's linear-separability metric: minibatch_per_gpu=4
 
 
 @dataclass(frozen=True)
-class ProGANClassifierConfig:
+class ProGANClassifierConfig(PretrainedConfig):
     """``D_paper`` keyword arguments that shape the network (names as in ProGAN)."""
 
     resolution: int = 256
@@ -102,12 +95,12 @@ class _WSConv(nn.Module):
         k = w.shape[-1]
         if self.down:
             # conv2d_downscale2d: a (k+1)x(k+1) kernel = mean of the 4 shifts of the padded kernel.
-            w = F.pad(w, (1, 1, 1, 1))
+            w = functional.pad(w, (1, 1, 1, 1))
             w = (w[..., 1:, 1:] + w[..., :-1, 1:] + w[..., 1:, :-1] + w[..., :-1, :-1]) * 0.25
-            x = F.conv2d(x, w, stride=2, padding=k // 2)
+            x = functional.conv2d(x, w, stride=2, padding=k // 2)
         else:
-            x = F.conv2d(x, w, padding=k // 2)
-        return F.leaky_relu(x + self.bias.view(1, -1, 1, 1), LRELU_SLOPE)
+            x = functional.conv2d(x, w, padding=k // 2)
+        return functional.leaky_relu(x + self.bias.view(1, -1, 1, 1), LRELU_SLOPE)
 
 
 class _WSDense(nn.Module):
@@ -120,7 +113,7 @@ class _WSDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1) @ (self.weight * self.scale) + self.bias
-        return F.leaky_relu(x, LRELU_SLOPE) if self.activate else x
+        return functional.leaky_relu(x, LRELU_SLOPE) if self.activate else x
 
 
 class _Block(nn.Module):
@@ -134,7 +127,7 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.conv0(x))
-        return x if self.fused else F.avg_pool2d(x, 2)
+        return x if self.fused else functional.avg_pool2d(x, 2)
 
 
 class _Epilogue(nn.Module):
@@ -154,12 +147,15 @@ class _Epilogue(nn.Module):
         return self.dense1(self.dense0(self.conv(x)))
 
 
-class ProGANClassifier(nn.Module):
+class ProGANClassifier(PretrainedMixin, nn.Module):
     """Images [N, C, R, R] in [-1, 1] -> logits [N, out_features] (see the module docstring)."""
 
+    config_class = ProGANClassifierConfig
+
     def __init__(self, cfg: ProGANClassifierConfig) -> None:
+        self._check_config(cfg)
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         top = cfg.resolution_log2
         # FromRGB_lod<k> reads the image at resolution 2^(top-k); D_paper makes one per level.
         self.from_rgb = nn.ModuleList(
@@ -169,8 +165,16 @@ class ProGANClassifier(nn.Module):
         self.epilogue = _Epilogue(cfg)
         self.register_buffer("lod", torch.zeros(()))
 
+    def init_from_seed(self, generator: torch.Generator) -> None:
+        """ProGAN's initialisation with equalised learning rate: every weight N(0, 1) (the run-time
+        scale does the rest), biases 0. The constructor leaves weights at zero, as the converter
+        overwrites them anyway."""
+        for name, param in self.named_parameters():
+            if name.endswith("weight"):
+                param.copy_(torch.randn(param.shape, generator=generator))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
+        cfg = self.config
         if images.ndim != 4 or images.shape[1] != cfg.num_channels or images.shape[-1] != cfg.resolution \
                 or images.shape[-2] != cfg.resolution:
             raise ValueError(f"classifier expects [N, {cfg.num_channels}, {cfg.resolution}, {cfg.resolution}] "
@@ -180,85 +184,11 @@ class ProGANClassifier(nn.Module):
         x = self.from_rgb[0](img)
         for level, block in enumerate(self.blocks):
             x = block(x)
-            img = F.avg_pool2d(img, 2)
+            img = functional.avg_pool2d(img, 2)
             t = min(max(lod - level, 0.0), 1.0)
             if t > 0:  # still fading in this level (lod > 0): lerp towards the lower-resolution path
                 x = x + (self.from_rgb[level + 1](img) - x) * t
         return self.epilogue(x)
-
-
-# ----------------------------------------------------------------------------- TensorFlow names
-
-def tf_names(cfg: ProGANClassifierConfig) -> dict[str, str]:
-    """{TensorFlow variable name: this module's state-dict key}."""
-    top = cfg.resolution_log2
-    out = {"lod": "lod"}
-    for k in range(top - 1):
-        for p in ("weight", "bias"):
-            out[f"FromRGB_lod{k}/{p}"] = f"from_rgb.{k}.{p}"
-    conv1 = "Conv1_down" if cfg.fused_scale else "Conv1"
-    for i, res in enumerate(range(top, 2, -1)):
-        r = 2 ** res
-        for p in ("weight", "bias"):
-            out[f"{r}x{r}/Conv0/{p}"] = f"blocks.{i}.conv0.{p}"
-            out[f"{r}x{r}/{conv1}/{p}"] = f"blocks.{i}.conv1.{p}"
-    for scope, key in (("Conv", "conv"), ("Dense0", "dense0"), ("Dense1", "dense1")):
-        for p in ("weight", "bias"):
-            out[f"4x4/{scope}/{p}"] = f"epilogue.{key}.{p}"
-    return out
-
-
-_BLOCK = re.compile(r"^(\d+)x\1/")
-
-
-def config_from_variables(variables: Mapping[str, torch.Tensor], static_kwargs: Mapping | None = None,
-                          source: str = "classifier") -> ProGANClassifierConfig:
-    """The architecture: resolution, channels, fused downscale and minibatch stddev from the
-    variables; widths from the pickle's ``static_kwargs`` (``D_paper``'s defaults where a
-    keyword is absent, as when the network was built). :func:`from_variables` then checks
-    every shape against it."""
-    kw = dict(static_kwargs or {})
-    if "FromRGB_lod0/weight" not in variables or "4x4/Dense1/weight" not in variables:
-        raise WeightsError(f"{source}: not a ProGAN classifier (no FromRGB_lod0/weight or 4x4/Dense1/weight); "
-                           f"found e.g. {', '.join(list(variables)[:4])}", file=source)
-    res = max([int(m.group(1)) for k in variables if (m := _BLOCK.match(k))] + [4])
-    if "resolution" in kw and int(kw["resolution"]) != res:
-        raise WeightsError(f"{source}: static_kwargs say resolution {kw['resolution']}, the variables {res}",
-                           file=source)
-    group = int(kw.get("mbstd_group_size", 4))
-    cfg = ProGANClassifierConfig(
-        resolution=res, num_channels=int(variables["FromRGB_lod0/weight"].shape[2]),
-        fmap_base=int(kw.get("fmap_base", 8192)), fmap_decay=float(kw.get("fmap_decay", 1.0)),
-        fmap_max=int(kw.get("fmap_max", 512)), use_wscale=bool(kw.get("use_wscale", True)),
-        mbstd_group_size=0, fused_scale=res == 4 or f"{res}x{res}/Conv1_down/weight" in variables,
-        out_features=int(variables["4x4/Dense1/weight"].shape[1]))
-    conv_in = int(variables["4x4/Conv/weight"].shape[2])
-    if conv_in == cfg.nf(1) + 1:
-        if group <= 1:
-            raise WeightsError(f"{source}: 4x4/Conv has a minibatch-stddev channel but mbstd_group_size is {group}",
-                               file=source)
-        cfg = replace(cfg, mbstd_group_size=group)
-    elif conv_in != cfg.nf(1):
-        raise WeightsError(f"{source}: 4x4/Conv takes {conv_in} channels; expected {cfg.nf(1)} (+1 with minibatch "
-                           f"stddev) for fmap_base {cfg.fmap_base}, fmap_max {cfg.fmap_max}", file=source)
-    return cfg
-
-
-def from_variables(variables: Mapping[str, torch.Tensor], static_kwargs: Mapping | None = None,
-                   source: str = "classifier") -> ProGANClassifier:
-    """Build the classifier from TF variables (every name and shape must match; nothing left over)."""
-    cfg = config_from_variables(variables, static_kwargs, source)
-    names = tf_names(cfg)
-    net = ProGANClassifier(cfg)
-    missing = [n for n in names if n not in variables]
-    unexpected = [n for n in variables if n not in names]
-    if missing or unexpected:
-        problems = [f"missing {', '.join(missing[:3])}"] if missing else []
-        problems += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
-        raise WeightsError(f"{source}: wrong layout for a ProGAN classifier ({asdict(cfg)}): " + "; ".join(problems),
-                           file=source)
-    load_module_state(net, {k: variables[n] for n, k in names.items()}, source)  # shapes and dtypes
-    return net.eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- scoring as the metric does
@@ -270,28 +200,14 @@ def classifier_input(images: torch.Tensor, resolution: int = METRIC_RESOLUTION) 
     if s == resolution:
         return images
     if s > resolution and s % resolution == 0:
-        return F.avg_pool2d(images, s // resolution)
-    return F.interpolate(images, size=(resolution, resolution), mode="area" if s > resolution else "bilinear",
+        return functional.avg_pool2d(images, s // resolution)
+    return functional.interpolate(images, size=(resolution, resolution), mode="area" if s > resolution else "bilinear",
                          align_corners=None if s > resolution else False)
 
 
 def score_in_groups(net: ProGANClassifier, images: torch.Tensor, group: int = METRIC_GROUP) -> torch.Tensor:
     """Logits [N] for any N: images go through in consecutive groups of ``group`` (the last
     one smaller), so minibatch stddev sees the same groups as the metric's minibatches."""
-    x = classifier_input(images, net.cfg.resolution)
+    x = classifier_input(images, net.config.resolution)
     out = [net(x[i:i + group])[:, 0] for i in range(0, x.shape[0], group)]
     return torch.cat(out) if out else x.new_zeros(0)
-
-
-def load_classifier(folder, device: torch.device | str = "cpu") -> ProGANClassifier:
-    """The classifier from a folder ``emoji3d weights convert`` wrote for a ``tf_network_pickle``."""
-    folder = pathlib.Path(folder)
-    cfg, groups = load_converted(folder)
-    meta = cfg.get("network") or {}
-    if "variables" not in groups:
-        raise WeightsError(f"{folder}: no variables.safetensors; not a converted TensorFlow network", file=str(folder))
-    if meta.get("build_func_name") != "D_paper":
-        log.warning("%s: built by %r, not ProGAN's D_paper; it loads only if every variable matches "
-                    "D_paper's layout", folder, meta.get("build_func_name"))
-    return from_variables(groups["variables"], meta.get("static_kwargs"),
-                          source=str(folder / cfg["files"]["variables"])).to(device)

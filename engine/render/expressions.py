@@ -235,9 +235,9 @@ def align_to_ffhq(images: torch.Tensor, faces: Sequence, size: int = 256) -> tup
 
 
 def load_attribute_scorer(name: str, folder: pathlib.Path) -> ImageScorer:
-    from engine.nets.progan_classifier import load_classifier
+    from engine.nets.progan_classifier import ProGANClassifier
 
-    return ProGANAttributeScorer(name, load_classifier(folder))
+    return ProGANAttributeScorer(name, ProGANClassifier.from_pretrained(folder))
 
 
 def classifier_scorers(weights_dir: pathlib.Path | str,

@@ -53,11 +53,11 @@ SLIM_BANNER = ("*** SLIM RANDOM WEIGHTS: this boundary file is FOR TESTS ONLY. T
 def load_base_generator(preset: str, weights_dir: pathlib.Path, seed: int, device: str) -> tuple[torch.nn.Module, str]:
     """The base EG3D the pipeline would load: (generator, "pretrained" | "slim")."""
     from engine.nets import eg3d
-    from engine.avatar.networks import SLIM_3D_PRESET, eg3d_from_converted
+    from engine.avatar.networks import SLIM_3D_PRESET
 
     folder = weights_dir / "eg3d_ffhq"  # the manifest name, as the pipeline loads it
     if preset == "pretrained" or (preset == "auto" and (folder / "config.json").is_file()):
-        return eg3d_from_converted(folder).to(device), "pretrained"
+        return eg3d.TriPlaneGenerator.from_pretrained(folder, device=device), "pretrained"
     # Same construction as engine.avatar.networks.slim_networks, so the digest matches the pipeline's g3d.
     return eg3d.slim_generator(SLIM_3D_PRESET, seed=seed + 20, device=device), "slim"
 

@@ -3,6 +3,9 @@
 Exit codes: 0 success; 1 a check failed or a download/convert failed; 2 bad
 arguments (argparse). The weights folder and manifest come from config.toml
 (``[weights] dir`` / ``manifest``) unless ``--dir`` / ``--manifest`` are given.
+``convert`` writes each entry's pretrained folder ``<dir>/<name>/``
+(:mod:`engine.weights.pretrained`); a folder that ``list`` shows as
+``outdated`` was written by an older version and is rewritten by ``convert``.
 """
 from __future__ import annotations
 
@@ -12,34 +15,34 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emoji3d weights", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="config.toml (default: $EMOJI3D_CONFIG or the repository's)")
-    p.add_argument("--dir", help="weights folder (default: [weights] dir of config.toml)")
-    p.add_argument("--manifest", help="manifest TOML (default: [weights] manifest, else the packaged one)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    parser = argparse.ArgumentParser(prog="emoji3d weights", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config.toml (default: $EMOJI3D_CONFIG or the repository's)")
+    parser.add_argument("--dir", help="weights folder (default: [weights] dir of config.toml)")
+    parser.add_argument("--manifest", help="manifest TOML (default: [weights] manifest, else the packaged one)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="manifest entries and what is installed")
-    f = sub.add_parser("fetch", help="download (resumable), show licence first, verify")
-    f.add_argument("names", nargs="*", help="entry names (default: every required entry)")
-    f.add_argument("--all", action="store_true", help="also fetch the optional entries (attribute classifiers)")
-    f.add_argument("--accept-licence", action="store_true", help="accept every shown licence without asking")
-    f.add_argument("--no-progress", action="store_true")
-    f.add_argument("--convert", action="store_true", help="convert each file after download")
-    v = sub.add_parser("verify", help="check installed files against size/sha256")
-    v.add_argument("names", nargs="*")
-    v.add_argument("--print-digests", action="store_true", help="also print each file's full sha256")
-    c = sub.add_parser("convert", help="official formats -> config.json + safetensors")
-    c.add_argument("names", nargs="*", help="entry names (default: every installed file)")
-    c.add_argument("--src", help="convert this file instead of a manifest entry (needs --kind and --out)")
-    c.add_argument("--kind", help="converter for --src")
-    c.add_argument("--out", help="output folder for --src")
-    c.add_argument(
+    fetch_cmd = sub.add_parser("fetch", help="download (resumable), show licence first, verify")
+    fetch_cmd.add_argument("names", nargs="*", help="entry names (default: every required entry)")
+    fetch_cmd.add_argument("--all", action="store_true", help="also fetch the optional entries (attribute classifiers)")
+    fetch_cmd.add_argument("--accept-licence", action="store_true", help="accept every shown licence without asking")
+    fetch_cmd.add_argument("--no-progress", action="store_true")
+    fetch_cmd.add_argument("--convert", action="store_true", help="convert each file after download")
+    verify_cmd = sub.add_parser("verify", help="check installed files against size/sha256")
+    verify_cmd.add_argument("names", nargs="*")
+    verify_cmd.add_argument("--print-digests", action="store_true", help="also print each file's full sha256")
+    convert_cmd = sub.add_parser("convert", help="official formats -> pretrained folders (config.json + model.safetensors)")
+    convert_cmd.add_argument("names", nargs="*", help="entry names (default: every installed file)")
+    convert_cmd.add_argument("--src", help="convert this file instead of a manifest entry (needs --kind and --out)")
+    convert_cmd.add_argument("--kind", help="converter for --src")
+    convert_cmd.add_argument("--out", help="output folder for --src")
+    convert_cmd.add_argument(
         "--no-source-audit",
         action="store_true",
         help="skip the static check of source embedded in NVIDIA pickles (it is never executed either way)",
     )
-    r = sub.add_parser("check-reference", help="rebuild a reference fixture's outputs and compare")
-    r.add_argument("folders", nargs="+")
-    return p
+    check_cmd = sub.add_parser("check-reference", help="rebuild a reference fixture's outputs and compare")
+    check_cmd.add_argument("folders", nargs="+")
+    return parser
 
 
 def _paths(ns: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -52,7 +55,7 @@ def _paths(ns: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path | None]:
 
 
 def _ask_licence(entry) -> bool:
-    from engine.weights.core import licence_text
+    from engine.weights.fetch import licence_text
 
     print(licence_text(entry), file=sys.stderr)
     if not sys.stdin.isatty():
@@ -62,7 +65,7 @@ def _ask_licence(entry) -> bool:
 
 
 def _accept_shown(entry) -> bool:
-    from engine.weights.core import licence_text
+    from engine.weights.fetch import licence_text
 
     print(licence_text(entry), file=sys.stderr)
     print("  accepted (--accept-licence)", file=sys.stderr)
@@ -73,10 +76,13 @@ def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
     if ns.cmd == "check-reference":
         return _check_reference(ns.folders)
-    from engine.weights import core as W
+    from engine.weights import manifest as weights_manifest
+    from engine.weights.convert import convert
+    from engine.weights.errors import WeightsError
+    from engine.weights.fetch import fetch
 
     wdir, mpath = _paths(ns)
-    manifest = W.load_manifest(mpath)
+    manifest = weights_manifest.load_manifest(mpath)
     names = getattr(ns, "names", None) or []
     entries = [manifest.get(n) for n in names] if names else list(manifest.files)
     if ns.cmd == "fetch" and not names and not ns.all:
@@ -86,7 +92,7 @@ def main(argv: list[str]) -> int:
             print(f"optional entries not fetched (name them or pass --all): {', '.join(skipped)}", file=sys.stderr)
 
     if ns.cmd == "list":
-        state = dict((e.name, s) for e, s in W.iter_status(manifest, wdir))
+        state = dict((e.name, s) for e, s in weights_manifest.iter_status(manifest, wdir))
         print(f"weights folder: {wdir}")
         for e in entries:
             size = f"{e.size / 2**20:.1f} MiB" if e.size else "size ?"
@@ -101,11 +107,11 @@ def main(argv: list[str]) -> int:
         failed = 0
         for e in entries:
             try:
-                path = W.fetch(e, wdir, progress=not ns.no_progress, confirm_licence=confirm)
-                print(f"{e.name}: {path} ({W.verify_file(e, path).detail})")
+                path = fetch(e, wdir, progress=not ns.no_progress, confirm_licence=confirm)
+                print(f"{e.name}: {path} ({weights_manifest.verify_file(e, path).detail})")
                 if ns.convert:
-                    print(f"{e.name}: converted to {W.convert(path, W.converted_path(e, wdir), e.kind)}")
-            except W.WeightsError as exc:
+                    print(f"{e.name}: converted to {convert(path, weights_manifest.converted_path(e, wdir), e.kind)}")
+            except WeightsError as exc:
                 failed += 1
                 print(f"{e.name}: {exc}", file=sys.stderr)
         return 1 if failed else 0
@@ -113,16 +119,16 @@ def main(argv: list[str]) -> int:
     if ns.cmd == "verify":
         failed = 0
         for e in entries:
-            path = W.installed_path(e, wdir)
+            path = weights_manifest.installed_path(e, wdir)
             if not path.is_file():
                 print(f"{e.name:<16} missing   {path}")
                 failed += bool(names)
                 continue
-            v = W.verify_file(e, path)
-            failed += not v.ok
-            line = f"{e.name:<16} {'ok' if v.ok else 'FAILED':<9} {path}: {v.detail}"
+            check = weights_manifest.verify_file(e, path)
+            failed += not check.ok
+            line = f"{e.name:<16} {'ok' if check.ok else 'FAILED':<9} {path}: {check.detail}"
             if ns.print_digests:
-                line += f"\n{'':<16} sha256 {W.sha256_file(path)}  size {path.stat().st_size}"
+                line += f"\n{'':<16} sha256 {weights_manifest.sha256_file(path)}  size {path.stat().st_size}"
             print(line)
         return 1 if failed else 0
 
@@ -131,21 +137,27 @@ def main(argv: list[str]) -> int:
             if not (ns.kind and ns.out):
                 print("convert --src needs --kind and --out", file=sys.stderr)
                 return 2
-            print(W.convert(ns.src, ns.out, ns.kind, audit_source=not ns.no_source_audit))
+            try:
+                print(convert(ns.src, ns.out, ns.kind, audit_source=not ns.no_source_audit))
+            except WeightsError as exc:
+                print(str(exc), file=sys.stderr)
+                return 1
             return 0
         failed = done = 0
         for e in entries:
-            path = W.installed_path(e, wdir)
-            if not path.is_file():
+            path = weights_manifest.find_installed(e, wdir)
+            if path is None:
                 if names:
-                    print(f"{e.name}: {path} not installed; run `emoji3d weights fetch {e.name}`", file=sys.stderr)
+                    print(f"{e.name}: {weights_manifest.installed_path(e, wdir)} not installed; run "
+                          f"`emoji3d weights fetch {e.name}`", file=sys.stderr)
                     failed += 1
                 continue
             try:
-                out = W.convert(path, W.converted_path(e, wdir), e.kind, audit_source=not ns.no_source_audit)
-                print(f"{e.name}: {out}")
+                out = convert(path, weights_manifest.converted_path(e, wdir), e.kind,
+                              audit_source=not ns.no_source_audit)
+                print(f"{e.name}: {out} (from {path})")
                 done += 1
-            except W.WeightsError as exc:
+            except WeightsError as exc:
                 failed += 1
                 print(f"{e.name}: {exc}", file=sys.stderr)
         if not done and not failed:

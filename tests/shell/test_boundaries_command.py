@@ -98,16 +98,13 @@ def test_fit_adds_installed_attribute_classifiers_and_refuses_missing_ones(tmp_p
 def test_pretrained_generator_is_read_from_the_folder_weights_convert_writes(tmp_path, reference_fixtures):
     from safetensors.torch import load_file
 
-    from engine.avatar import networks
-    from engine.weights.core import _write_converted
+    from engine.weights.convert import eg3d_from_official, write_converted
 
     fixture = reference_fixtures / "eg3d_slim"
     cfg = json.loads((fixture / "config.json").read_text())
-    _write_converted(tmp_path / "eg3d_ffhq", {"kind": "eg3d_pickle", "source": "ffhqrebalanced512-128.pkl",
-                                             "networks": {"G_ema": {"class_name": cfg["class_name"], "init_args": [],
-                                                                    "init_kwargs": cfg["init_kwargs"]}}},
-                     {"G_ema": load_file(str(fixture / "G_official_keys.safetensors"))})
+    write_converted(tmp_path / "eg3d_ffhq", eg3d_from_official(load_file(str(fixture / "G_official_keys.safetensors")),
+                                                               cfg["init_kwargs"], 128, "fixture"))
     G, kind = boundaries_command.load_base_generator("auto", tmp_path, seed=0, device="cpu")
     assert kind == "pretrained"
     # the digest a boundary file is tied to is the one of the generator the pipeline loads
-    assert edits.generator_digest(G) == edits.generator_digest(networks.eg3d_from_converted(tmp_path / "eg3d_ffhq"))
+    assert edits.generator_digest(G) == edits.generator_digest(eg3d.TriPlaneGenerator.from_pretrained(tmp_path / "eg3d_ffhq"))

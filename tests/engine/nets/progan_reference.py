@@ -69,14 +69,12 @@ def tf_pickle(variables: list, static_kwargs: dict, build_src: str = BUILD_SRC, 
             del sys.modules[m]
 
 
-
-
 def install_classifier(weights_dir: pathlib.Path, attribute: str, case_name: str = "fused_mbstd4_32px") -> pathlib.Path:
     """Write an NVIDIA-format pickle of a reference case and convert it as ``weights convert`` would."""
-    from engine.weights import core as W
+    from engine.weights.convert import convert
 
     case = REFERENCE[case_name]
     weights_dir.mkdir(parents=True, exist_ok=True)
     pkl = weights_dir / f"{attribute}.pkl"
     pkl.write_bytes(tf_pickle(list(recipe_variables(case).items()), case["static_kwargs"]))
-    return W.convert(pkl, weights_dir / f"attribute_{attribute}", "tf_network_pickle")
+    return convert(pkl, weights_dir / f"attribute_{attribute}", "tf_network_pickle")

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from emoji3d.errors import WeightsError
 from engine.checks import REL_TOL
 from engine.checks.e4e_arcface import layout_checks, recipe_state_dict
-from engine.nets.arcface import ArcFaceBackbone, build_arcface, embed, id_crop, id_loss
-from engine.nets.e4e import E4EConfig, Encoder4Editing, build_encoder, encode, preprocess_uint8, split_checkpoint
-from engine.weights.core import load_safetensors
+from engine.nets.arcface import ArcFaceBackbone, embed, id_crop, id_loss
+from engine.nets.e4e import E4EConfig, Encoder4Editing, encode, preprocess_uint8
+from engine.weights.convert import arcface_from_state_dict, e4e_model
+from engine.weights.tensor_files import load_safetensors
 
 
 def _tol(ref: torch.Tensor) -> float:
@@ -29,13 +29,17 @@ def fixture(reference_fixtures):
 @pytest.fixture(scope="module")
 def arcface(fixture):
     cfg, _ = fixture
-    return build_arcface(recipe_state_dict(cfg["arcface"]["state_dict_keys_in_order"], cfg["arcface"]["seed"]))
+    return arcface_from_state_dict(recipe_state_dict(cfg["arcface"]["state_dict_keys_in_order"],
+                                                     cfg["arcface"]["seed"]), "arcface recipe")
 
 
 @pytest.fixture(scope="module")
 def encoder(fixture):
     cfg, _ = fixture
-    return build_encoder(recipe_state_dict(cfg["e4e"]["state_dict_keys_in_order"], cfg["e4e"]["seed"]))
+    recipe = recipe_state_dict(cfg["e4e"]["state_dict_keys_in_order"], cfg["e4e"]["seed"])
+    model = e4e_model(recipe, torch.zeros(512), "e4e recipe")
+    assert model.config == E4EConfig()  # 18 style heads: the 1024 generator's, as the official checkpoint
+    return model.encoder
 
 
 def test_layout_and_parameter_counts(fixture):
@@ -133,56 +137,28 @@ def test_e4e_config_styles():
     assert E4EConfig(stylegan_size=256).n_styles == 14
 
 
-def test_split_checkpoint_and_layout_errors(fixture):
-    cfg, _ = fixture
-    sd = recipe_state_dict(cfg["arcface"]["state_dict_keys_in_order"], 1)
-    with pytest.raises(WeightsError, match="e4e checkpoint"):
-        split_checkpoint({"latent_avg": torch.zeros(18, 512)})
-    enc, avg = split_checkpoint({"state_dict": {"encoder.a": torch.ones(1), "decoder.b": torch.ones(1)}, "latent_avg": torch.zeros(18, 512)})
-    assert list(enc) == ["a"] and avg.shape == (18, 512)
-    bad = dict(sd)
-    del bad["output_layer.3.bias"]
-    bad["output_layer.9.weight"] = torch.zeros(3)
-    with pytest.raises(WeightsError) as ei:
-        build_arcface(bad, source="model_ir_se50.pth")
-    msg = str(ei.value)
-    assert "model_ir_se50.pth" in msg and "output_layer.3.bias" in msg and "output_layer.9.weight" in msg
-
-
-def test_load_from_converted_folders_errors(tmp_path):
-    from engine.nets.arcface import load_arcface
-    from engine.nets.e4e import load_e4e
-    from engine.weights.core import WeightsMissing, convert
-
-    with pytest.raises(WeightsMissing, match="weights convert"):
-        load_e4e(tmp_path / "nothing")
-    torch.save({"w": torch.zeros(2)}, tmp_path / "model_ir_se50.pth")
-    out = convert(tmp_path / "model_ir_se50.pth", tmp_path / "arc", "arcface")
-    with pytest.raises(WeightsError, match="not a converted e4e folder"):
-        load_e4e(out)
-    with pytest.raises(WeightsError, match="state.safetensors.*missing key"):
-        load_arcface(out)
-
-
 @pytest.mark.slow
 def test_real_checkpoint_formats_round_trip(tmp_path, fixture):
-    """e4e_ffhq_encode.pt / model_ir_se50.pth layouts → convert → load → same outputs (≈1.3 GB on disk)."""
+    """e4e_ffhq_encode.pt / model_ir_se50.pth layouts → convert → from_pretrained → the reference outputs
+    (≈1.3 GB on disk)."""
     import argparse
 
-    from engine.nets.arcface import load_arcface
-    from engine.nets.e4e import load_e4e
-    from engine.weights.core import convert
+    from engine.nets.arcface import ArcFaceBackbone
+    from engine.nets.e4e import E4EModel
+    from engine.weights.convert import convert
 
     cfg, io = fixture
     enc_sd = recipe_state_dict(cfg["e4e"]["state_dict_keys_in_order"], cfg["e4e"]["seed"])
     arc_sd = recipe_state_dict(cfg["arcface"]["state_dict_keys_in_order"], cfg["arcface"]["seed"])
     avg = torch.randn(18, 512, generator=torch.Generator().manual_seed(5))
-    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc_sd.items()}, "latent_avg": avg, "opts": argparse.Namespace(stylegan_size=1024)}, tmp_path / "e4e_ffhq_encode.pt")
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc_sd.items()}, "latent_avg": avg,
+                "opts": argparse.Namespace(stylegan_size=1024)}, tmp_path / "e4e_ffhq_encode.pt")
     torch.save(arc_sd, tmp_path / "model_ir_se50.pth")
-    enc, latent_avg = load_e4e(convert(tmp_path / "e4e_ffhq_encode.pt", tmp_path / "e4e", "e4e"))
-    arc = load_arcface(convert(tmp_path / "model_ir_se50.pth", tmp_path / "arc", "arcface"))
+    del enc_sd, arc_sd
+    model = E4EModel.from_pretrained(convert(tmp_path / "e4e_ffhq_encode.pt", tmp_path / "e4e", "e4e"))
+    arc = ArcFaceBackbone.from_pretrained(convert(tmp_path / "model_ir_se50.pth", tmp_path / "arc", "arcface"))
     x = io["input_256"]
     with torch.no_grad():
-        assert torch.equal(latent_avg, avg)
-        assert torch.allclose(encode(enc, x, latent_avg), build_encoder(enc_sd)(x) + avg, atol=1e-5)
+        assert torch.equal(model.latent_avg, avg)
+        assert (model(x) - avg - io["e4e_codes"]).abs().max() <= _tol(io["e4e_codes"])
         assert (arc(id_crop(x)) - io["arcface_embedding"]).abs().max() <= _tol(io["arcface_embedding"])

@@ -1,4 +1,5 @@
-"""EG3D generator: config round trip, loading errors, mapping, planes, multi-view rendering, SR."""
+"""EG3D generator: config round trip, pretrained folder, loading errors, mapping, planes, multi-view
+rendering, SR."""
 import json
 
 import pytest
@@ -40,18 +41,22 @@ def test_official_key_layout(G):
     assert G.state_dict()["backbone.synthesis.b256.torgb.weight"].shape[0] == 96
 
 
-def test_config_json_roundtrip_and_save_load(G, tmp_path):
+def test_config_json_roundtrip_and_pretrained_folder(G, tmp_path):
     d = G.config.to_json_dict()
-    assert d["class_name"].endswith("TriPlaneGenerator")
+    assert d["class_name"] == "training.triplane.TriPlaneGenerator" and d["neural_rendering_resolution"] == 32
     again = eg3d.EG3DConfig.from_json_dict(json.loads(json.dumps(d)))
     assert again == G.config
-    eg3d.save(G, tmp_path)
-    G2 = eg3d.load(tmp_path)
+    G2 = eg3d.TriPlaneGenerator.from_pretrained(G.save_pretrained(tmp_path))
+    assert G2.config == G.config
     z, c = _z(1), camera.conditioning_label(1)
     ws = G.mapping(z, c)
     assert torch.equal(ws, G2.mapping(z, c))
     p1, p2 = G.planes(ws), G2.planes(ws)
     assert torch.equal(p1, p2)
+    with pytest.raises(WeightsError, match=r"config.json: class_name 'x.Generator'"):
+        eg3d.EG3DConfig.from_json_dict({**d, "class_name": "x.Generator"}, source="config.json")
+    with pytest.raises(WeightsError, match="exactly class_name, init_kwargs and neural_rendering_resolution"):
+        eg3d.EG3DConfig.from_json_dict({"class_name": d["class_name"], "init_kwargs": d["init_kwargs"]})
 
 
 def test_official_init_kwargs_defaults():
@@ -68,22 +73,26 @@ def test_official_init_kwargs_defaults():
 
 
 def test_loading_errors_name_the_problem(G, tmp_path):
+    from engine.weights.convert import eg3d_from_official
+
     sd = dict(G.state_dict())
-    fresh = eg3d.TriPlaneGenerator(G.config)
+    init_kwargs, resolution = G.config.to_init_kwargs(), G.config.neural_rendering_resolution
     bad = dict(sd)
     del bad["decoder.net.0.weight"]
     bad["decoder.extra"] = torch.zeros(1)
-    with pytest.raises(WeightsError, match="missing keys: decoder.net.0.weight.*unexpected keys: decoder.extra"):
-        eg3d.load_official_state_dict(fresh, bad)
+    with pytest.raises(WeightsError, match="G.pkl: .*missing keys: decoder.net.0.weight.*unexpected keys: decoder.extra"):
+        eg3d_from_official(bad, init_kwargs, resolution, "G.pkl")
     bad = dict(sd)
     bad["decoder.net.0.weight"] = torch.zeros(64, 31)
-    with pytest.raises(WeightsError, match=r"shape mismatches: decoder.net.0.weight: file \(64, 31\)"):
-        eg3d.load_official_state_dict(fresh, bad)
-    eg3d.save(G, tmp_path)
-    w = tmp_path / "G.safetensors"
+    with pytest.raises(WeightsError, match=r"shape mismatches: decoder.net.0.weight: file \(64, 31\), model \(64, 32\)"):
+        eg3d_from_official(bad, init_kwargs, resolution, "G.pkl")
+    with pytest.raises(WeightsError, match="G.pkl: EG3D constructor arguments not understood"):
+        eg3d_from_official(sd, {"z_dim": 512}, resolution, "G.pkl")
+    G.save_pretrained(tmp_path)
+    w = tmp_path / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    with pytest.raises(WeightsError, match="G.safetensors") as ei:
-        eg3d.load(tmp_path)
+    with pytest.raises(WeightsError, match="model.safetensors") as ei:
+        eg3d.TriPlaneGenerator.from_pretrained(tmp_path)
     assert ei.value.key == "weights_invalid"
 
 

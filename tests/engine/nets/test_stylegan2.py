@@ -1,6 +1,6 @@
-"""StyleGAN2: official-output fixture, layouts (rosinality, NVlabs), config and
-safetensors round trip, slim preset, noise handling, truncation, mixing,
-W/W+, discriminator features, and (GPU) fused ops against the reference."""
+"""StyleGAN2: official-output fixture, slim preset configs, noise handling, truncation, mixing,
+W/W+, discriminator features, other architectures, and (GPU) fused ops against the reference.
+Checkpoint layouts are tested with their converter (tests/engine/weights/test_stylegan2_layouts.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,16 +8,22 @@ import dataclasses
 import pytest
 import torch
 
-from emoji3d.errors import WeightsError
 from engine.checks import check_folder, format_report
-from engine.nets import stylegan2 as S
+from engine.nets import stylegan2
 
 RES = 32  # tests use the slim preset at 32 px (fast on one CPU core)
 
 
+def _slim(resolution: int = RES):
+    generator = stylegan2.StyleGAN2Generator.from_config(stylegan2.slim_generator_config(resolution), seed=3)
+    discriminator = stylegan2.StyleGAN2Discriminator.from_config(stylegan2.slim_discriminator_config(resolution),
+                                                                 seed=4)
+    return generator, discriminator
+
+
 @pytest.fixture(scope="module")
 def slim():
-    return S.stylegan2_slim(seed=3, resolution=RES)
+    return _slim()
 
 
 @pytest.fixture(scope="module")
@@ -48,88 +54,22 @@ def test_rosinality_fixture_matches_official_outputs(rosinality_dir):
     assert sum(n.startswith("d_convs_") for n in names) == 5
 
 
-def test_rosinality_widths_inferred_from_tensors(rosinality_dir):
-    ckpt = torch.load(rosinality_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    G, D, latent_avg, cfg = S.load_stylegan2(ckpt)
-    assert cfg.img_resolution == 64 and G.num_ws == 10 and cfg.source == "rosinality"
-    assert cfg.channels == {4: 64, 8: 64, 16: 64, 32: 64, 64: 32}
-    assert cfg.d_channels == {64: 32, 32: 64, 16: 64, 8: 64, 4: 64}
-    torch.testing.assert_close(latent_avg, ckpt["latent_avg"].reshape(-1))
-    torch.testing.assert_close(G.mapping.w_avg, latent_avg)
-    # A checkpoint without the discriminator still loads.
-    G2, D2, _, cfg2 = S.load_stylegan2({"g_ema": ckpt["g_ema"], "latent_avg": ckpt["latent_avg"]})
-    assert D2 is None and not cfg2.has_discriminator
-
-
-def test_rosinality_missing_tensor_is_a_clear_error(rosinality_dir):
-    ckpt = torch.load(rosinality_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    g = dict(ckpt["g_ema"])
-    del g["convs.3.conv.modulation.bias"]
-    with pytest.raises(WeightsError, match="convs.3.conv.modulation.bias"):
-        S.load_stylegan2({"g_ema": g})
-    with pytest.raises(WeightsError, match="unrecognised"):
-        S.load_stylegan2({"g_ema": {"foo": torch.zeros(1)}})
-
-
-def test_nvlabs_layout_loads_directly(slim):
-    G, D, w_avg, cfg = slim
-    _perturb(G)
-    z = torch.randn(2, 512, generator=torch.Generator().manual_seed(0))
-    ref = G(z, None, noise_mode="const", impl="ref")
-    init_kwargs = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=RES, img_channels=3,
-                       mapping_kwargs=dict(num_layers=8), conv_clamp=None, num_fp16_res=0)
-    for obj in ({"G_ema": (G.state_dict(), init_kwargs), "D": D.state_dict()}, (G.state_dict(), init_kwargs),
-                G.state_dict()):
-        G2, D2, w2, cfg2 = S.load_stylegan2(obj)
-        assert cfg2.source == "nvlabs" and cfg2.channels == cfg.channels
-        torch.testing.assert_close(G2(z, None, noise_mode="const", impl="ref"), ref)
-        torch.testing.assert_close(w2, G.mapping.w_avg)
-    assert D2 is None
-    G3, D3, _, _ = S.load_stylegan2({"G_ema": (G.state_dict(), init_kwargs), "D": D.state_dict()})
-    img = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(D3(img, impl="ref"), D(img, impl="ref"))
-
-
-def test_save_and_from_pretrained_round_trip(slim, tmp_path):
-    G, D, w_avg, cfg = slim
-    S.save_pretrained(tmp_path, G, D, cfg)
-    G2, D2, w2, cfg2 = S.from_pretrained(tmp_path)
-    assert cfg2 == dataclasses.replace(cfg, has_discriminator=True)
-    z = torch.randn(2, 512, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(G2(z, None, noise_mode="const", impl="ref"), G(z, None, noise_mode="const", impl="ref"))
-    torch.testing.assert_close(w2, w_avg)
-    assert S.StyleGAN2Config.from_json(cfg.to_json()) == cfg
-
-
-def test_truncated_or_corrupt_weights_name_the_file(slim, tmp_path):
-    G, D, _, cfg = slim
-    S.save_pretrained(tmp_path, G, None, cfg)
-    path = tmp_path / "generator.safetensors"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(WeightsError, match="generator.safetensors"):
-        S.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text('{"kind": "eg3d"}')
-    with pytest.raises(WeightsError, match="StyleGAN2"):
-        S.from_pretrained(tmp_path)
-
-
-def test_slim_preset_is_deterministic_and_leaves_global_rng_alone():
-    state = torch.random.get_rng_state()
-    a = S.stylegan2_slim(seed=5, resolution=16)
-    b = S.stylegan2_slim(seed=5, resolution=16)
-    c = S.stylegan2_slim(seed=6, resolution=16)
-    assert torch.equal(torch.random.get_rng_state(), state)
-    for k, v in a[0].state_dict().items():
-        assert torch.equal(v, b[0].state_dict()[k]), k
-    assert not torch.equal(a[0].synthesis.b16.conv1.weight, c[0].synthesis.b16.conv1.weight)
-    assert a[3].channels == {4: 64, 8: 64, 16: 64}
-    assert S.stylegan2_slim_config().img_resolution == 256
+def test_slim_preset_configs():
+    assert stylegan2.slim_generator_config(16).channels == {4: 64, 8: 64, 16: 64}
+    assert stylegan2.slim_discriminator_config(128).channels == {4: 64, 8: 64, 16: 64, 32: 64, 64: 32, 128: 32}
+    assert stylegan2.slim_generator_config().img_resolution == 256
+    assert stylegan2.StyleGAN2GeneratorConfig().channels[1024] == 32  # FFHQ widths when none are given
     with pytest.raises(ValueError, match="power of two"):
-        S.stylegan2_slim_config(100)
+        stylegan2.slim_generator_config(100)
+    with pytest.raises(ValueError, match="channels must list exactly the resolutions"):
+        stylegan2.StyleGAN2GeneratorConfig(img_resolution=8, channels={4: 8})
+    # a generator's average latent: the mean mapped latent of seeded draws, not zero
+    generator, _ = _slim(16)
+    assert generator.mapping.w_avg.abs().sum() > 0
 
 
 def test_noise_modes_and_explicit_noise(slim):
-    G, _, _, _ = slim
+    G, _ = slim
     G = _perturb(G, seed=1)
     ws = G.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(3)), None)
     syn = G.synthesis
@@ -160,9 +100,8 @@ def test_noise_modes_and_explicit_noise(slim):
         syn(ws, noise_inputs={"b8.conv0": torch.zeros(1, 1, 4, 4)})
 
 
-def test_w_avg_updates_only_when_asked(slim):
-    G, _, _, _ = slim
-    G = S.stylegan2_slim(seed=3, resolution=16)[0]
+def test_w_avg_updates_only_when_asked():
+    G, _ = _slim(16)
     z = torch.randn(4, 512, generator=torch.Generator().manual_seed(4))
     w0 = G.mapping.w_avg.clone()
     G.mapping(z, None)
@@ -172,7 +111,8 @@ def test_w_avg_updates_only_when_asked(slim):
 
 
 def test_truncation_mixing_and_w_plus(slim):
-    G, _, w_avg, _ = slim
+    G, _ = slim
+    w_avg = G.mapping.w_avg
     z = torch.randn(2, 512, generator=torch.Generator().manual_seed(5))
     ws = G.mapping(z, None)
     assert ws.shape == (2, G.num_ws, 512)
@@ -181,18 +121,18 @@ def test_truncation_mixing_and_w_plus(slim):
     cut = G.mapping(z, None, truncation_psi=0.5, truncation_cutoff=3)
     torch.testing.assert_close(cut[:, 3:], ws[:, 3:])
     torch.testing.assert_close(cut[:, :3], w_avg.lerp(ws[:, :3], 0.5))
-    torch.testing.assert_close(S.truncate(ws, w_avg, 0.5, 3), cut)
+    torch.testing.assert_close(stylegan2.truncate(ws, w_avg, 0.5, 3), cut)
     # W+ input equals G(z); mixing takes latents from each source.
     torch.testing.assert_close(G.synthesis(ws, noise_mode="const"), G(z, None, noise_mode="const"))
     wa, wb = ws[:, 0], G.mapping(z.flip(0), None)[:, 0]
-    mixed = S.style_mix(wa, wb, 4, G.num_ws)
+    mixed = stylegan2.style_mix(wa, wb, 4, G.num_ws)
     assert torch.equal(mixed[:, :4], wa[:, None].expand(-1, 4, -1)) and torch.equal(mixed[:, 4:], wb[:, None].expand(-1, G.num_ws - 4, -1))
     with pytest.raises(ValueError, match="synthesis ws"):
         G.synthesis(ws[:, :-1])
 
 
 def test_fused_and_unfused_modconv_agree(slim):
-    G, _, _, _ = slim
+    G, _ = slim
     ws = G.mapping(torch.randn(3, 512, generator=torch.Generator().manual_seed(6)), None)
     a = G.synthesis(ws, noise_mode="const", fused_modconv=True, impl="ref")
     b = G.synthesis(ws, noise_mode="const", fused_modconv=False, impl="ref")
@@ -200,7 +140,7 @@ def test_fused_and_unfused_modconv_agree(slim):
 
 
 def test_discriminator_features_and_gradients(slim):
-    G, D, _, _ = slim
+    G, D = slim
     img = torch.randn(2, 3, RES, RES, generator=torch.Generator().manual_seed(7), requires_grad=True)
     score, feats = D(img, return_features=True, impl="ref")
     assert score.shape == (2, 1)
@@ -217,15 +157,15 @@ def test_discriminator_features_and_gradients(slim):
 
 def test_other_architectures_and_clamp_build_and_run():
     for arch in ("orig", "resnet"):
-        G = S.Generator(64, 0, 64, 16, 3, mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32,
-                        num_fp16_res=0, architecture=arch, conv_clamp=0.05)
-        D = S.Discriminator(0, 16, 3, architecture=("skip" if arch == "orig" else "resnet"), channel_base=256,
-                            channel_max=32, conv_clamp=0.05)
+        G = stylegan2.Generator(64, 0, 64, 16, 3, mapping_kwargs=dict(num_layers=2), channel_base=256,
+                                channel_max=32, num_fp16_res=0, architecture=arch, conv_clamp=0.05)
+        D = stylegan2.Discriminator(0, 16, 3, architecture=("skip" if arch == "orig" else "resnet"),
+                                    channel_base=256, channel_max=32, conv_clamp=0.05)
         img = G(torch.randn(2, 64), None, noise_mode="none")
         assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
         assert D(img).shape == (2, 1)
     # Conditional mapping needs c.
-    Gc = S.Generator(8, 5, 16, 8, 3, mapping_kwargs=dict(num_layers=2), channel_base=64, channel_max=16)
+    Gc = stylegan2.Generator(8, 5, 16, 8, 3, mapping_kwargs=dict(num_layers=2), channel_base=64, channel_max=16)
     assert Gc(torch.randn(1, 8), torch.randn(1, 5)).shape == (1, 3, 8, 8)
     with pytest.raises(ValueError, match="conditioning label"):
         Gc(torch.randn(1, 8), None)
@@ -233,7 +173,7 @@ def test_other_architectures_and_clamp_build_and_run():
 
 @pytest.mark.gpu
 def test_cuda_fused_ops_match_reference_end_to_end():
-    G, D, _, _ = S.stylegan2_slim(seed=3, resolution=RES)  # fresh copies: .cuda() moves modules in place
+    G, D = _slim()  # fresh copies: .cuda() moves modules in place
     G = _perturb(G).cuda()
     D = D.cuda()
     z = torch.randn(4, 512, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
@@ -250,86 +190,10 @@ def test_cuda_fused_ops_match_reference_end_to_end():
 
 @pytest.mark.gpu
 def test_fp16_blocks_run_on_cuda():
-    cfg = dataclasses.replace(S.stylegan2_slim_config(64), num_fp16_res=2, conv_clamp=256)
-    G = S.build_generator(cfg).cuda()
+    cfg = dataclasses.replace(stylegan2.slim_generator_config(64), num_fp16_res=2, conv_clamp=256)
+    G = stylegan2.StyleGAN2Generator.from_config(cfg, seed=0).cuda()
     z = torch.randn(2, 512, device="cuda")
     a = G(z, None, noise_mode="const")
     b = G(z, None, noise_mode="const", force_fp32=True)
     assert a.dtype == torch.float32 and torch.isfinite(a).all()
     assert (a - b).abs().max() < 0.05 * max(1.0, float(b.abs().max()))
-
-
-def _to_rosinality(G, D):
-    """Inverse of the converter, written independently from the rosinality key list,
-    to check that other widths and resolutions load (no fixture special-casing)."""
-    g, d = G.state_dict(), D.state_dict()
-    out = {}
-    for i in range(G.mapping.num_layers):
-        out[f"style.{i + 1}.weight"], out[f"style.{i + 1}.bias"] = g[f"mapping.fc{i}.weight"], g[f"mapping.fc{i}.bias"]
-    out["input.input"] = g["synthesis.b4.const"][None]
-    noise_i = 0
-
-    def styled(src, dst, up):
-        nonlocal noise_i
-        out[f"{dst}.conv.weight"] = g[f"{src}.weight"][None]
-        out[f"{dst}.conv.modulation.weight"] = g[f"{src}.affine.weight"]
-        out[f"{dst}.conv.modulation.bias"] = g[f"{src}.affine.bias"]
-        out[f"{dst}.noise.weight"] = g[f"{src}.noise_strength"].reshape(1)
-        out[f"{dst}.activate.bias"] = g[f"{src}.bias"]
-        if up:
-            out[f"{dst}.conv.blur.kernel"] = g[f"{src}.resample_filter"] * 4
-        out[f"noises.noise_{noise_i}"] = g[f"{src}.noise_const"][None, None]
-        noise_i += 1
-
-    def rgb(src, dst):
-        out[f"{dst}.conv.weight"] = g[f"{src}.weight"][None]
-        out[f"{dst}.conv.modulation.weight"] = g[f"{src}.affine.weight"]
-        out[f"{dst}.conv.modulation.bias"] = g[f"{src}.affine.bias"]
-        out[f"{dst}.bias"] = g[f"{src}.bias"].reshape(1, -1, 1, 1)
-
-    styled("synthesis.b4.conv1", "conv1", False)
-    rgb("synthesis.b4.torgb", "to_rgb1")
-    for k, res in enumerate(G.synthesis.block_resolutions[1:]):
-        styled(f"synthesis.b{res}.conv0", f"convs.{2 * k}", True)
-        styled(f"synthesis.b{res}.conv1", f"convs.{2 * k + 1}", False)
-        rgb(f"synthesis.b{res}.torgb", f"to_rgbs.{k}")
-    dd = {"convs.0.0.weight": d[f"b{D.img_resolution}.fromrgb.weight"], "convs.0.1.bias": d[f"b{D.img_resolution}.fromrgb.bias"]}
-    for i, res in enumerate(D.block_resolutions, start=1):
-        dd[f"convs.{i}.conv1.0.weight"], dd[f"convs.{i}.conv1.1.bias"] = d[f"b{res}.conv0.weight"], d[f"b{res}.conv0.bias"]
-        dd[f"convs.{i}.conv2.1.weight"], dd[f"convs.{i}.conv2.2.bias"] = d[f"b{res}.conv1.weight"], d[f"b{res}.conv1.bias"]
-        dd[f"convs.{i}.skip.1.weight"] = d[f"b{res}.skip.weight"]
-    for a, b in [("final_conv.0.weight", "b4.conv.weight"), ("final_conv.1.bias", "b4.conv.bias"),
-                 ("final_linear.0.weight", "b4.fc.weight"), ("final_linear.0.bias", "b4.fc.bias"),
-                 ("final_linear.1.weight", "b4.out.weight"), ("final_linear.1.bias", "b4.out.bias")]:
-        dd[a] = d[b]
-    return {"g_ema": out, "d": dd, "latent_avg": G.mapping.w_avg[None].clone()}
-
-
-def test_rosinality_layout_with_other_widths_and_resolution():
-    G = S.Generator(512, 0, 512, 32, 3, mapping_kwargs=dict(num_layers=3), channels_dict={4: 40, 8: 40, 16: 24, 32: 12},
-                    num_fp16_res=0, conv_clamp=None)
-    D = S.Discriminator(0, 32, 3, channels_dict={32: 12, 16: 24, 8: 40, 4: 40}, conv_clamp=None)
-    _perturb(G, seed=4)
-    with torch.no_grad():
-        G.mapping.w_avg.normal_()
-    ckpt = _to_rosinality(G, D)
-    G2, D2, la, cfg = S.load_stylegan2(ckpt)
-    assert cfg.channels == {4: 40, 8: 40, 16: 24, 32: 12} and cfg.mapping_layers == 3 and G2.num_ws == 8
-    z = torch.randn(2, 512, generator=torch.Generator().manual_seed(8))
-    img = G(z, None, truncation_psi=0.7, noise_mode="const", impl="ref")
-    torch.testing.assert_close(G2(z, None, truncation_psi=0.7, noise_mode="const", impl="ref"), img)
-    torch.testing.assert_close(D2(img, impl="ref"), D(img, impl="ref"))
-
-
-def test_from_pretrained_reads_weights_convert_output(rosinality_dir, tmp_path):
-    from engine.weights.core import convert
-
-    out = convert(rosinality_dir / "checkpoint.pt", tmp_path / "sg2", "stylegan2_rosinality")
-    G, D, w_avg, cfg = S.from_pretrained(out)
-    ckpt = torch.load(rosinality_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    G0, D0, la0, _ = S.load_stylegan2(ckpt)
-    assert D is not None and cfg.channels == {4: 64, 8: 64, 16: 64, 32: 64, 64: 32}
-    torch.testing.assert_close(w_avg, la0)
-    for k, v in G0.state_dict().items():
-        assert torch.equal(G.state_dict()[k], v), k
-    assert S.from_pretrained(out, with_discriminator=False)[1] is None

@@ -100,7 +100,7 @@ def test_astronaut_real_detector_and_perturbation():
 
 
 def test_attribute_classifiers_installed_missing_or_broken(tmp_path):
-    from engine.nets import progan_classifier as P
+    from engine.nets import progan_classifier
     from tests.engine.nets.progan_reference import install_classifier
 
     avail, missing = X.classifier_scorers(tmp_path)
@@ -119,9 +119,10 @@ def test_attribute_classifiers_installed_missing_or_broken(tmp_path):
     images = torch.tanh(torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
     glasses, age = avail["glasses"](images), avail["age"](images)
     assert glasses.shape == (6,) and torch.isfinite(glasses).all()
-    net = P.load_classifier(tmp_path / "attribute_glasses")
+    net = progan_classifier.ProGANClassifier.from_pretrained(tmp_path / "attribute_glasses")
     with torch.no_grad():
-        assert torch.allclose(glasses, -P.score_in_groups(net, images), atol=1e-6)  # a negative logit = glasses
+        # a negative logit = glasses
+        assert torch.allclose(glasses, -progan_classifier.score_in_groups(net, images), atol=1e-6)
     assert torch.allclose(age, -glasses, atol=1e-6)  # same weights here; age is the "young" logit itself
 
     class Fixed:

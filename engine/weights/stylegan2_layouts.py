@@ -1,14 +1,17 @@
-"""Checkpoint layouts for StyleGAN2: rosinality stylegan2-pytorch <-> ours (NVlabs names).
+"""StyleGAN2 checkpoint layouts (rosinality stylegan2-pytorch, NVlabs) -> our networks.
 
 Our modules (``engine.nets.stylegan2``) use NVlabs stylegan2-ada parameter
 names, so an NVlabs state dict needs no renaming; this module
 
 * recognises a layout from its keys (``detect_layout``),
 * converts rosinality ``g_ema`` / ``d`` state dicts to NVlabs names
-  (``rosinality_g_to_nvlabs``, ``rosinality_d_to_nvlabs``), and
+  (``rosinality_g_to_nvlabs``, ``rosinality_d_to_nvlabs``),
 * infers architecture hyper-parameters (resolution, widths per resolution,
   mapping depth, latent sizes, filter, minibatch-stddev channels) from tensor
-  shapes (``infer_g_arch``, ``infer_d_arch``), for either layout.
+  shapes (``infer_g_arch``, ``infer_d_arch``), and
+* builds the typed networks from a checkpoint (``networks_from_checkpoint``):
+  widths and resolution always come from the tensors, other settings from
+  NVlabs' ``init_kwargs`` when a pickle provides them.
 
 Correspondence (rosinality -> NVlabs), all values copied unchanged:
 both libraries use equalised learning rate with the same runtime scales
@@ -36,7 +39,7 @@ from typing import Mapping
 
 import torch
 
-from emoji3d.errors import WeightsError
+from engine.weights.errors import WeightsError
 
 __all__ = [
     "detect_layout",
@@ -45,6 +48,9 @@ __all__ = [
     "infer_g_arch",
     "infer_d_arch",
     "filter_1d_from_2d",
+    "generator_config",
+    "discriminator_config",
+    "networks_from_checkpoint",
 ]
 
 StateDict = Mapping[str, torch.Tensor]
@@ -221,3 +227,128 @@ def infer_d_arch(sd: StateDict) -> dict:
     cmap_dim = int(sd["b4.out.weight"].shape[0]) if c_dim else 0
     return dict(img_resolution=img_resolution, img_channels=img_channels, channels=channels,
                 mbstd_num_channels=mbstd_num_channels, architecture=architecture, c_dim=c_dim, cmap_dim=cmap_dim)
+
+
+# --------------------------------------------------------------------------- typed configs and networks
+
+NVLABS_CONV_CLAMP = 256  # NVlabs' default for SynthesisBlock / DiscriminatorBlock when a pickle omits it
+NVLABS_NUM_FP16_RES = 4
+
+
+def generator_config(sd: StateDict, init_kwargs: Mapping | None = None):
+    """The generator's config: architecture from the NVlabs-named tensors, run-time settings
+    (mapping lr, clamp, fp16 blocks) from NVlabs ``init_kwargs`` when given, else rosinality's
+    (no clamp, no fp16)."""
+    from engine.nets.stylegan2 import StyleGAN2GeneratorConfig
+
+    arch = infer_g_arch(sd)
+    settings: dict = {}
+    if "synthesis.b8.resample_filter" in sd:
+        settings["resample_filter"] = filter_1d_from_2d(sd["synthesis.b8.resample_filter"])
+    if init_kwargs:
+        mapping = dict(init_kwargs.get("mapping_kwargs") or {})
+        settings["mapping_lr_multiplier"] = float(mapping.get("lr_multiplier", 0.01))
+        if "w_avg_beta" in mapping:
+            settings["w_avg_beta"] = mapping["w_avg_beta"]
+        # stylegan2-ada nests the synthesis arguments, stylegan3 passes them as keywords
+        synthesis = dict(init_kwargs.get("synthesis_kwargs") or {})
+        synthesis.update({k: v for k, v in init_kwargs.items()
+                          if k in ("conv_clamp", "num_fp16_res", "fused_modconv_default")})
+        settings["conv_clamp"] = synthesis.get("conv_clamp", NVLABS_CONV_CLAMP)
+        settings["num_fp16_res"] = int(synthesis.get("num_fp16_res", NVLABS_NUM_FP16_RES))
+        settings["fused_modconv_default"] = synthesis.get("fused_modconv_default", True)
+    return StyleGAN2GeneratorConfig(**arch, **settings)
+
+
+def discriminator_config(sd: StateDict, init_kwargs: Mapping | None = None, resample_filter=(1.0, 3.0, 3.0, 1.0)):
+    """The discriminator's config from NVlabs-named tensors (and ``init_kwargs`` when given)."""
+    from engine.nets.stylegan2 import StyleGAN2DiscriminatorConfig
+
+    arch = infer_d_arch(sd)
+    settings: dict = dict(img_resolution=arch["img_resolution"], channels=arch["channels"], c_dim=arch["c_dim"],
+                          img_channels=arch["img_channels"], architecture=arch["architecture"],
+                          mbstd_num_channels=arch["mbstd_num_channels"], resample_filter=tuple(resample_filter))
+    if arch["c_dim"]:
+        settings["cmap_dim"] = arch["cmap_dim"]
+    if init_kwargs:
+        settings["conv_clamp"] = init_kwargs.get("conv_clamp", NVLABS_CONV_CLAMP)
+        settings["num_fp16_res"] = int(init_kwargs.get("num_fp16_res", NVLABS_NUM_FP16_RES))
+        epilogue = dict(init_kwargs.get("epilogue_kwargs") or {})
+        settings["mbstd_group_size"] = epilogue.get("mbstd_group_size", 4)
+    return StyleGAN2DiscriminatorConfig(**settings)
+
+
+def _split_pair(obj, what: str, source: str) -> tuple[StateDict, dict | None]:
+    """(state_dict, init_kwargs or None) from a state dict or a (state_dict, init_kwargs) pair."""
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Mapping):
+        return obj[0], dict(obj[1] or {})
+    if isinstance(obj, Mapping):
+        return obj, None
+    raise WeightsError(f"{source}: the {what} is a {type(obj).__name__}, expected a state dict", file=source)
+
+
+def _derived(key: str) -> bool:
+    # Resampling filters are constants the modules derive from the config; checkpoints
+    # (rosinality) store at most one of them.
+    return key.endswith("resample_filter")
+
+
+def networks_from_checkpoint(obj, source: str = "StyleGAN2 checkpoint"):
+    """(generator, discriminator or None) from any supported layout, as typed networks.
+
+    ``obj`` is a rosinality checkpoint dict ``{'g_ema', 'd'?, 'latent_avg'?}``, or
+    ``{'G_ema' or 'G': sd-or-pair, 'D'?: sd-or-pair}`` with NVlabs state dicts (a pair adds
+    the pickle's ``init_kwargs``). rosinality's ``latent_avg`` becomes ``mapping.w_avg``
+    (zeros when absent). Any tensor that does not fit raises ``WeightsError`` naming it.
+    """
+    try:
+        return _networks_from_checkpoint(obj, source)
+    except WeightsError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise WeightsError(f"{source}: {exc}", file=source) from None
+
+
+def _networks_from_checkpoint(obj, source: str):
+    from engine.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+    from engine.weights.pretrained import load_state_strict
+
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{source}: cannot read a StyleGAN2 checkpoint from a {type(obj).__name__}", file=source)
+    latent_avg = None
+    if "g_ema" in obj:
+        g_src, d_src = obj["g_ema"], obj.get("d")
+        if isinstance(obj.get("latent_avg"), torch.Tensor):
+            latent_avg = obj["latent_avg"].reshape(-1).to(torch.float32)
+    elif "G_ema" in obj or "G" in obj:
+        g_src, d_src = obj.get("G_ema", obj.get("G")), obj.get("D")
+    else:
+        raise WeightsError(f"{source}: no generator (g_ema, G_ema or G) in the checkpoint", file=source)
+    g_sd, g_kwargs = _split_pair(g_src, "generator", source)
+    layout = detect_layout(g_sd)
+    if layout == "rosinality_g":
+        g_sd = rosinality_g_to_nvlabs(g_sd, latent_avg)
+    elif layout == "nvlabs_g":
+        g_sd = dict(g_sd)
+    else:
+        raise WeightsError(f"{source}: expected a generator state dict, got a {layout} layout", file=source)
+    config = generator_config(g_sd, g_kwargs)
+    g_sd.setdefault("mapping.w_avg", torch.zeros([config.w_dim]))  # [w_dim]: no average latent stored
+    generator = StyleGAN2Generator(config)
+    load_state_strict(generator, g_sd, f"{source} (generator)", cast=True, may_be_missing=_derived)
+    discriminator = None
+    if d_src is not None:
+        d_sd, d_kwargs = _split_pair(d_src, "discriminator", source)
+        layout = detect_layout(d_sd)
+        if layout == "rosinality_d":
+            d_sd = rosinality_d_to_nvlabs(d_sd)
+        elif layout != "nvlabs_d":
+            raise WeightsError(f"{source}: expected a discriminator state dict, got a {layout} layout", file=source)
+        d_config = discriminator_config(d_sd, d_kwargs, config.resample_filter)
+        if d_config.img_resolution != config.img_resolution:
+            raise WeightsError(f"{source}: discriminator resolution {d_config.img_resolution} != generator "
+                               f"{config.img_resolution}", file=source)
+        discriminator = StyleGAN2Discriminator(d_config)
+        load_state_strict(discriminator, d_sd, f"{source} (discriminator)", cast=True, may_be_missing=_derived)
+        discriminator = discriminator.eval().requires_grad_(False)
+    return generator.eval().requires_grad_(False), discriminator
