@@ -135,10 +135,12 @@ def ramped_lr(step: int, total: int, base_lr: float, rampup: float = 0.05, rampd
     """The StyleGAN2/EG3D projector schedule: linear warm-up over the first
     ``rampup`` of the run, cosine decay over the last ``rampdown``.
 
-    Plain ``math`` on Python floats: this runs every step, and a tensor here
-    would cost a tensor allocation and an ``.item()`` per step for nothing."""
+    The cosine is taken in float32 on a CPU scalar, as the projectors do: a
+    float64 cosine moves the learning rate by float32 rounding, and with it
+    every result (the same seed must keep giving the same pack). A CPU tensor
+    costs no GPU-host sync."""
     t = step / max(1, total)
     down = min(1.0, (1.0 - t) / rampdown)
-    down = 0.5 - 0.5 * math.cos(down * math.pi)
+    down = 0.5 - 0.5 * torch.cos(torch.tensor(down * math.pi, dtype=torch.float32)).item()
     up = min(1.0, t / rampup) if rampup > 0 else 1.0
     return base_lr * down * up
