@@ -1,7 +1,8 @@
 """``emoji3d weights …``: list, fetch, verify and convert official weights; check reference fixtures.
 
-Exit codes: 0 success; 1 a check failed or a download/convert failed; 2 bad
-arguments (argparse). The weights folder and manifest come from config.toml
+Exit codes: 0 success; 1 a check failed, a download failed or a file to convert
+is not installed; 2 bad arguments (argparse), or a file refused (corrupt,
+truncated, unsafe, wrong layout: one line naming it). The weights folder and manifest come from config.toml
 (``[weights] dir`` / ``manifest``) unless ``--dir`` / ``--manifest`` are given.
 ``convert`` writes each entry's pretrained folder ``<dir>/<name>/``
 (:mod:`engine.weights.pretrained`); a folder that ``list`` shows as
@@ -141,9 +142,9 @@ def main(argv: list[str]) -> int:
                 print(convert(ns.src, ns.out, ns.kind, audit_source=not ns.no_source_audit))
             except WeightsError as exc:
                 print(str(exc), file=sys.stderr)
-                return 1
+                return 2
             return 0
-        failed = done = 0
+        failed = refused = done = 0
         for e in entries:
             path = weights_manifest.find_installed(e, wdir)
             if path is None:
@@ -158,11 +159,11 @@ def main(argv: list[str]) -> int:
                 print(f"{e.name}: {out} (from {path})")
                 done += 1
             except WeightsError as exc:
-                failed += 1
+                refused += 1
                 print(f"{e.name}: {exc}", file=sys.stderr)
-        if not done and not failed:
+        if not done and not failed and not refused:
             print(f"nothing to convert in {wdir}", file=sys.stderr)
-        return 1 if failed else 0
+        return 2 if refused else 1 if failed else 0
     return 2  # pragma: no cover  (argparse requires a command)
 
 
