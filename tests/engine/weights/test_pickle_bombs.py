@@ -156,10 +156,18 @@ def test_numbers_asking_for_gigabytes_are_refused(tmp_path):
     _refused_quickly(path, "repeats the same memory", error=UnsafePickle)
 
 
-def test_cli_convert_refuses_a_bomb_in_one_line(tmp_path):
-    path, _ = _network_pickle(tmp_path, "ffhqrebalanced512-128.pkl", laughs=_laughs())
+def _self_module(net):
+    net._modules["block"]._modules["again"] = net._modules["block"]
+
+
+@pytest.mark.parametrize("bomb, says", [
+    (dict(laughs=_laughs()), "expands to more than"),
+    (dict(change=_self_module), "contains itself"),
+])
+def test_cli_convert_refuses_a_bomb_in_one_line(tmp_path, bomb, says):
+    path, _ = _network_pickle(tmp_path, "ffhqrebalanced512-128.pkl", **bomb)
     proc = run_weights(write_config(tmp_path), "convert", "--src", str(path), "--kind", "eg3d_pickle",
                        "--out", str(tmp_path / "out"), timeout=120)
-    line = one_line_refusal(proc, "ffhqrebalanced512-128.pkl")
-    assert "expands to more than" in line
+    assert says in one_line_refusal(proc, "ffhqrebalanced512-128.pkl")
+    assert "RecursionError" not in proc.stderr
     assert not (tmp_path / "out").exists()
