@@ -19,6 +19,13 @@ text and never executed; :func:`audit_module_src` additionally refuses
 source that is obviously crafted (``audit_source=False`` skips that static
 check for an official file it wrongly refuses). Truncated or corrupt input is
 a ``WeightsError`` naming the file.
+
+Size: unpickling builds at most what the file holds (shared references stay
+one object); the stand-ins refuse the few ways a number could ask for more
+(``bytearray(n)``, a tensor view wider than its storage). Everything after
+the load walks the result through :mod:`engine.weights.pickled_tree`, which
+visits each object once and refuses cycles, nesting deeper than 100 and
+expansions past its limits.
 """
 from __future__ import annotations
 
