@@ -12,11 +12,17 @@ and is listed in ``CHECKERS``. ``check_folder`` picks the first checker whose
 ``max|ours - ref| <= rel * max(1, max|ref|)`` with ``rel = 1e-3`` unless a
 checker needs a domain-specific measure (pixels, dB), which it states in
 ``TensorCheck.rule``.
+
+Fixture files are untrusted input: every read goes through the safe readers of
+:mod:`engine.weights.tensor_files` (``read_json``, ``load_safetensors``,
+``torch.load(weights_only=True)``), and a damaged or malicious fixture (a
+truncated file, invalid JSON, a pickle that asks to run code, a missing key or
+a tensor of the wrong shape) is a ``WeightsError`` naming the file or folder,
+never a traceback.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import pathlib
 from dataclasses import dataclass
 
@@ -65,7 +71,10 @@ def check_folder(folder: str | pathlib.Path, kinds: list[str] | None = None) -> 
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise UnknownFixture(f"{folder}: no config.json, so this is not a reference fixture folder")
-    config = json.loads(cfg_path.read_text())
+    from engine.weights.errors import WeightsError
+    from engine.weights.tensor_files import read_json
+
+    config = read_json(cfg_path)
     for name in kinds or CHECKERS:
         try:
             mod = importlib.import_module(f"engine.checks.{name}")
@@ -74,7 +83,15 @@ def check_folder(folder: str | pathlib.Path, kinds: list[str] | None = None) -> 
                 continue
             raise
         if mod.matches(config, folder):
-            return mod.run(folder)
+            try:
+                return mod.run(folder)
+            except WeightsError:
+                raise
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                # The checkers trust the fixture's structure; a fixture that breaks it is damaged.
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise WeightsError(f"{folder}: damaged {name} fixture ({type(exc).__name__}: {first})",
+                                   file=str(folder)) from None
     raise UnknownFixture(f"{folder}: no checker recognises this fixture (tried {', '.join(kinds or CHECKERS)})")
 
 

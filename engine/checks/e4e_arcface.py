@@ -24,7 +24,6 @@ that scale, and ``e4e_codes`` matches it exactly.
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import tempfile
@@ -97,10 +96,10 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
     from engine.nets.arcface import id_crop
     from engine.nets.e4e import encode
     from engine.weights.convert import arcface_from_state_dict, e4e_model
-    from engine.weights.tensor_files import load_safetensors
+    from engine.weights.tensor_files import load_safetensors, read_json
 
     folder = pathlib.Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     io = load_safetensors(folder / "io.safetensors")
     checks = layout_checks(config)
     x = io["input_256"]  # [B,3,256,256] in [-1,1]

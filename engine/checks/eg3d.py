@@ -30,7 +30,6 @@ that grows a new output cannot pass silently.
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import re
@@ -77,10 +76,10 @@ def _sampling_mode(call: dict) -> str:
 def run(folder: pathlib.Path, skip: frozenset[str] = frozenset()) -> list[TensorCheck]:
     """Rebuild and compare every output; names in ``skip`` are left out (tests use this to
     spare the 512px super-resolution on a CPU) and are *not* reported."""
-    from engine.weights.tensor_files import load_safetensors
+    from engine.weights.tensor_files import load_safetensors, read_json
 
     folder = pathlib.Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     call = dict(config.get("call", {}))
     noise_mode = call.get("noise_mode", "const")
     psi = float(call.get("truncation_psi", 1.0))

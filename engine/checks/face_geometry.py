@@ -19,7 +19,6 @@ Two kinds of fixture folder, told apart by ``config.json``:
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 
@@ -53,11 +52,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(folder: pathlib.Path) -> list[TensorCheck]:
-    from safetensors.numpy import load_file
+    from engine.weights.tensor_files import load_safetensors, read_json
 
     folder = pathlib.Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    io = load_file(str(folder / "io.safetensors"))
+    config = read_json(folder / "config.json")
+    io = {name: tensor.numpy() for name, tensor in load_safetensors(folder / "io.safetensors").items()}
     kind = _kind(config)
     if kind == "crop":
         return _run_crop(config, io)

@@ -36,14 +36,12 @@ def matches(config: dict, folder: pathlib.Path) -> bool:
 
 
 def run(folder: pathlib.Path) -> list[TensorCheck]:
-    import json
-
     from engine.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, style_mix, truncate
     from engine.weights.convert import DISCRIMINATOR, GENERATOR, convert
-    from engine.weights.tensor_files import load_safetensors
+    from engine.weights.tensor_files import load_safetensors, read_json
 
     folder = pathlib.Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     if "calls" not in config:
         raise ValueError(f"{folder}/config.json: no 'calls' table describing the stored outputs")
     io = load_safetensors(folder / "io.safetensors")

@@ -7,7 +7,9 @@ Conventions
   with an HTTP ``Range`` request; a server that ignores Range makes us start
   over. The finished file is renamed to ``<filename>`` only after it matches
   the manifest's size and sha256 (:func:`engine.weights.manifest.verify_file`);
-  otherwise it is deleted and :class:`ChecksumMismatch` raised.
+  otherwise it is deleted and :class:`ChecksumMismatch` raised. Its size and
+  full sha256 are then kept in a fetch record beside it
+  (:mod:`engine.weights.fetch_record`), which ``weights verify`` checks.
 - A web page instead of the file (Google Drive's "large file" confirmation)
   is refused with a message saying to download it in a browser.
 """
@@ -21,7 +23,8 @@ import urllib.request
 from typing import Callable
 
 from engine.weights.errors import ChecksumMismatch, DownloadFailed, LicenceNotAccepted
-from engine.weights.manifest import WeightFile, verify_file
+from engine.weights.fetch_record import read_record, write_record
+from engine.weights.manifest import Verification, WeightFile, sha256_file, verify_file
 
 
 def licence_text(entry: WeightFile) -> str:
@@ -52,6 +55,10 @@ def fetch(
     final = dest / entry.filename
     if final.exists():
         check = verify_file(entry, final)
+        record = read_record(final)
+        if check.ok and record is not None and (final.stat().st_size != record.size
+                                                or sha256_file(final) != record.sha256):
+            check = Verification(final, False, "differs from its fetch record")
         if check.ok:
             return final
         raise ChecksumMismatch(
@@ -61,11 +68,15 @@ def fetch(
                                  file=entry.filename)
     part = dest / (entry.filename + ".part")
     _download_resumable(entry, part, progress=progress, timeout=timeout, chunk=chunk)
-    check = verify_file(entry, part)
+    digest = sha256_file(part)
+    check = verify_file(entry, part, digest=digest)
     if not check.ok:
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(f"{entry.filename}: downloaded file refused ({check.detail}); it was deleted",
                                file=entry.filename)
+    # The record first: a crash between the two leaves a record without its file (the next fetch
+    # downloads again and rewrites it), never a file that looks hand-placed.
+    write_record(final, entry.url, part.stat().st_size, digest)
     os.replace(part, final)
     return final
 

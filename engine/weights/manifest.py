@@ -16,6 +16,9 @@ Conventions
   (:mod:`engine.weights.pretrained` describes that folder). torchvision
   files are also found in torch hub's cache, where torchvision itself puts
   them.
+- :func:`verify_file` checks the manifest's size and digest only; ``weights
+  verify`` uses :func:`engine.weights.verify.verify_installed`, which adds the
+  fetch record and, where nothing is known, a real parse.
 - :func:`iter_status` says per entry: ``converted`` (a current pretrained
   folder), ``outdated`` (converted by an older version: run ``emoji3d weights
   convert`` again), ``downloaded``, ``partial`` or ``missing``.
@@ -143,8 +146,10 @@ class Verification:
     detail: str  # "size ok, sha256 ok" / what is wrong
 
 
-def verify_file(entry: WeightFile, path: str | os.PathLike) -> Verification:
-    """Check an installed/downloaded file against its manifest size and sha256."""
+def verify_file(entry: WeightFile, path: str | os.PathLike, digest: str | None = None) -> Verification:
+    """Check an installed/downloaded file against its manifest size and sha256 (``digest``: the
+    file's sha256 when already computed). Only the manifest: :mod:`engine.weights.verify` adds
+    the fetch record and, where nothing is known, a real parse."""
     file_path = pathlib.Path(path)
     if not file_path.is_file():
         return Verification(file_path, False, "missing")
@@ -155,7 +160,7 @@ def verify_file(entry: WeightFile, path: str | os.PathLike) -> Verification:
             return Verification(file_path, False, f"size {size} bytes, expected {entry.size}")
         notes.append("size ok")
     if entry.sha256 is not None:
-        digest = sha256_file(file_path)
+        digest = digest or sha256_file(file_path)
         if not digest.startswith(entry.sha256):
             what = "sha256 prefix" if entry.sha256_is_prefix else "sha256"
             return Verification(file_path, False, f"{what} {digest[:len(entry.sha256)]}, expected {entry.sha256}")

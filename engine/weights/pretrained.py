@@ -115,8 +115,10 @@ def _read_json(path: pathlib.Path) -> dict:
                              "`emoji3d weights convert`", file=str(path))
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise WeightsError(f"{path}: corrupt config.json ({exc})", file=str(path)) from None
+    except RecursionError:
+        raise WeightsError(f"{path}: corrupt config.json (nested too deeply)", file=str(path)) from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: corrupt config.json (not a JSON object)", file=str(path))
     return data
@@ -152,7 +154,7 @@ def folder_state(folder: str | os.PathLike) -> str:
     except WeightsError:
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return "invalid"
         known = isinstance(data, dict) and ("converted_format" in data or data.get("format") == FORMAT)
         return "outdated" if known else "invalid"

@@ -8,11 +8,15 @@ Conventions
 - Tensors are read onto the CPU.
 - Every problem (missing, empty, truncated, corrupt, unsafe) raises a
   ``WeightsError`` whose message starts with the file's path.
+- :func:`read_json` reads the small JSON files that travel with weights
+  (fixture and folder configs) with the same promise: one error naming the
+  file for a missing, oversized, non-UTF-8, invalid or non-object file.
 - :func:`save_safetensors` writes atomically (a ``.tmp`` file renamed over the
   target), so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pickle
@@ -52,6 +56,8 @@ def load_torch_checkpoint(path: str | os.PathLike, allow_namespace: bool = False
                                file=str(file_path)) from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise WeightsError(f"{file_path}: corrupt checkpoint ({first})", file=str(file_path)) from None
+    except RecursionError:
+        raise WeightsError(f"{file_path}: checkpoint nests data too deeply to read; refused", file=str(file_path)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise WeightsError(f"{file_path}: corrupt or truncated checkpoint ({first})", file=str(file_path)) from None
@@ -66,8 +72,38 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsMissing(f"{file_path}: file not found", file=str(file_path))
     try:
         return load_file(str(file_path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"{file_path}: corrupt or truncated safetensors file ({exc})", file=str(file_path)) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"{file_path}: corrupt or truncated safetensors file ({first})", file=str(file_path)) from None
+
+
+MAX_JSON_BYTES = 64 * 2**20  # configs are kilobytes; more is not a config
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from ``path``; anything else is a ``WeightsError`` naming the file."""
+    file_path = pathlib.Path(path)
+    if not file_path.is_file():
+        raise WeightsMissing(f"{file_path}: file not found", file=str(file_path))
+    size = file_path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise WeightsError(f"{file_path}: {size} bytes is too large for a JSON config (at most {MAX_JSON_BYTES})",
+                           file=str(file_path))
+    try:
+        data = json.loads(file_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise WeightsError(f"{file_path}: not UTF-8 text (byte {exc.start}), so not a JSON config",
+                           file=str(file_path)) from None
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{file_path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+                           file=str(file_path)) from None
+    except RecursionError:
+        raise WeightsError(f"{file_path}: JSON nested too deeply to read", file=str(file_path)) from None
+    except OSError as exc:
+        raise WeightsError(f"{file_path}: cannot be read ({exc.strerror or exc})", file=str(file_path)) from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{file_path}: expected a JSON object, found {type(data).__name__}", file=str(file_path))
+    return data
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,

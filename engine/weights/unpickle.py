@@ -19,6 +19,13 @@ text and never executed; :func:`audit_module_src` additionally refuses
 source that is obviously crafted (``audit_source=False`` skips that static
 check for an official file it wrongly refuses). Truncated or corrupt input is
 a ``WeightsError`` naming the file.
+
+Size: unpickling builds at most what the file holds (shared references stay
+one object); the stand-ins refuse the few ways a number could ask for more
+(``bytearray(n)``, a tensor view wider than its storage). Everything after
+the load walks the result through :mod:`engine.weights.pickled_tree`, which
+visits each object once and refuses cycles, nesting deeper than 100 and
+expansions past its limits.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from typing import Any
 import torch
 
 from engine.weights.errors import UnsafePickle, WeightsError, WeightsMissing
+from engine.weights.pickled_tree import PlainWalk, tree_state_dict
 
 
 # ---------------------------------------------------------------------------
@@ -208,7 +216,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._no_hooks(backward_hooks, self.source)
         if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
             raise UnsafePickle(f"{self.source}: tensor built from a non-storage object; refused", file=self.source)
-        return torch._utils._rebuild_tensor_v2(storage, offset, tuple(size), tuple(stride), bool(requires_grad), collections.OrderedDict())
+        tensor = torch._utils._rebuild_tensor_v2(storage, offset, tuple(size), tuple(stride), bool(requires_grad),
+                                                 collections.OrderedDict())
+        # A view wider than its storage (stride 0 over a huge size) is a few bytes in the file and
+        # gigabytes once anything copies it: no saved parameter looks like that.
+        if tensor.numel() > tensor.untyped_storage().nbytes() // max(1, tensor.element_size()):
+            raise UnsafePickle(f"{self.source}: a tensor of shape {list(tensor.shape)} repeats the same memory "
+                               f"({tensor.untyped_storage().nbytes()} bytes of storage); refused", file=self.source)
+        return tensor
 
     def _rebuild_parameter(self, data, requires_grad, backward_hooks, state=None):
         self._no_hooks(backward_hooks, self.source)
@@ -231,6 +246,15 @@ class RestrictedUnpickler(pickle.Unpickler):
             audit_module_src(src, cname, self.source)
         return PersistentObject(cname, src, dict(state))
 
+    def _bytearray(self, data: Any = b"", encoding: str | None = None) -> bytearray:
+        # Only the forms pickle itself writes (bytes; a latin-1 str for protocols < 3): never
+        # bytearray(n), which would allocate n bytes from a number in the file.
+        if isinstance(data, (bytes, bytearray)) and encoding is None:
+            return bytearray(data)
+        if isinstance(data, str) and encoding in ("latin1", "latin-1"):
+            return bytearray(data, encoding)
+        raise UnsafePickle(f"{self.source}: bytearray built from a {type(data).__name__}; refused", file=self.source)
+
     @staticmethod
     def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         if encoding not in ("latin1", "latin-1") or not isinstance(obj, str):
@@ -247,7 +271,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             ("builtins", "frozenset"): frozenset,
             ("builtins", "slice"): slice,
             ("builtins", "complex"): complex,
-            ("builtins", "bytearray"): bytearray,
+            ("builtins", "bytearray"): self._bytearray,
             ("torch", "Size"): torch.Size,
             ("torch", "device"): torch.device,
             ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
@@ -297,6 +321,8 @@ def restricted_load(data: bytes | io.BufferedIOBase, source: str, audit_source: 
         raise
     except EOFError:
         raise WeightsError(f"{source}: pickle ends early (truncated file)", file=source) from None
+    except RecursionError:
+        raise WeightsError(f"{source}: pickle nests data too deeply to read; refused", file=source) from None
     except (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, MemoryError, UnicodeDecodeError) as exc:
         if "truncated" in str(exc):
             raise WeightsError(f"{source}: pickle ends early (truncated file)", file=source) from None
@@ -336,28 +362,28 @@ def _module_state(obj: Any) -> dict | None:
     return None
 
 
-def tree_state_dict(obj: Any, prefix: str = "", out: dict | None = None) -> dict[str, torch.Tensor]:
-    """Dotted-key state dict of a pickled module tree, in ``nn.Module.state_dict`` order
-    (parameters, persistent buffers, then children)."""
-    out = {} if out is None else out
-    st = _module_state(obj)
-    if st is None:
-        return out
-    nonpersistent = st.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        for k, v in (st.get(group) or {}).items():
-            if v is None or (group == "_buffers" and k in nonpersistent):
-                continue
-            if not isinstance(v, torch.Tensor):
-                raise WeightsError(f"{prefix + k}: expected a tensor in {group}, found {type(v).__name__}")
-            out[prefix + k] = v.detach()
-    for k, child in (st.get("_modules") or {}).items():
-        if child is not None:
-            tree_state_dict(child, prefix + k + ".", out)
-    return out
+def _module_name(obj: Any) -> str | None:
+    if isinstance(obj, PersistentObject):
+        return obj.class_name
+    if isinstance(obj, OpaqueObject):
+        return obj.qualname
+    return None
 
 
-def _plain_attributes(state: dict) -> dict:
+def plain_walk(source: str) -> PlainWalk:
+    """One file's walk from pickled data to JSON-able values (bounded, memoised:
+    :mod:`engine.weights.pickled_tree`)."""
+    return PlainWalk(source, _module_name)
+
+
+def to_plain(obj: Any, source: str = "pickled data") -> Any:
+    """Turn pickled data into JSON-able values (dicts, lists, numbers, strings).
+    Small tensors become nested lists; modules become ``{"__class__": name}``.
+    Shared references stay shared; cycles, deep nesting and huge expansions are refused."""
+    return plain_walk(source)(obj)
+
+
+def _plain_attributes(state: dict, walk: PlainWalk) -> dict:
     """The public, non-module, non-tensor entries of a pickled module's ``__dict__``."""
     out = {}
     for key, value in state.items():
@@ -365,32 +391,8 @@ def _plain_attributes(state: dict) -> dict:
             continue
         if isinstance(value, (PersistentObject, OpaqueObject, torch.Tensor)):
             continue
-        out[key] = to_plain(value)
+        out[key] = walk(value)
     return out
-
-
-def to_plain(obj: Any, depth: int = 0) -> Any:
-    """Turn pickled data into JSON-able values (dicts, lists, numbers, strings).
-    Small tensors become nested lists; modules become ``{"__class__": name}``."""
-    if depth > 50:
-        return "<too deep>"
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_plain(v, depth + 1) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist() if obj.numel() <= 64 else {"__tensor__": list(obj.shape), "dtype": str(obj.dtype)}
-    if isinstance(obj, torch.dtype):
-        return str(obj)
-    if isinstance(obj, PersistentObject):
-        return {"__class__": obj.class_name}
-    if isinstance(obj, OpaqueObject):
-        return {"__class__": obj.qualname}
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return repr(obj)
 
 
 def load_nvidia_pickle(path: str | os.PathLike, audit_source: bool = True) -> NvidiaPickle:
@@ -409,19 +411,20 @@ def load_nvidia_pickle(path: str | os.PathLike, audit_source: bool = True) -> Nv
     if not isinstance(data, dict):
         raise WeightsError(f"{p}: expected a dict of networks at the top of the pickle, found {type(data).__name__}", file=str(p))
     nets, extras = {}, {}
+    walk = plain_walk(str(p))
     for k, v in data.items():
         if isinstance(v, PersistentObject):
             st = v.state
             nets[str(k)] = PickledNetwork(
                 class_name=v.class_name,
-                init_args=to_plain(list(st.get("_init_args") or [])),
-                init_kwargs=to_plain(dict(st.get("_init_kwargs") or {})),
-                state_dict=tree_state_dict(v),
+                init_args=walk(list(st.get("_init_args") or [])),
+                init_kwargs=walk(dict(st.get("_init_kwargs") or {})),
+                state_dict=tree_state_dict(v, _module_state, str(p)),
                 module_src=v.module_src,
-                attributes=_plain_attributes(st),
+                attributes=_plain_attributes(st, walk),
             )
         else:
-            extras[str(k)] = to_plain(v)
+            extras[str(k)] = walk(v)
     if not nets:
         raise WeightsError(f"{p}: no networks found in the pickle", file=str(p))
     return NvidiaPickle(nets, extras)
@@ -484,13 +487,14 @@ def load_tf_network_pickle(path: str | os.PathLike, audit_source: bool = True) -
     if audit_source:
         audit_module_src(src, func, source, defines="function")
     variables = {}
+    walk = plain_walk(source)
     for item in st["variables"]:
         if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise WeightsError(f"{source}: malformed variable entry {to_plain(item)!r}", file=source)
+            raise WeightsError(f"{source}: malformed variable entry {str(walk(item))[:200]}", file=source)
         name, tensor = _tf_variable(item[0], item[1], source)
         variables[name] = tensor
     return TFNetwork(name=str(st.get("name", "")), build_func_name=func,
-                     static_kwargs=to_plain(dict(st.get("static_kwargs") or {})), variables=variables,
+                     static_kwargs=walk(dict(st.get("static_kwargs") or {})), variables=variables,
                      build_module_src=src)
 
 

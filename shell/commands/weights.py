@@ -1,7 +1,8 @@
 """``emoji3d weights …``: list, fetch, verify and convert official weights; check reference fixtures.
 
-Exit codes: 0 success; 1 a check failed or a download/convert failed; 2 bad
-arguments (argparse). The weights folder and manifest come from config.toml
+Exit codes: 0 success; 1 a check failed, a download failed or a file to convert
+is not installed; 2 bad arguments (argparse), or a file refused (corrupt,
+truncated, unsafe, wrong layout: one line naming it). The weights folder and manifest come from config.toml
 (``[weights] dir`` / ``manifest``) unless ``--dir`` / ``--manifest`` are given.
 ``convert`` writes each entry's pretrained folder ``<dir>/<name>/``
 (:mod:`engine.weights.pretrained`); a folder that ``list`` shows as
@@ -27,9 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch_cmd.add_argument("--accept-licence", action="store_true", help="accept every shown licence without asking")
     fetch_cmd.add_argument("--no-progress", action="store_true")
     fetch_cmd.add_argument("--convert", action="store_true", help="convert each file after download")
-    verify_cmd = sub.add_parser("verify", help="check installed files against size/sha256")
+    verify_cmd = sub.add_parser("verify", help="check installed files: manifest size/sha256, fetch record, "
+                                               "else a real parse as their kind")
     verify_cmd.add_argument("names", nargs="*")
     verify_cmd.add_argument("--print-digests", action="store_true", help="also print each file's full sha256")
+    verify_cmd.add_argument("--no-source-audit", action="store_true",
+                            help="when a file is parsed (no checksum or fetch record), skip the static check of "
+                                 "source embedded in NVIDIA pickles")
     convert_cmd = sub.add_parser("convert", help="official formats -> pretrained folders (config.json + model.safetensors)")
     convert_cmd.add_argument("names", nargs="*", help="entry names (default: every installed file)")
     convert_cmd.add_argument("--src", help="convert this file instead of a manifest entry (needs --kind and --out)")
@@ -80,6 +85,7 @@ def main(argv: list[str]) -> int:
     from engine.weights.convert import convert
     from engine.weights.errors import WeightsError
     from engine.weights.fetch import fetch
+    from engine.weights.verify import verify_installed
 
     wdir, mpath = _paths(ns)
     manifest = weights_manifest.load_manifest(mpath)
@@ -108,7 +114,7 @@ def main(argv: list[str]) -> int:
         for e in entries:
             try:
                 path = fetch(e, wdir, progress=not ns.no_progress, confirm_licence=confirm)
-                print(f"{e.name}: {path} ({weights_manifest.verify_file(e, path).detail})")
+                print(f"{e.name}: {path} ({verify_installed(e, path).detail})")
                 if ns.convert:
                     print(f"{e.name}: converted to {convert(path, weights_manifest.converted_path(e, wdir), e.kind)}")
             except WeightsError as exc:
@@ -124,7 +130,7 @@ def main(argv: list[str]) -> int:
                 print(f"{e.name:<16} missing   {path}")
                 failed += bool(names)
                 continue
-            check = weights_manifest.verify_file(e, path)
+            check = verify_installed(e, path, audit_source=not ns.no_source_audit)
             failed += not check.ok
             line = f"{e.name:<16} {'ok' if check.ok else 'FAILED':<9} {path}: {check.detail}"
             if ns.print_digests:
@@ -141,9 +147,9 @@ def main(argv: list[str]) -> int:
                 print(convert(ns.src, ns.out, ns.kind, audit_source=not ns.no_source_audit))
             except WeightsError as exc:
                 print(str(exc), file=sys.stderr)
-                return 1
+                return 2
             return 0
-        failed = done = 0
+        failed = refused = done = 0
         for e in entries:
             path = weights_manifest.find_installed(e, wdir)
             if path is None:
@@ -158,18 +164,19 @@ def main(argv: list[str]) -> int:
                 print(f"{e.name}: {out} (from {path})")
                 done += 1
             except WeightsError as exc:
-                failed += 1
+                refused += 1
                 print(f"{e.name}: {exc}", file=sys.stderr)
-        if not done and not failed:
+        if not done and not failed and not refused:
             print(f"nothing to convert in {wdir}", file=sys.stderr)
-        return 1 if failed else 0
+        return 2 if refused else 1 if failed else 0
     return 2  # pragma: no cover  (argparse requires a command)
 
 
 def _check_reference(folders: list[str]) -> int:
     from engine.checks import UnknownFixture, check_folder, format_report
+    from engine.weights.errors import WeightsError
 
-    ok = True
+    ok, refused = True, False
     for folder in folders:
         try:
             checks = check_folder(folder)
@@ -177,10 +184,14 @@ def _check_reference(folders: list[str]) -> int:
             print(str(exc), file=sys.stderr)
             ok = False
             continue
+        except WeightsError as exc:  # a damaged or malicious fixture: one line naming the file
+            print(str(exc), file=sys.stderr)
+            refused = True
+            continue
         print(f"== {folder}")
         print(format_report(checks))
         ok = ok and bool(checks) and all(c.passed for c in checks)
-    return 0 if ok else 1
+    return 2 if refused else 0 if ok else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -243,7 +243,7 @@ def test_cli_convert_by_entry_and_by_source(tmp_path, monkeypatch, capsys):
     assert "not installed; run `emoji3d weights fetch vgg16`" in capsys.readouterr().err
 
     assert main(base + ["convert", "--src", str(hub / "alexnet-owt-7be5be79.pth"), "--kind", "arcface",
-                 "--out", str(tmp_path / "wrong")]) == 1
+                 "--out", str(tmp_path / "wrong")]) == 2
     assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
     assert main(base + ["convert", "--src", str(hub / "alexnet-owt-7be5be79.pth"), "--kind", "torchvision",
                  "--out", str(tmp_path / "right")]) == 0
