@@ -5,7 +5,7 @@ Conventions
   (H, W, 3), RGB (sRGB), row 0 at the top, C-contiguous.
 - The format is sniffed from magic bytes, never from a file name or a MIME type
   the client chose. Accepted: JPEG, PNG, GIF, WebP, BMP, TIFF, and AVIF when
-  the installed Pillow decodes it (Pillow >= 11.3 ships the plugin). HEIC/HEIF
+  the installed Pillow has its AVIF plugin (``PIL.features.check_module("avif")``). HEIC/HEIF
   are recognised and refused with ``unsupported_image`` (no decoder here).
 - Size limits are checked on the header *before* any pixel is decoded
   (``Image.open`` is lazy and reads only the header): at most
