@@ -233,10 +233,15 @@ def count_upload(res: BotResources, key: Any) -> None:
     res.uploads.take(key, float(res.clock()), res.cfg.limits.uploads_per_user_per_minute)
 
 
-def _decode_checked(res: BotResources, data: bytes) -> CleanImage:
-    """The upload reduced to its pixels (bounded decode; see ``emoji3d.images.clean_image``)."""
+def _check_downloaded_size(res: BotResources, data: bytes) -> None:
+    """The announced-size rule, applied to what was actually downloaded."""
     if len(data) > res.cfg.limits.max_upload_mb * 1024 * 1024:
         check_announced_size(res, len(data))
+
+
+def _decode_checked(res: BotResources, data: bytes) -> CleanImage:
+    """The upload reduced to its pixels (bounded decode; see ``emoji3d.images.clean_image``)."""
+    _check_downloaded_size(res, data)
     return clean_image(data, res.decode_limits)
 
 
@@ -259,8 +264,7 @@ def accept_style_image(res: BotResources, user: users.User, data: bytes) -> str:
     face to map the style from); its pixels only are stored. Returns the blob digest."""
     require_consent(user)
     count_upload(res, ("user", user.id))
-    if len(data) > res.cfg.limits.max_upload_mb * 1024 * 1024:
-        check_announced_size(res, len(data))
+    _check_downloaded_size(res, data)
     clean = validate_exemplar(data, res.decode_limits, res.face_check)
     return res.blobs.put_bytes(clean.png)
 
@@ -541,8 +545,7 @@ def house_style_add(res: BotResources, community_id: int, is_admin: bool, name: 
     if not is_admin:
         raise NotAdmin("only administrators manage house styles")
     count_upload(res, ("community", community_id) if added_by is None else ("user", added_by.id))
-    if len(image) > res.cfg.limits.max_upload_mb * 1024 * 1024:
-        check_announced_size(res, len(image))
+    _check_downloaded_size(res, image)
     return add_house_style(res.db, res.blobs, name, image, community_id=community_id,
                            added_by=None if added_by is None else added_by.id,
                            limits=res.decode_limits, face_check=res.face_check)

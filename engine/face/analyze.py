@@ -46,7 +46,7 @@ from emoji3d.errors import EyesClosedError, FaceTooSmallError, ImageTooSmallErro
 from engine.face import align as fa
 from engine.face.landmarks import FaceLandmarks, LandmarkDetector, check_rgb, eye_aspect_ratio
 from engine.face.pose import HeadPose, check_pose_limits, label_from_pose, solve_head_pose
-from engine.face.upright import UprightFace, find_upright_face, map_landmarks
+from engine.face.upright import UprightFace, find_upright_face, map_landmarks, second_pass
 
 MIN_SIDE_PX = 8  # MediaPipe's smallest input (``check_rgb``); emoji3d.images refuses smaller files the same way
 
@@ -119,19 +119,10 @@ def check_eyes_open(face: FaceLandmarks, threshold: float | None) -> tuple[float
 
 
 def refined_ffhq_anchors(rgb: np.ndarray, face: FaceLandmarks, detector: LandmarkDetector, size: int = 512) -> np.ndarray:
-    """FFHQ anchors (4, 2) from a second landmark pass on a quick aligned crop, mapped back to the photo.
-
-    On the upright, normalised crop the mesh is far more repeatable than on the
-    raw photo (measured on the astronaut under rotation, scale and shift: the
-    1024 crop moves by <= 2 px instead of up to 6 px). Falls back to the first
-    pass when the crop yields no face.
-    """
-    first = fa.ffhq_anchor_points(face)
-    quick = fa.ffhq_crop(rgb, first, fa.FfhqCropConfig(output_size=size, transform_size=size))
-    again = detector.detect(quick.image, 1)
-    if not again:
-        return first
-    return fa.apply(fa.invert(quick.matrix), fa.ffhq_anchor_points(again[0]))
+    """FFHQ anchors (4, 2) from a second landmark pass on a quick aligned crop, mapped back to the photo
+    (``engine.face.upright.second_pass``; the analysis gets them from its orientation search).
+    Falls back to the first pass when the crop yields no face."""
+    return second_pass(rgb, face, detector, size)[0]
 
 
 @dataclass(frozen=True)

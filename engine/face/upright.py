@@ -132,18 +132,31 @@ class _Candidate:
     deviation: float  # anchors' largest move in the quick crop, px (inf: no second face)
 
 
-def _confirm(image: np.ndarray, faces: list, quarter: int, detector: LandmarkDetector) -> _Candidate:
-    first = fa.ffhq_anchor_points(faces[0])
+def second_pass(image: np.ndarray, face: FaceLandmarks, detector: LandmarkDetector,
+                size: int = CONFIRM_CROP_PX) -> tuple[np.ndarray, float]:
+    """FFHQ anchors (4, 2) of ``face`` from a second landmark pass on a quick ``size`` px FFHQ crop,
+    mapped back to ``image``, and how far they moved (largest distance, crop pixels). When the crop
+    yields no face (or the anchors are degenerate) the first-pass anchors come back with ``inf``.
+
+    On the upright, normalised crop the mesh is far more repeatable than on the raw photo
+    (measured on the astronaut under rotation, scale and shift: the 1024 crop moves by <= 2 px
+    instead of up to 6 px)."""
+    first = fa.ffhq_anchor_points(face)
     try:
-        quick = fa.ffhq_crop(image, first, fa.FfhqCropConfig(output_size=CONFIRM_CROP_PX, transform_size=CONFIRM_CROP_PX))
+        quick = fa.ffhq_crop(image, first, fa.FfhqCropConfig(output_size=size, transform_size=size))
     except ValueError:  # degenerate anchors (a face a few pixels wide)
-        return _Candidate(quarter, image, faces, first, first, math.inf)
+        return first, math.inf
     again = detector.detect(quick.image, 1)
     if not again:
-        return _Candidate(quarter, image, faces, first, first, math.inf)
+        return first, math.inf
     second = fa.ffhq_anchor_points(again[0])  # quick-crop pixels
     deviation = float(np.linalg.norm(fa.apply(quick.matrix, first) - second, axis=1).max())
-    return _Candidate(quarter, image, faces, first, fa.apply(fa.invert(quick.matrix), second), deviation)
+    return fa.apply(fa.invert(quick.matrix), second), deviation
+
+
+def _confirm(image: np.ndarray, faces: list, quarter: int, detector: LandmarkDetector) -> _Candidate:
+    refined, deviation = second_pass(image, faces[0], detector)
+    return _Candidate(quarter, image, faces, fa.ffhq_anchor_points(faces[0]), refined, deviation)
 
 
 def _search(rgb: np.ndarray, detector: LandmarkDetector, max_faces: int) -> _Candidate | None:
