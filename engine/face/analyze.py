@@ -108,7 +108,7 @@ class FaceResult:
 
 def face_size_px(face: FaceLandmarks) -> float:
     """Side of the FFHQ crop square in photo pixels (see the module docstring)."""
-    return fa.ffhq_quad(fa.ffhq_anchor_points(face))[1]
+    return fa.ffhq_square_side(fa.ffhq_anchor_points(face))
 
 
 def check_eyes_open(face: FaceLandmarks, threshold: float | None) -> tuple[float, float]:

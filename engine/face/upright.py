@@ -11,7 +11,7 @@ are wrong, yet look like a face. Two facts decide:
   sideways face do not survive the second pass (27-150 px apart, or no face).
 - **Search.** When the photo as given is not confirmed, it is tried turned by
   90, 180 and 270 degrees (exact ``numpy.rot90``, no resampling; each try is
-  one landmark pass plus one confirmation, 5-30 ms); the best confirmed
+  one landmark pass plus one confirmation, 5-30 ms); the first confirmed
   orientation wins. Without a confirmed face, a face found in the photo's own
   orientation is used as found (what MediaPipe alone would give); unconfirmed
   faces in turned orientations are dropped (MediaPipe "sees" faces in textures
@@ -113,8 +113,12 @@ def map_landmarks(face: FaceLandmarks, matrix: np.ndarray, image_size: tuple[int
 
 
 def roll_degrees(anchors: np.ndarray) -> float:
-    """Counter-clockwise angle (degrees, as seen) of the FFHQ square's x axis for 4 anchors."""
-    quad, _ = fa.ffhq_quad(anchors)
+    """Counter-clockwise angle (degrees, as seen) of the FFHQ square's x axis for 4 anchors;
+    0 for a face too small to have a square (it is refused as too small later)."""
+    try:
+        quad, _ = fa.ffhq_quad(anchors)
+    except ValueError:
+        return 0.0
     x_axis = quad[3] - quad[0]  # UL -> UR
     return math.degrees(math.atan2(-x_axis[1], x_axis[0]))
 
@@ -170,9 +174,6 @@ def _search(rgb: np.ndarray, detector: LandmarkDetector, max_faces: int) -> _Can
         if cand.deviation <= CONFIRM_MAX_PX:
             return cand
         tried.append(cand)
-    confirmed = [c for c in tried if c.deviation <= CONFIRM_MAX_PX]
-    if confirmed:
-        return min(confirmed, key=lambda c: (c.deviation, c.quarter))
     if tried and tried[0].quarter == 0:  # unconfirmed in the photo's own orientation: used as found
         return tried[0]
     # Nothing in the photo's orientation (an unconfirmed face in a turned one is taken for a false

@@ -123,3 +123,15 @@ def test_arrays_under_8_px_are_refused_with_a_key(detector):
     with pytest.raises(ImageTooSmallError) as err:
         check_face(np.zeros((7, 300, 3), np.uint8), detector=detector)
     assert err.value.key == "image_too_small" and err.value.params == {"width": 300, "height": 7, "min_side": 8}
+
+
+def test_a_face_too_small_for_a_square_has_a_size_and_no_roll():
+    from engine.face.upright import roll_degrees
+
+    tiny = np.array([[100.0, 100.0], [101.0, 100.0], [100.0, 101.0], [101.0, 101.0]])  # eyes and mouth 1 px apart
+    with pytest.raises(ValueError):
+        fa.ffhq_quad(tiny)  # no crop can be made of it...
+    assert fa.ffhq_square_side(tiny) == pytest.approx(4.0)  # ...but it has a size: 2 x (2 x the eye distance)
+    assert roll_degrees(tiny) == 0.0
+    face = np.array([[100.0, 100.0], [160.0, 100.0], [110.0, 170.0], [150.0, 170.0]])
+    assert fa.ffhq_square_side(face) == pytest.approx(fa.ffhq_quad(face)[1])
