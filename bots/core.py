@@ -12,7 +12,16 @@ Conventions
 * Times are UNIX seconds from ``BotResources.clock`` (``time.time`` by default).
 * Sizes: ``cfg.limits.max_upload_mb`` is MiB (1 MiB = 1048576 bytes); uploads
   are refused on the size the platform *announces*, before any download, then
-  decoded with the megapixel bound of ``emoji3d.images``.
+  decoded with the bounds of ``emoji3d.images`` (megapixels, sides of at least
+  8 px, reduced to ``decode_max_side_px``, at most ``concurrent_decodes`` at once).
+* Intake stores pixels only: a selfie or style image is stored as
+  ``emoji3d.images.clean_image`` gives it (EXIF orientation applied, sRGB, PNG
+  without any metadata: no EXIF/GPS, XMP, ICC or text), never as uploaded.
+* Upload rate: each user may send at most ``cfg.limits.uploads_per_user_per_minute``
+  images (selfies, style images, house styles; refused ones count too) in any
+  rolling 60 seconds, counted in this process before anything is decoded.
+* Style images (one-off or house styles) pass the style catalogue's one
+  validation, ``storage.style_catalog.validate_exemplar``.
 * Strength presets (the paper's style-strength blend in [0, 1]):
   ``subtle`` 0.35 (likeness first, a hint of the style), ``medium`` 0.7 (the
   style clearly visible, the face still recognisable), ``full`` 1.0 (the
@@ -30,16 +39,19 @@ Conventions
 from __future__ import annotations
 
 import base64
+import collections
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from emoji3d import orders
 from emoji3d.config import Config
-from emoji3d.errors import FileTooLargeError, NoFaceError, StyleHasNoFace, UserFacingError
-from emoji3d.images import DecodeLimits, decode_image
+from emoji3d.errors import FileTooLargeError, UserFacingError
+from emoji3d.images import CleanImage, DecodeLimits, clean_image
 from emoji3d.texts import BOT, message, text
-from storage.style_catalog import add_house_style, remove_style
+from storage.style_catalog import add_house_style, remove_style, validate_exemplar
 from storage import jobs, packs, selfies, users
 from storage import styles as st
 from storage.blobs import BlobStore
@@ -90,9 +102,41 @@ class UnknownStrength(UserFacingError):
     key = "strength_invalid"
 
 
+class UploadRateLimited(UserFacingError):
+    """params: ``seconds`` (until the next upload is accepted)."""
+
+    key = "upload_rate_limited"
+
+
 # ----------------------------------------------------------------------------- resources
 
 FaceCheck = Callable[[Any], Any]  # (H, W, 3) uint8 RGB -> engine.face.analyze.FaceResult; raises UserFacingError
+
+UPLOAD_WINDOW_SECONDS = 60.0
+
+
+class UploadCounter:
+    """Uploads per key in a rolling window (this process; thread-safe): the bots'
+    decodes run in worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[Any, collections.deque] = {}
+
+    def take(self, key: Any, now: float, limit: int, window: float = UPLOAD_WINDOW_SECONDS) -> None:
+        """Count one upload for ``key`` at ``now``, or raise :class:`UploadRateLimited`
+        when ``limit`` uploads already fell within the last ``window`` seconds."""
+        with self._lock:
+            times = self._times.setdefault(key, collections.deque())
+            while times and times[0] <= now - window:
+                times.popleft()
+            if len(times) >= limit:
+                wait = max(1, math.ceil(times[0] + window - now))
+                raise UploadRateLimited(f"{key}: {len(times)} uploads in {window:g} s", seconds=wait)
+            times.append(now)
+            if len(self._times) > 10_000:  # forget idle keys now and then
+                for k in [k for k, t in self._times.items() if not t or t[-1] <= now - window]:
+                    del self._times[k]
 
 
 @dataclass
@@ -104,11 +148,11 @@ class BotResources:
     blobs: BlobStore
     face_check: FaceCheck
     clock: Callable[[], float] = time.time
+    uploads: UploadCounter = field(default_factory=UploadCounter)
 
     @property
     def decode_limits(self) -> DecodeLimits:
-        lim = self.cfg.limits
-        return DecodeLimits(max_megapixels=float(lim.max_image_megapixels), max_bytes=lim.max_upload_mb * 1024 * 1024)
+        return DecodeLimits.from_config(self.cfg.limits)
 
 
 def default_face_check(cfg: Config) -> tuple[FaceCheck, Callable[[], None]]:
@@ -184,33 +228,45 @@ class AcceptedSelfie:
     warnings: tuple[tuple[str, dict], ...]  # (error key, params), e.g. ("several_faces", {"count": 2})
 
 
-def _decode_checked(res: BotResources, data: bytes) -> Any:
+def count_upload(res: BotResources, key: Any) -> None:
+    """One upload by ``key`` (a user id, or a community for an unknown admin); see the module docstring."""
+    res.uploads.take(key, float(res.clock()), res.cfg.limits.uploads_per_user_per_minute)
+
+
+def _check_downloaded_size(res: BotResources, data: bytes) -> None:
+    """The announced-size rule, applied to what was actually downloaded."""
     if len(data) > res.cfg.limits.max_upload_mb * 1024 * 1024:
         check_announced_size(res, len(data))
-    rgb = decode_image(data, res.decode_limits)
-    return rgb, res.face_check(rgb)
+
+
+def _decode_checked(res: BotResources, data: bytes) -> CleanImage:
+    """The upload reduced to its pixels (bounded decode; see ``emoji3d.images.clean_image``)."""
+    _check_downloaded_size(res, data)
+    return clean_image(data, res.decode_limits)
 
 
 def accept_selfie(res: BotResources, user: users.User, data: bytes) -> AcceptedSelfie:
-    """Bounded decode, face checks, store the blob and a selfie row that expires
-    after ``cfg.privacy.selfie_retention_hours`` (0 = kept until deleted)."""
+    """Rate limit, bounded decode, face checks, then store the pixels only
+    (no metadata) and a selfie row that expires after
+    ``cfg.privacy.selfie_retention_hours`` (0 = kept until deleted)."""
     require_consent(user)
-    _, face = _decode_checked(res, data)
-    digest = res.blobs.put_bytes(data)
+    count_upload(res, ("user", user.id))
+    clean = _decode_checked(res, data)
+    face = res.face_check(clean.rgb)
+    digest = res.blobs.put_bytes(clean.png)
     hours = res.cfg.privacy.selfie_retention_hours
     row = selfies.add_selfie(res.db, user.id, digest, ttl_seconds=hours * 3600 if hours > 0 else None)
     return AcceptedSelfie(row, tuple((w.key, dict(w.params)) for w in getattr(face, "warnings", ())))
 
 
 def accept_style_image(res: BotResources, user: users.User, data: bytes) -> str:
-    """A one-off style image: same hygiene as a selfie (size, decode, a face to
-    map the style from). Returns the blob digest."""
+    """A one-off style image: the style catalogue's validation (size, decode, a
+    face to map the style from); its pixels only are stored. Returns the blob digest."""
     require_consent(user)
-    try:
-        _decode_checked(res, data)
-    except NoFaceError:
-        raise StyleHasNoFace("no face found in the style image") from None
-    return res.blobs.put_bytes(data)
+    count_upload(res, ("user", user.id))
+    _check_downloaded_size(res, data)
+    clean = validate_exemplar(data, res.decode_limits, res.face_check)
+    return res.blobs.put_bytes(clean.png)
 
 
 def current_selfie(res: BotResources, user: users.User) -> selfies.Selfie:
@@ -502,13 +558,11 @@ def house_style_add(res: BotResources, community_id: int, is_admin: bool, name: 
     enqueued at batch priority. The image must contain a face."""
     if not is_admin:
         raise NotAdmin("only administrators manage house styles")
-    try:
-        _decode_checked(res, image)
-    except NoFaceError:
-        raise StyleHasNoFace("no face found in the style image") from None
+    count_upload(res, ("community", community_id) if added_by is None else ("user", added_by.id))
+    _check_downloaded_size(res, image)
     return add_house_style(res.db, res.blobs, name, image, community_id=community_id,
                            added_by=None if added_by is None else added_by.id,
-                           max_megapixels=float(res.cfg.limits.max_image_megapixels))
+                           limits=res.decode_limits, face_check=res.face_check)
 
 
 def house_style_remove(res: BotResources, community_id: int, is_admin: bool, name: str) -> st.Style:

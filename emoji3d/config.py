@@ -115,6 +115,10 @@ class LimitsConfig:
     max_pitch_degrees: float = _c(30.0, gt=0, le=90)
     jobs_per_user_per_day: int = _c(10, ge=1)
     active_jobs_per_user: int = _c(1, ge=1, le=10)
+    decode_max_side_px: int = _c(2048, ge=512, le=8192,
+                                 doc="larger photos are decoded reduced to this long side (emoji3d.images)")
+    concurrent_decodes: int = _c(2, ge=1, le=64, doc="image decodes running at once in one process")
+    uploads_per_user_per_minute: int = _c(6, ge=1, le=600, doc="images one user may send the bots per minute")
 
 
 @dataclass(frozen=True)

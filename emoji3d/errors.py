@@ -65,6 +65,36 @@ class FileTooLargeError(UserFacingError):
     key = "file_too_large"
 
 
+class ImageTooSmallError(UserFacingError):
+    """A side is shorter than the decoder's minimum (refused from the header).
+    ``params``: ``width``, ``height``, ``min_side`` (pixels)."""
+
+    key = "image_too_small"
+
+
+# --- Files named on a command line (emoji3d.images.read_file_bounded) ------------
+
+
+class FileMissingError(UserFacingError):
+    """Nothing exists at the path. ``params``: ``path``."""
+
+    key = "file_missing"
+
+
+class NotAFileError(UserFacingError):
+    """The path is a folder, a device, a pipe or a socket, not a regular file.
+    ``params``: ``path``, ``kind`` (e.g. "a folder")."""
+
+    key = "not_a_file"
+
+
+class FileUnreadableError(UserFacingError):
+    """The file exists but cannot be opened or read (e.g. no permission).
+    ``params``: ``path``, ``reason``."""
+
+    key = "file_unreadable"
+
+
 class NoFaceError(UserFacingError):
     """No face was found in the photo."""
 

@@ -18,6 +18,14 @@ ERRORS: dict[str, str] = {
     "image_too_large": "That image is too big ({megapixels} megapixels). Please send one under {limit} megapixels.",
     "file_too_large": "That file is too big ({size_mb} MB). Please send one under {limit_mb} MB.",
     "unsupported_image": "I can't use this kind of image ({detail}). A regular photo works best.",
+    "image_too_small": ("That image is only {width}×{height} pixels. "
+                        "Please send a photo at least {min_side} pixels on each side."),
+    "upload_rate_limited": ("You're sending images faster than I can look at them. "
+                            "Please wait {seconds} seconds and send it again."),
+    # Files named on the command line
+    "file_missing": "There is no file at {path}.",
+    "not_a_file": "{path} is {kind}, not an image file.",
+    "file_unreadable": "I can't read {path} ({reason}).",
     # Face checks
     "no_face": "I couldn't find a face in that photo. A well-lit selfie looking at the camera works best.",
     "face_too_small": "The face is too small in that photo ({face_px} px across). Please move closer or crop the photo.",

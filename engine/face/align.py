@@ -164,6 +164,13 @@ def ffhq_anchor_points(face: FaceLandmarks) -> np.ndarray:
     )
 
 
+def ffhq_square_side(anchors: np.ndarray) -> float:
+    """Side (pixels) of the recipe's square for (eye_l, eye_r, mouth_l, mouth_r), however small."""
+    eye_l, eye_r, mouth_l, mouth_r = np.asarray(anchors, dtype=np.float64)
+    eye_to_mouth = 0.5 * (mouth_l + mouth_r) - 0.5 * (eye_l + eye_r)
+    return 2.0 * max(math.hypot(*(eye_r - eye_l)) * 2.0, math.hypot(*eye_to_mouth) * 1.8)
+
+
 def ffhq_quad(anchors: np.ndarray) -> tuple[np.ndarray, float]:
     """The recipe's oriented square from (eye_l, eye_r, mouth_l, mouth_r): corners UL, LL, LR, UR and its side."""
     anchors = np.asarray(anchors, dtype=np.float64)

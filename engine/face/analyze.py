@@ -24,6 +24,15 @@ Conventions are those of ``face_landmarks`` (pixels, y down, 478 points),
   distance) below ``eyes_closed_ear``. Occlusion (hands, masks) is not
   detected: MediaPipe always completes the mesh, so the landmarks give no
   reliable signal for it.
+- **Rotated photos** (sideways or upside down, any in-plane angle): the face
+  is found and the photo turned upright by ``engine.face.upright`` (a roll
+  within ``keep_roll_degrees`` is kept, as EG3D's recipe keeps it). The pose,
+  the camera label, the eye checks and the EG3D crop (with its
+  ``trans_params``) are computed in that upright image; ``landmarks``, the FFHQ
+  anchors and every crop matrix refer to the photo as given (the EG3D matrix
+  then includes the turn). ``upright_matrix`` maps the photo to the upright
+  image and ``turn_degrees`` says how far it was turned (0 for most selfies).
+- An array with a side under 8 px is refused with ``image_too_small``.
 
 No torch here (numpy, Pillow, scipy, MediaPipe).
 """
@@ -33,10 +42,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emoji3d.errors import EyesClosedError, FaceTooSmallError, NoFaceError
+from emoji3d.errors import EyesClosedError, FaceTooSmallError, ImageTooSmallError, NoFaceError
 from engine.face import align as fa
-from engine.face.landmarks import FaceLandmarks, LandmarkDetector, eye_aspect_ratio
+from engine.face.landmarks import FaceLandmarks, LandmarkDetector, check_rgb, eye_aspect_ratio
 from engine.face.pose import HeadPose, check_pose_limits, label_from_pose, solve_head_pose
+from engine.face.upright import UprightFace, find_upright_face, map_landmarks, second_pass
+
+MIN_SIDE_PX = 8  # MediaPipe's smallest input (``check_rgb``); emoji3d.images refuses smaller files the same way
 
 WARNING_SEVERAL_FACES = "several_faces"  # params: count
 
@@ -52,12 +64,21 @@ class FaceConfig:
     e4e_size: int = 256
     eg3d: fa.Eg3dCropConfig = field(default_factory=fa.Eg3dCropConfig)
     refine_alignment: bool = True  # second landmark pass on a quick FFHQ crop (see refined_ffhq_anchors)
+    keep_roll_degrees: float = 10.0  # a smaller roll is kept (EG3D's recipe); a larger one is turned upright
 
     def __post_init__(self) -> None:
         if self.min_face_px < 1 or self.max_faces < 1 or self.e4e_size < 8:
             raise ValueError(f"bad FaceConfig: {self}")
         if not (0 < self.max_yaw_degrees <= 90 and 0 < self.max_pitch_degrees <= 90):
             raise ValueError("max_yaw_degrees and max_pitch_degrees must be in (0, 90]")
+        if not 0 <= self.keep_roll_degrees <= 45:
+            raise ValueError(f"keep_roll_degrees must be in [0, 45], got {self.keep_roll_degrees}")
+
+    @classmethod
+    def from_limits(cls, limits) -> "FaceConfig":
+        """The checks of ``emoji3d.config.LimitsConfig`` (``min_face_px``, ``max_yaw_degrees``, ``max_pitch_degrees``)."""
+        return cls(min_face_px=int(limits.min_face_px), max_yaw_degrees=float(limits.max_yaw_degrees),
+                   max_pitch_degrees=float(limits.max_pitch_degrees))
 
 
 @dataclass(frozen=True)
@@ -68,24 +89,26 @@ class FaceWarning:
 
 @dataclass(frozen=True)
 class FaceResult:
-    landmarks: FaceLandmarks
+    landmarks: FaceLandmarks  # photo pixels
     n_faces: int
     warnings: tuple[FaceWarning, ...]
     face_px: float
     eye_aspect_ratios: tuple[float, float]
-    pose: HeadPose
-    camera_label: np.ndarray  # (25,) float64
+    pose: HeadPose  # in the upright image
+    camera_label: np.ndarray  # (25,) float64, in the upright image (the EG3D crop's frame)
     ffhq_anchors: np.ndarray  # (4, 2) eye centres and mouth corners (photo px) the FFHQ crop used
     ffhq: fa.FfhqCrop  # 1024 crop + photo -> crop matrix
     e4e_image: np.ndarray  # (256, 256, 3) uint8, the FFHQ crop resized
     e4e_matrix: np.ndarray  # (2, 3) photo -> 256 crop
-    eg3d: fa.Eg3dCrop  # 512 crop + matrix + align_img trans params
+    eg3d: fa.Eg3dCrop  # 512 crop + photo -> crop matrix + align_img trans params (of the upright image)
     ffhq_to_eg3d: np.ndarray  # (2, 3) FFHQ-1024 crop pixels -> EG3D-512 crop pixels
+    upright_matrix: np.ndarray  # (2, 3) photo px -> upright image px (identity when not turned)
+    turn_degrees: float  # counter-clockwise turn of the photo that made the face upright, [0, 360)
 
 
 def face_size_px(face: FaceLandmarks) -> float:
     """Side of the FFHQ crop square in photo pixels (see the module docstring)."""
-    return fa.ffhq_quad(fa.ffhq_anchor_points(face))[1]
+    return fa.ffhq_square_side(fa.ffhq_anchor_points(face))
 
 
 def check_eyes_open(face: FaceLandmarks, threshold: float | None) -> tuple[float, float]:
@@ -96,48 +119,45 @@ def check_eyes_open(face: FaceLandmarks, threshold: float | None) -> tuple[float
 
 
 def refined_ffhq_anchors(rgb: np.ndarray, face: FaceLandmarks, detector: LandmarkDetector, size: int = 512) -> np.ndarray:
-    """FFHQ anchors (4, 2) from a second landmark pass on a quick aligned crop, mapped back to the photo.
-
-    On the upright, normalised crop the mesh is far more repeatable than on the
-    raw photo (measured on the astronaut under rotation, scale and shift: the
-    1024 crop moves by <= 2 px instead of up to 6 px). Falls back to the first
-    pass when the crop yields no face.
-    """
-    first = fa.ffhq_anchor_points(face)
-    quick = fa.ffhq_crop(rgb, first, fa.FfhqCropConfig(output_size=size, transform_size=size))
-    again = detector.detect(quick.image, 1)
-    if not again:
-        return first
-    return fa.apply(fa.invert(quick.matrix), fa.ffhq_anchor_points(again[0]))
+    """FFHQ anchors (4, 2) from a second landmark pass on a quick aligned crop, mapped back to the photo
+    (``engine.face.upright.second_pass``; the analysis gets them from its orientation search).
+    Falls back to the first pass when the crop yields no face."""
+    return second_pass(rgb, face, detector, size)[0]
 
 
 @dataclass(frozen=True)
 class FaceCheck:
     """What :func:`check_face` finds: enough for a bot to accept or refuse a selfie."""
 
-    landmarks: FaceLandmarks  # the largest face
+    landmarks: FaceLandmarks  # the largest face, photo pixels
     n_faces: int
     warnings: tuple[FaceWarning, ...]
     face_px: float
     eye_aspect_ratios: tuple[float, float]
-    pose: HeadPose
+    pose: HeadPose  # in the upright image
     camera_label: np.ndarray  # (25,) float64
+    upright: UprightFace  # the face in the upright image (engine.face.upright)
 
 
 def check_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: LandmarkDetector | None = None) -> FaceCheck:
     """Landmarks of the largest face and every refusal (no crops; tens of ms).
 
     Pass a long-lived ``detector`` in workers; without one, a detector is made for this call."""
+    if isinstance(rgb, np.ndarray) and rgb.ndim == 3 and min(rgb.shape[:2]) < MIN_SIDE_PX:
+        h, w = rgb.shape[:2]
+        raise ImageTooSmallError(f"{w}x{h} array has a side under {MIN_SIDE_PX} px", width=w, height=h, min_side=MIN_SIDE_PX)
+    check_rgb(rgb, MIN_SIDE_PX)
     if detector is None:
         with LandmarkDetector(max_faces=cfg.max_faces) as own:
             return check_face(rgb, cfg, own)
-    faces = detector.detect_with_search(rgb, cfg.max_faces)
-    if not faces:
+    upright = find_upright_face(rgb, detector, cfg.max_faces, refine=cfg.refine_alignment,
+                                keep_roll_degrees=cfg.keep_roll_degrees)
+    if upright is None:
         raise NoFaceError("no face found")
-    face = faces[0]
+    face = upright.face
     warnings = ()
-    if len(faces) > 1:
-        warnings = (FaceWarning(WARNING_SEVERAL_FACES, {"count": len(faces)}),)
+    if upright.n_faces > 1:
+        warnings = (FaceWarning(WARNING_SEVERAL_FACES, {"count": upright.n_faces}),)
 
     face_px = face_size_px(face)
     if face_px < cfg.min_face_px:
@@ -146,7 +166,9 @@ def check_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: Landma
     pose = solve_head_pose(face.points)
     check_pose_limits(pose, cfg.max_yaw_degrees, cfg.max_pitch_degrees)
     ears = check_eyes_open(face, cfg.eyes_closed_ear)
-    return FaceCheck(face, len(faces), warnings, face_px, ears, pose, label_from_pose(pose))
+    h, w = rgb.shape[:2]
+    in_photo = face if upright.turn_degrees == 0.0 else map_landmarks(face, fa.invert(upright.to_upright), (w, h))
+    return FaceCheck(in_photo, upright.n_faces, warnings, face_px, ears, pose, label_from_pose(pose), upright)
 
 
 def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: LandmarkDetector | None = None) -> FaceResult:
@@ -155,9 +177,13 @@ def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: Land
         with LandmarkDetector(max_faces=cfg.max_faces) as own:
             return analyze_face(rgb, cfg, own)
     c = check_face(rgb, cfg, detector)
-    anchors = refined_ffhq_anchors(rgb, c.landmarks, detector) if cfg.refine_alignment else fa.ffhq_anchor_points(c.landmarks)
+    u = c.upright
+    from_upright = fa.invert(u.to_upright)
+    anchors = fa.apply(from_upright, u.anchors)  # photo pixels: the FFHQ recipe's square is oriented by itself
     ffhq = fa.ffhq_crop(rgb, anchors, cfg.ffhq)
-    eg3d = fa.eg3d_crop(rgb, c.landmarks.five_points(), cfg.eg3d)
+    eg3d_upright = fa.eg3d_crop(u.image, u.face.five_points(), cfg.eg3d)
+    eg3d = fa.Eg3dCrop(image=eg3d_upright.image, matrix=fa.compose(eg3d_upright.matrix, u.to_upright),
+                       trans_params=eg3d_upright.trans_params)
     return FaceResult(
         landmarks=c.landmarks,
         n_faces=c.n_faces,
@@ -172,7 +198,34 @@ def analyze_face(rgb: np.ndarray, cfg: FaceConfig = FaceConfig(), detector: Land
         e4e_matrix=fa.rescale_output(ffhq.matrix, cfg.ffhq.output_size, cfg.e4e_size),
         eg3d=eg3d,
         ffhq_to_eg3d=fa.crop_to_crop(ffhq.matrix, eg3d.matrix),
+        upright_matrix=u.to_upright,
+        turn_degrees=u.turn_degrees,
     )
+
+
+class FaceChecker:
+    """:func:`check_face` with one detector, made on the first call (MediaPipe loads in about a
+    second, so a command that may not need it pays nothing). ``close()`` (or ``with``) frees it."""
+
+    def __init__(self, cfg: FaceConfig = FaceConfig()) -> None:
+        self.cfg = cfg
+        self._detector: LandmarkDetector | None = None
+
+    def __call__(self, rgb: np.ndarray) -> FaceCheck:
+        if self._detector is None:
+            self._detector = LandmarkDetector(max_faces=self.cfg.max_faces)
+        return check_face(rgb, self.cfg, self._detector)
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+
+    def __enter__(self) -> "FaceChecker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _resize_square(img: np.ndarray, size: int) -> np.ndarray:
@@ -206,6 +259,12 @@ def result_to_json(r: FaceResult) -> dict:
             "fit_rms_px": round(r.pose.rms_px, 3),
         },
         "camera_label": [float(v) for v in r.camera_label],
+        "upright": {
+            "convention": "the photo turned counter-clockwise by turn_degrees so the face is upright; "
+                          "pose, camera_label and the EG3D trans params refer to that image",
+            "turn_degrees": round(r.turn_degrees, 3),
+            "photo_to_upright": mat(r.upright_matrix),
+        },
         "crops": {
             "ffhq_1024": {"size": r.ffhq.image.shape[0], "photo_to_crop": mat(r.ffhq.matrix), "quad": mat(r.ffhq.quad), "anchors_px": mat(r.ffhq_anchors)},
             "e4e_256": {"size": r.e4e_image.shape[0], "photo_to_crop": mat(r.e4e_matrix)},

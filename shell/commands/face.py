@@ -6,8 +6,12 @@
 The first writes into DIR: ``ffhq_1024.png``, ``e4e_256.png``, ``eg3d_512.png``,
 ``landmarks.png`` (the photo with the 478 points, the five EG3D points and the
 FFHQ square drawn on it) and ``face.json`` (landmarks, pose angles, 25-number
-camera label, crop matrices; see ``engine.face.analyze.result_to_json``). On bad input
-it prints the same sentence a chat user gets and exits 2.
+camera label, crop matrices; see ``engine.face.analyze.result_to_json``). The photo
+is read and decoded as the bots decode uploads (``emoji3d.images``: at most 40 MP,
+decoded reduced to a long side of ``--max-side-px``, EXIF orientation applied), so
+every pixel coordinate refers to that decoded image (``face.json``'s
+``image_size``). On bad input (no such file, a folder, not an image, no usable
+face...) it prints the one sentence a chat user gets and exits 2.
 
 The second prints each case's error for every folder (eg3d_crop or
 eg3d_camera_labels kind) and exits 0 only when all pass (1 otherwise, 2 when a
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 
@@ -54,15 +59,12 @@ def _run_photo(path: str, out: pathlib.Path, args: argparse.Namespace) -> int:
     from engine.face.analyze import FaceConfig, analyze_face, result_to_json
 
     try:
-        rgb = read_image_file(path, DecodeLimits(max_megapixels=args.max_megapixels))
+        rgb = read_image_file(path, DecodeLimits(max_megapixels=args.max_megapixels, max_side_px=args.max_side_px))
         cfg = FaceConfig(min_face_px=args.min_face_px, max_yaw_degrees=args.max_yaw, max_pitch_degrees=args.max_pitch)
         result = analyze_face(rgb, cfg)
     except UserFacingError as exc:
         print(_friendly(exc), file=sys.stderr)
-        print(f"(key: {exc.key}; detail: {exc})", file=sys.stderr)
-        return 2
-    except FileNotFoundError:
-        print(f"no such file: {path}", file=sys.stderr)
+        logging.getLogger("emoji3d.face").debug("refused (%s): %s", exc.key, exc)  # shown with emoji3d -v
         return 2
     out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.ffhq.image).save(out / "ffhq_1024.png")
@@ -75,7 +77,9 @@ def _run_photo(path: str, out: pathlib.Path, args: argparse.Namespace) -> int:
 
         print(message(w.key, **w.params), file=sys.stderr)
     p = result.pose
-    print(f"face {result.face_px:.0f} px, yaw {p.yaw_degrees:.1f}°, pitch {p.pitch_degrees:.1f}°, roll {p.roll_degrees:.1f}° -> {out}")
+    turned = f" (photo turned {result.turn_degrees:.0f}° to make the face upright)" if result.turn_degrees else ""
+    print(f"face {result.face_px:.0f} px, yaw {p.yaw_degrees:.1f}°, pitch {p.pitch_degrees:.1f}°, "
+          f"roll {p.roll_degrees:.1f}°{turned} -> {out}")
     return 0
 
 
@@ -113,6 +117,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-pitch", type=float, default=30.0, help="refuse heads tilted further (degrees, default 30)")
     p.add_argument("--min-face-px", type=int, default=128, help="refuse smaller faces (FFHQ square side, px; default 128)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="refuse larger photos (default 40)")
+    p.add_argument("--max-side-px", type=int, default=2048,
+                   help="decode larger photos reduced to this long side (default 2048, as the bots)")
     args = p.parse_args(argv)
     return _run_photo(args.path, pathlib.Path(args.out), args)
 

@@ -6,6 +6,14 @@ in-process engine worker runs it (with a progress bar fed by the job's
 recorded stage and fraction), and the result's files are copied to ``--out``.
 Whatever the build cannot do yet is printed plainly, and slim random weights
 are announced loudly: nothing is ever faked.
+
+The selfie and a style image given as a path are checked first, as the bots
+check theirs: read with ``emoji3d.images.read_file_bounded`` (a missing path, a
+folder or ``/dev/zero`` is refused in one sentence, exit 2), decoded with the
+configured bounds, the face checked (the style through the style catalogue's
+``validate_exemplar``), and stored as pixels only (``clean_image``: no EXIF, GPS
+or other metadata). ``--style`` is a path when something exists there or when it
+is not a valid style name; otherwise it names a global style.
 """
 from __future__ import annotations
 
@@ -21,37 +29,52 @@ import time
 
 from emoji3d.config import Config, load_config
 from emoji3d.errors import UserFacingError
+from emoji3d.images import CleanImage, DecodeLimits, clean_image, read_file_bounded
 from storage.connect import open_storage
 from emoji3d.texts import explain, message
 
 
-def _prepare(cfg: Config, args):
+def _is_style_path(value: str) -> bool:
+    from storage.style_catalog import STYLE_NAME
+
+    return os.path.lexists(value) or not STYLE_NAME.match(value)
+
+
+def _read_inputs(cfg: Config, args, face_check) -> tuple[CleanImage, CleanImage | None]:
+    """The selfie and (when ``--style`` is a path) the style image, checked as the bots check theirs
+    (``storage.style_catalog.validate_exemplar`` for the style): both files are read and decoded
+    before the face detector is loaded, so a bad file is refused without it."""
+    from storage.style_catalog import check_exemplar_face
+
+    limits = DecodeLimits.from_config(cfg.limits)
+    selfie = clean_image(read_file_bounded(args.selfie, limits.max_bytes), limits)
+    style = None
+    if _is_style_path(args.style):
+        style = clean_image(read_file_bounded(args.style, limits.max_bytes), limits)
+    face_check(selfie.rgb)
+    if style is not None:
+        check_exemplar_face(style.rgb, face_check)
+    return selfie, style
+
+
+def _prepare(cfg: Config, args, selfie: CleanImage, style_image: CleanImage | None, face_check):
     from storage import selfies, styles as st, users
 
-    from emoji3d.images import DecodeLimits, decode_image
     from emoji3d.orders import PackOrder
     from storage.packs import order_pack
     from storage.style_catalog import sync_global_styles
 
     db, blobs = open_storage(cfg)
-    limits = DecodeLimits(max_megapixels=cfg.limits.max_image_megapixels, max_bytes=cfg.limits.max_upload_mb << 20)
-
-    def read_image(path: pathlib.Path) -> bytes:
-        data = path.read_bytes()
-        decode_image(data, limits)  # refuse bad input before anything is stored
-        return data
-
     user = users.get_or_create_user(db, "local", getpass.getuser() or "local")
     users.record_consent(db, user.id)
-    selfie_digest = blobs.put_bytes(read_image(args.selfie))
+    selfie_digest = blobs.put_bytes(selfie.png)
     ttl = cfg.privacy.selfie_retention_hours * 3600 or None
     selfies.add_selfie(db, user.id, selfie_digest, ttl_seconds=ttl)
 
-    style_path = pathlib.Path(args.style)
-    if style_path.is_file():
-        exemplar, style_id, style_version = blobs.put_bytes(read_image(style_path)), None, None
+    if style_image is not None:
+        exemplar, style_id, style_version = blobs.put_bytes(style_image.png), None, None
     else:
-        sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels)
+        sync_global_styles(db, blobs, cfg.styles_dir, DecodeLimits.from_config(cfg.limits), face_check=face_check)
         style = st.find_style(db, args.style)
         if style is None:
             raise st.StyleNotFound(f"no global style named {args.style!r} in {cfg.styles_dir}", name=args.style)
@@ -163,18 +186,27 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, pipeline=cfg.pipeline.reduced(args.steps))
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     out = args.out or cfg.out_dir
 
-    from engine.avatar.networks import SLIM_WARNING, pretrained_available
-    from storage import jobs
+    from engine.face.analyze import FaceChecker, FaceConfig
 
-    from storage.packs import result_of
+    with FaceChecker(FaceConfig.from_limits(cfg.limits)) as face_check:
+        try:
+            selfie, style_image = _read_inputs(cfg, args, face_check)
+        except UserFacingError as exc:
+            print(explain(exc), file=sys.stderr)
+            return 2
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
 
-    slim = cfg.engine.preset == "slim" or (cfg.engine.preset == "auto" and not pretrained_available(cfg.weights_dir))
-    if slim:
-        print(f"\n*** {SLIM_WARNING} ***\n", file=sys.stderr)
-    db, blobs, pack, job_id = _prepare(cfg, args)
+        from engine.avatar.networks import SLIM_WARNING, pretrained_available
+        from storage import jobs
+
+        from storage.packs import result_of
+
+        slim = cfg.engine.preset == "slim" or (cfg.engine.preset == "auto" and not pretrained_available(cfg.weights_dir))
+        if slim:
+            print(f"\n*** {SLIM_WARNING} ***\n", file=sys.stderr)
+        db, blobs, pack, job_id = _prepare(cfg, args, selfie, style_image, face_check)
     try:
         print(f"pack {pack.id}: job {job_id}", file=sys.stderr)
         _run_job(cfg, db, blobs, job_id)

@@ -91,10 +91,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    from emoji3d.images import DecodeLimits
+    from engine.face.analyze import FaceChecker, FaceConfig
     from storage.style_catalog import sync_global_styles
 
     db, blobs = open_storage(cfg)
-    for style, what in sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels):
+    with FaceChecker(FaceConfig.from_limits(cfg.limits)) as face_check:  # new or changed exemplars need a face
+        synced = sync_global_styles(db, blobs, cfg.styles_dir, DecodeLimits.from_config(cfg.limits), face_check=face_check)
+    for style, what in synced:
         if what != "unchanged":
             print(f"style {style.name}: {what} (finetune queued)", flush=True)
     engine = None

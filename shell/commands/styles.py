@@ -1,10 +1,19 @@
-"""``emoji3d styles``: list, sync, add or remove global and house styles."""
+"""``emoji3d styles``: list, sync, add or remove global and house styles.
+
+Every image that becomes a style passes ``storage.style_catalog.validate_exemplar``
+(size, decoding, a face; the face check is ``engine.face``'s, with the
+configured limits, loaded only when an image is actually checked). The image
+of ``styles add`` is read with ``emoji3d.images.read_file_bounded``: a missing
+path, a folder or a device is refused in one sentence (exit 2, through the
+``emoji3d`` command) before anything else happens.
+"""
 from __future__ import annotations
 
 import argparse
 import pathlib
 
 from emoji3d.config import load_config
+from emoji3d.images import DecodeLimits, read_file_bounded
 from storage.connect import open_storage
 
 
@@ -35,30 +44,33 @@ def main(argv: list[str]) -> int:
     rm.add_argument("--community", metavar="PLATFORM:ID")
     args = p.parse_args(argv)
 
+    from engine.face.analyze import FaceChecker, FaceConfig
     from storage import styles as st
-
     from storage.style_catalog import add_house_style, remove_style, sync_global_styles
 
     cfg = load_config(args.config)
+    limits = DecodeLimits.from_config(cfg.limits)
+    image = read_file_bounded(args.image, limits.max_bytes) if args.cmd == "add" else None
     db, blobs = open_storage(cfg)
     try:
-        community_id = _community(db, getattr(args, "community", None))
-        if args.cmd == "sync":
-            for style, what in sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels):
-                print(f"{style.name:<24} v{style.version:<3} {what}")
-        elif args.cmd == "list":
-            sync_global_styles(db, blobs, cfg.styles_dir, cfg.limits.max_image_megapixels)
-            rows = st.list_styles(db, community_id=community_id)
-            print(f"{'name':<24} {'scope':<16} {'version':>7}  status")
-            for s in rows:
-                print(f"{s.name:<24} {s.scope:<16} {s.version:>7}  {s.status}")
-        elif args.cmd == "add":
-            style = add_house_style(db, blobs, args.name, args.image.read_bytes(), community_id=community_id,
-                                    added_by=None, max_megapixels=cfg.limits.max_image_megapixels)
-            print(f"added {style.name} ({style.scope}); its finetune is queued at batch priority")
-        elif args.cmd == "remove":
-            style = remove_style(db, args.name, community_id=community_id)
-            print(f"removed {style.name} ({style.scope})")
+        with FaceChecker(FaceConfig.from_limits(cfg.limits)) as face_check:
+            community_id = _community(db, getattr(args, "community", None))
+            if args.cmd == "sync":
+                for style, what in sync_global_styles(db, blobs, cfg.styles_dir, limits, face_check=face_check):
+                    print(f"{style.name:<24} v{style.version:<3} {what}")
+            elif args.cmd == "list":
+                sync_global_styles(db, blobs, cfg.styles_dir, limits, face_check=face_check)
+                rows = st.list_styles(db, community_id=community_id)
+                print(f"{'name':<24} {'scope':<16} {'version':>7}  status")
+                for s in rows:
+                    print(f"{s.name:<24} {s.scope:<16} {s.version:>7}  {s.status}")
+            elif args.cmd == "add":
+                style = add_house_style(db, blobs, args.name, image, community_id=community_id, added_by=None,
+                                        limits=limits, face_check=face_check)
+                print(f"added {style.name} ({style.scope}); its finetune is queued at batch priority")
+            elif args.cmd == "remove":
+                style = remove_style(db, args.name, community_id=community_id)
+                print(f"removed {style.name} ({style.scope})")
     finally:
         db.dispose()
     return 0
