@@ -120,8 +120,9 @@ def _run_job(cfg: Config, db, blobs, job_id: int) -> None:
     if jobs.get_job(db, job_id).done:
         return
     print("loading the networks (once per engine process)...", file=sys.stderr)
+    # Only this run's job: other users' queued jobs are not this command's business.
     worker = Worker(db, blobs, build_handlers(cfg), f"make:{os.getpid()}", float(cfg.engine.lease_seconds),
-                    poll_interval=0.2)
+                    poll_interval=0.2, only_jobs=[job_id])
     done = threading.Event()
     bar = threading.Thread(target=_progress_bar, args=(db, job_id, done), daemon=True)
     bar.start()
@@ -170,6 +171,20 @@ def _export(blobs, result, out: pathlib.Path) -> list[pathlib.Path]:
     return written
 
 
+SEED_MAX = 2**31 - 1  # the order's seed plus [engine] seed seeds torch generators; keep well inside int64
+
+
+def _bad_option(args) -> str | None:
+    """One sentence for an option value the command cannot use, or None."""
+    if not 0.0 <= args.strength <= 1.0:
+        return f"--strength must be within [0, 1], got {args.strength}"
+    if args.steps is not None and args.steps < 0:
+        return f"--steps must be 0 or more, got {args.steps}"
+    if not 0 <= args.seed <= SEED_MAX:
+        return f"--seed must be within [0, {SEED_MAX}], got {args.seed}"
+    return None
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="emoji3d make", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="path to config.toml")
@@ -181,8 +196,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, help="cut every optimisation stage to this many steps (quick CPU runs)")
     p.add_argument("--mesh", action="store_true", help="also export the avatar as a GLB mesh (avatar.glb)")
     args = p.parse_args(argv)
-    if not 0.0 <= args.strength <= 1.0:
-        p.error(f"--strength must be within [0, 1], got {args.strength}")
+    problem = _bad_option(args)
+    if problem:
+        print(f"emoji3d make: {problem}", file=sys.stderr)
+        return 2
     cfg = load_config(args.config)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, pipeline=cfg.pipeline.reduced(args.steps))

@@ -34,8 +34,15 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     out = tmp_path / "out"
     args = ["--config", str(config), "make", "--selfie", str(repo_root / "samples" / "selfie.jpg"),
             "--style", "toon", "--out", str(out), "--steps", "1"]
+    from storage import jobs
+    from storage.db import open_database
+
+    db = open_database(f"sqlite:///{tmp_path / 'data' / 'emoji3d.sqlite3'}")
+    theirs = jobs.enqueue(db, "make_pack", {"pack_id": 999}, "another user's order")  # make must leave it alone
     proc = run(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (jobs.get_job(db, theirs).status, jobs.get_job(db, theirs).attempts) == ("queued", 0)
+    db.dispose()
     assert "USING SLIM RANDOM WEIGHTS" in proc.stderr  # never passed off as a real avatar
     for op in ("upfirdn2d", "bias_act", "modulate_weights"):  # the engine says how each op runs
         assert f"op {op}: pure-torch reference (no fused kernels for cpu tensors)" in proc.stderr
@@ -75,6 +82,18 @@ def test_make_refuses_a_non_image_with_the_friendly_text(config, tmp_path):
     proc = run(["--config", str(config), "make", "--selfie", str(bad), "--style", "toon"], timeout=120)
     assert proc.returncode == 2
     assert "isn't an image I can read" in proc.stderr
+
+
+@pytest.mark.parametrize("option,expected", [
+    (["--steps", "-1"], "--steps must be 0 or more, got -1"),
+    (["--seed", "100000000000000000000000"], "--seed must be within [0, 2147483647]"),
+    (["--strength", "1.5"], "--strength must be within [0, 1], got 1.5"),
+])
+def test_make_refuses_an_impossible_option_in_one_line(config, repo_root, option, expected):
+    proc = run(["--config", str(config), "make", "--selfie", str(repo_root / "samples" / "selfie.jpg"),
+                "--style", "toon", *option], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"emoji3d make: {expected}" + proc.stderr.strip().split(expected, 1)[1]]
 
 
 def _children(pid: int) -> list[int]:
