@@ -434,6 +434,19 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     )
 
 
+def prepare_data_dir(cfg: Config) -> pathlib.Path:
+    """Create ``[paths] data_dir`` if needed; ConfigError (one line) when it cannot be created or written."""
+    path = cfg.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".emoji3d-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"config.toml: paths.data_dir {path} cannot be used: {exc.strerror or exc}") from None
+    return path
+
+
 def enabled_frontends(cfg: Config) -> tuple[list[str], list[str]]:
     """(enabled front ends, one-line notices for the disabled ones)."""
     enabled, notices = [], []

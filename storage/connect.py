@@ -1,7 +1,7 @@
 """Opening the storage that config.toml describes, the same way in every process."""
 from __future__ import annotations
 
-from emoji3d.config import Config
+from emoji3d.config import Config, prepare_data_dir
 
 
 def open_storage(cfg: Config):
@@ -10,7 +10,7 @@ def open_storage(cfg: Config):
     from storage.blobs import BlobStore
     from storage.db import open_database
 
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(cfg)
     db = open_database(cfg.database_url)
     try:
         return db, BlobStore(db, cfg.blob_location, max_bytes=cfg.blobs.max_blob_mb << 20,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from emoji3d.config import Config, load_config
+from emoji3d.config import Config, load_config, prepare_data_dir
 
 from engine.worker import EngineSettings, run_engine
 from storage.jobs import RetryPolicy
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(cfg)
     from engine import tasks
 
     settings = settings_from_config(cfg, args.worker_id)

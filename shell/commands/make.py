@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from emoji3d.config import Config, load_config
+from emoji3d.config import Config, load_config, prepare_data_dir
 from emoji3d.errors import UserFacingError
 from emoji3d.images import CleanImage, DecodeLimits, clean_image, read_file_bounded
 from storage.connect import open_storage
@@ -213,7 +213,7 @@ def main(argv: list[str]) -> int:
         except UserFacingError as exc:
             print(explain(exc), file=sys.stderr)
             return 2
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(cfg)
 
         from engine.avatar.networks import SLIM_WARNING, pretrained_available
         from storage import jobs

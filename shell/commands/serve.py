@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from emoji3d.config import Config, enabled_frontends, load_config
+from emoji3d.config import Config, enabled_frontends, load_config, prepare_data_dir
 from storage.connect import open_storage
 from shell.supervisor import Supervisor
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-engine", action="store_true", help="do not start an engine (one runs elsewhere)")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(cfg)
 
     stop = threading.Event()
 

@@ -143,3 +143,14 @@ def test_sticker_motions_match_the_renderer():
 def test_bad_pack_definitions_are_refused(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         load_config(write(tmp_path, text), env={})
+
+
+def test_an_unusable_data_dir_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = write(tmp_path, f'[paths]\ndata_dir = "{blocker / "data"}"\n')
+    proc = subprocess.run([sys.executable, "-m", "shell.cli", "--config", str(cfg), "styles", "list"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"config.toml: paths.data_dir {blocker / 'data'} cannot be used: "
+                                                "Not a directory"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage import jobs as q
+from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import open_database
 from tests import servers
@@ -107,7 +107,7 @@ def test_kill_and_network_cut_lose_nothing_and_duplicate_nothing(cluster):
         def payload(n):
             return {"n": n, "delay": 0.15, "marks": str(marks)}
 
-        batch = [q.enqueue(db, "steps", payload(8), f"batch-{i}", priority="batch") for i in range(BATCH_JOBS)]
+        batch = [jobs.enqueue(db, "steps", payload(8), f"batch-{i}", priority="batch") for i in range(BATCH_JOBS)]
         h1 = _engine(cluster, "h1", "h1-a")
         h2 = _engine(cluster, "h2", "h2-a")
         procs += [h1, h2]
@@ -121,8 +121,8 @@ def test_kill_and_network_cut_lose_nothing_and_duplicate_nothing(cluster):
         procs.append(h1b)
 
         # 2. Interactive orders arrive while batch jobs wait.
-        interactive = [q.enqueue(db, "steps", payload(4), f"interactive-{i}") for i in range(INTERACTIVE_JOBS)]
-        waiting_batch = {j for j in batch if q.get_job(db, j).status == "queued"}
+        interactive = [jobs.enqueue(db, "steps", payload(4), f"interactive-{i}") for i in range(INTERACTIVE_JOBS)]
+        waiting_batch = {j for j in batch if jobs.get_job(db, j).status == "queued"}
         assert len(waiting_batch) >= 4, "the batch backlog ran out too early for a priority check"
 
         # 3. Cut h2's link mid-job for longer than a lease, then restore it.
@@ -135,7 +135,7 @@ def test_kill_and_network_cut_lose_nothing_and_duplicate_nothing(cluster):
             cluster["hosts"].restore("h2")
 
         every = batch + interactive
-        wait_for(lambda: all(q.get_job(db, j).status in ("succeeded", "failed", "cancelled") for j in every), 120,
+        wait_for(lambda: all(jobs.get_job(db, j).status in ("succeeded", "failed", "cancelled") for j in every), 120,
                  "every job to finish\n" + _logs(cluster))
         wait_for(lambda: "lease lost" in (cluster["tmp"] / "h2-a.log").read_text(), 60,
                  "h2 to notice it lost the lease of the job it ran when cut\n" + _logs(cluster))
@@ -146,13 +146,13 @@ def test_kill_and_network_cut_lose_nothing_and_duplicate_nothing(cluster):
 
         # Every job succeeded, recorded once, by the attempt that held the lease.
         for j in every:
-            job = q.get_job(db, j)
+            job = jobs.get_job(db, j)
             assert job.status == "succeeded", (j, job.status, job.error)
             assert job.result["attempt"] == job.attempts, (j, job.result, job.attempts)
             expected = {_sha(f"final job={j}"), _sha(f"partial job={j} attempt={job.attempts}")}
             assert set(_refs(db, f"job:{j}")) == expected
         for j, lost_by in ((killed_job, h1.pid), (cut_job, h2.pid)):
-            job = q.get_job(db, j)
+            job = jobs.get_job(db, j)
             assert job.attempts >= 2 and job.result["pid"] != lost_by, (j, job.result)
         # Interactive jobs overtook every batch job that was waiting when they came. First-start
         # times come from the handlers' marks; two engines claiming back to back may write their

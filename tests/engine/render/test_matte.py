@@ -1,7 +1,7 @@
 """Alpha matte on analytic density fields through the real volume renderer."""
 import torch
 
-from engine.render import frames as R
+from engine.render import frames
 from engine.nets import camera, volume
 
 
@@ -32,12 +32,12 @@ def _render(field, res=32):
 def test_matte_keeps_the_head_and_drops_the_background_wall():
     radius = 0.3
     field = sphere_with_wall(radius)
-    cfg = R.MatteConfig()
+    cfg = frames.MatteConfig()
     opacity_raw, closest = _render(field)
     # without the region mask the wall makes every pixel opaque
     assert float(opacity_raw.min()) > 0.95
-    opacity, _ = _render(R.region_field(field, cfg.region_min, cfg.region_max))
-    alpha = R.alpha_matte(opacity, 32, cfg)
+    opacity, _ = _render(frames.region_field(field, cfg.region_min, cfg.region_max))
+    alpha = frames.alpha_matte(opacity, 32, cfg)
     inside = closest < radius - 0.03
     outside = closest > radius + 0.03
     assert inside.sum() > 50 and outside.sum() > 50
@@ -49,7 +49,7 @@ def test_matte_keeps_the_head_and_drops_the_background_wall():
 def test_matte_upsamples_with_a_soft_edge():
     opacity = torch.zeros(2, 1, 8, 8)
     opacity[:, :, 2:6, 2:6] = 1.0
-    alpha = R.alpha_matte(opacity, 64)
+    alpha = frames.alpha_matte(opacity, 64)
     assert alpha.shape == (2, 1, 64, 64)
     assert float(alpha[0, 0, 32, 32]) == 1.0 and float(alpha[0, 0, 2, 2]) == 0.0
     edge = alpha[0, 0, 32, 8:24]
@@ -60,7 +60,7 @@ def test_matte_upsamples_with_a_soft_edge():
 def test_thin_partial_opacity_survives():
     """Hair-like strands (opacity ~0.7) stay opaque; faint haze (0.03) vanishes."""
     opacity = torch.tensor([0.03, 0.3, 0.7, 1.0]).reshape(1, 1, 1, 4).expand(1, 1, 4, 4)
-    a = R.alpha_matte(opacity, 4, R.MatteConfig(low=0.05, high=0.6))[0, 0, 0]  # same size: no resampling
+    a = frames.alpha_matte(opacity, 4, frames.MatteConfig(low=0.05, high=0.6))[0, 0, 0]  # same size: no resampling
     assert float(a[0]) == 0.0
     assert 0.2 < float(a[1]) < 0.8
     assert float(a[2]) == 1.0 and float(a[3]) == 1.0
@@ -70,8 +70,8 @@ def test_matte_config_validation():
     import pytest
 
     with pytest.raises(ValueError, match="low < high"):
-        R.MatteConfig(low=0.7, high=0.5)
+        frames.MatteConfig(low=0.7, high=0.5)
     with pytest.raises(ValueError, match="empty"):
-        R.MatteConfig(region_min=(0, 0, 0), region_max=(0, 1, 1))
+        frames.MatteConfig(region_min=(0, 0, 0), region_max=(0, 1, 1))
     with pytest.raises(ValueError, match=r"\[B,1,R,R\]"):
-        R.alpha_matte(torch.zeros(1, 2, 4, 4), 8)
+        frames.alpha_matte(torch.zeros(1, 2, 4, 4), 8)
