@@ -69,6 +69,18 @@ def get_artifact(db: Database, key: str) -> Artifact | None:
     return Artifact(int(r[0]), r[1], r[2], r[3], None if r[4] is None else int(r[4]), t)
 
 
+def list_artifacts(db: Database, *, owner_user_id: int | None = None) -> list[Artifact]:
+    """Every artifact (or one user's), oldest first; does not count as a use."""
+    sql = "SELECT id, cache_key, kind, blob_digest, owner_user_id, last_used_at FROM artifacts"
+    params: dict[str, Any] = {}
+    if owner_user_id is not None:
+        sql += " WHERE owner_user_id = :o"
+        params["o"] = owner_user_id
+    with db.read() as conn:
+        rows = conn.execute(sa.text(sql + " ORDER BY id"), params).all()
+    return [Artifact(int(r[0]), r[1], r[2], r[3], None if r[4] is None else int(r[4]), float(r[5])) for r in rows]
+
+
 def evict_unused(db: Database, blobs: BlobStore, older_than_seconds: float, *, now: float | None = None) -> int:
     """Drop artifacts unused for ``older_than_seconds``; returns how many."""
     t = time.time() if now is None else now

@@ -146,3 +146,28 @@ def test_serve_stops_with_the_reason_when_the_engine_cannot_run(config, tmp_path
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("stopped: the engine cannot run: A model file isn't installed on this server yet.")
     assert "eg3d_ffhq" in last or "stylegan2_ffhq" in last  # names what is missing
+
+
+def test_deleting_the_user_leaves_no_file_their_data_produced(config, tmp_path, repo_root):
+    """Privacy on disk: after a pack made with the user's own style image, /delete's storage call
+    removes every blob: selfie, style image, its finetune (the uploader's), inversion, avatar, renders."""
+    import getpass
+
+    from storage import artifacts, users
+    from storage.blobs import BlobStore
+    from storage.db import open_database
+
+    own_style = tmp_path / "my-style.png"
+    own_style.write_bytes((repo_root / "styles" / "toon" / "exemplar.png").read_bytes())
+    proc = run(["--config", str(config), "make", "--selfie", str(repo_root / "samples" / "selfie.jpg"),
+                "--style", str(own_style), "--out", str(tmp_path / "out"), "--steps", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = tmp_path / "data"
+    db = open_database(f"sqlite:///{data / 'emoji3d.sqlite3'}")
+    user = users.find_user(db, "local", getpass.getuser() or "local")
+    assert any(a.kind == "style_2d" and a.owner_user_id == user.id for a in artifacts.list_artifacts(db))
+    blob_files = lambda: sorted(p for p in (data / "blobs").rglob("*") if p.is_file())  # noqa: E731
+    assert blob_files()
+    users.delete_user(db, BlobStore(db, data / "blobs", gc_grace_seconds=3600), user.id)  # no GC help
+    assert blob_files() == [] and artifacts.list_artifacts(db) == []
+    db.dispose()
