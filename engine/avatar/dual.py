@@ -19,7 +19,32 @@ leaving the exemplar's style. With ``update_2d = False`` the 2D target stays
 fixed, which is what the stage-5 test uses to check that the render is driven
 towards the warped 2D image.
 
-Images are [B, 3, H, W] in [-1, 1]; the RNG is passed in.
+Schedule without repeated work (the same updates as rendering each image when
+it is needed, checked bit for bit at fp32 against the earlier code): the 2D
+update of round r must see the render of the 3D weights after round r's 3D
+steps, which is exactly the first render of round r+1. So each round renders
+EG3D once per 3D step, runs the pending 2D update of the previous round on the
+first render (detached), then renders the 2D cartoon once, with its graph: it
+is the 3D target of this round (detached) and the image the 2D update of this
+round moves. The 2D update left after the last round would not change the
+3D weights, the stage's result, and is not run. In the 2D update the exemplar
+term of Eq. 5 has no gradient and is not computed.
+
+Decisions on the objective (each measured; see the tests named):
+- The 2D style loss: stage 2's batch of 4 every round was about 35 % of the
+  per-user FLOPs at full size. Here it runs with ``style_batch`` (2) latents
+  on every ``style_every``-th (2nd) 2D update, a quarter of the work. The 2D
+  branch only adjusts (lr a tenth of stage 2), the loss is only there to
+  keep it from drifting out of the style, and its 3D result stays close:
+  ``test_dual_style_schedule_keeps_the_result_close``.
+- The 512 px super-resolution is kept in every step, although LPIPS looks at
+  256 px: the masked MSE of Eq. 5 compares the full 512 px render with the
+  warped 2D cartoon (and PTI's L2 and ID terms read it too), and the
+  super-resolution weights are tuned parameters of both stages. Dropping it
+  would change what the losses ask for, not only their cost; not done.
+
+Images are [B, 3, H, W] in [-1, 1]; the RNG is passed in. Forward passes and
+losses run under ``engine.avatar.steps.autocast`` (``precision``).
 """
 from __future__ import annotations
 

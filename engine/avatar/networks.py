@@ -98,21 +98,30 @@ def slim_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks
     return assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, "slim", f"slim:{seed}", device)
 
 
-def full_modules(seed: int = 0) -> tuple:
-    """The networks of the ``full`` preset (official sizes, random weights), in ``assemble``'s
-    order. Built on the CPU; :func:`full_parameter_counts` counts them without building."""
+def full_configs() -> dict[str, tuple[type, object]]:
+    """The ``full`` preset's networks as (class, config), in ``assemble``'s order: the official
+    FFHQ-1024 StyleGAN2 and its discriminator, e4e for it, EG3D ``ffhqrebalanced512-128``, LPIPS
+    VGG, ArcFace IR-SE50."""
     from engine.nets import arcface, e4e, eg3d, perceptual, stylegan2
 
-    g2d = stylegan2.StyleGAN2Generator.from_config(stylegan2.StyleGAN2GeneratorConfig(img_resolution=1024), seed=seed)
-    d2d = stylegan2.StyleGAN2Discriminator.from_config(stylegan2.StyleGAN2DiscriminatorConfig(img_resolution=1024),
-                                                       seed=seed + 5)
-    enc = e4e.E4EModel.from_config(e4e.E4EConfig(stylegan_size=1024), seed=seed + 10)
-    with torch.no_grad():
-        enc.latent_avg.copy_(g2d.mapping.w_avg.expand_as(enc.latent_avg))
-    g3d = eg3d.slim_generator("ffhq512", seed=seed + 20)
-    perceptual_net = perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="vgg"), seed=seed + 30)
-    face_id = arcface.ArcFaceBackbone.from_config(arcface.ArcFaceConfig(), seed=seed + 40)
-    return g2d, d2d, enc, g3d, perceptual_net, face_id
+    return {
+        "g2d": (stylegan2.StyleGAN2Generator, stylegan2.StyleGAN2GeneratorConfig(img_resolution=1024)),
+        "d2d": (stylegan2.StyleGAN2Discriminator, stylegan2.StyleGAN2DiscriminatorConfig(img_resolution=1024)),
+        "e4e": (e4e.E4EModel, e4e.E4EConfig(stylegan_size=1024)),
+        "g3d": (eg3d.TriPlaneGenerator, eg3d.PRESETS["ffhq512"]),
+        "lpips": (perceptual.LPIPSNetwork, perceptual.LPIPSConfig(net="vgg")),
+        "arcface": (arcface.ArcFaceBackbone, arcface.ArcFaceConfig()),
+    }
+
+
+def full_modules(seed: int = 0) -> tuple:
+    """The ``full`` preset's networks with random weights (``from_config`` with per-network seeds),
+    built on the CPU, in ``assemble``'s order."""
+    built = {name: cls.from_config(config, seed=seed + 5 * i)
+             for i, (name, (cls, config)) in enumerate(full_configs().items())}
+    with torch.no_grad():  # encode around the generator's average latent, as e4e does around FFHQ's
+        built["e4e"].latent_avg.copy_(built["g2d"].mapping.w_avg.expand_as(built["e4e"].latent_avg))
+    return tuple(built.values())
 
 
 def full_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks:
