@@ -79,22 +79,6 @@ def test_eg3d_fixture_under_bf16_stays_within_the_stated_tolerance():
     assert max(errors.values()) > 1e-4, errors
 
 
-@pytest.fixture(scope="module")
-def faces(repo_root):
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-
-    from engine.face.analyze import analyze_face
-    from engine.face.landmarks import LandmarkDetector
-    from engine.avatar.portrait import portrait_inputs
-
-    exemplar = np.asarray(Image.open(repo_root / "styles" / "toon" / "exemplar.png").convert("RGB"))
-    with LandmarkDetector() as det:
-        return (portrait_inputs(analyze_face(data.astronaut(), detector=det), "astronaut"),
-                portrait_inputs(analyze_face(exemplar, detector=det), "toon"))
-
-
 def test_every_stage_loss_falls_under_bf16_with_float32_master_weights(faces):
     from engine.avatar.networks import slim_networks
 
