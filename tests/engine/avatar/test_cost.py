@@ -126,3 +126,10 @@ def test_pti_lpips_at_half_the_render_size_keeps_the_result_close(nets, faces):
         moves[size] = (renders[size] - base).square().mean().sqrt()
     apart = (renders[128] - renders[64]).square().mean().sqrt()
     assert moves[128] > 1e-3 and apart < 0.2 * moves[128], (float(apart), float(moves[128]))
+
+
+def test_an_unknown_network_preset_is_refused_by_name(tmp_path):
+    from engine.avatar.networks import load_networks
+
+    with pytest.raises(ValueError, match="unknown network preset 'huge'.*full"):
+        load_networks(tmp_path, "huge")
