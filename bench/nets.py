@@ -1,6 +1,6 @@
 """Network benchmarks: forward and forward+backward time and peak memory.
 
-    python bench/nets.py [--device auto|cpu|cuda] [--only stylegan2 ...] [--no-full] [--repeats N]
+    python bench/nets.py [--device auto|cpu|cuda] [--only stylegan2 ...] [--preset slim|full] [--repeats N]
                          [--no-layouts | --only-layouts]
 
 Prints one table row per (network, configuration, device, op implementation):
@@ -437,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="forward / forward+backward time and peak memory per network")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--only", nargs="*", choices=sorted(NETWORK_BENCHES), help="networks to run (default: all)")
-    p.add_argument("--no-full", action="store_true", help="skip the full-size configurations")
+    p.add_argument("--preset", choices=["slim", "full"], default="full",
+                   help="slim: the slim configurations only; full (default): also the official sizes, random weights")
+    p.add_argument("--no-full", action="store_true", help="the same as --preset slim")
     p.add_argument("--repeats", type=int, default=3)
     layouts = p.add_mutually_exclusive_group()
     layouts.add_argument("--no-layouts", action="store_true", help="skip the upfirdn2d layout before/after rows")
@@ -447,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/nets.py: --device cuda asked for but no CUDA device is visible", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    ctx = BenchContext(device=device, repeats=args.repeats, full=not args.no_full)
+    ctx = BenchContext(device=device, repeats=args.repeats, full=not args.no_full and args.preset == "full")
     print(f"# torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if ctx.cuda else f", {torch.get_num_threads()} CPU thread(s)"))
     if ctx.cuda:

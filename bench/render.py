@@ -1,6 +1,6 @@
 """Multi-view sticker rendering vs recomputing the whole generator for every frame.
 
-    python bench/render.py [--device auto|cpu|cuda] [--frames 48] [--presets slim512 ffhq512]
+    python bench/render.py [--device auto|cpu|cuda] [--frames 48] [--preset slim|full | --presets slim512 ffhq512]
                            [--measure-frames N] [--full-neural-res 32] [--views-per-pass V]
 
 For each EG3D configuration (random weights: the timing does not depend on
@@ -142,13 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="multi-view rendering vs per-frame generator (48-frame orbit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--presets", nargs="*", default=["slim512", "ffhq512"], choices=sorted(eg3d.PRESETS))
+    p.add_argument("--presets", nargs="*", default=None, choices=sorted(eg3d.PRESETS),
+                   help="EG3D configurations (default: slim512 and ffhq512)")
+    p.add_argument("--preset", choices=["slim", "full"], default=None,
+                   help="the pipeline preset's EG3D: slim = slim512, full = ffhq512 (official size, random weights)")
     p.add_argument("--modes", nargs="*", default=["neural", "sr"], choices=["neural", "sr"])
     p.add_argument("--measure-frames", type=int, default=4, help="frames actually rendered in slow CPU cases")
     p.add_argument("--full-neural-res", type=int, default=32, help="ffhq512 neural resolution on the CPU")
     p.add_argument("--views-per-pass", type=int, default=None,
                    help="default: the engine's auto choice (1 on the CPU, 8 on CUDA)")
     a = p.parse_args(argv)
+    if a.preset is not None and a.presets is not None:
+        p.error("give --preset or --presets, not both")
+    a.presets = a.presets or ({"slim": ["slim512"], "full": ["ffhq512"]}[a.preset] if a.preset else ["slim512", "ffhq512"])
     dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if a.device == "auto" else a.device))
     vpp = a.views_per_pass or (R.GPU_VIEWS_PER_PASS if dev.type == "cuda" else 1)

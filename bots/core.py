@@ -492,7 +492,7 @@ def result_notes(result: orders.PackResult, *, stickers_made: bool = True) -> li
         lines = [text("pack_partial", missing=missing)] if result.missing else []
     else:
         lines = [text("pack_incomplete", missing=missing or "sticker files")]
-    if result.preset == "slim":
+    if result.preset in ("slim", "full"):  # random weights either way: not a real avatar
         lines.append(text("slim_warning"))
     return lines
 

@@ -97,7 +97,7 @@ class BlobsConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     device: str = _c("auto", choices=("auto", "cpu", "cuda"))
-    preset: str = _c("auto", choices=("auto", "pretrained", "slim"))
+    preset: str = _c("auto", choices=("auto", "pretrained", "slim", "full"))
     lease_seconds: int = _c(120, ge=5, le=3600)
     heartbeat_seconds: int = _c(20, ge=1, le=600)
     poll_seconds: float = _c(1.0, gt=0, le=60)

@@ -68,9 +68,11 @@ class PivotalTuningConfig:
     lambda_l2: float = 1.0
     lambda_lpips: float = 1.0
     lambda_id: float = 0.1      # PTI-style ArcFace weight; higher starts to fight LPIPS on 512 px renders
+    lpips_size: int = 256       # LPIPS on at most 256 px, as stages 3 and 5 (512 px cost 4x the trunk FLOPs)
 
     def __post_init__(self) -> None:
         _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"),
+               lpips_size=(self.lpips_size >= 32, ">= 32"),
                lambda_l2=(self.lambda_l2 >= 0, ">= 0"), lambda_lpips=(self.lambda_lpips >= 0, ">= 0"),
                lambda_id=(self.lambda_id >= 0, ">= 0"))
 
@@ -88,20 +90,40 @@ class DualConfig:
     lambda_style_2d: float = 1.0  # stage-2 loss kept on the 2D branch while it adjusts
     update_2d: bool = True
     lpips_size: int = 256
+    style_batch: int = 2        # style-mixed latents of the 2D style loss (stage 2 uses 4; see dual.py)
+    style_every: int = 2        # rounds between two 2D style-loss terms (1 = every round; see dual.py)
 
     def __post_init__(self) -> None:
         _check(self, steps=(self.steps >= 0, ">= 0"), steps_3d=(self.steps_3d >= 1, ">= 1"),
                lr_3d=(self.lr_3d > 0, "> 0"), lr_2d=(self.lr_2d > 0, "> 0"), lambda_1=(self.lambda_1 >= 0, ">= 0"),
                lambda_2=(self.lambda_2 >= 0, ">= 0"), lambda_style_2d=(self.lambda_style_2d >= 0, ">= 0"),
-               lpips_size=(self.lpips_size >= 32, ">= 32"))
+               lpips_size=(self.lpips_size >= 32, ">= 32"), style_batch=(self.style_batch >= 1, ">= 1"),
+               style_every=(self.style_every >= 1, ">= 1"))
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """``precision``: the optimisation stages' autocast ("bf16": forward passes and losses in
+    bfloat16 with float32 master weights and optimiser; "fp32": float32 throughout; "auto":
+    bf16 on CUDA, fp32 on the CPU). See engine/avatar/steps.py."""
+
+    precision: str = "auto"
     style: StyleFinetuneConfig = field(default_factory=StyleFinetuneConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     pti: PivotalTuningConfig = field(default_factory=PivotalTuningConfig)
     dual: DualConfig = field(default_factory=DualConfig)
+
+    def __post_init__(self) -> None:
+        _check(self, precision=(self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"))
+
+    def resolved_precision(self, device_type: str) -> str:
+        """"bf16" or "fp32" on a device of this type ("cuda", "cpu", ...)."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if device_type == "cuda" else "fp32"
 
     def digest(self, *parts: str) -> str:
         """A stable digest of selected sub-configs, for cache keys."""

@@ -13,8 +13,13 @@ reproduces the photo while the latent stays in the well-behaved region.
 Images are [B, 3, H, W] in [-1, 1]. The generator is reached through a
 ``RenderFn(params, ws, c, noise) -> image`` callable, so these functions
 never touch module state; the RNG is passed in. LPIPS sees images resized
-with ``engine.avatar.warp.resize_for_lpips`` (area average, as the projector).
-A stage is stopped by an exception from ``progress`` (see
+with ``engine.avatar.warp.resize_for_lpips`` (area average, as the projector);
+PTI compares at most ``lpips_size`` px too (512 px renders are area-averaged to
+256 as in stages 3 and 5; the mean-squared and identity terms keep the full
+render). A distance to a constant target goes through :func:`distance_to`, so
+the target's LPIPS features and ArcFace embedding are computed once per stage,
+not once per step. Forward passes and losses run under
+``engine.avatar.steps.autocast`` (``precision``). A stage is stopped by an exception from ``progress`` (see
 :mod:`engine.avatar.steps`).
 """
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 
 from emoji3d.pipeline_config import InversionConfig, PivotalTuningConfig
 from engine.avatar.params import Params
-from engine.avatar.steps import ProgressFn, StageLog, no_progress, ramped_lr, run_steps
+from engine.avatar.steps import ProgressFn, StageLog, autocast, no_progress, ramped_lr, run_steps
 from engine.avatar.warp import resize_for_lpips
 
 # (params, ws [B, L, 512], c [B, 25], noise list) -> image [B, 3, H, W]
@@ -35,6 +40,33 @@ RenderFn = Callable[[Params, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]
 # (a, b) images [B, 3, H, W] in [-1, 1] -> per-sample distance [B] (LPIPS, ArcFace identity loss);
 # the one definition of an image distance, used by stages 3-5 and by the pipeline's Networks.
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# image [B, 3, H, W] -> distance to a fixed target (see distance_to)
+DistanceToFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def distance_to(distance: DistanceFn, target: torch.Tensor) -> DistanceToFn:
+    """``x -> distance(x, target)``. A distance with a ``to_target(target)`` method (LPIPS,
+    ArcFace) is asked for it, so the constant target's features are extracted once; call
+    this inside the stage's autocast context, so they are made at the stage's precision."""
+    to_target = getattr(distance, "to_target", None)
+    if to_target is not None:
+        return to_target(target)
+    return lambda x: distance(x, target)
+
+
+class FramedDistance:
+    """A distance measured after a fixed image transform ``frame`` (image -> image), e.g.
+    the ArcFace loss on EG3D renders carried back into the FFHQ frame."""
+
+    def __init__(self, distance: DistanceFn, frame: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.distance, self.frame = distance, frame
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.frame(a), self.frame(b))
+
+    def to_target(self, target: torch.Tensor) -> DistanceToFn:
+        inner = distance_to(self.distance, self.frame(target))
+        return lambda x: inner(self.frame(x))
 
 
 @dataclass
@@ -80,6 +112,7 @@ def invert_3d(
     cfg: InversionConfig,
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
+    precision: str = "fp32",
 ) -> Inversion:
     """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop."""
     device = target.device
@@ -87,7 +120,8 @@ def invert_3d(
     noise = [torch.randn(s, generator=generator, device=generator.device).to(device).requires_grad_(True)
              for s in noise_shapes]
     opt = torch.optim.Adam([w_opt, *noise], lr=cfg.lr, betas=(0.9, 0.999))
-    target_small = resize_for_lpips(target, cfg.lpips_size)
+    with autocast(device, precision):
+        lpips_to_target = distance_to(lpips, resize_for_lpips(target, cfg.lpips_size))
 
     def step(i: int) -> dict:
         t = i / cfg.steps
@@ -98,8 +132,9 @@ def invert_3d(
         # CPU draw, copied without waiting for the queued steps (see stylize.mixed_latents).
         w_noise = torch.randn(w_opt.shape, generator=generator, device=generator.device).to(
             device, non_blocking=True) * w_noise_scale
-        img = render({}, w_opt + w_noise, c, noise)
-        dist = lpips(resize_for_lpips(img, cfg.lpips_size), target_small).sum()
+        with autocast(device, precision):
+            img = render({}, w_opt + w_noise, c, noise)
+            dist = lpips_to_target(resize_for_lpips(img, cfg.lpips_size)).float().sum()
         reg = noise_regularisation(noise)
         loss = dist + cfg.noise_reg_weight * reg
         opt.zero_grad(set_to_none=True)
@@ -125,21 +160,28 @@ def pivotal_tuning(
     id_loss: DistanceFn | None,
     cfg: PivotalTuningConfig,
     progress: ProgressFn = no_progress,
+    precision: str = "fp32",
 ) -> StageLog:
     """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot."""
     trainable = [p for p in params.values() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=cfg.lr)
+    lpips_px = min(cfg.lpips_size, target.shape[-1])  # never enlarged: only bigger renders are averaged down
+    use_id = id_loss is not None and cfg.lambda_id > 0
+    with autocast(target.device, precision):
+        lpips_to_target = distance_to(lpips, resize_for_lpips(target, lpips_px))
+        id_to_target = distance_to(id_loss, target) if use_id else None
 
     def step(_: int) -> dict:
-        img = render(params, pivot.ws, c, pivot.noise)
-        l_lpips = lpips(img, target).mean()
-        l_l2 = F.mse_loss(img, target)
-        terms = {"lpips": l_lpips.detach(), "l2": l_l2.detach()}
-        loss = cfg.lambda_lpips * l_lpips + cfg.lambda_l2 * l_l2
-        if id_loss is not None and cfg.lambda_id > 0:
-            l_id = id_loss(img, target).mean()
-            loss = loss + cfg.lambda_id * l_id
-            terms["id"] = l_id.detach()
+        with autocast(target.device, precision):
+            img = render(params, pivot.ws, c, pivot.noise)
+            l_lpips = lpips_to_target(resize_for_lpips(img, lpips_px)).float().mean()
+            l_l2 = F.mse_loss(img.float(), target)
+            terms = {"lpips": l_lpips.detach(), "l2": l_l2.detach()}
+            loss = cfg.lambda_lpips * l_lpips + cfg.lambda_l2 * l_l2
+            if id_to_target is not None:
+                l_id = id_to_target(img).float().mean()
+                loss = loss + cfg.lambda_id * l_id
+                terms["id"] = l_id.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

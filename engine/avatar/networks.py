@@ -14,6 +14,13 @@
   ``slim128``, e4e for that generator, LPIPS AlexNet, ArcFace). Nothing here
   is a trained model: results exercise the whole pipeline but are not
   avatars, and every caller must say so.
+- ``"full"``: every network at its official size with random weights, built
+  by ``from_config(config, seed)``: EG3D FFHQ-512 (neural rendering 128, the
+  8XDC super-resolution), StyleGAN2 FFHQ-1024 and its discriminator, e4e for
+  the 1024 px generator, ArcFace IR-SE50, LPIPS VGG with a random trunk. It
+  measures cost (FLOPs, seconds, memory do not depend on the weight values)
+  without the licensed weights; like slim, it is not an avatar, and loading
+  it logs ``FULL_WARNING``.
 - ``"auto"``: pretrained when every folder is current, else slim (with a
   loud warning).
 """
@@ -38,6 +45,37 @@ SLIM_WARNING = ("USING SLIM RANDOM WEIGHTS: no pretrained weights are installed,
                 "weights with `emoji3d weights fetch` and `emoji3d weights convert`.")
 
 
+FULL_WARNING = ("USING FULL-SIZE RANDOM WEIGHTS (preset 'full'): every network has its official size but "
+                "random weights. Use it to measure cost; the output is NOT a real avatar.")
+PRESETS = ("auto", "pretrained", "slim", "full")
+
+
+class IdentityDistance:
+    """The ArcFace identity loss as a distance ``(a, b) -> scalar``; ``to_target(b)`` embeds a
+    constant target once (PTI compares every step's render with the same photo)."""
+
+    def __init__(self, face_id: torch.nn.Module) -> None:
+        self.face_id = face_id
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from engine.nets.arcface import id_loss
+
+        return id_loss(self.face_id, a, b)
+
+    def to_target(self, target: torch.Tensor):
+        from engine.nets.arcface import embed
+
+        with torch.no_grad():
+            target_embedding = embed(self.face_id, target).detach()  # [B, 512]
+
+        def distance(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] != target_embedding.shape[0]:
+                raise ValueError(f"ID loss: batch sizes differ ({x.shape[0]} vs {target_embedding.shape[0]})")
+            return (1.0 - (embed(self.face_id, x) * target_embedding).sum(dim=1)).mean()
+
+        return distance
+
+
 def pretrained_available(weights_dir: pathlib.Path) -> bool:
     """Every pretrained folder the pipeline reads is there, in this version's format."""
     from engine.weights.pretrained import folder_state
@@ -58,6 +96,37 @@ def slim_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks
     perceptual_net = perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="alex"), seed=seed + 30)
     face_id = arcface.ArcFaceBackbone.from_config(arcface.ArcFaceConfig(), seed=seed + 40)
     return assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, "slim", f"slim:{seed}", device)
+
+
+def full_configs() -> dict[str, tuple[type, object]]:
+    """The ``full`` preset's networks as (class, config), in ``assemble``'s order: the official
+    FFHQ-1024 StyleGAN2 and its discriminator, e4e for it, EG3D ``ffhqrebalanced512-128``, LPIPS
+    VGG, ArcFace IR-SE50."""
+    from engine.nets import arcface, e4e, eg3d, perceptual, stylegan2
+
+    return {
+        "g2d": (stylegan2.StyleGAN2Generator, stylegan2.StyleGAN2GeneratorConfig(img_resolution=1024)),
+        "d2d": (stylegan2.StyleGAN2Discriminator, stylegan2.StyleGAN2DiscriminatorConfig(img_resolution=1024)),
+        "e4e": (e4e.E4EModel, e4e.E4EConfig(stylegan_size=1024)),
+        "g3d": (eg3d.TriPlaneGenerator, eg3d.PRESETS["ffhq512"]),
+        "lpips": (perceptual.LPIPSNetwork, perceptual.LPIPSConfig(net="vgg")),
+        "arcface": (arcface.ArcFaceBackbone, arcface.ArcFaceConfig()),
+    }
+
+
+def full_modules(seed: int = 0) -> tuple:
+    """The ``full`` preset's networks with random weights (``from_config`` with per-network seeds),
+    built on the CPU, in ``assemble``'s order."""
+    built = {name: cls.from_config(config, seed=seed + 5 * i)
+             for i, (name, (cls, config)) in enumerate(full_configs().items())}
+    with torch.no_grad():  # encode around the generator's average latent, as e4e does around FFHQ's
+        built["e4e"].latent_avg.copy_(built["g2d"].mapping.w_avg.expand_as(built["e4e"].latent_avg))
+    return tuple(built.values())
+
+
+def full_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks:
+    log.warning(FULL_WARNING)
+    return assemble(*full_modules(seed), "full", f"full:{seed}", device)
 
 
 def pretrained_networks(weights_dir: pathlib.Path, device: str | torch.device = "cpu") -> Networks:
@@ -93,21 +162,20 @@ def assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, preset: str, weights_i
              device: str | torch.device) -> Networks:
     """The pipeline's ``Networks`` from loaded modules, frozen, in eval mode, on ``device``.
     ``enc`` is an ``E4EModel``: the pipeline gets its encoder and its ``latent_avg``."""
-    from engine.nets.arcface import id_loss
-
     target = torch.device(device)
     g2d, d2d, enc, g3d, perceptual_net, face_id = (
         m.to(target).eval().requires_grad_(False) for m in (g2d, d2d, enc, g3d, perceptual_net, face_id))
 
-    def id_fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return id_loss(face_id, a, b)
-
     return Networks(g2d=g2d, d2d=d2d, e4e=enc.encoder, e4e_latent_avg=enc.latent_avg, g3d=g3d, lpips=perceptual_net,
-                    id_loss=id_fn, preset=preset, weights_id=weights_id)
+                    id_loss=IdentityDistance(face_id), preset=preset, weights_id=weights_id)
 
 
 def load_networks(weights_dir: pathlib.Path, preset: str = "auto", device: str | torch.device = "cpu",
                   seed: int = 0) -> Networks:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown network preset {preset!r}; known: {', '.join(PRESETS)}")
+    if preset == "full":
+        return full_networks(seed, device)
     if preset == "pretrained" or (preset == "auto" and pretrained_available(weights_dir)):
         return pretrained_networks(weights_dir, device)
     if preset == "auto":

@@ -52,7 +52,7 @@ from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params
 from engine.avatar.dual import DualInputs, dual_branch_train
-from engine.avatar.invert import DistanceFn, Inversion, invert_3d, latent_statistics, pivotal_tuning
+from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
 from engine.avatar.warp import frame_warp, rescale_similarity, resize_bilinear
@@ -69,7 +69,7 @@ TUNE_PREFIXES_3D = ("backbone.synthesis.", "decoder.", "superresolution.")
 
 @dataclass
 class Networks:
-    """The loaded networks. ``preset`` is "pretrained" or "slim"."""
+    """The loaded networks. ``preset`` is "pretrained", "slim" or "full" (random weights at full size)."""
 
     g2d: nn.Module                     # StyleGAN2 Generator (mapping + synthesis)
     d2d: nn.Module                     # its Discriminator (features for Eq. 4)
@@ -198,6 +198,15 @@ class Pipeline:
         noise_inputs = noise if isinstance(noise, dict) else dict(zip(self.noise_names_3d(), noise))
         return params.call_with(self.nets.g3d, weights, _synthesis, ws, c, noise_inputs)["image"]
 
+    @property
+    def precision(self) -> str:
+        """"bf16" or "fp32": the optimisation stages' autocast on this pipeline's device."""
+        return self.cfg.resolved_precision(self.nets.device.type)
+
+    def _precision_key(self) -> str:
+        # fp32 keys are those of the code before precision was a setting (their caches stay valid)
+        return "" if self.precision == "fp32" else f":{self.precision}"
+
     # -- stages -------------------------------------------------------------------------
     def encode(self, image_2d: torch.Tensor) -> torch.Tensor:
         """e4e W+ [B, L, 512] of an FFHQ-aligned crop in [-1, 1]."""
@@ -211,10 +220,12 @@ class Pipeline:
         return ws
 
     def style_key(self, exemplar: PortraitInputs) -> str:
-        return f"{exemplar.key}:{self.cfg.digest('style')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+        return (f"{exemplar.key}:{self.cfg.digest('style')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+                f"{self._precision_key()}")
 
     def portrait_key(self, portrait_key: str) -> str:
-        return f"{portrait_key}:{self.cfg.digest('inversion', 'pti')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+        return (f"{portrait_key}:{self.cfg.digest('inversion', 'pti')}:{self.nets.weights_id}:{ENGINE_VERSION}"
+                f"{self._precision_key()}")
 
     def cached_portrait(self, portrait_key: str, cache: ArtifactCache) -> PortraitInputs | None:
         """The portrait as far as stages 5+ need it (camera, crop transform), from its
@@ -239,7 +250,7 @@ class Pipeline:
         w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
         tuned = params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
         log = finetune_style(tuned, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,
-                             self.cfg.style, generator, progress)
+                             self.cfg.style, generator, progress, self.precision)
         delta = params.compute_delta(tuned, self.nets.g2d)
         if cache is not None:
             cache.put("style_2d", key, pack_tensors({"w_e": w_e, **_with_prefix("delta.", delta)}))
@@ -267,10 +278,10 @@ class Pipeline:
         w_avg, w_std = latent_statistics(lambda z: g3d.mapping(z, cond.expand(z.shape[0], -1)),
                                          self.cfg.inversion.w_avg_samples, g3d.config.z_dim, generator, dev)
         pivot = invert_3d(target, c, self.render_3d, self.nets.lpips, w_avg, w_std, self.noise_shapes_3d(),
-                          g3d.num_ws, self.cfg.inversion, generator, progress)
+                          g3d.num_ws, self.cfg.inversion, generator, progress, self.precision)
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
         pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips,
-                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress)
+                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision)
         delta = params.compute_delta(tuned, g3d)
         if cache is not None:
             names = self.noise_names_3d()
@@ -289,13 +300,8 @@ class Pipeline:
         m = rescale_similarity(portrait.crop2d_to_crop3d, 1.0, self.res_3d / EG3D_FRAME)
         full = torch.cat([m, torch.tensor([[0.0, 0.0, 1.0]], dtype=m.dtype)])
         back = rescale_similarity(torch.linalg.inv(full)[:2], 1.0, 256 / FFHQ_FRAME)  # res_3d px -> FFHQ 256 px
-        id_loss = self.nets.id_loss
         to_ffhq = frame_warp(back.to(torch.float32), self.res_3d, 256, self.nets.device)  # built once, used per step
-
-        def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return id_loss(to_ffhq(a)[0], to_ffhq(b)[0])
-
-        return loss
+        return FramedDistance(self.nets.id_loss, lambda img: to_ffhq(img)[0])
 
     def __call__(self, portrait: PortraitInputs, exemplar: PortraitInputs, *, seed: int = 0,
                  progress: ProgressFn = no_progress, cache: ArtifactCache | None = None) -> AvatarResult:
@@ -322,7 +328,7 @@ class Pipeline:
             c=portrait.camera.to(dev), warp=warp)
         logs["dual_branch"] = dual_branch_train(
             params_3d, params_2d, inputs, self.render_3d, self.synthesis_2d, self.mapping_2d, self.features_2d,
-            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress)
+            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress, self.precision)
         delta_stylized = params.compute_delta(params_3d, self.nets.g3d)
         names = self.noise_names_3d()
         logs["total"] = StageLog("total", seconds=time.perf_counter() - t0)

@@ -22,9 +22,16 @@ Conventions:
 - A stage returns a :class:`StageLog` with every step's loss terms, which the
   pipeline reports and the tests use to check that a loss decreased over the
   whole stage (first vs last window mean, never two noisy single steps).
+- Precision: a stage runs its forward passes and losses inside
+  :func:`autocast` (``"bf16"``: ``torch.autocast(device_type, torch.bfloat16)``,
+  ``"fp32"``: nothing). The trainable tensors stay float32 (master weights),
+  ``backward`` runs outside the context as autocast asks, and the optimiser
+  steps in float32; bf16 has float32's exponent range, so no loss scaling.
+  Loss terms are cast to float32 before they are summed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,6 +46,18 @@ LossTerms = Mapping[str, torch.Tensor | float]
 # Steps between two reads of the loss terms from the device: one host sync per
 # interval instead of one per step, and a bounded number of pending tensors.
 LOG_EVERY = 50
+
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The context a stage's forward passes and losses run in (see the module notes)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
 
 
 def no_progress(stage: str, step: int, total: int) -> None:

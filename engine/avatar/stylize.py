@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from emoji3d.pipeline_config import StyleFinetuneConfig
 from engine.avatar.params import Params
-from engine.avatar.steps import ProgressFn, StageLog, no_progress, run_steps
+from engine.avatar.steps import ProgressFn, StageLog, autocast, no_progress, run_steps
 
 # (params, ws [B, L, 512]) -> image [B, 3, H, W]
 SynthesisFn = Callable[[Params, torch.Tensor], torch.Tensor]
@@ -54,8 +54,8 @@ def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinet
 
 
 def feature_l1(fa: Sequence[torch.Tensor], fb: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum over D blocks of the mean absolute difference of their features (JoJoGAN)."""
-    return sum(F.l1_loss(a, b) for a, b in zip(fa, fb))
+    """Sum over D blocks of the mean absolute difference of their features (JoJoGAN), in float32."""
+    return sum(F.l1_loss(a.float(), b.float()) for a, b in zip(fa, fb))
 
 
 def finetune_style(
@@ -68,26 +68,29 @@ def finetune_style(
     cfg: StyleFinetuneConfig,
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
+    precision: str = "fp32",
 ) -> StageLog:
     """Finetune ``params`` in place (they are the optimiser's leaves).
 
     ``exemplar``: [1, 3, H, W] aligned exemplar in [-1, 1], same size as the
     synthesis output. Returns the per-step loss log. An exception from
-    ``progress`` stops the stage (see :mod:`engine.avatar.steps`).
+    ``progress`` stops the stage (see :mod:`engine.avatar.steps`); ``precision``
+    as there.
     """
     trainable = [p for p in params.values() if p.requires_grad]
     if not trainable:
         raise ValueError("finetune_style needs trainable parameters")
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    with torch.no_grad():
+    with torch.no_grad(), autocast(exemplar.device, precision):
         target_feats = [f.detach() for f in features(exemplar)]
 
     def step(_: int) -> dict:
         with torch.no_grad():
             ws = mixed_latents(w_e, mapping, cfg.batch, cfg, generator)
-        img = synthesis(params, ws)
-        feats = features(img)
-        loss = feature_l1(feats, [t.expand_as(f) for t, f in zip(target_feats, feats)])
+        with autocast(exemplar.device, precision):
+            img = synthesis(params, ws)
+            feats = features(img)
+            loss = feature_l1(feats, [t.expand_as(f) for t, f in zip(target_feats, feats)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -15,11 +15,18 @@ Conventions
   convert`` makes from the torchvision ImageNet trunk (``vgg16-397923af.pth``
   / ``alexnet-owt-7be5be79.pth``) and the calibration shipped inside the
   package (:mod:`engine.weights.convert`).
+- A constant target (the photo in stages 3-4, the exemplar in stage 5) is
+  compared with many images: :meth:`LPIPSNetwork.to_target` extracts and
+  normalises its features once and returns a one-argument distance that only
+  runs the trunk on the other image. It computes the package's ``forward``
+  term by term (scaling, trunk, unit-normalise, squared difference, linear
+  layer, spatial mean, sum over layers), so it gives the same numbers.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -69,3 +76,35 @@ class LPIPSNetwork(PretrainedMixin, torch.nn.Module):
             raise ValueError(f"LPIPS: expected two [B,3,H,W] batches of equal shape, got {tuple(a.shape)} and "
                              f"{tuple(b.shape)}")
         return self.model(a, b).reshape(a.shape[0])  # [B]
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised trunk features of ``x`` [B,3,H,W] in [-1,1], one [B,C_k,H_k,W_k] per layer."""
+        import lpips
+
+        model = self.model
+        inputs = model.scaling_layer(x) if model.version == "0.1" else x
+        return [lpips.normalize_tensor(f) for f in model.net.forward(inputs)]
+
+    def distance_from_features(self, feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS [B] between two images given their :meth:`features` (B broadcasts)."""
+        model = self.model
+        total = 0
+        for k in range(model.L):
+            diff = (feats_a[k] - feats_b[k]) ** 2
+            total = total + model.lins[k](diff).mean([2, 3], keepdim=True)  # [B,1,1,1]
+        return total.reshape(-1)
+
+    def to_target(self, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> LPIPS(x, target)`` [B] with the target's features extracted once, now, without
+        gradients (the target is a constant of the optimisation)."""
+        if target.ndim != 4 or target.shape[1] != 3:
+            raise ValueError(f"LPIPS: expected a [B,3,H,W] target, got {tuple(target.shape)}")
+        with torch.no_grad():
+            target_feats = [f.detach() for f in self.features(target)]
+
+        def distance(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[1:] != target.shape[1:]:
+                raise ValueError(f"LPIPS: image {tuple(x.shape)} does not match the target {tuple(target.shape)}")
+            return self.distance_from_features(self.features(x), target_feats)
+
+        return distance

@@ -194,6 +194,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=pathlib.Path, help="output folder (default: config's out_dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="cut every optimisation stage to this many steps (quick CPU runs)")
+    p.add_argument("--preset", choices=("auto", "pretrained", "slim", "full"),
+                   help="networks, overriding [engine] preset: 'full' = official sizes with random weights "
+                        "(cost measurement, not an avatar)")
     p.add_argument("--mesh", action="store_true", help="also export the avatar as a GLB mesh (avatar.glb)")
     args = p.parse_args(argv)
     problem = _bad_option(args)
@@ -203,6 +206,8 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, pipeline=cfg.pipeline.reduced(args.steps))
+    if args.preset is not None:
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, preset=args.preset))
     out = args.out or cfg.out_dir
 
     from engine.face.analyze import FaceChecker, FaceConfig
@@ -215,14 +220,14 @@ def main(argv: list[str]) -> int:
             return 2
         prepare_data_dir(cfg)
 
-        from engine.avatar.networks import SLIM_WARNING, pretrained_available
+        from engine.avatar.networks import FULL_WARNING, SLIM_WARNING, pretrained_available
         from storage import jobs
 
         from storage.packs import result_of
 
         slim = cfg.engine.preset == "slim" or (cfg.engine.preset == "auto" and not pretrained_available(cfg.weights_dir))
-        if slim:
-            print(f"\n*** {SLIM_WARNING} ***\n", file=sys.stderr)
+        if slim or cfg.engine.preset == "full":
+            print(f"\n*** {FULL_WARNING if cfg.engine.preset == 'full' else SLIM_WARNING} ***\n", file=sys.stderr)
         db, blobs, pack, job_id = _prepare(cfg, args, selfie, style_image, face_check)
     try:
         print(f"pack {pack.id}: job {job_id}", file=sys.stderr)
@@ -239,8 +244,8 @@ def main(argv: list[str]) -> int:
             print(f"wrote {path}")
         for w in result.warnings:
             print(f"note: {message(w['key'], **{k: v for k, v in w.items() if k != 'key'})}", file=sys.stderr)
-        if result.preset == "slim":
-            print(f"\n*** {SLIM_WARNING} ***", file=sys.stderr)
+        if result.preset in ("slim", "full"):
+            print(f"\n*** {FULL_WARNING if result.preset == 'full' else SLIM_WARNING} ***", file=sys.stderr)
         for line in result.missing:
             print(f"NOT MADE: {line}", file=sys.stderr)
         if result.preview_html:
