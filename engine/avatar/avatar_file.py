@@ -1,7 +1,7 @@
-"""The stored avatar file and the tensor container the avatar cache uses.
+"""The stored avatar file.
 
-``pack_tensors``/``unpack_tensors`` are the safetensors container of every
-cached artifact (``style_2d``, ``portrait_3d``) and of the avatar file.
+It is a safetensors file (``engine.avatar.tensor_file``, the container of the
+cached artifacts too; ``pack_tensors``/``unpack_tensors`` are re-exported here).
 
 The avatar file (format 2) does not copy what the artifact cache already holds:
 
@@ -36,14 +36,13 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import Mapping, Protocol
 
 import torch
 
 from emoji3d.orders import ENGINE_VERSION
-
-if TYPE_CHECKING:
-    from engine.avatar.pipeline import AvatarResult
+from engine.avatar.pipeline import AvatarResult
+from engine.avatar.tensor_file import pack_tensors, unpack_tensors
 
 FORMAT = "2"
 LEVELS_PER_STD = 4.0           # quantisation steps per residual standard deviation (per channel)
@@ -72,18 +71,6 @@ class ArtifactRef:
     kind: str     # "style_2d" or "portrait_3d"
     key: str      # the pipeline's cache key (Pipeline.style_key / Pipeline.portrait_key)
     sha256: str   # of the artifact's bytes when the avatar was written
-
-
-def pack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta or {})
-
-
-def unpack_tensors(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    return load(data)
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -185,9 +172,6 @@ def _resolve(cache: ArtifactReader, ref: ArtifactRef) -> dict[str, torch.Tensor]
 
 def result_from_bytes(data: bytes, cache: ArtifactReader) -> AvatarResult:
     """The avatar back, reading its referenced artifacts from ``cache``."""
-    # Imported here: engine.avatar.pipeline imports this module for its cache container.
-    from engine.avatar.pipeline import AvatarResult
-
     meta = read_metadata(data)
     if meta.get("format") != FORMAT:
         raise AvatarFileError(f"avatar file format {meta.get('format', '1')!r}; this engine reads {FORMAT!r}")

@@ -50,7 +50,7 @@ from torch import nn
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params
-from engine.avatar.avatar_file import pack_tensors, unpack_tensors
+from engine.avatar.tensor_file import pack_tensors, unpack_tensors
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import DistanceFn, Inversion, invert_3d, latent_statistics, pivotal_tuning
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
