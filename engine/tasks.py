@@ -33,7 +33,7 @@ from emoji3d.config import Config
 from emoji3d.errors import SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
 from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFiles
-from engine.avatar.pipeline import result_to_bytes
+from engine.avatar.avatar_file import result_to_bytes
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
 from engine.render.pack import AvatarPose, make_pack_files
@@ -138,12 +138,15 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
                              hours=res.cfg.privacy.selfie_retention_hours)
     style = _analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style")
     progress("face", 1, 1)
-    avatar = res.pipeline(portrait, portrait_inputs(style, order.exemplar_digest),
-                          seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
+    exemplar = portrait_inputs(style, order.exemplar_digest)
+    avatar = res.pipeline(portrait, exemplar, seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
     files = make_pack_files(res.pipeline.nets.g3d, pose, res.cfg.pack, order.targets,
                             thumbnail_target=THUMBNAIL_TARGETS.get(order.platform), boundaries=res.boundaries,
                             boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress)
+    # The avatar references the style and selfie artifacts in the cache instead of copying them.
+    avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(exemplar),
+                                  portrait_key=res.pipeline.portrait_key(order.selfie_digest))
     result = PackResult(
         pack_id=order.pack_id, preset=avatar.preset,
         stickers=[StickerFiles(idx=i, name=s.name, emoji=s.emoji,
@@ -151,7 +154,7 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
                   for i, s in enumerate(files.stickers)],
         thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
         preview_png=jc.put_blob(files.preview_png), preview_html=jc.put_blob(files.preview_html),
-        avatar=jc.put_blob(result_to_bytes(avatar)), renders=[jc.put_blob(png) for png in files.stills],
+        avatar=jc.put_blob(avatar_file), renders=[jc.put_blob(png) for png in files.stills],
         mesh=jc.put_blob(files.mesh) if files.mesh is not None else None, missing=files.notes,
         timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings)
     if order.pack_id is not None:

@@ -40,7 +40,6 @@ the cache for a stage that did not finish (see ``engine.avatar.steps``).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,6 +50,7 @@ from torch import nn
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params
+from engine.avatar.tensor_file import pack_tensors, unpack_tensors
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
@@ -140,18 +140,6 @@ class MemoryCache:
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         self.store[(kind, key)] = data
-
-
-def pack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta or {})
-
-
-def unpack_tensors(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    return load(data)
 
 
 def _split(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -347,30 +335,3 @@ class Pipeline:
 
 def _synthesis(g3d: nn.Module, ws, c, noise_inputs) -> dict:
     return g3d.synthesis(ws, c, noise_inputs=noise_inputs)
-
-
-def result_to_bytes(result: AvatarResult) -> bytes:
-    """The compact, storable form of an avatar (safetensors)."""
-    tensors = {"w_e": result.w_e, "w_2d": result.w_2d, "w_3d": result.w_3d, "camera": result.camera,
-               **_with_prefix("noise.", result.noise), **_with_prefix("delta_2d.", result.delta_2d),
-               **_with_prefix("delta_pti.", result.delta_pti),
-               **_with_prefix("delta_stylized.", result.delta_stylized)}
-    meta = {"preset": result.preset, "engine_version": result.engine_version,
-            "logs": json.dumps({k: v.summary() for k, v in result.logs.items()})}
-    return pack_tensors(tensors, meta)
-
-
-def result_from_bytes(data: bytes) -> AvatarResult:
-    t = unpack_tensors(data)
-    meta = _read_metadata(data)
-    return AvatarResult(
-        w_e=t["w_e"], w_2d=t["w_2d"], w_3d=t["w_3d"], noise=_split("noise.", t), camera=t["camera"],
-        delta_2d=_split("delta_2d.", t), delta_pti=_split("delta_pti.", t),
-        delta_stylized=_split("delta_stylized.", t), preset=meta.get("preset", "slim"),
-        engine_version=meta.get("engine_version", ENGINE_VERSION))
-
-
-def _read_metadata(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    return header.get("__metadata__", {}) or {}

@@ -1,0 +1,192 @@
+"""The stored avatar file.
+
+It is a safetensors file (``engine.avatar.tensor_file``, the container of the
+cached artifacts too; ``pack_tensors``/``unpack_tensors`` are re-exported here).
+
+The avatar file (format 2) does not copy what the artifact cache already holds:
+
+* ``refs``: the style finetune (``style_2d``: w_e and the 2D delta, shared by
+  every user of the style) and the per-selfie inversion (``portrait_3d``: w_2d,
+  w_3d, noise, the PTI delta) are stored as references — (kind, cache key,
+  sha256 of the artifact's bytes) — in the safetensors metadata. Reading the
+  file needs the cache (:func:`result_from_bytes`); a referenced artifact
+  that was evicted or expired raises :class:`AvatarArtifactGone`, one that
+  was replaced by different bytes raises :class:`AvatarArtifactChanged`. The
+  avatar is then expired too: it cannot outlive the per-user artifact it
+  points at, which follows the retention policy.
+* ``delta_stylized`` is stored as its residual against the PTI delta,
+  ``r = delta_stylized - delta_pti`` (fp32), quantised per output channel
+  (dim 0) with a uniform step ``std(r_c) / LEVELS_PER_STD`` to int8 and
+  zlib-compressed (``res.<name>``: uint8 bytes, ``step.<name>``: fp32 [C]).
+  Tensors of fewer than 2 dims (biases, per-channel gains) are stored as the
+  fp16 residual (``raw.<name>``). Decoding gives
+  ``fp16(delta_pti + q * step)``.
+
+Error bound (the setting chosen, ``LEVELS_PER_STD = 4``): the per-weight
+error of the residual is at most step/2 = std(r_c)/8 and its RMS is
+std(r_c)/(4*sqrt(12)) ≈ 7 % of the residual's RMS, per channel. Measured by
+``bench/avatar_bytes.py`` on the full-size EG3D (ffhq512, random weights,
+random residual matched in magnitude, see there): the rendered views differ
+from those of the uncompressed delta by PSNR >= 40 dB (the stated bound;
+tested on the slim net in ``tests/engine/avatar/test_avatar_file.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import torch
+
+from emoji3d.orders import ENGINE_VERSION
+from engine.avatar.pipeline import AvatarResult
+from engine.avatar.tensor_file import pack_tensors, unpack_tensors
+
+FORMAT = "2"
+LEVELS_PER_STD = 4.0           # quantisation steps per residual standard deviation (per channel)
+RENDER_PSNR_BOUND_DB = 40.0    # the stated bound: views from the decoded delta vs the uncompressed one
+_INT8_MAX = 127
+
+
+class AvatarFileError(ValueError):
+    """An avatar file that cannot be read back."""
+
+
+class AvatarArtifactGone(AvatarFileError):
+    """A cached artifact the avatar references was evicted or expired (retention): the avatar is gone too."""
+
+
+class AvatarArtifactChanged(AvatarFileError):
+    """A referenced artifact now holds other bytes than the ones the avatar was made from."""
+
+
+class ArtifactReader(Protocol):
+    def get(self, kind: str, key: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    kind: str     # "style_2d" or "portrait_3d"
+    key: str      # the pipeline's cache key (Pipeline.style_key / Pipeline.portrait_key)
+    sha256: str   # of the artifact's bytes when the avatar was written
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file."""
+    if len(data) < 8:
+        raise AvatarFileError("not a safetensors file: shorter than its 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise AvatarFileError(f"safetensors header of {n} bytes in a file of {len(data)}")
+    header = json.loads(data[8:8 + n])
+    return header.get("__metadata__", {}) or {}
+
+
+def _split(prefix: str, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------- residual codec
+
+def encode_residual(stylized: Mapping[str, torch.Tensor], pti: Mapping[str, torch.Tensor],
+                    levels_per_std: float = LEVELS_PER_STD) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Tensors and shapes that store ``stylized`` relative to ``pti`` (both fp16 deltas; a name
+    missing from ``pti`` counts as a zero PTI delta)."""
+    out: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, value in stylized.items():
+        base = pti.get(name)
+        residual = value.float() - (base.float() if base is not None else 0.0)
+        shapes[name] = list(residual.shape)
+        if residual.dim() < 2:
+            out[f"raw.{name}"] = residual.half()
+            continue
+        rows = residual.reshape(residual.shape[0], -1)                    # [C, fan-in]
+        step = rows.std(dim=1, unbiased=False) / levels_per_std             # [C]
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        q = torch.round(rows / step[:, None]).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+        packed = zlib.compress(q.numpy().tobytes(), 6)
+        out[f"res.{name}"] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+        out[f"step.{name}"] = step.float()
+    return out, shapes
+
+
+def decode_residual(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]],
+                    pti: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fp16 stylized delta back from :func:`encode_residual`'s tensors and the PTI delta."""
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        base = pti.get(name)
+        base32 = base.float() if base is not None else torch.zeros(shape)
+        if f"raw.{name}" in tensors:
+            out[name] = (base32 + tensors[f"raw.{name}"].float()).half()
+            continue
+        if f"res.{name}" not in tensors or f"step.{name}" not in tensors:
+            raise AvatarFileError(f"avatar file: the stylized residual of {name} is missing")
+        numel = 1
+        for s in shape:
+            numel *= int(s)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(tensors[f"res.{name}"].numpy().tobytes(), numel)
+        if len(raw) != numel or inflater.unconsumed_tail or not inflater.eof:
+            raise AvatarFileError(f"avatar file: the stylized residual of {name} does not hold {numel} values")
+        q = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(shape[0], -1).float()  # [C, fan-in]
+        residual = (q * tensors[f"step.{name}"].float()[:, None]).reshape(shape)
+        out[name] = (base32 + residual).half()
+    return out
+
+
+# ----------------------------------------------------------------------------- the avatar file
+
+def _ref(cache: ArtifactReader, kind: str, key: str) -> ArtifactRef:
+    data = cache.get(kind, key)
+    if data is None:
+        raise AvatarArtifactGone(f"cannot reference the {kind} artifact {key[:40]}: it is not in the cache")
+    return ArtifactRef(kind, key, hashlib.sha256(data).hexdigest())
+
+
+def result_to_bytes(result: AvatarResult, cache: ArtifactReader, *, style_key: str, portrait_key: str,
+                    levels_per_std: float = LEVELS_PER_STD) -> bytes:
+    """The storable form of an avatar: references to the style and portrait artifacts (which must be in
+    ``cache``, under the pipeline's keys), the camera and the compact stylized residual (safetensors)."""
+    refs = [_ref(cache, "style_2d", style_key), _ref(cache, "portrait_3d", portrait_key)]
+    residual, shapes = encode_residual(result.delta_stylized, result.delta_pti, levels_per_std)
+    meta = {"format": FORMAT, "preset": result.preset, "engine_version": result.engine_version,
+            "refs": json.dumps([ref.__dict__ for ref in refs]), "shapes": json.dumps(shapes),
+            "levels_per_std": repr(float(levels_per_std)),
+            "logs": json.dumps({k: v.summary() for k, v in result.logs.items()})}
+    return pack_tensors({"camera": result.camera, **residual}, meta)
+
+
+def _resolve(cache: ArtifactReader, ref: ArtifactRef) -> dict[str, torch.Tensor]:
+    data = cache.get(ref.kind, ref.key)
+    if data is None:
+        raise AvatarArtifactGone(f"the avatar's {ref.kind} artifact has expired or was evicted; "
+                                 f"the avatar has expired with it")
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise AvatarArtifactChanged(f"the avatar's {ref.kind} artifact was replaced since the avatar was made")
+    return unpack_tensors(data)
+
+
+def result_from_bytes(data: bytes, cache: ArtifactReader) -> AvatarResult:
+    """The avatar back, reading its referenced artifacts from ``cache``."""
+    meta = read_metadata(data)
+    if meta.get("format") != FORMAT:
+        raise AvatarFileError(f"avatar file format {meta.get('format', '1')!r}; this engine reads {FORMAT!r}")
+    try:
+        refs = {r["kind"]: ArtifactRef(**r) for r in json.loads(meta["refs"])}
+        shapes = json.loads(meta["shapes"])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise AvatarFileError(f"avatar file: unreadable references or shapes ({exc})") from exc
+    if set(refs) != {"style_2d", "portrait_3d"}:
+        raise AvatarFileError(f"avatar file references {sorted(refs)}, expected style_2d and portrait_3d")
+    style, portrait = _resolve(cache, refs["style_2d"]), _resolve(cache, refs["portrait_3d"])
+    tensors = unpack_tensors(data)
+    delta_pti = _split("delta.", portrait)
+    return AvatarResult(
+        w_e=style["w_e"], w_2d=portrait["w_2d"], w_3d=portrait["w_3d"], noise=_split("noise.", portrait),
+        camera=tensors["camera"], delta_2d=_split("delta.", style), delta_pti=delta_pti,
+        delta_stylized=decode_residual(tensors, shapes, delta_pti), preset=meta.get("preset", "slim"),
+        engine_version=meta.get("engine_version", ENGINE_VERSION))
