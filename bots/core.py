@@ -38,7 +38,7 @@ from emoji3d import orders
 from emoji3d.config import Config
 from emoji3d.errors import FileTooLargeError, NoFaceError, StyleHasNoFace, UserFacingError
 from emoji3d.images import DecodeLimits, decode_image
-from emoji3d.texts import BOT, message, text
+from emoji3d.texts import BOT, message, quality_summary, text
 from storage.style_catalog import add_house_style, remove_style
 from storage import jobs, packs, selfies, users
 from storage import styles as st
@@ -438,6 +438,9 @@ def result_notes(result: orders.PackResult, *, stickers_made: bool = True) -> li
         lines = [text("pack_incomplete", missing=missing or "sticker files")]
     if result.preset == "slim":
         lines.append(text("slim_warning"))
+    summary = quality_summary(result.quality, result.preset)
+    if summary:
+        lines.append(summary)
     return lines
 
 
@@ -447,6 +450,17 @@ def result_notes(result: orders.PackResult, *, stickers_made: bool = True) -> li
 class PackLine:
     pack: packs.Pack
     style_name: str | None  # None = a one-off uploaded style
+    quality: str = ""       # the pack's quality report in one line ("" when not measured or not finished)
+
+
+def _quality_of(res: BotResources, pack: packs.Pack) -> str:
+    if pack.job_id is None:
+        return ""
+    try:
+        result = packs.result_of(jobs.get_job(res.db, pack.job_id))
+    except jobs.JobNotFound:
+        return ""
+    return quality_summary(result.quality, result.preset) if result is not None else ""
 
 
 def my_packs(res: BotResources, user: users.User) -> list[PackLine]:
@@ -460,7 +474,7 @@ def my_packs(res: BotResources, user: users.User) -> list[PackLine]:
                 name = st.get_style(res.db, p.style_id).name
             except st.StyleNotFound:
                 name = None
-        out.append(PackLine(p, name))
+        out.append(PackLine(p, name, _quality_of(res, p)))
     return out
 
 

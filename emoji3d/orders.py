@@ -32,6 +32,9 @@ PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
     "local": ("telegram_video", "discord_sticker"),
 }
 THUMBNAIL_TARGETS: dict[str, str | None] = {"telegram": "telegram_thumb", "discord": None, "local": None}
+# PackResult.quality: each measure (float, or None when it could not be taken; see engine.render.quality),
+# plus "weak" (the measures past their [quality] thresholds) and "notes" (why a measure is missing).
+QUALITY_KEYS = ("identity_pti", "identity_stylized", "multiview", "style_lpips")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class PackResult:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)          # stages served from the cache
+    quality: dict[str, Any] = field(default_factory=dict)     # QUALITY_KEYS, "weak" and "notes"; {} = not measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -203,7 +203,31 @@ BOT: dict[str, str] = {
     "stage_render": "rendering the stickers",
     "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
+    # The pack's quality report (PackResult.quality), one line in the chat, /mypacks and preview.html
+    "quality_line": "Quality: {measures}.",
+    "quality_identity_pti": "likeness {value} (photo-real)",
+    "quality_identity_stylized": "likeness {value} (stylized)",
+    "quality_multiview": "3D consistency {value}",
+    "quality_style_lpips": "style distance {value} (lower is closer)",
+    "quality_weak": "Weak on: {weak}. A try with another seed may come out better.",
+    "quality_slim": "Test weights: these numbers mean nothing.",
 }
+
+
+def quality_summary(quality: dict, preset: str) -> str:
+    """The quality report of a pack in one line ("" when it was not measured)."""
+    shown = [BOT[f"quality_{k}"].format(value=f"{v:.2f}") for k, v in quality.items()
+             if f"quality_{k}" in BOT and k not in ("weak", "slim", "line") and isinstance(v, (int, float))]
+    if not shown:
+        return ""
+    line = text("quality_line", measures=", ".join(shown))
+    weak = [BOT[f"quality_{k}"].split(" {")[0] + BOT[f"quality_{k}"].split("}")[-1] for k in quality.get("weak", [])
+            if f"quality_{k}" in BOT]
+    if weak:
+        line += " " + text("quality_weak", weak=", ".join(weak))
+    if preset == "slim":
+        line += " " + text("quality_slim")
+    return line
 
 
 def text(key: str, **params: object) -> str:

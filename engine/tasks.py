@@ -10,8 +10,9 @@ cycle (:mod:`storage.packs`) and returns a JSON result.
 Job kinds:
 
 - ``make_pack`` (payload: :class:`emoji3d.orders.PackOrder`): selfie + style
-  → avatar (cached per selfie and per style) → stills and stickers →
-  :class:`emoji3d.orders.PackResult`.
+  → avatar (cached per selfie and per style) → quality report
+  (:mod:`engine.render.quality`, also written into preview.html) → stills
+  and stickers → :class:`emoji3d.orders.PackResult`.
 - ``regenerate_pack`` (payload: ``{"pack_id"}``): a scheduled remake of a pack.
 - ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
   house style, so its first user finds it cached.
@@ -32,12 +33,17 @@ import torch
 from emoji3d.config import Config
 from emoji3d.errors import SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
-from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFiles
-from engine.avatar.pipeline import result_to_bytes
+from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, QUALITY_KEYS, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder,
+                            PackResult, StickerFiles)
+from emoji3d.texts import quality_summary
+from engine.avatar import params
+from engine.avatar.pipeline import AvatarResult, PortraitInputs, result_to_bytes
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
+from engine.render import quality
 from engine.render.pack import AvatarPose, make_pack_files
 from engine.resources import EngineResources
+from engine.stickers.preview import with_quality
 from engine.worker import JobContext
 from storage import artifacts, jobs, packs, selfies
 from storage import styles as style_store
@@ -136,11 +142,11 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         if portrait is None:
             raise SelfieGone(f"selfie {order.selfie_digest[:12]} and its cached inversion are both gone",
                              hours=res.cfg.privacy.selfie_retention_hours)
-    style = _analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style")
+    style = portrait_inputs(_analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style"), order.exemplar_digest)
     progress("face", 1, 1)
-    avatar = res.pipeline(portrait, portrait_inputs(style, order.exemplar_digest),
-                          seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
+    avatar = res.pipeline(portrait, style, seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
+    report = quality_report(res, avatar, portrait, style, pose.params)
     files = make_pack_files(res.pipeline.nets.g3d, pose, res.cfg.pack, order.targets,
                             thumbnail_target=THUMBNAIL_TARGETS.get(order.platform), boundaries=res.boundaries,
                             boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress)
@@ -150,13 +156,30 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
                                files={target: jc.put_blob(data) for target, data in s.files.items()})
                   for i, s in enumerate(files.stickers)],
         thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
-        preview_png=jc.put_blob(files.preview_png), preview_html=jc.put_blob(files.preview_html),
+        preview_png=jc.put_blob(files.preview_png),
+        preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
+                                              report["notes"])),
         avatar=jc.put_blob(result_to_bytes(avatar)), renders=[jc.put_blob(png) for png in files.stills],
         mesh=jc.put_blob(files.mesh) if files.mesh is not None else None, missing=files.notes,
-        timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings)
+        timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
     if order.pack_id is not None:
         packs.mark_ready(jc.db, order.pack_id)
     return result.to_dict()
+
+
+def quality_report(res: EngineResources, avatar: AvatarResult, portrait: PortraitInputs, style: PortraitInputs,
+                   stylized: dict) -> dict:
+    """``PackResult.quality`` of an avatar whose pack is rendered with the ``stylized`` generator weights."""
+    g3d = res.pipeline.nets.g3d
+    measures = quality.measure(
+        g3d, res.pipeline.nets.lpips, res.pipeline.nets.id_loss, pti=params.apply_delta(g3d, avatar.delta_pti),
+        stylized=stylized, ws=avatar.w_3d, noise=avatar.noise, selfie_camera=avatar.camera,
+        selfie_3d=portrait.image_3d, crop2d_to_crop3d=portrait.crop2d_to_crop3d, exemplar_3d=style.image_3d)
+    limits = res.cfg.quality
+    weak = quality.weak_measures(measures, min_identity=limits.min_identity,
+                                 min_identity_stylized=limits.min_identity_stylized,
+                                 min_multiview=limits.min_multiview, max_style_lpips=limits.max_style_lpips)
+    return {**{k: getattr(measures, k) for k in QUALITY_KEYS}, "weak": weak, "notes": list(measures.notes)}
 
 
 def handle_regenerate_pack(res: EngineResources, job, jc: JobContext) -> dict:

@@ -254,6 +254,8 @@ async def mypacks(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         link = f" {set_link(p.platform_set_name)}" if p.platform_set_name and p.status == "published" else ""
         out.append(text("mypacks_line", style=pl.style_name or text("own_style_name"),
                         strength=f"{p.strength:g}", state=text(f"pack_state_{p.status}"), link=link))
+        if pl.quality:
+            out.append(f"  {pl.quality}")
         if p.job_id is not None and p.status in ("ready", "uploading"):  # finished but not delivered: try again
             _notifier(context).watch(p.job_id, p.id, user, chat_id=str(update.effective_chat.id))
     await update.effective_message.reply_text("\n".join(out))

@@ -22,7 +22,7 @@ import time
 from emoji3d.config import Config, load_config
 from emoji3d.errors import UserFacingError
 from storage.connect import open_storage
-from emoji3d.texts import explain, message
+from emoji3d.texts import explain, message, quality_summary
 
 
 def _prepare(cfg: Config, args):
@@ -194,6 +194,8 @@ def main(argv: list[str]) -> int:
             print(f"\n*** {SLIM_WARNING} ***", file=sys.stderr)
         for line in result.missing:
             print(f"NOT MADE: {line}", file=sys.stderr)
+        if result.quality:
+            print(quality_summary(result.quality, result.preset), file=sys.stderr)
         if result.preview_html:
             print(f"open {out / 'preview.html'} to see the pack", file=sys.stderr)
         return 0

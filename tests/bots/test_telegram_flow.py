@@ -14,7 +14,8 @@ from bots.telegram.app import AppOptions, build_application, serve
 from emoji3d.texts import message, text
 from storage import deliveries, jobs, packs, selfies, users
 from storage import styles as st
-from tests.bots.conftest import finish_job, wait_for
+from emoji3d.texts import quality_summary
+from tests.bots.conftest import QUALITY, finish_job, wait_for
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.lifecycle import make_ready
@@ -125,6 +126,7 @@ def test_whole_conversation_creates_a_set(res, telegram_server, telegram_user, s
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             assert done["message_id"] == progress["message_id"]  # the same message, edited in place
             assert text("slim_warning") in done["text"]
+            assert quality_summary(QUALITY, "slim") in done["text"]  # the quality report, one line
             await wait_for(lambda: telegram_server.calls_to("sendSticker"), what="sendSticker")
 
     asyncio.run(scenario())
@@ -205,7 +207,8 @@ def test_delete_with_confirmation_erases_rows_blobs_and_sets(res, telegram_serve
             await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             name = packs.get_pack(res.db, placed.pack.id).platform_set_name
             chat.command("mypacks")
-            await chat.reply_containing(name)
+            listed = await chat.reply_containing(name)
+            assert quality_summary(QUALITY, "slim") in listed["text"]
             chat.command("delete")
             confirm = await chat.reply_containing("Delete everything?")
             chat.press(confirm, buttons(confirm)[text("delete_no")])

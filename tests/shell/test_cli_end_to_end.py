@@ -44,6 +44,12 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     # No boundary file is installed in a fresh data folder: the expression stickers are reported, not faked.
     assert result["missing"] and all(f"NOT MADE: {line}" in proc.stderr for line in result["missing"])
     assert [s["name"] for s in result["stickers"]] == ["turn", "nod"]
+    # The quality report: every measure taken (finite, in range) on slim, in the result, the page and the log.
+    quality = result["quality"]
+    assert -1 <= quality["identity_pti"] <= 1 and -1 <= quality["identity_stylized"] <= 1
+    assert 0 <= quality["multiview"] <= 1 and quality["style_lpips"] >= 0
+    assert "Quality: likeness" in proc.stderr and "Test weights: these numbers mean nothing." in proc.stderr
+    assert '<div class="quality"><h2>Quality</h2><p>Quality: likeness' in (out / "preview.html").read_text()
     produced = sorted(p.name for p in out.iterdir())
     assert "avatar.safetensors" in produced and any(n.startswith("avatar_view") for n in produced)
     assert {"preview.png", "preview.html", "00_turn.telegram_video.webm", "01_nod.telegram_video.webm"} <= set(produced)

@@ -19,6 +19,8 @@ from storage import deliveries, jobs, packs, users
 from storage import styles as st
 from storage.communities import get_or_create_community
 from tests.bots.conftest import make_resources, wait_for
+from emoji3d.texts import quality_summary
+from tests.bots.conftest import QUALITY
 from tests.bots.discord.conftest import EMOJIS, bot_on_fake, finish_discord_job, run
 from tests.fakes import discord_payloads as payloads
 from tests.fakes.discord_harness import DiscordHarness, World
@@ -115,6 +117,8 @@ def test_create_flow_defers_shows_progress_and_delivers_files(res, selfie_png, d
             finish_discord_job(res, job.id, discord_files)
             (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="result follow-up")
             assert fu["content"].startswith(text("discord_done"))
+            assert quality_summary(QUALITY, "pretrained") in fu["content"]  # the quality report, one line
+            assert "Weak on: likeness (stylized)" in fu["content"]
             names = [a["filename"] for a in fu["attachments"]]
             assert len(names) == 4 and names[-1] == "preview.png"
             assert all(n.endswith(".png") or n.endswith(".gif") for n in names)
