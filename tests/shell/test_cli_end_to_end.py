@@ -75,6 +75,26 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     assert {"invert_3d", "pivotal_tuning"} <= set(result2["skipped"]) and "style_finetune" not in result2["skipped"]
 
 
+@pytest.mark.slow  # about two minutes on a CPU: every sticker of the pack is rendered and encoded
+def test_make_demo_fits_a_slim_boundary_file_and_makes_every_sticker(config, tmp_path, repo_root):
+    """`make demo`'s two steps: a quick meaningless boundary file on the slim preset, then every sticker."""
+    fit = run(["--config", str(config), "boundaries", "demo"])
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "MEANINGLESS" in fit.stderr and "FOR TESTS ONLY" in fit.stderr
+    assert (tmp_path / "data" / "boundaries" / "eg3d.safetensors").is_file()
+    again = run(["--config", str(config), "boundaries", "demo"], timeout=120)
+    assert again.returncode == 0 and "is installed" in again.stderr  # fitted once
+    out = tmp_path / "out"
+    proc = run(["--config", str(config), "make", "--selfie", str(repo_root / "samples" / "selfie.jpg"),
+                "--style", "toon", "--out", str(out), "--steps", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    made = [s["name"] for s in result["stickers"]]
+    assert {"turn", "smile", "surprise", "anger", "nod", "blink"} <= set(made), made
+    assert "NOT MADE" not in proc.stderr and result["missing"] == []
+    assert result["quality"]["style_lpips"] is not None
+
+
 def test_make_refuses_a_non_image_with_the_friendly_text(config, tmp_path):
     bad = tmp_path / "selfie.jpg"
     bad.write_bytes(b"definitely not a photo")
