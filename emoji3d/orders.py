@@ -36,6 +36,17 @@ THUMBNAIL_TARGETS: dict[str, str | None] = {"telegram": "telegram_thumb", "disco
 # plus "weak" (the measures past their [quality] thresholds) and "notes" (why a measure is missing).
 QUALITY_KEYS = ("identity_pti", "identity_stylized", "multiview", "style_lpips")
 
+# First look: while a make_pack job runs, the engine stores a still PNG of the photo-real avatar (after
+# pivotal tuning) and of the stylized one (after dual-branch training) as artifacts under these keys
+# (storage.artifacts, owned by the user); the notifier sends each once, the latest first.
+FIRST_LOOK_STAGES = ("photo_real", "stylized")
+
+
+def first_look_key(job_id: int, stage: str) -> str:
+    if stage not in FIRST_LOOK_STAGES:
+        raise ValueError(f"first-look stage must be one of {FIRST_LOOK_STAGES}, got {stage!r}")
+    return f"first_look:{int(job_id)}:{stage}"
+
 
 @dataclass(frozen=True)
 class PackOrder:

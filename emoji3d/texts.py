@@ -203,6 +203,9 @@ BOT: dict[str, str] = {
     "stage_render": "rendering the stickers",
     "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
+    # First-look stills, sent while the pack is being made
+    "first_look_photo_real": "A first look at your 3D head (the stickers are still being made).",
+    "first_look_stylized": "Your stylized 3D avatar; the animated stickers come next.",
     # The pack's quality report (PackResult.quality), one line in the chat, /mypacks and preview.html
     "quality_line": "Quality: {measures}.",
     "quality_identity_pti": "likeness {value} (photo-real)",

@@ -10,7 +10,9 @@ cycle (:mod:`storage.packs`) and returns a JSON result.
 Job kinds:
 
 - ``make_pack`` (payload: :class:`emoji3d.orders.PackOrder`): selfie + style
-  → avatar (cached per selfie and per style) → quality report
+  → avatar (cached per selfie and per style; a first-look still of the
+  photo-real avatar after pivotal tuning and of the stylized one after
+  stage 5, recorded under ``emoji3d.orders.first_look_key``) → quality report
   (:mod:`engine.render.quality`, also written into preview.html) → stills
   and stickers → :class:`emoji3d.orders.PackResult`.
 - ``regenerate_pack`` (payload: ``{"pack_id"}``): a scheduled remake of a pack.
@@ -34,10 +36,10 @@ from emoji3d.config import Config
 from emoji3d.errors import SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
 from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, QUALITY_KEYS, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder,
-                            PackResult, StickerFiles)
+                            PackResult, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
 from engine.avatar import params
-from engine.avatar.pipeline import AvatarResult, PortraitInputs, result_to_bytes
+from engine.avatar.pipeline import AvatarResult, PortraitInputs, result_to_bytes, unpack_tensors
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
 from engine.render import quality
@@ -98,6 +100,62 @@ class BlobArtifactCache:
         artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
 
 
+class FirstLookCache(BlobArtifactCache):
+    """The job's artifact cache that also shows the photo-real avatar as soon as it exists: when the
+    pivotal-tuning result is stored (or found cached), ``on_pivot(blob)`` renders and records its still."""
+
+    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool, on_pivot) -> None:
+        super().__init__(jc, owner_user_id, shared_style=shared_style)
+        self.on_pivot = on_pivot
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        data = super().get(kind, key)
+        if kind == "portrait_3d" and data is not None:
+            self.on_pivot(data)
+        return data
+
+    def put(self, kind: str, key: str, data: bytes) -> None:
+        super().put(kind, key, data)
+        if kind == "portrait_3d":
+            self.on_pivot(data)
+
+
+def still_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of one render [1, 3, S, S] in [-1, 1]."""
+    import io
+
+    from PIL import Image
+
+    pixels = ((image[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3, S, S]
+    buf = io.BytesIO()
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def record_first_look(res: EngineResources, jc: JobContext, owner: int | None, stage: str, weights: dict,
+                      ws: torch.Tensor, noise: dict) -> None:
+    """Render the avatar frontally with ``weights`` and record the still for the notifier."""
+    image = quality.render(res.pipeline.nets.g3d, weights, ws, quality.turn_cameras()[:1], noise)["image"]
+    digest = jc.store_blob(still_png(image))
+    artifacts.put_artifact(jc.db, first_look_key(jc.job.id, stage), "first_look", digest, owner)
+
+
+def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None):
+    done = []
+
+    def on_pivot(blob: bytes) -> None:
+        if done:
+            return
+        done.append(True)
+        tensors = unpack_tensors(blob)
+        g3d = res.pipeline.nets.g3d
+        delta = {k[len("delta."):]: v for k, v in tensors.items() if k.startswith("delta.")}
+        noise = {n: tensors[f"noise.{n}"] for n in res.pipeline.noise_names_3d()}
+        record_first_look(res, jc, owner, "photo_real", params.apply_delta(g3d, delta), tensors["w_3d"], noise)
+
+    return on_pivot
+
+
 def stage_progress(jc: JobContext):
     """``progress(stage, step, total)`` for the stages, as the job's overall fraction."""
     order = list(STAGE_WEIGHTS)
@@ -130,7 +188,8 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     if order.pack_id is not None:
         packs.mark_rendering(jc.db, order.pack_id)
     progress("face", 0, 1)
-    cache = BlobArtifactCache(jc, order.user_id, shared_style=order.style_id is not None)
+    cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
+                           on_pivot=_pivot_still(res, jc, order.user_id))
     warnings = []
     if jc.blobs.exists(order.selfie_digest):
         selfie = _analyze(res, jc.blobs.read_bytes(order.selfie_digest), "selfie")
@@ -146,6 +205,7 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     progress("face", 1, 1)
     avatar = res.pipeline(portrait, style, seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
+    record_first_look(res, jc, order.user_id, "stylized", pose.params, avatar.w_3d, avatar.noise)
     report = quality_report(res, avatar, portrait, style, pose.params)
     files = make_pack_files(res.pipeline.nets.g3d, pose, res.cfg.pack, order.targets,
                             thumbnail_target=THUMBNAIL_TARGETS.get(order.platform), boundaries=res.boundaries,

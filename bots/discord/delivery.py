@@ -202,6 +202,20 @@ class DiscordSender:
         await self.show_progress(w, view)
         self.forget(w.job_id)
 
+    async def show_first_look(self, w: Watch, png: bytes, stage: str) -> None:
+        """One follow-up with the still while the interaction token lives, else one DM (or channel) message."""
+        body, name = text(f"first_look_{stage}"), f"{stage}.png"
+        ref = self._live_ref(w.job_id)
+        if ref is not None:
+            try:
+                await self._hook(ref).send(body, files=discord_files([(name, png)]), wait=True)
+                return
+            except discord.HTTPException as exc:
+                if not self._expired(exc):
+                    raise
+                self._expire(w.job_id)
+        await self._send_somewhere(w, content=body, files_factory=lambda: discord_files([(name, png)]))
+
     async def report_error(self, w: Watch, err: UserFacingError) -> None:
         body = explain(err)
         try:

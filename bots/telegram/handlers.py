@@ -393,6 +393,10 @@ class TelegramSender:
     async def finish(self, w: Watch, view: ProgressView) -> None:
         await self._put(w, core.progress_text(view), None)
 
+    async def show_first_look(self, w: Watch, png: bytes, stage: str) -> None:
+        await self.bot.send_photo(self._chat(w), InputFile(png, filename=f"{stage}.png"),
+                                  caption=text(f"first_look_{stage}"))
+
     async def report_error(self, w: Watch, err: UserFacingError) -> None:
         try:
             await self.bot.send_message(self._chat(w), _explain(err, self.bot.username or ""))

@@ -627,3 +627,43 @@ def test_about_to_start_is_said_once(res, telegram_server, telegram_user, selfie
     said = [c for c in telegram_server.calls if c.method in ("sendMessage", "editMessageText")
             and text("queued_soon") in str(c.params.get("text", ""))]
     assert len(said) == 1
+
+
+def test_first_look_stills_arrive_once_each_before_the_pack(res, telegram_server, telegram_user, selfie_png,
+                                                            sticker_files):
+    """The engine records a still after pivotal tuning and after stage 5; the bot sends each as one photo."""
+    from bots import core
+    from emoji3d.orders import first_look_key
+    from storage import artifacts
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    def photo_captions() -> list[str]:
+        return [c.params.get("caption", "") for c in telegram_server.calls_to("sendPhoto")]
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            chat.photo(selfie_png)
+            await chat.reply_containing(text("selfie_ok"))
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "dual_branch", 0.5)
+            artifacts.put_artifact(res.db, first_look_key(claimed.id, "photo_real"), "first_look",
+                                   res.blobs.put_bytes(sticker_files["thumb"]), user.id)
+            await wait_for(lambda: photo_captions() == [text("first_look_photo_real")], what="first photo")
+            artifacts.put_artifact(res.db, first_look_key(claimed.id, "stylized"), "first_look",
+                                   res.blobs.put_bytes(selfie_png), user.id)
+            await wait_for(lambda: len(photo_captions()) == 2, what="second photo")
+            assert photo_captions()[1] == text("first_look_stylized")
+            await asyncio.sleep(0.3)  # more ticks: nothing is sent again
+            assert len(photo_captions()) == 2
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_job(res, placed.job_id, sticker_files)
+            await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert len(photo_captions()) == 2
+
+    asyncio.run(scenario())

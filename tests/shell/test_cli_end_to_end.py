@@ -50,6 +50,20 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     assert 0 <= quality["multiview"] <= 1 and quality["style_lpips"] >= 0
     assert "Quality: likeness" in proc.stderr and "Test weights: these numbers mean nothing." in proc.stderr
     assert '<div class="quality"><h2>Quality</h2><p>Quality: likeness' in (out / "preview.html").read_text()
+    # The first-look stills (after pivotal tuning, after stage 5) were recorded for the bots, as PNGs.
+    from emoji3d.orders import first_look_key
+    from storage import artifacts, jobs
+    from storage.db import open_database
+
+    db = open_database(f"sqlite:///{tmp_path / 'data' / 'emoji3d.sqlite3'}")
+    try:
+        (job,) = jobs.list_jobs(db, kind="make_pack")
+        for stage in ("photo_real", "stylized"):
+            art = artifacts.get_artifact(db, first_look_key(job.id, stage))
+            assert art is not None and art.kind == "first_look", stage
+            assert next((tmp_path / "data" / "blobs").rglob(art.blob_digest), None) is not None
+    finally:
+        db.dispose()
     produced = sorted(p.name for p in out.iterdir())
     assert "avatar.safetensors" in produced and any(n.startswith("avatar_view") for n in produced)
     assert {"preview.png", "preview.html", "00_turn.telegram_video.webm", "01_nod.telegram_video.webm"} <= set(produced)

@@ -686,3 +686,40 @@ def test_dm_command_and_a_stills_only_result(res, selfie_png, discord_files):
             h.assert_no_errors()
 
     run(scenario())
+
+
+def test_first_look_stills_arrive_as_one_follow_up_each(res, selfie_png, discord_files):
+    """The engine records a still after pivotal tuning and after stage 5; each is one follow-up, once."""
+    import asyncio
+
+    from emoji3d.orders import first_look_key
+    from storage import artifacts
+
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            user = consented(res, w.member)
+            payload = create_payload(h, w.member["user"], selfie_png, style=str(style.id))
+            await h.deliver(payload)
+            h.assert_no_errors()
+            job = only_job(res)
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "dual_branch", 0.5)
+            artifacts.put_artifact(res.db, first_look_key(job.id, "photo_real"), "first_look",
+                                   res.blobs.put_bytes(discord_files["preview"]), user.id)
+            (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="first look")
+            assert fu["content"] == text("first_look_photo_real")
+            assert [a["filename"] for a in fu["attachments"]] == ["photo_real.png"]
+            artifacts.put_artifact(res.db, first_look_key(job.id, "stylized"), "first_look",
+                                   res.blobs.put_bytes(selfie_png), user.id)
+            second = await wait_for(lambda: h.server.followups(payload["token"])[1:], what="stylized look")
+            assert second[0]["content"] == text("first_look_stylized")
+            await asyncio.sleep(0.3)
+            assert len(h.server.followups(payload["token"])) == 2  # each still once
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_discord_job(res, job.id, discord_files)
+            await wait_for(lambda: len(h.server.followups(payload["token"])) == 3, what="the pack")
+            h.assert_no_errors()
+
+    run(scenario())
