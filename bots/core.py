@@ -453,6 +453,19 @@ class PackLine:
     quality: str = ""       # the pack's quality report in one line ("" when not measured or not finished)
 
 
+def order_rerender(res: BotResources, user: users.User, pack_id: int, *, strength: float,
+                   stickers: tuple[str, ...] = ()) -> int:
+    """Queue a re-render of the user's finished pack from its stored avatar (another strength or sticker
+    selection; no optimisation). Returns the job id; the same request twice is one job."""
+    pack = packs.get_pack(res.db, pack_id)
+    if pack.user_id != user.id or pack.job_id is None:
+        raise packs.PackNotFound(pack_id)
+    order = orders.RerenderOrder(user_id=user.id, pack_id=pack.id, source_job_id=pack.job_id, strength=strength,
+                                 stickers=tuple(stickers), platform=pack.platform or "local")
+    return jobs.enqueue(res.db, orders.RERENDER_KIND, order.to_payload(), order.idempotency_key(),
+                        user_id=user.id)
+
+
 def _quality_of(res: BotResources, pack: packs.Pack) -> str:
     if pack.job_id is None:
         return ""

@@ -24,6 +24,7 @@ from typing import Any
 ENGINE_VERSION = "0.1.0"  # the engine's version: part of every order key and recorded on every pack
 JOB_KIND = "make_pack"
 REGENERATE_KIND = "regenerate_pack"  # a scheduled remake of an existing pack (payload: {"pack_id", ...})
+RERENDER_KIND = "rerender_pack"  # a finished pack rendered again from its stored avatar (payload: RerenderOrder)
 
 # Files each platform needs, in engine.stickers target names.
 PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
@@ -86,6 +87,41 @@ class PackOrder:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "PackOrder":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RerenderOrder:
+    """Render a finished pack again from its stored avatar with another style strength and/or sticker
+    selection: no optimisation, only rendering and encoding. ``source_job_id`` is the finished job whose
+    :class:`PackResult` holds the avatar; ``stickers`` names the stickers to make (empty = all configured)."""
+
+    user_id: int
+    pack_id: int
+    source_job_id: int
+    strength: float
+    stickers: tuple[str, ...] = ()
+    platform: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORM_TARGETS:
+            raise ValueError(f"platform must be one of {sorted(PLATFORM_TARGETS)}, got {self.platform!r}")
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise ValueError(f"strength must be within [0, 1], got {self.strength}")
+        object.__setattr__(self, "stickers", tuple(self.stickers))
+
+    def idempotency_key(self) -> str:
+        parts = [RERENDER_KIND, self.user_id, self.pack_id, self.source_job_id, f"{float(self.strength):.3f}",
+                 ",".join(self.stickers), self.platform, ENGINE_VERSION]
+        return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+    def to_payload(self) -> dict[str, Any]:
+        # "regenerate": the front ends update the pack's existing sticker set rather than make a new one
+        return {**asdict(self), "stickers": list(self.stickers), "regenerate": True}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "RerenderOrder":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in payload.items() if k in known})
 

@@ -42,6 +42,7 @@ ERRORS: dict[str, str] = {
     "sticker_encode_failed": "I couldn't fit your sticker into the platform's size limits: {detail}",
     "sticker_input_invalid": "Something went wrong while preparing your sticker frames.",
     "style_removed": "The style of this pack was removed, so I can't remake it.",
+    "avatar_expired": "This pack's 3D avatar is no longer stored, so it can't be changed. Send a selfie to make a new one.",
     "selfie_expired": "Your selfie was deleted after {hours} hours, as promised. Send it again to remake this pack.",
     # Storage
     "blob_too_large": "That file is too large to store.",

@@ -16,6 +16,9 @@ Job kinds:
   (:mod:`engine.render.quality`, also written into preview.html) → stills
   and stickers → :class:`emoji3d.orders.PackResult`.
 - ``regenerate_pack`` (payload: ``{"pack_id"}``): a scheduled remake of a pack.
+- ``rerender_pack`` (payload: :class:`emoji3d.orders.RerenderOrder`): a
+  finished pack rendered again from its stored avatar with another strength
+  or sticker selection, without optimisation.
 - ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
   house style, so its first user finds it cached.
 
@@ -26,6 +29,7 @@ cancel lands within max(one step, about a second).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -33,13 +37,13 @@ import time
 import torch
 
 from emoji3d.config import Config
-from emoji3d.errors import SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
+from emoji3d.errors import AvatarGone, SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
-from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, QUALITY_KEYS, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder,
-                            PackResult, StickerFiles, first_look_key)
+from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND,
+                            THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
 from engine.avatar import params
-from engine.avatar.pipeline import AvatarResult, PortraitInputs, result_to_bytes, unpack_tensors
+from engine.avatar.pipeline import AvatarResult, PortraitInputs, result_from_bytes, result_to_bytes, unpack_tensors
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
 from engine.render import quality
@@ -68,6 +72,7 @@ def build_handlers(cfg: Config) -> dict:
     res = EngineResources.load(cfg)
     return {JOB_KIND: functools.partial(handle_make_pack, res),
             REGENERATE_KIND: functools.partial(handle_regenerate_pack, res),
+            RERENDER_KIND: functools.partial(handle_rerender_pack, res),
             "style_finetune": functools.partial(handle_style_finetune, res)}
 
 
@@ -268,6 +273,71 @@ def handle_regenerate_pack(res: EngineResources, job, jc: JobContext) -> dict:
     result = make_pack(res, order, jc)
     packs.mark_regenerated(jc.db, pack.id, style_version=style.version, engine_version=ENGINE_VERSION)
     return result
+
+
+def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
+    """A finished pack rendered again from its stored avatar (another strength or sticker selection):
+    no optimisation. The quality report keeps the PTI likeness (strength does not change it) and
+    measures the rest again at the new strength; the stylized likeness needs the selfie, which is
+    not read here."""
+    began = time.perf_counter()
+    order = RerenderOrder.from_payload(job.payload)
+    source = packs.result_of(jobs.get_job(jc.db, order.source_job_id))
+    if source is None or source.avatar is None or not jc.blobs.exists(source.avatar):
+        raise AvatarGone(f"pack {order.pack_id}: no stored avatar to render again")
+    packs.mark_rendering(jc.db, order.pack_id)
+    progress = stage_progress(jc)
+    avatar = result_from_bytes(jc.blobs.read_bytes(source.avatar))
+    known = {entry.name for entry in res.cfg.pack.stickers}
+    unknown = sorted(set(order.stickers) - known)
+    if unknown:
+        raise ValueError(f"no stickers named {unknown} in the configured pack ({', '.join(sorted(known))})")
+    chosen = tuple(e for e in res.cfg.pack.stickers if not order.stickers or e.name in order.stickers)
+    pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
+    files = make_pack_files(res.pipeline.nets.g3d, pose, dataclasses.replace(res.cfg.pack, stickers=chosen),
+                            PLATFORM_TARGETS[order.platform], thumbnail_target=THUMBNAIL_TARGETS.get(order.platform),
+                            boundaries=res.boundaries, boundaries_problem=res.boundaries_problem, progress=progress)
+    g3d = res.pipeline.nets.g3d
+    measures = quality.measure(g3d, res.pipeline.nets.lpips, None, pti=pose.params, stylized=pose.params,
+                               ws=avatar.w_3d, noise=avatar.noise, selfie_camera=avatar.camera, selfie_3d=None,
+                               crop2d_to_crop3d=None, exemplar_3d=_exemplar_of(res, jc, order.pack_id))
+    # The PTI likeness does not depend on the strength: it is carried over; the stylized one needs the selfie.
+    measures.identity_pti = source.quality.get("identity_pti")
+    measures.notes = [n for n in measures.notes if not n.startswith("identity")] + [
+        "likeness (stylized): not measured on a re-render"]
+    limits = res.cfg.quality
+    report = {**{k: getattr(measures, k) for k in QUALITY_KEYS}, "notes": measures.notes,
+              "weak": quality.weak_measures(measures, min_identity=limits.min_identity,
+                                            min_identity_stylized=limits.min_identity_stylized,
+                                            min_multiview=limits.min_multiview,
+                                            max_style_lpips=limits.max_style_lpips)}
+    result = PackResult(
+        pack_id=order.pack_id, preset=avatar.preset,
+        stickers=[StickerFiles(idx=i, name=s.name, emoji=s.emoji,
+                               files={target: jc.put_blob(data) for target, data in s.files.items()})
+                  for i, s in enumerate(files.stickers)],
+        thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
+        preview_png=jc.put_blob(files.preview_png),
+        preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
+                                              report.get("notes", []))),
+        avatar=jc.put_blob(jc.blobs.read_bytes(source.avatar)), renders=[jc.put_blob(png) for png in files.stills],
+        missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
+    packs.mark_ready(jc.db, order.pack_id)
+    packs.set_job(jc.db, order.pack_id, jc.job.id)  # only now: until it succeeds the pack keeps its old result
+    return result.to_dict()
+
+
+def _exemplar_of(res: EngineResources, jc: JobContext, pack_id: int) -> torch.Tensor | None:
+    """The EG3D crop of the pack's style image, or None when its style is gone."""
+    pack = packs.get_pack(jc.db, pack_id)
+    if pack.style_id is None:
+        return None
+    try:
+        style = style_store.get_style(jc.db, pack.style_id)
+    except style_store.StyleNotFound:
+        return None
+    face = _analyze(res, jc.blobs.read_bytes(style.exemplar_digest), "style")
+    return portrait_inputs(face, style.exemplar_digest).image_3d
 
 
 def handle_style_finetune(res: EngineResources, job, jc: JobContext) -> dict:

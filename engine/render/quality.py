@@ -143,10 +143,10 @@ def render(g3d: nn.Module, weights: Mapping[str, torch.Tensor], ws: torch.Tensor
 def measure(g3d: nn.Module, lpips: Distance, id_distance: Distance | None, *, pti: Mapping[str, torch.Tensor],
             stylized: Mapping[str, torch.Tensor], ws: torch.Tensor, noise: Mapping[str, torch.Tensor],
             selfie_camera: torch.Tensor, selfie_3d: torch.Tensor | None, crop2d_to_crop3d: torch.Tensor | None,
-            exemplar_3d: torch.Tensor) -> QualityMeasures:
+            exemplar_3d: torch.Tensor | None) -> QualityMeasures:
     """All measures of one avatar: ``pti``/``stylized`` generator weights, ``ws`` [1, L, 512] and its
     backbone ``noise``, the selfie's camera [1, 25] and EG3D crop [1, 3, S, S] (None when the photo
-    is gone), and the exemplar's EG3D crop [1, 3, S', S']."""
+    is gone), and the exemplar's EG3D crop [1, 3, S', S'] (None when the style is gone)."""
     out = QualityMeasures()
     at_selfie = selfie_camera.reshape(1, 25)
     styl = render(g3d, stylized, ws, torch.cat([at_selfie, turn_cameras()]), noise)
@@ -169,7 +169,10 @@ def measure(g3d: nn.Module, lpips: Distance, id_distance: Distance | None, *, pt
         out.notes.append("multiview: the frontal render has no opaque pixels")
     else:
         out.multiview = sum(s for s, _ in scores) / len(scores)
-    out.style_lpips = style_distance(lpips, image[1:2], exemplar_3d)
+    if exemplar_3d is None:
+        out.notes.append("style: the style image is no longer stored")
+    else:
+        out.style_lpips = style_distance(lpips, image[1:2], exemplar_3d)
     return out
 
 
