@@ -204,6 +204,7 @@ BOT: dict[str, str] = {
     "stage_render": "rendering the stickers",
     "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
+    "rerender_button": "Redo at {strength}",
     # First-look stills, sent while the pack is being made
     "first_look_photo_real": "A first look at your 3D head (the stickers are still being made).",
     "first_look_stylized": "Your stylized 3D avatar; the animated stickers come next.",

@@ -225,6 +225,25 @@ async def on_go(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                                    message_id=str(q.message.message_id))
 
 
+def rerender_markup(pack: packs.Pack, result: orders.PackResult) -> InlineKeyboardMarkup | None:
+    """Buttons that render the finished pack again at another style strength (from its stored avatar)."""
+    if not result.avatar:
+        return None
+    others = [name for name, value in core.STRENGTHS.items() if abs(value - pack.strength) > 1e-6]
+    return InlineKeyboardMarkup([[InlineKeyboardButton(text("rerender_button", strength=text(f"strength_{name}")),
+                                                       callback_data=f"rr:{pack.id}:{name}") for name in others]])
+
+
+@guard
+async def on_rerender(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    q = update.callback_query
+    _, pack_id, preset = q.data.split(":", 2)
+    user = _user(update, context)
+    job_id = core.order_rerender(_res(context), user, int(pack_id), strength=core.strength_value(preset))
+    await q.answer()
+    await _notifier(context).start(job_id, int(pack_id), user, chat_id=str(q.message.chat.id))
+
+
 @guard
 async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     q = update.callback_query
@@ -423,7 +442,7 @@ class TelegramSender:
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
         lines = [text("done_updated" if regenerated else "done", link=pub.link), *core.result_notes(result)]
-        await self._put(w, "\n".join(lines), None)
+        await self._put(w, "\n".join(lines), rerender_markup(pack, result))
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)
 

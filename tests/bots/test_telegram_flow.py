@@ -667,3 +667,42 @@ def test_first_look_stills_arrive_once_each_before_the_pack(res, telegram_server
             assert len(photo_captions()) == 2
 
     asyncio.run(scenario())
+
+
+def test_a_finished_pack_offers_a_rerender_at_another_strength(res, telegram_server, telegram_user, selfie_png,
+                                                               sticker_files):
+    from bots import core
+    from emoji3d.orders import RERENDER_KIND, PackResult, StickerFiles
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            chat.photo(selfie_png)
+            await chat.reply_containing(text("selfie_ok"))
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            result = PackResult(pack_id=placed.pack.id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"),
+                                stickers=[StickerFiles(i, f"s{i}", "😀", {"telegram_video": d})
+                                          for i, d in enumerate(videos)])
+            make_ready(res.db, placed.pack.id)
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            offered = buttons(done)
+            assert set(offered) == {text("rerender_button", strength=text("strength_subtle")),
+                                    text("rerender_button", strength=text("strength_medium"))}  # not "full" again
+            chat.press(done, offered[text("rerender_button", strength=text("strength_subtle"))])
+            rerender = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            assert rerender[0].payload["strength"] == 0.35 and rerender[0].payload["source_job_id"] == job.id
+            claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
+            again = PackResult(pack_id=placed.pack.id, preset="slim", avatar=result.avatar,
+                               stickers=[StickerFiles(0, "s0", "😀", {"telegram_video": videos[1]})])
+            jobs.complete(res.db, claimed.id, claimed.lease_token, again.to_dict(), again.blob_digests())
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
+
+    asyncio.run(scenario())
