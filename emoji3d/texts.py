@@ -205,6 +205,7 @@ BOT: dict[str, str] = {
     "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
     "rerender_button": "Redo at {strength}",
+    "rerender_started": "Redoing your pack at {strength} from your stored avatar; it will be here shortly.",
     # First-look stills, sent while the pack is being made
     "first_look_photo_real": "A first look at your 3D head (the stickers are still being made).",
     "first_look_stylized": "Your stylized 3D avatar; the animated stickers come next.",

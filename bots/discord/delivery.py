@@ -46,6 +46,7 @@ from bots.discord.interactions import (
     FilesInvalid, InteractionRef, MAX_FILES_PER_MESSAGE, PLATFORM, STICKER_TARGET, TOKEN_LIFETIME_S,
     UNKNOWN_INTERACTION, UNKNOWN_WEBHOOK, Unreachable, discord_files, pack_of, ref_from_row, verified_files,
 )
+from bots.discord.rerender import add_rerender_buttons
 from bots.discord.server_stickers import result_view
 
 log = logging.getLogger("emoji3d.discord")
@@ -258,7 +259,7 @@ class DiscordSender:
         ref = self._live_ref(w.job_id)
         known = self.ref(w.job_id)
         guild_id = known.guild_id if known is not None else None
-        view = result_view(pack.id, guild_id) if stickers and guild_id else None
+        view = add_rerender_buttons(result_view(pack.id, guild_id) if stickers and guild_id else None, pack, result)
         chunks = [items[i:i + MAX_FILES_PER_MESSAGE] for i in range(0, len(items), MAX_FILES_PER_MESSAGE)] or [[]]
         delivered = False
         if ref is not None:

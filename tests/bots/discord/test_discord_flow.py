@@ -723,3 +723,34 @@ def test_first_look_stills_arrive_as_one_follow_up_each(res, selfie_png, discord
             h.assert_no_errors()
 
     run(scenario())
+
+
+def test_a_delivered_pack_offers_a_rerender_at_another_strength(res, selfie_png, discord_files):
+    from emoji3d.orders import RERENDER_KIND, PackResult, StickerFiles
+
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            consented(res, w.member)
+            payload = create_payload(h, w.member, selfie_png, style=str(style.id), strength="full")
+            await h.deliver(payload)
+            h.assert_no_errors()
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            pack_id = job.payload["pack_id"]
+            result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"),
+                                stickers=[StickerFiles(0, "turn", EMOJIS[0], {
+                                    "discord_sticker": res.blobs.put_bytes(discord_files["stickers"][0])})])
+            make_ready(res.db, pack_id)
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="result follow-up")
+            ids = custom_ids(fu)
+            assert f"emoji3d:rr:{pack_id}:subtle" in ids and f"emoji3d:rr:{pack_id}:medium" in ids
+            assert f"emoji3d:rr:{pack_id}:full" not in ids  # the pack's own strength is not offered
+            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == "published", what="published")
+            await h.deliver(h.click(f"emoji3d:rr:{pack_id}:medium", w.member, message=fu))
+            (rerender,) = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            assert rerender.payload["strength"] == 0.7 and rerender.payload["source_job_id"] == job.id
+            h.assert_no_errors()
+
+    run(scenario())
