@@ -19,8 +19,10 @@ venv: $(STAMP)
 # Optimisation steps per stage for the demo (the CPU-friendly default); DEMO_STEPS= runs the full config.
 DEMO_STEPS ?= 15
 
-## Run the main job on the embedded defaults (SQLite, ./data blobs, bundled selfie and house style) into ./out
+## Run the main job on the embedded defaults (SQLite, ./data blobs, bundled selfie and house style) into ./out.
+## On the slim preset a quick, meaningless boundary file is fitted first (once) so every sticker is made.
 demo: $(STAMP)
+	$(VENV)/bin/emoji3d boundaries demo
 	$(VENV)/bin/emoji3d make --selfie samples/selfie.jpg --style toon --out out $(if $(DEMO_STEPS),--steps $(DEMO_STEPS))
 
 ## The default test suite (slow and GPU tests excluded); CI runs exactly this

@@ -50,7 +50,7 @@ from emoji3d import orders
 from emoji3d.config import Config
 from emoji3d.errors import FileTooLargeError, UserFacingError
 from emoji3d.images import CleanImage, DecodeLimits, clean_image
-from emoji3d.texts import BOT, message, text
+from emoji3d.texts import BOT, message, quality_summary, text
 from storage.style_catalog import add_house_style, remove_style, validate_exemplar
 from storage import jobs, packs, selfies, users
 from storage import styles as st
@@ -494,6 +494,9 @@ def result_notes(result: orders.PackResult, *, stickers_made: bool = True) -> li
         lines = [text("pack_incomplete", missing=missing or "sticker files")]
     if result.preset in ("slim", "full"):  # random weights either way: not a real avatar
         lines.append(text("slim_warning"))
+    summary = quality_summary(result.quality, result.preset)
+    if summary:
+        lines.append(summary)
     return lines
 
 
@@ -503,6 +506,30 @@ def result_notes(result: orders.PackResult, *, stickers_made: bool = True) -> li
 class PackLine:
     pack: packs.Pack
     style_name: str | None  # None = a one-off uploaded style
+    quality: str = ""       # the pack's quality report in one line ("" when not measured or not finished)
+
+
+def order_rerender(res: BotResources, user: users.User, pack_id: int, *, strength: float,
+                   stickers: tuple[str, ...] = ()) -> int:
+    """Queue a re-render of the user's finished pack from its stored avatar (another strength or sticker
+    selection; no optimisation). Returns the job id; the same request twice is one job."""
+    pack = packs.get_pack(res.db, pack_id)
+    if pack.user_id != user.id or pack.job_id is None:
+        raise packs.PackNotFound(pack_id)
+    order = orders.RerenderOrder(user_id=user.id, pack_id=pack.id, source_job_id=pack.job_id, strength=strength,
+                                 stickers=tuple(stickers), platform=pack.platform or "local")
+    return jobs.enqueue(res.db, orders.RERENDER_KIND, order.to_payload(), order.idempotency_key(),
+                        user_id=user.id)
+
+
+def _quality_of(res: BotResources, pack: packs.Pack) -> str:
+    if pack.job_id is None:
+        return ""
+    try:
+        result = packs.result_of(jobs.get_job(res.db, pack.job_id))
+    except jobs.JobNotFound:
+        return ""
+    return quality_summary(result.quality, result.preset) if result is not None else ""
 
 
 def my_packs(res: BotResources, user: users.User) -> list[PackLine]:
@@ -516,7 +543,7 @@ def my_packs(res: BotResources, user: users.User) -> list[PackLine]:
                 name = st.get_style(res.db, p.style_id).name
             except st.StyleNotFound:
                 name = None
-        out.append(PackLine(p, name))
+        out.append(PackLine(p, name, _quality_of(res, p)))
     return out
 
 

@@ -54,8 +54,9 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 from typing import Callable, Protocol
 
+from emoji3d import orders
 from emoji3d.errors import UserFacingError
-from storage import deliveries, jobs, packs, users
+from storage import artifacts, deliveries, jobs, packs, users
 
 from bots.core import BotResources, ProgressView, progress_view, should_edit
 
@@ -76,6 +77,7 @@ class Watch:
     next_delivery_at: float = 0.0
     held_until: float = 0.0      # wall time until which this process holds the job's claim (0: not held)
     busy_until: float = 0.0      # another process holds the claim until then: do not ask before
+    first_looks: tuple[str, ...] = ()  # first-look stills already shown (emoji3d.orders.FIRST_LOOK_STAGES)
 
 
 class Sender(Protocol):
@@ -84,6 +86,9 @@ class Sender(Protocol):
 
     async def deliver(self, watch: Watch, job: jobs.Job) -> None:
         """Publish the finished pack and tell the user."""
+
+    async def show_first_look(self, watch: Watch, png: bytes, stage: str) -> None:
+        """Send one still of the avatar (``stage``: "photo_real" or "stylized") while the pack is made."""
 
     async def finish(self, watch: Watch, view: ProgressView) -> None:
         """The job ended without a result (failed / cancelled)."""
@@ -309,6 +314,8 @@ class Notifier:
         if job.status == "succeeded":
             await self._deliver(w, job, now)
             return
+        if job.status == "running":
+            await self._first_look(w)
         view = progress_view(self.res, job)
         sig = _signature(view)
         if view.final:
@@ -323,6 +330,20 @@ class Notifier:
             return
         if should_edit(w.last_signature, sig, w.last_edit_at, now, self.min_interval, False):
             await self._show(w, view, now)
+
+    async def _first_look(self, w: Watch) -> None:
+        """Send the newest first-look still the engine recorded and not yet shown; one photo per stage at
+        most, and an older stage is skipped once a newer one exists (no burst of photos after a pause)."""
+        for i in reversed(range(len(orders.FIRST_LOOK_STAGES))):
+            stage = orders.FIRST_LOOK_STAGES[i]
+            if stage in w.first_looks:
+                return
+            art = artifacts.get_artifact(self.res.db, orders.first_look_key(w.job_id, stage))
+            if art is None or not self.res.blobs.exists(art.blob_digest):
+                continue
+            w.first_looks = tuple(orders.FIRST_LOOK_STAGES[:i + 1])  # before sending: a failure is not retried
+            await self.sender.show_first_look(w, self.res.blobs.read_bytes(art.blob_digest), stage)
+            return
 
     async def _show(self, w: Watch, view: ProgressView, now: float) -> None:
         where, before = (w.chat_id, w.message_id), (w.last_signature, w.last_edit_at)

@@ -128,6 +128,16 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds below (above, for LPIPS) which a pack's quality report calls it weak
+    (engine.render.quality). Meaningful with pretrained weights only."""
+    min_identity: float = _c(0.5, ge=-1, le=1, doc="ArcFace cosine, selfie vs the photo-real (PTI) render")
+    min_identity_stylized: float = _c(0.3, ge=-1, le=1, doc="ArcFace cosine, selfie vs the stylized render")
+    min_multiview: float = _c(0.7, ge=0, le=1, doc="share of depth that agrees across head-turn views")
+    max_style_lpips: float = _c(0.6, ge=0, doc="LPIPS distance of the frontal render to the style exemplar")
+
+
+@dataclass(frozen=True)
 class TelegramConfig:
     enabled: bool = _c(True)
     set_title_prefix: str = _c("My 3D emoji")
@@ -225,6 +235,7 @@ class Config:
     weights: WeightsConfig = _c(factory=WeightsConfig)
     pipeline: PipelineConfig = _c(factory=PipelineConfig)
     pack: PackConfig = _c(factory=PackConfig)
+    quality: QualityConfig = _c(factory=QualityConfig)
     schedules: tuple = _c(factory=tuple)  # tuple[Schedule, ...] from [[schedules]]
     # Filled from the environment, never from the file.
     root: pathlib.Path = field(default=pathlib.Path("."), metadata={"internal": True})

@@ -137,6 +137,12 @@ class SelfieGone(UserFacingError):
     key = "selfie_expired"
 
 
+class AvatarGone(UserFacingError):
+    """A re-render needs the pack's stored avatar, which retention deleted (or the pack never finished)."""
+
+    key = "avatar_expired"
+
+
 class StyleGone(UserFacingError):
     """The pack's style was removed."""
 

@@ -24,6 +24,7 @@ from typing import Any
 ENGINE_VERSION = "0.1.0"  # the engine's version: part of every order key and recorded on every pack
 JOB_KIND = "make_pack"
 REGENERATE_KIND = "regenerate_pack"  # a scheduled remake of an existing pack (payload: {"pack_id", ...})
+RERENDER_KIND = "rerender_pack"  # a finished pack rendered again from its stored avatar (payload: RerenderOrder)
 
 # Files each platform needs, in engine.stickers target names.
 PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
@@ -32,6 +33,20 @@ PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
     "local": ("telegram_video", "discord_sticker"),
 }
 THUMBNAIL_TARGETS: dict[str, str | None] = {"telegram": "telegram_thumb", "discord": None, "local": None}
+# PackResult.quality: each measure (float, or None when it could not be taken; see engine.render.quality),
+# plus "weak" (the measures past their [quality] thresholds) and "notes" (why a measure is missing).
+QUALITY_KEYS = ("identity_pti", "identity_stylized", "multiview", "style_lpips")
+
+# First look: while a make_pack job runs, the engine stores a still PNG of the photo-real avatar (after
+# pivotal tuning) and of the stylized one (after dual-branch training) as artifacts under these keys
+# (storage.artifacts, owned by the user); the notifier sends each once, the latest first.
+FIRST_LOOK_STAGES = ("photo_real", "stylized")
+
+
+def first_look_key(job_id: int, stage: str) -> str:
+    if stage not in FIRST_LOOK_STAGES:
+        raise ValueError(f"first-look stage must be one of {FIRST_LOOK_STAGES}, got {stage!r}")
+    return f"first_look:{int(job_id)}:{stage}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,41 @@ class PackOrder:
 
 
 @dataclass(frozen=True)
+class RerenderOrder:
+    """Render a finished pack again from its stored avatar with another style strength and/or sticker
+    selection: no optimisation, only rendering and encoding. ``source_job_id`` is the finished job whose
+    :class:`PackResult` holds the avatar; ``stickers`` names the stickers to make (empty = all configured)."""
+
+    user_id: int
+    pack_id: int
+    source_job_id: int
+    strength: float
+    stickers: tuple[str, ...] = ()
+    platform: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORM_TARGETS:
+            raise ValueError(f"platform must be one of {sorted(PLATFORM_TARGETS)}, got {self.platform!r}")
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise ValueError(f"strength must be within [0, 1], got {self.strength}")
+        object.__setattr__(self, "stickers", tuple(self.stickers))
+
+    def idempotency_key(self) -> str:
+        parts = [RERENDER_KIND, self.user_id, self.pack_id, self.source_job_id, f"{float(self.strength):.3f}",
+                 ",".join(self.stickers), self.platform, ENGINE_VERSION]
+        return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+    def to_payload(self) -> dict[str, Any]:
+        # "regenerate": the front ends update the pack's existing sticker set rather than make a new one
+        return {**asdict(self), "stickers": list(self.stickers), "regenerate": True}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "RerenderOrder":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+
+@dataclass(frozen=True)
 class StickerFiles:
     idx: int
     name: str                      # e.g. "turn", "smile"
@@ -100,6 +150,7 @@ class PackResult:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)          # stages served from the cache
+    quality: dict[str, Any] = field(default_factory=dict)     # QUALITY_KEYS, "weak" and "notes"; {} = not measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,6 +50,7 @@ ERRORS: dict[str, str] = {
     "sticker_encode_failed": "I couldn't fit your sticker into the platform's size limits: {detail}",
     "sticker_input_invalid": "Something went wrong while preparing your sticker frames.",
     "style_removed": "The style of this pack was removed, so I can't remake it.",
+    "avatar_expired": "This pack's 3D avatar is no longer stored, so it can't be changed. Send a selfie to make a new one.",
     "selfie_expired": "Your selfie was deleted after {hours} hours, as promised. Send it again to remake this pack.",
     # Storage
     "blob_too_large": "That file is too large to store.",
@@ -211,7 +212,36 @@ BOT: dict[str, str] = {
     "stage_render": "rendering the stickers",
     "stage_encode": "packing the sticker files",
     "stage_unknown": "working",
+    "rerender_button": "Redo at {strength}",
+    "rerender_started": "Redoing your pack at {strength} from your stored avatar; it will be here shortly.",
+    # First-look stills, sent while the pack is being made
+    "first_look_photo_real": "A first look at your 3D head (the stickers are still being made).",
+    "first_look_stylized": "Your stylized 3D avatar; the animated stickers come next.",
+    # The pack's quality report (PackResult.quality), one line in the chat, /mypacks and preview.html
+    "quality_line": "Quality: {measures}.",
+    "quality_identity_pti": "likeness {value} (photo-real)",
+    "quality_identity_stylized": "likeness {value} (stylized)",
+    "quality_multiview": "3D consistency {value}",
+    "quality_style_lpips": "style distance {value} (lower is closer)",
+    "quality_weak": "Weak on: {weak}. A try with another seed may come out better.",
+    "quality_slim": "Test weights: these numbers mean nothing.",
 }
+
+
+def quality_summary(quality: dict, preset: str) -> str:
+    """The quality report of a pack in one line ("" when it was not measured)."""
+    shown = [BOT[f"quality_{k}"].format(value=f"{v:.2f}") for k, v in quality.items()
+             if f"quality_{k}" in BOT and k not in ("weak", "slim", "line") and isinstance(v, (int, float))]
+    if not shown:
+        return ""
+    line = text("quality_line", measures=", ".join(shown))
+    weak = [BOT[f"quality_{k}"].split(" {")[0] + BOT[f"quality_{k}"].split("}")[-1] for k in quality.get("weak", [])
+            if f"quality_{k}" in BOT]
+    if weak:
+        line += " " + text("quality_weak", weak=", ".join(weak))
+    if preset == "slim":
+        line += " " + text("quality_slim")
+    return line
 
 
 def text(key: str, **params: object) -> str:

@@ -10,9 +10,15 @@ cycle (:mod:`storage.packs`) and returns a JSON result.
 Job kinds:
 
 - ``make_pack`` (payload: :class:`emoji3d.orders.PackOrder`): selfie + style
-  → avatar (cached per selfie and per style) → stills and stickers →
-  :class:`emoji3d.orders.PackResult`.
+  → avatar (cached per selfie and per style; a first-look still of the
+  photo-real avatar after pivotal tuning and of the stylized one after
+  stage 5, recorded under ``emoji3d.orders.first_look_key``) → quality report
+  (:mod:`engine.render.quality`, also written into preview.html) → stills
+  and stickers → :class:`emoji3d.orders.PackResult`.
 - ``regenerate_pack`` (payload: ``{"pack_id"}``): a scheduled remake of a pack.
+- ``rerender_pack`` (payload: :class:`emoji3d.orders.RerenderOrder`): a
+  finished pack rendered again from its stored avatar with another strength
+  or sticker selection, without optimisation.
 - ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
   house style, so its first user finds it cached.
 
@@ -23,6 +29,7 @@ cancel lands within max(one step, about a second).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -30,14 +37,21 @@ import time
 import torch
 
 from emoji3d.config import Config
-from emoji3d.errors import SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
+from emoji3d.errors import AvatarGone, SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
-from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, THUMBNAIL_TARGETS, PackOrder, PackResult, StickerFiles
-from engine.avatar.avatar_file import result_to_bytes
+from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND,
+                            THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
+from emoji3d.texts import quality_summary
+from engine.avatar import params
+from engine.avatar.avatar_file import AvatarFileError, result_from_bytes, result_to_bytes
+from engine.avatar.pipeline import AvatarResult, PortraitInputs
+from engine.avatar.tensor_file import unpack_tensors
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
+from engine.render import quality
 from engine.render.pack import AvatarPose, make_pack_files
 from engine.resources import EngineResources
+from engine.stickers.preview import with_quality
 from engine.worker import JobContext
 from storage import artifacts, jobs, packs, selfies
 from storage import styles as style_store
@@ -60,6 +74,7 @@ def build_handlers(cfg: Config) -> dict:
     res = EngineResources.load(cfg)
     return {JOB_KIND: functools.partial(handle_make_pack, res),
             REGENERATE_KIND: functools.partial(handle_regenerate_pack, res),
+            RERENDER_KIND: functools.partial(handle_rerender_pack, res),
             "style_finetune": functools.partial(handle_style_finetune, res)}
 
 
@@ -90,6 +105,62 @@ class BlobArtifactCache:
         digest = self.jc.store_blob(data)
         owner = None if kind == "style_2d" and self.shared_style else self.owner
         artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
+
+
+class FirstLookCache(BlobArtifactCache):
+    """The job's artifact cache that also shows the photo-real avatar as soon as it exists: when the
+    pivotal-tuning result is stored (or found cached), ``on_pivot(blob)`` renders and records its still."""
+
+    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool, on_pivot) -> None:
+        super().__init__(jc, owner_user_id, shared_style=shared_style)
+        self.on_pivot = on_pivot
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        data = super().get(kind, key)
+        if kind == "portrait_3d" and data is not None:
+            self.on_pivot(data)
+        return data
+
+    def put(self, kind: str, key: str, data: bytes) -> None:
+        super().put(kind, key, data)
+        if kind == "portrait_3d":
+            self.on_pivot(data)
+
+
+def still_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of one render [1, 3, S, S] in [-1, 1]."""
+    import io
+
+    from PIL import Image
+
+    pixels = ((image[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [3, S, S]
+    buf = io.BytesIO()
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def record_first_look(res: EngineResources, jc: JobContext, owner: int | None, stage: str, weights: dict,
+                      ws: torch.Tensor, noise: dict) -> None:
+    """Render the avatar frontally with ``weights`` and record the still for the notifier."""
+    image = quality.render(res.pipeline.nets.g3d, weights, ws, quality.turn_cameras()[:1], noise)["image"]
+    digest = jc.store_blob(still_png(image))
+    artifacts.put_artifact(jc.db, first_look_key(jc.job.id, stage), "first_look", digest, owner)
+
+
+def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None):
+    done = []
+
+    def on_pivot(blob: bytes) -> None:
+        if done:
+            return
+        done.append(True)
+        tensors = unpack_tensors(blob)
+        g3d = res.pipeline.nets.g3d
+        delta = {k[len("delta."):]: v for k, v in tensors.items() if k.startswith("delta.")}
+        noise = {n: tensors[f"noise.{n}"] for n in res.pipeline.noise_names_3d()}
+        record_first_look(res, jc, owner, "photo_real", params.apply_delta(g3d, delta), tensors["w_3d"], noise)
+
+    return on_pivot
 
 
 def stage_progress(jc: JobContext):
@@ -124,7 +195,8 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     if order.pack_id is not None:
         packs.mark_rendering(jc.db, order.pack_id)
     progress("face", 0, 1)
-    cache = BlobArtifactCache(jc, order.user_id, shared_style=order.style_id is not None)
+    cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
+                           on_pivot=_pivot_still(res, jc, order.user_id))
     warnings = []
     if jc.blobs.exists(order.selfie_digest):
         selfie = _analyze(res, jc.blobs.read_bytes(order.selfie_digest), "selfie")
@@ -136,16 +208,17 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         if portrait is None:
             raise SelfieGone(f"selfie {order.selfie_digest[:12]} and its cached inversion are both gone",
                              hours=res.cfg.privacy.selfie_retention_hours)
-    style = _analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style")
+    style = portrait_inputs(_analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style"), order.exemplar_digest)
     progress("face", 1, 1)
-    exemplar = portrait_inputs(style, order.exemplar_digest)
-    avatar = res.pipeline(portrait, exemplar, seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
+    avatar = res.pipeline(portrait, style, seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
+    record_first_look(res, jc, order.user_id, "stylized", pose.params, avatar.w_3d, avatar.noise)
+    report = quality_report(res, avatar, portrait, style, pose.params)
     files = make_pack_files(res.pipeline.nets.g3d, pose, res.cfg.pack, order.targets,
                             thumbnail_target=THUMBNAIL_TARGETS.get(order.platform), boundaries=res.boundaries,
                             boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress)
     # The avatar references the style and selfie artifacts in the cache instead of copying them.
-    avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(exemplar),
+    avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(style),
                                   portrait_key=res.pipeline.portrait_key(order.selfie_digest))
     result = PackResult(
         pack_id=order.pack_id, preset=avatar.preset,
@@ -153,13 +226,30 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
                                files={target: jc.put_blob(data) for target, data in s.files.items()})
                   for i, s in enumerate(files.stickers)],
         thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
-        preview_png=jc.put_blob(files.preview_png), preview_html=jc.put_blob(files.preview_html),
+        preview_png=jc.put_blob(files.preview_png),
+        preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
+                                              report["notes"])),
         avatar=jc.put_blob(avatar_file), renders=[jc.put_blob(png) for png in files.stills],
         mesh=jc.put_blob(files.mesh) if files.mesh is not None else None, missing=files.notes,
-        timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings)
+        timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
     if order.pack_id is not None:
         packs.mark_ready(jc.db, order.pack_id)
     return result.to_dict()
+
+
+def quality_report(res: EngineResources, avatar: AvatarResult, portrait: PortraitInputs, style: PortraitInputs,
+                   stylized: dict) -> dict:
+    """``PackResult.quality`` of an avatar whose pack is rendered with the ``stylized`` generator weights."""
+    g3d = res.pipeline.nets.g3d
+    measures = quality.measure(
+        g3d, res.pipeline.nets.lpips, res.pipeline.nets.id_loss, pti=params.apply_delta(g3d, avatar.delta_pti),
+        stylized=stylized, ws=avatar.w_3d, noise=avatar.noise, selfie_camera=avatar.camera,
+        selfie_3d=portrait.image_3d, crop2d_to_crop3d=portrait.crop2d_to_crop3d, exemplar_3d=style.image_3d)
+    limits = res.cfg.quality
+    weak = quality.weak_measures(measures, min_identity=limits.min_identity,
+                                 min_identity_stylized=limits.min_identity_stylized,
+                                 min_multiview=limits.min_multiview, max_style_lpips=limits.max_style_lpips)
+    return {**{k: getattr(measures, k) for k in QUALITY_KEYS}, "weak": weak, "notes": list(measures.notes)}
 
 
 def handle_regenerate_pack(res: EngineResources, job, jc: JobContext) -> dict:
@@ -188,6 +278,75 @@ def handle_regenerate_pack(res: EngineResources, job, jc: JobContext) -> dict:
     result = make_pack(res, order, jc)
     packs.mark_regenerated(jc.db, pack.id, style_version=style.version, engine_version=ENGINE_VERSION)
     return result
+
+
+def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
+    """A finished pack rendered again from its stored avatar (another strength or sticker selection):
+    no optimisation. The quality report keeps the PTI likeness (strength does not change it) and
+    measures the rest again at the new strength; the stylized likeness needs the selfie, which is
+    not read here."""
+    began = time.perf_counter()
+    order = RerenderOrder.from_payload(job.payload)
+    source = packs.result_of(jobs.get_job(jc.db, order.source_job_id))
+    if source is None or source.avatar is None or not jc.blobs.exists(source.avatar):
+        raise AvatarGone(f"pack {order.pack_id}: no stored avatar to render again")
+    packs.mark_rendering(jc.db, order.pack_id)
+    progress = stage_progress(jc)
+    try:  # the avatar file names the cached style and selfie artifacts it was made from
+        avatar = result_from_bytes(jc.blobs.read_bytes(source.avatar),
+                                   BlobArtifactCache(jc, order.user_id, shared_style=True))
+    except AvatarFileError as exc:
+        raise AvatarGone(f"pack {order.pack_id}: its stored avatar cannot be read back ({exc})") from exc
+    known = {entry.name for entry in res.cfg.pack.stickers}
+    unknown = sorted(set(order.stickers) - known)
+    if unknown:
+        raise ValueError(f"no stickers named {unknown} in the configured pack ({', '.join(sorted(known))})")
+    chosen = tuple(e for e in res.cfg.pack.stickers if not order.stickers or e.name in order.stickers)
+    pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
+    files = make_pack_files(res.pipeline.nets.g3d, pose, dataclasses.replace(res.cfg.pack, stickers=chosen),
+                            PLATFORM_TARGETS[order.platform], thumbnail_target=THUMBNAIL_TARGETS.get(order.platform),
+                            boundaries=res.boundaries, boundaries_problem=res.boundaries_problem, progress=progress)
+    g3d = res.pipeline.nets.g3d
+    measures = quality.measure(g3d, res.pipeline.nets.lpips, None, pti=pose.params, stylized=pose.params,
+                               ws=avatar.w_3d, noise=avatar.noise, selfie_camera=avatar.camera, selfie_3d=None,
+                               crop2d_to_crop3d=None, exemplar_3d=_exemplar_of(res, jc, order.pack_id))
+    # The PTI likeness does not depend on the strength: it is carried over; the stylized one needs the selfie.
+    measures.identity_pti = source.quality.get("identity_pti")
+    measures.notes = [n for n in measures.notes if not n.startswith("identity")] + [
+        "likeness (stylized): not measured on a re-render"]
+    limits = res.cfg.quality
+    report = {**{k: getattr(measures, k) for k in QUALITY_KEYS}, "notes": measures.notes,
+              "weak": quality.weak_measures(measures, min_identity=limits.min_identity,
+                                            min_identity_stylized=limits.min_identity_stylized,
+                                            min_multiview=limits.min_multiview,
+                                            max_style_lpips=limits.max_style_lpips)}
+    result = PackResult(
+        pack_id=order.pack_id, preset=avatar.preset,
+        stickers=[StickerFiles(idx=i, name=s.name, emoji=s.emoji,
+                               files={target: jc.put_blob(data) for target, data in s.files.items()})
+                  for i, s in enumerate(files.stickers)],
+        thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
+        preview_png=jc.put_blob(files.preview_png),
+        preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
+                                              report.get("notes", []))),
+        avatar=jc.put_blob(jc.blobs.read_bytes(source.avatar)), renders=[jc.put_blob(png) for png in files.stills],
+        missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
+    packs.mark_ready(jc.db, order.pack_id)
+    packs.set_job(jc.db, order.pack_id, jc.job.id)  # only now: until it succeeds the pack keeps its old result
+    return result.to_dict()
+
+
+def _exemplar_of(res: EngineResources, jc: JobContext, pack_id: int) -> torch.Tensor | None:
+    """The EG3D crop of the pack's style image, or None when its style is gone."""
+    pack = packs.get_pack(jc.db, pack_id)
+    if pack.style_id is None:
+        return None
+    try:
+        style = style_store.get_style(jc.db, pack.style_id)
+    except style_store.StyleNotFound:
+        return None
+    face = _analyze(res, jc.blobs.read_bytes(style.exemplar_digest), "style")
+    return portrait_inputs(face, style.exemplar_digest).image_3d
 
 
 def handle_style_finetune(res: EngineResources, job, jc: JobContext) -> dict:

@@ -46,6 +46,7 @@ from bots.discord.interactions import (
     FilesInvalid, InteractionRef, MAX_FILES_PER_MESSAGE, PLATFORM, STICKER_TARGET, TOKEN_LIFETIME_S,
     UNKNOWN_INTERACTION, UNKNOWN_WEBHOOK, Unreachable, discord_files, pack_of, ref_from_row, verified_files,
 )
+from bots.discord.rerender import add_rerender_buttons
 from bots.discord.server_stickers import result_view
 
 log = logging.getLogger("emoji3d.discord")
@@ -202,6 +203,20 @@ class DiscordSender:
         await self.show_progress(w, view)
         self.forget(w.job_id)
 
+    async def show_first_look(self, w: Watch, png: bytes, stage: str) -> None:
+        """One follow-up with the still while the interaction token lives, else one DM (or channel) message."""
+        body, name = text(f"first_look_{stage}"), f"{stage}.png"
+        ref = self._live_ref(w.job_id)
+        if ref is not None:
+            try:
+                await self._hook(ref).send(body, files=discord_files([(name, png)]), wait=True)
+                return
+            except discord.HTTPException as exc:
+                if not self._expired(exc):
+                    raise
+                self._expire(w.job_id)
+        await self._send_somewhere(w, content=body, files_factory=lambda: discord_files([(name, png)]))
+
     async def report_error(self, w: Watch, err: UserFacingError) -> None:
         body = explain(err)
         try:
@@ -244,7 +259,7 @@ class DiscordSender:
         ref = self._live_ref(w.job_id)
         known = self.ref(w.job_id)
         guild_id = known.guild_id if known is not None else None
-        view = result_view(pack.id, guild_id) if stickers and guild_id else None
+        view = add_rerender_buttons(result_view(pack.id, guild_id) if stickers and guild_id else None, pack, result)
         chunks = [items[i:i + MAX_FILES_PER_MESSAGE] for i in range(0, len(items), MAX_FILES_PER_MESSAGE)] or [[]]
         delivered = False
         if ref is not None:

@@ -225,6 +225,25 @@ async def on_go(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                                    message_id=str(q.message.message_id))
 
 
+def rerender_markup(pack: packs.Pack, result: orders.PackResult) -> InlineKeyboardMarkup | None:
+    """Buttons that render the finished pack again at another style strength (from its stored avatar)."""
+    if not result.avatar:
+        return None
+    others = [name for name, value in core.STRENGTHS.items() if abs(value - pack.strength) > 1e-6]
+    return InlineKeyboardMarkup([[InlineKeyboardButton(text("rerender_button", strength=text(f"strength_{name}")),
+                                                       callback_data=f"rr:{pack.id}:{name}") for name in others]])
+
+
+@guard
+async def on_rerender(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    q = update.callback_query
+    _, pack_id, preset = q.data.split(":", 2)
+    user = _user(update, context)
+    job_id = core.order_rerender(_res(context), user, int(pack_id), strength=core.strength_value(preset))
+    await q.answer()
+    await _notifier(context).start(job_id, int(pack_id), user, chat_id=str(q.message.chat.id))
+
+
 @guard
 async def on_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     q = update.callback_query
@@ -254,6 +273,8 @@ async def mypacks(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         link = f" {set_link(p.platform_set_name)}" if p.platform_set_name and p.status == "published" else ""
         out.append(text("mypacks_line", style=pl.style_name or text("own_style_name"),
                         strength=f"{p.strength:g}", state=text(f"pack_state_{p.status}"), link=link))
+        if pl.quality:
+            out.append(f"  {pl.quality}")
         if p.job_id is not None and p.status in ("ready", "uploading"):  # finished but not delivered: try again
             _notifier(context).watch(p.job_id, p.id, user, chat_id=str(update.effective_chat.id))
     await update.effective_message.reply_text("\n".join(out))
@@ -391,6 +412,10 @@ class TelegramSender:
     async def finish(self, w: Watch, view: ProgressView) -> None:
         await self._put(w, core.progress_text(view), None)
 
+    async def show_first_look(self, w: Watch, png: bytes, stage: str) -> None:
+        await self.bot.send_photo(self._chat(w), InputFile(png, filename=f"{stage}.png"),
+                                  caption=text(f"first_look_{stage}"))
+
     async def report_error(self, w: Watch, err: UserFacingError) -> None:
         try:
             await self.bot.send_message(self._chat(w), _explain(err, self.bot.username or ""))
@@ -417,7 +442,7 @@ class TelegramSender:
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
         lines = [text("done_updated" if regenerated else "done", link=pub.link), *core.result_notes(result)]
-        await self._put(w, "\n".join(lines), None)
+        await self._put(w, "\n".join(lines), rerender_markup(pack, result))
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)
 

@@ -150,3 +150,18 @@ def build_pack_preview(title: str, items: list[PackItem], *, extra: list[HtmlEnt
     entries.extend(extra or [])
     sheet = contact_sheet(items, columns=columns)
     return PackPreview(sheet, pack_html(title, entries, sheet_png=sheet), previews)
+
+
+def with_quality(page: bytes, summary: str, notes: list[str] | tuple[str, ...] = ()) -> bytes:
+    """The preview page with the pack's quality report (one line, plus why any measure is missing)
+    shown under its title. The page is the one :func:`pack_html` writes."""
+    html_text = page.decode("utf-8")
+    marker = "</h1>"
+    at = html_text.find(marker)
+    if at < 0:
+        raise ValueError("not a pack preview page: it has no <h1> title")
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    section = (f'<div class="quality"><h2>Quality</h2><p>{html.escape(summary or "not measured")}</p>'
+               + (f"<ul>{items}</ul>" if items else "") + "</div>")
+    at += len(marker)
+    return (html_text[:at] + section + html_text[at:]).encode("utf-8")

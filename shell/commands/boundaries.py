@@ -26,6 +26,12 @@ verify
     contact sheet (per boundary, a few latents at -d, 0, +d) for a look: a
     score cannot reveal a direction that is inverted as a whole, a picture can.
 
+demo
+    For ``make demo``: on the slim preset, when no usable boundary file is
+    installed, fits a quick slim one (a few dozen latents at a 16 px neural
+    rendering) where the engine looks for it, so the demo makes every
+    sticker. It is labelled FOR TESTS ONLY like any slim file: meaningless.
+
 Exit status: 0 success, 1 a check failed or the fit could not be made, 2 usage.
 """
 from __future__ import annotations
@@ -228,6 +234,41 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+DEMO_FIT = dict(n=48, batch=8, psi=0.7, fraction=0.25, neural_rendering_resolution=16)  # seconds on a CPU
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    """For ``make demo``: on the slim preset, fit a quick slim boundary file where the engine looks for one,
+    unless a usable one is there, so the demo makes every sticker. The file is meaningless (FOR TESTS ONLY)."""
+    from emoji3d.config import load_config
+    from engine.avatar.networks import pretrained_available
+    from engine.resources import load_installed_boundaries
+
+    cfg = load_config(ns.config)
+    if cfg.engine.preset == "pretrained" or (cfg.engine.preset == "auto" and pretrained_available(cfg.weights_dir)):
+        print("pretrained weights: real boundaries are fitted with `emoji3d boundaries fit` (not on the fly)",
+              file=sys.stderr)
+        return 0
+    out = cfg.boundaries_path
+    if out.is_file():
+        generator, _ = load_base_generator("slim", cfg.weights_dir, cfg.engine.seed, "cpu")
+        usable, _ = load_installed_boundaries(cfg, generator)
+        if usable is not None:
+            print(f"{out}: a slim boundary file for this generator is installed", file=sys.stderr)
+            return 0
+        try:
+            if not edits.load_boundaries(out).for_tests_only:
+                print(f"{out} holds real boundaries for another generator; not replacing it", file=sys.stderr)
+                return 1
+        except UserFacingError:
+            pass  # damaged: replaced below
+    print(f"fitting a quick slim boundary file at {out}: MEANINGLESS, it only lets the demo make every sticker",
+          file=sys.stderr)
+    fit = argparse.Namespace(config=ns.config, weights_dir=None, preset="slim", device="cpu", engine_seed=None,
+                             seed=0, out=str(out), expressions=None, layers=[], min_face_fraction=0.5, **DEMO_FIT)
+    return cmd_fit(fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emoji3d boundaries", description="expression boundaries of the base EG3D")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -254,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--min-face-fraction", type=float, default=0.5)
     f.add_argument("--neural-rendering-resolution", type=int, default=None)
     f.set_defaults(func=cmd_fit)
+
+    d = sub.add_parser("demo", help="slim preset: fit a quick, meaningless boundary file for the demo if none")
+    d.add_argument("--config", help="config.toml (default: $EMOJI3D_CONFIG or the repository's)")
+    d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("verify", help="check a boundary file (and optionally re-score edits)")
     common(v)

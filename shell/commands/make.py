@@ -31,7 +31,7 @@ from emoji3d.config import Config, load_config, prepare_data_dir
 from emoji3d.errors import UserFacingError
 from emoji3d.images import CleanImage, DecodeLimits, clean_image, read_file_bounded
 from storage.connect import open_storage
-from emoji3d.texts import explain, message
+from emoji3d.texts import explain, message, quality_summary
 
 
 def _is_style_path(value: str) -> bool:
@@ -248,6 +248,8 @@ def main(argv: list[str]) -> int:
             print(f"\n*** {FULL_WARNING if result.preset == 'full' else SLIM_WARNING} ***", file=sys.stderr)
         for line in result.missing:
             print(f"NOT MADE: {line}", file=sys.stderr)
+        if result.quality:
+            print(quality_summary(result.quality, result.preset), file=sys.stderr)
         if result.preview_html:
             print(f"open {out / 'preview.html'} to see the pack", file=sys.stderr)
         return 0

@@ -79,6 +79,11 @@ def res(tmp_path: Any, face_check: Any) -> BotResources:
     return make_resources(tmp_path, face_check)
 
 
+# A quality report as the engine writes it (engine.render.quality): one measure weak, one not taken.
+QUALITY = {"identity_pti": 0.62, "identity_stylized": 0.21, "multiview": None, "style_lpips": 0.35,
+           "weak": ["identity_stylized"], "notes": ["multiview: the frontal render has no opaque pixels"]}
+
+
 def finish_job(res: BotResources, job_id: int, files: dict[str, Any], *, preset: str = "slim",
                stage: tuple[str, float] | None = None) -> PackResult:
     """Play the engine: claim the job, optionally report a stage, then complete it
@@ -92,7 +97,7 @@ def finish_job(res: BotResources, job_id: int, files: dict[str, Any], *, preset:
     result = PackResult(pack_id=job.payload["pack_id"], preset=preset,
                         stickers=[StickerFiles(i, f"s{i}", EMOJIS[i], {"telegram_video": d})
                                   for i, d in enumerate(digests)],
-                        thumbnail={"telegram_thumb": thumb})
+                        thumbnail={"telegram_thumb": thumb}, quality=dict(QUALITY))
     make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
     return result

@@ -14,7 +14,8 @@ from bots.telegram.app import AppOptions, build_application, serve
 from emoji3d.texts import message, text
 from storage import deliveries, jobs, packs, selfies, users
 from storage import styles as st
-from tests.bots.conftest import finish_job, wait_for
+from emoji3d.texts import quality_summary
+from tests.bots.conftest import QUALITY, finish_job, wait_for
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.lifecycle import make_ready
@@ -125,6 +126,7 @@ def test_whole_conversation_creates_a_set(res, telegram_server, telegram_user, s
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             assert done["message_id"] == progress["message_id"]  # the same message, edited in place
             assert text("slim_warning") in done["text"]
+            assert quality_summary(QUALITY, "slim") in done["text"]  # the quality report, one line
             await wait_for(lambda: telegram_server.calls_to("sendSticker"), what="sendSticker")
 
     asyncio.run(scenario())
@@ -205,7 +207,8 @@ def test_delete_with_confirmation_erases_rows_blobs_and_sets(res, telegram_serve
             await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             name = packs.get_pack(res.db, placed.pack.id).platform_set_name
             chat.command("mypacks")
-            await chat.reply_containing(name)
+            listed = await chat.reply_containing(name)
+            assert quality_summary(QUALITY, "slim") in listed["text"]
             chat.command("delete")
             confirm = await chat.reply_containing("Delete everything?")
             chat.press(confirm, buttons(confirm)[text("delete_no")])
@@ -624,3 +627,82 @@ def test_about_to_start_is_said_once(res, telegram_server, telegram_user, selfie
     said = [c for c in telegram_server.calls if c.method in ("sendMessage", "editMessageText")
             and text("queued_soon") in str(c.params.get("text", ""))]
     assert len(said) == 1
+
+
+def test_first_look_stills_arrive_once_each_before_the_pack(res, telegram_server, telegram_user, selfie_png,
+                                                            sticker_files):
+    """The engine records a still after pivotal tuning and after stage 5; the bot sends each as one photo."""
+    from bots import core
+    from emoji3d.orders import first_look_key
+    from storage import artifacts
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    def photo_captions() -> list[str]:
+        return [c.params.get("caption", "") for c in telegram_server.calls_to("sendPhoto")]
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            chat.photo(selfie_png)
+            await chat.reply_containing(text("selfie_ok"))
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "dual_branch", 0.5)
+            artifacts.put_artifact(res.db, first_look_key(claimed.id, "photo_real"), "first_look",
+                                   res.blobs.put_bytes(sticker_files["thumb"]), user.id)
+            await wait_for(lambda: photo_captions() == [text("first_look_photo_real")], what="first photo")
+            artifacts.put_artifact(res.db, first_look_key(claimed.id, "stylized"), "first_look",
+                                   res.blobs.put_bytes(selfie_png), user.id)
+            await wait_for(lambda: len(photo_captions()) == 2, what="second photo")
+            assert photo_captions()[1] == text("first_look_stylized")
+            await asyncio.sleep(0.3)  # more ticks: nothing is sent again
+            assert len(photo_captions()) == 2
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_job(res, placed.job_id, sticker_files)
+            await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert len(photo_captions()) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_pack_offers_a_rerender_at_another_strength(res, telegram_server, telegram_user, selfie_png,
+                                                               sticker_files):
+    from bots import core
+    from emoji3d.orders import RERENDER_KIND, PackResult, StickerFiles
+
+    style = add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            await consent(chat)
+            chat.photo(selfie_png)
+            await chat.reply_containing(text("selfie_ok"))
+            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
+            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            result = PackResult(pack_id=placed.pack.id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"),
+                                stickers=[StickerFiles(i, f"s{i}", "😀", {"telegram_video": d})
+                                          for i, d in enumerate(videos)])
+            make_ready(res.db, placed.pack.id)
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            offered = buttons(done)
+            assert set(offered) == {text("rerender_button", strength=text("strength_subtle")),
+                                    text("rerender_button", strength=text("strength_medium"))}  # not "full" again
+            chat.press(done, offered[text("rerender_button", strength=text("strength_subtle"))])
+            rerender = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            assert rerender[0].payload["strength"] == 0.35 and rerender[0].payload["source_job_id"] == job.id
+            claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
+            again = PackResult(pack_id=placed.pack.id, preset="slim", avatar=result.avatar,
+                               stickers=[StickerFiles(0, "s0", "😀", {"telegram_video": videos[1]})])
+            jobs.complete(res.db, claimed.id, claimed.lease_token, again.to_dict(), again.blob_digests())
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
+
+    asyncio.run(scenario())

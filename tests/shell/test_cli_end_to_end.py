@@ -51,6 +51,26 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     # No boundary file is installed in a fresh data folder: the expression stickers are reported, not faked.
     assert result["missing"] and all(f"NOT MADE: {line}" in proc.stderr for line in result["missing"])
     assert [s["name"] for s in result["stickers"]] == ["turn", "nod"]
+    # The quality report: every measure taken (finite, in range) on slim, in the result, the page and the log.
+    quality = result["quality"]
+    assert -1 <= quality["identity_pti"] <= 1 and -1 <= quality["identity_stylized"] <= 1
+    assert 0 <= quality["multiview"] <= 1 and quality["style_lpips"] >= 0
+    assert "Quality: likeness" in proc.stderr and "Test weights: these numbers mean nothing." in proc.stderr
+    assert '<div class="quality"><h2>Quality</h2><p>Quality: likeness' in (out / "preview.html").read_text()
+    # The first-look stills (after pivotal tuning, after stage 5) were recorded for the bots, as PNGs.
+    from emoji3d.orders import first_look_key
+    from storage import artifacts, jobs
+    from storage.db import open_database
+
+    db = open_database(f"sqlite:///{tmp_path / 'data' / 'emoji3d.sqlite3'}")
+    try:
+        (job,) = jobs.list_jobs(db, kind="make_pack")
+        for stage in ("photo_real", "stylized"):
+            art = artifacts.get_artifact(db, first_look_key(job.id, stage))
+            assert art is not None and art.kind == "first_look", stage
+            assert next((tmp_path / "data" / "blobs").rglob(art.blob_digest), None) is not None
+    finally:
+        db.dispose()
     produced = sorted(p.name for p in out.iterdir())
     assert "avatar.safetensors" in produced and any(n.startswith("avatar_view") for n in produced)
     assert {"preview.png", "preview.html", "00_turn.telegram_video.webm", "01_nod.telegram_video.webm"} <= set(produced)
@@ -74,6 +94,26 @@ def test_make_runs_the_whole_job_and_says_what_it_is(config, tmp_path, repo_root
     assert second.returncode == 0, second.stderr[-3000:]
     result2 = json.loads((out / "result.json").read_text())
     assert {"invert_3d", "pivotal_tuning"} <= set(result2["skipped"]) and "style_finetune" not in result2["skipped"]
+
+
+@pytest.mark.slow  # about two minutes on a CPU: every sticker of the pack is rendered and encoded
+def test_make_demo_fits_a_slim_boundary_file_and_makes_every_sticker(config, tmp_path, repo_root):
+    """`make demo`'s two steps: a quick meaningless boundary file on the slim preset, then every sticker."""
+    fit = run(["--config", str(config), "boundaries", "demo"])
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "MEANINGLESS" in fit.stderr and "FOR TESTS ONLY" in fit.stderr
+    assert (tmp_path / "data" / "boundaries" / "eg3d.safetensors").is_file()
+    again = run(["--config", str(config), "boundaries", "demo"], timeout=120)
+    assert again.returncode == 0 and "is installed" in again.stderr  # fitted once
+    out = tmp_path / "out"
+    proc = run(["--config", str(config), "make", "--selfie", str(repo_root / "samples" / "selfie.jpg"),
+                "--style", "toon", "--out", str(out), "--steps", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    made = [s["name"] for s in result["stickers"]]
+    assert {"turn", "smile", "surprise", "anger", "nod", "blink"} <= set(made), made
+    assert "NOT MADE" not in proc.stderr and result["missing"] == []
+    assert result["quality"]["style_lpips"] is not None
 
 
 def test_make_refuses_a_non_image_with_the_friendly_text(config, tmp_path):

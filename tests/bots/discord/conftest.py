@@ -14,6 +14,7 @@ from bots.core import BotResources
 from bots.discord.app import BotOptions, EmojiBot
 from emoji3d.orders import PackResult, StickerFiles
 from storage import jobs
+from tests.bots.conftest import QUALITY
 from tests.fakes.discord_api import ServerConfig
 from tests.fakes.discord_harness import DiscordHarness, World, running_bot
 from tests.lifecycle import make_ready
@@ -50,7 +51,7 @@ def finish_discord_job(res: BotResources, job_id: int, files: dict[str, Any], *,
             f["discord_emoji"] = res.blobs.put_bytes(files["emoji"][i])
         stickers.append(StickerFiles(i, NAMES[i], EMOJIS[i], f))
     result = PackResult(pack_id=job.payload["pack_id"], preset=preset, stickers=stickers,
-                        preview_png=res.blobs.put_bytes(files["preview"]))
+                        preview_png=res.blobs.put_bytes(files["preview"]), quality=dict(QUALITY))
     make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
     return result

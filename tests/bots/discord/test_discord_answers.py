@@ -110,6 +110,9 @@ def test_sticker_names_carry_the_members_display_name(res, selfie_png, discord_f
             await h.deliver(payload)
             finish_discord_job(res, only_job(res).id, discord_files)
             (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="the result")
+            # the pack is marked published just after the follow-up: "Add to server" refuses it before
+            await wait_for(lambda: packs.list_packs(res.db, only_job(res).user_id)[0].status == "published",
+                           what="published")
             await h.deliver(h.click(custom_ids(fu)[0], w.moderator, message=fu))
             h.assert_no_errors()
             names = [c.form["name"] for c in h.server.calls_to("POST", STICKERS, ok_only=True)]

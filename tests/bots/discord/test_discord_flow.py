@@ -19,6 +19,8 @@ from storage import deliveries, jobs, packs, users
 from storage import styles as st
 from storage.communities import get_or_create_community
 from tests.bots.conftest import make_resources, wait_for
+from emoji3d.texts import quality_summary
+from tests.bots.conftest import QUALITY
 from tests.bots.discord.conftest import EMOJIS, bot_on_fake, finish_discord_job, run
 from tests.fakes import discord_payloads as payloads
 from tests.fakes.discord_harness import DiscordHarness, World
@@ -115,6 +117,8 @@ def test_create_flow_defers_shows_progress_and_delivers_files(res, selfie_png, d
             finish_discord_job(res, job.id, discord_files)
             (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="result follow-up")
             assert fu["content"].startswith(text("discord_done"))
+            assert quality_summary(QUALITY, "pretrained") in fu["content"]  # the quality report, one line
+            assert "Weak on: likeness (stylized)" in fu["content"]
             names = [a["filename"] for a in fu["attachments"]]
             assert len(names) == 4 and names[-1] == "preview.png"
             assert all(n.endswith(".png") or n.endswith(".gif") for n in names)
@@ -679,6 +683,74 @@ def test_dm_command_and_a_stills_only_result(res, selfie_png, discord_files):
             assert [a["filename"] for a in fu["attachments"]] == ["render0.png"]
             assert custom_ids(fu) == []  # nothing to add to a server
             await wait_for(lambda: packs.list_packs(res.db, job.user_id)[0].status == "published", what="published")
+            h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_first_look_stills_arrive_as_one_follow_up_each(res, selfie_png, discord_files):
+    """The engine records a still after pivotal tuning and after stage 5; each is one follow-up, once."""
+    import asyncio
+
+    from emoji3d.orders import first_look_key
+    from storage import artifacts
+
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            user = consented(res, w.member)
+            payload = create_payload(h, w.member["user"], selfie_png, style=str(style.id))
+            await h.deliver(payload)
+            h.assert_no_errors()
+            job = only_job(res)
+            claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "dual_branch", 0.5)
+            artifacts.put_artifact(res.db, first_look_key(job.id, "photo_real"), "first_look",
+                                   res.blobs.put_bytes(discord_files["preview"]), user.id)
+            (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="first look")
+            assert fu["content"] == text("first_look_photo_real")
+            assert [a["filename"] for a in fu["attachments"]] == ["photo_real.png"]
+            artifacts.put_artifact(res.db, first_look_key(job.id, "stylized"), "first_look",
+                                   res.blobs.put_bytes(selfie_png), user.id)
+            second = await wait_for(lambda: h.server.followups(payload["token"])[1:], what="stylized look")
+            assert second[0]["content"] == text("first_look_stylized")
+            await asyncio.sleep(0.3)
+            assert len(h.server.followups(payload["token"])) == 2  # each still once
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            finish_discord_job(res, job.id, discord_files)
+            await wait_for(lambda: len(h.server.followups(payload["token"])) == 3, what="the pack")
+            h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_a_delivered_pack_offers_a_rerender_at_another_strength(res, selfie_png, discord_files):
+    from emoji3d.orders import RERENDER_KIND, PackResult, StickerFiles
+
+    style = global_style(res, "toon", selfie_png)
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            consented(res, w.member)
+            payload = create_payload(h, w.member, selfie_png, style=str(style.id), strength="full")
+            await h.deliver(payload)
+            h.assert_no_errors()
+            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+            pack_id = job.payload["pack_id"]
+            result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"),
+                                stickers=[StickerFiles(0, "turn", EMOJIS[0], {
+                                    "discord_sticker": res.blobs.put_bytes(discord_files["stickers"][0])})])
+            make_ready(res.db, pack_id)
+            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+            (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="result follow-up")
+            ids = custom_ids(fu)
+            assert f"emoji3d:rr:{pack_id}:subtle" in ids and f"emoji3d:rr:{pack_id}:medium" in ids
+            assert f"emoji3d:rr:{pack_id}:full" not in ids  # the pack's own strength is not offered
+            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == "published", what="published")
+            await h.deliver(h.click(f"emoji3d:rr:{pack_id}:medium", w.member, message=fu))
+            (rerender,) = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            assert rerender.payload["strength"] == 0.7 and rerender.payload["source_job_id"] == job.id
             h.assert_no_errors()
 
     run(scenario())
