@@ -78,6 +78,11 @@ def build_handlers(cfg: Config) -> dict:
             "style_finetune": functools.partial(handle_style_finetune, res)}
 
 
+def artifact_key(kind: str, key: str) -> str:
+    """The artifacts-table key under which the job cache stores the pipeline's ``(kind, key)``."""
+    return artifacts.cache_key(kind, {"key": key}, {}, "")
+
+
 class BlobArtifactCache:
     """``engine.avatar.pipeline.ArtifactCache`` over the artifacts table and blob store.
 
@@ -93,7 +98,7 @@ class BlobArtifactCache:
         self.shared_style = shared_style
 
     def _key(self, kind: str, key: str) -> str:
-        return artifacts.cache_key(kind, {"key": key}, {}, "")
+        return artifact_key(kind, key)
 
     def get(self, kind: str, key: str) -> bytes | None:
         art = artifacts.get_artifact(self.jc.db, self._key(kind, key))

@@ -10,12 +10,13 @@ import torch
 from emoji3d.config import Config, EngineConfig, PackConfig, PathsConfig, StickerEntry
 from emoji3d.errors import AvatarGone
 from emoji3d.orders import RERENDER_KIND, PackOrder, PackResult, RerenderOrder
-from engine.avatar.pipeline import AvatarResult, result_to_bytes
+from engine.avatar.avatar_file import pack_tensors, result_to_bytes
+from engine.avatar.pipeline import AvatarResult, MemoryCache
 from engine.nets import camera
 from engine.resources import EngineResources
-from engine.tasks import handle_rerender_pack
+from engine.tasks import artifact_key, handle_rerender_pack
 from engine.worker import Worker
-from storage import jobs, packs, users
+from storage import artifacts, jobs, packs, users
 from storage.blobs import BlobStore
 from storage.db import open_database
 from tests.lifecycle import make_ready
@@ -36,8 +37,9 @@ def engine(tmp_path_factory):
     db.dispose()
 
 
-def stored_avatar(res: EngineResources) -> bytes:
-    """An avatar as the pipeline stores it: a latent, its noise, and a stylized delta that differs from PTI's."""
+def stored_avatar(res: EngineResources, db, blobs) -> bytes:
+    """An avatar as the pipeline stores it: a latent, its noise, and a stylized delta that differs from PTI's;
+    its style and portrait artifacts are in the job cache's table, where the avatar file refers to them."""
     g3d, g2d = res.pipeline.nets.g3d, res.pipeline.nets.g2d
     gen = torch.Generator().manual_seed(4)
     ws = g3d.mapping(torch.randn(1, g3d.config.z_dim, generator=gen), camera.conditioning_label(1))  # [1, L, 512]
@@ -47,7 +49,13 @@ def stored_avatar(res: EngineResources) -> bytes:
     avatar = AvatarResult(w_e=torch.zeros(g2d.num_ws, 512), w_2d=torch.zeros(1, g2d.num_ws, 512), w_3d=ws,
                           noise=noise, camera=camera.orbit_label(torch.tensor([0.0]), torch.tensor([0.0])),
                           delta_2d={}, delta_pti={}, delta_stylized=stylized, preset="slim")
-    return result_to_bytes(avatar)
+    cache = MemoryCache()
+    cache.put("style_2d", "style", pack_tensors({"w_e": avatar.w_e}))
+    cache.put("portrait_3d", "selfie", pack_tensors({"w_2d": avatar.w_2d, "w_3d": avatar.w_3d,
+                                                     **{f"noise.{n}": v for n, v in noise.items()}}))
+    for (kind, key), data in cache.store.items():
+        artifacts.put_artifact(db, artifact_key(kind, key), kind, blobs.put_bytes(data), None)
+    return result_to_bytes(avatar, cache, style_key="style", portrait_key="selfie")
 
 
 def finished_pack(db, blobs, avatar: bytes | None) -> tuple[int, int, int]:
@@ -75,7 +83,7 @@ def run_rerender(cfg, db, blobs, res, order: RerenderOrder) -> jobs.Job:
 
 def test_a_rerender_makes_the_chosen_stickers_at_the_new_strength_without_optimising(engine):
     cfg, db, blobs, res = engine
-    user_id, pack_id, source = finished_pack(db, blobs, stored_avatar(res))
+    user_id, pack_id, source = finished_pack(db, blobs, stored_avatar(res, db, blobs))
     half = run_rerender(cfg, db, blobs, res, RerenderOrder(user_id, pack_id, source, strength=0.0, stickers=("nod",)))
     assert half.status == "succeeded", half.error
     result = packs.result_of(half)
