@@ -56,7 +56,7 @@ class EngineResources:
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
         boundaries, problem = load_installed_boundaries(cfg, nets.g3d)
         return cls(cfg, Pipeline(nets, cfg.pipeline), LandmarkDetector(), face_cfg,
-                   DecodeLimits(max_megapixels=cfg.limits.max_image_megapixels), boundaries, problem)
+                   DecodeLimits.from_config(cfg.limits), boundaries, problem)
 
 
 def load_installed_boundaries(cfg: Config, g3d: torch.nn.Module) -> tuple[BoundarySet | None, str]:
