@@ -39,9 +39,6 @@ Conventions
 from __future__ import annotations
 
 import base64
-import collections
-import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -57,6 +54,8 @@ from storage import styles as st
 from storage.blobs import BlobStore
 from storage.communities import get_or_create_community
 from storage.db import Database
+
+from bots.upload_limit import UploadCounter
 
 STRENGTHS: dict[str, float] = {"subtle": 0.35, "medium": 0.7, "full": 1.0}
 DAY_SECONDS = 24 * 3600
@@ -102,42 +101,9 @@ class UnknownStrength(UserFacingError):
     key = "strength_invalid"
 
 
-class UploadRateLimited(UserFacingError):
-    """params: ``seconds`` (until the next upload is accepted)."""
-
-    key = "upload_rate_limited"
-
-
 # ----------------------------------------------------------------------------- resources
 
 FaceCheck = Callable[[Any], Any]  # (H, W, 3) uint8 RGB -> engine.face.analyze.FaceResult; raises UserFacingError
-
-UPLOAD_WINDOW_SECONDS = 60.0
-
-
-class UploadCounter:
-    """Uploads per key in a rolling window (this process; thread-safe): the bots'
-    decodes run in worker threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._times: dict[Any, collections.deque] = {}
-
-    def take(self, key: Any, now: float, limit: int, window: float = UPLOAD_WINDOW_SECONDS) -> None:
-        """Count one upload for ``key`` at ``now``, or raise :class:`UploadRateLimited`
-        when ``limit`` uploads already fell within the last ``window`` seconds."""
-        with self._lock:
-            times = self._times.setdefault(key, collections.deque())
-            while times and times[0] <= now - window:
-                times.popleft()
-            if len(times) >= limit:
-                wait = max(1, math.ceil(times[0] + window - now))
-                raise UploadRateLimited(f"{key}: {len(times)} uploads in {window:g} s", seconds=wait)
-            times.append(now)
-            if len(self._times) > 10_000:  # forget idle keys now and then
-                for k in [k for k, t in self._times.items() if not t or t[-1] <= now - window]:
-                    del self._times[k]
-
 
 @dataclass
 class BotResources:

@@ -103,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except UserFacingError as exc:
+        from emoji3d.errors import WeightsError
         from emoji3d.texts import explain
 
         sentence = explain(exc)
-        # An operator needs the specifics a chat user is spared (which file, which key).
-        if exc.detail and exc.detail not in sentence and exc.detail != exc.key.replace("_", " "):
+        # A chat user is spared which model file is missing or damaged; an operator needs it.
+        if isinstance(exc, WeightsError) and exc.detail and exc.detail not in sentence:
             sentence = f"{sentence} ({exc.detail})"
         print(sentence, file=sys.stderr)
         return 2
