@@ -10,6 +10,7 @@ import torch
 
 from engine.checks import check_folder, format_report
 from engine.nets import stylegan2
+from tests.engine.nets.perturb import perturb
 
 RES = 32  # tests use the slim preset at 32 px (fast on one CPU core)
 
@@ -32,18 +33,6 @@ def rosinality_dir(reference_fixtures):
     if not d.is_dir():
         pytest.skip("stylegan2_rosinality_slim fixture missing")
     return d
-
-
-def _perturb(G, seed=0):
-    """Non-zero noise strengths and biases so no term can be skipped unnoticed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in G.named_parameters():
-            if name.endswith("noise_strength"):
-                p.copy_(torch.rand([], generator=g) * 0.5 + 0.1)
-            elif name.endswith(".bias") and "affine" not in name:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return G
 
 
 def test_rosinality_fixture_matches_official_outputs(rosinality_dir):
@@ -70,7 +59,7 @@ def test_slim_preset_configs():
 
 def test_noise_modes_and_explicit_noise(slim):
     G, _ = slim
-    G = _perturb(G, seed=1)
+    G = perturb(G, seed=1)
     ws = G.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(3)), None)
     syn = G.synthesis
     const = syn(ws, noise_mode="const", impl="ref")
@@ -174,7 +163,7 @@ def test_other_architectures_and_clamp_build_and_run():
 @pytest.mark.gpu
 def test_cuda_fused_ops_match_reference_end_to_end():
     G, D = _slim()  # fresh copies: .cuda() moves modules in place
-    G = _perturb(G).cuda()
+    G = perturb(G).cuda()
     D = D.cuda()
     z = torch.randn(4, 512, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
     ws = G.mapping(z, None, impl="ref").requires_grad_(True)

@@ -9,6 +9,7 @@ import torch
 from emoji3d.errors import WeightsError
 from engine.nets import stylegan2
 from engine.weights.stylegan2_layouts import detect_layout, networks_from_checkpoint
+from tests.engine.nets.perturb import perturb
 
 
 @pytest.fixture(scope="module")
@@ -17,18 +18,6 @@ def rosinality_checkpoint(reference_fixtures):
     if not path.is_file():
         pytest.skip("stylegan2_rosinality_slim fixture missing")
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _perturb(G, seed=0):
-    """Non-zero noise strengths and biases so no term can be skipped unnoticed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in G.named_parameters():
-            if name.endswith("noise_strength"):
-                p.copy_(torch.rand([], generator=g) * 0.5 + 0.1)
-            elif name.endswith(".bias") and "affine" not in name:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return G
 
 
 def test_rosinality_widths_inferred_from_tensors(rosinality_checkpoint):
@@ -55,7 +44,7 @@ def test_rosinality_missing_tensor_is_a_clear_error(rosinality_checkpoint):
 
 
 def test_nvlabs_layout_loads_directly():
-    G = _perturb(stylegan2.StyleGAN2Generator.from_config(stylegan2.slim_generator_config(32), seed=3))
+    G = perturb(stylegan2.StyleGAN2Generator.from_config(stylegan2.slim_generator_config(32), seed=3))
     D = stylegan2.StyleGAN2Discriminator.from_config(stylegan2.slim_discriminator_config(32), seed=4)
     z = torch.randn(2, 512, generator=torch.Generator().manual_seed(0))
     ref = G(z, None, noise_mode="const", impl="ref")
@@ -123,7 +112,7 @@ def test_rosinality_layout_with_other_widths_and_resolution():
     G = stylegan2.Generator(512, 0, 512, 32, 3, mapping_kwargs=dict(num_layers=3),
                             channels_dict={4: 40, 8: 40, 16: 24, 32: 12}, num_fp16_res=0, conv_clamp=None)
     D = stylegan2.Discriminator(0, 32, 3, channels_dict={32: 12, 16: 24, 8: 40, 4: 40}, conv_clamp=None)
-    _perturb(G, seed=4)
+    perturb(G, seed=4)
     with torch.no_grad():
         G.mapping.w_avg.normal_()
     ckpt = _to_rosinality(G, D)
