@@ -97,7 +97,10 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def test_kill_and_network_cut_lose_nothing_and_duplicate_nothing(cluster):
+def test_kill_and_network_cut_lose_nothing_and_duplicate_nothing(cluster, monkeypatch):
+    # The cluster's own object store: its keys, whether or not the CI run exported them.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", servers.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", servers.SECRET_KEY)
     marks = cluster["tmp"] / "marks"
     marks.mkdir()
     db = open_database(cluster["pg"].url)
