@@ -15,6 +15,8 @@ Parts, in this order (the most important first, so a short budget loses the leas
    encode, and the projected selfie-to-pack time.
 4. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
 5. ``render``: ``bench/render.py`` at full size (multi-view rendering).
+6. ``profile``: one run of 3 steps per stage under ``torch.profiler``: how busy
+   the GPU is and the top operators by device and by host time.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -89,6 +91,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         Part("pipeline", "Per-user pipeline at full size (bench/stage_timing.py)", 300,
              [timing + ["--json", str(timing_json)]], result_json=timing_json),
         Part("nets", "Networks at full size (bench/nets.py)", 240, [nets]),
+        Part("profile", "Where a step's time goes (bench/stage_timing.py --profile)", 180,
+             [timing + ["--profile", "3", "--precisions", "fp32", "--json", str(json_dir / "profile_timing.json")]]),
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
     ]
 
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results" / "gpu-check.md")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for all parts together")
-    p.add_argument("--parts", nargs="+", choices=["build", "tests", "pipeline", "nets", "render"], default=None)
+    p.add_argument("--parts", nargs="+", choices=["build", "tests", "pipeline", "nets", "render", "profile"], default=None)
     p.add_argument("--json-out", type=pathlib.Path, default=None,
                    help="folder for the pipeline part's measurements (default: beside the report)")
     p.add_argument("--quick", action="store_true", help="tiny workloads, for trying the command on a CPU")

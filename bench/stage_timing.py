@@ -156,8 +156,28 @@ def time_pack(pipe, result, pack_cfg, device: torch.device) -> dict:
     return out
 
 
+def profile_run(pipe, portrait, exemplar, device: torch.device) -> None:
+    """Where one run's time goes: GPU-busy fraction and the top operators by device and by host time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        pipe(portrait, exemplar, seed=0)
+        synchronize(device)
+    wall = time.perf_counter() - t0
+    averages = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in averages)
+    print(f"\n# profile: {wall:.2f} s wall (under the profiler), device kernels busy {device_us / 1e6:.2f} s "
+          f"({100 * device_us / 1e6 / wall:.0f} %)")
+    if device.type == "cuda":
+        print(averages.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+
+
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
-            json_path: pathlib.Path | None = None) -> dict:
+            json_path: pathlib.Path | None = None, profile_steps: int = 0) -> dict:
     from bench.pipeline import count_flops
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -183,6 +203,8 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                         portrait, exemplar)
     report["flops_per_step"] = {stage: later for stage, (_first, later) in flops.items()}
     report["runs"] = {}
+    if profile_steps:
+        profile_run(Pipeline(nets, cfg.pipeline.reduced(profile_steps)), portrait, exemplar, device)
     for precision in precisions:  # one failing precision (or the pack after it) keeps what the others measured
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -254,13 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps per stage after the warm-up (even)")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--json", type=pathlib.Path, help="also write the measurements here")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="first profile one run of STEPS steps per stage (torch.profiler): the top operators")
     args = p.parse_args(argv)
     if args.steps < 2 or args.warmup < 1:
         p.error("--steps must be >= 2 and --warmup >= 1")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
-    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json)
+    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, args.profile)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

@@ -200,8 +200,8 @@ class Pipeline:
         """e4e W+ [B, L, 512] of an FFHQ-aligned crop in [-1, 1]."""
         from engine.nets.e4e import encode
 
-        with torch.no_grad():
-            ws = encode(self.nets.e4e, resize_bilinear(image_2d, 256), self.nets.e4e_latent_avg)
+        with torch.no_grad():  # the crops arrive on the CPU (engine.avatar.portrait)
+            ws = encode(self.nets.e4e, resize_bilinear(image_2d.to(self.nets.device), 256), self.nets.e4e_latent_avg)
         expected = self.nets.g2d.num_ws
         if ws.shape[1] != expected:
             raise ValueError(f"e4e gives {ws.shape[1]} styles but the 2D generator takes {expected}")
@@ -234,7 +234,7 @@ class Pipeline:
             log = StageLog("style_finetune", skipped=True)
             progress("style_finetune", 1, 1)
             return t["w_e"], _split("delta.", t), log
-        y_e = resize_bilinear(exemplar.image_2d, self.res_2d)
+        y_e = resize_bilinear(exemplar.image_2d.to(self.nets.device), self.res_2d)
         w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
         tuned = params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
         log = finetune_style(tuned, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,

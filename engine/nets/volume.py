@@ -293,7 +293,9 @@ def unify_samples(d1, c1, s1, d2, c2, s2):
 
 def project_onto_planes(coords: torch.Tensor) -> torch.Tensor:
     """Plane coordinates [N, 3, M, 2] of points [N, M, 3] (official axes, see module docstring)."""
-    return torch.stack([coords[..., list(ix)] for ix in PLANE_COORD_INDEX], dim=1)
+    # Basic indexing only: a list index builds an index tensor on the host, and its backward
+    # (index_put with accumulation) synchronises the GPU every optimisation step.
+    return torch.stack([torch.stack((coords[..., u], coords[..., v]), dim=-1) for u, v in PLANE_COORD_INDEX], dim=1)
 
 
 def _grid_sample_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
