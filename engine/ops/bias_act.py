@@ -181,26 +181,12 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
               ("relu no bias", x4, None, 1, None)]
     results: dispatch.ProbeResults = []
     for label, x, b, dim, clamp in cases:
-        act = label.split()[0]
-        x_fused = x.to(device=device, dtype=dtype, copy=True).requires_grad_(True)
-        x_ref = x_fused.detach().double().requires_grad_(True)
-        inputs_fused, inputs_ref = [x_fused], [x_ref]
-        b_fused = b_ref = None
-        if b is not None:
-            b_fused = b.to(device=device, dtype=dtype, copy=True).requires_grad_(True)
-            b_ref = b_fused.detach().double().requires_grad_(True)
-            inputs_fused.append(b_fused)
-            inputs_ref.append(b_ref)
-        y_fused = bias_act_fused(kernel, x_fused, b_fused, dim=dim, act=act, clamp=clamp)
-        y_ref = bias_act_ref(x_ref, b_ref, dim=dim, act=act, clamp=clamp)
-        results.append((f"forward {label}", y_fused, y_ref))
-        if y_fused.shape != y_ref.shape:
-            continue
-        dy = draw(*y_ref.shape).to(device=device, dtype=dtype)
-        grads_fused = torch.autograd.grad(y_fused, inputs_fused, dy)
-        grads_ref = torch.autograd.grad(y_ref, inputs_ref, dy.double())
-        for name, fused, reference in zip(("x", "b"), grads_fused, grads_ref):
-            results.append((f"gradient {label} w.r.t. {name}", fused, reference))
+        options = dict(dim=dim, act=label.split()[0], clamp=clamp)
+        inputs, names = ([x], ("x",)) if b is None else ([x, b], ("x", "b"))
+        results += dispatch.compare_with_reference(
+            label, lambda t, bias=None, options=options: bias_act_fused(kernel, t, bias, **options),
+            lambda t, bias=None, options=options: bias_act_ref(t, bias, **options), inputs, names, device, dtype,
+            draw)
     return results
 
 

@@ -88,6 +88,27 @@ def probe_normal(seed: int) -> Callable[..., torch.Tensor]:
     return lambda *shape: torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
 
 
+def compare_with_reference(label: str, fused: Callable[..., torch.Tensor], reference: Callable[..., torch.Tensor],
+                           inputs: list[torch.Tensor], names: tuple[str, ...], device: torch.device,
+                           dtype: torch.dtype, draw: Callable[..., torch.Tensor]) -> ProbeResults:
+    """One probe case: ``fused(*inputs)`` with the inputs cast to ``dtype`` on ``device``, and
+    ``reference(*inputs)`` on the same (rounded) values in float64; the forward results, then
+    the gradient w.r.t. each input (named by ``names``) from one random output gradient drawn
+    with ``draw``. A forward of the wrong shape is returned alone (nothing to differentiate)."""
+    inputs_fused = [t.to(device=device, dtype=dtype, copy=True).requires_grad_(True) for t in inputs]
+    inputs_ref = [t.detach().double().requires_grad_(True) for t in inputs_fused]
+    out_fused, out_ref = fused(*inputs_fused), reference(*inputs_ref)
+    results: ProbeResults = [(f"forward {label}", out_fused, out_ref)]
+    if out_fused.shape != out_ref.shape:
+        return results
+    d_out = draw(*out_ref.shape).to(device=device, dtype=dtype)
+    grads_fused = torch.autograd.grad(out_fused, inputs_fused, d_out)
+    grads_ref = torch.autograd.grad(out_ref, inputs_ref, d_out.double())
+    for name, grad_fused, grad_ref in zip(names, grads_fused, grads_ref):
+        results.append((f"gradient {label}" + (f" w.r.t. {name}" if len(names) > 1 else ""), grad_fused, grad_ref))
+    return results
+
+
 @dataclass(frozen=True)
 class Decision:
     """How an op runs on one (device, dtype): ``kernel`` None means the reference."""

@@ -87,18 +87,10 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
     ]
     results: dispatch.ProbeResults = []
     for label, weight, styles, demodulate in cases:
-        inputs_fused = [t.to(device=device, dtype=dtype, copy=True).requires_grad_(True) for t in (weight, styles)]
-        inputs_ref = [t.detach().double().requires_grad_(True) for t in inputs_fused]
-        out_fused = modulate_weights_fused(kernel, *inputs_fused, demodulate)
-        out_ref = modulate_weights_ref(*inputs_ref, demodulate)
-        results.append((f"forward {label}", out_fused, out_ref))
-        if out_fused.shape != out_ref.shape:
-            continue
-        dout = draw(*out_ref.shape).to(device=device, dtype=dtype)
-        grads_fused = torch.autograd.grad(out_fused, inputs_fused, dout)
-        grads_ref = torch.autograd.grad(out_ref, inputs_ref, dout.double())
-        for name, fused, reference in zip(("weight", "styles"), grads_fused, grads_ref):
-            results.append((f"gradient {label} w.r.t. {name}", fused, reference))
+        results += dispatch.compare_with_reference(
+            label, lambda w, s, demodulate=demodulate: modulate_weights_fused(kernel, w, s, demodulate),
+            lambda w, s, demodulate=demodulate: modulate_weights_ref(w, s, demodulate), [weight, styles],
+            ("weight", "styles"), device, dtype, draw)
     return results
 
 

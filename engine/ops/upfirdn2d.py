@@ -234,18 +234,11 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
     ]
     results: dispatch.ProbeResults = []
     for label, f, up, down, padding, flip_filter, gain in cases:
-        x_fused = x.to(device=device, dtype=dtype, copy=True).requires_grad_(True)
-        x_ref = x_fused.detach().double().requires_grad_(True)
         params = dict(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
-        y_ref = upfirdn2d_ref(x_ref, f.to(device), **params)
-        y_fused = upfirdn2d_fused(kernel, x_fused, f.to(device), **params)
-        results.append((f"forward {label}", y_fused, y_ref))
-        if y_fused.shape != y_ref.shape:
-            continue
-        dy = draw(*y_ref.shape).to(device=device, dtype=dtype)
-        (dx_fused,) = torch.autograd.grad(y_fused, x_fused, dy)
-        (dx_ref,) = torch.autograd.grad(y_ref, x_ref, dy.double())
-        results.append((f"gradient {label}", dx_fused, dx_ref))
+        f = f.to(device)
+        results += dispatch.compare_with_reference(
+            label, lambda t, f=f, params=params: upfirdn2d_fused(kernel, t, f, **params),
+            lambda t, f=f, params=params: upfirdn2d_ref(t, f, **params), [x], ("x",), device, dtype, draw)
     return results
 
 
