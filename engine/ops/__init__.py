@@ -25,7 +25,7 @@ FUSED_OPS: tuple[dispatch.FusedOp, ...] = (upfirdn2d.FUSED, bias_act.FUSED, modu
 
 
 def implementations(device: torch.device | str,
-                    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16)) -> dict[str, str]:
+                    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)) -> dict[str, str]:
     """How each op with a fused kernel runs on ``device``, for each of ``dtypes``.
 
     On CUDA this builds (or loads) every kernel and self-checks it now, so a
@@ -34,6 +34,6 @@ def implementations(device: torch.device | str,
     (self-check passed, float32, max error 2.4e-07 <= 1e-04)`` or
     ``bias_act: pure-torch reference (no fused kernels for cpu tensors)``.
     float16 is in the default because StyleGAN2/EG3D run their high-resolution
-    blocks in half precision on CUDA.
+    blocks in half precision on CUDA, bfloat16 because of the stages' bf16 autocast.
     """
     return {op.name: dispatch.describe(op, device, dtypes) for op in FUSED_OPS}

@@ -190,9 +190,9 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
     return results
 
 
-# The dtypes cuda/bias_act.cu dispatches on (AT_DISPATCH_FLOATING_TYPES_AND_HALF).
+# The dtypes cuda/bias_act.cu dispatches on (AT_DISPATCH_FLOATING_TYPES_AND2 with Half and BFloat16).
 FUSED = dispatch.FusedOp(name="bias_act", extension="bias_act",
-                         dtypes=(torch.float32, torch.float16, torch.float64), probe=_probe)
+                         dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), probe=_probe)
 
 
 # --------------------------------------------------------------------------- switch

@@ -48,10 +48,12 @@ IMPLS = ("ref", "cuda", "auto")
 # results carry float32-size rounding of those parameters (~1e-7 relative).
 # float32: float accumulation over a few filter taps / a weight row, ~1e-6.
 # float16: the result itself is rounded to 11 bits (~5e-4 relative).
+# bfloat16 (the bf16 autocast of the optimisation stages): rounded to 8 bits (~4e-3 relative).
 SELF_CHECK_TOLERANCE: dict[torch.dtype, float] = {
     torch.float64: 1e-6,
     torch.float32: 1e-4,
     torch.float16: 1e-2,
+    torch.bfloat16: 5e-2,
 }
 
 # (label, fused result, reference result) triples: what a probe returns.

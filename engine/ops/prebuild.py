@@ -5,7 +5,7 @@ the build machine usually has no GPU, and ``EMOJI3D_OPS_CACHE`` to a path that
 ships in the image. Without a GPU and without ``TORCH_CUDA_ARCH_LIST`` there is
 nothing to target: it says so and exits 0. A failed build exits 1. When a
 GPU is visible, every built kernel is also self-checked against its reference
-(float32 and float16 where the kernel takes it, ``engine.ops.dispatch``) and a
+(float32, float16 and bfloat16 where the kernel takes it, ``engine.ops.dispatch``) and a
 failed self-check exits 1 too.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         for op in FUSED_OPS:
             if op.extension not in args.ops or op.extension in failed:
                 continue
-            for dtype in (d for d in (torch.float32, torch.float16) if d in op.dtypes):
+            for dtype in (d for d in (torch.float32, torch.float16, torch.bfloat16) if d in op.dtypes):
                 decision = dispatch.decide(op, device, dtype)
                 print(f"  {op.name} {dispatch.dtype_name(dtype)}: {decision.description}")
                 if decision.kernel is None:

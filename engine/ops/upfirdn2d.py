@@ -242,9 +242,9 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
     return results
 
 
-# The dtypes cuda/upfirdn2d.cu dispatches on (AT_DISPATCH_FLOATING_TYPES_AND_HALF).
+# The dtypes cuda/upfirdn2d.cu dispatches on (AT_DISPATCH_FLOATING_TYPES_AND2 with Half and BFloat16).
 FUSED = dispatch.FusedOp(name="upfirdn2d", extension="upfirdn2d",
-                         dtypes=(torch.float32, torch.float16, torch.float64), probe=_probe)
+                         dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), probe=_probe)
 
 
 # --------------------------------------------------------------------------- switch and helpers

@@ -82,7 +82,7 @@ torch::Tensor bias_act_cuda_forward(torch::Tensor x, torch::Tensor b, long inner
     if (total == 0) return y;
     const bool has_bias = b.numel() > 0;
     const long C = has_bias ? b.size(0) : 1;
-    AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "bias_act_fwd", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "bias_act_fwd", [&] {
         bias_act_fwd_kernel<scalar_t><<<n_blocks(total), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
             x.data_ptr<scalar_t>(), has_bias ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), total, inner, C,
             has_bias, act, (float)alpha, (float)gain, (float)clamp);
@@ -99,7 +99,7 @@ torch::Tensor bias_act_cuda_grad(torch::Tensor dy, torch::Tensor x, torch::Tenso
     if (total == 0) return dx;
     const bool has_bias = b.numel() > 0;
     const long C = has_bias ? b.size(0) : 1;
-    AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "bias_act_grad", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "bias_act_grad", [&] {
         bias_act_grad_kernel<scalar_t><<<n_blocks(total), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
             dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), has_bias ? b.data_ptr<scalar_t>() : nullptr,
             dx.data_ptr<scalar_t>(), total, inner, C, has_bias, act, (float)alpha, (float)gain, (float)clamp);

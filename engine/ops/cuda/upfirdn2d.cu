@@ -64,7 +64,7 @@ torch::Tensor upfirdn2d_cuda_forward(torch::Tensor x, torch::Tensor f, int upx, 
     if (total == 0) return y;
     const int threads = 256;
     const int blocks = (int)std::min<long>((total + threads - 1) / threads, 65535L * 8);
-    AT_DISPATCH_FLOATING_TYPES_AND_HALF(x.scalar_type(), "upfirdn2d_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
         upfirdn2d_kernel<scalar_t><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             x.data_ptr<scalar_t>(), f.data_ptr<float>(), y.data_ptr<scalar_t>(), N * C, H, W, OH, OW, fh, fw,
             upx, upy, downx, downy, px0, py0, flip, (float)gain);

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.gpu
 # Bound on max|cuda - ref| / max(1, max|ref|), the reference computed in float64
 # from the same (rounded) inputs, so this is the kernel's own rounding: float
 # accumulation, and for float16 the rounding of the result (~5e-4).
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2}
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def _assert_close(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
@@ -46,14 +46,14 @@ def _check_against_reference(fn, inputs: list[torch.Tensor], what: str) -> None:
 
 
 def test_every_kernel_passes_its_self_check():
-    lines = engine.ops.implementations("cuda", dtypes=(torch.float32, torch.float16, torch.float64))
+    lines = engine.ops.implementations("cuda", dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64))
     for op in ("upfirdn2d", "bias_act"):
-        assert lines[op].count("fused CUDA kernel (self-check passed") == 3, lines[op]
+        assert lines[op].count("fused CUDA kernel (self-check passed") == 4, lines[op]
     modconv = lines["modulate_weights"]
     assert modconv.startswith("fused CUDA kernel (self-check passed, float32"), modconv
 
 
-F32, F16 = torch.float32, torch.float16
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 UPFIRDN2D_CASES = [  # label, x shape, dtype, arguments (filter: setup_filter([1, 3, 3, 1]), 4x4)
     # conv2d_resample(up=2, 3x3): the transposed conv's output, filtered with padding 1, gain up^2.
     ("StyleGAN2 G conv0 8->16", (4, 512, 17, 17), F32, dict(padding=1, gain=4)),
@@ -66,6 +66,9 @@ UPFIRDN2D_CASES = [  # label, x shape, dtype, arguments (filter: setup_filter([1
     ("EG3D SR image upsample2d 128->256", (1, 3, 128, 128), F32, dict(up=2, padding=[2, 1, 2, 1], gain=4)),
     ("EG3D SR conv0 128->256", (1, 256, 257, 257), F16, dict(padding=1, gain=4)),
     ("EG3D backbone conv0 128->256", (1, 128, 257, 257), F32, dict(padding=1, gain=4)),
+    # Under the stages' bf16 autocast the convolutions hand these ops bfloat16.
+    ("EG3D SR conv0 128->256 bf16", (1, 256, 257, 257), BF16, dict(padding=1, gain=4)),
+    ("StyleGAN2 D conv1 16->8 bf16", (4, 512, 16, 16), BF16, dict(padding=2)),
 ]
 
 
@@ -85,6 +88,8 @@ BIAS_ACT_CASES = [  # label, x shape, dtype, arguments
     ("StyleGAN2 D epilogue fc", (4, 512), F32, dict(act="lrelu")),
     ("EG3D backbone ToRGB linear, 256px", (1, 96, 256, 256), F32, dict()),
     ("EG3D SR conv lrelu clamp 256, 512px", (1, 128, 512, 512), F16, dict(act="lrelu", clamp=256)),
+    ("EG3D SR conv lrelu clamp 256, 512px bf16", (1, 128, 512, 512), BF16, dict(act="lrelu", clamp=256)),
+    ("StyleGAN2 G conv lrelu, 64px bf16", (4, 512, 64, 64), BF16, dict(act="lrelu")),
 ]
 
 
