@@ -97,7 +97,7 @@ def time_stages(pipe, portrait, exemplar, warmup: int, device: torch.device) -> 
     out = {}
     for stage in STAGES:
         t = marks[stage]
-        measured = t[warmup:]
+        measured = t[warmup - 1:]  # t[k] is the end of step k + 1: from the end of the warm-up on
         per_step = (measured[-1] - measured[0]) / (len(measured) - 1) if len(measured) > 1 else float("nan")
         out[stage] = {"seconds_per_step": per_step, "steps_timed": len(measured) - 1,
                       "stage_seconds": result.logs[stage].seconds}
