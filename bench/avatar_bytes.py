@@ -30,7 +30,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
 
-from engine.avatar import avatar_file, params  # noqa: E402
+from engine.avatar import avatar_file, delta_codec, params, portrait_artifact  # noqa: E402
 from engine.avatar.pipeline import TUNE_PREFIXES_3D, AvatarResult, MemoryCache  # noqa: E402
 from engine.nets.eg3d import PRESETS, TriPlaneGenerator  # noqa: E402
 from engine.render.frames import camera_path  # noqa: E402
@@ -83,7 +83,9 @@ def main() -> None:
         device_note = f"CPU: neural rendering at {args.neural_res} px, 24+24 samples"
     g3d = TriPlaneGenerator.from_config(cfg, seed=0).eval()
     gen = torch.Generator().manual_seed(0)
-    pti, residual = random_delta(g3d, 0.02, gen), random_delta(g3d, 0.05, gen)
+    exact_pti, residual = random_delta(g3d, 0.02, gen), random_delta(g3d, 0.05, gen)
+    quantized_pti = portrait_artifact.quantize_pti(exact_pti)
+    pti = delta_codec.dequantize(quantized_pti, None)  # what the pipeline uses and stores
     stylized = {k: (v.float() + residual[k].float()).half() for k, v in pti.items()}
     names = g3d.backbone.synthesis.noise_layer_names()
     noise = {n: torch.randn(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0]), generator=gen) for n in names}
@@ -93,9 +95,12 @@ def main() -> None:
                           delta_pti=pti, delta_stylized=stylized)
     cache = MemoryCache()
     cache.put("style_2d", "style", avatar_file.pack_tensors({"w_e": result.w_e}))
-    portrait_blob = avatar_file.pack_tensors({"w_2d": result.w_2d, "w_3d": w_3d, "camera": result.camera,
-                                              **{f"noise.{n}": v for n, v in noise.items()},
-                                              **{f"delta.{k}": v for k, v in pti.items()}})
+    crop = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64)
+    fp16_portrait_blob = avatar_file.pack_tensors({"w_2d": result.w_2d, "w_3d": w_3d, "camera": result.camera,
+                                                   "crop2d_to_crop3d": crop,
+                                                   **{f"noise.{n}": v for n, v in noise.items()},
+                                                   **{f"delta.{k}": v for k, v in exact_pti.items()}})
+    portrait_blob = portrait_artifact.to_bytes(result.w_2d, w_3d, noise, result.camera, crop, quantized_pti)
     cache.put("portrait_3d", "selfie", portrait_blob)
     n_weights = sum(v.numel() for v in stylized.values())
     old = old_file_bytes(result, STYLEGAN2_1024_SYNTHESIS_PARAMS)
@@ -103,12 +108,16 @@ def main() -> None:
     t0 = time.perf_counter()
     exact = render(g3d, stylized, result, cameras)
     render_s = time.perf_counter() - t0
+    pti_db = psnr(render(g3d, exact_pti, result, cameras), render(g3d, pti, result, cameras))
     mb = 1e6
     print(f"EG3D {args.preset}: {n_weights / 1e6:.1f} M tuned weights; render {args.views} views "
-          f"({device_note}, {render_s:.0f} s); per-selfie portrait_3d artifact {len(portrait_blob) / mb:.1f} MB")
-    print(f"| avatar file | levels/std | avatar MB | per user per pack MB (avatar + portrait_3d) | PSNR dB | encode s |")
+          f"({device_note}, {render_s:.0f} s)")
+    print(f"per-selfie portrait_3d artifact: fp16 delta {len(fp16_portrait_blob) / mb:.1f} MB -> int8 at "
+          f"{portrait_artifact.PTI_LEVELS_PER_STD:g} levels/std {len(portrait_blob) / mb:.1f} MB; photo-real "
+          f"(strength 0) renders from it vs the exact delta: PSNR {pti_db:.1f} dB")
+    print("| avatar file | levels/std | avatar MB | per user per pack MB (avatar + portrait_3d) | PSNR dB | encode s |")
     print("|---|---|---|---|---|---|")
-    print(f"| before (copies, fp16) | - | {old / mb:.1f} | {(old + len(portrait_blob)) / mb:.1f} | exact | - |")
+    print(f"| before (copies, fp16) | - | {old / mb:.1f} | {(old + len(fp16_portrait_blob)) / mb:.1f} | exact | - |")
     for levels in args.levels:
         t0 = time.perf_counter()
         blob = avatar_file.result_to_bytes(result, cache, style_key="style", portrait_key="selfie",

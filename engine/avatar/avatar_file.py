@@ -15,12 +15,11 @@ The avatar file (format 2) does not copy what the artifact cache already holds:
   avatar is then expired too: it cannot outlive the per-user artifact it
   points at, which follows the retention policy.
 * ``delta_stylized`` is stored as its residual against the PTI delta,
-  ``r = delta_stylized - delta_pti`` (fp32), quantised per output channel
-  (dim 0) with a uniform step ``std(r_c) / LEVELS_PER_STD`` to int8 and
-  zlib-compressed (``res.<name>``: uint8 bytes, ``step.<name>``: fp32 [C]).
-  Tensors of fewer than 2 dims (biases, per-channel gains) are stored as the
-  fp16 residual (``raw.<name>``). Decoding gives
-  ``fp16(delta_pti + q * step)``.
+  ``r = delta_stylized - delta_pti``, with :mod:`engine.avatar.delta_codec`
+  (int8 per output channel with the step ``std(r_c) / LEVELS_PER_STD``,
+  zlib-compressed; tensors of fewer than 2 dims as fp16). Decoding gives
+  ``fp16(delta_pti + q * step)``. The PTI delta itself lives, compact too, in
+  the per-selfie artifact (:mod:`engine.avatar.portrait_artifact`).
 
 Error bound (the setting chosen, ``LEVELS_PER_STD = 4``): the per-weight
 error of the residual is at most step/2 = std(r_c)/8 and its RMS is
@@ -34,20 +33,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
 import torch
 
 from emoji3d.orders import ENGINE_VERSION
+from engine.avatar import delta_codec, portrait_artifact, tensor_file
 from engine.avatar.pipeline import AvatarResult
 from engine.avatar.tensor_file import pack_tensors, unpack_tensors
 
 FORMAT = "2"
 LEVELS_PER_STD = 4.0           # quantisation steps per residual standard deviation (per channel)
 RENDER_PSNR_BOUND_DB = 40.0    # the stated bound: views from the decoded delta vs the uncompressed one
-_INT8_MAX = 127
 
 
 class AvatarFileError(ValueError):
@@ -74,14 +72,11 @@ class ArtifactRef:
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` strings of a safetensors file."""
-    if len(data) < 8:
-        raise AvatarFileError("not a safetensors file: shorter than its 8-byte header length")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise AvatarFileError(f"safetensors header of {n} bytes in a file of {len(data)}")
-    header = json.loads(data[8:8 + n])
-    return header.get("__metadata__", {}) or {}
+    """The ``__metadata__`` strings of an avatar file."""
+    try:
+        return tensor_file.read_metadata(data)
+    except tensor_file.TensorFileError as exc:
+        raise AvatarFileError(str(exc)) from exc
 
 
 def _split(prefix: str, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,48 +89,17 @@ def encode_residual(stylized: Mapping[str, torch.Tensor], pti: Mapping[str, torc
                     levels_per_std: float = LEVELS_PER_STD) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     """Tensors and shapes that store ``stylized`` relative to ``pti`` (both fp16 deltas; a name
     missing from ``pti`` counts as a zero PTI delta)."""
-    out: dict[str, torch.Tensor] = {}
-    shapes: dict[str, list[int]] = {}
-    for name, value in stylized.items():
-        base = pti.get(name)
-        residual = value.float() - (base.float() if base is not None else 0.0)
-        shapes[name] = list(residual.shape)
-        if residual.dim() < 2:
-            out[f"raw.{name}"] = residual.half()
-            continue
-        rows = residual.reshape(residual.shape[0], -1)                    # [C, fan-in]
-        step = rows.std(dim=1, unbiased=False) / levels_per_std             # [C]
-        step = torch.where(step > 0, step, torch.ones_like(step))
-        q = torch.round(rows / step[:, None]).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
-        packed = zlib.compress(q.numpy().tobytes(), 6)
-        out[f"res.{name}"] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
-        out[f"step.{name}"] = step.float()
-    return out, shapes
+    quantized = delta_codec.quantize(stylized, pti, levels_per_std)
+    return delta_codec.to_tensors(quantized), quantized.shapes
 
 
 def decode_residual(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]],
                     pti: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The fp16 stylized delta back from :func:`encode_residual`'s tensors and the PTI delta."""
-    out: dict[str, torch.Tensor] = {}
-    for name, shape in shapes.items():
-        base = pti.get(name)
-        base32 = base.float() if base is not None else torch.zeros(shape)
-        if f"raw.{name}" in tensors:
-            out[name] = (base32 + tensors[f"raw.{name}"].float()).half()
-            continue
-        if f"res.{name}" not in tensors or f"step.{name}" not in tensors:
-            raise AvatarFileError(f"avatar file: the stylized residual of {name} is missing")
-        numel = 1
-        for s in shape:
-            numel *= int(s)
-        inflater = zlib.decompressobj()
-        raw = inflater.decompress(tensors[f"res.{name}"].numpy().tobytes(), numel)
-        if len(raw) != numel or inflater.unconsumed_tail or not inflater.eof:
-            raise AvatarFileError(f"avatar file: the stylized residual of {name} does not hold {numel} values")
-        q = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(shape[0], -1).float()  # [C, fan-in]
-        residual = (q * tensors[f"step.{name}"].float()[:, None]).reshape(shape)
-        out[name] = (base32 + residual).half()
-    return out
+    try:
+        return delta_codec.dequantize(delta_codec.from_tensors(tensors, shapes, "stylized residual"), pti)
+    except delta_codec.DeltaCodecError as exc:
+        raise AvatarFileError(f"avatar file: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- the avatar file
@@ -160,14 +124,14 @@ def result_to_bytes(result: AvatarResult, cache: ArtifactReader, *, style_key: s
     return pack_tensors({"camera": result.camera, **residual}, meta)
 
 
-def _resolve(cache: ArtifactReader, ref: ArtifactRef) -> dict[str, torch.Tensor]:
+def _resolve(cache: ArtifactReader, ref: ArtifactRef) -> bytes:
     data = cache.get(ref.kind, ref.key)
     if data is None:
         raise AvatarArtifactGone(f"the avatar's {ref.kind} artifact has expired or was evicted; "
                                  f"the avatar has expired with it")
     if hashlib.sha256(data).hexdigest() != ref.sha256:
         raise AvatarArtifactChanged(f"the avatar's {ref.kind} artifact was replaced since the avatar was made")
-    return unpack_tensors(data)
+    return data
 
 
 def result_from_bytes(data: bytes, cache: ArtifactReader) -> AvatarResult:
@@ -182,11 +146,14 @@ def result_from_bytes(data: bytes, cache: ArtifactReader) -> AvatarResult:
         raise AvatarFileError(f"avatar file: unreadable references or shapes ({exc})") from exc
     if set(refs) != {"style_2d", "portrait_3d"}:
         raise AvatarFileError(f"avatar file references {sorted(refs)}, expected style_2d and portrait_3d")
-    style, portrait = _resolve(cache, refs["style_2d"]), _resolve(cache, refs["portrait_3d"])
+    style = unpack_tensors(_resolve(cache, refs["style_2d"]))
+    try:
+        portrait = portrait_artifact.from_bytes(_resolve(cache, refs["portrait_3d"]))
+    except portrait_artifact.PortraitArtifactError as exc:
+        raise AvatarFileError(f"avatar file: its {exc}") from exc
     tensors = unpack_tensors(data)
-    delta_pti = _split("delta.", portrait)
     return AvatarResult(
-        w_e=style["w_e"], w_2d=portrait["w_2d"], w_3d=portrait["w_3d"], noise=_split("noise.", portrait),
-        camera=tensors["camera"], delta_2d=_split("delta.", style), delta_pti=delta_pti,
-        delta_stylized=decode_residual(tensors, shapes, delta_pti), preset=meta.get("preset", "slim"),
+        w_e=style["w_e"], w_2d=portrait.w_2d, w_3d=portrait.w_3d, noise=portrait.noise,
+        camera=tensors["camera"], delta_2d=_split("delta.", style), delta_pti=portrait.delta_pti,
+        delta_stylized=decode_residual(tensors, shapes, portrait.delta_pti), preset=meta.get("preset", "slim"),
         engine_version=meta.get("engine_version", ENGINE_VERSION))

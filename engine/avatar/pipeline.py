@@ -49,7 +49,7 @@ from torch import nn
 
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
-from engine.avatar import params
+from engine.avatar import delta_codec, params, portrait_artifact
 from engine.avatar.tensor_file import pack_tensors, unpack_tensors
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
@@ -221,9 +221,9 @@ class Pipeline:
         blob = cache.get("portrait_3d", self.portrait_key(portrait_key))
         if blob is None:
             return None
-        t = unpack_tensors(blob)
-        return PortraitInputs(image_2d=None, image_3d=None, camera=t["camera"],
-                              crop2d_to_crop3d=t["crop2d_to_crop3d"].double(), key=portrait_key)
+        stored = portrait_artifact.from_bytes(blob)
+        return PortraitInputs(image_2d=None, image_3d=None, camera=stored.camera,
+                              crop2d_to_crop3d=stored.crop2d_to_crop3d, key=portrait_key)
 
     def stylize_2d(self, exemplar: PortraitInputs, generator: torch.Generator, progress: ProgressFn = no_progress,
                    cache: ArtifactCache | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], StageLog]:
@@ -250,11 +250,11 @@ class Pipeline:
         """Stages 1 (portrait) + 3 + 4, cached per selfie. Returns (w_2d, pivot, delta_pti, logs)."""
         key = self.portrait_key(portrait.key)
         if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
-            t = unpack_tensors(blob)
-            names = self.noise_names_3d()
-            pivot = Inversion(t["w_3d"], [t[f"noise.{n}"] for n in names], StageLog("invert_3d", skipped=True))
+            stored = portrait_artifact.from_bytes(blob)
+            pivot = Inversion(stored.w_3d, [stored.noise[n] for n in self.noise_names_3d()],
+                              StageLog("invert_3d", skipped=True))
             progress("pivotal_tuning", 1, 1)
-            return t["w_2d"], pivot, _split("delta.", t), [pivot.log, StageLog("pivotal_tuning", skipped=True)]
+            return stored.w_2d, pivot, stored.delta_pti, [pivot.log, StageLog("pivotal_tuning", skipped=True)]
         if portrait.image_2d is None or portrait.image_3d is None:
             raise ValueError(f"portrait {portrait.key}: no photo and no cached inversion")
         dev = self.nets.device
@@ -270,14 +270,14 @@ class Pipeline:
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
         pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips,
                                  self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision)
-        delta = params.compute_delta(tuned, g3d)
+        # The delta is stored compactly (engine.avatar.portrait_artifact); from here on the run uses the
+        # stored values, so a later run that reads this artifact back computes the same avatar.
+        quantized = portrait_artifact.quantize_pti(params.compute_delta(tuned, g3d))
+        delta = delta_codec.dequantize(quantized, None)
         if cache is not None:
-            names = self.noise_names_3d()
-            cache.put("portrait_3d", key, pack_tensors({
-                "w_2d": w_2d, "w_3d": pivot.ws, "camera": portrait.camera,
-                "crop2d_to_crop3d": portrait.crop2d_to_crop3d.double(),
-                **{f"noise.{n}": v for n, v in zip(names, pivot.noise)},
-                **_with_prefix("delta.", delta)}))
+            cache.put("portrait_3d", key, portrait_artifact.to_bytes(
+                w_2d, pivot.ws, dict(zip(self.noise_names_3d(), pivot.noise)), portrait.camera,
+                portrait.crop2d_to_crop3d, quantized))
         return w_2d, pivot, delta, [pivot.log, pti_log]
 
     def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> DistanceFn | None:

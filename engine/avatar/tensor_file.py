@@ -2,7 +2,13 @@
 avatar file (``engine.avatar.avatar_file``): a dict of named tensors plus string metadata, moved to the CPU."""
 from __future__ import annotations
 
+import json
+
 import torch
+
+
+class TensorFileError(ValueError):
+    """Bytes that are not a safetensors file."""
 
 
 def pack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
@@ -15,3 +21,17 @@ def unpack_tensors(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     return load(data)
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file."""
+    if len(data) < 8:
+        raise TensorFileError("not a safetensors file: shorter than its 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise TensorFileError(f"safetensors header of {n} bytes in a file of {len(data)}")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TensorFileError(f"safetensors header is not JSON ({exc})") from exc
+    return header.get("__metadata__", {}) or {}

@@ -10,6 +10,7 @@ import torch
 from emoji3d.config import Config, EngineConfig, PackConfig, PathsConfig, StickerEntry
 from emoji3d.errors import AvatarGone
 from emoji3d.orders import RERENDER_KIND, PackOrder, PackResult, RerenderOrder
+from engine.avatar import portrait_artifact
 from engine.avatar.avatar_file import pack_tensors, result_to_bytes
 from engine.avatar.pipeline import AvatarResult, MemoryCache
 from engine.nets import camera
@@ -51,8 +52,9 @@ def stored_avatar(res: EngineResources, db, blobs) -> bytes:
                           delta_2d={}, delta_pti={}, delta_stylized=stylized, preset="slim")
     cache = MemoryCache()
     cache.put("style_2d", "style", pack_tensors({"w_e": avatar.w_e}))
-    cache.put("portrait_3d", "selfie", pack_tensors({"w_2d": avatar.w_2d, "w_3d": avatar.w_3d,
-                                                     **{f"noise.{n}": v for n, v in noise.items()}}))
+    cache.put("portrait_3d", "selfie", portrait_artifact.to_bytes(
+        avatar.w_2d, avatar.w_3d, noise, avatar.camera, torch.eye(2, 3, dtype=torch.float64),
+        portrait_artifact.quantize_pti({})))
     for (kind, key), data in cache.store.items():
         artifacts.put_artifact(db, artifact_key(kind, key), kind, blobs.put_bytes(data), None)
     return result_to_bytes(avatar, cache, style_key="style", portrait_key="selfie")

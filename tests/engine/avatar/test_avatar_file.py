@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from engine.avatar import params
+from engine.avatar import delta_codec, params, portrait_artifact
 from engine.avatar.avatar_file import (
     RENDER_PSNR_BOUND_DB, AvatarArtifactChanged, AvatarArtifactGone, AvatarFileError, decode_residual,
     encode_residual, pack_tensors, result_from_bytes, result_to_bytes)
@@ -36,7 +36,9 @@ def random_delta(g3d, relative_std: float, gen: torch.Generator) -> dict[str, to
 @pytest.fixture(scope="module")
 def avatar(g3d):
     gen = torch.Generator().manual_seed(0)
-    pti = random_delta(g3d, 0.02, gen)
+    # The PTI delta as the pipeline keeps it: the values its compact per-selfie artifact stores.
+    quantized_pti = portrait_artifact.quantize_pti(random_delta(g3d, 0.02, gen))
+    pti = delta_codec.dequantize(quantized_pti, None)
     residual = random_delta(g3d, 0.05, gen)
     stylized = {k: (v.float() + residual[k].float()).half() for k, v in pti.items()}
     names = g3d.backbone.synthesis.noise_layer_names()
@@ -48,9 +50,8 @@ def avatar(g3d):
                           delta_pti=pti, delta_stylized=stylized)
     cache = MemoryCache()
     cache.put("style_2d", "style-key", pack_tensors({"w_e": result.w_e, **{f"delta.{k}": v for k, v in delta_2d.items()}}))
-    cache.put("portrait_3d", "selfie-key", pack_tensors({
-        "w_2d": result.w_2d, "w_3d": result.w_3d, "camera": result.camera,
-        **{f"noise.{n}": v for n, v in noise.items()}, **{f"delta.{k}": v for k, v in pti.items()}}))
+    cache.put("portrait_3d", "selfie-key", portrait_artifact.to_bytes(
+        result.w_2d, result.w_3d, noise, result.camera, torch.eye(2, 3, dtype=torch.float64), quantized_pti))
     return result, cache
 
 

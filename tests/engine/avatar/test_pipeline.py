@@ -179,6 +179,16 @@ def test_dual_branch_drives_the_render_towards_the_warped_2d_image(first_run, fa
     assert len(mse) == 10 and all(b < a for a, b in zip(mse, mse[1:])) and mse[-1] < 0.95 * mse[0], mse
 
 
+def test_a_cached_selfie_gives_back_the_pti_delta_the_first_run_used(first_run, faces):
+    """The PTI delta is stored compactly (quantised); the run that stored it used the stored values, so a
+    later run from the cache builds the same avatar."""
+    pipe, cache, result, _seen = first_run
+    portrait, _style = faces
+    _w_2d, _pivot, delta, logs = pipe.invert_portrait(portrait, torch.Generator().manual_seed(0), cache=cache)
+    assert logs[1].skipped and set(delta) == set(result.delta_pti)
+    assert all(torch.equal(delta[k], result.delta_pti[k]) for k in delta)
+
+
 @pytest.fixture(scope="module")
 def unaligned_faces(repo_root):
     """Portrait and exemplar without the face front end (MediaPipe is not installed on the GPU
