@@ -73,7 +73,9 @@ def main() -> None:
     ap.add_argument("--preset", default="ffhq512", choices=sorted(PRESETS))
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--neural-res", type=int, default=32, help="CPU only: neural rendering resolution")
-    ap.add_argument("--levels", type=float, nargs="+", default=[2.0, 4.0, 8.0])
+    ap.add_argument("--levels", type=float, nargs="+", default=[2.0, 3.0, 4.0])
+    ap.add_argument("--pti-levels", type=float, default=portrait_artifact.PTI_LEVELS_PER_STD,
+                    help="quantisation steps per std of the per-selfie PTI delta")
     args = ap.parse_args()
     cfg = PRESETS[args.preset]
     device_note = "full rendering settings"
@@ -84,7 +86,7 @@ def main() -> None:
     g3d = TriPlaneGenerator.from_config(cfg, seed=0).eval()
     gen = torch.Generator().manual_seed(0)
     exact_pti, residual = random_delta(g3d, 0.02, gen), random_delta(g3d, 0.05, gen)
-    quantized_pti = portrait_artifact.quantize_pti(exact_pti)
+    quantized_pti = portrait_artifact.quantize_pti(exact_pti, args.pti_levels)
     pti = delta_codec.dequantize(quantized_pti, None)  # what the pipeline uses and stores
     stylized = {k: (v.float() + residual[k].float()).half() for k, v in pti.items()}
     names = g3d.backbone.synthesis.noise_layer_names()
@@ -113,7 +115,7 @@ def main() -> None:
     print(f"EG3D {args.preset}: {n_weights / 1e6:.1f} M tuned weights; render {args.views} views "
           f"({device_note}, {render_s:.0f} s)")
     print(f"per-selfie portrait_3d artifact: fp16 delta {len(fp16_portrait_blob) / mb:.1f} MB -> int8 at "
-          f"{portrait_artifact.PTI_LEVELS_PER_STD:g} levels/std {len(portrait_blob) / mb:.1f} MB; photo-real "
+          f"{args.pti_levels:g} levels/std {len(portrait_blob) / mb:.1f} MB; photo-real "
           f"(strength 0) renders from it vs the exact delta: PSNR {pti_db:.1f} dB")
     print("| avatar file | levels/std | avatar MB | per user per pack MB (avatar + portrait_3d) | PSNR dB | encode s |")
     print("|---|---|---|---|---|---|")

@@ -83,6 +83,21 @@ def test_the_file_references_the_artifacts_and_round_trips_within_the_bound(g3d,
     assert psnr(exact, decoded) >= RENDER_PSNR_BOUND_DB
 
 
+def test_the_stored_pti_delta_renders_within_the_bound(g3d):
+    """The per-selfie artifact's compact PTI delta (portrait_artifact.PTI_LEVELS_PER_STD) against the exact one:
+    the photo-real renders (strength 0) over a pack's orbit stay within the stated PSNR bound."""
+    gen = torch.Generator().manual_seed(3)
+    exact = random_delta(g3d, 0.02, gen)
+    stored = delta_codec.dequantize(portrait_artifact.quantize_pti(exact), None)
+    ws = g3d.mapping(torch.randn(1, g3d.config.z_dim, generator=gen), camera_path("still", 1)).detach()
+    names = g3d.backbone.synthesis.noise_layer_names()
+    noise = {n: torch.randn(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0]), generator=gen) for n in names}
+    pose = AvatarResult(w_e=None, w_2d=None, w_3d=ws, noise=noise, camera=None, delta_2d={}, delta_pti={},
+                        delta_stylized={})
+    cameras = camera_path("orbit", 4)
+    assert psnr(render(g3d, exact, pose, cameras), render(g3d, stored, pose, cameras)) >= RENDER_PSNR_BOUND_DB
+
+
 def test_each_weight_is_within_half_a_step_of_the_residual():
     gen = torch.Generator().manual_seed(1)
     pti = {"w": (0.1 * torch.randn(16, 8, 3, 3, generator=gen)).half(), "b": torch.zeros(16).half()}
