@@ -1,0 +1,50 @@
+"""`make gpu-check`'s driver: each part in its own process with its own timeout; one failing or
+hanging part is reported and the others still run; the report is on disk after every part."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_hanging_part_is_killed_at_its_timeout_and_the_report_names_every_outcome(tmp_path):
+    driver = load_driver()
+    py = sys.executable
+    hang = driver.Part("hang", "A part that hangs", 10, [[py, "-c", "import time; print('started', flush=True); "
+                                                              "time.sleep(60)"]])
+    fail = driver.Part("fail", "A part that fails", 30, [[py, "-c", "raise SystemExit(3)"],
+                                                          [py, "-c", "print('the other command ran')"]])
+    ok = driver.Part("ok", "A part that passes", 30, [[py, "-c", "print('fine')"]])
+    outcomes = [driver.run_part(part, part.timeout_s, env={}) for part in (hang, fail, ok)]
+    assert outcomes[0].status == "TIMED OUT after 10 s" and 9.5 < outcomes[0].seconds < 30
+    assert "started" in outcomes[0].output
+    assert outcomes[1].status == "FAILED (exit 3, 0)" and "the other command ran" in outcomes[1].output
+    assert outcomes[2].status == "passed"
+    report = tmp_path / "report.md"
+    driver.write_report(report, ["- machine line"], outcomes, 12.0)
+    text = report.read_text()
+    assert "| hang | TIMED OUT after 10 s |" in text and "| fail | FAILED (exit 3, 0) |" in text
+    assert "| ok | passed |" in text and "- machine line" in text
+
+
+def test_a_part_with_no_budget_left_is_skipped_not_run():
+    driver = load_driver()
+    part = driver.Part("late", "Too late", 30, [[sys.executable, "-c", "raise SystemExit(1)"]])
+    assert driver.run_part(part, 5, env={}).status == "skipped: the budget is spent"
+
+
+def test_the_gpu_tests_part_collects_only_files_with_gpu_tests():
+    files = load_driver().gpu_test_files()
+    assert "tests/engine/ops/test_fused_gpu.py" in files
+    assert all("mark.gpu" in (REPO / f).read_text() for f in files)
+    assert not any(f.startswith("tests/bots") for f in files)
