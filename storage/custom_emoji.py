@@ -34,6 +34,10 @@ class CustomEmoji:
     platform_state: str
     platform_file_id: str | None
 
+    @property
+    def kind(self) -> str:
+        return "video"  # custom emoji files are 100x100 WEBM videos (engine target telegram_emoji)
+
 
 def _row(r: sa.Row) -> CustomEmoji:
     m = r._mapping

@@ -401,7 +401,7 @@ def test_sticker_file_checks_and_verifier_hook(telegram_server: FakeTelegramServ
                     "sticker": InputFile(webm(900), filename="a.webm")})
 
     run(scenario())
-    assert (256 * 1024, "video", "sticker") in seen
+    assert (256 * 1024, "video", "upload") in seen
 
 
 def test_engine_verifier_plugs_in(telegram_server: FakeTelegramServer,
