@@ -19,11 +19,14 @@ from typing import Any, Awaitable, Callable
 from telegram.error import BadRequest
 
 from emoji3d.orders import CUSTOM_EMOJI_TARGETS, PackResult
+from emoji3d.texts import text
 from storage import custom_emoji as ce
+from storage import users
 from storage.blobs import BlobStore
 from storage.db import Database
 
-from bots.telegram.stickers import Published, SetRows, publish_rows, set_name_for
+from bots.core import BotResources
+from bots.telegram.stickers import Published, SetRows, StickerSetFailed, publish_rows, set_name_for
 
 log = logging.getLogger("emoji3d.telegram.custom_emoji")
 
@@ -69,11 +72,33 @@ async def publish_custom_emoji(bot: Any, db: Database, blobs: BlobStore, pack_id
     return pub
 
 
-async def delete_custom_emoji_sets(db: Database, user_id: int,
+async def deliver_custom_emoji(bot: Any, res: BotResources, pack_id: int, result: PackResult, tg_user_id: int, *,
+                               title: str, regenerated: bool) -> str | None:
+    """Publish the pack's custom emoji set when ``[telegram] custom_emoji`` is on; the line to tell the
+    user, or None when there is nothing to say. Telegram refusing the set is told, not fatal (the sticker
+    set is delivered regardless); anything transient propagates, so the delivery is retried whole."""
+    if not res.cfg.telegram.custom_emoji:
+        return None
+    try:
+        pub = await publish_custom_emoji(bot, res.db, res.blobs, pack_id, result, tg_user_id,
+                                         bot_username=bot.username, title=title)
+    except StickerSetFailed as exc:
+        log.warning("pack %s: custom emoji set refused: %s", pack_id, exc)
+        return text("custom_emoji_failed", detail=exc.params.get("detail", ""))
+    if pub is None:
+        return None
+    return text("custom_emoji_updated" if regenerated else "custom_emoji_ready", link=pub.link)
+
+
+async def delete_custom_emoji_sets(db: Database, platform: str, platform_user_id: str,
                                    delete_set: Callable[[str], Awaitable[None]]) -> tuple[list[str], list[str]]:
-    """Delete every custom emoji set recorded for the user (before their rows go): (deleted, failed)."""
+    """Delete every custom emoji set recorded for the user; call it before their rows go
+    (:func:`bots.core.delete_my_data`). Returns (deleted, failed) names."""
+    user = users.find_user(db, platform, str(platform_user_id))
+    if user is None:
+        return [], []
     done, failed = [], []
-    for name in ce.set_names_of_user(db, user_id):
+    for name in ce.set_names_of_user(db, user.id):
         try:
             await delete_set(name)
             done.append(name)
