@@ -6,14 +6,13 @@ from __future__ import annotations
 import io
 
 import av
+import numpy as np
 import pytest
 
 from engine.stickers.encode import encode
 from engine.stickers.targets import KB, get_target
 from engine.stickers.verify import verify
 from tests.engine.stickers.content import cartoon, noise
-
-import numpy as np
 
 
 def pyav_facts(data: bytes) -> dict:
