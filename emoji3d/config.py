@@ -149,6 +149,9 @@ class TelegramConfig:
     webhook_listen: str = _c("127.0.0.1", doc="address the bot's webhook server binds")
     webhook_port: int = _c(8443, ge=1, le=65535, doc="port the bot's webhook server binds")
     webhook_path: str = _c("/telegram", doc="path the bot's webhook server answers (the proxy forwards here)")
+    custom_emoji: bool = _c(True, doc="also make each pack a custom emoji set (100x100 video emoji; only "
+                                      "Telegram Premium users can use them): the engine encodes them, the bot "
+                                      "publishes the set")
 
     def __post_init__(self) -> None:
         for key in ("base_url", "base_file_url", "webhook_url"):

@@ -33,6 +33,9 @@ PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {
     "local": ("telegram_video", "discord_sticker"),
 }
 THUMBNAIL_TARGETS: dict[str, str | None] = {"telegram": "telegram_thumb", "discord": None, "local": None}
+# The custom emoji made from each sticker's frames where the platform has them and config allows it
+# ([telegram] custom_emoji); stored in StickerFiles.files under this target name.
+CUSTOM_EMOJI_TARGETS: dict[str, str | None] = {"telegram": "telegram_emoji", "discord": None, "local": None}
 # PackResult.quality: each measure (float, or None when it could not be taken; see engine.render.quality),
 # plus "weak" (the measures past their [quality] thresholds) and "notes" (why a measure is missing).
 QUALITY_KEYS = ("identity_pti", "identity_stylized", "multiview", "style_lpips")

@@ -110,7 +110,8 @@ BOT: dict[str, str] = {
                 "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
                 "• Your sticker packs and the time you gave consent: until you delete them.\n"
                 "• Style images you upload: used for your pack only.\n"
-                "Nothing is shared with anyone. /delete erases all of it, including the sticker sets I made for you."),
+                "Nothing is shared with anyone. /delete erases all of it, including the sticker sets and custom emoji "
+                "sets I made for you."),
     "help": ("Send a selfie to start. Commands: /start, /privacy, /mypacks, /delete, /cancel. "
              "Group admins: /housestyle add|remove|list."),
     "selfie_ok": "Great photo! Now pick a style:",
@@ -151,12 +152,18 @@ BOT: dict[str, str] = {
     "pack_state_failed": "failed",
     "pack_state_superseded": "replaced",
     "own_style_name": "your own style",
-    "delete_confirm": ("This deletes your selfies, avatars, tuned weights, packs and the sticker sets I created "
-                       "for you. It cannot be undone. Delete everything?"),
+    "delete_confirm": ("This deletes your selfies, avatars, tuned weights, packs and the sticker and custom emoji "
+                       "sets I created for you. It cannot be undone. Delete everything?"),
     "delete_yes": "Yes, delete everything",
     "delete_no": "No, keep it",
     "delete_done": "Done. I deleted {packs} pack(s), {selfies} selfie(s) and {sets} sticker set(s).",
     "delete_nothing": "I have no data stored for you.",
+    # Telegram custom emoji sets (issue 19)
+    "custom_emoji_ready": ("Your custom emoji set is ready too: {link}\nAnyone can add it, but only Telegram "
+                           "Premium users can use custom emoji in messages."),
+    "custom_emoji_updated": "Your custom emoji set was updated too: {link}",
+    "custom_emoji_failed": "I couldn't make your custom emoji set this time ({detail}). Your sticker pack is fine.",
+    "custom_emoji_deleted": "I also deleted {sets} custom emoji set(s).",
     "delete_kept": "Nothing was deleted.",
     "housestyle_added": "House style “{name}” added. I'm preparing it in the background.",
     "housestyle_removed": "House style “{name}” removed.",

@@ -40,7 +40,7 @@ from emoji3d.config import Config
 from emoji3d.errors import AvatarGone, SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
 from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND,
-                            THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
+                            CUSTOM_EMOJI_TARGETS, THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
 from engine.avatar import params, portrait_artifact
 from engine.avatar.avatar_file import AvatarFileError, result_from_bytes, result_to_bytes
@@ -186,6 +186,13 @@ def _analyze(res: EngineResources, data: bytes, what: str) -> FaceResult:
         raise
 
 
+def custom_emoji_target(cfg: Config, platform: str) -> str | None:
+    """The custom-emoji target the pack gets: the platform's, unless ``[telegram] custom_emoji`` is off."""
+    if platform == "telegram" and not cfg.telegram.custom_emoji:
+        return None
+    return CUSTOM_EMOJI_TARGETS.get(platform)
+
+
 # ----------------------------------------------------------------------------- handlers
 
 def handle_make_pack(res: EngineResources, job, jc: JobContext) -> dict:
@@ -218,7 +225,8 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     report = quality_report(res, avatar, portrait, style, pose.params)
     files = make_pack_files(res.pipeline.nets.g3d, pose, res.cfg.pack, order.targets,
                             thumbnail_target=THUMBNAIL_TARGETS.get(order.platform), boundaries=res.boundaries,
-                            boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress)
+                            boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress,
+                            emoji_target=custom_emoji_target(res.cfg, order.platform))
     # The avatar references the style and selfie artifacts in the cache instead of copying them.
     avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(style),
                                   portrait_key=res.pipeline.portrait_key(order.selfie_digest))
@@ -307,7 +315,8 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
     files = make_pack_files(res.pipeline.nets.g3d, pose, dataclasses.replace(res.cfg.pack, stickers=chosen),
                             PLATFORM_TARGETS[order.platform], thumbnail_target=THUMBNAIL_TARGETS.get(order.platform),
-                            boundaries=res.boundaries, boundaries_problem=res.boundaries_problem, progress=progress)
+                            boundaries=res.boundaries, boundaries_problem=res.boundaries_problem, progress=progress,
+                            emoji_target=custom_emoji_target(res.cfg, order.platform))
     g3d = res.pipeline.nets.g3d
     measures = quality.measure(g3d, res.pipeline.nets.lpips, None, pti=pose.params, stylized=pose.params,
                                ws=avatar.w_3d, noise=avatar.noise, selfie_camera=avatar.camera, selfie_3d=None,

@@ -110,15 +110,19 @@ def delete_user(db: Database, blobs: BlobStore, user_id: int) -> DeletionSummary
         selfie_ids = ids("SELECT id FROM selfies WHERE user_id = :u")
         pack_ids = ids("SELECT id FROM packs WHERE user_id = :u")
         sticker_ids = ids("SELECT s.id FROM stickers s JOIN packs p ON p.id = s.pack_id WHERE p.user_id = :u")
+        emoji_ids = ids("SELECT e.id FROM custom_emoji e JOIN packs p ON p.id = e.pack_id WHERE p.user_id = :u")
         job_ids = ids("SELECT id FROM jobs WHERE user_id = :u")
         artifact_ids = ids("SELECT id FROM artifacts WHERE owner_user_id = :u")
         for table, id_list in (("selfie", selfie_ids), ("pack", pack_ids), ("sticker", sticker_ids),
-                               ("job", job_ids), ("artifact", artifact_ids)):
+                               ("custom_emoji", emoji_ids), ("job", job_ids), ("artifact", artifact_ids)):
             for i in id_list:
                 held.update(release_holder(conn, f"{table}:{i}"))
         # Children first, so the same statements work with or without FK cascades.
         conn.execute(sa.text("DELETE FROM stickers WHERE pack_id IN (SELECT id FROM packs WHERE user_id = :u)"),
                      {"u": user_id})
+        for table in ("custom_emoji", "custom_emoji_sets"):
+            conn.execute(sa.text(f"DELETE FROM {table} WHERE pack_id IN (SELECT id FROM packs WHERE user_id = :u)"),
+                         {"u": user_id})
         conn.execute(sa.text("DELETE FROM packs WHERE user_id = :u"), {"u": user_id})
         conn.execute(sa.text("DELETE FROM selfies WHERE user_id = :u"), {"u": user_id})
         conn.execute(sa.text("UPDATE packs SET job_id = NULL WHERE job_id IN (SELECT id FROM jobs WHERE user_id = :u)"),

@@ -35,6 +35,7 @@ from storage import styles as st
 from bots import core
 from bots.core import BotResources, ProgressView
 from bots.notify import Notifier, Watch
+from bots.telegram.custom_emoji import delete_custom_emoji_sets, deliver_custom_emoji
 from bots.telegram.stickers import publish_pack, set_link
 
 log = logging.getLogger("emoji3d.telegram")
@@ -304,6 +305,7 @@ async def on_delete(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             if "stickerset_invalid" not in exc.message.lower():  # already gone is fine
                 raise
 
+    emoji_done, emoji_failed = await delete_custom_emoji_sets(res.db, PLATFORM, str(uid), delete_set)
     result = await core.delete_my_data(res, PLATFORM, str(uid), delete_set)
     notifier = _notifier(context)
     for job_id, w in list(notifier.watches.items()):
@@ -312,10 +314,12 @@ async def on_delete(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if result.summary is None:
         await q.edit_message_text(text("delete_nothing"))
         return
-    if result.sets_failed:
-        log.warning("user %s: could not delete sticker sets %s", uid, result.sets_failed)
-    await q.edit_message_text(text("delete_done", packs=result.summary.packs, selfies=result.summary.selfies,
-                                   sets=len(result.sets_deleted)))
+    if result.sets_failed or emoji_failed:
+        log.warning("user %s: could not delete sticker sets %s", uid, result.sets_failed + emoji_failed)
+    done = text("delete_done", packs=result.summary.packs, selfies=result.summary.selfies, sets=len(result.sets_deleted))
+    if emoji_done:
+        done += " " + text("custom_emoji_deleted", sets=len(emoji_done))
+    await q.edit_message_text(done)
 
 
 # ----------------------------------------------------------------------------- house styles
@@ -439,9 +443,13 @@ class TelegramSender:
         # a regeneration order updates a set published before; a new pack's set name is
         # recorded before the set exists, so it cannot tell a new set from an old one
         regenerated = bool(job.payload.get("regenerate"))
+        # before the sticker set: publishing that marks the pack delivered, and a failure here retries both
+        emoji_line = await deliver_custom_emoji(self.bot, self.res, pack.id, result, int(w.platform_user_id),
+                                                title=title, regenerated=regenerated)
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
-        lines = [text("done_updated" if regenerated else "done", link=pub.link), *core.result_notes(result)]
+        lines = [text("done_updated" if regenerated else "done", link=pub.link), *([emoji_line] if emoji_line else []),
+                 *core.result_notes(result)]
         await self._put(w, "\n".join(lines), rerender_markup(pack, result))
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)

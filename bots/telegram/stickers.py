@@ -22,6 +22,10 @@ converges to a set that holds exactly the pack's stickers, in order, once each:
    (:class:`StickerSafeRateLimiter` passes their 429s through).
 5. Set the thumbnail (``setStickerSetThumbnail``), mark the pack published.
 
+The same machinery (:func:`publish_rows`) publishes any set whose entries are
+rows with that state: the pack's stickers here, its custom emoji set in
+:mod:`bots.telegram.custom_emoji` (``sticker_type`` ``custom_emoji``).
+
 Set names follow the Bot API rules: 1-64 characters, ASCII letters, digits
 and single underscores, starting with a letter, ending in ``_by_<bot username>``.
 Telegram error texts are matched case-insensitively (python-telegram-bot
@@ -34,7 +38,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from telegram import InputFile, InputSticker
 from telegram.error import BadRequest, Forbidden, RetryAfter
@@ -96,13 +100,16 @@ class StickerSafeRateLimiter(AIORateLimiter):
             raise p.exc from None
 
 
-def set_name_for(pack_id: int, user_key: str, bot_username: str) -> str:
-    """``e3d<pack id>x<hash>_by_<bot>``, deterministic per pack (so a restart
+def set_name_for(pack_id: int, user_key: str, bot_username: str, kind: str = "x") -> str:
+    """``e3d<pack id><kind><hash>_by_<bot>``, deterministic per pack (so a restart
     finds the same set) and unguessable enough not to collide with other bots'
-    sets. Raises ValueError when the bot's username leaves no room."""
+    sets; ``kind`` (one letter: ``x`` stickers, ``e`` custom emoji) keeps a pack's
+    sets apart. Raises ValueError when the bot's username leaves no room."""
+    if len(kind) != 1 or not kind.isascii() or not kind.isalpha():
+        raise ValueError(f"set kind must be one ASCII letter, got {kind!r}")
     suffix = f"_by_{bot_username}"
     h = hashlib.sha256(f"{user_key}:{pack_id}".encode()).hexdigest()
-    head = f"e3d{pack_id}x"
+    head = f"e3d{pack_id}{kind}"
     room = SET_NAME_MAX - len(suffix) - len(head)
     if room < 4:
         raise ValueError(f"bot username {bot_username!r} is too long for sticker set names")
@@ -146,7 +153,22 @@ async def _get_set(bot: Any, name: str) -> Any | None:
         raise
 
 
-def _input_sticker(s: packs.Sticker) -> InputSticker:
+@dataclass(frozen=True)
+class SetRows:
+    """How :func:`publish_rows` reads and records a set's entries. ``list()`` returns the rows in set
+    order, each with ``id``, ``idx``, ``emoji``, ``kind``, ``blob_digest``, ``platform_state`` and
+    ``platform_file_id``; ``set_state(row id, state, file_id=None)`` records a row's progress."""
+
+    read: Callable[[], Sequence[Any]]
+    set_state: Callable[..., None]
+
+
+def sticker_rows(db: Database, pack_id: int) -> SetRows:
+    return SetRows(lambda: packs.list_stickers(db, pack_id),
+                   lambda row_id, state, file_id=None: packs.set_sticker_platform_state(db, row_id, state, file_id))
+
+
+def _input_sticker(s: Any) -> InputSticker:
     return InputSticker(s.platform_file_id, [s.emoji], "video" if s.kind == "video" else s.kind)
 
 
@@ -172,22 +194,36 @@ async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, t
         raise ValueError(f"pack {pack_id} has {len(stickers)} stickers; a set holds at most 120")
     name = pack.platform_set_name or set_name_for(pack_id, str(tg_user_id), bot_username)
     packs.mark_uploading(db, pack_id, name)
+    pub = await publish_rows(bot, sticker_rows(db, pack_id), blobs, tg_user_id, name, title,
+                             bot_username=bot_username, thumbnail=thumbnail, initial_max=initial_max,
+                             max_rounds=max_rounds, sleep=sleep)
+    packs.mark_published(db, pack_id)
+    return pub
+
+
+async def publish_rows(bot: Any, rows: SetRows, blobs: BlobStore, uid: int, name: str, title: str, *,
+                       bot_username: str, sticker_type: str = "regular", thumbnail: bytes | None = None,
+                       initial_max: int = INITIAL_MAX, max_rounds: int = 8, sleep: Any = asyncio.sleep,
+                       link: Callable[[str], str] | None = None) -> Published:
+    """Make the set ``name`` (of ``sticker_type``) hold exactly ``rows``, steps 1-4 of the module
+    docstring, then set its thumbnail. Telegram's refusals become user-facing errors."""
     try:
-        return await _publish(bot, db, blobs, pack_id, tg_user_id, name, title, thumbnail, initial_max,
-                              max_rounds, sleep)
+        return await _publish(bot, rows, blobs, uid, name, title, thumbnail, initial_max, max_rounds, sleep,
+                              sticker_type, link or set_link)
     except (BadRequest, Forbidden) as exc:
         raise _translate(exc, bot_username) from exc
 
 
-async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: int, name: str, title: str,
-                   thumbnail: bytes | None, initial_max: int, max_rounds: int, sleep: Any) -> Published:
+async def _publish(bot: Any, rows: SetRows, blobs: BlobStore, uid: int, name: str, title: str,
+                   thumbnail: bytes | None, initial_max: int, max_rounds: int, sleep: Any, sticker_type: str,
+                   link: Callable[[str], str]) -> Published:
     # 1. upload once (uploadStickerFile has no side effect in the set: plain retries are safe)
-    for s in packs.list_stickers(db, pack_id):
+    for s in rows.read():
         if s.platform_state == "local" or not s.platform_file_id:
             up = await bot.upload_sticker_file(uid, InputFile(blobs.read_bytes(s.blob_digest),
                                                               filename=f"sticker{s.idx}.webm"), s.kind)
-            packs.set_sticker_platform_state(db, s.id, "uploaded", up.file_id)
-    stickers = packs.list_stickers(db, pack_id)
+            rows.set_state(s.id, "uploaded", up.file_id)
+    stickers = list(rows.read())
     unique: dict[int, str] = {}  # sticker row id -> file_unique_id of its uploaded file
     for s in stickers:
         f = await bot.get_file(s.platform_file_id)
@@ -201,7 +237,8 @@ async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: 
             if current is None:
                 try:
                     await bot.create_new_sticker_set(uid, name, title,
-                                                     [_input_sticker(s) for s in stickers[:initial_max]])
+                                                     [_input_sticker(s) for s in stickers[:initial_max]],
+                                                     sticker_type=sticker_type)
                     created = True
                 except BadRequest as exc:
                     if not _OCCUPIED.search(exc.message):
@@ -210,7 +247,7 @@ async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: 
                 current = await _get_set(bot, name)
                 if current is None:
                     raise StickerSetFailed(f"set {name} missing right after creation", detail="set not found")
-            a, r, d = await _reconcile(bot, db, uid, name, stickers, unique, list(current.stickers))
+            a, r, d = await _reconcile(bot, rows, uid, name, stickers, unique, list(current.stickers))
             added, replaced, removed = added + a, replaced + r, removed + d
             break
         except RetryAfter as exc:
@@ -227,12 +264,11 @@ async def _publish(bot: Any, db: Database, blobs: BlobStore, pack_id: int, uid: 
                                                 InputFile(thumbnail, filename="thumb"))
         except (BadRequest, RetryAfter) as exc:  # cosmetic: the set works without it
             log.warning("set %s: thumbnail refused: %s", name, exc)
-    packs.mark_published(db, pack_id)
     first = final.stickers[0].file_id if final.stickers else None
-    return Published(name, set_link(name), created, first, added, replaced, removed)
+    return Published(name, link(name), created, first, added, replaced, removed)
 
 
-async def _reconcile(bot: Any, db: Database, uid: int, name: str, stickers: list[packs.Sticker],
+async def _reconcile(bot: Any, rows: SetRows, uid: int, name: str, stickers: list[Any],
                      unique: dict[int, str], entries: list[Any]) -> tuple[int, int, int]:
     """Make ``entries`` (the set as read) equal the pack, position by position."""
     added = replaced = removed = 0
@@ -258,7 +294,7 @@ async def _reconcile(bot: Any, db: Database, uid: int, name: str, stickers: list
             await bot.add_sticker_to_set(uid, name, _input_sticker(s))
             added += 1
         if s.platform_state != "added":
-            packs.set_sticker_platform_state(db, s.id, "added")
+            rows.set_state(s.id, "added")
     for e in entries[len(stickers):]:  # the pack shrank: drop what it no longer has
         await bot.delete_sticker_from_set(e.file_id)
         removed += 1

@@ -15,6 +15,9 @@ Conventions
   otherwise with a note saying why (the notes reach the user).
 * Every sticker file is encoded by :func:`engine.stickers.encode.encode`,
   which verifies it against the platform's rules before returning it.
+* A custom emoji (``emoji_target``, e.g. ``telegram_emoji``) is made per
+  sticker from the same rendered frames by :func:`encode_custom_emoji` and
+  stored in the sticker's ``files`` under its target name, like the stickers.
 * ``progress(stage, done, total)`` is called with the stages ``render`` and
   ``encode``; it may raise to stop the work (the engine's cancellation).
 """
@@ -106,9 +109,14 @@ def mesh_glb(generator: nn.Module, avatar: AvatarPose) -> bytes:
         return path.read_bytes()
 
 
+def encode_custom_emoji(rendered: list, target: str) -> list[bytes]:
+    """One custom-emoji file per rendered sticker (``RenderedFrames``), from the very frames the sticker has."""
+    return [encode(f.frames, f.fps, target).data for f in rendered]
+
+
 def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, targets: tuple[str, ...],
                     *, thumbnail_target: str | None, boundaries: BoundarySet | None, boundaries_problem: str = "",
-                    mesh: bool = False, progress: PackProgress) -> PackFiles:
+                    mesh: bool = False, progress: PackProgress, emoji_target: str | None = None) -> PackFiles:
     """Stills, every configured sticker in every target, a thumbnail, previews and (optionally) a mesh."""
     settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
     specs, notes = sticker_specs(pack, boundaries, boundaries_problem)
@@ -125,6 +133,9 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
         files = {target: encode(frames.frames, frames.fps, target).data for target in targets}
         stickers.append(StickerOutput(frames.name, frames.emoji, files))
         progress("encode", i + 1, len(rendered) + 1)
+    if emoji_target:
+        for sticker, emoji_file in zip(stickers, encode_custom_emoji(rendered, emoji_target)):
+            sticker.files[emoji_target] = emoji_file
     thumbnail = {}
     if thumbnail_target and rendered:
         thumbnail[thumbnail_target] = encode(rendered[0].frames, rendered[0].fps, thumbnail_target).data

@@ -46,7 +46,12 @@ Conventions
   fake accepts ``http://`` webhook URLs on any port; other hosts need the real
   API's HTTPS on port 443, 80, 88 or 8443. Markdown/MarkdownV2 text is stored unparsed;
   HTTP-URL file inputs are refused (the fake has no network); video stickers are only
-  checked for the WEBM/EBML header and size unless a ``sticker_verifier`` is plugged in.
+  checked for the WEBM/EBML header, the frame size the header states (a sticker: one
+  side 512; a custom emoji: exactly 100x100) and the byte size unless a
+  ``sticker_verifier`` is plugged in.
+* Custom emoji sets (``sticker_type`` ``custom_emoji``) hold up to 200 entries, each
+  100x100 (video: <= 64 KB); ``getStickerSet`` reports ``sticker_type`` and each
+  entry's ``custom_emoji_id``.
 """
 from __future__ import annotations
 
@@ -89,6 +94,9 @@ ANIMATED_THUMB_MAX_BYTES = 32 * KB
 VIDEO_THUMB_MAX_BYTES = 32 * KB
 INITIAL_STICKERS_MAX = 50
 SET_MAX_STICKERS = {"regular": 120, "mask": 120, "custom_emoji": 200}
+#: Custom emoji (sets of sticker_type "custom_emoji"): exactly 100x100; video ones held to 64 KB (issue 19).
+CUSTOM_EMOJI_SIDE = 100
+VIDEO_EMOJI_MAX_BYTES = 64 * 1000
 EMOJI_LIST_MAX = 20
 KEYWORDS_MAX = 20
 KEYWORDS_TOTAL_CHARS = 64
@@ -138,6 +146,8 @@ ERRORS = {
     "text_too_long": "message is too long",
     "caption_too_long": "message caption is too long",
     "thumb_format": "thumbnail format must match the format of the stickers in the set",
+    "emoji_dimensions": "STICKER_VIDEO_DIMENSIONS: custom emoji must be exactly 100x100",
+    "sticker_dimensions": "STICKER_VIDEO_DIMENSIONS: one side of a video sticker must be 512",
     "parse_mode": "unsupported parse_mode",
     "not_modified": ("message is not modified: specified new message content and reply "
                      "markup are exactly the same as a current content and reply markup "
@@ -297,8 +307,8 @@ class Injection:
     after: int = 0
 
 
-#: ``verifier(data, format, role) -> None | error description``; role is "sticker" or
-#: "thumbnail". Plugged into :class:`FakeTelegramServer` for deeper media checks.
+#: ``verifier(data, format, role) -> None | error description``; role is "sticker",
+#: "emoji" (an entry of a custom emoji set), "thumbnail" or "upload" (uploadStickerFile). Plugged into :class:`FakeTelegramServer` for deeper media checks.
 StickerVerifier = Callable[[bytes, str, str], "str | None"]
 
 
@@ -383,6 +393,53 @@ def _image_info(data: bytes) -> tuple[str, int, int] | None:
         return None
 
 
+_EBML_MASTERS = {0x18538067, 0x1654AE6B, 0xAE, 0xE0}  # Segment, Tracks, TrackEntry, Video
+_EBML_CLUSTER = 0x1F43B675
+
+
+def _vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int]:
+    """An EBML variable-length integer at ``pos``: (value, next position); -1 = unknown size."""
+    first = data[pos]
+    length = next((i + 1 for i in range(8) if first & (0x80 >> i)), 0)
+    if length == 0 or pos + length > len(data):
+        raise ValueError("bad EBML integer")
+    value = first if keep_marker else first & (0xFF >> length)
+    for b in data[pos + 1:pos + length]:
+        value = (value << 8) | b
+    if not keep_marker and value == (1 << (7 * length)) - 1:
+        value = -1
+    return value, pos + length
+
+
+def webm_dimensions(data: bytes) -> tuple[int, int] | None:
+    """PixelWidth x PixelHeight of the first video track, read from the EBML tree (our own reader,
+    independent of the engine's decoder); None when the file does not say."""
+    def walk(pos: int, end: int) -> tuple[int, int] | None:
+        width = height = None
+        while pos < end:
+            eid, pos = _vint(data, pos, True)
+            size, pos = _vint(data, pos, False)
+            stop = end if size < 0 else min(pos + size, end)
+            if eid == _EBML_CLUSTER:
+                return None
+            if eid in _EBML_MASTERS:
+                found = walk(pos, stop)
+                if found is not None:
+                    return found
+            elif eid in (0xB0, 0xBA):
+                value = int.from_bytes(data[pos:stop], "big")
+                width, height = (value, height) if eid == 0xB0 else (width, value)
+                if width is not None and height is not None:
+                    return width, height
+            pos = stop
+        return None
+
+    try:
+        return walk(0, len(data))
+    except (ValueError, IndexError):
+        return None
+
+
 def is_webm(data: bytes) -> bool:
     """EBML magic and a ``webm`` DocType in the header (Matroska files fail)."""
     return data[:4] == b"\x1a\x45\xdf\xa3" and b"webm" in data[:64]
@@ -394,7 +451,10 @@ def check_sticker_file(data: bytes, size: int, fmt: str, role: str,
 
     static: PNG/WEBP, sticker one side exactly 512 and both <= 512, <= 512 KB;
     thumbnail exactly 100x100, <= 128 KB. video: WEBM header, <= 256 KB (thumbnail
-    <= 32 KB). animated: gzip (TGS) header, <= 64 KB (thumbnail <= 32 KB).
+    <= 32 KB), a sticker's size (when the header states it) one side 512; role
+    ``emoji`` (an entry of a custom emoji set): exactly 100x100 (the size must be
+    stated) and <= 64 KB; role ``upload`` (``uploadStickerFile``, which does not know
+    the set yet): a sticker's size or a custom emoji's 100x100; the set checks which. animated: gzip (TGS) header, <= 64 KB (thumbnail <= 32 KB).
     """
     if fmt not in STICKER_FORMATS:
         raise bad("format_invalid")
@@ -408,16 +468,29 @@ def check_sticker_file(data: bytes, size: int, fmt: str, role: str,
         _, width, height = info
         if thumb and (width, height) != (100, 100):
             raise bad("thumb_dimensions")
-        if not thumb and (max(width, height) != 512 or min(width, height) < 1):
+        emoji_sized = role == "upload" and (width, height) == (CUSTOM_EMOJI_SIDE, CUSTOM_EMOJI_SIDE)
+        if role in ("sticker", "upload") and not emoji_sized and (max(width, height) != 512 or min(width, height) < 1):
             raise bad("png_dimensions")
     elif fmt == "video":
         limit = VIDEO_THUMB_MAX_BYTES if thumb else VIDEO_STICKER_MAX_BYTES
         if not is_webm(data):
             raise bad("not_webm")
+        dims = webm_dimensions(data)
+        if dims is not None:
+            width, height = dims
+            emoji_sized = role == "upload" and dims == (CUSTOM_EMOJI_SIDE, CUSTOM_EMOJI_SIDE)
+            if role in ("sticker", "upload") and not emoji_sized and max(width, height) != 512:
+                raise bad("sticker_dimensions")
     else:
         limit = ANIMATED_THUMB_MAX_BYTES if thumb else ANIMATED_STICKER_MAX_BYTES
         if data[:2] != b"\x1f\x8b":
             raise bad("not_tgs")
+    if role == "emoji":
+        if fmt == "video" and (webm_dimensions(data) != (CUSTOM_EMOJI_SIDE, CUSTOM_EMOJI_SIDE)):
+            raise bad("emoji_dimensions")
+        if fmt == "static" and (width, height) != (CUSTOM_EMOJI_SIDE, CUSTOM_EMOJI_SIDE):
+            raise bad("emoji_dimensions")
+        limit = VIDEO_EMOJI_MAX_BYTES if fmt == "video" else limit
     if size > limit:
         raise bad("file_too_big")
     if verifier is not None:
@@ -1144,6 +1217,9 @@ class FakeTelegramServer:
                      "is_video": e.format == "video", "file_size": e.file.file_size}
         if e.emoji_list:
             out["emoji"] = e.emoji_list[0]
+        if rec is not None and rec.sticker_type == "custom_emoji":
+            # the entry's own id (its file_id is new per entry), as Telegram gives each custom emoji
+            out["custom_emoji_id"] = "5" + "".join(c for c in e.file.file_id if c.isdigit())
         if rec is not None:
             out["set_name"] = rec.name
         return out
@@ -1161,8 +1237,9 @@ class FakeTelegramServer:
             raise bad("set_invalid")
         return rec
 
-    def _input_sticker(self, obj: Any, uploads: dict[str, Upload]) -> StickerEntry:
-        """Validate one InputSticker and materialise it as a set entry."""
+    def _input_sticker(self, obj: Any, uploads: dict[str, Upload],
+                       sticker_type: str = "regular") -> StickerEntry:
+        """Validate one InputSticker for a set of ``sticker_type`` and materialise it as an entry."""
         if not isinstance(obj, dict) or "sticker" not in obj:
             raise ApiError(400, "can't parse InputSticker JSON object")
         fmt = obj.get("format")
@@ -1180,7 +1257,8 @@ class FakeTelegramServer:
         if not isinstance(obj["sticker"], str):
             raise ApiError(400, "can't parse InputSticker JSON object")
         src, _ = self._resolve_file(obj["sticker"], uploads, "upload", "sticker")
-        width, height = check_sticker_file(src.data, src.file_size, fmt, "sticker",
+        role = "emoji" if sticker_type == "custom_emoji" else "sticker"
+        width, height = check_sticker_file(src.data, src.file_size, fmt, role,
                                            self.sticker_verifier)
         n = self._next()
         entry_file = FileRecord(file_id=f"CAACAgI{n:07d}st", file_unique_id=src.file_unique_id,
@@ -1494,7 +1572,7 @@ class FakeTelegramServer:
             part = up.get(p["sticker"][len("attach://"):])
             if part is None:
                 raise bad("attach_missing")
-            check_sticker_file(part.data, len(part.data), fmt, "sticker",
+            check_sticker_file(part.data, len(part.data), fmt, "upload",
                                self.sticker_verifier)
             rec = self._new_file(part.data, "upload", ext="." + self._ext(fmt))
             return rec.to_file_json(with_path=False)
@@ -1518,7 +1596,7 @@ class FakeTelegramServer:
             self._user_for_stickers(p["user_id"])
             if name.lower() in self._sets:
                 raise bad("name_occupied")
-            entries = [self._input_sticker(s, up) for s in stickers]
+            entries = [self._input_sticker(s, up, sticker_type) for s in stickers]
             self._sets[name.lower()] = StickerSetRecord(name, title, sticker_type,
                                                         p["user_id"], entries)
         return True
@@ -1528,7 +1606,7 @@ class FakeTelegramServer:
             rec = self._owned_set(p["name"], p["user_id"])
             if len(rec.stickers) >= SET_MAX_STICKERS[rec.sticker_type]:
                 raise bad("too_many_stickers")
-            rec.stickers.append(self._input_sticker(p["sticker"], up))
+            rec.stickers.append(self._input_sticker(p["sticker"], up, rec.sticker_type))
         return True
 
     async def _get_sticker_set(self, p: JSON, up: dict[str, Upload]) -> JSON:
@@ -1541,7 +1619,7 @@ class FakeTelegramServer:
             owner, index = self._find_entry(p["old_sticker"])
             if owner is not rec:
                 raise bad("sticker_invalid")
-            entry = self._input_sticker(p["sticker"], up)
+            entry = self._input_sticker(p["sticker"], up, rec.sticker_type)
             del self._files[rec.stickers[index].file.file_id]
             rec.stickers[index] = entry
         return True

@@ -17,11 +17,15 @@ import pytest
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, StickerVerifier
 
-#: (sticker format, role) -> engine.stickers target name used by the deep verifier.
-_ENGINE_TARGETS = {("video", "sticker"): "telegram_video",
-                   ("static", "sticker"): "telegram_static",
-                   ("video", "thumbnail"): "telegram_thumb",
-                   ("static", "thumbnail"): "telegram_thumb"}
+#: (sticker format, role) -> engine.stickers target names used by the deep verifier; a file passes
+#: when it passes one of them (an upload may become a sticker or a custom emoji).
+_ENGINE_TARGETS = {("video", "sticker"): ("telegram_video",),
+                   ("static", "sticker"): ("telegram_static",),
+                   ("video", "emoji"): ("telegram_emoji",),
+                   ("video", "upload"): ("telegram_video", "telegram_emoji"),
+                   ("static", "upload"): ("telegram_static",),
+                   ("video", "thumbnail"): ("telegram_thumb",),
+                   ("static", "thumbnail"): ("telegram_thumb",)}
 
 
 def engine_sticker_verifier() -> StickerVerifier:
@@ -32,13 +36,11 @@ def engine_sticker_verifier() -> StickerVerifier:
     from engine.stickers.verify import verify
 
     def check(data: bytes, fmt: str, role: str) -> str | None:
-        target = _ENGINE_TARGETS.get((fmt, role))
-        if target is None:
+        targets = _ENGINE_TARGETS.get((fmt, role), ())
+        reports = [verify(data, target) for target in targets]
+        if not reports or any(r.ok for r in reports):
             return None
-        report = verify(data, target)
-        if report.ok:
-            return None
-        return "STICKER_FILE_INVALID: " + ", ".join(v.code for v in report.reasons)
+        return "STICKER_FILE_INVALID: " + ", ".join(v.code for v in reports[0].reasons)
 
     return check
 

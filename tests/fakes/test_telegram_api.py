@@ -23,7 +23,7 @@ from telegram.ext import (AIORateLimiter, Application, CallbackQueryHandler, Com
                           MessageHandler, filters)
 
 from tests.fakes import telegram_updates as tgu
-from tests.fakes.telegram_api import FakeTelegramServer, is_webm
+from tests.fakes.telegram_api import FakeTelegramServer, is_webm, webm_dimensions
 from tests.fakes.telegram_fixtures import engine_sticker_verifier, ptb_bot, telegram_server, telegram_user
 
 pytestmark = [
@@ -401,7 +401,7 @@ def test_sticker_file_checks_and_verifier_hook(telegram_server: FakeTelegramServ
                     "sticker": InputFile(webm(900), filename="a.webm")})
 
     run(scenario())
-    assert (256 * 1024, "video", "sticker") in seen
+    assert (256 * 1024, "video", "upload") in seen
 
 
 def test_engine_verifier_plugs_in(telegram_server: FakeTelegramServer,
@@ -870,3 +870,19 @@ def test_post_to_webhook_sends_any_secret_header(telegram_server: FakeTelegramSe
             assert [s for s, _ in hook.got] == ["wrong", None]
 
     run(scenario())
+
+
+def test_webm_frame_size_is_read_from_the_ebml_header():
+    """The fake's own EBML reader (not the engine's decoder) agrees with PyAV on real files."""
+    import av
+
+    from engine.stickers.encode import encode
+    from tests.engine.stickers.content import cartoon
+
+    for target, side in (("telegram_emoji", 100), ("telegram_video", 512)):
+        data = encode(cartoon(4, 64, 64), 10.0, target).data
+        with av.open(io.BytesIO(data)) as box:
+            ctx = box.streams.video[0].codec_context
+            assert webm_dimensions(data) == (ctx.width, ctx.height) == (side, side)
+    assert webm_dimensions(b"\x1a\x45\xdf\xa3" + b"\x00" * 40) is None
+    assert webm_dimensions(b"") is None
