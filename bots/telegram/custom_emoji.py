@@ -20,7 +20,7 @@ from telegram.error import BadRequest
 
 from emoji3d.orders import CUSTOM_EMOJI_TARGETS, PackResult
 from emoji3d.texts import text
-from storage import custom_emoji as ce
+from storage import custom_emoji as emoji_rows_store
 from storage import users
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -39,17 +39,17 @@ def emoji_set_link(name: str) -> str:
 
 
 def emoji_rows(db: Database, pack_id: int) -> SetRows:
-    return SetRows(lambda: ce.list_emoji(db, pack_id),
-                   lambda row_id, state, file_id=None: ce.set_emoji_platform_state(db, row_id, state, file_id))
+    return SetRows(lambda: emoji_rows_store.list_emoji(db, pack_id),
+                   lambda row_id, state, file_id=None: emoji_rows_store.set_emoji_platform_state(db, row_id, state, file_id))
 
 
-def materialize_emoji(db: Database, pack_id: int, result: PackResult) -> list[ce.CustomEmoji]:
+def materialize_emoji(db: Database, pack_id: int, result: PackResult) -> list[emoji_rows_store.CustomEmoji]:
     """Write the result's custom emoji files into the pack's emoji rows (idempotent, like stickers')."""
     for sf in sorted(result.stickers, key=lambda s: s.idx):
         digest = sf.files.get(EMOJI_TARGET)
         if digest is not None:
-            ce.put_emoji(db, pack_id, sf.idx, sf.emoji, digest)
-    return ce.list_emoji(db, pack_id)
+            emoji_rows_store.put_emoji(db, pack_id, sf.idx, sf.emoji, digest)
+    return emoji_rows_store.list_emoji(db, pack_id)
 
 
 def has_custom_emoji(result: PackResult) -> bool:
@@ -65,10 +65,10 @@ async def publish_custom_emoji(bot: Any, db: Database, blobs: BlobStore, pack_id
     rows = materialize_emoji(db, pack_id, result)
     if len(rows) > SET_MAX:
         raise ValueError(f"pack {pack_id} has {len(rows)} custom emoji; a set holds at most {SET_MAX}")
-    name = ce.record_set_name(db, pack_id, set_name_for(pack_id, str(tg_user_id), bot_username, kind="e"))
+    name = emoji_rows_store.record_set_name(db, pack_id, set_name_for(pack_id, str(tg_user_id), bot_username, kind="e"))
     pub = await publish_rows(bot, emoji_rows(db, pack_id), blobs, tg_user_id, name, title,
                              bot_username=bot_username, sticker_type="custom_emoji", link=emoji_set_link, **kw)
-    ce.mark_set_published(db, pack_id)
+    emoji_rows_store.mark_set_published(db, pack_id)
     return pub
 
 
@@ -98,7 +98,7 @@ async def delete_custom_emoji_sets(db: Database, platform: str, platform_user_id
     if user is None:
         return [], []
     done, failed = [], []
-    for name in ce.set_names_of_user(db, user.id):
+    for name in emoji_rows_store.set_names_of_user(db, user.id):
         try:
             await delete_set(name)
             done.append(name)

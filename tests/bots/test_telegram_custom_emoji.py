@@ -15,7 +15,7 @@ from bots.telegram.custom_emoji import publish_custom_emoji
 from emoji3d.config import TelegramConfig
 from emoji3d.orders import PackResult, StickerFiles
 from emoji3d.texts import text
-from storage import custom_emoji as ce
+from storage import custom_emoji
 from storage import jobs, packs, users
 from tests.bots.conftest import EMOJIS, QUALITY
 from tests.bots.test_telegram_flow import Chat, add_global_style, buttons, consent, running_bot
@@ -78,8 +78,8 @@ def test_the_set_is_created_with_every_emoji(res, telegram_server, telegram_user
                for e in s["stickers"])
     assert len({e["custom_emoji_id"] for e in s["stickers"]}) == 3
     assert pub.name.endswith("_by_" + telegram_server.bot.username) and pub.link.startswith("https://t.me/addemoji/")
-    assert ce.set_name(res.db, pack.id) == pub.name
-    assert [e.platform_state for e in ce.list_emoji(res.db, pack.id)] == ["added"] * 3
+    assert custom_emoji.set_name(res.db, pack.id) == pub.name
+    assert [e.platform_state for e in custom_emoji.list_emoji(res.db, pack.id)] == ["added"] * 3
     create = telegram_server.calls_to("createNewStickerSet")[-1]
     assert create.params["sticker_type"] == "custom_emoji"
 
@@ -108,8 +108,8 @@ def test_a_crash_mid_upload_resumes_without_duplicates(res, telegram_server, tel
     telegram_server.inject("addStickerToSet", "error", error_code=500, description="connection reset", after=1)
     with pytest.raises(Exception):
         asyncio.run(publish(telegram_server, res, pack.id, result, uid, initial_max=1, max_rounds=1))
-    name = ce.set_name(res.db, pack.id)
-    assert [e.platform_state for e in ce.list_emoji(res.db, pack.id)] == ["added", "added", "uploaded"]
+    name = custom_emoji.set_name(res.db, pack.id)
+    assert [e.platform_state for e in custom_emoji.list_emoji(res.db, pack.id)] == ["added", "added", "uploaded"]
     uploads = len(telegram_server.calls_to("uploadStickerFile"))
     # a flooded add that lands anyway, in the fresh process: seen by re-reading, never sent twice
     telegram_server.inject("addStickerToSet", "retry_after_landed", retry_after=1)
@@ -183,7 +183,7 @@ def test_the_bot_delivers_both_sets_and_delete_removes_both(res, telegram_server
             pack_id = order_and_deliver(res, app, chat, telegram_user, style, sticker_files, emoji_files)
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             assert "https://t.me/addemoji/" in done["text"] and "Premium" in done["text"]
-            names = packs.get_pack(res.db, pack_id).platform_set_name, ce.set_name(res.db, pack_id)
+            names = packs.get_pack(res.db, pack_id).platform_set_name, custom_emoji.set_name(res.db, pack_id)
             assert names[0] != names[1] and telegram_server.sticker_set_json(names[1])["sticker_type"] == "custom_emoji"
             chat.command("privacy")
             await chat.reply_containing("custom emoji")
@@ -209,7 +209,7 @@ def test_delete_while_the_emoji_set_was_never_finished(res, telegram_server, tel
 
     uid = telegram_user["id"]
     pack = made_pack(res, uid)
-    ce.record_set_name(res.db, pack.id, f"never_made_by_{telegram_server.bot.username}")
+    custom_emoji.record_set_name(res.db, pack.id, f"never_made_by_{telegram_server.bot.username}")
 
     async def scenario():
         async with bot_for(telegram_server) as bot:
@@ -237,6 +237,6 @@ def test_config_off_makes_no_emoji_set(res, telegram_server, telegram_user, self
             return pack_id
 
     pack_id = asyncio.run(scenario())
-    assert ce.set_name(res.db, pack_id) is None and ce.list_emoji(res.db, pack_id) == []
+    assert custom_emoji.set_name(res.db, pack_id) is None and custom_emoji.list_emoji(res.db, pack_id) == []
     types = [c.params.get("sticker_type", "regular") for c in telegram_server.calls_to("createNewStickerSet")]
     assert types == ["regular"]

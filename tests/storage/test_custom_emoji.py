@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage import custom_emoji as ce
+from storage import custom_emoji
 from storage import packs, users
 
 
@@ -15,44 +15,44 @@ def new_pack(db, key: str = "1") -> packs.Pack:
 def test_rows_move_local_uploaded_added_and_an_unchanged_put_keeps_the_state(db, blobs):
     pack = new_pack(db)
     d0, d1 = blobs.put_bytes(b"emoji-0"), blobs.put_bytes(b"emoji-1")
-    first = ce.put_emoji(db, pack.id, 0, "😀", d0)
-    ce.put_emoji(db, pack.id, 1, "😮", d1)
-    ce.set_emoji_platform_state(db, first.id, "uploaded", "file-0")
-    ce.set_emoji_platform_state(db, first.id, "added")
-    again = ce.put_emoji(db, pack.id, 0, "😀", d0)  # a restart materialises the same result again
+    first = custom_emoji.put_emoji(db, pack.id, 0, "😀", d0)
+    custom_emoji.put_emoji(db, pack.id, 1, "😮", d1)
+    custom_emoji.set_emoji_platform_state(db, first.id, "uploaded", "file-0")
+    custom_emoji.set_emoji_platform_state(db, first.id, "added")
+    again = custom_emoji.put_emoji(db, pack.id, 0, "😀", d0)  # a restart materialises the same result again
     assert (again.id, again.platform_state, again.platform_file_id) == (first.id, "added", "file-0")
-    assert [e.idx for e in ce.list_emoji(db, pack.id)] == [0, 1]
+    assert [e.idx for e in custom_emoji.list_emoji(db, pack.id)] == [0, 1]
     with pytest.raises(ValueError):
-        ce.set_emoji_platform_state(db, first.id, "published")
+        custom_emoji.set_emoji_platform_state(db, first.id, "published")
     with pytest.raises(KeyError):
-        ce.set_emoji_platform_state(db, 10_000, "added")
+        custom_emoji.set_emoji_platform_state(db, 10_000, "added")
 
 
 def test_a_new_file_resets_the_row_and_releases_the_old_blob(db, blobs):
     pack = new_pack(db)
     old, new = blobs.put_bytes(b"old emoji"), blobs.put_bytes(b"new emoji")
-    row = ce.put_emoji(db, pack.id, 0, "😀", old)
-    ce.set_emoji_platform_state(db, row.id, "added", "file-old")
+    row = custom_emoji.put_emoji(db, pack.id, 0, "😀", old)
+    custom_emoji.set_emoji_platform_state(db, row.id, "added", "file-old")
     assert blobs.refcount(old) == 1
-    fresh = ce.put_emoji(db, pack.id, 0, "😀", new)
+    fresh = custom_emoji.put_emoji(db, pack.id, 0, "😀", new)
     assert fresh.platform_state == "local" and fresh.platform_file_id is None
     assert blobs.refcount(old) == 0 and blobs.refcount(new) == 1
 
 
 def test_the_set_name_is_recorded_once(db):
     pack = new_pack(db)
-    assert ce.set_name(db, pack.id) is None
-    assert ce.record_set_name(db, pack.id, "e3d1xabc_emoji_by_bot") == "e3d1xabc_emoji_by_bot"
-    assert ce.record_set_name(db, pack.id, "other_by_bot") == "e3d1xabc_emoji_by_bot"  # a restart keeps the first
-    ce.mark_set_published(db, pack.id)
-    assert ce.set_names_of_user(db, pack.user_id) == ["e3d1xabc_emoji_by_bot"]
+    assert custom_emoji.set_name(db, pack.id) is None
+    assert custom_emoji.record_set_name(db, pack.id, "e3d1xabc_emoji_by_bot") == "e3d1xabc_emoji_by_bot"
+    assert custom_emoji.record_set_name(db, pack.id, "other_by_bot") == "e3d1xabc_emoji_by_bot"  # a restart keeps the first
+    custom_emoji.mark_set_published(db, pack.id)
+    assert custom_emoji.set_names_of_user(db, pack.user_id) == ["e3d1xabc_emoji_by_bot"]
 
 
 def test_deleting_the_user_removes_rows_names_and_emoji_blobs(db, blobs):
     pack = new_pack(db, "del")
     digest = blobs.put_bytes(b"only this user's emoji")
-    ce.put_emoji(db, pack.id, 0, "😀", digest)
-    ce.record_set_name(db, pack.id, "gone_by_bot")
+    custom_emoji.put_emoji(db, pack.id, 0, "😀", digest)
+    custom_emoji.record_set_name(db, pack.id, "gone_by_bot")
     users.delete_user(db, blobs, pack.user_id)
-    assert ce.list_emoji(db, pack.id) == [] and ce.set_name(db, pack.id) is None
+    assert custom_emoji.list_emoji(db, pack.id) == [] and custom_emoji.set_name(db, pack.id) is None
     assert not blobs.exists(digest)
