@@ -20,6 +20,10 @@ Conventions
   for another generator, or damaged) is renamed aside to
   ``<name>.replaced-<its digest prefix | "unreadable">`` first.
 * The sampling seed is ``[engine] seed``: one generator and seed, one file.
+* Several hosts: the job also stores the file in the blob store (its result's
+  ``file``), and an engine that starts without a usable local file but finds
+  the fit for its digest already done installs that copy instead of fitting
+  again. (An engine already running on another host sees it at its restart.)
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from emoji3d.orders import BOUNDARY_FIT_KIND, boundary_fit_key
 from engine.render import boundary_fit, edits
 from engine.resources import EngineResources
 from storage import jobs
-from storage.db import Database, open_database
+from storage.blobs import BlobStore
+from storage.db import Database
 
 log = logging.getLogger("emoji3d.boundaries")
 
@@ -61,18 +66,46 @@ def enqueue_fit(db: Database, res: EngineResources) -> int | None:
     return job_id
 
 
+def install_fitted(db: Database, blobs: BlobStore, res: EngineResources) -> bool:
+    """When the fit for this generator already succeeded (on another host, or before this file was
+    lost), install its stored copy; True if the engine now has boundaries from it."""
+    job = jobs.find_by_key(db, boundary_fit_key(res.generator_digest))
+    digest = (job.result or {}).get("file") if job is not None and job.status == "succeeded" else None
+    if not digest or not blobs.exists(digest):
+        return False
+    path = res.cfg.boundaries_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f"{path.name}.stored{os.getpid()}")
+    try:
+        staging.write_bytes(blobs.read_bytes(digest))
+        bset = edits.load_boundaries(staging, expected_digest=res.generator_digest)
+    except UserFacingError as exc:
+        log.error("the stored boundary file of job %s is unusable: %s", job.id, exc)
+        return False
+    finally:
+        staging.unlink(missing_ok=True)
+    install_boundaries(bset, path)
+    res.refresh_boundaries()
+    log.info("expression boundaries installed from job %s's stored file", job.id)
+    return res.boundaries is not None
+
+
 def handlers(res: EngineResources) -> dict:
-    """The job kind's handler for :func:`engine.tasks.build_handlers`; enqueues the fit first when it is
-    needed (the engine's start). A database that cannot be reached is logged: the engine fails on it next."""
+    """The job kind's handler for :func:`engine.tasks.build_handlers`. At the engine's start, when the
+    boundaries are missing: installs the stored result of an earlier fit for this generator, else
+    enqueues the fit. A storage that cannot be reached is logged: the engine fails on it next."""
     if fit_needed(res):
+        from storage.connect import open_storage
+
         try:
-            db = open_database(res.cfg.database_url)
+            db, blobs = open_storage(res.cfg)
             try:
-                enqueue_fit(db, res)
+                if not install_fitted(db, blobs, res):
+                    enqueue_fit(db, res)
             finally:
                 db.dispose()
-        except Exception:  # noqa: BLE001 - the worker reports the database itself, with its own error
-            log.exception("could not enqueue the expression boundary fit")
+        except Exception:  # noqa: BLE001 - the worker reports the storage itself, with its own error
+            log.exception("could not install or enqueue the expression boundary fit")
     return {BOUNDARY_FIT_KIND: functools.partial(handle_fit_boundaries, res)}
 
 
@@ -122,9 +155,11 @@ def handle_fit_boundaries(res: EngineResources, job, jc, *, score_by_proxy: bool
                    score_by_proxy=score_by_proxy)
     jc.check_cancelled()
     aside = install_boundaries(bset, res.cfg.boundaries_path)
+    stored = jc.put_blob(res.cfg.boundaries_path.read_bytes())  # for engines on other hosts (install_fitted)
     res.refresh_boundaries()
     log.info("expression boundaries fitted: %s -> %s", ", ".join(bset.names()), res.cfg.boundaries_path)
-    return {"path": str(res.cfg.boundaries_path), "generator_digest": bset.generator_digest, "samples": samples,
+    return {"path": str(res.cfg.boundaries_path), "file": stored, "generator_digest": bset.generator_digest,
+            "samples": samples,
             "boundaries": {n: {"d": _finite(b.d), "accuracy": _finite(b.accuracy)} for n, b in bset.boundaries.items()},
             "for_tests_only": bset.for_tests_only, "replaced": str(aside) if aside else None}
 

@@ -109,8 +109,8 @@ def load_installed_boundaries(cfg: Config, g3d: torch.nn.Module,
     """
     path = cfg.boundaries_path
     if not path.is_file():
-        return None, (f"no expression boundary file at {path} (the engine fits one by itself when the "
-                      "pretrained weights are installed; else `emoji3d boundaries fit`)")
+        return None, (f"no expression boundary file at {path} (`emoji3d setup` fits one; with the pretrained "
+                      "weights a started engine also fits one by itself)")
     try:
         return load_boundaries(path, expected_digest=digest or generator_digest(g3d)), ""
     except UserFacingError as exc:

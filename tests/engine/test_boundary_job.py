@@ -123,6 +123,12 @@ def test_the_engine_fits_its_boundaries_once_per_generator_and_later_packs_have_
     # and a restarted engine finds the file: nothing more to fit
     assert [j.id for j in fit_jobs(db)] == [fit.id]
     assert boundary_job.enqueue_fit(db, EngineResources.load(cfg)) is None
+    # an engine on another host (same database and blob store, no local file) installs the stored copy
+    assert blobs.read_bytes(done.result["file"]) == cfg.boundaries_path.read_bytes()
+    cfg.boundaries_path.unlink()
+    other = build_handlers(cfg)[RERENDER_KIND].args[0]
+    assert other.boundaries is not None and other.boundaries.generator_digest == res.generator_digest
+    assert [j.id for j in fit_jobs(db)] == [fit.id]
 
 
 def test_a_cancelled_fit_stops_and_writes_nothing(tmp_path, engine):
