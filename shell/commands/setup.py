@@ -126,6 +126,9 @@ def step_fetch(run: Run, needed) -> None:
             raise StepFailed("fetch", str(exc), "run `emoji3d setup` again to download it afresh; if it fails again "
                              f"the server sends another file than the manifest names ({entry.url})") from None
         except DownloadFailed as exc:
+            if "web page" in str(exc):  # a host that wants a browser (Google Drive's large-file page)
+                raise StepFailed("fetch", str(exc), "download it in a browser, put it where the message says, then "
+                                 "run `emoji3d setup` again") from None
             raise StepFailed("fetch", str(exc), "check the network and the URL, then run `emoji3d setup` again: the "
                              "download resumes where it stopped") from None
         except WeightsError as exc:
@@ -200,8 +203,9 @@ def step_boundaries(run: Run) -> None:
     if slim_preset(cfg):
         say("boundaries", "the slim preset is configured ([engine] preset): skipped (its files are meaningless)")
         return
+    device = engine_device(cfg)
     try:
-        generator, kind = load_base_generator("pretrained", cfg.weights_dir, cfg.engine.seed, engine_device(cfg))
+        generator, kind = load_base_generator("pretrained", cfg.weights_dir, cfg.engine.seed, device)
     except UserFacingError as exc:
         raise StepFailed("boundaries", f"cannot load the EG3D generator: {exc}",
                          "run `emoji3d weights verify eg3d_ffhq` and `emoji3d setup` again") from None
@@ -210,6 +214,8 @@ def step_boundaries(run: Run) -> None:
         say("boundaries", f"{cfg.boundaries_path} fits this generator ({', '.join(usable.names())}): skipped")
         return
     say("boundaries", f"{problem}; fitting on {run.samples} renders (a few minutes on a GPU)")
+    if device == "cpu":
+        say("boundaries", "no GPU: this takes long on a CPU (`--samples` lowers it, for noisier boundaries)")
     bar = None
     if run.progress:
         from tqdm import tqdm
