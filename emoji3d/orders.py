@@ -25,6 +25,14 @@ ENGINE_VERSION = "0.1.0"  # the engine's version: part of every order key and re
 JOB_KIND = "make_pack"
 REGENERATE_KIND = "regenerate_pack"  # a scheduled remake of an existing pack (payload: {"pack_id", ...})
 RERENDER_KIND = "rerender_pack"  # a finished pack rendered again from its stored avatar (payload: RerenderOrder)
+# The engine fits the expression boundaries of its base generator (payload: {"generator_digest", "samples"}):
+# a batch job, one per generator digest (see boundary_fit_key).
+BOUNDARY_FIT_KIND = "fit_boundaries"
+
+
+def boundary_fit_key(generator_digest: str) -> str:
+    """The idempotency key of the boundary fit for one base generator: several engines, one job."""
+    return f"{BOUNDARY_FIT_KIND}:{generator_digest}"
 
 # Files each platform needs, in engine.stickers target names.
 PLATFORM_TARGETS: dict[str, tuple[str, ...]] = {

@@ -46,6 +46,7 @@ ERRORS: dict[str, str] = {
     "weights_unsafe_pickle": "A model file was refused because it is not safe to load.",
     "boundaries_invalid": "The expression settings on this server are damaged: {detail}",
     "boundaries_generator_mismatch": "The expression settings don't match the installed model.",
+    "boundaries_fit_failed": "The expression settings could not be prepared on this server: {detail}",
     "expression_unavailable": "The “{expression}” expression isn't available on this server.",
     "sticker_encode_failed": "I couldn't fit your sticker into the platform's size limits: {detail}",
     "sticker_input_invalid": "Something went wrong while preparing your sticker frames.",

@@ -7,12 +7,17 @@ CUDA kernel that passed its self-check, or the reference and why).
 :class:`~engine.avatar.pipeline.Pipeline`), the face-mesh detector, the face
 and decoding limits, and the expression boundaries for this generator. Job
 handlers (:mod:`engine.tasks`) receive it; nothing in it changes while jobs
-run (per-user weights are parameter dicts, never written into the modules).
+run (per-user weights are parameter dicts, never written into the modules),
+except the boundaries: reading ``boundaries`` looks at the boundary file's
+stat and reads it again when it appeared or changed (the engine's own
+boundary fit, :mod:`engine.boundary_job`, or an operator's), so packs made
+after it include the expression stickers without a restart.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,8 +41,34 @@ class EngineResources:
     detector: LandmarkDetector
     face_cfg: FaceConfig
     decode_limits: DecodeLimits
-    boundaries: BoundarySet | None = None  # None when no usable boundary file is installed
-    boundaries_problem: str = ""           # why there are none (reported with each pack)
+    generator_digest: str = ""             # of the base EG3D (nets.g3d): what a boundary file must match
+    _boundaries: BoundarySet | None = None
+    _boundaries_problem: str = ""
+    _boundaries_stamp: tuple | None = field(default=None, repr=False)  # the file's stat when last read
+
+    @property
+    def boundaries(self) -> BoundarySet | None:
+        """The usable boundaries for this generator; None when no usable file is installed."""
+        self.refresh_boundaries()
+        return self._boundaries
+
+    @property
+    def boundaries_problem(self) -> str:
+        """Why there are no boundaries (reported with each pack); empty when there are."""
+        self.refresh_boundaries()
+        return self._boundaries_problem
+
+    def refresh_boundaries(self) -> bool:
+        """Read the boundary file again if it appeared, changed or went since the last read; True if it did."""
+        stamp = _file_stamp(self.cfg.boundaries_path)
+        if stamp == self._boundaries_stamp and (stamp is not None or self._boundaries_problem):
+            return False
+        self._boundaries, self._boundaries_problem = load_installed_boundaries(
+            self.cfg, self.pipeline.nets.g3d, digest=self.generator_digest)
+        self._boundaries_stamp = stamp
+        if self._boundaries is not None:
+            log.info("expression boundaries: %s", ", ".join(self._boundaries.names()))
+        return True
 
     @classmethod
     def load(cls, cfg: Config) -> "EngineResources":
@@ -54,12 +85,23 @@ class EngineResources:
             log.warning(SLIM_WARNING)
         face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
-        boundaries, problem = load_installed_boundaries(cfg, nets.g3d)
-        return cls(cfg, Pipeline(nets, cfg.pipeline), LandmarkDetector(), face_cfg,
-                   DecodeLimits.from_config(cfg.limits), boundaries, problem)
+        res = cls(cfg, Pipeline(nets, cfg.pipeline), LandmarkDetector(), face_cfg,
+                  DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d))
+        res.refresh_boundaries()
+        return res
 
 
-def load_installed_boundaries(cfg: Config, g3d: torch.nn.Module) -> tuple[BoundarySet | None, str]:
+def _file_stamp(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+
+def load_installed_boundaries(cfg: Config, g3d: torch.nn.Module,
+                              digest: str | None = None) -> tuple[BoundarySet | None, str]:
     """The expression boundaries for this base generator, or (None, why not).
 
     A missing, damaged or mismatched file is not fatal: motion stickers are
@@ -67,9 +109,10 @@ def load_installed_boundaries(cfg: Config, g3d: torch.nn.Module) -> tuple[Bounda
     """
     path = cfg.boundaries_path
     if not path.is_file():
-        return None, f"no expression boundary file at {path} (make one with `emoji3d boundaries fit`)"
+        return None, (f"no expression boundary file at {path} (`emoji3d setup` fits one; with the pretrained "
+                      "weights a started engine also fits one by itself)")
     try:
-        return load_boundaries(path, expected_digest=generator_digest(g3d)), ""
+        return load_boundaries(path, expected_digest=digest or generator_digest(g3d)), ""
     except UserFacingError as exc:
         log.error("expression boundaries unusable: %s", exc)
         return None, f"expression boundary file {path} is unusable: {exc}"

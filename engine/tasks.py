@@ -42,6 +42,7 @@ from emoji3d.images import decode_image
 from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND,
                             CUSTOM_EMOJI_TARGETS, THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
+from engine import boundary_job
 from engine.avatar import params, portrait_artifact
 from engine.avatar.avatar_file import AvatarFileError, result_from_bytes, result_to_bytes
 from engine.avatar.pipeline import AvatarResult, PortraitInputs
@@ -74,7 +75,7 @@ def build_handlers(cfg: Config) -> dict:
     return {JOB_KIND: functools.partial(handle_make_pack, res),
             REGENERATE_KIND: functools.partial(handle_regenerate_pack, res),
             RERENDER_KIND: functools.partial(handle_rerender_pack, res),
-            "style_finetune": functools.partial(handle_style_finetune, res)}
+            "style_finetune": functools.partial(handle_style_finetune, res), **boundary_job.handlers(res)}
 
 
 def artifact_key(kind: str, key: str) -> str:

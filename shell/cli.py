@@ -34,6 +34,7 @@ GROUPS = {
     "face": ("shell.commands.face", "find, align, crop and pose a face; check face reference fixtures"),
     "stickers": ("shell.commands.stickers", "encode frames into platform stickers; verify sticker files"),
     "boundaries": ("shell.commands.boundaries", "fit or verify the expression boundaries (smile, surprise, anger...)"),
+    "setup": ("shell.commands.setup", "guided install: licences, fetch, convert, verify weights; boundaries; doctor"),
     "doctor": ("shell.commands.doctor", "check this install: runtime, weights, ops, boundaries, storage, tokens, config"),
 }
 

@@ -42,12 +42,11 @@ import pathlib
 import sys
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from emoji3d.errors import UserFacingError
-from engine.render import edits, expressions
-from engine.render.scorers import CLASSIFIER_SCORER, combined_scorer, face_scorer, proxy_scores
+from engine.render import boundary_fit, edits, expressions
+from engine.render.scorers import combined_scorer, face_scorer, proxy_scores
 
 SLIM_BANNER = ("*** SLIM RANDOM WEIGHTS: this boundary file is FOR TESTS ONLY. The slim generator renders no "
                "faces, so proxy image statistics replaced the expression scorers. Install the pretrained EG3D "
@@ -101,67 +100,42 @@ def _parse_layers(items: Sequence[str]) -> dict[str, tuple[int, int]]:
 def cmd_fit(ns: argparse.Namespace) -> int:
     weights_dir, seed, device = _settings(ns)
     G, kind = load_base_generator(ns.preset, weights_dir, seed, device)
-    known = expressions.GEOMETRY_EXPRESSIONS + expressions.CLASSIFIER_ATTRIBUTES
     names = [n.strip() for n in ns.expressions.split(",") if n.strip()] if ns.expressions else None
-    unknown = set(names or ()) - set(known)
-    if unknown:
-        print(f"error: unknown expressions {sorted(unknown)}; known: {', '.join(known)}", file=sys.stderr)
-        return 2
-    installed, missing = expressions.classifier_scorers(weights_dir)
-    if names is None:
-        names = list(expressions.GEOMETRY_EXPRESSIONS) + list(installed)
-        for name, why in missing.items():
-            print(f"note: not fitting {name}: {why}", file=sys.stderr)
-    wanted_missing = {n: missing[n] for n in names if n in missing}
-    if wanted_missing:
-        for name, why in wanted_missing.items():
-            print(f"error: cannot fit {name}: {why}", file=sys.stderr)
-        return 1
-    geo_names = [n for n in names if n in expressions.GEOMETRY_EXPRESSIONS]
-    classifiers = {n: installed[n] for n in names if n in installed}
     try:
+        plan = boundary_fit.plan_fit(weights_dir, names)
         layers = _parse_layers(ns.layers)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, why in plan.skipped.items():
+        print(f"note: not fitting {name}: {why}", file=sys.stderr)
     if kind == "slim":
         print(SLIM_BANNER, file=sys.stderr)
     sample_cfg = edits.SampleConfig(n=ns.n, batch=ns.batch, truncation_psi=ns.psi,
-                                neural_rendering_resolution=ns.neural_rendering_resolution)
-    rng = torch.Generator().manual_seed(ns.seed)
+                                    neural_rendering_resolution=ns.neural_rendering_resolution)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 10) < sample_cfg.batch:
             print(f"rendered and scored {done}/{total}", file=sys.stderr)
 
-    scorer_name = "proxy-image-stats" if kind == "slim" else "mediapipe-geometry"
-    if kind == "slim":
-        scorer = combined_scorer(proxy_scores, geo_names, classifiers)
-        latents, scores = edits.sample_and_score(G, scorer, names, sample_cfg, rng, progress)
-    else:
-        from engine.face.landmarks import LandmarkDetector
-
-        with LandmarkDetector(max_faces=1) as det:
-            latents, scores = edits.sample_and_score(G, face_scorer(det, geo_names, classifiers), names, sample_cfg,
-                                                 rng, progress)
-        found = float(np.isfinite(scores[names[0]]).mean())
-        print(f"faces found in {found:.1%} of the renders", file=sys.stderr)
-        if found < ns.min_face_fraction:
-            print(f"error: faces were found in only {found:.1%} of the renders (< {ns.min_face_fraction:.0%}); "
-                  "the generator does not render usable faces", file=sys.stderr)
-            return 1
-    fit_cfg, fit_rng = edits.FitConfig(fraction=ns.fraction), np.random.default_rng(ns.seed)
+    fit_cfg = edits.FitConfig(fraction=ns.fraction)
     try:
-        boundaries = edits.fit_boundaries(latents, {n: scores[n] for n in geo_names}, fit_rng, fit_cfg,
-                                      scorer=scorer_name, layers=layers)
-        boundaries.update(edits.fit_boundaries(latents, {n: scores[n] for n in classifiers}, fit_rng, fit_cfg,
-                                           scorer=CLASSIFIER_SCORER, layers=layers))
-    except ValueError as exc:
+        if kind == "slim":
+            bset = boundary_fit.fit_boundary_set(G, kind, plan, sample_cfg, fit_cfg, ns.seed, layers=layers,
+                                                 progress=progress)
+        else:
+            from engine.face.landmarks import LandmarkDetector
+
+            with LandmarkDetector(max_faces=1) as det:
+                bset = boundary_fit.fit_boundary_set(G, kind, plan, sample_cfg, fit_cfg, ns.seed, detector=det,
+                                                     layers=layers, min_face_fraction=ns.min_face_fraction,
+                                                     progress=progress)
+    except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    boundaries = {n: boundaries[n] for n in names}  # the order asked for
-    bset = edits.BoundarySet(generator_digest=edits.generator_digest(G), generator_preset=kind, boundaries=boundaries,
-                         for_tests_only=kind == "slim")
     out = pathlib.Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     edits.save_boundaries(bset, out)
@@ -246,7 +220,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
     cfg = load_config(ns.config)
     if cfg.engine.preset == "pretrained" or (cfg.engine.preset == "auto" and pretrained_available(cfg.weights_dir)):
-        print("pretrained weights: real boundaries are fitted with `emoji3d boundaries fit` (not on the fly)",
+        print("pretrained weights: the engine fits real boundaries itself (a batch job), or run `emoji3d setup`",
               file=sys.stderr)
         return 0
     out = cfg.boundaries_path

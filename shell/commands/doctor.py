@@ -163,7 +163,9 @@ def check_boundaries(cfg: Config) -> list[Check]:
         if not cfg.boundaries_path.is_file() and slim:
             return [Check("boundaries", WARN, f"{problem}; expression stickers are not made",
                           hint + " (slim: a meaningless file, for tests; `make demo` fits one)")]
-        return [Check("boundaries", FAIL, problem, hint)]
+        return [Check("boundaries", FAIL, problem,
+                      hint if slim else f"run `emoji3d setup` (or {hint[4:]}); a started engine also fits them "
+                      "as a batch job (`emoji3d jobs list`)")]
     label = " (slim: FOR TESTS ONLY, not real expressions)" if boundaries.for_tests_only else ""
     return [Check("boundaries", OK, f"{', '.join(boundaries.names())} for the {kind} generator{label}")]
 
