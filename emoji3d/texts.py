@@ -53,7 +53,6 @@ ERRORS: dict[str, str] = {
     "style_removed": "The style of this pack was removed, so I can't remake it.",
     "avatar_expired": "This pack's 3D avatar is no longer stored, so it can't be changed. Send a selfie to make a new one.",
     "selfie_expired": "Your selfie was deleted after {hours} hours, as promised. Send it again to remake this pack.",
-    "retry_impossible": "This pack can't be made again from here. Send a selfie and pick a style to make a new one.",
     # Storage
     "blob_too_large": "That file is too large to store.",
     "user_not_found": "I have no data stored for you.",
@@ -223,8 +222,6 @@ BOT: dict[str, str] = {
     "stage_unknown": "working",
     "rerender_button": "Redo at {strength}",
     "rerender_started": "Redoing your pack at {strength} from your stored avatar; it will be here shortly.",
-    "retry_button": "Try another seed",
-    "retry_started": "Making your pack again with another seed (the whole process, a few minutes); the new stickers will replace these.",
     # First-look stills, sent while the pack is being made
     "first_look_photo_real": "A first look at your 3D head (the stickers are still being made).",
     "first_look_stylized": "Your stylized 3D avatar; the animated stickers come next.",

@@ -1,5 +1,4 @@
-"""The buttons on a delivered pack: "Redo at <strength>" renders it again from its stored avatar;
-"Try another seed" makes it again with the next seed (:func:`bots.retry.order_retry`).
+"""The "Redo at <strength>" buttons on a delivered pack: render it again from its stored avatar.
 
 Stateless like the other result buttons: the custom id carries the pack id and
 the strength preset (``emoji3d:rr:<pack>:<preset>``), so a button keeps working
@@ -13,7 +12,7 @@ import re
 
 import discord
 
-from bots import core, retry
+from bots import core
 from bots.discord.interactions import guarded
 from emoji3d import orders
 from emoji3d.texts import text
@@ -49,39 +48,13 @@ async def rerender(interaction: discord.Interaction, pack_id: int, preset: str) 
                           chat_id=str(interaction.channel_id) if interaction.channel_id else None)
 
 
-class RetryButton(discord.ui.DynamicItem[discord.ui.Button], template=r"emoji3d:rt:(?P<pack>\d+)"):
-    def __init__(self, pack_id: int) -> None:
-        super().__init__(discord.ui.Button(label=text("retry_button"), style=discord.ButtonStyle.secondary,
-                                           custom_id=f"emoji3d:rt:{int(pack_id)}"))
-        self.pack_id = int(pack_id)
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str], /
-                             ) -> "RetryButton":
-        return cls(int(match["pack"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await guarded(interaction, retry_with_another_seed(interaction, self.pack_id))
-
-
-async def retry_with_another_seed(interaction: discord.Interaction, pack_id: int) -> None:
-    client = interaction.client
-    res: core.BotResources = client.res  # type: ignore[attr-defined]
-    user = core.ensure_user(res, PLATFORM, str(interaction.user.id))
-    placed = retry.order_retry(res, user, pack_id)
-    await interaction.response.send_message(text("retry_started"), ephemeral=True)
-    client.notifier.watch(placed.job_id, placed.pack.id, user,  # type: ignore[attr-defined]
-                          chat_id=str(interaction.channel_id) if interaction.channel_id else None)
-
-
 def add_rerender_buttons(view: discord.ui.View | None, pack: packs.Pack,
                          result: orders.PackResult) -> discord.ui.View | None:
-    """``view`` with a button per other strength preset (when the pack's avatar is stored) and the
-    another-seed button."""
+    """``view`` with a button per other strength preset, when the pack's avatar is stored."""
+    if not result.avatar:
+        return view
     view = view or discord.ui.View(timeout=None)
-    if result.avatar:
-        for name, value in core.STRENGTHS.items():
-            if abs(value - pack.strength) > 1e-6:
-                view.add_item(RerenderButton(pack.id, name))
-    view.add_item(RetryButton(pack.id))
+    for name, value in core.STRENGTHS.items():
+        if abs(value - pack.strength) > 1e-6:
+            view.add_item(RerenderButton(pack.id, name))
     return view

@@ -32,7 +32,7 @@ from emoji3d.texts import message, text
 from storage import packs
 from storage import styles as st
 
-from bots import core, retry
+from bots import core
 from bots.core import BotResources, ProgressView
 from bots.notify import Notifier, Watch
 from bots.telegram.custom_emoji import delete_custom_emoji_sets, deliver_custom_emoji
@@ -227,15 +227,12 @@ async def on_go(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 def rerender_markup(pack: packs.Pack, result: orders.PackResult) -> InlineKeyboardMarkup | None:
-    """Buttons on a finished pack: render it again at another style strength (from its stored avatar),
-    and make it again with another seed (offered on every pack; a weak one's quality line suggests it)."""
-    rows = []
-    if result.avatar:
-        others = [name for name, value in core.STRENGTHS.items() if abs(value - pack.strength) > 1e-6]
-        rows.append([InlineKeyboardButton(text("rerender_button", strength=text(f"strength_{name}")),
-                                          callback_data=f"rr:{pack.id}:{name}") for name in others])
-    rows.append([InlineKeyboardButton(text("retry_button"), callback_data=f"rt:{pack.id}")])
-    return InlineKeyboardMarkup(rows)
+    """Buttons that render the finished pack again at another style strength (from its stored avatar)."""
+    if not result.avatar:
+        return None
+    others = [name for name, value in core.STRENGTHS.items() if abs(value - pack.strength) > 1e-6]
+    return InlineKeyboardMarkup([[InlineKeyboardButton(text("rerender_button", strength=text(f"strength_{name}")),
+                                                       callback_data=f"rr:{pack.id}:{name}") for name in others]])
 
 
 @guard
@@ -246,18 +243,6 @@ async def on_rerender(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     job_id = core.order_rerender(_res(context), user, int(pack_id), strength=core.strength_value(preset))
     await q.answer()
     await _notifier(context).start(job_id, int(pack_id), user, chat_id=str(q.message.chat.id))
-
-
-@guard
-async def on_retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    q = update.callback_query
-    pack_id = int(q.data.split(":", 1)[1])
-    user = _user(update, context)
-    placed = retry.order_retry(_res(context), user, pack_id)
-    await q.answer()
-    message = await q.message.reply_text(text("retry_started"))
-    await _notifier(context).start(placed.job_id, placed.pack.id, user, chat_id=str(q.message.chat.id),
-                                   message_id=str(message.message_id))
 
 
 @guard

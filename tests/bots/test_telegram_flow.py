@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from typing import Any, AsyncIterator
 
 import pytest
@@ -503,7 +502,7 @@ def test_run_entry_point_serves_until_stopped(tmp_path, telegram_server, telegra
 def test_result_without_sticker_files_sends_stills_and_says_why(res, telegram_server, telegram_user, selfie_png):
     """Today's engine renders stills only (PackResult.missing names what is absent)."""
     from bots import core
-    from emoji3d.orders import PackResult, StickerFiles
+    from emoji3d.orders import PackResult
 
     style = add_global_style(res, "toon", selfie_png)
     chat = Chat(telegram_server, telegram_user)
@@ -696,8 +695,7 @@ def test_a_finished_pack_offers_a_rerender_at_another_strength(res, telegram_ser
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             offered = buttons(done)
             assert set(offered) == {text("rerender_button", strength=text("strength_subtle")),
-                                    text("rerender_button", strength=text("strength_medium")),  # not "full" again
-                                    text("retry_button")}
+                                    text("rerender_button", strength=text("strength_medium"))}  # not "full" again
             chat.press(done, offered[text("rerender_button", strength=text("strength_subtle"))])
             rerender = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
             assert rerender[0].payload["strength"] == 0.35 and rerender[0].payload["source_job_id"] == job.id
@@ -706,93 +704,5 @@ def test_a_finished_pack_offers_a_rerender_at_another_strength(res, telegram_ser
                                stickers=[StickerFiles(0, "s0", "😀", {"telegram_video": videos[1]})])
             jobs.complete(res.db, claimed.id, claimed.lease_token, again.to_dict(), again.blob_digests())
             await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
-
-    asyncio.run(scenario())
-
-
-def test_try_another_seed_remakes_the_pack_in_place_with_the_next_seed(res, telegram_server, telegram_user,
-                                                                        selfie_png, sticker_files):
-    from bots import core
-    from emoji3d.orders import PackResult, StickerFiles
-
-    style = add_global_style(res, "toon", selfie_png)
-    chat = Chat(telegram_server, telegram_user)
-
-    def finish(job, pack_id, videos):
-        result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"),
-                            stickers=[StickerFiles(i, f"s{i}", "😀", {"telegram_video": d}) for i, d in enumerate(videos)])
-        jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
-
-    async def scenario() -> None:
-        async with running_bot(res, telegram_server) as app:
-            await consent(chat)
-            chat.photo(selfie_png)
-            await chat.reply_containing(text("selfie_ok"))
-            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
-            placed = core.place_order(res, user, "telegram", preset="medium", style_id=style.id)
-            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
-            first = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
-            make_ready(res.db, placed.pack.id)
-            finish(first, placed.pack.id, videos)
-            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
-            chat.press(done, buttons(done)[text("retry_button")])
-            # said once, then that message becomes the retry's progress message
-            await wait_for(lambda: any(c.params.get("text") == text("retry_started")
-                                       for c in telegram_server.calls_to("sendMessage")), what="the retry's reply")
-            await chat.reply_containing(text("queued_soon"), timeout=30)
-            again = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind="make_pack") if j.id != first.id],
-                                   what="the retry's job")
-            payload, before = again[0].payload, first.payload
-            assert payload["seed"] == before["seed"] + 1 and payload["regenerate"] is True
-            assert payload["pack_id"] == placed.pack.id and payload["strength"] == before["strength"]
-            assert (payload["selfie_digest"], payload["exemplar_digest"]) == (before["selfie_digest"],
-                                                                              before["exemplar_digest"])
-            second = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-            make_ready(res.db, placed.pack.id)
-            finish(second, placed.pack.id, list(reversed(videos)))
-            await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
-            assert len(packs.list_packs(res.db, user.id)) == 1  # the same pack, its set updated in place
-
-    asyncio.run(scenario())
-
-
-def test_try_another_seed_after_the_selfie_expired_asks_for_it_again(res, telegram_server, telegram_user, selfie_png,
-                                                                     sticker_files):
-    from bots import core
-    from emoji3d.orders import PackResult, StickerFiles
-
-    import io
-
-    from PIL import Image, ImageOps
-
-    mirrored = io.BytesIO()
-    ImageOps.mirror(Image.open(io.BytesIO(selfie_png))).save(mirrored, format="PNG")
-    style = add_global_style(res, "toon", mirrored.getvalue())  # not the selfie's bytes: the style keeps its blob
-    chat = Chat(telegram_server, telegram_user)
-
-    async def scenario() -> None:
-        async with running_bot(res, telegram_server) as app:
-            await consent(chat)
-            chat.photo(selfie_png)
-            await chat.reply_containing(text("selfie_ok"))
-            user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
-            placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
-            app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
-            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
-            result = PackResult(pack_id=placed.pack.id, preset="slim", stickers=[
-                StickerFiles(i, f"s{i}", "😀", {"telegram_video": d}) for i, d in enumerate(videos)])
-            make_ready(res.db, placed.pack.id)
-            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
-            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
-            selfie = job.payload["selfie_digest"]
-            selfies.purge_expired(res.db, res.blobs, now=time.time() + 3600 * (
-                res.cfg.privacy.selfie_retention_hours + 1))  # the retention pass, hours later
-            assert not res.blobs.exists(selfie)
-            chat.press(done, buttons(done)[text("retry_button")])
-            await chat.reply_containing(message("selfie_expired", hours=res.cfg.privacy.selfie_retention_hours)[:40],
-                                        timeout=30)
-            assert len(jobs.list_jobs(res.db, kind="make_pack")) == 1  # nothing ordered
 
     asyncio.run(scenario())

@@ -754,33 +754,3 @@ def test_a_delivered_pack_offers_a_rerender_at_another_strength(res, selfie_png,
             h.assert_no_errors()
 
     run(scenario())
-
-
-def test_a_delivered_pack_offers_another_seed_which_remakes_it_in_place(res, selfie_png, discord_files):
-    from emoji3d.orders import PackResult, StickerFiles
-
-    style = global_style(res, "toon", selfie_png)
-
-    async def scenario() -> None:
-        async with bot_on_fake(res) as (h, w, bot):
-            consented(res, w.member)
-            payload = create_payload(h, w.member, selfie_png, style=str(style.id), strength="medium")
-            await h.deliver(payload)
-            h.assert_no_errors()
-            job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-            pack_id = job.payload["pack_id"]
-            result = PackResult(pack_id=pack_id, preset="slim", stickers=[StickerFiles(0, "turn", EMOJIS[0], {
-                "discord_sticker": res.blobs.put_bytes(discord_files["stickers"][0])})])
-            make_ready(res.db, pack_id)
-            jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
-            (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="result follow-up")
-            assert f"emoji3d:rt:{pack_id}" in custom_ids(fu)  # offered also without a stored avatar
-            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == "published", what="published")
-            await h.deliver(h.click(f"emoji3d:rt:{pack_id}", w.member, message=fu))
-            again = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind="make_pack") if j.id != job.id],
-                                   what="the retry's job")
-            assert again[0].payload["seed"] == job.payload["seed"] + 1
-            assert again[0].payload["pack_id"] == pack_id and again[0].payload["regenerate"] is True
-            h.assert_no_errors()
-
-    run(scenario())
