@@ -301,7 +301,8 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
     source = packs.result_of(jobs.get_job(jc.db, order.source_job_id))
     if source is None or source.avatar is None or not jc.blobs.exists(source.avatar):
         raise AvatarGone(f"pack {order.pack_id}: no stored avatar to render again")
-    progress = stage_progress(jc)  # the pack's status stays as it is until the re-render succeeds
+    packs.mark_rendering(jc.db, order.pack_id)
+    progress = stage_progress(jc)
     try:  # the avatar file names the cached style and selfie artifacts it was made from
         avatar = result_from_bytes(jc.blobs.read_bytes(source.avatar),
                                    BlobArtifactCache(jc, order.user_id, shared_style=True))
@@ -342,8 +343,8 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
                                               report.get("notes", []))),
         avatar=jc.put_blob(jc.blobs.read_bytes(source.avatar)), renders=[jc.put_blob(png) for png in files.stills],
         missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
-    # Only now does the pack point at the new result (and strength); until then it keeps its old one.
-    packs.finish_rerender(jc.db, order.pack_id, jc.job.id, order.strength)
+    packs.mark_ready(jc.db, order.pack_id)
+    packs.set_job(jc.db, order.pack_id, jc.job.id)  # only now: until it succeeds the pack keeps its old result
     return result.to_dict()
 
 

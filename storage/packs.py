@@ -8,16 +8,11 @@ Life cycle (``packs.status``); only the functions below write it::
                      ▼  │ for a made pack)          ▼                  uploading ──mark_published──> published
                 superseded                       failed
 
-    made (ready / uploading / published) ──finish_rerender──> ready
-
 * ``pending``: ordered, its ``make_pack`` job waits in the queue.
 * ``rendering``: an engine runs the job (also while a made pack is regenerated).
 * ``ready``: the engine stored the files; no platform has them yet.
 * ``uploading`` / ``published``: a bot is publishing / has published the set.
 * ``failed``: the job failed or was cancelled before the pack was made.
-* A re-render (another strength or sticker selection from the stored avatar)
-  leaves the status alone while it runs; only its success moves the pack,
-  with ``finish_rerender``.
 * ``superseded``: an identical order won a race; this row was never used.
 
 A transition names the statuses it may start from and is one conditional
@@ -192,14 +187,6 @@ def mark_uploading(db: Database, pack_id: int, set_name: str) -> bool:
 
 def mark_published(db: Database, pack_id: int) -> bool:
     return _transition(db, pack_id, PUBLISHED, MADE)
-
-
-def finish_rerender(db: Database, pack_id: int, job_id: int, strength: float) -> bool:
-    """A re-render of a made pack succeeded: the pack now shows that job's result at ``strength``, and is
-    ``ready`` again for its bot to sync the platform set. A re-render never moves the pack before
-    this, so one that fails or is cancelled leaves the pack as it was (published, with its old result).
-    False (nothing changed) when the pack is no longer made, e.g. a remake was ordered meanwhile."""
-    return _transition(db, pack_id, READY, MADE, job_id=job_id, strength=float(strength))
 
 
 def reopen(db: Database, pack_id: int) -> bool:

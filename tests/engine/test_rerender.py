@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from engine.worker import Worker
 from storage import artifacts, jobs, packs, users
 from storage.blobs import BlobStore
 from storage.db import open_database
-from tests.lifecycle import make_ready, publish
+from tests.lifecycle import make_ready
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +60,11 @@ def stored_avatar(res: EngineResources, db, blobs) -> bytes:
     return result_to_bytes(avatar, cache, style_key="style", portrait_key="selfie")
 
 
-_PACKS_MADE = itertools.count()
-
-
 def finished_pack(db, blobs, avatar: bytes | None) -> tuple[int, int, int]:
     """(user id, pack id, job id) of a finished make_pack whose result holds ``avatar``."""
-    n = next(_PACKS_MADE)  # a new user and order each time (one database per module)
-    user = users.get_or_create_user(db, "local", f"u{n}")
+    user = users.get_or_create_user(db, "local", f"u{id(avatar)}")
     pack, job_id = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest="a" * 64,
-                                                  exemplar_digest=blobs.put_bytes(b"style"), seed=n))
+                                                  exemplar_digest=blobs.put_bytes(b"style"), seed=id(avatar)))
     job = jobs.claim(db, "test", 60, kinds=["make_pack"])
     digest = blobs.put_bytes(avatar) if avatar is not None else None
     result = PackResult(pack_id=pack.id, preset="slim", avatar=digest,
@@ -106,8 +101,6 @@ def test_a_rerender_makes_the_chosen_stickers_at_the_new_strength_without_optimi
     other = packs.result_of(full)
     assert other.stickers[0].files != result.stickers[0].files  # the strength changed the renders
     assert other.avatar == result.avatar  # the same stored avatar
-    pack = packs.get_pack(db, pack_id)  # the pack now shows the latest re-render, at its strength
-    assert (pack.job_id, pack.strength, pack.status) == (full.id, 1.0, packs.READY)
 
 
 def test_a_rerender_without_a_stored_avatar_says_so(engine):
@@ -115,17 +108,3 @@ def test_a_rerender_without_a_stored_avatar_says_so(engine):
     user_id, pack_id, source = finished_pack(db, blobs, None)
     job = run_rerender(cfg, db, blobs, res, RerenderOrder(user_id, pack_id, source, strength=0.5))
     assert job.status == "failed" and job.error_key == AvatarGone.key
-
-
-def test_a_failed_rerender_leaves_the_published_pack_as_it_was(engine):
-    """The pack keeps its status, result and strength while a re-render runs and after it fails, also when the
-    bots' notifier then marks the job's pack failed (as it does for every failed job that names a pack)."""
-    cfg, db, blobs, res = engine
-    user_id, pack_id, source = finished_pack(db, blobs, None)  # no stored avatar: the re-render fails
-    publish(db, pack_id)
-    before = packs.get_pack(db, pack_id)
-    job = run_rerender(cfg, db, blobs, res, RerenderOrder(user_id, pack_id, source, strength=0.1))
-    assert job.status == "failed"
-    assert not packs.mark_failed(db, pack_id)
-    after = packs.get_pack(db, pack_id)
-    assert (after.status, after.job_id, after.strength) == (packs.PUBLISHED, source, before.strength)
