@@ -208,19 +208,20 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
                            on_pivot=_pivot_still(res, jc, order.user_id))
     warnings = []
+    seed = order.seed + res.cfg.engine.seed
     if jc.blobs.exists(order.selfie_digest):
         selfie = _analyze(res, jc.blobs.read_bytes(order.selfie_digest), "selfie")
         portrait = portrait_inputs(selfie, order.selfie_digest)
         warnings = [{"key": w.key, **w.params} for w in selfie.warnings]
     else:
         # The photo was deleted under the retention policy; its inversion may still be cached.
-        portrait = res.pipeline.cached_portrait(order.selfie_digest, cache)
+        portrait = res.pipeline.cached_portrait(order.selfie_digest, cache, seed)
         if portrait is None:
             raise SelfieGone(f"selfie {order.selfie_digest[:12]} and its cached inversion are both gone",
                              hours=res.cfg.privacy.selfie_retention_hours)
     style = portrait_inputs(_analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style"), order.exemplar_digest)
     progress("face", 1, 1)
-    avatar = res.pipeline(portrait, style, seed=order.seed + res.cfg.engine.seed, progress=progress, cache=cache)
+    avatar = res.pipeline(portrait, style, seed=seed, progress=progress, cache=cache)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
     record_first_look(res, jc, order.user_id, "stylized", pose.params, avatar.w_3d, avatar.noise)
     report = quality_report(res, avatar, portrait, style, pose.params)
@@ -230,7 +231,7 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
                             emoji_target=custom_emoji_target(res.cfg, order.platform))
     # The avatar references the style and selfie artifacts in the cache instead of copying them.
     avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(style),
-                                  portrait_key=res.pipeline.portrait_key(order.selfie_digest))
+                                  portrait_key=res.pipeline.portrait_key(order.selfie_digest, seed))
     result = PackResult(
         pack_id=order.pack_id, preset=avatar.preset,
         stickers=[StickerFiles(idx=i, name=s.name, emoji=s.emoji,

@@ -211,14 +211,16 @@ class Pipeline:
         return (f"{exemplar.key}:{self.cfg.digest('style')}:{self.nets.weights_id}:{ENGINE_VERSION}"
                 f"{self._precision_key()}")
 
-    def portrait_key(self, portrait_key: str) -> str:
+    def portrait_key(self, portrait_key: str, seed: int = 0) -> str:
+        """The per-selfie artifact's cache key. The seed is part of it: inversion and PTI draw from the
+        run's generator, so another seed (a retry of a weak pack) inverts the photo again."""
         return (f"{portrait_key}:{self.cfg.digest('inversion', 'pti')}:{self.nets.weights_id}:{ENGINE_VERSION}"
-                f"{self._precision_key()}")
+                f"{self._precision_key()}" + (f":seed{int(seed)}" if seed else ""))
 
-    def cached_portrait(self, portrait_key: str, cache: ArtifactCache) -> PortraitInputs | None:
+    def cached_portrait(self, portrait_key: str, cache: ArtifactCache, seed: int = 0) -> PortraitInputs | None:
         """The portrait as far as stages 5+ need it (camera, crop transform), from its
         per-selfie artifact alone; None when nothing is cached for it."""
-        blob = cache.get("portrait_3d", self.portrait_key(portrait_key))
+        blob = cache.get("portrait_3d", self.portrait_key(portrait_key, seed))
         if blob is None:
             return None
         stored = portrait_artifact.from_bytes(blob)
@@ -246,9 +248,10 @@ class Pipeline:
 
     def invert_portrait(self, portrait: PortraitInputs, generator: torch.Generator,
                         progress: ProgressFn = no_progress,
-                        cache: ArtifactCache | None = None) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
-        """Stages 1 (portrait) + 3 + 4, cached per selfie. Returns (w_2d, pivot, delta_pti, logs)."""
-        key = self.portrait_key(portrait.key)
+                        cache: ArtifactCache | None = None,
+                        seed: int = 0) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
+        """Stages 1 (portrait) + 3 + 4, cached per selfie and seed. Returns (w_2d, pivot, delta_pti, logs)."""
+        key = self.portrait_key(portrait.key, seed)
         if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
             stored = portrait_artifact.from_bytes(blob)
             pivot = Inversion(stored.w_3d, [stored.noise[n] for n in self.noise_names_3d()],
@@ -299,7 +302,7 @@ class Pipeline:
         t0 = time.perf_counter()
         w_e, delta_2d, style_log = self.stylize_2d(exemplar, gen, progress, cache)
         logs["style_finetune"] = style_log
-        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, cache)
+        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, cache, seed)
         logs["invert_3d"], logs["pivotal_tuning"] = inv_logs
 
         params_2d = {k: v.requires_grad_(True) for k, v in params.apply_delta(self.nets.g2d, delta_2d).items()} \

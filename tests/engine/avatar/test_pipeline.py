@@ -189,6 +189,15 @@ def test_a_cached_selfie_gives_back_the_pti_delta_the_first_run_used(first_run, 
     assert all(torch.equal(delta[k], result.delta_pti[k]) for k in delta)
 
 
+def test_another_seed_inverts_the_selfie_again(first_run, faces):
+    """A retry with another seed must be able to change the likeness: the per-selfie cache is per seed."""
+    pipe, cache, _result, _seen = first_run
+    portrait, _style = faces
+    _w_2d, _pivot, _delta, logs = pipe.invert_portrait(portrait, torch.Generator().manual_seed(1), cache=cache,
+                                                       seed=1)
+    assert not logs[0].skipped and not logs[1].skipped
+
+
 @pytest.fixture(scope="module")
 def unaligned_faces(repo_root):
     """Portrait and exemplar without the face front end (MediaPipe is not installed on the GPU
