@@ -82,14 +82,19 @@ def list_artifacts(db: Database, *, owner_user_id: int | None = None) -> list[Ar
 
 
 def evict_unused(db: Database, blobs: BlobStore, older_than_seconds: float, *, now: float | None = None) -> int:
-    """Drop artifacts unused for ``older_than_seconds``; returns how many."""
+    """Drop artifacts unused for ``older_than_seconds``; returns how many this call dropped
+    (safe next to a concurrent call: each artifact is counted by the one that deleted it)."""
     t = time.time() if now is None else now
     held: set[str] = set()
+    dropped = 0
     with db.write() as conn:
-        ids = [int(x) for x in conn.execute(sa.text("SELECT id FROM artifacts WHERE last_used_at < :c"),
+        ids = [int(x) for x in conn.execute(sa.text("SELECT id FROM artifacts WHERE last_used_at < :c ORDER BY id"),
                                             {"c": t - older_than_seconds}).scalars()]
         for i in ids:
-            held.update(release_holder(conn, f"artifact:{i}"))
-            conn.execute(sa.text("DELETE FROM artifacts WHERE id = :id"), {"id": i})
+            # Re-checked in the DELETE: a hit since the SELECT (or a concurrent eviction) keeps it.
+            if conn.execute(sa.text("DELETE FROM artifacts WHERE id = :id AND last_used_at < :c"),
+                            {"id": i, "c": t - older_than_seconds}).rowcount:
+                held.update(release_holder(conn, f"artifact:{i}"))
+                dropped += 1
     blobs.delete_unreferenced(held)
-    return len(ids)
+    return dropped

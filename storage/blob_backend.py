@@ -61,7 +61,8 @@ class BlobBackend(Protocol):
     def stale(self, cutoff: float) -> Iterator[StaleObject]:
         """Objects and unfinished writes last modified before ``cutoff`` (epoch seconds)."""
 
-    def discard(self, item: StaleObject) -> None:
-        """Remove what :meth:`stale` reported (no-op when it is gone already)."""
+    def discard(self, item: StaleObject) -> bool:
+        """Remove what :meth:`stale` reported; False when it was gone already (another
+        GC pass removed it), so concurrent passes count each removal once."""
 
 

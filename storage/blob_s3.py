@@ -191,15 +191,25 @@ class S3Backend:
                 if _KEY_TAIL.match(up["Key"][len(self.loc.prefix):]) and up["Initiated"].timestamp() < cutoff:
                     yield StaleObject(f"{_UPLOAD_MARK}{up['UploadId']}:{up['Key']}", 0, None)
 
-    def discard(self, item: StaleObject) -> None:
+    def discard(self, item: StaleObject) -> bool:
+        from botocore.exceptions import ClientError
+
         if item.name.startswith(_UPLOAD_MARK):
             upload_id, _, key = item.name[len(_UPLOAD_MARK):].partition(":")
-            from botocore.exceptions import ClientError
-
             try:
                 self.client.abort_multipart_upload(Bucket=self.loc.bucket, Key=key, UploadId=upload_id)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                     raise
-            return
+                return False
+            return True
+        # DELETE answers the same whether or not the object was there: ask first. The store
+        # calls this holding the digest's row, so no other pass removes it in between.
+        try:
+            self.client.head_object(Bucket=self.loc.bucket, Key=item.name)
+        except ClientError as exc:
+            if self._missing(exc):
+                return False
+            raise
         self.client.delete_object(Bucket=self.loc.bucket, Key=item.name)
+        return True

@@ -196,8 +196,12 @@ class LocalBackend:
                 elif DIGEST.match(f.name):
                     yield StaleObject(str(f), st.st_size, f.name)
 
-    def discard(self, item: StaleObject) -> None:
-        Path(item.name).unlink(missing_ok=True)
+    def discard(self, item: StaleObject) -> bool:
+        try:
+            Path(item.name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 class BlobStore:
@@ -363,9 +367,9 @@ class BlobStore:
         stray = 0
         for item in list(self.backend.stale(cutoff)):
             if item.digest is None:
-                self.backend.discard(item)
-                stray += 1
-                freed += item.size
+                if self.backend.discard(item):
+                    stray += 1
+                    freed += item.size
                 continue
             with self.db.read() as conn:
                 if conn.execute(sa.text("SELECT 1 FROM blobs WHERE digest = :d"), {"d": item.digest}).first():
@@ -378,10 +382,12 @@ class BlobStore:
                     "ON CONFLICT (digest) DO NOTHING RETURNING digest"), {"d": item.digest, "s": item.size}).first()
                 if claimed is None:
                     continue
-                self.backend.discard(item)
+                # Another pass may have removed it (and its placeholder) since we listed it.
+                gone = self.backend.size(item.digest) is not None and self.backend.discard(item)
                 conn.execute(sa.text("DELETE FROM blobs WHERE digest = :d"), {"d": item.digest})
-                stray += 1
-                freed += item.size
+                if gone:
+                    stray += 1
+                    freed += item.size
         return GcReport(removed, stray, freed)
 
     def stats(self) -> dict[str, int]:

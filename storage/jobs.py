@@ -328,24 +328,29 @@ def expire_result_blob(db: Database, blobs: BlobStore, kinds: Iterable[str], fie
     if not kinds:
         return 0
     held: set[str] = set()
+    expired = 0
     t = time.time()
     with db.write() as conn:
         rows = conn.execute(sa.text(
             "SELECT id, result FROM jobs WHERE status = 'succeeded' AND finished_at < :cut AND result IS NOT NULL "
-            "AND kind IN (" + ", ".join(f":k{i}" for i in range(len(kinds))) + ")"),
+            "AND kind IN (" + ", ".join(f":k{i}" for i in range(len(kinds))) + ") ORDER BY id"),
             {"cut": finished_before, **{f"k{i}": k for i, k in enumerate(kinds)}}).all()
         for job_id, body in rows:
             result = json.loads(body)
             digest = result.get(field)
             if not digest:
                 continue
+            result[field], result[f"{field}_expired_at"] = None, t
+            # Compare-and-set on the body read: a concurrent expiry (PostgreSQL re-reads the row
+            # after waiting for it) leaves nothing to update, and this call counts nothing.
+            if not conn.execute(sa.text("UPDATE jobs SET result = :r, updated_at = :t WHERE id = :id AND result = :old"),
+                                {"r": _dump(result, "result"), "t": t, "id": job_id, "old": body}).rowcount:
+                continue
             release_ref(conn, digest, f"job:{job_id}")
             held.add(digest)
-            result[field], result[f"{field}_expired_at"] = None, t
-            conn.execute(sa.text("UPDATE jobs SET result = :r, updated_at = :t WHERE id = :id"),
-                         {"r": _dump(result, "result"), "t": t, "id": job_id})
+            expired += 1
     blobs.delete_unreferenced(held)
-    return len(held)
+    return expired
 
 
 def fail(db: Database, job_id: JobId, token: str, reason: str, *, retryable: bool = True,

@@ -45,14 +45,18 @@ def latest_selfie(db: Database, user_id: int) -> Selfie | None:
 
 
 def purge_expired(db: Database, blobs: BlobStore, *, now: float | None = None) -> int:
-    """Delete expired selfie rows and their now-unreferenced blobs; returns rows deleted."""
+    """Delete expired selfie rows and their now-unreferenced blobs; returns the rows this call
+    deleted (a concurrent call that deleted one first has it counted, not this one)."""
     t = time.time() if now is None else now
     held: set[str] = set()
+    deleted = 0
     with db.write() as conn:
         ids = [int(x) for x in conn.execute(sa.text(
-            "SELECT id FROM selfies WHERE expires_at IS NOT NULL AND expires_at < :t"), {"t": t}).scalars()]
+            "SELECT id FROM selfies WHERE expires_at IS NOT NULL AND expires_at < :t ORDER BY id"), {"t": t}).scalars()]
         for i in ids:
-            held.update(release_holder(conn, f"selfie:{i}"))
-            conn.execute(sa.text("DELETE FROM selfies WHERE id = :id"), {"id": i})
+            # Row first: on PostgreSQL a concurrent purge waits here and then finds it gone.
+            if conn.execute(sa.text("DELETE FROM selfies WHERE id = :id"), {"id": i}).rowcount:
+                held.update(release_holder(conn, f"selfie:{i}"))
+                deleted += 1
     blobs.delete_unreferenced(held)
-    return len(ids)
+    return deleted

@@ -64,14 +64,9 @@ def _lead(cfg: Config, db, blobs, stop: threading.Event) -> None:
 
 def maintenance_once(cfg: Config, db, blobs) -> dict:
     """Privacy and disk hygiene: expired selfies, unused per-user artifacts, old avatars, unreferenced blobs."""
-    from storage import artifacts, packs, selfies
+    from storage.maintenance import run_maintenance
 
-    retention = cfg.privacy.artifact_retention_days * 86400.0
-    purged = selfies.purge_expired(db, blobs)
-    evicted = artifacts.evict_unused(db, blobs, retention)
-    avatars = packs.expire_avatars(db, blobs, retention)
-    gc = blobs.gc()
-    return {"selfies_purged": purged, "artifacts_evicted": evicted, "avatars_expired": avatars, "gc": gc}
+    return run_maintenance(db, blobs, cfg.privacy.artifact_retention_days * 86400.0)
 
 
 def main(argv: list[str]) -> int:
