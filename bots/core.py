@@ -377,8 +377,9 @@ def progress_view(res: BotResources, job: jobs.Job) -> ProgressView:
         return ProgressView("cancel_requested", cancellable=False)
     if job.status == "cancelled":
         return ProgressView("cancelled_ok", cancellable=False, final=True)
-    if job.status == "failed":
-        return ProgressView("failed", {"error_key": job.error_key or "internal"}, cancellable=False, final=True)
+    if job.status == "failed":  # a failed re-render changed nothing: the user is told their pack is as it was
+        view_key = "rerender_failed" if job.kind == orders.RERENDER_KIND else "failed"
+        return ProgressView(view_key, {"error_key": job.error_key or "internal"}, cancellable=False, final=True)
     return ProgressView("finishing", cancellable=False, final=True)
 
 
@@ -390,7 +391,7 @@ def progress_text(view: ProgressView) -> str:
     params = dict(view.params)
     if view.stage_key is not None:
         params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
-    if view.key == "failed":
+    if view.key in ("failed", "rerender_failed"):
         params["reason"] = message(params.pop("error_key", "internal"))
     return text(view.key, **params)
 
@@ -436,7 +437,11 @@ def materialize_result(res: BotResources, pack: packs.Pack, result: orders.PackR
     """Write the result's stickers for ``target`` into the pack's sticker rows.
     Idempotent: a row that already holds the same file keeps its platform state
     (so a restart never re-uploads); a changed file resets the row to ``local``.
-    Rows beyond the result are kept (a front end removes them from the set)."""
+    Rows past the result's last sticker go (a re-render with fewer stickers): the
+    front end's next publish removes them from the set."""
+    made = [s.idx for s in result.stickers if target in s.files]
+    if made:
+        packs.trim_stickers(res.db, pack.id, max(made) + 1)
     existing = {s.idx: s for s in packs.list_stickers(res.db, pack.id)}
     for sf in sorted(result.stickers, key=lambda s: s.idx):
         digest = sf.files.get(target)
@@ -473,19 +478,6 @@ class PackLine:
     pack: packs.Pack
     style_name: str | None  # None = a one-off uploaded style
     quality: str = ""       # the pack's quality report in one line ("" when not measured or not finished)
-
-
-def order_rerender(res: BotResources, user: users.User, pack_id: int, *, strength: float,
-                   stickers: tuple[str, ...] = ()) -> int:
-    """Queue a re-render of the user's finished pack from its stored avatar (another strength or sticker
-    selection; no optimisation). Returns the job id; the same request twice is one job."""
-    pack = packs.get_pack(res.db, pack_id)
-    if pack.user_id != user.id or pack.job_id is None:
-        raise packs.PackNotFound(pack_id)
-    order = orders.RerenderOrder(user_id=user.id, pack_id=pack.id, source_job_id=pack.job_id, strength=strength,
-                                 stickers=tuple(stickers), platform=pack.platform or "local")
-    return jobs.enqueue(res.db, orders.RERENDER_KIND, order.to_payload(), order.idempotency_key(),
-                        user_id=user.id)
 
 
 def _quality_of(res: BotResources, pack: packs.Pack) -> str:

@@ -59,6 +59,9 @@ ERRORS: dict[str, str] = {
     # Bot flow (bots.core)
     "consent_required": "Before I can look at a photo I need your OK. Send /start and press “I agree”.",
     "no_selfie": "I don't have a selfie from you (or it has expired). Please send a selfie first.",
+    "stickers_none_chosen": "Please keep at least one sticker in your pack.",
+    "pack_not_changeable": ("I can't change that pack any more: it isn't yours, or what it was made from is gone. "
+                            "Please make a new pack instead."),
     "own_style_missing": "I don't have your style image any more. Please choose “Use my own style” and send it again.",
     "style_no_face": "The style image needs a face in it (a portrait drawn in the style you want).",
     "job_active": "You already have a pack in the works. Wait for it to finish, or cancel it first.",
@@ -222,6 +225,17 @@ BOT: dict[str, str] = {
     "stage_unknown": "working",
     "rerender_button": "Redo at {strength}",
     "rerender_started": "Redoing your pack at {strength} from your stored avatar; it will be here shortly.",
+    "rerender_failed": "Sorry, I could not redo your pack: {reason} Your pack is unchanged.",
+    # Changing a finished pack (bots.pack_changes): another seed, another sticker selection
+    "retry_button": "Try again with another seed",
+    "retry_started": "Making your pack again with another seed; this takes as long as the first time.",
+    "stickers_button": "Choose stickers",
+    "stickers_choose": "Tap the stickers to keep in your pack, then “{apply}”.",
+    "sticker_chosen": "✅ {name}",
+    "sticker_not_chosen": "▫️ {name}",
+    "stickers_apply": "Redo the pack",
+    "stickers_started": "Redoing your pack with {count} sticker(s) from your stored avatar; it will be here shortly.",
+    "stickers_placeholder": "Stickers in this pack",
     # First-look stills, sent while the pack is being made
     "first_look_photo_real": "A first look at your 3D head (the stickers are still being made).",
     "first_look_stylized": "Your stylized 3D avatar; the animated stickers come next.",

@@ -18,7 +18,8 @@ Job kinds:
 - ``regenerate_pack`` (payload: ``{"pack_id"}``): a scheduled remake of a pack.
 - ``rerender_pack`` (payload: :class:`emoji3d.orders.RerenderOrder`): a
   finished pack rendered again from its stored avatar with another strength
-  or sticker selection, without optimisation.
+  or sticker selection, without optimisation; the pack changes only when it
+  succeeds (``storage.packs.mark_rerendered``).
 - ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
   house style, so its first user finds it cached.
 
@@ -302,7 +303,7 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
     source = packs.result_of(jobs.get_job(jc.db, order.source_job_id))
     if source is None or source.avatar is None or not jc.blobs.exists(source.avatar):
         raise AvatarGone(f"pack {order.pack_id}: no stored avatar to render again")
-    packs.mark_rendering(jc.db, order.pack_id)
+    # The pack's status is left alone until the end: a failure must not touch a published set.
     progress = stage_progress(jc)
     try:  # the avatar file names the cached style and selfie artifacts it was made from
         avatar = result_from_bytes(jc.blobs.read_bytes(source.avatar),
@@ -344,8 +345,9 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
                                               report.get("notes", []))),
         avatar=jc.put_blob(jc.blobs.read_bytes(source.avatar)), renders=[jc.put_blob(png) for png in files.stills],
         missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
-    packs.mark_ready(jc.db, order.pack_id)
-    packs.set_job(jc.db, order.pack_id, jc.job.id)  # only now: until it succeeds the pack keeps its old result
+    # only now, in one step: until it succeeds the pack keeps its old result, status and strength
+    if not packs.mark_rerendered(jc.db, order.pack_id, jc.job.id, order.strength):
+        log.warning("pack %s is being remade; its re-render (job %s) is not delivered", order.pack_id, jc.job.id)
     return result.to_dict()
 
 

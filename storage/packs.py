@@ -8,12 +8,18 @@ Life cycle (``packs.status``); only the functions below write it::
                      ▼  │ for a made pack)          ▼                  uploading ──mark_published──> published
                 superseded                       failed
 
+    a made pack ──mark_rerendered──> ready   (a re-render from its stored avatar succeeded)
+
 * ``pending``: ordered, its ``make_pack`` job waits in the queue.
 * ``rendering``: an engine runs the job (also while a made pack is regenerated).
 * ``ready``: the engine stored the files; no platform has them yet.
 * ``uploading`` / ``published``: a bot is publishing / has published the set.
 * ``failed``: the job failed or was cancelled before the pack was made.
 * ``superseded``: an identical order won a race; this row was never used.
+* A re-render (``rerender_pack``) leaves the pack alone while it runs and when it fails: the
+  published set stays as it is. Only its success moves the pack, in one step
+  (:func:`mark_rerendered`: new job, new strength, ``ready`` to publish again). The pack's
+  sticker selection is its current job's result (the names of ``PackResult.stickers``).
 
 A transition names the statuses it may start from and is one conditional
 ``UPDATE``, so two processes cannot move a pack along two paths at once; it
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, PackOrder, PackResult
+from emoji3d.orders import ENGINE_VERSION, JOB_KIND, REGENERATE_KIND, RERENDER_KIND, PackOrder, PackResult
 from storage import jobs
 from storage.blobs import BlobStore, add_ref, release_holder
 from storage.db import Database
@@ -189,6 +195,15 @@ def mark_published(db: Database, pack_id: int) -> bool:
     return _transition(db, pack_id, PUBLISHED, MADE)
 
 
+def mark_rerendered(db: Database, pack_id: int, job_id: int, strength: float) -> bool:
+    """A re-render of the made pack succeeded: the pack now shows ``job_id``'s result at ``strength``
+    and is ``ready`` for a bot to publish again. False (nothing changed) when the pack is no longer
+    made, e.g. a new order is remaking it."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return _transition(db, pack_id, READY, MADE, job_id=int(job_id), strength=float(strength))
+
+
 def reopen(db: Database, pack_id: int) -> bool:
     """A new order remakes this pack (same platform set): back to pending."""
     return _transition(db, pack_id, PENDING, (PENDING, FAILED) + MADE)
@@ -267,6 +282,20 @@ def put_sticker(db: Database, pack_id: int, idx: int, emoji: str, kind: str, blo
     return Sticker(sid, pack_id, idx, emoji, kind, blob_digest, "local", None)
 
 
+def trim_stickers(db: Database, pack_id: int, count: int) -> int:
+    """Delete the pack's sticker rows from index ``count`` on (the pack now has fewer stickers); the
+    next publish removes them from the platform's set. Returns how many rows were deleted."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    with db.write() as conn:
+        gone = [int(r[0]) for r in conn.execute(sa.text("SELECT id FROM stickers WHERE pack_id = :p AND idx >= :n"),
+                                                {"p": pack_id, "n": count})]
+        for sid in gone:
+            release_holder(conn, f"sticker:{sid}")
+            conn.execute(sa.text("DELETE FROM stickers WHERE id = :id"), {"id": sid})
+    return len(gone)
+
+
 def set_sticker_platform_state(db: Database, sticker_id: int, state: str, file_id: str | None = None) -> None:
     if state not in PLATFORM_STATES:
         raise ValueError(f"platform_state must be one of {PLATFORM_STATES}, got {state!r}")
@@ -336,9 +365,10 @@ def undelivered_pack_ids(db: Database, platform: str) -> list[int]:
 
 def expire_avatars(db: Database, blobs: BlobStore, older_than_seconds: float, *, now: float | None = None) -> int:
     """Delete the avatar (latents and tuned weights, a pack job's largest per-user output) of packs
-    made more than ``older_than_seconds`` ago; the stickers stay. Returns how many were deleted."""
+    made more than ``older_than_seconds`` ago; the stickers stay. Returns how many were deleted.
+    A re-render's result names the avatar it was rendered from, so it counts from the re-render."""
     cutoff = (time.time() if now is None else now) - older_than_seconds
-    return jobs.expire_result_blob(db, blobs, (JOB_KIND, REGENERATE_KIND), "avatar", cutoff)
+    return jobs.expire_result_blob(db, blobs, (JOB_KIND, REGENERATE_KIND, RERENDER_KIND), "avatar", cutoff)
 
 
 def mark_regenerated(db: Database, pack_id: int, *, style_version: int | None, engine_version: str) -> None:

@@ -44,7 +44,7 @@ from bots.notify import Notifier
 from bots.discord.cogs import ConsentView, Cooldown, DeleteView, EmojiCog, HouseStyleCog, answer_error
 from bots.discord.delivery import DiscordSender
 from bots.discord.interactions import PLATFORM
-from bots.discord.rerender import RerenderButton
+from bots.discord.rerender import RerenderButton, RetryButton, StickerSelect
 from bots.discord.server_stickers import AddAsEmojiButton, AddToServerButton
 
 log = logging.getLogger("emoji3d.discord")
@@ -98,7 +98,7 @@ class _EmojiBotMixin:
         await self.add_cog(HouseStyleCog(self))
         self.add_view(ConsentView())
         self.add_view(DeleteView())
-        self.add_dynamic_items(AddToServerButton, AddAsEmojiButton, RerenderButton)
+        self.add_dynamic_items(AddToServerButton, AddAsEmojiButton, RerenderButton, RetryButton, StickerSelect)
         self.tree.on_error = self._tree_error  # type: ignore[method-assign]
         if self.opts.sync_commands:
             await self.tree.sync()

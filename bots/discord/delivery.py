@@ -259,7 +259,8 @@ class DiscordSender:
         ref = self._live_ref(w.job_id)
         known = self.ref(w.job_id)
         guild_id = known.guild_id if known is not None else None
-        view = add_rerender_buttons(result_view(pack.id, guild_id) if stickers and guild_id else None, pack, result)
+        view = add_rerender_buttons(result_view(pack.id, guild_id) if stickers and guild_id else None, self.res,
+                                    pack, result)
         chunks = [items[i:i + MAX_FILES_PER_MESSAGE] for i in range(0, len(items), MAX_FILES_PER_MESSAGE)] or [[]]
         delivered = False
         if ref is not None:

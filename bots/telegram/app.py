@@ -98,6 +98,8 @@ def build_application(res: BotResources, token: str, opts: AppOptions = AppOptio
     app.add_handler(CallbackQueryHandler(handlers.on_go, pattern=r"^go:(o[A-Za-z0-9_-]{43}|\d+):[a-z]+$"))
     app.add_handler(CallbackQueryHandler(handlers.on_cancel, pattern=r"^cancel:\d+$"))
     app.add_handler(CallbackQueryHandler(handlers.on_rerender, pattern=r"^rr:\d+:[a-z]+$"))
+    app.add_handler(CallbackQueryHandler(handlers.on_retry, pattern=r"^rt:\d+:\d+$"))
+    app.add_handler(CallbackQueryHandler(handlers.on_stickers, pattern=r"^pk:\d+:[0-9a-f]+(:t\d+|:go)?$"))
     app.add_handler(CallbackQueryHandler(handlers.on_delete, pattern=r"^del:(yes|no)$"))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, handlers.on_image))
     app.add_error_handler(handlers.on_error)

@@ -8,7 +8,8 @@ from ``context.bot_data`` (``"res"``: :class:`bots.core.BotResources`,
 Callback data (≤ 64 bytes, stateless so buttons keep working after a restart):
 ``consent``, ``style:<style id>``, ``style:own``,
 ``go:<style id>:<preset>``, ``go:o<43-char digest token>:<preset>``,
-``cancel:<job id>``, ``del:yes``, ``del:no``.
+``cancel:<job id>``, ``del:yes``, ``del:no``; on a finished pack ``rr:<pack>:<preset>``,
+``rt:<pack>:<seed>``, ``pk:<pack>:<hex mask>[:t<i>|:go]`` (see :func:`rerender_markup`).
 
 Every failure is caught by :func:`guard`: a ``UserFacingError`` is answered
 with its text; anything else is logged with the update's context and answered
@@ -32,7 +33,7 @@ from emoji3d.texts import message, text
 from storage import packs
 from storage import styles as st
 
-from bots import core
+from bots import core, pack_changes
 from bots.core import BotResources, ProgressView
 from bots.notify import Notifier, Watch
 from bots.telegram.custom_emoji import delete_custom_emoji_sets, deliver_custom_emoji
@@ -226,13 +227,21 @@ async def on_go(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                                    message_id=str(q.message.message_id))
 
 
-def rerender_markup(pack: packs.Pack, result: orders.PackResult) -> InlineKeyboardMarkup | None:
-    """Buttons that render the finished pack again at another style strength (from its stored avatar)."""
-    if not result.avatar:
-        return None
-    others = [name for name, value in core.STRENGTHS.items() if abs(value - pack.strength) > 1e-6]
-    return InlineKeyboardMarkup([[InlineKeyboardButton(text("rerender_button", strength=text(f"strength_{name}")),
-                                                       callback_data=f"rr:{pack.id}:{name}") for name in others]])
+def rerender_markup(res: BotResources, pack: packs.Pack, result: orders.PackResult) -> InlineKeyboardMarkup | None:
+    """Buttons that change the finished pack (``bots.pack_changes``): render it again at another style
+    strength or with other stickers (from its stored avatar), or make it again with another seed (first
+    when the quality report flagged it)."""
+    rows = []
+    seed = pack_changes.retry_seed(res, pack)
+    retry = [] if seed is None else [[InlineKeyboardButton(text("retry_button"), callback_data=f"rt:{pack.id}:{seed}")]]
+    if result.avatar:
+        others = [name for name, value in core.STRENGTHS.items() if abs(value - pack.strength) > 1e-6]
+        rows.append([InlineKeyboardButton(text("rerender_button", strength=text(f"strength_{name}")),
+                                          callback_data=f"rr:{pack.id}:{name}") for name in others])
+        mask = pack_changes.selection_mask(res.cfg, pack_changes.current_selection(res, pack))
+        rows.append([InlineKeyboardButton(text("stickers_button"), callback_data=f"pk:{pack.id}:{mask:x}")])
+    rows = retry + rows if pack_changes.is_weak(result) else rows + retry
+    return InlineKeyboardMarkup(rows) if rows else None
 
 
 @guard
@@ -240,9 +249,54 @@ async def on_rerender(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     q = update.callback_query
     _, pack_id, preset = q.data.split(":", 2)
     user = _user(update, context)
-    job_id = core.order_rerender(_res(context), user, int(pack_id), strength=core.strength_value(preset))
-    await q.answer()
+    job_id = pack_changes.order_rerender(_res(context), user, int(pack_id), strength=core.strength_value(preset))
+    await q.answer(text("rerender_started", strength=text(f"strength_{preset}")))
     await _notifier(context).start(job_id, int(pack_id), user, chat_id=str(q.message.chat.id))
+
+
+@guard
+async def on_retry(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """``rt:<pack>:<seed>``: make the pack again with that seed."""
+    q = update.callback_query
+    _, pack_id, seed = q.data.split(":", 2)
+    user = _user(update, context)
+    placed = pack_changes.order_retry(_res(context), user, int(pack_id), int(seed))
+    await q.answer(text("retry_started"))
+    await _notifier(context).start(placed.job_id, placed.pack.id, user, chat_id=str(q.message.chat.id))
+
+
+def sticker_chooser(res: BotResources, pack_id: int, mask: int) -> InlineKeyboardMarkup:
+    """A toggle per configured sticker (``pk:<pack>:<mask>:t<i>``) and the apply button (``...:go``)."""
+    names = pack_changes.sticker_names(res.cfg)
+    toggles = [InlineKeyboardButton(text("sticker_chosen" if mask >> i & 1 else "sticker_not_chosen", name=name),
+                                    callback_data=f"pk:{pack_id}:{mask:x}:t{i}") for i, name in enumerate(names)]
+    rows = [toggles[i:i + 2] for i in range(0, len(toggles), 2)]
+    return InlineKeyboardMarkup(rows + [[InlineKeyboardButton(text("stickers_apply"),
+                                                              callback_data=f"pk:{pack_id}:{mask:x}:go")]])
+
+
+@guard
+async def on_stickers(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """``pk:<pack>:<mask>``: show the chooser; ``...:t<i>``: toggle sticker i; ``...:go``: re-render."""
+    q = update.callback_query
+    res = _res(context)
+    _, pack_id, mask_hex, *action = q.data.split(":")
+    pack_id, mask = int(pack_id), int(mask_hex, 16)
+    if not action:
+        await q.answer()
+        await context.bot.send_message(q.message.chat.id, text("stickers_choose", apply=text("stickers_apply")),
+                                       reply_markup=sticker_chooser(res, pack_id, mask))
+    elif action[0].startswith("t"):
+        await q.answer()
+        await q.edit_message_text(text("stickers_choose", apply=text("stickers_apply")),
+                                  reply_markup=sticker_chooser(res, pack_id, mask ^ (1 << int(action[0][1:]))))
+    else:
+        user = _user(update, context)
+        chosen = pack_changes.selection_from_mask(res.cfg, mask)
+        job_id = pack_changes.order_rerender(res, user, pack_id, stickers=chosen)
+        await q.answer(text("stickers_started", count=len(chosen)))
+        await _notifier(context).start(job_id, pack_id, user, chat_id=str(q.message.chat.id),
+                                       message_id=str(q.message.message_id))
 
 
 @guard
@@ -450,7 +504,7 @@ class TelegramSender:
                                  bot_username=self.bot.username, title=title, thumbnail=thumb)
         lines = [text("done_updated" if regenerated else "done", link=pub.link), *([emoji_line] if emoji_line else []),
                  *core.result_notes(result)]
-        await self._put(w, "\n".join(lines), rerender_markup(pack, result))
+        await self._put(w, "\n".join(lines), rerender_markup(self.res, pack, result))
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)
 

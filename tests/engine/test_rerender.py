@@ -20,7 +20,7 @@ from engine.worker import Worker
 from storage import artifacts, jobs, packs, users
 from storage.blobs import BlobStore
 from storage.db import open_database
-from tests.lifecycle import make_ready
+from tests.lifecycle import make_ready, publish
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,11 @@ def stored_avatar(res: EngineResources, db, blobs) -> bytes:
     return result_to_bytes(avatar, cache, style_key="style", portrait_key="selfie")
 
 
-def finished_pack(db, blobs, avatar: bytes | None) -> tuple[int, int, int]:
+def finished_pack(db, blobs, avatar: bytes | None, seed: int = 0) -> tuple[int, int, int]:
     """(user id, pack id, job id) of a finished make_pack whose result holds ``avatar``."""
-    user = users.get_or_create_user(db, "local", f"u{id(avatar)}")
+    user = users.get_or_create_user(db, "local", f"u{id(avatar)}-{seed}")
     pack, job_id = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest="a" * 64,
-                                                  exemplar_digest=blobs.put_bytes(b"style"), seed=id(avatar)))
+                                                  exemplar_digest=blobs.put_bytes(b"style"), seed=id(avatar) + seed))
     job = jobs.claim(db, "test", 60, kinds=["make_pack"])
     digest = blobs.put_bytes(avatar) if avatar is not None else None
     result = PackResult(pack_id=pack.id, preset="slim", avatar=digest,
@@ -95,7 +95,8 @@ def test_a_rerender_makes_the_chosen_stickers_at_the_new_strength_without_optimi
     assert 0.0 <= result.quality["multiview"] <= 1.0  # measured again at the new strength
     assert result.quality["style_lpips"] is None and "style image is no longer stored" in " ".join(
         result.quality["notes"])  # this pack's style was a one-off image, not stored with a style row
-    assert packs.get_pack(db, pack_id).job_id == half.id
+    pack = packs.get_pack(db, pack_id)
+    assert (pack.job_id, pack.strength, pack.status) == (half.id, 0.0, packs.READY)  # ready to publish again
     full = run_rerender(cfg, db, blobs, res, RerenderOrder(user_id, pack_id, source, strength=1.0, stickers=("nod",)))
     assert full.status == "succeeded", full.error
     other = packs.result_of(full)
@@ -108,3 +109,14 @@ def test_a_rerender_without_a_stored_avatar_says_so(engine):
     user_id, pack_id, source = finished_pack(db, blobs, None)
     job = run_rerender(cfg, db, blobs, res, RerenderOrder(user_id, pack_id, source, strength=0.5))
     assert job.status == "failed" and job.error_key == AvatarGone.key
+
+
+def test_a_failed_rerender_leaves_the_published_pack_as_it_was(engine):
+    cfg, db, blobs, res = engine
+    user_id, pack_id, source = finished_pack(db, blobs, None, seed=1)
+    publish(db, pack_id)
+    before = packs.get_pack(db, pack_id)
+    job = run_rerender(cfg, db, blobs, res, RerenderOrder(user_id, pack_id, source, strength=0.35))
+    assert job.status == "failed"
+    after = packs.get_pack(db, pack_id)
+    assert (after.status, after.job_id, after.strength) == (packs.PUBLISHED, source, before.strength)

@@ -1,0 +1,100 @@
+"""Changing a delivered Discord pack against the fake Discord API: the retry button (another seed), the
+sticker menu (a re-render with the chosen stickers) and a failed re-render that leaves the pack as it was."""
+from __future__ import annotations
+
+import pytest
+
+from bots.core import ensure_user, give_consent
+from emoji3d.errors import AvatarGone
+from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
+from emoji3d.texts import message, text
+from storage import jobs, packs
+from storage import styles as st
+from tests.bots.conftest import QUALITY, wait_for
+from tests.bots.discord.conftest import EMOJIS, bot_on_fake, run
+from tests.fakes import discord_payloads as payloads
+from tests.lifecycle import make_ready
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def components(msg: dict) -> list[dict]:
+    return [c for row in msg.get("components", []) for c in row.get("components", []) if "custom_id" in c]
+
+
+async def delivered(res, h, w, selfie_png, discord_files, names: list[str], quality: dict):
+    """A published pack of ``names``; returns (make job, its result follow-up, the /emoji create payload)."""
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    give_consent(res, ensure_user(res, "discord", str(w.member["user"]["id"])))
+    att = h.upload(selfie_png, "me.png", "image/png")
+    payload = h.slash("emoji create", w.member, attachments=[att],
+                      options=[payloads.option("selfie", "attachment", att["id"]),
+                               payloads.option("style", "string", str(style.id)),
+                               payloads.option("strength", "string", "full")])
+    await h.deliver(payload)
+    job = jobs.claim(res.db, "eng", 60, kinds=[JOB_KIND])
+    pack_id = job.payload["pack_id"]
+    result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"), quality=quality,
+                        stickers=[StickerFiles(i, n, EMOJIS[i], {
+                            "discord_sticker": res.blobs.put_bytes(discord_files["stickers"][i])})
+                            for i, n in enumerate(names)])
+    make_ready(res.db, pack_id)
+    jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+    (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="result follow-up")
+    await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED, what="published")
+    return job, fu, payload
+
+
+def select(h, member: dict, custom_id: str, msg: dict, values: list[str]) -> dict:
+    return payloads.component_interaction(h.context(member), iid=h.server.ids(), token=h._token(),
+                                          custom_id=custom_id, message_payload=msg, component_type=3,
+                                          values=values)
+
+
+def test_a_weak_pack_offers_a_retry_first_and_it_remakes_the_pack_with_the_next_seed(res, selfie_png,
+                                                                                     discord_files):
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            job, fu, _ = await delivered(res, h, w, selfie_png, discord_files, ["turn", "smile"], dict(QUALITY))
+            pack_id, seed = job.payload["pack_id"], job.payload["seed"] + 1
+            ids = [c["custom_id"] for c in components(fu)]
+            retry = f"emoji3d:rt:{pack_id}:{seed}"
+            assert ids.index(retry) < ids.index(f"emoji3d:rr:{pack_id}:subtle")  # weak: the retry comes first
+            await h.deliver(h.click(retry, w.member, message=fu))
+            await h.deliver(h.click(retry, w.member, message=fu))  # a double click is one job
+            remakes = [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id]
+            assert len(remakes) == 1
+            assert remakes[0].payload["seed"] == seed and remakes[0].payload["pack_id"] == pack_id
+            assert remakes[0].payload["regenerate"] and remakes[0].idempotency_key != job.idempotency_key
+            h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_the_sticker_menu_rerenders_the_chosen_stickers_and_a_failure_changes_nothing(res, selfie_png,
+                                                                                     discord_files):
+    names = [e.name for e in res.cfg.pack.stickers]
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            job, fu, _ = await delivered(res, h, w, selfie_png, discord_files, names[:3], {})
+            pack_id = job.payload["pack_id"]
+            (menu,) = [c for c in components(fu) if c["custom_id"] == f"emoji3d:pk:{pack_id}"]
+            assert [o["value"] for o in menu["options"] if o.get("default")] == names[:3]  # the pack's own
+            ids = [c["custom_id"] for c in components(fu)]
+            retry = next(i for i in ids if i.startswith(f"emoji3d:rt:{pack_id}:"))
+            assert ids.index(retry) > ids.index(f"emoji3d:rr:{pack_id}:medium")  # not weak: the retry after
+            await h.deliver(select(h, w.member, menu["custom_id"], fu, [names[0], names[3]]))
+            (rr,) = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            assert rr.payload["stickers"] == [names[0], names[3]] and rr.payload["source_job_id"] == job.id
+            claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
+            jobs.fail(res.db, claimed.id, claimed.lease_token, "avatar expired", retryable=False,
+                      error_key=AvatarGone.key)
+            said = text("rerender_failed", reason=message(AvatarGone.key))
+            await wait_for(lambda: any(said in m.get("content", "") for channel in list(h.server.messages.values())
+                                       for m in list(channel.values())), what="the failure, said")
+            pack = packs.get_pack(res.db, pack_id)
+            assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
+            h.assert_no_errors()
+
+    run(scenario())

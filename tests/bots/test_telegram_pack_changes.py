@@ -1,0 +1,145 @@
+"""Changing a finished Telegram pack against the fake Bot API: retry with another seed, another sticker
+selection (the set loses and gains stickers), and a failed re-render that leaves the published set alone."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bots import core
+from emoji3d.errors import AvatarGone
+from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
+from emoji3d.texts import message, text
+from storage import jobs, packs, users
+from tests.bots.conftest import QUALITY, wait_for
+from tests.bots.test_telegram_flow import Chat, add_global_style, buttons, consent, running_bot
+from tests.lifecycle import make_ready
+
+pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarning"),
+              pytest.mark.timeout(120)]
+
+
+def complete(res, kind: str, pack_id: int, names: list[str], videos: list[str], *, avatar: str | None,
+             quality: dict | None = None) -> jobs.Job:
+    """Play the engine for one job of ``kind``: stickers ``names`` with the ``videos`` blobs."""
+    job = jobs.claim(res.db, "eng", 60, kinds=[kind])
+    result = PackResult(pack_id=pack_id, preset="slim", avatar=avatar, quality=dict(quality or {}),
+                        stickers=[StickerFiles(i, n, "😀", {"telegram_video": d})
+                                  for i, (n, d) in enumerate(zip(names, videos))])
+    if kind == RERENDER_KIND:
+        assert packs.mark_rerendered(res.db, pack_id, job.id, job.payload["strength"])  # as the engine does
+    else:
+        make_ready(res.db, pack_id)
+    jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+    return job
+
+
+async def delivered_pack(res, chat, app, selfie_png, videos, names, *, quality=None):
+    """A user's published pack made of ``names``; returns (user, pack id, make job, the done message)."""
+    style = add_global_style(res, "toon", selfie_png)
+    await consent(chat)
+    chat.photo(selfie_png)
+    await chat.reply_containing(text("selfie_ok"))
+    user = users.find_user(res.db, "telegram", str(chat.user["id"]))
+    placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+    app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
+    job = complete(res, JOB_KIND, placed.pack.id, names, videos, avatar=res.blobs.put_bytes(b"avatar"),
+                   quality=quality)
+    done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+    await wait_for(lambda: packs.get_pack(res.db, placed.pack.id).status == packs.PUBLISHED, what="published")
+    return user, placed.pack.id, job, done
+
+
+def set_files(server, res, pack_id: int) -> list[str]:
+    got = server.sticker_set_json(packs.get_pack(res.db, pack_id).platform_set_name)
+    return [s["file_unique_id"] for s in got["stickers"]]
+
+
+def test_a_weak_pack_offers_a_retry_with_another_seed_that_replaces_its_stickers(res, telegram_server,
+                                                                                 telegram_user, selfie_png,
+                                                                                 sticker_files):
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"],
+                                                            quality=QUALITY)
+            rows = done["reply_markup"]["inline_keyboard"]
+            assert rows[0][0]["text"] == text("retry_button")  # weak: the retry comes first
+            before = set_files(telegram_server, res, pack_id)
+            chat.press(done, rows[0][0]["callback_data"])
+            chat.press(done, rows[0][0]["callback_data"])  # a double click is one job
+            retry = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id],
+                                   what="the retry job")
+            await asyncio.sleep(0.3)
+            assert len(jobs.list_jobs(res.db, kind=JOB_KIND)) == 2
+            (retry,) = retry
+            assert retry.payload["seed"] == job.payload["seed"] + 1 and retry.payload["pack_id"] == pack_id
+            assert retry.payload["regenerate"] and retry.payload["selfie_digest"] == job.payload["selfie_digest"]
+            assert retry.idempotency_key != job.idempotency_key
+            complete(res, JOB_KIND, pack_id, ["turn", "smile"], [videos[2], videos[0]], avatar=None)
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
+            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED, what="republished")
+            after = set_files(telegram_server, res, pack_id)
+            assert len(after) == 2 and after != before  # the same set, its stickers replaced
+            assert packs.get_pack(res.db, pack_id).job_id == retry.id
+
+    asyncio.run(scenario())
+
+
+def test_choosing_stickers_rerenders_and_the_set_loses_the_dropped_one(res, telegram_server, telegram_user,
+                                                                       selfie_png, sticker_files):
+    chat = Chat(telegram_server, telegram_user)
+    names = [e.name for e in res.cfg.pack.stickers][:3]
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos, names)
+            assert len(set_files(telegram_server, res, pack_id)) == 3
+            chat.press(done, buttons(done)[text("stickers_button")])
+            chooser = await chat.reply_containing(text("stickers_choose", apply=text("stickers_apply")))
+            offered = buttons(chooser)
+            assert text("sticker_chosen", name=names[1]) in offered  # the pack's stickers are preselected
+            assert text("sticker_not_chosen", name=res.cfg.pack.stickers[3].name) in offered
+            chat.press(chooser, offered[text("sticker_chosen", name=names[1])])  # drop the second one
+            await wait_for(lambda: text("sticker_not_chosen", name=names[1]) in buttons(
+                next(m for m in chat.bot_messages() if m["message_id"] == chooser["message_id"])), what="toggled")
+            chooser = next(m for m in chat.bot_messages() if m["message_id"] == chooser["message_id"])
+            chat.press(chooser, buttons(chooser)[text("stickers_apply")])
+            (rr,) = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            assert rr.payload["stickers"] == [names[0], names[2]] and rr.payload["strength"] == 1.0
+            assert packs.get_pack(res.db, pack_id).status == packs.PUBLISHED  # untouched while it runs
+            complete(res, RERENDER_KIND, pack_id, [names[0], names[2]], [videos[0], videos[2]], avatar=None)
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
+            await wait_for(lambda: len(set_files(telegram_server, res, pack_id)) == 2, what="the set shrank")
+            assert telegram_server.calls_to("deleteStickerFromSet")
+            assert [s.idx for s in packs.list_stickers(res.db, pack_id)] == [0, 1]
+            lines = core.my_packs(res, user)
+            assert lines[0].pack.status == packs.PUBLISHED and lines[0].pack.job_id == rr.id
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_rerender_keeps_the_published_pack_and_says_so(res, telegram_server, telegram_user, selfie_png,
+                                                                sticker_files):
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"])
+            before = set_files(telegram_server, res, pack_id)
+            chat.press(done, buttons(done)[text("rerender_button", strength=text("strength_subtle"))])
+            (rr,) = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
+            jobs.fail(res.db, claimed.id, claimed.lease_token, "avatar expired", retryable=False,
+                      error_key=AvatarGone.key)
+            await chat.reply_containing(text("rerender_failed", reason=message(AvatarGone.key)), timeout=30)
+            pack = packs.get_pack(res.db, pack_id)
+            assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
+            assert set_files(telegram_server, res, pack_id) == before
+            assert "failed" not in core.my_packs(res, user)[0].pack.status
+
+    asyncio.run(scenario())
