@@ -42,10 +42,9 @@ from emoji3d.images import decode_image
 from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND,
                             THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
-from engine.avatar import params
+from engine.avatar import params, portrait_artifact
 from engine.avatar.avatar_file import AvatarFileError, result_from_bytes, result_to_bytes
 from engine.avatar.pipeline import AvatarResult, PortraitInputs
-from engine.avatar.tensor_file import unpack_tensors
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
 from engine.render import quality
@@ -159,11 +158,9 @@ def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None):
         if done:
             return
         done.append(True)
-        tensors = unpack_tensors(blob)
+        art = portrait_artifact.from_bytes(blob)
         g3d = res.pipeline.nets.g3d
-        delta = {k[len("delta."):]: v for k, v in tensors.items() if k.startswith("delta.")}
-        noise = {n: tensors[f"noise.{n}"] for n in res.pipeline.noise_names_3d()}
-        record_first_look(res, jc, owner, "photo_real", params.apply_delta(g3d, delta), tensors["w_3d"], noise)
+        record_first_look(res, jc, owner, "photo_real", params.apply_delta(g3d, art.delta_pti), art.w_3d, art.noise)
 
     return on_pivot
 

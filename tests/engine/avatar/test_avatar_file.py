@@ -5,32 +5,21 @@ The weights are the slim EG3D (random, seeded); the deltas are random perturbati
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from engine.avatar import params
 from engine.avatar.avatar_file import (
     RENDER_PSNR_BOUND_DB, AvatarArtifactChanged, AvatarArtifactGone, AvatarFileError, decode_residual,
     encode_residual, pack_tensors, result_from_bytes, result_to_bytes)
-from engine.avatar.pipeline import TUNE_PREFIXES_3D, AvatarResult, MemoryCache
+from engine.avatar.pipeline import AvatarResult, MemoryCache
 from engine.nets.eg3d import slim_generator
 from engine.render.frames import camera_path
+from tests.engine.avatar.deltas import psnr, random_delta, render
 
 
 @pytest.fixture(scope="module")
 def g3d():
     return slim_generator("slim128", seed=3).eval()
-
-
-def random_delta(g3d, relative_std: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in g3d.named_parameters():
-        if name.startswith(TUNE_PREFIXES_3D):
-            scale = float(p.detach().float().std()) if p.numel() > 1 else 1.0
-            out[name] = (relative_std * scale * torch.randn(p.shape, generator=gen)).half()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +43,6 @@ def avatar(g3d):
     return result, cache
 
 
-def render(g3d, delta, result, cameras):
-    weights = params.apply_delta(g3d, delta)
-    with torch.no_grad():
-        return torch.cat([params.call_with(g3d, weights, lambda g, c: g.synthesis(result.w_3d, c, noise_inputs=result.noise),
-                                           cam[None])["image"] for cam in cameras])
-
-
-def psnr(a, b):
-    mse = float(((a - b) ** 2).mean())  # images in [-1, 1]: peak-to-peak 2
-    return 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
-
-
 def test_the_file_references_the_artifacts_and_round_trips_within_the_bound(g3d, avatar):
     result, cache = avatar
     blob = result_to_bytes(result, cache, style_key="style-key", portrait_key="selfie-key")
@@ -78,7 +55,8 @@ def test_the_file_references_the_artifacts_and_round_trips_within_the_bound(g3d,
     n_stylized = sum(v.numel() for v in result.delta_stylized.values())
     assert len(blob) < 0.75 * n_stylized
     cameras = camera_path("orbit", 4)
-    exact, decoded = render(g3d, result.delta_stylized, result, cameras), render(g3d, back.delta_stylized, result, cameras)
+    exact = render(g3d, result.delta_stylized, result.w_3d, result.noise, cameras)
+    decoded = render(g3d, back.delta_stylized, result.w_3d, result.noise, cameras)
     assert psnr(exact, decoded) >= RENDER_PSNR_BOUND_DB
 
 
