@@ -34,6 +34,10 @@ trained with).
 The base networks are never modified: every variant is a parameter dict
 applied with ``torch.func.functional_call`` (see ``engine.avatar.params``).
 
+A ``portrait_3d`` artifact that cannot be read back (damaged) is computed
+again from the photo and overwritten; without the photo its error
+(``PortraitArtifactError``) propagates.
+
 Stopping: ``progress`` is the only channel; an exception it raises (the
 worker's ``JobCancelled`` and friends) leaves the running stage after its
 current step and propagates out of the call unchanged; nothing is written to
@@ -41,6 +45,7 @@ the cache for a stage that did not finish (see ``engine.avatar.steps``).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +63,8 @@ from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
 from engine.avatar.warp import frame_warp, rescale_similarity, resize_bilinear
 
+
+log = logging.getLogger("emoji3d.avatar")
 
 FFHQ_FRAME = 1024  # the 2D crop frame in which crop2d_to_crop3d is expressed
 EG3D_FRAME = 512   # the 3D crop frame
@@ -252,8 +259,16 @@ class Pipeline:
                         cache: ArtifactCache | None = None) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
         """Stages 1 (portrait) + 3 + 4, cached per selfie. Returns (w_2d, pivot, delta_pti, logs)."""
         key = self.portrait_key(portrait.key)
+        art = None
         if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
-            art = portrait_artifact.from_bytes(blob)
+            try:
+                art = portrait_artifact.from_bytes(blob)
+            except portrait_artifact.PortraitArtifactError as exc:
+                if portrait.image_2d is None or portrait.image_3d is None:
+                    raise
+                # A damaged cache entry costs a recomputation from the photo, which overwrites it.
+                log.warning("portrait %s: %s; inverting the photo again", portrait.key[:12], exc)
+        if art is not None:
             names = self.noise_names_3d()
             pivot = Inversion(art.w_3d, [art.noise[n] for n in names], StageLog("invert_3d", skipped=True))
             progress("pivotal_tuning", 1, 1)
