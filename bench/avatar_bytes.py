@@ -1,25 +1,34 @@
-"""Stored bytes per user per pack: the old avatar file (copies) vs the new one (references + compact delta).
+"""Stored bytes per user per pack, before and after, and the render error of each compact setting.
 
-    python bench/avatar_bytes.py [--preset ffhq512|slim128] [--views 2] [--neural-res 32] [--levels 2 4 8]
+    python bench/avatar_bytes.py [--preset ffhq512|slim128] [--views 2] [--neural-res 32]
+                                 [--pti-levels 1 1.5 2] [--levels 2 2.5 4] [--platform telegram]
 
 Weights: ``TriPlaneGenerator.from_config(ffhq512_config(), seed=0)`` (the official FFHQ-512 sizes, random
 weights). Deltas: random Gaussian perturbations of each tuned tensor, scaled to its weights' std: PTI
 2 %, the stylized residual (dual-branch minus PTI) 5 %. These are assumed magnitudes, not measured ones
-(no licensed weights here): a Gaussian residual is the worst case for the entropy coder (real tuning
-deltas are heavier-tailed and compress better) and the PSNR scales with the residual's size.
+(no licensed weights here): a Gaussian delta is the worst case for the entropy coder (real tuning
+deltas are heavier-tailed and compress better) and the PSNR scales with the delta's size.
 The 2D style delta is the full-size StyleGAN2 synthesis (its parameter count, 28.5 M, at fp16).
 
-Printed side by side in one run, per quantisation setting: the avatar file's bytes, the per-user bytes
-per pack (avatar file + the per-selfie ``portrait_3d`` artifact, which the new file references and which
-stays until its retention/eviction), and the render PSNR of the decoded stylized delta against the
-exact one over ``--views`` views of the pack's orbit. On the CPU the render uses a reduced neural
-rendering resolution (``--neural-res``) and 24+24 ray samples, and says so.
+Per user per pack = the avatar file + the per-selfie ``portrait_3d`` artifact (inversion latents and
+noise + the PTI delta; the avatar references it, and it stays until its retention) + the pack's
+sticker files, thumbnail, previews and stills. The pack's files are measured on the easy synthetic
+``cartoon`` content of ``bench/stickers.py`` (one sticker encoded, times the configured count) with
+the platform's file limits as the upper bound beside it: renders of random weights are noise, not faces.
+
+Printed side by side in one run: before (every delta copied at fp16), the avatar file of format 2
+with the fp16 PTI artifact (the state before the PTI delta was compacted), and each pair of settings
+(PTI levels/std, stylized levels/std), with the render PSNR of each decoded delta against the exact
+one over ``--views`` views of the pack's orbit: at strength 0 (the PTI generator: decoded vs exact PTI
+delta) and at strength 1 (the stylized generator; the pipeline continues from the decoded PTI delta,
+so the stylized residual is taken against it and only its own quantisation counts). On the CPU the
+render uses a reduced neural rendering resolution (``--neural-res``) and 24+24 ray samples, and says so.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import io
 import pathlib
 import sys
 import time
@@ -29,22 +38,24 @@ sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from engine.avatar import avatar_file, delta_codec, params, portrait_artifact  # noqa: E402
-from engine.avatar.pipeline import TUNE_PREFIXES_3D, AvatarResult, MemoryCache  # noqa: E402
+from emoji3d.config import load_config  # noqa: E402
+from emoji3d.orders import PLATFORM_TARGETS, THUMBNAIL_TARGETS  # noqa: E402
+from engine.avatar import avatar_file, portrait_artifact  # noqa: E402
+from engine.avatar.pipeline import AvatarResult, MemoryCache  # noqa: E402
+from engine.avatar.tensor_file import pack_tensors  # noqa: E402
 from engine.nets.eg3d import PRESETS, TriPlaneGenerator  # noqa: E402
 from engine.render.frames import camera_path  # noqa: E402
+from engine.render.pack import STILL_YAWS  # noqa: E402
+from engine.stickers.encode import encode  # noqa: E402
+from engine.stickers.preview import PackItem, build_pack_preview  # noqa: E402
+from engine.stickers.targets import TARGETS  # noqa: E402
+from tests.engine.avatar.deltas import psnr, random_delta, render  # noqa: E402
+from tests.engine.stickers import content  # noqa: E402
 
 STYLEGAN2_1024_SYNTHESIS_PARAMS = 28_500_000  # the 2D delta's size at full scale (the issue's 57 MB at fp16)
-
-
-def random_delta(g3d, relative_std: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in g3d.named_parameters():
-        if name.startswith(TUNE_PREFIXES_3D):
-            scale = float(p.detach().float().std()) if p.numel() > 1 else 1.0
-            out[name] = (relative_std * scale * torch.randn(p.shape, generator=gen)).half()
-    return out
+MB = 1e6
 
 
 def old_file_bytes(result: AvatarResult, n_2d: int) -> int:
@@ -53,19 +64,36 @@ def old_file_bytes(result: AvatarResult, n_2d: int) -> int:
                **{f"noise.{k}": v for k, v in result.noise.items()},
                **{f"delta_pti.{k}": v for k, v in result.delta_pti.items()},
                **{f"delta_stylized.{k}": v for k, v in result.delta_stylized.items()}}
-    return len(avatar_file.pack_tensors(tensors)) + 2 * n_2d
+    return len(pack_tensors(tensors)) + 2 * n_2d
 
 
-def render(g3d, delta, result, cameras) -> torch.Tensor:
-    weights = params.apply_delta(g3d, delta)
-    with torch.no_grad():
-        return torch.cat([params.call_with(g3d, weights, lambda g, c: g.synthesis(
-            result.w_3d, c, noise_inputs=result.noise), cam[None])["image"] for cam in cameras])
+def legacy_portrait_bytes(art: portrait_artifact.PortraitArtifact) -> bytes:
+    """The portrait_3d artifact before the compact format: the PTI delta at fp16."""
+    return pack_tensors({"w_2d": art.w_2d, "w_3d": art.w_3d, "camera": art.camera,
+                         "crop2d_to_crop3d": art.crop2d_to_crop3d, **{f"noise.{n}": v for n, v in art.noise.items()},
+                         **{f"delta.{k}": v for k, v in art.delta_pti.items()}})
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())  # images in [-1, 1]
-    return 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
+def pack_file_bytes(platform: str) -> tuple[int, int, int]:
+    """(measured bytes, upper bound, sticker count) of one pack's files on ``platform``: every sticker in
+    every target, the thumbnail, the preview sheet and page, the stills."""
+    cfg = load_config(_HERE.parent / "config.toml", env={})
+    n, fps, size = len(cfg.pack.stickers), cfg.pack.fps, cfg.pack.size
+    frames = content.cartoon(int(fps * 3), size, size)
+    targets = PLATFORM_TARGETS[platform]
+    thumb = THUMBNAIL_TARGETS.get(platform)
+    per_sticker = sum(len(encode(frames, fps, t).data) for t in targets)
+    thumb_bytes = len(encode(frames, fps, thumb).data) if thumb else 0
+    preview = build_pack_preview("bench", [PackItem(f"s{i}", frames, fps) for i in range(n)])
+    buf = io.BytesIO()
+    Image.fromarray(frames[0]).save(buf, format="PNG")
+    still = buf.getvalue()
+    previews = len(preview.sheet_png) + len(preview.html.encode("utf-8"))
+    measured = n * per_sticker + thumb_bytes + previews + len(STILL_YAWS) * len(still)
+    limit = {name: max(rule.max_bytes for rule in target.formats) for name, target in TARGETS.items()}
+    bound = (n * sum(limit[t] for t in targets) + (limit[thumb] if thumb else 0)
+             + previews + len(STILL_YAWS) * size * size * 4)
+    return measured, bound, n
 
 
 def main() -> None:
@@ -73,9 +101,9 @@ def main() -> None:
     ap.add_argument("--preset", default="ffhq512", choices=sorted(PRESETS))
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--neural-res", type=int, default=32, help="CPU only: neural rendering resolution")
-    ap.add_argument("--levels", type=float, nargs="+", default=[2.0, 3.0, 4.0])
-    ap.add_argument("--pti-levels", type=float, default=portrait_artifact.PTI_LEVELS_PER_STD,
-                    help="quantisation steps per std of the per-selfie PTI delta")
+    ap.add_argument("--pti-levels", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    ap.add_argument("--levels", type=float, nargs="+", default=[2.0, 2.5, 4.0])
+    ap.add_argument("--platform", default="telegram", choices=sorted(PLATFORM_TARGETS))
     args = ap.parse_args()
     cfg = PRESETS[args.preset]
     device_note = "full rendering settings"
@@ -85,52 +113,76 @@ def main() -> None:
         device_note = f"CPU: neural rendering at {args.neural_res} px, 24+24 samples"
     g3d = TriPlaneGenerator.from_config(cfg, seed=0).eval()
     gen = torch.Generator().manual_seed(0)
-    exact_pti, residual = random_delta(g3d, 0.02, gen), random_delta(g3d, 0.05, gen)
-    quantized_pti = portrait_artifact.quantize_pti(exact_pti, args.pti_levels)
-    pti = delta_codec.dequantize(quantized_pti, None)  # what the pipeline uses and stores
-    stylized = {k: (v.float() + residual[k].float()).half() for k, v in pti.items()}
+    pti, residual = random_delta(g3d, 0.02, gen), random_delta(g3d, 0.05, gen)
     names = g3d.backbone.synthesis.noise_layer_names()
     noise = {n: torch.randn(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0]), generator=gen) for n in names}
     w_3d = g3d.mapping(torch.randn(1, cfg.z_dim, generator=gen), camera_path("still", 1)).detach()
-    result = AvatarResult(w_e=torch.randn(18, 512, generator=gen), w_2d=torch.randn(1, 18, 512, generator=gen),
-                          w_3d=w_3d, noise=noise, camera=camera_path("still", 1), delta_2d={},
-                          delta_pti=pti, delta_stylized=stylized)
-    cache = MemoryCache()
-    cache.put("style_2d", "style", avatar_file.pack_tensors({"w_e": result.w_e}))
-    crop = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64)
-    fp16_portrait_blob = avatar_file.pack_tensors({"w_2d": result.w_2d, "w_3d": w_3d, "camera": result.camera,
-                                                   "crop2d_to_crop3d": crop,
-                                                   **{f"noise.{n}": v for n, v in noise.items()},
-                                                   **{f"delta.{k}": v for k, v in exact_pti.items()}})
-    portrait_blob = portrait_artifact.to_bytes(result.w_2d, w_3d, noise, result.camera, crop, quantized_pti)
-    cache.put("portrait_3d", "selfie", portrait_blob)
-    n_weights = sum(v.numel() for v in stylized.values())
-    old = old_file_bytes(result, STYLEGAN2_1024_SYNTHESIS_PARAMS)
+    w_e, w_2d = torch.randn(18, 512, generator=gen), torch.randn(1, 18, 512, generator=gen)
+    camera = camera_path("still", 1)
+    portrait = portrait_artifact.PortraitArtifact(w_2d=w_2d, w_3d=w_3d, noise=noise, camera=camera,
+                                                  crop2d_to_crop3d=torch.eye(2, 3, dtype=torch.float64), delta_pti=pti)
     cameras = camera_path("orbit", max(2, 2 * args.views))[: args.views]
     t0 = time.perf_counter()
-    exact = render(g3d, stylized, result, cameras)
+    exact_pti = render(g3d, pti, w_3d, noise, cameras)
     render_s = time.perf_counter() - t0
-    pti_db = psnr(render(g3d, exact_pti, result, cameras), render(g3d, pti, result, cameras))
-    mb = 1e6
+    pack_measured, pack_bound, n_stickers = pack_file_bytes(args.platform)
+    n_weights = sum(v.numel() for v in pti.values())
+    inversion = len(portrait_artifact.to_bytes(dataclasses.replace(portrait, delta_pti={})))
+
+    legacy_inversion = len(legacy_portrait_bytes(dataclasses.replace(portrait, delta_pti={})))
+
+    def row(label: str, pti_l: str, sty_l: str, avatar: int, portrait_b: int, db0: str, db1: str) -> None:
+        inv = inversion if pti_l != "-" else legacy_inversion
+        total = avatar + portrait_b + pack_measured
+        print(f"| {label} | {pti_l} | {sty_l} | {avatar / MB:.1f} | {(portrait_b - inv) / MB:.1f} | "
+              f"{inv / MB:.1f} | {pack_measured / MB:.1f} | **{total / MB:.1f}** | "
+              f"{(total - pack_measured + pack_bound) / MB:.1f} | {db0} | {db1} |", flush=True)
+
     print(f"EG3D {args.preset}: {n_weights / 1e6:.1f} M tuned weights; render {args.views} views "
-          f"({device_note}, {render_s:.0f} s)")
-    print(f"per-selfie portrait_3d artifact: fp16 delta {len(fp16_portrait_blob) / mb:.1f} MB -> int8 at "
-          f"{args.pti_levels:g} levels/std {len(portrait_blob) / mb:.1f} MB; photo-real "
-          f"(strength 0) renders from it vs the exact delta: PSNR {pti_db:.1f} dB")
-    print("| avatar file | levels/std | avatar MB | per user per pack MB (avatar + portrait_3d) | PSNR dB | encode s |")
-    print("|---|---|---|---|---|---|")
-    print(f"| before (copies, fp16) | - | {old / mb:.1f} | {(old + len(fp16_portrait_blob)) / mb:.1f} | exact | - |")
-    for levels in args.levels:
+          f"({device_note}, {render_s:.0f} s per set); pack files: {n_stickers} stickers on {args.platform}, "
+          f"measured on cartoon content (the bound: every file at its platform limit)")
+    print("| stored | PTI levels/std | stylized levels/std | avatar file MB | PTI delta MB | inversion "
+          "(latents, noise) MB | pack files MB | per user per pack MB | with pack files at their limits MB | "
+          "PSNR s=0 (PTI) dB | PSNR s=1 (stylized) dB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    legacy = legacy_portrait_bytes(portrait)
+    stylized_exact = {k: (v.float() + residual[k].float()).half() for k, v in pti.items()}
+    result = AvatarResult(w_e=w_e, w_2d=w_2d, w_3d=w_3d, noise=noise, camera=camera, delta_2d={},
+                          delta_pti=pti, delta_stylized=stylized_exact)
+    row("before: fp16 copies of every delta", "-", "-", old_file_bytes(result, STYLEGAN2_1024_SYNTHESIS_PARAMS),
+        len(legacy), "exact", "exact")
+    cache = MemoryCache()
+    cache.put("style_2d", "style", pack_tensors({"w_e": w_e}))
+    cache.put("portrait_3d", "selfie", legacy)
+    previous_levels = 4.0  # the avatar file's setting before the PTI artifact was compacted
+    blob = avatar_file.result_to_bytes(result, cache, style_key="style", portrait_key="selfie",
+                                       levels_per_std=previous_levels)
+    db1 = psnr(render(g3d, stylized_exact, w_3d, noise, cameras),
+               render(g3d, avatar_file.result_from_bytes(blob, cache).delta_stylized, w_3d, noise, cameras))
+    row("refs + int8 stylized residual, fp16 PTI artifact", "-", f"{previous_levels:g}", len(blob),
+        len(legacy), "exact", f"{db1:.1f}")
+    for pti_levels in args.pti_levels:
         t0 = time.perf_counter()
-        blob = avatar_file.result_to_bytes(result, cache, style_key="style", portrait_key="selfie",
-                                           levels_per_std=levels)
-        encode_s = time.perf_counter() - t0
-        back = avatar_file.result_from_bytes(blob, cache)
-        db = psnr(exact, render(g3d, back.delta_stylized, result, cameras))
-        chosen = " (chosen)" if levels == avatar_file.LEVELS_PER_STD else ""
-        print(f"| after: refs + int8 residual{chosen} | {levels:g} | {len(blob) / mb:.1f} | "
-              f"{(len(blob) + len(portrait_blob)) / mb:.1f} | {db:.1f} | {encode_s:.1f} |", flush=True)
-    print(f"bound: PSNR >= {avatar_file.RENDER_PSNR_BOUND_DB:g} dB; budget: 25 MB per user per pack")
+        portrait_blob = portrait_artifact.to_bytes(portrait, pti_levels)
+        pti_q = portrait_artifact.from_bytes(portrait_blob).delta_pti
+        codec_s = time.perf_counter() - t0
+        db0 = psnr(exact_pti, render(g3d, pti_q, w_3d, noise, cameras))
+        # Stage 5 continues from the decoded PTI delta: the stylized delta is that plus its residual.
+        stylized = {k: (v.float() + residual[k].float()).half() for k, v in pti_q.items()}
+        exact_stylized = render(g3d, stylized, w_3d, noise, cameras)
+        result_q = dataclasses.replace(result, delta_pti=pti_q, delta_stylized=stylized)
+        cache.put("portrait_3d", "selfie", portrait_blob)
+        for levels in args.levels:
+            blob = avatar_file.result_to_bytes(result_q, cache, style_key="style", portrait_key="selfie",
+                                               levels_per_std=levels)
+            back = avatar_file.result_from_bytes(blob, cache)
+            db1 = psnr(exact_stylized, render(g3d, back.delta_stylized, w_3d, noise, cameras))
+            chosen = (pti_levels == portrait_artifact.PTI_LEVELS_PER_STD and levels == avatar_file.LEVELS_PER_STD)
+            row(f"after: compact PTI artifact{' (chosen)' if chosen else ''}", f"{pti_levels:g}", f"{levels:g}",
+                len(blob), len(portrait_blob), f"{db0:.1f}", f"{db1:.1f}")
+        print(f"  (PTI {pti_levels:g} levels/std: artifact encode + decode {codec_s:.1f} s)", flush=True)
+    print(f"bounds: PSNR >= {portrait_artifact.PTI_RENDER_PSNR_BOUND_DB:g} dB at s=0, "
+          f">= {avatar_file.RENDER_PSNR_BOUND_DB:g} dB at s=1; budget: 25 MB per user per pack")
 
 
 if __name__ == "__main__":

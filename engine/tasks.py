@@ -159,10 +159,13 @@ def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None):
     def on_pivot(blob: bytes) -> None:
         if done:
             return
+        try:
+            art = portrait_artifact.from_bytes(blob)
+        except portrait_artifact.PortraitArtifactError:
+            return  # a damaged cached artifact: the pipeline inverts again and the new one is shown
         done.append(True)
-        stored = portrait_artifact.from_bytes(blob)
-        record_first_look(res, jc, owner, "photo_real", params.apply_delta(res.pipeline.nets.g3d, stored.delta_pti),
-                          stored.w_3d, stored.noise)
+        g3d = res.pipeline.nets.g3d
+        record_first_look(res, jc, owner, "photo_real", params.apply_delta(g3d, art.delta_pti), art.w_3d, art.noise)
 
     return on_pivot
 

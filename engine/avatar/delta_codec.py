@@ -1,129 +1,98 @@
-"""Compact storage of a weight delta: per-output-channel int8 quantisation, zlib-compressed.
+"""The compact form of a generator weight delta: int8 per output channel, entropy-coded.
 
-A delta ``d`` (a dict of tensors, e.g. pivotal tuning's change of the EG3D
-weights, or the stylized weights' residual against it) is stored relative to
-an optional ``base`` delta: ``r = d - base`` (fp32; a name missing from
-``base`` counts as zero).
+Used for the stylized delta in the avatar file (stored against the PTI delta,
+``engine.avatar.avatar_file``) and for the PTI delta in the per-selfie
+``portrait_3d`` artifact (stored against zero, i.e. against the pretrained
+weights, ``engine.avatar.portrait_artifact``).
 
-* Tensors of 2 or more dims: quantised per output channel (dim 0) with the
-  uniform step ``std(r_c) / levels_per_std`` to int8 (clamped to ±127), then
-  Huffman-coded (zlib's deflate format, no string matching).
-* Tensors of fewer than 2 dims (biases, per-channel gains): kept as fp16.
-* Decoding gives ``fp16(base + q * step)``.
-
-Error bound per weight: at most step/2 = std(r_c) / (2 levels_per_std); its
-RMS is std(r_c) / (levels_per_std sqrt(12)), about 7 % of the channel's RMS
-at 4 levels per std. What that does to the pictures is measured by
-``bench/avatar_bytes.py`` (render PSNR over a pack's views).
-
-:func:`quantize` runs where the delta lives (the GPU in the engine) and
-:func:`dequantize` gives exactly what decoding the stored form gives (one
-float32 multiply per weight on either device), so the pipeline can use the
-stored delta's values at once: a run that reads its artifact back from the
-cache then computes the same avatar as the run that wrote it.
-
-Stored form (:func:`to_tensors`): ``res.<name>`` uint8 (zlib of the int8
-values), ``step.<name>`` fp32 [C], ``raw.<name>`` fp16, plus the shapes (JSON
-metadata of the container). Damaged data raises :class:`DeltaCodecError`
-naming the tensor.
+Conventions
+-----------
+* :func:`encode` stores ``r = delta - base`` (fp32; a name missing from
+  ``base`` counts as a zero base). A tensor of >= 2 dims is quantised per
+  output channel (dim 0) with a uniform step ``std(r_c) / levels_per_std``
+  to int8 and deflated with Huffman coding only (``res.<name>``: uint8
+  bytes, ``step.<name>``: fp32 [C]): the values are near-Gaussian noise
+  where LZ77 matches find nothing, so Huffman alone is about as small as
+  zlib level 6 (8 % smaller at 2 levels/std) and 15x faster. Tensors of
+  fewer than 2 dims (biases, gains) are stored as the fp16 residual
+  (``raw.<name>``). ``shapes`` (name -> shape) goes in the file's metadata.
+* :func:`decode` gives ``fp16(base + q * step)``; anything missing, short or
+  over-long raises :class:`CompactDeltaError` naming the tensor.
+* Error bound of a setting: each weight within step/2 = std(r_c) /
+  (2 levels_per_std) of its residual; RMS std(r_c) / (levels_per_std sqrt 12).
 """
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 
-INT8_MAX = 127
+_INT8_MAX = 127
 
 
-class DeltaCodecError(ValueError):
-    """A stored delta that cannot be decoded (missing or damaged tensors)."""
+class CompactDeltaError(ValueError):
+    """A compact delta that does not decode to the shapes it claims."""
 
 
-@dataclass
-class QuantizedDelta:
-    q: dict[str, torch.Tensor] = field(default_factory=dict)      # int8, [C, fan-in]
-    step: dict[str, torch.Tensor] = field(default_factory=dict)   # fp32 [C]
-    raw: dict[str, torch.Tensor] = field(default_factory=dict)    # fp16, the tensors of < 2 dims
-    shapes: dict[str, list[int]] = field(default_factory=dict)
+def _deflate_huffman(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    return packer.compress(data) + packer.flush()
 
 
-def quantize(delta: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor] | None,
-             levels_per_std: float) -> QuantizedDelta:
-    """``delta - base`` quantised per output channel (see module docstring)."""
+def encode(delta: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor] | None,
+           levels_per_std: float) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Tensors and shapes that store ``delta`` relative to ``base`` (both fp16 deltas, or base None)."""
     if not levels_per_std > 0:
-        raise ValueError(f"levels_per_std must be > 0, got {levels_per_std}")
+        raise ValueError(f"levels_per_std must be positive, got {levels_per_std}")
     base = base or {}
-    out = QuantizedDelta()
+    out: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
     for name, value in delta.items():
-        reference = base.get(name)
-        residual = value.float() - (reference.float() if reference is not None else 0.0)
-        out.shapes[name] = list(residual.shape)
+        ref = base.get(name)
+        residual = value.detach().cpu().float() - (ref.detach().cpu().float() if ref is not None else 0.0)
+        shapes[name] = list(residual.shape)
         if residual.dim() < 2:
-            out.raw[name] = residual.half()
+            out[f"raw.{name}"] = residual.half()
             continue
-        rows = residual.reshape(residual.shape[0], -1)                   # [C, fan-in]
-        step = rows.std(dim=1, unbiased=False) / levels_per_std            # [C]
+        rows = residual.reshape(residual.shape[0], -1)                    # [C, fan-in]
+        step = rows.std(dim=1, unbiased=False) / levels_per_std             # [C]
         step = torch.where(step > 0, step, torch.ones_like(step))
-        out.q[name] = torch.round(rows / step[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-        out.step[name] = step
-    return out
+        q = torch.round(rows / step[:, None]).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+        out[f"res.{name}"] = torch.frombuffer(bytearray(_deflate_huffman(q.numpy().tobytes())), dtype=torch.uint8)
+        out[f"step.{name}"] = step.float()
+    return out, shapes
 
 
-def dequantize(quantized: QuantizedDelta, base: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    """The fp16 delta: ``base + q * step`` per tensor."""
+def decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]],
+           base: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The fp16 delta back from :func:`encode`'s tensors and the same ``base``."""
     base = base or {}
     out: dict[str, torch.Tensor] = {}
-    for name, shape in quantized.shapes.items():
-        if name in quantized.raw:
-            residual = quantized.raw[name].float()
-        else:
-            residual = (quantized.q[name].float() * quantized.step[name].float()[:, None]).reshape(shape)
-        reference = base.get(name)
-        out[name] = (residual + reference.to(residual.device).float() if reference is not None else residual).half()
-    return out
-
-
-def to_tensors(quantized: QuantizedDelta) -> dict[str, torch.Tensor]:
-    """The stored form (CPU tensors; the shapes go beside them as metadata)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, q in quantized.q.items():
-        # Huffman coding alone: the int8 values are nearly independent, so string matching (deflate's
-        # LZ77) finds nothing; this is within 2 % of their entropy and 20x faster than level 6.
-        coder = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
-        packed = coder.compress(q.cpu().numpy().tobytes()) + coder.flush()
-        out[f"res.{name}"] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
-        out[f"step.{name}"] = quantized.step[name].float().cpu()
-    for name, value in quantized.raw.items():
-        out[f"raw.{name}"] = value.cpu()
-    return out
-
-
-def from_tensors(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]],
-                 what: str = "delta") -> QuantizedDelta:
-    """:func:`to_tensors`'s output back; ``what`` names the delta in errors."""
-    out = QuantizedDelta(shapes={name: list(shape) for name, shape in shapes.items()})
-    for name, shape in out.shapes.items():
+    for name, shape in shapes.items():
+        ref = base.get(name)
+        base32 = ref.float() if ref is not None else torch.zeros(shape)
         if f"raw.{name}" in tensors:
-            out.raw[name] = tensors[f"raw.{name}"]
+            raw = tensors[f"raw.{name}"]
+            if list(raw.shape) != list(shape):
+                raise CompactDeltaError(f"{name}: stored {list(raw.shape)}, expected {list(shape)}")
+            out[name] = (base32 + raw.float()).half()
             continue
         if f"res.{name}" not in tensors or f"step.{name}" not in tensors:
-            raise DeltaCodecError(f"the {what} of {name} is missing")
+            raise CompactDeltaError(f"{name}: its quantised values or steps are missing")
         numel = 1
-        for size in shape:
-            numel *= int(size)
+        for s in shape:
+            numel *= int(s)
+        step = tensors[f"step.{name}"].float()
+        if len(shape) < 2 or step.shape != (int(shape[0]),):
+            raise CompactDeltaError(f"{name}: {tuple(step.shape)} steps for a tensor of shape {list(shape)}")
         inflater = zlib.decompressobj()
         try:
             raw = inflater.decompress(tensors[f"res.{name}"].numpy().tobytes(), numel)
         except zlib.error as exc:
-            raise DeltaCodecError(f"the {what} of {name} is damaged ({exc})") from exc
+            raise CompactDeltaError(f"{name}: its quantised values are damaged ({exc})") from exc
         if len(raw) != numel or inflater.unconsumed_tail or not inflater.eof:
-            raise DeltaCodecError(f"the {what} of {name} does not hold {numel} values")
-        step = tensors[f"step.{name}"]
-        if step.shape != (int(shape[0]),):
-            raise DeltaCodecError(f"the {what} of {name} has {tuple(step.shape)} steps for {shape[0]} channels")
-        out.q[name] = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(int(shape[0]), -1)  # [C, fan-in]
-        out.step[name] = step
+            raise CompactDeltaError(f"{name}: the quantised values do not hold exactly {numel} values")
+        q = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(shape[0], -1).float()  # [C, fan-in]
+        out[name] = (base32 + (q * step[:, None]).reshape(shape)).half()
     return out

@@ -12,7 +12,8 @@ which runs, in order (stage names as reported to ``progress`` and in ``logs``),
 3. ``invert_3d`` (``engine.avatar.invert.invert_3d``) — Eq. 2, (w_3d, noise) at the
    portrait's camera (cached per selfie);
 4. ``pivotal_tuning`` (``engine.avatar.invert.pivotal_tuning``) — Eq. 3 on EG3D (cached per
-   selfie, with stage 3);
+   selfie, with stage 3, in ``engine.avatar.portrait_artifact``; the PTI delta is stored
+   compactly and the later stages use the decoded one);
 5. ``dual_branch`` (``engine.avatar.dual.dual_branch_train``) — Eq. 5, alternate 2D/3D updates;
 
 and returns an :class:`AvatarResult`: latents, the compact generator deltas
@@ -33,6 +34,10 @@ trained with).
 The base networks are never modified: every variant is a parameter dict
 applied with ``torch.func.functional_call`` (see ``engine.avatar.params``).
 
+A ``portrait_3d`` artifact that cannot be read back (damaged) is computed
+again from the photo and overwritten; without the photo its error
+(``PortraitArtifactError``) propagates.
+
 Stopping: ``progress`` is the only channel; an exception it raises (the
 worker's ``JobCancelled`` and friends) leaves the running stage after its
 current step and propagates out of the call unchanged; nothing is written to
@@ -40,6 +45,7 @@ the cache for a stage that did not finish (see ``engine.avatar.steps``).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,14 +55,16 @@ from torch import nn
 
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
-from engine.avatar import delta_codec, params, portrait_artifact
-from engine.avatar.tensor_file import pack_tensors, unpack_tensors
+from engine.avatar import params, portrait_artifact
+from engine.avatar.tensor_file import pack_tensors, unpack_tensors  # the style_2d artifact
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
 from engine.avatar.warp import frame_warp, rescale_similarity, resize_bilinear
 
+
+log = logging.getLogger("emoji3d.avatar")
 
 FFHQ_FRAME = 1024  # the 2D crop frame in which crop2d_to_crop3d is expressed
 EG3D_FRAME = 512   # the 3D crop frame
@@ -223,9 +231,11 @@ class Pipeline:
         blob = cache.get("portrait_3d", self.portrait_key(portrait_key, seed))
         if blob is None:
             return None
-        stored = portrait_artifact.from_bytes(blob)
-        return PortraitInputs(image_2d=None, image_3d=None, camera=stored.camera,
-                              crop2d_to_crop3d=stored.crop2d_to_crop3d, key=portrait_key)
+        art = portrait_artifact.from_bytes(blob)
+        if art.camera is None or art.crop2d_to_crop3d is None:
+            return None
+        return PortraitInputs(image_2d=None, image_3d=None, camera=art.camera,
+                              crop2d_to_crop3d=art.crop2d_to_crop3d.double(), key=portrait_key)
 
     def stylize_2d(self, exemplar: PortraitInputs, generator: torch.Generator, progress: ProgressFn = no_progress,
                    cache: ArtifactCache | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], StageLog]:
@@ -252,12 +262,20 @@ class Pipeline:
                         seed: int = 0) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
         """Stages 1 (portrait) + 3 + 4, cached per selfie and seed. Returns (w_2d, pivot, delta_pti, logs)."""
         key = self.portrait_key(portrait.key, seed)
+        art = None
         if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
-            stored = portrait_artifact.from_bytes(blob)
-            pivot = Inversion(stored.w_3d, [stored.noise[n] for n in self.noise_names_3d()],
-                              StageLog("invert_3d", skipped=True))
+            try:
+                art = portrait_artifact.from_bytes(blob)
+            except portrait_artifact.PortraitArtifactError as exc:
+                if portrait.image_2d is None or portrait.image_3d is None:
+                    raise
+                # A damaged cache entry costs a recomputation from the photo, which overwrites it.
+                log.warning("portrait %s: %s; inverting the photo again", portrait.key[:12], exc)
+        if art is not None:
+            names = self.noise_names_3d()
+            pivot = Inversion(art.w_3d, [art.noise[n] for n in names], StageLog("invert_3d", skipped=True))
             progress("pivotal_tuning", 1, 1)
-            return stored.w_2d, pivot, stored.delta_pti, [pivot.log, StageLog("pivotal_tuning", skipped=True)]
+            return art.w_2d, pivot, art.delta_pti, [pivot.log, StageLog("pivotal_tuning", skipped=True)]
         if portrait.image_2d is None or portrait.image_3d is None:
             raise ValueError(f"portrait {portrait.key}: no photo and no cached inversion")
         dev = self.nets.device
@@ -273,14 +291,15 @@ class Pipeline:
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
         pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips,
                                  self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision)
-        # The delta is stored compactly (engine.avatar.portrait_artifact); from here on the run uses the
-        # stored values, so a later run that reads this artifact back computes the same avatar.
-        quantized = portrait_artifact.quantize_pti(params.compute_delta(tuned, g3d))
-        delta = delta_codec.dequantize(quantized, None)
+        # The artifact stores the PTI delta compactly; continue from what it gives back, cached or not.
+        blob = portrait_artifact.to_bytes(portrait_artifact.PortraitArtifact(
+            w_2d=w_2d, w_3d=pivot.ws, noise=dict(zip(self.noise_names_3d(), pivot.noise)), camera=portrait.camera,
+            crop2d_to_crop3d=portrait.crop2d_to_crop3d, delta_pti=params.compute_delta(tuned, g3d)))
+        stored = portrait_artifact.from_bytes(blob)
+        delta = {k: v.to(dev) for k, v in stored.delta_pti.items()}
+        pivot = Inversion(pivot.ws, [stored.noise[n].to(dev) for n in self.noise_names_3d()], pivot.log)
         if cache is not None:
-            cache.put("portrait_3d", key, portrait_artifact.to_bytes(
-                w_2d, pivot.ws, dict(zip(self.noise_names_3d(), pivot.noise)), portrait.camera,
-                portrait.crop2d_to_crop3d, quantized))
+            cache.put("portrait_3d", key, blob)
         return w_2d, pivot, delta, [pivot.log, pti_log]
 
     def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> DistanceFn | None:

@@ -1,16 +1,33 @@
-"""The per-selfie artifact (``portrait_3d``): what stages 3 and 4 made of one photo.
+"""The per-selfie ``portrait_3d`` artifact: stages 1 (portrait), 3 and 4 of the pipeline, cached per selfie.
 
-It holds the e4e code ``w_2d`` [1, L2, 512], the EG3D pivot ``w_3d`` [1, L3, 512]
-and its noise maps, the photo's camera label [1, 25] and crop map [2, 3]
-(float64), and the pivotal-tuning delta of the EG3D weights. The delta is
-stored compactly (:mod:`engine.avatar.delta_codec`, ``PTI_LEVELS_PER_STD``
-steps per standard deviation, relative to zero: ``pti.res.*``, ``pti.step.*``,
-``pti.raw.*`` and the shapes in the metadata); about 5x smaller than fp16
-(bench/avatar_bytes.py).
-Artifacts written before this format hold the fp16 delta as ``delta.<name>``
-and still read.
+A safetensors file (``engine.avatar.tensor_file``) holding the latents
+``w_2d`` [1, L2, 512] and ``w_3d`` [1, L3, 512] (fp32), the EG3D backbone
+noise maps (``noise.<layer>`` [1, 1, r, r], stored fp16 and read back as
+fp32: unit-variance noise, so fp16 keeps it to about 1e-3), the photo's
+camera [1, 25], the crop transform ``crop2d_to_crop3d`` [2, 3] (fp64) and
+the pivotal-tuning delta.
 
-Container: safetensors (``engine.avatar.tensor_file``), CPU tensors.
+Format ``compact-1`` (metadata ``format``): the PTI delta is stored against
+the pretrained weights with ``engine.avatar.delta_codec`` at
+``PTI_LEVELS_PER_STD`` (metadata ``shapes`` and ``levels_per_std``). Files
+without a format (written before) hold the fp16 delta as ``delta.<name>``
+and are still read.
+
+The pipeline continues from the *decoded* PTI delta and noise (it writes the
+artifact and reads it back, ``Pipeline.invert_portrait``), so a selfie gives the same avatar whether its inversion was just computed
+or read from the cache, and the avatar file's stylized residual is taken
+against exactly what this artifact gives back.
+
+Error bound (the setting chosen, ``PTI_LEVELS_PER_STD = 1``): each weight of
+the delta within step/2 = std(delta_c)/2 per output channel, RMS about
+std(delta_c)/sqrt(12) ≈ 29 % of the delta's RMS; measured by
+``bench/avatar_bytes.py`` on the full-size EG3D (ffhq512, random weights and
+a random PTI delta of 2 % of each tensor's std): the views rendered with the
+decoded delta are within PSNR >= ``PTI_RENDER_PSNR_BOUND_DB`` (40 dB; 42.8
+measured) of those of the exact delta (tested on the slim net in
+``tests/engine/avatar/test_portrait_artifact.py``). The PTI delta is the
+photo-real end of the strength slider (s = 0); the stylized end is bounded by
+the avatar file's residual (``engine.avatar.avatar_file``).
 """
 from __future__ import annotations
 
@@ -22,60 +39,61 @@ import torch
 from engine.avatar import delta_codec
 from engine.avatar.tensor_file import TensorFileError, pack_tensors, read_metadata, unpack_tensors
 
-# 2 steps per std: the photo-real renders (strength 0) from the stored delta stay within PSNR >= 40 dB of
-# the exact delta's (measured 48.8 dB at full size, bench/avatar_bytes.py; the bound tested on slim
-# weights in tests/engine/avatar/test_avatar_file.py); 12.5 MB at full size against 60.5 MB in fp16.
-PTI_LEVELS_PER_STD = 2.0
-_DELTA = "pti."
-_LEGACY_DELTA = "delta."
+FORMAT = "compact-1"
+PTI_LEVELS_PER_STD = 1.0          # quantisation steps per standard deviation of the PTI delta (per channel)
+PTI_RENDER_PSNR_BOUND_DB = 40.0   # the stated bound: views from the decoded PTI delta vs the exact one
 
 
 class PortraitArtifactError(ValueError):
-    """A per-selfie artifact that cannot be read back."""
+    """A ``portrait_3d`` artifact that cannot be read back (damaged or truncated)."""
 
 
 @dataclass
 class PortraitArtifact:
-    w_2d: torch.Tensor                    # [1, L2, 512]
-    w_3d: torch.Tensor                    # [1, L3, 512]
-    noise: dict[str, torch.Tensor]        # EG3D backbone noise maps by name
-    camera: torch.Tensor                  # [1, 25]
-    crop2d_to_crop3d: torch.Tensor        # [2, 3] float64
-    delta_pti: dict[str, torch.Tensor]    # fp16, as the pipeline used it
+    w_2d: torch.Tensor                  # [1, L2, 512]
+    w_3d: torch.Tensor                  # [1, L3, 512]
+    noise: dict[str, torch.Tensor]      # EG3D backbone noise maps, by layer name
+    camera: torch.Tensor | None         # [1, 25] (the pipeline always writes it)
+    crop2d_to_crop3d: torch.Tensor | None  # [2, 3] fp64 (likewise)
+    delta_pti: dict[str, torch.Tensor]  # fp16, against the pretrained EG3D weights
 
 
-def quantize_pti(delta: dict[str, torch.Tensor],
-                 levels_per_std: float = PTI_LEVELS_PER_STD) -> delta_codec.QuantizedDelta:
-    return delta_codec.quantize(delta, None, levels_per_std)
+def _split(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
 
 
-def to_bytes(w_2d: torch.Tensor, w_3d: torch.Tensor, noise: dict[str, torch.Tensor], camera: torch.Tensor,
-             crop2d_to_crop3d: torch.Tensor, pti: delta_codec.QuantizedDelta) -> bytes:
-    tensors = {"w_2d": w_2d, "w_3d": w_3d, "camera": camera, "crop2d_to_crop3d": crop2d_to_crop3d.double(),
-               **{f"noise.{n}": v for n, v in noise.items()},
-               **{_DELTA + k: v for k, v in delta_codec.to_tensors(pti).items()}}
-    return pack_tensors(tensors, {"pti_shapes": json.dumps(pti.shapes), "pti_levels_per_std": repr(PTI_LEVELS_PER_STD)})
+def to_bytes(art: PortraitArtifact, levels_per_std: float = PTI_LEVELS_PER_STD) -> bytes:
+    compact, shapes = delta_codec.encode(art.delta_pti, None, levels_per_std)
+    meta = {"format": FORMAT, "shapes": json.dumps(shapes), "levels_per_std": repr(float(levels_per_std))}
+    frame = {"camera": art.camera, "crop2d_to_crop3d": None if art.crop2d_to_crop3d is None
+             else art.crop2d_to_crop3d.double()}
+    return pack_tensors({"w_2d": art.w_2d, "w_3d": art.w_3d, **{k: v for k, v in frame.items() if v is not None},
+                         **{f"noise.{n}": v.half() for n, v in art.noise.items()}, **compact}, meta)
 
 
 def from_bytes(data: bytes) -> PortraitArtifact:
+    """The artifact back; :class:`PortraitArtifactError` names what is wrong with a damaged one."""
     try:
         meta = read_metadata(data)
         tensors = unpack_tensors(data)
-    except (TensorFileError, ValueError) as exc:
-        raise PortraitArtifactError(f"per-selfie artifact: not a readable tensor file ({exc})") from exc
-    missing = [k for k in ("w_2d", "w_3d", "camera", "crop2d_to_crop3d") if k not in tensors]
-    if missing:
-        raise PortraitArtifactError(f"per-selfie artifact: {', '.join(missing)} missing")
-    if "pti_shapes" in meta:
+    except TensorFileError as exc:
+        raise PortraitArtifactError(f"portrait_3d artifact: {exc}") from exc
+    fmt = meta.get("format")
+    if fmt is None:  # before compact-1: the fp16 delta as it is
+        delta = _split("delta.", tensors)
+    elif fmt == FORMAT:
         try:
-            shapes = json.loads(meta["pti_shapes"])
-            stored = {k[len(_DELTA):]: v for k, v in tensors.items() if k.startswith(_DELTA)}
-            delta = delta_codec.dequantize(delta_codec.from_tensors(stored, shapes, "pivotal-tuning delta"), None)
-        except (json.JSONDecodeError, TypeError, delta_codec.DeltaCodecError) as exc:
-            raise PortraitArtifactError(f"per-selfie artifact: {exc}") from exc
+            delta = delta_codec.decode(tensors, json.loads(meta["shapes"]), None)
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise PortraitArtifactError(f"portrait_3d artifact: unreadable delta shapes ({exc!r})") from exc
+        except delta_codec.CompactDeltaError as exc:
+            raise PortraitArtifactError(f"portrait_3d artifact: the PTI delta of {exc}") from exc
     else:
-        delta = {k[len(_LEGACY_DELTA):]: v for k, v in tensors.items() if k.startswith(_LEGACY_DELTA)}
-    return PortraitArtifact(
-        w_2d=tensors["w_2d"], w_3d=tensors["w_3d"], camera=tensors["camera"],
-        crop2d_to_crop3d=tensors["crop2d_to_crop3d"].double(),
-        noise={k[len("noise."):]: v for k, v in tensors.items() if k.startswith("noise.")}, delta_pti=delta)
+        raise PortraitArtifactError(f"portrait_3d artifact format {fmt!r}; this engine reads {FORMAT!r}")
+    missing = [k for k in ("w_2d", "w_3d") if k not in tensors]
+    if missing:
+        raise PortraitArtifactError(f"portrait_3d artifact: {', '.join(missing)} missing")
+    noise = {k: v.float() for k, v in _split("noise.", tensors).items()}
+    return PortraitArtifact(w_2d=tensors["w_2d"], w_3d=tensors["w_3d"], noise=noise,
+                            camera=tensors.get("camera"), crop2d_to_crop3d=tensors.get("crop2d_to_crop3d"),
+                            delta_pti=delta)

@@ -1,5 +1,6 @@
 """The safetensors container of the avatar cache's artifacts (``style_2d``, ``portrait_3d``) and of the
-avatar file (``engine.avatar.avatar_file``): a dict of named tensors plus string metadata, moved to the CPU."""
+avatar file (``engine.avatar.avatar_file``): a dict of named tensors plus string metadata, moved to the CPU.
+A damaged or truncated file raises :class:`TensorFileError`."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import torch
 
 
 class TensorFileError(ValueError):
-    """Bytes that are not a safetensors file."""
+    """Bytes that are not a readable safetensors file (damaged or truncated)."""
 
 
 def pack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
@@ -18,9 +19,13 @@ def pack_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None =
 
 
 def unpack_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
-    return load(data)
+    try:
+        return load(data)
+    except SafetensorError as exc:
+        raise TensorFileError(f"not a readable safetensors file of {len(data)} bytes ({exc})") from exc
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -33,5 +38,5 @@ def read_metadata(data: bytes) -> dict[str, str]:
     try:
         header = json.loads(data[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TensorFileError(f"safetensors header is not JSON ({exc})") from exc
+        raise TensorFileError(f"unreadable safetensors header ({exc})") from exc
     return header.get("__metadata__", {}) or {}

@@ -14,18 +14,23 @@ Conventions
   expression has no boundary is left out: silently when it is ``optional``,
   otherwise with a note saying why (the notes reach the user).
 * Every sticker file is encoded by :func:`engine.stickers.encode.encode`,
-  which verifies it against the platform's rules before returning it.
+  which verifies it against the platform's rules before returning it. A
+  sticker's files are encoded on a bounded thread pool
+  (:class:`StickerEncoder`) while the next sticker renders; the bytes and
+  their order are those of the serial path.
 * A custom emoji (``emoji_target``, e.g. ``telegram_emoji``) is made per
-  sticker from the same rendered frames by :func:`encode_custom_emoji` and
-  stored in the sticker's ``files`` under its target name, like the stickers.
+  sticker from the same rendered frames, on the same encoder, and stored in
+  the sticker's ``files`` under its target name, like the stickers.
 * ``progress(stage, done, total)`` is called with the stages ``render`` and
   ``encode``; it may raise to stop the work (the engine's cancellation).
 """
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -36,7 +41,8 @@ from torch import nn
 from emoji3d.config import PackConfig
 from engine.nets.camera import orbit_label
 from engine.render.edits import BoundarySet
-from engine.render.frames import RenderSettings, StickerSpec, render_frames, render_pack, spec_from_entry, to_rgba
+from engine.render.frames import (RenderSettings, StickerFrames, StickerSpec, render_frames, render_pack,
+                                  spec_from_entry, to_rgba)
 from engine.render.mesh import export_glb
 from engine.stickers.encode import encode
 from engine.stickers.preview import PackItem, build_pack_preview
@@ -109,33 +115,83 @@ def mesh_glb(generator: nn.Module, avatar: AvatarPose) -> bytes:
         return path.read_bytes()
 
 
-def encode_custom_emoji(rendered: list, target: str) -> list[bytes]:
-    """One custom-emoji file per rendered sticker (``RenderedFrames``), from the very frames the sticker has."""
-    return [encode(f.frames, f.fps, target).data for f in rendered]
+def default_encode_workers() -> int:
+    """Encoder threads beside the render. libvpx and the image writers run with the GIL released
+    (``bench/stickers.py --pack`` measures serial against parallel), one file per thread."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _encoded_bytes(frames: StickerFrames, target: str) -> bytes:
+    return encode(frames.frames, frames.fps, target).data
+
+
+class StickerEncoder:
+    """Encodes sticker files while the caller renders the next sticker: at most ``workers`` files at
+    once on a thread pool (``workers`` = 1: at once in the calling thread). Files come back in the
+    order they were submitted, so the pack is byte-identical to the serial path (each encode is pure:
+    same frames, fps and target give the same bytes)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"encode workers must be >= 1, got {workers}")
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="sticker-encode") if workers > 1 else None
+        self.pending: list[tuple[int, str, Future | bytes]] = []  # (sticker index, target, file or its future)
+
+    def submit(self, index: int, frames: StickerFrames, target: str) -> None:
+        if self.pool is None:
+            self.pending.append((index, target, _encoded_bytes(frames, target)))
+        else:
+            self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target)))
+
+    def results(self, on_sticker_done: Callable[[int], None]) -> dict[int, dict[str, bytes]]:
+        """{sticker index: {target: file}}, waiting for each; ``on_sticker_done(i)`` after sticker i's
+        last file (it may raise: the caller then closes with ``cancel=True``)."""
+        out: dict[int, dict[str, bytes]] = {}
+        last = {index: n for n, (index, _target, _file) in enumerate(self.pending)}
+        for n, (index, target, item) in enumerate(self.pending):
+            out.setdefault(index, {})[target] = item.result() if isinstance(item, Future) else item
+            if last[index] == n:
+                on_sticker_done(index)
+        return out
+
+    def close(self, *, cancel: bool) -> None:
+        """Stop the threads; ``cancel`` drops the files not started yet (a cancelled job)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, targets: tuple[str, ...],
                     *, thumbnail_target: str | None, boundaries: BoundarySet | None, boundaries_problem: str = "",
-                    mesh: bool = False, progress: PackProgress, emoji_target: str | None = None) -> PackFiles:
-    """Stills, every configured sticker in every target, a thumbnail, previews and (optionally) a mesh."""
+                    mesh: bool = False, progress: PackProgress, emoji_target: str | None = None,
+                    encode_workers: int | None = None) -> PackFiles:
+    """Stills, every configured sticker in every target, a thumbnail, previews and (optionally) a mesh.
+
+    A sticker's files (one per name in ``per_sticker``: each platform target; a further per-sticker
+    output is one more name there) are encoded on ``encode_workers`` threads (None:
+    :func:`default_encode_workers`; 1: serially) while the next sticker renders."""
     settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
     specs, notes = sticker_specs(pack, boundaries, boundaries_problem)
-    progress("render", 0, len(specs) + 1)
-    stills = render_stills(generator, avatar, settings)
-    rendered = []
-    for i, spec in enumerate(specs):
-        with torch.no_grad():
-            rendered += render_pack(generator, avatar.params, avatar.w_3d, avatar.noise, boundaries, [spec],
-                                    fps=pack.fps, size=pack.size, settings=settings)
-        progress("render", i + 2, len(specs) + 1)
-    stickers = []
-    for i, frames in enumerate(rendered):
-        files = {target: encode(frames.frames, frames.fps, target).data for target in targets}
-        stickers.append(StickerOutput(frames.name, frames.emoji, files))
-        progress("encode", i + 1, len(rendered) + 1)
-    if emoji_target:
-        for sticker, emoji_file in zip(stickers, encode_custom_emoji(rendered, emoji_target)):
-            sticker.files[emoji_target] = emoji_file
+    per_sticker = tuple(targets) + ((emoji_target,) if emoji_target else ())
+    encoder = StickerEncoder(default_encode_workers() if encode_workers is None else int(encode_workers))
+    try:
+        progress("render", 0, len(specs) + 1)
+        stills = render_stills(generator, avatar, settings)
+        rendered: list[StickerFrames] = []
+        for i, spec in enumerate(specs):
+            with torch.no_grad():
+                made = render_pack(generator, avatar.params, avatar.w_3d, avatar.noise, boundaries, [spec],
+                                   fps=pack.fps, size=pack.size, settings=settings)
+            for frames in made:
+                for target in per_sticker:
+                    encoder.submit(len(rendered), frames, target)
+                rendered.append(frames)
+            progress("render", i + 2, len(specs) + 1)
+        files = encoder.results(lambda i: progress("encode", i + 1, len(rendered) + 1))
+    except BaseException:
+        encoder.close(cancel=True)
+        raise
+    encoder.close(cancel=False)
+    stickers = [StickerOutput(f.name, f.emoji, files.get(i, {})) for i, f in enumerate(rendered)]
     thumbnail = {}
     if thumbnail_target and rendered:
         thumbnail[thumbnail_target] = encode(rendered[0].frames, rendered[0].fps, thumbnail_target).data

@@ -5,18 +5,16 @@ The weights are the slim EG3D (random, seeded); the deltas are random perturbati
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from engine.avatar import delta_codec, params, portrait_artifact
 from engine.avatar.avatar_file import (
     RENDER_PSNR_BOUND_DB, AvatarArtifactChanged, AvatarArtifactGone, AvatarFileError, decode_residual,
     encode_residual, pack_tensors, result_from_bytes, result_to_bytes)
-from engine.avatar.pipeline import TUNE_PREFIXES_3D, AvatarResult, MemoryCache
+from engine.avatar.pipeline import AvatarResult, MemoryCache
 from engine.nets.eg3d import slim_generator
 from engine.render.frames import camera_path
+from tests.engine.avatar.deltas import psnr, random_delta, render
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +22,10 @@ def g3d():
     return slim_generator("slim128", seed=3).eval()
 
 
-def random_delta(g3d, relative_std: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in g3d.named_parameters():
-        if name.startswith(TUNE_PREFIXES_3D):
-            scale = float(p.detach().float().std()) if p.numel() > 1 else 1.0
-            out[name] = (relative_std * scale * torch.randn(p.shape, generator=gen)).half()
-    return out
-
-
 @pytest.fixture(scope="module")
 def avatar(g3d):
     gen = torch.Generator().manual_seed(0)
-    # The PTI delta as the pipeline keeps it: the values its compact per-selfie artifact stores.
-    quantized_pti = portrait_artifact.quantize_pti(random_delta(g3d, 0.02, gen))
-    pti = delta_codec.dequantize(quantized_pti, None)
+    pti = random_delta(g3d, 0.02, gen)
     residual = random_delta(g3d, 0.05, gen)
     stylized = {k: (v.float() + residual[k].float()).half() for k, v in pti.items()}
     names = g3d.backbone.synthesis.noise_layer_names()
@@ -50,21 +37,10 @@ def avatar(g3d):
                           delta_pti=pti, delta_stylized=stylized)
     cache = MemoryCache()
     cache.put("style_2d", "style-key", pack_tensors({"w_e": result.w_e, **{f"delta.{k}": v for k, v in delta_2d.items()}}))
-    cache.put("portrait_3d", "selfie-key", portrait_artifact.to_bytes(
-        result.w_2d, result.w_3d, noise, result.camera, torch.eye(2, 3, dtype=torch.float64), quantized_pti))
+    cache.put("portrait_3d", "selfie-key", pack_tensors({
+        "w_2d": result.w_2d, "w_3d": result.w_3d, "camera": result.camera,
+        **{f"noise.{n}": v for n, v in noise.items()}, **{f"delta.{k}": v for k, v in pti.items()}}))
     return result, cache
-
-
-def render(g3d, delta, result, cameras):
-    weights = params.apply_delta(g3d, delta)
-    with torch.no_grad():
-        return torch.cat([params.call_with(g3d, weights, lambda g, c: g.synthesis(result.w_3d, c, noise_inputs=result.noise),
-                                           cam[None])["image"] for cam in cameras])
-
-
-def psnr(a, b):
-    mse = float(((a - b) ** 2).mean())  # images in [-1, 1]: peak-to-peak 2
-    return 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
 
 
 def test_the_file_references_the_artifacts_and_round_trips_within_the_bound(g3d, avatar):
@@ -79,23 +55,9 @@ def test_the_file_references_the_artifacts_and_round_trips_within_the_bound(g3d,
     n_stylized = sum(v.numel() for v in result.delta_stylized.values())
     assert len(blob) < 0.75 * n_stylized
     cameras = camera_path("orbit", 4)
-    exact, decoded = render(g3d, result.delta_stylized, result, cameras), render(g3d, back.delta_stylized, result, cameras)
+    exact = render(g3d, result.delta_stylized, result.w_3d, result.noise, cameras)
+    decoded = render(g3d, back.delta_stylized, result.w_3d, result.noise, cameras)
     assert psnr(exact, decoded) >= RENDER_PSNR_BOUND_DB
-
-
-def test_the_stored_pti_delta_renders_within_the_bound(g3d):
-    """The per-selfie artifact's compact PTI delta (portrait_artifact.PTI_LEVELS_PER_STD) against the exact one:
-    the photo-real renders (strength 0) over a pack's orbit stay within the stated PSNR bound."""
-    gen = torch.Generator().manual_seed(3)
-    exact = random_delta(g3d, 0.02, gen)
-    stored = delta_codec.dequantize(portrait_artifact.quantize_pti(exact), None)
-    ws = g3d.mapping(torch.randn(1, g3d.config.z_dim, generator=gen), camera_path("still", 1)).detach()
-    names = g3d.backbone.synthesis.noise_layer_names()
-    noise = {n: torch.randn(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0]), generator=gen) for n in names}
-    pose = AvatarResult(w_e=None, w_2d=None, w_3d=ws, noise=noise, camera=None, delta_2d={}, delta_pti={},
-                        delta_stylized={})
-    cameras = camera_path("orbit", 4)
-    assert psnr(render(g3d, exact, pose, cameras), render(g3d, stored, pose, cameras)) >= RENDER_PSNR_BOUND_DB
 
 
 def test_each_weight_is_within_half_a_step_of_the_residual():

@@ -86,6 +86,34 @@ def test_second_style_for_the_same_selfie_skips_the_inversion(first_run, faces):
     assert all(torch.equal(delta[k], _result.delta_2d[k]) for k in delta)
 
 
+def test_the_inversion_artifact_holds_the_pti_delta_compactly_and_stage_5_starts_from_it(first_run, faces):
+    from engine.avatar import portrait_artifact
+
+    pipe, cache, result, _seen = first_run
+    blob = cache.get("portrait_3d", pipe.portrait_key(faces[0].key))
+    stored = portrait_artifact.from_bytes(blob)
+    # The pipeline continued from what the artifact gives back, so a cached selfie gives the same avatar.
+    assert all(torch.equal(stored.delta_pti[k], v.cpu()) for k, v in result.delta_pti.items())
+    n_weights = sum(v.numel() for v in result.delta_pti.values())
+    assert len(blob) < 2 * n_weights  # fp16 took 2 bytes a weight for the delta alone; latents and noise add
+
+
+def test_a_damaged_cached_inversion_is_computed_again_from_the_photo_and_refused_without_it(first_run, faces):
+    from engine.avatar import portrait_artifact
+
+    pipe, cache, result, _seen = first_run
+    portrait, _style = faces
+    key = pipe.portrait_key(portrait.key)
+    damaged = MemoryCache()
+    damaged.store = dict(cache.store)
+    damaged.store[("portrait_3d", key)] = cache.get("portrait_3d", key)[:-1000]  # truncated
+    with pytest.raises(portrait_artifact.PortraitArtifactError, match="portrait_3d artifact: not a readable"):
+        pipe.cached_portrait(portrait.key, damaged)  # the photo is gone: nothing to recompute from
+    _w_2d, _pivot, delta, logs = pipe.invert_portrait(portrait, torch.Generator().manual_seed(0), cache=damaged)
+    assert not logs[0].skipped and not logs[1].skipped  # inverted again
+    assert portrait_artifact.from_bytes(damaged.get("portrait_3d", key)).delta_pti.keys() == delta.keys()
+
+
 def test_strength_endpoints_are_the_two_generators(first_run):
     pipe, _cache, result, _seen = first_run
     g = pipe.nets.g3d

@@ -227,3 +227,25 @@ def test_matrices_say_where_the_pixels_go(which):
     for b in blobs:
         at = fa.apply(crop.matrix, np.array([b]))[0]
         assert np.linalg.norm(_centroid(crop.image, at, 12) - at) < 0.15, (b, at)
+
+
+def test_a_reduced_ffhq_square_is_sampled_at_twice_the_output_close_to_the_recipe(astronaut, detector):
+    """The default crop shrinks the cropped region (Lanczos) to 2x the output before sampling instead of
+    sampling at transform_size: the same geometry (matrix) and nearly the same pixels as the recipe.
+    Output 256 and transform 1024 keep the test small; the square spans about 700 px here."""
+    photo = np.asarray(Image.fromarray(astronaut).resize((2048, 2048), Image.BICUBIC))
+    anchors = fa.ffhq_anchor_points(detector.detect(photo, 1)[0])
+    recipe = fa.ffhq_crop(photo, anchors, fa.FfhqCropConfig(output_size=256, transform_size=1024, supersample=0))
+    ours = fa.ffhq_crop(photo, anchors, fa.FfhqCropConfig(output_size=256, transform_size=1024))
+    assert recipe.qsize > 2 * 256  # the shrink path is the one taken
+    corners = np.array([[0.0, 0.0], [2048.0, 0.0], [0.0, 2048.0], [2048.0, 2048.0]])
+    assert np.abs(fa.apply(ours.matrix, corners) - fa.apply(recipe.matrix, corners)).max() < 1e-6
+    assert psnr(ours.image, recipe.image) >= 40.0
+    # The eyes land where the matrix says, as in the recipe's crop.
+    again = fa.ffhq_anchor_points(detector.detect(np.asarray(Image.fromarray(ours.image).resize((512, 512))), 1)[0])
+    assert np.abs(again[:2] / 2 - fa.apply(ours.matrix, anchors[:2])).max() < 3.0
+
+
+def test_supersample_must_be_off_or_at_least_one():
+    with pytest.raises(ValueError, match="supersample must be 0"):
+        fa.FfhqCropConfig(supersample=0.5)

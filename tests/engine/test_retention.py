@@ -1,0 +1,84 @@
+"""Every per-user blob a pack job leaves behind follows the retention policy ([privacy] in config.toml),
+through the maintenance pass the scheduler's leader runs (``shell.commands.serve.maintenance_once``):
+
+* the selfie goes ``selfie_retention_hours`` after upload;
+* the per-selfie inversion (``portrait_3d``: latents, noise, the compact PTI delta), the first-look
+  stills and the finetune of a one-off style go ``artifact_retention_days`` after their last use;
+* the pack's avatar file goes ``artifact_retention_days`` after the pack was made;
+* the stickers, previews and stills of the pack stay (the product; ``/delete`` removes them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from emoji3d.config import Config, PathsConfig, PrivacyConfig
+from emoji3d.orders import PackOrder, PackResult, StickerFiles, first_look_key
+from engine.tasks import artifact_key
+from shell.commands.serve import maintenance_once
+from storage import artifacts, jobs, packs, selfies, users
+from storage.blobs import BlobStore
+from storage.db import open_database
+from tests.lifecycle import make_ready
+
+HOUR, DAY = 3600.0, 86400.0
+
+
+@pytest.fixture
+def store(tmp_path):
+    cfg = dataclasses.replace(Config(), root=tmp_path, paths=PathsConfig(data_dir="data"),
+                              privacy=PrivacyConfig(selfie_retention_hours=24, artifact_retention_days=30))
+    db = open_database(cfg.database_url)
+    blobs = BlobStore(db, cfg.blob_dir, gc_grace_seconds=60.0)
+    yield cfg, db, blobs
+    db.dispose()
+
+
+def test_every_per_user_blob_of_a_pack_follows_the_retention_policy(store, monkeypatch):
+    cfg, db, blobs = store
+    t0 = time.time()
+    user = users.get_or_create_user(db, "local", "retention")
+    selfie_digest = blobs.put_bytes(b"selfie jpeg")
+    selfies.add_selfie(db, user.id, selfie_digest, ttl_seconds=cfg.privacy.selfie_retention_hours * HOUR)
+    pack, _job_id = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest=selfie_digest,
+                                                   exemplar_digest=blobs.put_bytes(b"one-off style image")))
+    job = jobs.claim(db, "test", 60, kinds=["make_pack"])
+    # What the job cache stores, owned by the user (engine.tasks.BlobArtifactCache / record_first_look).
+    derived = {"portrait_3d": blobs.put_bytes(b"latents, noise, compact PTI delta"),
+               "style_2d": blobs.put_bytes(b"finetune of the user's one-off style"),
+               "first_look": blobs.put_bytes(b"first-look still")}
+    artifacts.put_artifact(db, artifact_key("portrait_3d", "selfie"), "portrait_3d", derived["portrait_3d"], user.id)
+    artifacts.put_artifact(db, artifact_key("style_2d", "style"), "style_2d", derived["style_2d"], user.id)
+    artifacts.put_artifact(db, first_look_key(job.id, "stylized"), "first_look", derived["first_look"], user.id)
+    avatar = blobs.put_bytes(b"avatar file: references + int8 residual")
+    product = {"sticker": blobs.put_bytes(b"webm"), "preview": blobs.put_bytes(b"preview png"),
+               "still": blobs.put_bytes(b"still png")}
+    result = PackResult(pack_id=pack.id, preset="slim", avatar=avatar, preview_png=product["preview"],
+                        renders=[product["still"]],
+                        stickers=[StickerFiles(idx=0, name="turn", emoji="😎", files={"telegram_video": product["sticker"]})])
+    make_ready(db, pack.id)
+    jobs.complete(db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+
+    def maintenance_at(offset: float) -> dict:
+        monkeypatch.setattr(time, "time", lambda: t0 + offset)
+        return maintenance_once(cfg, db, blobs)
+
+    # A day and a minute later: the selfie is gone, everything derived from it is still within its retention.
+    done = maintenance_at(DAY + 60)
+    assert done["selfies_purged"] == 1 and done["artifacts_evicted"] == 0 and done["avatars_expired"] == 0
+    assert not blobs.exists(selfie_digest)
+    assert all(blobs.exists(d) for d in [*derived.values(), avatar, *product.values()])
+    # A use of the inversion (another style for the same selfie) restarts its retention, not the others'.
+    monkeypatch.setattr(time, "time", lambda: t0 + 10 * DAY)
+    assert artifacts.get_artifact(db, artifact_key("portrait_3d", "selfie")) is not None
+    done = maintenance_at(30 * DAY + 60)
+    assert done["artifacts_evicted"] == 2 and done["avatars_expired"] == 1
+    assert not blobs.exists(avatar) and not blobs.exists(derived["style_2d"]) and not blobs.exists(derived["first_look"])
+    assert blobs.exists(derived["portrait_3d"])
+    done = maintenance_at(40 * DAY + 60)
+    assert done["artifacts_evicted"] == 1 and not blobs.exists(derived["portrait_3d"])
+    assert artifacts.list_artifacts(db, owner_user_id=user.id) == []
+    # What stays is the pack itself.
+    assert all(blobs.exists(d) for d in product.values())
