@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
 
-    from emoji3d.config import EngineConfig, PathsConfig, load_config
+    from emoji3d.config import PathsConfig, load_config
     from emoji3d.images import DecodeLimits
     from emoji3d.orders import RERENDER_KIND, PackOrder, RerenderOrder
     from engine.face.analyze import FaceConfig, analyze_face

@@ -52,9 +52,9 @@ def stored_avatar(res: EngineResources, db, blobs) -> bytes:
                           delta_2d={}, delta_pti={}, delta_stylized=stylized, preset="slim")
     cache = MemoryCache()
     cache.put("style_2d", "style", pack_tensors({"w_e": avatar.w_e}))
-    cache.put("portrait_3d", "selfie", portrait_artifact.to_bytes(
-        avatar.w_2d, avatar.w_3d, noise, avatar.camera, torch.eye(2, 3, dtype=torch.float64),
-        portrait_artifact.quantize_pti({})))
+    cache.put("portrait_3d", "selfie", portrait_artifact.to_bytes(portrait_artifact.PortraitArtifact(
+        w_2d=avatar.w_2d, w_3d=avatar.w_3d, noise=noise, camera=avatar.camera,
+        crop2d_to_crop3d=torch.eye(2, 3, dtype=torch.float64), delta_pti={})))
     for (kind, key), data in cache.store.items():
         artifacts.put_artifact(db, artifact_key(kind, key), kind, blobs.put_bytes(data), None)
     return result_to_bytes(avatar, cache, style_key="style", portrait_key="selfie")
