@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,13 +138,28 @@ class Database:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
 
 
+def _enable_wal(cur, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the file: switching a new
+    database to WAL needs it alone, and SQLite answers "database is locked" at once there instead
+    of waiting out ``busy_timeout`` (several processes opening a fresh database at once)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _install_sqlite_hooks(engine: Engine, opts: SqliteOptions) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(opts.busy_timeout_ms)}")
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cur, opts.busy_timeout_ms / 1000)
         cur.execute(f"PRAGMA synchronous={opts.synchronous.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -185,16 +201,32 @@ def open_database(url: str, *, migrate: bool = True, sqlite: SqliteOptions | Non
         engine = sa.create_engine(sa_url, echo=echo, pool_pre_ping=True)
     db = Database(url, engine)
     try:
-        if migrate:
-            apply_migrations(db)
-        else:
-            with db.read() as conn:
-                conn.execute(sa.text("SELECT 1"))
+        _first_use(db, migrate, (sqlite or SqliteOptions()).busy_timeout_ms / 1000 if backend == "sqlite" else 0.0)
     except sa.exc.DBAPIError as exc:
         db.dispose()
         first = (str(exc.orig) if exc.orig is not None else str(exc)).strip().splitlines() or ["unknown error"]
         raise DatabaseError(f"cannot use the database {shown}: {first[0]}") from None
     return db
+
+
+def _first_use(db: Database, migrate: bool, locked_retry_s: float) -> None:
+    """Migrate (or just reach) a freshly opened database. Several processes opening a new SQLite
+    file at once can be told "database is locked" without SQLite's busy wait (the switch to WAL,
+    recovery); that is retried for ``locked_retry_s`` seconds: migrating is idempotent and a failed
+    attempt rolls back."""
+    deadline = time.monotonic() + locked_retry_s
+    while True:
+        try:
+            if migrate:
+                apply_migrations(db)
+            else:
+                with db.read() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+            return
+        except sa.exc.OperationalError as exc:
+            if "database is locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _recorded_versions(conn: Connection) -> set[int]:
