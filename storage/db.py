@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,28 +137,13 @@ class Database:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
 
 
-def _enable_wal(cur, timeout_s: float) -> None:
-    """``PRAGMA journal_mode=WAL``, retried while another process holds the file: switching a new
-    database to WAL needs it alone, and SQLite answers "database is locked" at once there instead
-    of waiting out ``busy_timeout`` (several processes opening a fresh database at once)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
 def _install_sqlite_hooks(engine: Engine, opts: SqliteOptions) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(opts.busy_timeout_ms)}")
-        _enable_wal(cur, opts.busy_timeout_ms / 1000)
+        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={opts.synchronous.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
