@@ -70,6 +70,20 @@ def put_emoji(db: Database, pack_id: int, idx: int, emoji: str, blob_digest: str
     return CustomEmoji(eid, pack_id, idx, emoji, blob_digest, "local", None)
 
 
+def trim_emoji(db: Database, pack_id: int, count: int) -> int:
+    """Delete the pack's emoji rows from index ``count`` on (a re-render with fewer stickers), as
+    ``storage.packs.trim_stickers`` does for sticker rows; the next publish removes them from the set."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    with db.write() as conn:
+        gone = [int(r[0]) for r in conn.execute(
+            sa.text("SELECT id FROM custom_emoji WHERE pack_id = :p AND idx >= :n"), {"p": pack_id, "n": count})]
+        for eid in gone:
+            release_holder(conn, f"custom_emoji:{eid}")
+            conn.execute(sa.text("DELETE FROM custom_emoji WHERE id = :id"), {"id": eid})
+    return len(gone)
+
+
 def list_emoji(db: Database, pack_id: int) -> list[CustomEmoji]:
     with db.read() as conn:
         return [_row(r) for r in conn.execute(

@@ -44,7 +44,11 @@ def emoji_rows(db: Database, pack_id: int) -> SetRows:
 
 
 def materialize_emoji(db: Database, pack_id: int, result: PackResult) -> list[emoji_rows_store.CustomEmoji]:
-    """Write the result's custom emoji files into the pack's emoji rows (idempotent, like stickers')."""
+    """Write the result's custom emoji files into the pack's emoji rows (idempotent, like stickers'); rows
+    past the result's last emoji go, as sticker rows do (``bots.core.materialize_result``)."""
+    made = [s.idx for s in result.stickers if EMOJI_TARGET in s.files]
+    if made:
+        emoji_rows_store.trim_emoji(db, pack_id, max(made) + 1)
     for sf in sorted(result.stickers, key=lambda s: s.idx):
         digest = sf.files.get(EMOJI_TARGET)
         if digest is not None:

@@ -240,3 +240,19 @@ def test_config_off_makes_no_emoji_set(res, telegram_server, telegram_user, self
     assert custom_emoji.set_name(res.db, pack_id) is None and custom_emoji.list_emoji(res.db, pack_id) == []
     types = [c.params.get("sticker_type", "regular") for c in telegram_server.calls_to("createNewStickerSet")]
     assert types == ["regular"]
+
+
+def test_a_result_with_fewer_stickers_drops_the_emoji_rows_past_it(res):
+    """A sticker-selection re-render with fewer stickers: the emoji rows shrink as the sticker rows do,
+    so the next publish removes those emoji from the set too."""
+    from bots.telegram.custom_emoji import EMOJI_TARGET, materialize_emoji
+    from emoji3d.orders import PackResult, StickerFiles
+
+    user = users.get_or_create_user(res.db, "telegram", "shrinks")
+    pack = packs.create_pack(res.db, user.id, None, None, 1.0, "0.1.0", platform="telegram")
+    files = [res.blobs.put_bytes(f"emoji file {i}".encode()) for i in range(3)]
+    full = PackResult(pack_id=pack.id, preset="slim",
+                      stickers=[StickerFiles(i, f"s{i}", "😀", {EMOJI_TARGET: d}) for i, d in enumerate(files)])
+    assert [e.idx for e in materialize_emoji(res.db, pack.id, full)] == [0, 1, 2]
+    fewer = PackResult(pack_id=pack.id, preset="slim", stickers=[StickerFiles(0, "s2", "😀", {EMOJI_TARGET: files[2]})])
+    assert [(e.idx, e.blob_digest) for e in materialize_emoji(res.db, pack.id, fewer)] == [(0, files[2])]

@@ -56,3 +56,16 @@ def test_deleting_the_user_removes_rows_names_and_emoji_blobs(db, blobs):
     users.delete_user(db, blobs, pack.user_id)
     assert custom_emoji.list_emoji(db, pack.id) == [] and custom_emoji.set_name(db, pack.id) is None
     assert not blobs.exists(digest)
+
+
+def test_trimming_drops_the_rows_past_the_count_and_frees_their_blobs(db, blobs):
+    pack = new_pack(db, "trim")
+    digests = [blobs.put_bytes(f"emoji-{i}".encode()) for i in range(3)]
+    for i, d in enumerate(digests):
+        custom_emoji.put_emoji(db, pack.id, i, "😀", d)
+    assert custom_emoji.trim_emoji(db, pack.id, 1) == 2
+    assert [e.idx for e in custom_emoji.list_emoji(db, pack.id)] == [0]
+    assert [blobs.refcount(d) for d in digests] == [1, 0, 0]
+    assert custom_emoji.trim_emoji(db, pack.id, 1) == 0
+    with pytest.raises(ValueError):
+        custom_emoji.trim_emoji(db, pack.id, -1)
