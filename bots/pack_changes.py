@@ -159,8 +159,9 @@ def order_retry(res: BotResources, user: users.User, pack_id: int, seed: int) ->
         except st.StyleNotFound:
             raise PackNotChangeable(f"pack {pack_id}: its style {origin.style_id} was removed") from None
         exemplar, version = style.exemplar_digest or exemplar, style.version
+    # At the pack's strength now: a re-render may have changed it since the origin order.
     order = dataclasses.replace(origin, exemplar_digest=exemplar, style_version=version, seed=int(seed),
-                                pack_id=pack.id, regenerate=True)
+                                strength=pack.strength, pack_id=pack.id, regenerate=True)
     same = jobs.find_by_key(res.db, order.idempotency_key())
     if same is not None and same.status not in jobs.UNSUCCESSFUL:
         return Placed(pack, same.id, True)

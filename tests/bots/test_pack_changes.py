@@ -56,3 +56,17 @@ def test_a_retry_uses_the_next_seed_and_only_the_owner_may_order_it(res, selfie_
     order = jobs.get_job(res.db, placed.job_id).payload
     assert (order["seed"], order["regenerate"], order["selfie_digest"]) == (6, True, job.payload["selfie_digest"])
     assert pack_changes.order_retry(res, user, pack.id, seed).job_id == placed.job_id  # pressed twice
+
+
+def test_a_retry_after_a_rerender_keeps_the_strength_the_pack_has_now(res, selfie_png):
+    user, pack, _job = finished(res, selfie_png, ["turn"], platform_user="9")
+    again = jobs.get_job(res.db, pack_changes.order_rerender(res, user, pack.id, strength=1.0))
+    claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
+    assert claimed.id == again.id
+    result = PackResult(pack_id=pack.id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"), stickers=[
+        StickerFiles(0, "turn", "😀", {"telegram_video": res.blobs.put_bytes(b"turn at full")})])
+    jobs.complete(res.db, claimed.id, claimed.lease_token, result.to_dict(), result.blob_digests())
+    assert packs.mark_rerendered(res.db, pack.id, claimed.id, 1.0)
+    pack = packs.get_pack(res.db, pack.id)
+    placed = pack_changes.order_retry(res, user, pack.id, pack_changes.retry_seed(res, pack))
+    assert jobs.get_job(res.db, placed.job_id).payload["strength"] == 1.0  # not the origin order's 0.7
