@@ -46,7 +46,7 @@ import torch
 from emoji3d.orders import ENGINE_VERSION
 from engine.avatar.pipeline import AvatarResult
 from engine.avatar import delta_codec, portrait_artifact, tensor_file
-from engine.avatar.tensor_file import TensorFileError, pack_tensors, unpack_tensors
+from engine.avatar.tensor_file import TensorFileError, pack_tensors, split_prefixed, unpack_tensors
 
 FORMAT = "2"
 LEVELS_PER_STD = 2.5           # quantisation steps per residual standard deviation (per channel)
@@ -83,9 +83,6 @@ def read_metadata(data: bytes) -> dict[str, str]:
     except TensorFileError as exc:
         raise AvatarFileError(f"avatar file: {exc}") from exc
 
-
-def _split(prefix: str, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------- residual codec
@@ -164,9 +161,9 @@ def result_from_bytes(data: bytes, cache: ArtifactReader) -> AvatarResult:
         tensors = unpack_tensors(data)
     except TensorFileError as exc:
         raise AvatarFileError(f"avatar file: {exc}") from exc
-    delta_pti = _split("delta.", portrait)
+    delta_pti = split_prefixed("delta.", portrait)
     return AvatarResult(
-        w_e=style["w_e"], w_2d=portrait["w_2d"], w_3d=portrait["w_3d"], noise=_split("noise.", portrait),
-        camera=tensors["camera"], delta_2d=_split("delta.", style), delta_pti=delta_pti,
+        w_e=style["w_e"], w_2d=portrait["w_2d"], w_3d=portrait["w_3d"], noise=split_prefixed("noise.", portrait),
+        camera=tensors["camera"], delta_2d=split_prefixed("delta.", style), delta_pti=delta_pti,
         delta_stylized=decode_residual(tensors, shapes, delta_pti), preset=meta.get("preset", "slim"),
         engine_version=meta.get("engine_version", ENGINE_VERSION))

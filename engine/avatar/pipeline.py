@@ -56,7 +56,7 @@ from torch import nn
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params, portrait_artifact
-from engine.avatar.tensor_file import pack_tensors, unpack_tensors  # the style_2d artifact
+from engine.avatar.tensor_file import pack_tensors, split_prefixed, unpack_tensors  # the style_2d artifact
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
@@ -150,9 +150,6 @@ class MemoryCache:
         self.store[(kind, key)] = data
 
 
-def _split(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
-
 
 def _with_prefix(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in d.items()}
@@ -174,7 +171,7 @@ class Pipeline:
 
     def synthesis_2d(self, weights: params.Params, ws: torch.Tensor) -> torch.Tensor:
         """StyleGAN2 image [B, 3, S, S] of W+ ``ws`` [B, L, 512] with the 2D generator ``weights``."""
-        return params.call(self.nets.g2d.synthesis, _split("synthesis.", weights), ws, noise_mode="const")
+        return params.call(self.nets.g2d.synthesis, split_prefixed("synthesis.", weights), ws, noise_mode="const")
 
     def mapping_2d(self, z: torch.Tensor) -> torch.Tensor:
         return self.nets.g2d.mapping(z, None)
@@ -245,7 +242,7 @@ class Pipeline:
             t = unpack_tensors(blob)
             log = StageLog("style_finetune", skipped=True)
             progress("style_finetune", 1, 1)
-            return t["w_e"], _split("delta.", t), log
+            return t["w_e"], split_prefixed("delta.", t), log
         y_e = resize_bilinear(exemplar.image_2d.to(self.nets.device), self.res_2d)
         w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
         tuned = params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)

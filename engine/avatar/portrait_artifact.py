@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.avatar import delta_codec
-from engine.avatar.tensor_file import TensorFileError, pack_tensors, read_metadata, unpack_tensors
+from engine.avatar.tensor_file import TensorFileError, pack_tensors, read_metadata, split_prefixed, unpack_tensors
 
 FORMAT = "compact-1"
 PTI_LEVELS_PER_STD = 1.0          # quantisation steps per standard deviation of the PTI delta (per channel)
@@ -58,9 +58,6 @@ class PortraitArtifact:
     delta_pti: dict[str, torch.Tensor]  # fp16, against the pretrained EG3D weights
 
 
-def _split(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
-
 
 def to_bytes(art: PortraitArtifact, levels_per_std: float = PTI_LEVELS_PER_STD) -> bytes:
     compact, shapes = delta_codec.encode(art.delta_pti, None, levels_per_std)
@@ -80,7 +77,7 @@ def from_bytes(data: bytes) -> PortraitArtifact:
         raise PortraitArtifactError(f"portrait_3d artifact: {exc}") from exc
     fmt = meta.get("format")
     if fmt is None:  # before compact-1: the fp16 delta as it is
-        delta = _split("delta.", tensors)
+        delta = split_prefixed("delta.", tensors)
     elif fmt == FORMAT:
         try:
             delta = delta_codec.decode(tensors, json.loads(meta["shapes"]), None)
@@ -93,7 +90,7 @@ def from_bytes(data: bytes) -> PortraitArtifact:
     missing = [k for k in ("w_2d", "w_3d") if k not in tensors]
     if missing:
         raise PortraitArtifactError(f"portrait_3d artifact: {', '.join(missing)} missing")
-    noise = {k: v.float() for k, v in _split("noise.", tensors).items()}
+    noise = {k: v.float() for k, v in split_prefixed("noise.", tensors).items()}
     return PortraitArtifact(w_2d=tensors["w_2d"], w_3d=tensors["w_3d"], noise=noise,
                             camera=tensors.get("camera"), crop2d_to_crop3d=tensors.get("crop2d_to_crop3d"),
                             delta_pti=delta)

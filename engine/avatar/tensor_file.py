@@ -4,6 +4,7 @@ A damaged or truncated file raises :class:`TensorFileError`."""
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 import torch
 
@@ -40,3 +41,8 @@ def read_metadata(data: bytes) -> dict[str, str]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TensorFileError(f"unreadable safetensors header ({exc})") from exc
     return header.get("__metadata__", {}) or {}
+
+
+def split_prefixed(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix + name``, by ``name`` (the containers group tensors by prefix)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
