@@ -1,8 +1,9 @@
 """Per-user GPU cost: seconds per optimisation step after warm-up, achieved TFLOP/s and peak memory
-per stage, the pack's render and encode, and the projected selfie-to-pack time, in TF32 and in bf16.
+per stage, the pack's render and encode, and the projected selfie-to-pack time, in TF32 and in bf16,
+without and with CUDA graphs.
 
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
-                                 [--precisions fp32 bf16] [--json PATH]
+                                 [--precisions fp32 bf16] [--graphs both|on|off] [--json PATH]
 
 How it measures
 ---------------
@@ -24,13 +25,19 @@ How it measures
 * FLOPs per step are counted once (``torch.utils.flop_counter``, fp32 run of the
   same code; autocast does not change the count); achieved TFLOP/s = FLOPs per
   step / seconds per step.
+* CUDA graphs (``[pipeline] cuda_graphs``, engine/avatar/step_graph.py): on
+  CUDA each precision is timed without and with them, side by side. With
+  graphs the warm-up is at least 6 steps, so that both kinds of stage-5 round
+  are captured before the timed steps (which are replays only); the table's
+  last column says how each stage's steps ran.
 * Pack: the three stills and every sticker of the configured pack rendered
   through the engine's renderer (``engine.render``), with random unit boundary
   directions standing in for the expression file so the expression stickers
-  render too; then every sticker encoded for Telegram (PyAV, on the CPU, one
-  after another) when PyAV is installed.
+  render too ("render alone"); then, when PyAV is installed, the whole Telegram
+  pack made as the engine makes it (``make_pack_files``: stills, stickers,
+  custom emoji, thumbnail, previews, the encode threads overlapping the render).
 * Projected selfie to pack, style cached = inversion + PTI + dual-branch (at the
-  configured steps) + pack render + encode. Face analysis (MediaPipe, about
+  configured steps) + the pack files (or the render alone without PyAV). Face analysis (MediaPipe, about
   0.1 s on a CPU: bench/face.py) and the quality report are not included.
 """
 from __future__ import annotations
@@ -118,7 +125,8 @@ def random_boundaries(pack_cfg, w_dim: int):
 
 
 def time_pack(pipe, result, pack_cfg, device: torch.device) -> dict:
-    """Render the stills and every configured sticker; then encode them for Telegram when PyAV is there."""
+    """Render the stills and every configured sticker (``render_seconds``); then, when PyAV is there,
+    make the whole Telegram pack as the engine does (``files_seconds``: render and encode overlapped)."""
     from engine.render.frames import RenderSettings, render_pack
     from engine.render.pack import AvatarPose, render_stills, sticker_specs
 
@@ -143,16 +151,20 @@ def time_pack(pipe, result, pack_cfg, device: torch.device) -> dict:
     try:
         import av  # noqa: F401
     except ImportError:
-        out["encode_seconds"] = None
-        out["encode_note"] = "PyAV is not installed here: encode not timed"
+        out["files_seconds"] = None
+        out["files_note"] = "PyAV is not installed here: the pack files were not made"
         return out
-    from engine.stickers.encode import encode
+    from emoji3d.orders import CUSTOM_EMOJI_TARGETS, PLATFORM_TARGETS, THUMBNAIL_TARGETS
+    from engine.render.pack import default_encode_workers, make_pack_files
 
     t0 = time.perf_counter()
-    for r in rendered:
-        encode(r.frames, r.fps, "telegram_video")
-    out["encode_seconds"] = time.perf_counter() - t0
-    out["encode_note"] = f"telegram_video, one after another, {os.cpu_count()} CPU cores present"
+    make_pack_files(g3d, pose, pack_cfg, PLATFORM_TARGETS["telegram"], thumbnail_target=THUMBNAIL_TARGETS["telegram"],
+                    boundaries=boundaries, progress=lambda *_: None, emoji_target=CUSTOM_EMOJI_TARGETS["telegram"])
+    synchronize(device)
+    out["files_seconds"] = time.perf_counter() - t0
+    out["files_note"] = (f"Telegram pack as the engine makes it: stills, stickers, custom emoji, thumbnail, "
+                         f"previews; render overlapped with {default_encode_workers()} encode threads, "
+                         f"{os.cpu_count()} CPU cores")
     return out
 
 
@@ -176,8 +188,17 @@ def profile_run(pipe, portrait, exemplar, device: torch.device) -> None:
     print(averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
 
 
+def graph_warmup(warmup: int) -> int:
+    """Steps before the timed ones with CUDA graphs: each of stage 5's two round kinds runs
+    ``WARMUP`` times eagerly and is captured on its next round, so the timed steps are replays only."""
+    from engine.avatar.step_graph import WARMUP
+
+    return max(warmup, 2 * (WARMUP + 1))
+
+
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
-            json_path: pathlib.Path | None = None, profile_steps: int = 0) -> dict:
+            json_path: pathlib.Path | None = None, profile_steps: int = 0,
+            graph_modes: tuple[bool, ...] = (False, True)) -> dict:
     from bench.pipeline import count_flops
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -205,66 +226,86 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     report["runs"] = {}
     if profile_steps:
         profile_run(Pipeline(nets, cfg.pipeline.reduced(profile_steps)), portrait, exemplar, device)
-    for precision in precisions:  # one failing precision (or the pack after it) keeps what the others measured
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        run: dict = {}
-        report["runs"][precision] = run
-        try:
-            pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(warmup + steps), precision=precision))
-            run["stages"], result = time_stages(pipe, portrait, exemplar, warmup, device)
+    # CUDA graphs only exist on CUDA: elsewhere the "graphs" runs would repeat the eager ones.
+    modes = graph_modes if device.type == "cuda" else (False,)
+    for precision in precisions:  # one failing run (or the pack after it) keeps what the others measured
+        for graphs in modes:
             if device.type == "cuda":
-                run["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            run["pack"] = time_pack(pipe, result, cfg.pack, device)
-        except Exception as exc:  # noqa: BLE001 - reported in the table, the traceback on stderr
-            traceback.print_exc()
-            run["error"] = f"{type(exc).__name__}: {exc}"
-        if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2))
-        print(f"  timed {precision}", file=sys.stderr, flush=True)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            skip = graph_warmup(warmup) if graphs else warmup
+            run: dict = {"precision": precision, "graphs": graphs, "warmup": skip}
+            report["runs"][precision + (" + CUDA graphs" if graphs else "")] = run
+            try:
+                pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip + steps), precision=precision,
+                                                          cuda_graphs=graphs))
+                run["stages"], result = time_stages(pipe, portrait, exemplar, skip, device)
+                run["modes"] = {stage: result.logs[stage].mode for stage in STAGES}
+                if device.type == "cuda":
+                    run["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                run["pack"] = time_pack(pipe, result, cfg.pack, device)
+            except Exception as exc:  # noqa: BLE001 - reported in the table, the traceback on stderr
+                traceback.print_exc()
+                run["error"] = f"{type(exc).__name__}: {exc}"
+            if json_path is not None:
+                json_path.write_text(json.dumps(report, indent=2))
+            print(f"  timed {precision}{' with CUDA graphs' if graphs else ''}", file=sys.stderr, flush=True)
     return report
 
 
 def summarise(report: dict) -> list[str]:
-    """Markdown lines: one table per precision and the projected selfie-to-pack time."""
+    """Markdown lines: one table per run (precision, with or without CUDA graphs), the projected
+    selfie-to-pack time of each, and the runs side by side."""
     lines = [f"Preset `{report['preset']}` on {report.get('gpu', report['device'])}, torch {report['torch']}; "
-             f"{report['warmup']} warm-up + {report['steps']} timed steps per stage; networks loaded in "
+             f"{report['steps']} timed steps per stage after the warm-up; networks loaded in "
              f"{report['load_seconds']:.1f} s.", ""]
     configured = report["configured_steps"]
-    for precision, run in report["runs"].items():
-        label = precision + (" (TF32 matmuls and convolutions)" if precision == "fp32" and "gpu" in report else "")
+    totals: dict[str, tuple[float, float | None]] = {}
+    for name, run in report["runs"].items():
+        label = name.replace("fp32", "fp32 (TF32 matmuls and convolutions)" if "gpu" in report else "fp32", 1)
         if "stages" not in run:
             lines += [f"**{label}**: FAILED: {run.get('error', 'no measurement')}", ""]
             continue
-        lines += [f"**{label}**" + (f", peak GPU memory {run['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in run
-                                    else ""), "",
-                  "| stage | s/step | GFLOP/step | TFLOP/s | configured steps | projected s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"**{label}**, {run['warmup']} warm-up steps" + (
+            f", peak GPU memory {run['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in run else ""), "",
+                  "| stage | s/step | GFLOP/step | TFLOP/s | configured steps | projected s | steps ran |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         per_user = 0.0
         per_user_flop = 0.0
         for stage in STAGES:
             s = run["stages"][stage]["seconds_per_step"]
             flop = report["flops_per_step"][stage]
             n = configured[stage]
-            lines.append(f"| {stage} | {s:.4f} | {flop / 1e9:,.0f} | {flop / s / 1e12:.1f} | {n} | {s * n:.1f} |")
+            mode = run.get("modes", {}).get(stage, "")
+            lines.append(f"| {stage} | {s:.4f} | {flop / 1e9:,.0f} | {flop / s / 1e12:.1f} | {n} | {s * n:.1f} | {mode} |")
             if stage in PER_USER_STAGES:
                 per_user += s * n
                 per_user_flop += flop * n
         if "pack" not in run:
             lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s; the pack failed: "
                       f"{run.get('error', '')}", ""]
+            totals[name] = (per_user, None)
             continue
         pack = run["pack"]
-        encode_s = pack.get("encode_seconds")
-        total = per_user + pack["render_seconds"] + (encode_s or 0.0)
+        files_s = pack.get("files_seconds")
+        total = per_user + (files_s if files_s is not None else pack["render_seconds"])
+        totals[name] = (per_user, total)
         lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s for {per_user_flop / 1e12:,.0f} TFLOP "
                   f"({per_user_flop / per_user / 1e12:.1f} TFLOP/s achieved)",
-                  f"- pack render: {pack['stickers']} stickers, {pack['frames']} frames + 3 stills in "
+                  f"- pack render alone: {pack['stickers']} stickers, {pack['frames']} frames + 3 stills in "
                   f"{pack['render_seconds']:.1f} s",
-                  "- sticker encode: " + (f"{encode_s:.1f} s ({pack['encode_note']})" if encode_s is not None
-                                           else pack["encode_note"]),
+                  "- pack files: " + (f"{files_s:.1f} s ({pack['files_note']})" if files_s is not None
+                                      else pack["files_note"]),
                   f"- **projected selfie to pack, style cached: {total:.1f} s** (goal <= 15 s on one H100)", ""]
+    if len(totals) > 1:
+        first = next(iter(totals))
+        lines += ["**Side by side** (one run of this script)", "",
+                  f"| run | per-user optimisation s | selfie to pack s | optimisation vs {first} |",
+                  "|---|---:|---:|---:|"]
+        for name, (opt_s, total) in totals.items():
+            lines.append(f"| {name} | {opt_s:.1f} | {'' if total is None else f'{total:.1f}'} | "
+                         f"{totals[first][0] / opt_s:.2f}x |")
+        lines.append("")
     return lines
 
 
@@ -276,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps per stage after the warm-up (even)")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--json", type=pathlib.Path, help="also write the measurements here")
+    p.add_argument("--graphs", choices=["both", "on", "off"], default="both",
+                   help="time the steps with CUDA graphs, without, or both side by side (CUDA only)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="first profile one run of STEPS steps per stage (torch.profiler): the top operators")
     args = p.parse_args(argv)
@@ -284,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
-    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, args.profile)
+    graph_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.graphs]
+    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, args.profile, graph_modes)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

@@ -5,10 +5,12 @@ the current stages in one run. Nothing in the product imports it.
 What differs from ``engine/avatar``: the LPIPS / ArcFace features of the constant target are
 extracted again at every step; PTI's LPIPS runs on the full render (512 px at full size);
 stage 5 renders the 2D cartoon twice and EG3D once more (without gradients) per round, and
-runs the style loss at stage 2's batch every round. Float32 only (the ``precision`` argument
-the current pipeline passes is accepted and ignored).
+runs the style loss at stage 2's batch every round. Float32 only, without CUDA graphs (the
+``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ def invert_3d(
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
+    graphs: bool = False,
 ) -> Inversion:
     """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop."""
     device = target.device
@@ -81,6 +84,7 @@ def pivotal_tuning(
     cfg: PivotalTuningConfig,
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
+    graphs: bool = False,
 ) -> StageLog:
     """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot."""
     trainable = [p for p in params.values() if p.requires_grad]
@@ -119,6 +123,7 @@ def dual_branch_train(
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
+    graphs: bool = False,
 ) -> StageLog:
     """Alternate updates of both branches; both params dicts are updated in place."""
     opt_3d = torch.optim.Adam([p for p in params_3d.values() if p.requires_grad], lr=cfg.lr_3d, betas=(0.0, 0.99))

@@ -108,16 +108,20 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class PipelineConfig:
     """``precision``: the optimisation stages' autocast ("bf16": forward passes and losses in
     bfloat16 with float32 master weights and optimiser; "fp32": float32 throughout; "auto":
-    bf16 on CUDA, fp32 on the CPU). See engine/avatar/steps.py."""
+    bf16 on CUDA, fp32 on the CPU). See engine/avatar/steps.py. ``cuda_graphs``: on a CUDA
+    device, capture each optimisation step once as a CUDA graph and replay it (the same
+    arithmetic, launched at once; see engine/avatar/step_graph.py); no effect on the CPU."""
 
     precision: str = "auto"
+    cuda_graphs: bool = True
     style: StyleFinetuneConfig = field(default_factory=StyleFinetuneConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     pti: PivotalTuningConfig = field(default_factory=PivotalTuningConfig)
     dual: DualConfig = field(default_factory=DualConfig)
 
     def __post_init__(self) -> None:
-        _check(self, precision=(self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"))
+        _check(self, precision=(self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
+               cuda_graphs=(isinstance(self.cuda_graphs, bool), "true or false"))
 
     def resolved_precision(self, device_type: str) -> str:
         """"bf16" or "fp32" on a device of this type ("cuda", "cpu", ...)."""

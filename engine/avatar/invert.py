@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from emoji3d.pipeline_config import InversionConfig, PivotalTuningConfig
 from engine.avatar.params import Params
+from engine.avatar.step_graph import SplitStep, adam, set_lr
 from engine.avatar.steps import ProgressFn, StageLog, autocast, no_progress, ramped_lr, run_steps
 from engine.avatar.warp import resize_for_lpips
 
@@ -113,27 +114,31 @@ def invert_3d(
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
+    graphs: bool = False,
 ) -> Inversion:
-    """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop."""
+    """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop. ``graphs``: capture
+    the step as a CUDA graph (``engine.avatar.step_graph``)."""
     device = target.device
     w_opt = w_avg.detach().clone().repeat(1, num_ws, 1).requires_grad_(True)  # [1, L, 512]
     noise = [torch.randn(s, generator=generator, device=generator.device).to(device).requires_grad_(True)
              for s in noise_shapes]
-    opt = torch.optim.Adam([w_opt, *noise], lr=cfg.lr, betas=(0.9, 0.999))
+    opt = adam([w_opt, *noise], cfg.lr, (0.9, 0.999), graphs, varying_lr=True)
     with autocast(device, precision):
         lpips_to_target = distance_to(lpips, resize_for_lpips(target, cfg.lpips_size))
+    # The latent noise of the step: N(0, 1) draws and their scale, refilled by ``prepare``.
+    w_noise = torch.empty_like(w_opt, requires_grad=False)  # [1, L, 512]
+    w_noise_scale = torch.empty((), device=device)
 
-    def step(i: int) -> dict:
+    def prepare(i: int) -> None:
+        set_lr(opt, ramped_lr(i, cfg.steps, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown))
         t = i / cfg.steps
-        lr = ramped_lr(i, cfg.steps, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        w_noise_scale = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
-        # CPU draw, copied without waiting for the queued steps (see stylize.mixed_latents).
-        w_noise = torch.randn(w_opt.shape, generator=generator, device=generator.device).to(
-            device, non_blocking=True) * w_noise_scale
+        w_noise_scale.fill_(w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2)
+        # CPU draw (the same stream on any machine), copied without waiting for the queued steps.
+        w_noise.copy_(torch.randn(w_opt.shape, generator=generator, device=generator.device), non_blocking=True)
+
+    def compute(_: None) -> dict:
         with autocast(device, precision):
-            img = render({}, w_opt + w_noise, c, noise)
+            img = render({}, w_opt + w_noise * w_noise_scale, c, noise)
             dist = lpips_to_target(resize_for_lpips(img, cfg.lpips_size)).float().sum()
         reg = noise_regularisation(noise)
         loss = dist + cfg.noise_reg_weight * reg
@@ -146,7 +151,7 @@ def invert_3d(
                 v *= v.square().mean().rsqrt()
         return {"total": loss.detach(), "lpips": dist.detach(), "noise_reg": reg.detach()}
 
-    log = run_steps("invert_3d", cfg.steps, step, progress)
+    log = run_steps("invert_3d", cfg.steps, SplitStep(prepare, compute), progress, graphs=graphs)
     return Inversion(w_opt.detach(), [v.detach() for v in noise], log)
 
 
@@ -161,17 +166,19 @@ def pivotal_tuning(
     cfg: PivotalTuningConfig,
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
+    graphs: bool = False,
 ) -> StageLog:
-    """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot."""
+    """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot; ``graphs`` as in
+    :func:`invert_3d`."""
     trainable = [p for p in params.values() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=cfg.lr)
+    opt = adam(trainable, cfg.lr, (0.9, 0.999), graphs)
     lpips_px = min(cfg.lpips_size, target.shape[-1])  # never enlarged: only bigger renders are averaged down
     use_id = id_loss is not None and cfg.lambda_id > 0
     with autocast(target.device, precision):
         lpips_to_target = distance_to(lpips, resize_for_lpips(target, lpips_px))
         id_to_target = distance_to(id_loss, target) if use_id else None
 
-    def step(_: int) -> dict:
+    def compute(_: None) -> dict:
         with autocast(target.device, precision):
             img = render(params, pivot.ws, c, pivot.noise)
             l_lpips = lpips_to_target(resize_for_lpips(img, lpips_px)).float().mean()
@@ -188,4 +195,4 @@ def pivotal_tuning(
         terms["total"] = loss.detach()
         return terms
 
-    return run_steps("pivotal_tuning", cfg.steps, step, progress)
+    return run_steps("pivotal_tuning", cfg.steps, SplitStep(lambda _: None, compute), progress, graphs=graphs)

@@ -59,6 +59,7 @@ from engine.avatar import params, portrait_artifact
 from engine.avatar.tensor_file import pack_tensors, split_prefixed, unpack_tensors  # the style_2d artifact
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
+from engine.avatar.step_graph import graphs_usable
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
 from engine.avatar.warp import frame_warp, rescale_similarity, resize_bilinear
@@ -196,6 +197,11 @@ class Pipeline:
         """"bf16" or "fp32": the optimisation stages' autocast on this pipeline's device."""
         return self.cfg.resolved_precision(self.nets.device.type)
 
+    @property
+    def graphs(self) -> bool:
+        """Whether the optimisation stages capture their steps as CUDA graphs (CUDA and ``cuda_graphs``)."""
+        return graphs_usable(self.nets.device, self.cfg.cuda_graphs)
+
     def _precision_key(self) -> str:
         # fp32 keys are those of the code before precision was a setting (their caches stay valid)
         return "" if self.precision == "fp32" else f":{self.precision}"
@@ -247,7 +253,8 @@ class Pipeline:
         w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
         tuned = params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
         log = finetune_style(tuned, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,
-                             self.cfg.style, generator, progress, self.precision)
+                             self.cfg.style, generator, progress, self.precision,
+                             self.graphs)
         delta = params.compute_delta(tuned, self.nets.g2d)
         if cache is not None:
             cache.put("style_2d", key, pack_tensors({"w_e": w_e, **_with_prefix("delta.", delta)}))
@@ -284,10 +291,11 @@ class Pipeline:
         w_avg, w_std = latent_statistics(lambda z: g3d.mapping(z, cond.expand(z.shape[0], -1)),
                                          self.cfg.inversion.w_avg_samples, g3d.config.z_dim, generator, dev)
         pivot = invert_3d(target, c, self.render_3d, self.nets.lpips, w_avg, w_std, self.noise_shapes_3d(),
-                          g3d.num_ws, self.cfg.inversion, generator, progress, self.precision)
+                          g3d.num_ws, self.cfg.inversion, generator, progress, self.precision, self.graphs)
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
         pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips,
-                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision)
+                                 self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision,
+                                 self.graphs)
         # The artifact stores the PTI delta compactly; continue from what it gives back, cached or not.
         blob = portrait_artifact.to_bytes(portrait_artifact.PortraitArtifact(
             w_2d=w_2d, w_3d=pivot.ws, noise=dict(zip(self.noise_names_3d(), pivot.noise)), camera=portrait.camera,
@@ -335,7 +343,7 @@ class Pipeline:
             c=portrait.camera.to(dev), warp=warp)
         logs["dual_branch"] = dual_branch_train(
             params_3d, params_2d, inputs, self.render_3d, self.synthesis_2d, self.mapping_2d, self.features_2d,
-            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress, self.precision)
+            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress, self.precision, self.graphs)
         delta_stylized = params.compute_delta(params_3d, self.nets.g3d)
         names = self.noise_names_3d()
         logs["total"] = StageLog("total", seconds=time.perf_counter() - t0)

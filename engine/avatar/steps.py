@@ -28,6 +28,10 @@ Conventions:
   ``backward`` runs outside the context as autocast asks, and the optimiser
   steps in float32; bf16 has float32's exponent range, so no loss scaling.
   Loss terms are cast to float32 before they are summed.
+- CUDA graphs: a stage whose step is a :class:`engine.avatar.step_graph.SplitStep`
+  (host part ``prepare(i)``, device part ``compute(variant)``) has its device
+  part captured once per variant and replayed when ``graphs`` is on (see
+  that module); a plain ``step_fn(i)`` always runs as it is.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
+
+from engine.avatar.step_graph import SplitStep, StepGraphs
 
 # (stage name, step (1-based), total steps) -> None; may raise to stop the stage.
 ProgressFn = Callable[[str, int, int], None]
@@ -83,6 +89,7 @@ class StageLog:
     steps: int = 0
     seconds: float = 0.0
     skipped: bool = False  # True when the result came from the cache
+    mode: str = "eager"    # how the steps ran: "eager", "graphs", or why graphs were dropped
     _terms: dict[str, list[float]] = field(default_factory=dict, repr=False)
     _pending: dict[str, list[torch.Tensor | float]] = field(default_factory=dict, repr=False)
 
@@ -114,7 +121,7 @@ class StageLog:
         return self.window_mean(term, first=False) < self.window_mean(term, first=True)
 
     def summary(self) -> dict:
-        out = {"steps": self.steps, "seconds": round(self.seconds, 3), "skipped": self.skipped}
+        out = {"steps": self.steps, "seconds": round(self.seconds, 3), "skipped": self.skipped, "mode": self.mode}
         for key, values in self.terms.items():
             if values:
                 out[f"{key}_first"] = values[0]
@@ -125,16 +132,23 @@ class StageLog:
 def run_steps(
     name: str,
     total: int,
-    step_fn: Callable[[int], LossTerms],
+    step_fn: Callable[[int], LossTerms] | SplitStep,
     progress: ProgressFn = no_progress,
     log_every: int = LOG_EVERY,
+    graphs: bool = False,
 ) -> StageLog:
-    """Call ``step_fn(i)`` for i in 0..total-1; it returns the step's loss terms
-    (must include ``"total"``), read back every ``log_every`` steps and at the end.
-    An exception from ``progress`` stops the loop and propagates."""
+    """Run steps i = 0..total-1: ``step_fn(i)``, or for a :class:`SplitStep`
+    ``compute(prepare(i))`` (captured as CUDA graphs when ``graphs``). A step returns its
+    loss terms (must include ``"total"``), read back every ``log_every`` steps and at the
+    end. An exception from ``progress`` stops the loop and propagates."""
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     log = StageLog(name)
+    if isinstance(step_fn, SplitStep):
+        split, runner = step_fn, StepGraphs(name, step_fn.compute, graphs)
+        step_fn = lambda i: runner(split.prepare(i))  # noqa: E731
+    else:
+        runner = None
     start = time.perf_counter()
     for i in range(total):
         terms = step_fn(i)
@@ -147,6 +161,8 @@ def run_steps(
         progress(name, i + 1, total)
     log.flush()  # also waits for the device, so ``seconds`` covers the queued work
     log.seconds = time.perf_counter() - start
+    if runner is not None:
+        log.mode = runner.mode
     return log
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from emoji3d.pipeline_config import StyleFinetuneConfig
 from engine.avatar.params import Params
+from engine.avatar.step_graph import SplitStep, adam
 from engine.avatar.steps import ProgressFn, StageLog, autocast, no_progress, run_steps
 
 # (params, ws [B, L, 512]) -> image [B, 3, H, W]
@@ -36,21 +37,54 @@ MappingFn = Callable[[torch.Tensor], torch.Tensor]
 FeaturesFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 
-def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinetuneConfig,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Eq. 1: ``n`` style-mixed W+ latents [n, L, 512] around ``w_e`` [L, 512]."""
-    num_layers, w_dim = w_e.shape
+def draw_z(n: int, w_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` latent draws z [n, w_dim], on the generator's device (the CPU: the same stream on any machine)."""
+    return torch.randn(n, w_dim, generator=generator, device=generator.device)
+
+
+def mixed_layers(num_layers: int, cfg: StyleFinetuneConfig) -> tuple[int, int]:
+    """The W+ layers [start, stop) that Eq. 1 mixes."""
     start, stop = cfg.mixed_from, cfg.mixed_to or num_layers
     if not 0 <= start < stop <= num_layers:
         raise ValueError(f"mixed layers [{start}, {stop}) outside the generator's {num_layers} W+ layers")
-    # Drawn on the generator's device (the CPU: the same stream on any machine); non_blocking: the copy
-    # to the GPU then does not wait for the queued steps to finish.
-    z = torch.randn(n, w_dim, generator=generator, device=generator.device)  # [n, 512]
-    z = z.to(w_e.device, non_blocking=True)
-    w_rand = mapping(z)  # [n, L, 512]
-    out = w_e.unsqueeze(0).repeat(n, 1, 1)  # [n, L, 512]
+    return start, stop
+
+
+def mix_latents(w_e: torch.Tensor, w_rand: torch.Tensor, cfg: StyleFinetuneConfig) -> torch.Tensor:
+    """Eq. 1: W+ latents [n, L, 512] that take ``w_rand`` [n, L, 512] (mapped draws) into the
+    mixed layers of ``w_e`` [L, 512]."""
+    start, stop = mixed_layers(w_e.shape[0], cfg)
+    out = w_e.unsqueeze(0).repeat(w_rand.shape[0], 1, 1)  # [n, L, 512]
     out[:, start:stop] = cfg.alpha * w_e[start:stop] + (1 - cfg.alpha) * w_rand[:, start:stop]
     return out
+
+
+def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinetuneConfig,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Eq. 1 in one call: ``n`` fresh style-mixed W+ latents [n, L, 512] around ``w_e`` [L, 512]."""
+    z = draw_z(n, w_e.shape[1], generator).to(w_e.device, non_blocking=True)  # [n, 512]
+    return mix_latents(w_e, mapping(z), cfg)
+
+
+class MixedLatents:
+    """Eq. 1 in a step's two parts (``engine.avatar.step_graph``): :meth:`draw` (host) copies ``n``
+    fresh draws into a device buffer that lives across steps; :meth:`latents` (device) maps and
+    mixes whatever the buffer holds."""
+
+    def __init__(self, w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinetuneConfig,
+                 generator: torch.Generator) -> None:
+        mixed_layers(w_e.shape[0], cfg)  # a bad layer range is refused before the first step
+        self.w_e, self.mapping, self.cfg, self.generator = w_e, mapping, cfg, generator
+        self.z = torch.empty(n, w_e.shape[1], device=w_e.device)  # [n, 512], refilled every step
+
+    def draw(self) -> None:
+        # non_blocking: the copy does not wait for the queued steps to finish
+        self.z.copy_(draw_z(self.z.shape[0], self.z.shape[1], self.generator), non_blocking=True)
+
+    def latents(self) -> torch.Tensor:
+        """[n, L, 512] from the current draws (no gradient)."""
+        with torch.no_grad():
+            return mix_latents(self.w_e, self.mapping(self.z), self.cfg)
 
 
 def feature_l1(fa: Sequence[torch.Tensor], fb: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -69,24 +103,28 @@ def finetune_style(
     generator: torch.Generator,
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
+    graphs: bool = False,
 ) -> StageLog:
     """Finetune ``params`` in place (they are the optimiser's leaves).
 
     ``exemplar``: [1, 3, H, W] aligned exemplar in [-1, 1], same size as the
     synthesis output. Returns the per-step loss log. An exception from
     ``progress`` stops the stage (see :mod:`engine.avatar.steps`); ``precision``
-    as there.
+    as there; ``graphs``: capture the step as a CUDA graph (``engine.avatar.step_graph``).
     """
     trainable = [p for p in params.values() if p.requires_grad]
     if not trainable:
         raise ValueError("finetune_style needs trainable parameters")
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt = adam(trainable, cfg.lr, (cfg.beta1, cfg.beta2), graphs)
     with torch.no_grad(), autocast(exemplar.device, precision):
         target_feats = [f.detach() for f in features(exemplar)]
+    mixed = MixedLatents(w_e, mapping, cfg.batch, cfg, generator)
 
-    def step(_: int) -> dict:
-        with torch.no_grad():
-            ws = mixed_latents(w_e, mapping, cfg.batch, cfg, generator)
+    def prepare(_: int) -> None:
+        mixed.draw()
+
+    def compute(_: None) -> dict:
+        ws = mixed.latents()
         with autocast(exemplar.device, precision):
             img = synthesis(params, ws)
             feats = features(img)
@@ -96,4 +134,4 @@ def finetune_style(
         opt.step()
         return {"total": loss.detach()}
 
-    return run_steps("style_finetune", cfg.steps, step, progress)
+    return run_steps("style_finetune", cfg.steps, SplitStep(prepare, compute), progress, graphs=graphs)
