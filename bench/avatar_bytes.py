@@ -23,6 +23,17 @@ one over ``--views`` views of the pack's orbit: at strength 0 (the PTI generator
 delta) and at strength 1 (the stylized generator; the pipeline continues from the decoded PTI delta,
 so the stylized residual is taken against it and only its own quantisation counts). On the CPU the
 render uses a reduced neural rendering resolution (``--neural-res``) and 24+24 ray samples, and says so.
+
+    python bench/avatar_bytes.py --artifact-step [--preset ffhq512|slim128] [--device auto|cpu|cuda]
+
+times, side by side in one run, the artifact step of ``Pipeline.invert_portrait`` (from the tuned
+weights to the PTI delta and noise the pipeline continues from, and the artifact's bytes where it is
+cached) on the tuned tensors of the preset (random PTI delta as above): before, the delta was copied
+to the CPU, encoded into the artifact's bytes and decoded again (steps from ``torch.std``), then copied
+back to the device, cached or not (:func:`artifact_step_before`); now it is rounded on its device,
+and the bytes (entropy coding, the copy of the int8 values to the CPU) are made only when the
+artifact is cached. The median of ``--repeats`` runs each, with device syncs; the rows check that the
+values continued from are bit-identical.
 """
 from __future__ import annotations
 
@@ -42,7 +53,8 @@ from PIL import Image  # noqa: E402
 
 from emoji3d.config import load_config  # noqa: E402
 from emoji3d.orders import PLATFORM_TARGETS, THUMBNAIL_TARGETS  # noqa: E402
-from engine.avatar import avatar_file, portrait_artifact  # noqa: E402
+from engine.avatar import avatar_file, params, portrait_artifact  # noqa: E402
+from engine.avatar.pipeline import TUNE_PREFIXES_3D  # noqa: E402
 from engine.avatar.pipeline import AvatarResult, MemoryCache  # noqa: E402
 from engine.avatar.tensor_file import pack_tensors  # noqa: E402
 from engine.nets.eg3d import PRESETS, TriPlaneGenerator  # noqa: E402
@@ -96,6 +108,104 @@ def pack_file_bytes(platform: str) -> tuple[int, int, int]:
     return measured, bound, n
 
 
+def _encode_before(delta: dict[str, torch.Tensor], levels_per_std: float) -> tuple[dict, dict]:
+    """``delta_codec.encode`` before the step became order-independent: ``torch.std`` on the CPU copy."""
+    from engine.avatar.delta_codec import _deflate_huffman
+
+    out, shapes = {}, {}
+    for name, value in delta.items():
+        residual = value.detach().cpu().float()
+        shapes[name] = list(residual.shape)
+        if residual.dim() < 2:
+            out[f"raw.{name}"] = residual.half()
+            continue
+        rows = residual.reshape(residual.shape[0], -1)
+        step = rows.std(dim=1, unbiased=False) / levels_per_std
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        q = torch.round(rows / step[:, None]).clamp_(-127, 127).to(torch.int8)
+        out[f"res.{name}"] = torch.frombuffer(bytearray(_deflate_huffman(q.numpy().tobytes())), dtype=torch.uint8)
+        out[f"step.{name}"] = step.float()
+    return out, shapes
+
+
+def artifact_step_before(art: portrait_artifact.PortraitArtifact, tuned: dict, g3d, dev: torch.device):
+    """invert_portrait's artifact step before: through the bytes on the CPU, cached or not."""
+    import json
+
+    delta = params.compute_delta(tuned, g3d)  # copied to the CPU
+    compact, shapes = _encode_before(delta, portrait_artifact.PTI_LEVELS_PER_STD)
+    meta = {"format": portrait_artifact.FORMAT, "shapes": json.dumps(shapes),
+            "levels_per_std": repr(portrait_artifact.PTI_LEVELS_PER_STD)}
+    blob = pack_tensors({"w_2d": art.w_2d, "w_3d": art.w_3d, "camera": art.camera,
+                         "crop2d_to_crop3d": art.crop2d_to_crop3d,
+                         **{f"noise.{n}": v.half() for n, v in art.noise.items()}, **compact}, meta)
+    stored = portrait_artifact.from_bytes(blob)
+    return ({k: v.to(dev) for k, v in stored.delta_pti.items()}, {n: v.to(dev) for n, v in stored.noise.items()},
+            blob)
+
+
+def artifact_step_now(art: portrait_artifact.PortraitArtifact, tuned: dict, g3d, cached: bool):
+    """invert_portrait's artifact step now (the same calls)."""
+    quantised = portrait_artifact.quantise(dataclasses.replace(art, delta_pti=params.compute_delta(tuned, g3d,
+                                                                                                     device=None)))
+    stored = quantised.stored()
+    return stored.delta_pti, stored.noise, (quantised.to_bytes() if cached else None)
+
+
+def artifact_step_table(preset: str, device: str, repeats: int) -> None:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    g3d = TriPlaneGenerator.from_config(PRESETS[preset], seed=0).eval().to(dev)
+    gen = torch.Generator().manual_seed(0)
+    tuned = {k: (v.detach() + d.to(dev).float()) for (k, v), d in zip(
+        params.trainable_copy(g3d, include=TUNE_PREFIXES_3D).items(), random_delta(g3d.cpu(), 0.02, gen).values())}
+    g3d.to(dev)
+    names = g3d.backbone.synthesis.noise_layer_names()
+    noise = {n: torch.randn(1, 1, int(n[1:].split(".")[0]), int(n[1:].split(".")[0]), generator=gen).to(dev)
+             for n in names}
+    art = portrait_artifact.PortraitArtifact(
+        w_2d=torch.randn(1, 14, 512, generator=gen).to(dev), w_3d=torch.randn(1, g3d.num_ws, 512, generator=gen).to(dev),
+        noise=noise, camera=camera_path("still", 1), crop2d_to_crop3d=torch.eye(2, 3, dtype=torch.float64),
+        delta_pti={})
+    n_weights = sum(v.numel() for v in tuned.values())
+
+    def timed(fn):
+        times, out = [], None
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2], out
+
+    before_s, (ref_delta, ref_noise, ref_blob) = timed(lambda: artifact_step_before(art, tuned, g3d, dev))
+    rows = [("before: through the bytes on the CPU, cached or not", before_s, ref_delta, ref_noise, ref_blob)]
+    for cached in (False, True):
+        secs, (delta, noise_back, blob) = timed(lambda: artifact_step_now(art, tuned, g3d, cached))
+        rows.append((f"now: rounded on the {dev.type}" + (", bytes for the cache" if cached else ", not cached"),
+                     secs, delta, noise_back, blob))
+    print(f"invert_portrait's artifact step, EG3D {preset}: {n_weights / 1e6:.1f} M tuned weights on {dev} "
+          f"(torch threads {torch.get_num_threads()}), median of {repeats}")
+    print("| artifact step | s | x before | artifact MB (when cached) | values continued from bit-identical "
+          "to before's decode |")
+    print("|---|---|---|---|---|")
+    _, _, delta_now, noise_now, _ = rows[1]
+    for label, secs, delta, noise_back, blob in rows:
+        # The steps now come from exact sums, so a few channels may round differently from torch.std's:
+        # compare each row with the bytes it would store (decoded), and report the share that matches before's.
+        same = sum(int(torch.equal(delta[k], ref_delta[k])) for k in ref_delta)
+        print(f"| {label} | {secs:.3f} | {before_s / secs:.1f} | "
+              f"{'-' if blob is None else f'{len(blob) / MB:.1f}'} | {same}/{len(ref_delta)} tensors |", flush=True)
+    blob = rows[2][4]
+    back = portrait_artifact.from_bytes(blob)
+    exact = all(torch.equal(back.delta_pti[k], delta_now[k].cpu()) for k in back.delta_pti) and \
+        all(torch.equal(back.noise[k], noise_now[k].cpu()) for k in back.noise)
+    print(f"the cached artifact reads back bit-identical to the values the fresh run continued from: "
+          f"{'yes' if exact else 'NO'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="ffhq512", choices=sorted(PRESETS))
@@ -104,7 +214,13 @@ def main() -> None:
     ap.add_argument("--pti-levels", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     ap.add_argument("--levels", type=float, nargs="+", default=[2.0, 2.5, 4.0])
     ap.add_argument("--platform", default="telegram", choices=sorted(PLATFORM_TARGETS))
+    ap.add_argument("--artifact-step", action="store_true", help="time invert_portrait's artifact step (see above)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.artifact_step:
+        artifact_step_table(args.preset, args.device, args.repeats)
+        return
     cfg = PRESETS[args.preset]
     device_note = "full rendering settings"
     if not torch.cuda.is_available() and args.preset == "ffhq512":

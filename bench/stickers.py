@@ -18,8 +18,10 @@ Every file is verified; a target where nothing fits prints the error key.
 (a) encode only: ``--pack-stickers`` cartoon stickers x the Telegram and Discord targets through
 ``StickerEncoder``; (b) the whole ``make_pack_files`` at the pack's 15 fps on the slim EG3D (random weights, 64 px
 renders of a 2 s head turn, upscaled by the encoders to 512 px like real stickers, torch on one
-thread), where the encoding overlaps the next sticker's render. Both check that the files are
-byte-identical. libvpx and the PNG writers release the GIL (two encodes on two threads take the wall
+thread), where the encoding overlaps the next sticker's render, with the Telegram thumbnail and the
+preview page: first as before (:func:`make_pack_files_before`: thumbnail and preview encoded one
+after another once the sticker files are done), then as now (thumbnail and each sticker's preview on
+the same pool as the sticker files). All check that the files are byte-identical. libvpx and the PNG writers release the GIL (two encodes on two threads take the wall
 time of one), so the gain is bounded by the free cores; the GPU engine renders on the GPU and
 leaves the cores to the encoders. ``engine.render.pack.default_encode_workers`` is cores - 1, at most 4.
 """
@@ -53,6 +55,42 @@ def make(kind: str, n: int, size: int) -> list[np.ndarray]:
     raise SystemExit(f"unknown content {kind!r}")
 
 
+def make_pack_files_before(generator, avatar, pack, targets: tuple[str, ...], thumbnail_target: str,
+                           workers: int):
+    """``engine.render.pack.make_pack_files`` as it was before the thumbnail and the preview went on the
+    encoder pool (no boundaries, no mesh, no emoji): only for the before/after comparison."""
+    import torch
+
+    from engine.render.frames import RenderSettings, render_pack
+    from engine.render.pack import PackFiles, StickerEncoder, StickerOutput, render_stills, sticker_specs
+    from engine.stickers.preview import PackItem, build_pack_preview
+
+    settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
+    specs, notes = sticker_specs(pack, None)
+    encoder = StickerEncoder(workers)
+    stills = render_stills(generator, avatar, settings)
+    rendered = []
+    for spec in specs:
+        with torch.no_grad():
+            made = render_pack(generator, avatar.params, avatar.w_3d, avatar.noise, None, [spec], fps=pack.fps,
+                               size=pack.size, settings=settings)
+        for frames in made:
+            for target in targets:
+                encoder.submit(len(rendered), frames, target)
+            rendered.append(frames)
+    files = encoder.results(lambda i: None)
+    encoder.close(cancel=False)
+    thumbnail = {thumbnail_target: encode(rendered[0].frames, rendered[0].fps, thumbnail_target).data}
+    preview = build_pack_preview("emoji3d pack", [PackItem(f.name, f.frames, f.fps) for f in rendered])
+    return PackFiles(stills=stills, stickers=[StickerOutput(f.name, f.emoji, files.get(i, {}))
+                                              for i, f in enumerate(rendered)], thumbnail=thumbnail,
+                     preview_png=preview.sheet_png, preview_html=preview.html.encode("utf-8"), notes=notes)
+
+
+def _pack_bytes(files) -> tuple:
+    return ([s.files for s in files.stickers], files.thumbnail, files.preview_png, files.preview_html, files.stills)
+
+
 def pack_table(workers: list[int], n_stickers: int, n_frames: int, fps: float) -> None:
     import torch
 
@@ -65,8 +103,9 @@ def pack_table(workers: list[int], n_stickers: int, n_frames: int, fps: float) -
     targets = ("telegram_video", "discord_sticker")
     frames = content.cartoon(n_frames, 512, 512)
     print(f"cores: {os.cpu_count()}; encode only: {n_stickers} stickers x {targets}, {n_frames} frames at 512 px")
-    print("| path | workers | encode only s | make_pack_files s | files identical to serial |")
-    print("|---|---|---|---|---|")
+    print("| path | workers | encode only s | make_pack_files s, thumbnail + preview after the stickers (before) | "
+          "make_pack_files s, thumbnail + preview on the pool (after) | files identical to serial |")
+    print("|---|---|---|---|---|---|")
     G = eg3d.slim_generator("slim128", seed=3).eval()
     with torch.no_grad():
         ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(5)), camera.conditioning_label(1))
@@ -83,13 +122,17 @@ def pack_table(workers: list[int], n_stickers: int, n_frames: int, fps: float) -
         enc.close(cancel=False)
         encode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        files = make_pack_files(G, AvatarPose(None, ws, None), pack, targets, thumbnail_target=None, boundaries=None,
-                                progress=lambda *a: None, encode_workers=w)
+        before = make_pack_files_before(G, AvatarPose(None, ws, None), pack, targets, "telegram_thumb", w)
+        before_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        files = make_pack_files(G, AvatarPose(None, ws, None), pack, targets, thumbnail_target="telegram_thumb",
+                                boundaries=None, progress=lambda *a: None, encode_workers=w)
         pack_s = time.perf_counter() - t0
-        got = (encoded, [s.files for s in files.stickers])
+        got = (encoded, _pack_bytes(files))
         reference = got if reference is None else reference
-        print(f"| {'serial (before)' if w == 1 else 'thread pool (after)'} | {w} | {encode_s:.1f} | {pack_s:.1f} | "
-              f"{'yes' if got == reference else 'NO'} |", flush=True)
+        same = got == reference and _pack_bytes(before) == got[1]
+        print(f"| {'serial' if w == 1 else 'thread pool'} | {w} | {encode_s:.1f} | {before_s:.1f} | {pack_s:.1f} | "
+              f"{'yes' if same else 'NO'} |", flush=True)
 
 
 def main(argv: list[str]) -> int:

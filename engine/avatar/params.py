@@ -115,14 +115,15 @@ def call_with(module: nn.Module, params: Mapping[str, torch.Tensor] | None, fn: 
                                       strict=False)
 
 
-def compute_delta(tuned: Mapping[str, torch.Tensor], base: nn.Module, dtype=torch.float16) -> Params:
-    """``tuned - base`` for every tensor that changed, stored in ``dtype``."""
+def compute_delta(tuned: Mapping[str, torch.Tensor], base: nn.Module, dtype=torch.float16,
+                  device: torch.device | str | None = "cpu") -> Params:
+    """``tuned - base`` for every tensor that changed, in ``dtype``, on ``device`` (None: where it is)."""
     own = dict(base.named_parameters())
     out: Params = {}
     for name, t in tuned.items():
         d = (t.detach().float() - own[name].detach().float())
         if torch.count_nonzero(d):
-            out[name] = d.to(dtype).cpu().contiguous()
+            out[name] = d.to(dtype).to(device or d.device).contiguous()
     return out
 
 

@@ -297,15 +297,15 @@ class Pipeline:
                                  self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision,
                                  self.graphs)
         # The artifact stores the PTI delta compactly; continue from what it gives back, cached or not.
-        blob = portrait_artifact.to_bytes(portrait_artifact.PortraitArtifact(
+        # Rounded on the device; the bytes (entropy coding, copy to the CPU) only when they are cached.
+        quantised = portrait_artifact.quantise(portrait_artifact.PortraitArtifact(
             w_2d=w_2d, w_3d=pivot.ws, noise=dict(zip(self.noise_names_3d(), pivot.noise)), camera=portrait.camera,
-            crop2d_to_crop3d=portrait.crop2d_to_crop3d, delta_pti=params.compute_delta(tuned, g3d)))
-        stored = portrait_artifact.from_bytes(blob)
-        delta = {k: v.to(dev) for k, v in stored.delta_pti.items()}
-        pivot = Inversion(pivot.ws, [stored.noise[n].to(dev) for n in self.noise_names_3d()], pivot.log)
+            crop2d_to_crop3d=portrait.crop2d_to_crop3d, delta_pti=params.compute_delta(tuned, g3d, device=None)))
+        stored = quantised.stored()
+        pivot = Inversion(pivot.ws, [stored.noise[n] for n in self.noise_names_3d()], pivot.log)
         if cache is not None:
-            cache.put("portrait_3d", key, blob)
-        return w_2d, pivot, delta, [pivot.log, pti_log]
+            cache.put("portrait_3d", key, quantised.to_bytes())
+        return w_2d, pivot, stored.delta_pti, [pivot.log, pti_log]
 
     def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> DistanceFn | None:
         """ArcFace expects FFHQ-aligned faces: carry EG3D-frame images back

@@ -13,10 +13,15 @@ the pretrained weights with ``engine.avatar.delta_codec`` at
 without a format (written before) hold the fp16 delta as ``delta.<name>``
 and are still read.
 
-The pipeline continues from the *decoded* PTI delta and noise (it writes the
-artifact and reads it back, ``Pipeline.invert_portrait``), so a selfie gives the same avatar whether its inversion was just computed
-or read from the cache, and the avatar file's stylized residual is taken
-against exactly what this artifact gives back.
+The pipeline continues from the *decoded* PTI delta and noise, so a selfie
+gives the same avatar whether its inversion was just computed or read from
+the cache, and the avatar file's stylized residual is taken against exactly
+what this artifact gives back. It gets them without the bytes
+(``Pipeline.invert_portrait``): :func:`quantise` rounds the delta and noise
+on their own device (a GPU too) and :meth:`QuantisedPortrait.stored` gives,
+bit for bit, what ``from_bytes`` of :meth:`QuantisedPortrait.to_bytes`
+would; the entropy coding and the copy to the CPU happen only in
+``to_bytes``, when the artifact is cached.
 
 Error bound (the setting chosen, ``PTI_LEVELS_PER_STD = 1``): each weight of
 the delta within step/2 = std(delta_c)/2 per output channel, RMS about
@@ -59,13 +64,43 @@ class PortraitArtifact:
 
 
 
+@dataclass
+class QuantisedPortrait:
+    """An artifact with its PTI delta quantised (``delta_codec.quantise``) and its noise at fp16, on the
+    device its tensors are on: what the stored artifact holds, before the bytes."""
+    art: PortraitArtifact                   # as given; its delta_pti is not used
+    noise_fp16: dict[str, torch.Tensor]
+    delta: delta_codec.QuantisedDelta
+    levels_per_std: float
+
+    def stored(self) -> PortraitArtifact:
+        """What ``from_bytes(self.to_bytes())`` gives back, bit for bit, on the tensors' device."""
+        return PortraitArtifact(w_2d=self.art.w_2d, w_3d=self.art.w_3d,
+                                noise={n: v.float() for n, v in self.noise_fp16.items()}, camera=self.art.camera,
+                                crop2d_to_crop3d=None if self.art.crop2d_to_crop3d is None
+                                else self.art.crop2d_to_crop3d.double(),
+                                delta_pti=delta_codec.dequantise(self.delta, None))
+
+    def to_bytes(self) -> bytes:
+        """The artifact's file: here the delta is entropy-coded and everything copied to the CPU."""
+        compact, shapes = delta_codec.entropy_code(self.delta)
+        meta = {"format": FORMAT, "shapes": json.dumps(shapes), "levels_per_std": repr(float(self.levels_per_std))}
+        art = self.art
+        frame = {"camera": art.camera, "crop2d_to_crop3d": None if art.crop2d_to_crop3d is None
+                 else art.crop2d_to_crop3d.double()}
+        return pack_tensors({"w_2d": art.w_2d, "w_3d": art.w_3d, **{k: v for k, v in frame.items() if v is not None},
+                             **{f"noise.{n}": v for n, v in self.noise_fp16.items()}, **compact}, meta)
+
+
+def quantise(art: PortraitArtifact, levels_per_std: float = PTI_LEVELS_PER_STD) -> QuantisedPortrait:
+    """``art`` rounded as its file stores it, on its tensors' device (nothing copied, nothing coded)."""
+    return QuantisedPortrait(art=art, noise_fp16={n: v.half() for n, v in art.noise.items()},
+                             delta=delta_codec.quantise(art.delta_pti, None, levels_per_std),
+                             levels_per_std=levels_per_std)
+
+
 def to_bytes(art: PortraitArtifact, levels_per_std: float = PTI_LEVELS_PER_STD) -> bytes:
-    compact, shapes = delta_codec.encode(art.delta_pti, None, levels_per_std)
-    meta = {"format": FORMAT, "shapes": json.dumps(shapes), "levels_per_std": repr(float(levels_per_std))}
-    frame = {"camera": art.camera, "crop2d_to_crop3d": None if art.crop2d_to_crop3d is None
-             else art.crop2d_to_crop3d.double()}
-    return pack_tensors({"w_2d": art.w_2d, "w_3d": art.w_3d, **{k: v for k, v in frame.items() if v is not None},
-                         **{f"noise.{n}": v.half() for n, v in art.noise.items()}, **compact}, meta)
+    return quantise(art, levels_per_std).to_bytes()
 
 
 def from_bytes(data: bytes) -> PortraitArtifact:

@@ -21,6 +21,10 @@ Conventions
 * A custom emoji (``emoji_target``, e.g. ``telegram_emoji``) is made per
   sticker from the same rendered frames, on the same encoder, and stored in
   the sticker's ``files`` under its target name, like the stickers.
+* The thumbnail (from the first sticker) and each sticker's ``preview``
+  animation go on the same pool as soon as their frames exist; the preview
+  page and sheet are built there after the last sticker renders, while the
+  caller waits for the sticker files. Same bytes as the serial path.
 * ``progress(stage, done, total)`` is called with the stages ``render`` and
   ``encode``; it may raise to stop the work (the engine's cancellation).
 """
@@ -32,7 +36,7 @@ import pathlib
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from PIL import Image
@@ -44,8 +48,8 @@ from engine.render.edits import BoundarySet
 from engine.render.frames import (RenderSettings, StickerFrames, StickerSpec, render_frames, render_pack,
                                   spec_from_entry, to_rgba)
 from engine.render.mesh import export_glb
-from engine.stickers.encode import encode
-from engine.stickers.preview import PackItem, build_pack_preview
+from engine.stickers.encode import EncodeResult, encode
+from engine.stickers.preview import PackItem, PackPreview, build_pack_preview
 
 STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
 
@@ -125,6 +129,17 @@ def _encoded_bytes(frames: StickerFrames, target: str) -> bytes:
     return encode(frames.frames, frames.fps, target).data
 
 
+def _preview_encode(frames: StickerFrames) -> EncodeResult:
+    return encode(frames.frames, frames.fps, "preview")
+
+
+def _pack_preview(rendered: list[StickerFrames], encodes: list[Future]) -> PackPreview:
+    """The pack's preview from its stickers' ``preview`` encodes (futures submitted before this job,
+    so on a FIFO pool they are running or done when it waits on them)."""
+    return build_pack_preview("emoji3d pack", [PackItem(f.name, f.frames, f.fps) for f in rendered],
+                              encoded=[f.result() for f in encodes])
+
+
 class StickerEncoder:
     """Encodes sticker files while the caller renders the next sticker: at most ``workers`` files at
     once on a thread pool (``workers`` = 1: at once in the calling thread). Files come back in the
@@ -142,6 +157,17 @@ class StickerEncoder:
             self.pending.append((index, target, _encoded_bytes(frames, target)))
         else:
             self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target)))
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` on the pool behind the files submitted so far (with one worker: now, here)."""
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # kept for .result(), as the pool would
+            done.set_exception(exc)
+        return done
 
     def results(self, on_sticker_done: Callable[[int], None]) -> dict[int, dict[str, bytes]]:
         """{sticker index: {target: file}}, waiting for each; ``on_sticker_done(i)`` after sticker i's
@@ -177,6 +203,8 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
         progress("render", 0, len(specs) + 1)
         stills = render_stills(generator, avatar, settings)
         rendered: list[StickerFrames] = []
+        previews: list[Future] = []  # each sticker's ``preview`` encode
+        thumbnail_job: Future | None = None
         for i, spec in enumerate(specs):
             with torch.no_grad():
                 made = render_pack(generator, avatar.params, avatar.w_3d, avatar.noise, boundaries, [spec],
@@ -184,18 +212,20 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
             for frames in made:
                 for target in per_sticker:
                     encoder.submit(len(rendered), frames, target)
+                previews.append(encoder.later(_preview_encode, frames))
+                if thumbnail_target and thumbnail_job is None:
+                    thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target)
                 rendered.append(frames)
             progress("render", i + 2, len(specs) + 1)
+        preview_job = encoder.later(_pack_preview, list(rendered), previews)
         files = encoder.results(lambda i: progress("encode", i + 1, len(rendered) + 1))
+        thumbnail = {thumbnail_target: thumbnail_job.result()} if thumbnail_job is not None else {}
+        preview = preview_job.result()
     except BaseException:
         encoder.close(cancel=True)
         raise
     encoder.close(cancel=False)
     stickers = [StickerOutput(f.name, f.emoji, files.get(i, {})) for i, f in enumerate(rendered)]
-    thumbnail = {}
-    if thumbnail_target and rendered:
-        thumbnail[thumbnail_target] = encode(rendered[0].frames, rendered[0].fps, thumbnail_target).data
-    preview = build_pack_preview("emoji3d pack", [PackItem(f.name, f.frames, f.fps) for f in rendered])
     glb = None
     if mesh:
         try:

@@ -135,14 +135,18 @@ def pack_html(title: str, entries: list[HtmlEntry], *, sheet_png: bytes | None =
 
 
 def build_pack_preview(title: str, items: list[PackItem], *, extra: list[HtmlEntry] | None = None,
-                       config: EncodeConfig | None = None, columns: int = 6) -> PackPreview:
-    """Encode every sticker with the ``preview`` target and build the sheet and the page."""
+                       config: EncodeConfig | None = None, columns: int = 6,
+                       encoded: list[EncodeResult] | None = None) -> PackPreview:
+    """Encode every sticker with the ``preview`` target and build the sheet and the page. ``encoded``:
+    the items' ``preview`` encodes already made (one per item, in order; e.g. on an encoder pool)."""
+    if encoded is not None and len(encoded) != len(items):
+        raise ValueError(f"{len(encoded)} preview encodes for {len(items)} stickers")
     previews: dict[str, EncodeResult] = {}
     entries: list[HtmlEntry] = []
-    for item in items:
+    for i, item in enumerate(items):
         if item.name in previews:
             raise ValueError(f"duplicate sticker name {item.name!r} in the pack")
-        res = encode(item.frames, item.fps, "preview", config)
+        res = encoded[i] if encoded is not None else encode(item.frames, item.fps, "preview", config)
         previews[item.name] = res
         r = res.report
         entries.append(HtmlEntry(item.name, res.data, res.mime,

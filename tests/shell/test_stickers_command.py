@@ -38,6 +38,19 @@ def test_pack_page_is_self_contained_and_escaped():
     assert pack_html("t", []).startswith("<!doctype html>")
 
 
+def test_a_pack_page_from_previews_encoded_elsewhere_is_the_one_it_encodes_itself():
+    import pytest
+
+    from engine.stickers.encode import encode
+
+    items = [PackItem("smile", cartoon(6, 64, 64), 30), PackItem("wave", cartoon(4, 48, 48), 15)]
+    own = build_pack_preview("pack", items)
+    given = build_pack_preview("pack", items, encoded=[encode(i.frames, i.fps, "preview") for i in items])
+    assert given.html == own.html and given.sheet_png == own.sheet_png
+    with pytest.raises(ValueError, match="1 preview encodes for 2 stickers"):
+        build_pack_preview("pack", items, encoded=[own.previews["smile"]])
+
+
 def _write_frames(d, frames, names=None):
     d.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(frames):

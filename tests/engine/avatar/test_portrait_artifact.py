@@ -12,7 +12,7 @@ import torch
 from engine.avatar import portrait_artifact
 from engine.avatar.portrait_artifact import (PTI_RENDER_PSNR_BOUND_DB, PortraitArtifact, PortraitArtifactError,
                                              from_bytes, to_bytes)
-from engine.avatar.tensor_file import pack_tensors
+from engine.avatar.tensor_file import pack_tensors, read_metadata, unpack_tensors
 from engine.nets.eg3d import slim_generator
 from engine.render.frames import camera_path
 from tests.engine.avatar.deltas import psnr, random_delta, render
@@ -48,6 +48,29 @@ def test_the_pti_delta_is_stored_compactly_within_the_render_bound(g3d, artifact
     exact = render(g3d, artifact.delta_pti, artifact.w_3d, artifact.noise, cameras)
     decoded = render(g3d, back.delta_pti, artifact.w_3d, artifact.noise, cameras)
     assert psnr(exact, decoded) >= PTI_RENDER_PSNR_BOUND_DB
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_the_values_rounded_on_the_device_are_those_the_stored_artifact_gives_back(artifact, device):
+    """What the pipeline continues from without writing bytes (``quantise(...).stored()``) is, bit for bit,
+    what the CPU codec's artifact reads back, and writing it gives that artifact's contents."""
+    on_device = dataclasses.replace(artifact, w_3d=artifact.w_3d.to(device),
+                                    noise={k: v.to(device) for k, v in artifact.noise.items()},
+                                    delta_pti={k: v.to(device) for k, v in artifact.delta_pti.items()})
+    quantised = portrait_artifact.quantise(on_device)
+    stored = quantised.stored()
+    blob = to_bytes(artifact)  # the CPU path
+    back = from_bytes(blob)
+    assert set(stored.delta_pti) == set(back.delta_pti) and set(stored.noise) == set(back.noise)
+    for k, v in stored.delta_pti.items():
+        assert v.device.type == device and torch.equal(v.cpu().view(torch.int16), back.delta_pti[k].view(torch.int16))
+    assert all(torch.equal(v.cpu(), back.noise[k]) and v.device.type == device for k, v in stored.noise.items())
+    assert torch.equal(stored.crop2d_to_crop3d, back.crop2d_to_crop3d) and torch.equal(stored.w_3d.cpu(), back.w_3d)
+    # Its file holds the CPU path's tensors and metadata (safetensors orders metadata keys at random).
+    written = quantised.to_bytes()
+    assert read_metadata(written) == read_metadata(blob)
+    mine, theirs = unpack_tensors(written), unpack_tensors(blob)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
 def test_an_artifact_written_before_the_compact_format_is_still_read(artifact):

@@ -1,5 +1,6 @@
-"""make_pack_files on the slim EG3D: sticker files encoded on a thread pool while the next sticker
-renders are byte-identical to the serial path, in the same order; a cancel stops the encoders."""
+"""make_pack_files on the slim EG3D: sticker files, the thumbnail and the preview encoded on a thread
+pool while the next sticker renders are byte-identical to the serial path, in the same order; a cancel
+stops the encoders."""
 from __future__ import annotations
 
 import threading
@@ -26,7 +27,7 @@ def avatar():
 
 
 def _files(G, pose, workers, seen):
-    return make_pack_files(G, pose, PACK, TARGETS, thumbnail_target=None, boundaries=None,
+    return make_pack_files(G, pose, PACK, TARGETS, thumbnail_target="telegram_thumb", boundaries=None,
                            progress=lambda *a: seen.append(a), encode_workers=workers)
 
 
@@ -40,6 +41,8 @@ def test_parallel_encoding_gives_the_serial_bytes_in_the_same_order(avatar):
         assert list(a.files) == list(b.files) == list(TARGETS)
         assert a.files == b.files
     assert serial.stills == parallel.stills and serial.preview_png == parallel.preview_png
+    assert serial.preview_html == parallel.preview_html and b"wide turn" in parallel.preview_html
+    assert list(parallel.thumbnail) == ["telegram_thumb"] and serial.thumbnail == parallel.thumbnail
     assert serial_seen == parallel_seen  # the same progress reports, in the same order
 
 
@@ -57,6 +60,17 @@ def test_a_cancel_while_encoding_stops_the_pool_and_propagates(avatar):
         make_pack_files(G, pose, PACK, TARGETS, thumbnail_target=None, boundaries=None, progress=progress,
                         encode_workers=2)
     assert not [t for t in threading.enumerate() if t.name.startswith("sticker-encode")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_job_on_the_encoder_gives_its_value_or_its_error_through_its_future(workers):
+    encoder = StickerEncoder(workers)
+    try:
+        assert encoder.later(sum, [1, 2, 3]).result() == 6
+        with pytest.raises(ZeroDivisionError):
+            encoder.later(divmod, 1, 0).result()
+    finally:
+        encoder.close(cancel=False)
 
 
 def test_encoder_workers_must_be_positive():
