@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import pathlib
@@ -231,6 +232,7 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     for precision in precisions:  # one failing run (or the pack after it) keeps what the others measured
         for graphs in modes:
             if device.type == "cuda":
+                gc.collect()  # the previous run's graphs and tensors
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             skip = graph_warmup(warmup) if graphs else warmup

@@ -28,7 +28,9 @@ ask), is then captured, and every later step of that variant is a replay.
 Capturing executes nothing, so the capturing step is replayed at once. The
 returned terms are cloned after each replay, because a replay overwrites the
 graph's outputs in place. Each graph keeps its own memory pool (a step's
-activations, about a step's peak memory per variant).
+activations, about a step's peak memory per variant) until the stage ends.
+The warm-up runs and the captures share one side stream: autograd's gradient
+accumulators remember the stream they were made on.
 
 The optimiser must update on the device without host reads (Adam's
 ``capturable=True``), and a learning rate that changes per step must be a
@@ -103,6 +105,9 @@ class StepGraphs:
         self.captured: dict[Hashable, tuple[torch.cuda.CUDAGraph, dict]] = {}
         self.eager_runs: dict[Hashable, int] = {}
         self.failure: str | None = None
+        # One side stream for the warm-up runs and the captures: autograd's gradient accumulators
+        # remember the stream they were made on, and a capture needs them on its own stream.
+        self.stream = torch.cuda.Stream() if self.enabled else None
 
     def __call__(self, variant: Hashable) -> Mapping[str, torch.Tensor | float]:
         if not self.enabled or self.failure is not None:
@@ -125,8 +130,7 @@ class StepGraphs:
         return self._replay(variant)
 
     def _on_side_stream(self, variant: Hashable) -> Mapping[str, torch.Tensor | float]:
-        main = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
+        main, side = torch.cuda.current_stream(), self.stream
         side.wait_stream(main)
         with torch.cuda.stream(side):
             terms = self.compute(variant)
@@ -138,7 +142,7 @@ class StepGraphs:
 
     def _capture(self, variant: Hashable) -> tuple[torch.cuda.CUDAGraph, dict]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self.stream):
             terms = dict(self.compute(variant))
         for key, value in terms.items():
             if not isinstance(value, torch.Tensor):
@@ -149,6 +153,13 @@ class StepGraphs:
         graph, outputs = self.captured[variant]
         graph.replay()
         return {key: value.clone() for key, value in outputs.items()}
+
+    def release(self) -> None:
+        """Free the graphs and their memory pools (a stage's graphs serve that stage's run only),
+        after the queued replays are done with them."""
+        if self.captured:
+            torch.cuda.synchronize()
+            self.captured.clear()
 
     @property
     def mode(self) -> str:

@@ -150,19 +150,22 @@ def run_steps(
     else:
         runner = None
     start = time.perf_counter()
-    for i in range(total):
-        terms = step_fn(i)
-        if "total" not in terms:
-            raise KeyError(f"stage {name}: a step must return a 'total' loss term, got {sorted(terms)}")
-        log.record(terms)
-        log.steps = i + 1
-        if log.steps % log_every == 0:
-            log.flush()
-        progress(name, i + 1, total)
-    log.flush()  # also waits for the device, so ``seconds`` covers the queued work
+    try:
+        for i in range(total):
+            terms = step_fn(i)
+            if "total" not in terms:
+                raise KeyError(f"stage {name}: a step must return a 'total' loss term, got {sorted(terms)}")
+            log.record(terms)
+            log.steps = i + 1
+            if log.steps % log_every == 0:
+                log.flush()
+            progress(name, i + 1, total)
+        log.flush()  # also waits for the device, so ``seconds`` covers the queued work
+    finally:
+        if runner is not None:
+            log.mode = runner.mode
+            runner.release()
     log.seconds = time.perf_counter() - start
-    if runner is not None:
-        log.mode = runner.mode
     return log
 
 

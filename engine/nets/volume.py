@@ -253,6 +253,37 @@ def sample_importance(
 
 # ----------------------------------------------------------------------------- marching
 
+class _PositiveCumprod(torch.autograd.Function):
+    """``torch.cumprod(x, dim)`` for ``x > 0`` everywhere, with a backward that never reads the
+    device from the host.
+
+    PyTorch's cumprod backward on CUDA first asks whether ``x`` holds a zero (a device-to-host
+    read: the queue drains every step, and a step with it cannot be captured as a CUDA graph,
+    engine/avatar/step_graph.py). The marcher's transmittance factors ``1 - alpha + 1e-10`` are
+    positive by construction, and for positive inputs PyTorch's answer is the closed form
+    used here: d out_j / d x_i = out_j / x_i for j >= i, so
+    grad_x = reversed_cumsum(grad * out) / x. Same forward values as ``torch.cumprod``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        out = torch.cumprod(x, dim)
+        ctx.save_for_backward(x, out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, out = ctx.saved_tensors
+        dim = ctx.dim
+        reversed_cumsum = torch.flip(torch.cumsum(torch.flip(grad * out, [dim]), dim), [dim])
+        return (reversed_cumsum / x).to(x.dtype), None
+
+
+def positive_cumprod(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.cumprod`` of a tensor whose entries are all > 0 (see :class:`_PositiveCumprod`)."""
+    return _PositiveCumprod.apply(x, dim)
+
+
 def ray_march(colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tensor, *, white_back: bool = False):
     """MipRayMarcher2: composite [N,M,C] in [-1,1], depth [N,M,1], weights [N,M,S-1,1].
 
@@ -266,7 +297,7 @@ def ray_march(colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tenso
     densities_mid = F.softplus(densities_mid - 1)
     alpha = 1 - torch.exp(-densities_mid * deltas)
     alpha_shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
-    weights = alpha * torch.cumprod(alpha_shifted, -2)[:, :, :-1]
+    weights = alpha * positive_cumprod(alpha_shifted, -2)[:, :, :-1]  # the factors are > 0
     composite_rgb = torch.sum(weights * colors_mid, -2)
     weight_total = weights.sum(2)
     composite_depth = torch.sum(weights * depths_mid, -2) / weight_total

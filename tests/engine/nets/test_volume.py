@@ -186,3 +186,31 @@ def test_ray_chunking_does_not_change_deterministic_renders():
     parts = volume.render_views(field, c2w, k, 12, opts, n_fields=1, ray_chunk=37)
     for key in whole:
         assert torch.allclose(whole[key], parts[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_positive_cumprod_gives_torch_cumprod_and_its_gradient(dtype):
+    """The marcher's cumprod: the same values and, for positive factors, the same gradient bits as
+    ``torch.cumprod`` (whose CUDA backward reads the device to look for zeros)."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(3, 4, 48, 1, generator=gen, dtype=dtype) + 1e-10).requires_grad_(True)
+    grad = torch.randn(3, 4, 48, 1, generator=gen, dtype=dtype)
+    expected = torch.cumprod(x, -2)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    got = volume.positive_cumprod(x, -2)
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    assert torch.equal(got, expected) and torch.equal(got_grad, expected_grad)
+    small = (torch.rand(2, 3, 6, 1, generator=gen, dtype=torch.float64) + 0.1).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda t: volume.positive_cumprod(t, -2), (small,))
+
+
+@pytest.mark.gpu
+def test_positive_cumprod_backward_makes_no_host_sync():
+    x = (torch.rand(2, 64, 48, 1, device="cuda") + 1e-10).requires_grad_(True)
+    out = volume.positive_cumprod(x, -2)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.grad is not None and torch.isfinite(x.grad).all()
