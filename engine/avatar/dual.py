@@ -114,9 +114,9 @@ def dual_branch_train(
     capture each round as a CUDA graph (``engine.avatar.step_graph``; a style round and a
     round without the style loss are two graphs)."""
     device = inputs.w_2d.device
-    opt_3d = adam([p for p in params_3d.values() if p.requires_grad], cfg.lr_3d, (0.0, 0.99), graphs)
+    opt_3d = adam([p for p in params_3d.values() if p.requires_grad], cfg.lr_3d, (0.0, 0.99))
     trainable_2d = [p for p in params_2d.values() if p.requires_grad]
-    opt_2d = adam(trainable_2d, cfg.lr_2d, (0.0, 0.99), graphs) if cfg.update_2d and trainable_2d else None
+    opt_2d = adam(trainable_2d, cfg.lr_2d, (0.0, 0.99)) if cfg.update_2d and trainable_2d else None
     with torch.no_grad(), autocast(device, precision):
         lpips_to_exemplar = distance_to(lpips, resize_for_lpips(inputs.exemplar_3d, cfg.lpips_size))
         ex_feats = [f.detach() for f in features_2d(inputs.exemplar_2d)]

@@ -122,7 +122,7 @@ def invert_3d(
     w_opt = w_avg.detach().clone().repeat(1, num_ws, 1).requires_grad_(True)  # [1, L, 512]
     noise = [torch.randn(s, generator=generator, device=generator.device).to(device).requires_grad_(True)
              for s in noise_shapes]
-    opt = adam([w_opt, *noise], cfg.lr, (0.9, 0.999), graphs, varying_lr=True)
+    opt = adam([w_opt, *noise], cfg.lr, (0.9, 0.999), varying_lr=True)
     with autocast(device, precision):
         lpips_to_target = distance_to(lpips, resize_for_lpips(target, cfg.lpips_size))
     # The latent noise of the step: N(0, 1) draws and their scale, refilled by ``prepare``.
@@ -171,7 +171,7 @@ def pivotal_tuning(
     """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot; ``graphs`` as in
     :func:`invert_3d`."""
     trainable = [p for p in params.values() if p.requires_grad]
-    opt = adam(trainable, cfg.lr, (0.9, 0.999), graphs)
+    opt = adam(trainable, cfg.lr, (0.9, 0.999))
     lpips_px = min(cfg.lpips_size, target.shape[-1])  # never enlarged: only bigger renders are averaged down
     use_id = id_loss is not None and cfg.lambda_id > 0
     with autocast(target.device, precision):

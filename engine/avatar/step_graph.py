@@ -35,12 +35,17 @@ accumulators remember the stream they were made on.
 The optimiser must update on the device without host reads (Adam's
 ``capturable=True``), and a learning rate that changes per step must be a
 device tensor filled by ``prepare``: :func:`adam` and :func:`set_lr` do both
-when graphs are on, and keep the plain float learning rate otherwise (the
-CPU's results stay those of the plain loop).
+on CUDA, graphs or not (a captured and an eager run then do the same
+arithmetic), and keep plain Adam with a float learning rate on the CPU (whose
+results stay those of the plain loop).
 
 If a capture fails (an op that cannot be captured, or a device too old), the
 stage warns once, naming the error, and carries on eagerly with the same
-``compute``: a graph is an optimisation, never a requirement.
+``compute``: a graph is an optimisation, never a requirement. A failed
+capture leaves the device's default random generator marked as capturing
+(PyTorch ends that mark only when a capture succeeds), and every later random
+draw on the device would fail; the generator's state is carried over into a
+fresh one, so the process goes on as if no capture had been tried.
 """
 from __future__ import annotations
 
@@ -73,15 +78,15 @@ def graphs_usable(device: torch.device | str, enabled: bool) -> bool:
     return bool(enabled) and torch.device(device).type == "cuda"
 
 
-def adam(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float], graphs: bool,
+def adam(params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float],
          varying_lr: bool = False) -> torch.optim.Adam:
-    """Adam for a stage's step. With ``graphs`` it updates on the device (``capturable``), and a
-    ``varying_lr`` lives in a device tensor that :func:`set_lr` fills before each step."""
+    """Adam for a stage's step. On CUDA it updates on the device (``capturable``, with or without
+    graphs, so that a captured and an eager run do the same arithmetic), and a ``varying_lr``
+    lives in a device tensor that :func:`set_lr` fills before each step. Elsewhere: plain Adam."""
     params = list(params)
-    if not graphs:
+    if not params or not params[0].is_cuda:
         return torch.optim.Adam(params, lr=lr, betas=betas)
-    device = params[0].device
-    rate = torch.tensor(lr, dtype=torch.float32, device=device) if varying_lr else lr
+    rate = torch.tensor(lr, dtype=torch.float32, device=params[0].device) if varying_lr else lr
     return torch.optim.Adam(params, lr=rate, betas=betas, capturable=True, foreach=True)
 
 
@@ -93,6 +98,15 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
             group["lr"].fill_(lr)
         else:
             group["lr"] = lr
+
+
+def reset_default_generator() -> None:
+    """Give the current device's default generator a fresh state with the same seed and offset
+    (see the module notes: a failed capture leaves it marked as capturing)."""
+    default = torch.cuda.default_generators[torch.cuda.current_device()]
+    fresh = torch.Generator(device=default.device)
+    fresh.set_state(default.get_state())
+    default.graphsafe_set_state(fresh)
 
 
 class StepGraphs:
@@ -126,6 +140,11 @@ class StepGraphs:
                           "running its steps without graphs", RuntimeWarning, stacklevel=2)
             log.warning("stage %s: CUDA graph capture failed (%s); running eagerly", self.name, self.failure)
             torch.cuda.synchronize()
+            try:
+                reset_default_generator()
+            except Exception as reset_exc:  # noqa: BLE001 - an older torch without graphsafe_set_state
+                log.warning("stage %s: could not reset the CUDA random generator after the failed capture: %s",
+                            self.name, reset_exc)
             return self.compute(variant)
         return self._replay(variant)
 

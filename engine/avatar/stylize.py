@@ -115,7 +115,7 @@ def finetune_style(
     trainable = [p for p in params.values() if p.requires_grad]
     if not trainable:
         raise ValueError("finetune_style needs trainable parameters")
-    opt = adam(trainable, cfg.lr, (cfg.beta1, cfg.beta2), graphs)
+    opt = adam(trainable, cfg.lr, (cfg.beta1, cfg.beta2))
     with torch.no_grad(), autocast(exemplar.device, precision):
         target_feats = [f.detach() for f in features(exemplar)]
     mixed = MixedLatents(w_e, mapping, cfg.batch, cfg, generator)

@@ -115,12 +115,12 @@ def test_graphs_are_used_on_cuda_only_when_asked_for():
 
 def test_set_lr_fills_a_device_rate_in_place_and_assigns_a_float():
     p = torch.nn.Parameter(torch.zeros(2))
-    plain = adam([p], 0.1, (0.9, 0.999), graphs=False)
+    plain = adam([p], 0.1, (0.9, 0.999), varying_lr=True)  # on the CPU: plain Adam, a float rate
     assert plain.param_groups[0]["lr"] == 0.1 and not plain.defaults.get("capturable")
     set_lr(plain, 0.25)
     assert plain.param_groups[0]["lr"] == 0.25
     rate = torch.tensor(0.1)
-    with_tensor = torch.optim.Adam([p], lr=rate)  # what adam(graphs=True, varying_lr=True) makes on CUDA
+    with_tensor = torch.optim.Adam([p], lr=rate)  # a device-tensor rate, as adam(varying_lr=True) makes on CUDA
     set_lr(with_tensor, 0.25)
     assert with_tensor.param_groups[0]["lr"] is rate and float(rate) == 0.25
 
@@ -150,13 +150,24 @@ def _run(cfg: PipelineConfig, portrait, style, device: str = "cuda"):
     return pipe(portrait, style, seed=0)
 
 
+@pytest.fixture
+def exact_float32():
+    """float32 convolutions and matmuls without TF32, whose coarser rounding would let the
+    replays' and the eager steps' last-bit differences grow through the steps."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_captured_steps_give_the_eager_steps_results(unaligned_faces, precision):
-    """8 steps per stage: 2 eager warm-up runs per variant, the capture, replays after. The
-    replays run the kernels the eager steps ran, on the same tensors."""
+def test_captured_steps_give_the_eager_steps_results(unaligned_faces, exact_float32):
+    """6 steps per stage: 2 eager warm-up runs per variant, the capture, replays after (stage 5's
+    two kinds of round are each captured once). Same Adam (capturable on CUDA either way), same
+    kernels: the loss curves and the stylized weights agree. A replay that read a stale input (a
+    learning rate, a draw, a noise scale) would move them by far more."""
     portrait, style = unaligned_faces
-    base = dataclasses.replace(PipelineConfig().reduced(8), precision=precision)
+    base = dataclasses.replace(PipelineConfig().reduced(6), precision="fp32")
     eager = _run(dataclasses.replace(base, cuda_graphs=False), portrait, style)
     graphed = _run(dataclasses.replace(base, cuda_graphs=True), portrait, style)
     assert {s: graphed.logs[s].mode for s in STAGES} == dict.fromkeys(STAGES, "graphs")
@@ -164,15 +175,27 @@ def test_captured_steps_give_the_eager_steps_results(unaligned_faces, precision)
     for stage in STAGES:
         for term, values in eager.logs[stage].terms.items():
             torch.testing.assert_close(torch.tensor(graphed.logs[stage].terms[term]), torch.tensor(values),
-                                       rtol=1e-4, atol=1e-5, msg=lambda m: f"{stage}.{term}: {m}")
+                                       rtol=1e-4, atol=1e-6, msg=lambda m: f"{stage}.{term}: {m}")
     for name, delta in eager.delta_stylized.items():
         torch.testing.assert_close(graphed.delta_stylized[name].float(), delta.float(), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.gpu
+def test_bf16_steps_are_captured_and_their_losses_fall(unaligned_faces):
+    portrait, style = unaligned_faces
+    result = _run(dataclasses.replace(PipelineConfig().reduced(12), precision="bf16", cuda_graphs=True),
+                  portrait, style)
+    assert {s: result.logs[s].mode for s in STAGES} == dict.fromkeys(STAGES, "graphs")
+    for stage in ("invert_3d", "pivotal_tuning", "dual_branch"):
+        assert result.logs[stage].decreased(), stage
+
+
+@pytest.mark.gpu
 def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning():
+    """The fallback, and the process after it: random draws on the device still work (a failed
+    capture leaves PyTorch's default generator marked as capturing until it is reset)."""
     x = torch.nn.Parameter(torch.ones(4, device="cuda"))
-    opt = adam([x], 0.1, (0.9, 0.999), graphs=True)
+    opt = adam([x], 0.1, (0.9, 0.999))
 
     def compute(_):
         loss = (x * x).sum()
@@ -189,3 +212,4 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning():
     assert log.mode.startswith("eager (capture failed") and len(log.terms["total"]) == 5
     assert any("CUDA graph capture failed" in str(w.message) for w in caught)
     assert log.decreased()
+    assert torch.rand(8, device="cuda").isfinite().all()
