@@ -1,7 +1,7 @@
 """`make gpu-check`: every GPU-only check in one command, written to one Markdown report.
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
-                              [--parts build tests pipeline nets render] [--quick]
+                              [--parts build tests syncs pipeline nets render profile] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -10,13 +10,18 @@ Parts, in this order (the most important first, so a short budget loses the leas
    reference (forward and gradient, float32 and float16).
 2. ``tests``: the ``gpu``-marked tests (each fused kernel against its reference
    at the networks' shapes, forward and backward; the networks end to end).
-3. ``pipeline``: ``bench/stage_timing.py`` at full size: seconds and achieved
-   TFLOP/s per stage in TF32 and in bf16, peak GPU memory, pack render and
-   encode, and the projected selfie-to-pack time.
-4. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
-5. ``render``: ``bench/render.py`` at full size (multi-view rendering).
-6. ``profile``: one run of 3 steps per stage under ``torch.profiler``: how busy
-   the GPU is and the top operators by device and by host time.
+3. ``syncs``: ``bench/host_syncs.py``: the op behind the first host
+   synchronisation inside each stage's step, if any (one would drain the GPU
+   queue every step and keep the step from being captured as a CUDA graph).
+4. ``pipeline``: ``bench/stage_timing.py`` at full size: seconds and achieved
+   TFLOP/s per stage in TF32 and in bf16, each without and with CUDA graphs,
+   peak GPU memory, the pack's render and files, and the projected
+   selfie-to-pack time.
+5. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
+6. ``render``: ``bench/render.py`` at full size (multi-view rendering).
+7. ``profile``: one run of 8 steps per stage under ``torch.profiler``, with CUDA
+   graphs (most steps are replays): how busy the GPU is and the top operators
+   by device and by host time.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -88,11 +93,13 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
              [[py, "-m", "engine.ops.prebuild", "--ops", op] for op in OPS]),
         Part("tests", "GPU tests (`pytest -m gpu`)", 240,
              [[py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *gpu_test_files()]]),
+        Part("syncs", "Host synchronisations inside the steps (bench/host_syncs.py)", 150,
+             [[py, "bench/host_syncs.py"]]),
         Part("pipeline", "Per-user pipeline at full size (bench/stage_timing.py)", 300,
              [timing + ["--json", str(timing_json)]], result_json=timing_json),
         Part("nets", "Networks at full size (bench/nets.py)", 240, [nets]),
         Part("profile", "Where a step's time goes (bench/stage_timing.py --profile)", 180,
-             [timing + ["--profile", "3", "--precisions", "fp32", "--json", str(json_dir / "profile_timing.json")]]),
+             [timing + ["--profile", "8", "--precisions", "fp32", "--graphs", "on", "--json", str(json_dir / "profile_timing.json")]]),
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
     ]
 
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results" / "gpu-check.md")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for all parts together")
-    p.add_argument("--parts", nargs="+", choices=["build", "tests", "pipeline", "nets", "render", "profile"], default=None)
+    p.add_argument("--parts", nargs="+", choices=["build", "tests", "syncs", "pipeline", "nets", "render", "profile"], default=None)
     p.add_argument("--json-out", type=pathlib.Path, default=None,
                    help="folder for the pipeline part's measurements (default: beside the report)")
     p.add_argument("--quick", action="store_true", help="tiny workloads, for trying the command on a CPU")

@@ -23,7 +23,7 @@ preview page: first as before (:func:`make_pack_files_before`: thumbnail and pre
 after another once the sticker files are done), then as now (thumbnail and each sticker's preview on
 the same pool as the sticker files). All check that the files are byte-identical. libvpx and the PNG writers release the GIL (two encodes on two threads take the wall
 time of one), so the gain is bounded by the free cores; the GPU engine renders on the GPU and
-leaves the cores to the encoders. ``engine.render.pack.default_encode_workers`` is cores - 1, at most 4.
+leaves the cores to the encoders. ``engine.render.pack.default_encode_workers`` is cores - 1, at most 12.
 """
 from __future__ import annotations
 

@@ -119,10 +119,18 @@ def mesh_glb(generator: nn.Module, avatar: AvatarPose) -> bytes:
         return path.read_bytes()
 
 
+# A Telegram pack has about 24 files to encode (each sticker's video, custom emoji and preview, the
+# thumbnail, the stills); more threads than that find nothing to do.
+MAX_ENCODE_WORKERS = 12
+
+
 def default_encode_workers() -> int:
-    """Encoder threads beside the render. libvpx and the image writers run with the GIL released
-    (``bench/stickers.py --pack`` measures serial against parallel), one file per thread."""
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    """Encoder threads beside the render: every core but the one that drives the render, up to
+    ``MAX_ENCODE_WORKERS``. libvpx and the image writers run with the GIL released
+    (``bench/stickers.py --pack`` measures serial against parallel), one file per thread. On the
+    H200 host (16 cores) the whole Telegram pack took 10.7 s with 4 threads, the earlier cap,
+    against 1.8 s for the render alone (bench/results/2026-12-04-h200-run5-graphs.md)."""
+    return max(1, min(MAX_ENCODE_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 def _encoded_bytes(frames: StickerFrames, target: str) -> bytes:
