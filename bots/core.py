@@ -343,10 +343,8 @@ def place_order(res: BotResources, user: users.User, platform: str, *, preset: s
     order = orders.PackOrder(user_id=user.id, selfie_digest=selfie.blob_digest, exemplar_digest=exemplar,
                              strength=strength, platform=platform, style_id=style_id, style_version=version,
                              seed=seed, pack_id=previous.id if previous else None, regenerate=previous is not None)
+    # a remake of a published pack leaves it published until the remake succeeds (storage.packs)
     pack, job_id = packs.order_pack(res.db, order)
-    if previous is not None:
-        packs.reopen(res.db, pack.id)
-        pack = packs.get_pack(res.db, pack.id)
     return Placed(pack, job_id, previous is not None)
 
 
@@ -377,10 +375,22 @@ def progress_view(res: BotResources, job: jobs.Job) -> ProgressView:
         return ProgressView("cancel_requested", cancellable=False)
     if job.status == "cancelled":
         return ProgressView("cancelled_ok", cancellable=False, final=True)
-    if job.status == "failed":  # a failed re-render changed nothing: the user is told their pack is as it was
-        view_key = "rerender_failed" if job.kind == orders.RERENDER_KIND else "failed"
+    if job.status == "failed":  # a failed re-render or remake changed nothing: the user is told so
+        view_key = ("rerender_failed" if job.kind == orders.RERENDER_KIND
+                    else "remake_failed" if _kept_made_pack(res, job) else "failed")
         return ProgressView(view_key, {"error_key": job.error_key or "internal"}, cancellable=False, final=True)
     return ProgressView("finishing", cancellable=False, final=True)
+
+
+def _kept_made_pack(res: BotResources, job: jobs.Job) -> bool:
+    """The job remade a pack that is made and still shows another job's result (storage.packs: a
+    failed remake leaves the pack as it was)."""
+    pack_id = job.payload.get("pack_id")
+    try:
+        pack = packs.get_pack(res.db, int(pack_id)) if pack_id is not None else None
+    except packs.PackNotFound:
+        return False
+    return pack is not None and pack.status in packs.MADE and pack.job_id != job.id
 
 
 _STAGE_KEYS = frozenset(k for k in BOT if k.startswith("stage_"))
@@ -391,7 +401,7 @@ def progress_text(view: ProgressView) -> str:
     params = dict(view.params)
     if view.stage_key is not None:
         params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
-    if view.key in ("failed", "rerender_failed"):
+    if view.key in ("failed", "rerender_failed", "remake_failed"):
         params["reason"] = message(params.pop("error_key", "internal"))
     return text(view.key, **params)
 

@@ -11,7 +11,9 @@ is one job.
   selection dropped are removed, new ones added).
 * A **retry** (``make_pack`` with ``regenerate=True``) makes the pack again from the
   same selfie and style with another seed; the result replaces the pack's stickers as
-  a regeneration does. The seed travels in the button, so the same button pressed
+  a regeneration does. Like a re-render, it leaves the pack and its published set as
+  they are until it succeeds (``storage.packs.mark_made``); a failure is reported
+  and the pack stays published with its previous stickers. The seed travels in the button, so the same button pressed
   twice is one job, and a retry of a retry uses the next seed.
 
 Conventions
@@ -170,8 +172,7 @@ def order_retry(res: BotResources, user: users.User, pack_id: int, seed: int) ->
     if not res.blobs.exists(exemplar):
         raise PackNotChangeable(f"pack {pack_id}: its style image is gone")
     check_limits(res, user)
-    _, job_id = packs.order_pack(res.db, order)
-    packs.reopen(res.db, pack.id)
+    _, job_id = packs.order_pack(res.db, order)  # the pack stays as it is until the remake succeeds
     return Placed(packs.get_pack(res.db, pack.id), job_id, True)
 
 
