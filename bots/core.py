@@ -171,10 +171,14 @@ def require_consent(user: users.User) -> None:
         raise ConsentRequired(f"user {user.id} has not consented yet")
 
 
-def privacy_params(cfg: Config) -> dict[str, int]:
-    """Placeholders of the ``privacy``/``welcome`` texts."""
-    return {"selfie_hours": cfg.privacy.selfie_retention_hours,
-            "artifact_days": cfg.privacy.artifact_retention_days}
+def privacy_params(cfg: Config) -> dict[str, str]:
+    """Placeholders of the ``privacy``/``welcome`` texts: how long data is kept, in words (a retention
+    of 0 keeps nothing for later)."""
+    hours, days = cfg.privacy.selfie_retention_hours, cfg.privacy.artifact_retention_days
+    return {"selfie_kept": text("selfie_kept_hours", hours=hours) if hours else text("selfie_kept_briefly"),
+            "selfie_deleted": text("selfie_deleted_hours", hours=hours) if hours else text("selfie_deleted_briefly"),
+            "avatar_kept": text("avatar_kept_days", days=days) if days else text("avatar_kept_briefly"),
+            "avatar_deleted": text("avatar_deleted_days", days=days) if days else text("avatar_deleted_briefly")}
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -214,14 +218,14 @@ def _decode_checked(res: BotResources, data: bytes) -> CleanImage:
 def accept_selfie(res: BotResources, user: users.User, data: bytes) -> AcceptedSelfie:
     """Rate limit, bounded decode, face checks, then store the pixels only
     (no metadata) and a selfie row that expires after
-    ``cfg.privacy.selfie_retention_hours`` (0 = kept until deleted)."""
+    ``cfg.privacy.selfie_retention_hours`` (0 = kept only until the pack ordered with it is made)."""
     require_consent(user)
     count_upload(res, ("user", user.id))
     clean = _decode_checked(res, data)
     face = res.face_check(clean.rgb)
     digest = res.blobs.put_bytes(clean.png)
     hours = res.cfg.privacy.selfie_retention_hours
-    row = selfies.add_selfie(res.db, user.id, digest, ttl_seconds=hours * 3600 if hours > 0 else None)
+    row = selfies.add_selfie(res.db, user.id, digest, ttl_seconds=hours * 3600)
     return AcceptedSelfie(row, tuple((w.key, dict(w.params)) for w in getattr(face, "warnings", ())))
 
 
@@ -237,7 +241,7 @@ def accept_style_image(res: BotResources, user: users.User, data: bytes) -> str:
 
 def current_selfie(res: BotResources, user: users.User) -> selfies.Selfie:
     s = selfies.latest_selfie(res.db, user.id)
-    if s is None or (s.expires_at is not None and s.expires_at <= res.clock()) or not res.blobs.exists(s.blob_digest):
+    if s is None or not selfies.usable(s, res.clock()) or not res.blobs.exists(s.blob_digest):
         raise NoSelfie(f"user {user.id} has no live selfie")
     return s
 

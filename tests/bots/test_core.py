@@ -62,6 +62,7 @@ def test_daily_quota(tmp_path, face_check, selfie_png, sticker_files):
     later = core.BotResources(res.cfg, res.db, res.blobs, face_check, clock=lambda: day_later)
     with pytest.raises(core.NoSelfie):  # and yesterday's selfie has expired (24 h retention)
         core.place_order(later, user, "local", preset="full", style_id=style.id)
+    # retention 0 keeps nothing for later, but a fresh selfie can be ordered with until the next maintenance pass
     no_expiry = dataclasses.replace(res.cfg, privacy=dataclasses.replace(res.cfg.privacy, selfie_retention_hours=0))
     later = core.BotResources(no_expiry, res.db, res.blobs, face_check, clock=lambda: day_later)
     core.accept_selfie(later, user, selfie_png)
