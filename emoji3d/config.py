@@ -235,6 +235,10 @@ class PackConfig:
     boundaries: str = _c("", doc="boundary file; empty = <data_dir>/boundaries/eg3d.safetensors")
     boundary_fit_samples: int = _c(5000, ge=8, le=1_000_000,
                                    doc="latents the engine renders and scores when it fits the boundaries itself")
+    boundary_fit_retry_hours: int = _c(24, ge=1, le=24 * 365,
+                                       doc="after a failed or cancelled fit, engines fit again only this much later")
+    boundary_check_seconds: int = _c(60, ge=1, le=3600,
+                                     doc="how often a running engine looks for a newer fitted file in the blob store")
     stickers: tuple = _c(factory=_default_pack)  # tuple[StickerEntry, ...]
 
 
