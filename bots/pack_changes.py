@@ -34,7 +34,7 @@ from emoji3d.errors import UserFacingError
 from storage import jobs, packs, users
 from storage import styles as st
 
-from bots.core import BotResources, NoSelfie, Placed, check_limits, require_consent
+from bots.core import BotResources, NoSelfie, Placed, check_limits, open_jobs, require_consent
 
 SEED_MAX = 2**31 - 1  # as `emoji3d make --seed`: the order's seed seeds torch generators
 
@@ -98,6 +98,9 @@ def order_rerender(res: BotResources, user: users.User, pack_id: int, *, strengt
     """Queue a re-render of the user's finished pack from its stored avatar at ``strength`` (None: the
     pack's own) with the ``stickers`` named (None: the pack's current selection). Returns the job id."""
     pack = _own_made_pack(res, user, pack_id)
+    if any(j.payload.get("pack_id") == pack.id for j in open_jobs(res, user)):
+        # a remake of the pack is running: it would replace what a re-render of the old result shows
+        raise PackNotChangeable(f"pack {pack_id} is being made again")
     names = sticker_names(res.cfg)
     chosen = current_selection(res, pack) if stickers is None else tuple(n for n in names if n in set(stickers))
     if not chosen:
