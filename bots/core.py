@@ -171,10 +171,14 @@ def require_consent(user: users.User) -> None:
         raise ConsentRequired(f"user {user.id} has not consented yet")
 
 
-def privacy_params(cfg: Config) -> dict[str, int]:
-    """Placeholders of the ``privacy``/``welcome`` texts."""
-    return {"selfie_hours": cfg.privacy.selfie_retention_hours,
-            "artifact_days": cfg.privacy.artifact_retention_days}
+def privacy_params(cfg: Config) -> dict[str, str]:
+    """Placeholders of the ``privacy``/``welcome`` texts: how long data is kept, in words (a retention
+    of 0 keeps nothing for later)."""
+    hours, days = cfg.privacy.selfie_retention_hours, cfg.privacy.artifact_retention_days
+    return {"selfie_kept": text("selfie_kept_hours", hours=hours) if hours else text("selfie_kept_briefly"),
+            "selfie_deleted": text("selfie_deleted_hours", hours=hours) if hours else text("selfie_deleted_briefly"),
+            "avatar_kept": text("avatar_kept_days", days=days) if days else text("avatar_kept_briefly"),
+            "avatar_deleted": text("avatar_deleted_days", days=days) if days else text("avatar_deleted_briefly")}
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -214,14 +218,14 @@ def _decode_checked(res: BotResources, data: bytes) -> CleanImage:
 def accept_selfie(res: BotResources, user: users.User, data: bytes) -> AcceptedSelfie:
     """Rate limit, bounded decode, face checks, then store the pixels only
     (no metadata) and a selfie row that expires after
-    ``cfg.privacy.selfie_retention_hours`` (0 = kept until deleted)."""
+    ``cfg.privacy.selfie_retention_hours`` (0 = kept only until the pack ordered with it is made)."""
     require_consent(user)
     count_upload(res, ("user", user.id))
     clean = _decode_checked(res, data)
     face = res.face_check(clean.rgb)
     digest = res.blobs.put_bytes(clean.png)
     hours = res.cfg.privacy.selfie_retention_hours
-    row = selfies.add_selfie(res.db, user.id, digest, ttl_seconds=hours * 3600 if hours > 0 else None)
+    row = selfies.add_selfie(res.db, user.id, digest, ttl_seconds=hours * 3600)
     return AcceptedSelfie(row, tuple((w.key, dict(w.params)) for w in getattr(face, "warnings", ())))
 
 
@@ -237,7 +241,7 @@ def accept_style_image(res: BotResources, user: users.User, data: bytes) -> str:
 
 def current_selfie(res: BotResources, user: users.User) -> selfies.Selfie:
     s = selfies.latest_selfie(res.db, user.id)
-    if s is None or (s.expires_at is not None and s.expires_at <= res.clock()) or not res.blobs.exists(s.blob_digest):
+    if s is None or not selfies.usable(s, res.clock()) or not res.blobs.exists(s.blob_digest):
         raise NoSelfie(f"user {user.id} has no live selfie")
     return s
 
@@ -343,10 +347,8 @@ def place_order(res: BotResources, user: users.User, platform: str, *, preset: s
     order = orders.PackOrder(user_id=user.id, selfie_digest=selfie.blob_digest, exemplar_digest=exemplar,
                              strength=strength, platform=platform, style_id=style_id, style_version=version,
                              seed=seed, pack_id=previous.id if previous else None, regenerate=previous is not None)
+    # a remake of a published pack leaves it published until the remake succeeds (storage.packs)
     pack, job_id = packs.order_pack(res.db, order)
-    if previous is not None:
-        packs.reopen(res.db, pack.id)
-        pack = packs.get_pack(res.db, pack.id)
     return Placed(pack, job_id, previous is not None)
 
 
@@ -377,10 +379,22 @@ def progress_view(res: BotResources, job: jobs.Job) -> ProgressView:
         return ProgressView("cancel_requested", cancellable=False)
     if job.status == "cancelled":
         return ProgressView("cancelled_ok", cancellable=False, final=True)
-    if job.status == "failed":  # a failed re-render changed nothing: the user is told their pack is as it was
-        view_key = "rerender_failed" if job.kind == orders.RERENDER_KIND else "failed"
+    if job.status == "failed":  # a failed re-render or remake changed nothing: the user is told so
+        view_key = ("rerender_failed" if job.kind == orders.RERENDER_KIND
+                    else "remake_failed" if _kept_made_pack(res, job) else "failed")
         return ProgressView(view_key, {"error_key": job.error_key or "internal"}, cancellable=False, final=True)
     return ProgressView("finishing", cancellable=False, final=True)
+
+
+def _kept_made_pack(res: BotResources, job: jobs.Job) -> bool:
+    """The job remade a pack that is made and still shows another job's result (storage.packs: a
+    failed remake leaves the pack as it was)."""
+    pack_id = job.payload.get("pack_id")
+    try:
+        pack = packs.get_pack(res.db, int(pack_id)) if pack_id is not None else None
+    except packs.PackNotFound:
+        return False
+    return pack is not None and pack.status in packs.MADE and pack.job_id != job.id
 
 
 _STAGE_KEYS = frozenset(k for k in BOT if k.startswith("stage_"))
@@ -391,7 +405,7 @@ def progress_text(view: ProgressView) -> str:
     params = dict(view.params)
     if view.stage_key is not None:
         params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
-    if view.key in ("failed", "rerender_failed"):
+    if view.key in ("failed", "rerender_failed", "remake_failed"):
         params["reason"] = message(params.pop("error_key", "internal"))
     return text(view.key, **params)
 

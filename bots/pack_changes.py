@@ -11,7 +11,9 @@ is one job.
   selection dropped are removed, new ones added).
 * A **retry** (``make_pack`` with ``regenerate=True``) makes the pack again from the
   same selfie and style with another seed; the result replaces the pack's stickers as
-  a regeneration does. The seed travels in the button, so the same button pressed
+  a regeneration does. Like a re-render, it leaves the pack and its published set as
+  they are until it succeeds (``storage.packs.mark_made``); a failure is reported
+  and the pack stays published with its previous stickers. The seed travels in the button, so the same button pressed
   twice is one job, and a retry of a retry uses the next seed.
 
 Conventions
@@ -32,7 +34,7 @@ from emoji3d.errors import UserFacingError
 from storage import jobs, packs, users
 from storage import styles as st
 
-from bots.core import BotResources, NoSelfie, Placed, check_limits, require_consent
+from bots.core import BotResources, NoSelfie, Placed, check_limits, open_jobs, require_consent
 
 SEED_MAX = 2**31 - 1  # as `emoji3d make --seed`: the order's seed seeds torch generators
 
@@ -96,6 +98,9 @@ def order_rerender(res: BotResources, user: users.User, pack_id: int, *, strengt
     """Queue a re-render of the user's finished pack from its stored avatar at ``strength`` (None: the
     pack's own) with the ``stickers`` named (None: the pack's current selection). Returns the job id."""
     pack = _own_made_pack(res, user, pack_id)
+    if any(j.payload.get("pack_id") == pack.id for j in open_jobs(res, user)):
+        # a remake of the pack is running: it would replace what a re-render of the old result shows
+        raise PackNotChangeable(f"pack {pack_id} is being made again")
     names = sticker_names(res.cfg)
     chosen = current_selection(res, pack) if stickers is None else tuple(n for n in names if n in set(stickers))
     if not chosen:
@@ -170,8 +175,7 @@ def order_retry(res: BotResources, user: users.User, pack_id: int, seed: int) ->
     if not res.blobs.exists(exemplar):
         raise PackNotChangeable(f"pack {pack_id}: its style image is gone")
     check_limits(res, user)
-    _, job_id = packs.order_pack(res.db, order)
-    packs.reopen(res.db, pack.id)
+    _, job_id = packs.order_pack(res.db, order)  # the pack stays as it is until the remake succeeds
     return Placed(packs.get_pack(res.db, pack.id), job_id, True)
 
 

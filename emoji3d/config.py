@@ -123,8 +123,19 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    selfie_retention_hours: int = _c(24, ge=0, le=24 * 365)
-    artifact_retention_days: int = _c(30, ge=0, le=3650)
+    """How long personal data is kept. Every retention key means the same by 0: *keep nothing for
+    later*: deleted by the first maintenance pass (hourly) once no queued or running job needs it.
+    Nothing is kept forever; a negative value (a "-1 = forever" habit) is refused as ambiguous."""
+    selfie_retention_hours: int = _c(24, ge=0, le=24 * 365, doc="0: deleted once the pack made from it is done")
+    artifact_retention_days: int = _c(30, ge=0, le=3650, doc="0: deleted at the first maintenance pass after use")
+
+
+def _check_retention(key: str, value) -> None:
+    """A negative retention is ambiguous (forever? at once?): refused with what the keys mean instead."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"config.toml: {key} = {value!r} is ambiguous: retention counts hours or days, 0 means "
+                          "'keep nothing for later' (deleted at the first maintenance pass once no job needs it), "
+                          "and nothing is kept forever; set 0 or a positive number")
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,10 @@ class PackConfig:
     boundaries: str = _c("", doc="boundary file; empty = <data_dir>/boundaries/eg3d.safetensors")
     boundary_fit_samples: int = _c(5000, ge=8, le=1_000_000,
                                    doc="latents the engine renders and scores when it fits the boundaries itself")
+    boundary_fit_retry_hours: int = _c(24, ge=1, le=24 * 365,
+                                       doc="after a failed or cancelled fit, engines fit again only this much later")
+    boundary_check_seconds: int = _c(60, ge=1, le=3600,
+                                     doc="how often a running engine looks for a newer fitted file in the blob store")
     stickers: tuple = _c(factory=_default_pack)  # tuple[StickerEntry, ...]
 
 
@@ -410,6 +425,8 @@ def _build(cls, data: dict, prefix: str):
         else:
             if isinstance(tp, types.GenericAlias):
                 tp = typing.get_origin(tp)
+            if cls is PrivacyConfig:
+                _check_retention(key, value)
             kwargs[name] = _check_value(key, value, tp, f.metadata)
     try:
         return cls(**kwargs)

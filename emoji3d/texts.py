@@ -103,15 +103,15 @@ ERRORS: dict[str, str] = {
 BOT: dict[str, str] = {
     "welcome": ("Hi {name}! I turn one selfie into a personal pack of animated 3D cartoon stickers, "
                 "in a style you choose.\n\n"
-                "To do that I store your selfie for up to {selfie_hours} hours, the 3D avatar made from it for "
-                "up to {artifact_days} days, and the stickers until you delete them. /privacy has the details; "
+                "To do that I store your selfie {selfie_kept}, the 3D avatar made from it "
+                "{avatar_kept}, and the stickers until you delete them. /privacy has the details; "
                 "/delete erases everything.\n\nDo you agree that I process your selfie this way?"),
     "consent_button": "I agree",
     "consent_thanks": "Thank you! Now send me a selfie: a photo, or an image file to keep full resolution.",
     "consent_already": "You're all set. Send me a selfie to begin.",
     "privacy": ("What I store and for how long:\n"
-                "• Your selfie: deleted {selfie_hours} hours after upload.\n"
-                "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
+                "• Your selfie: {selfie_deleted}.\n"
+                "• Your 3D avatar (latent codes and tuned model weights): {avatar_deleted}.\n"
                 "• Your sticker packs and the time you gave consent: until you delete them.\n"
                 "• Style images you upload: used for your pack only.\n"
                 "Nothing is shared with anyone. /delete erases all of it, including the sticker sets and custom emoji "
@@ -171,18 +171,27 @@ BOT: dict[str, str] = {
     "delete_kept": "Nothing was deleted.",
     "housestyle_added": "House style “{name}” added. I'm preparing it in the background.",
     "housestyle_removed": "House style “{name}” removed.",
+    # How long personal data is kept ([privacy] in config.toml; 0 = nothing kept for later), for the texts above
+    "selfie_kept_hours": "for up to {hours} hours",
+    "selfie_kept_briefly": "only until the pack you order with it is made",
+    "avatar_kept_days": "for up to {days} days",
+    "avatar_kept_briefly": "only until your pack is made",
+    "selfie_deleted_hours": "deleted {hours} hours after upload",
+    "selfie_deleted_briefly": "deleted within the hour after the pack you order with it is made",
+    "avatar_deleted_days": "deleted {days} days after its last use",
+    "avatar_deleted_briefly": "deleted within the hour after your pack is made (redoing it then needs a new selfie)",
     "housestyle_list": "House styles here: {names}",
     "housestyle_none": "This chat has no house styles yet.",
     # Discord
     "discord_consent": ("I turn one selfie into animated 3D cartoon stickers in a style you choose.\n"
-                        "To do that I store your selfie for up to {selfie_hours} hours, the 3D avatar made from it "
-                        "for up to {artifact_days} days, and your packs until you delete them. "
+                        "To do that I store your selfie {selfie_kept}, the 3D avatar made from it "
+                        "{avatar_kept}, and your packs until you delete them. "
                         "/emoji privacy has the details; /emoji delete-my-data erases everything.\n"
                         "Press “I agree”, then run /emoji create again."),
     "discord_consent_thanks": "Thank you! Now run /emoji create with your selfie.",
     "discord_privacy": ("What I store and for how long:\n"
-                        "• Your selfie: deleted {selfie_hours} hours after upload.\n"
-                        "• Your 3D avatar (latent codes and tuned model weights): deleted after {artifact_days} days.\n"
+                        "• Your selfie: {selfie_deleted}.\n"
+                        "• Your 3D avatar (latent codes and tuned model weights): {avatar_deleted}.\n"
                         "• Your packs (with the display name you had when ordering, to name their stickers) "
                         "and the time you gave consent: until you delete them.\n"
                         "• Style images you upload: used for your pack only.\n"
@@ -226,6 +235,7 @@ BOT: dict[str, str] = {
     "rerender_button": "Redo at {strength}",
     "rerender_started": "Redoing your pack at {strength} from your stored avatar; it will be here shortly.",
     "rerender_failed": "Sorry, I could not redo your pack: {reason} Your pack is unchanged.",
+    "remake_failed": "Sorry, I could not make your pack again: {reason} Your published pack is unchanged.",
     # Changing a finished pack (bots.pack_changes): another seed, another sticker selection
     "retry_button": "Try again with another seed",
     "retry_started": "Making your pack again with another seed; this takes as long as the first time.",

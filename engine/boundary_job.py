@@ -23,15 +23,26 @@ Conventions
 * Several hosts: the job also stores the file in the blob store (its result's
   ``file``), and an engine that starts without a usable local file but finds
   the fit for its digest already done installs that copy instead of fitting
-  again. (An engine already running on another host sees it at its restart.)
+  again. An engine already running (on any host) looks for a stored fit every
+  ``[pack] boundary_check_seconds`` (:class:`StoredBoundaries`, called by
+  ``EngineResources.boundaries``) and installs it when it has none, or when a
+  newer fit was stored since it last looked (a local file it started with is
+  otherwise left alone: it may be the operator's).
+* A failed or cancelled fit is recorded by its job, which keeps the
+  generator's key until the next attempt. Engines starting within
+  ``[pack] boundary_fit_retry_hours`` of that failure do not fit again (one
+  warning names the job and the way out); later ones do, and ``emoji3d
+  boundaries refit`` (:func:`refit`) asks for a new attempt at once.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
 import pathlib
+import time
 from typing import Callable
 
 from emoji3d.errors import UserFacingError
@@ -54,11 +65,52 @@ def fit_needed(res: EngineResources) -> bool:
     return res.pipeline.nets.preset == "pretrained" and res.boundaries is None
 
 
-def enqueue_fit(db: Database, res: EngineResources) -> int | None:
+def failed_fit(db: Database, digest: str) -> jobs.Job | None:
+    """The last fit for the generator ``digest`` when it failed or was cancelled (the record of the
+    failure: its job keeps the generator's key until a new attempt), else None."""
+    job = jobs.find_by_key(db, boundary_fit_key(digest))
+    return job if job is not None and job.status in jobs.UNSUCCESSFUL else None
+
+
+def retry_at(db: Database, res: EngineResources) -> float | None:
+    """UNIX time before which engines do not fit this generator again (a recent failure); None: no wait."""
+    job = failed_fit(db, res.generator_digest)
+    if job is None:
+        return None
+    return (job.finished_at or job.updated_at) + res.cfg.pack.boundary_fit_retry_hours * 3600.0
+
+
+def enqueue_fit(db: Database, res: EngineResources, *, now: float | None = None) -> int | None:
     """Enqueue the boundary fit for this engine's generator when it is needed; its job id, else None.
-    Idempotent per generator digest: a queued, running or finished fit is returned, not repeated."""
+    Idempotent per generator digest: a queued, running or finished fit is returned, not repeated; a
+    fit that failed is tried again only ``[pack] boundary_fit_retry_hours`` later (or by :func:`refit`)."""
     if not fit_needed(res):
         return None
+    wait_until = retry_at(db, res)
+    if wait_until is not None and (time.time() if now is None else now) < wait_until:
+        job = failed_fit(db, res.generator_digest)
+        log.warning("expression boundaries: the fit for generator %s %s (job %s: %s); engines try again after %s, "
+                    "or at once after `emoji3d boundaries refit`", res.generator_digest[:12], job.status, job.id,
+                    job.error_key or job.error or "no reason recorded",
+                    time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(wait_until)))
+        return None
+    return _enqueue(db, res)
+
+
+def refit(db: Database) -> list[int]:
+    """The operator asks for the failed fits again now, whatever the back-off (``emoji3d boundaries
+    refit``): a new attempt for every generator whose last fit failed or was cancelled. Their ids."""
+    ids = []
+    for job in jobs.list_jobs(db, kind=BOUNDARY_FIT_KIND, limit=1000):
+        digest = str(job.payload.get("generator_digest", ""))
+        if digest and job.idempotency_key == boundary_fit_key(digest) and job.status in jobs.UNSUCCESSFUL:
+            ids.append(jobs.enqueue(db, BOUNDARY_FIT_KIND, dict(job.payload), job.idempotency_key,
+                                    priority="batch", max_attempts=job.max_attempts))
+            log.info("expression boundaries: fitting generator %s again (job %s)", digest[:12], ids[-1])
+    return ids
+
+
+def _enqueue(db: Database, res: EngineResources) -> int:
     payload = {"generator_digest": res.generator_digest, "samples": res.cfg.pack.boundary_fit_samples}
     job_id = jobs.enqueue(db, BOUNDARY_FIT_KIND, payload, boundary_fit_key(res.generator_digest),
                           priority="batch", max_attempts=res.cfg.engine.max_attempts)
@@ -66,13 +118,20 @@ def enqueue_fit(db: Database, res: EngineResources) -> int | None:
     return job_id
 
 
+def stored_fit(db: Database, digest: str) -> tuple[jobs.Job, str] | None:
+    """The succeeded fit for the generator ``digest`` and the blob digest of the file it stored."""
+    job = jobs.find_by_key(db, boundary_fit_key(digest))
+    file = (job.result or {}).get("file") if job is not None and job.status == "succeeded" else None
+    return (job, file) if file else None
+
+
 def install_fitted(db: Database, blobs: BlobStore, res: EngineResources) -> bool:
     """When the fit for this generator already succeeded (on another host, or before this file was
     lost), install its stored copy; True if the engine now has boundaries from it."""
-    job = jobs.find_by_key(db, boundary_fit_key(res.generator_digest))
-    digest = (job.result or {}).get("file") if job is not None and job.status == "succeeded" else None
-    if not digest or not blobs.exists(digest):
+    found = stored_fit(db, res.generator_digest)
+    if found is None or not blobs.exists(found[1]):
         return False
+    job, digest = found
     path = res.cfg.boundaries_path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f"{path.name}.stored{os.getpid()}")
@@ -85,9 +144,43 @@ def install_fitted(db: Database, blobs: BlobStore, res: EngineResources) -> bool
     finally:
         staging.unlink(missing_ok=True)
     install_boundaries(bset, path)
-    res.refresh_boundaries()
     log.info("expression boundaries installed from job %s's stored file", job.id)
-    return res.boundaries is not None
+    return res.local_boundaries() is not None
+
+
+def _file_digest(path: pathlib.Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class StoredBoundaries:
+    """``EngineResources.stored_boundaries`` of a running engine: installs the fit stored in the blob store
+    when the engine has no usable file, or when a fit newer than the one it last saw was stored (see the
+    module docstring). Opens its own storage on first use and keeps it for the process."""
+
+    def __init__(self, res: EngineResources, storage: tuple[Database, BlobStore] | None = None) -> None:
+        self.res = res
+        self.storage = storage
+        self.seen: str | None = None  # the stored file's digest when last looked
+
+    def __call__(self) -> bool:
+        if self.storage is None:
+            from storage.connect import open_storage
+
+            self.storage = open_storage(self.res.cfg)
+        db, blobs = self.storage
+        found = stored_fit(db, self.res.generator_digest)
+        if found is None:
+            return False
+        stored, first, newer = found[1], self.seen is None, found[1] != self.seen
+        self.seen = stored
+        if self.res.local_boundaries() is not None and (first or not newer):
+            return False  # the file it has (perhaps the operator's), or this fit already
+        if stored == _file_digest(self.res.cfg.boundaries_path):
+            return False  # this host made that fit
+        return install_fitted(db, blobs, self.res)
 
 
 def handlers(res: EngineResources) -> dict:
@@ -106,6 +199,8 @@ def handlers(res: EngineResources) -> dict:
                 db.dispose()
         except Exception:  # noqa: BLE001 - the worker reports the storage itself, with its own error
             log.exception("could not install or enqueue the expression boundary fit")
+    if res.pipeline.nets.preset == "pretrained":
+        res.stored_boundaries = StoredBoundaries(res)
     return {BOUNDARY_FIT_KIND: functools.partial(handle_fit_boundaries, res)}
 
 

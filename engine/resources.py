@@ -11,13 +11,19 @@ run (per-user weights are parameter dicts, never written into the modules),
 except the boundaries: reading ``boundaries`` looks at the boundary file's
 stat and reads it again when it appeared or changed (the engine's own
 boundary fit, :mod:`engine.boundary_job`, or an operator's), so packs made
-after it include the expression stickers without a restart.
+after it include the expression stickers without a restart. It also asks
+``stored_boundaries`` (set by :func:`engine.boundary_job.handlers`: installs
+the file a fit on any host stored in the shared blob store, when it differs
+from the local one) at most every ``[pack] boundary_check_seconds``, so an
+engine running on another host gets a new fit without a restart too.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -45,18 +51,41 @@ class EngineResources:
     _boundaries: BoundarySet | None = None
     _boundaries_problem: str = ""
     _boundaries_stamp: tuple | None = field(default=None, repr=False)  # the file's stat when last read
+    # installs the fit stored in the blob store when it differs from the local file; True if it did
+    stored_boundaries: Callable[[], bool] | None = field(default=None, repr=False)
+    _stored_checked_at: float | None = field(default=None, repr=False)  # time.monotonic() of the last look
 
     @property
     def boundaries(self) -> BoundarySet | None:
         """The usable boundaries for this generator; None when no usable file is installed."""
+        self._check_stored_boundaries()
         self.refresh_boundaries()
         return self._boundaries
 
     @property
     def boundaries_problem(self) -> str:
         """Why there are no boundaries (reported with each pack); empty when there are."""
+        self._check_stored_boundaries()
         self.refresh_boundaries()
         return self._boundaries_problem
+
+    def local_boundaries(self) -> BoundarySet | None:
+        """The boundaries of the local file (read again if it changed), without asking the blob store."""
+        self.refresh_boundaries()
+        return self._boundaries
+
+    def _check_stored_boundaries(self) -> None:
+        """Ask ``stored_boundaries`` at most every ``[pack] boundary_check_seconds``."""
+        if self.stored_boundaries is None:
+            return
+        now = time.monotonic()
+        if self._stored_checked_at is not None and now - self._stored_checked_at < self.cfg.pack.boundary_check_seconds:
+            return
+        self._stored_checked_at = now  # before asking: the installer reads the boundaries itself
+        try:
+            self.stored_boundaries()
+        except Exception:  # noqa: BLE001 - storage briefly unreachable: the local file still serves
+            log.warning("could not look for a stored expression boundary file", exc_info=True)
 
     def refresh_boundaries(self) -> bool:
         """Read the boundary file again if it appeared, changed or went since the last read; True if it did."""

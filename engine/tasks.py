@@ -205,9 +205,21 @@ def handle_make_pack(res: EngineResources, job, jc: JobContext) -> dict:
 
 
 def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
+    """Make the order's pack. A remake of a made pack (a retry, a regeneration) leaves the pack as it
+    is until it succeeds: a failure keeps the published set and its stickers (``storage.packs``)."""
+    # False for a made pack: a remake, which does not touch the pack's status
+    remake = order.pack_id is not None and not packs.mark_rendering(jc.db, order.pack_id)
+    try:
+        return _make_pack(res, order, jc)
+    except Exception as exc:
+        if remake:  # the operator's record: the job row holds the error; the pack still shows its last result
+            log.warning("pack %s keeps its previous stickers: its remake (job %s) failed: %s",
+                        order.pack_id, jc.job.id, exc)
+        raise
+
+
+def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     progress = stage_progress(jc)
-    if order.pack_id is not None:
-        packs.mark_rendering(jc.db, order.pack_id)
     progress("face", 0, 1)
     cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
                            on_pivot=_pivot_still(res, jc, order.user_id))
@@ -248,8 +260,10 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         avatar=jc.put_blob(avatar_file), renders=[jc.put_blob(png) for png in files.stills],
         mesh=jc.put_blob(files.mesh) if files.mesh is not None else None, missing=files.notes,
         timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
-    if order.pack_id is not None:
-        packs.mark_ready(jc.db, order.pack_id)
+    # one step: a first make becomes ready, a remake now shows this job's result
+    if order.pack_id is not None and not packs.mark_made(jc.db, order.pack_id, jc.job.id, order.strength):
+        log.warning("pack %s was failed or cancelled meanwhile; job %s's result is not delivered",
+                    order.pack_id, jc.job.id)
     return result.to_dict()
 
 

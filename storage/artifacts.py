@@ -9,6 +9,9 @@ Conventions
   with them), or ``None`` for shared artifacts such as a style finetune.
 * The blob is referenced by holder ``artifact:<id>``; ``last_used_at`` is
   refreshed on every hit so that eviction can drop the least recently used.
+* Eviction spares the artifacts of a user who has a queued or running job: a
+  retention of 0 ("keep nothing for later") must not pull a cached inversion
+  from under the job that is making it.
 """
 from __future__ import annotations
 
@@ -88,8 +91,10 @@ def evict_unused(db: Database, blobs: BlobStore, older_than_seconds: float, *, n
     held: set[str] = set()
     dropped = 0
     with db.write() as conn:
-        ids = [int(x) for x in conn.execute(sa.text("SELECT id FROM artifacts WHERE last_used_at < :c ORDER BY id"),
-                                            {"c": t - older_than_seconds}).scalars()]
+        ids = [int(x) for x in conn.execute(sa.text(
+            "SELECT id FROM artifacts WHERE last_used_at < :c AND (owner_user_id IS NULL OR owner_user_id NOT IN "
+            "(SELECT user_id FROM jobs WHERE user_id IS NOT NULL AND status IN ('queued', 'running', "
+            "'cancel_requested'))) ORDER BY id"), {"c": t - older_than_seconds}).scalars()]
         for i in ids:
             # Re-checked in the DELETE: a hit since the SELECT (or a concurrent eviction) keeps it.
             if conn.execute(sa.text("DELETE FROM artifacts WHERE id = :id AND last_used_at < :c"),

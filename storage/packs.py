@@ -9,9 +9,10 @@ Life cycle (``packs.status``); only the functions below write it::
                 superseded                       failed
 
     a made pack ──mark_rerendered──> ready   (a re-render from its stored avatar succeeded)
+    a made pack ──mark_made─────────> ready   (a remake of it succeeded: a retry, a regeneration)
 
 * ``pending``: ordered, its ``make_pack`` job waits in the queue.
-* ``rendering``: an engine runs the job (also while a made pack is regenerated).
+* ``rendering``: an engine runs the job of a pack that is not made yet.
 * ``ready``: the engine stored the files; no platform has them yet.
 * ``uploading`` / ``published``: a bot is publishing / has published the set.
 * ``failed``: the job failed or was cancelled before the pack was made.
@@ -20,6 +21,11 @@ Life cycle (``packs.status``); only the functions below write it::
   published set stays as it is. Only its success moves the pack, in one step
   (:func:`mark_rerendered`: new job, new strength, ``ready`` to publish again). The pack's
   sticker selection is its current job's result (the names of ``PackResult.stickers``).
+* A remake of a made pack (a user's retry with another seed, a new order for a published set, the
+  scheduled regeneration) does the same: :func:`order_pack` neither reopens the pack nor points it at
+  the remake's job, the engine leaves its status alone while it runs, and a failure leaves the pack
+  made with its previous job and stickers (the published set keeps working). Only the remake's
+  success moves it, in one step (:func:`mark_made`: the pack now shows the remake's job, ``ready``).
 
 A transition names the statuses it may start from and is one conditional
 ``UPDATE``, so two processes cannot move a pack along two paths at once; it
@@ -172,13 +178,27 @@ def _transition(db: Database, pack_id: int, to: str, allowed_from: tuple[str, ..
 
 
 def mark_rendering(db: Database, pack_id: int) -> bool:
-    """An engine started (or retried, or regenerates) the pack's job."""
-    return _transition(db, pack_id, RENDERING, (PENDING, RENDERING, FAILED) + MADE)
+    """An engine started (or retried) the job of a pack that is not made yet. False for a made pack: a
+    remake leaves it as it is until it succeeds (:func:`mark_made`)."""
+    return _transition(db, pack_id, RENDERING, (PENDING, RENDERING, FAILED))
 
 
 def mark_ready(db: Database, pack_id: int) -> bool:
     """The engine stored every file of the pack."""
     return _transition(db, pack_id, READY, (PENDING, RENDERING))
+
+
+def mark_made(db: Database, pack_id: int, job_id: int, strength: float | None = None) -> bool:
+    """The engine stored every file of job ``job_id``'s result for the pack: a first make
+    (pending/rendering → ready) or a remake of a made pack (→ ready, now showing ``job_id``'s result
+    at ``strength``; None: the pack's own), in one step. False when the pack was in another state
+    (failed or cancelled meanwhile)."""
+    columns: dict[str, object] = {"job_id": int(job_id)}
+    if strength is not None:
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        columns["strength"] = float(strength)
+    return _transition(db, pack_id, READY, (PENDING, RENDERING) + MADE, **columns)
 
 
 def mark_failed(db: Database, pack_id: int) -> bool:
@@ -205,8 +225,9 @@ def mark_rerendered(db: Database, pack_id: int, job_id: int, strength: float) ->
 
 
 def reopen(db: Database, pack_id: int) -> bool:
-    """A new order remakes this pack (same platform set): back to pending."""
-    return _transition(db, pack_id, PENDING, (PENDING, FAILED) + MADE)
+    """A new attempt at an order whose job failed or was cancelled: the unmade pack is pending again.
+    A made pack is not reopened (a remake leaves it as it is until :func:`mark_made`)."""
+    return _transition(db, pack_id, PENDING, (PENDING, FAILED))
 
 
 def set_job(db: Database, pack_id: int, job_id: int) -> None:
@@ -223,6 +244,8 @@ def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive")
     Placing the same order twice returns the first order's pack and job (the
     job key is :meth:`PackOrder.idempotency_key`), unless that job failed or
     was cancelled: then the order starts a new attempt on the same pack.
+    An order naming a made pack remakes it: the pack keeps its status and job
+    until the remake succeeds (see the module docstring).
     """
     key = order.idempotency_key()
     existing = jobs.find_by_key(db, key)
@@ -248,8 +271,15 @@ def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive")
     if job.payload["pack_id"] != order.pack_id:  # lost a race with an identical order
         _transition(db, order.pack_id, SUPERSEDED, (PENDING,))
     else:
-        set_job(db, order.pack_id, job_id)
+        _set_job_unless_made(db, order.pack_id, job_id)
     return get_pack(db, job.payload["pack_id"]), job_id
+
+
+def _set_job_unless_made(db: Database, pack_id: int, job_id: int) -> None:
+    """Point an unmade pack at the job that makes it; a made pack keeps pointing at its current result."""
+    with db.write() as conn:
+        conn.execute(sa.text(f"UPDATE packs SET job_id = :j, updated_at = :t WHERE id = :id "
+                             f"AND status NOT IN ({_sql_list(MADE)})"), {"j": job_id, "t": time.time(), "id": pack_id})
 
 
 def result_of(job: jobs.Job) -> PackResult | None:

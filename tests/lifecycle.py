@@ -4,8 +4,14 @@ from __future__ import annotations
 from storage import packs
 
 
-def make_ready(db, pack_id: int) -> None:
-    assert packs.mark_rendering(db, pack_id) and packs.mark_ready(db, pack_id)
+def make_ready(db, pack_id: int, job_id: int | None = None) -> None:
+    """The engine's steps for a pack whose job ``job_id`` (default: the pack's) succeeded: a pack not
+    made yet renders, then becomes ready; a made pack (a remake) becomes ready showing ``job_id``."""
+    pack = packs.get_pack(db, pack_id)
+    if pack.status not in packs.MADE:
+        assert packs.mark_rendering(db, pack_id)
+    job_id = pack.job_id if job_id is None else job_id
+    assert packs.mark_ready(db, pack_id) if job_id is None else packs.mark_made(db, pack_id, job_id)
 
 
 def publish(db, pack_id: int, set_name: str | None = None) -> None:

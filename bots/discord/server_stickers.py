@@ -14,6 +14,20 @@ Sticker names start with the display name the member had when ordering
 are full, an "Add as custom emoji instead" button (``emoji3d:emoji:...``)
 creates 128×128 custom emoji from the result's ``discord_emoji`` files, named
 ``e3d<pack>_<idx>_<expression>``, again skipped when the name already exists.
+
+Every sticker created is recorded (:mod:`storage.guild_stickers`: guild,
+sticker id, the file it shows). When the pack changes (a re-render, a remake),
+the delivery calls :func:`sync_server_stickers` before it publishes: in each
+recorded guild, stickers the new selection dropped are deleted and stickers
+whose file changed are replaced (deleted, then created again with the new
+file, name and marker); unchanged ones stay. It is crash-safe like the
+Telegram set sync: the row is marked ``replacing`` before the old sticker is
+deleted, so a sync interrupted between delete and create (a crash, a Discord
+outage: the delivery fails and is retried) creates the replacement next time,
+and a replacement created just before a crash is recognised by its new id.
+A sticker the server's moderators removed is not brought back, and a server
+the bot left, or where it lost the permission, is forgotten.
+Custom emoji added instead of stickers are left as they are.
 """
 from __future__ import annotations
 
@@ -25,7 +39,7 @@ import re
 import discord
 
 from emoji3d.texts import text
-from storage import deliveries, packs, users
+from storage import deliveries, guild_stickers, packs, users
 
 from bots.core import BotResources
 from bots.discord.interactions import (
@@ -172,7 +186,12 @@ async def add_stickers(interaction: discord.Interaction, pack_id: int, guild_id:
                                          STICKER_TARGET)
     data_by_idx = {int(n.split(".")[0][1:]): d for n, d in items}
     existing = await guild.fetch_stickers()
-    present = {s.description.rsplit(" ", 1)[-1] for s in existing if s.description}
+    present = {s.description.rsplit(" ", 1)[-1]: s for s in existing if s.description}
+    recorded = {g.idx for g in guild_stickers.for_pack(res.db, pack.id).get(str(guild.id), [])}
+    for r in rows:  # added before they were recorded: taken to show the pack's current files
+        if r.idx not in recorded and sticker_marker(pack.id, r.idx) in present:
+            guild_stickers.record_added(res.db, pack.id, guild.id, r.idx, present[sticker_marker(pack.id, r.idx)].id,
+                                        r.blob_digest)
     owner = _owner_name(interaction.client, res, pack)
     added, already, failed, full = 0, 0, len(bad), False
     used = len(existing)
@@ -189,7 +208,7 @@ async def add_stickers(interaction: discord.Interaction, pack_id: int, guild_id:
         name, desc = sticker_fields(owner, names.get(r.idx, f"emoji {r.idx}"), pack.id, r.idx)
         for attempt in (1, 2):
             try:
-                await guild.create_sticker(
+                created = await guild.create_sticker(
                     name=name, description=desc, emoji=r.emoji,
                     file=discord.File(io.BytesIO(data), filename=f"{name}.{file_extension(data)}"),
                     reason=f"emoji3d pack {pack.id} added by {interaction.user.id}")
@@ -204,6 +223,7 @@ async def add_stickers(interaction: discord.Interaction, pack_id: int, guild_id:
                     log.warning("pack %s sticker %s refused by Discord: %s", pack.id, r.idx, exc)
                     failed += 1
                 break
+            guild_stickers.record_added(res.db, pack.id, guild.id, r.idx, created.id, r.blob_digest)
             packs.set_sticker_platform_state(res.db, r.id, "added")
             added += 1
             used += 1
@@ -244,6 +264,89 @@ async def _drop_duplicates(guild: discord.Guild, pack_id: int) -> int:
             continue
         seen.add(marker)
     return dropped
+
+
+# ----------------------------------------------------------------------------- keeping them in step
+
+async def sync_server_stickers(client: discord.Client, res: BotResources, pack: packs.Pack) -> None:
+    """Bring the pack's stickers in every recorded guild in step with its sticker rows (see the module
+    docstring). Raises on a transient Discord failure: the delivery is retried and the sync resumes."""
+    by_guild = guild_stickers.for_pack(res.db, pack.id)
+    if not by_guild:
+        return
+    rows = {r.idx: r for r in packs.list_stickers(res.db, pack.id)}
+    result = result_of_pack(res, pack)
+    names = {s.idx: s.name for s in result.stickers} if result is not None else {}
+    owner = _owner_name(client, res, pack)
+    for guild_id, recorded in by_guild.items():
+        try:
+            guild = client.get_guild(int(guild_id)) or await client.fetch_guild(int(guild_id))
+            await _sync_guild(res, guild, pack, recorded, rows, names, owner)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            log.warning("pack %s: its stickers in server %s cannot be updated (%s); no longer tracked",
+                        pack.id, guild_id, exc)
+            guild_stickers.forget(res.db, pack.id, guild_id)
+
+
+async def _sync_guild(res: BotResources, guild: discord.Guild, pack: packs.Pack,
+                      recorded: list[guild_stickers.GuildSticker], rows: dict[int, packs.Sticker],
+                      names: dict[int, str], owner: str) -> None:
+    prefix = f"#{pack.id}."
+    present = {}
+    for s in await guild.fetch_stickers():
+        marker = (s.description or "").rsplit(" ", 1)[-1]
+        if marker.startswith(prefix):
+            present.setdefault(marker, s)
+    created_any = False
+    for rec in recorded:
+        sticker, row = present.get(sticker_marker(pack.id, rec.idx)), rows.get(rec.idx)
+        if row is None:  # dropped from the selection
+            if sticker is not None:
+                await _delete_sticker(sticker, f"emoji3d pack {pack.id}: dropped from the pack")
+            guild_stickers.forget(res.db, pack.id, guild.id, rec.idx)
+            continue
+        if sticker is None and rec.state == guild_stickers.ADDED:
+            guild_stickers.forget(res.db, pack.id, guild.id, rec.idx)  # the server removed it: its choice
+            continue
+        if rec.state == guild_stickers.REPLACING and sticker is not None and str(sticker.id) != rec.sticker_id:
+            # the replacement was created just before an interruption
+            guild_stickers.record_added(res.db, pack.id, guild.id, rec.idx, sticker.id, row.blob_digest)
+            continue
+        if rec.state == guild_stickers.ADDED and rec.blob_digest == row.blob_digest:
+            continue  # unchanged
+        items, bad = await asyncio.to_thread(verified_files, res, [(f"s{row.idx}", row.blob_digest)], STICKER_TARGET)
+        if not items:
+            log.error("pack %s sticker %s: new file failed verification (%s); the server keeps the old one",
+                      pack.id, row.idx, "; ".join(bad))
+            continue
+        data = items[0][1]
+        if sticker is not None:
+            guild_stickers.mark_replacing(res.db, pack.id, guild.id, rec.idx, sticker.id)
+            await _delete_sticker(sticker, f"emoji3d pack {pack.id}: replaced by its new render")
+        name, desc = sticker_fields(owner, names.get(row.idx, f"emoji {row.idx}"), pack.id, row.idx)
+        try:
+            created = await guild.create_sticker(
+                name=name, description=desc, emoji=row.emoji,
+                file=discord.File(io.BytesIO(data), filename=f"{name}.{file_extension(data)}"),
+                reason=f"emoji3d pack {pack.id}: its new render")
+        except discord.HTTPException as exc:
+            if exc.status >= 500 or isinstance(exc, discord.Forbidden):
+                raise  # transient (the delivery retries and this resumes), or the bot lost the permission
+            log.warning("pack %s sticker %s: Discord refused its replacement in server %s: %s",
+                        pack.id, row.idx, guild.id, exc)
+            guild_stickers.forget(res.db, pack.id, guild.id, rec.idx)
+            continue
+        guild_stickers.record_added(res.db, pack.id, guild.id, rec.idx, created.id, row.blob_digest)
+        created_any = True
+    if created_any:
+        await _drop_duplicates(guild, pack.id)
+
+
+async def _delete_sticker(sticker: discord.GuildSticker, reason: str) -> None:
+    try:
+        await sticker.delete(reason=reason)
+    except discord.NotFound:
+        pass  # already gone
 
 
 def emoji_name(pack_id: int, idx: int, expression: str) -> str:

@@ -1,4 +1,4 @@
-"""``emoji3d boundaries fit|verify``: fit expression boundaries on the base EG3D, check a boundary file.
+"""``emoji3d boundaries fit|verify|demo|refit``: fit expression boundaries on the base EG3D, check a boundary file.
 
 fit
     Loads the base EG3D (the converted pretrained weights when installed,
@@ -31,6 +31,11 @@ demo
     installed, fits a quick slim one (a few dozen latents at a 16 px neural
     rendering) where the engine looks for it, so the demo makes every
     sticker. It is labelled FOR TESTS ONLY like any slim file: meaningless.
+
+refit
+    The engines' own fit (``engine.boundary_job``) of a generator whose last
+    attempt failed or was cancelled waits ``[pack] boundary_fit_retry_hours``;
+    this queues a new attempt at once, for a running engine to take.
 
 Exit status: 0 success, 1 a check failed or the fit could not be made, 2 usage.
 """
@@ -243,6 +248,21 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return cmd_fit(fit)
 
 
+def cmd_refit(ns: argparse.Namespace) -> int:
+    from emoji3d.config import load_config
+    from engine import boundary_job
+    from storage.connect import open_storage
+
+    db, _ = open_storage(load_config(ns.config))
+    try:
+        ids = boundary_job.refit(db)
+    finally:
+        db.dispose()
+    print(f"queued the boundary fit again: job {', '.join(map(str, ids))}" if ids
+          else "no failed or cancelled boundary fit to try again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emoji3d boundaries", description="expression boundaries of the base EG3D")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -273,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="slim preset: fit a quick, meaningless boundary file for the demo if none")
     d.add_argument("--config", help="config.toml (default: $EMOJI3D_CONFIG or the repository's)")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("refit", help="queue the engines' boundary fit again now after it failed (no back-off)")
+    r.add_argument("--config", help="config.toml (default: $EMOJI3D_CONFIG or the repository's)")
+    r.set_defaults(func=cmd_refit)
 
     v = sub.add_parser("verify", help="check a boundary file (and optionally re-score edits)")
     common(v)

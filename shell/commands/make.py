@@ -68,7 +68,7 @@ def _prepare(cfg: Config, args, selfie: CleanImage, style_image: CleanImage | No
     user = users.get_or_create_user(db, "local", getpass.getuser() or "local")
     users.record_consent(db, user.id)
     selfie_digest = blobs.put_bytes(selfie.png)
-    ttl = cfg.privacy.selfie_retention_hours * 3600 or None
+    ttl = cfg.privacy.selfie_retention_hours * 3600  # 0: kept only until the pack is made (storage.selfies)
     selfies.add_selfie(db, user.id, selfie_digest, ttl_seconds=ttl)
 
     if style_image is not None:

@@ -98,7 +98,7 @@ def finish_job(res: BotResources, job_id: int, files: dict[str, Any], *, preset:
                         stickers=[StickerFiles(i, f"s{i}", EMOJIS[i], {"telegram_video": d})
                                   for i, d in enumerate(digests)],
                         thumbnail={"telegram_thumb": thumb}, quality=dict(QUALITY))
-    make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
+    make_ready(res.db, job.payload["pack_id"], job.id)  # as the engine does before completing
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
     return result
 

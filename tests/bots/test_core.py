@@ -62,6 +62,7 @@ def test_daily_quota(tmp_path, face_check, selfie_png, sticker_files):
     later = core.BotResources(res.cfg, res.db, res.blobs, face_check, clock=lambda: day_later)
     with pytest.raises(core.NoSelfie):  # and yesterday's selfie has expired (24 h retention)
         core.place_order(later, user, "local", preset="full", style_id=style.id)
+    # retention 0 keeps nothing for later, but a fresh selfie can be ordered with until the next maintenance pass
     no_expiry = dataclasses.replace(res.cfg, privacy=dataclasses.replace(res.cfg.privacy, selfie_retention_hours=0))
     later = core.BotResources(no_expiry, res.db, res.blobs, face_check, clock=lambda: day_later)
     core.accept_selfie(later, user, selfie_png)
@@ -97,8 +98,11 @@ def test_same_style_again_regenerates_the_published_pack(res, selfie_png, sticke
     publish(res.db, first.pack.id, "e3d1xab_by_b")
     again = core.place_order(res, user, "telegram", preset="medium", style_id=style.id)
     assert again.regenerate and again.pack.id == first.pack.id and again.job_id != first.job_id
-    assert packs.get_pack(res.db, first.pack.id).status == "pending"
-    jobs.cancel(res.db, again.job_id)
+    # the published pack stays as it is while its remake runs and after it is cancelled
+    assert (packs.get_pack(res.db, first.pack.id).status, packs.get_pack(res.db, first.pack.id).job_id) == (
+        "published", first.job_id)
+    assert core.cancel_open_job(res, user, again.job_id) == "cancelled"
+    assert packs.get_pack(res.db, first.pack.id).status == "published"
     new = core.place_order(res, user, "telegram", preset="full", style_id=other.id)
     assert not new.regenerate and new.pack.id != first.pack.id
 
@@ -157,7 +161,7 @@ def test_notifier_resumes_from_the_database_and_rate_limits(res, selfie_png, sti
         await n.tick()  # changed, but within 3 s of the last edit: no edit
         now[0] = 4.0
         await n.tick()
-        make_ready(res.db, claimed.payload["pack_id"])  # as the engine does before completing
+        make_ready(res.db, claimed.payload["pack_id"], claimed.id)  # as the engine does before completing
         jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": a.pack.id, "preset": "slim"})
         jobs.cancel(res.db, b.job_id)
         await n.tick()
@@ -207,14 +211,14 @@ def test_notifier_stores_where_it_talks_and_forgets_it_when_done(res, selfie_png
 
     claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
     assert claimed.id == a.job_id
-    make_ready(res.db, claimed.payload["pack_id"])  # as the engine does before completing
+    make_ready(res.db, claimed.payload["pack_id"], claimed.id)  # as the engine does before completing
     jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": a.pack.id, "preset": "slim"})
     jobs.cancel(res.db, b.job_id)
     asyncio.run(n.tick())
     assert deliveries.get_delivery(res.db, a.job_id) is None  # delivered
     assert deliveries.get_delivery(res.db, b.job_id) is None  # cancelled and told
     claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-    make_ready(res.db, claimed.payload["pack_id"])  # as the engine does before completing
+    make_ready(res.db, claimed.payload["pack_id"], claimed.id)  # as the engine does before completing
     jobs.complete(res.db, claimed.id, claimed.lease_token, {"pack_id": c.pack.id, "preset": "slim"})
     refusing = Refusing()
     refusing.res = res
@@ -263,7 +267,7 @@ def test_notifier_rescan_loads_only_candidate_packs(res, selfie_png, monkeypatch
     done, open_, regen = orders[:4], orders[4], orders[5]
     for o in done:  # finished and published long ago: not candidates
         c = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-        make_ready(res.db, c.payload["pack_id"])  # as the engine does before completing
+        make_ready(res.db, c.payload["pack_id"], c.id)  # as the engine does before completing
         jobs.complete(res.db, c.id, c.lease_token, {"pack_id": c.payload["pack_id"], "preset": "slim"})
         publish(res.db, c.payload["pack_id"])
     assert jobs.claim(res.db, "eng", 60, kinds=["make_pack"]).id == open_.job_id  # stays running: a candidate
@@ -271,7 +275,7 @@ def test_notifier_rescan_loads_only_candidate_packs(res, selfie_png, monkeypatch
     c = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
     assert c.id == regen.job_id
     publish(res.db, regen.pack.id)
-    make_ready(res.db, c.payload["pack_id"])  # as the engine does before completing
+    make_ready(res.db, c.payload["pack_id"], c.id)  # as the engine does before completing
     jobs.complete(res.db, c.id, c.lease_token, {"pack_id": regen.pack.id, "preset": "slim"})
 
     loaded = []
@@ -307,7 +311,7 @@ def test_two_notifiers_talk_about_a_job_one_at_a_time(res, selfie_png):
     asyncio.run(b.tick())
     assert senders["b"].events == [("progress", placed.job_id, "queued_soon")]
     job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
-    make_ready(res.db, job.payload["pack_id"])
+    make_ready(res.db, job.payload["pack_id"], job.id)
     jobs.complete(res.db, job.id, job.lease_token, {"pack_id": placed.pack.id, "preset": "slim"})
     asyncio.run(a.tick())  # a is back, but b holds the job
     asyncio.run(b.tick())

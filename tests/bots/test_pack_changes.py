@@ -52,10 +52,13 @@ def test_a_retry_uses_the_next_seed_and_only_the_owner_may_order_it(res, selfie_
     with pytest.raises(pack_changes.PackNotChangeable):
         pack_changes.order_retry(res, other, pack.id, seed)
     placed = pack_changes.order_retry(res, user, pack.id, seed)
-    assert placed.pack.id == pack.id and placed.pack.status == packs.PENDING
+    # the published pack stays as it is until the remake succeeds
+    assert placed.pack.id == pack.id and (placed.pack.status, placed.pack.job_id) == (packs.PUBLISHED, job.id)
     order = jobs.get_job(res.db, placed.job_id).payload
     assert (order["seed"], order["regenerate"], order["selfie_digest"]) == (6, True, job.payload["selfie_digest"])
     assert pack_changes.order_retry(res, user, pack.id, seed).job_id == placed.job_id  # pressed twice
+    with pytest.raises(pack_changes.PackNotChangeable):  # no re-render of the old result while it is remade
+        pack_changes.order_rerender(res, user, pack.id, strength=0.35)
 
 
 def test_a_retry_after_a_rerender_keeps_the_strength_the_pack_has_now(res, selfie_png):

@@ -156,7 +156,7 @@ def finish_with_emoji(res, job_id: int, sticker_files, emoji: list[bytes] | None
     assert job is not None and job.id == job_id
     result = result_for(res, job.payload["pack_id"], sticker_files["videos"], emoji)
     result.thumbnail = {"telegram_thumb": res.blobs.put_bytes(sticker_files["thumb"])}
-    make_ready(res.db, job.payload["pack_id"])
+    make_ready(res.db, job.payload["pack_id"], job.id)
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
 
 

@@ -518,7 +518,7 @@ def test_result_without_sticker_files_sends_stills_and_says_why(res, telegram_se
             render = res.blobs.put_bytes(selfie_png)
             result = PackResult(pack_id=placed.pack.id, preset="pretrained", renders=[render],
                                 missing=["animated sticker frames"])
-            make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
+            make_ready(res.db, job.payload["pack_id"], job.id)  # as the engine does before completing
             jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
             await chat.reply_containing("cannot make sticker files yet (animated sticker frames)")
             await wait_for(lambda: telegram_server.calls_to("sendPhoto"), what="the still render")
@@ -599,7 +599,7 @@ def test_a_pack_missing_a_sticker_says_so(res, telegram_server, telegram_user, s
             stickers = [StickerFiles(i, f"s{i}", "😀", {"telegram_video": res.blobs.put_bytes(v)})
                         for i, v in enumerate(sticker_files["videos"][:2])]
             result = PackResult(pack_id=placed.pack.id, preset="pretrained", stickers=stickers, missing=[note])
-            make_ready(res.db, job.payload["pack_id"])
+            make_ready(res.db, job.payload["pack_id"], job.id)
             jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             assert text("pack_partial", missing=note) in done["text"]

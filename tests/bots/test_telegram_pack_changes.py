@@ -29,7 +29,7 @@ def complete(res, kind: str, pack_id: int, names: list[str], videos: list[str], 
     if kind == RERENDER_KIND:
         assert packs.mark_rerendered(res.db, pack_id, job.id, job.payload["strength"])  # as the engine does
     else:
-        make_ready(res.db, pack_id)
+        make_ready(res.db, pack_id, job.id)
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
     return job
 
@@ -141,5 +141,34 @@ def test_a_failed_rerender_keeps_the_published_pack_and_says_so(res, telegram_se
             assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
             assert set_files(telegram_server, res, pack_id) == before
             assert "failed" not in core.my_packs(res, user)[0].pack.status
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_retry_keeps_the_published_pack_and_says_so(res, telegram_server, telegram_user, selfie_png,
+                                                             sticker_files):
+    chat = Chat(telegram_server, telegram_user)
+
+    async def scenario() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"],
+                                                            quality=QUALITY)
+            before = set_files(telegram_server, res, pack_id)
+            chat.press(done, buttons(done)[text("retry_button")])
+            claimed = await wait_for(lambda: jobs.claim(res.db, "eng", 60, kinds=[JOB_KIND]), what="the retry job")
+            assert packs.get_pack(res.db, pack_id).status == packs.PUBLISHED  # untouched while it runs
+            assert not packs.mark_rendering(res.db, pack_id)  # as the engine tries: a made pack stays made
+            jobs.fail(res.db, claimed.id, claimed.lease_token, "CUDA error", retryable=False, error_key="internal")
+            await chat.reply_containing(text("remake_failed", reason=message("internal")), timeout=30)
+            pack = packs.get_pack(res.db, pack_id)
+            assert (pack.status, pack.job_id) == (packs.PUBLISHED, job.id)
+            assert set_files(telegram_server, res, pack_id) == before
+            assert core.my_packs(res, user)[0].pack.status == packs.PUBLISHED
+            # the pack can still be changed: a retry again (the same seed, a new attempt) is offered and placed
+            chat.press(done, buttons(done)[text("retry_button")])
+            again = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND)
+                                            if j.status == "queued"], what="a new retry job")
+            assert again[0].payload["seed"] == claimed.payload["seed"] and again[0].id != claimed.id
 
     asyncio.run(scenario())

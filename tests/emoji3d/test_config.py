@@ -154,3 +154,17 @@ def test_an_unusable_data_dir_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"config.toml: paths.data_dir {blocker / 'data'} cannot be used: "
                                                 "Not a directory"]
+
+
+@pytest.mark.parametrize("key", ["selfie_retention_hours", "artifact_retention_days"])
+def test_every_retention_key_takes_0_as_keep_nothing_and_refuses_a_negative_as_ambiguous(tmp_path, key):
+    cfg = load_config(write(tmp_path, f"[privacy]\n{key} = 0\n"), env={})
+    assert getattr(cfg.privacy, key) == 0
+    for bad in ("-1", "-0.5"):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, f"[privacy]\n{key} = {bad}\n"), env={})
+        message = str(info.value)
+        assert message.startswith(f"config.toml: privacy.{key} = ") and "is ambiguous" in message
+        assert "0 means 'keep nothing for later'" in message and "\n" not in message
+    with pytest.raises(ConfigError, match=f"privacy.{key} must be an integer"):
+        load_config(write(tmp_path, f"[privacy]\n{key} = false\n"), env={})

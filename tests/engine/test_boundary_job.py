@@ -166,3 +166,84 @@ def test_an_unusable_file_is_kept_aside_not_lost(tmp_path):
     assert edits.load_boundaries(path).get("smile").d == 2.0
     path.write_bytes(b"damaged")
     assert boundary_job.install_boundaries(mine, path).name == "eg3d.safetensors.replaced-unreadable"
+
+
+def separate_data(cfg, folder, **pack):
+    """The module's engine config with its own database and blob store under ``folder``."""
+    return dataclasses.replace(cfg, paths=PathsConfig(data_dir=str(folder / "data")),
+                               weights=dataclasses.replace(cfg.weights, dir=str(cfg.weights_dir)),
+                               pack=dataclasses.replace(cfg.pack, **pack))
+
+
+def fail_claimed(db) -> jobs.Job:
+    claimed = jobs.claim(db, "test-fail", 60, kinds=[BOUNDARY_FIT_KIND])
+    jobs.fail(db, claimed.id, claimed.lease_token, "CUDA error: out of memory", retryable=False)
+    return jobs.get_job(db, claimed.id)
+
+
+def test_a_failed_fit_waits_for_its_back_off_or_the_operator_not_for_the_next_start(tmp_path, engine, capsys):
+    cfg = separate_data(engine[0], tmp_path)
+    db = open_database(cfg.database_url)
+    try:
+        res = EngineResources.load(cfg)
+        first = boundary_job.enqueue_fit(db, res)
+        failed = fail_claimed(db)
+        assert failed.id == first and boundary_job.failed_fit(db, res.generator_digest).id == first  # the record
+        boundary_job.handlers(res)  # the engine starts again within the back-off: no new attempt
+        assert boundary_job.enqueue_fit(db, res) is None
+        assert [j.id for j in fit_jobs(db)] == [first]
+        waited = failed.finished_at + cfg.pack.boundary_fit_retry_hours * 3600
+        assert boundary_job.retry_at(db, res) == waited
+        assert boundary_job.enqueue_fit(db, res, now=waited - 60) is None
+        second = boundary_job.enqueue_fit(db, res, now=waited + 1)  # after the back-off: tried again
+        assert second not in (None, first) and boundary_job.failed_fit(db, res.generator_digest) is None
+        assert fail_claimed(db).id == second and boundary_job.enqueue_fit(db, res) is None
+        # the operator asks at once
+        config = tmp_path / "config.toml"
+        config.write_text(f'[paths]\ndata_dir = "{tmp_path / "data"}"\n')
+        from shell.commands.boundaries import main as boundaries_main
+        assert boundaries_main(["refit", "--config", str(config)]) == 0
+        (third,) = [j for j in fit_jobs(db) if j.status == "queued"]
+        assert third.id not in (first, second) and third.payload["generator_digest"] == res.generator_digest
+        assert f"job {third.id}" in capsys.readouterr().out
+        assert boundary_job.refit(db) == []  # nothing failed any more
+        assert boundary_job.enqueue_fit(db, res) == third.id
+    finally:
+        db.dispose()
+
+
+def test_an_engine_running_on_another_host_installs_a_fit_stored_meanwhile(tmp_path, engine, monkeypatch):
+    base = separate_data(engine[0], tmp_path)
+    host_a = dataclasses.replace(base, pack=dataclasses.replace(base.pack, boundaries=str(tmp_path / "a" / "eg3d.safetensors")))
+    host_b = dataclasses.replace(base, pack=dataclasses.replace(base.pack, boundaries=str(tmp_path / "b" / "eg3d.safetensors")))
+    db = open_database(base.database_url)
+    blobs = BlobStore(db, base.blob_dir)
+    clock = [1000.0]
+    monkeypatch.setattr("engine.resources.time.monotonic", lambda: clock[0])
+    try:
+        res_b = EngineResources.load(host_b)
+        boundary_job.handlers(res_b)  # host B starts first: nothing stored, it queues the fit and runs on
+        assert res_b.boundaries is None
+        res_a = EngineResources.load(host_a)
+        (fit,) = fit_jobs(db)
+        worker = Worker(db, blobs, {BOUNDARY_FIT_KIND: functools.partial(
+            boundary_job.handle_fit_boundaries, res_a, score_by_proxy=True)}, "host-a", 60.0)
+        assert worker.run_once() and jobs.get_job(db, fit.id).status == "succeeded"
+        assert res_a.boundaries is not None
+        clock[0] += host_b.pack.boundary_check_seconds - 1
+        assert res_b.boundaries is None  # not asked again before boundary_check_seconds
+        clock[0] += 2
+        assert res_b.boundaries is not None and res_b.boundaries.generator_digest == res_a.generator_digest
+        on_a, on_b = (edits.load_boundaries(h.boundaries_path) for h in (host_a, host_b))
+        assert on_b.names() == on_a.names() and all(
+            torch.equal(on_b.boundaries[n].normal, on_a.boundaries[n].normal) for n in on_a.names())
+        # the local copy is lost while B runs: the next look installs the stored one again
+        host_b.boundaries_path.unlink()
+        clock[0] += host_b.pack.boundary_check_seconds
+        assert res_b.boundaries is not None and host_b.boundaries_path.is_file()
+        # an engine that has the fit does not rewrite its file at every look
+        stamp = host_b.boundaries_path.stat().st_mtime_ns
+        clock[0] += host_b.pack.boundary_check_seconds
+        assert res_b.boundaries is not None and host_b.boundaries_path.stat().st_mtime_ns == stamp
+    finally:
+        db.dispose()

@@ -82,3 +82,59 @@ def test_every_per_user_blob_of_a_pack_follows_the_retention_policy(store, monke
     assert artifacts.list_artifacts(db, owner_user_id=user.id) == []
     # What stays is the pack itself.
     assert all(blobs.exists(d) for d in product.values())
+
+
+def test_a_retention_of_0_keeps_nothing_for_later_on_every_key(tmp_path, monkeypatch):
+    """0 means the same for both keys: deleted by the first maintenance pass once no job needs it."""
+    cfg = dataclasses.replace(Config(), root=tmp_path, paths=PathsConfig(data_dir="data"),
+                              privacy=PrivacyConfig(selfie_retention_hours=0, artifact_retention_days=0))
+    db = open_database(cfg.database_url)
+    blobs = BlobStore(db, cfg.blob_dir, gc_grace_seconds=60.0)
+    try:
+        t0 = time.time()
+        user = users.get_or_create_user(db, "local", "retention-0")
+        selfie_digest = blobs.put_bytes(b"selfie kept for no time")
+        selfie = selfies.add_selfie(db, user.id, selfie_digest, ttl_seconds=cfg.privacy.selfie_retention_hours * HOUR)
+        assert selfies.usable(selfie, t0 + 30)  # can be ordered with until the next pass
+        pack, _ = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest=selfie_digest,
+                                                 exemplar_digest=blobs.put_bytes(b"style")))
+
+        def maintenance_at(offset: float) -> dict:
+            monkeypatch.setattr(time, "time", lambda: t0 + offset)
+            return maintenance_once(cfg, db, blobs)
+
+        # queued: the job still needs the selfie, so it stays
+        assert maintenance_at(60)["selfies_purged"] == 0 and blobs.exists(selfie_digest)
+        monkeypatch.setattr(time, "time", lambda: t0 + 61)
+        job = jobs.claim(db, "test", 600, kinds=["make_pack"])
+        inversion = blobs.put_bytes(b"latents")
+        artifacts.put_artifact(db, artifact_key("portrait_3d", "s0"), "portrait_3d", inversion, user.id)
+        avatar = blobs.put_bytes(b"avatar file")
+        result = PackResult(pack_id=pack.id, preset="slim", avatar=avatar, stickers=[
+            StickerFiles(idx=0, name="turn", emoji="😎", files={"telegram_video": blobs.put_bytes(b"webm")})])
+        running = maintenance_at(62)  # running: the selfie and the user's cached inversion are still needed
+        assert running["selfies_purged"] == 0 and running["artifacts_evicted"] == 0 and blobs.exists(inversion)
+        make_ready(db, pack.id, job.id)
+        jobs.complete(db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
+        # the first pass after the job ended deletes the selfie, the inversion and the avatar
+        done = maintenance_at(63 + 120)
+        assert (done["selfies_purged"], done["artifacts_evicted"], done["avatars_expired"]) == (1, 1, 1)
+        assert not blobs.exists(selfie_digest) and not blobs.exists(inversion) and not blobs.exists(avatar)
+        assert selfies.latest_selfie(db, user.id) is None
+    finally:
+        db.dispose()
+
+
+def test_a_positive_selfie_retention_spares_a_selfie_a_queued_job_needs(store, monkeypatch):
+    cfg, db, blobs = store
+    t0 = time.time()
+    user = users.get_or_create_user(db, "local", "waiting")
+    selfie_digest = blobs.put_bytes(b"selfie, order queued behind a long batch")
+    selfie = selfies.add_selfie(db, user.id, selfie_digest, ttl_seconds=cfg.privacy.selfie_retention_hours * HOUR)
+    assert not selfies.usable(selfie, t0 + DAY + 1)  # expired: no new order with it
+    packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest=selfie_digest, exemplar_digest=blobs.put_bytes(b"s")))
+    monkeypatch.setattr(time, "time", lambda: t0 + DAY + 60)
+    assert maintenance_once(cfg, db, blobs)["selfies_purged"] == 0 and blobs.exists(selfie_digest)
+    (job,) = jobs.list_jobs(db, kind="make_pack")
+    jobs.cancel(db, job.id)
+    assert maintenance_once(cfg, db, blobs)["selfies_purged"] == 1

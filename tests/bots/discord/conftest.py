@@ -52,7 +52,7 @@ def finish_discord_job(res: BotResources, job_id: int, files: dict[str, Any], *,
         stickers.append(StickerFiles(i, NAMES[i], EMOJIS[i], f))
     result = PackResult(pack_id=job.payload["pack_id"], preset=preset, stickers=stickers,
                         preview_png=res.blobs.put_bytes(files["preview"]), quality=dict(QUALITY))
-    make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
+    make_ready(res.db, job.payload["pack_id"], job.id)  # as the engine does before completing
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
     return result
 

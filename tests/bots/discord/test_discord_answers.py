@@ -138,7 +138,7 @@ def test_a_pack_missing_a_sticker_says_so(res, selfie_png, discord_files):
                         for i, data in enumerate(discord_files["stickers"][:2])]
             result = PackResult(pack_id=job.payload["pack_id"], preset="pretrained", stickers=stickers,
                                 missing=[note])
-            make_ready(res.db, job.payload["pack_id"])
+            make_ready(res.db, job.payload["pack_id"], job.id)
             jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
             (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="the result")
             assert fu["content"].startswith(text("discord_done"))

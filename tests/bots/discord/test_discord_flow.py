@@ -684,7 +684,7 @@ def test_dm_command_and_a_stills_only_result(res, selfie_png, discord_files):
             renders = [res.blobs.put_bytes(discord_files["preview"])]
             result = PackResult(pack_id=job.payload["pack_id"], preset="slim", renders=renders,
                                 missing=["dual-branch training"])
-            make_ready(res.db, job.payload["pack_id"])  # as the engine does before completing
+            make_ready(res.db, job.payload["pack_id"], job.id)  # as the engine does before completing
             jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
             (fu,) = await wait_for(lambda: h.server.followups(payload["token"]), what="the stills")
             assert fu["content"].startswith(text("pack_incomplete", missing="dual-branch training"))

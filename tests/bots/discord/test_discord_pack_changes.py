@@ -1,5 +1,6 @@
 """Changing a delivered Discord pack against the fake Discord API: the retry button (another seed), the
-sticker menu (a re-render with the chosen stickers) and a failed re-render that leaves the pack as it was."""
+sticker menu (a re-render with the chosen stickers) and a failed re-render that leaves the pack as it was;
+a re-render also updates the stickers already added to a server."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ from bots.core import ensure_user, give_consent
 from emoji3d.errors import AvatarGone
 from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
 from emoji3d.texts import message, text
-from storage import jobs, packs
+from bots.discord.server_stickers import sync_server_stickers
+from storage import guild_stickers, jobs, packs
 from storage import styles as st
 from tests.bots.conftest import QUALITY, wait_for
 from tests.bots.discord.conftest import EMOJIS, bot_on_fake, run
@@ -96,5 +98,50 @@ def test_the_sticker_menu_rerenders_the_chosen_stickers_and_a_failure_changes_no
             pack = packs.get_pack(res.db, pack_id)
             assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
             h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_a_rerender_updates_the_stickers_added_to_a_server_and_resumes_after_a_failure(res, selfie_png,
+                                                                                        discord_files):
+    names = [e.name for e in res.cfg.pack.stickers]
+    files = discord_files["stickers"]
+
+    async def scenario() -> None:
+        async with bot_on_fake(res) as (h, w, bot):
+            job, fu, _ = await delivered(res, h, w, selfie_png, discord_files, names[:3], {})
+            pack_id = job.payload["pack_id"]
+            await h.deliver(h.click(f"emoji3d:add:{pack_id}:{w.guild_id}", w.moderator, message=fu))
+            before = {s.payload["description"].rsplit(" ", 1)[-1]: s for s in h.server.stickers(w.guild_id)}
+            assert sorted(before) == [f"#{pack_id}.{i}" for i in range(3)]
+            # keep the first sticker as it is, drop the second: the third moves to index 1
+            (menu,) = [c for c in components(fu) if c["custom_id"] == f"emoji3d:pk:{pack_id}"]
+            await h.deliver(select(h, w.member, menu["custom_id"], fu, [names[0], names[2]]))
+            claimed = await wait_for(lambda: jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND]), what="re-render")
+            result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"), stickers=[
+                StickerFiles(0, names[0], EMOJIS[0], {"discord_sticker": res.blobs.put_bytes(files[0])}),
+                StickerFiles(1, names[2], EMOJIS[2], {"discord_sticker": res.blobs.put_bytes(files[2])})])
+            # Discord is down for the replacement's first creation, after the old sticker was deleted
+            h.server.inject_error("POST", "/guilds/{guild_id}/stickers", status=503, code=0,
+                                  message="Service Unavailable")
+            assert packs.mark_rerendered(res.db, pack_id, claimed.id, 1.0)
+            jobs.complete(res.db, claimed.id, claimed.lease_token, result.to_dict(), result.blob_digests())
+            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED, what="re-published",
+                           timeout=60)
+            after = {s.payload["description"].rsplit(" ", 1)[-1]: s for s in h.server.stickers(w.guild_id)}
+            assert sorted(after) == [f"#{pack_id}.0", f"#{pack_id}.1"]  # the dropped one is gone, no duplicate
+            assert after[f"#{pack_id}.0"].payload["id"] == before[f"#{pack_id}.0"].payload["id"]  # unchanged: kept
+            assert after[f"#{pack_id}.1"].payload["id"] != before[f"#{pack_id}.1"].payload["id"]  # replaced
+            assert after[f"#{pack_id}.1"].data == files[2] and names[2] in after[f"#{pack_id}.1"].payload["name"]
+            posts = h.server.calls_to("POST", "/guilds/{guild_id}/stickers")
+            assert [c.status for c in posts][-2:] == [503, 200]  # the failed creation was made up for
+            rows = guild_stickers.for_pack(res.db, pack_id)[str(w.guild_id)]
+            assert [(g.idx, g.state, g.sticker_id) for g in rows] == [
+                (0, "added", after[f"#{pack_id}.0"].payload["id"]), (1, "added", after[f"#{pack_id}.1"].payload["id"])]
+            # a sticker the server's moderators delete is theirs to delete: the next change does not restore it
+            h.server._guild(str(w.guild_id)).stickers.pop(after[f"#{pack_id}.0"].payload["id"])
+            await sync_server_stickers(bot, res, packs.get_pack(res.db, pack_id))
+            assert [g.idx for g in guild_stickers.for_pack(res.db, pack_id)[str(w.guild_id)]] == [1]
+            assert len(h.server.stickers(w.guild_id)) == 1
 
     run(scenario())
