@@ -115,8 +115,8 @@ def _stand_in_make(job, ctx) -> dict:
     if order.pack_id is not None:
         packs.mark_rendering(ctx.db, order.pack_id)
     result = _stand_in_result(ctx, order.pack_id, order.platform)
-    if order.pack_id is not None:
-        packs.mark_ready(ctx.db, order.pack_id)
+    if order.pack_id is not None:  # as engine.tasks: a first make becomes ready, a remake shows this job's result
+        packs.mark_made(ctx.db, order.pack_id, job.id)
     _mark_done(job)
     return result
 
@@ -126,9 +126,8 @@ def _stand_in_regenerate(job, ctx) -> dict:
     from storage import packs
 
     pack = packs.get_pack(ctx.db, int(job.payload["pack_id"]))
-    packs.mark_rendering(ctx.db, pack.id)
     result = _stand_in_result(ctx, pack.id, pack.platform or "local")
-    packs.mark_ready(ctx.db, pack.id)
+    packs.mark_made(ctx.db, pack.id, job.id)  # the made pack now shows the regeneration's result
     packs.mark_regenerated(ctx.db, pack.id, style_version=pack.style_version, engine_version=ENGINE_VERSION)
     _mark_done(job)
     return result
