@@ -164,7 +164,7 @@ def stylegan2_rows(ctx: BenchContext) -> list[Row]:
             rows.append(Row("StyleGAN2 synthesis (W+)", f"{label} b{batch}", str(dev), impl, *t, note=note))
             t = measure(ctx, lambda: D(img, impl=impl), backward, repeats)
             rows.append(Row("StyleGAN2 D", f"{label} b{batch}", str(dev), impl, *t, note=note))
-        del G, D
+        G = D = None  # frees the networks before the next size (the timing lambdas are done with them)
     return rows
 
 
@@ -212,7 +212,7 @@ def eg3d_rows(ctx: BenchContext) -> list[Row]:
         planes = planes.requires_grad_(backward)
         t = measure(ctx, lambda: G.render(planes, ws, c)["image"], backward, repeats)
         rows.append(Row("EG3D render + super-res", f"{preset} b{batch}", str(dev), "auto", *t, note=note))
-        del G, planes
+        G = planes = None  # frees the network before the next size
     return rows
 
 
@@ -240,10 +240,10 @@ def encoder_rows(ctx: BenchContext) -> list[Row]:
                  lambda m: progan_classifier.score_in_groups(m, x.expand(4, -1, -1, -1)), "full size b4")]
     for name, module, call, config in nets:
         module = module.to(dev).eval().requires_grad_(False)
-        inp = x.requires_grad_(True)  # backward into the image, as the losses use them
+        x.requires_grad_(True)  # backward into the image, as the losses use them
         t = measure(ctx, lambda: call(module), True, ctx.repeats)
         rows.append(Row(name, config, str(dev), "torch", *t, note="random weights"))
-        del module
+        module = None  # frees the network before the next one
         x.requires_grad_(False)
     return rows
 
@@ -401,7 +401,7 @@ def layout_rows(ctx: BenchContext, networks: list[str]) -> list[LayoutRow]:
                 t = _time_layouts(ctx, lambda: G.render(planes, ws, c, impl="ref")["image"], backward, repeats)
                 rows.append(LayoutRow("EG3D render + super-res", f"{preset} b{batch}",
                                       "fwd+bwd" if backward else "fwd", *t))
-            del G, planes
+            G = planes = None  # frees the network before the next size
     return rows
 
 

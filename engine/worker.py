@@ -285,8 +285,9 @@ class Worker:
             else:  # another worker took it over; it may be storing the very same (deterministic) files
                 log.warning("job %s: %s; another worker owns it now", job.id, exc)
         except UserFacingError as exc:
-            self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, str(exc) or exc.key, retryable=False,
-                                                    error_key=exc.key, policy=self.retry), f"failed ({exc.key})")
+            reason, key = str(exc) or exc.key, exc.key
+            self._finish_write(job, lambda: jobs.fail(self.db, job.id, token, reason, retryable=False,
+                                                    error_key=key, policy=self.retry), f"failed ({key})")
         except OSError as exc:
             if exc.errno not in FULL_DISK_ERRNOS:
                 self._failed_attempt(job, token, exc)
