@@ -446,6 +446,13 @@ def cancel_open_job(res: BotResources, user: users.User, job_id: int | None = No
 
 # ----------------------------------------------------------------------------- results
 
+def updates_published_set(job: jobs.Job) -> bool:
+    """The job remade a pack that has its set already, so the front ends say "updated": a user's
+    retry or new order for the pack (``PackOrder.regenerate`` in the payload), a re-render, or the
+    operator's scheduled regeneration (``regenerate_pack``, whose payload names only the pack)."""
+    return job.kind in (orders.REGENERATE_KIND, orders.RERENDER_KIND) or bool(job.payload.get("regenerate"))
+
+
 def materialize_result(res: BotResources, pack: packs.Pack, result: orders.PackResult, target: str,
                        kind: str = "video") -> list[packs.Sticker]:
     """Write the result's stickers for ``target`` into the pack's sticker rows.

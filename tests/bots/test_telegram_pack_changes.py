@@ -8,7 +8,7 @@ import pytest
 
 from bots import core
 from emoji3d.errors import AvatarGone
-from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
+from emoji3d.orders import JOB_KIND, REGENERATE_KIND, RERENDER_KIND, PackResult, StickerFiles
 from emoji3d.texts import message, text
 from storage import deliveries, jobs, packs, users
 from tests.bots.conftest import QUALITY, wait_for
@@ -262,3 +262,33 @@ def test_a_rerender_running_across_a_restart_is_followed_and_delivered_once(res,
     pack = packs.get_pack(res.db, seen["pack_id"])
     assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, seen["rr"].id, seen["rr"].payload["strength"])
     assert len(set_files(telegram_server, res, seen["pack_id"])) == 1
+
+
+def test_a_scheduled_regeneration_is_announced_as_an_update(res, telegram_server, telegram_user, selfie_png,
+                                                            sticker_files):
+    """The scheduler's ``regenerate_pack`` payload names only the pack: the kind says it is a remake."""
+    from shell.scheduler import regenerate_outdated_packs
+
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"])
+            seen.update(pack_id=pack_id, videos=videos)
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=15)
+            await wait_for(lambda: packs.get_pack(res.db, seen["pack_id"]).status == packs.PUBLISHED,
+                           what="republished")
+
+    asyncio.run(first_life())
+    (regen_id,) = regenerate_outdated_packs(res.db, {}, "999.0")  # as the scheduler's action does
+    assert jobs.get_job(res.db, regen_id).kind == REGENERATE_KIND
+    complete(res, REGENERATE_KIND, seen["pack_id"], ["turn", "smile"], [seen["videos"][2], seen["videos"][0]],
+             avatar=None)
+    asyncio.run(second_life())
+    assert said(telegram_server, text("done", link="").strip()) == 1  # the first make's only
+    assert packs.get_pack(res.db, seen["pack_id"]).job_id == regen_id
