@@ -1,7 +1,10 @@
 """Changing a delivered Discord pack against the fake Discord API: the retry button (another seed), the
 sticker menu (a re-render with the chosen stickers) and a failed re-render that leaves the pack as it was;
-a re-render also updates the stickers already added to a server."""
+a re-render also updates the stickers and custom emoji already added to a server; a re-render that fails
+while the bot is down is reported once after a restart."""
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -10,7 +13,7 @@ from emoji3d.errors import AvatarGone
 from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
 from emoji3d.texts import message, text
 from bots.discord.server_stickers import emoji_name, sync_server_emoji, sync_server_stickers
-from storage import guild_emoji, guild_stickers, jobs, packs
+from storage import deliveries, guild_emoji, guild_stickers, jobs, packs
 from storage import styles as st
 from tests.bots.conftest import QUALITY, wait_for
 from tests.bots.discord.conftest import EMOJIS, bot_on_fake, run
@@ -205,5 +208,43 @@ def test_a_rerender_updates_the_custom_emoji_added_to_a_server_and_resumes_after
             assert (row.state, row.emoji_id) == ("added", after[moved]["id"])
             assert len(h.server.calls_to("POST", "/guilds/{guild_id}/emojis")) == n_posts
             h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_a_rerender_that_fails_while_the_bot_is_down_is_reported_once_after_a_restart(res, selfie_png,
+                                                                                     discord_files):
+    """The pack points at its old job while the re-render runs: only the job's delivery row remembers it."""
+    from tests.bots.discord.test_discord_flow import _restarted_bot
+    from tests.fakes.discord_api import FakeDiscord
+    from tests.fakes.discord_harness import DiscordHarness, build_world
+
+    said = text("rerender_failed", reason=message(AvatarGone.key))
+
+    def times_said(server) -> int:
+        return sum(said in m.get("content", "") for channel in list(server.messages.values())
+                   for m in list(channel.values()))
+
+    async def scenario() -> None:
+        async with FakeDiscord() as server:
+            w = build_world(server)
+            async with DiscordHarness(_restarted_bot(res), server) as h1:
+                job, fu, _ = await delivered(res, h1, w, selfie_png, discord_files, ["turn", "smile"], {})
+                pack_id = job.payload["pack_id"]
+                await h1.deliver(h1.click(f"emoji3d:rr:{pack_id}:subtle", w.member, message=fu))
+                (rr,) = jobs.list_jobs(res.db, kind=RERENDER_KIND)
+                h1.assert_no_errors()
+            claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])  # fails while no bot runs
+            jobs.fail(res.db, claimed.id, claimed.lease_token, "avatar expired", retryable=False,
+                      error_key=AvatarGone.key)
+            async with DiscordHarness(_restarted_bot(res), server) as h2:
+                await wait_for(lambda: times_said(server), what="the failure, said after the restart")
+                await wait_for(lambda: deliveries.get_delivery(res.db, rr.id) is None, what="its row deleted")
+                h2.assert_no_errors()
+            async with DiscordHarness(_restarted_bot(res), server):
+                await asyncio.sleep(0.3)  # another restart: nothing left to say
+            assert times_said(server) == 1
+            pack = packs.get_pack(res.db, pack_id)
+            assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
 
     run(scenario())
