@@ -1,5 +1,6 @@
 """Changing a finished Telegram pack against the fake Bot API: retry with another seed, another sticker
-selection (the set loses and gains stickers), and a failed re-render that leaves the published set alone."""
+selection (the set loses and gains stickers), a failed re-render that leaves the published set alone, remakes
+and re-renders followed across a bot restart, and a scheduled regeneration announced as an update."""
 from __future__ import annotations
 
 import asyncio
