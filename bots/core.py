@@ -382,7 +382,9 @@ def progress_view(res: BotResources, job: jobs.Job) -> ProgressView:
     if job.status == "failed":  # a failed re-render or remake changed nothing: the user is told so
         view_key = ("rerender_failed" if job.kind == orders.RERENDER_KIND
                     else "remake_failed" if _kept_made_pack(res, job) else "failed")
-        return ProgressView(view_key, {"error_key": job.error_key or "internal"}, cancellable=False, final=True)
+        # the job row keeps only the error's key: what its text needs in words comes from the config
+        return ProgressView(view_key, {"error_key": job.error_key or "internal",
+                                       "hours": res.cfg.privacy.selfie_retention_hours}, cancellable=False, final=True)
     return ProgressView("finishing", cancellable=False, final=True)
 
 
@@ -406,7 +408,8 @@ def progress_text(view: ProgressView) -> str:
     if view.stage_key is not None:
         params["stage"] = text(view.stage_key) if view.stage_key in _STAGE_KEYS else text("stage_unknown")
     if view.key in ("failed", "rerender_failed", "remake_failed"):
-        params["reason"] = message(params.pop("error_key", "internal"))
+        hours = params.pop("hours", None)
+        params["reason"] = message(params.pop("error_key", "internal"), **({} if hours is None else {"hours": hours}))
     return text(view.key, **params)
 
 
@@ -445,6 +448,13 @@ def cancel_open_job(res: BotResources, user: users.User, job_id: int | None = No
 
 
 # ----------------------------------------------------------------------------- results
+
+def updates_published_set(job: jobs.Job) -> bool:
+    """The job remade a pack that has its set already, so the front ends say "updated": a user's
+    retry or new order for the pack (``PackOrder.regenerate`` in the payload), a re-render, or the
+    operator's scheduled regeneration (``regenerate_pack``, whose payload names only the pack)."""
+    return job.kind in (orders.REGENERATE_KIND, orders.RERENDER_KIND) or bool(job.payload.get("regenerate"))
+
 
 def materialize_result(res: BotResources, pack: packs.Pack, result: orders.PackResult, target: str,
                        kind: str = "video") -> list[packs.Sticker]:

@@ -20,7 +20,10 @@ it, and a sender that sends a new progress message has it recorded after
 delivered (or refused). At start (:meth:`Notifier.resume_from_db`) and every
 ``rescan_seconds`` the notifier finds the platform's packs whose job is still
 open, whose result was never published, or whose job finished after the pack
-was last published (a scheduled regeneration), and watches them with their
+was last published (a scheduled regeneration), and the jobs with a stored row
+whose outcome was never delivered (a remake or re-render of a made pack leaves
+the pack pointing at its old job until it succeeds, so only the row records
+it: still running, or failed while no bot ran), and watches them with their
 stored chat and message, so the same message keeps being edited. Without a
 stored reference the watch has no chat and no message: the sender uses the
 user's private chat (DM) and sends a fresh progress message. Platform extras
@@ -267,10 +270,12 @@ class Notifier:
         return found
 
     def _undelivered(self) -> list[tuple[packs.Pack, jobs.Job, users.User]]:
-        """This platform's packs still to deliver (:func:`storage.packs.undelivered_pack_ids`)."""
-        ids = packs.undelivered_pack_ids(self.res.db, self.platform)
-        out = []
-        for pid in ids:
+        """This platform's packs still to deliver (:func:`storage.packs.undelivered_pack_ids`), then the
+        jobs a notifier followed whose outcome it never delivered (:func:`storage.deliveries.undelivered_job_ids`):
+        a remake or re-render of a made pack, which its pack does not point at until it succeeds, still
+        open or ended while no bot ran; a first make that failed meanwhile."""
+        out, seen = [], set()
+        for pid in packs.undelivered_pack_ids(self.res.db, self.platform):
             try:
                 pack = packs.get_pack(self.res.db, pid)
                 job = jobs.get_job(self.res.db, pack.job_id) if pack.job_id is not None else None
@@ -285,6 +290,23 @@ class Notifier:
             regenerated = (job.status == "succeeded" and pack.status == "published"
                            and job.finished_at is not None and job.finished_at > pack.updated_at)
             if open_job or unpublished or regenerated:
+                out.append((pack, job, user))
+                seen.add(job.id)
+        for job_id in deliveries.undelivered_job_ids(self.res.db, self.platform):
+            if job_id in seen:
+                continue
+            try:
+                job = jobs.get_job(self.res.db, job_id)
+                pack_id = job.payload.get("pack_id")
+                if pack_id is None:
+                    continue
+                pack = packs.get_pack(self.res.db, int(pack_id))
+                user = users.get_user(self.res.db, pack.user_id)
+            except (packs.PackNotFound, jobs.JobNotFound, UserFacingError):
+                continue  # deleted meanwhile
+            # A success is delivered through its pack once the pack shows it (the loop above); a result
+            # the pack never took (it failed or was superseded meanwhile) is not published.
+            if job.status != "succeeded":
                 out.append((pack, job, user))
         return out
 

@@ -52,7 +52,8 @@ ERRORS: dict[str, str] = {
     "sticker_input_invalid": "Something went wrong while preparing your sticker frames.",
     "style_removed": "The style of this pack was removed, so I can't remake it.",
     "avatar_expired": "This pack's 3D avatar is no longer stored, so it can't be changed. Send a selfie to make a new one.",
-    "selfie_expired": "Your selfie was deleted after {hours} hours, as promised. Send it again to remake this pack.",
+    # {when}: selfie_gone_* below, from the retention in hours (see message())
+    "selfie_expired": "Your selfie was deleted {when}, as promised. Send it again to remake this pack.",
     # Storage
     "blob_too_large": "That file is too large to store.",
     "user_not_found": "I have no data stored for you.",
@@ -180,6 +181,9 @@ BOT: dict[str, str] = {
     "selfie_deleted_briefly": "deleted within the hour after the pack you order with it is made",
     "avatar_deleted_days": "deleted {days} days after its last use",
     "avatar_deleted_briefly": "deleted within the hour after your pack is made (redoing it then needs a new selfie)",
+    "selfie_gone_hours": "{hours} hours after upload",
+    "selfie_gone_hour": "an hour after upload",
+    "selfie_gone_briefly": "once the pack you ordered with it was made",
     "housestyle_list": "House styles here: {names}",
     "housestyle_none": "This chat has no house styles yet.",
     # Discord
@@ -285,9 +289,30 @@ def text(key: str, **params: object) -> str:
         return template.split("{")[0].rstrip(" (:")
 
 
+def selfie_gone_when(hours: object) -> str:
+    """When a selfie kept ``hours`` (``[privacy] selfie_retention_hours``) was deleted, in words: 0 keeps
+    nothing for later (deleted by the maintenance pass after the pack it was sent for was made)."""
+    n = int(hours)  # type: ignore[call-overload]
+    if n <= 0:
+        return text("selfie_gone_briefly")
+    return text("selfie_gone_hour") if n == 1 else text("selfie_gone_hours", hours=n)
+
+
+def _in_words(key: str, params: dict[str, object]) -> dict[str, object]:
+    """Placeholders an error text states in words, derived from the error's own params
+    (``selfie_expired``: ``hours`` → ``when``)."""
+    if key == "selfie_expired" and params.get("hours") is not None and "when" not in params:
+        try:
+            return {**params, "when": selfie_gone_when(params["hours"])}
+        except (TypeError, ValueError):
+            return params
+    return params
+
+
 def message(key: str, **params: object) -> str:
     """The text for ``key`` with ``params`` filled in; never raises."""
     template = ERRORS.get(key) or ERRORS["internal"]
+    params = _in_words(key, params)
     try:
         return template.format(**params)
     except (KeyError, IndexError, ValueError):

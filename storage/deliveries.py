@@ -157,6 +157,18 @@ def list_deliveries(db: Database, platform: str) -> list[DeliveryRef]:
     return [_row(r) for r in rows]
 
 
+def undelivered_job_ids(db: Database, platform: str) -> list[int]:
+    """Jobs a ``platform`` bot followed (they have a reference row) whose outcome was not delivered
+    yet (no finished claim): open ones, and ones that ended, e.g. while every bot was down. A
+    restarted bot follows them again; this is the only record of a job the pack does not point at,
+    such as a remake or re-render of a made pack (``storage.packs``)."""
+    with db.read() as conn:
+        return [int(r[0]) for r in conn.execute(sa.text(
+            "SELECT d.job_id FROM delivery_refs d WHERE d.platform = :p AND NOT EXISTS "
+            "(SELECT 1 FROM delivery_claims c WHERE c.job_id = d.job_id AND c.done_at IS NOT NULL) "
+            "ORDER BY d.job_id"), {"p": platform})]
+
+
 def delete_delivery(db: Database, job_id: int) -> bool:
     """Remove the job's reference (its job was finished and delivered)."""
     with db.write() as conn:

@@ -61,7 +61,7 @@ def reference_fixtures() -> pathlib.Path:
 
 
 PG_URL = os.environ.get("EMOJI3D_TEST_PG_URL")
-_TABLES = ["apscheduler_jobs", "blob_refs", "guild_stickers", "custom_emoji", "custom_emoji_sets", "stickers", "pack_owner_names", "delivery_claims", "packs", "selfies", "artifacts", "styles", "delivery_refs", "jobs",
+_TABLES = ["apscheduler_jobs", "blob_refs", "guild_emoji", "guild_stickers", "custom_emoji", "custom_emoji_sets", "stickers", "pack_owner_names", "delivery_claims", "packs", "selfies", "artifacts", "styles", "delivery_refs", "jobs",
            "communities", "users", "blobs", "schema_version"]
 
 

@@ -47,7 +47,7 @@ from bots.discord.interactions import (
     UNKNOWN_INTERACTION, UNKNOWN_WEBHOOK, Unreachable, discord_files, pack_of, ref_from_row, verified_files,
 )
 from bots.discord.rerender import add_rerender_buttons
-from bots.discord.server_stickers import result_view, sync_server_stickers
+from bots.discord.server_stickers import result_view, sync_server_emoji, sync_server_stickers
 
 log = logging.getLogger("emoji3d.discord")
 
@@ -237,6 +237,7 @@ class DiscordSender:
             core.materialize_result(self.res, pack, result, STICKER_TARGET, kind="animated")
             # stickers already added to servers follow the pack's new selection and files
             await sync_server_stickers(self.client, self.res, pack)
+            await sync_server_emoji(self.client, self.res, pack)  # and the custom emoji added instead
             items, bad = await asyncio.to_thread(
                 verified_files, self.res, [(f"{s.idx:02d}_{re.sub(r'[^A-Za-z0-9_-]', '_', s.name)}", s.files[STICKER_TARGET])
                                            for s in stickers], STICKER_TARGET)

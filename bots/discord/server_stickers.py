@@ -27,7 +27,12 @@ outage: the delivery fails and is retried) creates the replacement next time,
 and a replacement created just before a crash is recognised by its new id.
 A sticker the server's moderators removed is not brought back, and a server
 the bot left, or where it lost the permission, is forgotten.
-Custom emoji added instead of stickers are left as they are.
+
+Custom emoji added instead are kept in step the same way (:mod:`storage.guild_emoji`,
+:func:`sync_server_emoji`, called by the delivery after the stickers): the emoji of a
+sticker the selection dropped is deleted, one whose file or name (the expression at
+that index) changed is replaced, with the same ``replacing`` step; a replacement made
+just before an interruption is recognised by its name and new id.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import re
 import discord
 
 from emoji3d.texts import text
-from storage import deliveries, guild_stickers, packs, users
+from storage import deliveries, guild_emoji, guild_stickers, packs, users
 
 from bots.core import BotResources
 from bots.discord.interactions import (
@@ -363,19 +368,23 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
     items, bad = await asyncio.to_thread(verified_files, res, [(f"s{s.idx}", s.files[EMOJI_TARGET]) for s in wanted],
                                          EMOJI_TARGET)
     data_by_idx = {int(n.split(".")[0][1:]): d for n, d in items}
-    present = {e.name for e in await guild.fetch_emojis()}
+    present = {e.name: e for e in await guild.fetch_emojis()}
+    recorded = {g.idx for g in guild_emoji.for_pack(res.db, pack.id).get(str(guild.id), [])}
     added, already, failed, full = 0, 0, len(bad), False
     for s in wanted:
         name = emoji_name(pack.id, s.idx, s.name)
         if name in present:
+            if s.idx not in recorded:  # added before they were recorded: taken to show the pack's current file
+                guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, present[name].id, name,
+                                         s.files[EMOJI_TARGET])
             already += 1
             continue
         data = data_by_idx.get(s.idx)
         if data is None:
             continue
         try:
-            await guild.create_custom_emoji(name=name, image=data,
-                                            reason=f"emoji3d pack {pack.id} added by {interaction.user.id}")
+            created = await guild.create_custom_emoji(name=name, image=data,
+                                                      reason=f"emoji3d pack {pack.id} added by {interaction.user.id}")
         except discord.HTTPException as exc:
             if exc.code in (MAX_EMOJIS, MAX_ANIMATED_EMOJIS):
                 full = True
@@ -385,6 +394,7 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
             log.warning("pack %s emoji %s refused by Discord: %s", pack.id, s.idx, exc)
             failed += 1
             continue
+        guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, created.id, name, s.files[EMOJI_TARGET])
         added += 1
     if full:
         body = text("discord_emoji_slots_full", added=added, total=len(wanted) - already)
@@ -395,3 +405,75 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
     await interaction.followup.send(body, ephemeral=True)
 
 
+
+
+async def sync_server_emoji(client: discord.Client, res: BotResources, pack: packs.Pack) -> None:
+    """Bring the pack's custom emoji in every recorded guild in step with its current result (see the
+    module docstring). Raises on a transient Discord failure: the delivery is retried and the sync resumes."""
+    by_guild = guild_emoji.for_pack(res.db, pack.id)
+    if not by_guild:
+        return
+    result = result_of_pack(res, pack)
+    wanted = {s.idx: (emoji_name(pack.id, s.idx, s.name), s.files[EMOJI_TARGET])
+              for s in (result.stickers if result is not None else []) if EMOJI_TARGET in s.files}
+    for guild_id, recorded in by_guild.items():
+        try:
+            guild = client.get_guild(int(guild_id)) or await client.fetch_guild(int(guild_id))
+            await _sync_guild_emoji(res, guild, pack, recorded, wanted)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            log.warning("pack %s: its emoji in server %s cannot be updated (%s); no longer tracked",
+                        pack.id, guild_id, exc)
+            guild_emoji.forget(res.db, pack.id, guild_id)
+
+
+async def _sync_guild_emoji(res: BotResources, guild: discord.Guild, pack: packs.Pack,
+                            recorded: list[guild_emoji.GuildEmoji], wanted: dict[int, tuple[str, str]]) -> None:
+    emojis = await guild.fetch_emojis()
+    by_id = {str(e.id): e for e in emojis}
+    by_name: dict[str, discord.Emoji] = {}
+    for e in sorted(emojis, key=lambda e: e.id):
+        by_name.setdefault(e.name, e)
+    for rec in recorded:
+        old, want = by_id.get(rec.emoji_id), wanted.get(rec.idx)
+        if want is None:  # dropped from the selection (or the new result has no emoji for it)
+            if old is not None:
+                await _delete_emoji(old, f"emoji3d pack {pack.id}: dropped from the pack")
+            guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)
+            continue
+        name, digest = want
+        if old is None and rec.state == guild_emoji.ADDED:
+            guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)  # the server removed it: its choice
+            continue
+        made = by_name.get(name)
+        if rec.state == guild_emoji.REPLACING and made is not None and str(made.id) != rec.emoji_id:
+            # the replacement was created just before an interruption
+            guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, made.id, name, digest)
+            continue
+        if rec.state == guild_emoji.ADDED and (rec.blob_digest, rec.name) == (digest, name):
+            continue  # unchanged
+        items, bad = await asyncio.to_thread(verified_files, res, [(f"e{rec.idx}", digest)], EMOJI_TARGET)
+        if not items:
+            log.error("pack %s emoji %s: new file failed verification (%s); the server keeps the old one",
+                      pack.id, rec.idx, "; ".join(bad))
+            continue
+        if old is not None:
+            guild_emoji.mark_replacing(res.db, pack.id, guild.id, rec.idx, old.id)
+            await _delete_emoji(old, f"emoji3d pack {pack.id}: replaced by its new render")
+        try:
+            created = await guild.create_custom_emoji(name=name, image=items[0][1],
+                                                      reason=f"emoji3d pack {pack.id}: its new render")
+        except discord.HTTPException as exc:
+            if exc.status >= 500 or isinstance(exc, discord.Forbidden):
+                raise  # transient (the delivery retries and this resumes), or the bot lost the permission
+            log.warning("pack %s emoji %s: Discord refused its replacement in server %s: %s",
+                        pack.id, rec.idx, guild.id, exc)
+            guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)
+            continue
+        guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, created.id, name, digest)
+
+
+async def _delete_emoji(emoji: discord.Emoji, reason: str) -> None:
+    try:
+        await emoji.delete(reason=reason)
+    except discord.NotFound:
+        pass  # already gone

@@ -496,7 +496,7 @@ class TelegramSender:
         thumb = self.res.blobs.read_bytes(thumb_digest) if thumb_digest else None
         # a regeneration order updates a set published before; a new pack's set name is
         # recorded before the set exists, so it cannot tell a new set from an old one
-        regenerated = bool(job.payload.get("regenerate"))
+        regenerated = core.updates_published_set(job)
         # before the sticker set: publishing that marks the pack delivered, and a failure here retries both
         emoji_line = await deliver_custom_emoji(self.bot, self.res, pack.id, result, int(w.platform_user_id),
                                                 title=title, regenerated=regenerated)

@@ -322,3 +322,16 @@ def test_two_notifiers_talk_about_a_job_one_at_a_time(res, selfie_png):
     asyncio.run(a.tick())  # long after: delivered once, never again
     assert [e for e in senders["a"].events if e[0] == "deliver"] == [] and a.watches == {}
     assert a.resume_from_db() == [] and b.watches == {}
+
+
+@pytest.mark.parametrize("hours", [0, 24])
+def test_a_job_failed_on_an_expired_selfie_says_when_in_words(res, face_check, hours):
+    cfg = dataclasses.replace(res.cfg, privacy=dataclasses.replace(res.cfg.privacy, selfie_retention_hours=hours))
+    here = core.BotResources(cfg, res.db, res.blobs, face_check)
+    user = users.get_or_create_user(res.db, "local", "u1")
+    job_id = jobs.enqueue(res.db, "make_pack", {"pack_id": None}, "make:expired", user_id=user.id)
+    claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    jobs.fail(res.db, job_id, claimed.lease_token, "selfie gone", retryable=False, error_key="selfie_expired")
+    shown = core.progress_text(core.progress_view(here, jobs.get_job(res.db, job_id)))
+    assert message("selfie_expired", hours=hours) in shown
+    assert ("24 hours after upload" in shown) == (hours == 24) and "0 hours" not in shown

@@ -1,5 +1,6 @@
 """Changing a finished Telegram pack against the fake Bot API: retry with another seed, another sticker
-selection (the set loses and gains stickers), and a failed re-render that leaves the published set alone."""
+selection (the set loses and gains stickers), a failed re-render that leaves the published set alone, remakes
+and re-renders followed across a bot restart, and a scheduled regeneration announced as an update."""
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +9,9 @@ import pytest
 
 from bots import core
 from emoji3d.errors import AvatarGone
-from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
+from emoji3d.orders import JOB_KIND, REGENERATE_KIND, RERENDER_KIND, PackResult, StickerFiles
 from emoji3d.texts import message, text
-from storage import jobs, packs, users
+from storage import deliveries, jobs, packs, users
 from tests.bots.conftest import QUALITY, wait_for
 from tests.bots.test_telegram_flow import Chat, add_global_style, buttons, consent, running_bot
 from tests.lifecycle import make_ready
@@ -172,3 +173,123 @@ def test_a_failed_retry_keeps_the_published_pack_and_says_so(res, telegram_serve
             assert again[0].payload["seed"] == claimed.payload["seed"] and again[0].id != claimed.id
 
     asyncio.run(scenario())
+
+
+def said(server, fragment: str) -> int:
+    """How many times the bot sent or edited a text containing ``fragment``."""
+    return sum(1 for c in server.calls_to("sendMessage") + server.calls_to("editMessageText")
+               if fragment in str(c.params.get("text", "")))
+
+
+def test_a_retry_that_fails_while_the_bot_is_down_is_reported_once_after_the_restart(
+        res, telegram_server, telegram_user, selfie_png, sticker_files):
+    """The pack points at its old job while the remake runs, so only the delivery row remembers it."""
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"],
+                                                            quality=QUALITY)
+            seen.update(pack_id=pack_id, job=job, before=set_files(telegram_server, res, pack_id))
+            chat.press(done, buttons(done)[text("retry_button")])
+            retry = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id],
+                                   what="the retry job")
+            ref = await wait_for(lambda: (r := deliveries.get_delivery(res.db, retry[0].id)) and r.message_id and r,
+                                 what="its progress message recorded")
+            seen["progress_id"] = int(ref.message_id)
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            failed = text("remake_failed", reason=message("internal"))
+            await chat.reply_containing(failed, timeout=15)
+            await asyncio.sleep(0.5)  # a second rescan or tick must not say it again
+            assert said(telegram_server, failed) == 1
+
+    async def third_life() -> None:  # nothing left to say
+        async with running_bot(res, telegram_server):
+            await asyncio.sleep(0.5)
+
+    asyncio.run(first_life())
+    # the engine fails the retry while no bot runs
+    claimed = jobs.claim(res.db, "eng", 60, kinds=[JOB_KIND])
+    assert claimed.payload["regenerate"] and claimed.payload["pack_id"] == seen["pack_id"]
+    jobs.fail(res.db, claimed.id, claimed.lease_token, "CUDA error", retryable=False, error_key="internal")
+    asyncio.run(second_life())
+    edited = next(m for m in chat.bot_messages() if m["message_id"] == seen["progress_id"])
+    assert text("remake_failed", reason=message("internal")) in edited["text"]  # the retry's own message
+    pack = packs.get_pack(res.db, seen["pack_id"])
+    assert (pack.status, pack.job_id) == (packs.PUBLISHED, seen["job"].id)
+    assert set_files(telegram_server, res, seen["pack_id"]) == seen["before"]
+    asyncio.run(third_life())
+    assert said(telegram_server, text("remake_failed", reason=message("internal"))) == 1
+
+
+def test_a_rerender_running_across_a_restart_is_followed_and_delivered_once(res, telegram_server, telegram_user,
+                                                                           selfie_png, sticker_files):
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"])
+            seen.update(pack_id=pack_id, videos=videos)
+            chat.press(done, buttons(done)[text("rerender_button", strength=text("strength_subtle"))])
+            (seen["rr"],) = await wait_for(lambda: jobs.list_jobs(res.db, kind=RERENDER_KIND), what="re-render job")
+            await wait_for(lambda: deliveries.get_delivery(res.db, seen["rr"].id), what="its delivery row")
+            seen["claimed"] = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            claimed = seen["claimed"]
+            jobs.set_progress(res.db, claimed.id, claimed.lease_token, "render", 0.5)
+            progress = await chat.reply_containing("(50%)", timeout=15)  # followed after the restart
+            assert packs.get_pack(res.db, seen["pack_id"]).status == packs.PUBLISHED
+            jobs.release(res.db, claimed.id, claimed.lease_token)
+            complete(res, RERENDER_KIND, seen["pack_id"], ["turn"], [seen["videos"][2]], avatar=None)
+            await wait_for(lambda: text("done_updated", link="").strip()
+                           in next(m for m in chat.bot_messages()
+                                   if m["message_id"] == progress["message_id"]).get("text", ""),
+                           what="the same message says updated")
+            await wait_for(lambda: packs.get_pack(res.db, seen["pack_id"]).status == packs.PUBLISHED,
+                           what="republished")
+            await asyncio.sleep(0.5)
+            assert said(telegram_server, text("done_updated", link="").strip()) == 1
+
+    asyncio.run(first_life())
+    asyncio.run(second_life())
+    pack = packs.get_pack(res.db, seen["pack_id"])
+    assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, seen["rr"].id, seen["rr"].payload["strength"])
+    assert len(set_files(telegram_server, res, seen["pack_id"])) == 1
+
+
+def test_a_scheduled_regeneration_is_announced_as_an_update(res, telegram_server, telegram_user, selfie_png,
+                                                            sticker_files):
+    """The scheduler's ``regenerate_pack`` payload names only the pack: the kind says it is a remake."""
+    from shell.scheduler import regenerate_outdated_packs
+
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"])
+            seen.update(pack_id=pack_id, videos=videos)
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=15)
+            await wait_for(lambda: packs.get_pack(res.db, seen["pack_id"]).status == packs.PUBLISHED,
+                           what="republished")
+
+    asyncio.run(first_life())
+    (regen_id,) = regenerate_outdated_packs(res.db, {}, "999.0")  # as the scheduler's action does
+    assert jobs.get_job(res.db, regen_id).kind == REGENERATE_KIND
+    complete(res, REGENERATE_KIND, seen["pack_id"], ["turn", "smile"], [seen["videos"][2], seen["videos"][0]],
+             avatar=None)
+    asyncio.run(second_life())
+    assert said(telegram_server, text("done", link="").strip()) == 1  # the first make's only
+    assert packs.get_pack(res.db, seen["pack_id"]).job_id == regen_id

@@ -44,3 +44,21 @@ def test_every_engine_stage_has_a_name():
                if generic in progress_text(ProgressView("progress", {"percent": 96}, stage_key=f"stage_{s}"))]
     assert unnamed == []
     assert "encode" in STAGE_WEIGHTS  # the stage that read "working (96%)"
+
+
+def test_an_expired_selfie_says_when_it_was_deleted_in_words():
+    """``[privacy] selfie_retention_hours = 0`` keeps nothing for later: never "after 0 hours"."""
+    from bots.core import ProgressView, progress_text
+    from emoji3d.errors import SelfieGone
+
+    briefly = texts.message("selfie_expired", hours=0)
+    assert "0 hours" not in briefly and texts.text("selfie_gone_briefly") in briefly
+    assert texts.explain(SelfieGone("gone", hours=0)) == briefly
+    assert "deleted 24 hours after upload, as promised" in texts.explain(SelfieGone("gone", hours=24))
+    assert "deleted an hour after upload" in texts.message("selfie_expired", hours=1)
+    assert texts.message("selfie_expired").startswith("Your selfie was deleted")  # no retention known: degrades
+    assert "{" not in texts.message("selfie_expired") and "{" not in texts.message("selfie_expired", hours="soon")
+    # a job that failed on it: the job row keeps only the key, the bot adds the configured retention
+    for hours, words in ((0, texts.text("selfie_gone_briefly")), (48, "48 hours after upload")):
+        shown = progress_text(ProgressView("remake_failed", {"error_key": "selfie_expired", "hours": hours}))
+        assert words in shown and "0 hours" not in shown.replace("48 hours", ""), shown

@@ -149,3 +149,18 @@ def test_owner_names_are_kept_per_pack_and_go_with_it(db, blobs):
         deliveries.record_owner_name(db, p.id, "discord", "   ")
     users.delete_user(db, blobs, u.id)
     assert deliveries.owner_name(db, p.id) is None
+
+
+def test_undelivered_jobs_are_those_with_a_row_of_the_platform_and_no_finished_claim(db):
+    u = users.get_or_create_user(db, "telegram", "7")
+    followed, delivered, discord_job, unfollowed = (_job(db, u, k) for k in ("a", "b", "c", "d"))
+    for j in (followed, delivered):
+        deliveries.record_delivery(db, j, "telegram", chat_id="5")
+    deliveries.record_delivery(db, discord_job, "discord", chat_id="6")
+    assert deliveries.undelivered_job_ids(db, "telegram") == [followed, delivered]
+    deliveries.claim_delivery(db, followed, "telegram", "a", 60.0)  # held, not finished: still undelivered
+    assert deliveries.claim_delivery(db, delivered, "telegram", "a", 60.0).held
+    assert deliveries.finish_delivery(db, delivered, "a")
+    assert deliveries.undelivered_job_ids(db, "telegram") == [followed]
+    assert deliveries.undelivered_job_ids(db, "discord") == [discord_job]
+    assert unfollowed not in deliveries.undelivered_job_ids(db, "telegram")

@@ -1,7 +1,10 @@
 """Changing a delivered Discord pack against the fake Discord API: the retry button (another seed), the
 sticker menu (a re-render with the chosen stickers) and a failed re-render that leaves the pack as it was;
-a re-render also updates the stickers already added to a server."""
+a re-render also updates the stickers and custom emoji already added to a server; a re-render that fails
+while the bot is down is reported once after a restart."""
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -9,8 +12,8 @@ from bots.core import ensure_user, give_consent
 from emoji3d.errors import AvatarGone
 from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
 from emoji3d.texts import message, text
-from bots.discord.server_stickers import sync_server_stickers
-from storage import guild_stickers, jobs, packs
+from bots.discord.server_stickers import emoji_name, sync_server_emoji, sync_server_stickers
+from storage import deliveries, guild_emoji, guild_stickers, jobs, packs
 from storage import styles as st
 from tests.bots.conftest import QUALITY, wait_for
 from tests.bots.discord.conftest import EMOJIS, bot_on_fake, run
@@ -24,8 +27,9 @@ def components(msg: dict) -> list[dict]:
     return [c for row in msg.get("components", []) for c in row.get("components", []) if "custom_id" in c]
 
 
-async def delivered(res, h, w, selfie_png, discord_files, names: list[str], quality: dict):
-    """A published pack of ``names``; returns (make job, its result follow-up, the /emoji create payload)."""
+async def delivered(res, h, w, selfie_png, discord_files, names: list[str], quality: dict, *, emoji: bool = False):
+    """A published pack of ``names`` (with custom emoji files when ``emoji``); returns (make job, its result
+    follow-up, the /emoji create payload)."""
     style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
     give_consent(res, ensure_user(res, "discord", str(w.member["user"]["id"])))
     att = h.upload(selfie_png, "me.png", "image/png")
@@ -38,7 +42,8 @@ async def delivered(res, h, w, selfie_png, discord_files, names: list[str], qual
     pack_id = job.payload["pack_id"]
     result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"), quality=quality,
                         stickers=[StickerFiles(i, n, EMOJIS[i], {
-                            "discord_sticker": res.blobs.put_bytes(discord_files["stickers"][i])})
+                            "discord_sticker": res.blobs.put_bytes(discord_files["stickers"][i]),
+                            **({"discord_emoji": res.blobs.put_bytes(discord_files["emoji"][i])} if emoji else {})})
                             for i, n in enumerate(names)])
     make_ready(res.db, pack_id)
     jobs.complete(res.db, job.id, job.lease_token, result.to_dict(), result.blob_digests())
@@ -143,5 +148,103 @@ def test_a_rerender_updates_the_stickers_added_to_a_server_and_resumes_after_a_f
             await sync_server_stickers(bot, res, packs.get_pack(res.db, pack_id))
             assert [g.idx for g in guild_stickers.for_pack(res.db, pack_id)[str(w.guild_id)]] == [1]
             assert len(h.server.stickers(w.guild_id)) == 1
+
+    run(scenario())
+
+
+def test_a_rerender_updates_the_custom_emoji_added_to_a_server_and_resumes_after_a_failure(res, selfie_png,
+                                                                                           discord_files):
+    """"Add as custom emoji instead" follows the pack as "Add to server" does: dropped deleted, changed replaced."""
+    names = [e.name for e in res.cfg.pack.stickers]
+    stickers, emoji = discord_files["stickers"], discord_files["emoji"]
+
+    async def scenario() -> None:
+        async with bot_on_fake(res, existing_stickers=5) as (h, w, bot):  # tier 0: no sticker slot free
+            job, fu, _ = await delivered(res, h, w, selfie_png, discord_files, names[:3], {}, emoji=True)
+            pack_id = job.payload["pack_id"]
+            add = h.click(f"emoji3d:add:{pack_id}:{w.guild_id}", w.moderator, message=fu)
+            await h.deliver(add)
+            (full,) = h.server.followups(add["token"])
+            await h.deliver(h.click(f"emoji3d:emoji:{pack_id}:{w.guild_id}", w.moderator, message=full))
+            h.assert_no_errors()
+            before = {e["name"]: e for e in h.server.emojis(w.guild_id)}
+            first, second, third = (emoji_name(pack_id, i, names[i]) for i in range(3))
+            assert sorted(before) == sorted([first, second, third])
+            # keep the first emoji as it is, drop the second: the third moves to index 1
+            (menu,) = [c for c in components(fu) if c["custom_id"] == f"emoji3d:pk:{pack_id}"]
+            await h.deliver(select(h, w.member, menu["custom_id"], fu, [names[0], names[2]]))
+            claimed = await wait_for(lambda: jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND]), what="re-render")
+            result = PackResult(pack_id=pack_id, preset="slim", avatar=res.blobs.put_bytes(b"avatar"), stickers=[
+                StickerFiles(i, names[k], EMOJIS[k], {"discord_sticker": res.blobs.put_bytes(stickers[k]),
+                                                      "discord_emoji": res.blobs.put_bytes(emoji[k])})
+                for i, k in enumerate((0, 2))])
+            # Discord is down for the replacement's first creation, after the old emoji was deleted
+            h.server.inject_error("POST", "/guilds/{guild_id}/emojis", status=503, code=0,
+                                  message="Service Unavailable")
+            assert packs.mark_rerendered(res.db, pack_id, claimed.id, 1.0)
+            jobs.complete(res.db, claimed.id, claimed.lease_token, result.to_dict(), result.blob_digests())
+            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED, what="re-published",
+                           timeout=60)
+            moved = emoji_name(pack_id, 1, names[2])
+            after = {e["name"]: e for e in h.server.emojis(w.guild_id)}
+            assert sorted(after) == sorted([first, moved])  # the dropped one and the old third are gone
+            assert after[first]["id"] == before[first]["id"]  # unchanged: kept
+            assert after[moved]["id"] not in {e["id"] for e in before.values()}  # replaced
+            posts = h.server.calls_to("POST", "/guilds/{guild_id}/emojis")
+            assert [c.status for c in posts][-2:] == [503, 200]  # the failed creation was made up for
+            rows = guild_emoji.for_pack(res.db, pack_id)[str(w.guild_id)]
+            assert [(g.idx, g.state, g.emoji_id, g.name) for g in rows] == [
+                (0, "added", after[first]["id"], first), (1, "added", after[moved]["id"], moved)]
+            # an emoji the server's moderators delete is theirs to delete: the next change does not restore it
+            h.server._guild(str(w.guild_id)).emojis.pop(after[first]["id"])
+            await sync_server_emoji(bot, res, packs.get_pack(res.db, pack_id))
+            assert [g.idx for g in guild_emoji.for_pack(res.db, pack_id)[str(w.guild_id)]] == [1]
+            assert [e["name"] for e in h.server.emojis(w.guild_id)] == [moved]
+            # interrupted after the replacement was created, before it was recorded: recognised, not made twice
+            guild_emoji.mark_replacing(res.db, pack_id, w.guild_id, 1, 123456789)  # the deleted old one's id
+            n_posts = len(h.server.calls_to("POST", "/guilds/{guild_id}/emojis"))
+            await sync_server_emoji(bot, res, packs.get_pack(res.db, pack_id))
+            (row,) = guild_emoji.for_pack(res.db, pack_id)[str(w.guild_id)]
+            assert (row.state, row.emoji_id) == ("added", after[moved]["id"])
+            assert len(h.server.calls_to("POST", "/guilds/{guild_id}/emojis")) == n_posts
+            h.assert_no_errors()
+
+    run(scenario())
+
+
+def test_a_rerender_that_fails_while_the_bot_is_down_is_reported_once_after_a_restart(res, selfie_png,
+                                                                                     discord_files):
+    """The pack points at its old job while the re-render runs: only the job's delivery row remembers it."""
+    from tests.bots.discord.test_discord_flow import _restarted_bot
+    from tests.fakes.discord_api import FakeDiscord
+    from tests.fakes.discord_harness import DiscordHarness, build_world
+
+    said = text("rerender_failed", reason=message(AvatarGone.key))
+
+    def times_said(server) -> int:
+        return sum(said in m.get("content", "") for channel in list(server.messages.values())
+                   for m in list(channel.values()))
+
+    async def scenario() -> None:
+        async with FakeDiscord() as server:
+            w = build_world(server)
+            async with DiscordHarness(_restarted_bot(res), server) as h1:
+                job, fu, _ = await delivered(res, h1, w, selfie_png, discord_files, ["turn", "smile"], {})
+                pack_id = job.payload["pack_id"]
+                await h1.deliver(h1.click(f"emoji3d:rr:{pack_id}:subtle", w.member, message=fu))
+                (rr,) = jobs.list_jobs(res.db, kind=RERENDER_KIND)
+                h1.assert_no_errors()
+            claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])  # fails while no bot runs
+            jobs.fail(res.db, claimed.id, claimed.lease_token, "avatar expired", retryable=False,
+                      error_key=AvatarGone.key)
+            async with DiscordHarness(_restarted_bot(res), server) as h2:
+                await wait_for(lambda: times_said(server), what="the failure, said after the restart")
+                await wait_for(lambda: deliveries.get_delivery(res.db, rr.id) is None, what="its row deleted")
+                h2.assert_no_errors()
+            async with DiscordHarness(_restarted_bot(res), server):
+                await asyncio.sleep(0.3)  # another restart: nothing left to say
+            assert times_said(server) == 1
+            pack = packs.get_pack(res.db, pack_id)
+            assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
 
     run(scenario())
