@@ -168,3 +168,9 @@ def test_every_retention_key_takes_0_as_keep_nothing_and_refuses_a_negative_as_a
         assert "0 means 'keep nothing for later'" in message and "\n" not in message
     with pytest.raises(ConfigError, match=f"privacy.{key} must be an integer"):
         load_config(write(tmp_path, f"[privacy]\n{key} = false\n"), env={})
+
+
+def test_cuda_graphs_is_a_switch(tmp_path):
+    assert load_config(write(tmp_path, "[pipeline]\ncuda_graphs = false\n"), env={}).pipeline.cuda_graphs is False
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        load_config(write(tmp_path, '[pipeline]\ncuda_graphs = "yes"\n'), env={})
