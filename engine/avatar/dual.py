@@ -123,9 +123,9 @@ def dual_branch_train(
     mixed = MixedLatents(inputs.w_e, mapping_2d, cfg.style_batch, style_cfg, generator) if opt_2d else None
 
     def eq5(img_3d: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Eq. 5's terms for a render and a warped cartoon. Each branch's gradient of the total
-        treats the other image as fixed: neither term's gradient reaches the other branch's
-        weights except through its own image."""
+        """Eq. 5's terms for a render and a warped cartoon. With both images attached, one
+        backward pass gives each branch the gradient of L with the other branch's image held
+        fixed (an image's gradient reaches only the weights of the branch that made it)."""
         small_3d = resize_for_lpips(img_3d, cfg.lpips_size)
         mse = masked_mse(warped, img_3d, mask)
         l_e = lpips_to_exemplar(small_3d).float().mean()
