@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("host_syncs: no CUDA device here (the sync debug mode is CUDA's)")
         return 0
-    from bench.stage_timing import sample_inputs
+    from bench.inputs import sample_inputs
     from emoji3d.pipeline_config import PipelineConfig
     from engine.avatar.networks import full_networks, slim_networks
     from engine.avatar.pipeline import Pipeline

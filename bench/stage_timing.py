@@ -57,34 +57,12 @@ _HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from bench.inputs import sample_inputs  # noqa: E402
 
 STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 PER_USER_STAGES = STAGES[1:]  # the style finetune is cached per style
-
-
-def sample_inputs(repo: pathlib.Path):
-    """(portrait, exemplar) PortraitInputs from the bundled images, centre-cropped, frontal camera."""
-    from PIL import Image
-
-    from engine.avatar.pipeline import PortraitInputs
-    from engine.avatar.portrait import to_tensor
-    from engine.nets.camera import orbit_label
-
-    def crops(path: pathlib.Path, key: str) -> PortraitInputs:
-        img = Image.open(path).convert("RGB")
-        side = min(img.size)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        square = img.crop((left, top, left + side, top + side))
-        return PortraitInputs(
-            image_2d=to_tensor(np.asarray(square.resize((1024, 1024), Image.LANCZOS))),  # [1, 3, 1024, 1024]
-            image_3d=to_tensor(np.asarray(square.resize((512, 512), Image.LANCZOS))),    # [1, 3, 512, 512]
-            camera=orbit_label(torch.zeros(1), torch.zeros(1)).float(),                    # [1, 25] frontal
-            crop2d_to_crop3d=torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64), key=key)
-
-    return crops(repo / "samples" / "selfie.jpg", "bench-selfie"), crops(repo / "styles" / "toon" / "exemplar.png",
-                                                                          "bench-toon")
 
 
 def synchronize(device: torch.device) -> None:
