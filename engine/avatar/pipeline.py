@@ -253,8 +253,7 @@ class Pipeline:
         w_e = self.encode(exemplar.image_2d)[0]  # [L, 512]
         tuned = params.trainable_copy(self.nets.g2d, include=TUNE_PREFIXES_2D)
         log = finetune_style(tuned, w_e, y_e, self.synthesis_2d, self.mapping_2d, self.features_2d,
-                             self.cfg.style, generator, progress, self.precision,
-                             self.graphs)
+                             self.cfg.style, generator, progress, self.precision, self.graphs)
         delta = params.compute_delta(tuned, self.nets.g2d)
         if cache is not None:
             cache.put("style_2d", key, pack_tensors({"w_e": w_e, **_with_prefix("delta.", delta)}))
