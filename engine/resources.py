@@ -114,7 +114,10 @@ class EngineResources:
             log.warning(SLIM_WARNING)
         face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
-        res = cls(cfg, Pipeline(nets, cfg.pipeline), LandmarkDetector(), face_cfg,
+        pipeline = Pipeline(nets, cfg.pipeline)
+        log.info("optimisation steps: %s, %s", pipeline.precision,
+                 "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)")
+        res = cls(cfg, pipeline, LandmarkDetector(), face_cfg,
                   DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d))
         res.refresh_boundaries()
         return res

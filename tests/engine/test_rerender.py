@@ -120,3 +120,13 @@ def test_a_failed_rerender_leaves_the_published_pack_as_it_was(engine):
     assert job.status == "failed"
     after = packs.get_pack(db, pack_id)
     assert (after.status, after.job_id, after.strength) == (packs.PUBLISHED, source, before.strength)
+
+
+def test_the_engine_says_how_its_optimisation_steps_run(engine, caplog):
+    """The operator's log names the arithmetic and whether steps are captured (a CPU engine: fp32, eager)."""
+    import logging
+
+    cfg = engine[0]
+    with caplog.at_level(logging.INFO, logger="emoji3d"):
+        EngineResources.load(cfg)
+    assert "optimisation steps: fp32, eager (no CUDA graphs)" in caplog.text
