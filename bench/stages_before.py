@@ -20,7 +20,7 @@ from engine.avatar.dual import DualInputs, masked_mse
 from engine.avatar.invert import DistanceFn, Inversion, RenderFn, noise_regularisation
 from engine.avatar.params import Params
 from engine.avatar.steps import ProgressFn, StageLog, no_progress, ramped_lr, run_steps
-from engine.avatar.stylize import FeaturesFn, MappingFn, SynthesisFn, feature_l1, mixed_latents
+from engine.avatar.stylize import FeaturesFn, MappingFn, SynthesisFn, draw_z, feature_l1, mix_latents
 from engine.avatar.warp import resize_for_lpips
 
 
@@ -53,7 +53,7 @@ def invert_3d(
         for g in opt.param_groups:
             g["lr"] = lr
         w_noise_scale = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
-        # CPU draw, copied without waiting for the queued steps (see stylize.mixed_latents).
+        # CPU draw, copied without waiting for the queued steps (as stylize.MixedLatents.draw).
         w_noise = torch.randn(w_opt.shape, generator=generator, device=generator.device).to(
             device, non_blocking=True) * w_noise_scale
         img = render({}, w_opt + w_noise, c, noise)
@@ -159,7 +159,8 @@ def dual_branch_train(
             warped, mask = inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
             loss_2d = eq5(img_3d, warped, mask)["total"]
             with torch.no_grad():
-                ws = mixed_latents(inputs.w_e, mapping_2d, style_cfg.batch, style_cfg, generator)
+                z = draw_z(style_cfg.batch, inputs.w_e.shape[1], generator).to(inputs.w_e.device)
+                ws = mix_latents(inputs.w_e, mapping_2d(z), style_cfg)
             feats = features_2d(synthesis_2d(params_2d, ws))
             style = feature_l1(feats, [t.expand_as(f) for t, f in zip(ex_feats, feats)])
             opt_2d.zero_grad(set_to_none=True)

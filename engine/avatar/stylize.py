@@ -59,13 +59,6 @@ def mix_latents(w_e: torch.Tensor, w_rand: torch.Tensor, cfg: StyleFinetuneConfi
     return out
 
 
-def mixed_latents(w_e: torch.Tensor, mapping: MappingFn, n: int, cfg: StyleFinetuneConfig,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Eq. 1 in one call: ``n`` fresh style-mixed W+ latents [n, L, 512] around ``w_e`` [L, 512]."""
-    z = draw_z(n, w_e.shape[1], generator).to(w_e.device, non_blocking=True)  # [n, 512]
-    return mix_latents(w_e, mapping(z), cfg)
-
-
 class MixedLatents:
     """Eq. 1 in a step's two parts (``engine.avatar.step_graph``): :meth:`draw` (host) copies ``n``
     fresh draws into a device buffer that lives across steps; :meth:`latents` (device) maps and
