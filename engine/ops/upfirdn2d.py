@@ -22,8 +22,9 @@ Three parts, one file:
   depthwise convolution (``groups=C``, weight ``[C, 1, fh, fw]``): bit-identical
   to one single-filter convolution over an ``[N*C, 1, H, W]`` view and about
   twice as fast on the CPU (see bench/nets.py).
-* ``upfirdn2d_fused``: the autograd Function around our CUDA kernel
-  (``cuda/upfirdn2d.cu``, 2D filters only; a 1D filter runs as an x pass then
+* ``upfirdn2d_fused``: the autograd Function around our CUDA kernels
+  (``cuda/upfirdn2d.cu``: a shared-memory tiled kernel for the 4x4 filter with
+  up or down 2 that the networks run, a generic one otherwise; 2D filters only; a 1D filter runs as an x pass then
   a y pass). The gradient of upfirdn2d is again an upfirdn2d (``adjoint_params``:
   filter flipped, up/down swapped, padding transformed), so the backward reuses
   the Function and every gradient order stays on the kernel.
@@ -221,24 +222,31 @@ def upfirdn2d_fused(kernel: ModuleType, x, f, up=1, down=1, padding=0, flip_filt
 
 
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
-    """Self-check inputs: an asymmetric 2D filter (a flip or transposition shows), a
-    separable filter, up/down/padding as StyleGAN2 uses them plus uneven ones and a crop."""
+    """Self-check inputs: asymmetric 2D filters (a flip or transposition shows), a separable
+    filter, up/down/padding as StyleGAN2 uses them plus uneven ones and crops. The 4x4 cases
+    run the kernel's tiled path on an image wider and taller than one tile (32 outputs), so
+    the tiles' edges and the image's ragged last tile are checked too; the others its generic path."""
     draw = dispatch.probe_normal(20240613)
     x = draw(2, 3, 7, 6)  # [N, C, H, W]
+    x_tiles = draw(1, 2, 37, 45)  # [N, C, H, W]
     f2d = draw(4, 3)  # [fh, fw]
+    f4x4 = draw(4, 4)  # [fh, fw]
     f1d = draw(4)  # [fw]
-    cases = [  # label, filter, up, down, padding, flip_filter, gain
-        ("up=2", f2d, 2, 1, [2, 1, 2, 1], False, 4.0),
-        ("down=2 flipped", f2d, 1, 2, [1, 1, 2, 1], True, 1.0),
-        ("separable up=(2,1) down=(1,2) crop", f1d, (2, 1), (1, 2), [1, 2, -1, 2], False, 1.5),
+    cases = [  # label, input, filter, up, down, padding, flip_filter, gain
+        ("up=2", x, f2d, 2, 1, [2, 1, 2, 1], False, 4.0),
+        ("down=2 flipped", x, f2d, 1, 2, [1, 1, 2, 1], True, 1.0),
+        ("separable up=(2,1) down=(1,2) crop", x, f1d, (2, 1), (1, 2), [1, 2, -1, 2], False, 1.5),
+        ("4x4 up=2 tiled", x_tiles, f4x4, 2, 1, [2, 1, 2, 1], False, 4.0),
+        ("4x4 down=2 flipped tiled", x_tiles, f4x4, 1, 2, [1, 2, 2, 1], True, 1.0),
+        ("4x4 crop and pad tiled", x_tiles, f4x4, 1, 1, [-1, 3, 2, -2], False, 1.0),
     ]
     results: dispatch.ProbeResults = []
-    for label, f, up, down, padding, flip_filter, gain in cases:
+    for label, inp, f, up, down, padding, flip_filter, gain in cases:
         params = dict(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
         f = f.to(device)
         results += dispatch.compare_with_reference(
             label, lambda t, f=f, params=params: upfirdn2d_fused(kernel, t, f, **params),
-            lambda t, f=f, params=params: upfirdn2d_ref(t, f, **params), [x], ("x",), device, dtype, draw)
+            lambda t, f=f, params=params: upfirdn2d_ref(t, f, **params), [inp], ("x",), device, dtype, draw)
     return results
 
 

@@ -1,6 +1,9 @@
 // emoji3d fused bias_act kernels (our own): elementwise, grid-stride loops.
 // y = clamp(act(x + b[c]) * gain, -clamp, clamp)   (clamp < 0: no clamping)
 // dx = dy * act'(x + b[c]) * gain * [ -clamp <= act(x+b)*gain <= clamp ]
+// The element index runs in 32 bits whenever the tensor allows (index_t): a
+// 64-bit division for the bias channel costs more than the element's memory
+// traffic, so 64-bit indices are kept for tensors of more than 2^31 elements.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -42,11 +45,12 @@ __device__ __forceinline__ T act_deriv(T z, int act, T alpha) {
     }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void bias_act_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ b, scalar_t* __restrict__ y,
-                                    long total, long inner, long C, bool has_bias, int act, float alpha, float gain, float clamp) {
+                                    index_t total, index_t inner, index_t C, bool has_bias, int act, float alpha, float gain,
+                                    float clamp) {
     using acc_t = at::acc_type<scalar_t, true>;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)blockDim.x * gridDim.x) {
+    for (index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (index_t)blockDim.x * gridDim.x) {
         acc_t z = (acc_t)x[i];
         if (has_bias) z += (acc_t)b[(i / inner) % C];
         acc_t v = act_value<acc_t>(z, act, (acc_t)alpha) * (acc_t)gain;
@@ -55,12 +59,12 @@ __global__ void bias_act_fwd_kernel(const scalar_t* __restrict__ x, const scalar
     }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void bias_act_grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
-                                     const scalar_t* __restrict__ b, scalar_t* __restrict__ dx, long total, long inner,
-                                     long C, bool has_bias, int act, float alpha, float gain, float clamp) {
+                                     const scalar_t* __restrict__ b, scalar_t* __restrict__ dx, index_t total, index_t inner,
+                                     index_t C, bool has_bias, int act, float alpha, float gain, float clamp) {
     using acc_t = at::acc_type<scalar_t, true>;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)blockDim.x * gridDim.x) {
+    for (index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (index_t)blockDim.x * gridDim.x) {
         acc_t z = (acc_t)x[i];
         if (has_bias) z += (acc_t)b[(i / inner) % C];
         acc_t g = (acc_t)dy[i] * act_deriv<acc_t>(z, act, (acc_t)alpha) * (acc_t)gain;
@@ -74,6 +78,9 @@ __global__ void bias_act_grad_kernel(const scalar_t* __restrict__ dy, const scal
 
 static int n_blocks(long total) { return (int)std::min<long>((total + 255) / 256, 65535L * 8); }
 
+// 32-bit indices when every index, with the grid stride's overshoot past the end, fits.
+static bool fits_32_bits(long total) { return total + 256L * 65535L * 8L < (long)UINT_MAX; }
+
 torch::Tensor bias_act_cuda_forward(torch::Tensor x, torch::Tensor b, long inner, int act, double alpha,
                                     double gain, double clamp) {
     const at::cuda::OptionalCUDAGuard guard(device_of(x));
@@ -83,9 +90,16 @@ torch::Tensor bias_act_cuda_forward(torch::Tensor x, torch::Tensor b, long inner
     const bool has_bias = b.numel() > 0;
     const long C = has_bias ? b.size(0) : 1;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "bias_act_fwd", [&] {
-        bias_act_fwd_kernel<scalar_t><<<n_blocks(total), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            x.data_ptr<scalar_t>(), has_bias ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), total, inner, C,
-            has_bias, act, (float)alpha, (float)gain, (float)clamp);
+        const scalar_t* bias = has_bias ? b.data_ptr<scalar_t>() : nullptr;
+        const auto stream = c10::cuda::getCurrentCUDAStream();
+        if (fits_32_bits(total))
+            bias_act_fwd_kernel<scalar_t, unsigned><<<n_blocks(total), 256, 0, stream>>>(
+                x.data_ptr<scalar_t>(), bias, y.data_ptr<scalar_t>(), (unsigned)total, (unsigned)inner, (unsigned)C,
+                has_bias, act, (float)alpha, (float)gain, (float)clamp);
+        else
+            bias_act_fwd_kernel<scalar_t, long><<<n_blocks(total), 256, 0, stream>>>(
+                x.data_ptr<scalar_t>(), bias, y.data_ptr<scalar_t>(), total, inner, C, has_bias, act, (float)alpha,
+                (float)gain, (float)clamp);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return y;
@@ -100,9 +114,16 @@ torch::Tensor bias_act_cuda_grad(torch::Tensor dy, torch::Tensor x, torch::Tenso
     const bool has_bias = b.numel() > 0;
     const long C = has_bias ? b.size(0) : 1;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "bias_act_grad", [&] {
-        bias_act_grad_kernel<scalar_t><<<n_blocks(total), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), has_bias ? b.data_ptr<scalar_t>() : nullptr,
-            dx.data_ptr<scalar_t>(), total, inner, C, has_bias, act, (float)alpha, (float)gain, (float)clamp);
+        const scalar_t* bias = has_bias ? b.data_ptr<scalar_t>() : nullptr;
+        const auto stream = c10::cuda::getCurrentCUDAStream();
+        if (fits_32_bits(total))
+            bias_act_grad_kernel<scalar_t, unsigned><<<n_blocks(total), 256, 0, stream>>>(
+                dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), bias, dx.data_ptr<scalar_t>(), (unsigned)total,
+                (unsigned)inner, (unsigned)C, has_bias, act, (float)alpha, (float)gain, (float)clamp);
+        else
+            bias_act_grad_kernel<scalar_t, long><<<n_blocks(total), 256, 0, stream>>>(
+                dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), bias, dx.data_ptr<scalar_t>(), total, inner, C,
+                has_bias, act, (float)alpha, (float)gain, (float)clamp);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return dx;

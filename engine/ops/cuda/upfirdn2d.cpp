@@ -3,10 +3,10 @@
 #include <torch/extension.h>
 
 torch::Tensor upfirdn2d_cuda_forward(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
-                                     int px0, int px1, int py0, int py1, bool flip, double gain);
+                                     int px0, int px1, int py0, int py1, bool flip, double gain, bool allow_tiled);
 
-static torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
-                               int px0, int px1, int py0, int py1, bool flip, double gain) {
+static torch::Tensor checked(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
+                             int px0, int px1, int py0, int py1, bool flip, double gain, bool allow_tiled) {
     TORCH_CHECK(x.is_cuda(), "upfirdn2d: x must be a CUDA tensor");
     TORCH_CHECK(x.dim() == 4, "upfirdn2d: x must be [N, C, H, W]");
     TORCH_CHECK(f.dim() == 2, "upfirdn2d: the kernel takes a 2D filter [fh, fw]");
@@ -14,9 +14,22 @@ static torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int upx, int up
     TORCH_CHECK(f.device() == x.device(), "upfirdn2d: filter and x must be on the same device");
     TORCH_CHECK(upx >= 1 && upy >= 1 && downx >= 1 && downy >= 1, "upfirdn2d: up/down must be >= 1");
     TORCH_CHECK(x.numel() <= INT_MAX, "upfirdn2d: tensor too large");
-    return upfirdn2d_cuda_forward(x.contiguous(), f.contiguous(), upx, upy, downx, downy, px0, px1, py0, py1, flip, gain);
+    return upfirdn2d_cuda_forward(x.contiguous(), f.contiguous(), upx, upy, downx, downy, px0, px1, py0, py1, flip, gain,
+                                  allow_tiled);
+}
+
+static torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
+                               int px0, int px1, int py0, int py1, bool flip, double gain) {
+    return checked(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip, gain, true);
+}
+
+// The generic kernel alone, for the benchmark that compares it with the tiled one (bench/upfirdn2d.py).
+static torch::Tensor upfirdn2d_generic(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
+                                       int px0, int px1, int py0, int py1, bool flip, double gain) {
+    return checked(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip, gain, false);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("upfirdn2d", &upfirdn2d, "fused upsample-pad-FIR-downsample (CUDA)");
+    m.def("upfirdn2d_generic", &upfirdn2d_generic, "the same without the tiled kernel (for benchmarks)");
 }
