@@ -46,6 +46,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from engine.ops import triplane
+
 Field = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 SamplingMode = Literal["stochastic", "deterministic"]
 
@@ -349,10 +351,16 @@ def sample_from_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: flo
     return _grid_sample_planes(planes, coords, box_warp).transpose(2, 3)
 
 
-def sample_plane_mean(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
+def sample_plane_mean(planes: torch.Tensor, coords: torch.Tensor, box_warp: float, impl: str = "auto") -> torch.Tensor:
     """The mean over the three planes of :func:`sample_from_planes`, [N, M, C]: what the OSG
-    decoder reads. Averaged before the transpose, so a third of the features is moved."""
-    return _grid_sample_planes(planes, coords, box_warp).mean(1).transpose(1, 2)
+    decoder reads. On CUDA a fused kernel samples channels-last planes (``engine.ops.triplane``)."""
+    if planes.ndim != 5 or planes.shape[1] != 3:
+        raise ValueError(f"planes must be [N,3,C,H,W], got {tuple(planes.shape)}")
+    n = planes.shape[0]
+    if coords.ndim != 3 or coords.shape[0] != n or coords.shape[2] != 3:
+        raise ValueError(f"coords must be [{n},M,3] to match planes, got {tuple(coords.shape)}")
+    grid = project_onto_planes((2 / box_warp) * coords)  # [N, 3, M, 2]
+    return triplane.triplane_mean(planes, grid, impl=impl)
 
 
 # ----------------------------------------------------------------------------- full renderer

@@ -1,5 +1,5 @@
 """Custom ops for the StyleGAN2 family: ``upfirdn2d``, ``bias_act``,
-``conv2d_resample`` and ``modulated_conv``.
+``conv2d_resample`` and ``modulated_conv``; and EG3D's tri-plane sampling, ``triplane``.
 
 Every op with a fused kernel is one file holding its readable pure-torch
 reference (``*_ref``), the autograd Function around our CUDA kernel
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from engine.ops import bias_act, dispatch, modulated_conv, upfirdn2d
+from engine.ops import bias_act, dispatch, modulated_conv, triplane, upfirdn2d
 
 __all__ = ["FUSED_OPS", "implementations"]
 
 # Every op that has a fused kernel, in the order ``implementations`` reports them.
-FUSED_OPS: tuple[dispatch.FusedOp, ...] = (upfirdn2d.FUSED, bias_act.FUSED, modulated_conv.FUSED)
+FUSED_OPS: tuple[dispatch.FusedOp, ...] = (upfirdn2d.FUSED, bias_act.FUSED, modulated_conv.FUSED, triplane.FUSED)
 
 
 def implementations(device: torch.device | str,

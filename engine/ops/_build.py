@@ -43,6 +43,7 @@ EXTENSIONS: dict[str, list[str]] = {
     "upfirdn2d": ["upfirdn2d.cpp", "upfirdn2d.cu"],
     "bias_act": ["bias_act.cpp", "bias_act.cu"],
     "modconv": ["modconv.cpp", "modconv.cu"],
+    "triplane": ["triplane.cpp", "triplane.cu"],
 }
 
 _lock = threading.Lock()

@@ -215,8 +215,68 @@ class ModconvAlwaysDemodulates(ModconvKernel):
         return True
 
 
-def loader(upfirdn2d=None, bias_act=None, modconv=None):
+# --------------------------------------------------------------------------- triplane
+
+
+class TriplaneKernel:
+    """``triplane_mean_forward(planes [N, 3, H, W, C], grid [N, 3, M, 2]) -> [N, M, C]`` and
+    ``triplane_mean_backward(dy [N, M, C], grid, H, W) -> [N, 3, H, W, C]``, float32 in and out.
+
+    Plane coordinate g in [-1, 1] is pixel ``((g + 1) * size - 1) / 2``; the four texels around it
+    are weighted bilinearly, texels outside the plane count as zero; the three planes' samples are
+    averaged. The backward pass scatters ``dy / 3`` with the same weights."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def _corners(grid: np.ndarray, h: int, w: int):
+        """Per plane k, point: four (y, x, weight, inside) corner arrays."""
+        px = ((grid[..., 0] + 1) * w - 1) / 2  # [N, 3, M]
+        py = ((grid[..., 1] + 1) * h - 1) / 2
+        x0, y0 = np.floor(px).astype(np.int64), np.floor(py).astype(np.int64)
+        fx, fy = px - x0, py - y0
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                y, x = y0 + dy, x0 + dx
+                inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+                yield np.clip(y, 0, h - 1), np.clip(x, 0, w - 1), wy * wx, inside
+
+    def triplane_mean_forward(self, planes, grid):
+        self.calls += 1
+        if planes.ndim != 5 or planes.shape[1] != 3 or planes.dtype != torch.float32:
+            raise RuntimeError("triplane_mean: planes must be a float32 [N, 3, H, W, C] tensor")
+        ps, gs = _numpy64(planes), _numpy64(grid)
+        n, _, h, w, c = ps.shape
+        out = np.zeros((n, gs.shape[2], c))
+        nn, kk = np.meshgrid(np.arange(n), np.arange(3), indexing="ij")  # [N, 3]
+        for y, x, weight, inside in self._corners(gs, h, w):
+            texels = ps[nn[..., None], kk[..., None], y, x]  # [N, 3, M, C]
+            out += (texels * (weight * inside)[..., None]).sum(axis=1)
+        return _like(out / 3, planes)
+
+    def triplane_mean_backward(self, dy, grid, h, w):
+        self.calls += 1
+        ds, gs = _numpy64(dy), _numpy64(grid)
+        n, m, c = ds.shape
+        grad = np.zeros((n, 3, h, w, c))
+        for y, x, weight, inside in self._corners(gs, h, w):
+            for b in range(n):
+                for k in range(3):
+                    share = ds[b] / 3 * (weight[b, k] * inside[b, k])[:, None]  # [M, C]
+                    np.add.at(grad[b, k], (y[b, k], x[b, k]), share)
+        return _like(grad, dy)
+
+
+class TriplaneForgetsTheMean(TriplaneKernel):
+    """Sums the three planes' samples instead of averaging them."""
+
+    def triplane_mean_forward(self, planes, grid):
+        return super().triplane_mean_forward(planes, grid) * 3
+
+
+def loader(upfirdn2d=None, bias_act=None, modconv=None, triplane=None):
     """A ``dispatch.kernel_loader`` function serving the given stand-ins (correct ones by default)."""
     kernels = {"upfirdn2d": upfirdn2d or Upfirdn2dKernel(), "bias_act": bias_act or BiasActKernel(),
-               "modconv": modconv or ModconvKernel()}
+               "modconv": modconv or ModconvKernel(), "triplane": triplane or TriplaneKernel()}
     return lambda extension: kernels[extension]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.ops import bias_act, upfirdn2d
+from engine.ops import bias_act, triplane, upfirdn2d
 from engine.ops.modulated_conv import modulate_weights_fused, modulate_weights_ref
 from tests.engine.ops import kernel_standins
 
@@ -118,3 +118,38 @@ def test_modulate_weights_fused_gradients(demodulate):
     (gr,) = torch.autograd.grad((r * d).sum(), s, create_graph=True)
     torch.testing.assert_close(torch.autograd.grad(go.square().sum(), w)[0],
                                torch.autograd.grad(gr.square().sum(), w)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triplane_mean_fused_forward_and_planes_gradient(dtype):
+    """Two images, C = 32 and points inside, on and past the planes' edges: the fused wrapper's
+    channels-last copy and its gradient's way back to [N, 3, C, H, W] agree with grid_sample."""
+    g = torch.Generator().manual_seed(6)
+    kernel = kernel_standins.TriplaneKernel()
+    planes = torch.randn(2, 3, 32, 7, 9, generator=g).to(dtype).requires_grad_(True)
+    grid = (torch.rand(2, 3, 50, 2, generator=g) * 2.4 - 1.2).to(dtype)
+    planes64 = planes.detach().double().requires_grad_(True)  # the reference from the same rounded inputs
+    ours = triplane.triplane_mean_fused(kernel, planes, grid)
+    ref = triplane.triplane_mean_ref(planes64, grid.double())
+    assert ours.shape == ref.shape == (2, 50, 32) and ours.dtype == dtype and kernel.calls == 1
+    # bfloat16: the result is rounded to 8 bits (values up to about 3 here).
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
+    torch.testing.assert_close(ours.double(), ref, **tol)
+    dy = torch.randn(ref.shape, generator=g).to(dtype)
+    (go,) = torch.autograd.grad(ours, planes, dy)
+    (gr,) = torch.autograd.grad(ref, planes64, dy.double())
+    assert go.dtype == dtype and go.shape == planes.shape
+    torch.testing.assert_close(go.double(), gr, **tol)
+
+
+def test_triplane_mean_runs_the_reference_when_the_grid_needs_a_gradient():
+    g = torch.Generator().manual_seed(7)
+    planes = torch.randn(1, 3, 4, 5, 5, generator=g, requires_grad=True)
+    grid = (torch.rand(1, 3, 10, 2, generator=g) * 2 - 1).requires_grad_(True)
+    with pytest.raises(ValueError, match="no gradient w.r.t. grid"):
+        triplane.triplane_mean_fused(kernel_standins.TriplaneKernel(), planes, grid)
+    out = triplane.triplane_mean(planes, grid)  # CPU tensors: the reference, gradients for both
+    gp, gg = torch.autograd.grad(out.sum(), (planes, grid))
+    assert gp.shape == planes.shape and float(gg.abs().sum()) > 0
+    with pytest.raises(ValueError, match=r"grid must be \[1, 3, M, 2\]"):
+        triplane.triplane_mean(planes, grid[:, :2])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import engine.ops
-from engine.ops import bias_act, modulated_conv, upfirdn2d
+from engine.ops import bias_act, dispatch, modulated_conv, triplane, upfirdn2d
 
 pytestmark = pytest.mark.gpu
 
@@ -49,6 +49,7 @@ def test_every_kernel_passes_its_self_check():
     lines = engine.ops.implementations("cuda", dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64))
     for op in ("upfirdn2d", "bias_act"):
         assert lines[op].count("fused CUDA kernel (self-check passed") == 4, lines[op]
+    assert lines["triplane_mean"].count("fused CUDA kernel (self-check passed") == 3, lines["triplane_mean"]
     modconv = lines["modulate_weights"]
     assert modconv.startswith("fused CUDA kernel (self-check passed, float32"), modconv
 
@@ -79,6 +80,44 @@ def test_upfirdn2d_at_network_shapes(label, shape, dtype, kwargs):
     f = upfirdn2d.setup_filter([1, 3, 3, 1], device="cuda")
     _check_against_reference(lambda impl, t: upfirdn2d.upfirdn2d(t, f, impl=impl, **kwargs), [x], label)
 
+
+
+TILED_CASES = [  # up, down, padding, flip_filter: the tiled kernel's three cases, a crop, both filter orders
+    (2, 1, [2, 1, 2, 1], False),
+    (1, 2, [1, 2, 2, 1], True),
+    (1, 1, [-1, 3, 2, -2], False),
+    (1, 1, [1, 1, 1, 1], True),
+]
+
+
+@pytest.mark.parametrize("up,down,padding,flip_filter", TILED_CASES)
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_upfirdn2d_tiled_kernel_with_an_asymmetric_filter_over_ragged_tiles(up, down, padding, flip_filter, dtype):
+    """A random 4x4 filter (a flipped or transposed filter would show, which [1, 3, 3, 1] hides) on
+    an image of 2 x 3 tiles with ragged last ones and 70000 images (more than a grid's z extent):
+    the reference's values and gradient, and the generic kernel's values."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    f = torch.randn(4, 4, device="cuda", generator=g)
+    kwargs = dict(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=1.5)
+    x = torch.randn(2, 3, 45, 70, device="cuda", generator=g).to(dtype)
+    _check_against_reference(lambda impl, t: upfirdn2d.upfirdn2d(t, f, impl=impl, **kwargs), [x], "ragged tiles")
+    many = torch.randn(70000, 1, 5, 6, device="cuda", generator=g).to(dtype)
+    kernel = dispatch.fused_kernel(upfirdn2d.FUSED, "cuda", many.device, dtype)
+    args = (*upfirdn2d.parse_scaling(up), *upfirdn2d.parse_scaling(down), *upfirdn2d.parse_padding(padding),
+            flip_filter, 1.5)
+    torch.testing.assert_close(kernel.upfirdn2d(many, f, *args), kernel.upfirdn2d_generic(many, f, *args),
+                               rtol=1e-5 if dtype == F32 else 1e-2, atol=1e-5 if dtype == F32 else 1e-2)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_triplane_mean_at_the_eg3d_shape(dtype):
+    """EG3D FFHQ-512's planes (3 x 32 channels, 256 px) at a twelfth of a 128 px render's 96 samples
+    per ray, points up to 10 % past the planes' edges: values and the planes' gradient."""
+    g = torch.Generator(device="cuda").manual_seed(4)
+    planes = torch.randn(1, 3, 32, 256, 256, device="cuda", generator=g).to(dtype)
+    grid = (torch.rand(1, 3, 128 * 128 * 8, 2, device="cuda", generator=g) * 2.2 - 1.1).to(dtype)
+    _check_against_reference(lambda impl, p: triplane.triplane_mean(p, grid.to(p.dtype), impl=impl), [planes],
+                             "EG3D tri-planes")
 
 BIAS_ACT_CASES = [  # label, x shape, dtype, arguments
     ("StyleGAN2 G conv lrelu clamp 256, 1024px", (2, 32, 1024, 1024), F16, dict(act="lrelu", clamp=256)),

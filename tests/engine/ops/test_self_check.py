@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine.ops
-from engine.ops import bias_act, dispatch, modulated_conv, upfirdn2d
+from engine.ops import bias_act, dispatch, modulated_conv, triplane, upfirdn2d
 from tests.engine.ops import kernel_standins
 
 
@@ -38,8 +38,16 @@ def _modulate_weights_call(impl="auto"):
             modulated_conv.modulate_weights_ref(w, s, demodulate=False))
 
 
-CALLS = {"upfirdn2d": _upfirdn2d_call, "bias_act": _bias_act_call, "modulate_weights": _modulate_weights_call}
-EXTENSIONS = {"upfirdn2d": "upfirdn2d", "bias_act": "bias_act", "modulate_weights": "modconv"}
+def _triplane_call(impl="auto"):
+    g = torch.Generator().manual_seed(5)
+    planes, grid = torch.randn(1, 3, 4, 6, 5, generator=g), torch.rand(1, 3, 20, 2, generator=g) * 2.2 - 1.1
+    return triplane.triplane_mean(planes, grid, impl=impl), triplane.triplane_mean_ref(planes, grid)
+
+
+CALLS = {"upfirdn2d": _upfirdn2d_call, "bias_act": _bias_act_call, "modulate_weights": _modulate_weights_call,
+         "triplane_mean": _triplane_call}
+EXTENSIONS = {"upfirdn2d": "upfirdn2d", "bias_act": "bias_act", "modulate_weights": "modconv",
+              "triplane_mean": "triplane"}
 
 WRONG_KERNELS = [  # op, wrong stand-in, what the warning must say
     ("upfirdn2d", kernel_standins.Upfirdn2dScaledOutput, r"max error 0\.00\d+ > tolerance 1e-04"),
@@ -47,6 +55,7 @@ WRONG_KERNELS = [  # op, wrong stand-in, what the warning must say
     ("upfirdn2d", kernel_standins.Upfirdn2dCrashes, r"probe raised RuntimeError: CUDA error: an illegal memory access"),
     ("bias_act", kernel_standins.BiasActGradientIgnoresClamp, r"gradient lrelu clamp=0\.5 w\.r\.t\. x: max error"),
     ("modulate_weights", kernel_standins.ModconvAlwaysDemodulates, r"forward 1x1 not demodulated: max error"),
+    ("triplane_mean", kernel_standins.TriplaneForgetsTheMean, r"forward C=5: max error"),
 ]
 
 
@@ -83,7 +92,7 @@ def test_a_wrong_kernel_is_caught_once_and_the_reference_is_used(op, wrong_kerne
 
 def test_correct_kernels_pass_the_self_check_and_are_used():
     kernels = {"upfirdn2d": kernel_standins.Upfirdn2dKernel(), "bias_act": kernel_standins.BiasActKernel(),
-               "modconv": kernel_standins.ModconvKernel()}
+               "modconv": kernel_standins.ModconvKernel(), "triplane": kernel_standins.TriplaneKernel()}
     with dispatch.kernel_loader("cpu", kernel_standins.loader(**kernels)):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -92,6 +101,9 @@ def test_correct_kernels_pass_the_self_check_and_are_used():
             assert lines[op].count("fused CPU kernel (self-check passed") == 3, lines[op]
         assert lines["modulate_weights"].startswith("fused CPU kernel (self-check passed, float32, max error")
         assert "pure-torch reference for float16 (the fused kernel takes float32 only)" in lines["modulate_weights"]
+        assert lines["triplane_mean"].count("fused CPU kernel (self-check passed") == 2, lines["triplane_mean"]
+        assert "pure-torch reference for float64 (the fused kernel takes float32, float16, bfloat16 only)" \
+            in lines["triplane_mean"]
         for op, call in CALLS.items():
             kernel = kernels[EXTENSIONS[op]]
             before = kernel.calls
