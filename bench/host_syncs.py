@@ -68,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     from emoji3d.pipeline_config import PipelineConfig
     from engine.avatar.networks import full_networks, slim_networks
     from engine.avatar.pipeline import Pipeline
+    from engine.cuda_math import configure_cuda_math
 
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    # Without cuDNN's autotuning: its once-per-shape timing waits for the device by design, the first
+    # time each shape runs, and would be reported as a sync of the step where a shape first appears.
+    configure_cuda_math(cudnn_autotune=False)
     nets = (full_networks if args.preset == "full" else slim_networks)(0, "cuda")
     portrait, exemplar = sample_inputs(_HERE.parent)
     cfg = dataclasses.replace(PipelineConfig().reduced(3), precision=args.precision, cuda_graphs=False)

@@ -3,7 +3,8 @@ per stage, the pack's render and encode, and the projected selfie-to-pack time, 
 without and with CUDA graphs.
 
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
-                                 [--precisions fp32 bf16] [--graphs both|on|off] [--json PATH]
+                                 [--precisions fp32 bf16] [--graphs both|on|off] [--cudnn-autotune both|on|off]
+                                 [--json PATH]
 
 How it measures
 ---------------
@@ -22,6 +23,11 @@ How it measures
   set-up work per stage (e4e, latent statistics) is not in the per-step time.
 * "fp32" is float32 with TF32 matmuls and convolutions (as the engine runs on
   CUDA); "bf16" is the ``[pipeline] precision = "bf16"`` autocast.
+* cuDNN autotuning (``[engine] cudnn_autotune``, engine/cuda_math.py): off by
+  default as in the engine; ``--cudnn-autotune both`` times each run without
+  and with it. cuDNN times a convolution shape once per process, as the
+  engine's first job does: before the first autotuned run of a precision an
+  untimed run of the warm-up length pays for it (its seconds are reported).
 * FLOPs per step are counted once (``torch.utils.flop_counter``, fp32 run of the
   same code; autocast does not change the count); achieved TFLOP/s = FLOPs per
   step / seconds per step.
@@ -62,6 +68,7 @@ sys.path.insert(0, str(_HERE.parent))
 import torch  # noqa: E402
 
 from bench.inputs import sample_inputs  # noqa: E402
+from engine.cuda_math import configure_cuda_math  # noqa: E402
 
 STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 PER_USER_STAGES = STAGES[1:]  # the style finetune is cached per style
@@ -179,7 +186,7 @@ def graph_warmup(warmup: int) -> int:
 
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
             json_path: pathlib.Path | None = None, profile_steps: int = 0,
-            graph_modes: tuple[bool, ...] = (False, True)) -> dict:
+            graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,)) -> dict:
     from bench.pipeline import count_flops
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -188,8 +195,7 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     repo = _HERE.parent
     cfg = load_config(repo / "config.toml")
     if device.type == "cuda":  # as the engine runs (engine.resources)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        configure_cuda_math(autotune_modes[0])
     portrait, exemplar = sample_inputs(repo)
     t0 = time.perf_counter()
     nets = full_networks(0, device) if preset == "full" else slim_networks(0, device)
@@ -207,20 +213,33 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     report["runs"] = {}
     if profile_steps:
         profile_run(Pipeline(nets, cfg.pipeline.reduced(profile_steps)), portrait, exemplar, device)
-    # CUDA graphs only exist on CUDA: elsewhere the "graphs" runs would repeat the eager ones.
-    modes = graph_modes if device.type == "cuda" else (False,)
+    # CUDA graphs and cuDNN only exist on CUDA: elsewhere those runs would repeat the plain ones.
+    if device.type != "cuda":
+        graph_modes, autotune_modes = (False,), (False,)
+    modes = [(graphs, autotune) for graphs in graph_modes for autotune in autotune_modes]
+    primed: set[str] = set()  # precisions whose convolution shapes cuDNN has timed
     for precision in precisions:  # one failing run (or the pack after it) keeps what the others measured
-        for graphs in modes:
+        for graphs, autotune in modes:
             if device.type == "cuda":
+                configure_cuda_math(autotune)
                 gc.collect()  # the previous run's graphs and tensors
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             skip = graph_warmup(warmup) if graphs else warmup
-            run: dict = {"precision": precision, "graphs": graphs, "warmup": skip}
-            report["runs"][precision + (" + CUDA graphs" if graphs else "")] = run
+            run: dict = {"precision": precision, "graphs": graphs, "cudnn_autotune": autotune, "warmup": skip}
+            report["runs"][run_name(precision, graphs, autotune, autotune_modes)] = run
             try:
                 pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip + steps), precision=precision,
                                                           cuda_graphs=graphs))
+                if autotune and precision not in primed:
+                    # cuDNN times each convolution shape once per process: an untimed short run pays that,
+                    # as the engine's first job does, and the timed runs see the tuned choice.
+                    t0 = time.perf_counter()
+                    Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip), precision=precision,
+                                                       cuda_graphs=graphs))(portrait, exemplar, seed=0)
+                    synchronize(device)
+                    run["autotune_first_run_seconds"] = time.perf_counter() - t0
+                    primed.add(precision)
                 run["stages"], result = time_stages(pipe, portrait, exemplar, skip, device)
                 run["modes"] = {stage: result.logs[stage].mode for stage in STAGES}
                 if device.type == "cuda":
@@ -233,6 +252,14 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                 json_path.write_text(json.dumps(report, indent=2))
             print(f"  timed {precision}{' with CUDA graphs' if graphs else ''}", file=sys.stderr, flush=True)
     return report
+
+
+def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple[bool, ...]) -> str:
+    """A run's label; cuDNN autotuning is named only when runs with and without it are compared."""
+    name = precision + (" + CUDA graphs" if graphs else "")
+    if len(autotune_modes) > 1:
+        name += " + cuDNN autotune" if autotune else " (cuDNN heuristics)"
+    return name
 
 
 def summarise(report: dict) -> list[str]:
@@ -249,7 +276,9 @@ def summarise(report: dict) -> list[str]:
             lines += [f"**{label}**: FAILED: {run.get('error', 'no measurement')}", ""]
             continue
         lines += [f"**{label}**, {run['warmup']} warm-up steps" + (
-            f", peak GPU memory {run['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in run else ""), "",
+            f", peak GPU memory {run['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in run else "") + (
+            f"; cuDNN's once-per-process algorithm timing: an untimed first run of {run['warmup']} steps per "
+            f"stage took {run['autotune_first_run_seconds']:.1f} s" if "autotune_first_run_seconds" in run else ""), "",
                   "| stage | s/step | GFLOP/step | TFLOP/s | configured steps | projected s | steps ran |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         per_user = 0.0
@@ -305,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=pathlib.Path, help="also write the measurements here")
     p.add_argument("--graphs", choices=["both", "on", "off"], default="both",
                    help="time the steps with CUDA graphs, without, or both side by side (CUDA only)")
+    p.add_argument("--cudnn-autotune", choices=["both", "on", "off"], default="off",
+                   help="cuDNN's per-shape algorithm timing ([engine] cudnn_autotune, off by default): on, off, or "
+                        "both side by side (CUDA only)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="first profile one run of STEPS steps per stage (torch.profiler): the top operators")
     args = p.parse_args(argv)
@@ -314,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                           else "cpu")
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
     graph_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.graphs]
-    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, args.profile, graph_modes)
+    autotune_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.cudnn_autotune]
+    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, args.profile, graph_modes,
+                     autotune_modes)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

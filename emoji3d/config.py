@@ -104,6 +104,8 @@ class EngineConfig:
     max_attempts: int = _c(3, ge=1, le=20)
     restart_backoff_seconds: float = _c(5.0, ge=0, le=600)
     seed: int = _c(0, ge=0)
+    cudnn_autotune: bool = _c(False, doc="on CUDA, cuDNN times its convolution algorithms per shape once and keeps "
+                                         "the fastest (engine/cuda_math.py)")
 
 
 @dataclass(frozen=True)

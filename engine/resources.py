@@ -31,6 +31,7 @@ from emoji3d.config import Config
 from emoji3d.errors import UserFacingError
 from emoji3d.images import DecodeLimits
 from engine import ops
+from engine.cuda_math import configure_cuda_math
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
 from engine.face.analyze import FaceConfig
@@ -104,9 +105,7 @@ class EngineResources:
         device = "cuda" if cfg.engine.device == "cuda" or (
             cfg.engine.device == "auto" and torch.cuda.is_available()) else "cpu"
         if device == "cuda":
-            # TF32 matmuls/convolutions: ~3x faster on Ampere/Hopper, well inside GAN-training tolerance.
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            configure_cuda_math(cfg.engine.cudnn_autotune)
         for op, how in ops.implementations(device).items():  # builds and self-checks the kernels on CUDA
             log.info("op %s: %s", op, how)
         nets = load_networks(cfg.weights_dir, cfg.engine.preset, device, seed=cfg.engine.seed)
