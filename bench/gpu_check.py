@@ -1,7 +1,7 @@
 """`make gpu-check`: every GPU-only check in one command, written to one Markdown report.
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
-                              [--parts build tests syncs pipeline nets render profile] [--quick]
+                              [--parts build tests syncs pipeline kernels nets render profile] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -17,11 +17,14 @@ Parts, in this order (the most important first, so a short budget loses the leas
    TFLOP/s per stage in TF32 and in bf16, each without and with CUDA graphs,
    peak GPU memory, the pack's render and files, and the projected
    selfie-to-pack time.
-5. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
-6. ``render``: ``bench/render.py`` at full size (multi-view rendering).
-7. ``profile``: one run of 8 steps per stage under ``torch.profiler``, with CUDA
-   graphs (most steps are replays): how busy the GPU is and the top operators
-   by device and by host time.
+5. ``kernels``: ``bench/kernels.py``: each fused kernel that replaced another
+   (the tiled upfirdn2d, the tri-plane sampler) timed side by side with what it
+   replaced, at the networks' shapes.
+6. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
+7. ``render``: ``bench/render.py`` at full size (multi-view rendering).
+8. ``profile``: ``bench/step_profile.py``: the kernels of each stage's replayed
+   steps (CUDA graphs, after the warm-up and capture), in ms per step by kernel
+   family and by kernel, and how busy the GPU is.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -55,7 +58,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # bench/queue.py would shadow the standard library's queue (torch imports it).
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
-OPS = ("upfirdn2d", "bias_act", "modconv")
+OPS = ("upfirdn2d", "bias_act", "modconv", "triplane")
 OUTPUT_TAIL_CHARS = 12_000  # per part, in the report
 
 
@@ -83,10 +86,14 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         timing = [py, "bench/stage_timing.py", "--warmup", "1", "--steps", "2"]
         nets = [py, "bench/nets.py", "--preset", "slim", "--repeats", "1", "--no-layouts", "--only", "stylegan2"]
         render = [py, "bench/render.py", "--presets", "slim512", "--frames", "8", "--measure-frames", "2"]
+        kernels = [py, "bench/kernels.py", "--repeats", "2"]
+        profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5"]
     else:
         timing = [py, "bench/stage_timing.py", "--preset", "full", "--device", "cuda"]
         nets = [py, "bench/nets.py", "--device", "cuda", "--preset", "full", "--repeats", "3", "--no-layouts"]
         render = [py, "bench/render.py", "--device", "cuda", "--preset", "full"]
+        kernels = [py, "bench/kernels.py"]
+        profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32", "bf16"]
     timing_json = json_dir / "stage_timing.json"
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
@@ -97,9 +104,9 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
              [[py, "bench/host_syncs.py"]]),
         Part("pipeline", "Per-user pipeline at full size (bench/stage_timing.py)", 300,
              [timing + ["--json", str(timing_json)]], result_json=timing_json),
+        Part("kernels", "Fused kernels against what they replaced (bench/kernels.py)", 120, [kernels]),
         Part("nets", "Networks at full size (bench/nets.py)", 240, [nets]),
-        Part("profile", "Where a step's time goes (bench/stage_timing.py --profile)", 180,
-             [timing + ["--profile", "8", "--precisions", "fp32", "--graphs", "on", "--json", str(json_dir / "profile_timing.json")]]),
+        Part("profile", "Where a replayed step's time goes (bench/step_profile.py)", 240, [profile]),
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
     ]
 
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results" / "gpu-check.md")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for all parts together")
-    p.add_argument("--parts", nargs="+", choices=["build", "tests", "syncs", "pipeline", "nets", "render", "profile"], default=None)
+    p.add_argument("--parts", nargs="+", choices=["build", "tests", "syncs", "pipeline", "kernels", "nets", "render", "profile"], default=None)
     p.add_argument("--json-out", type=pathlib.Path, default=None,
                    help="folder for the pipeline part's measurements (default: beside the report)")
     p.add_argument("--quick", action="store_true", help="tiny workloads, for trying the command on a CPU")

@@ -1,0 +1,137 @@
+"""Our fused kernels on the GPU at the networks' shapes, side by side with what they replace.
+
+    python bench/kernels.py [--repeats 20]
+
+One forward and backward pass per case, timed with CUDA events (the median of
+``--repeats`` after two warm-up passes), the implementations interleaved in
+the same process:
+
+* upfirdn2d, at the shapes StyleGAN2-1024 and EG3D-512 run it (the 4x4
+  [1, 3, 3, 1] filter; float32 and bfloat16 as the stages hand it over; the
+  backward is the adjoint upfirdn2d, up and down swapped): ``upfirdn2d_ref``
+  (depthwise convolution), the extension's generic kernel (one thread per
+  output, taps read from global memory; the only kernel before the tiled one)
+  and its tiled kernel (what ``upfirdn2d(impl='auto')`` runs).
+* triplane_mean, EG3D FFHQ-512's planes (3 x 32 x 256 x 256) at a 128 px
+  render's 48 + 48 samples per ray: ``triplane_mean_ref`` (``grid_sample``
+  on [N*3, C, H, W] planes, then the mean) and the fused channels-last kernels.
+
+The last columns give the new kernel's speed-up over the one it replaces and
+the largest difference between their outputs and input gradients relative to
+the largest value. Needs a CUDA device.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import types
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import torch  # noqa: E402
+
+F32, BF16 = torch.float32, torch.bfloat16
+# label, x shape, dtype, arguments; the shapes of tests/engine/ops/test_fused_gpu.py's network cases.
+UPFIRDN2D_CASES = [
+    ("StyleGAN2 G conv0 512->1024, batch 4", (4, 32, 1025, 1025), F32, dict(padding=1, gain=4)),
+    ("StyleGAN2 G conv0 256->512, batch 4", (4, 64, 513, 513), F32, dict(padding=1, gain=4)),
+    ("StyleGAN2 G ToRGB upsample 512->1024, batch 4", (4, 3, 512, 512), F32, dict(up=2, padding=[2, 1, 2, 1], gain=4)),
+    ("StyleGAN2 G conv0 8->16, batch 4", (4, 512, 17, 17), F32, dict(padding=1, gain=4)),
+    ("EG3D backbone conv0 128->256", (1, 128, 257, 257), F32, dict(padding=1, gain=4)),
+    ("EG3D SR conv0 256->512", (1, 128, 513, 513), F32, dict(padding=1, gain=4)),
+    ("EG3D SR image upsample 128->256", (1, 3, 128, 128), F32, dict(up=2, padding=[2, 1, 2, 1], gain=4)),
+    ("StyleGAN2 D-style downsample 1024->512", (4, 32, 1024, 1024), F32, dict(down=2, padding=1)),
+    ("StyleGAN2 G conv0 512->1024, batch 4, bf16", (4, 32, 1025, 1025), BF16, dict(padding=1, gain=4)),
+    ("EG3D SR conv0 256->512, bf16", (1, 128, 513, 513), BF16, dict(padding=1, gain=4)),
+]
+
+
+def time_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` runs after two warm-up runs (CUDA events)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def forward_backward(op, x: torch.Tensor, dy: torch.Tensor | None = None):
+    """``(op(x), d op(x) / dx . dy)``; ``dy`` drawn once per case when not given."""
+    y = op(x)
+    if dy is None:
+        dy = torch.randn(y.shape, device=y.device, generator=torch.Generator(y.device).manual_seed(1)).to(y.dtype)
+    (grad,) = torch.autograd.grad(y, x, dy)
+    return y, grad, dy
+
+
+def difference(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Largest |a - b| of the outputs and of the gradients, relative to the largest |b|."""
+    pairs = [(u.detach().float(), v.detach().float()) for u, v in zip(a, b)]
+    return max(float((u - v).abs().max()) / max(1e-12, float(v.abs().max())) for u, v in pairs)
+
+
+def compare(label: str, shape: str, dtype: torch.dtype, x: torch.Tensor, ops: dict, repeats: int) -> str:
+    """A table row: the ops of ``ops`` (reference, replaced kernel, new kernel) timed interleaved."""
+    _, _, dy = forward_backward(next(iter(ops.values())), x)
+    ms = {name: time_ms(lambda op=op: forward_backward(op, x, dy), repeats) for name, op in ops.items()}
+    old, new = list(ops)[-2:]
+    diff = difference(forward_backward(ops[new], x, dy)[:2], forward_backward(ops[old], x, dy)[:2])
+    return (f"| {label} | {shape} | {str(dtype).removeprefix('torch.')} | "
+            + " | ".join(f"{ms[name]:.3f}" for name in ops) + f" | {ms[old] / ms[new]:.2f}x | {diff:.1e} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench/kernels.py needs a CUDA device", file=sys.stderr)
+        return 2
+    from engine.ops import dispatch, triplane, upfirdn2d
+
+    device = torch.device("cuda")
+    module = dispatch.fused_kernel(upfirdn2d.FUSED, "cuda", device, torch.float32)
+    generic = types.SimpleNamespace(upfirdn2d=module.upfirdn2d_generic)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1], device=device)
+    print(f"# Fused kernels, forward + backward, on {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+          f"median of {args.repeats}\n")
+    print("## upfirdn2d\n")
+    print("| case | x shape | dtype | reference ms | generic kernel ms | tiled kernel ms | tiled vs generic "
+          "| max difference |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for label, shape, dtype, kwargs in UPFIRDN2D_CASES:
+        x = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0)).to(dtype)
+        ops = {"ref": lambda t, kw=kwargs: upfirdn2d.upfirdn2d_ref(t, f, **kw),
+               "generic": lambda t, kw=kwargs: upfirdn2d.upfirdn2d_fused(generic, t, f, **kw),
+               "tiled": lambda t, kw=kwargs: upfirdn2d.upfirdn2d_fused(module, t, f, **kw)}
+        print(compare(label, "x".join(map(str, shape)), dtype, x.requires_grad_(True), ops, args.repeats), flush=True)
+
+    print("\n## triplane_mean\n")
+    print("| case | planes, points | dtype | grid_sample + mean ms | fused kernels ms | fused vs grid_sample "
+          "| max difference |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    points = 128 * 128 * 96
+    for dtype in (F32, BF16):
+        g = torch.Generator(device).manual_seed(2)
+        planes = torch.randn(1, 3, 32, 256, 256, device=device, generator=g).to(dtype)
+        grid = (torch.rand(1, 3, points, 2, device=device, generator=g) * 2.2 - 1.1).to(dtype)
+        ops = {"grid_sample": lambda t, grid=grid: triplane.triplane_mean(t, grid, impl="ref"),
+               "fused": lambda t, grid=grid: triplane.triplane_mean(t, grid, impl="cuda")}
+        print(compare("EG3D FFHQ-512, 128 px render", f"1x3x32x256x256, {points:,}", dtype,
+                      planes.requires_grad_(True), ops, args.repeats), flush=True)
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
