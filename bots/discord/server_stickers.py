@@ -375,8 +375,8 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
         name = emoji_name(pack.id, s.idx, s.name)
         if name in present:
             if s.idx not in recorded:  # added before they were recorded: taken to show the pack's current file
-                guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, present[name].id, name,
-                                         s.files[EMOJI_TARGET])
+                guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, present[name].id, s.files[EMOJI_TARGET],
+                                         name=name)
             already += 1
             continue
         data = data_by_idx.get(s.idx)
@@ -394,7 +394,7 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
             log.warning("pack %s emoji %s refused by Discord: %s", pack.id, s.idx, exc)
             failed += 1
             continue
-        guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, created.id, name, s.files[EMOJI_TARGET])
+        guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, created.id, s.files[EMOJI_TARGET], name=name)
         added += 1
     if full:
         body = text("discord_emoji_slots_full", added=added, total=len(wanted) - already)
@@ -447,7 +447,7 @@ async def _sync_guild_emoji(res: BotResources, guild: discord.Guild, pack: packs
         made = by_name.get(name)
         if rec.state == guild_emoji.REPLACING and made is not None and str(made.id) != rec.emoji_id:
             # the replacement was created just before an interruption
-            guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, made.id, name, digest)
+            guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, made.id, digest, name=name)
             continue
         if rec.state == guild_emoji.ADDED and (rec.blob_digest, rec.name) == (digest, name):
             continue  # unchanged
@@ -469,7 +469,7 @@ async def _sync_guild_emoji(res: BotResources, guild: discord.Guild, pack: packs
                         pack.id, rec.idx, guild.id, exc)
             guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)
             continue
-        guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, created.id, name, digest)
+        guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, created.id, digest, name=name)
 
 
 async def _delete_emoji(emoji: discord.Emoji, reason: str) -> None:
