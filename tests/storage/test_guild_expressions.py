@@ -40,9 +40,8 @@ def test_server_expressions_are_recorded_per_guild_replaced_in_two_steps_and_go_
     assert [g.idx for g in module.for_pack(db, pack.id)["111"]] == [1]
     module.forget(db, pack.id, "222")
     assert sorted(module.for_pack(db, pack.id)) == ["111"]
-    with pytest.raises(sa.exc.IntegrityError):  # only the two states
-        with db.write() as conn:
-            conn.execute(sa.text(f"UPDATE {table} SET state = 'gone'"))
+    with pytest.raises(sa.exc.IntegrityError), db.write() as conn:  # only the two states
+        conn.execute(sa.text(f"UPDATE {table} SET state = 'gone'"))
     users.delete_user(db, BlobStore(db, blob_location), user.id)
     assert module.for_pack(db, pack.id) == {}
 
