@@ -7,6 +7,12 @@
   (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). `.ci/run` starts
   both servers (tests/servers.py); without them only SQLite and the folder run.
 
+- The fake Telegram Bot API (``telegram_server``, ``telegram_user``): shared by the fake's own
+  tests (tests/fakes) and the bot tests (tests/bots), so they live here. The server runs on its
+  own loop in a background thread, so it serves sync tests (python-telegram-bot driven with
+  ``asyncio.run(...)``) and any event loop; tests/fakes/telegram_fixtures.py has the helpers
+  around it (``ptb_bot``, ``engine_sticker_verifier``).
+
 - Tests run on the CPU with one intra-op thread per process: the CI machine
   has 2 cores, and several test processes (workers, schedulers) run at once.
 - `gpu`-marked tests skip when CUDA is absent.
@@ -16,12 +22,16 @@ from __future__ import annotations
 import os
 import pathlib
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from storage.blobs import BlobStore
 from storage.db import open_database
+from tests.fakes import telegram_updates as tgu
+from tests.fakes.telegram_api import FakeTelegramServer
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -117,3 +127,16 @@ def blob_location(request, tmp_path) -> str:
 @pytest.fixture
 def blobs(db, blob_location):
     return BlobStore(db, blob_location, max_bytes=1 << 20, gc_grace_seconds=60)
+
+
+@pytest.fixture
+def telegram_server() -> Iterator[FakeTelegramServer]:
+    server = FakeTelegramServer()
+    with server.serve_in_thread():
+        yield server
+
+
+@pytest.fixture
+def telegram_user(telegram_server: FakeTelegramServer) -> dict[str, Any]:
+    """A user who has started the bot."""
+    return telegram_server.add_user(tgu.user(424242, "Ada", username="ada"))

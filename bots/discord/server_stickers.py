@@ -32,7 +32,9 @@ Custom emoji added instead are kept in step the same way (:mod:`storage.guild_em
 :func:`sync_server_emoji`, called by the delivery after the stickers): the emoji of a
 sticker the selection dropped is deleted, one whose file or name (the expression at
 that index) changed is replaced, with the same ``replacing`` step; a replacement made
-just before an interruption is recognised by its name and new id.
+just before an interruption is recognised by its name and new id. Both syncs run one
+loop (``_sync``); a ``_ServerExpressions`` subclass per kind says what differs: what
+each row should show, how Discord lists and creates them, what to tidy afterwards.
 """
 from __future__ import annotations
 
@@ -40,11 +42,15 @@ import asyncio
 import io
 import logging
 import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import discord
 
 from emoji3d.texts import text
 from storage import deliveries, guild_emoji, guild_stickers, packs, users
+from storage.guild_expressions import ADDED, REPLACING, GuildExpression, GuildExpressionTable
 
 from bots.core import BotResources
 from bots.discord.interactions import (
@@ -271,89 +277,6 @@ async def _drop_duplicates(guild: discord.Guild, pack_id: int) -> int:
     return dropped
 
 
-# ----------------------------------------------------------------------------- keeping them in step
-
-async def sync_server_stickers(client: discord.Client, res: BotResources, pack: packs.Pack) -> None:
-    """Bring the pack's stickers in every recorded guild in step with its sticker rows (see the module
-    docstring). Raises on a transient Discord failure: the delivery is retried and the sync resumes."""
-    by_guild = guild_stickers.for_pack(res.db, pack.id)
-    if not by_guild:
-        return
-    rows = {r.idx: r for r in packs.list_stickers(res.db, pack.id)}
-    result = result_of_pack(res, pack)
-    names = {s.idx: s.name for s in result.stickers} if result is not None else {}
-    owner = _owner_name(client, res, pack)
-    for guild_id, recorded in by_guild.items():
-        try:
-            guild = client.get_guild(int(guild_id)) or await client.fetch_guild(int(guild_id))
-            await _sync_guild(res, guild, pack, recorded, rows, names, owner)
-        except (discord.NotFound, discord.Forbidden) as exc:
-            log.warning("pack %s: its stickers in server %s cannot be updated (%s); no longer tracked",
-                        pack.id, guild_id, exc)
-            guild_stickers.forget(res.db, pack.id, guild_id)
-
-
-async def _sync_guild(res: BotResources, guild: discord.Guild, pack: packs.Pack,
-                      recorded: list[guild_stickers.GuildSticker], rows: dict[int, packs.Sticker],
-                      names: dict[int, str], owner: str) -> None:
-    prefix = f"#{pack.id}."
-    present = {}
-    for s in await guild.fetch_stickers():
-        marker = (s.description or "").rsplit(" ", 1)[-1]
-        if marker.startswith(prefix):
-            present.setdefault(marker, s)
-    created_any = False
-    for rec in recorded:
-        sticker, row = present.get(sticker_marker(pack.id, rec.idx)), rows.get(rec.idx)
-        if row is None:  # dropped from the selection
-            if sticker is not None:
-                await _delete_sticker(sticker, f"emoji3d pack {pack.id}: dropped from the pack")
-            guild_stickers.forget(res.db, pack.id, guild.id, rec.idx)
-            continue
-        if sticker is None and rec.state == guild_stickers.ADDED:
-            guild_stickers.forget(res.db, pack.id, guild.id, rec.idx)  # the server removed it: its choice
-            continue
-        if rec.state == guild_stickers.REPLACING and sticker is not None and str(sticker.id) != rec.sticker_id:
-            # the replacement was created just before an interruption
-            guild_stickers.record_added(res.db, pack.id, guild.id, rec.idx, sticker.id, row.blob_digest)
-            continue
-        if rec.state == guild_stickers.ADDED and rec.blob_digest == row.blob_digest:
-            continue  # unchanged
-        items, bad = await asyncio.to_thread(verified_files, res, [(f"s{row.idx}", row.blob_digest)], STICKER_TARGET)
-        if not items:
-            log.error("pack %s sticker %s: new file failed verification (%s); the server keeps the old one",
-                      pack.id, row.idx, "; ".join(bad))
-            continue
-        data = items[0][1]
-        if sticker is not None:
-            guild_stickers.mark_replacing(res.db, pack.id, guild.id, rec.idx, sticker.id)
-            await _delete_sticker(sticker, f"emoji3d pack {pack.id}: replaced by its new render")
-        name, desc = sticker_fields(owner, names.get(row.idx, f"emoji {row.idx}"), pack.id, row.idx)
-        try:
-            created = await guild.create_sticker(
-                name=name, description=desc, emoji=row.emoji,
-                file=discord.File(io.BytesIO(data), filename=f"{name}.{file_extension(data)}"),
-                reason=f"emoji3d pack {pack.id}: its new render")
-        except discord.HTTPException as exc:
-            if exc.status >= 500 or isinstance(exc, discord.Forbidden):
-                raise  # transient (the delivery retries and this resumes), or the bot lost the permission
-            log.warning("pack %s sticker %s: Discord refused its replacement in server %s: %s",
-                        pack.id, row.idx, guild.id, exc)
-            guild_stickers.forget(res.db, pack.id, guild.id, rec.idx)
-            continue
-        guild_stickers.record_added(res.db, pack.id, guild.id, rec.idx, created.id, row.blob_digest)
-        created_any = True
-    if created_any:
-        await _drop_duplicates(guild, pack.id)
-
-
-async def _delete_sticker(sticker: discord.GuildSticker, reason: str) -> None:
-    try:
-        await sticker.delete(reason=reason)
-    except discord.NotFound:
-        pass  # already gone
-
-
 def emoji_name(pack_id: int, idx: int, expression: str) -> str:
     base = re.sub(r"[^A-Za-z0-9_]", "_", f"e3d{pack_id}_{idx}_{expression}")
     return base[:32]
@@ -375,8 +298,8 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
         name = emoji_name(pack.id, s.idx, s.name)
         if name in present:
             if s.idx not in recorded:  # added before they were recorded: taken to show the pack's current file
-                guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, present[name].id, name,
-                                         s.files[EMOJI_TARGET])
+                guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, present[name].id, s.files[EMOJI_TARGET],
+                                         name=name)
             already += 1
             continue
         data = data_by_idx.get(s.idx)
@@ -394,7 +317,7 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
             log.warning("pack %s emoji %s refused by Discord: %s", pack.id, s.idx, exc)
             failed += 1
             continue
-        guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, created.id, name, s.files[EMOJI_TARGET])
+        guild_emoji.record_added(res.db, pack.id, guild.id, s.idx, created.id, s.files[EMOJI_TARGET], name=name)
         added += 1
     if full:
         body = text("discord_emoji_slots_full", added=added, total=len(wanted) - already)
@@ -405,75 +328,174 @@ async def add_emoji(interaction: discord.Interaction, pack_id: int, guild_id: in
     await interaction.followup.send(body, ephemeral=True)
 
 
+# ----------------------------------------------------------------------------- keeping them in step
+
+async def sync_server_stickers(client: discord.Client, res: BotResources, pack: packs.Pack) -> None:
+    """Bring the pack's stickers in every recorded guild in step with its sticker rows (see the module
+    docstring). Raises on a transient Discord failure: the delivery is retried and the sync resumes."""
+    await _sync(client, res, pack, _ServerStickers())
 
 
 async def sync_server_emoji(client: discord.Client, res: BotResources, pack: packs.Pack) -> None:
     """Bring the pack's custom emoji in every recorded guild in step with its current result (see the
     module docstring). Raises on a transient Discord failure: the delivery is retried and the sync resumes."""
-    by_guild = guild_emoji.for_pack(res.db, pack.id)
+    await _sync(client, res, pack, _ServerEmoji())
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the expression of one sticker idx should be now: its file, the name its row records (None
+    where the table keeps none: stickers), and the rest Discord needs to create it."""
+    digest: str
+    name: str | None
+    fields: dict[str, Any]
+
+
+class _ServerExpressions(ABC):
+    """One kind of expression a pack puts in servers, as :func:`_sync` keeps it in step: the loop over
+    the recorded rows is shared; what they should be and how Discord lists and creates them differ."""
+    table: GuildExpressionTable
+    plural: str  # in log lines, with ``singular``
+    singular: str
+    label: str  # of the files in verification errors
+    target: str  # the file kind they are made from
+
+    @abstractmethod
+    def wanted(self, client: discord.Client, res: BotResources, pack: packs.Pack) -> dict[int, _Wanted]:
+        """By sticker idx; an idx missing was dropped from the selection."""
+
+    @abstractmethod
+    async def find(self, guild: discord.Guild, pack: packs.Pack, recorded: list[GuildExpression],
+                   wanted: dict[int, _Wanted]) -> dict[int, tuple[Any, Any]]:
+        """By recorded idx: the guild's expression the row stands for, and the one taken for its replacement
+        (None: not in the guild)."""
+
+    @abstractmethod
+    async def create(self, guild: discord.Guild, want: _Wanted, data: bytes, reason: str) -> Any: ...
+
+    async def tidy(self, guild: discord.Guild, pack: packs.Pack) -> None:
+        """After creating some: clean up what retried requests may have left."""
+
+
+class _ServerStickers(_ServerExpressions):
+    table, plural, singular, label, target = guild_stickers.TABLE, "stickers", "sticker", "s", STICKER_TARGET
+
+    def wanted(self, client: discord.Client, res: BotResources, pack: packs.Pack) -> dict[int, _Wanted]:
+        rows = packs.list_stickers(res.db, pack.id)
+        result = result_of_pack(res, pack)
+        names = {s.idx: s.name for s in result.stickers} if result is not None else {}
+        owner = _owner_name(client, res, pack)
+        out = {}
+        for r in rows:
+            name, desc = sticker_fields(owner, names.get(r.idx, f"emoji {r.idx}"), pack.id, r.idx)
+            out[r.idx] = _Wanted(r.blob_digest, None, {"name": name, "description": desc, "emoji": r.emoji})
+        return out
+
+    async def find(self, guild: discord.Guild, pack: packs.Pack, recorded: list[GuildExpression],
+                   wanted: dict[int, _Wanted]) -> dict[int, tuple[Any, Any]]:
+        prefix = f"#{pack.id}."
+        present = {}
+        for s in await guild.fetch_stickers():
+            marker = (s.description or "").rsplit(" ", 1)[-1]
+            if marker.startswith(prefix):
+                present.setdefault(marker, s)
+        # by marker both: a replacement carries the marker of the sticker it replaces
+        return {rec.idx: (present.get(sticker_marker(pack.id, rec.idx)),) * 2 for rec in recorded}
+
+    async def create(self, guild: discord.Guild, want: _Wanted, data: bytes, reason: str) -> discord.GuildSticker:
+        file = discord.File(io.BytesIO(data), filename=f"{want.fields['name']}.{file_extension(data)}")
+        return await guild.create_sticker(**want.fields, file=file, reason=reason)
+
+    async def tidy(self, guild: discord.Guild, pack: packs.Pack) -> None:
+        await _drop_duplicates(guild, pack.id)
+
+
+class _ServerEmoji(_ServerExpressions):
+    table, plural, singular, label, target = guild_emoji.TABLE, "emoji", "emoji", "e", EMOJI_TARGET
+
+    def wanted(self, client: discord.Client, res: BotResources, pack: packs.Pack) -> dict[int, _Wanted]:
+        """An idx whose sticker the new result has no emoji file for counts as dropped."""
+        result = result_of_pack(res, pack)
+        return {s.idx: _Wanted(s.files[EMOJI_TARGET], emoji_name(pack.id, s.idx, s.name), {})
+                for s in (result.stickers if result is not None else []) if EMOJI_TARGET in s.files}
+
+    async def find(self, guild: discord.Guild, pack: packs.Pack, recorded: list[GuildExpression],
+                   wanted: dict[int, _Wanted]) -> dict[int, tuple[Any, Any]]:
+        emojis = await guild.fetch_emojis()
+        by_id = {str(e.id): e for e in emojis}
+        by_name: dict[str, discord.Emoji] = {}
+        for e in sorted(emojis, key=lambda e: e.id):
+            by_name.setdefault(e.name, e)
+        # the recorded one by its id; a replacement by its name (the expression now at that idx)
+        return {rec.idx: (by_id.get(rec.discord_id), by_name.get(wanted[rec.idx].name) if rec.idx in wanted else None)
+                for rec in recorded}
+
+    async def create(self, guild: discord.Guild, want: _Wanted, data: bytes, reason: str) -> discord.Emoji:
+        return await guild.create_custom_emoji(name=want.name, image=data, reason=reason)
+
+
+async def _sync(client: discord.Client, res: BotResources, pack: packs.Pack, kind: _ServerExpressions) -> None:
+    by_guild = kind.table.for_pack(res.db, pack.id)
     if not by_guild:
         return
-    result = result_of_pack(res, pack)
-    wanted = {s.idx: (emoji_name(pack.id, s.idx, s.name), s.files[EMOJI_TARGET])
-              for s in (result.stickers if result is not None else []) if EMOJI_TARGET in s.files}
+    wanted = kind.wanted(client, res, pack)
     for guild_id, recorded in by_guild.items():
         try:
             guild = client.get_guild(int(guild_id)) or await client.fetch_guild(int(guild_id))
-            await _sync_guild_emoji(res, guild, pack, recorded, wanted)
+            await _sync_guild(res, guild, pack, kind, recorded, wanted)
         except (discord.NotFound, discord.Forbidden) as exc:
-            log.warning("pack %s: its emoji in server %s cannot be updated (%s); no longer tracked",
-                        pack.id, guild_id, exc)
-            guild_emoji.forget(res.db, pack.id, guild_id)
+            log.warning("pack %s: its %s in server %s cannot be updated (%s); no longer tracked",
+                        pack.id, kind.plural, guild_id, exc)
+            kind.table.forget(res.db, pack.id, guild_id)
 
 
-async def _sync_guild_emoji(res: BotResources, guild: discord.Guild, pack: packs.Pack,
-                            recorded: list[guild_emoji.GuildEmoji], wanted: dict[int, tuple[str, str]]) -> None:
-    emojis = await guild.fetch_emojis()
-    by_id = {str(e.id): e for e in emojis}
-    by_name: dict[str, discord.Emoji] = {}
-    for e in sorted(emojis, key=lambda e: e.id):
-        by_name.setdefault(e.name, e)
+async def _sync_guild(res: BotResources, guild: discord.Guild, pack: packs.Pack, kind: _ServerExpressions,
+                      recorded: list[GuildExpression], wanted: dict[int, _Wanted]) -> None:
+    table = kind.table
+    found = await kind.find(guild, pack, recorded, wanted)
+    created_any = False
     for rec in recorded:
-        old, want = by_id.get(rec.emoji_id), wanted.get(rec.idx)
-        if want is None:  # dropped from the selection (or the new result has no emoji for it)
+        (old, made), want = found[rec.idx], wanted.get(rec.idx)
+        if want is None:  # dropped from the selection
             if old is not None:
-                await _delete_emoji(old, f"emoji3d pack {pack.id}: dropped from the pack")
-            guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)
+                await _delete_expression(old, f"emoji3d pack {pack.id}: dropped from the pack")
+            table.forget(res.db, pack.id, guild.id, rec.idx)
             continue
-        name, digest = want
-        if old is None and rec.state == guild_emoji.ADDED:
-            guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)  # the server removed it: its choice
+        if old is None and rec.state == ADDED:
+            table.forget(res.db, pack.id, guild.id, rec.idx)  # the server removed it: its choice
             continue
-        made = by_name.get(name)
-        if rec.state == guild_emoji.REPLACING and made is not None and str(made.id) != rec.emoji_id:
+        if rec.state == REPLACING and made is not None and str(made.id) != rec.discord_id:
             # the replacement was created just before an interruption
-            guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, made.id, name, digest)
+            table.record_added(res.db, pack.id, guild.id, rec.idx, made.id, want.digest, name=want.name)
             continue
-        if rec.state == guild_emoji.ADDED and (rec.blob_digest, rec.name) == (digest, name):
+        if rec.state == ADDED and (rec.blob_digest, rec.name) == (want.digest, want.name):
             continue  # unchanged
-        items, bad = await asyncio.to_thread(verified_files, res, [(f"e{rec.idx}", digest)], EMOJI_TARGET)
+        items, bad = await asyncio.to_thread(verified_files, res, [(f"{kind.label}{rec.idx}", want.digest)],
+                                             kind.target)
         if not items:
-            log.error("pack %s emoji %s: new file failed verification (%s); the server keeps the old one",
-                      pack.id, rec.idx, "; ".join(bad))
+            log.error("pack %s %s %s: new file failed verification (%s); the server keeps the old one",
+                      pack.id, kind.singular, rec.idx, "; ".join(bad))
             continue
         if old is not None:
-            guild_emoji.mark_replacing(res.db, pack.id, guild.id, rec.idx, old.id)
-            await _delete_emoji(old, f"emoji3d pack {pack.id}: replaced by its new render")
+            table.mark_replacing(res.db, pack.id, guild.id, rec.idx, old.id)
+            await _delete_expression(old, f"emoji3d pack {pack.id}: replaced by its new render")
         try:
-            created = await guild.create_custom_emoji(name=name, image=items[0][1],
-                                                      reason=f"emoji3d pack {pack.id}: its new render")
+            created = await kind.create(guild, want, items[0][1], f"emoji3d pack {pack.id}: its new render")
         except discord.HTTPException as exc:
             if exc.status >= 500 or isinstance(exc, discord.Forbidden):
                 raise  # transient (the delivery retries and this resumes), or the bot lost the permission
-            log.warning("pack %s emoji %s: Discord refused its replacement in server %s: %s",
-                        pack.id, rec.idx, guild.id, exc)
-            guild_emoji.forget(res.db, pack.id, guild.id, rec.idx)
+            log.warning("pack %s %s %s: Discord refused its replacement in server %s: %s",
+                        pack.id, kind.singular, rec.idx, guild.id, exc)
+            table.forget(res.db, pack.id, guild.id, rec.idx)
             continue
-        guild_emoji.record_added(res.db, pack.id, guild.id, rec.idx, created.id, name, digest)
+        table.record_added(res.db, pack.id, guild.id, rec.idx, created.id, want.digest, name=want.name)
+        created_any = True
+    if created_any:
+        await kind.tidy(guild, pack)
 
 
-async def _delete_emoji(emoji: discord.Emoji, reason: str) -> None:
+async def _delete_expression(expression: discord.GuildSticker | discord.Emoji, reason: str) -> None:
     try:
-        await emoji.delete(reason=reason)
+        await expression.delete(reason=reason)
     except discord.NotFound:
         pass  # already gone

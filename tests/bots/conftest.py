@@ -1,6 +1,6 @@
 """Fixtures for the bot tests: a fresh database + blob store, real sticker files
-from the engine's encoders (session-wide), the real face checker, the fake Bot API,
-and a helper that finishes a ``make_pack`` job the way the engine does (claim,
+from the engine's encoders (session-wide), the real face checker (the fake Bot API's
+fixtures are in tests/conftest.py), and a helper that finishes a ``make_pack`` job the way the engine does (claim,
 then complete with a real ``PackResult``)."""
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from emoji3d.orders import PackResult, StickerFiles
 from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import open_database
-from tests.fakes.telegram_fixtures import telegram_server, telegram_user  # noqa: F401
 from tests.lifecycle import make_ready
 
 EMOJIS = ("😀", "😮", "😉")

@@ -1,20 +1,13 @@
-"""pytest fixtures around :class:`tests.fakes.telegram_api.FakeTelegramServer`.
+"""Helpers around :class:`tests.fakes.telegram_api.FakeTelegramServer`; its pytest fixtures
+(``telegram_server``, ``telegram_user``) are in tests/conftest.py.
 
-Import them into a conftest with
-``from tests.fakes.telegram_fixtures import telegram_server, telegram_user  # noqa: F401``.
-
-``telegram_server`` runs the fake on its own loop in a background thread, so it works
-from sync tests (drive python-telegram-bot with ``asyncio.run(...)``) and from any
-event loop. ``ptb_bot`` builds a real ``telegram.Bot`` pointed at a running fake.
+``ptb_bot`` builds a real ``telegram.Bot`` pointed at a running fake;
+``engine_sticker_verifier`` checks uploads with the engine's sticker verifier.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, StickerVerifier
 
 #: (sticker format, role) -> engine.stickers target names used by the deep verifier; a file passes
@@ -57,16 +50,3 @@ def ptb_bot(server: FakeTelegramServer, **kwargs: Any) -> Any:
 
     return Bot(server.token, base_url=server.base_url, base_file_url=server.base_file_url,
                **kwargs)
-
-
-@pytest.fixture
-def telegram_server() -> Iterator[FakeTelegramServer]:
-    server = FakeTelegramServer()
-    with server.serve_in_thread():
-        yield server
-
-
-@pytest.fixture
-def telegram_user(telegram_server: FakeTelegramServer) -> dict[str, Any]:
-    """A user who has started the bot."""
-    return telegram_server.add_user(tgu.user(424242, "Ada", username="ada"))

@@ -1,7 +1,7 @@
 """Tests of the fake Bot API server, driven by the real python-telegram-bot 22 client.
 
 Each test runs PTB on its own ``asyncio.run`` loop against the server fixture, which
-serves from a background thread (see tests/fakes/telegram_fixtures.py).
+serves from a background thread (see tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from telegram.ext import (AIORateLimiter, Application, CallbackQueryHandler, Com
 
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, is_webm, webm_dimensions
-from tests.fakes.telegram_fixtures import engine_sticker_verifier, ptb_bot, telegram_server, telegram_user
+from tests.fakes.telegram_fixtures import engine_sticker_verifier, ptb_bot
 
 pytestmark = [
     # Raw do_api_request calls are deliberate; RetryAfter.retry_after's int/timedelta
