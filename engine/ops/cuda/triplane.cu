@@ -102,7 +102,18 @@ __global__ void triplane_mean_backward_kernel(const float* __restrict__ grad_out
     }
 }
 
-int n_blocks(long total) { return (int)std::min<long>((total + 255) / 256, 65535L * 8); }
+// Both kernels' signature: (input, grid, output, N, M, C, H, W).
+using TriplaneKernel = void (*)(const float*, const float*, float*, int, int, int, int, int);
+
+// Runs `fixed32` (C known at compile time) when C is 32, else `any_c`, over N * M * C threads.
+void launch(TriplaneKernel fixed32, TriplaneKernel any_c, const float* in, const float* grid, float* out, int N,
+            int M, int C, int H, int W) {
+    const long total = (long)N * M * C;
+    if (total == 0) return;
+    const int blocks = (int)std::min<long>((total + 255) / 256, 65535L * 8);
+    (C == 32 ? fixed32 : any_c)<<<blocks, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(in, grid, out, N, M, C, H, W);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 }  // namespace
 
@@ -110,16 +121,8 @@ torch::Tensor triplane_mean_cuda_forward(torch::Tensor planes, torch::Tensor gri
     const at::cuda::OptionalCUDAGuard guard(device_of(planes));
     const int N = planes.size(0), H = planes.size(2), W = planes.size(3), C = planes.size(4), M = grid.size(2);
     auto out = torch::empty({N, M, C}, planes.options());
-    const long total = (long)N * M * C;
-    if (total == 0) return out;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    if (C == 32)
-        triplane_mean_forward_kernel<32><<<n_blocks(total), 256, 0, stream>>>(
-            planes.data_ptr<float>(), grid.data_ptr<float>(), out.data_ptr<float>(), N, M, C, H, W);
-    else
-        triplane_mean_forward_kernel<0><<<n_blocks(total), 256, 0, stream>>>(
-            planes.data_ptr<float>(), grid.data_ptr<float>(), out.data_ptr<float>(), N, M, C, H, W);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(triplane_mean_forward_kernel<32>, triplane_mean_forward_kernel<0>, planes.data_ptr<float>(),
+           grid.data_ptr<float>(), out.data_ptr<float>(), N, M, C, H, W);
     return out;
 }
 
@@ -127,15 +130,7 @@ torch::Tensor triplane_mean_cuda_backward(torch::Tensor grad_out, torch::Tensor 
     const at::cuda::OptionalCUDAGuard guard(device_of(grad_out));
     const int N = grad_out.size(0), M = grad_out.size(1), C = grad_out.size(2);
     auto grad_planes = torch::zeros({N, 3, H, W, C}, grad_out.options());
-    const long total = (long)N * M * C;
-    if (total == 0) return grad_planes;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    if (C == 32)
-        triplane_mean_backward_kernel<32><<<n_blocks(total), 256, 0, stream>>>(
-            grad_out.data_ptr<float>(), grid.data_ptr<float>(), grad_planes.data_ptr<float>(), N, M, C, H, W);
-    else
-        triplane_mean_backward_kernel<0><<<n_blocks(total), 256, 0, stream>>>(
-            grad_out.data_ptr<float>(), grid.data_ptr<float>(), grad_planes.data_ptr<float>(), N, M, C, H, W);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(triplane_mean_backward_kernel<32>, triplane_mean_backward_kernel<0>, grad_out.data_ptr<float>(),
+           grid.data_ptr<float>(), grad_planes.data_ptr<float>(), N, M, C, H, W);
     return grad_planes;
 }
