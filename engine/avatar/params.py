@@ -119,12 +119,13 @@ def compute_delta(tuned: Mapping[str, torch.Tensor], base: nn.Module, dtype=torc
                   device: torch.device | str | None = "cpu") -> Params:
     """``tuned - base`` for every tensor that changed, in ``dtype``, on ``device`` (None: where it is)."""
     own = dict(base.named_parameters())
-    out: Params = {}
-    for name, t in tuned.items():
-        d = (t.detach().float() - own[name].detach().float())
-        if torch.count_nonzero(d):
-            out[name] = d.to(dtype).to(device or d.device).contiguous()
-    return out
+    diffs = {name: t.detach().float() - own[name].detach().float() for name, t in tuned.items()}
+    if not diffs:
+        return {}
+    # Which tensors changed, read from the device in one transfer rather than one wait per tensor.
+    changed = torch.stack([d.ne(0).any() for d in diffs.values()]).tolist()
+    return {name: d.to(dtype).to(device or d.device).contiguous()
+            for (name, d), keep in zip(diffs.items(), changed) if keep}
 
 
 def apply_delta(base: nn.Module, delta: Mapping[str, torch.Tensor], device=None) -> Params:

@@ -75,6 +75,15 @@ def test_functional_params_leave_the_module_untouched_and_deltas_roundtrip():
         assert torch.allclose(restored[k], tuned[k].detach(), atol=1e-3)
 
 
+
+def test_compute_delta_keeps_only_the_tensors_that_changed():
+    net = Tiny()
+    tuned = {k: v.detach().clone() for k, v in net.named_parameters()}
+    tuned["lin.bias"] = tuned["lin.bias"] + 0.5
+    delta = params.compute_delta(tuned, net)
+    assert set(delta) == {"lin.bias"} and torch.equal(delta["lin.bias"], torch.full_like(delta["lin.bias"], 0.5))
+    assert params.compute_delta({}, net) == {}
+
 def test_strength_interpolation_hits_both_endpoints_exactly():
     net = Tiny()
     a = {k: v.detach() + 0.123 for k, v in net.named_parameters()}
