@@ -156,26 +156,6 @@ def time_pack(pipe, result, pack_cfg, device: torch.device) -> dict:
     return out
 
 
-def profile_run(pipe, portrait, exemplar, device: torch.device) -> None:
-    """Where one run's time goes: GPU-busy fraction and the top operators by device and by host time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    synchronize(device)
-    t0 = time.perf_counter()
-    with profile(activities=activities) as prof:
-        pipe(portrait, exemplar, seed=0)
-        synchronize(device)
-    wall = time.perf_counter() - t0
-    averages = prof.key_averages()
-    device_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in averages)
-    print(f"\n# profile: {wall:.2f} s wall (under the profiler), device kernels busy {device_us / 1e6:.2f} s "
-          f"({100 * device_us / 1e6 / wall:.0f} %)")
-    if device.type == "cuda":
-        print(averages.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
-    print(averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
-
-
 def graph_warmup(warmup: int) -> int:
     """Steps before the timed ones with CUDA graphs: each of stage 5's two round kinds runs
     ``WARMUP`` times eagerly and is captured on its next round, so the timed steps are replays only."""
@@ -185,7 +165,7 @@ def graph_warmup(warmup: int) -> int:
 
 
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
-            json_path: pathlib.Path | None = None, profile_steps: int = 0,
+            json_path: pathlib.Path | None = None,
             graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,)) -> dict:
     from bench.pipeline import count_flops
     from emoji3d.config import load_config
@@ -211,8 +191,6 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                         portrait, exemplar)
     report["flops_per_step"] = {stage: later for stage, (_first, later) in flops.items()}
     report["runs"] = {}
-    if profile_steps:
-        profile_run(Pipeline(nets, cfg.pipeline.reduced(profile_steps)), portrait, exemplar, device)
     # CUDA graphs and cuDNN only exist on CUDA: elsewhere those runs would repeat the plain ones.
     if device.type != "cuda":
         graph_modes, autotune_modes = (False,), (False,)
@@ -337,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-autotune", choices=["both", "on", "off"], default="off",
                    help="cuDNN's per-shape algorithm timing ([engine] cudnn_autotune, off by default): on, off, or "
                         "both side by side (CUDA only)")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="first profile one run of STEPS steps per stage (torch.profiler): the top operators")
     args = p.parse_args(argv)
     if args.steps < 2 or args.warmup < 1:
         p.error("--steps must be >= 2 and --warmup >= 1")
@@ -347,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
     graph_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.graphs]
     autotune_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.cudnn_autotune]
-    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, args.profile, graph_modes,
+    report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
                      autotune_modes)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
