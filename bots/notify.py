@@ -9,7 +9,10 @@ Each :meth:`Notifier.tick` reads every watched job once and
 * when it succeeded, calls ``sender.deliver`` (which publishes the pack) and
   stops watching; a delivery that raises a ``UserFacingError`` is reported to
   the user and not retried, any other exception is retried on later ticks
-  (every ``retry_seconds``, at most ``max_delivery_attempts`` times);
+  (every ``retry_seconds``, at most ``max_delivery_attempts`` times); a
+  remake or re-render whose pack moved past it (the pack shows another job's
+  result) is not published: ``sender.finish`` tells the user so, and the pack's
+  own job is delivered through the pack;
 * when it failed or was cancelled, calls ``sender.finish`` and stops.
 
 Restart safety: nothing needed for delivery lives only in memory. Where the
@@ -273,7 +276,8 @@ class Notifier:
         """This platform's packs still to deliver (:func:`storage.packs.undelivered_pack_ids`), then the
         jobs a notifier followed whose outcome it never delivered (:func:`storage.deliveries.undelivered_job_ids`):
         a remake or re-render of a made pack, which its pack does not point at until it succeeds, still
-        open or ended while no bot ran; a first make that failed meanwhile."""
+        open or ended while no bot ran (also one that succeeded after the pack moved past it); a first
+        make that failed meanwhile."""
         out, seen = [], set()
         for pid in packs.undelivered_pack_ids(self.res.db, self.platform):
             try:
@@ -304,9 +308,9 @@ class Notifier:
                 user = users.get_user(self.res.db, pack.user_id)
             except (packs.PackNotFound, jobs.JobNotFound, UserFacingError):
                 continue  # deleted meanwhile
-            # A success is delivered through its pack once the pack shows it (the loop above); a result
-            # the pack never took (it failed or was superseded meanwhile) is not published.
-            if job.status != "succeeded":
+            # A success is delivered through its pack once the pack shows it (the loop above). One the
+            # pack moved past is followed too: its user is told it was not published (Notifier._step).
+            if job.status != "succeeded" or pack.job_id != job.id:
                 out.append((pack, job, user))
         return out
 
@@ -334,24 +338,43 @@ class Notifier:
         if not self._hold(w):
             return
         if job.status == "succeeded":
-            await self._deliver(w, job, now)
+            if self._outdated(job):  # publishing it would put an older result over the pack's newer one
+                await self._finish(w, ProgressView("remake_outdated", cancellable=False, final=True))
+            else:
+                await self._deliver(w, job, now)
             return
         if job.status == "running":
             await self._first_look(w)
         view = progress_view(self.res, job)
         sig = _signature(view)
         if view.final:
-            self.watches.pop(w.job_id, None)
             if job.payload.get("pack_id") is not None:
                 self._mark_pack_failed(int(job.payload["pack_id"]))
-            try:
-                async with self._kept(w):
-                    await self.sender.finish(w, view)
-            finally:  # nothing will be said about this job again
-                self._done(w)
+            await self._finish(w, view)
             return
         if should_edit(w.last_signature, sig, w.last_edit_at, now, self.min_interval, False):
             await self._show(w, view, now)
+
+    async def _finish(self, w: Watch, view: ProgressView) -> None:
+        """Tell the user the job's final word (no result to publish) and stop following it."""
+        self.watches.pop(w.job_id, None)
+        try:
+            async with self._kept(w):
+                await self.sender.finish(w, view)
+        finally:  # nothing will be said about this job again
+            self._done(w)
+
+    def _outdated(self, job: jobs.Job) -> bool:
+        """The succeeded job's pack shows another job's result: a remake or re-render of the pack that
+        the pack moved past (:func:`storage.packs.mark_made` keeps the newest order's result). Its
+        result is not published; the pack's own job is delivered through the pack."""
+        pack_id = job.payload.get("pack_id")
+        if pack_id is None:
+            return False
+        try:
+            return packs.get_pack(self.res.db, int(pack_id)).job_id != job.id
+        except packs.PackNotFound:
+            return False  # deleted meanwhile: the sender's delivery finds out and reports it
 
     async def _first_look(self, w: Watch) -> None:
         """Send the newest first-look still the engine recorded and not yet shown; one photo per stage at

@@ -240,6 +240,8 @@ BOT: dict[str, str] = {
     "rerender_started": "Redoing your pack at {strength} from your stored avatar; it will be here shortly.",
     "rerender_failed": "Sorry, I could not redo your pack: {reason} Your pack is unchanged.",
     "remake_failed": "Sorry, I could not make your pack again: {reason} Your published pack is unchanged.",
+    "remake_outdated": "Your pack was made again meanwhile, so this version was not published: "
+                       "your pack keeps the newer one.",
     # Changing a finished pack (bots.pack_changes): another seed, another sticker selection
     "retry_button": "Try again with another seed",
     "retry_started": "Making your pack again with another seed; this takes as long as the first time.",

@@ -25,7 +25,9 @@ Life cycle (``packs.status``); only the functions below write it::
   scheduled regeneration) does the same: :func:`order_pack` neither reopens the pack nor points it at
   the remake's job, the engine leaves its status alone while it runs, and a failure leaves the pack
   made with its previous job and stickers (the published set keeps working). Only the remake's
-  success moves it, in one step (:func:`mark_made`: the pack now shows the remake's job, ``ready``).
+  success moves it, in one step (:func:`mark_made`: the pack now shows the remake's job, ``ready``),
+  unless the pack shows a later order's result already: the newest order wins whatever the order
+  in which they finish (a bot tells the user of the older one that it was not published).
 
 A transition names the statuses it may start from and is one conditional
 ``UPDATE``, so two processes cannot move a pack along two paths at once; it
@@ -162,16 +164,19 @@ def list_packs(db: Database, user_id: int) -> list[Pack]:
                                                {"u": user_id})]
 
 
-def _transition(db: Database, pack_id: int, to: str, allowed_from: tuple[str, ...], **columns) -> bool:
-    """Move a pack to ``to`` if its status is in ``allowed_from`` (one conditional UPDATE)."""
+def _transition(db: Database, pack_id: int, to: str, allowed_from: tuple[str, ...], *, newest_job: bool = False,
+                **columns) -> bool:
+    """Move a pack to ``to`` if its status is in ``allowed_from`` (one conditional UPDATE);
+    ``newest_job``: and the pack does not show a job newer than ``columns["job_id"]``."""
     sets, params = ["status = :to", "updated_at = :t"], {"to": to, "t": time.time(), "id": pack_id}
     for col, val in columns.items():
         sets.append(f"{col} = :{col}")
         params[col] = val
-    froms = _sql_list(allowed_from)
+    where = f"id = :id AND status IN ({_sql_list(allowed_from)})"
+    if newest_job:  # job ids grow with each order: a later order's result is never replaced by an earlier one's
+        where += " AND (job_id IS NULL OR job_id <= :job_id)"
     with db.write() as conn:
-        moved = conn.execute(sa.text(f"UPDATE packs SET {', '.join(sets)} WHERE id = :id AND status IN ({froms})"),
-                             params).rowcount == 1
+        moved = conn.execute(sa.text(f"UPDATE packs SET {', '.join(sets)} WHERE {where}"), params).rowcount == 1
         if not moved and conn.execute(sa.text("SELECT 1 FROM packs WHERE id = :id"), {"id": pack_id}).first() is None:
             raise PackNotFound(pack_id)
     return moved
@@ -192,13 +197,14 @@ def mark_made(db: Database, pack_id: int, job_id: int, strength: float | None = 
     """The engine stored every file of job ``job_id``'s result for the pack: a first make
     (pending/rendering → ready) or a remake of a made pack (→ ready, now showing ``job_id``'s result
     at ``strength``; None: the pack's own), in one step. False when the pack was in another state
-    (failed or cancelled meanwhile)."""
+    (failed or cancelled meanwhile) or shows a later order's result already (two remakes at once,
+    e.g. a user's retry and a scheduled regeneration, finished in the other order)."""
     columns: dict[str, object] = {"job_id": int(job_id)}
     if strength is not None:
         if not 0.0 <= float(strength) <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         columns["strength"] = float(strength)
-    return _transition(db, pack_id, READY, (PENDING, RENDERING) + MADE, **columns)
+    return _transition(db, pack_id, READY, (PENDING, RENDERING) + MADE, newest_job=True, **columns)
 
 
 def mark_failed(db: Database, pack_id: int) -> bool:
@@ -217,11 +223,11 @@ def mark_published(db: Database, pack_id: int) -> bool:
 
 def mark_rerendered(db: Database, pack_id: int, job_id: int, strength: float) -> bool:
     """A re-render of the made pack succeeded: the pack now shows ``job_id``'s result at ``strength``
-    and is ``ready`` for a bot to publish again. False (nothing changed) when the pack is no longer
-    made, e.g. a new order is remaking it."""
+    and is ``ready`` for a bot to publish again. False (nothing changed) when the pack is not made,
+    or shows a later order's result already (see :func:`mark_made`)."""
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
-    return _transition(db, pack_id, READY, MADE, job_id=int(job_id), strength=float(strength))
+    return _transition(db, pack_id, READY, MADE, newest_job=True, job_id=int(job_id), strength=float(strength))
 
 
 def reopen(db: Database, pack_id: int) -> bool:

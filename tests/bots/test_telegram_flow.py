@@ -703,6 +703,7 @@ def test_a_finished_pack_offers_a_rerender_at_another_strength(res, telegram_ser
             claimed = jobs.claim(res.db, "eng", 60, kinds=[RERENDER_KIND])
             again = PackResult(pack_id=placed.pack.id, preset="slim", avatar=result.avatar,
                                stickers=[StickerFiles(0, "s0", "😀", {"telegram_video": videos[1]})])
+            assert packs.mark_rerendered(res.db, placed.pack.id, claimed.id, 0.35)  # as the engine does
             jobs.complete(res.db, claimed.id, claimed.lease_token, again.to_dict(), again.blob_digests())
             await chat.reply_containing(text("done_updated", link="").strip(), timeout=30)
 

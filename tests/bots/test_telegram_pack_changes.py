@@ -293,3 +293,77 @@ def test_a_scheduled_regeneration_is_announced_as_an_update(res, telegram_server
     asyncio.run(second_life())
     assert said(telegram_server, text("done", link="").strip()) == 1  # the first make's only
     assert packs.get_pack(res.db, seen["pack_id"]).job_id == regen_id
+
+
+def engine_finishes(res, claimed: jobs.Job, pack_id: int, names: list[str], videos: list[str]) -> bool:
+    """Play the engine's last steps for a claimed remake: move the pack (as ``engine.tasks`` does; False when
+    the pack keeps another job's result), then record the success either way. Returns what the pack did."""
+    result = PackResult(pack_id=pack_id, preset="slim", avatar=None,
+                        stickers=[StickerFiles(i, n, "😀", {"telegram_video": d})
+                                  for i, (n, d) in enumerate(zip(names, videos))])
+    moved = packs.mark_made(res.db, pack_id, claimed.id)
+    jobs.complete(res.db, claimed.id, claimed.lease_token, result.to_dict(), result.blob_digests())
+    return moved
+
+
+@pytest.mark.parametrize("first", ["retry", "regeneration"])
+def test_a_retry_overtaken_by_a_newer_remake_while_the_bot_is_down_says_so_and_the_newer_one_is_published(
+        res, telegram_server, telegram_user, selfie_png, sticker_files, first):
+    """A user's retry and a later scheduled regeneration of the same pack both succeed while no bot runs, in
+    either order: the pack keeps the newer order's result, which is published as an update; the retry's own
+    progress message says it was not published; nothing is left to resume."""
+    from shell.scheduler import regenerate_outdated_packs
+
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server) as app:
+            videos = [res.blobs.put_bytes(v) for v in sticker_files["videos"]]
+            user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"],
+                                                            quality=QUALITY)
+            seen.update(pack_id=pack_id, videos=videos)
+            chat.press(done, buttons(done)[text("retry_button")])
+            retry = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id],
+                                   what="the retry job")
+            ref = await wait_for(lambda: (r := deliveries.get_delivery(res.db, retry[0].id)) and r.message_id and r,
+                                 what="its progress message recorded")
+            seen.update(retry=retry[0].id, progress_id=int(ref.message_id))
+
+    async def second_life() -> None:
+        async with running_bot(res, telegram_server):
+            await chat.reply_containing(text("done_updated", link="").strip(), timeout=15)
+            await wait_for(lambda: text("remake_outdated") in next(
+                m for m in chat.bot_messages() if m["message_id"] == seen["progress_id"]).get("text", ""),
+                what="the retry's own message says it was not published")
+            await wait_for(lambda: deliveries.get_delivery(res.db, seen["retry"]) is None, what="its row deleted")
+            await asyncio.sleep(0.5)  # a second rescan or tick must not say anything again
+
+    async def third_life() -> None:  # nothing left to say
+        async with running_bot(res, telegram_server) as app:
+            await asyncio.sleep(0.5)
+            assert app.bot_data["notifier"].watches == {}
+
+    asyncio.run(first_life())
+    (regen_id,) = regenerate_outdated_packs(res.db, {}, "999.0")  # ordered after the retry
+    retry = jobs.claim(res.db, "eng", 60, kinds=[JOB_KIND])
+    regen = jobs.claim(res.db, "eng2", 60, kinds=[REGENERATE_KIND])
+    assert (retry.id, regen.id) == (seen["retry"], regen_id)
+    retry_files, regen_files = seen["videos"][2:3], [seen["videos"][1], seen["videos"][0]]
+    if first == "retry":
+        assert engine_finishes(res, retry, seen["pack_id"], ["turn"], retry_files)
+        assert engine_finishes(res, regen, seen["pack_id"], ["smile", "turn"], regen_files)
+    else:
+        assert engine_finishes(res, regen, seen["pack_id"], ["smile", "turn"], regen_files)
+        assert not engine_finishes(res, retry, seen["pack_id"], ["turn"], retry_files)  # the newer order is kept
+    asyncio.run(second_life())
+    pack = packs.get_pack(res.db, seen["pack_id"])
+    assert (pack.status, pack.job_id) == (packs.PUBLISHED, regen_id)
+    got = telegram_server.sticker_set_json(pack.platform_set_name)["stickers"]
+    assert len(got) == 2  # the regeneration's two stickers, not the retry's one
+    assert said(telegram_server, text("done_updated", link="").strip()) == 1
+    assert said(telegram_server, text("remake_outdated")) == 1
+    assert deliveries.undelivered_job_ids(res.db, "telegram") == []
+    asyncio.run(third_life())
+    assert said(telegram_server, text("remake_outdated")) == 1
+    assert deliveries.list_deliveries(res.db, "telegram") == []

@@ -103,6 +103,29 @@ def test_a_successful_remake_points_the_pack_at_its_job_in_one_step(store):
     assert packs.undelivered_pack_ids(db, "telegram") == [pack.id]  # a bot publishes the remake
 
 
+@pytest.mark.parametrize("earlier_kind", ["remake", "rerender"])
+def test_an_earlier_order_that_succeeds_last_does_not_replace_the_later_orders_result(store, earlier_kind):
+    """Two changes of one made pack (a user's remake or re-render, a scheduled regeneration) may finish in
+    either order; the pack keeps the result of the one ordered last."""
+    db, blobs = store
+    pack, job_id = published_pack(db, blobs)
+    if earlier_kind == "remake":
+        _, earlier = packs.order_pack(db, remake_order(db, blobs, pack, seed=3))
+    else:
+        earlier = jobs.enqueue(db, orders.RERENDER_KIND, {"pack_id": pack.id}, "rr-early", user_id=pack.user_id)
+    later = jobs.enqueue(db, orders.REGENERATE_KIND, {"pack_id": pack.id}, f"regen:{pack.id}", priority="batch",
+                         user_id=pack.user_id)
+    assert packs.mark_made(db, pack.id, later, 0.5)
+    publish(db, pack.id)
+    moved = (packs.mark_made(db, pack.id, earlier, 0.2) if earlier_kind == "remake"
+             else packs.mark_rerendered(db, pack.id, earlier, 0.2))
+    assert not moved
+    after = packs.get_pack(db, pack.id)
+    assert (after.status, after.job_id, after.strength) == (packs.PUBLISHED, later, 0.5)
+    assert packs.undelivered_pack_ids(db, "telegram") == []  # nothing to publish again
+    assert packs.mark_made(db, pack.id, later)  # its own job still may (the engine retried it)
+
+
 def test_a_scheduled_regeneration_that_fails_leaves_the_pack_published(store):
     db, blobs = store
     pack, job_id = published_pack(db, blobs)
