@@ -262,8 +262,8 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
     # one step: a first make becomes ready, a remake now shows this job's result
     if order.pack_id is not None and not packs.mark_made(jc.db, order.pack_id, jc.job.id, order.strength):
-        log.warning("pack %s was failed or cancelled meanwhile; job %s's result is not delivered",
-                    order.pack_id, jc.job.id)
+        log.warning("pack %s was failed or cancelled meanwhile, or shows a later order's result; job %s's "
+                    "result is not published", order.pack_id, jc.job.id)
     return result.to_dict()
 
 
@@ -364,7 +364,8 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
         missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
     # only now, in one step: until it succeeds the pack keeps its old result, status and strength
     if not packs.mark_rerendered(jc.db, order.pack_id, jc.job.id, order.strength):
-        log.warning("pack %s is being remade; its re-render (job %s) is not delivered", order.pack_id, jc.job.id)
+        log.warning("pack %s is being remade or shows a later order's result; its re-render (job %s) is not "
+                    "published", order.pack_id, jc.job.id)
     return result.to_dict()
 
 
