@@ -1,7 +1,8 @@
 """Changing a delivered Discord pack against the fake Discord API: the retry button (another seed), the
 sticker menu (a re-render with the chosen stickers) and a failed re-render that leaves the pack as it was;
 a re-render also updates the stickers and custom emoji already added to a server; a re-render that fails
-while the bot is down is reported once after a restart."""
+while the bot is down is reported once after a restart; a retry overtaken by a newer remake while the bot is
+down says so, and only the newer one is delivered."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ import pytest
 
 from bots.core import ensure_user, give_consent
 from emoji3d.errors import AvatarGone
-from emoji3d.orders import JOB_KIND, RERENDER_KIND, PackResult, StickerFiles
+from emoji3d.orders import JOB_KIND, REGENERATE_KIND, RERENDER_KIND, PackResult, StickerFiles
 from emoji3d.texts import message, text
 from bots.discord.server_stickers import emoji_name, sync_server_emoji, sync_server_stickers
 from storage import deliveries, guild_emoji, guild_stickers, jobs, packs
@@ -246,5 +247,94 @@ def test_a_rerender_that_fails_while_the_bot_is_down_is_reported_once_after_a_re
             assert times_said(server) == 1
             pack = packs.get_pack(res.db, pack_id)
             assert (pack.status, pack.job_id, pack.strength) == (packs.PUBLISHED, job.id, 1.0)
+
+    run(scenario())
+
+
+def said(server, fragment: str) -> int:
+    """How many messages the bot sent or edited (channels, DMs, interaction responses) with a text
+    containing ``fragment``."""
+    return sum(1 for c in server.calls if c.method in ("POST", "PATCH") and isinstance(c.json, dict)
+               and fragment in str(c.json.get("content") or ""))
+
+
+def engine_finishes(res, claimed: jobs.Job, pack_id: int, stickers: list[bytes]) -> bool:
+    """Play the engine's last steps for a claimed remake whose result is the Discord sticker files
+    ``stickers``: move the pack (as ``engine.tasks`` does; False when the pack keeps another job's result),
+    then record the success either way. Returns what the pack did."""
+    result = PackResult(pack_id=pack_id, preset="slim", avatar=None,
+                        stickers=[StickerFiles(i, f"sticker{i}", EMOJIS[i],
+                                               {"discord_sticker": res.blobs.put_bytes(data)})
+                                  for i, data in enumerate(stickers)])
+    moved = packs.mark_made(res.db, pack_id, claimed.id)
+    jobs.complete(res.db, claimed.id, claimed.lease_token, result.to_dict(), result.blob_digests())
+    return moved
+
+
+@pytest.mark.parametrize("first", ["retry", "regeneration"])
+def test_a_retry_overtaken_by_a_newer_remake_while_the_bot_is_down_says_so_and_the_newer_one_is_delivered(
+        res, selfie_png, discord_files, first):
+    """A user's retry and a later scheduled regeneration of the same pack both succeed while no bot runs, in
+    either order: the pack keeps the newer order's result, which is delivered by DM (the regeneration has no
+    interaction); the retry's own progress message says it was not published; nothing is left to resume."""
+    from shell.scheduler import regenerate_outdated_packs
+    from tests.bots.discord.test_discord_flow import _restarted_bot
+    from tests.fakes.discord_api import FakeDiscord
+    from tests.fakes.discord_harness import DiscordHarness, build_world
+
+    files = discord_files["stickers"]
+    outdated, delivered_later = text("remake_outdated"), text("discord_done_later")
+
+    async def scenario() -> None:
+        async with FakeDiscord() as server:
+            w = build_world(server)
+            async with DiscordHarness(_restarted_bot(res), server) as h1:
+                job, fu, _ = await delivered(res, h1, w, selfie_png, discord_files, ["turn", "smile"], dict(QUALITY))
+                pack_id = job.payload["pack_id"]
+                await h1.deliver(h1.click(f"emoji3d:rt:{pack_id}:{job.payload['seed'] + 1}", w.member, message=fu))
+                (retry_id,) = [j.id for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id]
+                ref = await wait_for(lambda: (r := deliveries.get_delivery(res.db, retry_id))
+                                     and r.fallback_message_id and r, what="its progress message recorded")
+                progress = (ref.fallback_chat_id, ref.fallback_message_id)
+                h1.assert_no_errors()
+            (regen_id,) = regenerate_outdated_packs(res.db, {}, "999.0")  # ordered after the retry
+            retry = jobs.claim(res.db, "eng", 60, kinds=[JOB_KIND])
+            regen = jobs.claim(res.db, "eng2", 60, kinds=[REGENERATE_KIND])
+            assert (retry.id, regen.id) == (retry_id, regen_id)
+            retry_files, regen_files = files[2:3], [files[1], files[0]]
+            if first == "retry":
+                assert engine_finishes(res, retry, pack_id, retry_files)
+                assert engine_finishes(res, regen, pack_id, regen_files)
+            else:
+                assert engine_finishes(res, regen, pack_id, regen_files)
+                assert not engine_finishes(res, retry, pack_id, retry_files)  # the newer order is kept
+            async with DiscordHarness(_restarted_bot(res), server) as h2:
+                def results_by_dm() -> list[dict]:
+                    return [m for m in server.dm_messages(w.member["user"]["id"])
+                            if delivered_later in m.get("content", "")]
+
+                await wait_for(results_by_dm, what="the regeneration delivered by DM")
+                await wait_for(lambda: outdated in server.messages[progress[0]][progress[1]]["content"],
+                               what="the retry's own message says it was not published")
+                await wait_for(lambda: deliveries.get_delivery(res.db, retry_id) is None, what="its row deleted")
+                await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED,
+                               what="republished")
+                await asyncio.sleep(0.5)  # a second rescan or tick must not say anything again
+                h2.assert_no_errors()
+            (dm,) = results_by_dm()  # the regeneration's: the retry's older result is not delivered
+            # the regeneration's two stickers, not the retry's one
+            assert [server.file_bytes(a["url"]) for a in dm["attachments"]] == regen_files
+            pack = packs.get_pack(res.db, pack_id)
+            assert (pack.status, pack.job_id) == (packs.PUBLISHED, regen_id)
+            assert said(server, delivered_later) == 1  # the regeneration, announced once
+            assert said(server, text("discord_done")) == 1  # the first make's follow-up only
+            assert said(server, outdated) == 1
+            assert deliveries.undelivered_job_ids(res.db, "discord") == []
+            async with DiscordHarness(_restarted_bot(res), server) as h3:  # nothing left to say
+                await asyncio.sleep(0.5)
+                assert h3.bot.notifier.watches == {}
+                h3.assert_no_errors()
+            assert said(server, outdated) == 1
+            assert deliveries.list_deliveries(res.db, "discord") == []
 
     run(scenario())
