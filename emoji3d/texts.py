@@ -205,6 +205,8 @@ BOT: dict[str, str] = {
     "discord_done": "Your 3D emoji are ready! Here are the animated stickers and a preview.",
     "discord_done_later": ("Your 3D emoji are ready! The original message expired, so here they are. "
                            "“Add to server” works in the server you made them in."),
+    "discord_updated": ("Your 3D emoji were updated: here are the new animated stickers and a preview. "
+                        "Stickers and emoji you added to a server were updated there too."),
     "discord_done_channel": "{mention} your 3D emoji are ready (I couldn't send you a direct message).",
     "discord_delivered_below": "Done: your stickers are in the message below.",
     "discord_delivered_elsewhere": "Done: I sent your stickers by direct message.",

@@ -259,6 +259,8 @@ class DiscordSender:
                 items.append(("preview.png", self.res.blobs.read_bytes(preview)))
             except Exception:  # noqa: BLE001 - the preview is a courtesy
                 log.warning("job %s: preview blob %s unreadable", job.id, preview)
+        # a remake of a pack the user has (a retry, a re-render, a scheduled regeneration) says "updated"
+        updated = core.updates_published_set(job)
         ref = self._live_ref(w.job_id)
         known = self.ref(w.job_id)
         guild_id = known.guild_id if known is not None else None
@@ -271,7 +273,8 @@ class DiscordSender:
                 hook = self._hook(ref)
                 for k, chunk in enumerate(chunks):
                     last = k == len(chunks) - 1
-                    body = "\n".join([*([text("discord_done")] if stickers else []), *lines]) if k == 0 else "\u200b"
+                    heading = text("discord_updated" if updated else "discord_done")
+                    body = "\n".join([*([heading] if stickers else []), *lines]) if k == 0 else "\u200b"
                     kw: dict[str, Any] = {"view": view} if (last and view is not None) else {}
                     await hook.send(body, files=discord_files(chunk), wait=True, **kw)
                 delivered = True
@@ -287,7 +290,8 @@ class DiscordSender:
         if not delivered:
             for k, chunk in enumerate(chunks):
                 last = k == len(chunks) - 1
-                body = "\n".join([*([text("discord_done_later")] if stickers else []), *lines]) if k == 0 else "\u200b"
+                heading = text("discord_updated" if updated else "discord_done_later")
+                body = "\n".join([*([heading] if stickers else []), *lines]) if k == 0 else "\u200b"
                 kw = {"view": view} if (last and view is not None) else {}
                 await self._send_somewhere(w, content=body, files_factory=lambda c=chunk: discord_files(c), **kw)
             if ref is not None:

@@ -134,6 +134,7 @@ def test_a_rerender_updates_the_stickers_added_to_a_server_and_resumes_after_a_f
             jobs.complete(res.db, claimed.id, claimed.lease_token, result.to_dict(), result.blob_digests())
             await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED, what="re-published",
                            timeout=60)
+            assert said(h.server, text("discord_updated")) == 1  # announced as an update of the user's pack
             after = {s.payload["description"].rsplit(" ", 1)[-1]: s for s in h.server.stickers(w.guild_id)}
             assert sorted(after) == [f"#{pack_id}.0", f"#{pack_id}.1"]  # the dropped one is gone, no duplicate
             assert after[f"#{pack_id}.0"].payload["id"] == before[f"#{pack_id}.0"].payload["id"]  # unchanged: kept
@@ -276,14 +277,15 @@ def test_a_retry_overtaken_by_a_newer_remake_while_the_bot_is_down_says_so_and_t
         res, selfie_png, discord_files, first):
     """A user's retry and a later scheduled regeneration of the same pack both succeed while no bot runs, in
     either order: the pack keeps the newer order's result, which is delivered by DM (the regeneration has no
-    interaction); the retry's own progress message says it was not published; nothing is left to resume."""
+    interaction) as an update; the retry's own progress message says it was not published; nothing is left to
+    resume."""
     from shell.scheduler import regenerate_outdated_packs
     from tests.bots.discord.test_discord_flow import _restarted_bot
     from tests.fakes.discord_api import FakeDiscord
     from tests.fakes.discord_harness import DiscordHarness, build_world
 
     files = discord_files["stickers"]
-    outdated, delivered_later = text("remake_outdated"), text("discord_done_later")
+    outdated, updated = text("remake_outdated"), text("discord_updated")
 
     async def scenario() -> None:
         async with FakeDiscord() as server:
@@ -311,7 +313,7 @@ def test_a_retry_overtaken_by_a_newer_remake_while_the_bot_is_down_says_so_and_t
             async with DiscordHarness(_restarted_bot(res), server) as h2:
                 def results_by_dm() -> list[dict]:
                     return [m for m in server.dm_messages(w.member["user"]["id"])
-                            if delivered_later in m.get("content", "")]
+                            if updated in m.get("content", "")]
 
                 await wait_for(results_by_dm, what="the regeneration delivered by DM")
                 await wait_for(lambda: outdated in server.messages[progress[0]][progress[1]]["content"],
@@ -326,7 +328,8 @@ def test_a_retry_overtaken_by_a_newer_remake_while_the_bot_is_down_says_so_and_t
             assert [server.file_bytes(a["url"]) for a in dm["attachments"]] == regen_files
             pack = packs.get_pack(res.db, pack_id)
             assert (pack.status, pack.job_id) == (packs.PUBLISHED, regen_id)
-            assert said(server, delivered_later) == 1  # the regeneration, announced once
+            assert said(server, updated) == 1  # the regeneration, announced once as an update
+            assert said(server, text("discord_done_later")) == 0  # no "original message" ever expired here
             assert said(server, text("discord_done")) == 1  # the first make's follow-up only
             assert said(server, outdated) == 1
             assert deliveries.undelivered_job_ids(res.db, "discord") == []
