@@ -19,19 +19,29 @@
 
 namespace {
 
-// The bilinear footprint of plane coordinates (gx, gy): top-left texel and the
-// weights of the right column / bottom row. False when every corner lies outside
-// (or a coordinate is not finite): the sample reads zero and scatters nothing.
-__device__ __forceinline__ bool footprint(float gx, float gy, int H, int W, int& x0, int& y0, float& wx1, float& wy1) {
+// Calls visit(offset, weight) for each corner of the bilinear footprint of plane
+// coordinates (gx, gy) that lies on the plane: offset = (y * W + x) * C, the
+// texel's first feature in a channels-last plane. Nothing for a sample whose
+// corners all lie outside, or whose coordinates are not finite.
+template <typename Visit>
+__device__ __forceinline__ void for_each_corner(float gx, float gy, int H, int W, int C, Visit visit) {
     const float ix = ((gx + 1.f) * W - 1.f) / 2.f;
     const float iy = ((gy + 1.f) * H - 1.f) / 2.f;
     const float fx = floorf(ix), fy = floorf(iy);
-    if (!(fx >= -1.f && fx < (float)W && fy >= -1.f && fy < (float)H)) return false;
-    x0 = (int)fx;
-    y0 = (int)fy;
-    wx1 = ix - fx;
-    wy1 = iy - fy;
-    return true;
+    if (!(fx >= -1.f && fx < (float)W && fy >= -1.f && fy < (float)H)) return;
+    const int x0 = (int)fx, y0 = (int)fy;
+    const float wx[2] = {1.f - (ix - fx), ix - fx}, wy[2] = {1.f - (iy - fy), iy - fy};
+#pragma unroll
+    for (int dy = 0; dy < 2; ++dy) {
+        const int y = y0 + dy;
+        if (y < 0 || y >= H) continue;
+#pragma unroll
+        for (int dx = 0; dx < 2; ++dx) {
+            const int x = x0 + dx;
+            if (x < 0 || x >= W) continue;
+            visit((y * W + x) * C, wx[dx] * wy[dy]);
+        }
+    }
 }
 
 template <int FIXED_C>
@@ -47,22 +57,8 @@ __global__ void triplane_mean_forward_kernel(const float* __restrict__ planes, c
         for (int k = 0; k < 3; ++k) {
             const int plane = n * 3 + k;
             const float* g = grid + 2 * (plane * M + m);
-            int x0, y0;
-            float wx1, wy1;
-            if (!footprint(g[0], g[1], H, W, x0, y0, wx1, wy1)) continue;
             const float* texels = planes + (long)plane * H * W * C + c;
-            const float wx[2] = {1.f - wx1, wx1}, wy[2] = {1.f - wy1, wy1};
-#pragma unroll
-            for (int dy = 0; dy < 2; ++dy) {
-                const int y = y0 + dy;
-                if (y < 0 || y >= H) continue;
-#pragma unroll
-                for (int dx = 0; dx < 2; ++dx) {
-                    const int x = x0 + dx;
-                    if (x < 0 || x >= W) continue;
-                    acc += texels[(y * W + x) * C] * (wx[dx] * wy[dy]);
-                }
-            }
+            for_each_corner(g[0], g[1], H, W, C, [&](int offset, float weight) { acc += texels[offset] * weight; });
         }
         out[idx] = acc / 3.f;
     }
@@ -82,22 +78,9 @@ __global__ void triplane_mean_backward_kernel(const float* __restrict__ grad_out
         for (int k = 0; k < 3; ++k) {
             const int plane = n * 3 + k;
             const float* g = grid + 2 * (plane * M + m);
-            int x0, y0;
-            float wx1, wy1;
-            if (!footprint(g[0], g[1], H, W, x0, y0, wx1, wy1)) continue;
             float* texels = grad_planes + (long)plane * H * W * C + c;
-            const float wx[2] = {1.f - wx1, wx1}, wy[2] = {1.f - wy1, wy1};
-#pragma unroll
-            for (int dy = 0; dy < 2; ++dy) {
-                const int y = y0 + dy;
-                if (y < 0 || y >= H) continue;
-#pragma unroll
-                for (int dx = 0; dx < 2; ++dx) {
-                    const int x = x0 + dx;
-                    if (x < 0 || x >= W) continue;
-                    atomicAdd(texels + (y * W + x) * C, share * (wx[dx] * wy[dy]));
-                }
-            }
+            for_each_corner(g[0], g[1], H, W, C,
+                            [&](int offset, float weight) { atomicAdd(texels + offset, share * weight); });
         }
     }
 }
