@@ -10,7 +10,7 @@
 - The fake Telegram Bot API (``telegram_server``, ``telegram_user``): shared by the fake's own
   tests (tests/fakes) and the bot tests (tests/bots), so they live here. The server runs on its
   own loop in a background thread, so it serves sync tests (python-telegram-bot driven with
-  ``asyncio.run(...)``) and any event loop; tests/fakes/telegram_fixtures.py has the helpers
+  ``asyncio.run(...)``) and any event loop; tests/fakes/telegram_helpers.py has the helpers
   around it (``ptb_bot``, ``engine_sticker_verifier``).
 
 - Tests run on the CPU with one intra-op thread per process: the CI machine

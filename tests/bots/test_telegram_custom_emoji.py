@@ -20,7 +20,7 @@ from storage import jobs, packs, users
 from tests.bots.conftest import EMOJIS, QUALITY
 from tests.bots.test_telegram_flow import Chat, add_global_style, buttons, consent, running_bot
 from tests.bots.test_telegram_stickers import bot_for
-from tests.fakes.telegram_fixtures import engine_sticker_verifier
+from tests.fakes.telegram_helpers import engine_sticker_verifier
 from tests.lifecycle import make_ready
 
 pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarning"),

@@ -13,7 +13,7 @@ from emoji3d.texts import message
 from storage import packs, users
 from tests.bots.conftest import EMOJIS
 from tests.fakes import telegram_updates as tgu
-from tests.fakes.telegram_fixtures import engine_sticker_verifier
+from tests.fakes.telegram_helpers import engine_sticker_verifier
 from tests.lifecycle import make_ready
 
 pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarning"),

@@ -24,7 +24,7 @@ from telegram.ext import (AIORateLimiter, Application, CallbackQueryHandler, Com
 
 from tests.fakes import telegram_updates as tgu
 from tests.fakes.telegram_api import FakeTelegramServer, is_webm, webm_dimensions
-from tests.fakes.telegram_fixtures import engine_sticker_verifier, ptb_bot
+from tests.fakes.telegram_helpers import engine_sticker_verifier, ptb_bot
 
 pytestmark = [
     # Raw do_api_request calls are deliberate; RetryAfter.retry_after's int/timedelta
