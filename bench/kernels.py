@@ -18,7 +18,7 @@ the same process:
 
 The last columns give the new kernel's speed-up over the one it replaces and
 the largest difference between their outputs and input gradients relative to
-the largest value. Needs a CUDA device.
+the largest value. Needs a CUDA device (elsewhere it says so and measures nothing).
 """
 from __future__ import annotations
 
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench/kernels.py needs a CUDA device", file=sys.stderr)
-        return 2
+    if not torch.cuda.is_available():  # as bench/host_syncs.py: `make bench` runs every bench anywhere
+        print("bench/kernels.py: no CUDA device here (the kernels are CUDA's); nothing measured")
+        return 0
     from engine.ops import dispatch, triplane, upfirdn2d
 
     device = torch.device("cuda")
