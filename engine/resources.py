@@ -31,9 +31,9 @@ from emoji3d.config import Config
 from emoji3d.errors import UserFacingError
 from emoji3d.images import DecodeLimits
 from engine import ops
-from engine.cuda_math import configure_cuda_math
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
+from engine.cuda_math import configure_cuda_math
 from engine.face.analyze import FaceConfig
 from engine.face.landmarks import LandmarkDetector
 from engine.render.edits import BoundarySet, generator_digest, load_boundaries

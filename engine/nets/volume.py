@@ -331,13 +331,18 @@ def project_onto_planes(coords: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack((coords[..., u], coords[..., v]), dim=-1) for u, v in PLANE_COORD_INDEX], dim=1)
 
 
-def _grid_sample_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """Bilinear features [N, 3, C, M] of planes [N,3,C,H,W] at world points [N,M,3]."""
+def _check_planes_and_points(planes: torch.Tensor, coords: torch.Tensor) -> None:
     if planes.ndim != 5 or planes.shape[1] != 3:
         raise ValueError(f"planes must be [N,3,C,H,W], got {tuple(planes.shape)}")
-    n, n_planes, c, h, w = planes.shape
+    n = planes.shape[0]
     if coords.ndim != 3 or coords.shape[0] != n or coords.shape[2] != 3:
         raise ValueError(f"coords must be [{n},M,3] to match planes, got {tuple(coords.shape)}")
+
+
+def _grid_sample_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """Bilinear features [N, 3, C, M] of planes [N,3,C,H,W] at world points [N,M,3]."""
+    _check_planes_and_points(planes, coords)
+    n, n_planes, c, h, w = planes.shape
     m = coords.shape[1]
     grid = project_onto_planes((2 / box_warp) * coords).reshape(n * n_planes, 1, m, 2)
     feats = F.grid_sample(
@@ -354,11 +359,7 @@ def sample_from_planes(planes: torch.Tensor, coords: torch.Tensor, box_warp: flo
 def sample_plane_mean(planes: torch.Tensor, coords: torch.Tensor, box_warp: float, impl: str = "auto") -> torch.Tensor:
     """The mean over the three planes of :func:`sample_from_planes`, [N, M, C]: what the OSG
     decoder reads. On CUDA a fused kernel samples channels-last planes (``engine.ops.triplane``)."""
-    if planes.ndim != 5 or planes.shape[1] != 3:
-        raise ValueError(f"planes must be [N,3,C,H,W], got {tuple(planes.shape)}")
-    n = planes.shape[0]
-    if coords.ndim != 3 or coords.shape[0] != n or coords.shape[2] != 3:
-        raise ValueError(f"coords must be [{n},M,3] to match planes, got {tuple(coords.shape)}")
+    _check_planes_and_points(planes, coords)
     grid = project_onto_planes((2 / box_warp) * coords)  # [N, 3, M, 2]
     return triplane.triplane_mean(planes, grid, impl=impl)
 
