@@ -44,6 +44,10 @@ THUMBNAIL_TARGETS: dict[str, str | None] = {"telegram": "telegram_thumb", "disco
 # The custom emoji made from each sticker's frames where the platform has them and config allows it
 # ([telegram] custom_emoji); stored in StickerFiles.files under this target name.
 CUSTOM_EMOJI_TARGETS: dict[str, str | None] = {"telegram": "telegram_emoji", "discord": None, "local": None}
+# Platforms whose results include the preview page (every sticker's animated preview and the quality
+# report in one HTML file): only ``emoji3d make`` ("local") writes it out. The bots send the contact sheet
+# (PackResult.preview_png) and the quality line, so their packs skip the page's encodes and its blob.
+PREVIEW_PAGE_PLATFORMS = frozenset({"local"})
 # PackResult.quality: each measure (float, or None when it could not be taken; see engine.render.quality),
 # plus "weak" (the measures past their [quality] thresholds) and "notes" (why a measure is missing).
 QUALITY_KEYS = ("identity_pti", "identity_stylized", "multiview", "style_lpips")

@@ -40,8 +40,9 @@ import torch
 from emoji3d.config import Config
 from emoji3d.errors import AvatarGone, SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
-from emoji3d.orders import (ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND,
-                            CUSTOM_EMOJI_TARGETS, THUMBNAIL_TARGETS, PackOrder, PackResult, RerenderOrder, StickerFiles, first_look_key)
+from emoji3d.orders import (CUSTOM_EMOJI_TARGETS, ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, PREVIEW_PAGE_PLATFORMS,
+                            QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND, THUMBNAIL_TARGETS, PackOrder, PackResult,
+                            RerenderOrder, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
 from engine import boundary_job
 from engine.avatar import params, portrait_artifact
@@ -244,7 +245,8 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     files = make_pack_files(res.pipeline.nets.g3d, pose, res.cfg.pack, order.targets,
                             thumbnail_target=THUMBNAIL_TARGETS.get(order.platform), boundaries=res.boundaries,
                             boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress,
-                            emoji_target=custom_emoji_target(res.cfg, order.platform))
+                            emoji_target=custom_emoji_target(res.cfg, order.platform),
+                            preview_page=order.platform in PREVIEW_PAGE_PLATFORMS)
     # The avatar references the style and selfie artifacts in the cache instead of copying them.
     avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(style),
                                   portrait_key=res.pipeline.portrait_key(order.selfie_digest, seed))
@@ -256,7 +258,7 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
         preview_png=jc.put_blob(files.preview_png),
         preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
-                                              report["notes"])),
+                                              report["notes"])) if files.preview_html else None,
         avatar=jc.put_blob(avatar_file), renders=[jc.put_blob(png) for png in files.stills],
         mesh=jc.put_blob(files.mesh) if files.mesh is not None else None, missing=files.notes,
         timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
@@ -336,7 +338,8 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
     files = make_pack_files(res.pipeline.nets.g3d, pose, dataclasses.replace(res.cfg.pack, stickers=chosen),
                             PLATFORM_TARGETS[order.platform], thumbnail_target=THUMBNAIL_TARGETS.get(order.platform),
                             boundaries=res.boundaries, boundaries_problem=res.boundaries_problem, progress=progress,
-                            emoji_target=custom_emoji_target(res.cfg, order.platform))
+                            emoji_target=custom_emoji_target(res.cfg, order.platform),
+                            preview_page=order.platform in PREVIEW_PAGE_PLATFORMS)
     g3d = res.pipeline.nets.g3d
     measures = quality.measure(g3d, res.pipeline.nets.lpips, None, pti=pose.params, stylized=pose.params,
                                ws=avatar.w_3d, noise=avatar.noise, selfie_camera=avatar.camera, selfie_3d=None,
@@ -359,7 +362,7 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
         thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
         preview_png=jc.put_blob(files.preview_png),
         preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
-                                              report.get("notes", []))),
+                                              report.get("notes", []))) if files.preview_html else None,
         avatar=jc.put_blob(jc.blobs.read_bytes(source.avatar)), renders=[jc.put_blob(png) for png in files.stills],
         missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
     # only now, in one step: until it succeeds the pack keeps its old result, status and strength

@@ -49,7 +49,7 @@ from engine.render.frames import (RenderSettings, StickerFrames, StickerSpec, re
                                   spec_from_entry, to_rgba)
 from engine.render.mesh import export_glb
 from engine.stickers.encode import EncodeResult, encode
-from engine.stickers.preview import PackItem, PackPreview, build_pack_preview
+from engine.stickers.preview import PackItem, PackPreview, build_pack_preview, contact_sheet
 
 STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
 
@@ -141,6 +141,11 @@ def _preview_encode(frames: StickerFrames) -> EncodeResult:
     return encode(frames.frames, frames.fps, "preview")
 
 
+def _sheet_only(rendered: list[StickerFrames], _encodes: list[Future]) -> PackPreview:
+    """The contact sheet without the preview page (nothing was encoded for it)."""
+    return PackPreview(contact_sheet([PackItem(f.name, f.frames, f.fps) for f in rendered]), "", {})
+
+
 def _pack_preview(rendered: list[StickerFrames], encodes: list[Future]) -> PackPreview:
     """The pack's preview from its stickers' ``preview`` encodes (futures submitted before this job,
     so on a FIFO pool they are running or done when it waits on them)."""
@@ -197,12 +202,15 @@ class StickerEncoder:
 def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, targets: tuple[str, ...],
                     *, thumbnail_target: str | None, boundaries: BoundarySet | None, boundaries_problem: str = "",
                     mesh: bool = False, progress: PackProgress, emoji_target: str | None = None,
-                    encode_workers: int | None = None) -> PackFiles:
-    """Stills, every configured sticker in every target, a thumbnail, previews and (optionally) a mesh.
+                    encode_workers: int | None = None, preview_page: bool = True) -> PackFiles:
+    """Stills, every configured sticker in every target, a thumbnail, the contact sheet, (with
+    ``preview_page``) the preview page and (optionally) a mesh.
 
     A sticker's files (one per name in ``per_sticker``: each platform target; a further per-sticker
     output is one more name there) are encoded on ``encode_workers`` threads (None:
-    :func:`default_encode_workers`; 1: serially) while the next sticker renders."""
+    :func:`default_encode_workers`; 1: serially) while the next sticker renders. The preview page
+    needs an animated ``preview`` encode of every sticker, the costliest encode of a sticker on the
+    CPU: without ``preview_page`` none is made and ``preview_html`` is empty."""
     settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
     specs, notes = sticker_specs(pack, boundaries, boundaries_problem)
     per_sticker = tuple(targets) + ((emoji_target,) if emoji_target else ())
@@ -220,12 +228,13 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
             for frames in made:
                 for target in per_sticker:
                     encoder.submit(len(rendered), frames, target)
-                previews.append(encoder.later(_preview_encode, frames))
+                if preview_page:
+                    previews.append(encoder.later(_preview_encode, frames))
                 if thumbnail_target and thumbnail_job is None:
                     thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target)
                 rendered.append(frames)
             progress("render", i + 2, len(specs) + 1)
-        preview_job = encoder.later(_pack_preview, list(rendered), previews)
+        preview_job = encoder.later(_pack_preview if preview_page else _sheet_only, list(rendered), previews)
         files = encoder.results(lambda i: progress("encode", i + 1, len(rendered) + 1))
         thumbnail = {thumbnail_target: thumbnail_job.result()} if thumbnail_job is not None else {}
         preview = preview_job.result()

@@ -1,4 +1,5 @@
-"""The engine makes a Telegram pack's custom emoji from the sticker renders, and none when config says no."""
+"""The engine makes a Telegram pack's custom emoji from the sticker renders, and none when config says no; a bot's
+pack gets the contact sheet but not the preview page."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ def test_a_telegram_pack_gets_a_custom_emoji_per_sticker_and_none_when_off(engin
     assert job.status == "succeeded", job.error
     stickers = job.result["stickers"]
     assert [s["name"] for s in stickers] == ["turn", "nod"]
+    assert job.result["preview_html"] is None and job.result["preview_png"]  # a bot's pack: the sheet, no page
     for s in stickers:
         assert set(s["files"]) == {"telegram_video", "telegram_emoji"}
         emoji = blobs.read_bytes(s["files"]["telegram_emoji"])

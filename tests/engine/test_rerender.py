@@ -90,6 +90,7 @@ def test_a_rerender_makes_the_chosen_stickers_at_the_new_strength_without_optimi
     assert half.status == "succeeded", half.error
     result = packs.result_of(half)
     assert [s.name for s in result.stickers] == ["nod"]
+    assert b"Quality" in blobs.read_bytes(result.preview_html)  # a local order's pack has the preview page
     assert set(result.timings) == {"rerender"}  # no optimisation stage ran
     assert result.quality["identity_pti"] == 0.4 and result.quality["identity_stylized"] is None
     assert 0.0 <= result.quality["multiview"] <= 1.0  # measured again at the new strength

@@ -1,15 +1,17 @@
 """make_pack_files on the slim EG3D: sticker files, the thumbnail and the preview encoded on a thread
-pool while the next sticker renders are byte-identical to the serial path, in the same order; a cancel
-stops the encoders."""
+pool while the next sticker renders are byte-identical to the serial path, in the same order; without
+the preview page no preview is encoded and the rest is unchanged; a cancel stops the encoders."""
 from __future__ import annotations
 
 import threading
+from unittest import mock
 
 import pytest
 import torch
 
 from emoji3d.config import PackConfig, StickerEntry
 from engine.nets import camera, eg3d
+from engine.render import pack as pack_module
 from engine.render.pack import AvatarPose, StickerEncoder, make_pack_files
 
 PACK = PackConfig(fps=4.0, size=64, views_per_pass=4, stickers=(
@@ -45,6 +47,22 @@ def test_parallel_encoding_gives_the_serial_bytes_in_the_same_order(avatar):
     assert list(parallel.thumbnail) == ["telegram_thumb"] and serial.thumbnail == parallel.thumbnail
     assert serial_seen == parallel_seen  # the same progress reports, in the same order
 
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_without_the_preview_page_no_preview_is_encoded_and_the_rest_is_the_same(avatar, workers):
+    """The bots' packs skip the preview page: no sticker gets its animated ``preview`` encode (the
+    costliest per sticker), the page is empty, and the sticker files, thumbnail, stills and contact
+    sheet are the bytes a pack with the page gets."""
+    G, pose = avatar
+    with_page = _files(G, pose, workers, [])
+    with mock.patch.object(pack_module, "_preview_encode", side_effect=AssertionError("a preview was encoded")):
+        without = make_pack_files(G, pose, PACK, TARGETS, thumbnail_target="telegram_thumb", boundaries=None,
+                                  progress=lambda *a: None, encode_workers=workers, preview_page=False)
+    assert without.preview_html == b"" and b"wide turn" in with_page.preview_html
+    assert [a.files for a in without.stickers] == [b.files for b in with_page.stickers]
+    assert without.thumbnail == with_page.thumbnail and without.stills == with_page.stills
+    assert without.preview_png == with_page.preview_png and without.preview_png.startswith(b"\x89PNG")
 
 def test_a_cancel_while_encoding_stops_the_pool_and_propagates(avatar):
     G, pose = avatar
