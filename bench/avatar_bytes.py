@@ -12,7 +12,8 @@ The 2D style delta is the full-size StyleGAN2 synthesis (its parameter count, 28
 
 Per user per pack = the avatar file + the per-selfie ``portrait_3d`` artifact (inversion latents and
 noise + the PTI delta; the avatar references it, and it stays until its retention) + the pack's
-sticker files, thumbnail, previews and stills. The pack's files are measured on the easy synthetic
+sticker files, thumbnail, contact sheet (plus the preview page for ``emoji3d make``'s packs only) and
+stills. The pack's files are measured on the easy synthetic
 ``cartoon`` content of ``bench/stickers.py`` (one sticker encoded, times the configured count) with
 the platform's file limits as the upper bound beside it: renders of random weights are noise, not faces.
 
@@ -52,7 +53,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from emoji3d.config import load_config  # noqa: E402
-from emoji3d.orders import PLATFORM_TARGETS, THUMBNAIL_TARGETS  # noqa: E402
+from emoji3d.orders import PLATFORM_TARGETS, PREVIEW_PAGE_PLATFORMS, THUMBNAIL_TARGETS  # noqa: E402
 from engine.avatar import avatar_file, params, portrait_artifact  # noqa: E402
 from engine.avatar.pipeline import TUNE_PREFIXES_3D  # noqa: E402
 from engine.avatar.pipeline import AvatarResult, MemoryCache  # noqa: E402
@@ -88,7 +89,8 @@ def legacy_portrait_bytes(art: portrait_artifact.PortraitArtifact) -> bytes:
 
 def pack_file_bytes(platform: str) -> tuple[int, int, int]:
     """(measured bytes, upper bound, sticker count) of one pack's files on ``platform``: every sticker in
-    every target, the thumbnail, the preview sheet and page, the stills."""
+    every target, the thumbnail, the contact sheet, the preview page where the platform's packs have one
+    (``emoji3d.orders.PREVIEW_PAGE_PLATFORMS``), the stills."""
     cfg = load_config(_HERE.parent / "config.toml", env={})
     n, fps, size = len(cfg.pack.stickers), cfg.pack.fps, cfg.pack.size
     frames = content.cartoon(int(fps * 3), size, size)
@@ -100,7 +102,7 @@ def pack_file_bytes(platform: str) -> tuple[int, int, int]:
     buf = io.BytesIO()
     Image.fromarray(frames[0]).save(buf, format="PNG")
     still = buf.getvalue()
-    previews = len(preview.sheet_png) + len(preview.html.encode("utf-8"))
+    previews = len(preview.sheet_png) + (len(preview.html.encode("utf-8")) if platform in PREVIEW_PAGE_PLATFORMS else 0)
     measured = n * per_sticker + thumb_bytes + previews + len(STILL_YAWS) * len(still)
     limit = {name: max(rule.max_bytes for rule in target.formats) for name, target in TARGETS.items()}
     bound = (n * sum(limit[t] for t in targets) + (limit[thumb] if thumb else 0)

@@ -41,7 +41,11 @@ How it measures
   directions standing in for the expression file so the expression stickers
   render too ("render alone"); then, when PyAV is installed, the whole Telegram
   pack made as the engine makes it (``make_pack_files``: stills, stickers,
-  custom emoji, thumbnail, previews, the encode threads overlapping the render).
+  custom emoji, thumbnail, contact sheet, the encode threads overlapping the
+  render) and, side by side, as it was made before (with the preview page),
+  with each encode task's start and end: how many, their summed and longest
+  time, and when the last ended, so a slow pack shows whether CPU time, one
+  long encode or the render loop bounds it.
 * Projected selfie to pack, style cached = inversion + PTI + dual-branch (at the
   configured steps) + those stages' time beyond their steps (a stage's measured
   seconds minus its steps at the timed pace: the slower warm-up steps and the
@@ -59,6 +63,7 @@ import pathlib
 import sys
 import time
 import traceback
+from unittest import mock
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -142,18 +147,58 @@ def time_pack(pipe, result, pack_cfg, device: torch.device) -> dict:
         out["files_seconds"] = None
         out["files_note"] = "PyAV is not installed here: the pack files were not made"
         return out
-    from emoji3d.orders import CUSTOM_EMOJI_TARGETS, PLATFORM_TARGETS, THUMBNAIL_TARGETS
+    from emoji3d.orders import CUSTOM_EMOJI_TARGETS, PLATFORM_TARGETS, PREVIEW_PAGE_PLATFORMS, THUMBNAIL_TARGETS
+    from engine.render import pack as pack_module
     from engine.render.pack import default_encode_workers, make_pack_files
 
-    t0 = time.perf_counter()
-    make_pack_files(g3d, pose, pack_cfg, PLATFORM_TARGETS["telegram"], thumbnail_target=THUMBNAIL_TARGETS["telegram"],
-                    boundaries=boundaries, progress=lambda *_: None, emoji_target=CUSTOM_EMOJI_TARGETS["telegram"])
-    synchronize(device)
-    out["files_seconds"] = time.perf_counter() - t0
+    def make_files(preview_page: bool) -> tuple[float, list[dict]]:
+        """Seconds for the Telegram pack's files, and each encode task's (what, start, end) from the start."""
+        t0 = time.perf_counter()
+        tasks: list[dict] = []
+
+        def timed(fn, what):
+            def run(frames, *args):
+                start = time.perf_counter() - t0
+                try:
+                    return fn(frames, *args)
+                finally:
+                    tasks.append({"what": what(*args), "start": start, "end": time.perf_counter() - t0})
+            return run
+
+        # The encode tasks are timed where the engine's encoder calls them; the files are the engine's own.
+        with mock.patch.object(pack_module, "_encoded_bytes", timed(pack_module._encoded_bytes, lambda t: t)), \
+                mock.patch.object(pack_module, "_preview_encode", timed(pack_module._preview_encode, lambda: "preview")):
+            make_pack_files(g3d, pose, pack_cfg, PLATFORM_TARGETS["telegram"],
+                            thumbnail_target=THUMBNAIL_TARGETS["telegram"], boundaries=boundaries,
+                            progress=lambda *_: None, emoji_target=CUSTOM_EMOJI_TARGETS["telegram"],
+                            preview_page=preview_page)
+        synchronize(device)
+        return time.perf_counter() - t0, tasks
+
+    # Before and after, side by side: until 2026-12-04 every pack also got the preview page, which only
+    # `emoji3d make` reads (emoji3d.orders.PREVIEW_PAGE_PLATFORMS).
+    out["files_with_page_seconds"], out["encode_tasks_with_page"] = make_files(True)
+    out["files_seconds"], out["encode_tasks"] = make_files("telegram" in PREVIEW_PAGE_PLATFORMS)
     out["files_note"] = (f"Telegram pack as the engine makes it: stills, stickers, custom emoji, thumbnail, "
-                         f"previews; render overlapped with {default_encode_workers()} encode threads, "
-                         f"{os.cpu_count()} CPU cores")
+                         f"contact sheet; render overlapped with {default_encode_workers()} encode threads, "
+                         f"{os.cpu_count()} CPU cores; {out['files_with_page_seconds']:.1f} s with the preview page "
+                         f"as before")
     return out
+
+
+def encode_summary(tasks: list[dict]) -> str:
+    """One line on the pack's encode tasks: how many, their summed and longest time, and when the last ended
+    (which of CPU time, one long task or the render loop bounds the pack files' time)."""
+    if not tasks:
+        return "no encode tasks timed"
+    per_kind: dict[str, list[float]] = {}
+    for t in tasks:
+        per_kind.setdefault(t["what"], []).append(t["end"] - t["start"])
+    longest = max(tasks, key=lambda t: t["end"] - t["start"])
+    kinds = ", ".join(f"{k} {len(v)} x {sum(v) / len(v):.2f} s" for k, v in sorted(per_kind.items()))
+    return (f"{len(tasks)} encode tasks ({kinds}): {sum(t['end'] - t['start'] for t in tasks):.1f} s summed, "
+            f"the longest {longest['end'] - longest['start']:.2f} s ({longest['what']}), the first started at "
+            f"{min(t['start'] for t in tasks):.1f} s, the last ended at {max(t['end'] for t in tasks):.1f} s")
 
 
 def graph_warmup(warmup: int) -> int:
@@ -289,6 +334,7 @@ def summarise(report: dict) -> list[str]:
                   f"{pack['render_seconds']:.1f} s",
                   "- pack files: " + (f"{files_s:.1f} s ({pack['files_note']})" if files_s is not None
                                       else pack["files_note"]),
+                  *([f"- pack encode: {encode_summary(pack['encode_tasks'])}"] if "encode_tasks" in pack else []),
                   f"- **projected selfie to pack, style cached: {total:.1f} s** (goal <= 15 s on one H100)", ""]
     if len(totals) > 1:
         first = next(iter(totals))
