@@ -165,9 +165,10 @@ def list_packs(db: Database, user_id: int) -> list[Pack]:
 
 
 def _transition(db: Database, pack_id: int, to: str, allowed_from: tuple[str, ...], *, newest_job: bool = False,
-                **columns) -> bool:
+                showing: int | None = None, **columns) -> bool:
     """Move a pack to ``to`` if its status is in ``allowed_from`` (one conditional UPDATE);
-    ``newest_job``: and the pack does not show a job newer than ``columns["job_id"]``."""
+    ``newest_job``: and the pack does not show a job newer than ``columns["job_id"]``; ``showing``: and
+    the pack shows that job's result."""
     sets, params = ["status = :to", "updated_at = :t"], {"to": to, "t": time.time(), "id": pack_id}
     for col, val in columns.items():
         sets.append(f"{col} = :{col}")
@@ -175,6 +176,9 @@ def _transition(db: Database, pack_id: int, to: str, allowed_from: tuple[str, ..
     where = f"id = :id AND status IN ({_sql_list(allowed_from)})"
     if newest_job:  # job ids grow with each order: a later order's result is never replaced by an earlier one's
         where += " AND (job_id IS NULL OR job_id <= :job_id)"
+    if showing is not None:
+        where += " AND job_id = :showing"
+        params["showing"] = int(showing)
     with db.write() as conn:
         moved = conn.execute(sa.text(f"UPDATE packs SET {', '.join(sets)} WHERE {where}"), params).rowcount == 1
         if not moved and conn.execute(sa.text("SELECT 1 FROM packs WHERE id = :id"), {"id": pack_id}).first() is None:
@@ -217,8 +221,12 @@ def mark_uploading(db: Database, pack_id: int, set_name: str) -> bool:
     return _transition(db, pack_id, UPLOADING, MADE, platform_set_name=set_name)
 
 
-def mark_published(db: Database, pack_id: int) -> bool:
-    return _transition(db, pack_id, PUBLISHED, MADE)
+def mark_published(db: Database, pack_id: int, job_id: int | None = None) -> bool:
+    """A bot published the made pack. With ``job_id`` (the job whose result it published): only if the
+    pack still shows that job's result. False otherwise: a newer result arrived while the older one was
+    uploading (:func:`mark_made` moved the pack back to ``ready``), and the pack stays ready so that a
+    bot publishes the newer one, instead of being marked published with the older stickers."""
+    return _transition(db, pack_id, PUBLISHED, MADE, showing=job_id)
 
 
 def mark_rerendered(db: Database, pack_id: int, job_id: int, strength: float) -> bool:

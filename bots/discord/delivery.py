@@ -299,5 +299,5 @@ class DiscordSender:
                     await self._hook(ref).edit_message("@original", content=text("discord_delivered_elsewhere"))  # type: ignore[arg-type]
                 except discord.HTTPException:
                     pass
-        packs.mark_published(self.res.db, pack.id)
+        packs.mark_published(self.res.db, pack.id, job_id=job.id)
         self.forget(w.job_id)

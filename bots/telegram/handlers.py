@@ -501,7 +501,7 @@ class TelegramSender:
         emoji_line = await deliver_custom_emoji(self.bot, self.res, pack.id, result, int(w.platform_user_id),
                                                 title=title, regenerated=regenerated)
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
-                                 bot_username=self.bot.username, title=title, thumbnail=thumb)
+                                 bot_username=self.bot.username, title=title, thumbnail=thumb, job_id=job.id)
         lines = [text("done_updated" if regenerated else "done", link=pub.link), *([emoji_line] if emoji_line else []),
                  *core.result_notes(result)]
         await self._put(w, "\n".join(lines), rerender_markup(self.res, pack, result))
@@ -513,7 +513,7 @@ class TelegramSender:
         for digest in result.renders[:3]:
             await self.bot.send_photo(self._chat(w), InputFile(self.res.blobs.read_bytes(digest), filename="render.png"))
         # no sticker set exists; "published" = delivered, so restarts do not send the stills again
-        packs.mark_published(self.res.db, pack.id)
+        packs.mark_published(self.res.db, pack.id, job_id=w.job_id)
 
     def _title(self, pack: packs.Pack) -> str:
         name = text("own_style_name")

@@ -181,9 +181,12 @@ def _translate(exc: Exception, bot_username: str) -> Exception:
 
 async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, tg_user_id: int, *,
                        bot_username: str, title: str, thumbnail: bytes | None = None,
-                       initial_max: int = INITIAL_MAX, max_rounds: int = 8, sleep: Any = asyncio.sleep) -> Published:
+                       initial_max: int = INITIAL_MAX, max_rounds: int = 8, sleep: Any = asyncio.sleep,
+                       job_id: int | None = None) -> Published:
     """Make the pack's Telegram set match its sticker rows. See the module docstring.
-    ``initial_max`` (1..50) caps the stickers sent with ``createNewStickerSet``."""
+    ``initial_max`` (1..50) caps the stickers sent with ``createNewStickerSet``. ``job_id``: the job
+    whose result the rows hold; the pack is marked published only while it still shows that job
+    (:func:`storage.packs.mark_published`)."""
     if not 1 <= initial_max <= INITIAL_MAX:
         raise ValueError(f"initial_max must be within 1..{INITIAL_MAX}, got {initial_max}")
     pack = packs.get_pack(db, pack_id)
@@ -197,7 +200,7 @@ async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, t
     pub = await publish_rows(bot, sticker_rows(db, pack_id), blobs, tg_user_id, name, title,
                              bot_username=bot_username, thumbnail=thumbnail, initial_max=initial_max,
                              max_rounds=max_rounds, sleep=sleep)
-    packs.mark_published(db, pack_id)
+    packs.mark_published(db, pack_id, job_id=job_id)
     return pub
 
 

@@ -103,6 +103,22 @@ def test_a_successful_remake_points_the_pack_at_its_job_in_one_step(store):
     assert packs.undelivered_pack_ids(db, "telegram") == [pack.id]  # a bot publishes the remake
 
 
+def test_a_result_that_arrives_while_the_older_one_uploads_is_not_marked_published(store):
+    """A bot uploads the pack's result; meanwhile a remake succeeds and moves the pack back to ready. The
+    upload's end must not mark the pack published (its set holds the older stickers): it stays ready,
+    so that a bot publishes the newer result."""
+    db, blobs = store
+    pack, job_id = published_pack(db, blobs)
+    _, remake = packs.order_pack(db, remake_order(db, blobs, pack, seed=4))
+    assert packs.mark_uploading(db, pack.id, pack.platform_set_name)  # publishing job_id's result again
+    assert packs.mark_made(db, pack.id, remake, 0.5)  # the remake lands during the upload
+    assert not packs.mark_published(db, pack.id, job_id=job_id)
+    after = packs.get_pack(db, pack.id)
+    assert (after.status, after.job_id) == (packs.READY, remake)
+    assert packs.undelivered_pack_ids(db, "telegram") == [pack.id]  # a bot publishes the remake next
+    assert packs.mark_published(db, pack.id, job_id=remake)
+    assert packs.get_pack(db, pack.id).status == packs.PUBLISHED
+
 @pytest.mark.parametrize("earlier_kind", ["remake", "rerender"])
 def test_an_earlier_order_that_succeeds_last_does_not_replace_the_later_orders_result(store, earlier_kind):
     """Two changes of one made pack (a user's remake or re-render, a scheduled regeneration) may finish in
