@@ -181,6 +181,17 @@ def said(server, fragment: str) -> int:
                if fragment in str(c.params.get("text", "")))
 
 
+async def press_retry(res, chat, done, job) -> tuple[int, int]:
+    """Press the delivered pack's retry button: (the retry job's id, its progress message's id) once the
+    bot has recorded that message in the retry's delivery row."""
+    chat.press(done, buttons(done)[text("retry_button")])
+    retry = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id],
+                           what="the retry job")
+    ref = await wait_for(lambda: (r := deliveries.get_delivery(res.db, retry[0].id)) and r.message_id and r,
+                         what="its progress message recorded")
+    return retry[0].id, int(ref.message_id)
+
+
 def test_a_retry_that_fails_while_the_bot_is_down_is_reported_once_after_the_restart(
         res, telegram_server, telegram_user, selfie_png, sticker_files):
     """The pack points at its old job while the remake runs, so only the delivery row remembers it."""
@@ -193,12 +204,7 @@ def test_a_retry_that_fails_while_the_bot_is_down_is_reported_once_after_the_res
             user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"],
                                                             quality=QUALITY)
             seen.update(pack_id=pack_id, job=job, before=set_files(telegram_server, res, pack_id))
-            chat.press(done, buttons(done)[text("retry_button")])
-            retry = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id],
-                                   what="the retry job")
-            ref = await wait_for(lambda: (r := deliveries.get_delivery(res.db, retry[0].id)) and r.message_id and r,
-                                 what="its progress message recorded")
-            seen["progress_id"] = int(ref.message_id)
+            _, seen["progress_id"] = await press_retry(res, chat, done, job)
 
     async def second_life() -> None:
         async with running_bot(res, telegram_server):
@@ -323,12 +329,7 @@ def test_a_retry_overtaken_by_a_newer_remake_while_the_bot_is_down_says_so_and_t
             user, pack_id, job, done = await delivered_pack(res, chat, app, selfie_png, videos[:2], ["turn", "smile"],
                                                             quality=QUALITY)
             seen.update(pack_id=pack_id, videos=videos)
-            chat.press(done, buttons(done)[text("retry_button")])
-            retry = await wait_for(lambda: [j for j in jobs.list_jobs(res.db, kind=JOB_KIND) if j.id != job.id],
-                                   what="the retry job")
-            ref = await wait_for(lambda: (r := deliveries.get_delivery(res.db, retry[0].id)) and r.message_id and r,
-                                 what="its progress message recorded")
-            seen.update(retry=retry[0].id, progress_id=int(ref.message_id))
+            seen["retry"], seen["progress_id"] = await press_retry(res, chat, done, job)
 
     async def second_life() -> None:
         async with running_bot(res, telegram_server):
