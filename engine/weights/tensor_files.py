@@ -5,7 +5,11 @@ Conventions
   holding anything but tensors and plain containers is refused
   (:class:`UnsafePickle`), never run. NVIDIA network pickles, which need more,
   go through :mod:`engine.weights.unpickle` instead.
-- Tensors are read onto the CPU.
+- Tensors are read onto the CPU. Safetensors come back in memory of their
+  own, each starting on a 64-byte boundary as torch's allocations do: views
+  into the file's buffer start wherever the header left them, and AVX-512
+  kernels round differently on unaligned weights, so a loaded network would
+  not compute bit for bit what the saved one computed.
 - Every problem (missing, empty, truncated, corrupt, unsafe) raises a
   ``WeightsError`` whose message starts with the file's path.
 - :func:`read_json` reads the small JSON files that travel with weights
@@ -71,10 +75,20 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not file_path.is_file():
         raise WeightsMissing(f"{file_path}: file not found", file=str(file_path))
     try:
-        return load_file(str(file_path), device="cpu")
+        tensors = load_file(str(file_path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise WeightsError(f"{file_path}: corrupt or truncated safetensors file ({first})", file=str(file_path)) from None
+    return {name: _aligned(tensor) for name, tensor in tensors.items()}
+
+
+SIMD_ALIGNMENT = 64  # bytes; torch's CPU allocator aligns every allocation to this
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.numel() == 0 or tensor.data_ptr() % SIMD_ALIGNMENT == 0:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 MAX_JSON_BYTES = 64 * 2**20  # configs are kilobytes; more is not a config

@@ -1,5 +1,6 @@
 """Safe tensor files: torch.load only with weights_only (code refused), corrupt and truncated
-files named in errors, atomic safetensors writes that survive shared storage."""
+files named in errors, atomic safetensors writes that survive shared storage, loaded tensors
+aligned for SIMD."""
 from __future__ import annotations
 
 import os
@@ -64,6 +65,19 @@ def test_save_safetensors_writes_aliases_and_views_as_separate_tensors(tmp_path)
     for key, value in tensors.items():
         assert torch.equal(back[key], value) and back[key].dtype == value.dtype, key
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_loaded_safetensors_start_on_the_simd_boundary(tmp_path):
+    from safetensors.torch import load_file
+
+    # odd sizes put most tensors' bytes off any 64-byte boundary inside the file
+    tensors = {f"t{i}": torch.randn(2 * i + 3) for i in range(8)}
+    path = tmp_path / "odd.safetensors"
+    save_safetensors(tensors, path)
+    assert any(t.data_ptr() % 64 for t in load_file(str(path)).values()), "file no longer misaligns; pick other sizes"
+    back = load_safetensors(path)
+    assert [t.data_ptr() % 64 for t in back.values()] == [0] * len(tensors)
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
 
 
 def test_torch_load_always_weights_only():
