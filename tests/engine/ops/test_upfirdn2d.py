@@ -1,5 +1,5 @@
 """upfirdn2d: the reference against a direct loop definition, its depthwise
-layout bit for bit against the previous single-filter layout, its adjoint
+layout against the previous single-filter layout to the last bits of rounding, its adjoint
 (the rule the fused backward uses), gradients, helpers, errors, and (GPU) the
 fused kernel against the reference."""
 from __future__ import annotations
@@ -77,18 +77,26 @@ LAYOUT_CASES = [  # x shape, filter shape, up, down, padding
 @pytest.mark.parametrize("shape,fshape,up,down,pad", LAYOUT_CASES)
 @pytest.mark.parametrize("flip", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_depthwise_layout_is_bit_identical_to_the_single_filter_layout(shape, fshape, up, down, pad, flip, dtype):
+def test_depthwise_layout_matches_the_single_filter_layout_to_rounding(shape, fshape, up, down, pad, flip, dtype):
+    # Bit identity held on AVX2 machines but not on AVX-512 ones, whose float64 convolution
+    # sums a 16-channel depthwise layout in another order (seen: 2e-17 relative); a few ulp
+    # of the output's scale is the honest bound.
     g = torch.Generator().manual_seed(len(LAYOUT_CASES) * sum(shape) + len(fshape))
     x = torch.randn(*shape, generator=g, dtype=dtype, requires_grad=True)
     f = torch.rand(*fshape, generator=g)
     params = dict(up=up, down=down, padding=pad, flip_filter=flip, gain=1.7)
     ours = upfirdn2d.upfirdn2d_ref(x, f, **params)
     before = upfirdn2d_ref_single_filter_layout(x, f, **params)
-    assert torch.equal(ours, before)
+    assert_within_ulps(ours, before)
     dy = torch.randn(ours.shape, generator=g, dtype=dtype)
     (grad_ours,) = torch.autograd.grad(ours, x, dy)
     (grad_before,) = torch.autograd.grad(before, x, dy)
-    assert torch.equal(grad_ours, grad_before)
+    assert_within_ulps(grad_ours, grad_before)
+
+
+def assert_within_ulps(actual: torch.Tensor, expected: torch.Tensor, ulps: int = 8) -> None:
+    scale = expected.detach().abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=0, atol=ulps * torch.finfo(expected.dtype).eps * scale)
 
 
 @pytest.mark.parametrize("up,down,pad,fshape,flip", CASES)
