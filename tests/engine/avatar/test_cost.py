@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
 import pytest
 import torch
@@ -13,10 +12,9 @@ import torch
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar.pipeline import MemoryCache, Pipeline
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[4] / "shared/fixtures/reference"
 
 
-def test_full_preset_builds_with_the_official_parameter_counts():
+def test_full_preset_builds_with_the_official_parameter_counts(reference_fixtures):
     """Built with fake tensors (shapes, no storage): cheap on any machine. e4e and ArcFace are
     compared with every key and shape of the official modules (the e4e/ArcFace fixture lists
     them); StyleGAN2 FFHQ-1024 with the official 30,370,060 of stylegan2-ada-pytorch's summary;
@@ -30,7 +28,7 @@ def test_full_preset_builds_with_the_official_parameter_counts():
     with FakeTensorMode():
         built = {name: cls(config) for name, (cls, config) in full_configs().items()}
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in built.items()}
-    recipe = json.loads((FIXTURES / "e4e_arcface_recipe" / "config.json").read_text())
+    recipe = json.loads((reference_fixtures / "e4e_arcface_recipe" / "config.json").read_text())
     for name, ours in (("e4e", built["e4e"].encoder), ("arcface", built["arcface"])):
         official = {key: tuple(shape) for key, shape in recipe[name]["state_dict_keys_in_order"]}
         assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == official, name

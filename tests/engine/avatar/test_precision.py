@@ -23,7 +23,6 @@ import torch
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar.pipeline import Pipeline
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[4] / "shared/fixtures/reference"
 BF16_TOLERANCE = 0.05
 
 
@@ -31,12 +30,12 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours.float() - reference).abs().max()) / max(1.0, float(reference.abs().max()))
 
 
-def test_stylegan2_fixture_under_bf16_stays_within_the_stated_tolerance():
+def test_stylegan2_fixture_under_bf16_stays_within_the_stated_tolerance(reference_fixtures):
     from engine.nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
     from engine.weights.convert import DISCRIMINATOR, GENERATOR, convert
     from engine.weights.tensor_files import load_safetensors
 
-    folder = FIXTURES / "stylegan2_rosinality_slim"
+    folder = reference_fixtures / "stylegan2_rosinality_slim"
     io = load_safetensors(folder / "io.safetensors")
     with tempfile.TemporaryDirectory() as tmp:
         converted = convert(folder / "checkpoint.pt", pathlib.Path(tmp) / "stylegan2", "stylegan2_rosinality")
@@ -56,11 +55,11 @@ def test_stylegan2_fixture_under_bf16_stays_within_the_stated_tolerance():
     assert max(errors.values()) > 1e-4, errors  # bf16 really ran: float32 would be ~1e-6
 
 
-def test_eg3d_fixture_under_bf16_stays_within_the_stated_tolerance():
+def test_eg3d_fixture_under_bf16_stays_within_the_stated_tolerance(reference_fixtures):
     from engine.checks.eg3d import load_generator
     from engine.weights.tensor_files import load_safetensors
 
-    folder = FIXTURES / "eg3d_slim"
+    folder = reference_fixtures / "eg3d_slim"
     G = load_generator(folder, json.loads((folder / "config.json").read_text()))
     io = load_safetensors(folder / "io.safetensors")
     errors = {}
