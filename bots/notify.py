@@ -27,7 +27,10 @@ was last published (a scheduled regeneration), and the jobs with a stored row
 whose outcome was never delivered (a remake or re-render of a made pack leaves
 the pack pointing at its old job until it succeeds, so only the row records
 it: still running, or failed while no bot ran), and watches them with their
-stored chat and message, so the same message keeps being edited. Without a
+stored chat and message, so the same message keeps being edited. A job whose
+pack shows it published while its delivery is still open was told (a sender
+marks a pack published only after telling its user) by a process that stopped
+before closing the delivery: it is closed without another message. Without a
 stored reference the watch has no chat and no message: the sender uses the
 user's private chat (DM) and sends a fresh progress message. Platform extras
 (a Discord interaction token, its guild) are stored by the sender itself in
@@ -91,7 +94,9 @@ class Sender(Protocol):
         """Send or edit the progress message (set ``watch.message_id`` when sending)."""
 
     async def deliver(self, watch: Watch, job: jobs.Job) -> None:
-        """Publish the finished pack and tell the user."""
+        """Publish the finished pack and tell the user, then mark the pack published
+        (``storage.packs.mark_published``): never before the user was told, so a pack
+        published with its delivery still open was told and only needs closing."""
 
     async def show_first_look(self, watch: Watch, png: bytes, stage: str) -> None:
         """Send one still of the avatar (``stage``: "photo_real" or "stylized") while the pack is made."""
@@ -312,7 +317,28 @@ class Notifier:
             # pack moved past is followed too: its user is told it was not published (Notifier._step).
             if job.status != "succeeded" or pack.job_id != job.id:
                 out.append((pack, job, user))
+            elif pack.status == "published":
+                self._close_told(job.id)
         return out
+
+    def _close_told(self, job_id: int) -> None:
+        """Close the delivery of a job whose pack shows it published: its user was told, and the
+        process that told them stopped before :meth:`_done`. Left alone while another process
+        holds the claim (it is closing it)."""
+        try:
+            claim = deliveries.claim_delivery(self.res.db, job_id, self.platform, self.holder, self.claim_seconds,
+                                              now=self.wall_clock())
+            if not claim.held:
+                return
+            deliveries.finish_delivery(self.res.db, job_id, self.holder, now=self.wall_clock())
+            deliveries.delete_delivery(self.res.db, job_id)
+        except deliveries.DeliveryJobMissing:
+            return  # deleted meanwhile
+        except Exception:  # noqa: BLE001 - the next rescan tries again
+            log.warning("notify: could not close the delivery of job %s", job_id, exc_info=True)
+            return
+        self.refused.add(job_id)
+        log.info("notify: job %s was delivered before a stop; its delivery is closed", job_id)
 
     # ------------------------------------------------------------------ the loop
     async def tick(self) -> None:

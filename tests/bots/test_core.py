@@ -324,6 +324,37 @@ def test_two_notifiers_talk_about_a_job_one_at_a_time(res, selfie_png):
     assert a.resume_from_db() == [] and b.watches == {}
 
 
+def test_a_delivery_told_before_a_stop_is_closed_without_another_message(res, selfie_png):
+    """A sender marks a pack published only once its user was told. A process that stopped between
+    that and closing the delivery left the job's row and an open claim: a restarted notifier closes
+    both and says nothing more, but not while the claim's holder may still be closing it."""
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    user = ready_user(res, selfie_png)
+    placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
+    wall = [1000.0]
+    senders = {name: RecordingSender() for name in ("stopped", "restarted")}
+    notifiers = {}
+    for name, sender in senders.items():
+        sender.res = res
+        notifiers[name] = Notifier(res, "telegram", sender, min_interval=0.0, claim_seconds=10.0,
+                                   wall_clock=lambda: wall[0])
+    notifiers["stopped"].watch(placed.job_id, placed.pack.id, user, chat_id="5", message_id="6")
+    job = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
+    make_ready(res.db, job.payload["pack_id"], job.id)
+    jobs.complete(res.db, job.id, job.lease_token, {"pack_id": placed.pack.id, "preset": "slim"})
+    publish(res.db, placed.pack.id)  # the stopped process told the user and marked the pack published
+    restarted = notifiers["restarted"]
+    assert restarted.resume_from_db() == []
+    assert deliveries.get_delivery(res.db, placed.job_id) is not None  # its holder's claim is still live
+    wall[0] += 10.0  # the claim lapsed: its holder is gone
+    assert restarted.resume_from_db() == []
+    assert deliveries.get_delivery(res.db, placed.job_id) is None
+    assert deliveries.get_claim(res.db, placed.job_id).done
+    asyncio.run(restarted.tick())
+    assert restarted.resume_from_db() == [] and restarted.watches == {}
+    assert senders["restarted"].events == []
+
+
 @pytest.mark.parametrize("hours", [0, 24])
 def test_a_job_failed_on_an_expired_selfie_says_when_in_words(res, face_check, hours):
     cfg = dataclasses.replace(res.cfg, privacy=dataclasses.replace(res.cfg.privacy, selfie_retention_hours=hours))
