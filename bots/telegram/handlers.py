@@ -497,14 +497,16 @@ class TelegramSender:
         # a regeneration order updates a set published before; a new pack's set name is
         # recorded before the set exists, so it cannot tell a new set from an old one
         regenerated = core.updates_published_set(job)
-        # before the sticker set: publishing that marks the pack delivered, and a failure here retries both
+        # before the sticker set, so a failure here retries both
         emoji_line = await deliver_custom_emoji(self.bot, self.res, pack.id, result, int(w.platform_user_id),
                                                 title=title, regenerated=regenerated)
         pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
-                                 bot_username=self.bot.username, title=title, thumbnail=thumb, job_id=job.id)
+                                 bot_username=self.bot.username, title=title, thumbnail=thumb)
         lines = [text("done_updated" if regenerated else "done", link=pub.link), *([emoji_line] if emoji_line else []),
                  *core.result_notes(result)]
         await self._put(w, "\n".join(lines), rerender_markup(self.res, pack, result))
+        # published once told: a crash before this line delivers again (set unchanged, message edited)
+        packs.mark_published(self.res.db, pack.id, job_id=job.id)
         if pub.first_sticker_file_id:
             await self.bot.send_sticker(self._chat(w), pub.first_sticker_file_id)
 

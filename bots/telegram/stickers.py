@@ -20,7 +20,10 @@ converges to a set that holds exactly the pack's stickers, in order, once each:
 4. After any ``RetryAfter`` from a set mutation: wait ``retry_after``, re-read
    the set, go back to 3. Mutations are never retried blindly
    (:class:`StickerSafeRateLimiter` passes their 429s through).
-5. Set the thumbnail (``setStickerSetThumbnail``), mark the pack published.
+5. Set the thumbnail (``setStickerSetThumbnail``). The caller marks the pack
+   published once its user was told (``storage.packs.mark_published``), so a
+   crash in between leaves the pack to be delivered again: the set is already
+   right, and only the message goes out (see :mod:`bots.notify`).
 
 The same machinery (:func:`publish_rows`) publishes any set whose entries are
 rows with that state: the pack's stickers here, its custom emoji set in
@@ -181,12 +184,11 @@ def _translate(exc: Exception, bot_username: str) -> Exception:
 
 async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, tg_user_id: int, *,
                        bot_username: str, title: str, thumbnail: bytes | None = None,
-                       initial_max: int = INITIAL_MAX, max_rounds: int = 8, sleep: Any = asyncio.sleep,
-                       job_id: int | None = None) -> Published:
-    """Make the pack's Telegram set match its sticker rows. See the module docstring.
-    ``initial_max`` (1..50) caps the stickers sent with ``createNewStickerSet``. ``job_id``: the job
-    whose result the rows hold; the pack is marked published only while it still shows that job
-    (:func:`storage.packs.mark_published`)."""
+                       initial_max: int = INITIAL_MAX, max_rounds: int = 8,
+                       sleep: Any = asyncio.sleep) -> Published:
+    """Make the pack's Telegram set match its sticker rows (the pack stays ``uploading``: see step 5
+    of the module docstring). ``initial_max`` (1..50) caps the stickers sent with
+    ``createNewStickerSet``."""
     if not 1 <= initial_max <= INITIAL_MAX:
         raise ValueError(f"initial_max must be within 1..{INITIAL_MAX}, got {initial_max}")
     pack = packs.get_pack(db, pack_id)
@@ -200,7 +202,6 @@ async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, t
     pub = await publish_rows(bot, sticker_rows(db, pack_id), blobs, tg_user_id, name, title,
                              bot_username=bot_username, thumbnail=thumbnail, initial_max=initial_max,
                              max_rounds=max_rounds, sleep=sleep)
-    packs.mark_published(db, pack_id, job_id=job_id)
     return pub
 
 

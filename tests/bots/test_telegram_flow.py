@@ -8,9 +8,12 @@ import hashlib
 from typing import Any, AsyncIterator
 
 import pytest
+from telegram.ext import ExtBot
 
+from bots import core
 from bots.core import BotResources
 from bots.telegram.app import AppOptions, build_application, serve
+from bots.telegram.stickers import publish_pack
 from emoji3d.texts import message, text
 from storage import deliveries, jobs, packs, selfies, users
 from storage import styles as st
@@ -200,7 +203,6 @@ def test_delete_with_confirmation_erases_rows_blobs_and_sets(res, telegram_serve
             chat.photo(selfie_png)
             await chat.reply_containing(text("selfie_ok"))
             user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
-            from bots import core
             placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
             app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
             finish_job(res, placed.job_id, sticker_files)
@@ -340,6 +342,53 @@ def test_restart_while_the_job_runs_edits_the_same_message(res, telegram_server,
     assert not any(text("resumed") in t for t in chat.texts())
     assert len([m for m in chat.bot_messages() if "text" in m]) <= n_before  # no new text message
     [pack] = packs.list_packs(res.db, users.find_user(res.db, "telegram", str(telegram_user["id"])).id)
+    assert pack.status == "published"
+    assert len(telegram_server.sticker_set_json(pack.platform_set_name)["stickers"]) == 3
+
+
+def test_restart_after_the_set_was_published_but_not_announced_announces_it(res, telegram_server, telegram_user,
+                                                                           selfie_png, sticker_files):
+    """A bot that published the set and stopped before telling its user: the restarted bot tells
+    them in the same progress message and leaves the set as it is (nothing uploaded or added again)."""
+    add_global_style(res, "toon", selfie_png)
+    chat = Chat(telegram_server, telegram_user)
+    seen: dict[str, dict] = {}
+
+    async def first_life() -> None:
+        async with running_bot(res, telegram_server):
+            await consent(chat)
+            chat.photo(selfie_png)
+            styles_msg = await chat.reply_containing(text("selfie_ok"))
+            chat.press(styles_msg, buttons(styles_msg)["toon"])
+            strength_msg = await chat.reply_containing("how strong")
+            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+            seen["progress"] = await chat.reply_containing("about to start")
+
+    async def publish_then_stop(job_id: int) -> None:  # what the stopped bot did before telling anyone
+        job = jobs.get_job(res.db, job_id)
+        pack = packs.get_pack(res.db, int(job.payload["pack_id"]))
+        core.materialize_result(res, pack, packs.result_of(job), "telegram_video")
+        async with ExtBot(telegram_server.token, base_url=telegram_server.base_url,
+                          base_file_url=telegram_server.base_file_url) as bot:
+            await publish_pack(bot, res.db, res.blobs, pack.id, telegram_user["id"], bot_username=bot.username,
+                               title="My 3D emoji")
+
+    async def second_life(job_id: int) -> None:
+        async with running_bot(res, telegram_server):
+            done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
+            assert done["message_id"] == seen["progress"]["message_id"]
+            await wait_for(lambda: deliveries.get_delivery(res.db, job_id) is None, what="the row deleted")
+
+    asyncio.run(first_life())
+    job = jobs.list_jobs(res.db, kind="make_pack")[0]
+    finish_job(res, job.id, sticker_files)
+    asyncio.run(publish_then_stop(job.id))
+    set_changes = ("uploadStickerFile", "createNewStickerSet", "addStickerToSet", "replaceStickerInSet")
+    before = {m: len(telegram_server.calls_to(m)) for m in set_changes}
+    assert before["createNewStickerSet"] == 1
+    asyncio.run(second_life(job.id))
+    assert {m: len(telegram_server.calls_to(m)) for m in set_changes} == before
+    pack = packs.get_pack(res.db, int(job.payload["pack_id"]))
     assert pack.status == "published"
     assert len(telegram_server.sticker_set_json(pack.platform_set_name)["stickers"]) == 3
 
@@ -501,7 +550,6 @@ def test_run_entry_point_serves_until_stopped(tmp_path, telegram_server, telegra
 
 def test_result_without_sticker_files_sends_stills_and_says_why(res, telegram_server, telegram_user, selfie_png):
     """Today's engine renders stills only (PackResult.missing names what is absent)."""
-    from bots import core
     from emoji3d.orders import PackResult
 
     style = add_global_style(res, "toon", selfie_png)
@@ -566,7 +614,6 @@ def test_a_new_pack_whose_first_publish_failed_is_announced_as_new(res, telegram
         async with running_bot(res, telegram_server) as app:
             await consent(chat)
             user = users.find_user(res.db, "telegram", str(telegram_user["id"]))
-            from bots import core
             core.accept_selfie(res, user, selfie_png)
             placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id)
             app.bot_data["notifier"].watch(placed.job_id, placed.pack.id, user)
@@ -581,7 +628,6 @@ def test_a_new_pack_whose_first_publish_failed_is_announced_as_new(res, telegram
 
 def test_a_pack_missing_a_sticker_says_so(res, telegram_server, telegram_user, selfie_png, sticker_files):
     """Issue 16 item 8 (its Telegram half): the notes of what could not be made reach the user."""
-    from bots import core
     from emoji3d.orders import PackResult, StickerFiles
 
     style = add_global_style(res, "toon", selfie_png)
@@ -632,7 +678,6 @@ def test_about_to_start_is_said_once(res, telegram_server, telegram_user, selfie
 def test_first_look_stills_arrive_once_each_before_the_pack(res, telegram_server, telegram_user, selfie_png,
                                                             sticker_files):
     """The engine records a still after pivotal tuning and after stage 5; the bot sends each as one photo."""
-    from bots import core
     from emoji3d.orders import first_look_key
     from storage import artifacts
 
@@ -671,7 +716,6 @@ def test_first_look_stills_arrive_once_each_before_the_pack(res, telegram_server
 
 def test_a_finished_pack_offers_a_rerender_at_another_strength(res, telegram_server, telegram_user, selfie_png,
                                                                sticker_files):
-    from bots import core
     from emoji3d.orders import RERENDER_KIND, PackResult, StickerFiles
 
     style = add_global_style(res, "toon", selfie_png)

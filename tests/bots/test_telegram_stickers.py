@@ -59,7 +59,7 @@ def test_flooded_add_that_lands_leaves_one_copy_each(res, telegram_server, teleg
     assert len(telegram_server.calls_to("getStickerSet")) >= 2
     assert pub.created and pub.added == 1
     assert "thumbnail" in telegram_server.sticker_set_json(pub.name)
-    assert packs.get_pack(res.db, pack.id).status == "published"
+    assert packs.get_pack(res.db, pack.id).status == "uploading"  # published once its user is told
 
 
 def test_flooded_add_retried_blindly_is_deduplicated(res, telegram_server, telegram_user, sticker_files):
