@@ -22,9 +22,12 @@ Parts, in this order (the most important first, so a short budget loses the leas
    replaced, at the networks' shapes.
 6. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
 7. ``render``: ``bench/render.py`` at full size (multi-view rendering).
-8. ``profile``: ``bench/step_profile.py``: the kernels of each stage's replayed
-   steps (CUDA graphs, after the warm-up and capture; fp32 with TF32), in ms per
-   step by kernel family and by kernel, and how busy the GPU is.
+8. ``profile``: ``bench/step_profile.py --by-source``: the kernels of each
+   stage's steps after the warm-up (fp32 with TF32), in ms per step by kernel
+   family, by kernel and by the function of ours they are run for (forward and
+   backward). Eager steps, which run the same kernels as the replayed graphs but
+   can be traced to their operators; the GPU's busy share is therefore not the
+   engine's (run it with ``--graphs on`` for that).
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -87,7 +90,7 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         nets = [py, "bench/nets.py", "--preset", "slim", "--repeats", "1", "--no-layouts", "--only", "stylegan2"]
         render = [py, "bench/render.py", "--presets", "slim512", "--frames", "8", "--measure-frames", "2"]
         kernels = [py, "bench/kernels.py", "--repeats", "2"]
-        profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5"]
+        profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5", "--by-source"]
     else:
         # CUDA graphs only (the engine's default; eager steps were timed side by side in run 5), and
         # one precision in the profile (bf16's kernels were the same): the command stays under 8 minutes
@@ -95,7 +98,9 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         nets = [py, "bench/nets.py", "--device", "cuda", "--preset", "full", "--repeats", "3", "--no-layouts"]
         render = [py, "bench/render.py", "--device", "cuda", "--preset", "full"]
         kernels = [py, "bench/kernels.py"]
-        profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32"]
+        # eager steps run the kernels a replay runs, and only they say whose code launched them
+        profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32",
+                   "--graphs", "off", "--by-source"]
     timing_json = json_dir / "stage_timing.json"
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
@@ -108,7 +113,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
              [timing + ["--json", str(timing_json)]], result_json=timing_json),
         Part("kernels", "Fused kernels against what they replaced (bench/kernels.py)", 120, [kernels]),
         Part("nets", "Networks at full size (bench/nets.py)", 240, [nets]),
-        Part("profile", "Where a replayed step's time goes (bench/step_profile.py)", 240, [profile]),
+        Part("profile", "Where a step's time goes, by kernel and by our function (bench/step_profile.py)", 240,
+             [profile]),
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
     ]
 

@@ -1,7 +1,7 @@
 """Where a replayed step's device time goes, stage by stage: the kernels of the steady-state steps.
 
     python bench/step_profile.py [--preset full|slim] [--device auto|cuda|cpu] [--steps 6]
-                                 [--precisions fp32 bf16] [--graphs on|off] [--top 15]
+                                 [--precisions fp32 bf16] [--graphs on|off] [--top 15] [--by-source]
 
 How it measures
 ---------------
@@ -18,6 +18,16 @@ How it measures
   element-wise, reduction, optimiser, copy) and the top kernels by name, in ms
   per step. A busy share near 100 % means the device is the limit (make the
   kernels do less); a low one means the host or a wait is (graphs, syncs).
+* ``--by-source`` (eager steps: a replayed graph has no operators to follow)
+  also says which of our functions the time comes from: each operator's own
+  device time (on a CPU, its own CPU time) goes to the innermost function of
+  this repository on its Python stack, a backward operator's to the forward
+  operator it differentiates (the autograd node's sequence number), and is
+  summed per function (named by the line that defines it: the profiler
+  names Python frames by their code, not by the calling line) and direction
+  (forward, backward). The kernels of eager
+  steps are those a replay runs, so this says whose the element-wise and
+  reduction kernels are.
 """
 from __future__ import annotations
 
@@ -36,6 +46,7 @@ sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
 
 from bench.inputs import sample_inputs  # noqa: E402
 from bench.stage_timing import STAGES, graph_warmup, synchronize  # noqa: E402
@@ -94,11 +105,66 @@ def busy_union(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
+BACKWARD_NODE = "autograd::engine::evaluate_function: "
+# A Python frame as the profiler names it, "path(line): function"; paths of this repository are relative.
+PYTHON_FRAME = re.compile(r"^(?P<path>[^()<>]+\.py)\((?P<line>\d+)\): (?P<function>.+)$")
+REPO_PACKAGES = ("engine/", "bench/", "emoji3d/")
+
+
+def python_event(name: str) -> bool:
+    """A Python call the profiler's stack tracer recorded (``--by-source``), not an operator."""
+    return bool(PYTHON_FRAME.match(name)) or name.startswith(("<built-in", "nn.Module: "))
+
+
+def repo_frame(event, packages: tuple[str, ...] = REPO_PACKAGES) -> str | None:
+    """The innermost Python frame under ``packages`` above ``event``, as ``path(line): function``
+    (the line is where the function is defined: the profiler names frames by their code)."""
+    while event is not None:
+        found = PYTHON_FRAME.match(event.name)
+        if found and found["path"].startswith(packages):
+            return event.name
+        event = event.cpu_parent
+    return None
+
+
+def by_source(events, on_device: bool,
+              packages: tuple[str, ...] = REPO_PACKAGES) -> dict[tuple[str, str], float]:
+    """Microseconds per (our function, "forward" | "backward") over ``events`` (see the module
+    notes); our functions are those in files under ``packages``."""
+    forward_ops: dict[tuple[int, int], object] = {}
+    for e in events:
+        if e.sequence_nr >= 0 and e.name.startswith("aten::"):
+            parent = e.cpu_parent
+            if parent is None or parent.sequence_nr != e.sequence_nr:  # the outermost op of its autograd node
+                forward_ops.setdefault((e.sequence_nr, e.thread), e)
+    totals: dict[tuple[str, str], float] = defaultdict(float)
+    for e in events:
+        if on_device:
+            spent = e.self_device_time_total if e.device_type == DeviceType.CPU else 0.0
+        else:
+            spent = e.self_cpu_time_total if e.name.startswith("aten::") else 0.0
+        if spent <= 0:
+            continue
+        node = e
+        while node is not None and not node.name.startswith(BACKWARD_NODE):
+            node = node.cpu_parent
+        if node is None:
+            key = (repo_frame(e, packages) or "(outside this repository)", "forward")
+        elif node.sequence_nr < 0:  # AccumulateGrad and the engine's own work
+            key = ("(gradient accumulation)", "backward")
+        else:
+            forward = forward_ops.get((node.sequence_nr, node.fwd_thread))
+            where = repo_frame(forward, packages) if forward is not None else None
+            key = (where or f"(outside this repository: {node.name[len(BACKWARD_NODE):]})", "backward")
+        totals[key] += spent
+    return totals
+
+
 class StageProfiler:
     """A progress callback that profiles each stage's steps after the warm-up (see the module notes)."""
 
-    def __init__(self, device: torch.device, warmup: int, steps: int) -> None:
-        self.device, self.warmup, self.steps = device, warmup, steps
+    def __init__(self, device: torch.device, warmup: int, steps: int, sources: bool = False) -> None:
+        self.device, self.warmup, self.steps, self.sources = device, warmup, steps, sources
         self.active = None
         self.t0 = 0.0
         self.results: dict[str, dict] = {}
@@ -109,7 +175,7 @@ class StageProfiler:
         if step == self.warmup and self.active is None:
             synchronize(self.device)
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-            self.active = profile(activities=activities)
+            self.active = profile(activities=activities, with_stack=self.sources)
             self.active.start()
             self.t0 = time.perf_counter()
         elif step == total and self.active is not None:
@@ -117,17 +183,17 @@ class StageProfiler:
             wall = time.perf_counter() - self.t0
             self.active.stop()
             self.results[stage] = self._summary(self.active, wall, step - self.warmup)
+            if self.sources:
+                self.results[stage]["sources"] = by_source(self.active.events(), self.device.type == "cuda")
             self.active = None
 
     @staticmethod
     def _summary(prof, wall: float, steps: int) -> dict:
-        from torch.autograd import DeviceType
-
         events = prof.events()
         kernels = [(e.name, e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
-        if not kernels:  # a CPU run: the operators' own time, without their children's
+        if not kernels:  # a CPU run: the operators' own time, without their children's (or the Python frames')
             kernels = [(e.name, e.time_range.start, e.time_range.start + e.self_cpu_time_total) for e in events
-                       if e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0]
+                       if e.device_type == DeviceType.CPU and e.self_cpu_time_total > 0 and not python_event(e.name)]
         intervals = [(start, end) for _, start, end in kernels]
         by_name: dict[str, float] = defaultdict(float)
         by_family: dict[str, float] = defaultdict(float)
@@ -139,6 +205,15 @@ class StageProfiler:
                 "kernels_per_step": calls / steps,
                 "families": {k: v / 1e3 / steps for k, v in by_family.items()},
                 "names": {k: v / 1e3 / steps for k, v in by_name.items()}}
+
+
+def source_table(sources: dict[tuple[str, str], float], steps: int, top: int) -> list[str]:
+    total_us = sum(sources.values())
+    lines = [f"Whose time ({total_us / 1e3 / steps:.1f} ms/step attributed; a function is named by the line "
+             "that defines it):", "", "| function | direction | ms/step | share |", "|---|---|---:|---:|"]
+    for (where, direction), us in sorted(sources.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| `{where}` | {direction} | {us / 1e3 / steps:.2f} | {100 * us / total_us:.0f} % |")
+    return lines
 
 
 def report(results: dict[str, dict], top: int) -> list[str]:
@@ -159,6 +234,8 @@ def report(results: dict[str, dict], top: int) -> list[str]:
         lines += ["", "| kernel | family | ms/step |", "|---|---|---:|"]
         for name, ms in sorted(r["names"].items(), key=lambda kv: -kv[1])[:top]:
             lines.append(f"| `{name}` | {family(name)} | {ms:.2f} |")
+        if "sources" in r:
+            lines += [""] + source_table(r["sources"], r["steps"], top)
         lines.append("")
     return lines
 
@@ -171,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     p.add_argument("--graphs", choices=["on", "off"], default="on")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--by-source", action="store_true",
+                   help="also attribute the time to this repository's functions (needs --graphs off on CUDA)")
     args = p.parse_args(argv)
+    if args.by_source and args.graphs == "on" and torch.cuda.is_available() and args.device != "cpu":
+        p.error("--by-source follows operators, which a replayed CUDA graph has none of: add --graphs off")
 
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -194,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision in args.precisions:
         pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(warmup + args.steps), precision=precision,
                                                   cuda_graphs=graphs))
-        profiler = StageProfiler(device, warmup, args.steps)
+        profiler = StageProfiler(device, warmup, args.steps, sources=args.by_source)
         pipe(portrait, exemplar, seed=0, progress=profiler)
         tf32 = " (TF32 matmuls and convolutions)" if precision == "fp32" and device.type == "cuda" else ""
         print(f"## {precision}{tf32}\n")
