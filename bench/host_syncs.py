@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.inputs import sample_inputs
     from emoji3d.pipeline_config import PipelineConfig
+    from engine.avatar.dual import round_cycle
     from engine.avatar.networks import full_networks, slim_networks
     from engine.avatar.pipeline import Pipeline
     from engine.cuda_math import configure_cuda_math
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_cuda_math(cudnn_autotune=False)
     nets = (full_networks if args.preset == "full" else slim_networks)(0, "cuda")
     portrait, exemplar = sample_inputs(_HERE.parent)
-    cfg = dataclasses.replace(PipelineConfig().reduced(3), precision=args.precision, cuda_graphs=False)
+    # the first step, then one whole cycle of stage 5's kinds of round, each checked
+    steps = 1 + round_cycle(PipelineConfig().dual)
+    cfg = dataclasses.replace(PipelineConfig().reduced(steps), precision=args.precision, cuda_graphs=False)
     outcomes = {stage: find_sync(lambda: Pipeline(nets, cfg), portrait, exemplar, stage) for stage in args.stages}
     print(f"| stage ({args.preset}, {args.precision}) | first host sync after step 1 |\n|---|---|")
     for stage, (line, _) in outcomes.items():

@@ -43,7 +43,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-FLOP_STEPS = 3  # steps per stage when counting: stage 5's style loss alternates, so 2 rounds after the first
+def flop_steps(dual_cfg) -> int:
+    """Steps per stage when counting FLOPs: the first (with the stage's set-up), then one whole cycle
+    of stage 5's kinds of round (with and without the 2D update and the style loss)."""
+    from engine.avatar.dual import round_cycle
+
+    return 1 + round_cycle(dual_cfg)
 STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 
 
@@ -68,7 +73,7 @@ def earlier_stages():
 def count_flops(pipe, portrait, exemplar) -> dict[str, tuple[float, float]]:
     """Per stage: (FLOPs of the first step including the stage's set-up, FLOPs of a later step),
     forward + backward, counted by ``torch.utils.flop_counter.FlopCounterMode`` over one run of
-    ``FLOP_STEPS`` steps per stage (the progress callback marks the step boundaries)."""
+    :func:`flop_steps` steps per stage (the progress callback marks the step boundaries)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -91,9 +96,10 @@ def count_flops(pipe, portrait, exemplar) -> dict[str, tuple[float, float]]:
 def print_flops(nets, portrait, exemplar, configured) -> None:
     from engine.avatar.pipeline import Pipeline
 
-    reduced = configured.reduced(FLOP_STEPS)
+    reduced = configured.reduced(flop_steps(configured.dual))
     earlier_cfg = dataclasses.replace(reduced, precision="fp32", dual=dataclasses.replace(
-        reduced.dual, style_batch=reduced.style.batch, style_every=1))
+        reduced.dual, style_batch=reduced.style.batch, style_every=1, update_2d_every=1,
+        lr_2d=configured.dual.lr_2d / configured.dual.update_2d_every))
     with earlier_stages():
         before = count_flops(Pipeline(nets, earlier_cfg), portrait, exemplar)
     after = count_flops(Pipeline(nets, dataclasses.replace(reduced, precision="fp32")), portrait, exemplar)
@@ -125,6 +131,7 @@ def full_size_flops(stages) -> dict[str, tuple[float, float]]:
 
     cfg = load_config(_HERE.parent / "config.toml").pipeline.reduced(1000)
     cfg = dataclasses.replace(cfg, precision="fp32")
+    counted_steps = flop_steps(cfg.dual)
     similarity = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64)  # FFHQ 1024 -> EG3D 512 px
     warp = frame_warp(similarity.float(), 1024, 512, "cpu")  # real tensors: built before the fake mode
     out: dict[str, tuple[float, float]] = {}
@@ -169,7 +176,7 @@ def full_size_flops(stages) -> dict[str, tuple[float, float]]:
 
             def progress(name: str, step: int, total: int) -> None:
                 marks.append(counter.get_total_flops())
-                if step == FLOP_STEPS:
+                if step == counted_steps:
                     raise _Counted
 
             with counter:

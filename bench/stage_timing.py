@@ -17,8 +17,9 @@ How it measures
 * Each stage runs ``warmup + steps`` steps. The progress callback (called after
   every step) synchronises the device and reads the clock, so a step's time is
   the wall time between two callbacks with the GPU queue drained. Seconds per
-  step = the mean over the ``steps`` steps after the warm-up (an even count:
-  stage 5 alternates rounds with and without the 2D style loss). The projection
+  step = the mean over the ``steps`` steps after the warm-up, rounded up to
+  whole cycles of stage 5's kinds of round (with and without the 2D update and
+  the style loss: 4 rounds as configured). The projection
   multiplies that by the configured step counts (config.toml ``[pipeline.*]``);
   set-up work per stage (e4e, latent statistics) is not in the per-step time.
 * "fp32" is float32 with TF32 matmuls and convolutions (as the engine runs on
@@ -33,8 +34,9 @@ How it measures
   step / seconds per step.
 * CUDA graphs (``[pipeline] cuda_graphs``, engine/avatar/step_graph.py): on
   CUDA each precision is timed without and with them, side by side. With
-  graphs the warm-up is at least 6 steps, so that both kinds of stage-5 round
-  are captured before the timed steps (which are replays only); the table's
+  graphs the warm-up is at least 3 cycles of stage 5's kinds of round (12 steps
+  as configured), so that every kind is captured before the timed steps (which
+  are replays only); the table's
   last column says how each stage's steps ran.
 * Pack: the three stills and every sticker of the configured pack rendered
   through the engine's renderer (``engine.render``), with random unit boundary
@@ -204,18 +206,29 @@ def encode_summary(tasks: list[dict]) -> str:
             f"{min(t['start'] for t in tasks):.1f} s, the last ended at {max(t['end'] for t in tasks):.1f} s")
 
 
-def graph_warmup(warmup: int) -> int:
-    """Steps before the timed ones with CUDA graphs: each of stage 5's two round kinds runs
-    ``WARMUP`` times eagerly and is captured on its next round, so the timed steps are replays only."""
+def graph_warmup(warmup: int, dual_cfg) -> int:
+    """Steps before the timed ones with CUDA graphs: each of stage 5's kinds of round (one cycle of
+    :func:`engine.avatar.dual.round_cycle` rounds holds each kind) runs ``WARMUP`` times eagerly and
+    is captured on its next round, so the timed steps are replays only."""
+    from engine.avatar.dual import round_cycle
     from engine.avatar.step_graph import WARMUP
 
-    return max(warmup, 2 * (WARMUP + 1))
+    return max(warmup, round_cycle(dual_cfg) * (WARMUP + 1))
+
+
+def whole_cycles(steps: int, dual_cfg) -> int:
+    """``steps`` rounded up to whole cycles of stage 5's kinds of round, so that the mean step time
+    weighs each kind as the configured stage does."""
+    from engine.avatar.dual import round_cycle
+
+    cycle = round_cycle(dual_cfg)
+    return -(-steps // cycle) * cycle
 
 
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
             json_path: pathlib.Path | None = None,
             graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,)) -> dict:
-    from bench.pipeline import count_flops
+    from bench.pipeline import count_flops, flop_steps
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
     from engine.avatar.pipeline import Pipeline
@@ -227,6 +240,7 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     portrait, exemplar = sample_inputs(repo)
     t0 = time.perf_counter()
     nets = full_networks(0, device) if preset == "full" else slim_networks(0, device)
+    steps = whole_cycles(steps, cfg.pipeline.dual)
     report: dict = {"preset": preset, "device": str(device), "warmup": warmup, "steps": steps,
                     "torch": torch.__version__, "load_seconds": time.perf_counter() - t0,
                     "configured_steps": {"style_finetune": cfg.pipeline.style.steps,
@@ -235,8 +249,8 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                                          "dual_branch": cfg.pipeline.dual.steps}}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
-    flops = count_flops(Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(3), precision="fp32")),
-                        portrait, exemplar)
+    flops = count_flops(Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(flop_steps(cfg.pipeline.dual)),
+                                                           precision="fp32")), portrait, exemplar)
     report["flops_per_step"] = {stage: later for stage, (_first, later) in flops.items()}
     report["runs"] = {}
     # CUDA graphs and cuDNN only exist on CUDA: elsewhere those runs would repeat the plain ones.
@@ -251,7 +265,7 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                 gc.collect()  # the previous run's graphs and tensors
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            skip = graph_warmup(warmup) if graphs else warmup
+            skip = graph_warmup(warmup, cfg.pipeline.dual) if graphs else warmup
             run: dict = {"precision": precision, "graphs": graphs, "cudnn_autotune": autotune, "warmup": skip}
             report["runs"][run_name(precision, graphs, autotune, autotune_modes)] = run
             try:
@@ -359,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=["slim", "full"], default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per stage after the warm-up (even)")
+    p.add_argument("--steps", type=int, default=4,
+                   help="timed steps per stage after the warm-up (rounded up to whole cycles of stage 5's rounds)")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--json", type=pathlib.Path, help="also write the measurements here")
     p.add_argument("--graphs", choices=["both", "on", "off"], default="both",

@@ -1,6 +1,6 @@
 """Where a replayed step's device time goes, stage by stage: the kernels of the steady-state steps.
 
-    python bench/step_profile.py [--preset full|slim] [--device auto|cuda|cpu] [--steps 6]
+    python bench/step_profile.py [--preset full|slim] [--device auto|cuda|cpu] [--steps 4]
                                  [--precisions fp32 bf16] [--graphs on|off] [--top 15] [--by-source]
 
 How it measures
@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch.autograd import DeviceType  # noqa: E402
 
 from bench.inputs import sample_inputs  # noqa: E402
-from bench.stage_timing import STAGES, graph_warmup, synchronize  # noqa: E402
+from bench.stage_timing import STAGES, graph_warmup, synchronize, whole_cycles  # noqa: E402
 from engine.cuda_math import configure_cuda_math  # noqa: E402
 
 # Kernel families, first match wins: (family, pattern on the kernel's name).
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=["slim", "full"], default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, default=6, help="profiled steps per stage after the warm-up (even)")
+    p.add_argument("--steps", type=int, default=4,
+                   help="profiled steps per stage after the warm-up (rounded up to whole cycles of stage 5's rounds)")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     p.add_argument("--graphs", choices=["on", "off"], default="on")
     p.add_argument("--top", type=int, default=15)
@@ -268,14 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     portrait, exemplar = sample_inputs(repo)
     nets = full_networks(0, device) if preset == "full" else slim_networks(0, device)
     graphs = args.graphs == "on" and device.type == "cuda"
-    warmup = graph_warmup(2) if graphs else 2
+    warmup = graph_warmup(2, cfg.pipeline.dual) if graphs else 2
+    steps = whole_cycles(args.steps, cfg.pipeline.dual)
     print(f"# Step profile: preset `{preset}` on "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}, "
-          f"{'CUDA graphs' if graphs else 'eager'}; {warmup} warm-up steps, {args.steps} profiled steps per stage\n")
+          f"{'CUDA graphs' if graphs else 'eager'}; {warmup} warm-up steps, {steps} profiled steps per stage\n")
     for precision in args.precisions:
-        pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(warmup + args.steps), precision=precision,
+        pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(warmup + steps), precision=precision,
                                                   cuda_graphs=graphs))
-        profiler = StageProfiler(device, warmup, args.steps, sources=args.by_source)
+        profiler = StageProfiler(device, warmup, steps, sources=args.by_source)
         pipe(portrait, exemplar, seed=0, progress=profiler)
         tf32 = " (TF32 matmuls and convolutions)" if precision == "fp32" and device.type == "cuda" else ""
         print(f"## {precision}{tf32}\n")

@@ -81,24 +81,25 @@ class PivotalTuningConfig:
 class DualConfig:
     """Stage 5 (Eq. 5). The paper gives no numbers; see engine/avatar/dual.py for the reasoning."""
 
-    steps: int = 300            # rounds; each = steps_3d updates of EG3D + one of the 2D branch
+    steps: int = 300            # rounds; each = steps_3d updates of EG3D (+ one of the 2D branch, see below)
     steps_3d: int = 1
     lr_3d: float = 1e-4         # below PTI's 3e-4: move the look, keep the geometry
-    lr_2d: float = 2e-4         # a tenth of stage 2: the 2D branch only adjusts
+    lr_2d: float = 4e-4         # a fifth of stage 2, on every 2nd round: the 2D branch only adjusts
     lambda_1: float = 0.1       # LPIPS to the exemplar (another face): a light pull towards its look
     lambda_2: float = 1.0       # LPIPS to the warped 2D cartoon: the main perceptual guide
     lambda_style_2d: float = 1.0  # stage-2 loss kept on the 2D branch while it adjusts
     update_2d: bool = True
+    update_2d_every: int = 2    # rounds between two 2D updates; the rounds between reuse the cartoon (dual.py)
     lpips_size: int = 256
     style_batch: int = 2        # style-mixed latents of the 2D style loss (stage 2 uses 4; see dual.py)
-    style_every: int = 2        # rounds between two 2D style-loss terms (1 = every round; see dual.py)
+    style_every: int = 2        # 2D updates between two 2D style-loss terms (1 = every one; see dual.py)
 
     def __post_init__(self) -> None:
         _check(self, steps=(self.steps >= 0, ">= 0"), steps_3d=(self.steps_3d >= 1, ">= 1"),
                lr_3d=(self.lr_3d > 0, "> 0"), lr_2d=(self.lr_2d > 0, "> 0"), lambda_1=(self.lambda_1 >= 0, ">= 0"),
                lambda_2=(self.lambda_2 >= 0, ">= 0"), lambda_style_2d=(self.lambda_style_2d >= 0, ">= 0"),
                lpips_size=(self.lpips_size >= 32, ">= 32"), style_batch=(self.style_batch >= 1, ">= 1"),
-               style_every=(self.style_every >= 1, ">= 1"))
+               style_every=(self.style_every >= 1, ">= 1"), update_2d_every=(self.update_2d_every >= 1, ">= 1"))
 
 
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -11,8 +11,9 @@ A stage's step comes in two parts (:class:`SplitStep`):
 - ``prepare(i)`` runs on the host before every step. It writes everything
   that changes between steps (random draws, noise scales, learning rates)
   *into* tensors that live across steps, and returns the step's *variant*: a
-  hashable value that names which computation this step runs (stage 5 runs
-  one with and one without the style loss).
+  hashable value that names which computation this step runs (stage 5's
+  rounds come with the 2D update and the style loss, with the 2D update
+  alone, or without either).
 - ``compute(variant)`` is the device part: forward, loss, ``backward``,
   optimiser step. Between two steps of one variant it must differ only in
   the values of the tensors it reads: same shapes, no host reads of device

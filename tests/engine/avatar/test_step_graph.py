@@ -15,9 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import steps as steps_module
+from engine.avatar.dual import round_cycle, update_2d_round
 from engine.avatar.networks import slim_networks
 from engine.avatar.pipeline import Pipeline
-from engine.avatar.step_graph import SplitStep, StepGraphs, adam, graphs_usable, set_lr
+from engine.avatar.step_graph import WARMUP, SplitStep, StepGraphs, adam, graphs_usable, set_lr
 from engine.avatar.steps import run_steps
 
 STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
@@ -95,7 +96,7 @@ def test_the_lint_sees_what_a_capture_cannot_hold():
 
 def test_every_stage_step_obeys_the_capture_rules(unaligned_faces, monkeypatch):
     """The whole slim pipeline with each stage's device part under the lint: nothing it runs
-    would break (or silently freeze in) a CUDA graph. Stage 5 runs both kinds of round."""
+    would break (or silently freeze in) a CUDA graph. Stage 5 runs each kind of round."""
     portrait, style = unaligned_faces
     LintedSteps.seen = {}
     monkeypatch.setattr(steps_module, "StepGraphs", LintedSteps)
@@ -103,7 +104,9 @@ def test_every_stage_step_obeys_the_capture_rules(unaligned_faces, monkeypatch):
     result = pipe(portrait, style, seed=0)
     assert set(LintedSteps.seen) == set(STAGES)  # every stage's step went through the runner
     assert {stage: found for stage, found in LintedSteps.seen.items() if found} == {}
-    assert len(result.logs["dual_branch"].terms["style_2d"]) == 2  # rounds 0 and 2: both kinds ran
+    # rounds 0 (2D update with the style loss), 1 (no 2D update), 2 (2D update without it)
+    assert [update_2d_round(i, pipe.cfg.dual) for i in range(3)] == [True, False, True]
+    assert len(result.logs["dual_branch"].terms["style_2d"]) == 1 and result.logs["dual_branch"].steps == 3
     assert all(result.logs[s].mode == "eager" for s in STAGES)  # no graphs on the CPU
 
 
@@ -168,9 +171,10 @@ def _relative_gap(a: list[float], b: list[float]) -> float:
 
 @pytest.mark.gpu
 def test_captured_steps_give_the_eager_steps_results(unaligned_faces, exact_float32):
-    """6 steps per stage: 2 eager warm-up runs per variant, the capture, replays after (stage 5's
-    two kinds of round are each captured once). Same Adam (capturable on CUDA either way), same
-    kernels: the loss curves agree as closely as two eager runs agree with each other.
+    """13 steps per stage: 2 eager warm-up runs per variant, the capture, replays after (stage 5's
+    three kinds of round, one cycle of 4 rounds, are each captured and replayed). Same Adam
+    (capturable on CUDA either way), same kernels: the loss curves agree as closely as two eager
+    runs agree with each other.
 
     Two eager runs are not bit-identical: the tri-plane gradient is summed with atomic adds in no
     fixed order, and Adam turns a rounding-size change in a near-zero gradient into a full
@@ -179,7 +183,8 @@ def test_captured_steps_give_the_eager_steps_results(unaligned_faces, exact_floa
     runs, and at least 1e-4: a replay that read a stale input (a learning rate, a draw, a noise
     scale) moves a curve by far more than run-to-run rounding does."""
     portrait, style = unaligned_faces
-    base = dataclasses.replace(PipelineConfig().reduced(6), precision="fp32")
+    cycle = round_cycle(PipelineConfig().dual)
+    base = dataclasses.replace(PipelineConfig().reduced((WARMUP + 1) * cycle + 1), precision="fp32")
     eager = _run(dataclasses.replace(base, cuda_graphs=False), portrait, style)
     eager_again = _run(dataclasses.replace(base, cuda_graphs=False), portrait, style)
     graphed = _run(dataclasses.replace(base, cuda_graphs=True), portrait, style)
