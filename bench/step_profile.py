@@ -131,23 +131,29 @@ def by_source(events, on_device: bool,
               packages: tuple[str, ...] = REPO_PACKAGES) -> dict[tuple[str, str], float]:
     """Microseconds per (our function, "forward" | "backward") over ``events`` (see the module
     notes); our functions are those in files under ``packages``."""
+    def backward_node(e):
+        while e is not None and not e.name.startswith(BACKWARD_NODE):
+            e = e.cpu_parent
+        return e
+
+    # The operators that made autograd nodes: aten ops, and our autograd Functions' forward (named
+    # by their class); the outermost one per node.
     forward_ops: dict[tuple[int, int], object] = {}
     for e in events:
-        if e.sequence_nr >= 0 and e.name.startswith("aten::"):
+        if e.sequence_nr >= 0 and not python_event(e.name) and backward_node(e) is None:
             parent = e.cpu_parent
-            if parent is None or parent.sequence_nr != e.sequence_nr:  # the outermost op of its autograd node
+            if parent is None or parent.sequence_nr != e.sequence_nr:
                 forward_ops.setdefault((e.sequence_nr, e.thread), e)
     totals: dict[tuple[str, str], float] = defaultdict(float)
     for e in events:
         if on_device:
             spent = e.self_device_time_total if e.device_type == DeviceType.CPU else 0.0
         else:
-            spent = e.self_cpu_time_total if e.name.startswith("aten::") else 0.0
+            operator = e.name.startswith(("aten::", BACKWARD_NODE)) or e.sequence_nr >= 0  # not the profiler's own
+            spent = e.self_cpu_time_total if operator else 0.0
         if spent <= 0:
             continue
-        node = e
-        while node is not None and not node.name.startswith(BACKWARD_NODE):
-            node = node.cpu_parent
+        node = backward_node(e)
         if node is None:
             key = (repo_frame(e, packages) or "(outside this repository)", "forward")
         elif node.sequence_nr < 0:  # AccumulateGrad and the engine's own work

@@ -176,7 +176,7 @@ def dual_branch_train(
                 warped, mask = inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
             held_warped.copy_(warped.detach())
             held_mask.copy_(mask)
-        else:  # the 2D branch did not move since the held cartoon was made (or is not trained at all)
+        else:  # the last 2D round's cartoon (made before its 2D step), or the fixed one when 2D is not trained
             warped, mask = held_warped, held_mask
         out = {}
         for sub in range(cfg.steps_3d):
