@@ -20,9 +20,9 @@ re-encoded every step, PTI LPIPS on the full render, stage 5's duplicate
 renders and full style loss) and with the current code, side by side, and the
 per-user totals at the configured step counts (``--no-flops`` skips it).
 ``--full-flops`` does the same count at the official sizes on fake tensors
-(shapes only, nothing computed: about a minute on a CPU) and exits. Measured
-there: 3,140 -> 1,623 TFLOP per user with the style cached (-48 %); stage 5
-7.10 -> 2.60 TFLOP per round, PTI 1.43 -> 1.02, inversion 1.02 -> 0.98.
+(shapes only, nothing computed: a few minutes on a CPU) and exits. Measured
+there: 3,140 -> 1,391 TFLOP per user with the style cached (-55.7 %); stage 5
+7.10 -> 1.81 TFLOP per round, PTI 1.43 -> 1.02, inversion 1.02 -> 0.98.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ without and with CUDA graphs.
 
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
                                  [--precisions fp32 bf16] [--graphs both|on|off] [--cudnn-autotune both|on|off]
-                                 [--json PATH]
+                                 [--no-dual-schedules] [--json PATH]
 
 How it measures
 ---------------
@@ -38,6 +38,10 @@ How it measures
   as configured), so that every kind is captured before the timed steps (which
   are replays only); the table's
   last column says how each stage's steps ran.
+* Stage 5's schedule (``--no-dual-schedules`` skips it): with the first
+  precision (and CUDA graphs when they are timed), stage 5 once more with its
+  2D branch on every round, as before ``update_2d_every``, and once as
+  configured: seconds and FLOPs per round side by side, and the ratio.
 * Pack: the three stills and every sticker of the configured pack rendered
   through the engine's renderer (``engine.render``), with random unit boundary
   directions standing in for the expression file so the expression stickers
@@ -227,7 +231,8 @@ def whole_cycles(steps: int, dual_cfg) -> int:
 
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
             json_path: pathlib.Path | None = None,
-            graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,)) -> dict:
+            graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,),
+            compare_dual_schedules: bool = True) -> dict:
     from bench.pipeline import count_flops, flop_steps
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -294,7 +299,45 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
             if json_path is not None:
                 json_path.write_text(json.dumps(report, indent=2))
             print(f"  timed {precision}{' with CUDA graphs' if graphs else ''}", file=sys.stderr, flush=True)
+    if compare_dual_schedules and cfg.pipeline.dual.update_2d_every > 1:
+        graphs = graph_modes[-1]
+        skip = graph_warmup(warmup, cfg.pipeline.dual) if graphs else warmup
+        try:
+            report["dual_schedules"] = {
+                "precision": precisions[0], "graphs": graphs, "rounds": cfg.pipeline.dual.steps,
+                "schedules": time_dual_schedules(nets, cfg.pipeline, portrait, exemplar, skip, steps, precisions[0],
+                                                 graphs, device)}
+        except Exception as exc:  # noqa: BLE001 - reported, the runs above stand
+            traceback.print_exc()
+            report["dual_schedules"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def every_round_2d(dual_cfg):
+    """Stage 5 as it was before its 2D branch went to every ``update_2d_every``-th round: every round,
+    at the learning rate that moves it as far (engine/avatar/dual.py)."""
+    return dataclasses.replace(dual_cfg, update_2d_every=1, lr_2d=dual_cfg.lr_2d / dual_cfg.update_2d_every)
+
+
+def time_dual_schedules(nets, pipeline_cfg, portrait, exemplar, skip: int, steps: int, precision: str,
+                        graphs: bool, device: torch.device) -> dict:
+    """Stage 5's seconds and FLOPs per round with the 2D branch on every round and as configured,
+    one after the other in this process (the other stages run as they must, untimed here)."""
+    from bench.pipeline import count_flops, flop_steps
+    from engine.avatar.pipeline import Pipeline
+
+    out = {}
+    for name, dual in (("2D branch every round", every_round_2d(pipeline_cfg.dual)),
+                       (f"2D branch every {pipeline_cfg.dual.update_2d_every} rounds (configured)", pipeline_cfg.dual)):
+        cfg = dataclasses.replace(pipeline_cfg, dual=dual, precision=precision, cuda_graphs=graphs)
+        flops = count_flops(Pipeline(nets, dataclasses.replace(cfg.reduced(flop_steps(dual)), precision="fp32")),
+                            portrait, exemplar)
+        stages, _result = time_stages(Pipeline(nets, cfg.reduced(skip + steps)), portrait, exemplar, skip, device)
+        out[name] = {"seconds_per_round": stages["dual_branch"]["seconds_per_step"],
+                     "flops_per_round": flops["dual_branch"][1]}
+    return out
 
 
 def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple[bool, ...]) -> str:
@@ -303,6 +346,22 @@ def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple
     if len(autotune_modes) > 1:
         name += " + cuDNN autotune" if autotune else " (cuDNN heuristics)"
     return name
+
+
+def dual_schedule_lines(found: dict | None) -> list[str]:
+    if not found:
+        return []
+    if "error" in found:
+        return [f"**Stage 5, 2D branch every round vs as configured**: FAILED: {found['error']}", ""]
+    rounds = found["rounds"]
+    lines = [f"**Stage 5, 2D branch every round vs as configured** ({found['precision']}"
+             f"{' with CUDA graphs' if found['graphs'] else ''}, one after the other in this process)", "",
+             f"| schedule | s/round | GFLOP/round | projected s ({rounds} rounds) |", "|---|---:|---:|---:|"]
+    for name, m in found["schedules"].items():
+        lines.append(f"| {name} | {m['seconds_per_round']:.4f} | {m['flops_per_round'] / 1e9:,.0f} | "
+                     f"{m['seconds_per_round'] * rounds:.1f} |")
+    before, now = (m["seconds_per_round"] for m in found["schedules"].values())
+    return lines + ["", f"- stage 5: {before / now:.2f}x faster as configured", ""]
 
 
 def summarise(report: dict) -> list[str]:
@@ -356,6 +415,7 @@ def summarise(report: dict) -> list[str]:
                                       else pack["files_note"]),
                   *([f"- pack encode: {encode_summary(pack['encode_tasks'])}"] if "encode_tasks" in pack else []),
                   f"- **projected selfie to pack, style cached: {total:.1f} s** (goal <= 15 s on one H100)", ""]
+    lines += dual_schedule_lines(report.get("dual_schedules"))
     if len(totals) > 1:
         first = next(iter(totals))
         lines += ["**Side by side** (one run of this script)", "",
@@ -382,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-autotune", choices=["both", "on", "off"], default="off",
                    help="cuDNN's per-shape algorithm timing ([engine] cudnn_autotune, off by default): on, off, or "
                         "both side by side (CUDA only)")
+    p.add_argument("--no-dual-schedules", action="store_true",
+                   help="skip timing stage 5 with its 2D branch on every round beside the configured schedule")
     args = p.parse_args(argv)
     if args.steps < 2 or args.warmup < 1:
         p.error("--steps must be >= 2 and --warmup >= 1")
@@ -391,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     graph_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.graphs]
     autotune_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.cudnn_autotune]
     report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
-                     autotune_modes)
+                     autotune_modes, compare_dual_schedules=not args.no_dual_schedules)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 
