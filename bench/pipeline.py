@@ -43,6 +43,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def every_round_2d(dual_cfg):
+    """Stage 5 as it was before its 2D branch went to every ``update_2d_every``-th round: every round,
+    at the learning rate that moves it as far (engine/avatar/dual.py)."""
+    return dataclasses.replace(dual_cfg, update_2d_every=1, lr_2d=dual_cfg.lr_2d / dual_cfg.update_2d_every)
+
+
 def flop_steps(dual_cfg) -> int:
     """Steps per stage when counting FLOPs: the first (with the stage's set-up), then one whole cycle
     of stage 5's kinds of round (with and without the 2D update and the style loss)."""
@@ -98,8 +104,7 @@ def print_flops(nets, portrait, exemplar, configured) -> None:
 
     reduced = configured.reduced(flop_steps(configured.dual))
     earlier_cfg = dataclasses.replace(reduced, precision="fp32", dual=dataclasses.replace(
-        reduced.dual, style_batch=reduced.style.batch, style_every=1, update_2d_every=1,
-        lr_2d=configured.dual.lr_2d / configured.dual.update_2d_every))
+        every_round_2d(reduced.dual), style_batch=reduced.style.batch, style_every=1))
     with earlier_stages():
         before = count_flops(Pipeline(nets, earlier_cfg), portrait, exemplar)
     after = count_flops(Pipeline(nets, dataclasses.replace(reduced, precision="fp32")), portrait, exemplar)

@@ -315,23 +315,20 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     return report
 
 
-def every_round_2d(dual_cfg):
-    """Stage 5 as it was before its 2D branch went to every ``update_2d_every``-th round: every round,
-    at the learning rate that moves it as far (engine/avatar/dual.py)."""
-    return dataclasses.replace(dual_cfg, update_2d_every=1, lr_2d=dual_cfg.lr_2d / dual_cfg.update_2d_every)
-
-
 def time_dual_schedules(nets, pipeline_cfg, portrait, exemplar, skip: int, steps: int, precision: str,
                         graphs: bool, device: torch.device) -> dict:
     """Stage 5's seconds and FLOPs per round with the 2D branch on every round and as configured,
     one after the other in this process (the other stages run as they must, untimed here)."""
-    from bench.pipeline import count_flops, flop_steps
+    from bench.pipeline import count_flops, every_round_2d, flop_steps
     from engine.avatar.pipeline import Pipeline
 
     out = {}
     for name, dual in (("2D branch every round", every_round_2d(pipeline_cfg.dual)),
                        (f"2D branch every {pipeline_cfg.dual.update_2d_every} rounds (configured)", pipeline_cfg.dual)):
         cfg = dataclasses.replace(pipeline_cfg, dual=dual, precision=precision, cuda_graphs=graphs)
+        if device.type == "cuda":
+            gc.collect()  # the previous run's graphs and tensors
+            torch.cuda.empty_cache()
         flops = count_flops(Pipeline(nets, dataclasses.replace(cfg.reduced(flop_steps(dual)), precision="fp32")),
                             portrait, exemplar)
         stages, _result = time_stages(Pipeline(nets, cfg.reduced(skip + steps)), portrait, exemplar, skip, device)
