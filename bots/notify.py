@@ -324,7 +324,9 @@ class Notifier:
     def _close_told(self, job_id: int) -> None:
         """Close the delivery of a job whose pack shows it published: its user was told, and the
         process that told them stopped before :meth:`_done`. Left alone while another process
-        holds the claim (it is closing it)."""
+        holds the claim (it is closing it), or while this process still follows the job."""
+        if job_id in self.watches:
+            return
         try:
             claim = deliveries.claim_delivery(self.res.db, job_id, self.platform, self.holder, self.claim_seconds,
                                               now=self.wall_clock())
