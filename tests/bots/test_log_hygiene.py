@@ -9,7 +9,6 @@ import asyncio
 
 import pytest
 
-from emoji3d.texts import text
 from storage import jobs
 from tests.bots.conftest import TELEGRAM_TOKEN, finish_job, leaks, wait_for
 from tests.fakes import telegram_updates as tgu
@@ -19,7 +18,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::telegram.warnings.PTBUserWarni
               pytest.mark.timeout(180)]
 
 def test_a_whole_telegram_run_at_debug_logs_no_token(project_logging, res, selfie_png, sticker_files):
-    from tests.bots.test_telegram_flow import Chat, add_global_style, buttons, consent, running_bot
+    from tests.bots.test_telegram_flow import Chat, add_global_style, order_toon_pack, running_bot
 
     server = FakeTelegramServer(token=TELEGRAM_TOKEN)
     with server.serve_in_thread():
@@ -29,13 +28,7 @@ def test_a_whole_telegram_run_at_debug_logs_no_token(project_logging, res, selfi
 
         async def scenario() -> None:
             async with running_bot(res, server):
-                await consent(chat)
-                chat.photo(selfie_png)
-                styles_msg = await chat.reply_containing(text("selfie_ok"))
-                chat.press(styles_msg, buttons(styles_msg)["toon"])
-                strength_msg = await chat.reply_containing("how strong")
-                chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
-                await chat.reply_containing("about to start")
+                await order_toon_pack(chat, selfie_png)
                 finish_job(res, jobs.list_jobs(res.db, kind="make_pack")[0].id, sticker_files)
                 await chat.reply_containing("https://t.me/addstickers/", timeout=30)
                 await wait_for(lambda: server.calls_to("sendSticker"), what="sendSticker")

@@ -102,6 +102,17 @@ async def consent(chat: Chat) -> None:
     await chat.reply_containing(text("consent_thanks"))
 
 
+async def order_toon_pack(chat: Chat, selfie: bytes) -> dict:
+    """Consent, send the selfie, pick the "toon" style at full strength; returns the progress message."""
+    await consent(chat)
+    chat.photo(selfie)
+    styles_msg = await chat.reply_containing(text("selfie_ok"))
+    chat.press(styles_msg, buttons(styles_msg)["toon"])
+    strength_msg = await chat.reply_containing("how strong")
+    chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
+    return await chat.reply_containing("about to start")
+
+
 def test_whole_conversation_creates_a_set(res, telegram_server, telegram_user, selfie_png, sticker_files):
     style = add_global_style(res, "toon", selfie_png)
     chat = Chat(telegram_server, telegram_user)
@@ -176,13 +187,7 @@ def test_cancel_from_the_progress_message(res, telegram_server, telegram_user, s
 
     async def scenario() -> None:
         async with running_bot(res, telegram_server):
-            await consent(chat)
-            chat.photo(selfie_png)
-            styles_msg = await chat.reply_containing(text("selfie_ok"))
-            chat.press(styles_msg, buttons(styles_msg)["toon"])
-            strength_msg = await chat.reply_containing("how strong")
-            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
-            progress = await chat.reply_containing("about to start")
+            progress = await order_toon_pack(chat, selfie_png)
             chat.press(progress, buttons(progress)[text("cancel_button")])
             await chat.reply_containing(text("cancelled_ok"))
 
@@ -315,13 +320,7 @@ def test_restart_while_the_job_runs_edits_the_same_message(res, telegram_server,
 
     async def first_life() -> None:
         async with running_bot(res, telegram_server):
-            await consent(chat)
-            chat.photo(selfie_png)
-            styles_msg = await chat.reply_containing(text("selfie_ok"))
-            chat.press(styles_msg, buttons(styles_msg)["toon"])
-            strength_msg = await chat.reply_containing("how strong")
-            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
-            seen["progress"] = await chat.reply_containing("about to start")
+            seen["progress"] = await order_toon_pack(chat, selfie_png)
 
     async def second_life() -> None:
         async with running_bot(res, telegram_server):
@@ -356,13 +355,7 @@ def test_restart_after_the_set_was_published_but_not_announced_announces_it(res,
 
     async def first_life() -> None:
         async with running_bot(res, telegram_server):
-            await consent(chat)
-            chat.photo(selfie_png)
-            styles_msg = await chat.reply_containing(text("selfie_ok"))
-            chat.press(styles_msg, buttons(styles_msg)["toon"])
-            strength_msg = await chat.reply_containing("how strong")
-            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
-            seen["progress"] = await chat.reply_containing("about to start")
+            seen["progress"] = await order_toon_pack(chat, selfie_png)
 
     async def publish_then_stop(job_id: int) -> None:  # what the stopped bot did before telling anyone
         job = jobs.get_job(res.db, job_id)
@@ -447,13 +440,7 @@ def test_restart_after_the_progress_message_vanished_says_so_in_a_new_one(res, t
 
     async def first_life() -> None:
         async with running_bot(res, telegram_server):
-            await consent(chat)
-            chat.photo(selfie_png)
-            styles_msg = await chat.reply_containing(text("selfie_ok"))
-            chat.press(styles_msg, buttons(styles_msg)["toon"])
-            strength_msg = await chat.reply_containing("how strong")
-            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
-            await chat.reply_containing("about to start")
+            await order_toon_pack(chat, selfie_png)
 
     async def second_life() -> None:
         async with running_bot(res, telegram_server):
@@ -660,13 +647,7 @@ def test_about_to_start_is_said_once(res, telegram_server, telegram_user, selfie
 
     async def scenario() -> None:
         async with running_bot(res, telegram_server):
-            await consent(chat)
-            chat.photo(selfie_png)
-            styles_msg = await chat.reply_containing(text("selfie_ok"))
-            chat.press(styles_msg, buttons(styles_msg)["toon"])
-            strength_msg = await chat.reply_containing("how strong")
-            chat.press(strength_msg, buttons(strength_msg)[text("strength_full")])
-            await chat.reply_containing("about to start")
+            await order_toon_pack(chat, selfie_png)
             await asyncio.sleep(0.5)  # many notifier ticks
 
     asyncio.run(scenario())
