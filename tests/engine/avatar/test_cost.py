@@ -68,12 +68,18 @@ def cached_run(nets, faces):
     cache = MemoryCache()
     pipe = Pipeline(nets, PipelineConfig().reduced(4))
     first = pipe(portrait, style, seed=0, cache=cache)
+    # The per-selfie cache is per seed; seed 1 reads seed 0's pivot, so only stage 5 differs between seeds.
+    cache.put("portrait_3d", pipe.portrait_key(portrait.key, 1), cache.get("portrait_3d", pipe.portrait_key(portrait.key)))
     return pipe, cache, first
 
 
 # Stage 5's 2D branch on every round at the learning rate it had then: the schedule the two tests
 # below were measured with (each compares one other change against it).
 EVERY_ROUND_2D = {"update_2d_every": 1, "lr_2d": 2e-4}
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).square().mean().sqrt())
 
 
 def render(pipe: Pipeline, result, strength: float) -> torch.Tensor:
@@ -93,8 +99,6 @@ def test_dual_style_schedule_keeps_the_result_close(cached_run, faces):
     would fail here."""
     pipe, cache, _first = cached_run
     portrait, style = faces
-    # The per-selfie cache is per seed; seed 1 reads seed 0's pivot here, so only stage 5 differs.
-    cache.put("portrait_3d", pipe.portrait_key(portrait.key, 1), cache.get("portrait_3d", pipe.portrait_key(portrait.key)))
     stylized = {}
     for name, batch, every, seed in (("earlier", pipe.cfg.style.batch, 1, 0), ("earlier, other seed",
                                      pipe.cfg.style.batch, 1, 1), ("configured", 2, 2, 0)):
@@ -104,7 +108,6 @@ def test_dual_style_schedule_keeps_the_result_close(cached_run, faces):
         stylized[name] = render(pipe, result, 1.0)
         if name == "configured":
             assert len(result.logs["dual_branch"].terms["style_2d"]) == 6
-    rms = lambda a, b: float((a - b).square().mean().sqrt())  # noqa: E731
     noise = rms(stylized["earlier"], stylized["earlier, other seed"])
     apart = rms(stylized["earlier"], stylized["configured"])
     assert noise > 1e-3 and apart < 1.5 * noise, (apart, noise)
@@ -123,14 +126,12 @@ def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces
 
     pipe, cache, _first = cached_run
     portrait, style = faces
-    cache.put("portrait_3d", pipe.portrait_key(portrait.key, 1), cache.get("portrait_3d", pipe.portrait_key(portrait.key)))
     dual = dataclasses.replace(pipe.cfg.dual, steps=12, style_batch=pipe.cfg.style.batch, style_every=1,
                                **EVERY_ROUND_2D)
     configured = Pipeline(pipe.nets, dataclasses.replace(pipe.cfg, dual=dual))
     joint = render(pipe, configured(portrait, style, seed=0, cache=cache), 1.0)
     monkeypatch.setattr(pipeline_module, "dual_branch_train", stages_before.dual_branch_train)
     earlier = {seed: render(pipe, configured(portrait, style, seed=seed, cache=cache), 1.0) for seed in (0, 1)}
-    rms = lambda a, b: float((a - b).square().mean().sqrt())  # noqa: E731
     noise, apart = rms(earlier[0], earlier[1]), rms(earlier[0], joint)
     moved = rms(earlier[0], render(pipe, _first, 0.0))  # how far stage 5 moves the render at all
     assert noise > 1e-3 and apart < 1.5 * noise < moved, (apart, noise, moved)
@@ -146,7 +147,6 @@ def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, face
     updates at all 0.33, which fails here."""
     pipe, cache, first = cached_run
     portrait, style = faces
-    cache.put("portrait_3d", pipe.portrait_key(portrait.key, 1), cache.get("portrait_3d", pipe.portrait_key(portrait.key)))
     assert (pipe.cfg.dual.update_2d_every, pipe.cfg.dual.lr_2d) == (2, 4e-4)  # the configured schedule
     stylized, logs = {}, {}
     for name, schedule, seed in (("every round", EVERY_ROUND_2D, 0), ("every round, other seed", EVERY_ROUND_2D, 1),
@@ -156,7 +156,6 @@ def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, face
         stylized[name], logs[name] = render(pipe, result, 1.0), result.logs["dual_branch"]
     # style loss on every 2nd 2D update: rounds 0, 4, 8 here, against 0, 2, ..., 10 on every round
     assert len(logs["configured"].terms["style_2d"]) == 3 and len(logs["every round"].terms["style_2d"]) == 6
-    rms = lambda a, b: float((a - b).square().mean().sqrt())  # noqa: E731
     noise = rms(stylized["every round"], stylized["every round, other seed"])
     apart = rms(stylized["every round"], stylized["configured"])
     moved = rms(stylized["every round"], render(pipe, first, 0.0))
