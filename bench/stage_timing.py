@@ -306,7 +306,7 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
             report["dual_schedules"] = {
                 "precision": precisions[0], "graphs": graphs, "rounds": cfg.pipeline.dual.steps,
                 "schedules": time_dual_schedules(nets, cfg.pipeline, portrait, exemplar, skip, steps, precisions[0],
-                                                 graphs, device)}
+                                                 graphs, device, report["flops_per_step"]["dual_branch"])}
         except Exception as exc:  # noqa: BLE001 - reported, the runs above stand
             traceback.print_exc()
             report["dual_schedules"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -316,24 +316,27 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
 
 
 def time_dual_schedules(nets, pipeline_cfg, portrait, exemplar, skip: int, steps: int, precision: str,
-                        graphs: bool, device: torch.device) -> dict:
-    """Stage 5's seconds and FLOPs per round with the 2D branch on every round and as configured,
-    one after the other in this process (the other stages run as they must, untimed here)."""
+                        graphs: bool, device: torch.device, configured_flops_per_round: float) -> dict:
+    """Stage 5's seconds and FLOPs per round with the 2D branch on every round and as configured
+    (whose FLOPs the report counted already), one after the other in this process (the other
+    stages run as they must, untimed here)."""
     from bench.pipeline import count_flops, every_round_2d, flop_steps
     from engine.avatar.pipeline import Pipeline
 
+    earlier = every_round_2d(pipeline_cfg.dual)
+    earlier_cfg = dataclasses.replace(pipeline_cfg, dual=earlier, precision="fp32")
+    earlier_flops = count_flops(Pipeline(nets, earlier_cfg.reduced(flop_steps(earlier))), portrait, exemplar)
     out = {}
-    for name, dual in (("2D branch every round", every_round_2d(pipeline_cfg.dual)),
-                       (f"2D branch every {pipeline_cfg.dual.update_2d_every} rounds (configured)", pipeline_cfg.dual)):
-        cfg = dataclasses.replace(pipeline_cfg, dual=dual, precision=precision, cuda_graphs=graphs)
+    for name, dual, flops in (
+            ("2D branch every round", earlier, earlier_flops["dual_branch"][1]),
+            (f"2D branch every {pipeline_cfg.dual.update_2d_every} rounds (configured)", pipeline_cfg.dual,
+             configured_flops_per_round)):
         if device.type == "cuda":
             gc.collect()  # the previous run's graphs and tensors
             torch.cuda.empty_cache()
-        flops = count_flops(Pipeline(nets, dataclasses.replace(cfg.reduced(flop_steps(dual)), precision="fp32")),
-                            portrait, exemplar)
+        cfg = dataclasses.replace(pipeline_cfg, dual=dual, precision=precision, cuda_graphs=graphs)
         stages, _result = time_stages(Pipeline(nets, cfg.reduced(skip + steps)), portrait, exemplar, skip, device)
-        out[name] = {"seconds_per_round": stages["dual_branch"]["seconds_per_step"],
-                     "flops_per_round": flops["dual_branch"][1]}
+        out[name] = {"seconds_per_round": stages["dual_branch"]["seconds_per_step"], "flops_per_round": flops}
     return out
 
 
