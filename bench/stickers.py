@@ -11,6 +11,13 @@ drifting over transparency, like a rendered head), ``motion`` (hard: random
 blocks jumping every frame), ``noise`` (hardest: full-frame random colour).
 Every file is verified; a target where nothing fits prints the error key.
 
+    .venv/bin/python bench/stickers.py --search [--content cartoon motion] [--frames 30 --fps 15]
+
+``--search`` encodes each content for each target twice, side by side: with the search as it was
+(``EncodeConfig(best_first=False)``: the start value first, then the best) and as now (the best
+knob first, one encode where it fits), and prints tries, seconds, the chosen settings and whether
+the files are byte-identical; the last rows sum a Telegram and a Discord pack's per-sticker files.
+
     .venv/bin/python bench/stickers.py --pack [--pack-workers 1 3] [--pack-stickers 4]
 
 ``--pack`` compares, side by side in one run, encoding a pack's sticker files one after another
@@ -38,7 +45,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 
 import numpy as np  # noqa: E402
 
-from engine.stickers.encode import encode  # noqa: E402
+from engine.stickers.encode import EncodeConfig, encode  # noqa: E402
 from engine.stickers.errors import StickerEncodeError  # noqa: E402
 from engine.stickers.targets import TARGETS  # noqa: E402
 from tests.engine.stickers import content  # noqa: E402
@@ -135,9 +142,51 @@ def pack_table(workers: list[int], n_stickers: int, n_frames: int, fps: float) -
               f"{'yes' if same else 'NO'} |", flush=True)
 
 
+# The files a pack encodes per sticker on each platform (engine.render.pack: targets + custom emoji).
+PACK_TARGETS = {"Telegram": ("telegram_video", "telegram_emoji"), "Discord": ("discord_sticker", "discord_emoji")}
+
+
+def search_table(kinds: list[str], targets: list[str], n_frames: int, fps: float, size: int) -> None:
+    """Each target encoded with the search before (start value first) and now (best knob first)."""
+    configs = {"before": EncodeConfig(best_first=False), "now": EncodeConfig()}
+    print(f"search: before = start value first, now = best knob first; {n_frames} frames at {fps:g} fps, {size} px")
+    print("| content | target | tries before | tries now | s before | s now | ratio | settings now | same file |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    seconds: dict[tuple[str, str, str], float] = {}
+    for kind in kinds:
+        frames = make(kind, n_frames, size)
+        for name in targets:
+            got = {}
+            for label, cfg in configs.items():
+                t0 = time.perf_counter()
+                try:
+                    got[label] = encode(frames, fps, name, cfg)
+                except StickerEncodeError as e:
+                    got[label] = e.key
+                seconds[kind, name, label] = time.perf_counter() - t0
+            b, n = got["before"], got["now"]
+            if isinstance(b, str) or isinstance(n, str):
+                print(f"| {kind} | {name} | - | - | {seconds[kind, name, 'before']:.2f} | {seconds[kind, name, 'now']:.2f}"
+                      f" | - | {b if isinstance(b, str) else n} | - |")
+                continue
+            st = " ".join(f"{k}={v}" for k, v in n.report.settings.items() if k != "fps")
+            sb, sn = seconds[kind, name, "before"], seconds[kind, name, "now"]
+            print(f"| {kind} | {name} | {len(b.report.attempts)} | {len(n.report.attempts)} | {sb:.2f} | {sn:.2f} | "
+                  f"{sb / sn:.2f}x | {st} | {'yes' if b.data == n.data else 'NO'} |", flush=True)
+    for kind in kinds:
+        for platform, names in PACK_TARGETS.items():
+            if not all((kind, t, "now") in seconds for t in names):
+                continue
+            sb = sum(seconds[kind, t, "before"] for t in names)
+            sn = sum(seconds[kind, t, "now"] for t in names)
+            print(f"| {kind} | {platform} pack, per sticker ({' + '.join(names)}) | | | {sb:.2f} | {sn:.2f} | "
+                  f"{sb / sn:.2f}x | | |")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", action="store_true", help="serial vs parallel encoding of a pack (see above)")
+    ap.add_argument("--search", action="store_true", help="the encoder's search before and now (see above)")
     ap.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--pack-stickers", type=int, default=4)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
@@ -148,6 +197,9 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if a.pack:
         pack_table(a.pack_workers, a.pack_stickers, 30, 15.0)  # the pack's 2 s at its 15 fps
+        return 0
+    if a.search:
+        search_table(a.content, a.targets, a.frames, a.fps, a.size)
         return 0
     head = f"{'content':8} {'target':16} {'time s':>7} {'file':5} {'bytes':>8} {'limit':>8} {'fill':>5} {'frames':>6} {'fps':>5} {'tries':>5}  settings / adjustments"
     print(head)

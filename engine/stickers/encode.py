@@ -14,7 +14,11 @@ level (VP9 CRF; APNG full RGBA then palette 256 -> 32 colours; GIF palette;
 WEBP quality). Level 0 is tried at the knob's start value, then at its worst
 value; if neither fits, the first level that fits at the worst knob is found
 by bisection over the levels, and finally the knob is bisected toward better
-quality at that level. Levels, in order:
+quality at that level. With ``best_first`` (the default) level 0 is tried at
+the best knob before its start value: typical content (a rendered head) fits
+there, so one encode settles it instead of two; wherever the start value fits
+and the best does not, the tries that follow are the same as without it.
+Levels, in order:
 
 * WEBM VP9 (Telegram): ``content_scale`` (outer) x ``fps`` (inner, from
   ``min(fps_in, max_fps)`` down the ladder). Telegram fixes the 512 px side,
@@ -60,6 +64,7 @@ class EncodeConfig:
     crf_start: int = 30
     crf_worst: int = 63
     refine_steps: int = 4  # bisection steps toward better quality once a level fits (after trying the best)
+    best_first: bool = True  # level 0's best knob before its start value (False: the search before, for benches)
     vp9_cpu_used: int = 4  # libvpx speed (0 best .. 8 fastest) in "good" deadline
     vp9_deadline: str = "good"
     threads: int = 1
@@ -260,20 +265,25 @@ def _prepare(frames, timing: Timing, lay: Layout, cache: dict) -> list[np.ndarra
     return out
 
 
-def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, attempt, tries: _Tries):
+def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, attempt, tries: _Tries,
+                   best_first: bool = True):
     """Find the first level that can fit, then the best knob there.
 
     ``knobs`` go from best to worst quality; ``attempt(level, knob_index)`` returns a
     :class:`_Found` or None. Assumes (as a search heuristic only: every returned file
-    is verified) that size falls along the knobs and along the levels.
+    is verified) that size falls along the knobs and along the levels. With
+    ``best_first`` level 0 tries knob 0 before ``start``.
     Returns ``(found, level, knob_index)`` or None.
     """
     worst = len(knobs) - 1
+    best_tried = False
 
     def best_knob(level: int, lo: int, hi: int, found: _Found):
         # knob ``hi`` fits; bisect [lo, hi) for a better one that fits too
         best, best_i = found, hi
-        if lo < hi and tries.budget_left():  # typical content fits at the best knob: one try settles it
+        if level == 0 and best_tried and lo == 0:
+            lo = 1  # knob 0 was tried first and did not fit: bisect from the next
+        elif lo < hi and tries.budget_left():  # typical content fits at the best knob: one try settles it
             got = attempt(level, lo)
             if got is not None:
                 return got, level, lo
@@ -289,6 +299,11 @@ def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, at
                 lo = mid + 1
         return best, level, best_i
 
+    if best_first and start > 0:
+        got = attempt(0, 0)
+        if got is not None:
+            return got, 0, 0
+        best_tried = True
     got = attempt(0, start)
     if got is not None:
         return best_knob(0, 0, start, got)
@@ -337,7 +352,8 @@ def _search_webm(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, 
             seq, timing.fps, crfs[k], cpu_used=cfg.vp9_cpu_used, deadline=cfg.vp9_deadline,
             threads=cfg.threads, max_bytes=rule.max_bytes))
 
-    out = _ladder_search(len(levels), crfs, cfg.crf_start - cfg.crf_best, cfg.refine_steps, attempt, tries)
+    out = _ladder_search(len(levels), crfs, cfg.crf_start - cfg.crf_best, cfg.refine_steps, attempt, tries,
+                        cfg.best_first)
     if out is None:
         return None
     found, i, _ = out
@@ -399,7 +415,7 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
                 return codecs.write_gif(idx, pal, ti, timing.fps)
         return tries.run(rule, st, make)
 
-    out = _ladder_search(len(levels), knobs, start, cfg.refine_steps, attempt, tries)
+    out = _ladder_search(len(levels), knobs, start, cfg.refine_steps, attempt, tries, cfg.best_first)
     if out is None:
         return None
     found, i, _ = out

@@ -29,6 +29,46 @@ def test_cartoon_telegram_video_fits_with_room_at_30fps():
     assert r.attempts[-1].byte_size > 0 and all(a.byte_size > 0 for a in r.attempts)
 
 
+def _search_trace(fits_from: int, n_knobs: int, start: int, best_first: bool):
+    """(chosen knob, knobs tried) of one level whose knobs fit from index ``fits_from`` on."""
+    from engine.stickers.encode import _ladder_search, _Tries
+
+    tried = []
+
+    def attempt(level, k):
+        tried.append(k)
+        return ("file", k) if k >= fits_from else None
+
+    tries = _Tries(get_target("telegram_video"), EncodeConfig())
+    found = _ladder_search(1, list(range(n_knobs)), start, 4, attempt, tries, best_first)
+    return (None if found is None else found[2]), tried
+
+
+@pytest.mark.parametrize("fits_from", [0, 1, 3, 5, 6, 7, 20, 39, 40])
+def test_best_first_finds_what_the_start_first_search_found_with_fewer_or_one_more_try(fits_from):
+    """Same chosen knob for every content weight; one try instead of two where the best knob fits,
+    the same tries where only knobs up to the start value fit, one try more (a failed best-knob
+    encode, abandoned at the byte limit) beyond it."""
+    got, tried = _search_trace(fits_from, 40, 6, best_first=True)
+    before, tried_before = _search_trace(fits_from, 40, 6, best_first=False)
+    assert got == before
+    assert got is None or got == fits_from or fits_from > 6  # exact up to start; bisected past it
+    if fits_from == 0:
+        assert tried == [0] and tried_before == [6, 0]
+    elif fits_from <= 6:  # the same tries, the first two swapped
+        assert tried_before[:2] == [6, 0] and tried == [0, 6] + tried_before[2:]
+    else:
+        assert tried == [0] + tried_before
+
+
+def test_typical_sticker_is_one_encode_and_the_same_file_as_before():
+    frames = cartoon(30, 512, 512)
+    now = encode(frames, 15, "telegram_video")
+    before = encode(frames, 15, "telegram_video", EncodeConfig(best_first=False))
+    assert now.data == before.data and now.report.settings["crf"] == EncodeConfig().crf_best
+    assert len(now.report.attempts) == 1 and len(before.report.attempts) == 2
+
+
 def _source_canvas(frames, report, target):
     t = get_target(target)
     h, w = frames[0].shape[:2]
