@@ -21,8 +21,8 @@ renders and full style loss) and with the current code, side by side, and the
 per-user totals at the configured step counts (``--no-flops`` skips it).
 ``--full-flops`` does the same count at the official sizes on fake tensors
 (shapes only, nothing computed: a few minutes on a CPU) and exits. Measured
-there: 3,140 -> 1,391 TFLOP per user with the style cached (-55.7 %); stage 5
-7.10 -> 1.81 TFLOP per round, PTI 1.43 -> 1.02, inversion 1.02 -> 0.98.
+there: 3,140 -> 1,367 TFLOP per user with the style cached (-56.5 %); stage 5
+7.10 -> 1.73 TFLOP per round, PTI 1.43 -> 1.02, inversion 1.02 -> 0.98.
 """
 from __future__ import annotations
 

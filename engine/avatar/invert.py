@@ -55,6 +55,19 @@ def distance_to(distance: DistanceFn, target: torch.Tensor) -> DistanceToFn:
     return lambda x: distance(x, target)
 
 
+def distances_to_target_and_other(distance: DistanceFn, target: torch.Tensor
+                                  ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, other) -> (distance(x, target), distance(x, other))``. A distance with a
+    ``to_target_and_other(target)`` method (LPIPS) is asked for it, so ``x``'s features serve
+    both; otherwise as :func:`distance_to` and a second call. Call it inside the stage's
+    autocast context, as :func:`distance_to`."""
+    both = getattr(distance, "to_target_and_other", None)
+    if both is not None:
+        return both(target)
+    to_target = distance_to(distance, target)
+    return lambda x, other: (to_target(x), distance(x, other))
+
+
 class FramedDistance:
     """A distance measured after a fixed image transform ``frame`` (image -> image), e.g.
     the ArcFace loss on EG3D renders carried back into the FFHQ frame."""

@@ -21,6 +21,8 @@ Conventions
   runs the trunk on the other image. It computes the package's ``forward``
   term by term (scaling, trunk, unit-normalise, squared difference, linear
   layer, spatial mean, sum over layers), so it gives the same numbers.
+  :meth:`LPIPSNetwork.to_target_and_other` also compares the image with a
+  second, changing one, running the trunk over the image once for both.
 """
 from __future__ import annotations
 
@@ -94,13 +96,17 @@ class LPIPSNetwork(PretrainedMixin, torch.nn.Module):
             total = total + model.lins[k](diff).mean([2, 3], keepdim=True)  # [B,1,1,1]
         return total.reshape(-1)
 
-    def to_target(self, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``x -> LPIPS(x, target)`` [B] with the target's features extracted once, now, without
-        gradients (the target is a constant of the optimisation)."""
+    def _target_features(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """A constant target's :meth:`features`, extracted without gradients."""
         if target.ndim != 4 or target.shape[1] != 3:
             raise ValueError(f"LPIPS: expected a [B,3,H,W] target, got {tuple(target.shape)}")
         with torch.no_grad():
-            target_feats = [f.detach() for f in self.features(target)]
+            return [f.detach() for f in self.features(target)]
+
+    def to_target(self, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> LPIPS(x, target)`` [B] with the target's features extracted once, now, without
+        gradients (the target is a constant of the optimisation)."""
+        target_feats = self._target_features(target)
 
         def distance(x: torch.Tensor) -> torch.Tensor:
             if x.shape[1:] != target.shape[1:]:
@@ -108,3 +114,21 @@ class LPIPSNetwork(PretrainedMixin, torch.nn.Module):
             return self.distance_from_features(self.features(x), target_feats)
 
         return distance
+
+    def to_target_and_other(self, target: torch.Tensor
+                            ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, other) -> (LPIPS(x, target), LPIPS(x, other))``, each [B]: the target's features
+        extracted once, now, and ``x``'s once per call for both distances (stage 5 compares each
+        render with the exemplar and with the cartoon; the trunk's pass over ``x`` and its backward
+        are the costly part)."""
+        target_feats = self._target_features(target)
+
+        def distances(x: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if x.shape[1:] != target.shape[1:] or other.shape != x.shape:
+                raise ValueError(f"LPIPS: images {tuple(x.shape)} and {tuple(other.shape)} do not match each "
+                                 f"other and the target {tuple(target.shape)}")
+            feats = self.features(x)
+            return (self.distance_from_features(feats, target_feats),
+                    self.distance_from_features(feats, self.features(other)))
+
+        return distances

@@ -62,6 +62,37 @@ def test_cached_target_features_give_the_distances_of_the_two_image_calls(nets):
         nets.lpips.to_target(target)(big)
 
 
+def test_one_lpips_pass_over_the_render_gives_both_distances_and_their_gradients(nets):
+    """Stage 5's render against the exemplar and the cartoon: the two distances and the render's
+    gradient are those of two separate calls, with the render's trunk run once forward and once
+    backward instead of twice (counted by the trunk's convolutions)."""
+    from engine.avatar.invert import distances_to_target_and_other
+
+    gen = torch.Generator().manual_seed(1)
+    exemplar, cartoon, render = (torch.rand(1, 3, 128, 128, generator=gen) * 2 - 1 for _ in range(3))
+    cartoon.requires_grad_(True)
+    render.requires_grad_(True)
+    both = distances_to_target_and_other(nets.lpips, exemplar)
+    calls = []
+    hook = nets.lpips.model.net.slice1.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        d_e, d_2d = both(render, cartoon)
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # the render's trunk pass and the cartoon's; the exemplar's was made once, before
+    assert torch.allclose(d_e, nets.lpips(render, exemplar), rtol=1e-6, atol=0)
+    assert torch.allclose(d_2d, nets.lpips(render, cartoon), rtol=1e-6, atol=0)
+    grads = torch.autograd.grad(d_e.sum() + 2 * d_2d.sum(), (render, cartoon))
+    separate = torch.autograd.grad(nets.lpips(render, exemplar).sum() + 2 * nets.lpips(render, cartoon).sum(),
+                                   (render, cartoon))
+    for got, want in zip(grads, separate):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="do not match"):
+        both(render, cartoon[..., :64])
+    plain = distances_to_target_and_other(lambda a, b: (a - b).abs().mean((1, 2, 3)), exemplar)
+    assert torch.equal(plain(render, cartoon)[1], (render - cartoon).abs().mean((1, 2, 3)))
+
+
 @pytest.fixture(scope="module")
 def cached_run(nets, faces):
     portrait, style = faces
@@ -87,7 +118,29 @@ def render(pipe: Pipeline, result, strength: float) -> torch.Tensor:
         return pipe.render_3d(pipe.generator_params(result, strength), result.w_3d, result.camera, result.noise)
 
 
-def test_dual_style_schedule_keeps_the_result_close(cached_run, faces):
+@pytest.fixture(scope="module")
+def stage5(cached_run, faces):
+    """``stage5(seed, **dual_overrides) -> (stylized render, stage-5 log)``: 12 rounds of stage 5
+    from the cached stages 2-4. A run asked for twice (the tests below share their yardsticks) is
+    made once."""
+    pipe, cache, _first = cached_run
+    portrait, style = faces
+    made = {}
+
+    def run(seed: int, **overrides):
+        dual = dataclasses.replace(pipe.cfg.dual, steps=12, **overrides)
+        key = (seed, dual)
+        if key not in made:
+            result = Pipeline(pipe.nets, dataclasses.replace(pipe.cfg, dual=dual))(portrait, style, seed=seed,
+                                                                                   cache=cache)
+            assert result.logs["pivotal_tuning"].skipped
+            made[key] = render(pipe, result, 1.0), result.logs["dual_branch"]
+        return made[key]
+
+    return run
+
+
+def test_dual_style_schedule_keeps_the_result_close(cached_run, stage5):
     """Stage 5 from the same cached stages 2-4 (12 rounds). The style loss samples random
     style-mixed latents, so the earlier objective (stage 2's batch of 4, every round) already
     varies with the seed: the yardstick is how far its own result moves under another seed. The
@@ -97,23 +150,19 @@ def test_dual_style_schedule_keeps_the_result_close(cached_run, faces):
     all 0.36, and stage 5 moved the render by 0.34 (with the joint round of stage 5: 0.066 and
     0.075), so a schedule that lost the style term
     would fail here."""
-    pipe, cache, _first = cached_run
-    portrait, style = faces
+    pipe = cached_run[0]
     stylized = {}
     for name, batch, every, seed in (("earlier", pipe.cfg.style.batch, 1, 0), ("earlier, other seed",
                                      pipe.cfg.style.batch, 1, 1), ("configured", 2, 2, 0)):
-        dual = dataclasses.replace(pipe.cfg.dual, steps=12, style_batch=batch, style_every=every, **EVERY_ROUND_2D)
-        result = Pipeline(pipe.nets, dataclasses.replace(pipe.cfg, dual=dual))(portrait, style, seed=seed, cache=cache)
-        assert result.logs["pivotal_tuning"].skipped
-        stylized[name] = render(pipe, result, 1.0)
+        stylized[name], log = stage5(seed, style_batch=batch, style_every=every, **EVERY_ROUND_2D)
         if name == "configured":
-            assert len(result.logs["dual_branch"].terms["style_2d"]) == 6
+            assert len(log.terms["style_2d"]) == 6
     noise = rms(stylized["earlier"], stylized["earlier, other seed"])
     apart = rms(stylized["earlier"], stylized["configured"])
     assert noise > 1e-3 and apart < 1.5 * noise, (apart, noise)
 
 
-def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces, monkeypatch):
+def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces, stage5, monkeypatch):
     """Stage 5 takes both branches' steps from one forward pass (so a round can be one CUDA
     graph); before, the 2D step of a round saw the render after that round's 3D step. The
     earlier order is bench/stages_before.py's stage 5 (which also re-renders, results unchanged).
@@ -129,7 +178,7 @@ def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces
     dual = dataclasses.replace(pipe.cfg.dual, steps=12, style_batch=pipe.cfg.style.batch, style_every=1,
                                **EVERY_ROUND_2D)
     configured = Pipeline(pipe.nets, dataclasses.replace(pipe.cfg, dual=dual))
-    joint = render(pipe, configured(portrait, style, seed=0, cache=cache), 1.0)
+    joint, _log = stage5(0, style_batch=pipe.cfg.style.batch, style_every=1, **EVERY_ROUND_2D)
     monkeypatch.setattr(pipeline_module, "dual_branch_train", stages_before.dual_branch_train)
     earlier = {seed: render(pipe, configured(portrait, style, seed=seed, cache=cache), 1.0) for seed in (0, 1)}
     noise, apart = rms(earlier[0], earlier[1]), rms(earlier[0], joint)
@@ -137,7 +186,7 @@ def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces
     assert noise > 1e-3 and apart < 1.5 * noise < moved, (apart, noise, moved)
 
 
-def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, faces):
+def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, stage5):
     """Stage 5's 2D branch (StyleGAN2 at 1024 px, about half of a round's GPU time) renders and
     steps on every 2nd round at twice the learning rate; the rounds between compare the render
     with its last cartoon. From the same cached stages 2-4, 12 rounds, against the 2D branch on
@@ -145,15 +194,12 @@ def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, face
     seed. Measured (RMS of the stylized renders): 0.060 apart, another seed 0.118 (48 rounds:
     0.053 against 0.083; at the earlier rate 0.089), stage 5's whole move 0.31; without 2D
     updates at all 0.33, which fails here."""
-    pipe, cache, first = cached_run
-    portrait, style = faces
+    pipe, _cache, first = cached_run
     assert (pipe.cfg.dual.update_2d_every, pipe.cfg.dual.lr_2d) == (2, 4e-4)  # the configured schedule
     stylized, logs = {}, {}
     for name, schedule, seed in (("every round", EVERY_ROUND_2D, 0), ("every round, other seed", EVERY_ROUND_2D, 1),
                                  ("configured", {}, 0)):
-        dual = dataclasses.replace(pipe.cfg.dual, steps=12, **schedule)
-        result = Pipeline(pipe.nets, dataclasses.replace(pipe.cfg, dual=dual))(portrait, style, seed=seed, cache=cache)
-        stylized[name], logs[name] = render(pipe, result, 1.0), result.logs["dual_branch"]
+        stylized[name], logs[name] = stage5(seed, **schedule)
     # style loss on every 2nd 2D update: rounds 0, 4, 8 here, against 0, 2, ..., 10 on every round
     assert len(logs["configured"].terms["style_2d"]) == 3 and len(logs["every round"].terms["style_2d"]) == 6
     noise = rms(stylized["every round"], stylized["every round, other seed"])
