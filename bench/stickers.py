@@ -165,12 +165,11 @@ def search_table(kinds: list[str], targets: list[str], n_frames: int, fps: float
                     got[label] = e.key
                 seconds[kind, name, label] = time.perf_counter() - t0
             b, n = got["before"], got["now"]
+            sb, sn = seconds[kind, name, "before"], seconds[kind, name, "now"]
             if isinstance(b, str) or isinstance(n, str):
-                print(f"| {kind} | {name} | - | - | {seconds[kind, name, 'before']:.2f} | {seconds[kind, name, 'now']:.2f}"
-                      f" | - | {b if isinstance(b, str) else n} | - |")
+                print(f"| {kind} | {name} | - | - | {sb:.2f} | {sn:.2f} | - | {b if isinstance(b, str) else n} | - |")
                 continue
             st = " ".join(f"{k}={v}" for k, v in n.report.settings.items() if k != "fps")
-            sb, sn = seconds[kind, name, "before"], seconds[kind, name, "now"]
             print(f"| {kind} | {name} | {len(b.report.attempts)} | {len(n.report.attempts)} | {sb:.2f} | {sn:.2f} | "
                   f"{sb / sn:.2f}x | {st} | {'yes' if b.data == n.data else 'NO'} |", flush=True)
     for kind in kinds:
