@@ -7,12 +7,16 @@ sticker row moves ``local`` → ``uploaded`` (``uploadStickerFile`` once, its
 called again at any point — after a crash, a restart or a RetryAfter — and
 converges to a set that holds exactly the pack's stickers, in order, once each:
 
-1. Upload every ``local`` sticker file once; keep the file_id.
+1. Upload every ``local`` sticker file once; keep the file_id. The uploads go
+   ``UPLOAD_CONCURRENCY`` at a time (each is one round trip to Telegram, and
+   they have no effect on the set), and the answer of each gives the file's
+   ``file_unique_id``; only a file_id kept from an earlier attempt is looked
+   up with ``getFile``.
 2. ``getStickerSet``; when the set does not exist, ``createNewStickerSet`` with
    the first ≤ 50 stickers ("name is already occupied" = it exists: verify).
 3. Reconcile against the set as Telegram reports it, matching by
    ``file_unique_id`` (an uploaded file and the set entry made from it share
-   it; the unique id of a kept file_id is read back with ``getFile``):
+   it):
    duplicates (a flooded ``addStickerToSet`` can land twice) are deleted,
    keeping the first copy; then position by position, a different sticker at a
    position (a regenerated pack) is swapped with ``replaceStickerInSet``, a
@@ -41,7 +45,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from telegram import InputFile, InputSticker
 from telegram.error import BadRequest, Forbidden, RetryAfter
@@ -55,6 +59,10 @@ from storage.db import Database
 log = logging.getLogger("emoji3d.telegram.stickers")
 
 INITIAL_MAX = 50
+#: Files uploaded (or looked up) at once: each call is a network round trip of its own, so a pack's
+#: uploads take the time of a few instead of the sum of all (bench/publish.py). A handful keeps well
+#: inside the Bot API's ~30 requests per second.
+UPLOAD_CONCURRENCY = 6
 SET_NAME_MAX = 64
 #: Bot API methods that must not be retried blindly after a 429 (they can land anyway).
 SET_MUTATIONS = frozenset(m.lower() for m in (
@@ -218,20 +226,58 @@ async def publish_rows(bot: Any, rows: SetRows, blobs: BlobStore, uid: int, name
         raise _translate(exc, bot_username) from exc
 
 
-async def _publish(bot: Any, rows: SetRows, blobs: BlobStore, uid: int, name: str, title: str,
-                   thumbnail: bytes | None, initial_max: int, max_rounds: int, sleep: Any, sticker_type: str,
-                   link: Callable[[str], str]) -> Published:
-    # 1. upload once (uploadStickerFile has no side effect in the set: plain retries are safe)
-    for s in rows.read():
-        if s.platform_state == "local" or not s.platform_file_id:
+_T = TypeVar("_T")
+
+
+async def run_at_most(limit: int, calls: Sequence[Callable[[], Awaitable[_T]]]) -> list[_T]:
+    """Every call's result, in order, with at most ``limit`` running at once. The first failure is
+    raised as it is, once the calls still running are cancelled (what finished stays done)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def gated(call: Callable[[], Awaitable[_T]]) -> _T:
+        async with gate:
+            return await call()
+
+    tasks = [asyncio.ensure_future(gated(c)) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def upload_files(bot: Any, rows: SetRows, blobs: BlobStore, uid: int,
+                       concurrency: int = UPLOAD_CONCURRENCY) -> tuple[list[Any], dict[int, str]]:
+    """Step 1: upload each row's file once (uploadStickerFile has no side effect in the set: plain
+    retries are safe) and record its file_id. Returns the rows as recorded and {row id:
+    file_unique_id of its uploaded file}, from the upload's answer or, for a file_id kept from an
+    earlier attempt, from ``getFile``."""
+    unique: dict[int, str] = {}  # sticker row id -> file_unique_id of its uploaded file
+
+    def upload(s: Any) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
             up = await bot.upload_sticker_file(uid, InputFile(blobs.read_bytes(s.blob_digest),
                                                               filename=f"sticker{s.idx}.webm"), s.kind)
             rows.set_state(s.id, "uploaded", up.file_id)
-    stickers = list(rows.read())
-    unique: dict[int, str] = {}  # sticker row id -> file_unique_id of its uploaded file
-    for s in stickers:
-        f = await bot.get_file(s.platform_file_id)
-        unique[s.id] = f.file_unique_id
+            unique[s.id] = up.file_unique_id
+        return call
+
+    def look_up(s: Any) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            unique[s.id] = (await bot.get_file(s.platform_file_id)).file_unique_id
+        return call
+
+    await run_at_most(concurrency, [upload(s) if s.platform_state == "local" or not s.platform_file_id else look_up(s)
+                                 for s in rows.read()])
+    return list(rows.read()), unique
+
+
+async def _publish(bot: Any, rows: SetRows, blobs: BlobStore, uid: int, name: str, title: str,
+                   thumbnail: bytes | None, initial_max: int, max_rounds: int, sleep: Any, sticker_type: str,
+                   link: Callable[[str], str]) -> Published:
+    stickers, unique = await upload_files(bot, rows, blobs, uid)
 
     created = False
     added = replaced = removed = 0

@@ -106,6 +106,45 @@ def test_restart_between_create_and_last_add_completes_without_duplicates(res, t
     assert not pub.created
 
 
+def test_uploads_go_several_at_once_and_their_answers_identify_the_files(res, telegram_server, telegram_user,
+                                                                         sticker_files):
+    """Each upload is a round trip of its own: they overlap (at most UPLOAD_CONCURRENCY at once),
+    and the upload's answer names the file, so no getFile follows."""
+    from bots.telegram.stickers import UPLOAD_CONCURRENCY
+
+    uid = telegram_user["id"]
+    pack = make_pack(res, uid, sticker_files["videos"])
+    telegram_server.latency_s = 0.2
+    pub = asyncio.run(publish(telegram_server, res, pack.id, uid))
+    assert 2 <= telegram_server.max_in_flight["uploadStickerFile"] <= min(3, UPLOAD_CONCURRENCY)
+    assert telegram_server.calls_to("getFile") == []
+    uploaded = {c.files["sticker"] for c in telegram_server.calls_to("uploadStickerFile")}
+    assert uploaded == set(sticker_files["videos"])
+    assert [s["emoji"] for s in telegram_server.sticker_set_json(pub.name)["stickers"]] == list(EMOJIS)
+    assert len(set(unique_ids(telegram_server, pub.name))) == 3
+
+
+def test_a_failed_upload_keeps_the_finished_ones_and_the_next_publish_sends_only_the_rest(
+        res, telegram_server, telegram_user, sticker_files):
+    uid = telegram_user["id"]
+    pack = make_pack(res, uid, sticker_files["videos"])
+    telegram_server.inject("uploadStickerFile", "error", error_code=500, description="connection reset", after=1)
+    with pytest.raises(Exception):
+        asyncio.run(publish(telegram_server, res, pack.id, uid))
+    states = [s.platform_state for s in packs.list_stickers(res.db, pack.id)]
+    assert states.count("local") >= 1 and "added" not in states
+    assert telegram_server.calls_to("createNewStickerSet") == []
+    # an upload cancelled after it reached Telegram is sent again next time: it has no effect on the set
+    landed = len([c for c in telegram_server.calls_to("uploadStickerFile") if c.status == 200])
+    assert landed >= states.count("uploaded")
+    telegram_server.clear_calls()
+    pub = asyncio.run(publish(telegram_server, res, pack.id, uid))  # a fresh process: state from the database
+    assert len(telegram_server.calls_to("uploadStickerFile")) == states.count("local")
+    assert len(telegram_server.calls_to("getFile")) == states.count("uploaded")  # kept file_ids, looked up
+    assert [s["emoji"] for s in telegram_server.sticker_set_json(pub.name)["stickers"]] == list(EMOJIS)
+    assert [s.platform_state for s in packs.list_stickers(res.db, pack.id)] == ["added"] * 3
+
+
 def test_name_already_occupied_means_exists(res, telegram_server, telegram_user, sticker_files):
     uid = telegram_user["id"]
     pack = make_pack(res, uid, sticker_files["videos"])

@@ -718,6 +718,11 @@ class FakeTelegramServer:
         self._commands: dict[str, list[JSON]] = {}
         self._injections: list[Injection] = []
         self._calls: list[Call] = []
+        # A network's round trip: every method's answer is held this long (benches, concurrency
+        # tests). ``max_in_flight`` records the most calls of each method answered at once.
+        self.latency_s = 0.0
+        self._in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
         self._counter = 0
         # webhook (None: updates are fetched with getUpdates)
         self._webhook: JSON | None = None  # url, secret_token, max_connections, allowed_updates
@@ -1026,6 +1031,19 @@ class FakeTelegramServer:
             return web.json_response(exc.payload(), status=exc.code)
         call = Call(name, params, {k: u.data for k, u in uploads.items()})
         self._log(call)
+        with self._lock:
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+            self.max_in_flight[name] = max(self.max_in_flight.get(name, 0), self._in_flight[name])
+        try:
+            if self.latency_s > 0:
+                await asyncio.sleep(self.latency_s)
+            return await self._answer(name, handler, params, uploads, call, request)
+        finally:
+            with self._lock:
+                self._in_flight[name] -= 1
+
+    async def _answer(self, name: str, handler: Handler, params: JSON, uploads: dict[str, Upload], call: Call,
+                      request: web.Request) -> web.Response:
         injection = self._take_injection(name.lower())
         _current_request.set(request)
         try:
