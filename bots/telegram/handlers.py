@@ -37,7 +37,7 @@ from bots import core, pack_changes
 from bots.core import BotResources, ProgressView
 from bots.notify import Notifier, Watch
 from bots.telegram.custom_emoji import delete_custom_emoji_sets, deliver_custom_emoji
-from bots.telegram.stickers import publish_pack, set_link
+from bots.telegram.stickers import publish_pack, run_at_most, set_link
 
 log = logging.getLogger("emoji3d.telegram")
 PLATFORM = "telegram"
@@ -497,11 +497,13 @@ class TelegramSender:
         # a regeneration order updates a set published before; a new pack's set name is
         # recorded before the set exists, so it cannot tell a new set from an old one
         regenerated = core.updates_published_set(job)
-        # before the sticker set, so a failure here retries both
-        emoji_line = await deliver_custom_emoji(self.bot, self.res, pack.id, result, int(w.platform_user_id),
-                                                title=title, regenerated=regenerated)
-        pub = await publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
-                                 bot_username=self.bot.username, title=title, thumbnail=thumb)
+        # Both sets at once: each is a chain of round trips to Telegram. A failure of either cancels
+        # the other and the delivery is retried whole (both publishers converge from any point).
+        emoji_line, pub = await run_at_most(2, [
+            lambda: deliver_custom_emoji(self.bot, self.res, pack.id, result, int(w.platform_user_id),
+                                         title=title, regenerated=regenerated),
+            lambda: publish_pack(self.bot, self.res.db, self.res.blobs, pack.id, int(w.platform_user_id),
+                                 bot_username=self.bot.username, title=title, thumbnail=thumb)])
         lines = [text("done_updated" if regenerated else "done", link=pub.link), *([emoji_line] if emoji_line else []),
                  *core.result_notes(result)]
         await self._put(w, "\n".join(lines), rerender_markup(self.res, pack, result))

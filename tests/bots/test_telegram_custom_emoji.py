@@ -180,9 +180,11 @@ def test_the_bot_delivers_both_sets_and_delete_removes_both(res, telegram_server
             await consent(chat)
             chat.photo(selfie_png)
             await chat.reply_containing(text("selfie_ok"))
+            telegram_server.inject("createNewStickerSet", "delay", delay_s=0.5, times=2)
             pack_id = order_and_deliver(res, app, chat, telegram_user, style, sticker_files, emoji_files)
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
             assert "https://t.me/addemoji/" in done["text"] and "Premium" in done["text"]
+            assert telegram_server.max_in_flight["createNewStickerSet"] == 2  # the two sets at once
             names = packs.get_pack(res.db, pack_id).platform_set_name, custom_emoji.set_name(res.db, pack_id)
             assert names[0] != names[1] and telegram_server.sticker_set_json(names[1])["sticker_type"] == "custom_emoji"
             chat.command("privacy")
