@@ -146,8 +146,8 @@ def dual_branch_train(
     trainable_2d = [p for p in params_2d.values() if p.requires_grad]
     opt_2d = adam(trainable_2d, cfg.lr_2d, (0.0, 0.99)) if cfg.update_2d and trainable_2d else None
     with torch.no_grad(), autocast(device, precision):
-        lpips_to_exemplar_and = distances_to_target_and_other(lpips, resize_for_lpips(inputs.exemplar_3d,
-                                                                                      cfg.lpips_size))
+        exemplar_small = resize_for_lpips(inputs.exemplar_3d, cfg.lpips_size)
+        lpips_to_exemplar_and_cartoon = distances_to_target_and_other(lpips, exemplar_small)
         ex_feats = [f.detach() for f in features_2d(inputs.exemplar_2d)]
     mixed = MixedLatents(inputs.w_e, mapping_2d, cfg.style_batch, style_cfg, generator) if opt_2d else None
 
@@ -157,7 +157,7 @@ def dual_branch_train(
         fixed (an image's gradient reaches only the weights of the branch that made it)."""
         small_3d = resize_for_lpips(img_3d, cfg.lpips_size)
         mse = masked_mse(warped, img_3d, mask)
-        d_e, d_2d = lpips_to_exemplar_and(small_3d, resize_for_lpips(warped * mask, cfg.lpips_size))
+        d_e, d_2d = lpips_to_exemplar_and_cartoon(small_3d, resize_for_lpips(warped * mask, cfg.lpips_size))
         l_e, l_2d = d_e.float().mean(), d_2d.float().mean()
         return {"mse": mse, "lpips_exemplar": l_e, "lpips_2d": l_2d,
                 "total": mse + cfg.lambda_1 * l_e + cfg.lambda_2 * l_2d}
