@@ -18,6 +18,12 @@ Every file is verified; a target where nothing fits prints the error key.
 knob first, one encode where it fits), and prints tries, seconds, the chosen settings and whether
 the files are byte-identical; the last rows sum a Telegram and a Discord pack's per-sticker files.
 
+    .venv/bin/python bench/stickers.py --over-limit [--content cartoon] [--frames 30 --fps 15]
+
+``--over-limit`` times a candidate too big for its target, the way the search meets it: written in
+full and then refused by its size (before), and stopped by the writer once the bytes pass the limit
+(now), for the APNG writer with full RGBA (the Discord sticker's first try) and the GIF writer.
+
     .venv/bin/python bench/stickers.py --pack [--pack-workers 1 3] [--pack-stickers 4]
 
 ``--pack`` compares, side by side in one run, encoding a pack's sticker files one after another
@@ -182,10 +188,54 @@ def search_table(kinds: list[str], targets: list[str], n_frames: int, fps: float
                   f"{sb / sn:.2f}x | | |")
 
 
+def over_limit_table(kinds: list[str], n_frames: int, fps: float, size: int, repeat: int = 3) -> None:
+    """A too-big candidate written in full (before) and stopped at the limit (now), best of ``repeat``."""
+    from engine.stickers import codecs, palette
+    from engine.stickers.frames import fit_frame, layout
+    from engine.stickers.targets import get_target
+
+    print(f"over-limit candidates: {n_frames} frames at {fps:g} fps from {size} px, best of {repeat}")
+    print("| content | writer (target) | full file bytes | limit | s written in full | s stopped at the limit "
+          "| ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for kind in kinds:
+        frames = make(kind, n_frames, size)
+        for target, container in (("discord_sticker", "apng"), ("discord_emoji", "gif")):
+            tgt = get_target(target)
+            lay = layout(size, size, tgt.side, tgt.square)
+            seq = [fit_frame(f, lay) for f in frames]
+            if container == "apng":
+                def write(cap, seq=seq):
+                    return codecs.write_apng(seq, fps, max_bytes=cap)
+            else:
+                quantized = palette.quantize_gif(seq, 256, 128)
+
+                def write(cap, quantized=quantized):
+                    return codecs.write_gif(*quantized, fps, max_bytes=cap)
+            full = write(None)
+            limit = tgt.rules_for(container, True).max_bytes
+            if len(full) <= limit:  # fits: this content does not meet the case; show it against a limit it passes
+                limit = len(full) // 2
+            times = {"full": [], "stopped": []}
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                write(None)
+                times["full"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                try:
+                    write(limit)
+                except codecs.OverBudget:
+                    pass
+                times["stopped"].append(time.perf_counter() - t0)
+            tf, ts = min(times["full"]), min(times["stopped"])
+            print(f"| {kind} | {container} ({target}) | {len(full)} | {limit} | {tf:.3f} | {ts:.3f} | {tf / ts:.2f}x |")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", action="store_true", help="serial vs parallel encoding of a pack (see above)")
     ap.add_argument("--search", action="store_true", help="the encoder's search before and now (see above)")
+    ap.add_argument("--over-limit", action="store_true", help="too-big candidates: finished vs stopped (see above)")
     ap.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--pack-stickers", type=int, default=4)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
@@ -199,6 +249,9 @@ def main(argv: list[str]) -> int:
         return 0
     if a.search:
         search_table(a.content, a.targets, a.frames, a.fps, a.size)
+        return 0
+    if a.over_limit:
+        over_limit_table(a.content, a.frames, a.fps, a.size)
         return 0
     head = f"{'content':8} {'target':16} {'time s':>7} {'file':5} {'bytes':>8} {'limit':>8} {'fill':>5} {'frames':>6} {'fps':>5} {'tries':>5}  settings / adjustments"
     print(head)

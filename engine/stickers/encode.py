@@ -27,7 +27,9 @@ Levels, in order:
   ``crf_best .. crf_worst``. A VP9 candidate is abandoned as soon as its
   packets exceed the byte limit.
 * APNG / GIF (Discord) and animated WEBP (preview): duration (outer) x fps
-  (inner). GIF delays are multiples of 10 ms, hence its own fps ladder.
+  (inner). GIF delays are multiples of 10 ms, hence its own fps ladder. An
+  APNG or GIF candidate is abandoned as soon as the file written so far
+  exceeds the byte limit (Pillow compresses and writes frame by frame).
 * Still PNG/WEBP: lossless RGBA PNG, then lossy WEBP qualities (where WEBP is
   accepted), then indexed PNG palettes, first fit wins.
 
@@ -171,7 +173,8 @@ class _Tries:
             data = make()
         except codecs.OverBudget as e:
             size = e.bytes_so_far
-            reason = f"too_large: passed {size} > {rule.max_bytes} bytes after {e.frames_done} frame(s), stopped"
+            after = f" after {e.frames_done} frame(s)" if e.frames_done is not None else ""
+            reason = f"too_large: passed {size} > {rule.max_bytes} bytes{after}, stopped"
         else:
             size = len(data)
             if size > rule.max_bytes:
@@ -400,19 +403,19 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
             make = lambda: codecs.write_webp(seq, timing.fps, quality=knob)
         elif container == "apng" and knob == "rgba":
             st["colors"] = "rgba"
-            make = lambda: codecs.write_apng(seq, timing.fps)
+            make = lambda: codecs.write_apng(seq, timing.fps, max_bytes=rule.max_bytes)
         elif container == "apng":
             st["colors"] = knob
 
             def make():
                 idx, pal = palette.quantize_rgba(seq, knob)
-                return codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal)
+                return codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal, max_bytes=rule.max_bytes)
         else:
             st["colors"] = knob
 
             def make():
                 idx, pal, ti = palette.quantize_gif(seq, knob, cfg.gif_alpha_threshold)
-                return codecs.write_gif(idx, pal, ti, timing.fps)
+                return codecs.write_gif(idx, pal, ti, timing.fps, max_bytes=rule.max_bytes)
         return tries.run(rule, st, make)
 
     out = _ladder_search(len(levels), knobs, start, cfg.refine_steps, attempt, tries, cfg.best_first)

@@ -69,6 +69,31 @@ def test_typical_sticker_is_one_encode_and_the_same_file_as_before():
     assert len(now.report.attempts) == 1 and len(before.report.attempts) == 2
 
 
+def test_apng_and_gif_writers_stop_at_the_byte_limit_and_give_the_same_file_under_it():
+    from engine.stickers import codecs, palette
+
+    frames = cartoon(12, 160, 160)
+    idx, pal, ti = palette.quantize_gif(frames, 64, 128)
+    writers = {
+        "apng rgba": lambda cap: codecs.write_apng(frames, 15, max_bytes=cap),
+        "gif": lambda cap: codecs.write_gif(idx, pal, ti, 15, max_bytes=cap),
+    }
+    for name, write in writers.items():
+        full = write(None)
+        assert write(len(full)) == full, name  # a limit it meets changes nothing
+        with pytest.raises(codecs.OverBudget) as stop:
+            write(len(full) // 3)
+        assert len(full) // 3 < stop.value.bytes_so_far < len(full), name  # stopped part-way
+
+
+def test_a_discord_candidate_too_big_is_abandoned_part_way_and_said_so():
+    r = encode(cartoon(30, 512, 512), 15, "discord_sticker").report
+    refused = [a for a in r.attempts if not a.ok]
+    assert refused and refused[0].settings["colors"] == "rgba", r.summary()  # full RGBA first: too big here
+    assert "stopped" in refused[0].reason and refused[0].byte_size > r.max_bytes
+    assert r.settings["colors"] == 256
+
+
 def _source_canvas(frames, report, target):
     t = get_target(target)
     h, w = frames[0].shape[:2]
