@@ -223,15 +223,15 @@ class Notifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _done(self, w: Watch) -> None:
+    def _done(self, job_id: int) -> None:
         """The job's outcome went out (or was refused for good): no process sends it again."""
-        self.watches.pop(w.job_id, None)
-        self.refused.add(w.job_id)
+        self.watches.pop(job_id, None)
+        self.refused.add(job_id)
         try:
-            deliveries.finish_delivery(self.res.db, w.job_id, self.holder, now=self.wall_clock())
+            deliveries.finish_delivery(self.res.db, job_id, self.holder, now=self.wall_clock())
         except Exception:  # noqa: BLE001 - the pack's status still keeps rescans from delivering it again
-            log.warning("notify: could not mark job %s delivered", w.job_id, exc_info=True)
-        self._drop_ref(w.job_id)
+            log.warning("notify: could not mark job %s delivered", job_id, exc_info=True)
+        self._drop_ref(job_id)
 
     def release_claims(self) -> None:
         """Give up every claim held (a clean stop): other processes take over at once."""
@@ -330,17 +330,14 @@ class Notifier:
         try:
             claim = deliveries.claim_delivery(self.res.db, job_id, self.platform, self.holder, self.claim_seconds,
                                               now=self.wall_clock())
-            if not claim.held:
-                return
-            deliveries.finish_delivery(self.res.db, job_id, self.holder, now=self.wall_clock())
-            deliveries.delete_delivery(self.res.db, job_id)
         except deliveries.DeliveryJobMissing:
             return  # deleted meanwhile
         except Exception:  # noqa: BLE001 - the next rescan tries again
-            log.warning("notify: could not close the delivery of job %s", job_id, exc_info=True)
+            log.warning("notify: could not claim the delivery of job %s", job_id, exc_info=True)
             return
-        self.refused.add(job_id)
-        log.info("notify: job %s was delivered before a stop; its delivery is closed", job_id)
+        if claim.held:
+            self._done(job_id)
+            log.info("notify: job %s was delivered before a stop; its delivery is closed", job_id)
 
     # ------------------------------------------------------------------ the loop
     async def tick(self) -> None:
@@ -390,7 +387,7 @@ class Notifier:
             async with self._kept(w):
                 await self.sender.finish(w, view)
         finally:  # nothing will be said about this job again
-            self._done(w)
+            self._done(w.job_id)
 
     def _outdated(self, job: jobs.Job) -> bool:
         """The succeeded job's pack shows another job's result: a remake or re-render of the pack that
@@ -448,7 +445,7 @@ class Notifier:
             try:
                 await self.sender.report_error(w, err)
             finally:
-                self._done(w)
+                self._done(w.job_id)
             return
         except Exception as exc:  # noqa: BLE001 - network and platform hiccups: try again later
             if w.delivery_attempts >= self.max_delivery_attempts:
@@ -457,14 +454,14 @@ class Notifier:
                 try:
                     await self.sender.report_error(w, UserFacingError(str(exc)))
                 finally:
-                    self._done(w)
+                    self._done(w.job_id)
                 return
             w.next_delivery_at = now + self.retry_seconds
             log.warning("notify: job %s delivery failed (%s); retrying in %.0f s", w.job_id, exc, self.retry_seconds)
             if w.message_id is not None:
                 self._store(w)  # a progress message sent before the failure is edited by the retry
             return
-        self._done(w)
+        self._done(w.job_id)
 
     async def run(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
         """Resume from the database, then tick every ``poll_seconds`` until ``stop``."""

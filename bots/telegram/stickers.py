@@ -207,10 +207,9 @@ async def publish_pack(bot: Any, db: Database, blobs: BlobStore, pack_id: int, t
         raise ValueError(f"pack {pack_id} has {len(stickers)} stickers; a set holds at most 120")
     name = pack.platform_set_name or set_name_for(pack_id, str(tg_user_id), bot_username)
     packs.mark_uploading(db, pack_id, name)
-    pub = await publish_rows(bot, sticker_rows(db, pack_id), blobs, tg_user_id, name, title,
-                             bot_username=bot_username, thumbnail=thumbnail, initial_max=initial_max,
-                             max_rounds=max_rounds, sleep=sleep)
-    return pub
+    return await publish_rows(bot, sticker_rows(db, pack_id), blobs, tg_user_id, name, title,
+                              bot_username=bot_username, thumbnail=thumbnail, initial_max=initial_max,
+                              max_rounds=max_rounds, sleep=sleep)
 
 
 async def publish_rows(bot: Any, rows: SetRows, blobs: BlobStore, uid: int, name: str, title: str, *,

@@ -279,14 +279,11 @@ def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, at
     Returns ``(found, level, knob_index)`` or None.
     """
     worst = len(knobs) - 1
-    best_tried = False
 
-    def best_knob(level: int, lo: int, hi: int, found: _Found):
+    def best_knob(level: int, lo: int, hi: int, found: _Found, lo_first: bool = True):
         # knob ``hi`` fits; bisect [lo, hi) for a better one that fits too
         best, best_i = found, hi
-        if level == 0 and best_tried and lo == 0:
-            lo = 1  # knob 0 was tried first and did not fit: bisect from the next
-        elif lo < hi and tries.budget_left():  # typical content fits at the best knob: one try settles it
+        if lo_first and lo < hi and tries.budget_left():  # typical content fits at the best knob: one try settles it
             got = attempt(level, lo)
             if got is not None:
                 return got, level, lo
@@ -302,14 +299,14 @@ def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, at
                 lo = mid + 1
         return best, level, best_i
 
-    if best_first and start > 0:
+    best_tried = best_first and start > 0
+    if best_tried:
         got = attempt(0, 0)
         if got is not None:
             return got, 0, 0
-        best_tried = True
     got = attempt(0, start)
-    if got is not None:
-        return best_knob(0, 0, start, got)
+    if got is not None:  # knob 0, when tried first, did not fit: bisect from the next one
+        return best_knob(0, 1, start, got, lo_first=False) if best_tried else best_knob(0, 0, start, got)
     if start < worst:
         got = attempt(0, worst)
         if got is not None:

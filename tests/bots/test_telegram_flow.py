@@ -113,6 +113,18 @@ async def order_toon_pack(chat: Chat, selfie: bytes) -> dict:
     return await chat.reply_containing("about to start")
 
 
+def toon_order_before_a_stop(res, server, user, selfie: bytes) -> tuple[Chat, dict]:
+    """A bot that took a "toon" order and then stopped: the chat and its progress message."""
+    add_global_style(res, "toon", selfie)
+    chat = Chat(server, user)
+
+    async def first_life() -> dict:
+        async with running_bot(res, server):
+            return await order_toon_pack(chat, selfie)
+
+    return chat, asyncio.run(first_life())
+
+
 def test_whole_conversation_creates_a_set(res, telegram_server, telegram_user, selfie_png, sticker_files):
     style = add_global_style(res, "toon", selfie_png)
     chat = Chat(telegram_server, telegram_user)
@@ -314,13 +326,7 @@ def test_own_style_upload_orders_with_that_image(res, telegram_server, telegram_
 
 def test_restart_while_the_job_runs_edits_the_same_message(res, telegram_server, telegram_user, selfie_png,
                                                           sticker_files):
-    add_global_style(res, "toon", selfie_png)
-    chat = Chat(telegram_server, telegram_user)
-    seen: dict[str, dict] = {}
-
-    async def first_life() -> None:
-        async with running_bot(res, telegram_server):
-            seen["progress"] = await order_toon_pack(chat, selfie_png)
+    chat, progress = toon_order_before_a_stop(res, telegram_server, telegram_user, selfie_png)
 
     async def second_life() -> None:
         async with running_bot(res, telegram_server):
@@ -328,14 +334,13 @@ def test_restart_while_the_job_runs_edits_the_same_message(res, telegram_server,
             claimed = jobs.claim(res.db, "eng", 60, kinds=["make_pack"])
             jobs.set_progress(res.db, claimed.id, claimed.lease_token, "invert_3d", 0.5)
             edited = await chat.reply_containing("building your 3D head (50%)")
-            assert edited["message_id"] == seen["progress"]["message_id"]
+            assert edited["message_id"] == progress["message_id"]
             jobs.release(res.db, claimed.id, claimed.lease_token)
             finish_job(res, job.id, sticker_files)
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
-            assert done["message_id"] == seen["progress"]["message_id"]
+            assert done["message_id"] == progress["message_id"]
             await wait_for(lambda: deliveries.get_delivery(res.db, job.id) is None, what="the row deleted")
 
-    asyncio.run(first_life())
     n_before = len(chat.bot_messages())
     asyncio.run(second_life())
     assert not any(text("resumed") in t for t in chat.texts())
@@ -349,13 +354,7 @@ def test_restart_after_the_set_was_published_but_not_announced_announces_it(res,
                                                                            selfie_png, sticker_files):
     """A bot that published the set and stopped before telling its user: the restarted bot tells
     them in the same progress message and leaves the set as it is (nothing uploaded or added again)."""
-    add_global_style(res, "toon", selfie_png)
-    chat = Chat(telegram_server, telegram_user)
-    seen: dict[str, dict] = {}
-
-    async def first_life() -> None:
-        async with running_bot(res, telegram_server):
-            seen["progress"] = await order_toon_pack(chat, selfie_png)
+    chat, progress = toon_order_before_a_stop(res, telegram_server, telegram_user, selfie_png)
 
     async def publish_then_stop(job_id: int) -> None:  # what the stopped bot did before telling anyone
         job = jobs.get_job(res.db, job_id)
@@ -369,10 +368,9 @@ def test_restart_after_the_set_was_published_but_not_announced_announces_it(res,
     async def second_life(job_id: int) -> None:
         async with running_bot(res, telegram_server):
             done = await chat.reply_containing("https://t.me/addstickers/", timeout=30)
-            assert done["message_id"] == seen["progress"]["message_id"]
+            assert done["message_id"] == progress["message_id"]
             await wait_for(lambda: deliveries.get_delivery(res.db, job_id) is None, what="the row deleted")
 
-    asyncio.run(first_life())
     job = jobs.list_jobs(res.db, kind="make_pack")[0]
     finish_job(res, job.id, sticker_files)
     asyncio.run(publish_then_stop(job.id))
