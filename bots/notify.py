@@ -66,10 +66,20 @@ from typing import Callable, Protocol
 from emoji3d import orders
 from emoji3d.errors import UserFacingError
 from storage import artifacts, deliveries, jobs, packs, users
+from storage.wakeups import JobWakeups
 
 from bots.core import BotResources, ProgressView, progress_view, should_edit
 
 log = logging.getLogger("emoji3d.notify")
+
+MIN_TICK_GAP_S = 0.1  # a tick reads every watched job: a stream of commits must not turn into a stream of ticks
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
 
 @dataclass
 class Watch:
@@ -463,20 +473,31 @@ class Notifier:
             return
         self._done(w.job_id)
 
-    async def run(self, stop: asyncio.Event, poll_seconds: float = 1.0) -> None:
-        """Resume from the database, then tick every ``poll_seconds`` until ``stop``."""
+    async def run(self, stop: asyncio.Event, poll_seconds: float = 1.0, *, wake_on_changes: bool = True) -> None:
+        """Resume from the database, then tick until ``stop``: when a job ends or
+        changes (``wake_on_changes``, through :class:`storage.wakeups.JobWakeups`)
+        and at least every ``poll_seconds``, but not more often than every
+        :data:`MIN_TICK_GAP_S` however busy the database is."""
         self.resume_from_db()
         last_scan = self.clock()
+        waiter = await asyncio.to_thread(JobWakeups, self.res.db) if wake_on_changes else None
         try:
             while not stop.is_set():
+                ticked_at = self.clock()
                 await self.tick()
                 if self.clock() - last_scan >= self.rescan_seconds:
                     self.resume_from_db()
                     last_scan = self.clock()
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
-                except asyncio.TimeoutError:
-                    pass
+                if waiter is None:
+                    await _sleep(stop, poll_seconds)
+                    continue
+                gap = MIN_TICK_GAP_S - (self.clock() - ticked_at)
+                if gap > 0:  # a change meanwhile is kept by the waiter and ends the wait below at once
+                    await _sleep(stop, gap)
+                if not stop.is_set():
+                    await asyncio.to_thread(waiter.wait, poll_seconds - max(gap, 0.0), stop.is_set)
         finally:
             self.release_claims()
+            if waiter is not None:
+                waiter.close()
 

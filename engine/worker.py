@@ -31,6 +31,10 @@ Conventions
   step (``shutdown='release'``, default: the lease is handed back and another
   worker can take the job immediately, without using up an attempt) or run to
   the end (``shutdown='finish'``). Then :meth:`Worker.run` returns 0.
+* Idle, the worker waits on :class:`storage.wakeups.JobWakeups` when it has
+  one (``emoji3d engine`` does): a job enqueued elsewhere is claimed within
+  a few milliseconds instead of up to ``poll_interval`` later, which stays
+  the longest wait.
 * The heartbeat also refreshes the grace period of the blobs the job wrote so
   far, so the blob GC never removes outputs of a job that is still running.
 """
@@ -53,6 +57,7 @@ from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import Database, open_database
 from storage.jobs import Job, LeaseLost, RetryPolicy
+from storage.wakeups import JobWakeups
 
 log = logging.getLogger("emoji3d.worker")
 
@@ -186,7 +191,8 @@ class Worker:
                  lease_seconds: float = 60.0, poll_interval: float = 1.0, *,
                  heartbeat_interval: float | None = None, retry: RetryPolicy = RetryPolicy(),
                  shutdown: Literal["release", "finish"] = "release", progress_interval: float = PROGRESS_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic, only_jobs: Iterable[int] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, only_jobs: Iterable[int] | None = None,
+                 wakeups: JobWakeups | None = None) -> None:
         if not handlers:
             raise ValueError("a worker needs at least one job handler")
         bad = [k for k, h in handlers.items() if not callable(h)]
@@ -206,6 +212,7 @@ class Worker:
         self.heartbeat_interval, self.retry, self.shutdown = float(hb), retry, shutdown
         self.progress_interval, self.clock = float(progress_interval), clock
         self.only_jobs = None if only_jobs is None else frozenset(int(i) for i in only_jobs)  # None: any job
+        self.wakeups = wakeups  # None: idle waits are plain ``poll_interval`` sleeps
         self._stop = threading.Event()
 
     # ---- control ----
@@ -239,7 +246,10 @@ class Worker:
                 continue
             if exit_when_idle:
                 break
-            self._stop.wait(self.poll_interval)
+            if self.wakeups is None:
+                self._stop.wait(self.poll_interval)
+            else:  # a job enqueued or released elsewhere ends the wait at once; the poll stays the floor
+                self.wakeups.wait(self.poll_interval, self._stop.is_set)
         log.info("worker %s: exiting after %d job(s)", self.worker_id, ran)
         return 0
 
@@ -375,13 +385,15 @@ def run_engine(settings: EngineSettings, *, factory: HandlersFactory | None = No
     if factory is None and not settings.handlers_factory:
         raise ValueError("run_engine needs a handlers factory (settings.handlers_factory or factory=)")
     handlers = (factory or resolve_factory(settings.handlers_factory))()
+    wakeups = JobWakeups(db)
     worker = Worker(db, blobs, handlers, settings.worker_id or default_worker_id(), settings.lease_seconds,
-                    settings.poll_interval, retry=settings.retry, shutdown=settings.shutdown)
+                    settings.poll_interval, retry=settings.retry, shutdown=settings.shutdown, wakeups=wakeups)
     if threading.current_thread() is threading.main_thread():
         worker.install_signal_handlers()
     try:
         return worker.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
     finally:
+        wakeups.close()
         db.dispose()
 
 

@@ -29,6 +29,8 @@ Conventions
 * Claim is atomic: SQLite takes the write lock first (``BEGIN IMMEDIATE``);
   PostgreSQL selects the row ``FOR UPDATE SKIP LOCKED``. In both the UPDATE
   re-checks the eligibility condition.
+* The writes another process waits for (enqueue, complete, fail, release,
+  cancel) wake that process's :class:`storage.wakeups.JobWakeups` at commit.
 * Times are UNIX epoch seconds. ``now`` parameters exist for tests; production
   callers leave them ``None``.
 * ``payload`` and ``result`` are JSON objects (dicts with JSON-able values).
@@ -46,6 +48,7 @@ from sqlalchemy.engine import Connection
 
 from storage.blobs import BlobStore, add_ref, check_digest, release_ref
 from storage.db import Database
+from storage.wakeups import announce
 
 JobId = int
 Priority = Literal["interactive", "batch"]
@@ -193,6 +196,7 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
             {"kind": kind, "payload": body, "key": idempotency_key, "prio": PRIORITIES[priority],
              "uid": user_id, "maxa": max_attempts, "nb": t if not_before is None else not_before, "t": t}).first()
         if row is not None:
+            announce(conn)
             return int(row[0])
         return int(conn.execute(sa.text("SELECT id FROM jobs WHERE idempotency_key = :key"),
                                 {"key": idempotency_key}).scalar_one())
@@ -317,6 +321,7 @@ def complete(db: Database, job_id: JobId, token: str, result: dict[str, Any],
                        {"r": body, "now": t})
         for d in digests:
             add_ref(conn, d, f"job:{job_id}", t)
+        announce(conn)
 
 
 def expire_result_blob(db: Database, blobs: BlobStore, kinds: Iterable[str], field: str, finished_before: float) -> int:
@@ -375,6 +380,7 @@ def fail(db: Database, job_id: JobId, token: str, reason: str, *, retryable: boo
                        "status = :st, not_before = :nb, error = :err, error_key = :ek, lease_owner = NULL, "
                        "lease_token = NULL, lease_expires_at = NULL, finished_at = :fin, updated_at = :now",
                        {"st": new_status, "nb": nb, "err": reason[:2000], "ek": error_key, "fin": finished, "now": t})
+        announce(conn)
         return new_status
 
 
@@ -392,6 +398,7 @@ def release(db: Database, job_id: JobId, token: str, *, now: float | None = None
                        "lease_expires_at = NULL, stage = NULL, progress = 0, updated_at = :now, "
                        "finished_at = :fin",
                        {"st": new_status, "now": t, "fin": t if new_status == "cancelled" else None})
+        announce(conn)
         return new_status
 
 
@@ -402,6 +409,7 @@ def mark_cancelled(db: Database, job_id: JobId, token: str, *, now: float | None
         _leased_update(conn, job_id, token,
                        "status = 'cancelled', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, "
                        "finished_at = :now, updated_at = :now", {"now": t}, statuses=("cancel_requested",))
+        announce(conn)
 
 
 # --------------------------------------------------------------------------- anyone
@@ -416,10 +424,12 @@ def cancel(db: Database, job_id: JobId, *, now: float | None = None) -> str:
         if job.status == "queued":
             conn.execute(sa.text("UPDATE jobs SET status = 'cancelled', finished_at = :t, updated_at = :t "
                                  "WHERE id = :id AND status = 'queued'"), {"t": t, "id": job_id})
+            announce(conn)
             return "cancelled"
         if job.status == "running":
             conn.execute(sa.text("UPDATE jobs SET status = 'cancel_requested', updated_at = :t "
                                  "WHERE id = :id AND status = 'running'"), {"t": t, "id": job_id})
+            announce(conn)
             return "cancel_requested"
         return job.status
 

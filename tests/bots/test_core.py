@@ -15,6 +15,7 @@ from bots.notify import Notifier
 from emoji3d.texts import message
 from storage import deliveries, jobs, packs, users
 from storage import styles as st
+from storage.db import open_database
 from tests.bots.conftest import finish_job, make_resources
 from tests.lifecycle import make_ready, publish
 
@@ -173,6 +174,40 @@ def test_notifier_resumes_from_the_database_and_rate_limits(res, selfie_png, sti
     assert ("finish", b.job_id, "cancelled_ok") in sender.events
     assert n.watches == {}
     assert n.resume_from_db() == []  # delivered and cancelled jobs are not picked up again
+
+
+def test_notifier_delivers_when_the_job_ends_not_at_its_next_poll(res, selfie_png):
+    # The engine is another process (its own database handle); the notifier polls only every
+    # 60 s, so a delivery within the 30 s allowed below was woken by the job's completion.
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    order = core.place_order(res, ready_user(res, selfie_png), "telegram", preset="full", style_id=style.id)
+    sender = RecordingSender()
+    sender.res = res
+    n = Notifier(res, "telegram", sender, min_interval=0.0)
+    engine_db = open_database(res.db.url)
+
+    def engine_finishes() -> None:
+        job = jobs.claim(engine_db, "eng", 60, kinds=["make_pack"])
+        make_ready(engine_db, job.payload["pack_id"], job.id)
+        jobs.complete(engine_db, job.id, job.lease_token, {"pack_id": order.pack.id, "preset": "slim"})
+
+    async def go() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(n.run(stop, poll_seconds=60.0))
+        await asyncio.sleep(0.5)  # resumed the order, showed its progress, now waiting
+        await asyncio.to_thread(engine_finishes)
+        finished = time.monotonic()
+        while not any(e[0] == "deliver" for e in sender.events) and time.monotonic() - finished < 30:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 10)  # the stop ends the 60 s wait too
+        return time.monotonic() - finished
+
+    try:
+        asyncio.run(go())
+    finally:
+        engine_db.dispose()
+    assert ("deliver", order.job_id, "succeeded") in sender.events
 
 
 def test_notifier_stores_where_it_talks_and_forgets_it_when_done(res, selfie_png):

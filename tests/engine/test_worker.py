@@ -19,6 +19,7 @@ from storage import jobs
 from storage.blobs import BlobStore
 from storage.db import open_database
 from storage.jobs import RetryPolicy
+from storage.wakeups import JobWakeups
 from tests.storage import jobhandlers
 from tests.storage.procs import start_worker, stop, wait_for
 
@@ -382,3 +383,24 @@ def test_a_full_disk_fails_the_job_once_and_names_the_path(env, tmp_path):
     finally:
         stop(p)
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_an_idle_worker_claims_a_job_enqueued_elsewhere_without_waiting_for_its_poll(env):
+    # The worker polls only every 60 s; a claim within the 30 s allowed below was woken by the enqueue.
+    started = []
+    with JobWakeups(env["db"]) as wakeups:
+        w = Worker(env["db"], env["blobs"], {"quick": lambda job, ctx: started.append(job.id) or {}}, "w-wake",
+                   60.0, poll_interval=60.0, wakeups=wakeups)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        time.sleep(0.3)  # claimed nothing, waiting
+        producer = open_database(env["url"])
+        try:
+            jid = jobs.enqueue(producer, "quick", {}, "wake-1")
+            wait_for(lambda: _status(env, jid) == "succeeded", 30, "the idle worker to claim and run the job")
+        finally:
+            producer.dispose()
+        w.request_stop()
+        t.join(10)
+        assert not t.is_alive()  # the stop ends the 60 s wait as well
+    assert started == [jid]
