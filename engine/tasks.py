@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ from engine.avatar.pipeline import AvatarResult, PortraitInputs
 from engine.avatar.portrait import portrait_inputs
 from engine.face.analyze import FaceResult, analyze_face
 from engine.render import quality
-from engine.render.pack import AvatarPose, make_pack_files
+from engine.render.pack import AvatarPose, PackFiles, make_pack_files
 from engine.resources import EngineResources
 from engine.stickers.preview import with_quality
 from engine.worker import JobContext
@@ -250,18 +251,11 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     # The avatar references the style and selfie artifacts in the cache instead of copying them.
     avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(style),
                                   portrait_key=res.pipeline.portrait_key(order.selfie_digest, seed))
+    preview_html = (with_quality(files.preview_html, quality_summary(report, avatar.preset), report["notes"])
+                    if files.preview_html else None)
     result = PackResult(
-        pack_id=order.pack_id, preset=avatar.preset,
-        stickers=[StickerFiles(idx=i, name=s.name, emoji=s.emoji,
-                               files={target: jc.put_blob(data) for target, data in s.files.items()})
-                  for i, s in enumerate(files.stickers)],
-        thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
-        preview_png=jc.put_blob(files.preview_png),
-        preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
-                                              report["notes"])) if files.preview_html else None,
-        avatar=jc.put_blob(avatar_file), renders=[jc.put_blob(png) for png in files.stills],
-        mesh=jc.put_blob(files.mesh) if files.mesh is not None else None, missing=files.notes,
-        timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
+        pack_id=order.pack_id, preset=avatar.preset, **store_pack_files(jc, files, preview_html, avatar_file),
+        missing=files.notes, timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
     # one step: a first make becomes ready, a remake now shows this job's result
     if order.pack_id is not None and not packs.mark_made(jc.db, order.pack_id, jc.job.id, order.strength):
         log.warning("pack %s was failed or cancelled meanwhile, or shows a later order's result; job %s's "
@@ -354,22 +348,43 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
                                             min_identity_stylized=limits.min_identity_stylized,
                                             min_multiview=limits.min_multiview,
                                             max_style_lpips=limits.max_style_lpips)}
+    preview_html = (with_quality(files.preview_html, quality_summary(report, avatar.preset), report.get("notes", []))
+                    if files.preview_html else None)
     result = PackResult(
         pack_id=order.pack_id, preset=avatar.preset,
-        stickers=[StickerFiles(idx=i, name=s.name, emoji=s.emoji,
-                               files={target: jc.put_blob(data) for target, data in s.files.items()})
-                  for i, s in enumerate(files.stickers)],
-        thumbnail={target: jc.put_blob(data) for target, data in files.thumbnail.items()},
-        preview_png=jc.put_blob(files.preview_png),
-        preview_html=jc.put_blob(with_quality(files.preview_html, quality_summary(report, avatar.preset),
-                                              report.get("notes", []))) if files.preview_html else None,
-        avatar=jc.put_blob(jc.blobs.read_bytes(source.avatar)), renders=[jc.put_blob(png) for png in files.stills],
+        **store_pack_files(jc, files, preview_html, jc.blobs.read_bytes(source.avatar)),
         missing=files.notes, timings={"rerender": time.perf_counter() - began}, quality=report)
     # only now, in one step: until it succeeds the pack keeps its old result, status and strength
     if not packs.mark_rerendered(jc.db, order.pack_id, jc.job.id, order.strength):
         log.warning("pack %s is being remade or shows a later order's result; its re-render (job %s) is not "
                     "published", order.pack_id, jc.job.id)
     return result.to_dict()
+
+
+def store_pack_files(jc: JobContext, files: PackFiles, preview_html: bytes | None, avatar: bytes) -> dict[str, Any]:
+    """Store a pack's files as the job's outputs, all at once (:meth:`JobContext.put_blobs`); returns
+    :class:`PackResult`'s file fields (digests) in the pack's order."""
+    data: list[bytes] = []
+
+    def slot(blob: bytes) -> int:
+        data.append(blob)
+        return len(data) - 1
+
+    sticker_slots = [{target: slot(blob) for target, blob in s.files.items()} for s in files.stickers]
+    thumbnail_slots = {target: slot(blob) for target, blob in files.thumbnail.items()}
+    preview_png, avatar_slot = slot(files.preview_png), slot(avatar)
+    html_slot = slot(preview_html) if preview_html is not None else None
+    mesh_slot = slot(files.mesh) if files.mesh is not None else None
+    render_slots = [slot(png) for png in files.stills]
+    digests = jc.put_blobs(data)
+    return {"stickers": [StickerFiles(idx=i, name=s.name, emoji=s.emoji,
+                                      files={target: digests[k] for target, k in slots.items()})
+                         for i, (s, slots) in enumerate(zip(files.stickers, sticker_slots))],
+            "thumbnail": {target: digests[k] for target, k in thumbnail_slots.items()},
+            "preview_png": digests[preview_png], "avatar": digests[avatar_slot],
+            "preview_html": None if html_slot is None else digests[html_slot],
+            "mesh": None if mesh_slot is None else digests[mesh_slot],
+            "renders": [digests[k] for k in render_slots]}
 
 
 def _exemplar_of(res: EngineResources, jc: JobContext, pack_id: int) -> torch.Tensor | None:

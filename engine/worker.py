@@ -49,8 +49,9 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from emoji3d.errors import UserFacingError
 from storage import jobs
@@ -151,6 +152,22 @@ class JobContext:
         digest = self.store_blob(data)
         self.result_blobs.append(digest)
         return digest
+
+    def put_blobs(self, files: Sequence[bytes]) -> list[str]:
+        """Store several output files, ``blobs.parallel_puts`` at a time (over a network every put is
+        a few round trips); their digests in the order given. Each is stored as :meth:`put_blob`
+        stores one. When one fails, the others still finish before the error is raised, so
+        everything written is in ``written_blobs`` for the clean-up."""
+        if not files:
+            return []
+        if self.blobs.parallel_puts == 1:
+            digests = [self.store_blob(f) for f in files]
+        else:
+            with ThreadPoolExecutor(min(self.blobs.parallel_puts, len(files)),
+                                    thread_name_prefix=f"store-{self.job.id}") as pool:
+                digests = list(pool.map(self.store_blob, files))
+        self.result_blobs.extend(digests)
+        return digests
 
     def put_file(self, path: str | os.PathLike[str]) -> str:
         self.check_cancelled()

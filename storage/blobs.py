@@ -204,20 +204,33 @@ class LocalBackend:
         return True
 
 
+PARALLEL_PUTS = 8  # puts worth running at once where each is a network round trip (a pack's ~20 files)
+
+
 class BlobStore:
     """Blob bytes in a backend (folder path, ``s3://`` location or a backend object)
-    with rows and references in ``db``."""
+    with rows and references in ``db``.
+
+    ``parallel_puts`` is how many puts a caller storing many blobs should run at once (see
+    ``engine.worker.JobContext.put_blobs``). By default 1 where every step of a put is local (a
+    folder and SQLite, whose writers queue for one lock: 8 at once measured 0.9-1.1x there in
+    bench/store_pack.py) and :data:`PARALLEL_PUTS` where a step is a network round trip (an object
+    store, PostgreSQL)."""
 
     def __init__(self, db: Database, location: str | os.PathLike[str] | BlobBackend, *,
-                 max_bytes: int = 64 << 20, gc_grace_seconds: float = 3600.0) -> None:
+                 max_bytes: int = 64 << 20, gc_grace_seconds: float = 3600.0, parallel_puts: int | None = None) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         if gc_grace_seconds < 0:
             raise ValueError(f"gc_grace_seconds must be >= 0, got {gc_grace_seconds}")
+        if parallel_puts is not None and parallel_puts < 1:
+            raise ValueError(f"parallel_puts must be >= 1, got {parallel_puts}")
         self.db = db
         self.backend = open_backend(location)
         self.max_bytes = int(max_bytes)
         self.gc_grace_seconds = float(gc_grace_seconds)
+        local = isinstance(self.backend, LocalBackend) and db.is_sqlite
+        self.parallel_puts = parallel_puts or (1 if local else PARALLEL_PUTS)
 
     # ---- reads ----
     def describe_location(self) -> str:

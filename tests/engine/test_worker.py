@@ -404,3 +404,66 @@ def test_an_idle_worker_claims_a_job_enqueued_elsewhere_without_waiting_for_its_
         t.join(10)
         assert not t.is_alive()  # the stop ends the 60 s wait as well
     assert started == [jid]
+
+
+class _InFlight:
+    """Wraps a blob backend's ``write`` (the real write still happens) to count writes in flight."""
+
+    def __init__(self, backend, hold_s: float) -> None:
+        self.backend, self.hold_s, self.now, self.most = backend, hold_s, 0, 0
+        self.lock = threading.Lock()
+        self.original = backend.write
+        backend.write = self.write
+
+    def write(self, digest, source):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.hold_s)  # a round trip to a remote object store
+            return self.original(digest, source)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("parallel_puts", [1, 8])
+def test_a_pack_s_files_are_stored_at_once_in_order_and_become_the_job_s(env, parallel_puts):
+    db, files = env["db"], [f"file {i}".encode() * 100 for i in range(12)]
+    env["blobs"].parallel_puts = parallel_puts  # 1 is a folder on SQLite's default, 8 a network store's
+    spy = _InFlight(env["blobs"].backend, 0.05)
+    stored = []
+
+    def handler(job, ctx):
+        stored.extend(ctx.put_blobs(files))
+        return {}
+
+    jid = jobs.enqueue(db, "scripted", {}, "put-many")
+    _scripted_worker(env, handler, ManualClock()).run(exit_when_idle=True)
+    assert jobs.get_job(db, jid).status == "succeeded"
+    assert [env["blobs"].read_bytes(d) for d in stored] == files  # the digests in the order given
+    assert sorted(_refs(db, f"job:{jid}")) == sorted(stored)
+    assert spy.most == parallel_puts
+
+
+def test_a_cancel_while_storing_a_pack_s_files_keeps_none_of_them(env):
+    db = env["db"]
+    env["blobs"].parallel_puts = 8
+    spy = _InFlight(env["blobs"].backend, 0.05)
+    reached = []
+
+    def cancel_once_writing(job_id):
+        wait_for(lambda: spy.most > 0, 10, "the first write")
+        jobs.cancel(db, job_id)  # as a bot would on /delete or /cancel
+
+    def handler(job, ctx):
+        threading.Thread(target=cancel_once_writing, args=(job.id,)).start()
+        ctx.put_blobs([f"file {i}".encode() for i in range(40)])
+        reached.append("after")
+        return {}
+
+    jid = jobs.enqueue(db, "scripted", {}, "put-many-cancel")
+    _scripted_worker(env, handler, ManualClock()).run(exit_when_idle=True)
+    assert jobs.get_job(db, jid).status == "cancelled" and reached == []
+    assert _refs(db, f"job:{jid}") == []
+    assert env["blobs"].stats()["blobs"] == 0  # what was written before the cancel landed is gone too

@@ -194,3 +194,14 @@ def test_a_blob_larger_than_a_multipart_part_round_trips(db, blob_location, tmp_
     d = blobs.put_file(src, holder="job:1")
     assert d == hashlib.sha256(data).hexdigest() and blobs.read_bytes(d) == data
     assert _objects(blobs) == [f"{d[:2]}/{d[2:4]}/{d}"]
+
+
+def test_parallel_puts_only_where_a_put_crosses_a_network(db, blob_location):
+    from storage.blobs import PARALLEL_PUTS
+
+    store = BlobStore(db, blob_location)
+    local = db.is_sqlite and not blob_location.startswith("s3://")
+    assert store.parallel_puts == (1 if local else PARALLEL_PUTS)
+    assert BlobStore(db, blob_location, parallel_puts=3).parallel_puts == 3
+    with pytest.raises(ValueError, match="parallel_puts"):
+        BlobStore(db, blob_location, parallel_puts=0)
