@@ -23,6 +23,7 @@ with 8 puts at once, which it does not use (its default is 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -90,26 +91,18 @@ def main() -> None:
         db.dispose()
         if a.local_only:
             return
-        from tests.fakes.slow_link import SlowLink
-        from tests.servers import ACCESS_KEY, SECRET_KEY, Postgres, SeaweedS3
+        from tests.servers import remote_storage
 
-        try:
-            pg, s3 = Postgres().start(), SeaweedS3().start()
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-            print(f"\nremote: skipped ({exc})")
-            return
-        try:
-            s3.client().create_bucket(Bucket="bench")
-            os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-            delay = a.delay_ms / 1e3
-            with SlowLink(pg.host, pg.port, delay) as pg_link, SlowLink(s3.host, s3.ports["s3"], delay) as s3_link:
-                db = open_database(f"postgresql+psycopg://emoji3d@127.0.0.1:{pg_link.port}/emoji3d")
-                row(f"remote: PostgreSQL + S3, {a.delay_ms:g} ms each way",
-                    BlobStore(db, f"s3://bench/pack?endpoint_url=http://127.0.0.1:{s3_link.port}&region=us-east-1"))
-                db.dispose()
-        finally:
-            s3.stop()
-            pg.stop()
+        with contextlib.ExitStack() as stack:
+            try:
+                db_url, location = stack.enter_context(remote_storage(a.delay_ms / 1e3))
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                print(f"\nremote: skipped ({exc})")
+                return
+            db = open_database(db_url)
+            row(f"remote: PostgreSQL + S3, {a.delay_ms:g} ms each way", BlobStore(db, location))
+            db.dispose()
+
 
 if __name__ == "__main__":
     main()

@@ -106,6 +106,9 @@ class EngineConfig:
     seed: int = _c(0, ge=0)
     cudnn_autotune: bool = _c(False, doc="on CUDA, cuDNN times its convolution algorithms per shape once and keeps "
                                          "the fastest (engine/cuda_math.py)")
+    shared_artifact_cache_mb: int = _c(512, ge=0, le=1 << 20,
+                                       doc="house styles' finetunes kept in the engine's memory between jobs "
+                                           "(engine/blob_memo.py); 0 reads them from the blob store every job")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ after it include the expression stickers without a restart. It also asks
 ``stored_boundaries`` (set by :func:`engine.boundary_job.handlers`: installs
 the file a fit on any host stored in the shared blob store, when it differs
 from the local one) at most every ``[pack] boundary_check_seconds``, so an
-engine running on another host gets a new fit without a restart too.
+engine running on another host gets a new fit without a restart too. And
+``artifact_memo`` keeps house styles' finetunes between jobs
+(:mod:`engine.blob_memo`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from emoji3d.images import DecodeLimits
 from engine import ops
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
+from engine.blob_memo import BlobMemo
 from engine.cuda_math import configure_cuda_math
 from engine.face.analyze import FaceConfig
 from engine.face.landmarks import LandmarkDetector
@@ -55,6 +58,8 @@ class EngineResources:
     # installs the fit stored in the blob store when it differs from the local file; True if it did
     stored_boundaries: Callable[[], bool] | None = field(default=None, repr=False)
     _stored_checked_at: float | None = field(default=None, repr=False)  # time.monotonic() of the last look
+    # shared artifacts' bytes between jobs (a house style's finetune); never anything of a user's
+    artifact_memo: BlobMemo = field(default_factory=lambda: BlobMemo(0), repr=False)
 
     @property
     def boundaries(self) -> BoundarySet | None:
@@ -117,7 +122,8 @@ class EngineResources:
         log.info("optimisation steps: %s, %s", pipeline.precision,
                  "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)")
         res = cls(cfg, pipeline, LandmarkDetector(), face_cfg,
-                  DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d))
+                  DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d),
+                  artifact_memo=BlobMemo(cfg.engine.shared_artifact_cache_mb << 20))
         res.refresh_boundaries()
         return res
 

@@ -50,6 +50,7 @@ from engine.avatar import params, portrait_artifact
 from engine.avatar.avatar_file import AvatarFileError, result_from_bytes, result_to_bytes
 from engine.avatar.pipeline import AvatarResult, PortraitInputs
 from engine.avatar.portrait import portrait_inputs
+from engine.blob_memo import BlobMemo
 from engine.face.analyze import FaceResult, analyze_face
 from engine.render import quality
 from engine.render.pack import AvatarPose, PackFiles, make_pack_files
@@ -92,35 +93,56 @@ class BlobArtifactCache:
     Every artifact belongs to the user it was made for (deleted with them, by
     ``/delete`` or retention), except the finetune of a house style
     (``shared_style``), which every user of that style shares. A finetune on a
-    one-off uploaded style image belongs to its uploader.
+    one-off uploaded style image belongs to its uploader. Shared artifacts
+    (no owner) are kept in ``memo`` between jobs, and read from it.
     """
 
-    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool) -> None:
+    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool,
+                 memo: BlobMemo | None = None) -> None:
         self.jc = jc
         self.owner = owner_user_id
         self.shared_style = shared_style
+        self.memo = memo if memo is not None else BlobMemo(0)
 
     def _key(self, kind: str, key: str) -> str:
         return artifact_key(kind, key)
 
     def get(self, kind: str, key: str) -> bytes | None:
         art = artifacts.get_artifact(self.jc.db, self._key(kind, key))
+        if art is None:
+            return None
+        shared = art.owner_user_id is None
+        if shared and (data := self.memo.get(art.blob_digest)) is not None:
+            return data
+        if not self.jc.blobs.exists(art.blob_digest):
+            return None
+        data = self.jc.blobs.read_bytes(art.blob_digest)
+        if shared:
+            self.memo.put(art.blob_digest, data)
+        return data
+
+    def digest(self, kind: str, key: str) -> str | None:
+        """The sha256 of the artifact's bytes without reading them: the blob store names a blob by it."""
+        art = artifacts.get_artifact(self.jc.db, self._key(kind, key))
         if art is None or not self.jc.blobs.exists(art.blob_digest):
             return None
-        return self.jc.blobs.read_bytes(art.blob_digest)
+        return art.blob_digest
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         digest = self.jc.store_blob(data)
         owner = None if kind == "style_2d" and self.shared_style else self.owner
         artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
+        if owner is None:
+            self.memo.put(digest, data)
 
 
 class FirstLookCache(BlobArtifactCache):
     """The job's artifact cache that also shows the photo-real avatar as soon as it exists: when the
     pivotal-tuning result is stored (or found cached), ``on_pivot(blob)`` renders and records its still."""
 
-    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool, on_pivot) -> None:
-        super().__init__(jc, owner_user_id, shared_style=shared_style)
+    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool, on_pivot,
+                 memo: BlobMemo | None = None) -> None:
+        super().__init__(jc, owner_user_id, shared_style=shared_style, memo=memo)
         self.on_pivot = on_pivot
 
     def get(self, kind: str, key: str) -> bytes | None:
@@ -224,7 +246,7 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     progress = stage_progress(jc)
     progress("face", 0, 1)
     cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
-                           on_pivot=_pivot_still(res, jc, order.user_id))
+                           on_pivot=_pivot_still(res, jc, order.user_id), memo=res.artifact_memo)
     warnings = []
     seed = order.seed + res.cfg.engine.seed
     if jc.blobs.exists(order.selfie_digest):
@@ -320,7 +342,7 @@ def handle_rerender_pack(res: EngineResources, job, jc: JobContext) -> dict:
     progress = stage_progress(jc)
     try:  # the avatar file names the cached style and selfie artifacts it was made from
         avatar = result_from_bytes(jc.blobs.read_bytes(source.avatar),
-                                   BlobArtifactCache(jc, order.user_id, shared_style=True))
+                                   BlobArtifactCache(jc, order.user_id, shared_style=True, memo=res.artifact_memo))
     except AvatarFileError as exc:
         raise AvatarGone(f"pack {order.pack_id}: its stored avatar cannot be read back ({exc})") from exc
     known = {entry.name for entry in res.cfg.pack.stickers}
@@ -408,7 +430,8 @@ def handle_style_finetune(res: EngineResources, job, jc: JobContext) -> dict:
     try:
         face = _analyze(res, jc.blobs.read_bytes(style.exemplar_digest), "style")
         res.pipeline.stylize_2d(portrait_inputs(face, style.exemplar_digest), torch.Generator().manual_seed(
-            res.cfg.engine.seed), stage_progress(jc), cache=BlobArtifactCache(jc, None, shared_style=True))
+            res.cfg.engine.seed), stage_progress(jc),
+            cache=BlobArtifactCache(jc, None, shared_style=True, memo=res.artifact_memo))
     except UserFacingError as exc:
         style_store.set_status(jc.db, style.id, "failed", exc.key)
         raise

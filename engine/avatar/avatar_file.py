@@ -68,6 +68,9 @@ class AvatarArtifactChanged(AvatarFileError):
 class ArtifactReader(Protocol):
     def get(self, kind: str, key: str) -> bytes | None: ...
 
+    def digest(self, kind: str, key: str) -> str | None:
+        """The sha256 hex of the artifact's bytes, or None when it is not cached."""
+
 
 @dataclass(frozen=True)
 class ArtifactRef:
@@ -105,10 +108,10 @@ def decode_residual(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, li
 # ----------------------------------------------------------------------------- the avatar file
 
 def _ref(cache: ArtifactReader, kind: str, key: str) -> ArtifactRef:
-    data = cache.get(kind, key)
-    if data is None:
+    digest = cache.digest(kind, key)  # not the bytes: the style's are 114 MB at full size
+    if digest is None:
         raise AvatarArtifactGone(f"cannot reference the {kind} artifact {key[:40]}: it is not in the cache")
-    return ArtifactRef(kind, key, hashlib.sha256(data).hexdigest())
+    return ArtifactRef(kind, key, digest)
 
 
 def result_to_bytes(result: AvatarResult, cache: ArtifactReader, *, style_key: str, portrait_key: str,

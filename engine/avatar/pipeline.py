@@ -45,6 +45,7 @@ the cache for a stage that did not finish (see ``engine.avatar.steps``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class AvatarResult:
 class ArtifactCache(Protocol):
     def get(self, kind: str, key: str) -> bytes | None: ...
     def put(self, kind: str, key: str, data: bytes) -> None: ...
+    def digest(self, kind: str, key: str) -> str | None: ...  # sha256 hex of the bytes; None when absent
 
 
 class MemoryCache:
@@ -149,6 +151,10 @@ class MemoryCache:
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         self.store[(kind, key)] = data
+
+    def digest(self, kind: str, key: str) -> str | None:
+        data = self.store.get((kind, key))
+        return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 
