@@ -5,7 +5,7 @@
 
 A Telegram pack's files at the sizes README's "Stored bytes" table gives: 7 video stickers
 (70 KB) and 7 custom emoji (25 KB), a thumbnail, a preview PNG, 3 stills and the avatar file
-(12.9 MB), 21 files, fresh random bytes for every run (a blob already stored is not written again).
+(12.9 MB), 20 files, fresh random bytes for every run (a blob already stored is not written again).
 Every put does what the engine's does: a cancel check (one database read), the object store's
 size check, the write, the blob row, and the size check again.
 

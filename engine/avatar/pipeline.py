@@ -157,7 +157,6 @@ class MemoryCache:
         return None if data is None else hashlib.sha256(data).hexdigest()
 
 
-
 def _with_prefix(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in d.items()}
 
