@@ -174,7 +174,7 @@ def record_first_look(res: EngineResources, jc: JobContext, owner: int | None, s
     """Render the avatar frontally with ``weights`` and record the still for the notifier."""
     image = quality.render(res.pipeline.nets.g3d, weights, ws, quality.turn_cameras()[:1], noise)["image"]
     digest = jc.store_blob(still_png(image))
-    artifacts.put_artifact(jc.db, first_look_key(jc.job.id, stage), "first_look", digest, owner)
+    artifacts.put_artifact(jc.db, first_look_key(jc.job.id, stage), "first_look", digest, owner, wake_waiters=True)
 
 
 def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None):

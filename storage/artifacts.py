@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from storage.blobs import BlobStore, add_ref, release_holder
 from storage.db import Database
+from storage.wakeups import announce
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,11 @@ def cache_key(kind: str, inputs: dict[str, Any], config: dict[str, Any], engine_
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-def put_artifact(db: Database, key: str, kind: str, blob_digest: str, owner_user_id: int | None) -> Artifact:
-    """Record (or replace) the artifact for ``key``; its blob must be stored already."""
+def put_artifact(db: Database, key: str, kind: str, blob_digest: str, owner_user_id: int | None, *,
+                 wake_waiters: bool = False) -> Artifact:
+    """Record (or replace) the artifact for ``key``; its blob must be stored already. With
+    ``wake_waiters`` the processes waiting on job changes are woken at commit (a first-look still,
+    which a bot shows while the job runs; :mod:`storage.wakeups`)."""
     t = time.time()
     with db.write() as conn:
         old = conn.execute(sa.text("SELECT id FROM artifacts WHERE cache_key = :k"), {"k": key}).scalar()
@@ -57,6 +61,8 @@ def put_artifact(db: Database, key: str, kind: str, blob_digest: str, owner_user
             "VALUES (:k, :kind, :d, :o, :t, :t) RETURNING id"),
             {"k": key, "kind": kind, "d": blob_digest, "o": owner_user_id, "t": t}).scalar_one())
         add_ref(conn, blob_digest, f"artifact:{aid}", t)
+        if wake_waiters:
+            announce(conn)
     return Artifact(aid, key, kind, blob_digest, owner_user_id, t)
 
 

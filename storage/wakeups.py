@@ -1,4 +1,4 @@
-"""Wake a waiting process as soon as the jobs table may have changed.
+"""Wake a waiting process as soon as a job may have changed.
 
 The queue's producers and consumers are separate processes: a bot enqueues
 and the engine claims; the engine finishes and the bot's notifier delivers.
@@ -8,10 +8,11 @@ A waiter now blocks on a signal instead:
 
 * PostgreSQL: the waiter holds a connection of its own that LISTENs on
   :data:`CHANNEL`. The writes another process waits for (a job enqueued,
-  released, finished, cancelled) call :func:`announce` inside their
-  transaction; PostgreSQL delivers the notification when it commits, and
-  drops it when it rolls back. The listener is replaced every :data:`REFRESH_S`: a
-  connection cut off without a reset (a network split) would otherwise never say so.
+  released, finished or cancelled; a first-look still recorded) call
+  :func:`announce` inside their transaction; PostgreSQL delivers the
+  notification when it commits, and drops it when it rolls back. The listener
+  is replaced every :data:`REFRESH_S`: a connection cut off without a reset (a
+  network split) would otherwise never say so.
 * SQLite: the waiter holds a connection of its own and reads
   ``PRAGMA data_version`` every ``slice_s``. The value changes when any other
   connection (in any process) commits to the file, so every commit wakes

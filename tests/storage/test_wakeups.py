@@ -74,6 +74,21 @@ def test_the_writes_a_process_waits_for_wake_it(waiter, other, write):
     assert waiter.wait(LONG) is True
 
 
+def test_a_first_look_still_wakes_the_notifier_and_other_artifacts_need_not(db, waiter, other, blob_location):
+    # A bot shows the first look while the job runs; a cached inversion concerns nobody waiting.
+    from storage import artifacts
+    from storage.blobs import BlobStore
+
+    blobs = BlobStore(other, blob_location)
+    artifacts.put_artifact(other, "cache:portrait", "portrait_3d", blobs.put_bytes(b"latents"), None)
+    if not db.is_sqlite:  # SQLite's waiter sees every commit: there it woke too
+        assert waiter.wait(0.3) is False
+    waiter.wait(0.05)
+    artifacts.put_artifact(other, "first_look:1:photo_real", "first_look", blobs.put_bytes(b"png"), None,
+                           wake_waiters=True)
+    assert waiter.wait(LONG) is True
+
+
 def test_a_worker_s_own_empty_claims_do_not_wake_it(db, waiter):
     # An idle engine claims, finds nothing and waits: that claim must not end its own wait.
     assert jobs.claim(db, "w", 60) is None
