@@ -5,14 +5,11 @@ duplicated = 0. On PostgreSQL / S3 too when EMOJI3D_TEST_PG_URL / EMOJI3D_TEST_S
 are set (the bench picks them up as its defaults)."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.bench.run import run_bench
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -21,15 +18,12 @@ ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)/([\d.]+)\s+([\d.]+)/(
 
 
 def test_load_bench_prints_its_table_with_nothing_lost_or_duplicated(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "load.py"), "--users", "3", "--discord-every", "3",
-                           "--orders", "1", "--batch", "2", "--engines", "2", "--job-seconds", "0.05",
-                           "--timeout", "120"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=220)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+    out = run_bench("load.py", "--users", "3", "--discord-every", "3", "--orders", "1", "--batch", "2",
+                    "--engines", "2", "--job-seconds", "0.05", "--timeout", "120", cwd=tmp_path, timeout=220)
+    lines = out.splitlines()
     assert lines[0].startswith("2 Telegram + 1 Discord users x 1 orders via the bots")
     assert "lost" in lines[1] and "dup" in lines[1]
     rows = [m for m in map(ROW.match, lines[2:]) if m]
-    assert len(rows) == 1, proc.stdout
+    assert len(rows) == 1, out
     m, jobs, _rate, *_times, lost, dup = rows[0].groups()
     assert (m, jobs, lost, dup) == ("2", "5", "0", "0")  # 3 orders + 2 regenerations
