@@ -213,9 +213,9 @@ class BlobStore:
 
     ``parallel_puts`` is how many puts a caller storing many blobs should run at once (see
     ``engine.worker.JobContext.put_blobs``). By default 1 where every step of a put is local (a
-    folder and SQLite, whose writers queue for one lock: 8 at once measured 0.9-1.1x there in
-    bench/store_pack.py) and :data:`PARALLEL_PUTS` where a step is a network round trip (an object
-    store, PostgreSQL)."""
+    folder and SQLite, whose writers queue for one lock: 8 at once measured 0.7-1.1x there in
+    bench/store_pack.py, noise around 0.05-0.09 s) and :data:`PARALLEL_PUTS` where a step is a
+    network round trip (an object store, PostgreSQL)."""
 
     def __init__(self, db: Database, location: str | os.PathLike[str] | BlobBackend, *,
                  max_bytes: int = 64 << 20, gc_grace_seconds: float = 3600.0, parallel_puts: int | None = None) -> None:
