@@ -59,6 +59,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator
 from typing import Callable, Protocol
@@ -480,7 +481,10 @@ class Notifier:
         :data:`MIN_TICK_GAP_S` however busy the database is."""
         self.resume_from_db()
         last_scan = self.clock()
-        waiter = await asyncio.to_thread(JobWakeups, self.res.db) if wake_on_changes else None
+        loop = asyncio.get_running_loop()
+        # A thread of its own for the waits: the default pool is where the bots check selfies.
+        waits = ThreadPoolExecutor(1, thread_name_prefix="notifier-wakeups") if wake_on_changes else None
+        waiter = await loop.run_in_executor(waits, JobWakeups, self.res.db) if waits is not None else None
         try:
             while not stop.is_set():
                 ticked_at = self.clock()
@@ -495,9 +499,11 @@ class Notifier:
                 if gap > 0:  # a change meanwhile is kept by the waiter and ends the wait below at once
                     await _sleep(stop, gap)
                 if not stop.is_set():
-                    await asyncio.to_thread(waiter.wait, poll_seconds - max(gap, 0.0), stop.is_set)
+                    await loop.run_in_executor(waits, waiter.wait, poll_seconds - max(gap, 0.0), stop.is_set)
         finally:
             self.release_claims()
             if waiter is not None:
                 waiter.close()
+            if waits is not None:
+                waits.shutdown(wait=False)
 
