@@ -10,7 +10,8 @@ A job for a house style whose finetune is cached, at full size: the style's ``st
   the avatar file read both artifacts again to hash them (``avatar_file._ref``): 237 MB per job;
 * now: the style's artifact comes from the engine's memory after the first job of the style
   (``engine.blob_memo.BlobMemo``, through ``engine.tasks.BlobArtifactCache``), and the avatar file
-  takes both digests from the artifacts table (``BlobArtifactCache.digest``): no bytes.
+  takes both digests from the artifacts table (``BlobArtifactCache.digest``, which ``avatar_file``'s
+  references call): no bytes.
 
 Where the artifacts are:
 
@@ -40,7 +41,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # ben
 sys.path.insert(0, os.path.dirname(_HERE))
 
 from bench.store_pack import job_context  # noqa: E402
-from engine.avatar.avatar_file import _ref  # noqa: E402
 from engine.blob_memo import BlobMemo  # noqa: E402
 from engine.tasks import BlobArtifactCache  # noqa: E402
 from storage import users  # noqa: E402
@@ -61,7 +61,7 @@ def job_before(cache: BlobArtifactCache) -> list[str]:
 
 def job_now(cache: BlobArtifactCache) -> list[str]:
     assert cache.get("style_2d", "house") is not None
-    return [_ref(cache, kind, key).sha256 for kind, key in (("style_2d", "house"), ("portrait_3d", "selfie"))]
+    return [cache.digest(kind, key) for kind, key in (("style_2d", "house"), ("portrait_3d", "selfie"))]
 
 
 def time_jobs(blobs: BlobStore, jobs: int, memo_bytes: int) -> dict[str, float]:

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 PG_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15, 14)]
@@ -300,28 +301,18 @@ def remote_storage(delay_s: float, rate_bytes_s: float | None = None) -> Iterato
     after. Raises RuntimeError, OSError or CalledProcessError where a server cannot start."""
     from tests.fakes.slow_link import SlowLink
 
-    pg = Postgres().start()
-    try:
-        s3 = SeaweedS3().start()
-    except BaseException:
-        pg.stop()
-        raise
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    try:
-        os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    with contextlib.ExitStack() as stack:
+        pg, s3 = Postgres(), SeaweedS3()
+        stack.callback(pg.stop)  # registered first: a server that fails half way started is removed too
+        stack.callback(s3.stop)
+        pg.start()
+        s3.start()
+        stack.enter_context(mock.patch.dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY))
         s3.client().create_bucket(Bucket="remote")
-        with SlowLink(pg.host, pg.port, delay_s, rate_bytes_s) as pg_link, \
-                SlowLink(s3.host, s3.ports["s3"], delay_s, rate_bytes_s) as s3_link:
-            yield (f"postgresql+psycopg://emoji3d@127.0.0.1:{pg_link.port}/emoji3d",
-                   f"s3://remote/blobs?endpoint_url=http://127.0.0.1:{s3_link.port}&region=us-east-1")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        s3.stop()
-        pg.stop()
+        pg_link = stack.enter_context(SlowLink(pg.host, pg.port, delay_s, rate_bytes_s))
+        s3_link = stack.enter_context(SlowLink(s3.host, s3.ports["s3"], delay_s, rate_bytes_s))
+        yield (f"postgresql+psycopg://emoji3d@127.0.0.1:{pg_link.port}/emoji3d",
+               f"s3://remote/blobs?endpoint_url=http://127.0.0.1:{s3_link.port}&region=us-east-1")
 
 
 # ---- CLI for .ci/run ----------------------------------------------------------------
