@@ -122,10 +122,12 @@ def test_stalled_worker_resumed_later_cannot_overwrite(env):
 
 def test_heartbeat_keeps_a_long_job_with_its_worker(env):
     db, marks = env["db"], env["marks"]
-    jid = jobs.enqueue(db, "steps", _payload(env, 5, 0.6), "long-1")  # 3 s job, 1 s lease
-    _spawn(env, "w1", lease=1.0)
+    # A 5 s job, a 2 s lease: renewed every 0.67 s, so a stall of the busy 2-core CI machine up to
+    # 1.3 s (w2 starting up beside it) is not mistaken for a dead worker, as it could be with 1 s.
+    jid = jobs.enqueue(db, "steps", _payload(env, 5, 1.0), "long-1")
+    _spawn(env, "w1", lease=2.0)
     wait_for(lambda: (marks / f"{jid}-started-1").exists(), 60, "a worker to start the job")
-    _spawn(env, "w2", lease=1.0)
+    _spawn(env, "w2", lease=2.0)
     wait_for(lambda: _status(env, jid) == "succeeded", 60, "the job to complete\n" + _logs(env))
     assert jobs.get_job(db, jid).attempts == 1
     assert (marks / f"{jid}-finished").read_text().count("\n") == 1
