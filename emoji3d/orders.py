@@ -106,6 +106,36 @@ class PackOrder:
         return cls(**{k: v for k, v in payload.items() if k in known})
 
 
+# A head start (``[engine] head_start``): a bot that accepts a selfie before the user has chosen a style
+# enqueues this job, which inverts the selfie (pipeline stages 1, 3 and 4, cached per selfie and seed as
+# a ``portrait_3d`` artifact owned by the user). The order that follows finds the inversion cached and
+# starts at stage 5; an order placed while the job still runs waits for it instead of inverting twice.
+PREPARE_KIND = "prepare_portrait"
+
+
+@dataclass(frozen=True)
+class PortraitPrep:
+    user_id: int
+    selfie_digest: str
+    seed: int = 0  # the seed of the order it prepares for (PackOrder.seed)
+
+    def idempotency_key(self) -> str:
+        parts = [PREPARE_KIND, self.user_id, self.selfie_digest, self.seed, ENGINE_VERSION]
+        return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "PortraitPrep":
+        return cls(user_id=int(payload["user_id"]), selfie_digest=str(payload["selfie_digest"]),
+                   seed=int(payload.get("seed", 0)))
+
+    @classmethod
+    def for_order(cls, order: "PackOrder") -> "PortraitPrep":
+        return cls(order.user_id, order.selfie_digest, order.seed)
+
+
 @dataclass(frozen=True)
 class RerenderOrder:
     """Render a finished pack again from its stored avatar with another style strength and/or sticker

@@ -22,6 +22,10 @@ Job kinds:
   succeeds (``storage.packs.mark_rerendered``).
 - ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
   house style, so its first user finds it cached.
+- ``prepare_portrait`` (payload: :class:`emoji3d.orders.PortraitPrep`): the
+  head start, stages 1, 3 and 4 for a selfie while its user picks a style. A
+  ``make_pack`` that finds its selfie's head start running waits for it
+  (mirroring its progress) and then reads the inversion from the cache.
 
 Progress is reported as (stage name, overall fraction) with the stage
 weights below. Cancellation has one channel: ``JobContext.progress`` raises
@@ -34,16 +38,16 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from emoji3d.config import Config
 from emoji3d.errors import AvatarGone, SelfieGone, StyleGone, StyleHasNoFace, UserFacingError
 from emoji3d.images import decode_image
-from emoji3d.orders import (CUSTOM_EMOJI_TARGETS, ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, PREVIEW_PAGE_PLATFORMS,
-                            QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND, THUMBNAIL_TARGETS, PackOrder, PackResult,
-                            RerenderOrder, StickerFiles, first_look_key)
+from emoji3d.orders import (CUSTOM_EMOJI_TARGETS, ENGINE_VERSION, JOB_KIND, PLATFORM_TARGETS, PREPARE_KIND,
+                            PREVIEW_PAGE_PLATFORMS, QUALITY_KEYS, REGENERATE_KIND, RERENDER_KIND, THUMBNAIL_TARGETS,
+                            PackOrder, PackResult, PortraitPrep, RerenderOrder, StickerFiles, first_look_key)
 from emoji3d.texts import quality_summary
 from engine import boundary_job
 from engine.avatar import params, portrait_artifact
@@ -79,6 +83,7 @@ def build_handlers(cfg: Config) -> dict:
     return {JOB_KIND: functools.partial(handle_make_pack, res),
             REGENERATE_KIND: functools.partial(handle_regenerate_pack, res),
             RERENDER_KIND: functools.partial(handle_rerender_pack, res),
+            PREPARE_KIND: functools.partial(handle_prepare_portrait, res),
             "style_finetune": functools.partial(handle_style_finetune, res), **boundary_job.handlers(res)}
 
 
@@ -138,14 +143,19 @@ class BlobArtifactCache:
 
 class FirstLookCache(BlobArtifactCache):
     """The job's artifact cache that also shows the photo-real avatar as soon as it exists: when the
-    pivotal-tuning result is stored (or found cached), ``on_pivot(blob)`` renders and records its still."""
+    pivotal-tuning result is stored (or found cached), ``on_pivot(blob)`` renders and records its still.
+    ``before_portrait()`` runs before the pipeline looks for the portrait's inversion (after the style
+    stage): an order waits there for its selfie's head start (:func:`await_preparation`)."""
 
     def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool, on_pivot,
-                 memo: BlobMemo | None = None) -> None:
+                 memo: BlobMemo | None = None, before_portrait: Callable[[], Any] | None = None) -> None:
         super().__init__(jc, owner_user_id, shared_style=shared_style, memo=memo)
         self.on_pivot = on_pivot
+        self.before_portrait = before_portrait
 
     def get(self, kind: str, key: str) -> bytes | None:
+        if kind == "portrait_3d" and self.before_portrait is not None:
+            self.before_portrait()
         data = super().get(kind, key)
         if kind == "portrait_3d" and data is not None:
             self.on_pivot(data)
@@ -242,11 +252,50 @@ def make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         raise
 
 
+def handle_prepare_portrait(res: EngineResources, job, jc: JobContext) -> dict:
+    """The head start: invert the selfie into the user's ``portrait_3d`` artifact, unless it is there.
+    The result names the artifact, so that one no order read goes with its selfie
+    (:func:`storage.selfies.purge_expired`)."""
+    prep = PortraitPrep.from_payload(job.payload)
+    seed = prep.seed + res.cfg.engine.seed
+    cache = BlobArtifactCache(jc, prep.user_id, shared_style=False, memo=res.artifact_memo)
+    key = res.pipeline.portrait_key(prep.selfie_digest, seed)
+    done = {"artifact": artifact_key("portrait_3d", key)}
+    if cache.digest("portrait_3d", key) is not None:
+        return {**done, "prepared": False}
+    if not jc.blobs.exists(prep.selfie_digest):  # deleted meanwhile (retention, /delete): nothing to prepare
+        return {"prepared": False}
+    portrait = portrait_inputs(_analyze(res, jc.blobs.read_bytes(prep.selfie_digest), "selfie"), prep.selfie_digest)
+    logs = res.pipeline.prepare_portrait(portrait, seed=seed, progress=stage_progress(jc), cache=cache)
+    return {**done, "prepared": True, "timings": {log.name: log.seconds for log in logs}}
+
+
+# How often an order looks at the head start it waits for (one small read each time).
+PREPARATION_POLL_S = 0.1
+
+
+def await_preparation(jc: JobContext, order: PackOrder) -> bool:
+    """Wait while the head start of the order's selfie runs on another engine, showing its progress as
+    the order's; True when it succeeded (its inversion is then in the cache). A head start that
+    fails, is cancelled or whose engine goes silent (lease expired) is not waited for any longer: the
+    order inverts the selfie itself. Raises like ``jc.progress`` when the order is cancelled."""
+    key = PortraitPrep.for_order(order).idempotency_key()
+    while True:
+        prep = jobs.find_by_key(jc.db, key)
+        if prep is None or prep.status not in jobs.ACTIVE:
+            return prep is not None and prep.status == "succeeded"
+        if prep.lease_expires_at is not None and prep.lease_expires_at < time.time():
+            return False
+        jc.progress(prep.stage if prep.stage in STAGE_WEIGHTS else "invert_3d", prep.progress)
+        time.sleep(PREPARATION_POLL_S)
+
+
 def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     progress = stage_progress(jc)
     progress("face", 0, 1)
     cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
-                           on_pivot=_pivot_still(res, jc, order.user_id), memo=res.artifact_memo)
+                           on_pivot=_pivot_still(res, jc, order.user_id), memo=res.artifact_memo,
+                           before_portrait=functools.partial(await_preparation, jc, order))
     warnings = []
     seed = order.seed + res.cfg.engine.seed
     if jc.blobs.exists(order.selfie_digest):

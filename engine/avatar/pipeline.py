@@ -322,6 +322,16 @@ class Pipeline:
         to_ffhq = frame_warp(back.to(torch.float32), self.res_3d, 256, self.nets.device)  # built once, used per step
         return FramedDistance(self.nets.id_loss, lambda img: to_ffhq(img)[0])
 
+    def prepare_portrait(self, portrait: PortraitInputs, *, seed: int = 0, progress: ProgressFn = no_progress,
+                         cache: ArtifactCache) -> list[StageLog]:
+        """Stages 1 (portrait) + 3 + 4 alone, into ``cache``: what a later call with this selfie and seed
+        reads instead of running them (a head start while the user still picks a style). It draws what
+        that call draws when the style is cached (a house style finetuned by its own job), so the
+        inversion is the one the order would have made; stage 5 then starts the seed's stream afresh,
+        as for any cached portrait."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return self.invert_portrait(portrait, gen, progress, cache, seed)[3]
+
     def __call__(self, portrait: PortraitInputs, exemplar: PortraitInputs, *, seed: int = 0,
                  progress: ProgressFn = no_progress, cache: ArtifactCache | None = None) -> AvatarResult:
         dev = self.nets.device

@@ -217,6 +217,30 @@ def test_a_cached_selfie_gives_back_the_pti_delta_the_first_run_used(first_run, 
     assert all(torch.equal(delta[k], result.delta_pti[k]) for k in delta)
 
 
+def test_a_portrait_prepared_ahead_is_the_inversion_the_order_would_have_made(nets, faces):
+    """The head start (engine.tasks.handle_prepare_portrait) inverts the selfie before the order exists.
+    With the style cached (a house style finetuned by its own job), the order's own run stores the same
+    bytes, and an order after the head start runs stage 5 alone from them."""
+    from engine.avatar.tensor_file import unpack_tensors
+
+    portrait, style = faces
+    pipe = Pipeline(nets, PipelineConfig().reduced(2))
+    ordered, ahead = MemoryCache(), MemoryCache()
+    for cache in (ordered, ahead):
+        pipe.stylize_2d(style, torch.Generator().manual_seed(0), cache=cache)
+    pipe(portrait, style, seed=3, cache=ordered)
+    logs = pipe.prepare_portrait(portrait, seed=3, cache=ahead)
+    assert [log.name for log in logs] == ["invert_3d", "pivotal_tuning"] and not any(log.skipped for log in logs)
+    key = pipe.portrait_key(portrait.key, 3)
+    # the same tensors (a safetensors header lists them in no fixed order, so the bytes may differ)
+    made_ahead, made_ordered = (unpack_tensors(c.get("portrait_3d", key)) for c in (ahead, ordered))
+    assert made_ahead.keys() == made_ordered.keys()
+    assert all(torch.equal(made_ahead[k], made_ordered[k]) for k in made_ahead)
+    after = pipe(portrait, style, seed=3, cache=ahead)
+    assert all(after.logs[s].skipped for s in ("style_finetune", "invert_3d", "pivotal_tuning"))
+    assert not after.logs["dual_branch"].skipped
+
+
 def test_another_seed_inverts_the_selfie_again(first_run, faces):
     """A retry with another seed must be able to change the likeness: the per-selfie cache is per seed."""
     pipe, cache, _result, _seen = first_run
