@@ -133,10 +133,16 @@ def _stand_in_regenerate(job, ctx) -> dict:
     return result
 
 
-def handlers() -> dict:
-    from emoji3d.orders import JOB_KIND, REGENERATE_KIND
+def _stand_in_prepare(job, ctx) -> dict:
+    """A Telegram selfie's head start: the stand-in make above models no inversion, so this one does none."""
+    _mark_done(job)
+    return {"prepared": False}
 
-    return {JOB_KIND: _stand_in_make, REGENERATE_KIND: _stand_in_regenerate}
+
+def handlers() -> dict:
+    from emoji3d.orders import JOB_KIND, PREPARE_KIND, REGENERATE_KIND
+
+    return {JOB_KIND: _stand_in_make, REGENERATE_KIND: _stand_in_regenerate, PREPARE_KIND: _stand_in_prepare}
 
 
 # ---- one scenario ----
@@ -175,7 +181,7 @@ def run_scenario(engines: int, args, work: Path, files: Path, base_rgb, face_che
     from bench.load_chat import ChatOutcome, run_users, selfie_variant
     from bots.core import BotResources
     from emoji3d.config import Config
-    from emoji3d.orders import ENGINE_VERSION
+    from emoji3d.orders import ENGINE_VERSION, PREPARE_KIND
     from emoji3d.schedules import Schedule
     from shell.scheduler import start_scheduler
     from storage import jobs, packs, users
@@ -258,7 +264,9 @@ def run_scenario(engines: int, args, work: Path, files: Path, base_rgb, face_che
         "wait_i": (_pct(wait["interactive"], 0.5), _pct(wait["interactive"], 0.95)),
         "wait_b": (_pct(wait["batch"], 0.5), _pct(wait["batch"], 0.95)),
         "e2e": (_pct(e2e, 0.5), _pct(e2e, 0.95)),
-        "lost": (expected_orders - len(e2e)) + sum(1 for j in all_jobs if j.status != "succeeded")
+        # a head start cancelled by its order (no engine had taken it) is not lost: the order did its work
+        "lost": (expected_orders - len(e2e)) + sum(1 for j in all_jobs if j.status != "succeeded" and not (
+            j.kind == PREPARE_KIND and j.status == "cancelled"))
                 + (args.batch - sum(1 for j in all_jobs if j.kind == "regenerate_pack")) + outcome.incomplete_sets,
         "duplicated": sum(1 for c in done_counts.values() if c > 1) + outcome.duplicated,
         "errors": outcome.errors,

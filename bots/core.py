@@ -55,6 +55,7 @@ from storage.blobs import BlobStore
 from storage.communities import get_or_create_community
 from storage.db import Database
 
+from bots import head_starts
 from bots.upload_limit import UploadCounter
 
 STRENGTHS: dict[str, float] = {"subtle": 0.35, "medium": 0.7, "full": 1.0}
@@ -173,12 +174,13 @@ def require_consent(user: users.User) -> None:
 
 def privacy_params(cfg: Config) -> dict[str, str]:
     """Placeholders of the ``privacy``/``welcome`` texts: how long data is kept, in words (a retention
-    of 0 keeps nothing for later)."""
+    of 0 keeps nothing for later), and whether a selfie is processed before an order (the head start)."""
     hours, days = cfg.privacy.selfie_retention_hours, cfg.privacy.artifact_retention_days
     return {"selfie_kept": text("selfie_kept_hours", hours=hours) if hours else text("selfie_kept_briefly"),
             "selfie_deleted": text("selfie_deleted_hours", hours=hours) if hours else text("selfie_deleted_briefly"),
             "avatar_kept": text("avatar_kept_days", days=days) if days else text("avatar_kept_briefly"),
-            "avatar_deleted": text("avatar_deleted_days", days=days) if days else text("avatar_deleted_briefly")}
+            "avatar_deleted": text("avatar_deleted_days", days=days) if days else text("avatar_deleted_briefly"),
+            "head_start": text("head_start_note") if cfg.engine.head_start else ""}
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -215,10 +217,13 @@ def _decode_checked(res: BotResources, data: bytes) -> CleanImage:
     return clean_image(data, res.decode_limits)
 
 
-def accept_selfie(res: BotResources, user: users.User, data: bytes) -> AcceptedSelfie:
+def accept_selfie(res: BotResources, user: users.User, data: bytes, *, head_start: bool = False) -> AcceptedSelfie:
     """Rate limit, bounded decode, face checks, then store the pixels only
     (no metadata) and a selfie row that expires after
-    ``cfg.privacy.selfie_retention_hours`` (0 = kept only until the pack ordered with it is made)."""
+    ``cfg.privacy.selfie_retention_hours`` (0 = kept only until the pack ordered with it is made).
+
+    ``head_start``: the user chooses a style after this (Telegram), so the selfie's inversion is
+    enqueued now (:mod:`bots.head_starts`, when ``[engine] head_start`` allows it)."""
     require_consent(user)
     count_upload(res, ("user", user.id))
     clean = _decode_checked(res, data)
@@ -226,6 +231,8 @@ def accept_selfie(res: BotResources, user: users.User, data: bytes) -> AcceptedS
     digest = res.blobs.put_bytes(clean.png)
     hours = res.cfg.privacy.selfie_retention_hours
     row = selfies.add_selfie(res.db, user.id, digest, ttl_seconds=hours * 3600)
+    if head_start and res.cfg.engine.head_start:
+        head_starts.enqueue(res.db, user.id, digest, seed=res.cfg.engine.seed)  # the seed the bots order with
     return AcceptedSelfie(row, tuple((w.key, dict(w.params)) for w in getattr(face, "warnings", ())))
 
 
@@ -349,6 +356,7 @@ def place_order(res: BotResources, user: users.User, platform: str, *, preset: s
                              seed=seed, pack_id=previous.id if previous else None, regenerate=previous is not None)
     # a remake of a published pack leaves it published until the remake succeeds (storage.packs)
     pack, job_id = packs.order_pack(res.db, order)
+    head_starts.drop_untaken(res.db, user.id)
     return Placed(pack, job_id, previous is not None)
 
 
@@ -545,7 +553,7 @@ async def delete_my_data(res: BotResources, platform: str, platform_user_id: str
     user = users.find_user(res.db, platform, str(platform_user_id))
     if user is None:
         return Deleted(None, [], [])
-    for job in open_jobs(res, user):
+    for job in open_jobs(res, user) + head_starts.open_head_starts(res.db, user.id):
         jobs.cancel(res.db, job.id)
     done, failed = [], []
     for p in packs.list_packs(res.db, user.id):

@@ -109,6 +109,8 @@ class EngineConfig:
     shared_artifact_cache_mb: int = _c(512, ge=0, le=1 << 20,
                                        doc="house styles' finetunes kept in the engine's memory between jobs "
                                            "(engine/blob_memo.py); 0 reads them from the blob store every job")
+    head_start: bool = _c(True, doc="invert a selfie (stages 1, 3, 4) as soon as a bot accepts it, while the user "
+                                    "still picks a style, so the order starts at stage 5 (engine/tasks.py)")
 
 
 @dataclass(frozen=True)

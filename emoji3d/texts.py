@@ -112,7 +112,7 @@ BOT: dict[str, str] = {
     "consent_already": "You're all set. Send me a selfie to begin.",
     "privacy": ("What I store and for how long:\n"
                 "• Your selfie: {selfie_deleted}.\n"
-                "• Your 3D avatar (latent codes and tuned model weights): {avatar_deleted}.\n"
+                "• Your 3D avatar (latent codes and tuned model weights): {avatar_deleted}.{head_start}\n"
                 "• Your sticker packs and the time you gave consent: until you delete them.\n"
                 "• Style images you upload: used for your pack only.\n"
                 "Nothing is shared with anyone. /delete erases all of it, including the sticker sets and custom emoji "
@@ -172,6 +172,9 @@ BOT: dict[str, str] = {
     "delete_kept": "Nothing was deleted.",
     "housestyle_added": "House style “{name}” added. I'm preparing it in the background.",
     "housestyle_removed": "House style “{name}” removed.",
+    # Telegram's privacy text, when [engine] head_start inverts a selfie before its order (bots.head_starts)
+    "head_start_note": (" I start on it as soon as you send a selfie, so your pack is ready sooner; if you order "
+                        "nothing with that selfie, what I made from it is deleted together with the selfie."),
     # How long personal data is kept ([privacy] in config.toml; 0 = nothing kept for later), for the texts above
     "selfie_kept_hours": "for up to {hours} hours",
     "selfie_kept_briefly": "only until the pack you order with it is made",

@@ -178,7 +178,7 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         context.user_data.pop("awaiting_style", None)
         await msg.reply_text(text("style_own_ok"), reply_markup=_strength_keyboard("o" + core.digest_token(digest)))
         return
-    accepted = await asyncio.to_thread(core.accept_selfie, res, user, data)
+    accepted = await asyncio.to_thread(core.accept_selfie, res, user, data, head_start=True)
     notes = [text("selfie_warning", detail=message(k, **p)) for k, p in accepted.warnings]
     await msg.reply_text("\n".join([text("selfie_ok"), *notes]), reply_markup=_style_keyboard(res, _community(update, context)))
 

@@ -1,0 +1,50 @@
+"""A selfie's head start, on the producer side: its inversion enqueued while the user picks a style.
+
+A bot that accepts a selfie before the user has chosen a style and a strength
+(Telegram: two button presses follow) enqueues ``emoji3d.orders.PREPARE_KIND``
+for it, so an engine inverts the photo (pipeline stages 1, 3 and 4) during the
+user's choice and the order starts at stage 5 (``engine.tasks``).
+
+Conventions
+-----------
+* One head start per user: a newer selfie cancels the one for an older photo,
+  which no order can use any more.
+* A head start is not an order: it counts towards neither the daily quota nor
+  the one-active-job rule, and it runs at ``interactive`` priority (an order
+  is expected within seconds).
+* An order drops its user's head start that no engine has taken yet (the order
+  inverts the photo itself, the same work); one already running is waited for
+  by the order's engine.
+* ``/delete`` cancels it with the user's other jobs; its inversion is the
+  user's, so retention and ``/delete`` reach it, and one that no order used
+  goes with its selfie (:func:`storage.selfies.purge_expired`).
+"""
+from __future__ import annotations
+
+from emoji3d import orders
+from storage import jobs
+from storage.db import Database
+
+OPEN_STATUSES = ("queued", *jobs.ACTIVE)
+
+
+def open_head_starts(db: Database, user_id: int) -> list[jobs.Job]:
+    return jobs.list_jobs(db, status=OPEN_STATUSES, user_id=user_id, kind=orders.PREPARE_KIND)
+
+
+def enqueue(db: Database, user_id: int, selfie_digest: str, *, seed: int) -> int:
+    """The head start for the user's selfie (the same job for the same photo); cancels the user's head
+    start for another photo. ``seed``: the seed the user's order will carry. Returns the job id."""
+    prep = orders.PortraitPrep(user_id, selfie_digest, seed)
+    key = prep.idempotency_key()
+    for job in open_head_starts(db, user_id):
+        if job.idempotency_key != key:
+            jobs.cancel(db, job.id)
+    return jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), key, user_id=user_id)
+
+
+def drop_untaken(db: Database, user_id: int) -> None:
+    """An order was placed: a head start no engine has taken yet saves nothing any more."""
+    for job in open_head_starts(db, user_id):
+        if job.status == "queued":
+            jobs.cancel(db, job.id)
