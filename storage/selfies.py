@@ -6,6 +6,13 @@ selfie a queued or running pack job still needs (it goes at the first purge
 after that job ended). A selfie kept for no time (retention 0: ``expires_at ==
 created_at``) can be ordered with until the next purge deletes it
 (:func:`usable`); one with a positive retention only until it expires.
+
+A selfie's head start (``emoji3d.orders.PREPARE_KIND``: its inversion, made
+while the user picked a style) that no order used goes with the selfie: when
+the purge deletes a selfie and no ``make_pack`` job of its user ever named
+that photo (and no other selfie row of the user holds it), the artifacts the
+user's head starts for it recorded (``result["artifact"]``) are deleted too.
+An inversion an order used follows the artifact retention instead.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from emoji3d.orders import JOB_KIND, PREPARE_KIND
 from storage.blobs import BlobStore, add_ref, release_holder
 from storage.db import Database
 
@@ -66,6 +74,31 @@ def _needed_by_open_jobs(conn: sa.Connection) -> set[str]:
     return needed
 
 
+def _jobs_naming(conn: sa.Connection, kind: str, user_id: int, digest: str) -> list[tuple[str, str | None]]:
+    """(status, result) of the user's jobs of ``kind`` whose payload names the selfie ``digest``."""
+    rows = conn.execute(sa.text("SELECT payload, status, result FROM jobs WHERE kind = :k AND user_id = :u "
+                                "AND payload LIKE :d"), {"k": kind, "u": user_id, "d": f"%{digest}%"})
+    return [(status, result) for payload, status, result in rows if json.loads(payload).get("selfie_digest") == digest]
+
+
+def _drop_unused_head_starts(conn: sa.Connection, user_id: int, digest: str) -> set[str]:
+    """Delete the artifacts of the user's head starts for ``digest`` when no order named that photo and
+    no selfie row still holds it; returns the blob digests they released."""
+    if _jobs_naming(conn, JOB_KIND, user_id, digest) or conn.execute(sa.text(
+            "SELECT 1 FROM selfies WHERE user_id = :u AND blob_digest = :d"), {"u": user_id, "d": digest}).first():
+        return set()
+    held: set[str] = set()
+    for _status, result in _jobs_naming(conn, PREPARE_KIND, user_id, digest):
+        key = json.loads(result).get("artifact") if result else None
+        if not isinstance(key, str):
+            continue
+        for (aid,) in conn.execute(sa.text("SELECT id FROM artifacts WHERE cache_key = :k AND owner_user_id = :u"),
+                                   {"k": key, "u": user_id}).all():
+            if conn.execute(sa.text("DELETE FROM artifacts WHERE id = :id"), {"id": aid}).rowcount:
+                held.update(release_holder(conn, f"artifact:{int(aid)}"))
+    return held
+
+
 def purge_expired(db: Database, blobs: BlobStore, *, now: float | None = None) -> int:
     """Delete expired selfie rows and their now-unreferenced blobs; returns the rows this call
     deleted (a concurrent call that deleted one first has it counted, not this one)."""
@@ -74,13 +107,14 @@ def purge_expired(db: Database, blobs: BlobStore, *, now: float | None = None) -
     deleted = 0
     with db.write() as conn:
         needed = _needed_by_open_jobs(conn)
-        ids = [int(r[0]) for r in conn.execute(sa.text(
-            "SELECT id, blob_digest FROM selfies WHERE expires_at IS NOT NULL AND expires_at <= :t ORDER BY id"),
-            {"t": t}) if r[1] not in needed]
-        for i in ids:
+        rows = [(int(r[0]), int(r[1]), r[2]) for r in conn.execute(sa.text(
+            "SELECT id, user_id, blob_digest FROM selfies WHERE expires_at IS NOT NULL AND expires_at <= :t "
+            "ORDER BY id"), {"t": t}) if r[2] not in needed]
+        for i, user_id, digest in rows:
             # Row first: on PostgreSQL a concurrent purge waits here and then finds it gone.
             if conn.execute(sa.text("DELETE FROM selfies WHERE id = :id"), {"id": i}).rowcount:
                 held.update(release_holder(conn, f"selfie:{i}"))
+                held.update(_drop_unused_head_starts(conn, user_id, digest))
                 deleted += 1
     blobs.delete_unreferenced(held)
     return deleted

@@ -138,3 +138,39 @@ def test_a_positive_selfie_retention_spares_a_selfie_a_queued_job_needs(store, m
     (job,) = jobs.list_jobs(db, kind="make_pack")
     jobs.cancel(db, job.id)
     assert maintenance_once(cfg, db, blobs)["selfies_purged"] == 1
+
+
+def test_a_head_start_no_order_used_goes_with_its_selfie(store, monkeypatch):
+    """The inversion a head start made (engine.tasks.handle_prepare_portrait) while the user picked a style:
+    if no order named that photo, it is deleted with the selfie, not kept for the artifact retention; an
+    inversion an order used stays for the artifact retention, as any other."""
+    from emoji3d.orders import PREPARE_KIND, PortraitPrep
+
+    cfg, db, blobs = store
+    t0 = time.time()
+    kept = {}
+    for name, ordered in (("never ordered", False), ("ordered", True)):
+        user = users.get_or_create_user(db, "telegram", name)
+        selfie_digest = blobs.put_bytes(f"selfie of {name}".encode())
+        selfies.add_selfie(db, user.id, selfie_digest, ttl_seconds=cfg.privacy.selfie_retention_hours * HOUR)
+        prep = PortraitPrep(user.id, selfie_digest)
+        jobs.enqueue(db, PREPARE_KIND, prep.to_payload(), prep.idempotency_key(), user_id=user.id)
+        job = jobs.claim(db, "engine", 60, kinds=[PREPARE_KIND])
+        key = artifact_key("portrait_3d", f"{selfie_digest}:settings")
+        inversion = blobs.put_bytes(f"inversion of {name}".encode())
+        artifacts.put_artifact(db, key, "portrait_3d", inversion, user.id)
+        jobs.complete(db, job.id, job.lease_token, {"artifact": key, "prepared": True})
+        if ordered:
+            _pack, order_job = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest=selfie_digest,
+                                                              exemplar_digest=blobs.put_bytes(b"style")))
+            jobs.cancel(db, order_job)  # what became of the order does not matter: it named the photo
+        kept[name] = (selfie_digest, inversion, key)
+    monkeypatch.setattr(time, "time", lambda: t0 + HOUR)
+    assert maintenance_once(cfg, db, blobs)["selfies_purged"] == 0  # within the selfie retention: both stay
+    assert all(blobs.exists(inv) for _s, inv, _k in kept.values())
+    monkeypatch.setattr(time, "time", lambda: t0 + DAY + 60)
+    assert maintenance_once(cfg, db, blobs)["selfies_purged"] == 2
+    selfie, inversion, key = kept["never ordered"]
+    assert not blobs.exists(selfie) and not blobs.exists(inversion) and artifacts.get_artifact(db, key) is None
+    selfie, inversion, key = kept["ordered"]
+    assert not blobs.exists(selfie) and blobs.exists(inversion) and artifacts.get_artifact(db, key) is not None
