@@ -276,13 +276,14 @@ PREPARATION_POLL_S = 0.1
 
 def await_preparation(jc: JobContext, order: PackOrder) -> bool:
     """Wait while the head start of the order's selfie runs on another engine, showing its progress as
-    the order's; True when it succeeded (its inversion is then in the cache). A head start that
-    fails, is cancelled or whose engine goes silent (lease expired) is not waited for any longer: the
-    order inverts the selfie itself. Raises like ``jc.progress`` when the order is cancelled."""
+    the order's; True when it succeeded (its inversion is then in the cache). A head start that is not
+    running (none, queued, failed, being cancelled) or whose engine went silent (lease expired) is not
+    waited for: the order inverts the selfie itself. Raises like ``jc.progress`` when the order is
+    cancelled."""
     key = PortraitPrep.for_order(order).idempotency_key()
     while True:
         prep = jobs.find_by_key(jc.db, key)
-        if prep is None or prep.status not in jobs.ACTIVE:
+        if prep is None or prep.status != "running":
             return prep is not None and prep.status == "succeeded"
         if prep.lease_expires_at is not None and prep.lease_expires_at < time.time():
             return False

@@ -74,11 +74,12 @@ def _needed_by_open_jobs(conn: sa.Connection) -> set[str]:
     return needed
 
 
-def _jobs_naming(conn: sa.Connection, kind: str, user_id: int, digest: str) -> list[tuple[str, str | None]]:
-    """(status, result) of the user's jobs of ``kind`` whose payload names the selfie ``digest``."""
-    rows = conn.execute(sa.text("SELECT payload, status, result FROM jobs WHERE kind = :k AND user_id = :u "
+def _jobs_naming(conn: sa.Connection, kind: str, user_id: int, digest: str) -> list[str | None]:
+    """The results (JSON text, None before one) of the user's jobs of ``kind`` whose payload names the
+    selfie ``digest``."""
+    rows = conn.execute(sa.text("SELECT payload, result FROM jobs WHERE kind = :k AND user_id = :u "
                                 "AND payload LIKE :d"), {"k": kind, "u": user_id, "d": f"%{digest}%"})
-    return [(status, result) for payload, status, result in rows if json.loads(payload).get("selfie_digest") == digest]
+    return [result for payload, result in rows if json.loads(payload).get("selfie_digest") == digest]
 
 
 def _drop_unused_head_starts(conn: sa.Connection, user_id: int, digest: str) -> set[str]:
@@ -88,7 +89,7 @@ def _drop_unused_head_starts(conn: sa.Connection, user_id: int, digest: str) -> 
             "SELECT 1 FROM selfies WHERE user_id = :u AND blob_digest = :d"), {"u": user_id, "d": digest}).first():
         return set()
     held: set[str] = set()
-    for _status, result in _jobs_naming(conn, PREPARE_KIND, user_id, digest):
+    for result in _jobs_naming(conn, PREPARE_KIND, user_id, digest):
         key = json.loads(result).get("artifact") if result else None
         if not isinstance(key, str):
             continue

@@ -186,3 +186,11 @@ def test_an_order_without_a_head_start_does_not_wait(waiting):
     t0 = time.monotonic()
     assert await_preparation(jc, other) is False
     assert time.monotonic() - t0 < 0.5
+
+
+def test_an_order_does_not_wait_for_a_head_start_being_cancelled(waiting):
+    db, order, running, jc = waiting
+    jobs.cancel(db, running.id)  # the user's newer selfie: it stops at its next step
+    t0 = time.monotonic()
+    assert await_preparation(jc, order) is False
+    assert time.monotonic() - t0 < 0.5
