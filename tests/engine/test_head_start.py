@@ -109,9 +109,9 @@ def test_a_head_start_for_a_deleted_selfie_prepares_nothing(engine):
 # --------------------------------------------------------------------------- waiting for a running head start
 
 @pytest.fixture
-def waiting(tmp_path):
+def waiting(tmp_path, db_url):  # SQLite, and PostgreSQL when the CI run provides it
     """A claimed order and its selfie's head start, claimed by another engine; the order's JobContext."""
-    db = open_database(f"sqlite:///{tmp_path / 'wait.sqlite3'}")
+    db = open_database(db_url)
     blobs = BlobStore(db, tmp_path / "blobs")
     user = users.get_or_create_user(db, "telegram", "waiter")
     order = PackOrder(user_id=user.id, selfie_digest=blobs.put_bytes(b"selfie"),

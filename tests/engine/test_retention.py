@@ -140,13 +140,22 @@ def test_a_positive_selfie_retention_spares_a_selfie_a_queued_job_needs(store, m
     assert maintenance_once(cfg, db, blobs)["selfies_purged"] == 1
 
 
-def test_a_head_start_no_order_used_goes_with_its_selfie(store, monkeypatch):
+@pytest.fixture
+def store_on_each_db(tmp_path, db_url):  # SQLite, and PostgreSQL when the CI run provides it
+    cfg = dataclasses.replace(Config(), root=tmp_path, paths=PathsConfig(data_dir="data"),
+                              privacy=PrivacyConfig(selfie_retention_hours=24, artifact_retention_days=30))
+    db = open_database(db_url)
+    yield cfg, db, BlobStore(db, cfg.blob_dir, gc_grace_seconds=60.0)
+    db.dispose()
+
+
+def test_a_head_start_no_order_used_goes_with_its_selfie(store_on_each_db, monkeypatch):
     """The inversion a head start made (engine.tasks.handle_prepare_portrait) while the user picked a style:
     if no order named that photo, it is deleted with the selfie, not kept for the artifact retention; an
     inversion an order used stays for the artifact retention, as any other."""
     from emoji3d.orders import PREPARE_KIND, PortraitPrep
 
-    cfg, db, blobs = store
+    cfg, db, blobs = store_on_each_db
     t0 = time.time()
     kept = {}
     for name, ordered in (("never ordered", False), ("ordered", True)):
