@@ -376,6 +376,9 @@ class ProgressView:
 
 def progress_view(res: BotResources, job: jobs.Job) -> ProgressView:
     if job.status == "queued":
+        if (prep := head_starts.running_for(res.db, job)) is not None:  # the order's first stages, begun ahead
+            return ProgressView("progress", {"percent": int(round(100 * prep.progress))},
+                                stage_key=f"stage_{prep.stage or 'unknown'}")
         pos = jobs.queue_position(res.db, job.id)
         if pos is None or pos <= 1:
             return ProgressView("queued_soon")

@@ -15,6 +15,8 @@ Conventions
 * An order drops its user's head start that no engine has taken yet (the order
   inverts the photo itself, the same work); one already running is waited for
   by the order's engine.
+* While an order waits behind its own running head start (one engine), the
+  bots show the head start's progress as the order's (:func:`running_for`).
 * ``/delete`` cancels it with the user's other jobs; its inversion is the
   user's, so retention and ``/delete`` reach it, and one that no order used
   goes with its selfie (:func:`storage.selfies.purge_expired`).
@@ -41,6 +43,16 @@ def enqueue(db: Database, user_id: int, selfie_digest: str, *, seed: int) -> int
         if job.idempotency_key != key:
             jobs.cancel(db, job.id)
     return jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), key, user_id=user_id)
+
+
+def running_for(db: Database, order_job: jobs.Job) -> jobs.Job | None:
+    """The running head start of a ``make_pack`` job's selfie, if any: while the order waits behind it
+    (one engine), the user is shown its progress, which is the order's own first stages."""
+    if order_job.kind != orders.JOB_KIND:
+        return None
+    prep = jobs.find_by_key(db, orders.PortraitPrep.for_order(orders.PackOrder.from_payload(order_job.payload))
+                            .idempotency_key())
+    return prep if prep is not None and prep.status == "running" else None
 
 
 def drop_untaken(db: Database, user_id: int) -> None:

@@ -106,3 +106,16 @@ def test_privacy_says_a_selfie_is_processed_before_an_order_only_when_it_is(res)
     assert "as soon as you send a selfie" in said and "deleted together with the selfie" in said
     off = dataclasses.replace(res.cfg, engine=EngineConfig(head_start=False))
     assert "as soon as you send a selfie" not in text("privacy", **core.privacy_params(off))
+
+
+def test_an_order_queued_behind_its_running_head_start_shows_that_progress(res, selfie_png):
+    style = st.add_style(res.db, "toon", res.blobs.put_bytes(selfie_png), status="ready")
+    user = consented(res)
+    core.accept_selfie(res, user, selfie_png, head_start=True)
+    running = jobs.claim(res.db, "the-only-engine", 60, kinds=[orders.PREPARE_KIND])
+    jobs.set_progress(res.db, running.id, running.lease_token, "pivotal_tuning", 0.41)
+    placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id, seed=res.cfg.engine.seed)
+    view = core.progress_view(res, jobs.get_job(res.db, placed.job_id))
+    assert (view.key, view.params, view.stage_key) == ("progress", {"percent": 41}, "stage_pivotal_tuning")
+    jobs.complete(res.db, running.id, running.lease_token, {"prepared": True})
+    assert core.progress_view(res, jobs.get_job(res.db, placed.job_id)).key == "queued_soon"  # its turn is next
