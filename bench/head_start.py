@@ -10,9 +10,10 @@ Measured here: the real bot core (``bots.core.accept_selfie`` with the real Medi
 networks on this CPU, every stage cut to ``--steps`` steps, a one-sticker pack) on a SQLite database and
 a blob folder. A user sends a selfie, takes ``--think`` seconds to pick a style and a strength (1000:
 longer than the head start takes), and orders with the house style, whose finetune is made before the
-timed runs (a house style is finetuned by its own job). Each row is the median over ``--repeats`` users,
-each with their own photo (one pixel changed), so nothing is cached across users. "before" is the same
-flow with ``head_start=False``; the two alternate, so both see the same machine.
+timed runs (a house style is finetuned by its own job), and one untimed order warms the engine up. Each
+row is the median over ``--repeats`` users, each with their own photo (one pixel changed), so nothing is
+cached across users. "before" is the same flow with ``head_start=False``; the two alternate, so both see
+the same machine.
 
 Printed: seconds from the order to the made pack (the job's finish; delivery comes on top either way),
 and the share of the before time that the head start took off. The saving is at most what the user's
