@@ -19,6 +19,11 @@ fresh generator). Measured (change / yardstick):
 |---|---|---|
 | style loss with batch 2 on every 2nd 2D update (was 4, every round) | 0.063 / 0.054 | 0.074 / 0.067 |
 | 2D branch on every 2nd round at twice the rate (was every round) | 0.082 / 0.078 | 0.071 / 0.081 |
+
+With stage 5 drawing from an RNG stream of its own (tried in session 10, not adopted: it would make
+an order's avatar independent of what was cached), the style schedule measured 0.058 / 0.034 (1.7x:
+it fails here) and the 2D schedule passed: the style-schedule decision is borderline, 1.1-1.7x the
+seed noise depending on stage 5's draws.
 """
 from __future__ import annotations
 
