@@ -47,6 +47,9 @@ Decisions on the objective (each measured; see the tests named):
   0.063 on the slim networks, 0.075 vs 0.066 with the joint round; dropping
   the style loss: 0.36), checked by
   ``tests/engine/avatar/test_cost.py::test_dual_style_schedule_keeps_the_result_close``.
+  One pair of seeds is a noisy yardstick (0.017-0.127 over pairs); medians over four seeds
+  (``test_cost_over_seeds.py``, slow) give 0.063 vs 0.054 and 0.074 vs 0.067 from two cached
+  starts, but 0.058 vs 0.034 when stage 5 draws from an RNG stream of its own: borderline.
   ``style_batch = 4, style_every = 1`` restores the earlier objective exactly.
 - The 2D branch every 2nd round (``update_2d_every``): its StyleGAN2 renders
   at 1024 px, about half of a round's GPU time (H200 profiles: a stage-5
