@@ -60,7 +60,6 @@ from bots.upload_limit import UploadCounter
 
 STRENGTHS: dict[str, float] = {"subtle": 0.35, "medium": 0.7, "full": 1.0}
 DAY_SECONDS = 24 * 3600
-OPEN_JOB_STATUSES = ("queued", "running", "cancel_requested")
 LISTED_STYLE_STATUSES = ("pending", "tuning", "ready")
 
 
@@ -304,7 +303,7 @@ def strength_value(preset: str) -> float:
 # ----------------------------------------------------------------------------- orders
 
 def open_jobs(res: BotResources, user: users.User) -> list[jobs.Job]:
-    return jobs.list_jobs(res.db, status=OPEN_JOB_STATUSES, user_id=user.id, kind=orders.JOB_KIND)
+    return jobs.list_jobs(res.db, status=jobs.OPEN, user_id=user.id, kind=orders.JOB_KIND)
 
 
 def check_limits(res: BotResources, user: users.User) -> None:
@@ -441,7 +440,7 @@ def cancel_open_job(res: BotResources, user: users.User, job_id: int | None = No
             job = jobs.get_job(res.db, job_id)
         except jobs.JobNotFound:
             raise NothingToCancel(f"job {job_id} does not exist") from None
-        if job.user_id != user.id or job.status not in OPEN_JOB_STATUSES:
+        if job.user_id != user.id or job.status not in jobs.OPEN:
             raise NothingToCancel(f"job {job_id} is not an open job of user {user.id}")
     else:
         open_ = open_jobs(res, user)

@@ -27,11 +27,8 @@ from emoji3d import orders
 from storage import jobs
 from storage.db import Database
 
-OPEN_STATUSES = ("queued", *jobs.ACTIVE)
-
-
 def open_head_starts(db: Database, user_id: int) -> list[jobs.Job]:
-    return jobs.list_jobs(db, status=OPEN_STATUSES, user_id=user_id, kind=orders.PREPARE_KIND)
+    return jobs.list_jobs(db, status=jobs.OPEN, user_id=user_id, kind=orders.PREPARE_KIND)
 
 
 def enqueue(db: Database, user_id: int, selfie_digest: str, *, seed: int) -> int:

@@ -56,6 +56,7 @@ PRIORITIES: dict[str, int] = {"interactive": 0, "batch": 1}
 _PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
 ACTIVE = ("running", "cancel_requested")
 FINAL = ("succeeded", "failed", "cancelled")
+OPEN = ("queued",) + ACTIVE  # not finished: waiting or running
 UNSUCCESSFUL = ("failed", "cancelled")  # ended without a result: the key is free for a new attempt
 _UNSUCCESSFUL_SQL = "(" + ", ".join(f"'{s}'" for s in UNSUCCESSFUL) + ")"
 STATUSES = ("queued",) + ACTIVE + FINAL

@@ -12,7 +12,6 @@ from emoji3d import orders
 from emoji3d.config import EngineConfig
 from storage import jobs, users
 from storage import styles as st
-from tests.bots.conftest import make_resources
 
 
 def consented(res, pid: str = "1") -> users.User:
@@ -41,8 +40,7 @@ def test_a_selfie_with_a_style_still_to_pick_gets_its_inversion_enqueued(res, se
     assert jobs.get_job(res.db, placed.job_id).kind == orders.JOB_KIND
 
 
-def test_no_head_start_where_the_order_comes_with_the_selfie_or_config_says_no(tmp_path, face_check, selfie_png):
-    res = make_resources(tmp_path, face_check)
+def test_no_head_start_where_the_order_comes_with_the_selfie_or_config_says_no(res, selfie_png):
     user = consented(res)
     core.accept_selfie(res, user, selfie_png)  # Discord: the style comes in the same command
     assert preparations(res, user) == []
@@ -51,7 +49,7 @@ def test_no_head_start_where_the_order_comes_with_the_selfie_or_config_says_no(t
     assert preparations(res, user) == []
 
 
-def test_a_newer_selfie_cancels_the_head_start_of_the_older(res, selfie_png, face_check):
+def test_a_newer_selfie_cancels_the_head_start_of_the_older(res, selfie_png):
     import io
 
     from PIL import Image

@@ -26,14 +26,19 @@ from tests.lifecycle import make_ready
 HOUR, DAY = 3600.0, 86400.0
 
 
-@pytest.fixture
-def store(tmp_path):
+def _store(tmp_path, db_url: str | None):
+    """(config, database, blob store) with a day's selfie retention and 30 days' artifact retention;
+    ``db_url`` None: the config's own SQLite file."""
     cfg = dataclasses.replace(Config(), root=tmp_path, paths=PathsConfig(data_dir="data"),
                               privacy=PrivacyConfig(selfie_retention_hours=24, artifact_retention_days=30))
-    db = open_database(cfg.database_url)
-    blobs = BlobStore(db, cfg.blob_dir, gc_grace_seconds=60.0)
-    yield cfg, db, blobs
+    db = open_database(db_url or cfg.database_url)
+    yield cfg, db, BlobStore(db, cfg.blob_dir, gc_grace_seconds=60.0)
     db.dispose()
+
+
+@pytest.fixture
+def store(tmp_path):
+    yield from _store(tmp_path, None)
 
 
 def test_every_per_user_blob_of_a_pack_follows_the_retention_policy(store, monkeypatch):
@@ -142,11 +147,7 @@ def test_a_positive_selfie_retention_spares_a_selfie_a_queued_job_needs(store, m
 
 @pytest.fixture
 def store_on_each_db(tmp_path, db_url):  # SQLite, and PostgreSQL when the CI run provides it
-    cfg = dataclasses.replace(Config(), root=tmp_path, paths=PathsConfig(data_dir="data"),
-                              privacy=PrivacyConfig(selfie_retention_hours=24, artifact_retention_days=30))
-    db = open_database(db_url)
-    yield cfg, db, BlobStore(db, cfg.blob_dir, gc_grace_seconds=60.0)
-    db.dispose()
+    yield from _store(tmp_path, db_url)
 
 
 def test_a_head_start_no_order_used_goes_with_its_selfie(store_on_each_db, monkeypatch):

@@ -1,8 +1,15 @@
-"""Shared inputs of the avatar tests: the real face crops of ``skimage.data.astronaut()``
-(portrait) and of the bundled 'toon' exemplar."""
+"""Shared inputs of the avatar tests: the slim random-weight networks, and the real face crops of
+``skimage.data.astronaut()`` (portrait) and of the bundled 'toon' exemplar."""
 from __future__ import annotations
 
 import pytest
+
+@pytest.fixture(scope="module")
+def nets():
+    from engine.avatar.networks import slim_networks
+
+    return slim_networks(seed=0)
+
 
 @pytest.fixture(scope="module")
 def faces(repo_root):

@@ -40,13 +40,6 @@ def test_full_preset_builds_with_the_official_parameter_counts(reference_fixture
     assert "8XDC" in built["g3d"].config.rendering.superresolution_module
 
 
-@pytest.fixture(scope="module")
-def nets():
-    from engine.avatar.networks import slim_networks
-
-    return slim_networks(seed=0)
-
-
 def test_cached_target_features_give_the_distances_of_the_two_image_calls(nets):
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 128, 128, generator=gen) * 2 - 1

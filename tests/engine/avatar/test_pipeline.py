@@ -19,13 +19,6 @@ STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def nets():
-    from engine.avatar.networks import slim_networks
-
-    return slim_networks(seed=0)
-
-
-@pytest.fixture(scope="module")
 def faces(repo_root):
     from PIL import Image
     from skimage import data
