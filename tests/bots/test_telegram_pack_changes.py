@@ -117,6 +117,8 @@ def test_choosing_stickers_rerenders_and_the_set_loses_the_dropped_one(res, tele
             await wait_for(lambda: len(set_files(telegram_server, res, pack_id)) == 2, what="the set shrank")
             assert telegram_server.calls_to("deleteStickerFromSet")
             assert [s.idx for s in packs.list_stickers(res.db, pack_id)] == [0, 1]
+            # the bot tells the user first, then records the pack as published (a crash between them delivers again)
+            await wait_for(lambda: packs.get_pack(res.db, pack_id).status == packs.PUBLISHED, what="published")
             lines = core.my_packs(res, user)
             assert lines[0].pack.status == packs.PUBLISHED and lines[0].pack.job_id == rr.id
 
