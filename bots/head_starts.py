@@ -10,8 +10,10 @@ Conventions
 * One head start per user: a newer selfie cancels the one for an older photo,
   which no order can use any more.
 * A head start is not an order: it counts towards neither the daily quota nor
-  the one-active-job rule, and it runs at ``interactive`` priority (an order
-  is expected within seconds).
+  the one-active-job rule. It is a speculative job at ``interactive`` priority
+  (:mod:`storage.jobs`): engines take the orders waiting first, so a guess
+  delays another user's order only when it was started on an idle engine just
+  before the order came (``bench/head_start_queue.py``).
 * An order drops its user's head start that no engine has taken yet (the order
   inverts the photo itself, the same work); one already running is waited for
   by the order's engine.
@@ -39,7 +41,7 @@ def enqueue(db: Database, user_id: int, selfie_digest: str, *, seed: int) -> int
     for job in open_head_starts(db, user_id):
         if job.idempotency_key != key:
             jobs.cancel(db, job.id)
-    return jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), key, user_id=user_id)
+    return jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), key, user_id=user_id, speculative=True)
 
 
 def running_for(db: Database, order_job: jobs.Job) -> jobs.Job | None:

@@ -13,6 +13,11 @@ Conventions
 -----------
 * Priorities: ``interactive`` (0) runs before ``batch`` (1); within a priority,
   oldest first (FIFO by id). A job is eligible when ``not_before <= now``.
+* A ``speculative`` job is work done ahead of a request that may never come
+  (a selfie's head start). Within its priority it is claimed after the other
+  jobs, and counted after them in :func:`queue_position`. Once running it is
+  not interrupted: ``bench/head_start_queue.py`` measured that handing its
+  engine to a waiting order loses more (its work so far) than it saves.
 * ``attempts`` counts claims. A claim whose lease ran out (the worker died or
   hung) is reclaimed by the next ``claim`` and counts as an attempt; once
   ``attempts == max_attempts`` an expired job is failed instead
@@ -94,6 +99,7 @@ class Job:
     idempotency_key: str
     priority: Priority
     status: str
+    speculative: bool
     user_id: int | None
     attempts: int
     max_attempts: int
@@ -116,8 +122,8 @@ class Job:
         return self.status in FINAL
 
 
-_COLUMNS = ("id, kind, payload, idempotency_key, priority, status, user_id, attempts, max_attempts, "
-            "not_before, lease_owner, lease_token, lease_expires_at, stage, progress, result, error_key, "
+_COLUMNS = ("id, kind, payload, idempotency_key, priority, speculative, status, user_id, attempts, "
+            "max_attempts, not_before, lease_owner, lease_token, lease_expires_at, stage, progress, result, error_key, "
             "error, created_at, updated_at, started_at, finished_at")
 
 
@@ -126,7 +132,8 @@ def _row_to_job(row: Any) -> Job:
     return Job(
         id=int(m["id"]), kind=m["kind"], payload=json.loads(m["payload"]),
         idempotency_key=m["idempotency_key"], priority=_PRIORITY_NAMES[int(m["priority"])],  # type: ignore[arg-type]
-        status=m["status"], user_id=None if m["user_id"] is None else int(m["user_id"]),
+        speculative=bool(m["speculative"]), status=m["status"],
+        user_id=None if m["user_id"] is None else int(m["user_id"]),
         attempts=int(m["attempts"]), max_attempts=int(m["max_attempts"]), not_before=float(m["not_before"]),
         lease_owner=m["lease_owner"], lease_token=m["lease_token"],
         lease_expires_at=None if m["lease_expires_at"] is None else float(m["lease_expires_at"]),
@@ -162,9 +169,10 @@ def _fetch(conn: Connection, job_id: JobId) -> Job:
 # --------------------------------------------------------------------------- enqueue
 
 def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: str, *,
-            priority: Priority = "interactive", user_id: int | None = None, max_attempts: int = 3,
-            not_before: float | None = None, now: float | None = None) -> JobId:
+            priority: Priority = "interactive", speculative: bool = False, user_id: int | None = None,
+            max_attempts: int = 3, not_before: float | None = None, now: float | None = None) -> JobId:
     """Add a job, or return the existing job with this ``idempotency_key``.
+    ``speculative``: see the module's conventions.
 
     A key names one attempt that is queued, running or succeeded. A job that
     failed or was cancelled gives its key up (it is kept, renamed
@@ -190,12 +198,13 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
             f"WHERE idempotency_key = :key AND status IN {_UNSUCCESSFUL_SQL}"),
             {"key": idempotency_key, "t": t})
         row = conn.execute(sa.text(
-            "INSERT INTO jobs (kind, payload, idempotency_key, priority, status, user_id, attempts, "
+            "INSERT INTO jobs (kind, payload, idempotency_key, priority, speculative, status, user_id, attempts, "
             "max_attempts, not_before, progress, created_at, updated_at) VALUES "
-            "(:kind, :payload, :key, :prio, 'queued', :uid, 0, :maxa, :nb, 0, :t, :t) "
+            "(:kind, :payload, :key, :prio, :spec, 'queued', :uid, 0, :maxa, :nb, 0, :t, :t) "
             "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"),
             {"kind": kind, "payload": body, "key": idempotency_key, "prio": PRIORITIES[priority],
-             "uid": user_id, "maxa": max_attempts, "nb": t if not_before is None else not_before, "t": t}).first()
+             "spec": int(bool(speculative)), "uid": user_id, "maxa": max_attempts,
+             "nb": t if not_before is None else not_before, "t": t}).first()
         if row is not None:
             announce(conn)
             return int(row[0])
@@ -224,7 +233,8 @@ def _sweep_expired(conn: Connection, now: float) -> None:
 
 def claim(db: Database, worker_id: str, lease_seconds: float, kinds: Iterable[str] | None = None, *,
           job_ids: Iterable[JobId] | None = None, now: float | None = None) -> Job | None:
-    """Atomically take the next eligible job (interactive first, then FIFO).
+    """Atomically take the next eligible job (interactive first, speculative last within a
+    priority, then FIFO).
 
     Also reclaims jobs whose lease expired. ``kinds`` and ``job_ids`` narrow
     what may be taken (a one-off local run takes only the jobs it placed).
@@ -251,7 +261,7 @@ def claim(db: Database, worker_id: str, lease_seconds: float, kinds: Iterable[st
             return None
         where += f" AND id IN ({', '.join(f':j{i}' for i in range(len(id_list)))})"
         params.update({f"j{i}": v for i, v in enumerate(id_list)})
-    select = f"SELECT id FROM jobs WHERE {where} ORDER BY priority, id LIMIT 1"
+    select = f"SELECT id FROM jobs WHERE {where} ORDER BY priority, speculative, id LIMIT 1"
     if db.dialect == "postgresql":
         select += " FOR UPDATE SKIP LOCKED"
     token = uuid.uuid4().hex
@@ -473,9 +483,9 @@ def queue_position(db: Database, job_id: JobId) -> int | None:
         if job.status != "queued":
             return None
         ahead = conn.execute(sa.text(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND "
-            "(priority < :p OR (priority = :p AND id < :id))"),
-            {"p": PRIORITIES[job.priority], "id": job_id}).scalar_one()
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND (priority < :p OR (priority = :p AND "
+            "(speculative < :spec OR (speculative = :spec AND id < :id))))"),
+            {"p": PRIORITIES[job.priority], "spec": int(job.speculative), "id": job_id}).scalar_one()
     return int(ahead) + 1
 
 

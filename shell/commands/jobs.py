@@ -26,13 +26,19 @@ def _bar(fraction: float, width: int = 20) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
 
 
+def _priority(job: jobs.Job) -> str:
+    return job.priority + ("*" if job.speculative else "")
+
+
 def _list(db, a, out: TextIO) -> int:
     rows = jobs.list_jobs(db, status=a.status or None, user_id=a.user, kind=a.kind, limit=a.limit)
     head = f"{'id':>6}  {'status':<16} {'prio':<11} {'kind':<20} {'att':>5}  {'stage':<14} {'progress':>8}  created"
     print(head, file=out)
     for j in rows:
-        print(f"{j.id:>6}  {j.status:<16} {j.priority:<11} {j.kind[:20]:<20} {j.attempts:>2}/{j.max_attempts:<2}  "
+        print(f"{j.id:>6}  {j.status:<16} {_priority(j):<11} {j.kind[:20]:<20} {j.attempts:>2}/{j.max_attempts:<2}  "
               f"{(j.stage or '-')[:14]:<14} {j.progress * 100:7.1f}%  {_ts(j.created_at)}", file=out)
+    if any(j.speculative for j in rows):
+        print("*: speculative, taken after the other jobs of its priority (a selfie's head start)", file=out)
     counts = jobs.counts_by_status(db)
     print("total: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no jobs"), file=out)
     return 0
@@ -46,7 +52,8 @@ def _show(db, a, out: TextIO) -> int:
         return 1
     pos = jobs.queue_position(db, j.id)
     lines = [
-        ("id", j.id), ("kind", j.kind), ("status", j.status), ("priority", j.priority),
+        ("id", j.id), ("kind", j.kind), ("status", j.status),
+        ("priority", j.priority + (", speculative" if j.speculative else "")),
         ("queue position", pos if pos is not None else "-"), ("user", j.user_id if j.user_id is not None else "-"),
         ("attempts", f"{j.attempts}/{j.max_attempts}"), ("progress", f"{j.stage or '-'} {_bar(j.progress)}"),
         ("worker", j.lease_owner or "-"), ("lease until", _ts(j.lease_expires_at)),

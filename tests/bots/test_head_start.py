@@ -29,6 +29,7 @@ def test_a_selfie_with_a_style_still_to_pick_gets_its_inversion_enqueued(res, se
     accepted = core.accept_selfie(res, user, selfie_png, head_start=True)
     [prep] = preparations(res, user)
     assert prep.status == "queued" and prep.priority == "interactive" and prep.user_id == user.id
+    assert prep.speculative  # engines take orders first, and another user's waiting order preempts it
     assert orders.PortraitPrep.from_payload(prep.payload) == orders.PortraitPrep(
         user.id, accepted.selfie.blob_digest, res.cfg.engine.seed)
     # the same photo again: the same job, not a second one

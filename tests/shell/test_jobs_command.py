@@ -31,6 +31,15 @@ def test_list_show_cancel(db_url, db):
     assert code == 0 and "regenerate_pack" in text and "make" not in text.split("total")[0]
 
 
+def test_a_speculative_job_is_marked_and_counted_after_the_orders(db_url, db):
+    guess = jobs.enqueue(db, "prepare_portrait", {}, "guess", speculative=True)
+    jobs.enqueue(db, "make_pack", {}, "order")
+    code, text = _run(db_url, "list")
+    assert code == 0 and "interactive*" in text and "*: speculative" in text
+    code, text = _run(db_url, "show", str(guess))
+    assert "priority: interactive, speculative" in text and "queue position: 2" in text
+
+
 def test_unknown_job_exits_1(db_url, db):
     assert _run(db_url, "show", "42")[0] == 1
     assert _run(db_url, "cancel", "42")[0] == 1

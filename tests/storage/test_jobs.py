@@ -42,6 +42,15 @@ def test_claim_order_interactive_first_then_fifo(db):
     assert jobs.queue_position(db, i1) is None
 
 
+def test_a_speculative_job_is_claimed_after_the_others_of_its_priority(db):
+    guess = jobs.enqueue(db, "prepare", {}, "guess", speculative=True, now=T0)
+    order = jobs.enqueue(db, "make", {}, "order", now=T0 + 1)
+    batch = jobs.enqueue(db, "make", {}, "batch", priority="batch", now=T0 + 2)
+    assert jobs.get_job(db, guess).speculative and not jobs.get_job(db, order).speculative
+    assert [jobs.queue_position(db, j) for j in (order, guess, batch)] == [1, 2, 3]
+    assert [jobs.claim(db, "w", 30, now=T0 + 10).id for _ in range(3)] == [order, guess, batch]
+
+
 def test_claim_filters_kinds(db):
     a = jobs.enqueue(db, "render", {}, "a", now=T0)
     b = jobs.enqueue(db, "tune", {}, "b", now=T0)
@@ -228,3 +237,26 @@ def test_lease_status_tells_the_holder_apart(db):
         jobs.lease_status(db, jid, first.lease_token)
     jobs.cancel(db, jid)
     assert jobs.lease_status(db, jid, second.lease_token) == "cancel_requested"
+
+
+def test_jobs_queued_before_the_speculative_column_stay_ordinary(tmp_path):
+    """Migration 0008 on a database with a queue: the jobs already there are not speculative and
+    keep their order; a head start enqueued after the upgrade goes after them."""
+    import sqlalchemy as sa
+
+    from storage.db import apply_migrations, load_migrations, open_database
+
+    db = open_database(f"sqlite:///{tmp_path / 'old.db'}", migrate=False)
+    migs = load_migrations()
+    apply_migrations(db, [m for m in migs if m.version < 8])
+    with db.write() as c:  # as the previous version's enqueue wrote them
+        for key in ("first", "second"):
+            c.execute(sa.text("INSERT INTO jobs (kind, payload, idempotency_key, priority, status, attempts, "
+                              "max_attempts, not_before, progress, created_at, updated_at) VALUES "
+                              "('make', '{}', :k, 0, 'queued', 0, 3, :t, 0, :t, :t)"), {"k": key, "t": T0})
+    assert apply_migrations(db) == [m.version for m in migs if m.version >= 8]
+    guess = jobs.enqueue(db, "prepare", {}, "guess", speculative=True, now=T0)
+    first, second = (jobs.find_by_key(db, k) for k in ("first", "second"))
+    assert not first.speculative and not second.speculative
+    assert [jobs.claim(db, "w", 30, now=T0 + 1).id for _ in range(3)] == [first.id, second.id, guess]
+    db.dispose()
