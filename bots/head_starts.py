@@ -8,7 +8,8 @@ user's choice and the order starts at stage 5 (``engine.tasks``).
 Conventions
 -----------
 * One head start per user: a newer selfie cancels the one for an older photo,
-  which no order can use any more.
+  which no order can use any more. The same photo again gets the same job, or a
+  new one when the inversion that job made has been deleted since.
 * A head start is not an order: it counts towards neither the daily quota nor
   the one-active-job rule. It is a speculative job at ``interactive`` priority
   (:mod:`storage.jobs`): engines take the orders waiting first, so a guess
@@ -26,7 +27,7 @@ Conventions
 from __future__ import annotations
 
 from emoji3d import orders
-from storage import jobs
+from storage import artifacts, jobs
 from storage.db import Database
 
 def open_head_starts(db: Database, user_id: int) -> list[jobs.Job]:
@@ -41,7 +42,17 @@ def enqueue(db: Database, user_id: int, selfie_digest: str, *, seed: int) -> int
     for job in open_head_starts(db, user_id):
         if job.idempotency_key != key:
             jobs.cancel(db, job.id)
+    earlier = jobs.find_by_key(db, key)
+    if earlier is not None and earlier.status == "succeeded" and not _still_prepared(db, earlier):
+        jobs.retire_key(db, earlier.id)  # the same photo again, its inversion deleted since: start anew
     return jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), key, user_id=user_id, speculative=True)
+
+
+def _still_prepared(db: Database, head_start: jobs.Job) -> bool:
+    """Whether the inversion a finished head start recorded is still stored (retention, the selfie's
+    purge and ``/delete`` remove it; one whose photo was gone made none)."""
+    made = (head_start.result or {}).get("artifact")
+    return bool(made) and artifacts.has_artifact(db, made)
 
 
 def running_for(db: Database, order_job: jobs.Job) -> jobs.Job | None:

@@ -66,6 +66,12 @@ def put_artifact(db: Database, key: str, kind: str, blob_digest: str, owner_user
     return Artifact(aid, key, kind, blob_digest, owner_user_id, t)
 
 
+def has_artifact(db: Database, key: str) -> bool:
+    """Whether ``key`` is stored; unlike :func:`get_artifact` this is no use of it."""
+    with db.read() as conn:
+        return conn.execute(sa.text("SELECT 1 FROM artifacts WHERE cache_key = :k"), {"k": key}).first() is not None
+
+
 def get_artifact(db: Database, key: str) -> Artifact | None:
     """Look up ``key``; a hit refreshes ``last_used_at``."""
     t = time.time()

@@ -64,6 +64,7 @@ FINAL = ("succeeded", "failed", "cancelled")
 OPEN = ("queued",) + ACTIVE  # not finished: waiting or running
 UNSUCCESSFUL = ("failed", "cancelled")  # ended without a result: the key is free for a new attempt
 _UNSUCCESSFUL_SQL = "(" + ", ".join(f"'{s}'" for s in UNSUCCESSFUL) + ")"
+_FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL) + ")"
 STATUSES = ("queued",) + ACTIVE + FINAL
 
 
@@ -210,6 +211,17 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
             return int(row[0])
         return int(conn.execute(sa.text("SELECT id FROM jobs WHERE idempotency_key = :key"),
                                 {"key": idempotency_key}).scalar_one())
+
+
+def retire_key(db: Database, job_id: JobId, *, now: float | None = None) -> bool:
+    """Give a finished job's idempotency key up (renamed ``<key>#<id>``, as a failed or cancelled
+    job's is), so the key's next enqueue starts a new job: for a producer that knows what the job
+    made is gone. False (nothing changed) when the job is not finished."""
+    with db.write() as conn:
+        res = conn.execute(sa.text(
+            "UPDATE jobs SET idempotency_key = idempotency_key || '#' || CAST(id AS TEXT), updated_at = :t "
+            f"WHERE id = :id AND status IN {_FINAL_SQL}"), {"id": job_id, "t": _now(now)})
+        return res.rowcount == 1
 
 
 # --------------------------------------------------------------------------- claim

@@ -41,6 +41,31 @@ def test_a_selfie_with_a_style_still_to_pick_gets_its_inversion_enqueued(res, se
     assert jobs.get_job(res.db, placed.job_id).kind == orders.JOB_KIND
 
 
+def test_the_same_photo_again_gets_a_new_head_start_once_its_inversion_is_deleted(res, selfie_png):
+    import time
+
+    from storage import artifacts
+
+    user = consented(res)
+    core.accept_selfie(res, user, selfie_png, head_start=True)
+    [first] = preparations(res, user)
+    taken = jobs.claim(res.db, "engine", 60, kinds=[orders.PREPARE_KIND])
+    made = artifacts.put_artifact(res.db, "portrait_3d:the-photo", "portrait_3d", res.blobs.put_bytes(b"inverted"),
+                                  user.id)
+    jobs.complete(res.db, taken.id, taken.lease_token, {"artifact": made.cache_key, "prepared": True})
+    core.accept_selfie(res, user, selfie_png, head_start=True)
+    assert [j.id for j in preparations(res, user)] == [first.id]  # still prepared: nothing to do again
+
+    assert artifacts.evict_unused(res.db, res.blobs, 0, now=time.time() + 1) == 1  # retention took it
+    core.accept_selfie(res, user, selfie_png, head_start=True)
+    newer, older = preparations(res, user)
+    assert older.id == first.id and older.status == "succeeded" and newer.status == "queued"
+    assert newer.idempotency_key == first.idempotency_key
+    assert older.idempotency_key == f"{first.idempotency_key}#{first.id}"
+    core.accept_selfie(res, user, selfie_png, head_start=True)
+    assert [j.id for j in preparations(res, user)] == [newer.id, older.id]  # and that one is the photo's now
+
+
 def test_no_head_start_where_the_order_comes_with_the_selfie_or_config_says_no(res, selfie_png):
     user = consented(res)
     core.accept_selfie(res, user, selfie_png)  # Discord: the style comes in the same command

@@ -148,6 +148,18 @@ def test_a_failed_or_cancelled_job_gives_its_key_to_a_new_attempt(db):
     assert jobs.enqueue(db, "k", {"n": 1}, "order-1") == third  # a success keeps its key for good
 
 
+def test_a_finished_jobs_key_can_be_retired_for_a_new_job(db):
+    done = jobs.enqueue(db, "k", {}, "photo", now=T0)
+    j = jobs.claim(db, "w", 30, now=T0)
+    assert not jobs.retire_key(db, done, now=T0 + 1)  # running: the key still names it
+    assert jobs.enqueue(db, "k", {}, "photo", now=T0 + 1) == done
+    jobs.complete(db, done, j.lease_token, {"made": "gone since"}, now=T0 + 2)
+    assert jobs.retire_key(db, done, now=T0 + 3)
+    again = jobs.enqueue(db, "k", {}, "photo", now=T0 + 4)
+    assert again != done and jobs.get_job(db, again).status == "queued"
+    assert jobs.get_job(db, done).status == "succeeded" and jobs.get_job(db, done).idempotency_key == f"photo#{done}"
+
+
 def test_release_returns_job_without_using_an_attempt(db):
     jid = jobs.enqueue(db, "k", {}, "k1", max_attempts=1, now=T0)
     j = jobs.claim(db, "w1", 300, now=T0)
