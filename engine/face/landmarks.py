@@ -18,7 +18,8 @@ Conventions
 The MediaPipe graph is held by an explicit :class:`LandmarkDetector` object
 (create it once per worker, pass it in, ``close()`` it, or use ``with``); it
 serialises calls with its own lock, so one detector may be shared by threads.
-Nothing is cached at module level. Runs on the CPU. No torch here.
+Nothing is cached at module level. Runs on the CPU. No torch here. MediaPipe's
+own native log lines go to the DEBUG log (:mod:`engine.face.native_stderr`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from engine.face.native_stderr import native_stderr_to_log
 
 N_POINTS = 478
 # MediaPipe mesh indices used across the face front end ("left"/"right" = as seen in the image)
@@ -90,12 +93,19 @@ class LandmarkDetector:
 
         self.max_faces = max_faces
         self._lock = threading.Lock()
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=True,
-            refine_landmarks=True,
-            max_num_faces=max_faces,
-            min_detection_confidence=min_detection_confidence,
-        )
+        # MediaPipe prints native notices from its graph's threads as the graph opens its calculators,
+        # and one more on its first face (engine.face.native_stderr). They go to the DEBUG log: the
+        # graph is built and run once on a blank image (every calculator opens before the first result
+        # comes back), and calls keep being held until one has found a face.
+        self._holding_native_log = True
+        with native_stderr_to_log():
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=True,
+                refine_landmarks=True,
+                max_num_faces=max_faces,
+                min_detection_confidence=min_detection_confidence,
+            )
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 
     def detect(self, rgb: np.ndarray, max_faces: int | None = None) -> list[FaceLandmarks]:
         """Landmarks of up to ``max_faces`` faces, largest first; [] when none."""
@@ -105,7 +115,12 @@ class LandmarkDetector:
         with self._lock:
             if self._mesh is None:
                 raise RuntimeError("LandmarkDetector is closed")
-            result = self._mesh.process(np.ascontiguousarray(rgb))
+            if self._holding_native_log:
+                with native_stderr_to_log():
+                    result = self._mesh.process(np.ascontiguousarray(rgb))
+                self._holding_native_log = not result.multi_face_landmarks
+            else:
+                result = self._mesh.process(np.ascontiguousarray(rgb))
         faces: list[FaceLandmarks] = []
         for lms in result.multi_face_landmarks or []:
             pts = np.array([(p.x * w, p.y * h, p.z * w) for p in lms.landmark], dtype=np.float64)  # (478, 3)
