@@ -87,9 +87,11 @@ def build_handlers(cfg: Config) -> dict:
             "style_finetune": functools.partial(handle_style_finetune, res), **boundary_job.handlers(res)}
 
 
-def artifact_key(kind: str, key: str) -> str:
-    """The artifacts-table key under which the job cache stores the pipeline's ``(kind, key)``."""
-    return artifacts.cache_key(kind, {"key": key}, {}, "")
+def artifact_key(kind: str, key: str, owner_user_id: int | None = None) -> str:
+    """The artifacts-table key under which the job cache stores the pipeline's ``(kind, key)``: for an
+    artifact a user owns, theirs alone (see :class:`BlobArtifactCache`)."""
+    return artifacts.cache_key(kind, {"key": key} if owner_user_id is None else {"key": key, "owner": owner_user_id},
+                               {}, "")
 
 
 class BlobArtifactCache:
@@ -100,6 +102,14 @@ class BlobArtifactCache:
     (``shared_style``), which every user of that style shares. A finetune on a
     one-off uploaded style image belongs to its uploader. Shared artifacts
     (no owner) are kept in ``memo`` between jobs, and read from it.
+
+    An owned artifact's table key names its owner, so nothing made from one
+    user's photo serves another user who uploads the same bytes: each computes
+    their own, no order runs faster for a photo someone else sent (which would
+    tell that they did), and each user's ``/delete`` removes their own copy. A
+    read also finds the owner's artifacts stored before keys named owners
+    (under the shared form of the key, with this owner recorded), so the
+    avatars made then still render.
     """
 
     def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool,
@@ -109,11 +119,26 @@ class BlobArtifactCache:
         self.shared_style = shared_style
         self.memo = memo if memo is not None else BlobMemo(0)
 
-    def _key(self, kind: str, key: str) -> str:
-        return artifact_key(kind, key)
+    def _owner_of(self, kind: str) -> int | None:
+        """Who an artifact of ``kind`` put by this cache belongs to (None: shared)."""
+        return None if kind == "style_2d" and self.shared_style else self.owner
+
+    def table_key(self, kind: str, key: str) -> str:
+        """The artifacts-table key :meth:`put` stores ``(kind, key)`` under."""
+        return artifact_key(kind, key, self._owner_of(kind))
+
+    def _find(self, kind: str, key: str) -> artifacts.Artifact | None:
+        """This owner's artifact for ``(kind, key)``, else a shared one (or one of this owner's stored
+        under the shared key form); never another user's."""
+        if self.owner is not None:
+            own = artifacts.get_artifact(self.jc.db, artifact_key(kind, key, self.owner))
+            if own is not None:
+                return own
+        art = artifacts.get_artifact(self.jc.db, artifact_key(kind, key))
+        return art if art is not None and art.owner_user_id in (None, self.owner) else None
 
     def get(self, kind: str, key: str) -> bytes | None:
-        art = artifacts.get_artifact(self.jc.db, self._key(kind, key))
+        art = self._find(kind, key)
         if art is None:
             return None
         shared = art.owner_user_id is None
@@ -128,15 +153,15 @@ class BlobArtifactCache:
 
     def digest(self, kind: str, key: str) -> str | None:
         """The sha256 of the artifact's bytes without reading them: the blob store names a blob by it."""
-        art = artifacts.get_artifact(self.jc.db, self._key(kind, key))
+        art = self._find(kind, key)
         if art is None or not self.jc.blobs.exists(art.blob_digest):
             return None
         return art.blob_digest
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         digest = self.jc.store_blob(data)
-        owner = None if kind == "style_2d" and self.shared_style else self.owner
-        artifacts.put_artifact(self.jc.db, self._key(kind, key), kind, digest, owner)
+        owner = self._owner_of(kind)
+        artifacts.put_artifact(self.jc.db, self.table_key(kind, key), kind, digest, owner)
         if owner is None:
             self.memo.put(digest, data)
 
@@ -260,7 +285,7 @@ def handle_prepare_portrait(res: EngineResources, job, jc: JobContext) -> dict:
     seed = prep.seed + res.cfg.engine.seed
     cache = BlobArtifactCache(jc, prep.user_id, shared_style=False, memo=res.artifact_memo)
     key = res.pipeline.portrait_key(prep.selfie_digest, seed)
-    done = {"artifact": artifact_key("portrait_3d", key)}
+    done = {"artifact": cache.table_key("portrait_3d", key)}
     if cache.digest("portrait_3d", key) is not None:
         return {**done, "prepared": False}
     if not jc.blobs.exists(prep.selfie_digest):  # deleted meanwhile (retention, /delete): nothing to prepare

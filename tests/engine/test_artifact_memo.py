@@ -1,7 +1,8 @@
 """Shared artifacts in the engine's memory between jobs (engine/blob_memo.py through
 engine.tasks.BlobArtifactCache): a house style's finetune is read from the blob store once, not by
 every job; nothing owned by a user is ever kept; a forgotten artifact is not served from memory; and
-an avatar references its artifacts by digest without reading their bytes."""
+an avatar references its artifacts by digest without reading their bytes. And what one user owns
+serves no other user, even for the same photo."""
 from __future__ import annotations
 
 import hashlib
@@ -110,3 +111,37 @@ def test_an_artifact_s_digest_comes_without_reading_it(engine_side):
     assert cache.digest("portrait_3d", "selfie") == hashlib.sha256(b"latents").hexdigest()
     assert cache.digest("portrait_3d", "other") is None
     assert reads.counts == {}
+
+
+def test_the_same_photo_from_two_users_gives_each_their_own_inversion(engine_side):
+    """A second user sending byte-identical photo bytes finds nothing of the first user's (no faster
+    order that would tell them someone sent it), stores their own, and keeps it when the first deletes."""
+    db, blobs, first, job_context = engine_side
+    second = users.get_or_create_user(db, "telegram", "8")
+    mine = BlobArtifactCache(job_context(), first.id, shared_style=False)
+    theirs = BlobArtifactCache(job_context(), second.id, shared_style=False)
+    mine.put("portrait_3d", "same-photo-key", b"the first user's inversion")
+    assert theirs.get("portrait_3d", "same-photo-key") is None
+    assert theirs.digest("portrait_3d", "same-photo-key") is None
+    theirs.put("portrait_3d", "same-photo-key", b"the second user's inversion")
+    assert mine.get("portrait_3d", "same-photo-key") == b"the first user's inversion"
+    assert theirs.get("portrait_3d", "same-photo-key") == b"the second user's inversion"
+    assert mine.table_key("portrait_3d", "same-photo-key") != theirs.table_key("portrait_3d", "same-photo-key")
+    users.delete_user(db, blobs, first.id)
+    assert theirs.get("portrait_3d", "same-photo-key") == b"the second user's inversion"
+
+
+def test_artifacts_stored_before_keys_named_their_owner_serve_that_owner_alone(engine_side):
+    """An avatar made before owned keys named the artifacts it was made from by the shared key form:
+    its owner still reads them (a pack renders again), and nobody else does."""
+    db, blobs, owner, job_context = engine_side
+    other = users.get_or_create_user(db, "telegram", "8")
+    artifacts.put_artifact(db, artifact_key("portrait_3d", "old-photo"), "portrait_3d", blobs.put_bytes(b"old"),
+                           owner.id)
+    artifacts.put_artifact(db, artifact_key("style_2d", "own-style"), "style_2d", blobs.put_bytes(b"own"), owner.id)
+    reader = BlobArtifactCache(job_context(), owner.id, shared_style=True)  # as a re-render reads an avatar
+    assert reader.get("portrait_3d", "old-photo") == b"old" and reader.get("style_2d", "own-style") == b"own"
+    stranger = BlobArtifactCache(job_context(), other.id, shared_style=True)
+    assert stranger.get("portrait_3d", "old-photo") is None and stranger.get("style_2d", "own-style") is None
+    BlobArtifactCache(job_context(), None, shared_style=True).put("style_2d", "toon", b"house style")
+    assert stranger.get("style_2d", "toon") == b"house style"  # a house style's finetune is everyone's
