@@ -16,8 +16,9 @@ Conventions
 * A ``speculative`` job is work done ahead of a request that may never come
   (a selfie's head start). Within its priority it is claimed after the other
   jobs, and counted after them in :func:`queue_position`. Once running it is
-  not interrupted: ``bench/head_start_queue.py`` measured that handing its
-  engine to a waiting order loses more (its work so far) than it saves.
+  not interrupted: handing its engine to a waiting order loses its work so far,
+  which cost the queue more than it saved (``bench/head_start_queue.py``'s
+  model over 300 traffic draws; three measured draws went either way).
 * ``attempts`` counts claims. A claim whose lease ran out (the worker died or
   hung) is reclaimed by the next ``claim`` and counts as an attempt; once
   ``attempts == max_attempts`` an expired job is failed instead
