@@ -4,7 +4,7 @@ with head starts as ordinary interactive jobs (before) and as speculative jobs (
 Usage::
 
     python bench/head_start_queue.py [--users 30] [--gap 80] [--think 10] [--order-share 0.7]
-        [--runs 3] [--scale 0.02] [--model-runs 300]
+        [--runs 3] [--scale 0.02] [--model-runs 300] [--engines 1]
 
 Traffic (drawn from a seed; every policy gets the same draws): users arrive with exponential gaps of
 mean ``--gap`` seconds; each sends a selfie, takes an exponential ``--think`` seconds to pick a style
@@ -15,26 +15,33 @@ ordering). Policies:
 * ``head start, interactive``: the head start is an ordinary interactive job, first come first served
   (how the previous version enqueued it);
 * ``head start, speculative``: as ``bots.head_starts`` enqueues it now: within the priority, engines
-  take the waiting orders first.
+  take the waiting orders first; and an order placed while its head start runs waits for it in the
+  queue (``jobs.waits_for``), not on an engine;
+* with ``--engines`` 2 or more, also ``head start, speculative; its order waits on an engine``: the
+  same without ``waits_for``, as before, where an engine takes the order and waits there for its
+  head start (``engine.tasks.await_preparation``, now the fall-back).
 
-Measured (first table): one real engine (``engine.worker.Worker`` with ``storage.wakeups.JobWakeups``)
-on a SQLite database, the real producer calls (``bots.head_starts.enqueue`` and ``drop_untaken``, the
-job queue) and the real job kinds, for ``--runs`` traffic draws (seeds 0..). The handlers are
-stand-ins that hold the engine for the time the work takes, in slices with a progress report after
-each (so cancels land where they do in the engine): 46.5 s for an order, 20.8 s for a head start,
-25.7 s for an order whose head start finished (the H200 projection of ``bench/head_start.py``).
+Measured (first table): ``--engines`` real engines (``engine.worker.Worker`` threads, each with its
+``storage.wakeups.JobWakeups``) on a SQLite database, the real producer calls
+(``bots.head_starts.enqueue`` and ``drop_untaken``, the job queue) and the real job kinds, for
+``--runs`` traffic draws (seeds 0..). The handlers are stand-ins that hold the engine for the time
+the work takes, in slices with a progress report after each (so cancels land where they do in the
+engine), an order first waiting for its user's running head start as
+``engine.tasks.await_preparation`` does: 46.5 s for an order, 20.8 s for a head start, 25.7 s for
+an order whose head start finished (the H200 projection of ``bench/head_start.py``).
 Every time is multiplied by ``--scale`` so a run takes under a minute, and printed unscaled.
 
 The measured table's last column is the model (below) on the same draws: it checks the model.
 
 Modelled (second table, not measured): the same queue as a discrete-event model, averaged over
 ``--model-runs`` draws, where the measured runs are too few to tell policies apart. It also models a
-policy that was built, measured on three draws, and dropped: a running head start yielding its engine
-(released, its work lost) to another user's order that waited 2 s, always or only in its first half.
+policy that was built, measured on three draws, and dropped (one engine only): a running head start
+yielding its engine (released, its work lost) to another user's order that waited 2 s, always or only
+in its first half.
 
 Printed per policy: order to made pack (what a user waits after pressing the strength button), mean,
-p50 and p95 over the orders of all runs; selfie to made pack p50; the engine's time on head starts
-that an order used and that none used (per run).
+p50 and p95 over the orders of all runs; selfie to made pack p50; the engines' time on head starts
+that an order used and that none used, and held by orders waiting for their head start (per run).
 """
 from __future__ import annotations
 
@@ -57,7 +64,7 @@ HEAD_START_S = 20.8         # its stages 1, 3 and 4
 AFTER_HEAD_START_S = ORDER_S - HEAD_START_S
 SLICE_S = 0.5               # engine seconds between two progress reports (unscaled)
 NONE, INTERACTIVE, SPECULATIVE = "no head start", "head start, interactive", "head start, speculative"
-MEASURED = (NONE, INTERACTIVE, SPECULATIVE)
+ENGINE_WAIT = "head start, speculative; its order waits on an engine"
 YIELDS, YIELDS_EARLY = "speculative, yields (dropped)", "speculative, yields in its first half (dropped)"
 YIELD_AFTER_S = 2.0         # the dropped policy's wait before a head start yielded
 
@@ -87,6 +94,18 @@ class Outcome:
     selfie_to_pack: list[float] = field(default_factory=list)  # selfie -> made pack, per order
     used_s: float = 0.0      # head starts an order used
     unused_s: float = 0.0    # head starts no order used
+    held_s: float = 0.0      # engine time orders spent waiting, on an engine, for their running head start
+
+
+def policies(engines: int) -> tuple[str, ...]:
+    """The measured policies. An order waiting for its head start on an engine (the previous version,
+    and the engines' fall-back) differs from waiting in the queue only where another engine could
+    take it; yielding was modelled for one engine."""
+    return (NONE, INTERACTIVE, *((ENGINE_WAIT,) if engines > 1 else ()), SPECULATIVE)
+
+
+def modelled_policies(engines: int) -> tuple[str, ...]:
+    return (*policies(engines), *((YIELDS, YIELDS_EARLY) if engines == 1 else ()))
 
 
 # ---- measured: the real engine and queue, stand-in work -------------------------------------------
@@ -100,23 +119,37 @@ def _hold(ctx, stage: str, seconds: float, scale: float) -> None:
         ctx.progress(stage, (i + 1) / steps)
 
 
-def _handlers(prepared: set[int], scale: float) -> dict:
-    """Stand-ins under the real kinds. ``prepared``: the users (database ids) whose head start finished."""
+def _handlers(prepared: set[int], head_start_of: dict[int, int], out: Outcome, scale: float) -> dict:
+    """Stand-ins under the real kinds. ``prepared``: the users (database ids) whose head start finished;
+    ``head_start_of``: user -> their head start's job id. An order whose head start runs on another
+    engine waits for it there, polling as ``engine.tasks.await_preparation`` does."""
     from emoji3d import orders
+    from storage import jobs
+
+    lock = threading.Lock()
 
     def prepare(job, ctx) -> dict:
         _hold(ctx, "invert_3d", HEAD_START_S, scale)
-        prepared.add(job.user_id)
+        with lock:
+            prepared.add(job.user_id)
         return {"prepared": True}
 
     def make(job, ctx) -> dict:
-        _hold(ctx, "dual_branch", AFTER_HEAD_START_S if job.user_id in prepared else ORDER_S, scale)
+        began = time.monotonic()
+        prep = head_start_of.get(job.user_id)
+        while prep is not None and jobs.job_status(ctx.db, prep) == "running":
+            time.sleep(0.1 * scale)
+            ctx.progress("invert_3d", 0.1)
+        with lock:
+            out.held_s += (time.monotonic() - began) / scale
+            ready = job.user_id in prepared
+        _hold(ctx, "dual_branch", AFTER_HEAD_START_S if ready else ORDER_S, scale)
         return {}
 
     return {orders.JOB_KIND: make, orders.PREPARE_KIND: prepare}
 
 
-def run_measured(policy: str, visits: list[Visit], scale: float, folder: Path) -> Outcome:
+def run_measured(policy: str, visits: list[Visit], scale: float, folder: Path, engines: int = 1) -> Outcome:
     from bots import head_starts
     from emoji3d import orders
     from engine.worker import PROGRESS_INTERVAL, Worker
@@ -128,11 +161,17 @@ def run_measured(policy: str, visits: list[Visit], scale: float, folder: Path) -
     db = open_database(f"sqlite:///{folder / 'emoji3d.db'}")
     ids = [users.get_or_create_user(db, "telegram", str(v.user)).id for v in visits]
     prepared: set[int] = set()
-    wakeups = JobWakeups(db)
-    worker = Worker(db, BlobStore(db, folder / "blobs"), _handlers(prepared, scale), "bench-engine", 3600.0,
-                    poll_interval=1.0, progress_interval=PROGRESS_INTERVAL * scale, wakeups=wakeups)
-    engine = threading.Thread(target=worker.run, name="engine", daemon=True)
-    engine.start()
+    head_start_of: dict[int, int] = {}
+    out = Outcome()
+    handlers = _handlers(prepared, head_start_of, out, scale)
+    workers, threads = [], []
+    for n in range(engines):
+        wakeups = JobWakeups(db)
+        workers.append((Worker(db, BlobStore(db, folder / "blobs"), handlers, f"bench-engine-{n}", 3600.0,
+                               poll_interval=1.0, progress_interval=PROGRESS_INTERVAL * scale, wakeups=wakeups),
+                        wakeups))
+        threads.append(threading.Thread(target=workers[-1][0].run, name=f"engine-{n}", daemon=True))
+        threads[-1].start()
 
     events = sorted([(v.selfie_at, "selfie", v) for v in visits]
                     + [(v.order_at, "order", v) for v in visits if v.order_at is not None], key=lambda e: e[0])
@@ -141,24 +180,30 @@ def run_measured(policy: str, visits: list[Visit], scale: float, folder: Path) -
     for at, what, v in events:
         time.sleep(max(0.0, t0 + at * scale - time.time()))
         uid, digest = ids[v.user], f"{v.user:064x}"
-        if what == "selfie" and policy == SPECULATIVE:
-            head_starts.enqueue(db, uid, digest, seed=0)
+        prep = orders.PortraitPrep(uid, digest, 0)
+        if what == "selfie" and policy in (SPECULATIVE, ENGINE_WAIT):
+            head_start_of[uid] = head_starts.enqueue(db, uid, digest, seed=0)
         elif what == "selfie" and policy == INTERACTIVE:  # the previous version's enqueue
-            prep = orders.PortraitPrep(uid, digest, 0)
-            jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), prep.idempotency_key(), user_id=uid)
+            head_start_of[uid] = jobs.enqueue(db, orders.PREPARE_KIND, prep.to_payload(), prep.idempotency_key(),
+                                              user_id=uid)
         elif what == "order":
+            running = jobs.find_by_key(db, prep.idempotency_key())  # as bots.head_starts.running_for_order
+            waits_for = running.id if policy == SPECULATIVE and running and running.status == "running" else None
+            order_jobs[v.user] = jobs.enqueue(db, orders.JOB_KIND, {}, f"order-{v.user}", user_id=uid,
+                                              waits_for=waits_for)
             head_starts.drop_untaken(db, uid)
-            order_jobs[v.user] = jobs.enqueue(db, orders.JOB_KIND, {}, f"order-{v.user}", user_id=uid)
     deadline = time.time() + 3 * len(visits) * ORDER_S * scale + 30
     while any(jobs.get_job(db, j).status != "succeeded" for j in order_jobs.values()):
         if time.time() > deadline:
             raise SystemExit(f"{policy}: the orders did not all finish in time")
         time.sleep(0.05)
-    worker.request_stop()
-    engine.join(60)
-    wakeups.close()
+    for worker, wakeups in workers:
+        worker.request_stop()
+    for thread in threads:
+        thread.join(60)
+    for worker, wakeups in workers:
+        wakeups.close()
 
-    out = Outcome()
     for v in visits:
         if v.user in order_jobs:
             done = (jobs.get_job(db, order_jobs[v.user]).finished_at - t0) / scale
@@ -187,43 +232,59 @@ class _Queued:
         return self.speculative, self.seq
 
 
-def run_model(policy: str, visits: list[Visit]) -> Outcome:
-    """One engine, one job at a time, the queue's claim order; no database, no clock."""
+@dataclass
+class _Running:
+    job: _Queued
+    start: float
+    end: float
+
+
+def run_model(policy: str, visits: list[Visit], engines: int = 1) -> Outcome:
+    """``engines`` engines, one job at a time each, the queue's claim order; no database, no clock."""
     events = sorted([(v.selfie_at, 0, v.user) for v in visits]
                     + [(v.order_at, 1, v.user) for v in visits if v.order_at is not None])
     order_at = {v.user: v.order_at for v in visits}
     selfie_at = {v.user: v.selfie_at for v in visits}
     queue: list[_Queued] = []
-    running: tuple[_Queued, float, float] | None = None  # job, start, end
+    running: list[_Running] = []
+    head_start_ends: dict[int, float] = {}  # user -> when their running head start ends
     prepared: set[int] = set()
     out, seq, i, now = Outcome(), 0, 0, 0.0
+
+    def held(q: _Queued) -> bool:  # an order waiting in the queue for its running head start
+        return policy == SPECULATIVE and q.kind == "order" and q.user in head_start_ends
+
     while i < len(events) or queue or running:
         next_event = events[i][0] if i < len(events) else float("inf")
-        next_end = running[2] if running else float("inf")
+        next_end = min((r.end for r in running), default=float("inf"))
         next_yield = float("inf")
-        if running and running[0].kind == "head start" and policy in (YIELDS, YIELDS_EARLY):
-            waiting = [q.since for q in queue if q.kind == "order" and q.user != running[0].user]
+        if engines == 1 and running and running[0].job.kind == "head start" and policy in (YIELDS, YIELDS_EARLY):
+            waiting = [q.since for q in queue if q.kind == "order" and q.user != running[0].job.user]
             if waiting:
                 at = max(min(waiting) + YIELD_AFTER_S, now)
-                if policy == YIELDS or at - running[1] < HEAD_START_S / 2:
+                if policy == YIELDS or at - running[0].start < HEAD_START_S / 2:
                     next_yield = at
         now = min(next_event, next_end, next_yield)
-        if running and now == next_end:
-            job = running[0]
-            running = None
-            if job.kind == "head start":
-                prepared.add(job.user)
-                if order_at[job.user] is None:
+        if now == next_end:
+            done = next(r for r in running if r.end == now)
+            running.remove(done)
+            user = done.job.user
+            if done.job.kind == "head start":
+                prepared.add(user)
+                del head_start_ends[user]
+                if order_at[user] is None:
                     out.unused_s += HEAD_START_S
                 else:
                     out.used_s += HEAD_START_S
             else:
-                out.waits.append(now - order_at[job.user])
-                out.selfie_to_pack.append(now - selfie_at[job.user])
-        elif running and now == next_yield:
+                out.waits.append(now - order_at[user])
+                out.selfie_to_pack.append(now - selfie_at[user])
+        elif now == next_yield:
             seq += 1
-            queue.append(_Queued(True, seq, "head start", running[0].user, now))
-            running = None
+            user = running[0].job.user
+            queue.append(_Queued(True, seq, "head start", user, now))
+            del head_start_ends[user]
+            running.clear()
         else:
             _, is_order, user = events[i]
             i += 1
@@ -233,12 +294,17 @@ def run_model(policy: str, visits: list[Visit]) -> Outcome:
                 queue.append(_Queued(False, seq, "order", user, now))
             elif policy != NONE:
                 queue.append(_Queued(policy != INTERACTIVE, seq, "head start", user, now))
-        if running is None and queue:
-            job = min(queue, key=_Queued.claim_order)
+        while len(running) < engines and (claimable := [q for q in queue if not held(q)]):
+            job = min(claimable, key=_Queued.claim_order)
             queue.remove(job)
-            took = HEAD_START_S if job.kind == "head start" else (
-                AFTER_HEAD_START_S if job.user in prepared else ORDER_S)
-            running = (job, now, now + took)
+            if job.kind == "head start":
+                head_start_ends[job.user] = end = now + HEAD_START_S
+            elif job.user in head_start_ends:  # taken while its head start runs elsewhere: waits on its engine
+                out.held_s += head_start_ends[job.user] - now
+                end = head_start_ends[job.user] + AFTER_HEAD_START_S
+            else:
+                end = now + (AFTER_HEAD_START_S if job.user in prepared else ORDER_S)
+            running.append(_Running(job, now, end))
     return out
 
 
@@ -253,13 +319,15 @@ def table(results: dict[str, list[Outcome]], check: dict[str, list[Outcome]] | N
     """One row per policy; ``check``: the model on the same draws, as a last column."""
     extra = (" model, same draws: mean s |", "---:|") if check else ("", "")
     lines = ["| policy | order to pack mean s | p50 s | p95 s | selfie to pack p50 s | head starts used s "
-             "| never used s |" + extra[0], "|---|---:|---:|---:|---:|---:|---:|" + extra[1]]
+             "| never used s | engines held by waiting orders s |" + extra[0],
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + extra[1]]
     for policy, runs in results.items():
         w = [x for r in runs for x in r.waits]
         s2p = [x for r in runs for x in r.selfie_to_pack]
         row = (f"| {policy} | {statistics.mean(w):.1f} | {statistics.median(w):.1f} | "
                f"{percentile(w, 0.95):.1f} | {statistics.median(s2p):.1f} | "
-               f"{statistics.mean(r.used_s for r in runs):.0f} | {statistics.mean(r.unused_s for r in runs):.0f} |")
+               f"{statistics.mean(r.used_s for r in runs):.0f} | {statistics.mean(r.unused_s for r in runs):.0f} | "
+               f"{statistics.mean(r.held_s for r in runs):.0f} |")
         if check:
             row += f" {statistics.mean(x for r in check[policy] for x in r.waits):.1f} |"
         lines.append(row)
@@ -275,22 +343,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="measured traffic draws (seeds 0..runs-1); 0: the model only")
     ap.add_argument("--scale", type=float, default=0.02, help="real seconds per modelled second")
     ap.add_argument("--model-runs", type=int, default=300, help="modelled traffic draws")
+    ap.add_argument("--engines", type=int, default=1, help="engines sharing the queue")
     a = ap.parse_args(argv)
     draws = [traffic(a.users, a.gap, a.think, a.order_share, seed) for seed in range(max(a.runs, a.model_runs))]
     if not all(any(v.order_at is not None for v in d) for d in draws[:a.runs]):
         raise SystemExit("a measured draw has no order: raise --order-share or --users")
 
-    measured: dict[str, list[Outcome]] = {p: [] for p in MEASURED}
+    if a.engines < 1:
+        raise SystemExit("--engines must be 1 or more")
+    measured: dict[str, list[Outcome]] = {p: [] for p in policies(a.engines)}
     for d in draws[:a.runs]:
-        for policy in MEASURED:  # alternating, so every policy sees the machine's same moments
+        for policy in measured:  # alternating, so every policy sees the machine's same moments
             with tempfile.TemporaryDirectory() as tmp:
-                measured[policy].append(run_measured(policy, d, a.scale, Path(tmp)))
-    modelled = {p: [run_model(p, d) for d in draws[:a.model_runs] if any(v.order_at is not None for v in d)]
-                for p in (*MEASURED, YIELDS, YIELDS_EARLY)}
+                measured[policy].append(run_measured(policy, d, a.scale, Path(tmp), a.engines))
+    modelled = {p: [run_model(p, d, a.engines) for d in draws[:a.model_runs] if any(v.order_at is not None for v in d)]
+                for p in modelled_policies(a.engines)}
 
-    load = a.order_share * ORDER_S / a.gap
-    print(f"# Head starts under load: one engine, {a.users} users per run, a selfie every {a.gap:g} s and "
-          f"{a.think:g} s to choose on average, {a.order_share:.0%} order; the engine's load from orders "
+    load = a.order_share * ORDER_S / a.gap / a.engines
+    print(f"# Head starts under load: {a.engines} engine(s), {a.users} users per run, a selfie every {a.gap:g} s "
+          f"and {a.think:g} s to choose on average, {a.order_share:.0%} order; each engine's load from orders "
           f"alone {load:.2f}")
     print()
     print(f"Engine times (the H200 projection): order {ORDER_S} s, head start {HEAD_START_S} s, order after its "
@@ -299,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.runs:
         print(f"## Measured: the real engine and queue, {a.runs} draws, run at {a.scale:g} real s per s, unscaled")
         print()
-        print("\n".join(table(measured, {p: [run_model(p, d) for d in draws[:a.runs]] for p in MEASURED})))
+        print("\n".join(table(measured, {p: [run_model(p, d, a.engines) for d in draws[:a.runs]] for p in measured})))
         print()
     print(f"## Modelled (not measured): the same queue as discrete events, {a.model_runs} draws")
     print()

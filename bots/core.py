@@ -354,7 +354,8 @@ def place_order(res: BotResources, user: users.User, platform: str, *, preset: s
                              strength=strength, platform=platform, style_id=style_id, style_version=version,
                              seed=seed, pack_id=previous.id if previous else None, regenerate=previous is not None)
     # a remake of a published pack leaves it published until the remake succeeds (storage.packs)
-    pack, job_id = packs.order_pack(res.db, order)
+    running = head_starts.running_for_order(res.db, order)  # no engine takes the order while it runs
+    pack, job_id = packs.order_pack(res.db, order, waits_for=running.id if running else None)
     head_starts.drop_untaken(res.db, user.id)
     return Placed(pack, job_id, previous is not None)
 

@@ -16,10 +16,13 @@ Conventions
   delays another user's order only when it was started on an idle engine just
   before the order came (``bench/head_start_queue.py``).
 * An order drops its user's head start that no engine has taken yet (the order
-  inverts the photo itself, the same work); one already running is waited for
-  by the order's engine.
-* While an order waits behind its own running head start (one engine), the
-  bots show the head start's progress as the order's (:func:`running_for`).
+  inverts the photo itself, the same work). An order placed while its head
+  start runs waits for it in the queue (``waits_for``, :mod:`storage.jobs`),
+  so no engine sits idle meanwhile; an engine that took the order anyway (it
+  started running in between, or a bot of the previous version placed it)
+  waits for it inside the order (``engine.tasks.await_preparation``).
+* While an order waits for its running head start, the bots show the head
+  start's progress as the order's (:func:`running_for`).
 * ``/delete`` cancels it with the user's other jobs; its inversion is the
   user's, so retention and ``/delete`` reach it, and one that no order used
   goes with its selfie (:func:`storage.selfies.purge_expired`).
@@ -55,14 +58,18 @@ def _still_prepared(db: Database, head_start: jobs.Job) -> bool:
     return bool(made) and artifacts.has_artifact(db, made)
 
 
+def running_for_order(db: Database, order: orders.PackOrder) -> jobs.Job | None:
+    """The running head start of the order's selfie, if any."""
+    prep = jobs.find_by_key(db, orders.PortraitPrep.for_order(order).idempotency_key())
+    return prep if prep is not None and prep.status == "running" else None
+
+
 def running_for(db: Database, order_job: jobs.Job) -> jobs.Job | None:
-    """The running head start of a ``make_pack`` job's selfie, if any: while the order waits behind it
-    (one engine), the user is shown its progress, which is the order's own first stages."""
+    """The running head start of a ``make_pack`` job's selfie, if any: while the order waits for it
+    (queued), the user is shown its progress, which is the order's own first stages."""
     if order_job.kind != orders.JOB_KIND:
         return None
-    prep = jobs.find_by_key(db, orders.PortraitPrep.for_order(orders.PackOrder.from_payload(order_job.payload))
-                            .idempotency_key())
-    return prep if prep is not None and prep.status == "running" else None
+    return running_for_order(db, orders.PackOrder.from_payload(order_job.payload))
 
 
 def drop_untaken(db: Database, user_id: int) -> None:

@@ -23,9 +23,12 @@ Job kinds:
 - ``style_finetune`` (payload: ``{"style_id", "version"}``): stage 2 for a
   house style, so its first user finds it cached.
 - ``prepare_portrait`` (payload: :class:`emoji3d.orders.PortraitPrep`): the
-  head start, stages 1, 3 and 4 for a selfie while its user picks a style. A
-  ``make_pack`` that finds its selfie's head start running waits for it
-  (mirroring its progress) and then reads the inversion from the cache.
+  head start, stages 1, 3 and 4 for a selfie while its user picks a style. An
+  order placed while it runs is held in the queue until it ends
+  (``jobs.waits_for``). A ``make_pack`` that still finds its selfie's head
+  start running (it started between the order's placing and its claim, or a
+  bot of the previous version placed the order) waits for it (mirroring its
+  progress) and then reads the inversion from the cache.
 
 Progress is reported as (stage name, overall fraction) with the stage
 weights below. Cancellation has one channel: ``JobContext.progress`` raises

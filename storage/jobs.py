@@ -19,6 +19,11 @@ Conventions
   not interrupted: handing its engine to a waiting order loses its work so far,
   which cost the queue more than it saved (``bench/head_start_queue.py``'s
   model over 300 traffic draws; three measured draws went either way).
+* ``waits_for``: a queued job that names another job is not claimed while
+  that job runs under a live lease (an order placed while its selfie's head
+  start runs, which it would only wait for on an engine that could do other
+  work). It is claimable as soon as that job ends, however it ends, or its
+  lease lapses; its place in the claim order is kept meanwhile.
 * ``attempts`` counts claims. A claim whose lease ran out (the worker died or
   hung) is reclaimed by the next ``claim`` and counts as an attempt; once
   ``attempts == max_attempts`` an expired job is failed instead
@@ -102,6 +107,7 @@ class Job:
     priority: Priority
     status: str
     speculative: bool
+    waits_for: JobId | None
     user_id: int | None
     attempts: int
     max_attempts: int
@@ -124,7 +130,7 @@ class Job:
         return self.status in FINAL
 
 
-_COLUMNS = ("id, kind, payload, idempotency_key, priority, speculative, status, user_id, attempts, "
+_COLUMNS = ("id, kind, payload, idempotency_key, priority, speculative, waits_for, status, user_id, attempts, "
             "max_attempts, not_before, lease_owner, lease_token, lease_expires_at, stage, progress, result, error_key, "
             "error, created_at, updated_at, started_at, finished_at")
 
@@ -134,7 +140,8 @@ def _row_to_job(row: Any) -> Job:
     return Job(
         id=int(m["id"]), kind=m["kind"], payload=json.loads(m["payload"]),
         idempotency_key=m["idempotency_key"], priority=_PRIORITY_NAMES[int(m["priority"])],  # type: ignore[arg-type]
-        speculative=bool(m["speculative"]), status=m["status"],
+        speculative=bool(m["speculative"]), waits_for=None if m["waits_for"] is None else int(m["waits_for"]),
+        status=m["status"],
         user_id=None if m["user_id"] is None else int(m["user_id"]),
         attempts=int(m["attempts"]), max_attempts=int(m["max_attempts"]), not_before=float(m["not_before"]),
         lease_owner=m["lease_owner"], lease_token=m["lease_token"],
@@ -171,10 +178,11 @@ def _fetch(conn: Connection, job_id: JobId) -> Job:
 # --------------------------------------------------------------------------- enqueue
 
 def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: str, *,
-            priority: Priority = "interactive", speculative: bool = False, user_id: int | None = None,
-            max_attempts: int = 3, not_before: float | None = None, now: float | None = None) -> JobId:
+            priority: Priority = "interactive", speculative: bool = False, waits_for: JobId | None = None,
+            user_id: int | None = None, max_attempts: int = 3, not_before: float | None = None,
+            now: float | None = None) -> JobId:
     """Add a job, or return the existing job with this ``idempotency_key``.
-    ``speculative``: see the module's conventions.
+    ``speculative`` and ``waits_for``: see the module's conventions.
 
     A key names one attempt that is queued, running or succeeded. A job that
     failed or was cancelled gives its key up (it is kept, renamed
@@ -200,12 +208,12 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
             f"WHERE idempotency_key = :key AND status IN {_UNSUCCESSFUL_SQL}"),
             {"key": idempotency_key, "t": t})
         row = conn.execute(sa.text(
-            "INSERT INTO jobs (kind, payload, idempotency_key, priority, speculative, status, user_id, attempts, "
-            "max_attempts, not_before, progress, created_at, updated_at) VALUES "
-            "(:kind, :payload, :key, :prio, :spec, 'queued', :uid, 0, :maxa, :nb, 0, :t, :t) "
+            "INSERT INTO jobs (kind, payload, idempotency_key, priority, speculative, waits_for, status, user_id, "
+            "attempts, max_attempts, not_before, progress, created_at, updated_at) VALUES "
+            "(:kind, :payload, :key, :prio, :spec, :waits, 'queued', :uid, 0, :maxa, :nb, 0, :t, :t) "
             "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"),
             {"kind": kind, "payload": body, "key": idempotency_key, "prio": PRIORITIES[priority],
-             "spec": int(bool(speculative)), "uid": user_id, "maxa": max_attempts,
+             "spec": int(bool(speculative)), "waits": waits_for, "uid": user_id, "maxa": max_attempts,
              "nb": t if not_before is None else not_before, "t": t}).first()
         if row is not None:
             announce(conn)
@@ -227,7 +235,10 @@ def retire_key(db: Database, job_id: JobId, *, now: float | None = None) -> bool
 
 # --------------------------------------------------------------------------- claim
 
-_ELIGIBLE = ("((status = 'queued' AND not_before <= :now) "
+# A queued job is held while the job it waits for runs under a live lease (see ``waits_for``).
+_NOT_HELD = ("(waits_for IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS awaited WHERE awaited.id = jobs.waits_for "
+             "AND awaited.status IN ('running', 'cancel_requested') AND awaited.lease_expires_at >= :now))")
+_ELIGIBLE = (f"((status = 'queued' AND not_before <= :now AND {_NOT_HELD}) "
              "OR (status = 'running' AND lease_expires_at < :now AND attempts < max_attempts))")
 
 

@@ -252,8 +252,10 @@ def set_job(db: Database, pack_id: int, job_id: int) -> None:
             raise PackNotFound(pack_id)
 
 
-def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive") -> tuple[Pack, int]:
-    """Create the pack row (unless the order names one) and enqueue its ``make_pack`` job.
+def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive",
+               waits_for: int | None = None) -> tuple[Pack, int]:
+    """Create the pack row (unless the order names one) and enqueue its ``make_pack`` job
+    (``waits_for``: a job it is not claimed before, see :mod:`storage.jobs`).
 
     Placing the same order twice returns the first order's pack and job (the
     job key is :meth:`PackOrder.idempotency_key`), unless that job failed or
@@ -280,7 +282,8 @@ def order_pack(db: Database, order: PackOrder, *, priority: str = "interactive")
         # survives blob GC while the job waits and stays available for regeneration.
         with db.write() as conn:
             add_ref(conn, order.exemplar_digest, f"pack:{pack.id}")
-    job_id = jobs.enqueue(db, JOB_KIND, order.to_payload(), key, priority=priority, user_id=order.user_id)
+    job_id = jobs.enqueue(db, JOB_KIND, order.to_payload(), key, priority=priority, waits_for=waits_for,
+                          user_id=order.user_id)
     job = jobs.get_job(db, job_id)
     if job.payload["pack_id"] != order.pack_id:  # lost a race with an identical order
         _transition(db, order.pack_id, SUPERSEDED, (PENDING,))

@@ -99,15 +99,21 @@ def test_an_order_cancels_a_head_start_no_engine_took_and_leaves_a_running_one(r
     user = consented(res)
     core.accept_selfie(res, user, selfie_png, head_start=True)
     [queued] = preparations(res, user)
-    core.place_order(res, user, "telegram", preset="full", style_id=style.id, seed=res.cfg.engine.seed)
+    placed = core.place_order(res, user, "telegram", preset="full", style_id=style.id, seed=res.cfg.engine.seed)
     assert jobs.get_job(res.db, queued.id).status == "cancelled"  # the order inverts the selfie itself
+    assert jobs.get_job(res.db, placed.job_id).waits_for is None
 
     second = consented(res, "2")
     core.accept_selfie(res, second, selfie_png, head_start=True)
     running = jobs.claim(res.db, "engine-a", 60, kinds=[orders.PREPARE_KIND])
     assert running.user_id == second.id
-    core.place_order(res, second, "telegram", preset="full", style_id=style.id, seed=res.cfg.engine.seed)
-    assert jobs.get_job(res.db, running.id).status == "running"  # the order waits for it (engine.tasks)
+    placed = core.place_order(res, second, "telegram", preset="full", style_id=style.id, seed=res.cfg.engine.seed)
+    assert jobs.get_job(res.db, running.id).status == "running"
+    # the order waits for it in the queue: no other engine takes it (to sit waiting) before it ends
+    assert jobs.get_job(res.db, placed.job_id).waits_for == running.id
+    assert jobs.claim(res.db, "engine-b", 60, job_ids=[placed.job_id]) is None
+    jobs.complete(res.db, running.id, running.lease_token, {"prepared": True})
+    assert jobs.claim(res.db, "engine-b", 60, job_ids=[placed.job_id]).id == placed.job_id
 
 
 def test_delete_my_data_cancels_the_head_start_and_removes_it(res, selfie_png):

@@ -51,6 +51,35 @@ def test_a_speculative_job_is_claimed_after_the_others_of_its_priority(db):
     assert [jobs.claim(db, "w", 30, now=T0 + 10).id for _ in range(3)] == [order, guess, batch]
 
 
+def test_a_job_waiting_for_a_running_job_is_claimed_once_that_one_ends(db):
+    prep = jobs.enqueue(db, "prepare", {}, "head start", speculative=True, now=T0)
+    running = jobs.claim(db, "engine-a", 30, now=T0)
+    order = jobs.enqueue(db, "make", {}, "order", waits_for=prep, now=T0 + 1)
+    later = jobs.enqueue(db, "make", {}, "another user's order", now=T0 + 2)
+    assert jobs.get_job(db, order).waits_for == prep
+    assert jobs.claim(db, "engine-b", 30, now=T0 + 3).id == later  # held, its place kept
+    assert jobs.claim(db, "engine-b", 30, now=T0 + 3) is None
+    assert jobs.queue_position(db, order) == 1
+    jobs.complete(db, prep, running.lease_token, {}, now=T0 + 4)
+    assert jobs.claim(db, "engine-b", 30, now=T0 + 4).id == order
+
+
+@pytest.mark.parametrize("ending", ["fails", "is cancelled", "loses its engine"])
+def test_a_waiting_job_is_released_however_the_awaited_one_ends(db, ending):
+    prep = jobs.enqueue(db, "prepare", {}, "head start", speculative=True, max_attempts=1, now=T0)
+    running = jobs.claim(db, "engine-a", 30, now=T0)
+    order = jobs.enqueue(db, "make", {}, "order", waits_for=prep, now=T0 + 1)
+    assert jobs.claim(db, "engine-b", 30, kinds=["make"], now=T0 + 2) is None
+    if ending == "fails":
+        jobs.fail(db, prep, running.lease_token, "boom", retryable=False, now=T0 + 3)
+    elif ending == "is cancelled":
+        assert jobs.cancel(db, prep, now=T0 + 3) == "cancel_requested"
+        assert jobs.claim(db, "engine-b", 30, kinds=["make"], now=T0 + 3) is None  # still stopping
+        jobs.mark_cancelled(db, prep, running.lease_token, now=T0 + 3)
+    assert jobs.claim(db, "engine-b", 30, kinds=["make"], now=T0 + 31 if ending == "loses its engine" else T0 + 3
+                      ).id == order  # a lapsed lease holds nothing
+
+
 def test_claim_filters_kinds(db):
     a = jobs.enqueue(db, "render", {}, "a", now=T0)
     b = jobs.enqueue(db, "tune", {}, "b", now=T0)
