@@ -54,7 +54,8 @@ def _show(db, a, out: TextIO) -> int:
     lines = [
         ("id", j.id), ("kind", j.kind), ("status", j.status),
         ("priority", j.priority + (", speculative" if j.speculative else "")),
-        ("queue position", pos if pos is not None else "-"), ("user", j.user_id if j.user_id is not None else "-"),
+        ("queue position", pos if pos is not None else "-"),
+        ("waits for", f"job {j.waits_for} to end" if j.waits_for is not None else "-"), ("user", j.user_id if j.user_id is not None else "-"),
         ("attempts", f"{j.attempts}/{j.max_attempts}"), ("progress", f"{j.stage or '-'} {_bar(j.progress)}"),
         ("worker", j.lease_owner or "-"), ("lease until", _ts(j.lease_expires_at)),
         ("not before", _ts(j.not_before)), ("created", _ts(j.created_at)), ("started", _ts(j.started_at)),

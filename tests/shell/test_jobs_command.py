@@ -38,6 +38,9 @@ def test_a_speculative_job_is_marked_and_counted_after_the_orders(db_url, db):
     assert code == 0 and "interactive*" in text and "*: speculative" in text
     code, text = _run(db_url, "show", str(guess))
     assert "priority: interactive, speculative" in text and "queue position: 2" in text
+    assert "waits for: -" in text
+    held = jobs.enqueue(db, "make_pack", {}, "order placed while its head start runs", waits_for=guess)
+    assert "waits for: job %d to end" % guess in _run(db_url, "show", str(held))[1]
 
 
 def test_unknown_job_exits_1(db_url, db):
