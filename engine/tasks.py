@@ -130,9 +130,9 @@ class BlobArtifactCache:
         """The artifacts-table key :meth:`put` stores ``(kind, key)`` under."""
         return artifact_key(kind, key, self._owner_of(kind))
 
-    def _find(self, kind: str, key: str) -> artifacts.Artifact | None:
+    def find(self, kind: str, key: str) -> artifacts.Artifact | None:
         """This owner's artifact for ``(kind, key)``, else a shared one (or one of this owner's stored
-        under the shared key form); never another user's."""
+        under the shared key form); never another user's. Its ``cache_key`` is the table key it has."""
         if self.owner is not None:
             own = artifacts.get_artifact(self.jc.db, artifact_key(kind, key, self.owner))
             if own is not None:
@@ -141,7 +141,7 @@ class BlobArtifactCache:
         return art if art is not None and art.owner_user_id in (None, self.owner) else None
 
     def get(self, kind: str, key: str) -> bytes | None:
-        art = self._find(kind, key)
+        art = self.find(kind, key)
         if art is None:
             return None
         shared = art.owner_user_id is None
@@ -156,7 +156,7 @@ class BlobArtifactCache:
 
     def digest(self, kind: str, key: str) -> str | None:
         """The sha256 of the artifact's bytes without reading them: the blob store names a blob by it."""
-        art = self._find(kind, key)
+        art = self.find(kind, key)
         if art is None or not self.jc.blobs.exists(art.blob_digest):
             return None
         return art.blob_digest
@@ -288,9 +288,10 @@ def handle_prepare_portrait(res: EngineResources, job, jc: JobContext) -> dict:
     seed = prep.seed + res.cfg.engine.seed
     cache = BlobArtifactCache(jc, prep.user_id, shared_style=False, memo=res.artifact_memo)
     key = res.pipeline.portrait_key(prep.selfie_digest, seed)
+    cached = cache.find("portrait_3d", key)
+    if cached is not None and jc.blobs.exists(cached.blob_digest):  # the artifact's own key, whichever form
+        return {"artifact": cached.cache_key, "prepared": False}
     done = {"artifact": cache.table_key("portrait_3d", key)}
-    if cache.digest("portrait_3d", key) is not None:
-        return {**done, "prepared": False}
     if not jc.blobs.exists(prep.selfie_digest):  # deleted meanwhile (retention, /delete): nothing to prepare
         return {"prepared": False}
     portrait = portrait_inputs(_analyze(res, jc.blobs.read_bytes(prep.selfie_digest), "selfie"), prep.selfie_digest)

@@ -71,6 +71,8 @@ OPEN = ("queued",) + ACTIVE  # not finished: waiting or running
 UNSUCCESSFUL = ("failed", "cancelled")  # ended without a result: the key is free for a new attempt
 _UNSUCCESSFUL_SQL = "(" + ", ".join(f"'{s}'" for s in UNSUCCESSFUL) + ")"
 _FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL) + ")"
+# A job that gives its idempotency key up keeps it renamed ``<key>#<id>``.
+_GIVE_KEY_UP = "idempotency_key = idempotency_key || '#' || CAST(id AS TEXT)"
 STATUSES = ("queued",) + ACTIVE + FINAL
 
 
@@ -204,8 +206,8 @@ def enqueue(db: Database, kind: str, payload: dict[str, Any], idempotency_key: s
     t = _now(now)
     with db.write() as conn:
         conn.execute(sa.text(
-            f"UPDATE jobs SET idempotency_key = idempotency_key || '#' || CAST(id AS TEXT), updated_at = :t "
-            f"WHERE idempotency_key = :key AND status IN {_UNSUCCESSFUL_SQL}"),
+            f"UPDATE jobs SET {_GIVE_KEY_UP}, updated_at = :t WHERE idempotency_key = :key "
+            f"AND status IN {_UNSUCCESSFUL_SQL}"),
             {"key": idempotency_key, "t": t})
         row = conn.execute(sa.text(
             "INSERT INTO jobs (kind, payload, idempotency_key, priority, speculative, waits_for, status, user_id, "
@@ -228,8 +230,8 @@ def retire_key(db: Database, job_id: JobId, *, now: float | None = None) -> bool
     made is gone. False (nothing changed) when the job is not finished."""
     with db.write() as conn:
         res = conn.execute(sa.text(
-            "UPDATE jobs SET idempotency_key = idempotency_key || '#' || CAST(id AS TEXT), updated_at = :t "
-            f"WHERE id = :id AND status IN {_FINAL_SQL}"), {"id": job_id, "t": _now(now)})
+            f"UPDATE jobs SET {_GIVE_KEY_UP}, updated_at = :t WHERE id = :id AND status IN {_FINAL_SQL}"),
+            {"id": job_id, "t": _now(now)})
         return res.rowcount == 1
 
 

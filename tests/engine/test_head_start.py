@@ -12,12 +12,13 @@ import time
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from emoji3d.config import Config, EngineConfig, PackConfig, PathsConfig, StickerEntry
 from emoji3d.orders import JOB_KIND, PREPARE_KIND, PackOrder, PackResult, PortraitPrep, first_look_key
 from emoji3d.pipeline_config import PipelineConfig
 from engine.resources import EngineResources
-from engine.tasks import await_preparation, handle_make_pack, handle_prepare_portrait
+from engine.tasks import artifact_key, await_preparation, handle_make_pack, handle_prepare_portrait
 from engine.worker import JobCancelled, JobContext, Worker
 from storage import artifacts, jobs, packs, selfies, users
 from storage.blobs import BlobStore
@@ -94,6 +95,16 @@ def test_an_order_after_the_head_start_runs_from_stage_5(engine):
     _run_one(db, blobs, res, PREPARE_KIND)
     again = jobs.list_jobs(db, kind=PREPARE_KIND, user_id=user.id)[0]
     assert again.status == "succeeded" and again.result == {"artifact": done.result["artifact"], "prepared": False}
+
+    # One stored before owned keys named their owner is found too, and recorded under the key it has
+    # (the selfie's purge deletes a head start's unused inversion by that key).
+    legacy = artifact_key("portrait_3d", res.pipeline.portrait_key(selfie, prep.seed + cfg.engine.seed))
+    with db.write() as conn:
+        conn.execute(sa.text("UPDATE artifacts SET cache_key = :old WHERE cache_key = :new"),
+                     {"old": legacy, "new": done.result["artifact"]})
+    jobs.enqueue(db, PREPARE_KIND, prep.to_payload(), prep.idempotency_key() + "-legacy", user_id=user.id)
+    _run_one(db, blobs, res, PREPARE_KIND)
+    assert jobs.list_jobs(db, kind=PREPARE_KIND, user_id=user.id)[0].result == {"artifact": legacy, "prepared": False}
 
 
 def test_a_head_start_for_a_deleted_selfie_prepares_nothing(engine):
