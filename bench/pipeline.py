@@ -16,13 +16,16 @@ shows what a returning style costs (the product goal: < 60 s on one H100).
 
 Then it counts the FLOPs of one step of each stage (forward + backward) with the
 stage code of before issue 17 (bench/stages_before.py: constant targets
-re-encoded every step, PTI LPIPS on the full render, stage 5's duplicate
-renders and full style loss) and with the current code, side by side, and the
-per-user totals at the configured step counts (``--no-flops`` skips it).
-``--full-flops`` does the same count at the official sizes on fake tensors
-(shapes only, nothing computed: a few minutes on a CPU) and exits. Measured
-there: 3,140 -> 1,367 TFLOP per user with the style cached (-56.5 %); stage 5
-7.10 -> 1.73 TFLOP per round, PTI 1.43 -> 1.02, inversion 1.02 -> 0.98.
+re-encoded every step, PTI's LPIPS with the VGG16 trunk on the full render,
+stage 5's duplicate renders and full style loss) and with the current code,
+side by side, and the per-user totals at the configured step counts
+(``--no-flops`` skips it). ``--full-flops`` does the same count at the
+official sizes on fake tensors (shapes only, nothing computed: a few minutes
+on a CPU), then PTI alone with its previous LPIPS (VGG16 at 256 px) against
+PTI's own (AlexNet on the 512 px render), and exits. Measured there: 3,140 ->
+1,344 TFLOP per user with the style cached (-57.2 %; PTI at its 350 steps,
+which its early stop can only shorten); stage 5 7.10 -> 1.73 TFLOP per round,
+PTI 1.43 -> 0.95 (1.02 with VGG16 at 256 px), inversion 1.02 -> 0.98.
 """
 from __future__ import annotations
 
@@ -105,8 +108,9 @@ def print_flops(nets, portrait, exemplar, configured) -> None:
     reduced = configured.reduced(flop_steps(configured.dual))
     earlier_cfg = dataclasses.replace(reduced, precision="fp32", dual=dataclasses.replace(
         every_round_2d(reduced.dual), style_batch=reduced.style.batch, style_every=1))
-    with earlier_stages():
-        before = count_flops(Pipeline(nets, earlier_cfg), portrait, exemplar)
+    with earlier_stages():  # whose PTI had the VGG16 LPIPS of stages 3 and 5
+        before = count_flops(Pipeline(dataclasses.replace(nets, lpips_pti=nets.lpips), earlier_cfg), portrait,
+                             exemplar)
     after = count_flops(Pipeline(nets, dataclasses.replace(reduced, precision="fp32")), portrait, exemplar)
     print_flop_table(f"FLOPs (forward + backward, FlopCounterMode), before issue 17 vs now, {nets.preset} "
                      "networks", before, after, configured)
@@ -117,11 +121,13 @@ class _Counted(Exception):
     before its loss terms are read back (fake tensors have no values to read)."""
 
 
-def full_size_flops(stages) -> dict[str, tuple[float, float]]:
+def full_size_flops(stages, only: tuple[str, ...] = STAGES) -> dict[str, tuple[float, float]]:
     """(first step, later step) FLOPs per stage at the official sizes, counted on fake tensors
     (shapes only: nothing is computed, so it runs on any CPU in a minute or two). ``stages``
     holds ``finetune_style``, ``invert_3d``, ``pivotal_tuning``, ``dual_branch_train`` (the
-    current ones or bench/stages_before.py's). Inputs are zeros of the right shapes; the crop
+    current ones or bench/stages_before.py's), ``pti_lpips`` (the ``Networks`` field PTI's
+    LPIPS comes from) and ``pti`` (changes to the configured ``[pipeline.pti]``). Only the
+    stages named in ``only`` are counted. Inputs are zeros of the right shapes; the crop
     similarity is a plain 1024 -> 512 scaling (its sampling cost is negligible)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -135,7 +141,7 @@ def full_size_flops(stages) -> dict[str, tuple[float, float]]:
     from engine.avatar.warp import frame_warp
 
     cfg = load_config(_HERE.parent / "config.toml").pipeline.reduced(1000)
-    cfg = dataclasses.replace(cfg, precision="fp32")
+    cfg = dataclasses.replace(cfg, precision="fp32", pti=dataclasses.replace(cfg.pti, **stages.pti))
     counted_steps = flop_steps(cfg.dual)
     similarity = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64)  # FFHQ 1024 -> EG3D 512 px
     warp = frame_warp(similarity.float(), 1024, 512, "cpu")  # real tensors: built before the fake mode
@@ -144,6 +150,7 @@ def full_size_flops(stages) -> dict[str, tuple[float, float]]:
         built = {name: cls(config).eval().requires_grad_(False) for name, (cls, config) in full_configs().items()}
         nets = Networks(g2d=built["g2d"], d2d=built["d2d"], e4e=built["e4e"].encoder,
                         e4e_latent_avg=built["e4e"].latent_avg, g3d=built["g3d"], lpips=built["lpips"],
+                        lpips_pti=built["lpips_pti"],
                         id_loss=IdentityDistance(built["arcface"]), preset="full", weights_id="full")
         pipe = Pipeline(nets, cfg)
         gen = torch.Generator().manual_seed(0)
@@ -165,8 +172,8 @@ def full_size_flops(stages) -> dict[str, tuple[float, float]]:
                 target, c, pipe.render_3d, nets.lpips, torch.zeros(1, 1, 512), 1.0, pipe.noise_shapes_3d(),
                 nets.g3d.num_ws, cfg.inversion, gen, progress, "fp32"),
             "pivotal_tuning": lambda progress: stages.pivotal_tuning(
-                trainable(nets.g3d, TUNE_PREFIXES_3D), target, pivot, c, pipe.render_3d, nets.lpips, id_loss,
-                cfg.pti, progress, "fp32"),
+                trainable(nets.g3d, TUNE_PREFIXES_3D), target, pivot, c, pipe.render_3d,
+                getattr(nets, stages.pti_lpips), id_loss, cfg.pti, progress, "fp32"),
             "dual_branch": lambda progress: stages.dual_branch_train(
                 trainable(nets.g3d, TUNE_PREFIXES_3D), trainable(nets.g2d, TUNE_PREFIXES_2D),
                 DualInputs(w_2d=torch.zeros(1, num_ws_2d, 512), w_e=torch.zeros(num_ws_2d, 512),
@@ -176,6 +183,8 @@ def full_size_flops(stages) -> dict[str, tuple[float, float]]:
                 cfg.style, gen, progress, "fp32"),
         }
         for stage, run in runs.items():
+            if stage not in only:
+                continue
             counter = FlopCounterMode(display=False)
             marks: list[int] = []
 
@@ -202,13 +211,23 @@ def print_full_size_flops() -> int:
     class Now:
         finetune_style, invert_3d = stylize.finetune_style, invert.invert_3d
         pivotal_tuning, dual_branch_train = invert.pivotal_tuning, dual.dual_branch_train
+        pti_lpips, pti = "lpips_pti", {}
 
     class Before(Now):
         invert_3d, pivotal_tuning = stages_before.invert_3d, stages_before.pivotal_tuning
         dual_branch_train = stages_before.dual_branch_train
+        pti_lpips = "lpips"  # the first version's PTI: VGG16 LPIPS on the whole render
 
+    class PtiVgg256(Now):
+        """PTI before it took PTI's own LPIPS back: VGG16 on the render area-averaged to 256 px."""
+        pti_lpips, pti = "lpips", {"lpips_size": 256}
+
+    configured = load_config(_HERE.parent / "config.toml").pipeline
+    now = full_size_flops(Now)
     print_flop_table("FLOPs at the official sizes (full preset, fake tensors), before issue 17 vs now",
-                     full_size_flops(Before), full_size_flops(Now), load_config(_HERE.parent / "config.toml").pipeline)
+                     full_size_flops(Before), now, configured)
+    print_flop_table("PTI's LPIPS, VGG16 at 256 px (before) vs AlexNet at 512 px (now), at the official sizes",
+                     {**now, **full_size_flops(PtiVgg256, only=("pivotal_tuning",))}, now, configured)
     return 0
 
 

@@ -407,7 +407,8 @@ def summarise(report: dict) -> list[str]:
         total = per_user + set_up + (files_s if files_s is not None else pack["render_seconds"])
         totals[name] = (per_user, total)
         lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s for {per_user_flop / 1e12:,.0f} TFLOP "
-                  f"({per_user_flop / per_user / 1e12:.1f} TFLOP/s achieved)",
+                  f"({per_user_flop / per_user / 1e12:.1f} TFLOP/s achieved; PTI at its most steps, which its "
+                  "early stop shortens for a photo it fits well)",
                   f"- the stages' time beyond their steps (warm-up and capture above the timed pace): {set_up:.1f} s",
                   f"- pack render alone: {pack['stickers']} stickers, {pack['frames']} frames + 3 stills in "
                   f"{pack['render_seconds']:.1f} s",

@@ -61,18 +61,21 @@ class InversionConfig:
 
 @dataclass(frozen=True)
 class PivotalTuningConfig:
-    """Stage 4 (Eq. 3). Defaults follow PTI; the ID term is Your3dEmoji's."""
+    """Stage 4 (Eq. 3). Defaults follow PTI (its LPIPS is AlexNet's, on the whole render, and it
+    stops once that reaches ``stop_lpips``); the ID term is Your3dEmoji's."""
 
-    steps: int = 350
+    steps: int = 350            # at most; PTI's max_pti_steps
     lr: float = 3e-4
     lambda_l2: float = 1.0
     lambda_lpips: float = 1.0
     lambda_id: float = 0.1      # PTI-style ArcFace weight; higher starts to fight LPIPS on 512 px renders
-    lpips_size: int = 256       # LPIPS on at most 256 px, as stages 3 and 5 (512 px cost 4x the trunk FLOPs)
+    lpips_size: int = 512       # LPIPS on at most this many px: PTI's whole 512 px render (AlexNet there
+                                # costs a fifth of VGG16 at 256 px)
+    stop_lpips: float = 0.06    # PTI's LPIPS_value_threshold: stop once the LPIPS term is this low; 0 = never
 
     def __post_init__(self) -> None:
         _check(self, steps=(self.steps >= 0, ">= 0"), lr=(self.lr > 0, "> 0"),
-               lpips_size=(self.lpips_size >= 32, ">= 32"),
+               lpips_size=(self.lpips_size >= 32, ">= 32"), stop_lpips=(self.stop_lpips >= 0, ">= 0"),
                lambda_l2=(self.lambda_l2 >= 0, ">= 0"), lambda_lpips=(self.lambda_lpips >= 0, ">= 0"),
                lambda_id=(self.lambda_id >= 0, ">= 0"))
 
@@ -136,7 +139,9 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def reduced(self, steps: int) -> "PipelineConfig":
-        """The same settings with every stage cut to ``steps`` (tests, benchmarks, CPU demo)."""
+        """The same settings with every stage run for exactly ``steps`` steps (tests, benchmarks
+        that time steps, the CPU demo): PTI's early stop is off."""
         r = dataclasses.replace
         return r(self, style=r(self.style, steps=steps), inversion=r(self.inversion, steps=steps, w_avg_samples=min(
-            self.inversion.w_avg_samples, 256)), pti=r(self.pti, steps=steps), dual=r(self.dual, steps=steps))
+            self.inversion.w_avg_samples, 256)), pti=r(self.pti, steps=steps, stop_lpips=0.0),
+            dual=r(self.dual, steps=steps))

@@ -8,19 +8,25 @@ each step) and its schedule (latent noise ramp, learning-rate ramp up/down).
 
 Stage 4 (PTI) freezes that pivot and finetunes the generator's weights with
 LPIPS + lambda_l2 * MSE + lambda_id * ArcFace identity loss, so the render
-reproduces the photo while the latent stays in the well-behaved region.
+reproduces the photo while the latent stays in the well-behaved region. As
+PTI, its LPIPS is the AlexNet one (the caller passes it; stage 3 uses VGG16,
+as the projector), and it stops once that term reaches ``stop_lpips``
+(PTI's ``LPIPS_value_threshold``). PTI breaks before the update of the step
+that reached it; here the stage ends one step after that step
+(:class:`engine.avatar.steps.StopAt`: a check that never makes the GPU wait),
+so the weights have two more small updates than PTI's.
 
 Images are [B, 3, H, W] in [-1, 1]. The generator is reached through a
 ``RenderFn(params, ws, c, noise) -> image`` callable, so these functions
 never touch module state; the RNG is passed in. LPIPS sees images resized
 with ``engine.avatar.warp.resize_for_lpips`` (area average, as the projector);
-PTI compares at most ``lpips_size`` px too (512 px renders are area-averaged to
-256 as in stages 3 and 5; the mean-squared and identity terms keep the full
-render). A distance to a constant target goes through :func:`distance_to`, so
-the target's LPIPS features and ArcFace embedding are computed once per stage,
-not once per step. Forward passes and losses run under
-``engine.avatar.steps.autocast`` (``precision``). A stage is stopped by an exception from ``progress`` (see
-:mod:`engine.avatar.steps`).
+PTI compares at most ``lpips_size`` px too (by default PTI's whole 512 px
+render; the mean-squared and identity terms always keep the full render). A
+distance to a constant target goes through :func:`distance_to`, so the
+target's LPIPS features and ArcFace embedding are computed once per stage, not
+once per step. Forward passes and losses run under
+``engine.avatar.steps.autocast`` (``precision``). A stage is stopped by an
+exception from ``progress`` (see :mod:`engine.avatar.steps`).
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import torch.nn.functional as F
 from emoji3d.pipeline_config import InversionConfig, PivotalTuningConfig
 from engine.avatar.params import Params
 from engine.avatar.step_graph import SplitStep, adam, set_lr
-from engine.avatar.steps import ProgressFn, StageLog, autocast, no_progress, ramped_lr, run_steps
+from engine.avatar.steps import ProgressFn, StageLog, StopAt, autocast, no_progress, ramped_lr, run_steps
 from engine.avatar.warp import resize_for_lpips
 
 # (params, ws [B, L, 512], c [B, 25], noise list) -> image [B, 3, H, W]
@@ -181,8 +187,8 @@ def pivotal_tuning(
     precision: str = "fp32",
     graphs: bool = False,
 ) -> StageLog:
-    """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot; ``graphs`` as in
-    :func:`invert_3d`."""
+    """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot; ``lpips`` is PTI's
+    (AlexNet) distance; ``graphs`` as in :func:`invert_3d`."""
     trainable = [p for p in params.values() if p.requires_grad]
     opt = adam(trainable, cfg.lr, (0.9, 0.999))
     lpips_px = min(cfg.lpips_size, target.shape[-1])  # never enlarged: only bigger renders are averaged down
@@ -208,4 +214,6 @@ def pivotal_tuning(
         terms["total"] = loss.detach()
         return terms
 
-    return run_steps("pivotal_tuning", cfg.steps, SplitStep(lambda _: None, compute), progress, graphs=graphs)
+    stop = StopAt("lpips", cfg.stop_lpips) if cfg.stop_lpips > 0 else None
+    return run_steps("pivotal_tuning", cfg.steps, SplitStep(lambda _: None, compute), progress, graphs=graphs,
+                     stop=stop)

@@ -7,17 +7,18 @@
   each read with ``from_pretrained``: ``stylegan2_ffhq`` (an index folder:
   ``generator/`` and ``discriminator/``), ``e4e_ffhq``, ``eg3d_ffhq`` (the
   NVIDIA pickle's ``G_ema``, its neural rendering resolution in its config),
-  ``arcface_ir_se50`` and the LPIPS VGG network ``vgg16``. A missing, outdated
-  or corrupt folder raises ``WeightsError`` naming it.
+  ``arcface_ir_se50``, and the LPIPS networks ``vgg16`` (stages 3 and 5) and
+  ``alexnet`` (PTI's). A missing, outdated or corrupt folder raises
+  ``WeightsError`` naming it.
 - ``"slim"``: the same architectures with narrow widths, built by
   ``from_config(config, seed)`` (StyleGAN2 at ``SLIM_2D_RESOLUTION`` px, EG3D
-  ``slim128``, e4e for that generator, LPIPS AlexNet, ArcFace). Nothing here
+  ``slim128``, e4e for that generator, one LPIPS AlexNet for every stage, ArcFace). Nothing here
   is a trained model: results exercise the whole pipeline but are not
   avatars, and every caller must say so.
 - ``"full"``: every network at its official size with random weights, built
   by ``from_config(config, seed)``: EG3D FFHQ-512 (neural rendering 128, the
   8XDC super-resolution), StyleGAN2 FFHQ-1024 and its discriminator, e4e for
-  the 1024 px generator, ArcFace IR-SE50, LPIPS VGG with a random trunk. It
+  the 1024 px generator, ArcFace IR-SE50, LPIPS VGG and AlexNet with random trunks. It
   measures cost (FLOPs, seconds, memory do not depend on the weight values)
   without the licensed weights; like slim, it is not an avatar, and loading
   it logs ``FULL_WARNING``.
@@ -38,7 +39,8 @@ log = logging.getLogger("emoji3d.networks")
 
 SLIM_2D_RESOLUTION = 64
 SLIM_3D_PRESET = "slim128"
-PRETRAINED_FOLDERS = ("stylegan2_ffhq", "e4e_ffhq", "eg3d_ffhq", "arcface_ir_se50", "vgg16")  # manifest names
+# manifest names
+PRETRAINED_FOLDERS = ("stylegan2_ffhq", "e4e_ffhq", "eg3d_ffhq", "arcface_ir_se50", "vgg16", "alexnet")
 
 SLIM_WARNING = ("USING SLIM RANDOM WEIGHTS: no pretrained weights are installed, so the networks are "
                 "random. Every stage runs, but the output is NOT a real avatar. Install the official "
@@ -76,11 +78,16 @@ class IdentityDistance:
         return distance
 
 
-def pretrained_available(weights_dir: pathlib.Path) -> bool:
-    """Every pretrained folder the pipeline reads is there, in this version's format."""
+def pretrained_states(weights_dir: pathlib.Path) -> dict[str, str]:
+    """Each pretrained folder the pipeline reads, with its state ("current", "outdated", "invalid", "missing")."""
     from engine.weights.pretrained import folder_state
 
-    return all(folder_state(pathlib.Path(weights_dir) / name) == "current" for name in PRETRAINED_FOLDERS)
+    return {name: folder_state(pathlib.Path(weights_dir) / name) for name in PRETRAINED_FOLDERS}
+
+
+def pretrained_available(weights_dir: pathlib.Path) -> bool:
+    """Every pretrained folder the pipeline reads is there, in this version's format."""
+    return all(state == "current" for state in pretrained_states(weights_dir).values())
 
 
 def slim_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks:
@@ -95,13 +102,13 @@ def slim_networks(seed: int = 0, device: str | torch.device = "cpu") -> Networks
     g3d = eg3d.slim_generator(SLIM_3D_PRESET, seed=seed + 20)
     perceptual_net = perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="alex"), seed=seed + 30)
     face_id = arcface.ArcFaceBackbone.from_config(arcface.ArcFaceConfig(), seed=seed + 40)
-    return assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, "slim", f"slim:{seed}", device)
+    return assemble(g2d, d2d, enc, g3d, perceptual_net, perceptual_net, face_id, "slim", f"slim:{seed}", device)
 
 
 def full_configs() -> dict[str, tuple[type, object]]:
     """The ``full`` preset's networks as (class, config), in ``assemble``'s order: the official
     FFHQ-1024 StyleGAN2 and its discriminator, e4e for it, EG3D ``ffhqrebalanced512-128``, LPIPS
-    VGG, ArcFace IR-SE50."""
+    VGG and AlexNet, ArcFace IR-SE50."""
     from engine.nets import arcface, e4e, eg3d, perceptual, stylegan2
 
     return {
@@ -110,6 +117,7 @@ def full_configs() -> dict[str, tuple[type, object]]:
         "e4e": (e4e.E4EModel, e4e.E4EConfig(stylegan_size=1024)),
         "g3d": (eg3d.TriPlaneGenerator, eg3d.PRESETS["ffhq512"]),
         "lpips": (perceptual.LPIPSNetwork, perceptual.LPIPSConfig(net="vgg")),
+        "lpips_pti": (perceptual.LPIPSNetwork, perceptual.LPIPSConfig(net="alex")),
         "arcface": (arcface.ArcFaceBackbone, arcface.ArcFaceConfig()),
     }
 
@@ -149,25 +157,29 @@ def pretrained_networks(weights_dir: pathlib.Path, device: str | torch.device = 
                            file=str(weights_dir / "e4e_ffhq"))
     g3d = eg3d.TriPlaneGenerator.from_pretrained(weights_dir / "eg3d_ffhq")
     perceptual_net = perceptual.LPIPSNetwork.from_pretrained(weights_dir / "vgg16")
+    pti_perceptual_net = perceptual.LPIPSNetwork.from_pretrained(weights_dir / "alexnet")
     face_id = arcface.ArcFaceBackbone.from_pretrained(weights_dir / "arcface_ir_se50")
     digest = hashlib.sha256()
     for config_file in sorted(weights_dir.glob("*/config.json")) + sorted(weights_dir.glob("*/*/config.json")):
         if config_file.relative_to(weights_dir).parts[0] in PRETRAINED_FOLDERS:
             digest.update(config_file.read_bytes())
-    return assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, "pretrained",
+    return assemble(g2d, d2d, enc, g3d, perceptual_net, pti_perceptual_net, face_id, "pretrained",
                     f"pretrained:{digest.hexdigest()[:12]}", device)
 
 
-def assemble(g2d, d2d, enc, g3d, perceptual_net, face_id, preset: str, weights_id: str,
+def assemble(g2d, d2d, enc, g3d, perceptual_net, pti_perceptual_net, face_id, preset: str, weights_id: str,
              device: str | torch.device) -> Networks:
     """The pipeline's ``Networks`` from loaded modules, frozen, in eval mode, on ``device``.
-    ``enc`` is an ``E4EModel``: the pipeline gets its encoder and its ``latent_avg``."""
+    ``enc`` is an ``E4EModel``: the pipeline gets its encoder and its ``latent_avg``.
+    ``pti_perceptual_net`` may be ``perceptual_net`` itself."""
     target = torch.device(device)
-    g2d, d2d, enc, g3d, perceptual_net, face_id = (
-        m.to(target).eval().requires_grad_(False) for m in (g2d, d2d, enc, g3d, perceptual_net, face_id))
+    g2d, d2d, enc, g3d, perceptual_net, pti_perceptual_net, face_id = (
+        m.to(target).eval().requires_grad_(False)
+        for m in (g2d, d2d, enc, g3d, perceptual_net, pti_perceptual_net, face_id))
 
     return Networks(g2d=g2d, d2d=d2d, e4e=enc.encoder, e4e_latent_avg=enc.latent_avg, g3d=g3d, lpips=perceptual_net,
-                    id_loss=IdentityDistance(face_id), preset=preset, weights_id=weights_id)
+                    lpips_pti=pti_perceptual_net, id_loss=IdentityDistance(face_id), preset=preset,
+                    weights_id=weights_id)
 
 
 def load_networks(weights_dir: pathlib.Path, preset: str = "auto", device: str | torch.device = "cpu",
@@ -179,5 +191,11 @@ def load_networks(weights_dir: pathlib.Path, preset: str = "auto", device: str |
     if preset == "pretrained" or (preset == "auto" and pretrained_available(weights_dir)):
         return pretrained_networks(weights_dir, device)
     if preset == "auto":
+        states = pretrained_states(weights_dir)
+        unusable = {name: state for name, state in states.items() if state != "current"}
+        if len(unusable) < len(states):  # a partial install, e.g. a folder a newer version reads
+            log.warning("pretrained weights in %s are incomplete (%s), so the slim preset is used; run "
+                        "`emoji3d weights fetch` then `emoji3d weights convert`", weights_dir,
+                        ", ".join(f"{name}: {state}" for name, state in unusable.items()))
         log.warning(SLIM_WARNING)
     return slim_networks(seed, device)

@@ -86,7 +86,8 @@ class Networks:
     e4e: nn.Module                     # Encoder4Editing
     e4e_latent_avg: torch.Tensor       # [n_styles, 512] or [512]
     g3d: nn.Module                     # EG3D TriPlaneGenerator
-    lpips: DistanceFn                  # (a, b) in [-1, 1] -> [B]
+    lpips: DistanceFn                  # (a, b) in [-1, 1] -> [B]: LPIPS VGG16 (stages 3 and 5, the quality report)
+    lpips_pti: DistanceFn              # LPIPS AlexNet, as PTI (stage 4); the slim preset has one AlexNet for both
     id_loss: DistanceFn | None         # ArcFace identity loss, or None
     preset: str
     weights_id: str                    # identifies the base weights (cache keys)
@@ -297,7 +298,7 @@ class Pipeline:
         pivot = invert_3d(target, c, self.render_3d, self.nets.lpips, w_avg, w_std, self.noise_shapes_3d(),
                           g3d.num_ws, self.cfg.inversion, generator, progress, self.precision, self.graphs)
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
-        pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips,
+        pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips_pti,
                                  self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision,
                                  self.graphs)
         # The artifact stores the PTI delta compactly; continue from what it gives back, cached or not.

@@ -28,6 +28,13 @@ Conventions:
   ``backward`` runs outside the context as autocast asks, and the optimiser
   steps in float32; bf16 has float32's exponent range, so no loss scaling.
   Loss terms are cast to float32 before they are summed.
+- Stopping early on a loss (:class:`StopAt`, PTI's LPIPS threshold): the
+  loop reads that one term of every step, one step late on CUDA. The value is
+  copied to pinned host memory behind the step that made it, and the host
+  waits for that copy only after queuing the next step, so the GPU never runs
+  dry for the check. The stage therefore stops after the step *following* the
+  first one whose term reached the threshold, on every device alike (the
+  same seed gives the same number of steps on the CPU and on a GPU).
 - CUDA graphs: a stage whose step is a :class:`engine.avatar.step_graph.SplitStep`
   (host part ``prepare(i)``, device part ``compute(variant)``) has its device
   part captured once per variant and replayed when ``graphs`` is on (see
@@ -55,6 +62,44 @@ LOG_EVERY = 50
 
 
 PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class StopAt:
+    """Stop a stage once the loss term ``term`` of a step is at most ``at_most`` (see the module notes)."""
+
+    term: str
+    at_most: float
+
+
+class _StopWatch:
+    """Reads one loss term per step without making the host wait for the step just queued."""
+
+    def __init__(self, rule: StopAt) -> None:
+        self.rule = rule
+        self.previous: torch.Tensor | float | None = None  # the last step's value (on the host)
+        self.host: torch.Tensor | None = None               # pinned buffer a device value is copied into
+        self.copied: torch.cuda.Event | None = None          # marks the copy into ``host``; None: no copy pending
+
+    def reached(self, terms: LossTerms) -> bool:
+        """A step was just queued: whether the step before it reached the rule (then the stage
+        ends after this one). Keeps this step's term for the next call."""
+        reached = False
+        if self.previous is not None:
+            if self.copied is not None:
+                self.copied.synchronize()  # the step before and its copy; the one just queued stays queued
+            reached = float(self.previous) <= self.rule.at_most
+        value = terms[self.rule.term]
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            if self.host is None:
+                self.host = torch.empty((), dtype=torch.float32, pin_memory=True)
+                self.copied = torch.cuda.Event()
+            self.host.copy_(value.detach().reshape(()), non_blocking=True)
+            self.copied.record()
+            self.previous = self.host
+        else:
+            self.previous = value.detach() if isinstance(value, torch.Tensor) else value
+        return reached
 
 
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
@@ -90,6 +135,7 @@ class StageLog:
     seconds: float = 0.0
     skipped: bool = False  # True when the result came from the cache
     mode: str = "eager"    # how the steps ran: "eager", "graphs", or why graphs were dropped
+    planned: int = 0       # steps asked for; ``steps`` is fewer when a StopAt rule ended the stage early
     _terms: dict[str, list[float]] = field(default_factory=dict, repr=False)
     _pending: dict[str, list[torch.Tensor | float]] = field(default_factory=dict, repr=False)
 
@@ -110,6 +156,10 @@ class StageLog:
             self.flush()
         return self._terms
 
+    @property
+    def stopped_early(self) -> bool:
+        return not self.skipped and 0 < self.steps < self.planned
+
     def window_mean(self, term: str = "total", first: bool = True, fraction: float = 0.2) -> float:
         values = self.terms[term]
         n = max(1, int(len(values) * fraction))
@@ -122,6 +172,8 @@ class StageLog:
 
     def summary(self) -> dict:
         out = {"steps": self.steps, "seconds": round(self.seconds, 3), "skipped": self.skipped, "mode": self.mode}
+        if self.stopped_early:
+            out["planned_steps"] = self.planned
         for key, values in self.terms.items():
             if values:
                 out[f"{key}_first"] = values[0]
@@ -136,14 +188,18 @@ def run_steps(
     progress: ProgressFn = no_progress,
     log_every: int = LOG_EVERY,
     graphs: bool = False,
+    stop: StopAt | None = None,
 ) -> StageLog:
     """Run steps i = 0..total-1: ``step_fn(i)``, or for a :class:`SplitStep`
     ``compute(prepare(i))`` (captured as CUDA graphs when ``graphs``). A step returns its
     loss terms (must include ``"total"``), read back every ``log_every`` steps and at the
-    end. An exception from ``progress`` stops the loop and propagates."""
+    end. An exception from ``progress`` stops the loop and propagates. With ``stop``, the
+    loop ends after the step following the first whose ``stop.term`` reached
+    ``stop.at_most`` (see the module notes), and reports the stage complete to ``progress``."""
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
-    log = StageLog(name)
+    log = StageLog(name, planned=total)
+    watch = _StopWatch(stop) if stop is not None else None
     if isinstance(step_fn, SplitStep):
         split, runner = step_fn, StepGraphs(name, step_fn.compute, graphs)
         step_fn = lambda i: runner(split.prepare(i))  # noqa: E731
@@ -159,6 +215,9 @@ def run_steps(
             log.steps = i + 1
             if log.steps % log_every == 0:
                 log.flush()
+            if watch is not None and watch.reached(terms):
+                progress(name, total, total)
+                break
             progress(name, i + 1, total)
         log.flush()  # also waits for the device, so ``seconds`` covers the queued work
     finally:

@@ -2,7 +2,8 @@
 
 Conventions
 - Images [B,3,H,W] float RGB in [-1, 1]; :class:`LPIPSNetwork` returns distances [B].
-- Nets: ``"vgg"`` (VGG16 trunk, the PTI/e4e choice) and ``"alex"`` (AlexNet).
+- Nets: ``"vgg"`` (VGG16 trunk, as the StyleGAN2 / EG3D projector's LPIPS) and
+  ``"alex"`` (AlexNet, as PTI's and e4e's).
 - :class:`LPIPSNetwork` holds an ``lpips.LPIPS`` as ``model``, so its state-dict
   keys are the package's under ``model.``: the input scaling
   (``model.scaling_layer.*``), the trunk slices (``model.net.slice<k>.<i>.*``,

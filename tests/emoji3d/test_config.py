@@ -48,6 +48,7 @@ def test_defaults_apply_for_an_empty_file(tmp_path):
         ("[pipeline.dual]\nlr_3d = 0\n", "config.toml: pipeline.dual.lr_3d must be > 0, got 0.0"),
         ("[pipeline.style]\nalpha = 2\n", "pipeline.style.alpha must be within [0, 1]"),
         ("[pipeline.pti]\nsteps = 'many'\n", "pipeline.pti.steps must be an integer, got 'many'"),
+        ("[pipeline.pti]\nstop_lpips = -0.1\n", "pipeline.pti.stop_lpips must be >= 0, got -0.1"),
         ("[pipeline.inversoin]\n", "unknown key 'pipeline.inversoin'"),
         ("[engine\n", "not valid TOML"),
         ("[engine]\npoll_seconds = nan\n", "engine.poll_seconds must be a finite number > 0 <= 60, got nan"),

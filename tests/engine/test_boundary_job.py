@@ -39,6 +39,7 @@ def install_pretrained(weights_dir) -> None:
             dataclasses.replace(eg3d.PRESETS["slim128"], neural_rendering_resolution=16), seed=4),
         "arcface_ir_se50": arcface.ArcFaceBackbone.from_config(arcface.ArcFaceConfig(), seed=5),
         "vgg16": perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="alex"), seed=6),
+        "alexnet": perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="alex"), seed=7),
     }
     for name, net in nets.items():
         write_converted(weights_dir / name, net, source=f"{name} (test)")

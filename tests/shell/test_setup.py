@@ -46,7 +46,7 @@ def converted(tmp_path_factory) -> pathlib.Path:
 
 
 def install(tmp_path, monkeypatch, converted, served: bytes, payload: bytes, url: str) -> pathlib.Path:
-    """A config whose manifest lists the five pipeline folders (installed) and the classifier at ``url``
+    """A config whose manifest lists the pipeline's folders (installed) and the classifier at ``url``
     (``served`` is what the manifest promises, ``payload`` what the server sends)."""
     import shutil
 

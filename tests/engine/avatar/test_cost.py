@@ -19,8 +19,9 @@ def test_full_preset_builds_with_the_official_parameter_counts(reference_fixture
     compared with every key and shape of the official modules (the e4e/ArcFace fixture lists
     them); StyleGAN2 FFHQ-1024 with the official 30,370,060 of stylegan2-ada-pytorch's summary;
     LPIPS VGG with torchvision's VGG16 feature trunk (14,714,688) plus its five linear layers
-    (1,472). The discriminator and EG3D ffhq512-128 counts are pinned (keys follow the official
-    layouts, checked by the weight-conversion tests)."""
+    (1,472), LPIPS AlexNet with torchvision's AlexNet trunk (2,469,696) plus its five (1,152).
+    The discriminator and EG3D ffhq512-128 counts are pinned (keys follow the official layouts,
+    checked by the weight-conversion tests)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from engine.avatar.networks import full_configs
@@ -35,6 +36,7 @@ def test_full_preset_builds_with_the_official_parameter_counts(reference_fixture
     assert params["e4e"] == 267_136_704 and params["arcface"] == 43_797_696
     assert params["g2d"] == 30_370_060
     assert params["lpips"] == 14_714_688 + 64 + 128 + 256 + 512 + 512
+    assert params["lpips_pti"] == 2_469_696 + 64 + 192 + 384 + 256 + 256
     assert params["d2d"] == 29_012_513 and params["g3d"] == 30_662_136
     assert built["g3d"].config.neural_rendering_resolution == 128 and built["g3d"].config.img_resolution == 512
     assert "8XDC" in built["g3d"].config.rendering.superresolution_module
@@ -202,10 +204,11 @@ def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, stag
 
 
 def test_pti_lpips_at_half_the_render_size_keeps_the_result_close(nets, faces):
-    """Issue 17 moves PTI's LPIPS from the 512 px render to 256 px. The slim render is 128 px,
-    so the same halving is 128 -> 64 here: from the same pivot, the two tuned generators'
-    renders differ by less than a fifth of how far PTI moved the render. Measured (RMS, 6 steps):
-    0.015 apart, against 0.78 moved (2 %)."""
+    """``[pipeline.pti] lpips_size`` below the render's size (issue 17 first moved PTI's VGG16
+    LPIPS from the 512 px render to 256 px; PTI's own AlexNet LPIPS, used now, costs less on the
+    whole 512 px render). The slim render is 128 px, so the same halving is 128 -> 64 here: from
+    the same pivot, the two tuned generators' renders differ by less than a fifth of how far PTI
+    moved the render. Measured (RMS, 6 steps): 0.015 apart, against 0.78 moved (2 %)."""
     portrait, _style = faces
     renders, moves = {}, {}
     for size in (128, 64):
@@ -223,6 +226,25 @@ def test_pti_lpips_at_half_the_render_size_keeps_the_result_close(nets, faces):
         moves[size] = (renders[size] - base).square().mean().sqrt()
     apart = (renders[128] - renders[64]).square().mean().sqrt()
     assert moves[128] > 1e-3 and apart < 0.2 * moves[128], (float(apart), float(moves[128]))
+
+
+def test_pti_stops_once_its_lpips_is_low_enough_with_the_weights_of_the_steps_it_ran(nets, faces):
+    """PTI's early stop (``stop_lpips``). The slim networks' LPIPS stays near 0.2, so a threshold
+    above the first step's value stands in for a real photo reaching PTI's 0.06: the stage ends
+    after its second step, and the tuned weights are those of a two-step run without the rule.
+    At PTI's own 0.06 the slim run takes every step."""
+    portrait, _style = faces
+    cfg = PipelineConfig().reduced(2)
+    runs = {}
+    pti_stop = PipelineConfig().pti.stop_lpips
+    for name, steps, stop in (("stopping", 6, 10.0), ("two steps", 2, 0.0), ("configured", 4, pti_stop)):
+        pipe = Pipeline(nets, dataclasses.replace(cfg, pti=dataclasses.replace(cfg.pti, steps=steps, stop_lpips=stop)))
+        runs[name] = pipe.invert_portrait(portrait, torch.Generator().manual_seed(0))
+    log = runs["stopping"][3][1]
+    assert (log.name, log.steps, log.planned, log.stopped_early) == ("pivotal_tuning", 2, 6, True)
+    delta, two = runs["stopping"][2], runs["two steps"][2]
+    assert delta.keys() == two.keys() and all(torch.equal(delta[k], two[k]) for k in delta)
+    assert runs["configured"][3][1].steps == 4 and min(runs["configured"][3][1].terms["lpips"]) > 0.06
 
 
 def test_an_unknown_network_preset_is_refused_by_name(tmp_path):

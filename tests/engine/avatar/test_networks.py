@@ -23,6 +23,7 @@ def _install(weights_dir, stylegan_size: int = 8):
         "eg3d_ffhq": eg3d.TriPlaneGenerator.from_config(eg3d.PRESETS["slim128"], seed=4),
         "arcface_ir_se50": arcface.ArcFaceBackbone.from_config(arcface.ArcFaceConfig(), seed=5),
         "vgg16": perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="alex"), seed=6),
+        "alexnet": perceptual.LPIPSNetwork.from_config(perceptual.LPIPSConfig(net="alex"), seed=7),
     }
     with torch.no_grad():
         nets["e4e_ffhq"].latent_avg.normal_()
@@ -51,6 +52,7 @@ def test_pretrained_folders_become_the_pipeline_networks(tmp_path):
     a = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         assert torch.equal(nets.lpips(a, a.flip(0)), installed["vgg16"](a, a.flip(0)))
+        assert torch.equal(nets.lpips_pti(a, a.flip(0)), installed["alexnet"](a, a.flip(0)))
         assert nets.id_loss(a, a).abs().max() < 1e-5
     # the same folders give the same id; other weights another
     assert networks.load_networks(tmp_path, preset="pretrained").weights_id == nets.weights_id
@@ -76,6 +78,19 @@ def test_outdated_folders_name_the_convert_command(tmp_path, caplog):
         networks.load_networks(tmp_path, preset="pretrained")
     assert networks.load_networks(tmp_path, preset="auto").preset == "slim"
     assert "USING SLIM RANDOM WEIGHTS" in caplog.text
+
+
+def test_a_partial_install_names_the_folders_it_lacks(tmp_path, caplog):
+    """An install converted before PTI read its own LPIPS (AlexNet) has every folder but that one."""
+    import shutil
+
+    _install(tmp_path)
+    shutil.rmtree(tmp_path / "alexnet")
+    assert networks.pretrained_states(tmp_path)["alexnet"] == "missing"
+    with pytest.raises(WeightsMissing, match="alexnet"):
+        networks.load_networks(tmp_path, preset="pretrained")
+    assert networks.load_networks(tmp_path, preset="auto").preset == "slim"
+    assert "incomplete (alexnet: missing)" in caplog.text and "emoji3d weights convert" in caplog.text
 
 
 def test_missing_pretrained_weights_are_named_and_auto_falls_back_to_slim(tmp_path, caplog):

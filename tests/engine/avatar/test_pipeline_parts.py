@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.avatar import params
-from engine.avatar.steps import StageLog, ramped_lr, run_steps
+from engine.avatar.steps import StageLog, StopAt, ramped_lr, run_steps
 from engine.avatar.warp import rescale_similarity, resize_bilinear, resize_for_lpips, warp_to_frame
 
 
@@ -121,6 +121,32 @@ def test_run_steps_logs_losses_and_an_exception_from_progress_stops_it_after_tha
     with pytest.raises(Stop, match="^s$"):
         run_steps("s", 100, step, progress)
     assert calls == [0, 1, 2]  # the step that reported is done, no further one starts
+
+
+def test_a_stop_rule_ends_the_stage_one_step_after_the_step_that_reached_it():
+    """PTI's early stop: step 3 is the first whose LPIPS is at most 0.06; step 4 was queued before
+    its value was read (on a GPU), so the stage ends after step 4 and reports itself complete."""
+    values = [0.5, 0.4, 0.3, 0.06, 0.2, 0.01, 0.0]
+    calls, seen = [], []
+
+    def step(i):
+        calls.append(i)
+        return {"total": torch.tensor(values[i] + 1), "lpips": torch.tensor(values[i])}
+
+    log = run_steps("s", 7, step, progress=lambda *a: seen.append(a), stop=StopAt("lpips", 0.06))
+    assert calls == [0, 1, 2, 3, 4]
+    assert (log.steps, log.planned, log.stopped_early) == (5, 7, True)
+    assert seen == [("s", 1, 7), ("s", 2, 7), ("s", 3, 7), ("s", 4, 7), ("s", 7, 7)]
+    assert log.terms["lpips"] == pytest.approx(values[:5])
+    assert log.summary()["planned_steps"] == 7 and log.summary()["steps"] == 5
+
+    # never reached, or reached only by the last two steps: every step runs
+    for threshold, total in ((0.001, 7), (0.06, 4), (0.06, 5)):
+        calls.clear()
+        log = run_steps("s", total, step, stop=StopAt("lpips", threshold))
+        assert calls == list(range(total)) and not log.stopped_early
+        assert "planned_steps" not in log.summary()
+    assert not StageLog("s", skipped=True).stopped_early
 
 
 class CountOps(TorchDispatchMode):

@@ -19,7 +19,7 @@ from engine.avatar.dual import round_cycle, update_2d_round
 from engine.avatar.networks import slim_networks
 from engine.avatar.pipeline import Pipeline
 from engine.avatar.step_graph import WARMUP, SplitStep, StepGraphs, adam, graphs_usable, set_lr
-from engine.avatar.steps import run_steps
+from engine.avatar.steps import StopAt, run_steps
 
 STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 
@@ -230,3 +230,29 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning():
     assert any("CUDA graph capture failed" in str(w.message) for w in caught)
     assert log.decreased()
     assert torch.rand(8, device="cuda").isfinite().all()
+
+
+@pytest.mark.gpu
+def test_a_stop_rule_stops_captured_steps_where_it_stops_eager_ones():
+    """The stop rule reads a term one step late through pinned memory: with graphs and without,
+    on the GPU, the stage ends one step after the first step whose term reached the threshold."""
+    def make_step():
+        x = torch.nn.Parameter(torch.full((4,), 2.0, device="cuda"))
+        opt = adam([x], 0.05, (0.9, 0.999))
+
+        def compute(_):
+            loss = (x * x).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"total": loss.detach(), "lpips": loss.detach()}
+
+        return SplitStep(lambda _: None, compute)
+
+    full = run_steps("s", 60, make_step(), graphs=True)
+    threshold = full.terms["lpips"][20]  # the loss falls every step: first reached at step 20
+    assert all(v > threshold for v in full.terms["lpips"][:20])
+    for graphs in (False, True):
+        log = run_steps("s", 60, make_step(), graphs=graphs, stop=StopAt("lpips", threshold))
+        assert log.mode == ("graphs" if graphs else "eager")
+        assert (log.steps, log.stopped_early) == (22, True), graphs
