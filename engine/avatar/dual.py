@@ -64,10 +64,11 @@ Decisions on the objective (each measured; see the tests named):
   ``tests/engine/avatar/test_cost.py::test_2d_branch_on_every_second_round_keeps_the_result_close``.
   ``update_2d_every = 1, lr_2d = 2e-4`` restores the earlier objective.
 - The 512 px super-resolution is kept in every step, although LPIPS looks at
-  256 px: the masked MSE of Eq. 5 compares the full 512 px render with the
-  warped 2D cartoon (and PTI's L2 and ID terms read it too), and the
-  super-resolution weights are tuned parameters of both stages. Dropping it
-  would change what the losses ask for, not only their cost; not done.
+  256 px here: the masked MSE of Eq. 5 compares the full 512 px render with
+  the warped 2D cartoon (and PTI's terms, its AlexNet LPIPS included, read it
+  too), and the super-resolution weights are tuned parameters of both
+  stages. Dropping it would change what the losses ask for, not only their
+  cost; not done.
 - The render's two LPIPS terms (to the exemplar, to the cartoon) share one
   pass of the LPIPS trunk over the render, and its backward
   (``LPIPSNetwork.to_target_and_other``): the same numbers, one VGG16 pass

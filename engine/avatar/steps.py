@@ -29,7 +29,7 @@ Conventions:
   steps in float32; bf16 has float32's exponent range, so no loss scaling.
   Loss terms are cast to float32 before they are summed.
 - Stopping early on a loss (:class:`StopAt`, PTI's LPIPS threshold): the
-  loop reads that one term of every step, one step late on CUDA. The value is
+  loop reads that one term of every step, one step late. On CUDA the value is
   copied to pinned host memory behind the step that made it, and the host
   waits for that copy only after queuing the next step, so the GPU never runs
   dry for the check. The stage therefore stops after the step *following* the
@@ -79,7 +79,7 @@ class _StopWatch:
         self.rule = rule
         self.previous: torch.Tensor | float | None = None  # the last step's value (on the host)
         self.host: torch.Tensor | None = None               # pinned buffer a device value is copied into
-        self.copied: torch.cuda.Event | None = None          # marks the copy into ``host``; None: no copy pending
+        self.copied: torch.cuda.Event | None = None          # recorded behind each copy into ``host``
 
     def reached(self, terms: LossTerms) -> bool:
         """A step was just queued: whether the step before it reached the rule (then the stage
