@@ -256,3 +256,21 @@ def test_a_stop_rule_stops_captured_steps_where_it_stops_eager_ones():
         log = run_steps("s", 60, make_step(), graphs=graphs, stop=StopAt("lpips", threshold))
         assert log.mode == ("graphs" if graphs else "eager")
         assert (log.steps, log.stopped_early) == (22, True), graphs
+
+
+@pytest.mark.gpu
+def test_the_stop_rule_does_not_wait_for_the_step_just_queued():
+    """Reading step i-1's term must not wait for step i: a long kernel stands in for step i, and
+    the read returns while it still runs. (The terms are made on the device beforehand: a copy
+    from the host would itself wait behind the long kernel.)"""
+    from engine.avatar.steps import _StopWatch
+
+    first, second, third = (torch.tensor(v, device="cuda") for v in (1.0, 0.25, 1.0))
+    watch = _StopWatch(StopAt("lpips", 0.5))
+    torch.cuda.synchronize()
+    assert not watch.reached({"lpips": first})  # step 0: nothing before it
+    torch.cuda._sleep(2_000_000_000)  # step 1: about a second of GPU time
+    assert not watch.reached({"lpips": second})  # reads step 0's 1.0
+    assert not torch.cuda.current_stream().query()  # step 1 is still running: the read did not wait
+    assert watch.reached({"lpips": third})  # step 1's 0.25 reached the rule
+    torch.cuda.synchronize()
