@@ -36,6 +36,7 @@ import os
 import pathlib
 import sys
 import time
+from typing import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -121,16 +122,19 @@ class _Counted(Exception):
     before its loss terms are read back (fake tensors have no values to read)."""
 
 
-def full_size_flops(stages, only: tuple[str, ...] = STAGES) -> dict[str, tuple[float, float]]:
-    """(first step, later step) FLOPs per stage at the official sizes, counted on fake tensors
-    (shapes only: nothing is computed, so it runs on any CPU in a minute or two). ``stages``
-    holds ``finetune_style``, ``invert_3d``, ``pivotal_tuning``, ``dual_branch_train`` (the
-    current ones or bench/stages_before.py's), ``pti_lpips`` (the ``Networks`` field PTI's
-    LPIPS comes from) and ``pti`` (changes to the configured ``[pipeline.pti]``). Only the
-    stages named in ``only`` are counted. Inputs are zeros of the right shapes; the crop
-    similarity is a plain 1024 -> 512 scaling (its sampling cost is negligible)."""
+@contextlib.contextmanager
+def full_size_runs(stages):
+    """Inside a fake-tensor mode (shapes only: nothing is computed, so it runs on any CPU), yields
+    ``(runs, counted_steps)``: ``runs[stage](progress)`` runs one per-user stage at the official
+    sizes. ``stages`` holds ``finetune_style``, ``invert_3d``, ``pivotal_tuning``,
+    ``dual_branch_train`` (the current ones or bench/stages_before.py's), ``pti_lpips`` (the
+    ``Networks`` field PTI's LPIPS comes from) and ``pti`` (changes to the configured
+    ``[pipeline.pti]``). Counting :func:`flop_steps` steps covers the first (with the stage's set-up)
+    and one whole cycle of stage 5's kinds of round; raise :class:`_Counted` from ``progress`` at
+    ``counted_steps`` to leave the stage before its loss terms are read back. Inputs are zeros of
+    the right shapes; the crop similarity is a plain 1024 -> 512 scaling (its sampling cost is
+    negligible)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     from emoji3d.config import load_config
     from engine.avatar import params
@@ -142,10 +146,8 @@ def full_size_flops(stages, only: tuple[str, ...] = STAGES) -> dict[str, tuple[f
 
     cfg = load_config(_HERE.parent / "config.toml").pipeline.reduced(1000)
     cfg = dataclasses.replace(cfg, precision="fp32", pti=dataclasses.replace(cfg.pti, **stages.pti))
-    counted_steps = flop_steps(cfg.dual)
     similarity = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64)  # FFHQ 1024 -> EG3D 512 px
     warp = frame_warp(similarity.float(), 1024, 512, "cpu")  # real tensors: built before the fake mode
-    out: dict[str, tuple[float, float]] = {}
     with FakeTensorMode(allow_non_fake_inputs=True):
         built = {name: cls(config).eval().requires_grad_(False) for name, (cls, config) in full_configs().items()}
         nets = Networks(g2d=built["g2d"], d2d=built["d2d"], e4e=built["e4e"].encoder,
@@ -164,7 +166,7 @@ def full_size_flops(stages, only: tuple[str, ...] = STAGES) -> dict[str, tuple[f
         def trainable(module, prefixes):
             return {k: v.requires_grad_(True) for k, v in params.trainable_copy(module, include=prefixes).items()}
 
-        runs = {
+        yield {
             "style_finetune": lambda progress: stages.finetune_style(
                 trainable(nets.g2d, TUNE_PREFIXES_2D), torch.zeros(num_ws_2d, 512), torch.zeros(1, 3, 1024, 1024),
                 pipe.synthesis_2d, pipe.mapping_2d, pipe.features_2d, cfg.style, gen, progress, "fp32"),
@@ -181,23 +183,40 @@ def full_size_flops(stages, only: tuple[str, ...] = STAGES) -> dict[str, tuple[f
                            warp=warp),
                 pipe.render_3d, pipe.synthesis_2d, pipe.mapping_2d, pipe.features_2d, nets.lpips, cfg.dual,
                 cfg.style, gen, progress, "fp32"),
-        }
+        }, flop_steps(cfg.dual)
+
+
+def run_counted(run, counted_steps: int, mark: Callable[[], object]) -> list:
+    """Run one stage of :func:`full_size_runs` for ``counted_steps`` steps; returns ``mark()`` taken at
+    the end of each step."""
+    marks: list = []
+
+    def progress(name: str, step: int, total: int) -> None:
+        marks.append(mark())
+        if step == counted_steps:
+            raise _Counted
+
+    try:
+        run(progress)
+    except _Counted:
+        pass
+    return marks
+
+
+def full_size_flops(stages, only: tuple[str, ...] = STAGES) -> dict[str, tuple[float, float]]:
+    """(first step, later step) FLOPs per stage at the official sizes, counted on fake tensors
+    (:func:`full_size_runs`: a minute or two on any CPU). Only the stages named in ``only`` are
+    counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out: dict[str, tuple[float, float]] = {}
+    with full_size_runs(stages) as (runs, counted_steps):
         for stage, run in runs.items():
             if stage not in only:
                 continue
             counter = FlopCounterMode(display=False)
-            marks: list[int] = []
-
-            def progress(name: str, step: int, total: int) -> None:
-                marks.append(counter.get_total_flops())
-                if step == counted_steps:
-                    raise _Counted
-
             with counter:
-                try:
-                    run(progress)
-                except _Counted:
-                    pass
+                marks = run_counted(run, counted_steps, counter.get_total_flops)
             out[stage] = (float(marks[0]), float(marks[-1] - marks[0]) / (len(marks) - 1))
             print(f"  counted {stage} at full size", file=sys.stderr, flush=True)
     return out

@@ -5,7 +5,8 @@ the current stages in one run. Nothing in the product imports it.
 What differs from ``engine/avatar``: the LPIPS / ArcFace features of the constant target are
 extracted again at every step; PTI's LPIPS runs on the full render (512 px at full size);
 stage 5 renders the 2D cartoon twice and EG3D once more (without gradients) per round, and
-runs the style loss at stage 2's batch every round. Float32 only, without CUDA graphs (the
+runs the style loss at stage 2's batch every round; the inversion's noise regularisation takes
+the maps one by one. Float32 only, without CUDA graphs (the
 ``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
 """
 from __future__ import annotations
@@ -17,11 +18,24 @@ import torch.nn.functional as F
 
 from emoji3d.pipeline_config import DualConfig, InversionConfig, PivotalTuningConfig, StyleFinetuneConfig
 from engine.avatar.dual import DualInputs, masked_mse
-from engine.avatar.invert import DistanceFn, Inversion, RenderFn, noise_regularisation
+from engine.avatar.invert import DistanceFn, Inversion, RenderFn
 from engine.avatar.params import Params
 from engine.avatar.steps import ProgressFn, StageLog, no_progress, ramped_lr, run_steps
 from engine.avatar.stylize import FeaturesFn, MappingFn, SynthesisFn, draw_z, feature_l1, mix_latents
 from engine.avatar.warp import resize_for_lpips
+
+
+def noise_regularisation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over maps and scales of squared one-pixel autocorrelations, map by map."""
+    reg = torch.zeros((), device=noise[0].device)
+    for v in noise:
+        v = v[None, None] if v.ndim == 2 else v
+        while True:
+            reg = reg + (v * torch.roll(v, 1, dims=3)).mean() ** 2 + (v * torch.roll(v, 1, dims=2)).mean() ** 2
+            if v.shape[2] <= 8:
+                break
+            v = F.avg_pool2d(v, 2)
+    return reg
 
 
 def invert_3d(

@@ -249,3 +249,29 @@ def test_a_prepared_frame_warp_gives_the_same_pixels_as_warp_to_frame():
         warp(torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="one \\[2, 3\\] similarity"):
         frame_warp(m.expand(2, 2, 3), 32, 48, img.device)
+
+
+def test_noise_regularisation_takes_the_maps_of_one_size_together_with_the_same_sum():
+    """EG3D's 13 backbone noise maps (4 to 256 px), and odd sizes and [h, w] maps besides: the
+    batched sum and its gradients are the map-by-map sum's (bench/stages_before.py), in a
+    fraction of the ops (each a kernel on a GPU)."""
+    from bench.stages_before import noise_regularisation as map_by_map
+    from engine.avatar.invert import noise_regularisation
+
+    gen = torch.Generator().manual_seed(0)
+    eg3d = [(1, 1, 4, 4)] + [(1, 1, s, s) for s in (8, 16, 32, 64, 128, 256) for _ in range(2)]
+    mixed = [(1, 1, 12, 12), (20, 20), (1, 1, 24, 24), (1, 1, 6, 6), (1, 1, 16, 8)]
+    for shapes in (eg3d, mixed):
+        maps = [torch.randn(s, generator=gen).requires_grad_(True) for s in shapes]
+        with CountOps() as batched_ops:
+            batched = noise_regularisation(maps)
+            batched_grads = torch.autograd.grad(batched, maps)
+        with CountOps() as per_map_ops:
+            reference = map_by_map(maps)
+            reference_grads = torch.autograd.grad(reference, maps)
+        assert torch.allclose(batched, reference, rtol=1e-5, atol=0), (float(batched), float(reference))
+        for got, want in zip(batched_grads, reference_grads):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-9)
+        if shapes is eg3d:
+            assert sum(batched_ops.counts.values()) * 3 < sum(per_map_ops.counts.values()), (
+                sum(batched_ops.counts.values()), sum(per_map_ops.counts.values()))

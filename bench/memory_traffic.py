@@ -1,0 +1,237 @@
+"""Where a full-size step's memory-bound work comes from, by the function of ours that issues it.
+
+    python bench/memory_traffic.py [--top N] [--stages invert_3d,pivotal_tuning,...]
+
+With CUDA graphs the GPU is busy 95-99 % of a step, and in the last H200
+profile (bench/results/2026-12-04-h200-run6-kernels.md, fp32) the element-wise,
+reduction and copy kernels took 11-12 ms of an EG3D inversion or PTI step and
+21 ms of a stage-5 round: the largest share the fused kernels have not touched.
+Those kernels are memory-bound, so their cost follows the bytes they read and
+write, and their number (each launch costs a few microseconds however small).
+
+This runs one step of each per-user stage at the official sizes on fake tensors
+(shapes only, any CPU, as ``bench/pipeline.py --full-flops``) under a dispatch
+mode that, for every aten op,
+
+- skips views and allocations (no kernel),
+- counts convolutions and matrix products as *compute* (their FLOPs are
+  ``bench/pipeline.py --full-flops``),
+- counts every other op as *memory-bound*: one kernel, and the bytes of its
+  tensor inputs and outputs,
+- names the innermost function of this repository on the stack: for a
+  backward op, the one whose forward op made its autograd node (the node's
+  traceback, kept under anomaly mode). Ops issued inside ``engine/ops`` (the
+  fused ops' pure-torch references, which run here) are one fused kernel each
+  on CUDA, so they are listed under ``fused op`` and left out of the totals;
+  so is the optimiser, which runs here as the CPU's per-tensor loop and on
+  CUDA as a few multi-tensor kernels (0.6-1.2 ms per step in that profile).
+
+The table per stage: the sources with the most memory-bound bytes, their
+kernel count, and a floor on their GPU time (bytes at the H200's 4.8 TB/s plus
+2 microseconds per kernel; real kernels reach less). Counted in fp32, as the
+profile it is compared with. What it is for: choosing what to fuse next
+(by hand or with ``torch.compile``), and checking the model against the next
+GPU profile (``bench/step_profile.py --by-source``).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pathlib
+import re
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+_HERE = pathlib.Path(__file__).resolve().parent
+_REPO = _HERE.parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_REPO))
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+HBM_BYTES_PER_S = 4.8e12   # H200 HBM3e peak
+KERNEL_FLOOR_S = 2e-6      # a launched kernel's least time on the device, however little it does
+COMPUTE_OPS = frozenset({
+    "convolution", "convolution_backward", "cudnn_convolution", "mm", "addmm", "bmm", "baddbmm", "matmul",
+    "_convolution", "conv2d", "linear"})
+FREE_OPS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
+                      "lift_fresh", "_local_scalar_dense"})
+# Frames that say nothing about whose work it is: the step scaffolding, this script, the bench set-up.
+SCAFFOLDING = ("engine/avatar/steps.py", "engine/avatar/step_graph.py", "bench/")
+FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+# Adam runs here as the CPU's per-tensor loop; on CUDA it is ``foreach`` and ``capturable``, a few
+# multi-tensor kernels per step (0.6-1.2 ms per step in the H200 profile): listed apart, not totalled.
+OPTIMISER = "(the optimiser)"
+
+
+def _relative(path: str) -> str | None:
+    try:
+        rel = pathlib.Path(path).resolve().relative_to(_REPO).as_posix()
+    except ValueError:
+        return None
+    if rel.startswith(".venv/") or rel.startswith(SCAFFOLDING):
+        return None
+    return rel
+
+
+def _source_from_frames(frames) -> str:
+    """The innermost ``path:function`` of this repository among ``(path, function)``, innermost first."""
+    for path, function in frames:
+        rel = _relative(path)
+        if rel is not None:
+            return f"{rel}:{function}"
+    return "(outside this repository)"
+
+
+def _forward_source() -> str:
+    frames = []
+    frame = sys._getframe(2)
+    while frame is not None:
+        if f"{os.sep}torch{os.sep}optim{os.sep}" in frame.f_code.co_filename:
+            return OPTIMISER
+        frames.append((frame.f_code.co_filename, frame.f_code.co_name))
+        frame = frame.f_back
+    return _source_from_frames(frames)
+
+
+def _backward_source(node) -> str:
+    trace = node.metadata.get("traceback_") if node is not None else None
+    if not trace:
+        return "(backward, no forward trace)"
+    text = "".join(trace) if isinstance(trace, list) else str(trace)
+    found = [(m.group(1), m.group(3)) for m in FRAME.finditer(text)]
+    return _source_from_frames(reversed(found))
+
+
+def _nbytes(values) -> int:
+    leaves, _ = tree_flatten(values)
+    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+
+
+class TrafficMode(TorchDispatchMode):
+    """Per (source, kind): [kernels, bytes]. kind: "memory", "compute" or "fused op"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if func.is_view or name in FREE_OPS or func.namespace == "prim":
+            return out
+        node = torch._C._current_autograd_node()
+        source = _backward_source(node) if node is not None else _forward_source()
+        kind = ("compute" if name in COMPUTE_OPS else "fused op" if source.startswith("engine/ops/")
+                else "optimiser" if source == OPTIMISER else "memory")
+        entry = self.table[(source, kind)]
+        entry[0] += 1
+        entry[1] += _nbytes((args, kwargs)) + _nbytes(out)
+        return out
+
+    def snapshot(self) -> dict[tuple[str, str], tuple[int, int]]:
+        return {key: (k, b) for key, (k, b) in self.table.items()}
+
+
+def per_step(marks: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
+    """Kernels and bytes per later step: from the end of the first step to the end of the last,
+    divided by the steps between."""
+    first, last, n = marks[0], marks[-1], len(marks) - 1
+    return {key: ((k - first.get(key, (0, 0))[0]) / n, (b - first.get(key, (0, 0))[1]) / n)
+            for key, (k, b) in last.items() if (k, b) != first.get(key, (0, 0))}
+
+
+def floor_ms(kernels: float, nbytes: float) -> float:
+    return 1e3 * (nbytes / HBM_BYTES_PER_S + kernels * KERNEL_FLOOR_S)
+
+
+def traffic(only: tuple[str, ...]) -> dict[str, dict[tuple[str, str], tuple[float, float]]]:
+    from bench.pipeline import full_size_runs, run_counted
+    from engine.avatar import dual, invert, stylize
+
+    class Now:
+        finetune_style, invert_3d = stylize.finetune_style, invert.invert_3d
+        pivotal_tuning, dual_branch_train = invert.pivotal_tuning, dual.dual_branch_train
+        pti_lpips, pti = "lpips_pti", {}
+
+    out = {}
+    with torch.autograd.set_detect_anomaly(True, check_nan=False):  # backward nodes keep their forward's trace
+        with full_size_runs(Now) as (runs, counted_steps):
+            for stage in only:
+                mode = TrafficMode()
+                with mode:
+                    marks = run_counted(runs[stage], counted_steps, mode.snapshot)
+                out[stage] = per_step(marks)
+                print(f"  counted {stage}", file=sys.stderr, flush=True)
+    return out
+
+
+def print_table(stage: str, rows: dict[tuple[str, str], tuple[float, float]], top: int) -> None:
+    by_kind: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for (_, kind), (k, b) in rows.items():
+        by_kind[kind][0] += k
+        by_kind[kind][1] += b
+    mem_k, mem_b = by_kind["memory"]
+    print(f"\n# {stage}: one later step at full size, fp32")
+    print(f"memory-bound: {mem_k:,.0f} kernels, {mem_b / 1e9:.2f} GB, floor {floor_ms(mem_k, mem_b):.1f} ms; "
+          f"fused ops (one kernel each on CUDA): {by_kind['fused op'][0]:,.0f} reference ops; "
+          f"the optimiser (foreach on CUDA): {by_kind['optimiser'][0]:,.0f} per-tensor ops here; "
+          f"compute: {by_kind['compute'][0]:,.0f} convolutions and matrix products")
+    print(f"{'source (memory-bound ops)':<62} {'kernels':>8} {'GB':>7} {'floor ms':>9} {'share':>6}")
+    memory = sorted(((src, k, b) for (src, kind), (k, b) in rows.items() if kind == "memory"),
+                    key=lambda r: -floor_ms(r[1], r[2]))
+    total = floor_ms(mem_k, mem_b) or 1.0
+    for src, k, b in memory[:top]:
+        print(f"{src[-62:]:<62} {k:>8.0f} {b / 1e9:>7.3f} {floor_ms(k, b):>9.2f} {floor_ms(k, b) / total:>6.0%}")
+    rest = memory[top:]
+    if rest:
+        k, b = sum(r[1] for r in rest), sum(r[2] for r in rest)
+        print(f"{f'({len(rest)} more sources)':<62} {k:>8.0f} {b / 1e9:>7.3f} {floor_ms(k, b):>9.2f} "
+              f"{floor_ms(k, b) / total:>6.0%}")
+
+
+def compare_noise_regularisation() -> None:
+    """The EG3D inversion's noise regularisation, forward and backward over the 13 full-size backbone
+    noise maps: map by map (before, bench/stages_before.py) and batched by size (now)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.stages_before import noise_regularisation as map_by_map
+    from engine.avatar.invert import noise_regularisation
+
+    shapes = [(1, 1, 4, 4)] + [(1, 1, s, s) for s in (8, 16, 32, 64, 128, 256) for _ in range(2)]
+    print("\n# the EG3D inversion's noise regularisation, forward + backward, 13 maps of 4-256 px")
+    print(f"{'form':<28} {'kernels':>8} {'MB':>8} {'floor ms':>9}")
+    for name, reg in (("map by map (before)", map_by_map), ("batched by size (now)", noise_regularisation)):
+        with FakeTensorMode():
+            maps = [torch.zeros(s, requires_grad=True) for s in shapes]
+            mode = TrafficMode()
+            with mode:
+                torch.autograd.grad(reg(maps), maps)
+        kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind == "memory")
+        nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind == "memory")
+        print(f"{name:<28} {kernels:>8} {nbytes / 1e6:>8.1f} {floor_ms(kernels, nbytes):>9.2f}")
+
+
+def main(argv=None) -> int:
+    from bench.pipeline import STAGES
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--top", type=int, default=12, help="sources listed per stage")
+    p.add_argument("--stages", default=",".join(s for s in STAGES if s != "style_finetune"),
+                   help=f"comma-separated, of {', '.join(STAGES)} (default: the per-user ones)")
+    args = p.parse_args(argv)
+    only = tuple(s for s in args.stages.split(",") if s)
+    unknown = sorted(set(only) - set(STAGES))
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    for stage, rows in traffic(only).items():
+        print_table(stage, rows, args.top)
+    compare_noise_regularisation()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
