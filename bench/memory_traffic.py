@@ -179,7 +179,8 @@ def print_table(stage: str, rows: dict[tuple[str, str], tuple[float, float]], to
     print(f"memory-bound: {mem_k:,.0f} kernels, {mem_b / 1e9:.2f} GB, floor {floor_ms(mem_k, mem_b):.1f} ms; "
           f"fused ops (one kernel each on CUDA): {by_kind['fused op'][0]:,.0f} reference ops; "
           f"the optimiser (foreach on CUDA): {by_kind['optimiser'][0]:,.0f} per-tensor ops here; "
-          f"compute: {by_kind['compute'][0]:,.0f} convolutions and matrix products")
+          f"compute: {by_kind['compute'][0]:,.0f} convolutions and matrix products "
+          f"({by_kind['compute'][1] / 1e9:.2f} GB of tensors in and out)")
     print(f"{'source (memory-bound ops)':<62} {'kernels':>8} {'GB':>7} {'floor ms':>9} {'share':>6}")
     memory = sorted(((src, k, b) for (src, kind), (k, b) in rows.items() if kind == "memory"),
                     key=lambda r: -floor_ms(r[1], r[2]))
@@ -215,6 +216,33 @@ def compare_noise_regularisation() -> None:
         print(f"{name:<28} {kernels:>8} {nbytes / 1e6:>8.1f} {floor_ms(kernels, nbytes):>9.2f}")
 
 
+def compare_marcher() -> None:
+    """The final pass's colour composite and weights, forward + backward, at the full-size render's
+    16,384 rays x 96 samples x 32 channels: interval midpoints (before) and per-sample weights
+    (now). Bytes of every op, the batched product's included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.stages_before import ray_march_midpoints
+    from engine.nets.volume import ray_march
+
+    def now(colors, densities, depths):
+        rgb, _depth, weights = ray_march(colors, densities, depths)
+        return rgb, weights
+
+    print("\n# the marcher's final pass, forward + backward, 16,384 rays x 96 samples x 32 channels")
+    print(f"{'form':<28} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
+    for name, march in (("interval midpoints (before)", ray_march_midpoints), ("per-sample weights (now)", now)):
+        with FakeTensorMode():
+            inputs = [torch.zeros(1, 16384, 96, c, requires_grad=True) for c in (32, 1, 1)]
+            mode = TrafficMode()
+            with mode:
+                rgb, weights = march(*inputs)
+                torch.autograd.grad((rgb.sum(), weights.sum()), inputs)
+        kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind != "optimiser")
+        nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind != "optimiser")
+        print(f"{name:<28} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
+
+
 def main(argv=None) -> int:
     from bench.pipeline import STAGES
 
@@ -230,6 +258,7 @@ def main(argv=None) -> int:
     for stage, rows in traffic(only).items():
         print_table(stage, rows, args.top)
     compare_noise_regularisation()
+    compare_marcher()
     return 0
 
 

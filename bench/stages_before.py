@@ -6,7 +6,8 @@ What differs from ``engine/avatar``: the LPIPS / ArcFace features of the constan
 extracted again at every step; PTI's LPIPS runs on the full render (512 px at full size);
 stage 5 renders the 2D cartoon twice and EG3D once more (without gradients) per round, and
 runs the style loss at stage 2's batch every round; the inversion's noise regularisation takes
-the maps one by one. Float32 only, without CUDA graphs (the
+the maps one by one; the marcher composites interval midpoints (and the coarse pass composited
+colours it never used). Float32 only, without CUDA graphs (the
 ``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
 """
 from __future__ import annotations
@@ -36,6 +37,18 @@ def noise_regularisation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
                 break
             v = F.avg_pool2d(v, 2)
     return reg
+
+
+def ray_march_midpoints(colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colour composite [N,M,C] and the weights [N,M,S-1,1] of MipRayMarcher2 as the official
+    marcher writes them: each interval's colour is the mean of its two samples."""
+    deltas = depths[:, :, 1:] - depths[:, :, :-1]
+    colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
+    alpha = 1 - torch.exp(-F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1) * deltas)
+    shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
+    weights = alpha * torch.cumprod(shifted, -2)[:, :, :-1]
+    return torch.sum(weights * colors_mid, -2) * 2 - 1, weights
 
 
 def invert_3d(

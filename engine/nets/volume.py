@@ -286,21 +286,35 @@ def positive_cumprod(x: torch.Tensor, dim: int) -> torch.Tensor:
     return _PositiveCumprod.apply(x, dim)
 
 
+def march_weights(densities: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """MipRayMarcher2's weight of each interval [N,M,S-1,1], from raw densities [N,M,S,1] and depths
+    [N,M,S,1] sorted along S: density ``softplus(sigma - 1)`` at the interval midpoint, alpha
+    ``1 - exp(-density * delta)``, times the transmittance before the interval."""
+    deltas = depths[:, :, 1:] - depths[:, :, :-1]
+    densities_mid = F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1)
+    alpha = 1 - torch.exp(-densities_mid * deltas)
+    alpha_shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
+    return alpha * positive_cumprod(alpha_shifted, -2)[:, :, :-1]  # the factors are > 0
+
+
 def ray_march(colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tensor, *, white_back: bool = False):
     """MipRayMarcher2: composite [N,M,C] in [-1,1], depth [N,M,1], weights [N,M,S-1,1].
 
     colors [N,M,S,C], densities [N,M,S,1] (raw), depths [N,M,S,1], sorted along S.
     Values are taken at interval midpoints; density is ``softplus(sigma - 1)``.
+
+    The colour composite, sum_s w_s (c_s + c_{s+1}) / 2, is taken as sum_j u_j c_j with the
+    per-sample weight u_j = (w_{j-1} + w_j) / 2 (w_{-1} = w_{S-1} = 0): the same sum, but the
+    [N,M,S,C] colours are read once by one batched product instead of being averaged into
+    midpoints, weighted and summed (three passes over the largest tensor of the render, and
+    three more backward; ``bench/memory_traffic.py``).
     """
-    deltas = depths[:, :, 1:] - depths[:, :, :-1]
-    colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
-    densities_mid = (densities[:, :, :-1] + densities[:, :, 1:]) / 2
+    weights = march_weights(densities, depths)  # [N,M,S-1,1]
+    sample_weights = (F.pad(weights, (0, 0, 1, 0)) + F.pad(weights, (0, 0, 0, 1))) / 2  # [N,M,S,1]
+    dtype = torch.promote_types(sample_weights.dtype, colors.dtype)  # as the element-wise sum had it, autocast or not
+    with torch.autocast(colors.device.type, enabled=False):
+        composite_rgb = (sample_weights.to(dtype).transpose(-1, -2) @ colors.to(dtype)).squeeze(-2)  # [N,M,C]
     depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
-    densities_mid = F.softplus(densities_mid - 1)
-    alpha = 1 - torch.exp(-densities_mid * deltas)
-    alpha_shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
-    weights = alpha * positive_cumprod(alpha_shifted, -2)[:, :, :-1]  # the factors are > 0
-    composite_rgb = torch.sum(weights * colors_mid, -2)
     weight_total = weights.sum(2)
     composite_depth = torch.sum(weights * depths_mid, -2) / weight_total
     composite_depth = torch.nan_to_num(composite_depth, float("inf"))
@@ -425,7 +439,8 @@ def render_rays(
 
     n_imp = opts.depth_resolution_importance
     if n_imp > 0:
-        _, _, w = ray_march(rgb_c, sigma_c, depths_c, white_back=opts.white_back)
+        with torch.no_grad():  # the coarse weights only place the fine samples
+            w = march_weights(sigma_c, depths_c)
         depths_f = sample_importance(depths_c, w, n_imp, sampling=mode, generator=generator)  # [N,M,I,1]
         coords = (origins.unsqueeze(-2) + depths_f * dirs.unsqueeze(-2)).reshape(n, -1, 3)
         sdirs = dirs.unsqueeze(-2).expand(-1, -1, n_imp, -1).reshape(n, -1, 3)

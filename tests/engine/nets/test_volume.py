@@ -214,3 +214,23 @@ def test_positive_cumprod_backward_makes_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_the_marcher_composites_per_sample_as_the_interval_midpoints_did():
+    """MipRayMarcher2 takes each interval's colour as the mean of its two samples; the marcher
+    folds that into one weight per sample. Values and gradients equal the midpoint form's
+    (bench/stages_before.py, as the official marcher has it)."""
+    from bench.stages_before import ray_march_midpoints
+
+    gen = torch.Generator().manual_seed(3)
+    colors = torch.rand(2, 5, 7, 4, generator=gen).requires_grad_(True)
+    densities = (torch.randn(2, 5, 7, 1, generator=gen) * 3).requires_grad_(True)
+    depths = (2.25 + torch.rand(2, 5, 7, 1, generator=gen).sort(dim=2).values).requires_grad_(True)
+    got_rgb, _depth, got_weights = volume.ray_march(colors, densities, depths)
+    want_rgb, want_weights = ray_march_midpoints(colors, densities, depths)
+    assert torch.allclose(got_rgb, want_rgb, atol=1e-6) and torch.allclose(got_weights, want_weights, atol=1e-7)
+    probe = torch.randn(got_rgb.shape, generator=gen)
+    got = torch.autograd.grad((got_rgb * probe).sum(), (colors, densities, depths))
+    want = torch.autograd.grad((want_rgb * probe).sum(), (colors, densities, depths))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5), float((g - w).abs().max())
