@@ -217,30 +217,35 @@ def compare_noise_regularisation() -> None:
 
 
 def compare_marcher() -> None:
-    """The final pass's colour composite and weights, forward + backward, at the full-size render's
-    16,384 rays x 96 samples x 32 channels: interval midpoints (before) and per-sample weights
-    (now). Bytes of every op, the batched product's included."""
+    """The importance renderer's final pass, forward + backward, at the full-size render's 16,384
+    rays x (48 coarse + 48 fine samples) x 32 channels: the official concatenate, sort and
+    march of interval midpoints (before), and the two sample sets marched where they are, one
+    weight per sample (now). Bytes of every op, the batched products' included."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from bench.stages_before import ray_march_midpoints
-    from engine.nets.volume import ray_march
+    from bench.stages_before import ray_march_midpoints, unify_samples
+    from engine.nets.volume import march_sample_sets
 
-    def now(colors, densities, depths):
-        rgb, _depth, weights = ray_march(colors, densities, depths)
+    def before(d_c, c_c, s_c, d_f, c_f, s_f):
+        depths, colors, densities = unify_samples(d_c, c_c, s_c, d_f, c_f, s_f)
+        return ray_march_midpoints(colors, densities, depths)
+
+    def now(d_c, c_c, s_c, d_f, c_f, s_f):
+        rgb, _depth, weights = march_sample_sets([c_c, c_f], torch.cat([s_c, s_f], -2), torch.cat([d_c, d_f], -2))
         return rgb, weights
 
-    print("\n# the marcher's final pass, forward + backward, 16,384 rays x 96 samples x 32 channels")
-    print(f"{'form':<28} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
-    for name, march in (("interval midpoints (before)", ray_march_midpoints), ("per-sample weights (now)", now)):
+    print("\n# the importance renderer's final pass, forward + backward, 16,384 rays x (48 + 48) samples x 32 channels")
+    print(f"{'form':<40} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
+    for name, march in (("concatenate, sort, midpoints (before)", before), ("two sets, per-sample weights (now)", now)):
         with FakeTensorMode():
-            inputs = [torch.zeros(1, 16384, 96, c, requires_grad=True) for c in (32, 1, 1)]
+            inputs = [torch.zeros(1, 16384, 48, c, requires_grad=True) for c in (1, 32, 1, 1, 32, 1)]
             mode = TrafficMode()
             with mode:
                 rgb, weights = march(*inputs)
                 torch.autograd.grad((rgb.sum(), weights.sum()), inputs)
         kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind != "optimiser")
         nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind != "optimiser")
-        print(f"{name:<28} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
+        print(f"{name:<40} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
 
 
 def main(argv=None) -> int:

@@ -1,13 +1,15 @@
-"""The stage code as it was before issue 17 (commit 9da89ac), kept only so that
-``bench/pipeline.py`` can count the FLOPs of the earlier per-user work side by side with
-the current stages in one run. Nothing in the product imports it.
+"""The stage code as it was before issue 17 (commit 9da89ac), kept only so that the benches
+(``bench/pipeline.py``'s FLOPs, ``bench/memory_traffic.py``'s kernels and bytes) can count the
+earlier per-user work side by side with the current code in one run, and the tests can check
+that a rewrite computes what the earlier form did. Nothing in the product imports it.
 
 What differs from ``engine/avatar``: the LPIPS / ArcFace features of the constant target are
 extracted again at every step; PTI's LPIPS runs on the full render (512 px at full size);
 stage 5 renders the 2D cartoon twice and EG3D once more (without gradients) per round, and
 runs the style loss at stage 2's batch every round; the inversion's noise regularisation takes
-the maps one by one; the marcher composites interval midpoints (and the coarse pass composited
-colours it never used). Float32 only, without CUDA graphs (the
+the maps one by one. From ``engine.nets.volume``: the official importance renderer's final pass
+(concatenate and sort the coarse and fine samples, colours included, then composite interval
+midpoints). Float32 only, without CUDA graphs (the
 ``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
 """
 from __future__ import annotations
@@ -49,6 +51,18 @@ def ray_march_midpoints(colors: torch.Tensor, densities: torch.Tensor, depths: t
     shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
     weights = alpha * torch.cumprod(shifted, -2)[:, :, :-1]
     return torch.sum(weights * colors_mid, -2) * 2 - 1, weights
+
+
+def unify_samples(d1, c1, s1, d2, c2, s2):
+    """Concatenate two sample sets along S and sort by depth (the official importance renderer)."""
+    depths = torch.cat([d1, d2], dim=-2)
+    colors = torch.cat([c1, c2], dim=-2)
+    dens = torch.cat([s1, s2], dim=-2)
+    _, idx = torch.sort(depths, dim=-2)
+    depths = torch.gather(depths, -2, idx)
+    colors = torch.gather(colors, -2, idx.expand(-1, -1, -1, colors.shape[-1]))
+    dens = torch.gather(dens, -2, idx.expand(-1, -1, -1, 1))
+    return depths, colors, dens
 
 
 def invert_3d(

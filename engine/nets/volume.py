@@ -40,8 +40,9 @@ Sampling modes:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -302,18 +303,37 @@ def ray_march(colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tenso
 
     colors [N,M,S,C], densities [N,M,S,1] (raw), depths [N,M,S,1], sorted along S.
     Values are taken at interval midpoints; density is ``softplus(sigma - 1)``.
-
-    The colour composite, sum_s w_s (c_s + c_{s+1}) / 2, is taken as sum_j u_j c_j with the
-    per-sample weight u_j = (w_{j-1} + w_j) / 2 (w_{-1} = w_{S-1} = 0): the same sum, but the
-    [N,M,S,C] colours are read once by one batched product instead of being averaged into
-    midpoints, weighted and summed (three passes over the largest tensor of the render, and
-    three more backward; ``bench/memory_traffic.py``).
     """
-    weights = march_weights(densities, depths)  # [N,M,S-1,1]
-    sample_weights = (F.pad(weights, (0, 0, 1, 0)) + F.pad(weights, (0, 0, 0, 1))) / 2  # [N,M,S,1]
-    dtype = torch.promote_types(sample_weights.dtype, colors.dtype)  # as the element-wise sum had it, autocast or not
-    with torch.autocast(colors.device.type, enabled=False):
-        composite_rgb = (sample_weights.to(dtype).transpose(-1, -2) @ colors.to(dtype)).squeeze(-2)  # [N,M,C]
+    return march_sample_sets([colors], densities, depths, depth_sorted=True, white_back=white_back)
+
+
+def march_sample_sets(colors: Sequence[torch.Tensor], densities: torch.Tensor, depths: torch.Tensor, *,
+                      depth_sorted: bool = False, white_back: bool = False):
+    """:func:`ray_march` over samples in any order along S (the coarse set, then the fine one):
+    ``colors`` one [N,M,S_k,C] per set, ``densities`` and ``depths`` [N,M,S,1] the sets
+    concatenated along S in the same order (S = sum of S_k).
+
+    The colour composite, sum_s w_s (c_s + c_{s+1}) / 2 over the depth-sorted intervals, is
+    taken as sum_j u_j c_j with one weight per sample, u_j = (w_{j-1} + w_j) / 2 (w_{-1} =
+    w_{S-1} = 0): the same sum. Only the per-sample scalars (depth, density, u) are sorted and
+    put back; the colours stay in the sets they were made in, each read once by a batched
+    product. Concatenating, sorting and averaging the colours into midpoints instead (the
+    official marcher) moves the render's largest tensors several times over, forward and
+    backward (``bench/memory_traffic.py``).
+    """
+    order = None
+    if not depth_sorted:
+        order = torch.argsort(depths, dim=-2)  # [N,M,S,1]
+        depths, densities = depths.gather(-2, order), densities.gather(-2, order)
+    weights = march_weights(densities, depths)  # [N,M,S-1,1], in depth order
+    per_sample = (F.pad(weights, (0, 0, 1, 0)) + F.pad(weights, (0, 0, 0, 1))) / 2  # [N,M,S,1]
+    if order is not None:
+        per_sample = torch.zeros_like(per_sample).scatter(-2, order, per_sample)  # back to the sets' order
+    parts = per_sample.split([c.shape[-2] for c in colors], dim=-2)
+    dtype = functools.reduce(torch.promote_types, [c.dtype for c in colors], per_sample.dtype)  # as a plain sum
+    with torch.autocast(densities.device.type, enabled=False):
+        composite_rgb = sum((u.to(dtype).transpose(-1, -2) @ c.to(dtype)).squeeze(-2)  # [N,M,C]
+                            for u, c in zip(parts, colors))
     depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
     weight_total = weights.sum(2)
     composite_depth = torch.sum(weights * depths_mid, -2) / weight_total
@@ -322,18 +342,6 @@ def ray_march(colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tenso
     if white_back:
         composite_rgb = composite_rgb + 1 - weight_total
     return composite_rgb * 2 - 1, composite_depth, weights
-
-
-def unify_samples(d1, c1, s1, d2, c2, s2):
-    """Concatenate two sample sets along S and sort by depth."""
-    depths = torch.cat([d1, d2], dim=-2)
-    colors = torch.cat([c1, c2], dim=-2)
-    dens = torch.cat([s1, s2], dim=-2)
-    _, idx = torch.sort(depths, dim=-2)
-    depths = torch.gather(depths, -2, idx)
-    colors = torch.gather(colors, -2, idx.expand(-1, -1, -1, colors.shape[-1]))
-    dens = torch.gather(dens, -2, idx.expand(-1, -1, -1, 1))
-    return depths, colors, dens
 
 
 # ----------------------------------------------------------------------------- tri-plane sampling
@@ -447,8 +455,8 @@ def render_rays(
         sigma_f, rgb_f = _query(field, coords, sdirs, opts, generator)
         rgb_f = rgb_f.reshape(n, m, n_imp, rgb_f.shape[-1])
         sigma_f = sigma_f.reshape(n, m, n_imp, 1)
-        depths, rgbs, sigmas = unify_samples(depths_c, rgb_c, sigma_c, depths_f, rgb_f, sigma_f)
-        feats, depth, w = ray_march(rgbs, sigmas, depths, white_back=opts.white_back)
+        feats, depth, w = march_sample_sets([rgb_c, rgb_f], torch.cat([sigma_c, sigma_f], -2),
+                                            torch.cat([depths_c, depths_f], -2), white_back=opts.white_back)
     else:
         feats, depth, w = ray_march(rgb_c, sigma_c, depths_c, white_back=opts.white_back)
     return RayRender(features=feats, depth=depth, opacity=w.sum(2))

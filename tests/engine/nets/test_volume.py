@@ -234,3 +234,31 @@ def test_the_marcher_composites_per_sample_as_the_interval_midpoints_did():
     want = torch.autograd.grad((want_rgb * probe).sum(), (colors, densities, depths))
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-5), float((g - w).abs().max())
+
+
+def test_two_sample_sets_are_marched_as_if_concatenated_and_sorted():
+    """The importance renderer's final pass: coarse and fine samples interleave in depth. Marching
+    the two sets where they are gives the official concatenate-sort-march result, values and
+    gradients (the colours are never concatenated or sorted)."""
+    from bench.stages_before import ray_march_midpoints, unify_samples
+
+    gen = torch.Generator().manual_seed(4)
+    coarse_depths = 2.25 + torch.linspace(0, 1, 6).reshape(1, 1, 6, 1).expand(2, 3, 6, 1).clone()
+    fine_depths = 2.25 + torch.rand(2, 3, 5, 1, generator=gen)  # unsorted, between the coarse ones
+    leaves = [coarse_depths.requires_grad_(True), torch.rand(2, 3, 6, 4, generator=gen).requires_grad_(True),
+              (torch.randn(2, 3, 6, 1, generator=gen) * 3).requires_grad_(True), fine_depths.requires_grad_(True),
+              torch.rand(2, 3, 5, 4, generator=gen).requires_grad_(True),
+              (torch.randn(2, 3, 5, 1, generator=gen) * 3).requires_grad_(True)]
+    d_c, c_c, s_c, d_f, c_f, s_f = leaves
+    got_rgb, got_depth, got_weights = volume.march_sample_sets([c_c, c_f], torch.cat([s_c, s_f], -2),
+                                                               torch.cat([d_c, d_f], -2))
+    depths, colors, densities = unify_samples(d_c, c_c, s_c, d_f, c_f, s_f)
+    want_rgb, want_weights = ray_march_midpoints(colors, densities, depths)
+    _, want_depth, _ = volume.ray_march(colors, densities, depths)
+    assert torch.allclose(got_rgb, want_rgb, atol=1e-6) and torch.allclose(got_weights, want_weights, atol=1e-7)
+    assert torch.allclose(got_depth, want_depth, atol=1e-6)
+    probe = torch.randn(got_rgb.shape, generator=gen)
+    got = torch.autograd.grad((got_rgb * probe).sum() + got_depth.sum(), leaves)
+    want = torch.autograd.grad((want_rgb * probe).sum() + want_depth.sum(), leaves)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5), float((g - w).abs().max())
