@@ -271,8 +271,10 @@ class OSGDecoder(torch.nn.Module):
         """Plane-averaged features [N,M,C] -> (sigma [N,M,1], rgb [N,M,output_dim])."""
         n, m, c = x.shape
         x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
-        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
-        sigma = x[..., 0:1]
+        # One split, not two slices: its backward writes the [N, M, 33] gradient once (two slices'
+        # backward each fill a zero tensor of that size, then the two are added).
+        sigma, raw_rgb = x.split([1, x.shape[-1] - 1], dim=-1)
+        rgb = torch.sigmoid(raw_rgb) * (1 + 2 * 0.001) - 0.001
         return sigma, rgb
 
 
