@@ -248,6 +248,30 @@ def compare_marcher() -> None:
         print(f"{name:<40} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
 
 
+def compare_decoder() -> None:
+    """The EG3D decoder on the full-size render's 16,384 rays x 96 samples, forward + backward (its
+    weights tuned, as in PTI and stage 5): two output slices (before) and one split (now)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.stages_before import decode_sliced
+    from engine.nets.eg3d import DECODER_HIDDEN, PLANE_CHANNELS, OSGDecoder
+
+    print("\n# the EG3D decoder, forward + backward, 16,384 rays x 96 samples")
+    print(f"{'form':<28} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
+    for name, decode in (("two slices (before)", decode_sliced),
+                         ("one split (now)", lambda decoder, x: decoder.decode(x))):
+        with FakeTensorMode():
+            decoder = OSGDecoder(PLANE_CHANNELS, DECODER_HIDDEN, PLANE_CHANNELS)
+            x = torch.zeros(1, 16384 * 96, PLANE_CHANNELS, requires_grad=True)
+            mode = TrafficMode()
+            with mode:
+                sigma, rgb = decode(decoder, x)
+                torch.autograd.grad((sigma.sum(), rgb.sum()), [x, *decoder.parameters()])
+        kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind == "memory")
+        nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind == "memory")
+        print(f"{name:<28} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
+
+
 def main(argv=None) -> int:
     from bench.pipeline import STAGES
 
@@ -264,6 +288,7 @@ def main(argv=None) -> int:
         print_table(stage, rows, args.top)
     compare_noise_regularisation()
     compare_marcher()
+    compare_decoder()
     return 0
 
 

@@ -9,7 +9,7 @@ stage 5 renders the 2D cartoon twice and EG3D once more (without gradients) per 
 runs the style loss at stage 2's batch every round; the inversion's noise regularisation takes
 the maps one by one. From ``engine.nets.volume``: the official importance renderer's final pass
 (concatenate and sort the coarse and fine samples, colours included, then composite interval
-midpoints). Float32 only, without CUDA graphs (the
+midpoints); from ``engine.nets.eg3d``: the decoder's two output slices. Float32 only, without CUDA graphs (the
 ``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
 """
 from __future__ import annotations
@@ -63,6 +63,16 @@ def unify_samples(d1, c1, s1, d2, c2, s2):
     colors = torch.gather(colors, -2, idx.expand(-1, -1, -1, colors.shape[-1]))
     dens = torch.gather(dens, -2, idx.expand(-1, -1, -1, 1))
     return depths, colors, dens
+
+
+def decode_sliced(decoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``OSGDecoder.decode`` taking density and colour from the output as two slices, as the
+    official decoder does (their backward fills two zero tensors of the output's size and adds them)."""
+    n, m, c = x.shape
+    x = decoder.net(x.reshape(n * m, c)).reshape(n, m, -1)
+    rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
+    sigma = x[..., 0:1]
+    return sigma, rgb
 
 
 def invert_3d(

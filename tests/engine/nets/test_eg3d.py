@@ -278,3 +278,21 @@ def test_gradients_reach_ws_through_planes_render_and_sr(G):
     (out["image"].mean() + out["image_raw"].mean() + out["image_depth"].mean()).backward()
     assert ws.grad is not None and torch.isfinite(ws.grad).all()
     assert float(ws.grad[:, :-1].abs().sum()) > 0 and float(ws.grad[:, -1].abs().sum()) > 0
+
+
+def test_the_decoder_gives_the_official_slices_values_and_gradients():
+    """One split of the output (engine.nets.eg3d) against the official two slices
+    (bench/stages_before.py): the same density and colour, the same gradients."""
+    from bench.stages_before import decode_sliced
+    from engine.nets.eg3d import DECODER_HIDDEN, PLANE_CHANNELS, OSGDecoder
+
+    torch.manual_seed(0)
+    decoder = OSGDecoder(PLANE_CHANNELS, DECODER_HIDDEN, PLANE_CHANNELS)
+    x = torch.randn(2, 50, PLANE_CHANNELS, requires_grad=True)
+    leaves = [x, *decoder.parameters()]
+    probe_sigma, probe_rgb = torch.randn(2, 50, 1), torch.randn(2, 50, PLANE_CHANNELS)
+    got, want = decoder.decode(x), decode_sliced(decoder, x)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    grads = [torch.autograd.grad((out[0] * probe_sigma).sum() + (out[1] * probe_rgb).sum(), leaves)
+             for out in (got, want)]
+    assert all(torch.allclose(g, w, rtol=1e-6, atol=1e-7) for g, w in zip(*grads))
