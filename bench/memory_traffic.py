@@ -194,82 +194,65 @@ def print_table(stage: str, rows: dict[tuple[str, str], tuple[float, float]], to
               f"{floor_ms(k, b) / total:>6.0%}")
 
 
-def compare_noise_regularisation() -> None:
-    """The EG3D inversion's noise regularisation, forward and backward over the 13 full-size backbone
-    noise maps: map by map (before, bench/stages_before.py) and batched by size (now)."""
+def print_side_by_side(title: str, make_inputs, forms) -> None:
+    """One change before and now: each of ``forms`` (name, ``fn(*args) -> outputs``) runs forward
+    and backward on fake tensors from ``make_inputs() -> (args, leaves)``, differentiated with
+    respect to ``leaves``. Kernels and bytes of every op, products included (the optimiser has none)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from bench.stages_before import noise_regularisation as map_by_map
-    from engine.avatar.invert import noise_regularisation
-
-    shapes = [(1, 1, 4, 4)] + [(1, 1, s, s) for s in (8, 16, 32, 64, 128, 256) for _ in range(2)]
-    print("\n# the EG3D inversion's noise regularisation, forward + backward, 13 maps of 4-256 px")
-    print(f"{'form':<28} {'kernels':>8} {'MB':>8} {'floor ms':>9}")
-    for name, reg in (("map by map (before)", map_by_map), ("batched by size (now)", noise_regularisation)):
+    print(f"\n# {title}, forward + backward")
+    print(f"{'form':<40} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
+    for name, fn in forms:
         with FakeTensorMode():
-            maps = [torch.zeros(s, requires_grad=True) for s in shapes]
+            args, leaves = make_inputs()
             mode = TrafficMode()
             with mode:
-                torch.autograd.grad(reg(maps), maps)
-        kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind == "memory")
-        nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind == "memory")
-        print(f"{name:<28} {kernels:>8} {nbytes / 1e6:>8.1f} {floor_ms(kernels, nbytes):>9.2f}")
+                torch.autograd.grad([out if out.ndim == 0 else out.sum() for out in fn(*args)], leaves)
+        kernels = sum(k for k, _b in mode.table.values())
+        nbytes = sum(b for _k, b in mode.table.values())
+        print(f"{name:<40} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
 
 
-def compare_marcher() -> None:
-    """The importance renderer's final pass, forward + backward, at the full-size render's 16,384
-    rays x (48 coarse + 48 fine samples) x 32 channels: the official concatenate, sort and
-    march of interval midpoints (before), and the two sample sets marched where they are, one
-    weight per sample (now). Bytes of every op, the batched products' included."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from bench.stages_before import ray_march_midpoints, unify_samples
+def compare_changes() -> None:
+    """The rewrites this bench led to, each beside the form it replaced (bench/stages_before.py)."""
+    from bench import stages_before
+    from engine.avatar.invert import noise_regularisation
+    from engine.nets.eg3d import DECODER_HIDDEN, PLANE_CHANNELS, OSGDecoder
     from engine.nets.volume import march_sample_sets
 
-    def before(d_c, c_c, s_c, d_f, c_f, s_f):
-        depths, colors, densities = unify_samples(d_c, c_c, s_c, d_f, c_f, s_f)
-        return ray_march_midpoints(colors, densities, depths)
+    def noise_maps():
+        maps = [torch.zeros(shape, requires_grad=True)
+                for shape in [(1, 1, 4, 4)] + [(1, 1, s, s) for s in (8, 16, 32, 64, 128, 256) for _ in range(2)]]
+        return [maps], maps
 
-    def now(d_c, c_c, s_c, d_f, c_f, s_f):
+    print_side_by_side("the EG3D inversion's noise regularisation, 13 maps of 4-256 px", noise_maps, (
+        ("map by map (before)", lambda maps: [stages_before.noise_regularisation(maps)]),
+        ("batched by size (now)", lambda maps: [noise_regularisation(maps)])))
+
+    def sample_sets():  # depths, colours, densities of the 48 coarse and the 48 fine samples of 16,384 rays
+        leaves = [torch.zeros(1, 16384, 48, c, requires_grad=True) for c in (1, 32, 1, 1, 32, 1)]
+        return leaves, leaves
+
+    def unified_midpoints(d_c, c_c, s_c, d_f, c_f, s_f):
+        depths, colors, densities = stages_before.unify_samples(d_c, c_c, s_c, d_f, c_f, s_f)
+        return stages_before.ray_march_midpoints(colors, densities, depths)
+
+    def two_sets(d_c, c_c, s_c, d_f, c_f, s_f):
         rgb, _depth, weights = march_sample_sets([c_c, c_f], torch.cat([s_c, s_f], -2), torch.cat([d_c, d_f], -2))
         return rgb, weights
 
-    print("\n# the importance renderer's final pass, forward + backward, 16,384 rays x (48 + 48) samples x 32 channels")
-    print(f"{'form':<40} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
-    for name, march in (("concatenate, sort, midpoints (before)", before), ("two sets, per-sample weights (now)", now)):
-        with FakeTensorMode():
-            inputs = [torch.zeros(1, 16384, 48, c, requires_grad=True) for c in (1, 32, 1, 1, 32, 1)]
-            mode = TrafficMode()
-            with mode:
-                rgb, weights = march(*inputs)
-                torch.autograd.grad((rgb.sum(), weights.sum()), inputs)
-        kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind != "optimiser")
-        nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind != "optimiser")
-        print(f"{name:<40} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
+    print_side_by_side("the importance renderer's final pass, 16,384 rays x (48 + 48) samples x 32 channels",
+                       sample_sets, (("concatenate, sort, midpoints (before)", unified_midpoints),
+                                     ("two sets, per-sample weights (now)", two_sets)))
 
+    def decoder_inputs():  # its weights tuned, as in PTI and stage 5
+        decoder = OSGDecoder(PLANE_CHANNELS, DECODER_HIDDEN, PLANE_CHANNELS)
+        x = torch.zeros(1, 16384 * 96, PLANE_CHANNELS, requires_grad=True)
+        return [decoder, x], [x, *decoder.parameters()]
 
-def compare_decoder() -> None:
-    """The EG3D decoder on the full-size render's 16,384 rays x 96 samples, forward + backward (its
-    weights tuned, as in PTI and stage 5): two output slices (before) and one split (now)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from bench.stages_before import decode_sliced
-    from engine.nets.eg3d import DECODER_HIDDEN, PLANE_CHANNELS, OSGDecoder
-
-    print("\n# the EG3D decoder, forward + backward, 16,384 rays x 96 samples")
-    print(f"{'form':<28} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
-    for name, decode in (("two slices (before)", decode_sliced),
-                         ("one split (now)", lambda decoder, x: decoder.decode(x))):
-        with FakeTensorMode():
-            decoder = OSGDecoder(PLANE_CHANNELS, DECODER_HIDDEN, PLANE_CHANNELS)
-            x = torch.zeros(1, 16384 * 96, PLANE_CHANNELS, requires_grad=True)
-            mode = TrafficMode()
-            with mode:
-                sigma, rgb = decode(decoder, x)
-                torch.autograd.grad((sigma.sum(), rgb.sum()), [x, *decoder.parameters()])
-        kernels = sum(k for (_, kind), (k, _b) in mode.table.items() if kind == "memory")
-        nbytes = sum(b for (_, kind), (_k, b) in mode.table.items() if kind == "memory")
-        print(f"{name:<28} {kernels:>8} {nbytes / 1e9:>8.2f} {floor_ms(kernels, nbytes):>9.2f}")
+    print_side_by_side("the EG3D decoder, 16,384 rays x 96 samples", decoder_inputs, (
+        ("two slices (before)", stages_before.decode_sliced),
+        ("one split (now)", lambda decoder, x: decoder.decode(x))))
 
 
 def main(argv=None) -> int:
@@ -286,9 +269,7 @@ def main(argv=None) -> int:
         p.error(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
     for stage, rows in traffic(only).items():
         print_table(stage, rows, args.top)
-    compare_noise_regularisation()
-    compare_marcher()
-    compare_decoder()
+    compare_changes()
     return 0
 
 

@@ -188,11 +188,13 @@ def load_networks(weights_dir: pathlib.Path, preset: str = "auto", device: str |
         raise ValueError(f"unknown network preset {preset!r}; known: {', '.join(PRESETS)}")
     if preset == "full":
         return full_networks(seed, device)
-    if preset == "pretrained" or (preset == "auto" and pretrained_available(weights_dir)):
+    if preset == "pretrained":
         return pretrained_networks(weights_dir, device)
     if preset == "auto":
         states = pretrained_states(weights_dir)
         unusable = {name: state for name, state in states.items() if state != "current"}
+        if not unusable:
+            return pretrained_networks(weights_dir, device)
         if len(unusable) < len(states):  # a partial install, e.g. a folder a newer version reads
             log.warning("pretrained weights in %s are incomplete (%s), so the slim preset is used; run "
                         "`emoji3d weights fetch` then `emoji3d weights convert`", weights_dir,

@@ -332,8 +332,8 @@ def march_sample_sets(colors: Sequence[torch.Tensor], densities: torch.Tensor, d
     parts = per_sample.split([c.shape[-2] for c in colors], dim=-2)
     dtype = functools.reduce(torch.promote_types, [c.dtype for c in colors], per_sample.dtype)  # as a plain sum
     with torch.autocast(densities.device.type, enabled=False):
-        composite_rgb = sum((u.to(dtype).transpose(-1, -2) @ c.to(dtype)).squeeze(-2)  # [N,M,C]
-                            for u, c in zip(parts, colors))
+        composite_rgb = functools.reduce(torch.add, ((u.to(dtype).transpose(-1, -2) @ c.to(dtype)).squeeze(-2)
+                                                     for u, c in zip(parts, colors)))  # [N,M,C]
     depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
     weight_total = weights.sum(2)
     composite_depth = torch.sum(weights * depths_mid, -2) / weight_total
