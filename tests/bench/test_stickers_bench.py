@@ -1,0 +1,35 @@
+"""bench/stickers.py --vp9-speed with tiny numbers, and the photographed content it measures with."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tests.bench.run import run_bench
+from tests.engine.stickers import content
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_portrait_content_is_a_textured_head_cut_out_and_turning():
+    frames = content.portrait(4, 96, 96, period=4)
+    assert all(f.shape == (96, 96, 4) and f.dtype == np.uint8 for f in frames)
+    first = frames[0]
+    assert first[0, 0, 3] == 0 and first[48, 48, 3] == 255  # transparent corner, opaque middle
+    assert (first[first[..., 3] == 0, :3] == 0).all()  # no colour hidden under transparency
+    assert first[20:76, 20:76, :3].std() > 20  # a photograph's texture, not a flat disc
+    assert np.abs(frames[1].astype(int) - first).mean() > 1  # it moves
+
+
+def test_vp9_speed_bench_prints_every_speed_for_each_content(tmp_path):
+    out = run_bench("stickers.py", "--vp9-speed", "--content", "portrait", "cartoon", "--frames", "4", "--size", "128",
+                    cwd=tmp_path)
+    rows = re.findall(r"^\| (portrait|cartoon) \| ([^|]+?) \| ([\d.]+) \| ([\d.]+)x \| (\d+) \| (\d+) \| (\d+) \| "
+                      r"([\d.]+) \|$", out, re.M)
+    assert [(kind, label) for kind, label, *_ in rows] == [
+        (kind, label) for kind in ("portrait", "cartoon")
+        for label in ("good 4", "good 5", "good 6", "realtime 8", "good 4, 2 threads")], out
+    for kind, label, _s, ratio, tries, crf, size, psnr in rows:
+        assert int(tries) >= 1 and 24 <= int(crf) <= 63 and 0 < int(size) <= 256_000 and float(psnr) > 20, out
+        assert label != "good 4" or ratio == "1.00"
