@@ -157,6 +157,7 @@ def test_dual_style_schedule_keeps_the_result_close(cached_run, stage5):
     assert noise > 1e-3 and apart < 1.5 * noise, (apart, noise)
 
 
+@pytest.mark.slow  # 26 s: a decision made once (the joint round), against a stage 5 kept only in bench/
 def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces, stage5, monkeypatch):
     """Stage 5 takes both branches' steps from one forward pass (so a round can be one CUDA
     graph); before, the 2D step of a round saw the render after that round's 3D step. The
@@ -203,6 +204,7 @@ def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, stag
     assert noise > 1e-3 and apart < 1.5 * noise < moved, (apart, noise, moved)
 
 
+@pytest.mark.slow  # 19 s, for a setting PTI's defaults no longer use (lpips_size below the render's size)
 def test_pti_lpips_at_half_the_render_size_keeps_the_result_close(nets, faces):
     """``[pipeline.pti] lpips_size`` below the render's size (issue 17 first moved PTI's VGG16
     LPIPS from the 512 px render to 256 px; PTI's own AlexNet LPIPS, used now, costs less on the
