@@ -1,7 +1,7 @@
 """`make gpu-check`: every GPU-only check in one command, written to one Markdown report.
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
-                              [--parts build tests syncs pipeline kernels nets render profile] [--quick]
+                              [--parts build tests syncs pipeline kernels nets render profile encode] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -28,6 +28,12 @@ Parts, in this order (the most important first, so a short budget loses the leas
    backward). Eager steps, which run the same kernels as the replayed graphs but
    can be traced to their operators; the GPU's busy share is therefore not the
    engine's (run it with ``--graphs on`` for that).
+9. ``encode``: ``bench/stickers.py --photographed-pack``: a Telegram pack's
+   files encoded as the engine encodes them, from photographed frames (the
+   random weights' renders are noise, far harder to encode than a face), by
+   encode workers (the engine's default, and half as many) and libvpx threads
+   per file (1 and 2). The CPU side of the projected time; the host's cores
+   decide it.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -91,6 +97,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         render = [py, "bench/render.py", "--presets", "slim512", "--frames", "8", "--measure-frames", "2"]
         kernels = [py, "bench/kernels.py", "--repeats", "2"]
         profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5", "--by-source"]
+        encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4",
+                  "--pack-workers", "1", "--vp9-threads", "1", "2"]
     else:
         # CUDA graphs only (the engine's default; eager steps were timed side by side in run 5), and
         # one precision in the profile (bf16's kernels were the same): the command stays under 8 minutes
@@ -101,6 +109,10 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         # eager steps run the kernels a replay runs, and only they say whose code launched them
         profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32",
                    "--graphs", "off", "--by-source"]
+        # the engine's encode workers (0), and half of the free cores each running files on 2 threads
+        half = str(max(1, ((os.cpu_count() or 2) - 1) // 2))
+        encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "7", "--frames", "30", "--fps",
+                  "15", "--pack-workers", "0", half, "--vp9-threads", "1", "2"]
     timing_json = json_dir / "stage_timing.json"
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
@@ -116,6 +128,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         Part("profile", "Where a step's time goes, by kernel and by our function (bench/step_profile.py)", 240,
              [profile]),
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
+        Part("encode", "A Telegram pack's files from photographed frames (bench/stickers.py --photographed-pack)", 120,
+             [encode]),
     ]
 
 
@@ -211,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results" / "gpu-check.md")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for all parts together")
-    p.add_argument("--parts", nargs="+", choices=["build", "tests", "syncs", "pipeline", "kernels", "nets", "render", "profile"], default=None)
+    p.add_argument("--parts", nargs="+", choices=[part.name for part in parts(True, REPO)],
+                   default=None)
     p.add_argument("--json-out", type=pathlib.Path, default=None,
                    help="folder for the pipeline part's measurements (default: beside the report)")
     p.add_argument("--quick", action="store_true", help="tiny workloads, for trying the command on a CPU")

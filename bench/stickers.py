@@ -21,7 +21,19 @@ project's 2-core machine, a pack's 2 s sticker of the portrait: cpu-used 5 and 6
 (0.79x, same CRF), realtime 8 was 2.2x faster but settled 6 CRF worse at 1.8 dB less, and two
 threads were 1.48x faster with the same CRF. So the engine stays at good / cpu-used 4, one thread
 per file; whether two threads per sticker shorten a pack's encode tail on a GPU host's 16 cores
-(where the pool already runs a file per core) is for a run there.
+(where the pool already runs a file per core) is for a run there:
+
+    .venv/bin/python bench/stickers.py --photographed-pack --pack-stickers 7 --frames 30 --fps 15 \
+        [--pack-workers 0 7] [--vp9-threads 1 2] [--render-gap 0.2]
+
+``--photographed-pack`` encodes a Telegram pack's files (each sticker's video and custom emoji, the
+thumbnail) on ``engine.render.pack``'s encoder pool as ``make_pack_files`` does, from photographed
+frames (the ``portrait`` content; the random weights' renders are noise, far harder to encode than a
+face), one sticker submitted every ``--render-gap`` seconds like the render loop, for each number of
+encode workers (0: the engine's default, cores - 1 up to 12) and libvpx threads per file, and
+prints the seconds to the last file. ``make gpu-check`` runs it on the GPU host. Here (2 cores, 7
+stickers): 1 worker 36.9 s, 1 worker on 2 threads 26.5 s, 2 workers 19.9 s, 2 workers on 2
+threads each 21.4 s.
 
     .venv/bin/python bench/stickers.py --search [--content cartoon motion] [--frames 30 --fps 15]
 
@@ -294,11 +306,76 @@ def vp9_speed_table(kinds: list[str], n_frames: int, fps: float, size: int, repe
                   f"{r.byte_size} | {psnr:.1f} |", flush=True)
 
 
+def photographed_stickers(n_stickers: int, n_frames: int, fps: float) -> list:
+    """The ``portrait`` content as a pack's stickers, each turning a little further."""
+    from engine.render.frames import StickerFrames
+
+    return [StickerFrames(f"turn{i}", "😎", content.portrait(n_frames, 512, 512, degrees=5.0 + 2 * i), fps)
+            for i in range(n_stickers)]
+
+
+def photographed_pack(stickers: list, render_gap_s: float, workers: int, vp9_threads: int) -> dict:
+    """A Telegram pack's files (each sticker's video and custom emoji, the thumbnail) encoded as
+    ``engine.render.pack.make_pack_files`` encodes them, on the same pool, from ``stickers``' frames
+    (photographed: :func:`photographed_stickers`) instead of renders: a sticker's files are submitted
+    every ``render_gap_s`` seconds, the pace of a render loop. ``vp9_threads``: libvpx threads per
+    file. Returns the seconds to the last file, how long after the last submission that was, and
+    the files."""
+    from emoji3d.orders import CUSTOM_EMOJI_TARGETS, THUMBNAIL_TARGETS
+    from engine.render.pack import StickerEncoder, _encoded_bytes
+
+    per_sticker = ("telegram_video", CUSTOM_EMOJI_TARGETS["telegram"])
+    encoder = StickerEncoder(workers, EncodeConfig(threads=vp9_threads))
+    t0 = time.perf_counter()
+    try:
+        for i, frames in enumerate(stickers):
+            time.sleep(render_gap_s)  # this sticker's render
+            for target in per_sticker:
+                encoder.submit(i, frames, target)
+            if i == 0:
+                thumbnail = encoder.later(_encoded_bytes, frames, THUMBNAIL_TARGETS["telegram"], encoder.config)
+        submitted = time.perf_counter() - t0
+        files = encoder.results(lambda i: None)
+        files["thumbnail"] = thumbnail.result()
+        seconds = time.perf_counter() - t0
+    finally:
+        encoder.close(cancel=False)
+    return {"seconds": seconds, "tail_seconds": seconds - submitted, "files": files}
+
+
+def photographed_pack_table(workers: list[int], threads: list[int], n_stickers: int, n_frames: int, fps: float,
+                            render_gap_s: float, repeat: int = 2) -> None:
+    """:func:`photographed_pack` for each number of encode workers (0: the engine's default) and libvpx
+    threads per file, side by side."""
+    print(f"a Telegram pack's files from photographed frames: {n_stickers} stickers of {n_frames} frames at "
+          f"{fps:g} fps (video + custom emoji each, thumbnail), one submitted every {render_gap_s:g} s; "
+          f"{os.cpu_count()} CPU cores, best of {repeat}")
+    print("| encode workers | libvpx threads per file | s to the last file | s after the last render | vs the first row "
+          "| same files each run |")
+    print("|---:|---:|---:|---:|---:|---|")
+    from engine.render.pack import default_encode_workers
+
+    stickers = photographed_stickers(n_stickers, n_frames, fps)
+    base = None
+    for w in [w or default_encode_workers() for w in workers]:
+        for t in threads:
+            runs = [photographed_pack(stickers, render_gap_s, w, t) for _ in range(repeat)]
+            best = min(runs, key=lambda r: r["seconds"])
+            base = base or best["seconds"]
+            same = all(r["files"] == runs[0]["files"] for r in runs)
+            print(f"| {w} | {t} | {best['seconds']:.2f} | {best['tail_seconds']:.2f} | {base / best['seconds']:.2f}x | "
+                  f"{'yes' if same else 'NO'} |", flush=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", action="store_true", help="serial vs parallel encoding of a pack (see above)")
     ap.add_argument("--search", action="store_true", help="the encoder's search before and now (see above)")
     ap.add_argument("--over-limit", action="store_true", help="too-big candidates: finished vs stopped (see above)")
+    ap.add_argument("--photographed-pack", action="store_true",
+                    help="a Telegram pack's files from photographed frames, by libvpx threads per file (see above)")
+    ap.add_argument("--vp9-threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--render-gap", type=float, default=0.2, help="seconds between stickers submitted (a render)")
     ap.add_argument("--vp9-speed", action="store_true", help="the VP9 encode at each libvpx speed (see above)")
     ap.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--pack-stickers", type=int, default=4)
@@ -313,6 +390,9 @@ def main(argv: list[str]) -> int:
         return 0
     if a.search:
         search_table(a.content, a.targets, a.frames, a.fps, a.size)
+        return 0
+    if a.photographed_pack:
+        photographed_pack_table(a.pack_workers, a.vp9_threads, a.pack_stickers, a.frames, a.fps, a.render_gap)
         return 0
     if a.vp9_speed:
         vp9_speed_table(a.content, a.frames, a.fps, a.size)

@@ -48,7 +48,7 @@ from engine.render.edits import BoundarySet
 from engine.render.frames import (RenderSettings, StickerFrames, StickerSpec, render_frames, render_pack,
                                   spec_from_entry, to_rgba)
 from engine.render.mesh import export_glb
-from engine.stickers.encode import EncodeResult, encode
+from engine.stickers.encode import EncodeConfig, EncodeResult, encode
 from engine.stickers.preview import PackItem, PackPreview, build_pack_preview, contact_sheet
 
 STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
@@ -133,8 +133,8 @@ def default_encode_workers() -> int:
     return max(1, min(MAX_ENCODE_WORKERS, (os.cpu_count() or 1) - 1))
 
 
-def _encoded_bytes(frames: StickerFrames, target: str) -> bytes:
-    return encode(frames.frames, frames.fps, target).data
+def _encoded_bytes(frames: StickerFrames, target: str, config: EncodeConfig | None = None) -> bytes:
+    return encode(frames.frames, frames.fps, target, config).data
 
 
 def _preview_encode(frames: StickerFrames) -> EncodeResult:
@@ -157,19 +157,20 @@ class StickerEncoder:
     """Encodes sticker files while the caller renders the next sticker: at most ``workers`` files at
     once on a thread pool (``workers`` = 1: at once in the calling thread). Files come back in the
     order they were submitted, so the pack is byte-identical to the serial path (each encode is pure:
-    same frames, fps and target give the same bytes)."""
+    same frames, fps, target and ``config`` give the same bytes; None: the encoder's defaults)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, config: EncodeConfig | None = None) -> None:
         if workers < 1:
             raise ValueError(f"encode workers must be >= 1, got {workers}")
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="sticker-encode") if workers > 1 else None
+        self.config = config
         self.pending: list[tuple[int, str, Future | bytes]] = []  # (sticker index, target, file or its future)
 
     def submit(self, index: int, frames: StickerFrames, target: str) -> None:
         if self.pool is None:
-            self.pending.append((index, target, _encoded_bytes(frames, target)))
+            self.pending.append((index, target, _encoded_bytes(frames, target, self.config)))
         else:
-            self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target)))
+            self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target, self.config)))
 
     def later(self, fn: Callable[..., Any], *args: Any) -> Future:
         """``fn(*args)`` on the pool behind the files submitted so far (with one worker: now, here)."""
@@ -231,7 +232,7 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
                 if preview_page:
                     previews.append(encoder.later(_preview_encode, frames))
                 if thumbnail_target and thumbnail_job is None:
-                    thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target)
+                    thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target, encoder.config)
                 rendered.append(frames)
             progress("render", i + 2, len(specs) + 1)
         preview_job = encoder.later(_pack_preview if preview_page else _sheet_only, list(rendered), previews)

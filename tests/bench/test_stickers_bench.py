@@ -33,3 +33,12 @@ def test_vp9_speed_bench_prints_every_speed_for_each_content(tmp_path):
     for kind, label, _s, ratio, tries, crf, size, psnr in rows:
         assert int(tries) >= 1 and 24 <= int(crf) <= 63 and 0 < int(size) <= 256_000 and float(psnr) > 20, out
         assert label != "good 4" or ratio == "1.00"
+
+
+def test_photographed_pack_bench_encodes_the_same_files_each_run(tmp_path):
+    out = run_bench("stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4", "--render-gap",
+                    "0", "--pack-workers", "1", "2", "--vp9-threads", "1", "2", cwd=tmp_path)
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (\w+) \|$", out, re.M)
+    assert [(w, t) for w, t, *_ in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")], out
+    assert all(same == "yes" for *_, same in rows), out  # libvpx gives the same bytes on a fixed thread count
+    assert rows[0][4] == "1.00"
