@@ -16,6 +16,13 @@ the same process:
   render's 48 + 48 samples per ray: ``triplane_mean_ref`` (``grid_sample``
   on [N*3, C, H, W] planes, then the mean) and the fused channels-last kernels.
 
+* the ray marcher's colour composite (``engine.nets.volume.march_sample_sets``),
+  one weight per sample times the colours of each sample set, at a 128 px
+  render's 16,384 rays x 48 samples x 32 channels, float32 as the marcher runs it
+  (autocast off): the batched product it uses against ``(u * colours).sum(-2)``,
+  the two-kernel fallback, with the time each pass's bytes would take at the
+  GPU's bandwidth (whether the batched product runs near it).
+
 The last columns give the new kernel's speed-up over the one it replaces and
 the largest difference between their outputs and input gradients relative to
 the largest value. Needs a CUDA device (elsewhere it says so and measures nothing).
@@ -131,7 +138,52 @@ def main(argv: list[str] | None = None) -> int:
                "fused": lambda t, grid=grid: triplane.triplane_mean(t, grid, impl="cuda")}
         print(compare("EG3D FFHQ-512, 128 px render", f"1x3x32x256x256, {points:,}", dtype,
                       planes.requires_grad_(True), ops, args.repeats), flush=True)
+
+    print("\n## colour composite of one sample set\n")
+    print(composite_table(device, args.repeats))
     return 0
+
+
+def composite_table(device: torch.device, repeats: int, rays: int = 128 * 128, samples: int = 48,
+                    channels: int = 32) -> str:
+    """The marcher's per-set colour composite, sum_j u_j c_j, forward + backward (gradients to both the
+    weights and the colours): the batched product against the element-wise product and sum."""
+    g = torch.Generator(device).manual_seed(3)
+    u = torch.rand(1, rays, samples, 1, device=device, generator=g).requires_grad_(True)  # [N,M,S,1]
+    c = torch.rand(1, rays, samples, channels, device=device, generator=g).requires_grad_(True)  # [N,M,S,C]
+    dy = torch.randn(1, rays, channels, device=device, generator=g)
+    forms = {"batched product": lambda: (u.transpose(-1, -2) @ c).squeeze(-2),
+             "(u * c).sum(-2)": lambda: (u * c).sum(-2)}
+
+    def forward_backward_both(form):
+        y = form()
+        return (y, *torch.autograd.grad(y, (u, c), dy))
+
+    # float32 bytes moved at least: forward reads u and c and writes y; backward reads dy, u and c and
+    # writes du and dc
+    least = 4 * (3 * (u.numel() + c.numel()) + 2 * rays * channels)
+    bandwidth = gpu_bandwidth_bytes_per_s(device)
+    reference = forward_backward_both(forms["(u * c).sum(-2)"])
+    lines = [f"{rays:,} rays x {samples} samples x {channels} channels, float32; at least {least / 1e6:.0f} MB moved "
+             f"forward + backward" + (f", {least / bandwidth * 1e3:.3f} ms at {bandwidth / 1e12:.2f} TB/s"
+                                       if bandwidth else ""), "",
+             "| form | ms | bandwidth reached (least bytes / ms) | max difference |", "|---|---:|---:|---:|"]
+    for name, form in forms.items():
+        ms = time_ms(lambda form=form: forward_backward_both(form), repeats)
+        diff = max(float((a - b).abs().max()) / max(1e-12, float(b.abs().max()))
+                   for a, b in zip((t.detach() for t in forward_backward_both(form)), (t.detach() for t in reference)))
+        share = f"{least / bandwidth * 1e3 / ms:.0%}" if bandwidth else "-"
+        lines.append(f"| {name} | {ms:.3f} | {share} | {diff:.1e} |")
+    return "\n".join(lines)
+
+
+def gpu_bandwidth_bytes_per_s(device: torch.device) -> float | None:
+    """The GPU's peak memory bandwidth from its clock and bus width (None where torch does not say)."""
+    props = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
+    if not clock_khz or not bus_bits:
+        return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8  # double data rate
 
 if __name__ == "__main__":
     sys.exit(main())
