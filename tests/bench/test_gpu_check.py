@@ -3,7 +3,9 @@ hanging part is reported and the others still run; the report is on disk after e
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -48,3 +50,15 @@ def test_the_gpu_tests_part_collects_only_files_with_gpu_tests():
     assert "tests/engine/ops/test_fused_gpu.py" in files
     assert all("mark.gpu" in (REPO / f).read_text() for f in files)
     assert not any(f.startswith("tests/bots") for f in files)
+
+
+def test_the_device_script_runs_the_named_parts_into_out(tmp_path):
+    """bench/gpu_run.sh as a device call runs it (here on the CPU, --quick, no wheels to install):
+    the named parts only, the report named after them in $OUT."""
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_CHECK_ARGS": "--quick", "GPU_WHEELS_DIR": str(tmp_path / "none"),
+           "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_run.sh"), "kernels", "encode"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    report = (tmp_path / "gpu-check-kernels-encode.md").read_text()
+    assert "| kernels | passed |" in report and "| encode | passed |" in report and "| pipeline |" not in report
