@@ -165,13 +165,17 @@ def write_gif(indices: list[np.ndarray], palette_rgb: np.ndarray, transparent_in
     return buf.getvalue()
 
 
-def write_webp(frames_rgba: list[np.ndarray], fps: float, *, quality: int, lossless: bool = False) -> bytes:
-    """WEBP with alpha; animated (looping forever) when more than one frame."""
+def write_webp(frames_rgba: list[np.ndarray], fps: float, *, quality: int, lossless: bool = False,
+               alpha_quality: int = 100) -> bytes:
+    """WEBP with alpha; animated (looping forever) when more than one frame. ``alpha_quality`` < 100
+    compresses the alpha plane lossily too (libwebp's own alpha quality, 0..100)."""
     ims = [Image.fromarray(f, "RGBA") for f in frames_rgba]
     buf = io.BytesIO()
     if len(ims) == 1:
-        ims[0].save(buf, format="WEBP", quality=int(quality), lossless=lossless, method=4, exact=False)
+        ims[0].save(buf, format="WEBP", quality=int(quality), lossless=lossless, method=4, exact=False,
+                    alpha_quality=int(alpha_quality))
     else:
         ims[0].save(buf, format="WEBP", save_all=True, append_images=ims[1:], duration=frame_delays_ms(len(ims), fps),
-                    loop=0, quality=int(quality), lossless=lossless, method=4, allow_mixed=False)
+                    loop=0, quality=int(quality), lossless=lossless, method=4, allow_mixed=False,
+                    alpha_quality=int(alpha_quality))
     return buf.getvalue()

@@ -11,7 +11,7 @@ naming the last reason.
 Search (the same for every format, :func:`_ladder_search`): a *level* fixes
 the sequence (frame size, fps, duration); a *knob* sets quality within a
 level (VP9 CRF; APNG full RGBA then palette 256 -> 32 colours; GIF palette;
-WEBP quality). Level 0 is tried at the knob's start value, then at its worst
+WEBP quality, of the colour and, in an animation, of the alpha plane too). Level 0 is tried at the knob's start value, then at its worst
 value; if neither fits, the first level that fits at the worst knob is found
 by bisection over the levels, and finally the knob is bisected toward better
 quality at that level. With ``best_first`` (the default) level 0 is tried at
@@ -396,8 +396,10 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
         knob = knobs[k]
         st: dict[str, object] = {"fps": round(timing.fps, 3), "duration_s": round(timing.duration_s, 3)}
         if container == "webp":
-            st["quality"] = knob
-            make = lambda: codecs.write_webp(seq, timing.fps, quality=knob)
+            # the alpha plane follows the colour's quality: a matte that is not near 0/255 everywhere
+            # (a soft or noisy one) would otherwise keep the file over the limit at every quality
+            st["quality"] = st["alpha_quality"] = knob
+            make = lambda: codecs.write_webp(seq, timing.fps, quality=knob, alpha_quality=knob)
         elif container == "apng" and knob == "rgba":
             st["colors"] = "rgba"
             make = lambda: codecs.write_apng(seq, timing.fps, max_bytes=rule.max_bytes)
