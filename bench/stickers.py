@@ -319,8 +319,8 @@ def photographed_pack(stickers: list, render_gap_s: float, workers: int, vp9_thr
     ``engine.render.pack.make_pack_files`` encodes them, on the same pool, from ``stickers``' frames
     (photographed: :func:`photographed_stickers`) instead of renders: a sticker's files are submitted
     every ``render_gap_s`` seconds, the pace of a render loop. ``vp9_threads``: libvpx threads per
-    file. Returns the seconds to the last file, how long after the last submission that was, and
-    the files."""
+    file. Returns the seconds to the last file, how long after the last submission that was (none
+    with one worker, which encodes each file as it is submitted), and the files."""
     from emoji3d.orders import CUSTOM_EMOJI_TARGETS, THUMBNAIL_TARGETS
     from engine.render.pack import StickerEncoder, _encoded_bytes
 

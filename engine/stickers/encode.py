@@ -11,8 +11,9 @@ naming the last reason.
 Search (the same for every format, :func:`_ladder_search`): a *level* fixes
 the sequence (frame size, fps, duration); a *knob* sets quality within a
 level (VP9 CRF; APNG full RGBA then palette 256 -> 32 colours; GIF palette;
-WEBP quality, of the colour and, in an animation, of the alpha plane too). Level 0 is tried at the knob's start value, then at its worst
-value; if neither fits, the first level that fits at the worst knob is found
+WEBP quality, of the colour and, in an animation, of the alpha plane too).
+Level 0 is tried at the knob's start value, then at its worst value; if
+neither fits, the first level that fits at the worst knob is found
 by bisection over the levels, and finally the knob is bisected toward better
 quality at that level. With ``best_first`` (the default) level 0 is tried at
 the best knob before its start value: typical content (a rendered head) fits
