@@ -239,6 +239,8 @@ class PackConfig:
     fps: float = _c(15.0, gt=0, le=30)
     size: int = _c(512, ge=64, le=1024)
     views_per_pass: int = _c(0, ge=0, le=256, doc="cameras ray-marched per call; 0 = auto (8 on a GPU, 1 on a CPU)")
+    encode_threads: int = _c(1, ge=1, le=16, doc="libvpx threads per VP9 file (Telegram's stickers, custom emoji, "
+                                                 "thumbnail); the files' bytes can depend on it")
     boundaries: str = _c("", doc="boundary file; empty = <data_dir>/boundaries/eg3d.safetensors")
     boundary_fit_samples: int = _c(5000, ge=8, le=1_000_000,
                                    doc="latents the engine renders and scores when it fits the boundaries itself")

@@ -215,7 +215,8 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
     settings = RenderSettings(size=pack.size, views_per_pass=pack.views_per_pass or None)
     specs, notes = sticker_specs(pack, boundaries, boundaries_problem)
     per_sticker = tuple(targets) + ((emoji_target,) if emoji_target else ())
-    encoder = StickerEncoder(default_encode_workers() if encode_workers is None else int(encode_workers))
+    encoder = StickerEncoder(default_encode_workers() if encode_workers is None else int(encode_workers),
+                             EncodeConfig(threads=pack.encode_threads))
     try:
         progress("render", 0, len(specs) + 1)
         stills = render_stills(generator, avatar, settings)

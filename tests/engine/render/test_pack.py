@@ -3,6 +3,7 @@ pool while the next sticker renders are byte-identical to the serial path, in th
 the preview page no preview is encoded and the rest is unchanged; a cancel stops the encoders."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from unittest import mock
 
@@ -94,3 +95,25 @@ def test_a_job_on_the_encoder_gives_its_value_or_its_error_through_its_future(wo
 def test_encoder_workers_must_be_positive():
     with pytest.raises(ValueError, match="encode workers must be >= 1"):
         StickerEncoder(0)
+
+
+def test_encode_threads_reach_every_vp9_file_and_their_bytes(avatar):
+    """``[pack] encode_threads``: every file of the pack is encoded with that many libvpx threads
+    (passed to the VP9 writer's ``threads``; a GIF's writer has none), and the files verify."""
+    from engine.stickers.verify import verify
+
+    G, pose = avatar
+    configs = []
+    real = pack_module._encoded_bytes
+
+    def spy(frames, target, config=None):
+        configs.append((target, config.threads))
+        return real(frames, target, config)
+
+    with mock.patch.object(pack_module, "_encoded_bytes", spy):
+        two = make_pack_files(G, pose, dataclasses.replace(PACK, encode_threads=2), TARGETS,
+                              thumbnail_target="telegram_thumb", boundaries=None, progress=lambda *a: None,
+                              encode_workers=1)
+    assert sorted(set(configs)) == [("discord_emoji", 2), ("telegram_thumb", 2), ("telegram_video", 2)]
+    assert all(verify(s.files["telegram_video"], "telegram_video").ok for s in two.stickers)
+    assert verify(two.thumbnail["telegram_thumb"], "telegram_thumb").ok
