@@ -97,7 +97,7 @@ def test_encoder_workers_must_be_positive():
         StickerEncoder(0)
 
 
-def test_encode_threads_reach_every_vp9_file_and_their_bytes(avatar):
+def test_encode_threads_reach_every_file_of_the_pack(avatar):
     """``[pack] encode_threads``: every file of the pack is encoded with that many libvpx threads
     (passed to the VP9 writer's ``threads``; a GIF's writer has none), and the files verify."""
     from engine.stickers.verify import verify

@@ -3,9 +3,10 @@
 Easy: ``cartoon`` (a shaded disc with a soft edge drifting over a transparent
 background, like a rendered head). Real texture: ``portrait`` (a photographed head
 and shoulders, ``skimage.data.astronaut()``, cut out by a soft elliptical matte and
-turning to and fro: what a real avatar's sticker asks of an encoder). Hard: ``noise`` (full-frame random colour,
-opaque or with random alpha), ``motion`` (random opaque blocks that jump every
-frame), ``transparent`` (nothing visible). RNG is passed in.
+turning to and fro: what a real avatar's sticker asks of an encoder). Hard:
+``noise`` (full-frame random colour, opaque or with random alpha), ``motion``
+(random opaque blocks that jump every frame), ``transparent`` (nothing visible).
+RNG is passed in.
 """
 from __future__ import annotations
 
