@@ -79,6 +79,7 @@ from engine.stickers.encode import EncodeConfig, encode  # noqa: E402
 from engine.stickers.errors import StickerEncodeError  # noqa: E402
 from engine.stickers.targets import TARGETS  # noqa: E402
 from tests.engine.stickers import content  # noqa: E402
+from tests.engine.stickers.measure import premultiplied_psnr  # noqa: E402
 
 
 def make(kind: str, n: int, size: int) -> list[np.ndarray]:
@@ -257,17 +258,6 @@ def over_limit_table(kinds: list[str], n_frames: int, fps: float, size: int, rep
             print(f"| {kind} | {container} ({target}) | {len(full)} | {limit} | {tf:.3f} | {ts:.3f} | {tf / ts:.2f}x |")
 
 
-def premultiplied_psnr(decoded: list[np.ndarray], source: list[np.ndarray]) -> float:
-    """PSNR (dB) of decoded RGBA frames against their source, over premultiplied colour and alpha:
-    colour under a transparent pixel counts for nothing, as on screen."""
-    def premultiplied(f: np.ndarray) -> np.ndarray:
-        f = f.astype(np.float64)
-        return np.concatenate([f[..., :3] * f[..., 3:] / 255.0, f[..., 3:]], axis=-1)
-
-    mse = np.mean([np.mean((premultiplied(d) - premultiplied(s)) ** 2) for d, s in zip(decoded, source)])
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
-
-
 # (label, deadline, cpu-used, libvpx threads): libvpx's "good" deadline from the speed the engine uses up,
 # its "realtime" deadline at its fastest, and the engine's speed on two threads (row-mt).
 VP9_SPEEDS = (("good 4", "good", 4, 1), ("good 5", "good", 5, 1), ("good 6", "good", 6, 1),
@@ -350,8 +340,8 @@ def photographed_pack_table(workers: list[int], threads: list[int], n_stickers: 
     print(f"a Telegram pack's files from photographed frames: {n_stickers} stickers of {n_frames} frames at "
           f"{fps:g} fps (video + custom emoji each, thumbnail), one submitted every {render_gap_s:g} s; "
           f"{os.cpu_count()} CPU cores, best of {repeat}")
-    print("| encode workers | libvpx threads per file | s to the last file | s after the last render | vs the first row "
-          "| same files each run |")
+    print("| encode workers | libvpx threads per file | s to the last file | s after the last render "
+          "| vs the first row | same files each run |")
     print("|---:|---:|---:|---:|---:|---|")
     from engine.render.pack import default_encode_workers
 

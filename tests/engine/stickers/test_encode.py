@@ -13,6 +13,7 @@ from engine.stickers.targets import FormatRule, get_target
 from engine.stickers.verify import verify
 
 from tests.engine.stickers.content import cartoon, portrait
+from tests.engine.stickers.measure import premultiplied_psnr
 
 
 def test_cartoon_telegram_video_fits_with_room_at_30fps():
@@ -69,17 +70,6 @@ def test_typical_sticker_is_one_encode_and_the_same_file_as_before():
     assert len(now.report.attempts) == 1 and len(before.report.attempts) == 2
 
 
-def _premultiplied_psnr(decoded: list[np.ndarray], sources: list[np.ndarray]) -> float:
-    """PSNR (dB) of decoded RGBA frames against their sources over premultiplied colour and alpha
-    (colour under transparency counts for nothing, as on screen)."""
-    def premultiplied(f: np.ndarray) -> np.ndarray:
-        f = f.astype(np.float64)
-        return np.concatenate([f[..., :3] * f[..., 3:] / 255.0, f[..., 3:]], -1)
-
-    mse = np.mean([np.mean((premultiplied(d) - premultiplied(s)) ** 2) for d, s in zip(decoded, sources, strict=True)])
-    return float(10 * np.log10(255.0 ** 2 / mse))
-
-
 def test_a_photographed_head_is_searched_to_the_best_crf_that_fits_and_keeps_its_picture():
     """Real texture (a photographed head turning, a pack's 2 s at 15 fps) does not fit at the best CRF,
     unlike the flat disc: the search settles on the best CRF it found to fit, with the next better
@@ -94,7 +84,7 @@ def test_a_photographed_head_is_searched_to_the_best_crf_that_fits_and_keeps_its
     assert crf > EncodeConfig().crf_best and tried[crf] and tried.get(crf - 1) is False, r.summary()
     assert r.content_scale == 1.0 and r.frames_out == 30
     decoded = probe(res.data, keep_frames=True).frames
-    assert _premultiplied_psnr(decoded, [frames[i] for i in r.source_frames]) > 40.5
+    assert premultiplied_psnr(decoded, [frames[i] for i in r.source_frames]) > 40.5
 
 
 def test_a_preview_lowers_alpha_with_colour_quality_and_keeps_more_of_a_photographed_head():
@@ -106,7 +96,7 @@ def test_a_preview_lowers_alpha_with_colour_quality_and_keeps_more_of_a_photogra
     r = res.report
     assert verify(res.data, "preview").ok and r.settings["alpha_quality"] == r.settings["quality"] >= 50, r.summary()
     first = probe(res.data, keep_frames=True).frames[:1]  # later frames may be merged with the next
-    assert _premultiplied_psnr(first, [fit_frame(frames[r.source_frames[0]], layout(512, 512, 256, False))]) > 34.5
+    assert premultiplied_psnr(first, [fit_frame(frames[r.source_frames[0]], layout(512, 512, 256, False))]) > 34.5
 
 
 def test_apng_and_gif_writers_stop_at_the_byte_limit_and_give_the_same_file_under_it():
