@@ -30,10 +30,10 @@ Parts, in this order (the most important first, so a short budget loses the leas
    engine's (run it with ``--graphs on`` for that).
 9. ``encode``: ``bench/stickers.py --photographed-pack``: a Telegram pack's
    files encoded as the engine encodes them, from photographed frames (the
-   random weights' renders are noise, far harder to encode than a face), by
-   encode workers (the engine's default, and half as many) and libvpx threads
-   per file (1 and 2). The CPU side of the projected time; the host's cores
-   decide it.
+   random weights' renders are noise, far harder to encode than a face), on the
+   engine's encode workers, by libvpx threads per file (1 and 2) and with the
+   searches running candidates ahead on idle workers or not. The CPU side of the
+   projected time; the host's cores decide it.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -98,7 +98,7 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         kernels = [py, "bench/kernels.py", "--repeats", "2"]
         profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5", "--by-source"]
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4",
-                  "--pack-workers", "1", "--vp9-threads", "1", "2"]
+                  "--pack-workers", "2", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
     else:
         # CUDA graphs only (the engine's default; eager steps were timed side by side in run 5), and
         # one precision in the profile (bf16's kernels were the same): the command stays under 8 minutes
@@ -109,10 +109,9 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         # eager steps run the kernels a replay runs, and only they say whose code launched them
         profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32",
                    "--graphs", "off", "--by-source"]
-        # the engine's encode workers (0), and half of the free cores each running files on 2 threads
-        half = str(max(1, ((os.cpu_count() or 2) - 1) // 2))
+        # the engine's encode workers, files on 1 and 2 libvpx threads, searches running ahead or not
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "7", "--frames", "30", "--fps",
-                  "15", "--pack-workers", "0", half, "--vp9-threads", "1", "2"]
+                  "15", "--pack-workers", "0", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
     timing_json = json_dir / "stage_timing.json"
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
@@ -128,7 +127,7 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         Part("profile", "Where a step's time goes, by kernel and by our function (bench/step_profile.py)", 240,
              [profile]),
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
-        Part("encode", "A Telegram pack's files from photographed frames (bench/stickers.py --photographed-pack)", 120,
+        Part("encode", "A Telegram pack's files from photographed frames (bench/stickers.py --photographed-pack)", 150,
              [encode]),
     ]
 

@@ -175,7 +175,7 @@ def time_pack(pipe, result, pack_cfg, device: torch.device, with_page_too: bool 
 
         # The encode tasks are timed where the engine's encoder calls them; the files are the engine's own.
         with mock.patch.object(pack_module, "_encoded_bytes", timed(pack_module._encoded_bytes, lambda t, *_: t)), \
-                mock.patch.object(pack_module, "_preview_encode", timed(pack_module._preview_encode, lambda: "preview")):
+                mock.patch.object(pack_module, "_preview_encode", timed(pack_module._preview_encode, lambda *_: "preview")):
             make_pack_files(g3d, pose, pack_cfg, PLATFORM_TARGETS["telegram"],
                             thumbnail_target=THUMBNAIL_TARGETS["telegram"], boundaries=boundaries,
                             progress=lambda *_: None, emoji_target=CUSTOM_EMOJI_TARGETS["telegram"],

@@ -24,16 +24,28 @@ per file; whether two threads per sticker shorten a pack's encode tail on a GPU 
 (where the pool already runs a file per core) is for a run there:
 
     .venv/bin/python bench/stickers.py --photographed-pack --pack-stickers 7 --frames 30 --fps 15 \
-        [--pack-workers 0 7] [--vp9-threads 1 2] [--render-gap 0.2]
+        [--pack-workers 0 7] [--vp9-threads 1 2] [--ahead off on] [--render-gap 0.2]
 
 ``--photographed-pack`` encodes a Telegram pack's files (each sticker's video and custom emoji, the
 thumbnail) on ``engine.render.pack``'s encoder pool as ``make_pack_files`` does, from photographed
 frames (the ``portrait`` content; the random weights' renders are noise, far harder to encode than a
 face), one sticker submitted every ``--render-gap`` seconds like the render loop, for each number of
-encode workers (0: the engine's default, cores - 1 up to 12) and libvpx threads per file, and
-prints the seconds to the last file. ``make gpu-check`` runs it on the GPU host. Here (2 cores, 7
-stickers): 1 worker 36.9 s, 1 worker on 2 threads 26.5 s, 2 workers 19.9 s, 2 workers on 2
-threads each 21.4 s.
+encode workers (0: the engine's default, cores - 1 up to 12), libvpx threads per file, and with the
+searches running candidates ahead on idle workers or not (``--ahead``; ``engine.stickers.search``),
+and prints the seconds to the last file and after the last submission. ``make gpu-check`` runs it on
+the GPU host. Here (2 cores, 7 stickers): 1 worker 36.9 s, 1 worker on 2 threads 26.5 s, 2 workers
+19.9 s, 2 workers on 2 threads each 21.4 s. Running ahead needs idle workers: with 7 stickers every
+0.2 s both cores are busy to the end (19.7 s without, 20.0 with), but with the render slower than
+the encodes (``--pack-stickers 2 --render-gap 6``, 2 workers, in one run) the files were done
+4.59 s after the last render without and 2.96 s with (the same files), as at the end of a pack on
+a host with cores to spare.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/stickers.py --lanes 2 --content portrait noise --frames 30 --fps 15
+
+``--lanes N`` encodes each content for each target one candidate after another, and with the search
+running candidates ahead on N lanes (``engine.stickers.search``: its own and N - 1 idle ones), side
+by side: tries, the encodes waited for in a row, spare tries (run ahead, not needed), seconds, and
+whether the file and the tries are the same.
 
     .venv/bin/python bench/stickers.py --search [--content cartoon motion] [--frames 30 --fps 15]
 
@@ -215,6 +227,43 @@ def search_table(kinds: list[str], targets: list[str], n_frames: int, fps: float
                   f"{sb / sn:.2f}x | | |")
 
 
+def ahead_table(kinds: list[str], targets: list[str], n_frames: int, fps: float, size: int, lanes: int,
+                repeat: int = 2) -> None:
+    """Each target encoded one candidate after another, and with its search running candidates ahead
+    on ``lanes`` lanes (its own and ``lanes - 1`` idle ones), side by side; best of ``repeat``."""
+    from engine.stickers.lanes import SpareLanes
+
+    print(f"search one candidate after another, and running ahead on {lanes} lanes; {n_frames} frames at "
+          f"{fps:g} fps, {size} px; {os.cpu_count()} CPU cores, best of {repeat}")
+    print("| content | target | tries | encodes in a row, serial | encodes in a row, ahead | spare tries | "
+          "s serial | s ahead | ratio | same file and tries |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kind in kinds:
+        frames = make(kind, n_frames, size)
+        for name in targets:
+            runs: dict[str, list] = {"serial": [], "ahead": []}
+            try:
+                for _ in range(repeat):
+                    for label in runs:
+                        lane_set = SpareLanes(lanes) if label == "ahead" else None
+                        t0 = time.perf_counter()
+                        try:
+                            res = encode(frames, fps, name, lanes=lane_set)
+                        finally:
+                            if lane_set is not None:
+                                lane_set.close()
+                        runs[label].append((time.perf_counter() - t0, res))
+            except StickerEncodeError as e:
+                print(f"| {kind} | {name} | - | - | - | - | - | - | - | {e.key} |")
+                continue
+            (ss, serial), (sa, ahead) = min(runs["serial"], key=lambda r: r[0]), min(runs["ahead"], key=lambda r: r[0])
+            same = all(r.data == serial.data and [a.settings for a in r.report.attempts] ==
+                       [a.settings for a in serial.report.attempts] for _, r in runs["serial"] + runs["ahead"])
+            print(f"| {kind} | {name} | {len(serial.report.attempts)} | {serial.report.rounds} | {ahead.report.rounds} | "
+                  f"{ahead.report.spare_tries} | {ss:.2f} | {sa:.2f} | {ss / sa:.2f}x | {'yes' if same else 'NO'} |",
+                  flush=True)
+
+
 def over_limit_table(kinds: list[str], n_frames: int, fps: float, size: int, repeat: int = 3) -> None:
     """A too-big candidate written in full (before) and stopped at the limit (now), best of ``repeat``."""
     from engine.stickers import codecs, palette
@@ -304,18 +353,19 @@ def photographed_stickers(n_stickers: int, n_frames: int, fps: float) -> list:
             for i in range(n_stickers)]
 
 
-def photographed_pack(stickers: list, render_gap_s: float, workers: int, vp9_threads: int) -> dict:
+def photographed_pack(stickers: list, render_gap_s: float, workers: int, vp9_threads: int, ahead: bool = True) -> dict:
     """A Telegram pack's files (each sticker's video and custom emoji, the thumbnail) encoded as
     ``engine.render.pack.make_pack_files`` encodes them, on the same pool, from ``stickers``' frames
     (photographed: :func:`photographed_stickers`) instead of renders: a sticker's files are submitted
     every ``render_gap_s`` seconds, the pace of a render loop. ``vp9_threads``: libvpx threads per
-    file. Returns the seconds to the last file, how long after the last submission that was (none
-    with one worker, which encodes each file as it is submitted), and the files."""
+    file; ``ahead``: searches run candidates ahead on idle workers (``StickerEncoder(speculate=)``).
+    Returns the seconds to the last file, how long after the last submission that was (none with
+    one worker, which encodes each file as it is submitted), and the files."""
     from emoji3d.orders import CUSTOM_EMOJI_TARGETS, THUMBNAIL_TARGETS
     from engine.render.pack import StickerEncoder, _encoded_bytes
 
     per_sticker = ("telegram_video", CUSTOM_EMOJI_TARGETS["telegram"])
-    encoder = StickerEncoder(workers, EncodeConfig(threads=vp9_threads))
+    encoder = StickerEncoder(workers, EncodeConfig(threads=vp9_threads), speculate=ahead)
     t0 = time.perf_counter()
     try:
         for i, frames in enumerate(stickers):
@@ -323,7 +373,8 @@ def photographed_pack(stickers: list, render_gap_s: float, workers: int, vp9_thr
             for target in per_sticker:
                 encoder.submit(i, frames, target)
             if i == 0:
-                thumbnail = encoder.later(_encoded_bytes, frames, THUMBNAIL_TARGETS["telegram"], encoder.config)
+                thumbnail = encoder.later(_encoded_bytes, frames, THUMBNAIL_TARGETS["telegram"], encoder.config,
+                                          encoder.lanes)
         submitted = time.perf_counter() - t0
         files = encoder.results(lambda i: None)
         files["thumbnail"] = thumbnail.result()
@@ -334,27 +385,32 @@ def photographed_pack(stickers: list, render_gap_s: float, workers: int, vp9_thr
 
 
 def photographed_pack_table(workers: list[int], threads: list[int], n_stickers: int, n_frames: int, fps: float,
-                            render_gap_s: float, repeat: int = 2) -> None:
-    """:func:`photographed_pack` for each number of encode workers (0: the engine's default) and libvpx
-    threads per file, side by side."""
+                            render_gap_s: float, ahead: list[bool], repeat: int = 2) -> None:
+    """:func:`photographed_pack` for each number of encode workers (0: the engine's default), libvpx
+    threads per file and running ahead or not, side by side."""
     print(f"a Telegram pack's files from photographed frames: {n_stickers} stickers of {n_frames} frames at "
           f"{fps:g} fps (video + custom emoji each, thumbnail), one submitted every {render_gap_s:g} s; "
           f"{os.cpu_count()} CPU cores, best of {repeat}")
-    print("| encode workers | libvpx threads per file | s to the last file | s after the last render "
-          "| vs the first row | same files each run |")
-    print("|---:|---:|---:|---:|---:|---|")
+    print("| encode workers | libvpx threads per file | searches run ahead on idle workers | s to the last file "
+          "| s after the last render | vs the first row | same files each run, and as the first row on as many threads |")
+    print("|---:|---:|---|---:|---:|---:|---|")
     from engine.render.pack import default_encode_workers
 
     stickers = photographed_stickers(n_stickers, n_frames, fps)
     base = None
+    first_files: dict[int, dict] = {}  # libvpx threads -> the files of the first row with them
     for w in [w or default_encode_workers() for w in workers]:
         for t in threads:
-            runs = [photographed_pack(stickers, render_gap_s, w, t) for _ in range(repeat)]
-            best = min(runs, key=lambda r: r["seconds"])
-            base = base or best["seconds"]
-            same = all(r["files"] == runs[0]["files"] for r in runs)
-            print(f"| {w} | {t} | {best['seconds']:.2f} | {best['tail_seconds']:.2f} | {base / best['seconds']:.2f}x | "
-                  f"{'yes' if same else 'NO'} |", flush=True)
+            for run_ahead in ahead:
+                runs = [photographed_pack(stickers, render_gap_s, w, t, run_ahead) for _ in range(repeat)]
+                best = min(runs, key=lambda r: r["seconds"])
+                base = base or best
+                # libvpx's bytes may depend on its thread count, never on the workers or on running ahead
+                reference = first_files.setdefault(t, runs[0]["files"])
+                same = all(r["files"] == reference for r in runs)
+                print(f"| {w} | {t} | {'yes' if run_ahead and w > 1 else 'no'} | {best['seconds']:.2f} | "
+                      f"{best['tail_seconds']:.2f} | {base['seconds'] / best['seconds']:.2f}x | "
+                      f"{'yes' if same else 'NO'} |", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -366,6 +422,10 @@ def main(argv: list[str]) -> int:
                     help="a Telegram pack's files from photographed frames, by libvpx threads per file (see above)")
     ap.add_argument("--vp9-threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--render-gap", type=float, default=0.2, help="seconds between stickers submitted (a render)")
+    ap.add_argument("--lanes", type=int, default=0,
+                    help="each target serially and running ahead on this many lanes, side by side (see above)")
+    ap.add_argument("--ahead", nargs="+", choices=["off", "on"], default=["off", "on"],
+                    help="--photographed-pack: searches run candidates ahead on idle workers or not")
     ap.add_argument("--vp9-speed", action="store_true", help="the VP9 encode at each libvpx speed (see above)")
     ap.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--pack-stickers", type=int, default=4)
@@ -381,8 +441,12 @@ def main(argv: list[str]) -> int:
     if a.search:
         search_table(a.content, a.targets, a.frames, a.fps, a.size)
         return 0
+    if a.lanes:
+        ahead_table(a.content, a.targets, a.frames, a.fps, a.size, a.lanes)
+        return 0
     if a.photographed_pack:
-        photographed_pack_table(a.pack_workers, a.vp9_threads, a.pack_stickers, a.frames, a.fps, a.render_gap)
+        photographed_pack_table(a.pack_workers, a.vp9_threads, a.pack_stickers, a.frames, a.fps, a.render_gap,
+                                [x == "on" for x in a.ahead])
         return 0
     if a.vp9_speed:
         vp9_speed_table(a.content, a.frames, a.fps, a.size)

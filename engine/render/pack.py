@@ -49,6 +49,7 @@ from engine.render.frames import (RenderSettings, StickerFrames, StickerSpec, re
                                   spec_from_entry, to_rgba)
 from engine.render.mesh import export_glb
 from engine.stickers.encode import EncodeConfig, EncodeResult, encode
+from engine.stickers.lanes import SpareLanes
 from engine.stickers.preview import PackItem, PackPreview, build_pack_preview, contact_sheet
 
 STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
@@ -133,12 +134,13 @@ def default_encode_workers() -> int:
     return max(1, min(MAX_ENCODE_WORKERS, (os.cpu_count() or 1) - 1))
 
 
-def _encoded_bytes(frames: StickerFrames, target: str, config: EncodeConfig | None = None) -> bytes:
-    return encode(frames.frames, frames.fps, target, config).data
+def _encoded_bytes(frames: StickerFrames, target: str, config: EncodeConfig | None = None,
+                   lanes: SpareLanes | None = None) -> bytes:
+    return encode(frames.frames, frames.fps, target, config, lanes).data
 
 
-def _preview_encode(frames: StickerFrames) -> EncodeResult:
-    return encode(frames.frames, frames.fps, "preview")
+def _preview_encode(frames: StickerFrames, lanes: SpareLanes | None = None) -> EncodeResult:
+    return encode(frames.frames, frames.fps, "preview", lanes=lanes)
 
 
 def _sheet_only(rendered: list[StickerFrames], _encodes: list[Future]) -> PackPreview:
@@ -157,12 +159,18 @@ class StickerEncoder:
     """Encodes sticker files while the caller renders the next sticker: at most ``workers`` files at
     once on a thread pool (``workers`` = 1: at once in the calling thread). Files come back in the
     order they were submitted, so the pack is byte-identical to the serial path (each encode is pure:
-    same frames, fps, target and ``config`` give the same bytes; None: the encoder's defaults)."""
+    same frames, fps, target and ``config`` give the same bytes; None: the encoder's defaults).
 
-    def __init__(self, workers: int, config: EncodeConfig | None = None) -> None:
+    With ``speculate`` (and more than one worker) the encodes share the workers as lanes
+    (:class:`engine.stickers.lanes.SpareLanes`): a search whose lanes would idle, typically the
+    last stickers' at the end of a pack, encodes the candidates it may need next on them
+    (:mod:`engine.stickers.search`). The same files, sooner (``bench/stickers.py --speculate``)."""
+
+    def __init__(self, workers: int, config: EncodeConfig | None = None, speculate: bool = True) -> None:
         if workers < 1:
             raise ValueError(f"encode workers must be >= 1, got {workers}")
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="sticker-encode") if workers > 1 else None
+        self.lanes = SpareLanes(workers) if speculate and workers > 1 else None
         self.config = config
         self.pending: list[tuple[int, str, Future | bytes]] = []  # (sticker index, target, file or its future)
 
@@ -170,7 +178,8 @@ class StickerEncoder:
         if self.pool is None:
             self.pending.append((index, target, _encoded_bytes(frames, target, self.config)))
         else:
-            self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target, self.config)))
+            self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target, self.config,
+                                                                 self.lanes)))
 
     def later(self, fn: Callable[..., Any], *args: Any) -> Future:
         """``fn(*args)`` on the pool behind the files submitted so far (with one worker: now, here)."""
@@ -198,6 +207,8 @@ class StickerEncoder:
         """Stop the threads; ``cancel`` drops the files not started yet (a cancelled job)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if self.lanes is not None:
+            self.lanes.close()
 
 
 def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, targets: tuple[str, ...],
@@ -231,9 +242,10 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
                 for target in per_sticker:
                     encoder.submit(len(rendered), frames, target)
                 if preview_page:
-                    previews.append(encoder.later(_preview_encode, frames))
+                    previews.append(encoder.later(_preview_encode, frames, encoder.lanes))
                 if thumbnail_target and thumbnail_job is None:
-                    thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target, encoder.config)
+                    thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target, encoder.config,
+                                                  encoder.lanes)
                 rendered.append(frames)
             progress("render", i + 2, len(specs) + 1)
         preview_job = encoder.later(_pack_preview if preview_page else _sheet_only, list(rendered), previews)

@@ -16,11 +16,17 @@
 * ``write_webp``: Pillow/libwebp, lossy with alpha (``quality``) or lossless.
 All animated writers loop forever. Delays are integer milliseconds spread so
 that their sum equals ``n / fps`` as closely as integers allow.
+
+A writer given ``stop`` (a callable) raises :class:`Abandoned` once it returns
+true: the VP9 writer checks it before each frame, the APNG and GIF writers at
+each write of their file, the WEBP writer before it starts. A search uses it to
+call off a speculative candidate it no longer needs.
 """
 from __future__ import annotations
 
 import io
 from fractions import Fraction
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -42,16 +48,31 @@ class OverBudget(Exception):
         self.frames_done = frames_done  # None: the writer does not say
 
 
+class Abandoned(Exception):
+    """A writer stopped because its caller no longer needs the file (its ``stop()`` turned true)."""
+
+
+Stop = Callable[[], bool] | None
+
+
+def _check(stop: Stop) -> None:
+    if stop is not None and stop():
+        raise Abandoned("the candidate is no longer needed")
+
+
 class _CappedBuffer(io.BytesIO):
     """A file that raises :class:`OverBudget` from the write that takes it past ``max_bytes``
-    (None: no cap). Pillow's APNG and GIF writers compress and write frame by frame, so a
-    candidate that cannot fit stops there instead of being finished and then refused."""
+    (None: no cap), and :class:`Abandoned` from a write once ``stop()`` is true. Pillow's APNG and
+    GIF writers compress and write frame by frame, so a candidate that cannot fit stops there
+    instead of being finished and then refused."""
 
-    def __init__(self, max_bytes: int | None) -> None:
+    def __init__(self, max_bytes: int | None, stop: Stop = None) -> None:
         super().__init__()
         self.max_bytes = max_bytes
+        self.stop = stop
 
     def write(self, data) -> int:  # type: ignore[override]
+        _check(self.stop)
         n = super().write(data)
         if self.max_bytes is not None and self.tell() > self.max_bytes:
             raise OverBudget(self.tell(), None)
@@ -59,7 +80,7 @@ class _CappedBuffer(io.BytesIO):
 
 
 def write_webm_vp9(frames: list[np.ndarray], fps: float, crf: int, *, cpu_used: int = 4,
-                   deadline: str = "good", threads: int = 1, max_bytes: int | None = None) -> bytes:
+                   deadline: str = "good", threads: int = 1, max_bytes: int | None = None, stop: Stop = None) -> bytes:
     """Encode RGBA frames (each (H, W, 4) uint8, even H and W) to WEBM VP9 with alpha.
 
     With ``max_bytes``, raises :class:`OverBudget` as soon as the encoded packets
@@ -88,6 +109,7 @@ def write_webm_vp9(frames: list[np.ndarray], fps: float, crf: int, *, cpu_used: 
         }
         total = 0
         for k, f in enumerate(frames):
+            _check(stop)
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgba")
             vf.pts = k
             vf.time_base = 1 / rate
@@ -118,7 +140,7 @@ def _indexed_images(indices: list[np.ndarray], palette_rgba: np.ndarray, *, gif:
 
 
 def write_apng(frames_rgba: list[np.ndarray] | None, fps: float, *, indices: list[np.ndarray] | None = None,
-               palette_rgba: np.ndarray | None = None, max_bytes: int | None = None) -> bytes:
+               palette_rgba: np.ndarray | None = None, max_bytes: int | None = None, stop: Stop = None) -> bytes:
     """Animated PNG, looping forever. Give RGBA frames, or ``indices`` + ``palette_rgba``. With
     ``max_bytes``, raises :class:`OverBudget` as soon as the file written so far exceeds it."""
     if indices is not None:
@@ -127,7 +149,7 @@ def write_apng(frames_rgba: list[np.ndarray] | None, fps: float, *, indices: lis
     else:
         ims = [Image.fromarray(f, "RGBA") for f in frames_rgba]
         extra = {"compress_level": 6}  # level 9 is ~13x slower on RGBA for ~10% fewer bytes (measured)
-    buf = _CappedBuffer(max_bytes)
+    buf = _CappedBuffer(max_bytes, stop)
     delays = frame_delays_ms(len(ims), fps)
     ims[0].save(buf, format="PNG", save_all=True, append_images=ims[1:], duration=delays, loop=0,
                 disposal=0, blend=0, **extra)
@@ -149,7 +171,7 @@ def write_png(frame_rgba: np.ndarray | None, *, indices: np.ndarray | None = Non
 
 
 def write_gif(indices: list[np.ndarray], palette_rgb: np.ndarray, transparent_index: int, fps: float, *,
-              max_bytes: int | None = None) -> bytes:
+              max_bytes: int | None = None, stop: Stop = None) -> bytes:
     """Animated GIF looping forever; delays in 10 ms units (the GIF clock). ``max_bytes`` as for
     :func:`write_apng`."""
     pal = np.concatenate([palette_rgb, np.zeros((256 - len(palette_rgb), 3), np.uint8)]) if len(palette_rgb) < 256 else palette_rgb
@@ -158,7 +180,7 @@ def write_gif(indices: list[np.ndarray], palette_rgb: np.ndarray, transparent_in
         im = Image.fromarray(idx, "P")
         im.putpalette(pal[:256].astype(np.uint8).tobytes(), "RGB")
         ims.append(im)
-    buf = _CappedBuffer(max_bytes)
+    buf = _CappedBuffer(max_bytes, stop)
     delays = frame_delays_ms(len(ims), fps, quantum=10)
     ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=delays, loop=0,
                 disposal=2, transparency=int(transparent_index), optimize=False)
@@ -166,9 +188,10 @@ def write_gif(indices: list[np.ndarray], palette_rgb: np.ndarray, transparent_in
 
 
 def write_webp(frames_rgba: list[np.ndarray], fps: float, *, quality: int, lossless: bool = False,
-               alpha_quality: int = 100) -> bytes:
+               alpha_quality: int = 100, stop: Stop = None) -> bytes:
     """WEBP with alpha; animated (looping forever) when more than one frame. ``alpha_quality`` < 100
     compresses the alpha plane lossily too (libwebp's own alpha quality, 0..100)."""
+    _check(stop)
     ims = [Image.fromarray(f, "RGBA") for f in frames_rgba]
     buf = io.BytesIO()
     if len(ims) == 1:

@@ -8,7 +8,8 @@ by :func:`engine.stickers.verify.verify`. The encoder never returns a file
 that fails verification; if nothing fits it raises :class:`StickerEncodeError`
 naming the last reason.
 
-Search (the same for every format, :func:`_ladder_search`): a *level* fixes
+Search (the same for every animated format,
+:func:`engine.stickers.search.ladder_plan`): a *level* fixes
 the sequence (frame size, fps, duration); a *knob* sets quality within a
 level (VP9 CRF; APNG full RGBA then palette 256 -> 32 colours; GIF palette;
 WEBP quality, of the colour and, in an animation, of the alpha plane too).
@@ -37,6 +38,13 @@ Levels, in order:
 The search assumes size falls along knobs and levels; that is only a
 heuristic for speed, since every returned file has passed :func:`verify`.
 
+Given ``lanes`` (a pack's encode threads, :mod:`engine.stickers.lanes`), a
+search also encodes, on lanes that would idle, the candidates it may need
+next (:func:`engine.stickers.search.run_plan`); it still decides on the
+outcomes of its own candidates in its own order, so the file and the tries
+reported are the same, and ``report.rounds`` counts the encodes it waited
+for one after another (``len(report.attempts)`` without lanes).
+
 Input conventions: ``frames`` are RGBA uint8 ``(H, W, 4)`` arrays, straight
 alpha, all the same shape; ``fps`` is the input rate. Geometry and retiming
 follow :mod:`engine.stickers.frames` (fit, letterbox, speed-up or trim); every
@@ -48,15 +56,18 @@ animation that cannot fit becomes a still of frame ``still_frame``.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from engine.stickers import codecs, palette
+from engine.stickers import codecs, palette, search
 from engine.stickers.errors import StickerEncodeError
 from engine.stickers.frames import DURATION_POLICIES, Layout, Timing, fit_frame, layout, retime, validate_frames
+from engine.stickers.lanes import SpareLanes
 from engine.stickers.targets import FormatRule, Target, get_target
 from engine.stickers.verify import VerifyReport, verify
 
@@ -126,6 +137,8 @@ class EncodeReport:
     attempts: tuple[Attempt, ...]
     verify: VerifyReport
     seconds: float
+    rounds: int = 0       # candidates encoded one after another: len(attempts) without idle lanes
+    spare_tries: int = 0  # candidates encoded ahead on idle lanes that the search did not need
 
     def summary(self) -> str:
         s = ", ".join(f"{k}={v}" for k, v in self.settings.items())
@@ -156,48 +169,85 @@ class _Found:
     settings: dict[str, object]
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """One candidate written (and, when it fits the size, verified)."""
+
+    found: _Found | None
+    attempt: Attempt
+
+
+def _fits(outcome: _Outcome) -> bool:
+    return outcome.found is not None
+
+
+def _try(target: Target, rule: FormatRule, settings: dict[str, object], make: Callable[[], bytes]) -> _Outcome:
+    """Write one candidate with ``make()`` and check it against ``rule`` and ``target``; a writer's
+    :class:`codecs.Abandoned` propagates (nothing was measured)."""
+    t0 = time.perf_counter()
+    found: _Found | None = None
+    try:
+        data = make()
+    except codecs.OverBudget as e:
+        size = e.bytes_so_far
+        after = f" after {e.frames_done} frame(s)" if e.frames_done is not None else ""
+        reason = f"too_large: passed {size} > {rule.max_bytes} bytes{after}, stopped"
+    else:
+        size = len(data)
+        if size > rule.max_bytes:
+            reason = f"too_large: {size} > {rule.max_bytes} bytes"
+        else:
+            rep = verify(data, target)  # decode and check every rule, not just the size
+            reason = "; ".join(str(v) for v in rep.reasons)
+            found = _Found(data, rep, dict(settings)) if rep.ok else None
+    return _Outcome(found, Attempt(rule.container, dict(settings), size, found is not None, reason,
+                                   time.perf_counter() - t0))
+
+
 class _Tries:
     """Bookkeeping of one encode call (local to it; never stored on anything)."""
 
-    def __init__(self, target: Target, cfg: EncodeConfig) -> None:
-        self.target, self.cfg = target, cfg
+    def __init__(self, target: Target, cfg: EncodeConfig, lanes: SpareLanes | None) -> None:
+        self.target, self.cfg, self.lanes = target, cfg, lanes
         self.attempts: list[Attempt] = []
+        self.rounds = 0
+        self.spare = 0
         self.last_reason = "no candidate was tried"
 
-    def budget_left(self) -> bool:
-        return len(self.attempts) < self.cfg.max_tries
+    def left(self) -> int:
+        return self.cfg.max_tries - len(self.attempts)
 
-    def run(self, rule: FormatRule, settings: dict[str, object], make: Callable[[], bytes]) -> _Found | None:
-        t0 = time.perf_counter()
-        found: _Found | None = None
-        try:
-            data = make()
-        except codecs.OverBudget as e:
-            size = e.bytes_so_far
-            after = f" after {e.frames_done} frame(s)" if e.frames_done is not None else ""
-            reason = f"too_large: passed {size} > {rule.max_bytes} bytes{after}, stopped"
-        else:
-            size = len(data)
-            if size > rule.max_bytes:
-                reason = f"too_large: {size} > {rule.max_bytes} bytes"
-            else:
-                rep = verify(data, self.target)  # decode and check every rule, not just the size
-                reason = "; ".join(str(v) for v in rep.reasons)
-                found = _Found(data, rep, dict(settings)) if rep.ok else None
-        self.attempts.append(Attempt(rule.container, dict(settings), size, found is not None, reason,
-                                     time.perf_counter() - t0))
-        if found is None:
-            self.last_reason = f"{rule.container} {settings}: {reason}"
-        return found
+    def search(self, make_plan: Callable[[], search.Plan], try_key: Callable[..., _Outcome]
+               ) -> tuple[_Found, search.Key] | None:
+        """Run a plan (:mod:`engine.stickers.search`) on this call's lanes: the chosen candidate's file
+        and key, or None when nothing fitted."""
+        run = search.run_plan(make_plan, try_key, _fits, self.lanes)
+        for outcome in run.used:
+            self.attempts.append(outcome.attempt)
+            if outcome.found is None:
+                self.last_reason = f"{outcome.attempt.container} {outcome.attempt.settings}: {outcome.attempt.reason}"
+        self.rounds += run.rounds
+        self.spare += run.spare
+        return None if run.chosen is None else (run.outcomes[run.chosen].found, run.chosen)
 
 
-def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: EncodeConfig | None = None) -> EncodeResult:
-    """Frames (RGBA uint8, (H, W, 4)) at ``fps`` -> the best file that passes ``target``."""
+def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: EncodeConfig | None = None,
+           lanes: SpareLanes | None = None) -> EncodeResult:
+    """Frames (RGBA uint8, (H, W, 4)) at ``fps`` -> the best file that passes ``target``.
+
+    ``lanes``: the encode lanes this call shares with other encodes (a pack's). It holds one while
+    it runs, and its searches run candidates ahead on idle ones (:mod:`engine.stickers.search`):
+    the same file and tries, in less time where lanes idle. None: one candidate after another."""
+    with lanes.hold() if lanes is not None else contextlib.nullcontext():
+        return _encode(frames, fps, target, config or EncodeConfig(), lanes)
+
+
+def _encode(frames: list[np.ndarray], fps: float, target: Target | str, cfg: EncodeConfig,
+            lanes: SpareLanes | None) -> EncodeResult:
     t_start = time.perf_counter()
     tgt = get_target(target) if isinstance(target, str) else target
-    cfg = config or EncodeConfig()
     src_h, src_w = validate_frames(frames, fps)
-    tries = _Tries(tgt, cfg)
+    tries = _Tries(tgt, cfg, lanes)
     adjustments: list[str] = []
     animated_in = len(frames) > 1
     result: tuple[_Found, Layout, Timing | None, float, str] | None = None
@@ -250,7 +300,8 @@ def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: E
         source_frames=timing.indices if timing is not None else (still_k,),
         settings=found.settings, byte_size=len(found.data),
         max_bytes=rule.max_bytes if rule else -1, adjustments=tuple(adjustments),
-        attempts=tuple(tries.attempts), verify=found.verify, seconds=time.perf_counter() - t_start)
+        attempts=tuple(tries.attempts), verify=found.verify, seconds=time.perf_counter() - t_start,
+        rounds=tries.rounds, spare_tries=tries.spare)
     return EncodeResult(found.data, report)
 
 
@@ -269,95 +320,47 @@ def _prepare(frames, timing: Timing, lay: Layout, cache: dict) -> list[np.ndarra
     return out
 
 
-def _ladder_search(n_levels: int, knobs: list, start: int, refine_steps: int, attempt, tries: _Tries,
-                   best_first: bool = True):
-    """Find the first level that can fit, then the best knob there.
+def _levels_once(prepare: Callable[[int], object]) -> Callable[[int], object]:
+    """``prepare(i)`` computed once per level and shared by the threads that encode its candidates."""
+    prepared: dict[int, object] = {}
+    lock = threading.Lock()
 
-    ``knobs`` go from best to worst quality; ``attempt(level, knob_index)`` returns a
-    :class:`_Found` or None. Assumes (as a search heuristic only: every returned file
-    is verified) that size falls along the knobs and along the levels. With
-    ``best_first`` level 0 tries knob 0 before ``start``.
-    Returns ``(found, level, knob_index)`` or None.
-    """
-    worst = len(knobs) - 1
-
-    def best_knob(level: int, lo: int, hi: int, found: _Found, lo_first: bool = True):
-        # knob ``hi`` fits; bisect [lo, hi) for a better one that fits too
-        best, best_i = found, hi
-        if lo_first and lo < hi and tries.budget_left():  # typical content fits at the best knob: one try settles it
-            got = attempt(level, lo)
-            if got is not None:
-                return got, level, lo
-            lo += 1
-        for _ in range(refine_steps):
-            if lo >= best_i or not tries.budget_left():
-                break
-            mid = (lo + best_i) // 2
-            got = attempt(level, mid)
-            if got is not None:
-                best, best_i = got, mid
-            else:
-                lo = mid + 1
-        return best, level, best_i
-
-    best_tried = best_first and start > 0
-    if best_tried:
-        got = attempt(0, 0)
-        if got is not None:
-            return got, 0, 0
-    got = attempt(0, start)
-    if got is not None:  # knob 0, when tried first, did not fit: bisect from the next one
-        return best_knob(0, 1, start, got, lo_first=False) if best_tried else best_knob(0, 0, start, got)
-    if start < worst:
-        got = attempt(0, worst)
-        if got is not None:
-            return best_knob(0, start + 1, worst, got)
-    if n_levels == 1 or not tries.budget_left():
-        return None
-    lo, hi = 1, n_levels - 1
-    got = attempt(hi, worst)
-    if got is None:
-        return None
-    best_level, best = hi, got
-    hi -= 1
-    while lo <= hi and tries.budget_left():
-        mid = (lo + hi) // 2
-        got = attempt(mid, worst)
-        if got is not None:
-            best_level, best = mid, got
-            hi = mid - 1
-        else:
-            lo = mid + 1
-    return best_knob(best_level, 0, worst, best)
+    def level(i: int):
+        with lock:
+            if i not in prepared:
+                prepared[i] = prepare(i)
+            return prepared[i]
+    return level
 
 
 def _search_webm(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeConfig, tries: _Tries, src_h, src_w):
     max_dur = tgt.aim_duration_s or tgt.max_duration_s
     levels = [(sc, f) for sc in cfg.content_scale_ladder for f in _fps_levels(fps, tgt.max_fps, cfg.fps_ladder)]
     crfs = list(range(cfg.crf_best, cfg.crf_worst + 1))
-    prepared: dict[int, tuple[Layout, Timing, list[np.ndarray]]] = {}
     cache: dict = {}
 
-    def level(i: int):
-        if i not in prepared:
-            sc, f = levels[i]
-            lay = layout(src_h, src_w, tgt.side, tgt.square, content_scale=sc, even=True)
-            timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy, cfg.max_auto_speedup)
-            prepared[i] = (lay, timing, _prepare(frames, timing, lay, cache))
-        return prepared[i]
+    def prepare(i: int) -> tuple[Layout, Timing, list[np.ndarray]]:
+        sc, f = levels[i]
+        lay = layout(src_h, src_w, tgt.side, tgt.square, content_scale=sc, even=True)
+        timing = retime(len(frames), fps, f, max_dur, cfg.duration_policy, cfg.max_auto_speedup)
+        return lay, timing, _prepare(frames, timing, lay, cache)
 
-    def attempt(i: int, k: int):
+    level = _levels_once(prepare)
+
+    def attempt(key: tuple[int, int], stop: codecs.Stop) -> _Outcome:
+        i, k = key
         lay, timing, seq = level(i)
         st = {"crf": crfs[k], "fps": round(timing.fps, 3), "content_scale": levels[i][0], "cpu_used": cfg.vp9_cpu_used}
-        return tries.run(rule, st, lambda: codecs.write_webm_vp9(
+        return _try(tgt, rule, st, lambda: codecs.write_webm_vp9(
             seq, timing.fps, crfs[k], cpu_used=cfg.vp9_cpu_used, deadline=cfg.vp9_deadline,
-            threads=cfg.threads, max_bytes=rule.max_bytes))
+            threads=cfg.threads, max_bytes=rule.max_bytes, stop=stop))
 
-    out = _ladder_search(len(levels), crfs, cfg.crf_start - cfg.crf_best, cfg.refine_steps, attempt, tries,
-                        cfg.best_first)
+    budget = tries.left()
+    out = tries.search(lambda: search.ladder_plan(len(levels), len(crfs), cfg.crf_start - cfg.crf_best,
+                                                  cfg.refine_steps, cfg.best_first, budget), attempt)
     if out is None:
         return None
-    found, i, _ = out
+    found, (i, _) = out
     lay, timing, _ = level(i)
     return found, lay, timing, levels[i][0], "webm"
 
@@ -383,16 +386,16 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
     else:
         knobs, start = list(cfg.palette_ladder), 0
     cache: dict = {}
-    prepared: dict[int, tuple[Timing, list[np.ndarray]]] = {}
 
-    def level(i: int):
-        if i not in prepared:
-            d, f = levels[i]
-            timing = retime(len(frames), fps, f, d, cfg.duration_policy, cfg.max_auto_speedup)
-            prepared[i] = (timing, _prepare(frames, timing, lay, cache))
-        return prepared[i]
+    def prepare(i: int) -> tuple[Timing, list[np.ndarray]]:
+        d, f = levels[i]
+        timing = retime(len(frames), fps, f, d, cfg.duration_policy, cfg.max_auto_speedup)
+        return timing, _prepare(frames, timing, lay, cache)
 
-    def attempt(i: int, k: int):
+    level = _levels_once(prepare)
+
+    def attempt(key: tuple[int, int], stop: codecs.Stop) -> _Outcome:
+        i, k = key
         timing, seq = level(i)
         knob = knobs[k]
         st: dict[str, object] = {"fps": round(timing.fps, 3), "duration_s": round(timing.duration_s, 3)}
@@ -400,28 +403,31 @@ def _search_image_anim(frames, fps, tgt: Target, rule: FormatRule, cfg: EncodeCo
             # the alpha plane follows the colour's quality: a matte that is not near 0/255 everywhere
             # (a soft or noisy one) would otherwise keep the file over the limit at every quality
             st["quality"] = st["alpha_quality"] = knob
-            make = lambda: codecs.write_webp(seq, timing.fps, quality=knob, alpha_quality=knob)
+            make = lambda: codecs.write_webp(seq, timing.fps, quality=knob, alpha_quality=knob, stop=stop)
         elif container == "apng" and knob == "rgba":
             st["colors"] = "rgba"
-            make = lambda: codecs.write_apng(seq, timing.fps, max_bytes=rule.max_bytes)
+            make = lambda: codecs.write_apng(seq, timing.fps, max_bytes=rule.max_bytes, stop=stop)
         elif container == "apng":
             st["colors"] = knob
 
             def make():
                 idx, pal = palette.quantize_rgba(seq, knob)
-                return codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal, max_bytes=rule.max_bytes)
+                return codecs.write_apng(None, timing.fps, indices=idx, palette_rgba=pal, max_bytes=rule.max_bytes,
+                                         stop=stop)
         else:
             st["colors"] = knob
 
             def make():
                 idx, pal, ti = palette.quantize_gif(seq, knob, cfg.gif_alpha_threshold)
-                return codecs.write_gif(idx, pal, ti, timing.fps, max_bytes=rule.max_bytes)
-        return tries.run(rule, st, make)
+                return codecs.write_gif(idx, pal, ti, timing.fps, max_bytes=rule.max_bytes, stop=stop)
+        return _try(tgt, rule, st, make)
 
-    out = _ladder_search(len(levels), knobs, start, cfg.refine_steps, attempt, tries, cfg.best_first)
+    budget = tries.left()
+    out = tries.search(lambda: search.ladder_plan(len(levels), len(knobs), start, cfg.refine_steps, cfg.best_first,
+                                                  budget), attempt)
     if out is None:
         return None
-    found, i, _ = out
+    found, (i, _) = out
     timing, _ = level(i)
     return found, lay, timing, 1.0, container
 
@@ -430,22 +436,26 @@ def _search_still(frame, tgt: Target, cfg: EncodeConfig, tries: _Tries, src_h, s
     lay = layout(src_h, src_w, tgt.side, tgt.square)
     img = fit_frame(frame, lay)  # (canvas_h, canvas_w, 4)
     rules = {r.container: r for r in tgt.static_formats}
-    plan: list[tuple[FormatRule, dict, Callable[[], bytes]]] = []
+    candidates: list[tuple[FormatRule, dict, Callable[[], bytes]]] = []
     if "png" in rules:
-        plan.append((rules["png"], {"colors": "rgba"}, lambda: codecs.write_png(img)))
+        candidates.append((rules["png"], {"colors": "rgba"}, lambda: codecs.write_png(img)))
     if "webp" in rules:
         for q in cfg.webp_quality_ladder:
-            plan.append((rules["webp"], {"quality": q}, lambda q=q: codecs.write_webp([img], 0, quality=q)))
+            candidates.append((rules["webp"], {"quality": q}, lambda q=q: codecs.write_webp([img], 0, quality=q)))
     if "png" in rules:
         for colors in cfg.palette_ladder:
             def make(colors=colors):
                 idx, pal = palette.quantize_rgba([img], colors)
                 return codecs.write_png(None, indices=idx[0], palette_rgba=pal)
-            plan.append((rules["png"], {"colors": colors}, make))
-    for rule, st, make in plan:
-        if not tries.budget_left():
-            break
-        got = tries.run(rule, st, make)
-        if got is not None:
-            return got, lay, None, 1.0, rule.container
-    return None
+            candidates.append((rules["png"], {"colors": colors}, make))
+
+    def attempt(i: int, _stop: codecs.Stop) -> _Outcome:  # a still's candidate takes milliseconds: never stopped
+        rule, st, make = candidates[i]
+        return _try(tgt, rule, st, make)
+
+    budget = tries.left()
+    out = tries.search(lambda: search.first_fit_plan(len(candidates), budget), attempt)
+    if out is None:
+        return None
+    found, i = out
+    return found, lay, None, 1.0, candidates[i][0].container

@@ -1,4 +1,5 @@
-"""bench/stickers.py --vp9-speed with tiny numbers, and the photographed content it measures with."""
+"""bench/stickers.py with tiny numbers (--vp9-speed, --photographed-pack, --lanes), and the photographed
+content it measures with."""
 from __future__ import annotations
 
 import re
@@ -35,10 +36,23 @@ def test_vp9_speed_bench_prints_every_speed_for_each_content(tmp_path):
         assert label != "good 4" or ratio == "1.00"
 
 
-def test_photographed_pack_bench_encodes_the_same_files_each_run(tmp_path):
+def test_photographed_pack_bench_encodes_the_same_files_each_run_and_running_ahead_or_not(tmp_path):
     out = run_bench("stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4", "--render-gap",
-                    "0", "--pack-workers", "1", "2", "--vp9-threads", "1", "2", cwd=tmp_path)
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (\w+) \|$", out, re.M)
-    assert [(w, t) for w, t, *_ in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")], out
-    assert all(same == "yes" for *_, same in rows), out  # libvpx gives the same bytes on a fixed thread count
-    assert rows[0][4] == "1.00"
+                    "0", "--pack-workers", "2", "--vp9-threads", "1", "2", "--ahead", "off", "on", cwd=tmp_path)
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (yes|no) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (\w+) \|$", out, re.M)
+    assert [(w, t, a) for w, t, a, *_ in rows] == [("2", "1", "no"), ("2", "1", "yes"), ("2", "2", "no"),
+                                                   ("2", "2", "yes")], out
+    # libvpx gives the same bytes on a fixed thread count, whether the searches run ahead or not
+    assert all(same == "yes" for *_, same in rows), out
+    assert rows[0][5] == "1.00"
+
+
+def test_lanes_bench_gives_the_serial_file_and_tries_and_waits_for_fewer_encodes_in_a_row(tmp_path):
+    out = run_bench("stickers.py", "--lanes", "3", "--content", "portrait", "--targets", "telegram_video",
+                    "discord_sticker", "--frames", "8", "--size", "256", cwd=tmp_path)
+    rows = re.findall(r"^\| portrait \| (\w+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| "
+                      r"([\d.]+)x \| (\w+) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["telegram_video", "discord_sticker"], out
+    for _target, tries, serial, ahead, _spare, *_seconds, same in rows:
+        assert int(serial) == int(tries) and int(ahead) <= int(serial) and same == "yes", out
+    assert any(int(ahead) < int(serial) for _t, _n, serial, ahead, *_ in rows), out

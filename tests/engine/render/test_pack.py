@@ -106,9 +106,9 @@ def test_encode_threads_reach_every_file_of_the_pack(avatar):
     configs = []
     real = pack_module._encoded_bytes
 
-    def spy(frames, target, config=None):
+    def spy(frames, target, config=None, lanes=None):
         configs.append((target, config.threads))
-        return real(frames, target, config)
+        return real(frames, target, config, lanes)
 
     with mock.patch.object(pack_module, "_encoded_bytes", spy):
         two = make_pack_files(G, pose, dataclasses.replace(PACK, encode_threads=2), TARGETS,

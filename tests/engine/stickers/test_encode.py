@@ -32,17 +32,16 @@ def test_cartoon_telegram_video_fits_with_room_at_30fps():
 
 def _search_trace(fits_from: int, n_knobs: int, start: int, best_first: bool):
     """(chosen knob, knobs tried) of one level whose knobs fit from index ``fits_from`` on."""
-    from engine.stickers.encode import _ladder_search, _Tries
+    from engine.stickers.search import ladder_plan, run_plan
 
     tried = []
 
-    def attempt(level, k):
-        tried.append(k)
-        return ("file", k) if k >= fits_from else None
+    def attempt(key, _stop):
+        tried.append(key[1])
+        return key[1] >= fits_from
 
-    tries = _Tries(get_target("telegram_video"), EncodeConfig())
-    found = _ladder_search(1, list(range(n_knobs)), start, 4, attempt, tries, best_first)
-    return (None if found is None else found[2]), tried
+    run = run_plan(lambda: ladder_plan(1, n_knobs, start, 4, best_first, budget=60), attempt, bool)
+    return (None if run.chosen is None else run.chosen[1]), tried
 
 
 @pytest.mark.parametrize("fits_from", [0, 1, 3, 5, 6, 7, 20, 39, 40])
