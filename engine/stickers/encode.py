@@ -207,8 +207,8 @@ def _try(target: Target, rule: FormatRule, settings: dict[str, object], make: Ca
 class _Tries:
     """Bookkeeping of one encode call (local to it; never stored on anything)."""
 
-    def __init__(self, target: Target, cfg: EncodeConfig, lanes: SpareLanes | None) -> None:
-        self.target, self.cfg, self.lanes = target, cfg, lanes
+    def __init__(self, cfg: EncodeConfig, lanes: SpareLanes | None) -> None:
+        self.cfg, self.lanes = cfg, lanes
         self.attempts: list[Attempt] = []
         self.rounds = 0
         self.spare = 0
@@ -247,7 +247,7 @@ def _encode(frames: list[np.ndarray], fps: float, target: Target | str, cfg: Enc
     t_start = time.perf_counter()
     tgt = get_target(target) if isinstance(target, str) else target
     src_h, src_w = validate_frames(frames, fps)
-    tries = _Tries(tgt, cfg, lanes)
+    tries = _Tries(cfg, lanes)
     adjustments: list[str] = []
     animated_in = len(frames) > 1
     result: tuple[_Found, Layout, Timing | None, float, str] | None = None
