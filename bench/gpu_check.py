@@ -19,7 +19,8 @@ Parts, in this order (the most important first, so a short budget loses the leas
    memory, the pack's render and files, and the projected selfie-to-pack time.
 5. ``kernels``: ``bench/kernels.py``: each fused kernel that replaced another
    (the tiled upfirdn2d, the tri-plane sampler) timed side by side with what it
-   replaced, at the networks' shapes.
+   replaced, at the networks' shapes, the colour composite, and the networks'
+   convolutions in NCHW against channels-last (cuDNN's layout conversions).
 6. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
 7. ``render``: ``bench/render.py`` at full size (multi-view rendering).
 8. ``profile``: ``bench/step_profile.py --by-source``: the kernels of each

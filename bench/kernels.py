@@ -22,10 +22,25 @@ the same process:
   (autocast off): the batched product it uses against ``(u * colours).sum(-2)``,
   the two-kernel fallback, with the time each pass's bytes would take at the
   GPU's bandwidth (whether the batched product runs near it).
+* memory layout: the networks' 3x3 convolutions, forward and backward, with
+  the activations and weights in NCHW, as the engine runs them, against
+  channels-last (NHWC), float32 (TF32) and bfloat16, with the part of the NCHW
+  time that cuDNN spends converting between the two layouts (kernels named
+  ``nchwToNhwc`` / ``nhwcToNchw``, from the profiler). The last H200 profile
+  put those conversions at 8.3 ms of a 61 ms stage-5 round and 2.0-2.5 ms of
+  an inversion or PTI step. Running the generators channels-last removes them
+  only if our fused ``upfirdn2d`` and ``bias_act`` read NHWC, which is kernel
+  work; this table says what it would buy first. A StyleGAN2 synthesis layer
+  with upsampling (modulated convolution, ``upfirdn2d``, ``bias_act``) is timed
+  too: as the engine runs it (NCHW, fused kernels) and channels-last on the
+  pure-torch ``upfirdn2d`` and ``bias_act`` (cuDNN's depthwise convolution
+  reads NHWC), the layer a channels-last engine would run before any NHWC
+  kernel of ours exists.
 
 The last columns give the new kernel's speed-up over the one it replaces and
 the largest difference between their outputs and input gradients relative to
-the largest value. Needs a CUDA device (elsewhere it says so and measures nothing).
+the largest value. Needs a CUDA device (elsewhere it says so and measures nothing;
+``layout_table`` also runs on a CPU, for its test).
 """
 from __future__ import annotations
 
@@ -141,7 +156,100 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n## colour composite of one sample set\n")
     print(composite_table(device, args.repeats))
+    print("\n## memory layout: NCHW against channels-last\n")
+    print(layout_table(device, LAYOUT_CASES, args.repeats))
     return 0
+
+
+# label, x shape, weight shape, groups, up. The shapes the stages run: EG3D's backbone and
+# super-resolution at batch 1, LPIPS VGG16 at 256 px, StyleGAN2-1024's 2D branch at batch 4 (a grouped
+# convolution, as the fused modulated convolution runs it), and an upsampling synthesis layer.
+LAYOUT_CASES = [
+    ("EG3D backbone 3x3 conv, 256 px", (1, 128, 256, 256), (128, 128, 3, 3), 1, 1),
+    ("EG3D super-resolution 3x3 conv, 512 px", (1, 64, 512, 512), (64, 64, 3, 3), 1, 1),
+    ("LPIPS VGG16 3x3 conv, 256 px", (1, 64, 256, 256), (64, 64, 3, 3), 1, 1),
+    ("StyleGAN2 3x3 conv, 1024 px, batch 4 (grouped)", (1, 128, 1024, 1024), (128, 32, 3, 3), 4, 1),
+    ("EG3D super-resolution layer, 256 -> 512 px", (1, 128, 256, 256), (64, 128, 3, 3), 1, 2),
+]
+LAYOUT_CONVERSION_KERNELS = ("nchwtonhwc", "nhwctonchw")
+
+
+def _elapsed_ms(fn, repeats: int, device: torch.device) -> float:
+    """Median milliseconds of ``fn()``: CUDA events on a GPU, the wall clock elsewhere (its test)."""
+    if device.type == "cuda":
+        return time_ms(fn, repeats)
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _conversion_ms(fn, device: torch.device, runs: int = 3) -> float | None:
+    """Milliseconds per ``fn()`` in cuDNN's layout conversion kernels (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize(device)
+    total_us = sum(getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0)
+                   for e in prof.key_averages() if any(k in e.key.lower() for k in LAYOUT_CONVERSION_KERNELS))
+    return total_us / 1e3 / runs
+
+
+def layout_table(device: torch.device, cases: list, repeats: int) -> str:
+    """Each case forward + backward (gradients to the input and the weight) in NCHW and channels-last,
+    float32 (TF32, as ``engine.cuda_math`` sets it) and bfloat16. A case with ``up`` 2 is a StyleGAN2
+    synthesis layer (modulated convolution with upsampling, then bias and leaky ReLU): NCHW on the
+    fused kernels where they exist (the engine's path) against channels-last on the pure-torch ones."""
+    from engine.cuda_math import configure_cuda_math
+    from engine.ops.bias_act import bias_act
+    from engine.ops.modulated_conv import modulated_conv2d
+    from engine.ops.upfirdn2d import setup_filter
+
+    configure_cuda_math(cudnn_autotune=False)
+    f = setup_filter([1, 3, 3, 1], device=device)
+    lines = ["| case | dtype | NCHW ms | of which layout conversion ms | channels-last ms | NCHW vs channels-last "
+             "| max difference |", "|---|---|---:|---:|---:|---:|---:|"]
+    for label, x_shape, w_shape, groups, up in cases:
+        for dtype in (F32, BF16):
+            g = torch.Generator(device).manual_seed(4)
+            x0 = torch.randn(x_shape, device=device, generator=g).to(dtype)
+            w0 = (torch.randn(w_shape, device=device, generator=g) / (w_shape[1] * 9) ** 0.5).to(dtype)
+            styles = torch.randn(x_shape[0], w_shape[1], device=device, generator=g).to(dtype) + 1
+            bias = torch.randn(w_shape[0], device=device, generator=g).to(dtype)
+
+            def step(channels_last: bool, x0=x0, w0=w0, styles=styles, bias=bias, groups=groups, up=up):
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                x = x0.contiguous(memory_format=fmt).requires_grad_(True)
+                w = w0.contiguous(memory_format=fmt).requires_grad_(True)
+                if up == 1:
+                    y = torch.nn.functional.conv2d(x, w, padding=1, groups=groups)
+                else:
+                    impl = "ref" if channels_last else "auto"
+                    y = modulated_conv2d(x, w, styles, up=up, padding=1, resample_filter=f, impl=impl)
+                    y = bias_act(y, bias, act="lrelu", impl=impl)
+                dy = torch.ones_like(y)
+                return (y, *torch.autograd.grad(y, (x, w), dy))
+
+            ms_nchw = _elapsed_ms(lambda: step(False), repeats, device)
+            ms_last = _elapsed_ms(lambda: step(True), repeats, device)
+            conversion = _conversion_ms(lambda: step(False), device)
+            diff = max(float((a.detach().float() - b.detach().float()).abs().max())
+                       / max(1e-12, float(b.detach().float().abs().max())) for a, b in zip(step(True), step(False)))
+            conv_text = f"{conversion:.3f}" if conversion is not None else "-"
+            lines.append(f"| {label} | {str(dtype).removeprefix('torch.')} | {ms_nchw:.3f} | {conv_text} | "
+                         f"{ms_last:.3f} | {ms_nchw / ms_last:.2f}x | {diff:.1e} |")
+    return "\n".join(lines)
 
 
 def composite_table(device: torch.device, repeats: int, rays: int = 128 * 128, samples: int = 48,
