@@ -30,12 +30,13 @@ the same process:
   put those conversions at 8.3 ms of a 61 ms stage-5 round and 2.0-2.5 ms of
   an inversion or PTI step. Running the generators channels-last removes them
   only if our fused ``upfirdn2d`` and ``bias_act`` read NHWC, which is kernel
-  work; this table says what it would buy first. A StyleGAN2 synthesis layer
-  with upsampling (modulated convolution, ``upfirdn2d``, ``bias_act``) is timed
-  too: as the engine runs it (NCHW, fused kernels) and channels-last on the
-  pure-torch ``upfirdn2d`` and ``bias_act`` (cuDNN's depthwise convolution
-  reads NHWC), the layer a channels-last engine would run before any NHWC
-  kernel of ours exists.
+  work, done for both (their NHWC paths, checked against the references by
+  their self-checks and the GPU tests) but not yet used by the networks: this
+  table says whether using them would pay. A StyleGAN2 synthesis layer with
+  upsampling (modulated convolution, ``upfirdn2d``, ``bias_act``) is timed as
+  the engine runs it (NCHW, fused kernels), channels-last on the fused
+  kernels' NHWC paths, and channels-last on the pure-torch ``upfirdn2d`` and
+  ``bias_act`` (cuDNN's depthwise convolution reads NHWC).
 
 The last columns give the new kernel's speed-up over the one it replaces and
 the largest difference between their outputs and input gradients relative to
@@ -209,8 +210,9 @@ def _conversion_ms(fn, device: torch.device, runs: int = 3) -> float | None:
 def layout_table(device: torch.device, cases: list, repeats: int) -> str:
     """Each case forward + backward (gradients to the input and the weight) in NCHW and channels-last,
     float32 (TF32, as ``engine.cuda_math`` sets it) and bfloat16. A case with ``up`` 2 is a StyleGAN2
-    synthesis layer (modulated convolution with upsampling, then bias and leaky ReLU): NCHW on the
-    fused kernels where they exist (the engine's path) against channels-last on the pure-torch ones."""
+    synthesis layer (modulated convolution with upsampling, then bias and leaky ReLU), timed three
+    ways: NCHW (the engine's path), channels-last as ``impl='auto'`` runs it (on CUDA our fused
+    kernels' NHWC paths) and channels-last on the pure-torch ``upfirdn2d`` and ``bias_act``."""
     from engine.cuda_math import configure_cuda_math
     from engine.ops.bias_act import bias_act
     from engine.ops.modulated_conv import modulated_conv2d
@@ -218,8 +220,9 @@ def layout_table(device: torch.device, cases: list, repeats: int) -> str:
 
     configure_cuda_math(cudnn_autotune=False)
     f = setup_filter([1, 3, 3, 1], device=device)
-    lines = ["| case | dtype | NCHW ms | of which layout conversion ms | channels-last ms | NCHW vs channels-last "
-             "| max difference |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| case | dtype | NCHW ms | of which layout conversion ms | channels-last ms "
+             "| channels-last, pure-torch upfirdn2d and bias_act ms | NCHW vs channels-last | max difference |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for label, x_shape, w_shape, groups, up in cases:
         for dtype in (F32, BF16):
             g = torch.Generator(device).manual_seed(4)
@@ -228,14 +231,14 @@ def layout_table(device: torch.device, cases: list, repeats: int) -> str:
             styles = torch.randn(x_shape[0], w_shape[1], device=device, generator=g).to(dtype) + 1
             bias = torch.randn(w_shape[0], device=device, generator=g).to(dtype)
 
-            def step(channels_last: bool, x0=x0, w0=w0, styles=styles, bias=bias, groups=groups, up=up):
+            def step(channels_last: bool, impl: str = "auto", x0=x0, w0=w0, styles=styles, bias=bias, groups=groups,
+                     up=up):
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 x = x0.contiguous(memory_format=fmt).requires_grad_(True)
                 w = w0.contiguous(memory_format=fmt).requires_grad_(True)
                 if up == 1:
                     y = torch.nn.functional.conv2d(x, w, padding=1, groups=groups)
                 else:
-                    impl = "ref" if channels_last else "auto"
                     y = modulated_conv2d(x, w, styles, up=up, padding=1, resample_filter=f, impl=impl)
                     y = bias_act(y, bias, act="lrelu", impl=impl)
                 dy = torch.ones_like(y)
@@ -243,12 +246,16 @@ def layout_table(device: torch.device, cases: list, repeats: int) -> str:
 
             ms_nchw = _elapsed_ms(lambda: step(False), repeats, device)
             ms_last = _elapsed_ms(lambda: step(True), repeats, device)
+            ms_last_ref = _elapsed_ms(lambda: step(True, "ref"), repeats, device) if up > 1 else None
             conversion = _conversion_ms(lambda: step(False), device)
+            nchw = step(False)
+            others = [step(True)] + ([step(True, "ref")] if up > 1 else [])
             diff = max(float((a.detach().float() - b.detach().float()).abs().max())
-                       / max(1e-12, float(b.detach().float().abs().max())) for a, b in zip(step(True), step(False)))
+                       / max(1e-12, float(b.detach().float().abs().max())) for other in others for a, b in zip(other, nchw))
             conv_text = f"{conversion:.3f}" if conversion is not None else "-"
+            ref_text = f"{ms_last_ref:.3f}" if ms_last_ref is not None else "-"
             lines.append(f"| {label} | {str(dtype).removeprefix('torch.')} | {ms_nchw:.3f} | {conv_text} | "
-                         f"{ms_last:.3f} | {ms_nchw / ms_last:.2f}x | {diff:.1e} |")
+                         f"{ms_last:.3f} | {ref_text} | {ms_nchw / ms_last:.2f}x | {diff:.1e} |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,9 @@ Three parts, one file:
 * ``bias_act_ref``: plain differentiable torch, the definition.
 * ``bias_act_fused``: the autograd Function around our CUDA kernels
   (``cuda/bias_act.cu``: one pass over memory for bias, activation, gain and
-  clamp, and one for the first-order gradient). When a graph of the gradient
+  clamp, and one for the first-order gradient; a channels-last [N, C, H, W]
+  input with the bias along C is read in its own memory order, the bias
+  channel of element i being i % C, and its output stays channels-last). When a graph of the gradient
   itself is needed (``create_graph=True``, e.g. R1 penalties) the backward uses
   the differentiable formula ``bias_act_grad_ref`` instead.
 * ``bias_act(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is used
@@ -171,7 +173,8 @@ def bias_act_fused(kernel: ModuleType, x, b=None, dim=1, act="linear", alpha=Non
 
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
     """Self-check inputs: every activation on [N, C, H, W] with a bias, StyleGAN2's clamped
-    lrelu, a bias along another axis and no bias; the gradients w.r.t. x and b."""
+    lrelu, a bias along another axis, no bias, and a channels-last input; the gradients w.r.t.
+    x and b."""
     draw = dispatch.probe_normal(20240614)
     x4 = draw(2, 5, 3, 4) * 2  # [N, C, H, W]
     b5 = draw(5)  # [C]
@@ -179,6 +182,10 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
     b2 = draw(2)  # [N]: a bias along dim 0
     cases += [("lrelu clamp=0.5", x4, b5, 1, 0.5), ("swish dim=0 clamp=1", x4, b2, 0, 1.0),
               ("relu no bias", x4, None, 1, None)]
+    # channels-last: the bias channel of element i is i % C in memory order
+    x_last = (draw(2, 6, 3, 5) * 2).contiguous(memory_format=torch.channels_last)  # [N, C, H, W]
+    b6 = draw(6)  # [C]
+    cases += [("lrelu channels-last clamp=0.5", x_last, b6, 1, 0.5), ("linear channels-last", x_last, b6, 1, None)]
     results: dispatch.ProbeResults = []
     for label, x, b, dim, clamp in cases:
         options = dict(dim=dim, act=label.split()[0], clamp=clamp)

@@ -90,6 +90,17 @@ def probe_normal(seed: int) -> Callable[..., torch.Tensor]:
     return lambda *shape: torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
 
 
+def channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a channels-last [N, C, H, W] tensor that is not also contiguous (one with a
+    single channel or pixel is both; the kernels serve it as NCHW)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is contiguous or channels-last, else a contiguous copy: what the kernels read."""
+    return t if t.is_contiguous() or channels_last(t) else t.contiguous()
+
+
 def compare_with_reference(label: str, fused: Callable[..., torch.Tensor], reference: Callable[..., torch.Tensor],
                            inputs: list[torch.Tensor], names: tuple[str, ...], device: torch.device,
                            dtype: torch.dtype, draw: Callable[..., torch.Tensor]) -> ProbeResults:
@@ -104,6 +115,8 @@ def compare_with_reference(label: str, fused: Callable[..., torch.Tensor], refer
     if out_fused.shape != out_ref.shape:
         return results
     d_out = draw(*out_ref.shape).to(device=device, dtype=dtype)
+    if channels_last(out_fused):  # the output gradient in the output's layout, as a channels-last network hands it
+        d_out = d_out.contiguous(memory_format=torch.channels_last)
     grads_fused = torch.autograd.grad(out_fused, inputs_fused, d_out)
     grads_ref = torch.autograd.grad(out_ref, inputs_ref, d_out.double())
     for name, grad_fused, grad_ref in zip(names, grads_fused, grads_ref):

@@ -24,8 +24,8 @@ Three parts, one file:
   twice as fast on the CPU (see bench/nets.py).
 * ``upfirdn2d_fused``: the autograd Function around our CUDA kernels
   (``cuda/upfirdn2d.cu``: a shared-memory tiled kernel for the 4x4 filter with
-  up or down 2 that the networks run, a generic one otherwise; 2D filters only; a 1D filter runs as an x pass then
-  a y pass). The gradient of upfirdn2d is again an upfirdn2d (``adjoint_params``:
+  up or down 2 that the networks run, a generic one otherwise, and for a channels-last input an NHWC kernel
+  whose output is channels-last too; 2D filters only; a 1D filter runs as an x pass then a y pass). The gradient of upfirdn2d is again an upfirdn2d (``adjoint_params``:
   filter flipped, up/down swapped, padding transformed), so the backward reuses
   the Function and every gradient order stays on the kernel.
 * ``upfirdn2d(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is used
@@ -198,7 +198,7 @@ class _Upfirdn2d2D(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[1]:
             up2, down2, pad2, flip2 = adjoint_params(in_hw, out_hw, tuple(f.shape), up, down, padding, flip_filter)
-            dx = _Upfirdn2d2D.apply(ctx.kernel, dy.contiguous(), f, up2, down2, pad2, flip2, gain)
+            dx = _Upfirdn2d2D.apply(ctx.kernel, dispatch.dense(dy), f, up2, down2, pad2, flip2, gain)
             if tuple(dx.shape[2:]) != in_hw:  # cannot happen for consistent params; a wrong kernel could
                 raise RuntimeError(f"upfirdn2d adjoint produced {tuple(dx.shape[2:])}, expected {in_hw}")
         return None, dx, None, None, None, None, None, None
@@ -225,10 +225,12 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
     """Self-check inputs: asymmetric 2D filters (a flip or transposition shows), a separable
     filter, up/down/padding as StyleGAN2 uses them plus uneven ones and crops. The 4x4 cases
     run the kernel's tiled path on an image wider and taller than one tile (32 outputs), so
-    the tiles' edges and the image's ragged last tile are checked too; the others its generic path."""
+    the tiles' edges and the image's ragged last tile are checked too; the others its generic path.
+    Channels-last inputs run its NHWC kernel."""
     draw = dispatch.probe_normal(20240613)
     x = draw(2, 3, 7, 6)  # [N, C, H, W]
     x_tiles = draw(1, 2, 37, 45)  # [N, C, H, W]
+    x_last = draw(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)  # [N, C, H, W], memory [N, H, W, C]
     f2d = draw(4, 3)  # [fh, fw]
     f4x4 = draw(4, 4)  # [fh, fw]
     f1d = draw(4)  # [fw]
@@ -239,6 +241,12 @@ def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> disp
         ("4x4 up=2 tiled", x_tiles, f4x4, 2, 1, [2, 1, 2, 1], False, 4.0),
         ("4x4 down=2 flipped tiled", x_tiles, f4x4, 1, 2, [1, 2, 2, 1], True, 1.0),
         ("4x4 crop and pad tiled", x_tiles, f4x4, 1, 1, [-1, 3, 2, -2], False, 1.0),
+        # channels-last input: the NHWC kernel, output and gradient channels-last (40 channels: a warp's
+        # 32 lanes span two pixels), at the networks' factors and at run-time ones
+        ("4x4 up=2 channels-last", x_last, f4x4, 2, 1, [2, 1, 2, 1], False, 4.0),
+        ("4x4 down=2 flipped channels-last", x_last, f4x4, 1, 2, [1, 2, 2, 1], True, 1.0),
+        ("4x4 crop and pad channels-last", x_last, f4x4, 1, 1, [-1, 3, 2, -2], False, 1.0),
+        ("up=2 down=(1,2) channels-last", x_last, f2d, 2, (1, 2), [2, 1, 1, 2], False, 2.0),
     ]
     results: dispatch.ProbeResults = []
     for label, inp, f, up, down, padding, flip_filter, gain in cases:

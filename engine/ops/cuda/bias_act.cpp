@@ -22,8 +22,16 @@ static long inner_size(const torch::Tensor& x, int dim) {
     return n;
 }
 
+// A channels-last [N, C, H, W] tensor with the bias along C (and not also contiguous, as one with a
+// single channel or pixel is): its memory is [N, H, W, C], so element i's channel is i % C, an inner
+// size of 1. The kernels walk memory order, and their outputs keep x's layout (empty_like).
+static bool channels_last_bias(const torch::Tensor& x, int dim) {
+    return x.dim() == 4 && dim == 1 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 static torch::Tensor forward(torch::Tensor x, torch::Tensor b, int dim, int act, double alpha, double gain, double clamp) {
     check(x, b, dim);
+    if (channels_last_bias(x, dim)) return bias_act_cuda_forward(x, b.contiguous(), 1, act, alpha, gain, clamp);
     return bias_act_cuda_forward(x.contiguous(), b.contiguous(), inner_size(x, dim), act, alpha, gain, clamp);
 }
 
@@ -31,6 +39,9 @@ static torch::Tensor grad(torch::Tensor dy, torch::Tensor x, torch::Tensor b, in
                           double gain, double clamp) {
     check(x, b, dim);
     TORCH_CHECK(dy.sizes() == x.sizes(), "bias_act: grad shape must match x");
+    if (channels_last_bias(x, dim))
+        return bias_act_cuda_grad(dy.contiguous(at::MemoryFormat::ChannelsLast), x, b.contiguous(), 1, act, alpha,
+                                  gain, clamp);
     return bias_act_cuda_grad(dy.contiguous(), x.contiguous(), b.contiguous(), inner_size(x, dim), act, alpha, gain, clamp);
 }
 

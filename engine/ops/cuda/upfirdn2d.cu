@@ -18,6 +18,14 @@
 //   output reading its taps from global memory; the loop steps from one real
 //   (non-inserted) sample to the next instead of testing every tap.
 //
+// Channels-last (NHWC) input takes its own kernel, upfirdn2d_nhwc, for every
+// shape: one thread per output element with the channel fastest, so a warp
+// reads and writes 32 neighbouring channels of one pixel in one transaction
+// each, and the K x K window's reuse between neighbouring outputs is left to
+// the caches. The networks' cases (4x4 filter, up or down 2 or neither) are
+// compiled with constant factors; any other runs the same kernel with them
+// at run time. Its output is channels-last too.
+//
 // Accumulation is in float (double for double inputs).
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -136,6 +144,80 @@ static bool try_tiled(const torch::Tensor& x, const torch::Tensor& f, torch::Ten
     else if (upx == 1 && downx == 2) launch_tiled<scalar_t, 1, 2, 4>(x, f, y, NC, H, W, OH, OW, px0, py0, flip, gain);
     else return false;
     return true;
+}
+
+// UP, DOWN, K > 0: compile-time factors and filter side (the same on both axes); 0: the run-time ones.
+template <typename scalar_t, int UP, int DOWN, int K>
+__global__ void upfirdn2d_nhwc(const scalar_t* __restrict__ x, const float* __restrict__ f, scalar_t* __restrict__ y,
+                               int C, int H, int W, int OH, int OW, unsigned total, int fh_, int fw_, int upx_,
+                               int upy_, int downx_, int downy_, int px0, int py0, bool flip, float gain) {
+    using acc_t = at::acc_type<scalar_t, true>;
+    const int upx = UP ? UP : upx_, upy = UP ? UP : upy_;
+    const int downx = DOWN ? DOWN : downx_, downy = DOWN ? DOWN : downy_;
+    const int fh = K ? K : fh_, fw = K ? K : fw_;
+    for (unsigned idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
+        const int c = idx % C;  // [N, OH, OW, C] in memory
+        unsigned rest = idx / C;
+        const int ox = rest % OW;
+        rest /= OW;
+        const int oy = rest % OH;
+        const int n = rest / OH;
+        // Position of tap 0 in the upsampled, padded grid.
+        const int by = oy * downy - py0, bx = ox * downx - px0;
+        const scalar_t* xn = x + n * H * W * C + c;
+        acc_t acc = 0;
+#pragma unroll
+        for (int ty = 0; ty < fh; ++ty) {
+            const int uy = by + ty;
+            if (uy < 0 || uy % upy != 0 || uy / upy >= H) continue;  // padding, or a zero the upsampling inserts
+            const int fy = flip ? ty : fh - 1 - ty;  // a convolution meets filter row fh-1-ty at tap ty
+#pragma unroll
+            for (int tx = 0; tx < fw; ++tx) {
+                const int ux = bx + tx;
+                if (ux < 0 || ux % upx != 0 || ux / upx >= W) continue;
+                const int fx = flip ? tx : fw - 1 - tx;
+                acc += (acc_t)xn[((uy / upy) * W + ux / upx) * C] * (acc_t)f[fy * fw + fx];
+            }
+        }
+        y[idx] = (scalar_t)(acc * (acc_t)gain);
+    }
+}
+
+template <typename scalar_t, int UP, int DOWN, int K>
+static void launch_nhwc(const torch::Tensor& x, const torch::Tensor& f, torch::Tensor& y, int upx, int upy, int downx,
+                        int downy, int px0, int py0, bool flip, float gain) {
+    const int C = x.size(1), H = x.size(2), W = x.size(3), OH = y.size(2), OW = y.size(3);
+    const unsigned total = (unsigned)y.numel();
+    const int threads = 256;
+    const int blocks = (int)std::min<long>(((long)total + threads - 1) / threads, 65535L * 8);
+    upfirdn2d_nhwc<scalar_t, UP, DOWN, K><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), f.data_ptr<float>(), y.data_ptr<scalar_t>(), C, H, W, OH, OW, total,
+        (int)f.size(0), (int)f.size(1), upx, upy, downx, downy, px0, py0, flip, gain);
+}
+
+// x channels-last [N, C, H, W] (memory [N, H, W, C]); y channels-last.
+torch::Tensor upfirdn2d_cuda_forward_nhwc(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
+                                          int px0, int px1, int py0, int py1, bool flip, double gain) {
+    const at::cuda::OptionalCUDAGuard guard(device_of(x));
+    const int N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    const int fh = f.size(0), fw = f.size(1);
+    const int OH = (H * upy + py0 + py1 - fh) / downy + 1;
+    const int OW = (W * upx + px0 + px1 - fw) / downx + 1;
+    TORCH_CHECK(OH >= 1 && OW >= 1, "upfirdn2d: output would be empty (check padding vs filter size)");
+    auto y = torch::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    // Indices run in 32 bits (unsigned, with the grid stride's overshoot past the end).
+    TORCH_CHECK(y.numel() + 256L * 65535L * 8L < (long)UINT_MAX, "upfirdn2d: output too large");
+    if (y.numel() == 0) return y;
+    const bool square4 = fh == 4 && fw == 4 && upx == upy && downx == downy;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "upfirdn2d_nhwc", [&] {
+        const float g = (float)gain;
+        if (square4 && upx == 1 && downx == 1) launch_nhwc<scalar_t, 1, 1, 4>(x, f, y, 1, 1, 1, 1, px0, py0, flip, g);
+        else if (square4 && upx == 2 && downx == 1) launch_nhwc<scalar_t, 2, 1, 4>(x, f, y, 2, 2, 1, 1, px0, py0, flip, g);
+        else if (square4 && upx == 1 && downx == 2) launch_nhwc<scalar_t, 1, 2, 4>(x, f, y, 1, 1, 2, 2, px0, py0, flip, g);
+        else launch_nhwc<scalar_t, 0, 0, 0>(x, f, y, upx, upy, downx, downy, px0, py0, flip, g);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return y;
 }
 
 torch::Tensor upfirdn2d_cuda_forward(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,

@@ -38,6 +38,8 @@ def _check_against_reference(fn, inputs: list[torch.Tensor], what: str) -> None:
     ref = fn("ref", *ref_leaves)
     assert out.dtype == dtype, what
     dy = torch.randn(ref.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(9)).to(dtype)
+    if dispatch.channels_last(out):  # the gradient in the output's layout, as a channels-last network hands it
+        dy = dy.contiguous(memory_format=torch.channels_last)
     _assert_close(out, ref, dtype, f"{what}: forward")
     grads = torch.autograd.grad(out, fused_leaves, dy)
     ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
@@ -107,6 +109,38 @@ def test_upfirdn2d_tiled_kernel_with_an_asymmetric_filter_over_ragged_tiles(up, 
             flip_filter, 1.5)
     torch.testing.assert_close(kernel.upfirdn2d(many, f, *args), kernel.upfirdn2d_generic(many, f, *args),
                                rtol=1e-5 if dtype == F32 else 1e-2, atol=1e-5 if dtype == F32 else 1e-2)
+
+
+CHANNELS_LAST_CASES = [  # label, x shape, dtype, arguments: the NHWC kernel at the networks' shapes
+    ("EG3D backbone conv0 128->256", (1, 128, 257, 257), F32, dict(padding=1, gain=4)),
+    ("EG3D SR conv0 128->256 bf16", (1, 256, 257, 257), BF16, dict(padding=1, gain=4)),
+    ("EG3D SR image upsample2d 128->256", (1, 3, 128, 128), F32, dict(up=2, padding=[2, 1, 2, 1], gain=4)),
+    ("StyleGAN2 D skip 1x1 1024->512", (2, 32, 1024, 1024), F16, dict(down=2, padding=1)),
+    ("StyleGAN2 D conv1 16->8", (4, 512, 16, 16), F32, dict(padding=2)),
+]
+
+
+@pytest.mark.parametrize("label,shape,dtype,kwargs", CHANNELS_LAST_CASES, ids=[c[0] for c in CHANNELS_LAST_CASES])
+def test_upfirdn2d_keeps_channels_last_and_matches_the_reference(label, shape, dtype, kwargs):
+    """A channels-last input runs the NHWC kernel: its output is channels-last (no layout
+    conversion for the next convolution), and it and its gradient (channels-last too) match."""
+    g = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(shape, device="cuda", generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1], device="cuda")
+    assert dispatch.channels_last(upfirdn2d.upfirdn2d(x, f, impl="cuda", **kwargs)), label
+    _check_against_reference(lambda impl, t: upfirdn2d.upfirdn2d(t, f, impl=impl, **kwargs), [x], label)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_bias_act_keeps_channels_last_and_matches_the_reference(dtype):
+    g = torch.Generator(device="cuda").manual_seed(6)
+    x = torch.randn(1, 128, 512, 512, device="cuda", generator=g).mul(100).round().to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    b = torch.randn(128, device="cuda", generator=g).mul(4).round().add(0.5).to(dtype)
+    kwargs = dict(act="lrelu", clamp=256)
+    assert dispatch.channels_last(bias_act.bias_act(x, b, impl="cuda", **kwargs))
+    _check_against_reference(lambda impl, t, c: bias_act.bias_act(t, c, impl=impl, **kwargs), [x, b],
+                             "EG3D SR conv lrelu clamp 256, 512px, channels-last")
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])
