@@ -45,6 +45,11 @@ class SpareLanes:
         finally:
             self._release()
 
+    def free(self) -> int:
+        """Lanes neither held nor lent right now."""
+        with self._cond:
+            return self._free
+
     def wanted(self) -> bool:
         """Whether an encode is waiting for a lane (lent work should stop)."""
         return self._waiting > 0
