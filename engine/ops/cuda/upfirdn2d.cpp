@@ -4,8 +4,6 @@
 
 torch::Tensor upfirdn2d_cuda_forward(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
                                      int px0, int px1, int py0, int py1, bool flip, double gain, bool allow_tiled);
-torch::Tensor upfirdn2d_cuda_forward_nhwc(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
-                                          int px0, int px1, int py0, int py1, bool flip, double gain);
 
 // Channels-last and not also contiguous (a tensor with one channel, or one pixel, is both: NCHW serves it).
 static bool channels_last(const torch::Tensor& x) {
@@ -21,10 +19,9 @@ static torch::Tensor checked(torch::Tensor x, torch::Tensor f, int upx, int upy,
     TORCH_CHECK(f.device() == x.device(), "upfirdn2d: filter and x must be on the same device");
     TORCH_CHECK(upx >= 1 && upy >= 1 && downx >= 1 && downy >= 1, "upfirdn2d: up/down must be >= 1");
     TORCH_CHECK(x.numel() <= INT_MAX, "upfirdn2d: tensor too large");
-    if (channels_last(x))  // NHWC in, NHWC out: no layout conversion around the networks' convolutions
-        return upfirdn2d_cuda_forward_nhwc(x, f.contiguous(), upx, upy, downx, downy, px0, px1, py0, py1, flip, gain);
-    return upfirdn2d_cuda_forward(x.contiguous(), f.contiguous(), upx, upy, downx, downy, px0, px1, py0, py1, flip, gain,
-                                  allow_tiled);
+    // Channels-last in, channels-last out (the NHWC kernel): no layout conversion around the networks' convolutions.
+    return upfirdn2d_cuda_forward(channels_last(x) ? x : x.contiguous(), f.contiguous(), upx, upy, downx, downy,
+                                  px0, px1, py0, py1, flip, gain, allow_tiled);
 }
 
 static torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,

@@ -195,31 +195,6 @@ static void launch_nhwc(const torch::Tensor& x, const torch::Tensor& f, torch::T
         (int)f.size(0), (int)f.size(1), upx, upy, downx, downy, px0, py0, flip, gain);
 }
 
-// x channels-last [N, C, H, W] (memory [N, H, W, C]); y channels-last.
-torch::Tensor upfirdn2d_cuda_forward_nhwc(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
-                                          int px0, int px1, int py0, int py1, bool flip, double gain) {
-    const at::cuda::OptionalCUDAGuard guard(device_of(x));
-    const int N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    const int fh = f.size(0), fw = f.size(1);
-    const int OH = (H * upy + py0 + py1 - fh) / downy + 1;
-    const int OW = (W * upx + px0 + px1 - fw) / downx + 1;
-    TORCH_CHECK(OH >= 1 && OW >= 1, "upfirdn2d: output would be empty (check padding vs filter size)");
-    auto y = torch::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-    // Indices run in 32 bits (unsigned, with the grid stride's overshoot past the end).
-    TORCH_CHECK(y.numel() + 256L * 65535L * 8L < (long)UINT_MAX, "upfirdn2d: output too large");
-    if (y.numel() == 0) return y;
-    const bool square4 = fh == 4 && fw == 4 && upx == upy && downx == downy;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "upfirdn2d_nhwc", [&] {
-        const float g = (float)gain;
-        if (square4 && upx == 1 && downx == 1) launch_nhwc<scalar_t, 1, 1, 4>(x, f, y, 1, 1, 1, 1, px0, py0, flip, g);
-        else if (square4 && upx == 2 && downx == 1) launch_nhwc<scalar_t, 2, 1, 4>(x, f, y, 2, 2, 1, 1, px0, py0, flip, g);
-        else if (square4 && upx == 1 && downx == 2) launch_nhwc<scalar_t, 1, 2, 4>(x, f, y, 1, 1, 2, 2, px0, py0, flip, g);
-        else launch_nhwc<scalar_t, 0, 0, 0>(x, f, y, upx, upy, downx, downy, px0, py0, flip, g);
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return y;
-}
-
 torch::Tensor upfirdn2d_cuda_forward(torch::Tensor x, torch::Tensor f, int upx, int upy, int downx, int downy,
                                      int px0, int px1, int py0, int py1, bool flip, double gain, bool allow_tiled) {
     const at::cuda::OptionalCUDAGuard guard(device_of(x));
@@ -228,9 +203,26 @@ torch::Tensor upfirdn2d_cuda_forward(torch::Tensor x, torch::Tensor f, int upx, 
     const int OH = (H * upy + py0 + py1 - fh) / downy + 1;
     const int OW = (W * upx + px0 + px1 - fw) / downx + 1;
     TORCH_CHECK(OH >= 1 && OW >= 1, "upfirdn2d: output would be empty (check padding vs filter size)");
-    auto y = torch::empty({N, C, OH, OW}, x.options());
+    // The caller hands over a contiguous or a channels-last tensor; y keeps that layout.
+    const bool nhwc = !x.is_contiguous();
+    auto y = torch::empty({N, C, OH, OW}, x.options().memory_format(
+        nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
     const long total = (long)N * C * OH * OW;
     if (total == 0) return y;
+    if (nhwc) {
+        // Indices run in 32 bits (unsigned, with the grid stride's overshoot past the end).
+        TORCH_CHECK(total + 256L * 65535L * 8L < (long)UINT_MAX, "upfirdn2d: output too large");
+        const bool square4 = fh == 4 && fw == 4 && upx == upy && downx == downy;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "upfirdn2d_nhwc", [&] {
+            const float g = (float)gain;
+            if (square4 && upx == 1 && downx == 1) launch_nhwc<scalar_t, 1, 1, 4>(x, f, y, 1, 1, 1, 1, px0, py0, flip, g);
+            else if (square4 && upx == 2 && downx == 1) launch_nhwc<scalar_t, 2, 1, 4>(x, f, y, 2, 2, 1, 1, px0, py0, flip, g);
+            else if (square4 && upx == 1 && downx == 2) launch_nhwc<scalar_t, 1, 2, 4>(x, f, y, 1, 1, 2, 2, px0, py0, flip, g);
+            else launch_nhwc<scalar_t, 0, 0, 0>(x, f, y, upx, upy, downx, downy, px0, py0, flip, g);
+        });
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return y;
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
         if (allow_tiled && try_tiled<scalar_t>(x, f, y, upx, upy, downx, downy, px0, py0, flip, (float)gain)) return;
         const int threads = 256;
