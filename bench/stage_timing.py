@@ -4,7 +4,7 @@ without and with CUDA graphs.
 
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
                                  [--precisions fp32 bf16] [--graphs both|on|off] [--cudnn-autotune both|on|off]
-                                 [--no-dual-schedules] [--json PATH]
+                                 [--channels-last both|on|off] [--no-dual-schedules] [--json PATH]
 
 How it measures
 ---------------
@@ -29,6 +29,11 @@ How it measures
   and with it. cuDNN times a convolution shape once per process, as the
   engine's first job does: before the first autotuned run of a precision an
   untimed run of the warm-up length pays for it (its seconds are reported).
+* Layout (``[pipeline] channels_last``, off by default as in the engine):
+  ``--channels-last both`` times each run with the generators' activations in
+  NCHW and channels-last, side by side (engine/nets/stylegan2/synthesis.py):
+  whether leaving out cuDNN's layout conversions pays once our fused kernels
+  read NHWC.
 * FLOPs per step are counted once (``torch.utils.flop_counter``, fp32 run of the
   same code; autocast does not change the count); achieved TFLOP/s = FLOPs per
   step / seconds per step.
@@ -232,7 +237,7 @@ def whole_cycles(steps: int, dual_cfg) -> int:
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
             json_path: pathlib.Path | None = None,
             graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,),
-            compare_dual_schedules: bool = True) -> dict:
+            compare_dual_schedules: bool = True, layout_modes: tuple[bool, ...] = (False,)) -> dict:
     from bench.pipeline import count_flops, flop_steps
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -261,27 +266,30 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     # CUDA graphs and cuDNN only exist on CUDA: elsewhere those runs would repeat the plain ones.
     if device.type != "cuda":
         graph_modes, autotune_modes = (False,), (False,)
-    modes = [(graphs, autotune) for graphs in graph_modes for autotune in autotune_modes]
+    modes = [(graphs, autotune, layout) for graphs in graph_modes for autotune in autotune_modes
+             for layout in layout_modes]
     primed: set[str] = set()  # precisions whose convolution shapes cuDNN has timed
     for precision in precisions:  # one failing run (or the pack after it) keeps what the others measured
-        for graphs, autotune in modes:
+        for graphs, autotune, channels_last in modes:
             if device.type == "cuda":
                 configure_cuda_math(autotune)
                 gc.collect()  # the previous run's graphs and tensors
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             skip = graph_warmup(warmup, cfg.pipeline.dual) if graphs else warmup
-            run: dict = {"precision": precision, "graphs": graphs, "cudnn_autotune": autotune, "warmup": skip}
-            report["runs"][run_name(precision, graphs, autotune, autotune_modes)] = run
+            run: dict = {"precision": precision, "graphs": graphs, "cudnn_autotune": autotune, "warmup": skip,
+                         "channels_last": channels_last}
+            report["runs"][run_name(precision, graphs, autotune, autotune_modes, channels_last, layout_modes)] = run
             try:
                 pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip + steps), precision=precision,
-                                                          cuda_graphs=graphs))
+                                                          cuda_graphs=graphs, channels_last=channels_last))
                 if autotune and precision not in primed:
                     # cuDNN times each convolution shape once per process: an untimed short run pays that,
                     # as the engine's first job does, and the timed runs see the tuned choice.
                     t0 = time.perf_counter()
                     Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip), precision=precision,
-                                                       cuda_graphs=graphs))(portrait, exemplar, seed=0)
+                                                       cuda_graphs=graphs, channels_last=channels_last))(
+                        portrait, exemplar, seed=0)
                     synchronize(device)
                     run["autotune_first_run_seconds"] = time.perf_counter() - t0
                     primed.add(precision)
@@ -340,11 +348,17 @@ def time_dual_schedules(nets, pipeline_cfg, portrait, exemplar, skip: int, steps
     return out
 
 
-def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple[bool, ...]) -> str:
-    """A run's label; cuDNN autotuning is named only when runs with and without it are compared."""
+def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple[bool, ...],
+             channels_last: bool = False, layout_modes: tuple[bool, ...] = (False,)) -> str:
+    """A run's label; cuDNN autotuning and the layout are named only when runs with and without them are
+    compared (or, for the layout, when it is channels-last)."""
     name = precision + (" + CUDA graphs" if graphs else "")
     if len(autotune_modes) > 1:
         name += " + cuDNN autotune" if autotune else " (cuDNN heuristics)"
+    if channels_last:
+        name += " + channels-last"
+    elif len(layout_modes) > 1:
+        name += " (NCHW)"
     return name
 
 
@@ -443,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-autotune", choices=["both", "on", "off"], default="off",
                    help="cuDNN's per-shape algorithm timing ([engine] cudnn_autotune, off by default): on, off, or "
                         "both side by side (CUDA only)")
+    p.add_argument("--channels-last", choices=["both", "on", "off"], default="off",
+                   help="the generators' activations channels-last ([pipeline] channels_last, off by default): on, "
+                        "off, or both side by side")
     p.add_argument("--no-dual-schedules", action="store_true",
                    help="skip timing stage 5 with its 2D branch on every round beside the configured schedule")
     args = p.parse_args(argv)
@@ -453,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
     graph_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.graphs]
     autotune_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.cudnn_autotune]
+    layout_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
     report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
-                     autotune_modes, compare_dual_schedules=not args.no_dual_schedules)
+                     autotune_modes, compare_dual_schedules=not args.no_dual_schedules, layout_modes=layout_modes)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

@@ -114,10 +114,14 @@ class PipelineConfig:
     bfloat16 with float32 master weights and optimiser; "fp32": float32 throughout; "auto":
     bf16 on CUDA, fp32 on the CPU). See engine/avatar/steps.py. ``cuda_graphs``: on a CUDA
     device, capture each optimisation step once as a CUDA graph and replay it (the same
-    arithmetic, launched at once; see engine/avatar/step_graph.py); no effect on the CPU."""
+    arithmetic, launched at once; see engine/avatar/step_graph.py); no effect on the CPU.
+    ``channels_last``: the generators' activations in the optimisation stages are channels-last
+    (NHWC in memory), so cuDNN converts no layouts around their convolutions (the same values up
+    to rounding; engine/nets/stylegan2/synthesis.py); off until a GPU run shows it pays."""
 
     precision: str = "auto"
     cuda_graphs: bool = True
+    channels_last: bool = False
     style: StyleFinetuneConfig = field(default_factory=StyleFinetuneConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     pti: PivotalTuningConfig = field(default_factory=PivotalTuningConfig)
@@ -125,7 +129,8 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _check(self, precision=(self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
-               cuda_graphs=(isinstance(self.cuda_graphs, bool), "true or false"))
+               cuda_graphs=(isinstance(self.cuda_graphs, bool), "true or false"),
+               channels_last=(isinstance(self.channels_last, bool), "true or false"))
 
     def resolved_precision(self, device_type: str) -> str:
         """"bf16" or "fp32" on a device of this type ("cuda", "cpu", ...)."""

@@ -178,7 +178,8 @@ class Pipeline:
 
     def synthesis_2d(self, weights: params.Params, ws: torch.Tensor) -> torch.Tensor:
         """StyleGAN2 image [B, 3, S, S] of W+ ``ws`` [B, L, 512] with the 2D generator ``weights``."""
-        return params.call(self.nets.g2d.synthesis, split_prefixed("synthesis.", weights), ws, noise_mode="const")
+        return params.call(self.nets.g2d.synthesis, split_prefixed("synthesis.", weights), ws, noise_mode="const",
+                           **self._layout())
 
     def mapping_2d(self, z: torch.Tensor) -> torch.Tensor:
         return self.nets.g2d.mapping(z, None)
@@ -196,7 +197,11 @@ class Pipeline:
     def render_3d(self, weights: params.Params, ws: torch.Tensor, c: torch.Tensor, noise) -> torch.Tensor:
         """EG3D image [B, 3, S, S] for W+ ``ws`` at camera ``c`` with the given weights and noise."""
         noise_inputs = noise if isinstance(noise, dict) else dict(zip(self.noise_names_3d(), noise))
-        return params.call_with(self.nets.g3d, weights, _synthesis, ws, c, noise_inputs)["image"]
+        return params.call_with(self.nets.g3d, weights, _synthesis, ws, c, noise_inputs, self._layout())["image"]
+
+    def _layout(self) -> dict:
+        """The generators' layout argument: channels-last activations where the config asks for them."""
+        return {"channels_last": True} if self.cfg.channels_last else {}
 
     @property
     def precision(self) -> str:
@@ -375,5 +380,5 @@ class Pipeline:
                                   params.apply_delta(g3d, result.delta_stylized), float(strength))
 
 
-def _synthesis(g3d: nn.Module, ws, c, noise_inputs) -> dict:
-    return g3d.synthesis(ws, c, noise_inputs=noise_inputs)
+def _synthesis(g3d: nn.Module, ws, c, noise_inputs, layout: dict) -> dict:
+    return g3d.synthesis(ws, c, noise_inputs=noise_inputs, **layout)

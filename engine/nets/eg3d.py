@@ -420,11 +420,15 @@ class TriPlaneGenerator(PretrainedMixin, torch.nn.Module):
     def synthesis(self, ws: torch.Tensor, c: torch.Tensor, *, noise_mode: str = "const",
                   noise_inputs: Mapping[str, torch.Tensor] | None = None, noise_generator: torch.Generator | None = None,
                   impl: str = "auto", fused_modconv: bool | str | None = None, force_fp32: bool = False,
-                  **render_kwargs) -> dict[str, torch.Tensor]:
-        """planes(ws) then render(planes, ws, c); the result also holds ``planes``."""
+                  channels_last: bool = False, **render_kwargs) -> dict[str, torch.Tensor]:
+        """planes(ws) then render(planes, ws, c); the result also holds ``planes``. ``channels_last``:
+        the backbone's and the super-resolution's activations channels-last (the same values up to
+        rounding; ``engine.nets.stylegan2.synthesis``)."""
+        layout = {"channels_last": True} if channels_last else {}
         planes = self.planes(ws, noise_mode=noise_mode, noise_inputs=noise_inputs, noise_generator=noise_generator,
-                             impl=impl, fused_modconv=fused_modconv, force_fp32=force_fp32)
-        out = self.render(planes, ws, c, impl=impl, fused_modconv=fused_modconv, force_fp32=force_fp32, **render_kwargs)
+                             impl=impl, fused_modconv=fused_modconv, force_fp32=force_fp32, **layout)
+        out = self.render(planes, ws, c, impl=impl, fused_modconv=fused_modconv, force_fp32=force_fp32, **layout,
+                          **render_kwargs)
         out["planes"] = planes
         return out
 

@@ -86,7 +86,7 @@ class SRSynthesisBlock(torch.nn.Module):
         x = self.conv1(x, w1, noise_mode=noise_mode, fused_modconv=fused_modconv, impl=impl)
         if self.up:
             img = upfirdn2d.upsample2d(img, self.resample_filter, impl=impl)
-        y = self.torgb(x, w2, fused_modconv=fused_modconv, impl=impl).to(torch.float32)
+        y = self.torgb(x, w2, fused_modconv=fused_modconv, impl=impl).to(torch.float32).contiguous()  # NCHW images
         img = img + y
         return x, img
 
@@ -125,15 +125,17 @@ class _HybridSR(torch.nn.Module):
             self.register_buffer("resample_filter", upfirdn2d.setup_filter([1, 3, 3, 1]))
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, *, noise_mode: str = "none",
-                force_fp32: bool = False, fused_modconv: bool | str | None = None, impl: str = "auto") -> torch.Tensor:
+                force_fp32: bool = False, fused_modconv: bool | str | None = None, impl: str = "auto",
+                channels_last: bool = False) -> torch.Tensor:
         """rgb [N,3,R,R], features x [N,C,R,R], ws [N,num_ws,w_dim] -> image [N,3,out,out]."""
         return self.forward_detailed(rgb, x, ws, noise_mode=noise_mode, force_fp32=force_fp32,
-                                     fused_modconv=fused_modconv, impl=impl)[0]
+                                     fused_modconv=fused_modconv, impl=impl, channels_last=channels_last)[0]
 
     def forward_detailed(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, *, noise_mode: str = "none",
                          force_fp32: bool = False, fused_modconv: bool | str | None = None,
-                         impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(image, skip image after block0, whether the inputs were resized).
+                         impl: str = "auto", channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(image, skip image after block0, whether the inputs were resized). ``channels_last``: the
+        features go through the blocks channels-last (see ``engine.nets.stylegan2.synthesis``).
 
         The official 2X/4X heads add block0's to-RGB output *in place* to the
         rgb tensor they were given when no resize happened, so the official
@@ -148,6 +150,8 @@ class _HybridSR(torch.nn.Module):
             x = _resize(x, self.input_resolution, self.sr_antialias)
             rgb = _resize(rgb, self.input_resolution, self.sr_antialias)
         kw = dict(noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv, impl=impl)
+        if channels_last:  # the blocks' convolutions keep the layout they are given
+            x = x.contiguous(memory_format=torch.channels_last)
         x, rgb0 = self.block0(x, rgb, ws, **kw)
         x, img = self.block1(x, rgb0, ws, **kw)
         return img, rgb0, resized

@@ -11,13 +11,16 @@ Conventions: ``x`` ``[N, C_in*groups.., H, W]``; ``w`` ``[C_out, C_in/groups, kh
 ``f`` from ``upfirdn2d.setup_filter`` or None; ``flip_weight=True`` means
 correlation (what ``torch.nn.functional.conv2d`` does), False a true
 convolution. Weight layout and flips follow NVlabs stylegan2-ada so official
-weights give official outputs.
+weights give official outputs. A channels-last ``x`` gives a channels-last
+output on every backend (see ``_conv``).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from engine.ops import upfirdn2d
+from engine.ops.dispatch import channels_last
 
 __all__ = ["conv2d_resample"]
 
@@ -26,9 +29,19 @@ def _conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True
     kh, kw = w.shape[2], w.shape[3]
     if not flip_weight and (kw > 1 or kh > 1):
         w = w.flip([2, 3])
+    if not channels_last(x):
+        if transpose:
+            return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+        return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    # Channels-last in, channels-last out. cuDNN does so given either tensor channels-last (and takes
+    # the weight so itself); some CPU kernels need the weight so, and the CPU's transposed
+    # convolution writes NCHW whatever it is given (the copy back costs nothing where the layout is right).
+    w = w.contiguous(memory_format=torch.channels_last)
     if transpose:
-        return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
-    return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+        y = F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
+    else:
+        y = F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    return y.contiguous(memory_format=torch.channels_last)
 
 
 def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False, impl="auto"):

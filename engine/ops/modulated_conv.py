@@ -13,6 +13,11 @@ Two equivalent execution paths (NVlabs semantics):
   ``d`` after a shared-weight convolution (cheaper for training and large
   batches).
 
+A channels-last ``x`` of more than one sample takes the second path whatever
+``fused_modconv`` says: folding the batch into the channels for the grouped
+convolution cannot be a view of NHWC memory, so it would convert the layout
+twice per layer; the two paths give the same values up to rounding.
+
 Shapes: ``x`` [N, I, H, W]; ``weight`` [O, I, kh, kw]; ``styles`` [N, I];
 returns [N, O, H', W'] where H' follows ``conv2d_resample``.
 
@@ -139,6 +144,8 @@ def modulated_conv2d(
     _check_shapes(x, weight, styles)
     batch = x.shape[0]
     out_channels, in_channels, kh, kw = weight.shape
+    if fused_modconv and batch > 1 and dispatch.channels_last(x):
+        fused_modconv = False  # see the module notes
 
     # FP16: pre-normalise to avoid overflow (scale-invariant under demodulation).
     if x.dtype == torch.float16 and demodulate:

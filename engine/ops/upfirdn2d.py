@@ -126,10 +126,12 @@ def upfirdn2d_ref(
     flip_filter: bool = False,
     gain: float = 1.0,
 ) -> torch.Tensor:
-    """Pure-torch definition (see module docstring); differentiable to any order."""
+    """Pure-torch definition (see module docstring); differentiable to any order. The output has
+    the input's layout, as the fused kernels' (channels-last in, channels-last out)."""
     _check(x, f)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    layout = torch.channels_last if dispatch.channels_last(x) else torch.contiguous_format
     n, c, h, w = x.shape
     upx, upy = parse_scaling(up)
     downx, downy = parse_scaling(down)
@@ -157,7 +159,8 @@ def upfirdn2d_ref(
         x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)  # along y: [C, 1, fh, 1]
 
     # Downsample by taking every down-th pixel.
-    return x[:, :, ::downy, ::downx]
+    x = x[:, :, ::downy, ::downx]
+    return x.contiguous(memory_format=layout) if layout is torch.channels_last else x
 
 
 # --------------------------------------------------------------------------- fused kernel

@@ -175,3 +175,10 @@ def test_cuda_graphs_is_a_switch(tmp_path):
     assert load_config(write(tmp_path, "[pipeline]\ncuda_graphs = false\n"), env={}).pipeline.cuda_graphs is False
     with pytest.raises(ConfigError, match="cuda_graphs"):
         load_config(write(tmp_path, '[pipeline]\ncuda_graphs = "yes"\n'), env={})
+
+
+def test_channels_last_is_a_switch_and_off_by_default(tmp_path):
+    assert load_config(write(tmp_path, "[pipeline]\nprecision = \"auto\"\n"), env={}).pipeline.channels_last is False
+    assert load_config(write(tmp_path, "[pipeline]\nchannels_last = true\n"), env={}).pipeline.channels_last is True
+    with pytest.raises(ConfigError, match="channels_last"):
+        load_config(write(tmp_path, "[pipeline]\nchannels_last = 1\n"), env={})

@@ -15,6 +15,13 @@ Conventions
   per-layer noise maps (scaled by the layer's ``noise_strength``), e.g. noise
   being optimised by an inversion; ``noise_generator`` feeds 'random' noise.
 * FP16 blocks (``num_fp16_res``) run in half precision only on CUDA.
+* Memory layout: a block's activations are NCHW, or channels-last (NHWC in
+  memory) where it was built so (NVlabs' ``fp16_channels_last``, FP16 blocks
+  on CUDA only). ``channels_last=True`` in a forward call makes every block
+  channels-last whatever it was built with: the convolutions then read and
+  write NHWC, and the fused ``upfirdn2d`` and ``bias_act`` have NHWC paths, so
+  cuDNN converts nothing between layers. The values are the same up to the
+  convolution algorithms' rounding. The ToRGB output is NCHW either way.
 * ``impl`` ('ref' | 'cuda' | 'auto') chooses the op implementation (``engine.ops``).
 """
 from __future__ import annotations
@@ -151,15 +158,18 @@ class SynthesisBlock(torch.nn.Module):
                                     resample_filter=resample_filter, channels_last=self.channels_last)
 
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, update_emas=False, noise_inputs=None,
-                impl="auto", **layer_kwargs):
-        """``noise_inputs``: optional {'conv0': tensor, 'conv1': tensor} explicit noise maps."""
+                impl="auto", channels_last=None, **layer_kwargs):
+        """``noise_inputs``: optional {'conv0': tensor, 'conv1': tensor} explicit noise maps;
+        ``channels_last``: True makes the block's activations channels-last (None: as it was built)."""
         del update_emas
         assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim], f"SynthesisBlock@{self.resolution} ws")
         w_iter = iter(ws.unbind(dim=1))
         if ws.device.type != "cuda":
             force_fp32 = True
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+        if channels_last is None:
+            channels_last = self.channels_last and not force_fp32
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if fused_modconv is None:
             fused_modconv = self.fused_modconv_default
         if fused_modconv == "inference_only":
@@ -170,8 +180,8 @@ class SynthesisBlock(torch.nn.Module):
             raise ValueError(f"SynthesisBlock@{self.resolution}: unknown noise inputs {sorted(unknown)}")
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])  # [N, C, 4, 4]
+            x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])  # [N, C, 4, 4]
+            x = x.contiguous(memory_format=memory_format)
         else:
             assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2],
                           f"SynthesisBlock@{self.resolution} input")
@@ -195,7 +205,9 @@ class SynthesisBlock(torch.nn.Module):
             img = upfirdn2d.upsample2d(img, self.resample_filter, impl=impl)
         if self.is_last or self.architecture == "skip":
             y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv, impl=impl)
-            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            # NCHW images: .contiguous(), since to(memory_format=...) keeps a channels-last tensor of
+            # batch 1 whose batch stride torch's layout test does not recognise
+            y = y.to(dtype=torch.float32).contiguous()
             img = img + y if img is not None else y
         return x, img
 
