@@ -164,7 +164,8 @@ class StickerEncoder:
     With ``speculate`` (and more than one worker) the encodes share the workers as lanes
     (:class:`engine.stickers.lanes.SpareLanes`): a search whose lanes would idle, typically the
     last stickers' at the end of a pack, encodes the candidates it may need next on them
-    (:mod:`engine.stickers.search`). The same files, sooner (``bench/stickers.py --speculate``)."""
+    (:mod:`engine.stickers.search`). The same files, sooner where workers idle
+    (``bench/stickers.py --photographed-pack --ahead off on``)."""
 
     def __init__(self, workers: int, config: EncodeConfig | None = None, speculate: bool = True) -> None:
         if workers < 1:
