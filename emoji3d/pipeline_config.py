@@ -116,8 +116,9 @@ class PipelineConfig:
     device, capture each optimisation step once as a CUDA graph and replay it (the same
     arithmetic, launched at once; see engine/avatar/step_graph.py); no effect on the CPU.
     ``channels_last``: the generators' activations in the optimisation stages are channels-last
-    (NHWC in memory), so cuDNN converts no layouts around their convolutions (the same values up
-    to rounding; engine/nets/stylegan2/synthesis.py); off until a GPU run shows it pays."""
+    (NHWC in memory), and so are the images the loss networks read, so cuDNN converts no layouts
+    around their convolutions (the same values up to rounding; engine/nets/stylegan2/synthesis.py);
+    off until a GPU run shows it pays."""
 
     precision: str = "auto"
     cuda_graphs: bool = True

@@ -76,7 +76,8 @@ def distances_to_target_and_other(distance: DistanceFn, target: torch.Tensor
 
 class FramedDistance:
     """A distance measured after a fixed image transform ``frame`` (image -> image), e.g.
-    the ArcFace loss on EG3D renders carried back into the FFHQ frame."""
+    the ArcFace loss on EG3D renders carried back into the FFHQ frame, or an LPIPS network
+    given its images channels-last (:func:`channels_last_image`)."""
 
     def __init__(self, distance: DistanceFn, frame: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.distance, self.frame = distance, frame
@@ -87,6 +88,17 @@ class FramedDistance:
     def to_target(self, target: torch.Tensor) -> DistanceToFn:
         inner = distance_to(self.distance, self.frame(target))
         return lambda x: inner(self.frame(x))
+
+    def to_target_and_other(self, target: torch.Tensor
+                            ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        both = distances_to_target_and_other(self.distance, self.frame(target))
+        return lambda x, other: both(self.frame(x), self.frame(other))
+
+
+def channels_last_image(img: torch.Tensor) -> torch.Tensor:
+    """``img`` [B, 3, H, W] channels-last (a small copy of 3 channels), so the network it enters runs
+    its convolutions NHWC without cuDNN converting around each (``[pipeline] channels_last``)."""
+    return img.contiguous(memory_format=torch.channels_last)
 
 
 @dataclass

@@ -59,7 +59,8 @@ from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params, portrait_artifact
 from engine.avatar.tensor_file import pack_tensors, split_prefixed, unpack_tensors  # the style_2d artifact
 from engine.avatar.dual import DualInputs, dual_branch_train
-from engine.avatar.invert import DistanceFn, FramedDistance, Inversion, invert_3d, latent_statistics, pivotal_tuning
+from engine.avatar.invert import (DistanceFn, FramedDistance, Inversion, channels_last_image, invert_3d,
+                                  latent_statistics, pivotal_tuning)
 from engine.avatar.step_graph import graphs_usable
 from engine.avatar.steps import ProgressFn, StageLog, no_progress
 from engine.avatar.stylize import finetune_style
@@ -203,6 +204,10 @@ class Pipeline:
         """The generators' layout argument: channels-last activations where the config asks for them."""
         return {"channels_last": True} if self.cfg.channels_last else {}
 
+    def _laid_out(self, distance: DistanceFn) -> DistanceFn:
+        """A loss network's distance, given its images channels-last where the config asks for it."""
+        return FramedDistance(distance, channels_last_image) if self.cfg.channels_last else distance
+
     @property
     def precision(self) -> str:
         """"bf16" or "fp32": the optimisation stages' autocast on this pipeline's device."""
@@ -300,10 +305,11 @@ class Pipeline:
         cond = c  # EG3D conditions the mapping on the camera of the photo
         w_avg, w_std = latent_statistics(lambda z: g3d.mapping(z, cond.expand(z.shape[0], -1)),
                                          self.cfg.inversion.w_avg_samples, g3d.config.z_dim, generator, dev)
-        pivot = invert_3d(target, c, self.render_3d, self.nets.lpips, w_avg, w_std, self.noise_shapes_3d(),
-                          g3d.num_ws, self.cfg.inversion, generator, progress, self.precision, self.graphs)
+        pivot = invert_3d(target, c, self.render_3d, self._laid_out(self.nets.lpips), w_avg, w_std,
+                          self.noise_shapes_3d(), g3d.num_ws, self.cfg.inversion, generator, progress, self.precision,
+                          self.graphs)
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
-        pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self.nets.lpips_pti,
+        pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self._laid_out(self.nets.lpips_pti),
                                  self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision,
                                  self.graphs)
         # The artifact stores the PTI delta compactly; continue from what it gives back, cached or not.
@@ -326,7 +332,7 @@ class Pipeline:
         full = torch.cat([m, torch.tensor([[0.0, 0.0, 1.0]], dtype=m.dtype)])
         back = rescale_similarity(torch.linalg.inv(full)[:2], 1.0, 256 / FFHQ_FRAME)  # res_3d px -> FFHQ 256 px
         to_ffhq = frame_warp(back.to(torch.float32), self.res_3d, 256, self.nets.device)  # built once, used per step
-        return FramedDistance(self.nets.id_loss, lambda img: to_ffhq(img)[0])
+        return FramedDistance(self._laid_out(self.nets.id_loss), lambda img: to_ffhq(img)[0])
 
     def prepare_portrait(self, portrait: PortraitInputs, *, seed: int = 0, progress: ProgressFn = no_progress,
                          cache: ArtifactCache) -> list[StageLog]:
@@ -363,7 +369,8 @@ class Pipeline:
             c=portrait.camera.to(dev), warp=warp)
         logs["dual_branch"] = dual_branch_train(
             params_3d, params_2d, inputs, self.render_3d, self.synthesis_2d, self.mapping_2d, self.features_2d,
-            self.nets.lpips, self.cfg.dual, self.cfg.style, gen, progress, self.precision, self.graphs)
+            self._laid_out(self.nets.lpips), self.cfg.dual, self.cfg.style, gen, progress, self.precision,
+            self.graphs)
         delta_stylized = params.compute_delta(params_3d, self.nets.g3d)
         names = self.noise_names_3d()
         logs["total"] = StageLog("total", seconds=time.perf_counter() - t0)

@@ -69,3 +69,29 @@ def test_a_batch_of_latents_keeps_its_layers_channels_last_and_the_nchw_images()
         nhwc = synth(ws, noise_mode="const", channels_last=True)
     assert all(seen[n] for n in layers), seen
     torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-5)
+
+
+def test_the_loss_networks_read_channels_last_images_and_give_the_same_distances():
+    """With ``channels_last`` the stages hand LPIPS (and ArcFace) their images channels-last
+    (``FramedDistance`` with ``channels_last_image``): the same distances, one to a cached target
+    and a pair, with the trunk's first convolution reading NHWC."""
+    from engine.avatar.invert import FramedDistance, channels_last_image, distance_to, distances_to_target_and_other
+
+    nets = slim_networks(0)
+    lpips = nets.lpips
+    laid_out = Pipeline(nets, dataclasses.replace(PipelineConfig(), channels_last=True))._laid_out(lpips)
+    assert isinstance(laid_out, FramedDistance) and laid_out.frame is channels_last_image
+    assert Pipeline(nets, PipelineConfig())._laid_out(lpips) is lpips
+    g = torch.Generator().manual_seed(2)
+    x, target, other = (torch.rand(1, 3, 64, 64, generator=g) * 2 - 1 for _ in range(3))
+    first_conv = next(m for m in lpips.modules() if isinstance(m, torch.nn.Conv2d))
+    inputs_seen: list[bool] = []
+    first_conv.register_forward_hook(lambda _m, inp, _out: inputs_seen.append(channels_last(inp[0])))
+    plain = (lpips(x, target), distance_to(lpips, target)(x), *distances_to_target_and_other(lpips, target)(x, other))
+    assert not any(inputs_seen)
+    inputs_seen.clear()
+    nhwc = (laid_out(x, target), distance_to(laid_out, target)(x),
+            *distances_to_target_and_other(laid_out, target)(x, other))
+    assert inputs_seen and all(inputs_seen)
+    for a, b in zip(nhwc, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
