@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from emoji3d.pipeline_config import PipelineConfig
@@ -97,6 +98,7 @@ def test_the_loss_networks_read_channels_last_images_and_give_the_same_distances
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # 17 s; the decision it records is taken once, when the switch's default changes
 def test_the_whole_pipeline_channels_last_gives_the_nchw_avatar_up_to_rounding():
     """Every stage (style finetune, inversion, PTI, dual-branch) a few steps in each layout, from the
     same seed: the stylized avatar renders the same up to rounding (measured RMS 3.5e-5 against a
