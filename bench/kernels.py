@@ -29,12 +29,12 @@ the same process:
   ``nchwToNhwc`` / ``nhwcToNchw``, from the profiler). The last H200 profile
   put those conversions at 8.3 ms of a 61 ms stage-5 round and 2.0-2.5 ms of
   an inversion or PTI step. Running the generators channels-last removes them
-  only if our fused ``upfirdn2d`` and ``bias_act`` read NHWC, which is kernel
-  work, done for both (their NHWC paths, checked against the references by
-  their self-checks and the GPU tests) but not yet used by the networks: this
-  table says whether using them would pay. A StyleGAN2 synthesis layer with
-  upsampling (modulated convolution, ``upfirdn2d``, ``bias_act``) is timed as
-  the engine runs it (NCHW, fused kernels), channels-last on the fused
+  only if our fused ``upfirdn2d`` and ``bias_act`` read NHWC. Both have NHWC
+  paths (checked against the references by their self-checks and the GPU
+  tests), which the networks use under ``[pipeline] channels_last`` (off):
+  this table says, layer by layer, whether that pays. A StyleGAN2 synthesis
+  layer with upsampling (modulated convolution, ``upfirdn2d``, ``bias_act``) is
+  timed as the engine runs it (NCHW, fused kernels), channels-last on the fused
   kernels' NHWC paths, and channels-last on the pure-torch ``upfirdn2d`` and
   ``bias_act`` (cuDNN's depthwise convolution reads NHWC).
 
@@ -251,7 +251,8 @@ def layout_table(device: torch.device, cases: list, repeats: int) -> str:
             nchw = step(False)
             others = [step(True)] + ([step(True, "ref")] if up > 1 else [])
             diff = max(float((a.detach().float() - b.detach().float()).abs().max())
-                       / max(1e-12, float(b.detach().float().abs().max())) for other in others for a, b in zip(other, nchw))
+                       / max(1e-12, float(b.detach().float().abs().max()))
+                       for other in others for a, b in zip(other, nchw))
             conv_text = f"{conversion:.3f}" if conversion is not None else "-"
             ref_text = f"{ms_last_ref:.3f}" if ms_last_ref is not None else "-"
             lines.append(f"| {label} | {str(dtype).removeprefix('torch.')} | {ms_nchw:.3f} | {conv_text} | "

@@ -179,8 +179,10 @@ def time_pack(pipe, result, pack_cfg, device: torch.device, with_page_too: bool 
             return run
 
         # The encode tasks are timed where the engine's encoder calls them; the files are the engine's own.
-        with mock.patch.object(pack_module, "_encoded_bytes", timed(pack_module._encoded_bytes, lambda t, *_: t)), \
-                mock.patch.object(pack_module, "_preview_encode", timed(pack_module._preview_encode, lambda *_: "preview")):
+        encoded = timed(pack_module._encoded_bytes, lambda target, *_: target)
+        preview = timed(pack_module._preview_encode, lambda *_: "preview")
+        with mock.patch.object(pack_module, "_encoded_bytes", encoded), \
+                mock.patch.object(pack_module, "_preview_encode", preview):
             make_pack_files(g3d, pose, pack_cfg, PLATFORM_TARGETS["telegram"],
                             thumbnail_target=THUMBNAIL_TARGETS["telegram"], boundaries=boundaries,
                             progress=lambda *_: None, emoji_target=CUSTOM_EMOJI_TARGETS["telegram"],
@@ -443,6 +445,10 @@ def summarise(report: dict) -> list[str]:
     return lines
 
 
+# A side-by-side switch's command-line choice -> the settings timed, in order.
+SWITCH_MODES = {"both": (False, True), "on": (True,), "off": (False,)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=["slim", "full"], default=None)
@@ -468,9 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
-    graph_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.graphs]
-    autotune_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.cudnn_autotune]
-    layout_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
+    graph_modes, autotune_modes, layout_modes = (
+        SWITCH_MODES[choice] for choice in (args.graphs, args.cudnn_autotune, args.channels_last))
     report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
                      autotune_modes, compare_dual_schedules=not args.no_dual_schedules, layout_modes=layout_modes)
     print("\n".join(summarise(report)))

@@ -20,9 +20,10 @@ Three parts, one file:
   (``cuda/bias_act.cu``: one pass over memory for bias, activation, gain and
   clamp, and one for the first-order gradient; a channels-last [N, C, H, W]
   input with the bias along C is read in its own memory order, the bias
-  channel of element i being i % C, and its output stays channels-last). When a graph of the gradient
-  itself is needed (``create_graph=True``, e.g. R1 penalties) the backward uses
-  the differentiable formula ``bias_act_grad_ref`` instead.
+  channel of element i being i % C, and its output stays channels-last).
+  When a graph of the gradient itself is needed (``create_graph=True``, e.g.
+  R1 penalties) the backward uses the differentiable formula
+  ``bias_act_grad_ref`` instead.
 * ``bias_act(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is used
   only after it passed its self-check (``engine.ops.dispatch``, probe below).
 """

@@ -29,19 +29,15 @@ def _conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True
     kh, kw = w.shape[2], w.shape[3]
     if not flip_weight and (kw > 1 or kh > 1):
         w = w.flip([2, 3])
-    if not channels_last(x):
-        if transpose:
-            return F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
-        return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
     # Channels-last in, channels-last out. cuDNN does so given either tensor channels-last (and takes
     # the weight so itself); some CPU kernels need the weight so, and the CPU's transposed
     # convolution writes NCHW whatever it is given (the copy back costs nothing where the layout is right).
-    w = w.contiguous(memory_format=torch.channels_last)
-    if transpose:
-        y = F.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
-    else:
-        y = F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
-    return y.contiguous(memory_format=torch.channels_last)
+    keep_last = channels_last(x)
+    if keep_last:
+        w = w.contiguous(memory_format=torch.channels_last)
+    conv = F.conv_transpose2d if transpose else F.conv2d
+    y = conv(x, w, stride=stride, padding=padding, groups=groups)
+    return y.contiguous(memory_format=torch.channels_last) if keep_last else y
 
 
 def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False, impl="auto"):

@@ -24,8 +24,10 @@ Three parts, one file:
   twice as fast on the CPU (see bench/nets.py).
 * ``upfirdn2d_fused``: the autograd Function around our CUDA kernels
   (``cuda/upfirdn2d.cu``: a shared-memory tiled kernel for the 4x4 filter with
-  up or down 2 that the networks run, a generic one otherwise, and for a channels-last input an NHWC kernel
-  whose output is channels-last too; 2D filters only; a 1D filter runs as an x pass then a y pass). The gradient of upfirdn2d is again an upfirdn2d (``adjoint_params``:
+  up or down 2 that the networks run, a generic one otherwise, and for a
+  channels-last input an NHWC kernel whose output is channels-last too; 2D
+  filters only; a 1D filter runs as an x pass then a y pass). The gradient of
+  upfirdn2d is again an upfirdn2d (``adjoint_params``:
   filter flipped, up/down swapped, padding transformed), so the backward reuses
   the Function and every gradient order stays on the kernel.
 * ``upfirdn2d(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is used
@@ -131,7 +133,7 @@ def upfirdn2d_ref(
     _check(x, f)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    layout = torch.channels_last if dispatch.channels_last(x) else torch.contiguous_format
+    keep_last = dispatch.channels_last(x)
     n, c, h, w = x.shape
     upx, upy = parse_scaling(up)
     downx, downy = parse_scaling(down)
@@ -160,7 +162,7 @@ def upfirdn2d_ref(
 
     # Downsample by taking every down-th pixel.
     x = x[:, :, ::downy, ::downx]
-    return x.contiguous(memory_format=layout) if layout is torch.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if keep_last else x
 
 
 # --------------------------------------------------------------------------- fused kernel
