@@ -1,8 +1,8 @@
 """`make gpu-check`: every GPU-only check in one command, written to one Markdown report.
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
-                              [--parts build tests syncs pipeline kernels layout nets render profile
-                                       encode] [--quick]
+                              [--parts build tests syncs pipeline kernels layout branches nets render
+                                       profile encode] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -26,15 +26,19 @@ Parts, in this order (the most important first, so a short budget loses the leas
    stages in bf16 with CUDA graphs, the generators' activations NCHW (as the
    engine runs) and channels-last (``[pipeline] channels_last``), side by side:
    whether to switch it on.
-7. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
-8. ``render``: ``bench/render.py`` at full size (multi-view rendering).
-9. ``profile``: ``bench/step_profile.py --by-source``: the kernels of each
+7. ``branches``: ``bench/stage_timing.py --concurrent-branches both``: the same
+   stages with every step on one stream (as the engine runs) and with its
+   independent parts on CUDA streams of their own (``[pipeline]
+   concurrent_branches``), side by side: whether to switch that on.
+8. ``nets``: ``bench/nets.py`` at full size (fused kernels vs the reference ops).
+9. ``render``: ``bench/render.py`` at full size (multi-view rendering).
+10. ``profile``: ``bench/step_profile.py --by-source``: the kernels of each
    stage's steps after the warm-up (fp32 with TF32), in ms per step by kernel
    family, by kernel and by the function of ours they are run for (forward and
    backward). Eager steps, which run the same kernels as the replayed graphs but
    can be traced to their operators; the GPU's busy share is therefore not the
    engine's (run it with ``--graphs on`` for that).
-10. ``encode``: ``bench/stickers.py --photographed-pack``: a Telegram pack's
+11. ``encode``: ``bench/stickers.py --photographed-pack``: a Telegram pack's
     files encoded as the engine encodes them, from photographed frames (the
     random weights' renders are noise, far harder to encode than a face), on the
     engine's encode workers, by libvpx threads per file (1 and 2) and with the
@@ -104,6 +108,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         kernels = [py, "bench/kernels.py", "--repeats", "2"]
         layout = [py, "bench/stage_timing.py", "--warmup", "1", "--steps", "2", "--precisions", "fp32",
                   "--channels-last", "both", "--no-dual-schedules"]
+        branches = [py, "bench/stage_timing.py", "--warmup", "1", "--steps", "2", "--precisions", "fp32",
+                    "--concurrent-branches", "both", "--no-dual-schedules"]
         profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5", "--by-source"]
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4",
                   "--pack-workers", "2", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
@@ -117,6 +123,9 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         # the engine's precision on CUDA, graphs on; NCHW and channels-last side by side
         layout = [py, "bench/stage_timing.py", "--preset", "full", "--device", "cuda", "--graphs", "on",
                   "--precisions", "bf16", "--channels-last", "both", "--no-dual-schedules"]
+        # the same, one stream against concurrent branches
+        branches = [py, "bench/stage_timing.py", "--preset", "full", "--device", "cuda", "--graphs", "on",
+                    "--precisions", "bf16", "--concurrent-branches", "both", "--no-dual-schedules"]
         # eager steps run the kernels a replay runs, and only they say whose code launched them
         profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32",
                    "--graphs", "off", "--by-source"]
@@ -136,6 +145,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         Part("kernels", "Fused kernels against what they replaced (bench/kernels.py)", 120, [kernels]),
         Part("layout", "The pipeline with channels-last generators, side by side (bench/stage_timing.py "
              "--channels-last both)", 240, [layout]),
+        Part("branches", "The pipeline with a step's independent parts on streams of their own, side by side "
+             "(bench/stage_timing.py --concurrent-branches both)", 240, [branches]),
         Part("nets", "Networks at full size (bench/nets.py)", 240, [nets]),
         Part("profile", "Where a step's time goes, by kernel and by our function (bench/step_profile.py)", 240,
              [profile]),

@@ -4,7 +4,8 @@ without and with CUDA graphs.
 
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
                                  [--precisions fp32 bf16] [--graphs both|on|off] [--cudnn-autotune both|on|off]
-                                 [--channels-last both|on|off] [--no-dual-schedules] [--json PATH]
+                                 [--channels-last both|on|off] [--concurrent-branches both|on|off]
+                                 [--no-dual-schedules] [--json PATH]
 
 How it measures
 ---------------
@@ -34,6 +35,11 @@ How it measures
   NCHW and channels-last, side by side (engine/nets/stylegan2/synthesis.py):
   whether leaving out cuDNN's layout conversions pays once our fused kernels
   read NHWC.
+* Concurrent branches (``[pipeline] concurrent_branches``, off by default as in
+  the engine): ``--concurrent-branches both`` times each run with every step's
+  kernels on one stream and with its independent parts on CUDA streams of
+  their own (engine/avatar/branches.py), side by side: whether the batch-1
+  kernels leave enough of the GPU idle for that to pay.
 * FLOPs per step are counted once (``torch.utils.flop_counter``, fp32 run of the
   same code; autocast does not change the count); achieved TFLOP/s = FLOPs per
   step / seconds per step.
@@ -239,7 +245,8 @@ def whole_cycles(steps: int, dual_cfg) -> int:
 def measure(preset: str, device: torch.device, warmup: int, steps: int, precisions: list[str],
             json_path: pathlib.Path | None = None,
             graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,),
-            compare_dual_schedules: bool = True, layout_modes: tuple[bool, ...] = (False,)) -> dict:
+            compare_dual_schedules: bool = True, layout_modes: tuple[bool, ...] = (False,),
+            branch_modes: tuple[bool, ...] = (False,)) -> dict:
     from bench.pipeline import count_flops, flop_steps
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -265,14 +272,14 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                                                            precision="fp32")), portrait, exemplar)
     report["flops_per_step"] = {stage: later for stage, (_first, later) in flops.items()}
     report["runs"] = {}
-    # CUDA graphs and cuDNN only exist on CUDA: elsewhere those runs would repeat the plain ones.
+    # CUDA graphs, cuDNN and streams only exist on CUDA: elsewhere those runs would repeat the plain ones.
     if device.type != "cuda":
-        graph_modes, autotune_modes = (False,), (False,)
-    modes = [(graphs, autotune, layout) for graphs in graph_modes for autotune in autotune_modes
-             for layout in layout_modes]
+        graph_modes, autotune_modes, branch_modes = (False,), (False,), (False,)
+    modes = [(graphs, autotune, layout, concurrent) for graphs in graph_modes for autotune in autotune_modes
+             for layout in layout_modes for concurrent in branch_modes]
     primed: set[str] = set()  # precisions whose convolution shapes cuDNN has timed
     for precision in precisions:  # one failing run (or the pack after it) keeps what the others measured
-        for graphs, autotune, channels_last in modes:
+        for graphs, autotune, channels_last, concurrent in modes:
             if device.type == "cuda":
                 configure_cuda_math(autotune)
                 gc.collect()  # the previous run's graphs and tensors
@@ -280,17 +287,18 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                 torch.cuda.reset_peak_memory_stats(device)
             skip = graph_warmup(warmup, cfg.pipeline.dual) if graphs else warmup
             run: dict = {"precision": precision, "graphs": graphs, "cudnn_autotune": autotune, "warmup": skip,
-                         "channels_last": channels_last}
-            report["runs"][run_name(precision, graphs, autotune, autotune_modes, channels_last, layout_modes)] = run
+                         "channels_last": channels_last, "concurrent_branches": concurrent}
+            report["runs"][run_name(precision, graphs, autotune, autotune_modes, channels_last, layout_modes,
+                                    concurrent, branch_modes)] = run
             try:
-                pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip + steps), precision=precision,
-                                                          cuda_graphs=graphs, channels_last=channels_last))
+                switches = {"precision": precision, "cuda_graphs": graphs, "channels_last": channels_last,
+                            "concurrent_branches": concurrent}
+                pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip + steps), **switches))
                 if autotune and precision not in primed:
                     # cuDNN times each convolution shape once per process: an untimed short run pays that,
                     # as the engine's first job does, and the timed runs see the tuned choice.
                     t0 = time.perf_counter()
-                    Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip), precision=precision,
-                                                       cuda_graphs=graphs, channels_last=channels_last))(
+                    Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip), **switches))(
                         portrait, exemplar, seed=0)
                     synchronize(device)
                     run["autotune_first_run_seconds"] = time.perf_counter() - t0
@@ -351,9 +359,10 @@ def time_dual_schedules(nets, pipeline_cfg, portrait, exemplar, skip: int, steps
 
 
 def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple[bool, ...],
-             channels_last: bool = False, layout_modes: tuple[bool, ...] = (False,)) -> str:
-    """A run's label; cuDNN autotuning and the layout are named only when runs with and without them are
-    compared (or, for the layout, when it is channels-last)."""
+             channels_last: bool = False, layout_modes: tuple[bool, ...] = (False,),
+             concurrent: bool = False, branch_modes: tuple[bool, ...] = (False,)) -> str:
+    """A run's label; cuDNN autotuning, the layout and the streams are named only when runs with and
+    without them are compared (or, for the layout and the streams, when they differ from the default)."""
     name = precision + (" + CUDA graphs" if graphs else "")
     if len(autotune_modes) > 1:
         name += " + cuDNN autotune" if autotune else " (cuDNN heuristics)"
@@ -361,6 +370,10 @@ def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple
         name += " + channels-last"
     elif len(layout_modes) > 1:
         name += " (NCHW)"
+    if concurrent:
+        name += " + concurrent branches"
+    elif len(branch_modes) > 1:
+        name += " (one stream)"
     return name
 
 
@@ -466,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", choices=["both", "on", "off"], default="off",
                    help="the generators' activations channels-last ([pipeline] channels_last, off by default): on, "
                         "off, or both side by side")
+    p.add_argument("--concurrent-branches", choices=["both", "on", "off"], default="off",
+                   help="a step's independent parts on CUDA streams of their own ([pipeline] concurrent_branches, "
+                        "off by default): on, off, or both side by side (CUDA only)")
     p.add_argument("--no-dual-schedules", action="store_true",
                    help="skip timing stage 5 with its 2D branch on every round beside the configured schedule")
     args = p.parse_args(argv)
@@ -474,10 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     preset = args.preset or ("full" if device.type == "cuda" else "slim")
-    graph_modes, autotune_modes, layout_modes = (
-        SWITCH_MODES[choice] for choice in (args.graphs, args.cudnn_autotune, args.channels_last))
+    graph_modes, autotune_modes, layout_modes, branch_modes = (
+        SWITCH_MODES[choice] for choice in (args.graphs, args.cudnn_autotune, args.channels_last,
+                                            args.concurrent_branches))
     report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
-                     autotune_modes, compare_dual_schedules=not args.no_dual_schedules, layout_modes=layout_modes)
+                     autotune_modes, compare_dual_schedules=not args.no_dual_schedules, layout_modes=layout_modes,
+                     branch_modes=branch_modes)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

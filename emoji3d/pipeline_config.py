@@ -118,11 +118,16 @@ class PipelineConfig:
     ``channels_last``: the generators' activations in the optimisation stages are channels-last
     (NHWC in memory), and so are the images the loss networks read, so cuDNN converts no layouts
     around their convolutions (the same values up to rounding; engine/nets/stylegan2/synthesis.py);
-    off until a GPU run shows it pays."""
+    off until a GPU run shows it pays. ``concurrent_branches``: on a CUDA device, the parts of a
+    step that do not read each other's results (stage 5's 2D cartoon, style-loss batch and render;
+    PTI's LPIPS and ArcFace terms; the inversion's render and noise regularisation) run side by
+    side on CUDA streams (the same values; engine/avatar/branches.py); off until a GPU run shows
+    it pays."""
 
     precision: str = "auto"
     cuda_graphs: bool = True
     channels_last: bool = False
+    concurrent_branches: bool = False
     style: StyleFinetuneConfig = field(default_factory=StyleFinetuneConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     pti: PivotalTuningConfig = field(default_factory=PivotalTuningConfig)
@@ -131,7 +136,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         _check(self, precision=(self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
                cuda_graphs=(isinstance(self.cuda_graphs, bool), "true or false"),
-               channels_last=(isinstance(self.channels_last, bool), "true or false"))
+               channels_last=(isinstance(self.channels_last, bool), "true or false"),
+               concurrent_branches=(isinstance(self.concurrent_branches, bool), "true or false"))
 
     def resolved_precision(self, device_type: str) -> str:
         """"bf16" or "fp32" on a device of this type ("cuda", "cpu", ...)."""

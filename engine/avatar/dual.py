@@ -85,6 +85,7 @@ from typing import Callable
 import torch
 
 from emoji3d.pipeline_config import DualConfig, StyleFinetuneConfig
+from engine.avatar.branches import Branches
 from engine.avatar.invert import DistanceFn, Inversion, RenderFn, distances_to_target_and_other
 from engine.avatar.params import Params
 from engine.avatar.step_graph import SplitStep, adam
@@ -141,11 +142,15 @@ def dual_branch_train(
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
     graphs: bool = False,
+    concurrent: bool = False,
 ) -> StageLog:
     """Rounds of updates of both branches; both params dicts are updated in place. ``graphs``:
     capture each round as a CUDA graph (``engine.avatar.step_graph``; each kind of round is its
-    own graph: with the 2D update and the style loss, with the 2D update alone, without either)."""
+    own graph: with the 2D update and the style loss, with the 2D update alone, without either).
+    ``concurrent``: a round's 2D cartoon, style-loss batch and render on CUDA streams of their own
+    (``engine.avatar.branches``)."""
     device = inputs.w_2d.device
+    branches = Branches(device, concurrent)
     opt_3d = adam([p for p in params_3d.values() if p.requires_grad], cfg.lr_3d, (0.0, 0.99))
     trainable_2d = [p for p in params_2d.values() if p.requires_grad]
     opt_2d = adam(trainable_2d, cfg.lr_2d, (0.0, 0.99)) if cfg.update_2d and trainable_2d else None
@@ -178,24 +183,35 @@ def dual_branch_train(
             mixed.draw()
         return with_2d, with_style
 
+    def cartoon() -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(device, precision):
+            return inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
+
+    def style_features() -> list[torch.Tensor]:
+        with autocast(device, precision):
+            return features_2d(synthesis_2d(params_2d, mixed.latents()))
+
     def compute(variant: tuple[bool, bool]) -> dict:
         with_2d, with_style = variant
-        if with_2d:
-            with autocast(device, precision):
-                warped, mask = inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
-            held_warped.copy_(warped.detach())
-            held_mask.copy_(mask)
-        else:  # the last 2D round's cartoon (made before its 2D step), or the fixed one when 2D is not trained
-            warped, mask = held_warped, held_mask
+        # the last 2D round's cartoon (made before its 2D step), or the fixed one when 2D is not trained
+        warped, mask = held_warped, held_mask
         out = {}
         for sub in range(cfg.steps_3d):
+            joint = sub == 0 and with_2d
+            # The 2D cartoon, the style loss's batch and the render read none of each other's results.
+            with branches.fork() as side:
+                made = side(cartoon) if joint else None
+                feats = side(style_features) if joint and with_style else None
+                with autocast(device, precision):
+                    img_3d = render_3d(params_3d, inputs.pivot.ws, inputs.c, inputs.pivot.noise)
+            if made is not None:
+                warped, mask = made
+                held_warped.copy_(warped.detach())
+                held_mask.copy_(mask)
             with autocast(device, precision):
-                img_3d = render_3d(params_3d, inputs.pivot.ws, inputs.c, inputs.pivot.noise)
-                joint = sub == 0 and with_2d
                 terms = eq5(img_3d, warped if joint else warped.detach(), mask)
                 loss = terms["total"]
-                if joint and with_style:
-                    feats = features_2d(synthesis_2d(params_2d, mixed.latents()))
+                if feats is not None:
                     style = feature_l1(feats, [t.expand_as(f) for t, f in zip(ex_feats, feats)])
                     loss = loss + cfg.lambda_style_2d * style
                     out["style_2d"] = style.detach()

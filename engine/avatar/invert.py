@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from emoji3d.pipeline_config import InversionConfig, PivotalTuningConfig
+from engine.avatar.branches import Branches
 from engine.avatar.params import Params
 from engine.avatar.step_graph import SplitStep, adam, set_lr
 from engine.avatar.steps import ProgressFn, StageLog, StopAt, autocast, no_progress, ramped_lr, run_steps
@@ -159,10 +160,13 @@ def invert_3d(
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
     graphs: bool = False,
+    concurrent: bool = False,
 ) -> Inversion:
     """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop. ``graphs``: capture
-    the step as a CUDA graph (``engine.avatar.step_graph``)."""
+    the step as a CUDA graph (``engine.avatar.step_graph``). ``concurrent``: the render and the
+    noise regularisation on CUDA streams of their own (``engine.avatar.branches``)."""
     device = target.device
+    branches = Branches(device, concurrent)
     w_opt = w_avg.detach().clone().repeat(1, num_ws, 1).requires_grad_(True)  # [1, L, 512]
     noise = [torch.randn(s, generator=generator, device=generator.device).to(device).requires_grad_(True)
              for s in noise_shapes]
@@ -181,10 +185,11 @@ def invert_3d(
         w_noise.copy_(torch.randn(w_opt.shape, generator=generator, device=generator.device), non_blocking=True)
 
     def compute(_: None) -> dict:
-        with autocast(device, precision):
-            img = render({}, w_opt + w_noise * w_noise_scale, c, noise)
-            dist = lpips_to_target(resize_for_lpips(img, cfg.lpips_size)).float().sum()
-        reg = noise_regularisation(noise)
+        with branches.fork() as side:
+            reg = side(noise_regularisation, noise)
+            with autocast(device, precision):
+                img = render({}, w_opt + w_noise * w_noise_scale, c, noise)
+                dist = lpips_to_target(resize_for_lpips(img, cfg.lpips_size)).float().sum()
         loss = dist + cfg.noise_reg_weight * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,9 +216,12 @@ def pivotal_tuning(
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
     graphs: bool = False,
+    concurrent: bool = False,
 ) -> StageLog:
     """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot; ``lpips`` is PTI's
-    (AlexNet) distance; ``graphs`` as in :func:`invert_3d`."""
+    (AlexNet) distance; ``graphs`` as in :func:`invert_3d`; ``concurrent``: the LPIPS and ArcFace
+    terms of the render on CUDA streams of their own (``engine.avatar.branches``)."""
+    branches = Branches(target.device, concurrent)
     trainable = [p for p in params.values() if p.requires_grad]
     opt = adam(trainable, cfg.lr, (0.9, 0.999))
     lpips_px = min(cfg.lpips_size, target.shape[-1])  # never enlarged: only bigger renders are averaged down
@@ -225,12 +233,13 @@ def pivotal_tuning(
     def compute(_: None) -> dict:
         with autocast(target.device, precision):
             img = render(params, pivot.ws, c, pivot.noise)
-            l_lpips = lpips_to_target(resize_for_lpips(img, lpips_px)).float().mean()
-            l_l2 = F.mse_loss(img.float(), target)
+            with branches.fork() as side:
+                l_lpips = side(lambda im: lpips_to_target(resize_for_lpips(im, lpips_px)).float().mean(), img)
+                l_id = side(lambda im: id_to_target(im).float().mean(), img) if id_to_target is not None else None
+                l_l2 = F.mse_loss(img.float(), target)
             terms = {"lpips": l_lpips.detach(), "l2": l_l2.detach()}
             loss = cfg.lambda_lpips * l_lpips + cfg.lambda_l2 * l_l2
-            if id_to_target is not None:
-                l_id = id_to_target(img).float().mean()
+            if l_id is not None:
                 loss = loss + cfg.lambda_id * l_id
                 terms["id"] = l_id.detach()
         opt.zero_grad(set_to_none=True)

@@ -58,6 +58,7 @@ from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params, portrait_artifact
 from engine.avatar.tensor_file import pack_tensors, split_prefixed, unpack_tensors  # the style_2d artifact
+from engine.avatar.branches import concurrent_usable
 from engine.avatar.dual import DualInputs, dual_branch_train
 from engine.avatar.invert import (DistanceFn, FramedDistance, Inversion, channels_last_image, invert_3d,
                                   latent_statistics, pivotal_tuning)
@@ -218,6 +219,12 @@ class Pipeline:
         """Whether the optimisation stages capture their steps as CUDA graphs (CUDA and ``cuda_graphs``)."""
         return graphs_usable(self.nets.device, self.cfg.cuda_graphs)
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether the optimisation stages run their steps' independent parts on CUDA streams of their
+        own (CUDA and ``concurrent_branches``)."""
+        return concurrent_usable(self.nets.device, self.cfg.concurrent_branches)
+
     def _precision_key(self) -> str:
         # fp32 keys are those of the code before precision was a setting (their caches stay valid)
         return "" if self.precision == "fp32" else f":{self.precision}"
@@ -307,11 +314,11 @@ class Pipeline:
                                          self.cfg.inversion.w_avg_samples, g3d.config.z_dim, generator, dev)
         pivot = invert_3d(target, c, self.render_3d, self._laid_out(self.nets.lpips), w_avg, w_std,
                           self.noise_shapes_3d(), g3d.num_ws, self.cfg.inversion, generator, progress, self.precision,
-                          self.graphs)
+                          self.graphs, self.concurrent)
         tuned = params.trainable_copy(g3d, include=TUNE_PREFIXES_3D)
         pti_log = pivotal_tuning(tuned, target, pivot, c, self.render_3d, self._laid_out(self.nets.lpips_pti),
                                  self._id_loss_in_3d_frame(portrait), self.cfg.pti, progress, self.precision,
-                                 self.graphs)
+                                 self.graphs, self.concurrent)
         # The artifact stores the PTI delta compactly; continue from what it gives back, cached or not.
         # Rounded on the device; the bytes (entropy coding, copy to the CPU) only when they are cached.
         quantised = portrait_artifact.quantise(portrait_artifact.PortraitArtifact(
@@ -370,7 +377,7 @@ class Pipeline:
         logs["dual_branch"] = dual_branch_train(
             params_3d, params_2d, inputs, self.render_3d, self.synthesis_2d, self.mapping_2d, self.features_2d,
             self._laid_out(self.nets.lpips), self.cfg.dual, self.cfg.style, gen, progress, self.precision,
-            self.graphs)
+            self.graphs, self.concurrent)
         delta_stylized = params.compute_delta(params_3d, self.nets.g3d)
         names = self.noise_names_3d()
         logs["total"] = StageLog("total", seconds=time.perf_counter() - t0)

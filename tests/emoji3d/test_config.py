@@ -182,3 +182,12 @@ def test_channels_last_is_a_switch_and_off_by_default(tmp_path):
     assert load_config(write(tmp_path, "[pipeline]\nchannels_last = true\n"), env={}).pipeline.channels_last is True
     with pytest.raises(ConfigError, match="channels_last"):
         load_config(write(tmp_path, "[pipeline]\nchannels_last = 1\n"), env={})
+
+
+def test_concurrent_branches_is_a_switch_and_off_by_default(tmp_path):
+    default = load_config(write(tmp_path, "[pipeline]\nprecision = \"auto\"\n"), env={})
+    assert default.pipeline.concurrent_branches is False
+    assert load_config(write(tmp_path, "[pipeline]\nconcurrent_branches = true\n"),
+                       env={}).pipeline.concurrent_branches is True
+    with pytest.raises(ConfigError, match="concurrent_branches"):
+        load_config(write(tmp_path, "[pipeline]\nconcurrent_branches = \"yes\"\n"), env={})

@@ -1,0 +1,147 @@
+"""A step's independent parts on CUDA streams of their own (engine.avatar.branches,
+``[pipeline] concurrent_branches``).
+
+On the CPU: the branches run here, in order, and the switch does nothing. On a GPU (``-m gpu``):
+a branch runs on a side stream that starts after the work queued before the fork, the current
+stream waits for it at the join, the stages give the one-stream results (eager and captured as
+CUDA graphs), and a stage leaves no memory behind."""
+from __future__ import annotations
+
+import dataclasses
+import gc
+
+import pytest
+import torch
+
+from emoji3d.pipeline_config import PipelineConfig
+from engine.avatar.branches import Branches, concurrent_usable
+from engine.avatar.dual import round_cycle
+from engine.avatar.networks import slim_networks
+from engine.avatar.pipeline import Pipeline
+from engine.avatar.step_graph import WARMUP
+
+STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
+
+
+def test_without_cuda_the_branches_run_here_in_the_order_they_are_given():
+    branches = Branches("cpu", enabled=True)
+    assert not branches.concurrent
+    calls = []
+    with branches.fork() as side:
+        first = side(lambda x: calls.append(("first", x)) or x * 2, torch.ones(2))
+        calls.append(("between", None))
+        second = side(lambda: calls.append(("second", None)) or "done")
+    assert [c[0] for c in calls] == ["first", "between", "second"]
+    assert torch.equal(first, torch.full((2,), 2.0)) and second == "done"
+
+
+def test_an_error_in_a_branch_reaches_the_caller():
+    with pytest.raises(ValueError, match="bad branch"):
+        with Branches("cpu", enabled=True).fork() as side:
+            side(lambda: (_ for _ in ()).throw(ValueError("bad branch")))
+
+
+def test_the_switch_counts_on_cuda_only():
+    assert concurrent_usable("cuda", True) and concurrent_usable(torch.device("cuda", 0), True)
+    assert not concurrent_usable("cuda", False)
+    assert not concurrent_usable("cpu", True)
+    asked = dataclasses.replace(PipelineConfig(), concurrent_branches=True)
+    assert not Pipeline(slim_networks(seed=0), asked).concurrent
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+
+def _spin() -> None:
+    """Keep the current stream busy for tens of milliseconds (10^8 GPU clock cycles), so that a
+    missing wait shows."""
+    torch.cuda._sleep(100_000_000)
+
+
+@pytest.mark.gpu
+def test_a_branch_runs_on_a_side_stream_after_the_work_queued_before_the_fork():
+    branches = Branches("cuda", enabled=True)
+    origin = torch.cuda.current_stream()
+    x = torch.zeros(1 << 20, device="cuda")
+    _spin()
+    x.fill_(1.0)  # queued on the current stream behind the spin
+    seen = []
+
+    def total_of(t: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.cuda.current_stream())
+        return t.sum()
+
+    with branches.fork() as side:
+        total = side(total_of, x)
+    assert seen and seen[0] != origin
+    assert float(total) == x.numel()  # the branch read the filled tensor, not the zeros
+
+
+@pytest.mark.gpu
+def test_the_join_makes_the_current_stream_wait_for_the_branches():
+    branches = Branches("cuda", enabled=True)
+
+    def slow_fill(t: torch.Tensor) -> torch.Tensor:
+        _spin()
+        return t.fill_(3.0)
+
+    x = torch.zeros(1 << 20, device="cuda")
+    with branches.fork() as side:
+        side(slow_fill, x)
+    after = x.sum()  # queued on the current stream after the join
+    assert float(after) == 3.0 * x.numel()
+
+
+def _run(cfg: PipelineConfig, portrait, style):
+    return Pipeline(slim_networks(seed=0, device="cuda"), cfg)(portrait, style, seed=0)
+
+
+def _relative_gap(a: list[float], b: list[float]) -> float:
+    a_t, b_t = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    return float((a_t - b_t).abs().max()) / max(1e-12, float(b_t.abs().max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+def test_concurrent_branches_give_the_one_stream_results(unaligned_faces, graphs):
+    """Every stage with enough steps that each of stage 5's kinds of round is captured and replayed
+    (with graphs). The branches queue the one-stream step's kernels, so the loss curves agree as
+    closely as two one-stream runs agree with each other (the tri-plane gradient's atomic adds
+    make those part slightly; see test_step_graph.py): within ten times that, and at least 1e-4."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        portrait, style = unaligned_faces
+        base = dataclasses.replace(PipelineConfig().reduced((WARMUP + 1) * round_cycle(PipelineConfig().dual) + 1),
+                                   precision="fp32", cuda_graphs=graphs)
+        one = _run(base, portrait, style)
+        one_again = _run(base, portrait, style)
+        concurrent = _run(dataclasses.replace(base, concurrent_branches=True), portrait, style)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    mode = "graphs" if graphs else "eager"
+    assert {s: concurrent.logs[s].mode for s in STAGES} == dict.fromkeys(STAGES, mode)
+    for stage in STAGES:
+        for term, values in one.logs[stage].terms.items():
+            noise = _relative_gap(one_again.logs[stage].terms[term], values)
+            gap = _relative_gap(concurrent.logs[stage].terms[term], values)
+            assert gap <= max(1e-4, 10 * noise), f"{stage}.{term}: vs one stream {gap:.2e}, noise {noise:.2e}"
+
+
+@pytest.mark.gpu
+def test_a_concurrent_pipeline_leaves_no_memory_behind(unaligned_faces):
+    """The engine runs job after job: tensors that a branch hands across streams (marked with
+    ``record_stream``) must be freed once the stage ends, graphs or not."""
+    portrait, style = unaligned_faces
+    cfg = dataclasses.replace(PipelineConfig().reduced(2 * round_cycle(PipelineConfig().dual) + 1),
+                              concurrent_branches=True)
+    nets = slim_networks(seed=0, device="cuda")
+    left = []
+    for _ in range(3):
+        result = Pipeline(nets, cfg)(portrait, style, seed=0)
+        del result
+        gc.collect()
+        torch.cuda.synchronize()
+        left.append(torch.cuda.memory_allocated())
+    # the first job may fill caches that stay (1 MiB of room); from then on a job leaves nothing
+    assert left[1] - left[0] <= 1 << 20 and left[2] - left[1] <= 64 << 10, left
