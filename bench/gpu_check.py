@@ -77,7 +77,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # bench/queue.py would shadow the standard library's queue (torch imports it).
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
-OPS = ("upfirdn2d", "bias_act", "modconv", "triplane")
+OPS = ("upfirdn2d", "bias_act", "modconv", "triplane", "lpips_layer")
 OUTPUT_TAIL_CHARS = 12_000  # per part, in the report
 
 

@@ -15,6 +15,11 @@ the same process:
 * triplane_mean, EG3D FFHQ-512's planes (3 x 32 x 256 x 256) at a 128 px
   render's 48 + 48 samples per ray: ``triplane_mean_ref`` (``grid_sample``
   on [N*3, C, H, W] planes, then the mean) and the fused channels-last kernels.
+* lpips_layer, LPIPS's five VGG16 layers at 256 px (a render against a cached
+  target, as the inversion and stage 5 compare): ``lpips_layer_ref`` (the
+  package's operations: unit normalisation, squared difference, 1x1
+  convolution, spatial mean) and the fused per-pixel kernels, float32 and
+  bfloat16 features.
 
 * the ray marcher's colour composite (``engine.nets.volume.march_sample_sets``),
   one weight per sample times the colours of each sample set, at a 128 px
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():  # as bench/host_syncs.py: `make bench` runs every bench anywhere
         print("bench/kernels.py: no CUDA device here (the kernels are CUDA's); nothing measured")
         return 0
-    from engine.ops import dispatch, triplane, upfirdn2d
+    from engine.ops import dispatch, lpips_layer, triplane, upfirdn2d
 
     device = torch.device("cuda")
     module = dispatch.fused_kernel(upfirdn2d.FUSED, "cuda", device, torch.float32)
@@ -155,6 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         print(compare("EG3D FFHQ-512, 128 px render", f"1x3x32x256x256, {points:,}", dtype,
                       planes.requires_grad_(True), ops, args.repeats), flush=True)
 
+    print("\n## lpips_layer\n")
+    print("| case | features | dtype | package operations ms | fused kernels ms | fused vs package operations "
+          "| max difference |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for dtype in (F32, BF16):
+        g = torch.Generator(device).manual_seed(3)
+        # post-ReLU trunk features of the render (learning) and of the target, one tensor per layer, flattened
+        # into one input so that the table's forward-backward helper differentiates all five at once
+        layers = [(c, side) for c, side in VGG16_LPIPS_LAYERS_256]
+        sizes = [c * side * side for c, side in layers]
+        targets = [torch.randn(1, c, side, side, device=device, generator=g).relu().to(dtype) for c, side in layers]
+        weights = [torch.rand(1, c, 1, 1, device=device, generator=g) for c, _side in layers]
+
+        def distance(flat, impl, targets=targets, weights=weights):
+            parts = [t.view(1, c, side, side) for t, (c, side) in zip(flat.split(sizes), layers)]
+            return sum(lpips_layer.lpips_layer(x, t, w, impl=impl) for x, t, w in zip(parts, targets, weights))
+
+        flat = torch.randn(sum(sizes), device=device, generator=g).relu().to(dtype)
+        ops = {"ref": lambda t: distance(t, "ref"), "fused": lambda t: distance(t, "cuda")}
+        print(compare("LPIPS VGG16, 256 px, 5 layers", "64x256² ... 512x16²", dtype, flat.requires_grad_(True), ops,
+                      args.repeats), flush=True)
+
     print("\n## colour composite of one sample set\n")
     print(composite_table(device, args.repeats))
     print("\n## memory layout: NCHW against channels-last\n")
@@ -173,6 +200,8 @@ LAYOUT_CASES = [
     ("EG3D super-resolution layer, 256 -> 512 px", (1, 128, 256, 256), (64, 128, 3, 3), 1, 2),
 ]
 LAYOUT_CONVERSION_KERNELS = ("nchwtonhwc", "nhwctonchw")
+# LPIPS's VGG16 layers at 256 px: (channels, side).
+VGG16_LPIPS_LAYERS_256 = ((64, 256), (128, 128), (256, 64), (512, 32), (512, 16))
 
 
 def _elapsed_ms(fn, repeats: int, device: torch.device) -> float:

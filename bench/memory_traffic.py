@@ -194,14 +194,16 @@ def print_table(stage: str, rows: dict[tuple[str, str], tuple[float, float]], to
               f"{floor_ms(k, b) / total:>6.0%}")
 
 
-def print_side_by_side(title: str, make_inputs, forms) -> None:
+def print_side_by_side(title: str, make_inputs, forms, modelled: tuple[tuple[str, int, int], ...] = ()) -> None:
     """One change before and now: each of ``forms`` (name, ``fn(*args) -> outputs``) runs forward
     and backward on fake tensors from ``make_inputs() -> (args, leaves)``, differentiated with
-    respect to ``leaves``. Kernels and bytes of every op, products included (the optimiser has none)."""
+    respect to ``leaves``. Kernels and bytes of every op, products included (the optimiser has none).
+    ``modelled``: rows (name, kernels, bytes) of a form that cannot run here (a CUDA kernel),
+    counted from what its kernels read and write."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     print(f"\n# {title}, forward + backward")
-    print(f"{'form':<40} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
+    print(f"{'form':<44} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
     for name, fn in forms:
         with FakeTensorMode():
             args, leaves = make_inputs()
@@ -210,7 +212,24 @@ def print_side_by_side(title: str, make_inputs, forms) -> None:
                 torch.autograd.grad([out if out.ndim == 0 else out.sum() for out in fn(*args)], leaves)
         kernels = sum(k for k, _b in mode.table.values())
         nbytes = sum(b for _k, b in mode.table.values())
-        print(f"{name:<40} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
+        print(f"{name:<44} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
+    for name, kernels, nbytes in modelled:
+        print(f"{name:<44} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
+
+
+def fused_lpips_traffic(layers: tuple[tuple[int, int], ...], images: int, learns_b: bool) -> tuple[int, int]:
+    """Kernels and bytes of ``engine.ops.lpips_layer``'s CUDA path, forward + backward, for float32
+    features of ``images`` image pairs: per layer, the forward kernel (reads a and b, writes the
+    per-pixel terms), their spatial mean and its backward, the backward kernel (reads a, b and the
+    terms' gradient, writes a's gradient and, when ``learns_b``, b's); then the sum over layers.
+    Each kernel's second and third pass over a pixel's channels are counted as cache hits."""
+    kernels = nbytes = 0
+    for channels, side in layers:
+        features, terms = 4 * images * channels * side * side, 4 * images * side * side
+        kernels += 4
+        nbytes += (2 * features + terms) + (terms + 4 * images) + (4 * images + terms)
+        nbytes += 2 * features + terms + features * (2 if learns_b else 1)
+    return kernels + 2 * (len(layers) - 1), nbytes
 
 
 def compare_changes() -> None:
@@ -219,6 +238,8 @@ def compare_changes() -> None:
     from engine.avatar.invert import noise_regularisation
     from engine.nets.eg3d import DECODER_HIDDEN, PLANE_CHANNELS, OSGDecoder
     from engine.nets.volume import march_sample_sets
+    from bench.kernels import VGG16_LPIPS_LAYERS_256
+    from engine.ops.lpips_layer import lpips_layer_ref
 
     def noise_maps():
         maps = [torch.zeros(shape, requires_grad=True)
@@ -253,6 +274,22 @@ def compare_changes() -> None:
     print_side_by_side("the EG3D decoder, 16,384 rays x 96 samples", decoder_inputs, (
         ("two slices (before)", stages_before.decode_sliced),
         ("one split (now)", lambda decoder, x: decoder.decode(x))))
+
+    def lpips_features():  # a render's trunk features (learning) and a cached target's (constant)
+        feats = [torch.zeros(1, c, s, s, requires_grad=True) for c, s in VGG16_LPIPS_LAYERS_256]
+        target = [torch.zeros(1, c, s, s) for c, s in VGG16_LPIPS_LAYERS_256]
+        weights = [torch.zeros(1, c, 1, 1) for c, _s in VGG16_LPIPS_LAYERS_256]
+        return [feats, target, weights], feats
+
+    kernels, nbytes = fused_lpips_traffic(VGG16_LPIPS_LAYERS_256, images=1, learns_b=False)
+    print_side_by_side(
+        "LPIPS's layer terms, VGG16 at 256 px, a render against a cached target (the inversion; stage 5 twice)",
+        lpips_features, (
+            ("package ops, unit target cached (before)",
+             lambda feats, target, weights: [stages_before.lpips_against_unit_target(feats, target, weights)]),
+            ("reference (now, on a CPU or as fallback)",
+             lambda feats, target, weights: [sum(map(lpips_layer_ref, feats, target, weights))])),
+        modelled=(("CUDA kernels (now, modelled)", kernels, nbytes),))
 
 
 def main(argv=None) -> int:

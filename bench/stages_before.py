@@ -9,7 +9,9 @@ stage 5 renders the 2D cartoon twice and EG3D once more (without gradients) per 
 runs the style loss at stage 2's batch every round; the inversion's noise regularisation takes
 the maps one by one. From ``engine.nets.volume``: the official importance renderer's final pass
 (concatenate and sort the coarse and fine samples, colours included, then composite interval
-midpoints); from ``engine.nets.eg3d``: the decoder's two output slices. Float32 only, without CUDA graphs (the
+midpoints); from ``engine.nets.eg3d``: the decoder's two output slices; from
+``engine.nets.perceptual``: LPIPS's per-layer terms as the package's operations, before
+``engine.ops.lpips_layer``. Float32 only, without CUDA graphs (the
 ``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
 """
 from __future__ import annotations
@@ -63,6 +65,18 @@ def unify_samples(d1, c1, s1, d2, c2, s2):
     colors = torch.gather(colors, -2, idx.expand(-1, -1, -1, colors.shape[-1]))
     dens = torch.gather(dens, -2, idx.expand(-1, -1, -1, 1))
     return depths, colors, dens
+
+
+def lpips_against_unit_target(feats: Sequence[torch.Tensor], unit_target: Sequence[torch.Tensor],
+                              weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """LPIPS [B] from an image's trunk features and a cached target's unit-normalised ones, as
+    ``engine.nets.perceptual`` computed it with the package's operations (its ``normalize_tensor``,
+    the squared difference, the ``lin<k>`` 1x1 convolution, the spatial mean), layer by layer."""
+    total = 0
+    for f, t, w in zip(feats, unit_target, weights):
+        unit = f / (torch.sqrt(torch.sum(f ** 2, dim=1, keepdim=True)) + 1e-10)
+        total = total + F.conv2d((unit - t) ** 2, w).mean([2, 3], keepdim=True)
+    return total.reshape(-1)
 
 
 def decode_sliced(decoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,11 +17,12 @@ Conventions
   / ``alexnet-owt-7be5be79.pth``) and the calibration shipped inside the
   package (:mod:`engine.weights.convert`).
 - A constant target (the photo in stages 3-4, the exemplar in stage 5) is
-  compared with many images: :meth:`LPIPSNetwork.to_target` extracts and
-  normalises its features once and returns a one-argument distance that only
-  runs the trunk on the other image. It computes the package's ``forward``
-  term by term (scaling, trunk, unit-normalise, squared difference, linear
-  layer, spatial mean, sum over layers), so it gives the same numbers.
+  compared with many images: :meth:`LPIPSNetwork.to_target` extracts its
+  features once and returns a one-argument distance that only runs the trunk
+  on the other image. It computes the package's ``forward`` term by term
+  (scaling, trunk, then per layer unit-normalise, squared difference, linear
+  layer and spatial mean, :mod:`engine.ops.lpips_layer`, summed over the
+  layers), so it gives the same numbers (float32 ones).
   :meth:`LPIPSNetwork.to_target_and_other` also compares the image with a
   second, changing one, running the trunk over the image once for both.
 """
@@ -33,6 +34,7 @@ from typing import Callable
 
 import torch
 
+from engine.ops.lpips_layer import lpips_layer
 from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 NETS = ("vgg", "alex")
@@ -81,21 +83,20 @@ class LPIPSNetwork(PretrainedMixin, torch.nn.Module):
         return self.model(a, b).reshape(a.shape[0])  # [B]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Unit-normalised trunk features of ``x`` [B,3,H,W] in [-1,1], one [B,C_k,H_k,W_k] per layer."""
-        import lpips
-
+        """Trunk features of ``x`` [B,3,H,W] in [-1,1] before LPIPS's unit normalisation (which
+        :func:`engine.ops.lpips_layer.lpips_layer` applies), one [B,C_k,H_k,W_k] per layer."""
         model = self.model
         inputs = model.scaling_layer(x) if model.version == "0.1" else x
-        return [lpips.normalize_tensor(f) for f in model.net.forward(inputs)]
+        return list(model.net.forward(inputs))
 
     def distance_from_features(self, feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
-        """LPIPS [B] between two images given their :meth:`features` (B broadcasts)."""
-        model = self.model
+        """LPIPS [B] float32 between two images given their :meth:`features` (B broadcasts): per layer,
+        unit normalisation, squared difference, the calibration layer and the spatial mean, in one
+        fused op on CUDA (``engine.ops.lpips_layer``)."""
         total = 0
-        for k in range(model.L):
-            diff = (feats_a[k] - feats_b[k]) ** 2
-            total = total + model.lins[k](diff).mean([2, 3], keepdim=True)  # [B,1,1,1]
-        return total.reshape(-1)
+        for k, lin in enumerate(self.model.lins):
+            total = total + lpips_layer(feats_a[k], feats_b[k], lin.model[-1].weight)  # [B]
+        return total
 
     def _target_features(self, target: torch.Tensor) -> list[torch.Tensor]:
         """A constant target's :meth:`features`, extracted without gradients."""

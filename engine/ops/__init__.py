@@ -1,5 +1,6 @@
 """Custom ops for the StyleGAN2 family: ``upfirdn2d``, ``bias_act``,
-``conv2d_resample`` and ``modulated_conv``; and EG3D's tri-plane sampling, ``triplane``.
+``conv2d_resample`` and ``modulated_conv``; EG3D's tri-plane sampling, ``triplane``;
+and one layer's term of the LPIPS distance, ``lpips_layer``.
 
 Every op with a fused kernel is one file holding its readable pure-torch
 reference (``*_ref``), the autograd Function around our CUDA kernel
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from engine.ops import bias_act, dispatch, modulated_conv, triplane, upfirdn2d
+from engine.ops import bias_act, dispatch, lpips_layer, modulated_conv, triplane, upfirdn2d
 
 __all__ = ["FUSED_OPS", "implementations"]
 
 # Every op that has a fused kernel, in the order ``implementations`` reports them.
-FUSED_OPS: tuple[dispatch.FusedOp, ...] = (upfirdn2d.FUSED, bias_act.FUSED, modulated_conv.FUSED, triplane.FUSED)
+FUSED_OPS: tuple[dispatch.FusedOp, ...] = (upfirdn2d.FUSED, bias_act.FUSED, modulated_conv.FUSED, triplane.FUSED,
+                                           lpips_layer.FUSED)
 
 
 def implementations(device: torch.device | str,

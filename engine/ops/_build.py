@@ -44,6 +44,7 @@ EXTENSIONS: dict[str, list[str]] = {
     "bias_act": ["bias_act.cpp", "bias_act.cu"],
     "modconv": ["modconv.cpp", "modconv.cu"],
     "triplane": ["triplane.cpp", "triplane.cu"],
+    "lpips_layer": ["lpips_layer.cpp", "lpips_layer.cu"],
 }
 
 _lock = threading.Lock()

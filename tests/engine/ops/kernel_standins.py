@@ -275,8 +275,76 @@ class TriplaneForgetsTheMean(TriplaneKernel):
         return super().triplane_mean_forward(planes, grid) * 3
 
 
-def loader(upfirdn2d=None, bias_act=None, modconv=None, triplane=None):
+# --------------------------------------------------------------------------- lpips_layer
+
+
+class LPIPSLayerKernel:
+    """``lpips_layer_forward(a, b, weight [C] float32) -> terms [N, H*W] float32`` and
+    ``lpips_layer_backward(a, b, weight, d_terms, need_a, need_b) -> [grad_a or None, grad_b or None]``.
+
+    Per pixel: u = a / (|a| + eps), v = b / (|b| + eps) over the C channels, term = sum_c w_c (u_c - v_c)^2;
+    a ``b`` of one image serves every image of ``a``. The gradients are the closed forms in the ``.cu``
+    comment (d_c = 2 w_c (u_c - v_c) s; the second part taken as zero where a norm is zero), written
+    with numpy einsums, in the features' dtype and layout."""
+
+    eps = 1e-10
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def _check(a, b, weight):
+        if a.ndim != 4 or b.ndim != 4 or b.shape[1:] != a.shape[1:] or b.shape[0] not in (1, a.shape[0]):
+            raise RuntimeError("lpips_layer: a must be [N, C, H, W] and b [N or 1, C, H, W]")
+        if a.dtype != b.dtype or weight.dtype != torch.float32 or tuple(weight.shape) != (a.shape[1],):
+            raise RuntimeError("lpips_layer: a and b must have one dtype, weight a float32 [C]")
+
+    def _parts(self, a, b, weight):
+        av, bv, w = _numpy64(a), np.broadcast_to(_numpy64(b), a.shape), _numpy64(weight)
+        na = np.sqrt(np.einsum("nchw,nchw->nhw", av, av))[:, None]  # [N, 1, H, W]
+        nb = np.sqrt(np.einsum("nchw,nchw->nhw", bv, bv))[:, None]
+        diff = av / (na + self.eps) - bv / (nb + self.eps)
+        return av, bv, w[None, :, None, None], na, nb, diff
+
+    def lpips_layer_forward(self, a, b, weight):
+        self.calls += 1
+        self._check(a, b, weight)
+        _, _, w, _, _, diff = self._parts(a, b, weight)
+        terms = np.einsum("nchw->nhw", w * diff * diff).reshape(a.shape[0], -1)
+        return torch.from_numpy(np.ascontiguousarray(terms)).to(device=a.device, dtype=torch.float32)
+
+    def _second_part(self, features, norm, d):
+        dot = np.einsum("nchw,nchw->nhw", d, features)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = np.where(norm > 0, dot / (norm * (norm + self.eps) ** 2), 0.0)
+        return features * factor
+
+    def lpips_layer_backward(self, a, b, weight, d_terms, need_a, need_b):
+        self.calls += 1
+        self._check(a, b, weight)
+        av, bv, w, na, nb, diff = self._parts(a, b, weight)
+        s = _numpy64(d_terms).reshape(a.shape[0], 1, a.shape[2], a.shape[3])
+        d = 2 * w * diff * s
+        grad_a = d / (na + self.eps) - self._second_part(av, na, d) if need_a else None
+        grad_b = -d / (nb + self.eps) + self._second_part(bv, nb, d) if need_b else None
+
+        def laid_out(values, like):
+            if values is None:
+                return None
+            return torch.empty_like(like).copy_(torch.from_numpy(np.ascontiguousarray(values)))
+        return [laid_out(grad_a, a), laid_out(grad_b, b)]
+
+
+class LPIPSLayerForgetsTheNormGradient(LPIPSLayerKernel):
+    """Differentiates as if the norms were constants: the gradient's second part is missing."""
+
+    def _second_part(self, features, norm, d):
+        return np.zeros_like(features)
+
+
+def loader(upfirdn2d=None, bias_act=None, modconv=None, triplane=None, lpips_layer=None):
     """A ``dispatch.kernel_loader`` function serving the given stand-ins (correct ones by default)."""
     kernels = {"upfirdn2d": upfirdn2d or Upfirdn2dKernel(), "bias_act": bias_act or BiasActKernel(),
-               "modconv": modconv or ModconvKernel(), "triplane": triplane or TriplaneKernel()}
+               "modconv": modconv or ModconvKernel(), "triplane": triplane or TriplaneKernel(),
+               "lpips_layer": lpips_layer or LPIPSLayerKernel()}
     return lambda extension: kernels[extension]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.ops import bias_act, triplane, upfirdn2d
+from engine.ops import bias_act, dispatch, lpips_layer, triplane, upfirdn2d
 from engine.ops.modulated_conv import modulate_weights_fused, modulate_weights_ref
 from tests.engine.ops import kernel_standins
 
@@ -153,3 +153,61 @@ def test_triplane_mean_runs_the_reference_when_the_grid_needs_a_gradient():
     assert gp.shape == planes.shape and float(gg.abs().sum()) > 0
     with pytest.raises(ValueError, match=r"grid must be \[1, 3, M, 2\]"):
         triplane.triplane_mean(planes, grid[:, :2])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "channels-last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lpips_layer_fused_forward_and_both_gradients(layout, dtype):
+    """Two pairs of feature maps (the render and the cartoon of stage 5: both sides learn): the
+    wrapper's per-pixel terms, their spatial mean and the features' gradients, in their layout and
+    dtype, agree with the package's operations."""
+    g = torch.Generator().manual_seed(8)
+    kernel = kernel_standins.LPIPSLayerKernel()
+    a, b = (torch.randn(2, 16, 6, 7, generator=g).to(dtype).contiguous(memory_format=layout).requires_grad_(True)
+            for _ in range(2))
+    weight = torch.rand(1, 16, 1, 1, generator=g)
+    a64, b64 = (t.detach().double().requires_grad_(True) for t in (a, b))
+    ours = lpips_layer.lpips_layer_fused(kernel, a, b, weight)
+    ref = lpips_layer.lpips_layer_ref(a64, b64, weight.double())
+    assert ours.shape == (2,) and ours.dtype == torch.float32 and kernel.calls == 1
+    torch.testing.assert_close(ours.double(), ref, atol=1e-6, rtol=1e-5)
+    da, db = torch.autograd.grad(ours, (a, b), torch.tensor([1.0, -2.0]))
+    ra, rb = torch.autograd.grad(ref, (a64, b64), torch.tensor([1.0, -2.0], dtype=torch.float64))
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-3, rtol=2e-2)
+    for got, want, like in ((da, ra, a), (db, rb, b)):
+        assert got.dtype == dtype and dispatch.channels_last(got) == dispatch.channels_last(like)
+        torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_lpips_layer_compares_one_constant_image_with_each():
+    """A cached target's features ([1, C, H, W], no gradient) against two images."""
+    g = torch.Generator().manual_seed(9)
+    a = torch.randn(2, 8, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target, weight = torch.randn(1, 8, 5, 5, generator=g, dtype=torch.float64), torch.rand(1, 8, 1, 1, generator=g)
+    ours = lpips_layer.lpips_layer_fused(kernel_standins.LPIPSLayerKernel(), a, target, weight)
+    ref = lpips_layer.lpips_layer_ref(a, target, weight.double())
+    torch.testing.assert_close(ours.double(), ref)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), a)[0], torch.autograd.grad(ref.sum(), a)[0])
+
+
+def test_lpips_layer_runs_the_reference_where_the_kernel_takes_no_gradient():
+    g = torch.Generator().manual_seed(10)
+    a = torch.randn(2, 4, 3, 3, generator=g, requires_grad=True)
+    one = torch.randn(1, 4, 3, 3, generator=g, requires_grad=True)
+    weight = torch.rand(1, 4, 1, 1, generator=g)
+    kernel = kernel_standins.LPIPSLayerKernel()
+    with pytest.raises(ValueError, match="no gradient w.r.t. weight or a b of one image"):
+        lpips_layer.lpips_layer_fused(kernel, a, one, weight)
+    with pytest.raises(ValueError, match="no gradient w.r.t. weight"):
+        lpips_layer.lpips_layer_fused(kernel, a, one.detach(), weight.clone().requires_grad_(True))
+    with dispatch.kernel_loader("cpu", kernel_standins.loader(lpips_layer=kernel)):
+        out = lpips_layer.lpips_layer(a, one, weight)  # the reference: gradients for both
+        ga, gb = torch.autograd.grad(out.sum(), (a, one))
+        assert ga.shape == a.shape and gb.shape == one.shape and float(gb.abs().sum()) > 0
+        assert kernel.calls == 0  # nothing was asked of the kernel, not even its self-check
+        with pytest.raises(dispatch.FusedKernelUnavailable, match="lpips_layer: impl='cuda' cannot"):
+            lpips_layer.lpips_layer(a, one, weight, impl="cuda")
+        lpips_layer.lpips_layer(a, one.detach(), weight, impl="cuda")  # served: the kernel runs
+        assert kernel.calls > 0
+    with pytest.raises(ValueError, match=r"b must be \[2 or 1, 4, 3, 3\]"):
+        lpips_layer.lpips_layer(a, a[:, :3], weight)

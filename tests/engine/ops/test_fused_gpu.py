@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import engine.ops
-from engine.ops import bias_act, dispatch, modulated_conv, triplane, upfirdn2d
+from engine.ops import bias_act, dispatch, lpips_layer, modulated_conv, triplane, upfirdn2d
 
 pytestmark = pytest.mark.gpu
 
@@ -52,6 +52,7 @@ def test_every_kernel_passes_its_self_check():
     for op in ("upfirdn2d", "bias_act"):
         assert lines[op].count("fused CUDA kernel (self-check passed") == 4, lines[op]
     assert lines["triplane_mean"].count("fused CUDA kernel (self-check passed") == 3, lines["triplane_mean"]
+    assert lines["lpips_layer"].count("fused CUDA kernel (self-check passed") == 3, lines["lpips_layer"]
     modconv = lines["modulate_weights"]
     assert modconv.startswith("fused CUDA kernel (self-check passed, float32"), modconv
 
@@ -152,6 +153,47 @@ def test_triplane_mean_at_the_eg3d_shape(dtype):
     grid = (torch.rand(1, 3, 128 * 128 * 8, 2, device="cuda", generator=g) * 2.2 - 1.1).to(dtype)
     _check_against_reference(lambda impl, p: triplane.triplane_mean(p, grid.to(p.dtype), impl=impl), [planes],
                              "EG3D tri-planes")
+
+LPIPS_CASES = [  # label, features shape (one trunk layer as the stages run it), b's batch, dtype, layout
+    ("VGG16 layer 1 at 256 px, bf16", (1, 64, 256, 256), 1, BF16, torch.contiguous_format),
+    ("VGG16 layer 3 at 256 px", (1, 256, 64, 64), 1, F32, torch.contiguous_format),
+    ("VGG16 layer 5 at 256 px, channels-last, bf16", (1, 512, 16, 16), 1, BF16, torch.channels_last),
+    ("AlexNet layer 1 at 512 px", (1, 64, 127, 127), 1, F32, torch.contiguous_format),
+    ("VGG16 layer 2, two images against a cached target", (2, 128, 128, 128), 0, F32, torch.contiguous_format),
+]
+
+
+@pytest.mark.parametrize("label,shape,b_batch,dtype,layout", LPIPS_CASES, ids=[c[0] for c in LPIPS_CASES])
+def test_lpips_layer_at_the_trunks_shapes(label, shape, b_batch, dtype, layout):
+    """Post-ReLU feature maps of the LPIPS trunks at the stages' sizes: the distance (float32) and
+    the features' gradients (both sides where ``b`` has a's batch, as the render against the cartoon
+    in stage 5; ``a``'s alone against a cached target of one image)."""
+    g = torch.Generator(device="cuda").manual_seed(11)
+    a = torch.randn(shape, device="cuda", generator=g).relu().to(dtype).contiguous(memory_format=layout)
+    b = torch.randn((b_batch or 1,) + shape[1:], device="cuda", generator=g).relu().to(dtype)
+    b = b.contiguous(memory_format=layout)
+    weight = torch.rand(1, shape[1], 1, 1, device="cuda", generator=g)
+    learns_b = b_batch != 0
+    fused = [a.clone().requires_grad_(True), b.clone().requires_grad_(learns_b)]
+    ref = [a.double().requires_grad_(True), b.double().requires_grad_(learns_b)]
+    out = lpips_layer.lpips_layer(*fused, weight, impl="cuda")
+    expected = lpips_layer.lpips_layer_ref(*ref, weight.double())
+    assert out.dtype == torch.float32
+
+    def assert_relative(ours, theirs, tolerance, what):
+        # relative to the largest value: a pixel's gradient is a 1 / (H * W) share of the distance's
+        error = float((ours.detach().double() - theirs).abs().max()) / float(theirs.abs().max())
+        assert error <= tolerance, f"{label}: {what}: max error {error:.3g} relative > {tolerance}"
+
+    assert_relative(out, expected, TOLERANCE[F32], "forward")  # accumulated in float32 from the rounded features
+    dy = torch.rand(out.shape, device="cuda", generator=g) + 0.5
+    leaves = (0, 1) if learns_b else (0,)
+    grads = torch.autograd.grad(out, [fused[i] for i in leaves], dy)
+    ref_grads = torch.autograd.grad(expected, [ref[i] for i in leaves], dy.double())
+    for i, ours, theirs in zip(leaves, grads, ref_grads):
+        assert ours.dtype == dtype and dispatch.channels_last(ours) == dispatch.channels_last(fused[i])
+        assert_relative(ours, theirs, TOLERANCE[dtype], f"gradient w.r.t. {'ab'[i]}")
+
 
 BIAS_ACT_CASES = [  # label, x shape, dtype, arguments
     ("StyleGAN2 G conv lrelu clamp 256, 1024px", (2, 32, 1024, 1024), F16, dict(act="lrelu", clamp=256)),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine.ops
-from engine.ops import bias_act, dispatch, modulated_conv, triplane, upfirdn2d
+from engine.ops import bias_act, dispatch, lpips_layer, modulated_conv, triplane, upfirdn2d
 from tests.engine.ops import kernel_standins
 
 
@@ -44,10 +44,16 @@ def _triplane_call(impl="auto"):
     return triplane.triplane_mean(planes, grid, impl=impl), triplane.triplane_mean_ref(planes, grid)
 
 
+def _lpips_layer_call(impl="auto"):
+    g = torch.Generator().manual_seed(6)
+    a, b, weight = torch.randn(2, 6, 5, 4, generator=g), torch.randn(2, 6, 5, 4, generator=g), torch.rand(1, 6, 1, 1)
+    return lpips_layer.lpips_layer(a, b, weight, impl=impl), lpips_layer.lpips_layer_ref(a, b, weight)
+
+
 CALLS = {"upfirdn2d": _upfirdn2d_call, "bias_act": _bias_act_call, "modulate_weights": _modulate_weights_call,
-         "triplane_mean": _triplane_call}
+         "triplane_mean": _triplane_call, "lpips_layer": _lpips_layer_call}
 EXTENSIONS = {"upfirdn2d": "upfirdn2d", "bias_act": "bias_act", "modulate_weights": "modconv",
-              "triplane_mean": "triplane"}
+              "triplane_mean": "triplane", "lpips_layer": "lpips_layer"}
 
 WRONG_KERNELS = [  # op, wrong stand-in, what the warning must say
     ("upfirdn2d", kernel_standins.Upfirdn2dScaledOutput, r"max error 0\.00\d+ > tolerance 1e-04"),
@@ -56,6 +62,7 @@ WRONG_KERNELS = [  # op, wrong stand-in, what the warning must say
     ("bias_act", kernel_standins.BiasActGradientIgnoresClamp, r"gradient lrelu clamp=0\.5 w\.r\.t\. x: max error"),
     ("modulate_weights", kernel_standins.ModconvAlwaysDemodulates, r"forward 1x1 not demodulated: max error"),
     ("triplane_mean", kernel_standins.TriplaneForgetsTheMean, r"forward C=5: max error"),
+    ("lpips_layer", kernel_standins.LPIPSLayerForgetsTheNormGradient, r"gradient C=5 NCHW w\.r\.t\. a: max error"),
 ]
 
 
@@ -92,7 +99,8 @@ def test_a_wrong_kernel_is_caught_once_and_the_reference_is_used(op, wrong_kerne
 
 def test_correct_kernels_pass_the_self_check_and_are_used():
     kernels = {"upfirdn2d": kernel_standins.Upfirdn2dKernel(), "bias_act": kernel_standins.BiasActKernel(),
-               "modconv": kernel_standins.ModconvKernel(), "triplane": kernel_standins.TriplaneKernel()}
+               "modconv": kernel_standins.ModconvKernel(), "triplane": kernel_standins.TriplaneKernel(),
+               "lpips_layer": kernel_standins.LPIPSLayerKernel()}
     with dispatch.kernel_loader("cpu", kernel_standins.loader(**kernels)):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -104,6 +112,7 @@ def test_correct_kernels_pass_the_self_check_and_are_used():
         assert lines["triplane_mean"].count("fused CPU kernel (self-check passed") == 2, lines["triplane_mean"]
         assert "pure-torch reference for float64 (the fused kernel takes float32, float16, bfloat16 only)" \
             in lines["triplane_mean"]
+        assert lines["lpips_layer"].count("fused CPU kernel (self-check passed") == 2, lines["lpips_layer"]
         for op, call in CALLS.items():
             kernel = kernels[EXTENSIONS[op]]
             before = kernel.calls

@@ -1,0 +1,154 @@
+// emoji3d fused LPIPS layer term (our own): per pixel, the calibrated squared
+// distance between two unit-normalised feature vectors,
+//     term(n, y, x) = sum_c w_c (a_c / (|a| + eps) - b_c / (|b| + eps))^2,
+// |.| the Euclidean norm over the pixel's C channels, eps = 1e-10 (the lpips
+// package's normalize_tensor). The spatial mean and the sum over layers are
+// left to torch (small tensors).
+//
+// One thread per (n, pixel), each looping over the pixel's channels: a first
+// pass for the two norms, a second for the term (the forward) or for the dot
+// products its gradient needs (the backward), a third writing the gradients.
+// In NCHW a warp's threads read 32 neighbouring pixels of one channel, one
+// transaction per channel; in channels-last each reads its own run of channels
+// and the passes after the first find them in cache. Elements are addressed
+// through their strides (n, c, y, x), so both layouts, and a b of one image
+// compared with each of a's (batch stride 0), take the same code.
+//
+// Gradients, with u = a / (|a| + eps), v = b / (|b| + eps), the term's
+// gradient s and d_c = 2 w_c (u_c - v_c) s:
+//     dL/da_c =  d_c / (|a| + eps) - a_c (sum_i d_i a_i) / (|a| (|a| + eps)^2)
+//     dL/db_c = -d_c / (|b| + eps) + b_c (sum_i d_i b_i) / (|b| (|b| + eps)^2)
+// where a norm is zero the second part is taken as zero (its a_c or b_c are).
+// Accumulation is in float; features are read, and gradients written, in their dtype.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <vector>
+
+namespace {
+
+constexpr float EPS = 1e-10f;
+constexpr int THREADS = 256;
+
+// Element strides of an [N, C, H, W] tensor.
+struct Strides {
+    int n, c, y, x;
+};
+
+Strides strides_of(const torch::Tensor& t) {
+    // A b of one image serves every n (batch stride 0).
+    return {t.size(0) == 1 ? 0 : (int)t.stride(0), (int)t.stride(1), (int)t.stride(2), (int)t.stride(3)};
+}
+
+__device__ __forceinline__ int pixel_offset(const Strides& s, int n, int y, int x) {
+    return n * s.n + y * s.y + x * s.x;
+}
+
+template <typename scalar_t>
+__global__ void lpips_layer_forward_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
+                                           Strides sb, const float* __restrict__ weight, float* __restrict__ terms,
+                                           int N, int C, int H, int W) {
+    const int P = H * W, total = N * P;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
+        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
+        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
+        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
+        float ra = 0.f, rb = 0.f;
+        for (int c = 0; c < C; ++c) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            ra += va * va;
+            rb += vb * vb;
+        }
+        const float ia = 1.f / (sqrtf(ra) + EPS), ib = 1.f / (sqrtf(rb) + EPS);
+        float acc = 0.f;
+        for (int c = 0; c < C; ++c) {
+            const float diff = (float)pa[c * sa.c] * ia - (float)pb[c * sb.c] * ib;
+            acc += weight[c] * diff * diff;
+        }
+        terms[idx] = acc;
+    }
+}
+
+template <typename scalar_t>
+__global__ void lpips_layer_backward_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
+                                            Strides sb, const float* __restrict__ weight,
+                                            const float* __restrict__ d_terms, scalar_t* __restrict__ grad_a,
+                                            Strides sga, scalar_t* __restrict__ grad_b, Strides sgb, int N, int C,
+                                            int H, int W) {
+    const int P = H * W, total = N * P;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
+        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
+        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
+        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
+        float ra = 0.f, rb = 0.f;
+        for (int c = 0; c < C; ++c) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            ra += va * va;
+            rb += vb * vb;
+        }
+        const float na = sqrtf(ra), nb = sqrtf(rb);
+        const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
+        const float twice_s = 2.f * d_terms[idx];
+        float dot_a = 0.f, dot_b = 0.f;
+        for (int c = 0; c < C; ++c) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            const float d = twice_s * weight[c] * (va * ia - vb * ib);
+            dot_a += d * va;
+            dot_b += d * vb;
+        }
+        const float ka = na > 0.f ? ia * ia / na * dot_a : 0.f;
+        const float kb = nb > 0.f ? ib * ib / nb * dot_b : 0.f;
+        scalar_t* ga = grad_a != nullptr ? grad_a + pixel_offset(sga, n, y, x) : nullptr;
+        scalar_t* gb = grad_b != nullptr ? grad_b + pixel_offset(sgb, n, y, x) : nullptr;
+        for (int c = 0; c < C; ++c) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            const float d = twice_s * weight[c] * (va * ia - vb * ib);
+            if (ga != nullptr) ga[c * sga.c] = (scalar_t)(d * ia - va * ka);
+            if (gb != nullptr) gb[c * sgb.c] = (scalar_t)(-d * ib + vb * kb);
+        }
+    }
+}
+
+int blocks_for(long total) {
+    return (int)std::min<long>((total + THREADS - 1) / THREADS, 65535L);
+}
+
+}  // namespace
+
+torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight) {
+    const at::cuda::OptionalCUDAGuard guard(device_of(a));
+    const int N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
+    auto terms = torch::empty({N, H * W}, a.options().dtype(torch::kFloat));
+    if (terms.numel() == 0) return terms;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lpips_layer_forward", [&] {
+        lpips_layer_forward_kernel<scalar_t><<<blocks_for(terms.numel()), THREADS, 0,
+                                               c10::cuda::getCurrentCUDAStream()>>>(
+            a.data_ptr<scalar_t>(), strides_of(a), b.data_ptr<scalar_t>(), strides_of(b), weight.data_ptr<float>(),
+            terms.data_ptr<float>(), N, C, H, W);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return terms;
+}
+
+std::vector<torch::Tensor> lpips_layer_cuda_backward(torch::Tensor a, torch::Tensor b, torch::Tensor weight,
+                                                     torch::Tensor d_terms, bool need_a, bool need_b) {
+    const at::cuda::OptionalCUDAGuard guard(device_of(a));
+    const int N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
+    // empty_like keeps a dense tensor's layout: NCHW gradients for NCHW features, channels-last for channels-last.
+    torch::Tensor grad_a = need_a ? torch::empty_like(a) : torch::Tensor();
+    torch::Tensor grad_b = need_b ? torch::empty_like(b) : torch::Tensor();
+    if (!(need_a || need_b) || d_terms.numel() == 0) return {grad_a, grad_b};
+    const Strides none{0, 0, 0, 0};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lpips_layer_backward", [&] {
+        lpips_layer_backward_kernel<scalar_t><<<blocks_for(d_terms.numel()), THREADS, 0,
+                                                c10::cuda::getCurrentCUDAStream()>>>(
+            a.data_ptr<scalar_t>(), strides_of(a), b.data_ptr<scalar_t>(), strides_of(b), weight.data_ptr<float>(),
+            d_terms.data_ptr<float>(), need_a ? grad_a.data_ptr<scalar_t>() : nullptr,
+            need_a ? strides_of(grad_a) : none, need_b ? grad_b.data_ptr<scalar_t>() : nullptr,
+            need_b ? strides_of(grad_b) : none, N, C, H, W);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return {grad_a, grad_b};
+}
