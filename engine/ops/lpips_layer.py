@@ -25,11 +25,13 @@ Three parts, one file:
   reduction kernels per layer forward and twice that backward, each reading or
   writing whole feature maps (VGG16's first layer at 256 px is 64 x 256 x 256);
   in the per-user stages they were about 230 small kernels and 2.3 GB per
-  stage-5 round (``bench/memory_traffic.py``). The kernels take one thread per
-  pixel: the forward reads the pixel's channels of ``a`` and ``b`` and writes
-  its term, the backward reads them again with the term's gradient and writes
-  the features' gradients. NCHW or channels-last inputs (the layout the trunk
-  gave); accumulation in float32.
+  stage-5 round (``bench/memory_traffic.py``). The forward kernel reads a
+  pixel's channels of ``a`` and ``b`` and writes its term, the backward reads
+  them again with the term's gradient and writes the features' gradients: one
+  thread per pixel for maps of at least ``THREAD_PER_PIXEL_FROM`` pixels,
+  one warp per pixel below (a deep layer's few pixels would leave most of the
+  GPU idle, one thread each). NCHW or channels-last inputs (the layout the
+  trunk gave); accumulation in float32.
 * ``lpips_layer(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is
   used only after it passed its self-check (``engine.ops.dispatch``, probe
   below). A ``b`` of one image that needs a gradient, a ``weight`` that needs
@@ -54,6 +56,9 @@ __all__ = ["lpips_layer", "lpips_layer_ref", "lpips_layer_fused", "FUSED", "EPS"
 EPS = 1e-10  # the lpips package's normalize_tensor
 # 32-bit indices in the kernels (cuda/lpips_layer.cpp checks the same bound).
 _MAX_ELEMENTS = 2**31 - 1 - 256 * 65535
+# Pixels (N * H * W) from which each gets a thread of its own rather than a warp: 256 blocks of 256
+# threads. VGG16's first layer at 256 px (65,536 pixels of 64 channels) is the first such map.
+THREAD_PER_PIXEL_FROM = 65536
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> None:
@@ -85,51 +90,64 @@ class _LPIPSLayer(torch.autograd.Function):
     """Per-pixel terms [N, H*W] float32 and the features' gradients, on our kernels."""
 
     @staticmethod
-    def forward(ctx, kernel, a, b, weight):
+    def forward(ctx, kernel, thread_per_pixel, a, b, weight):
         a, b = dispatch.dense(a), dispatch.dense(b)
         weight32 = weight.detach().reshape(-1).float().contiguous()  # [C]
-        terms = kernel.lpips_layer_forward(a, b, weight32)  # [N, H*W] float32
+        terms = kernel.lpips_layer_forward(a, b, weight32, thread_per_pixel)  # [N, H*W] float32
         ctx.save_for_backward(a, b, weight32)
-        ctx.kernel = kernel
+        ctx.kernel, ctx.thread_per_pixel = kernel, thread_per_pixel
         return terms
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_terms):
         a, b, weight32 = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_a, grad_b = ctx.kernel.lpips_layer_backward(a, b, weight32, d_terms.float().contiguous(), need_a, need_b)
-        return None, grad_a if need_a else None, grad_b if need_b else None, None
+        need_a, need_b = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        grad_a, grad_b = ctx.kernel.lpips_layer_backward(a, b, weight32, d_terms.float().contiguous(), need_a, need_b,
+                                                         ctx.thread_per_pixel)
+        return None, None, grad_a if need_a else None, grad_b if need_b else None, None
 
 
-def lpips_layer_fused(kernel: ModuleType, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """lpips_layer on ``kernel`` (a module with the ``cuda/lpips_layer.cpp`` signatures)."""
+def lpips_layer_fused(kernel: ModuleType, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
+                      thread_per_pixel: bool | None = None) -> torch.Tensor:
+    """lpips_layer on ``kernel`` (a module with the ``cuda/lpips_layer.cpp`` signatures);
+    ``thread_per_pixel`` picks the kernels' form (None: from the pixel count, see the module docstring)."""
     _check(a, b, weight)
     if weight.requires_grad or (b.requires_grad and b.shape[0] != a.shape[0]):
         raise ValueError("lpips_layer_fused: no gradient w.r.t. weight or a b of one image compared with several "
                          "(use lpips_layer, which runs the reference)")
     if b.dtype != a.dtype:
         raise ValueError(f"lpips_layer_fused: a and b must have one dtype, got {a.dtype} and {b.dtype}")
-    return _LPIPSLayer.apply(kernel, a, b, weight).mean(1)
+    if thread_per_pixel is None:
+        thread_per_pixel = a.shape[0] * a.shape[2] * a.shape[3] >= THREAD_PER_PIXEL_FROM
+    return _LPIPSLayer.apply(kernel, bool(thread_per_pixel), a, b, weight).mean(1)
 
 
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
-    """Self-check inputs: NCHW and channels-last features, C = 5 (odd) and 64 (VGG16's first layer),
-    both sides with gradients, and a constant ``b`` of one image against two (the cached target)."""
+    """Self-check inputs, each through both forms of the kernels (a thread and a warp per pixel):
+    NCHW and channels-last features, C = 5 (fewer than a warp's lanes) and 70 (more, not a
+    multiple), both sides with gradients, and a constant ``b`` of one image against two (the cached
+    target)."""
     draw = dispatch.probe_normal(20261205)
     results: dispatch.ProbeResults = []
-    for label, c, h, w, layout in (("C=5 NCHW", 5, 3, 4, torch.contiguous_format),
-                                   ("C=64 channels-last", 64, 6, 5, torch.channels_last)):
-        weight = draw(1, c, 1, 1).abs().to(device)
-        a, b = (draw(2, c, h, w).contiguous(memory_format=layout) for _ in range(2))
+    for form, per_thread in (("thread", True), ("warp", False)):
+        for label, c, h, w, layout in (("C=5 NCHW", 5, 3, 4, torch.contiguous_format),
+                                       ("C=70 channels-last", 70, 6, 5, torch.channels_last)):
+            weight = draw(1, c, 1, 1).abs().to(device)
+            a, b = (draw(2, c, h, w).contiguous(memory_format=layout) for _ in range(2))
+            results += dispatch.compare_with_reference(
+                f"{label} ({form} per pixel)",
+                lambda x, y, weight=weight, per_thread=per_thread: lpips_layer_fused(kernel, x, y, weight, per_thread),
+                lambda x, y, weight=weight: lpips_layer_ref(x, y, weight.double()), [a, b], ("a", "b"), device, dtype,
+                draw)
+        weight = draw(1, 7, 1, 1).abs().to(device)
+        target = draw(1, 7, 4, 3).to(device=device, dtype=dtype)  # a constant, rounded to the dtype under test once
         results += dispatch.compare_with_reference(
-            label, lambda x, y, weight=weight: lpips_layer_fused(kernel, x, y, weight),
-            lambda x, y, weight=weight: lpips_layer_ref(x, y, weight.double()), [a, b], ("a", "b"), device, dtype, draw)
-    weight = draw(1, 7, 1, 1).abs().to(device)
-    target = draw(1, 7, 4, 3).to(device=device, dtype=dtype)  # a constant, rounded to the dtype under test once
-    results += dispatch.compare_with_reference(
-        "b of one image", lambda x: lpips_layer_fused(kernel, x, target, weight),
-        lambda x: lpips_layer_ref(x, target.double(), weight.double()), [draw(2, 7, 4, 3)], ("a",), device, dtype, draw)
+            f"b of one image ({form} per pixel)",
+            lambda x, weight=weight, target=target, per_thread=per_thread: lpips_layer_fused(
+                kernel, x, target, weight, per_thread),
+            lambda x, weight=weight, target=target: lpips_layer_ref(x, target.double(), weight.double()),
+            [draw(2, 7, 4, 3)], ("a",), device, dtype, draw)
     return results
 
 

@@ -4,9 +4,10 @@
 
 #include <vector>
 
-torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight);
+torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight, bool thread_per_pixel);
 std::vector<torch::Tensor> lpips_layer_cuda_backward(torch::Tensor a, torch::Tensor b, torch::Tensor weight,
-                                                     torch::Tensor d_terms, bool need_a, bool need_b);
+                                                     torch::Tensor d_terms, bool need_a, bool need_b,
+                                                     bool thread_per_pixel);
 
 // Largest tensor the kernels' 32-bit indices serve, with the grid stride's overshoot past the end.
 static const long MAX_ELEMENTS = (long)INT_MAX - 256L * 65535L;
@@ -30,19 +31,22 @@ static void check(const torch::Tensor& a, const torch::Tensor& b, const torch::T
     TORCH_CHECK(a.numel() <= MAX_ELEMENTS, "lpips_layer: tensors too large for 32-bit indices");
 }
 
-static torch::Tensor lpips_layer_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight) {
+// thread_per_pixel: one thread per pixel (large maps), else one warp per pixel (see lpips_layer.cu).
+static torch::Tensor lpips_layer_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight,
+                                         bool thread_per_pixel) {
     check(a, b, weight);
-    return lpips_layer_cuda_forward(a, b, weight);
+    return lpips_layer_cuda_forward(a, b, weight, thread_per_pixel);
 }
 
 static std::vector<torch::Tensor> lpips_layer_backward(torch::Tensor a, torch::Tensor b, torch::Tensor weight,
-                                                       torch::Tensor d_terms, bool need_a, bool need_b) {
+                                                       torch::Tensor d_terms, bool need_a, bool need_b,
+                                                       bool thread_per_pixel) {
     check(a, b, weight);
     TORCH_CHECK(d_terms.device() == a.device() && d_terms.scalar_type() == torch::kFloat && d_terms.is_contiguous() &&
                 d_terms.dim() == 2 && d_terms.size(0) == a.size(0) && d_terms.size(1) == a.size(2) * a.size(3),
                 "lpips_layer: d_terms must be a contiguous float32 [N, H*W]");
     TORCH_CHECK(!need_b || b.size(0) == a.size(0), "lpips_layer: no gradient for a b of one image against several");
-    return lpips_layer_cuda_backward(a, b, weight, d_terms, need_a, need_b);
+    return lpips_layer_cuda_backward(a, b, weight, d_terms, need_a, need_b, thread_per_pixel);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

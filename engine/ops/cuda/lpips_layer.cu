@@ -5,14 +5,20 @@
 // package's normalize_tensor). The spatial mean and the sum over layers are
 // left to torch (small tensors).
 //
-// One thread per (n, pixel), each looping over the pixel's channels: a first
-// pass for the two norms, a second for the term (the forward) or for the dot
-// products its gradient needs (the backward), a third writing the gradients.
-// In NCHW a warp's threads read 32 neighbouring pixels of one channel, one
-// transaction per channel; in channels-last each reads its own run of channels
-// and the passes after the first find them in cache. Elements are addressed
-// through their strides (n, c, y, x), so both layouts, and a b of one image
-// compared with each of a's (batch stride 0), take the same code.
+// Each pixel's channels are walked in passes: a first for the two norms, a
+// second for the term (the forward) or for the dot products its gradient
+// needs (the backward), a third writing the gradients. Two ways to share the
+// work, chosen by the caller (engine/ops/lpips_layer.py) from the pixel count:
+// * one thread per pixel, for large maps (VGG16's first layer at 256 px has
+//   65,536 pixels of 64 channels): in NCHW a warp's threads read 32
+//   neighbouring pixels of one channel, one transaction per channel;
+// * one warp per pixel, for small maps with many channels (512 channels of
+//   16 x 16 pixels would be 256 threads for the whole GPU): each lane takes
+//   every 32nd channel and the sums are reduced across the warp with shuffles;
+//   in channels-last the lanes read adjacent channels.
+// Elements are addressed through their strides (n, c, y, x), so both layouts,
+// and a b of one image compared with each of a's (batch stride 0), take the
+// same code.
 //
 // Gradients, with u = a / (|a| + eps), v = b / (|b| + eps), the term's
 // gradient s and d_c = 2 w_c (u_c - v_c) s:
@@ -111,20 +117,109 @@ __global__ void lpips_layer_backward_kernel(const scalar_t* __restrict__ a, Stri
     }
 }
 
-int blocks_for(long total) {
-    return (int)std::min<long>((total + THREADS - 1) / THREADS, 65535L);
+constexpr int WARP = 32;
+constexpr int WARPS_PER_BLOCK = THREADS / WARP;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = WARP / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// The warp-per-pixel forms. The pixel loop is uniform across a warp (every lane has the warp's
+// pixel), so all 32 lanes reach each shuffle.
+template <typename scalar_t>
+__global__ void lpips_layer_forward_warp_kernel(const scalar_t* __restrict__ a, Strides sa,
+                                                const scalar_t* __restrict__ b, Strides sb,
+                                                const float* __restrict__ weight, float* __restrict__ terms, int N,
+                                                int C, int H, int W) {
+    const int P = H * W, total = N * P, lane = threadIdx.x % WARP;
+    for (int idx = blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / WARP; idx < total;
+         idx += gridDim.x * WARPS_PER_BLOCK) {
+        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
+        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
+        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
+        float ra = 0.f, rb = 0.f;
+        for (int c = lane; c < C; c += WARP) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            ra += va * va;
+            rb += vb * vb;
+        }
+        ra = warp_sum(ra);
+        rb = warp_sum(rb);
+        const float ia = 1.f / (sqrtf(ra) + EPS), ib = 1.f / (sqrtf(rb) + EPS);
+        float acc = 0.f;
+        for (int c = lane; c < C; c += WARP) {
+            const float diff = (float)pa[c * sa.c] * ia - (float)pb[c * sb.c] * ib;
+            acc += weight[c] * diff * diff;
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) terms[idx] = acc;
+    }
+}
+
+template <typename scalar_t>
+__global__ void lpips_layer_backward_warp_kernel(const scalar_t* __restrict__ a, Strides sa,
+                                                 const scalar_t* __restrict__ b, Strides sb,
+                                                 const float* __restrict__ weight, const float* __restrict__ d_terms,
+                                                 scalar_t* __restrict__ grad_a, Strides sga,
+                                                 scalar_t* __restrict__ grad_b, Strides sgb, int N, int C, int H,
+                                                 int W) {
+    const int P = H * W, total = N * P, lane = threadIdx.x % WARP;
+    for (int idx = blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / WARP; idx < total;
+         idx += gridDim.x * WARPS_PER_BLOCK) {
+        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
+        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
+        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
+        float ra = 0.f, rb = 0.f;
+        for (int c = lane; c < C; c += WARP) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            ra += va * va;
+            rb += vb * vb;
+        }
+        ra = warp_sum(ra);
+        rb = warp_sum(rb);
+        const float na = sqrtf(ra), nb = sqrtf(rb);
+        const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
+        const float twice_s = 2.f * d_terms[idx];
+        float dot_a = 0.f, dot_b = 0.f;
+        for (int c = lane; c < C; c += WARP) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            const float d = twice_s * weight[c] * (va * ia - vb * ib);
+            dot_a += d * va;
+            dot_b += d * vb;
+        }
+        dot_a = warp_sum(dot_a);
+        dot_b = warp_sum(dot_b);
+        const float ka = na > 0.f ? ia * ia / na * dot_a : 0.f;
+        const float kb = nb > 0.f ? ib * ib / nb * dot_b : 0.f;
+        scalar_t* ga = grad_a != nullptr ? grad_a + pixel_offset(sga, n, y, x) : nullptr;
+        scalar_t* gb = grad_b != nullptr ? grad_b + pixel_offset(sgb, n, y, x) : nullptr;
+        for (int c = lane; c < C; c += WARP) {
+            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+            const float d = twice_s * weight[c] * (va * ia - vb * ib);
+            if (ga != nullptr) ga[c * sga.c] = (scalar_t)(d * ia - va * ka);
+            if (gb != nullptr) gb[c * sgb.c] = (scalar_t)(-d * ib + vb * kb);
+        }
+    }
+}
+
+// Blocks of THREADS threads for `pixels` pixels, one thread (or one warp) each.
+int blocks_for(long pixels, bool thread_per_pixel) {
+    const long per_block = thread_per_pixel ? THREADS : WARPS_PER_BLOCK;
+    return (int)std::min<long>((pixels + per_block - 1) / per_block, 65535L);
 }
 
 }  // namespace
 
-torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight) {
+torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::Tensor weight, bool thread_per_pixel) {
     const at::cuda::OptionalCUDAGuard guard(device_of(a));
     const int N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
     auto terms = torch::empty({N, H * W}, a.options().dtype(torch::kFloat));
     if (terms.numel() == 0) return terms;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lpips_layer_forward", [&] {
-        lpips_layer_forward_kernel<scalar_t><<<blocks_for(terms.numel()), THREADS, 0,
-                                               c10::cuda::getCurrentCUDAStream()>>>(
+        (thread_per_pixel ? lpips_layer_forward_kernel<scalar_t> : lpips_layer_forward_warp_kernel<scalar_t>)
+            <<<blocks_for(terms.numel(), thread_per_pixel), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
             a.data_ptr<scalar_t>(), strides_of(a), b.data_ptr<scalar_t>(), strides_of(b), weight.data_ptr<float>(),
             terms.data_ptr<float>(), N, C, H, W);
     });
@@ -133,7 +228,8 @@ torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::
 }
 
 std::vector<torch::Tensor> lpips_layer_cuda_backward(torch::Tensor a, torch::Tensor b, torch::Tensor weight,
-                                                     torch::Tensor d_terms, bool need_a, bool need_b) {
+                                                     torch::Tensor d_terms, bool need_a, bool need_b,
+                                                     bool thread_per_pixel) {
     const at::cuda::OptionalCUDAGuard guard(device_of(a));
     const int N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
     // empty_like keeps a dense tensor's layout: NCHW gradients for NCHW features, channels-last for channels-last.
@@ -142,8 +238,8 @@ std::vector<torch::Tensor> lpips_layer_cuda_backward(torch::Tensor a, torch::Ten
     if (!(need_a || need_b) || d_terms.numel() == 0) return {grad_a, grad_b};
     const Strides none{0, 0, 0, 0};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lpips_layer_backward", [&] {
-        lpips_layer_backward_kernel<scalar_t><<<blocks_for(d_terms.numel()), THREADS, 0,
-                                                c10::cuda::getCurrentCUDAStream()>>>(
+        (thread_per_pixel ? lpips_layer_backward_kernel<scalar_t> : lpips_layer_backward_warp_kernel<scalar_t>)
+            <<<blocks_for(d_terms.numel(), thread_per_pixel), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
             a.data_ptr<scalar_t>(), strides_of(a), b.data_ptr<scalar_t>(), strides_of(b), weight.data_ptr<float>(),
             d_terms.data_ptr<float>(), need_a ? grad_a.data_ptr<scalar_t>() : nullptr,
             need_a ? strides_of(grad_a) : none, need_b ? grad_b.data_ptr<scalar_t>() : nullptr,

@@ -279,8 +279,9 @@ class TriplaneForgetsTheMean(TriplaneKernel):
 
 
 class LPIPSLayerKernel:
-    """``lpips_layer_forward(a, b, weight [C] float32) -> terms [N, H*W] float32`` and
-    ``lpips_layer_backward(a, b, weight, d_terms, need_a, need_b) -> [grad_a or None, grad_b or None]``.
+    """``lpips_layer_forward(a, b, weight [C] float32, thread_per_pixel) -> terms [N, H*W] float32`` and
+    ``lpips_layer_backward(a, b, weight, d_terms, need_a, need_b, thread_per_pixel) -> [grad_a or None,
+    grad_b or None]`` (the form, a thread or a warp per pixel, changes nothing in the results).
 
     Per pixel: u = a / (|a| + eps), v = b / (|b| + eps) over the C channels, term = sum_c w_c (u_c - v_c)^2;
     a ``b`` of one image serves every image of ``a``. The gradients are the closed forms in the ``.cu``
@@ -306,7 +307,7 @@ class LPIPSLayerKernel:
         diff = av / (na + self.eps) - bv / (nb + self.eps)
         return av, bv, w[None, :, None, None], na, nb, diff
 
-    def lpips_layer_forward(self, a, b, weight):
+    def lpips_layer_forward(self, a, b, weight, thread_per_pixel):
         self.calls += 1
         self._check(a, b, weight)
         _, _, w, _, _, diff = self._parts(a, b, weight)
@@ -319,7 +320,7 @@ class LPIPSLayerKernel:
             factor = np.where(norm > 0, dot / (norm * (norm + self.eps) ** 2), 0.0)
         return features * factor
 
-    def lpips_layer_backward(self, a, b, weight, d_terms, need_a, need_b):
+    def lpips_layer_backward(self, a, b, weight, d_terms, need_a, need_b, thread_per_pixel):
         self.calls += 1
         self._check(a, b, weight)
         av, bv, w, na, nb, diff = self._parts(a, b, weight)

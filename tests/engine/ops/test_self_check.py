@@ -62,7 +62,7 @@ WRONG_KERNELS = [  # op, wrong stand-in, what the warning must say
     ("bias_act", kernel_standins.BiasActGradientIgnoresClamp, r"gradient lrelu clamp=0\.5 w\.r\.t\. x: max error"),
     ("modulate_weights", kernel_standins.ModconvAlwaysDemodulates, r"forward 1x1 not demodulated: max error"),
     ("triplane_mean", kernel_standins.TriplaneForgetsTheMean, r"forward C=5: max error"),
-    ("lpips_layer", kernel_standins.LPIPSLayerForgetsTheNormGradient, r"gradient C=5 NCHW w\.r\.t\. a: max error"),
+    ("lpips_layer", kernel_standins.LPIPSLayerForgetsTheNormGradient, r"gradient C=5 NCHW \(thread per pixel\) w\.r\.t\. a: max error"),
 ]
 
 
