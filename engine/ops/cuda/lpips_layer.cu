@@ -37,6 +37,8 @@ namespace {
 
 constexpr float EPS = 1e-10f;
 constexpr int THREADS = 256;
+constexpr int WARP = 32;
+constexpr int WARPS_PER_BLOCK = THREADS / WARP;
 
 // Element strides of an [N, C, H, W] tensor.
 struct Strides {
@@ -52,151 +54,104 @@ __device__ __forceinline__ int pixel_offset(const Strides& s, int n, int y, int 
     return n * s.n + y * s.y + x * s.x;
 }
 
-template <typename scalar_t>
-__global__ void lpips_layer_forward_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
-                                           Strides sb, const float* __restrict__ weight, float* __restrict__ terms,
-                                           int N, int C, int H, int W) {
-    const int P = H * W, total = N * P;
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
-        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
-        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
-        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
-        float ra = 0.f, rb = 0.f;
-        for (int c = 0; c < C; ++c) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
-            ra += va * va;
-            rb += vb * vb;
-        }
-        const float ia = 1.f / (sqrtf(ra) + EPS), ib = 1.f / (sqrtf(rb) + EPS);
-        float acc = 0.f;
-        for (int c = 0; c < C; ++c) {
-            const float diff = (float)pa[c * sa.c] * ia - (float)pb[c * sb.c] * ib;
-            acc += weight[c] * diff * diff;
-        }
-        terms[idx] = acc;
-    }
-}
-
-template <typename scalar_t>
-__global__ void lpips_layer_backward_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
-                                            Strides sb, const float* __restrict__ weight,
-                                            const float* __restrict__ d_terms, scalar_t* __restrict__ grad_a,
-                                            Strides sga, scalar_t* __restrict__ grad_b, Strides sgb, int N, int C,
-                                            int H, int W) {
-    const int P = H * W, total = N * P;
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += blockDim.x * gridDim.x) {
-        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
-        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
-        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
-        float ra = 0.f, rb = 0.f;
-        for (int c = 0; c < C; ++c) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
-            ra += va * va;
-            rb += vb * vb;
-        }
-        const float na = sqrtf(ra), nb = sqrtf(rb);
-        const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
-        const float twice_s = 2.f * d_terms[idx];
-        float dot_a = 0.f, dot_b = 0.f;
-        for (int c = 0; c < C; ++c) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
-            const float d = twice_s * weight[c] * (va * ia - vb * ib);
-            dot_a += d * va;
-            dot_b += d * vb;
-        }
-        const float ka = na > 0.f ? ia * ia / na * dot_a : 0.f;
-        const float kb = nb > 0.f ? ib * ib / nb * dot_b : 0.f;
-        scalar_t* ga = grad_a != nullptr ? grad_a + pixel_offset(sga, n, y, x) : nullptr;
-        scalar_t* gb = grad_b != nullptr ? grad_b + pixel_offset(sgb, n, y, x) : nullptr;
-        for (int c = 0; c < C; ++c) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
-            const float d = twice_s * weight[c] * (va * ia - vb * ib);
-            if (ga != nullptr) ga[c * sga.c] = (scalar_t)(d * ia - va * ka);
-            if (gb != nullptr) gb[c * sgb.c] = (scalar_t)(-d * ib + vb * kb);
-        }
-    }
-}
-
-constexpr int WARP = 32;
-constexpr int WARPS_PER_BLOCK = THREADS / WARP;
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int offset = WARP / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
 }
 
-// The warp-per-pixel forms. The pixel loop is uniform across a warp (every lane has the warp's
-// pixel), so all 32 lanes reach each shuffle.
+// How the threads share the pixels. PER_WARP = false: a thread per pixel, walking all its channels.
+// PER_WARP = true: a warp per pixel, each lane walking every 32nd channel from its own, the sums then
+// reduced across the warp (the pixel loop is uniform across a warp, so all 32 lanes reach each shuffle).
+template <bool PER_WARP>
+struct Share {
+    int lane;
+    __device__ Share() : lane(PER_WARP ? threadIdx.x % WARP : 0) {}
+    __device__ int first_pixel() const {
+        return PER_WARP ? blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / WARP : blockIdx.x * blockDim.x + threadIdx.x;
+    }
+    __device__ int pixel_step() const { return PER_WARP ? gridDim.x * WARPS_PER_BLOCK : gridDim.x * blockDim.x; }
+    __device__ int channel_step() const { return PER_WARP ? WARP : 1; }
+    __device__ float total(float v) const { return PER_WARP ? warp_sum(v) : v; }
+};
+
+// One pixel of a and of b: where its channels start and how far apart they lie.
 template <typename scalar_t>
-__global__ void lpips_layer_forward_warp_kernel(const scalar_t* __restrict__ a, Strides sa,
-                                                const scalar_t* __restrict__ b, Strides sb,
-                                                const float* __restrict__ weight, float* __restrict__ terms, int N,
-                                                int C, int H, int W) {
-    const int P = H * W, total = N * P, lane = threadIdx.x % WARP;
-    for (int idx = blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / WARP; idx < total;
-         idx += gridDim.x * WARPS_PER_BLOCK) {
+struct PixelPair {
+    const scalar_t* a;
+    const scalar_t* b;
+    int a_step, b_step;
+
+    __device__ float va(int c) const { return (float)a[c * a_step]; }
+    __device__ float vb(int c) const { return (float)b[c * b_step]; }
+};
+
+// The Euclidean norms of the pixel's two feature vectors (every thread of a warp-per-pixel gets them).
+template <typename scalar_t, bool PER_WARP>
+__device__ __forceinline__ void norms(const Share<PER_WARP>& share, const PixelPair<scalar_t>& px, int C, float& na,
+                                      float& nb) {
+    float ra = 0.f, rb = 0.f;
+    for (int c = share.lane; c < C; c += share.channel_step()) {
+        const float va = px.va(c), vb = px.vb(c);
+        ra += va * va;
+        rb += vb * vb;
+    }
+    na = sqrtf(share.total(ra));
+    nb = sqrtf(share.total(rb));
+}
+
+template <typename scalar_t, bool PER_WARP>
+__global__ void lpips_layer_forward_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
+                                           Strides sb, const float* __restrict__ weight, float* __restrict__ terms,
+                                           int N, int C, int H, int W) {
+    const Share<PER_WARP> share;
+    const int P = H * W, total = N * P;
+    for (int idx = share.first_pixel(); idx < total; idx += share.pixel_step()) {
         const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
-        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
-        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
-        float ra = 0.f, rb = 0.f;
-        for (int c = lane; c < C; c += WARP) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
-            ra += va * va;
-            rb += vb * vb;
-        }
-        ra = warp_sum(ra);
-        rb = warp_sum(rb);
-        const float ia = 1.f / (sqrtf(ra) + EPS), ib = 1.f / (sqrtf(rb) + EPS);
+        const PixelPair<scalar_t> px{a + pixel_offset(sa, n, y, x), b + pixel_offset(sb, n, y, x), sa.c, sb.c};
+        float na, nb;
+        norms(share, px, C, na, nb);
+        const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
         float acc = 0.f;
-        for (int c = lane; c < C; c += WARP) {
-            const float diff = (float)pa[c * sa.c] * ia - (float)pb[c * sb.c] * ib;
+        for (int c = share.lane; c < C; c += share.channel_step()) {
+            const float diff = px.va(c) * ia - px.vb(c) * ib;
             acc += weight[c] * diff * diff;
         }
-        acc = warp_sum(acc);
-        if (lane == 0) terms[idx] = acc;
+        acc = share.total(acc);
+        if (share.lane == 0) terms[idx] = acc;
     }
 }
 
-template <typename scalar_t>
-__global__ void lpips_layer_backward_warp_kernel(const scalar_t* __restrict__ a, Strides sa,
-                                                 const scalar_t* __restrict__ b, Strides sb,
-                                                 const float* __restrict__ weight, const float* __restrict__ d_terms,
-                                                 scalar_t* __restrict__ grad_a, Strides sga,
-                                                 scalar_t* __restrict__ grad_b, Strides sgb, int N, int C, int H,
-                                                 int W) {
-    const int P = H * W, total = N * P, lane = threadIdx.x % WARP;
-    for (int idx = blockIdx.x * WARPS_PER_BLOCK + threadIdx.x / WARP; idx < total;
-         idx += gridDim.x * WARPS_PER_BLOCK) {
+template <typename scalar_t, bool PER_WARP>
+__global__ void lpips_layer_backward_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
+                                            Strides sb, const float* __restrict__ weight,
+                                            const float* __restrict__ d_terms, scalar_t* __restrict__ grad_a,
+                                            Strides sga, scalar_t* __restrict__ grad_b, Strides sgb, int N, int C,
+                                            int H, int W) {
+    const Share<PER_WARP> share;
+    const int P = H * W, total = N * P;
+    for (int idx = share.first_pixel(); idx < total; idx += share.pixel_step()) {
         const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
-        const scalar_t* pa = a + pixel_offset(sa, n, y, x);
-        const scalar_t* pb = b + pixel_offset(sb, n, y, x);
-        float ra = 0.f, rb = 0.f;
-        for (int c = lane; c < C; c += WARP) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
-            ra += va * va;
-            rb += vb * vb;
-        }
-        ra = warp_sum(ra);
-        rb = warp_sum(rb);
-        const float na = sqrtf(ra), nb = sqrtf(rb);
+        const PixelPair<scalar_t> px{a + pixel_offset(sa, n, y, x), b + pixel_offset(sb, n, y, x), sa.c, sb.c};
+        float na, nb;
+        norms(share, px, C, na, nb);
         const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
         const float twice_s = 2.f * d_terms[idx];
         float dot_a = 0.f, dot_b = 0.f;
-        for (int c = lane; c < C; c += WARP) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+        for (int c = share.lane; c < C; c += share.channel_step()) {
+            const float va = px.va(c), vb = px.vb(c);
             const float d = twice_s * weight[c] * (va * ia - vb * ib);
             dot_a += d * va;
             dot_b += d * vb;
         }
-        dot_a = warp_sum(dot_a);
-        dot_b = warp_sum(dot_b);
+        dot_a = share.total(dot_a);
+        dot_b = share.total(dot_b);
         const float ka = na > 0.f ? ia * ia / na * dot_a : 0.f;
         const float kb = nb > 0.f ? ib * ib / nb * dot_b : 0.f;
         scalar_t* ga = grad_a != nullptr ? grad_a + pixel_offset(sga, n, y, x) : nullptr;
         scalar_t* gb = grad_b != nullptr ? grad_b + pixel_offset(sgb, n, y, x) : nullptr;
-        for (int c = lane; c < C; c += WARP) {
-            const float va = (float)pa[c * sa.c], vb = (float)pb[c * sb.c];
+        for (int c = share.lane; c < C; c += share.channel_step()) {
+            const float va = px.va(c), vb = px.vb(c);
             const float d = twice_s * weight[c] * (va * ia - vb * ib);
             if (ga != nullptr) ga[c * sga.c] = (scalar_t)(d * ia - va * ka);
             if (gb != nullptr) gb[c * sgb.c] = (scalar_t)(-d * ib + vb * kb);
@@ -204,7 +159,7 @@ __global__ void lpips_layer_backward_warp_kernel(const scalar_t* __restrict__ a,
     }
 }
 
-// Blocks of THREADS threads for `pixels` pixels, one thread (or one warp) each.
+// Blocks of THREADS threads for `pixels` pixels, a thread (or a warp) each.
 int blocks_for(long pixels, bool thread_per_pixel) {
     const long per_block = thread_per_pixel ? THREADS : WARPS_PER_BLOCK;
     return (int)std::min<long>((pixels + per_block - 1) / per_block, 65535L);
@@ -218,7 +173,7 @@ torch::Tensor lpips_layer_cuda_forward(torch::Tensor a, torch::Tensor b, torch::
     auto terms = torch::empty({N, H * W}, a.options().dtype(torch::kFloat));
     if (terms.numel() == 0) return terms;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lpips_layer_forward", [&] {
-        (thread_per_pixel ? lpips_layer_forward_kernel<scalar_t> : lpips_layer_forward_warp_kernel<scalar_t>)
+        (thread_per_pixel ? lpips_layer_forward_kernel<scalar_t, false> : lpips_layer_forward_kernel<scalar_t, true>)
             <<<blocks_for(terms.numel(), thread_per_pixel), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
             a.data_ptr<scalar_t>(), strides_of(a), b.data_ptr<scalar_t>(), strides_of(b), weight.data_ptr<float>(),
             terms.data_ptr<float>(), N, C, H, W);
@@ -238,7 +193,8 @@ std::vector<torch::Tensor> lpips_layer_cuda_backward(torch::Tensor a, torch::Ten
     if (!(need_a || need_b) || d_terms.numel() == 0) return {grad_a, grad_b};
     const Strides none{0, 0, 0, 0};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "lpips_layer_backward", [&] {
-        (thread_per_pixel ? lpips_layer_backward_kernel<scalar_t> : lpips_layer_backward_warp_kernel<scalar_t>)
+        (thread_per_pixel ? lpips_layer_backward_kernel<scalar_t, false>
+                          : lpips_layer_backward_kernel<scalar_t, true>)
             <<<blocks_for(d_terms.numel(), thread_per_pixel), THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
             a.data_ptr<scalar_t>(), strides_of(a), b.data_ptr<scalar_t>(), strides_of(b), weight.data_ptr<float>(),
             d_terms.data_ptr<float>(), need_a ? grad_a.data_ptr<scalar_t>() : nullptr,
