@@ -19,8 +19,8 @@ from engine.avatar.dual import round_cycle
 from engine.avatar.networks import slim_networks
 from engine.avatar.pipeline import Pipeline
 from engine.avatar.step_graph import WARMUP
+from tests.engine.avatar.loss_curves import STAGES, assert_curves_agree
 
-STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 
 
 def test_without_cuda_the_branches_run_here_in_the_order_they_are_given():
@@ -96,11 +96,6 @@ def _run(cfg: PipelineConfig, portrait, style):
     return Pipeline(slim_networks(seed=0, device="cuda"), cfg)(portrait, style, seed=0)
 
 
-def _relative_gap(a: list[float], b: list[float]) -> float:
-    a_t, b_t = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    return float((a_t - b_t).abs().max()) / max(1e-12, float(b_t.abs().max()))
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
 def test_concurrent_branches_give_the_one_stream_results(unaligned_faces, graphs):
@@ -121,11 +116,7 @@ def test_concurrent_branches_give_the_one_stream_results(unaligned_faces, graphs
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     mode = "graphs" if graphs else "eager"
     assert {s: concurrent.logs[s].mode for s in STAGES} == dict.fromkeys(STAGES, mode)
-    for stage in STAGES:
-        for term, values in one.logs[stage].terms.items():
-            noise = _relative_gap(one_again.logs[stage].terms[term], values)
-            gap = _relative_gap(concurrent.logs[stage].terms[term], values)
-            assert gap <= max(1e-4, 10 * noise), f"{stage}.{term}: vs one stream {gap:.2e}, noise {noise:.2e}"
+    assert_curves_agree(concurrent, one, one_again, "concurrent vs one stream")
 
 
 @pytest.mark.gpu

@@ -20,8 +20,8 @@ from engine.avatar.networks import slim_networks
 from engine.avatar.pipeline import Pipeline
 from engine.avatar.step_graph import WARMUP, SplitStep, StepGraphs, adam, graphs_usable, set_lr
 from engine.avatar.steps import StopAt, run_steps
+from tests.engine.avatar.loss_curves import STAGES, assert_curves_agree
 
-STAGES = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
 
 # What a captured step must not do, by aten op: read a device value on the host (a replay never
 # returns to Python), build a tensor from Python data (on CUDA a blocking host-to-device copy,
@@ -163,12 +163,6 @@ def exact_float32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _relative_gap(a: list[float], b: list[float]) -> float:
-    """Largest |a - b| over a loss curve, relative to the curve's largest |b|."""
-    a_t, b_t = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    return float((a_t - b_t).abs().max()) / max(1e-12, float(b_t.abs().max()))
-
-
 @pytest.mark.gpu
 def test_captured_steps_give_the_eager_steps_results(unaligned_faces, exact_float32):
     """13 steps per stage: 2 eager warm-up runs per variant, the capture, replays after (stage 5's
@@ -190,11 +184,7 @@ def test_captured_steps_give_the_eager_steps_results(unaligned_faces, exact_floa
     graphed = _run(dataclasses.replace(base, cuda_graphs=True), portrait, style)
     assert {s: graphed.logs[s].mode for s in STAGES} == dict.fromkeys(STAGES, "graphs")
     assert {s: eager.logs[s].mode for s in STAGES} == dict.fromkeys(STAGES, "eager")
-    for stage in STAGES:
-        for term, values in eager.logs[stage].terms.items():
-            noise = _relative_gap(eager_again.logs[stage].terms[term], values)
-            gap = _relative_gap(graphed.logs[stage].terms[term], values)
-            assert gap <= max(1e-4, 10 * noise), f"{stage}.{term}: graphed vs eager {gap:.2e}, eager vs eager {noise:.2e}"
+    assert_curves_agree(graphed, eager, eager_again, "graphed vs eager")
 
 
 @pytest.mark.gpu
