@@ -136,7 +136,7 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
              [[py, "-m", "engine.ops.prebuild", "--ops", op] for op in OPS]),
-        Part("tests", "GPU tests (`pytest -m gpu`)", 240,
+        Part("tests", "GPU tests (`pytest -m gpu`)", 300,
              [[py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *gpu_test_files()]]),
         Part("syncs", "Host synchronisations inside the steps (bench/host_syncs.py)", 150,
              [[py, "bench/host_syncs.py"]]),
