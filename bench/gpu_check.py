@@ -107,9 +107,9 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         render = [py, "bench/render.py", "--presets", "slim512", "--frames", "8", "--measure-frames", "2"]
         kernels = [py, "bench/kernels.py", "--repeats", "2"]
         layout = [py, "bench/stage_timing.py", "--warmup", "1", "--steps", "2", "--precisions", "fp32",
-                  "--channels-last", "both", "--no-dual-schedules"]
+                  "--channels-last", "both", "--no-dual-schedules", "--no-pack"]
         branches = [py, "bench/stage_timing.py", "--warmup", "1", "--steps", "2", "--precisions", "fp32",
-                    "--concurrent-branches", "both", "--no-dual-schedules"]
+                    "--concurrent-branches", "both", "--no-dual-schedules", "--no-pack"]
         profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5", "--by-source"]
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4",
                   "--pack-workers", "2", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
@@ -121,11 +121,12 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         render = [py, "bench/render.py", "--device", "cuda", "--preset", "full"]
         kernels = [py, "bench/kernels.py"]
         # the engine's precision on CUDA, graphs on; NCHW and channels-last side by side
+        # (the pack's files do not depend on the layout or the streams: the pipeline part times them)
         layout = [py, "bench/stage_timing.py", "--preset", "full", "--device", "cuda", "--graphs", "on",
-                  "--precisions", "bf16", "--channels-last", "both", "--no-dual-schedules"]
+                  "--precisions", "bf16", "--channels-last", "both", "--no-dual-schedules", "--no-pack"]
         # the same, one stream against concurrent branches
         branches = [py, "bench/stage_timing.py", "--preset", "full", "--device", "cuda", "--graphs", "on",
-                    "--precisions", "bf16", "--concurrent-branches", "both", "--no-dual-schedules"]
+                    "--precisions", "bf16", "--concurrent-branches", "both", "--no-dual-schedules", "--no-pack"]
         # eager steps run the kernels a replay runs, and only they say whose code launched them
         profile = [py, "bench/step_profile.py", "--preset", "full", "--device", "cuda", "--precisions", "fp32",
                    "--graphs", "off", "--by-source"]

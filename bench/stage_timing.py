@@ -5,7 +5,7 @@ without and with CUDA graphs.
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
                                  [--precisions fp32 bf16] [--graphs both|on|off] [--cudnn-autotune both|on|off]
                                  [--channels-last both|on|off] [--concurrent-branches both|on|off]
-                                 [--no-dual-schedules] [--json PATH]
+                                 [--no-dual-schedules] [--no-pack] [--json PATH]
 
 How it measures
 ---------------
@@ -246,7 +246,7 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
             json_path: pathlib.Path | None = None,
             graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,),
             compare_dual_schedules: bool = True, layout_modes: tuple[bool, ...] = (False,),
-            branch_modes: tuple[bool, ...] = (False,)) -> dict:
+            branch_modes: tuple[bool, ...] = (False,), time_packs: bool = True) -> dict:
     from bench.pipeline import count_flops, flop_steps
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -309,8 +309,9 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                     run["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 # the pack as made before (with the preview page) once per report: the files do not
                 # depend on the precision or the graphs, and each pack costs seconds of CPU
-                first_pack = not any("pack" in r for r in report["runs"].values())
-                run["pack"] = time_pack(pipe, result, cfg.pack, device, with_page_too=first_pack)
+                if time_packs:
+                    first_pack = not any("pack" in r for r in report["runs"].values())
+                    run["pack"] = time_pack(pipe, result, cfg.pack, device, with_page_too=first_pack)
             except Exception as exc:  # noqa: BLE001 - reported in the table, the traceback on stderr
                 traceback.print_exc()
                 run["error"] = f"{type(exc).__name__}: {exc}"
@@ -427,8 +428,8 @@ def summarise(report: dict) -> list[str]:
                 ran = run["warmup"] + report["steps"]
                 set_up += max(0.0, run["stages"][stage]["stage_seconds"] - ran * s)
         if "pack" not in run:
-            lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s; the pack failed: "
-                      f"{run.get('error', '')}", ""]
+            why = f"the pack failed: {run['error']}" if "error" in run else "the pack was not timed (--no-pack)"
+            lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s; {why}", ""]
             totals[name] = (per_user, None)
             continue
         pack = run["pack"]
@@ -482,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent-branches", choices=["both", "on", "off"], default="off",
                    help="a step's independent parts on CUDA streams of their own ([pipeline] concurrent_branches, "
                         "off by default): on, off, or both side by side (CUDA only)")
+    p.add_argument("--no-pack", action="store_true",
+                   help="time the optimisation stages only (the pack does not depend on the switches compared)")
     p.add_argument("--no-dual-schedules", action="store_true",
                    help="skip timing stage 5 with its 2D branch on every round beside the configured schedule")
     args = p.parse_args(argv)
@@ -495,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                                             args.concurrent_branches))
     report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
                      autotune_modes, compare_dual_schedules=not args.no_dual_schedules, layout_modes=layout_modes,
-                     branch_modes=branch_modes)
+                     branch_modes=branch_modes, time_packs=not args.no_pack)
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from bench.stage_timing import SWITCH_MODES, run_name
+from bench.stage_timing import SWITCH_MODES, run_name, summarise
 
 
 def test_every_combination_of_switches_is_labelled_apart():
@@ -21,3 +21,15 @@ def test_the_default_settings_keep_the_plain_label():
         "bf16 + CUDA graphs (NCHW) (one stream)"
     assert run_name("bf16", True, False, (False,), False, (False,), True, (False, True)) == \
         "bf16 + CUDA graphs + concurrent branches"
+
+
+def test_a_run_without_its_pack_says_so_and_still_projects_the_optimisation():
+    stage = {"seconds_per_step": 0.02, "stage_seconds": 1.0}
+    report = {"preset": "full", "device": "cuda", "gpu": "H200", "torch": "2.11", "steps": 4, "load_seconds": 1.0,
+              "configured_steps": {"style_finetune": 300, "invert_3d": 500, "pivotal_tuning": 350, "dual_branch": 300},
+              "flops_per_step": dict.fromkeys(("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch"), 1e12),
+              "runs": {"bf16 + CUDA graphs (one stream)": {"warmup": 12, "stages": dict.fromkeys(
+                  ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch"), stage)}}}
+    text = "\n".join(summarise(report))
+    assert "per-user optimisation (style cached): 23.0 s; the pack was not timed (--no-pack)" in text
+    assert "FAILED" not in text and "the pack failed" not in text
