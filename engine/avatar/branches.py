@@ -20,10 +20,10 @@ Use::
         image = render(w_3d)               # queued on the current stream meanwhile
     # leaving the block, the current stream waits for every side stream used in it
 
-Each branch queues the kernels of the serial step, so the values are the same;
-only the order in which the GPU runs them changes (and, like any change of
-order, the order of atomic adds). On the CPU, or when not enabled,
-``side(fn, *args)`` is ``fn(*args)``, called here.
+Each branch queues the kernels of the serial step, so the values are the same
+(up to the order of atomic adds, which varies from run to run anyway); only the
+order in which the GPU runs the kernels changes. On the CPU, or when not
+enabled, ``side(fn, *args)`` is ``fn(*args)``, called here.
 
 Memory: the caching allocator hands a freed block out again on the stream that
 allocated it, without waiting for other streams. So every tensor argument of a
