@@ -110,8 +110,11 @@ def run_spawned(targets: list[tuple], barrier_path: Path, timeout: float = 120.0
             raise AssertionError(f"a spawned process exited with {p.exitcode}")
 
 
-def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_until: float, report_path: str) -> None:
-    """Run a scheduler process until the wall-clock time ``run_until``, then shut down."""
+def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_until: float, report_path: str,
+                   start_at: float = 0.0) -> None:
+    """Start a scheduler at the wall-clock time ``start_at`` (imports and the database connection
+    come first, so a loaded machine's slow start-up does not move it), run it until ``run_until``,
+    then shut down. The report holds the sync's lists and ``started_at``."""
     import json
     import logging
 
@@ -121,8 +124,11 @@ def proc_scheduler(url: str, schedules: list[dict], engine_version: str, run_unt
 
     logging.basicConfig(level=logging.INFO)
     db = open_database(url)
+    while time.time() < start_at:
+        time.sleep(0.02)
+    started_at = time.time()
     sched, report = start_scheduler(db, [Schedule(**s) for s in schedules], engine_version)
-    Path(report_path).write_text(json.dumps(report.__dict__))
+    Path(report_path).write_text(json.dumps({**report.__dict__, "started_at": started_at}))
     while time.time() < run_until:
         time.sleep(0.05)
     sched.shutdown(wait=True)
