@@ -21,9 +21,9 @@ Three parts, one file:
   the definition, and bit for bit what ``engine.nets.perceptual`` computed
   before this op.
 * ``lpips_layer_fused``: the autograd Function around our CUDA kernels
-  (``cuda/lpips_layer.cu``). Why: the reference runs about 12 element-wise and
-  reduction kernels per layer forward and twice that backward, each reading or
-  writing whole feature maps (VGG16's first layer at 256 px is 64 x 256 x 256);
+  (``cuda/lpips_layer.cu``). Why: the reference runs about 30 element-wise and
+  reduction kernels per layer, forward and backward, each reading or writing
+  whole feature maps (VGG16's first layer at 256 px is 64 x 256 x 256);
   in the per-user stages they were about 230 small kernels and 2.3 GB per
   stage-5 round (``bench/memory_traffic.py``). The forward kernel reads a
   pixel's channels of ``a`` and ``b`` and writes its term, the backward reads
