@@ -4,7 +4,7 @@
 On the CPU: the branches run here, in order, and the switch does nothing. On a GPU (``-m gpu``):
 a branch runs on a side stream that starts after the work queued before the fork, the current
 stream waits for it at the join, the stages give the one-stream results (eager and captured as
-CUDA graphs), and a stage leaves no memory behind."""
+CUDA graphs), and a job leaves no more memory behind than with one stream."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +20,6 @@ from engine.avatar.networks import slim_networks
 from engine.avatar.pipeline import Pipeline
 from engine.avatar.step_graph import WARMUP
 from tests.engine.avatar.loss_curves import STAGES, assert_curves_agree
-
 
 
 def test_without_cuda_the_branches_run_here_in_the_order_they_are_given():
