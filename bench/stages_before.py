@@ -11,8 +11,9 @@ the maps one by one. From ``engine.nets.volume``: the official importance render
 (concatenate and sort the coarse and fine samples, colours included, then composite interval
 midpoints); from ``engine.nets.eg3d``: the decoder's two output slices; from
 ``engine.nets.perceptual``: LPIPS's per-layer terms as the package's operations, before
-``engine.ops.lpips_layer``. Float32 only, without CUDA graphs (the
-``precision`` and ``graphs`` arguments the current pipeline passes are accepted and ignored).
+``engine.ops.lpips_layer``. Float32 only, without CUDA graphs or side streams (the
+``precision``, ``graphs`` and ``concurrent`` arguments the current pipeline passes are accepted
+and ignored).
 """
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ def invert_3d(
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
     graphs: bool = False,
+    concurrent: bool = False,
 ) -> Inversion:
     """Eq. 2: optimise (w_3d, n). ``target`` [1, 3, H, W] is the EG3D crop."""
     device = target.device
@@ -150,6 +152,7 @@ def pivotal_tuning(
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
     graphs: bool = False,
+    concurrent: bool = False,
 ) -> StageLog:
     """Eq. 3: finetune ``params`` (the optimiser's leaves) around the pivot."""
     trainable = [p for p in params.values() if p.requires_grad]
@@ -189,6 +192,7 @@ def dual_branch_train(
     progress: ProgressFn = no_progress,
     precision: str = "fp32",
     graphs: bool = False,
+    concurrent: bool = False,
 ) -> StageLog:
     """Alternate updates of both branches; both params dicts are updated in place."""
     opt_3d = torch.optim.Adam([p for p in params_3d.values() if p.requires_grad], lr=cfg.lr_3d, betas=(0.0, 0.99))
