@@ -86,6 +86,19 @@ def lpips_layer_ref(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> t
     return terms if terms.dtype == torch.float64 else terms.float()
 
 
+def _unserved(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> str:
+    """Why the kernels cannot take these inputs ("" when they can)."""
+    if weight.requires_grad:
+        return "no gradient w.r.t. weight"
+    if b.requires_grad and b.shape[0] != a.shape[0]:
+        return "no gradient for a b of one image compared with several"
+    if b.dtype != a.dtype:
+        return f"a and b must have one dtype, got {a.dtype} and {b.dtype}"
+    if a.numel() > _MAX_ELEMENTS:
+        return "tensors past the kernels' 32-bit indices"
+    return ""
+
+
 class _LPIPSLayer(torch.autograd.Function):
     """Per-pixel terms [N, H*W] float32 and the features' gradients, on our kernels."""
 
@@ -113,11 +126,9 @@ def lpips_layer_fused(kernel: ModuleType, a: torch.Tensor, b: torch.Tensor, weig
     """lpips_layer on ``kernel`` (a module with the ``cuda/lpips_layer.cpp`` signatures);
     ``thread_per_pixel`` picks the kernels' form (None: from the pixel count, see the module docstring)."""
     _check(a, b, weight)
-    if weight.requires_grad or (b.requires_grad and b.shape[0] != a.shape[0]):
-        raise ValueError("lpips_layer_fused: no gradient w.r.t. weight or a b of one image compared with several "
-                         "(use lpips_layer, which runs the reference)")
-    if b.dtype != a.dtype:
-        raise ValueError(f"lpips_layer_fused: a and b must have one dtype, got {a.dtype} and {b.dtype}")
+    why = _unserved(a, b, weight)
+    if why:
+        raise ValueError(f"lpips_layer_fused: {why} (lpips_layer runs the reference for these)")
     if thread_per_pixel is None:
         thread_per_pixel = a.shape[0] * a.shape[2] * a.shape[3] >= THREAD_PER_PIXEL_FROM
     return _LPIPSLayer.apply(kernel, bool(thread_per_pixel), a, b, weight).mean(1)
@@ -160,13 +171,10 @@ FUSED = dispatch.FusedOp(name="lpips_layer", extension="lpips_layer",
 def lpips_layer(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """lpips_layer with an implementation switch (``'ref'|'cuda'|'auto'``, see ``engine.ops.dispatch``)."""
     _check(a, b, weight)
-    unserved = (weight.requires_grad or (b.requires_grad and b.shape[0] != a.shape[0]) or b.dtype != a.dtype
-                or a.numel() > _MAX_ELEMENTS)
-    if unserved:
+    why = _unserved(a, b, weight)
+    if why:
         if impl == "cuda":
-            raise dispatch.FusedKernelUnavailable("lpips_layer: impl='cuda' cannot run the fused kernel for a weight "
-                                                  "or a one-image b that needs a gradient, mixed dtypes, or tensors "
-                                                  "past 32-bit indices")
+            raise dispatch.FusedKernelUnavailable(f"lpips_layer: impl='cuda' cannot run the fused kernel: {why}")
         return lpips_layer_ref(a, b, weight)
     kernel = dispatch.fused_kernel(FUSED, impl, a.device, a.dtype)
     if kernel is not None:

@@ -75,29 +75,39 @@ struct Share {
     __device__ float total(float v) const { return PER_WARP ? warp_sum(v) : v; }
 };
 
-// One pixel of a and of b: where its channels start and how far apart they lie.
+// One pixel of a and of b: where its channels lie, and the inverses of the two feature vectors'
+// norms plus eps (every thread of a warp-per-pixel gets them).
 template <typename scalar_t>
-struct PixelPair {
+struct UnitPair {
+    int n, y, x;  // the pixel
     const scalar_t* a;
     const scalar_t* b;
     int a_step, b_step;
+    float na, nb, ia, ib;
 
     __device__ float va(int c) const { return (float)a[c * a_step]; }
     __device__ float vb(int c) const { return (float)b[c * b_step]; }
+    // u_c - v_c: the difference of the unit-normalised features
+    __device__ float diff(int c) const { return va(c) * ia - vb(c) * ib; }
 };
 
-// The Euclidean norms of the pixel's two feature vectors (every thread of a warp-per-pixel gets them).
+// Pixel `idx` (n * H * W + y * W + x) of a and b, its norms taken (the first pass over its channels).
 template <typename scalar_t, bool PER_WARP>
-__device__ __forceinline__ void norms(const Share<PER_WARP>& share, const PixelPair<scalar_t>& px, int C, float& na,
-                                      float& nb) {
+__device__ __forceinline__ UnitPair<scalar_t> unit_pair(const Share<PER_WARP>& share, const scalar_t* a, Strides sa,
+                                                        const scalar_t* b, Strides sb, int idx, int C, int H, int W) {
+    const int P = H * W, n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
+    UnitPair<scalar_t> px{n, y, x, a + pixel_offset(sa, n, y, x), b + pixel_offset(sb, n, y, x), sa.c, sb.c};
     float ra = 0.f, rb = 0.f;
     for (int c = share.lane; c < C; c += share.channel_step()) {
         const float va = px.va(c), vb = px.vb(c);
         ra += va * va;
         rb += vb * vb;
     }
-    na = sqrtf(share.total(ra));
-    nb = sqrtf(share.total(rb));
+    px.na = sqrtf(share.total(ra));
+    px.nb = sqrtf(share.total(rb));
+    px.ia = 1.f / (px.na + EPS);
+    px.ib = 1.f / (px.nb + EPS);
+    return px;
 }
 
 template <typename scalar_t, bool PER_WARP>
@@ -105,16 +115,11 @@ __global__ void lpips_layer_forward_kernel(const scalar_t* __restrict__ a, Strid
                                            Strides sb, const float* __restrict__ weight, float* __restrict__ terms,
                                            int N, int C, int H, int W) {
     const Share<PER_WARP> share;
-    const int P = H * W, total = N * P;
-    for (int idx = share.first_pixel(); idx < total; idx += share.pixel_step()) {
-        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
-        const PixelPair<scalar_t> px{a + pixel_offset(sa, n, y, x), b + pixel_offset(sb, n, y, x), sa.c, sb.c};
-        float na, nb;
-        norms(share, px, C, na, nb);
-        const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
+    for (int idx = share.first_pixel(); idx < N * H * W; idx += share.pixel_step()) {
+        const auto px = unit_pair(share, a, sa, b, sb, idx, C, H, W);
         float acc = 0.f;
         for (int c = share.lane; c < C; c += share.channel_step()) {
-            const float diff = px.va(c) * ia - px.vb(c) * ib;
+            const float diff = px.diff(c);
             acc += weight[c] * diff * diff;
         }
         acc = share.total(acc);
@@ -129,32 +134,25 @@ __global__ void lpips_layer_backward_kernel(const scalar_t* __restrict__ a, Stri
                                             Strides sga, scalar_t* __restrict__ grad_b, Strides sgb, int N, int C,
                                             int H, int W) {
     const Share<PER_WARP> share;
-    const int P = H * W, total = N * P;
-    for (int idx = share.first_pixel(); idx < total; idx += share.pixel_step()) {
-        const int n = idx / P, p = idx - n * P, y = p / W, x = p - y * W;
-        const PixelPair<scalar_t> px{a + pixel_offset(sa, n, y, x), b + pixel_offset(sb, n, y, x), sa.c, sb.c};
-        float na, nb;
-        norms(share, px, C, na, nb);
-        const float ia = 1.f / (na + EPS), ib = 1.f / (nb + EPS);
+    for (int idx = share.first_pixel(); idx < N * H * W; idx += share.pixel_step()) {
+        const auto px = unit_pair(share, a, sa, b, sb, idx, C, H, W);
         const float twice_s = 2.f * d_terms[idx];
         float dot_a = 0.f, dot_b = 0.f;
         for (int c = share.lane; c < C; c += share.channel_step()) {
-            const float va = px.va(c), vb = px.vb(c);
-            const float d = twice_s * weight[c] * (va * ia - vb * ib);
-            dot_a += d * va;
-            dot_b += d * vb;
+            const float d = twice_s * weight[c] * px.diff(c);
+            dot_a += d * px.va(c);
+            dot_b += d * px.vb(c);
         }
         dot_a = share.total(dot_a);
         dot_b = share.total(dot_b);
-        const float ka = na > 0.f ? ia * ia / na * dot_a : 0.f;
-        const float kb = nb > 0.f ? ib * ib / nb * dot_b : 0.f;
-        scalar_t* ga = grad_a != nullptr ? grad_a + pixel_offset(sga, n, y, x) : nullptr;
-        scalar_t* gb = grad_b != nullptr ? grad_b + pixel_offset(sgb, n, y, x) : nullptr;
+        const float ka = px.na > 0.f ? px.ia * px.ia / px.na * dot_a : 0.f;
+        const float kb = px.nb > 0.f ? px.ib * px.ib / px.nb * dot_b : 0.f;
+        scalar_t* ga = grad_a != nullptr ? grad_a + pixel_offset(sga, px.n, px.y, px.x) : nullptr;
+        scalar_t* gb = grad_b != nullptr ? grad_b + pixel_offset(sgb, px.n, px.y, px.x) : nullptr;
         for (int c = share.lane; c < C; c += share.channel_step()) {
-            const float va = px.va(c), vb = px.vb(c);
-            const float d = twice_s * weight[c] * (va * ia - vb * ib);
-            if (ga != nullptr) ga[c * sga.c] = (scalar_t)(d * ia - va * ka);
-            if (gb != nullptr) gb[c * sgb.c] = (scalar_t)(-d * ib + vb * kb);
+            const float d = twice_s * weight[c] * px.diff(c);
+            if (ga != nullptr) ga[c * sga.c] = (scalar_t)(d * px.ia - px.va(c) * ka);
+            if (gb != nullptr) gb[c * sgb.c] = (scalar_t)(-d * px.ib + px.vb(c) * kb);
         }
     }
 }
