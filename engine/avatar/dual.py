@@ -57,7 +57,9 @@ Decisions on the objective (each measured; see the tests named):
   and steps on every 2nd round, at twice the earlier learning rate (4e-4, so
   it moves as far over the stage); the rounds between compare the render
   with the cartoon of its last 2D round (``held_warped``), made before that
-  round's 2D step. The style loss stays on every ``style_every``-th 2D
+  round's 2D step, and with the LPIPS trunk features that round made of it
+  (``held_lpips``: a VGG16 pass at 256 px fewer in each of those rounds, the
+  same numbers). The style loss stays on every ``style_every``-th 2D
   update. The result stays closer to the every-round schedule's than that
   moves under another seed (RMS 0.060 vs 0.118 on the slim networks, 12
   rounds; 0.053 vs 0.083 over 48; without 2D updates 0.33), checked by
@@ -160,21 +162,29 @@ def dual_branch_train(
         ex_feats = [f.detach() for f in features_2d(inputs.exemplar_2d)]
     mixed = MixedLatents(inputs.w_e, mapping_2d, cfg.style_batch, style_cfg, generator) if opt_2d else None
 
-    def eq5(img_3d: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Eq. 5's terms for a render and a warped cartoon. With both images attached, one
-        backward pass gives each branch the gradient of L with the other branch's image held
-        fixed (an image's gradient reaches only the weights of the branch that made it)."""
+    def cartoon_for_lpips(warped: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """What the render's LPIPS to the cartoon reads of the warped cartoon (its trunk features)."""
+        return lpips_to_exemplar_and_cartoon.prepare_other(resize_for_lpips(warped * mask, cfg.lpips_size))
+
+    def eq5(img_3d: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor, cartoon_lpips: list[torch.Tensor]
+            ) -> dict:
+        """Eq. 5's terms for a render and a warped cartoon (with its :func:`cartoon_for_lpips`). With
+        both images attached, one backward pass gives each branch the gradient of L with the other
+        branch's image held fixed (an image's gradient reaches only the weights of the branch that
+        made it)."""
         small_3d = resize_for_lpips(img_3d, cfg.lpips_size)
         mse = masked_mse(warped, img_3d, mask)
-        d_e, d_2d = lpips_to_exemplar_and_cartoon(small_3d, resize_for_lpips(warped * mask, cfg.lpips_size))
+        d_e, d_2d = lpips_to_exemplar_and_cartoon.from_prepared(small_3d, cartoon_lpips)
         l_e, l_2d = d_e.float().mean(), d_2d.float().mean()
         return {"mse": mse, "lpips_exemplar": l_e, "lpips_2d": l_2d,
                 "total": mse + cfg.lambda_1 * l_e + cfg.lambda_2 * l_2d}
 
-    # The cartoon of the last 2D round, which the rounds without a 2D update compare with. It lives
-    # across steps (a captured round of one kind writes it, one of the other kind reads it).
+    # The cartoon of the last 2D round, which the rounds without a 2D update compare with, and its
+    # LPIPS features, so that those rounds run the trunk over the render only. They live across
+    # steps (a captured round of one kind writes them, one of the other kind reads them).
     with torch.no_grad(), autocast(device, precision):
         held_warped, held_mask = inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
+        held_lpips = cartoon_for_lpips(held_warped, held_mask)
 
     def prepare(round_index: int) -> tuple[bool, bool]:
         with_2d = opt_2d is not None and update_2d_round(round_index, cfg)
@@ -183,9 +193,10 @@ def dual_branch_train(
             mixed.draw()
         return with_2d, with_style
 
-    def cartoon() -> tuple[torch.Tensor, torch.Tensor]:
+    def cartoon() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         with autocast(device, precision):
-            return inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
+            warped, mask = inputs.warp(synthesis_2d(params_2d, inputs.w_2d))
+            return warped, mask, cartoon_for_lpips(warped, mask)
 
     def style_features() -> list[torch.Tensor]:
         with autocast(device, precision):
@@ -194,7 +205,7 @@ def dual_branch_train(
     def compute(variant: tuple[bool, bool]) -> dict:
         with_2d, with_style = variant
         # the last 2D round's cartoon (made before its 2D step), or the fixed one when 2D is not trained
-        warped, mask = held_warped, held_mask
+        warped, mask, cartoon_lpips = held_warped, held_mask, held_lpips
         out = {}
         for sub in range(cfg.steps_3d):
             joint = sub == 0 and with_2d
@@ -205,11 +216,15 @@ def dual_branch_train(
                 with autocast(device, precision):
                     img_3d = render_3d(params_3d, inputs.pivot.ws, inputs.c, inputs.pivot.noise)
             if made is not None:
-                warped, mask = made
+                warped, mask, cartoon_lpips = made
                 held_warped.copy_(warped.detach())
                 held_mask.copy_(mask)
+                for held, made_now in zip(held_lpips, cartoon_lpips):
+                    held.copy_(made_now.detach())
             with autocast(device, precision):
-                terms = eq5(img_3d, warped if joint else warped.detach(), mask)
+                if not joint:  # the round's further 3D steps: the cartoon of its first, held fixed
+                    warped, cartoon_lpips = held_warped, held_lpips
+                terms = eq5(img_3d, warped, mask, cartoon_lpips)
                 loss = terms["total"]
                 if feats is not None:
                     style = feature_l1(feats, [t.expand_as(f) for t, f in zip(ex_feats, feats)])

@@ -31,7 +31,7 @@ exception from ``progress`` (see :mod:`engine.avatar.steps`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,17 +62,59 @@ def distance_to(distance: DistanceFn, target: torch.Tensor) -> DistanceToFn:
     return lambda x: distance(x, target)
 
 
-def distances_to_target_and_other(distance: DistanceFn, target: torch.Tensor
-                                  ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``(x, other) -> (distance(x, target), distance(x, other))``. A distance with a
-    ``to_target_and_other(target)`` method (LPIPS) is asked for it, so ``x``'s features serve
-    both; otherwise as :func:`distance_to` and a second call. Call it inside the stage's
-    autocast context, as :func:`distance_to`."""
+class TargetAndOther(Protocol):
+    """``(x, other) -> (distance(x, target), distance(x, other))`` for a constant target, with
+    ``other`` also taken in a prepared form: ``prepare_other(other)`` gives what the second
+    distance reads of it (LPIPS: its trunk features; otherwise the image itself), and
+    ``from_prepared(x, prepared)`` takes that, so an ``other`` that stays the same over many
+    calls is prepared once (stage 5's held cartoon). A class may also derive from this one
+    for its ``__call__``."""
+
+    def prepare_other(self, other: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def from_prepared(self, x: torch.Tensor, prepared: list[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def __call__(self, x: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_prepared(x, self.prepare_other(other))
+
+
+class _SeparateDistances(TargetAndOther):
+    """:class:`TargetAndOther` for a distance without a method of its own: two calls, the
+    image itself as the prepared form."""
+
+    def __init__(self, distance: DistanceFn, target: torch.Tensor) -> None:
+        self.distance, self.to_target = distance, distance_to(distance, target)
+
+    def prepare_other(self, other: torch.Tensor) -> list[torch.Tensor]:
+        return [other]
+
+    def from_prepared(self, x: torch.Tensor, prepared: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.to_target(x), self.distance(x, prepared[0])
+
+
+class _FramedTargetAndOther(TargetAndOther):
+    """:class:`TargetAndOther` of a :class:`FramedDistance`: both images framed, then the inner one."""
+
+    def __init__(self, inner: TargetAndOther, frame: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.inner, self.frame = inner, frame
+
+    def prepare_other(self, other: torch.Tensor) -> list[torch.Tensor]:
+        return self.inner.prepare_other(self.frame(other))
+
+    def from_prepared(self, x: torch.Tensor, prepared: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.from_prepared(self.frame(x), prepared)
+
+
+def distances_to_target_and_other(distance: DistanceFn, target: torch.Tensor) -> TargetAndOther:
+    """``(x, other) -> (distance(x, target), distance(x, other))`` (a :class:`TargetAndOther`). A
+    distance with a ``to_target_and_other(target)`` method (LPIPS) is asked for it, so ``x``'s
+    features serve both and ``other``'s can be kept; otherwise as :func:`distance_to` and a second
+    call. Call it inside the stage's autocast context, as :func:`distance_to`."""
     both = getattr(distance, "to_target_and_other", None)
     if both is not None:
         return both(target)
-    to_target = distance_to(distance, target)
-    return lambda x, other: (to_target(x), distance(x, other))
+    return _SeparateDistances(distance, target)
 
 
 class FramedDistance:
@@ -90,10 +132,8 @@ class FramedDistance:
         inner = distance_to(self.distance, self.frame(target))
         return lambda x: inner(self.frame(x))
 
-    def to_target_and_other(self, target: torch.Tensor
-                            ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        both = distances_to_target_and_other(self.distance, self.frame(target))
-        return lambda x, other: both(self.frame(x), self.frame(other))
+    def to_target_and_other(self, target: torch.Tensor) -> TargetAndOther:
+        return _FramedTargetAndOther(distances_to_target_and_other(self.distance, self.frame(target)), self.frame)
 
 
 def channels_last_image(img: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ Conventions
   layer and spatial mean, :mod:`engine.ops.lpips_layer`, summed over the
   layers), so it gives the same numbers (float32 ones).
   :meth:`LPIPSNetwork.to_target_and_other` also compares the image with a
-  second, changing one, running the trunk over the image once for both.
+  second, changing one, running the trunk over the image once for both, and
+  over the second image only when it changes.
 """
 from __future__ import annotations
 
@@ -117,20 +118,43 @@ class LPIPSNetwork(PretrainedMixin, torch.nn.Module):
 
         return distance
 
-    def to_target_and_other(self, target: torch.Tensor
-                            ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def to_target_and_other(self, target: torch.Tensor) -> "DistancesToTargetAndOther":
         """``(x, other) -> (LPIPS(x, target), LPIPS(x, other))``, each [B]: the target's features
         extracted once, now, and ``x``'s once per call for both distances (stage 5 compares each
         render with the exemplar and with the cartoon; the trunk's pass over ``x`` and its backward
-        are the costly part)."""
-        target_feats = self._target_features(target)
+        are the costly part). ``other``'s features can be made once and passed for many ``x``
+        (:meth:`DistancesToTargetAndOther.prepare_other`)."""
+        return DistancesToTargetAndOther(self, self._target_features(target), tuple(target.shape[1:]))
 
-        def distances(x: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if x.shape[1:] != target.shape[1:] or other.shape != x.shape:
-                raise ValueError(f"LPIPS: images {tuple(x.shape)} and {tuple(other.shape)} do not match each "
-                                 f"other and the target {tuple(target.shape)}")
-            feats = self.features(x)
-            return (self.distance_from_features(feats, target_feats),
-                    self.distance_from_features(feats, self.features(other)))
 
-        return distances
+class DistancesToTargetAndOther:
+    """LPIPS of an image ``x`` to a constant target and to a second image ``other``, with ``x``'s
+    trunk features serving both. ``prepare_other(other)`` is what the second distance reads of
+    ``other`` (its trunk features, [B,C_k,H_k,W_k] per layer); ``from_prepared(x, prepared)``
+    takes that, so a caller comparing many images with one ``other`` (stage 5's held cartoon)
+    runs the trunk over it once. ``(x, other)`` does both."""
+
+    def __init__(self, net: LPIPSNetwork, target_features: list[torch.Tensor], image_shape: tuple[int, ...]) -> None:
+        self.net, self.target_features, self.image_shape = net, target_features, image_shape
+
+    def _check(self, image: torch.Tensor, what: str) -> None:
+        if tuple(image.shape[1:]) != self.image_shape:
+            raise ValueError(f"LPIPS: {what} {tuple(image.shape)} does not match the target's "
+                             f"[B,{','.join(map(str, self.image_shape))}]")
+
+    def prepare_other(self, other: torch.Tensor) -> list[torch.Tensor]:
+        self._check(other, "the other image")
+        return self.net.features(other)
+
+    def from_prepared(self, x: torch.Tensor, other_features: list[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x, "image")
+        if other_features[0].shape[0] != x.shape[0]:
+            raise ValueError(f"LPIPS: image batch {x.shape[0]} does not match the other image's "
+                             f"{other_features[0].shape[0]}")
+        feats = self.net.features(x)
+        return (self.net.distance_from_features(feats, self.target_features),
+                self.net.distance_from_features(feats, other_features))
+
+    def __call__(self, x: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.from_prepared(x, self.prepare_other(other))

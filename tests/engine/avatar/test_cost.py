@@ -82,10 +82,42 @@ def test_one_lpips_pass_over_the_render_gives_both_distances_and_their_gradients
                                    (render, cartoon))
     for got, want in zip(grads, separate):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-9)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="does not match the target"):
         both(render, cartoon[..., :64])
     plain = distances_to_target_and_other(lambda a, b: (a - b).abs().mean((1, 2, 3)), exemplar)
     assert torch.equal(plain(render, cartoon)[1], (render - cartoon).abs().mean((1, 2, 3)))
+    assert torch.equal(plain.from_prepared(render, plain.prepare_other(cartoon))[1], plain(render, cartoon)[1])
+
+
+def test_the_other_images_features_made_once_serve_many_renders(nets):
+    """Stage 5's rounds without a 2D update compare each render with the same held cartoon: its
+    trunk features, prepared once, give the distances and the render's gradient of a full call,
+    with the trunk run over the render alone."""
+    from engine.avatar.invert import distances_to_target_and_other
+
+    gen = torch.Generator().manual_seed(2)
+    exemplar, cartoon, *renders = (torch.rand(1, 3, 128, 128, generator=gen) * 2 - 1 for _ in range(4))
+    both = distances_to_target_and_other(nets.lpips, exemplar)
+    with torch.no_grad():
+        held = both.prepare_other(cartoon)
+    calls = []
+    hook = nets.lpips.model.net.slice1.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for render in renders:
+            render.requires_grad_(True)
+            d_e, d_2d = both.from_prepared(render, held)
+            assert len(calls) == 1
+            calls.clear()
+            want = both(render, cartoon)
+            assert torch.equal(d_e, want[0]) and torch.equal(d_2d, want[1])
+            got_grad, = torch.autograd.grad(d_e.sum() + 2 * d_2d.sum(), render)
+            want_grad, = torch.autograd.grad(want[0].sum() + 2 * want[1].sum(), render)
+            assert torch.equal(got_grad, want_grad)
+            calls.clear()
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="batch 2 does not match the other image's 1"):
+        both.from_prepared(torch.cat(renders), held)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +212,66 @@ def test_joint_round_keeps_the_result_of_the_alternating_order(cached_run, faces
     noise, apart = rms(earlier[0], earlier[1]), rms(earlier[0], joint)
     moved = rms(earlier[0], render(pipe, _first, 0.0))  # how far stage 5 moves the render at all
     assert noise > 1e-3 and apart < 1.5 * noise < moved, (apart, noise, moved)
+
+
+class CartoonFeaturesEveryRound:
+    """The LPIPS network as stage 5 used it before it held the cartoon's features between 2D
+    rounds: every render is compared with the cartoon it was last given (the last 2D round's),
+    whose trunk features are made anew each time. What the stage holds between rounds is not
+    read, so a stage that held stale features would part from this."""
+
+    def __init__(self, lpips) -> None:
+        self.lpips = lpips
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.lpips(a, b)
+
+    def to_target_and_other(self, target: torch.Tensor):
+        from engine.avatar.invert import TargetAndOther
+
+        both = self.lpips.to_target_and_other(target)
+
+        class LastCartoon(TargetAndOther):
+            last: torch.Tensor
+
+            def prepare_other(self, other):
+                self.last = other
+                return [other]
+
+            def from_prepared(self, x, prepared):
+                # the round's own cartoon (attached: the 2D branch's gradient), else the last one, held
+                return both(x, prepared[0] if prepared[0] is self.last else self.last.detach())
+
+        return LastCartoon()
+
+
+def test_rounds_without_a_2d_update_reuse_the_held_cartoons_lpips_features(cached_run, faces):
+    """Stage 5 keeps the LPIPS trunk features of the cartoon of its last 2D round for the rounds
+    between (``held_lpips``): from the same cached stages 2-4, 12 rounds of the configured
+    schedule give bit for bit the stylized render and the loss terms of making those features
+    anew in every round, with one trunk pass fewer per round without a 2D update (three of the
+    six here), less the one pass that makes the first held features."""
+    pipe, cache, _first = cached_run
+    portrait, style = faces
+    dual = dataclasses.replace(pipe.cfg.dual, steps=6)
+    assert dual.update_2d_every == 2
+    out = {}
+    for name, lpips in (("held", pipe.nets.lpips), ("every round", CartoonFeaturesEveryRound(pipe.nets.lpips))):
+        nets = dataclasses.replace(pipe.nets, lpips=lpips)
+        calls = []
+        hook = pipe.nets.lpips.model.net.slice1.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            result = Pipeline(nets, dataclasses.replace(pipe.cfg, dual=dual))(portrait, style, seed=0, cache=cache)
+        finally:
+            hook.remove()
+        assert result.logs["pivotal_tuning"].skipped
+        out[name] = render(pipe, result, 1.0), result.logs["dual_branch"].terms, len(calls)
+    (held, held_terms, held_calls), (every, every_terms, every_calls) = out["held"], out["every round"]
+    assert torch.equal(held, every)
+    assert held_terms.keys() == every_terms.keys()
+    for key, values in held_terms.items():
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(values, every_terms[key]))
+    assert every_calls - held_calls == 3 - 1
 
 
 def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, stage5):
