@@ -236,6 +236,7 @@ def compare_changes() -> None:
     """The rewrites this bench led to, each beside the form it replaced (bench/stages_before.py)."""
     from bench import stages_before
     from engine.avatar.invert import noise_regularisation
+    from engine.nets.arcface import ArcFaceBackbone, FoldedArcFace, embed
     from engine.nets.eg3d import DECODER_HIDDEN, PLANE_CHANNELS, OSGDecoder
     from engine.nets.volume import march_sample_sets
     from bench.kernels import VGG16_LPIPS_LAYERS_256
@@ -290,6 +291,40 @@ def compare_changes() -> None:
             ("reference (now, on a CPU or as fallback)",
              lambda feats, target, weights: [sum(map(lpips_layer_ref, feats, target, weights))])),
         modelled=(("CUDA kernels (now, modelled)", kernels, nbytes),))
+
+    def arcface_inputs():  # PTI's identity loss: a 512 px render's ID crop through the frozen network
+        net = ArcFaceBackbone().eval().requires_grad_(False)
+        image = torch.zeros(1, 3, 512, 512, requires_grad=True)
+        return [net, FoldedArcFace(net), image], [image]
+
+    print_side_by_side("ArcFace IR-SE50 on a 512 px render (PTI's identity loss, every step)", arcface_inputs, (
+        ("batch norms as loaded (before)", lambda net, _folded, image: [embed(net, image)]),
+        ("30 of 54 batch norms folded (now)", lambda _net, folded, image: [embed(folded, image)])),
+        modelled=(("folded, with cuDNN's bias adds (now, CUDA)", *arcface_bias_adds()),))
+
+
+def arcface_bias_adds() -> tuple[int, int]:
+    """Kernels and bytes of ``FoldedArcFace`` on CUDA, forward + backward, as counted by
+    :func:`print_side_by_side` plus what that count cannot see: cuDNN's convolution takes no bias,
+    so PyTorch adds a folded convolution's bias to its float32 output in a kernel of its own
+    (reading and writing the output). The frozen bias needs no gradient."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from engine.nets.arcface import ArcFaceBackbone, FoldedArcFace, embed
+
+    with FakeTensorMode():
+        folded = FoldedArcFace(ArcFaceBackbone().eval().requires_grad_(False))
+        image = torch.zeros(1, 3, 512, 512, requires_grad=True)
+        outputs: list[int] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
+                 for m in folded.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None]
+        mode = TrafficMode()
+        with mode:
+            torch.autograd.grad(embed(folded, image).sum(), [image])
+        for hook in hooks:
+            hook.remove()
+    kernels = sum(k for k, _b in mode.table.values()) + len(outputs)
+    return kernels, sum(b for _k, b in mode.table.values()) + sum(2 * 4 * n for n in outputs)
 
 
 def main(argv=None) -> int:

@@ -30,10 +30,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import pathlib
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.avatar.pipeline import Networks
+
+if TYPE_CHECKING:
+    from engine.nets.arcface import ArcFaceBackbone
 
 log = logging.getLogger("emoji3d.networks")
 
@@ -54,10 +58,14 @@ PRESETS = ("auto", "pretrained", "slim", "full")
 
 class IdentityDistance:
     """The ArcFace identity loss as a distance ``(a, b) -> scalar``; ``to_target(b)`` embeds a
-    constant target once (PTI compares every step's render with the same photo)."""
+    constant target once (PTI compares every step's render with the same photo). It runs the
+    eval-mode backbone it is given with its batch norms folded (``FoldedArcFace``: the same
+    embedding up to rounding, fewer kernels in every PTI step)."""
 
-    def __init__(self, face_id: torch.nn.Module) -> None:
-        self.face_id = face_id
+    def __init__(self, face_id: ArcFaceBackbone) -> None:
+        from engine.nets.arcface import FoldedArcFace
+
+        self.face_id = FoldedArcFace(face_id)
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         from engine.nets.arcface import id_loss

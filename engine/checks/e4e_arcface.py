@@ -9,7 +9,8 @@ and running_var → 1 + 0.1|t|, running_mean → 0.1 t, ``*bias`` → 0.1 t, oth
 
 Checked tensors (tolerance ``1e-3·max(1, max|ref|)``): ``e4e_codes`` (encoder
 output before ``latent_avg``), ``arcface_input_112`` (the ID crop of
-``input_256``), ``arcface_embedding``; plus the parameter counts (267.1 M and
+``input_256``), ``arcface_embedding`` (also as the identity loss runs the
+network, its batch norms folded: ``arcface_embedding_folded``); plus the parameter counts (267.1 M and
 43.8 M, to 0.1 M) and the recipe's key/shape list against our modules.
 
 Each network takes the product's own path: the converter builds it from the
@@ -93,7 +94,7 @@ def _through_folder(network):
 
 
 def run(folder: pathlib.Path) -> list[TensorCheck]:
-    from engine.nets.arcface import id_crop
+    from engine.nets.arcface import FoldedArcFace, id_crop
     from engine.nets.e4e import encode
     from engine.weights.convert import arcface_from_state_dict, e4e_model
     from engine.weights.tensor_files import load_safetensors, read_json
@@ -111,6 +112,9 @@ def run(folder: pathlib.Path) -> list[TensorCheck]:
         x112 = id_crop(x)  # [B,3,112,112]
         checks.append(max_abs_check("arcface_input_112", x112, io["arcface_input_112"]))
         checks.append(max_abs_check("arcface_embedding", arc(x112), io["arcface_embedding"]))
+        # as the identity loss runs it: the batch norms folded into their layers
+        checks.append(max_abs_check("arcface_embedding_folded", FoldedArcFace(arc.eval())(x112),
+                                    io["arcface_embedding"]))
     del arc
 
     recipe = recipe_state_dict(config["e4e"]["state_dict_keys_in_order"], config["e4e"]["seed"])

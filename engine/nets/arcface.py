@@ -13,6 +13,11 @@ Conventions
   infers the config from them and saves a pretrained folder. ``output_layer`` = BatchNorm2d(512), Dropout,
   Flatten, Linear(512·7·7, 512), BatchNorm1d(512); the network runs in eval
   mode, so Dropout is the identity and BatchNorm uses running statistics.
+- :class:`FoldedArcFace` is a loaded backbone with the batch norms that follow a
+  convolution or sit beside the output's linear layer folded in (30 of 54): the
+  same embedding up to rounding, without those batch norms' backward kernels
+  (on CUDA a folded convolution's bias is added in a kernel of its own, in place
+  of the batch norm's forward). The identity loss uses it; it is never saved.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from engine.nets.irse import make_body, make_input_layer
+from engine.nets.batchnorm_fold import fold_after, fold_before_linear, fold_sequential
+from engine.nets.irse import fold_unit_batch_norms, make_body, make_input_layer
 from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 CROP_ROWS = (35, 223)
@@ -68,6 +74,28 @@ class ArcFaceBackbone(PretrainedMixin, nn.Module):
         x = self.body(x)  # [B,512,S/16,S/16]
         x = self.output_layer(x)  # [B,512]
         return x / torch.norm(x, 2, 1, keepdim=True)
+
+
+class FoldedArcFace(nn.Module):
+    """An eval-mode :class:`ArcFaceBackbone` with its foldable batch norms folded
+    (``engine.nets.batchnorm_fold``): the stem's, each residual unit's last and its shortcut's,
+    and the output layer's two (BatchNorm2d, Dropout, Flatten, Linear, BatchNorm1d become one
+    Flatten and Linear). PTI runs ArcFace forward and backward at every step with frozen
+    weights, so those maps never change. The state dict is not ``model_ir_se50.pth``'s: made
+    from a loaded backbone, never saved."""
+
+    def __init__(self, net: ArcFaceBackbone) -> None:
+        if net.training:
+            raise ValueError("ArcFace: fold the batch norms of an eval-mode network (running statistics)")
+        super().__init__()
+        self.config = net.config
+        self.input_layer = fold_sequential(net.input_layer)
+        self.body = nn.Sequential(*[fold_unit_batch_norms(unit) for unit in net.body])
+        bn_in, _dropout, flatten, linear, bn_out = net.output_layer
+        self.output_layer = nn.Sequential(flatten, fold_after(fold_before_linear(bn_in, linear), bn_out))
+        self.eval()
+
+    forward = ArcFaceBackbone.forward
 
 
 def id_crop(images: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from engine.nets.batchnorm_fold import fold_sequential
+
 # units per stage for each supported depth (IR / IR-SE networks)
 STAGE_UNITS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 14, 3),
@@ -94,6 +96,19 @@ class BottleneckIRSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.res_layer(x) + self.shortcut_layer(x)
+
+
+def fold_unit_batch_norms(unit: BottleneckIRSE) -> BottleneckIRSE:
+    """A copy of an eval-mode ``unit`` computing the same map with the batch norm after each of
+    its convolutions folded into it (``engine.nets.batchnorm_fold``): the residual branch's last
+    one and, where the width changes, the shortcut's. The first, before a padded convolution,
+    stays. The other layers are shared with ``unit``."""
+    folded = BottleneckIRSE.__new__(BottleneckIRSE)
+    nn.Module.__init__(folded)
+    shortcut = unit.shortcut_layer
+    folded.shortcut_layer = fold_sequential(shortcut) if isinstance(shortcut, nn.Sequential) else shortcut
+    folded.res_layer = fold_sequential(unit.res_layer)
+    return folded.train(unit.training)
 
 
 def make_input_layer() -> nn.Sequential:

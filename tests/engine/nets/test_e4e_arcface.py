@@ -8,7 +8,7 @@ import torch
 
 from engine.checks import REL_TOL
 from engine.checks.e4e_arcface import layout_checks, recipe_state_dict
-from engine.nets.arcface import ArcFaceBackbone, embed, id_crop, id_loss
+from engine.nets.arcface import ArcFaceBackbone, FoldedArcFace, embed, id_crop, id_loss
 from engine.nets.e4e import E4EConfig, Encoder4Editing, encode, preprocess_uint8
 from engine.weights.convert import arcface_from_state_dict, e4e_model
 from engine.weights.tensor_files import load_safetensors
@@ -65,6 +65,9 @@ def test_arcface_crop_and_embedding_match_reference(fixture, arcface):
         e = arcface(x112)
     assert (e - io["arcface_embedding"]).abs().max() <= _tol(io["arcface_embedding"])
     assert torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-5)
+    with torch.no_grad():  # as the identity loss runs it, its batch norms folded
+        folded = FoldedArcFace(arcface.eval())(x112)
+    assert (folded - io["arcface_embedding"]).abs().max() <= _tol(io["arcface_embedding"])
 
 
 def test_id_loss_properties(fixture, arcface):
