@@ -24,6 +24,9 @@ upscaled the same way (the square then spans over 2x the output, so the crop is
 shrunk before sampling): before (the recipe's 4096 sampling) and after (the
 default), milliseconds and the PSNR between the two crops.
 
+Last, a house style's face per pack job: analysed in every job (before) against
+kept between jobs (``engine.face_memo``, now).
+
 One thread (``OMP_NUM_THREADS=1``) unless the environment says otherwise.
 """
 from __future__ import annotations
@@ -106,7 +109,36 @@ def main(argv: list[str] | None = None) -> int:
     ffhq_before_after(base, args.megapixels, args.repeats)
     if not args.image:  # a close-up selfie: the astronaut's head, filling more of the frame
         ffhq_before_after(np.ascontiguousarray(base[0:256, 112:368]), args.megapixels, args.repeats)
+    style_face_before_after(base, args.repeats)
     return 0
+
+
+def style_face_before_after(base: np.ndarray, repeats: int) -> None:
+    """A house style's face per pack job: analysed from the image's bytes in every job (before)
+    against kept between jobs by ``engine.face_memo.FaceMemo`` (now, every job after the first)."""
+    from emoji3d.images import decode_image
+    from engine.face.analyze import FaceConfig, analyze_face
+    from engine.face.landmarks import LandmarkDetector
+    from engine.face_memo import FaceMemo
+
+    toon = pathlib.Path(__file__).resolve().parent.parent / "styles" / "toon" / "exemplar.png"
+    buf = io.BytesIO()
+    Image.fromarray(base).resize((2048, 2048), Image.BICUBIC).save(buf, "JPEG", quality=92)
+    images = {"the bundled toon exemplar (512 px PNG)": toon.read_bytes(),
+              "a 2048 px JPEG style image": buf.getvalue()}
+    print("\nA house style's face per pack job (decode and analyse, ms, median; now: after the style's first job)")
+    print("| style image | analysed every job (before) | kept between jobs (now) |")
+    print("|---|---:|---:|")
+    with LandmarkDetector() as det:
+        for name, data in images.items():
+            def analyse(data=data):
+                return analyze_face(decode_image(data), FaceConfig(), det)
+
+            memo = FaceMemo()
+            memo.get_or_analyse(name, analyse)  # the style's first job
+            before = _median_ms(analyse, repeats)
+            now = _median_ms(lambda: memo.get_or_analyse(name, analyse), repeats)
+            print(f"| {name} | {before:.1f} | {now:.3f} |")
 
 
 def ffhq_before_after(base: np.ndarray, megapixels: float, repeats: int) -> None:

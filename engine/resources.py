@@ -17,7 +17,8 @@ the file a fit on any host stored in the shared blob store, when it differs
 from the local one) at most every ``[pack] boundary_check_seconds``, so an
 engine running on another host gets a new fit without a restart too. And
 ``artifact_memo`` keeps house styles' finetunes between jobs
-(:mod:`engine.blob_memo`).
+(:mod:`engine.blob_memo`), and ``style_faces`` their analysed style images
+(:mod:`engine.face_memo`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from engine import ops
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
 from engine.blob_memo import BlobMemo
+from engine.face_memo import FaceMemo
 from engine.cuda_math import configure_cuda_math
 from engine.face.analyze import FaceConfig
 from engine.face.landmarks import LandmarkDetector
@@ -60,6 +62,8 @@ class EngineResources:
     _stored_checked_at: float | None = field(default=None, repr=False)  # time.monotonic() of the last look
     # shared artifacts' bytes between jobs (a house style's finetune); never anything of a user's
     artifact_memo: BlobMemo = field(default_factory=lambda: BlobMemo(0), repr=False)
+    # shared styles' analysed faces between jobs; never a user's upload
+    style_faces: FaceMemo = field(default_factory=FaceMemo, repr=False)
 
     @property
     def boundaries(self) -> BoundarySet | None:

@@ -253,6 +253,15 @@ def _analyze(res: EngineResources, data: bytes, what: str) -> FaceResult:
         raise
 
 
+def _style_face(res: EngineResources, jc: JobContext, digest: str, shared: bool) -> FaceResult:
+    """The analysed face of a style image: a house or global style's (``shared``) kept between
+    jobs (``res.style_faces``, :mod:`engine.face_memo`), a user's own upload analysed each time."""
+    def analyse() -> FaceResult:
+        return _analyze(res, jc.blobs.read_bytes(digest), "style")
+
+    return res.style_faces.get_or_analyse(digest, analyse) if shared else analyse()
+
+
 def custom_emoji_target(cfg: Config, platform: str) -> str | None:
     """The custom-emoji target the pack gets: the platform's, unless ``[telegram] custom_emoji`` is off."""
     if platform == "telegram" and not cfg.telegram.custom_emoji:
@@ -338,7 +347,8 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
         if portrait is None:
             raise SelfieGone(f"selfie {order.selfie_digest[:12]} and its cached inversion are both gone",
                              hours=res.cfg.privacy.selfie_retention_hours)
-    style = portrait_inputs(_analyze(res, jc.blobs.read_bytes(order.exemplar_digest), "style"), order.exemplar_digest)
+    style = portrait_inputs(_style_face(res, jc, order.exemplar_digest, shared=order.style_id is not None),
+                            order.exemplar_digest)
     progress("face", 1, 1)
     avatar = res.pipeline(portrait, style, seed=seed, progress=progress, cache=cache)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
@@ -497,7 +507,7 @@ def _exemplar_of(res: EngineResources, jc: JobContext, pack_id: int) -> torch.Te
         style = style_store.get_style(jc.db, pack.style_id)
     except style_store.StyleNotFound:
         return None
-    face = _analyze(res, jc.blobs.read_bytes(style.exemplar_digest), "style")
+    face = _style_face(res, jc, style.exemplar_digest, shared=True)
     return portrait_inputs(face, style.exemplar_digest).image_3d
 
 
@@ -507,7 +517,7 @@ def handle_style_finetune(res: EngineResources, job, jc: JobContext) -> dict:
         return {"skipped": f"style {style.name} changed to version {style.version}; a newer job tunes it"}
     style_store.set_status(jc.db, style.id, "tuning")
     try:
-        face = _analyze(res, jc.blobs.read_bytes(style.exemplar_digest), "style")
+        face = _style_face(res, jc, style.exemplar_digest, shared=True)
         res.pipeline.stylize_2d(portrait_inputs(face, style.exemplar_digest), torch.Generator().manual_seed(
             res.cfg.engine.seed), stage_progress(jc),
             cache=BlobArtifactCache(jc, None, shared_style=True, memo=res.artifact_memo))
