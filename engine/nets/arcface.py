@@ -14,10 +14,11 @@ Conventions
   Flatten, Linear(512·7·7, 512), BatchNorm1d(512); the network runs in eval
   mode, so Dropout is the identity and BatchNorm uses running statistics.
 - :class:`FoldedArcFace` is a loaded backbone with the batch norms that follow a
-  convolution or sit beside the output's linear layer folded in (30 of 54): the
-  same embedding up to rounding, without those batch norms' backward kernels
-  (on CUDA a folded convolution's bias is added in a kernel of its own, in place
-  of the batch norm's forward). The identity loss uses it; it is never saved.
+  convolution or sit beside the output's linear layer folded in (30 of 54), and
+  the 20 shortcuts that are 1x1 max pools of stride 1 (the identity) dropped:
+  the same embedding up to rounding, without those layers' kernels (on CUDA a
+  folded convolution's bias is added in a kernel of its own, in place of the
+  batch norm's forward). The identity loss uses it; it is never saved.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from torch import nn
 from torch.nn import functional
 
 from engine.nets.batchnorm_fold import fold_after, fold_before_linear, fold_sequential
-from engine.nets.irse import fold_unit_batch_norms, make_body, make_input_layer
+from engine.nets.irse import frozen_unit, make_body, make_input_layer
 from engine.weights.pretrained import PretrainedConfig, PretrainedMixin
 
 CROP_ROWS = (35, 223)
@@ -80,9 +81,10 @@ class FoldedArcFace(nn.Module):
     """An eval-mode :class:`ArcFaceBackbone` with its foldable batch norms folded
     (``engine.nets.batchnorm_fold``): the stem's, each residual unit's last and its shortcut's,
     and the output layer's two (BatchNorm2d, Dropout, Flatten, Linear, BatchNorm1d become one
-    Flatten and Linear). PTI runs ArcFace forward and backward at every step with frozen
-    weights, so those maps never change. The state dict is not ``model_ir_se50.pth``'s: made
-    from a loaded backbone, never saved."""
+    Flatten and Linear); and its identity shortcuts dropped (``engine.nets.irse.frozen_unit``).
+    PTI runs ArcFace forward and backward at every step with frozen weights, so those maps never
+    change. The state dict is not ``model_ir_se50.pth``'s: made from a loaded backbone, never
+    saved."""
 
     def __init__(self, net: ArcFaceBackbone) -> None:
         if net.training:
@@ -90,7 +92,7 @@ class FoldedArcFace(nn.Module):
         super().__init__()
         self.config = net.config
         self.input_layer = fold_sequential(net.input_layer)
-        self.body = nn.Sequential(*[fold_unit_batch_norms(unit) for unit in net.body])
+        self.body = nn.Sequential(*[frozen_unit(unit) for unit in net.body])
         bn_in, _dropout, flatten, linear, bn_out = net.output_layer
         self.output_layer = nn.Sequential(flatten, fold_after(fold_before_linear(bn_in, linear), bn_out))
         self.eval()

@@ -98,17 +98,26 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
-def fold_unit_batch_norms(unit: BottleneckIRSE) -> BottleneckIRSE:
-    """A copy of an eval-mode ``unit`` computing the same map with the batch norm after each of
-    its convolutions folded into it (``engine.nets.batchnorm_fold``): the residual branch's last
-    one and, where the width changes, the shortcut's. The first, before a padded convolution,
-    stays. The other layers are shared with ``unit``."""
+def frozen_unit(unit: BottleneckIRSE) -> BottleneckIRSE:
+    """A copy of an eval-mode ``unit`` computing the same map in fewer kernels, for a network whose
+    weights stay fixed: the batch norm after each of its convolutions folded into it
+    (``engine.nets.batchnorm_fold``: the residual branch's last one and, where the width changes,
+    the shortcut's; the first, before a padded convolution, stays), and a shortcut that is a 1x1
+    max pool of stride 1, the identity, dropped. The other layers are shared with ``unit``."""
     folded = BottleneckIRSE.__new__(BottleneckIRSE)
     nn.Module.__init__(folded)
     shortcut = unit.shortcut_layer
-    folded.shortcut_layer = fold_sequential(shortcut) if isinstance(shortcut, nn.Sequential) else shortcut
+    if isinstance(shortcut, nn.Sequential):
+        shortcut = fold_sequential(shortcut)
+    elif isinstance(shortcut, nn.MaxPool2d) and _pairs(shortcut.kernel_size) == _pairs(shortcut.stride) == (1, 1):
+        shortcut = nn.Identity()
+    folded.shortcut_layer = shortcut
     folded.res_layer = fold_sequential(unit.res_layer)
     return folded.train(unit.training)
+
+
+def _pairs(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def make_input_layer() -> nn.Sequential:

@@ -69,8 +69,9 @@ def test_folding_leaves_its_arguments_alone_and_refuses_what_does_not_fold():
 
 def test_folded_arcface_gives_the_embedding_and_the_input_gradient_of_the_backbone():
     """The identity loss's ArcFace: 30 of IR-SE50's 54 batch norms folded (the 24 before a padded
-    convolution stay), the same embeddings and gradients with respect to the image up to rounding,
-    the loaded network untouched."""
+    convolution stay) and the 20 identity shortcuts (1x1 max pools of stride 1) dropped, the same
+    embeddings and gradients with respect to the image up to rounding, the loaded network
+    untouched."""
     from engine.nets.arcface import ArcFaceBackbone, ArcFaceConfig, FoldedArcFace, embed
 
     net = ArcFaceBackbone.from_config(ArcFaceConfig(), seed=3).eval().requires_grad_(False)
@@ -81,6 +82,8 @@ def test_folded_arcface_gives_the_embedding_and_the_input_gradient_of_the_backbo
     folded = FoldedArcFace(net)
     assert len(norms) == 54
     assert sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in folded.modules()) == 24
+    shortcuts = [type(unit.shortcut_layer) for unit in folded.body]
+    assert shortcuts.count(nn.Identity) == 20 and shortcuts.count(nn.MaxPool2d) == 1  # the one of stride 2 stays
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(2, 3, 256, 256, generator=g) * 2 - 1).requires_grad_(True)
