@@ -246,11 +246,17 @@ _build_presets()
 
 # ----------------------------------------------------------------------------- modules
 
+# The decoder's colours/features: sigmoid(x) * COLOUR_SCALE + COLOUR_SHIFT (the official
+# ``sigmoid(x) * (1 + 2*0.001) - 0.001``).
+COLOUR_SCALE, COLOUR_SHIFT = 1 + 2 * 0.001, -0.001
+
+
 class OSGDecoder(torch.nn.Module):
     """Tri-plane feature decoder: mean over planes, FC 32->64, softplus, FC 64->1+32.
 
     Returns raw sigma [N,M,1] (channel 0) and rgb/features [N,M,32] =
-    sigmoid(x) * (1 + 2*0.001) - 0.001.
+    sigmoid(x) * (1 + 2*0.001) - 0.001, or with ``map_colours=False`` sigmoid(x) alone (a
+    renderer that applies the map to its composites instead, ``volume.map_composite``).
     """
 
     def __init__(self, n_features: int = PLANE_CHANNELS, hidden: int = DECODER_HIDDEN, output_dim: int = PLANE_CHANNELS,
@@ -267,15 +273,15 @@ class OSGDecoder(torch.nn.Module):
         """sampled_features [N, n_planes, M, C] -> (sigma [N,M,1], rgb [N,M,output_dim])."""
         return self.decode(sampled_features.mean(1))
 
-    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, x: torch.Tensor, map_colours: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Plane-averaged features [N,M,C] -> (sigma [N,M,1], rgb [N,M,output_dim])."""
         n, m, c = x.shape
         x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
         # One split, not two slices: its backward writes the [N, M, 33] gradient once (two slices'
         # backward each fill a zero tensor of that size, then the two are added).
         sigma, raw_rgb = x.split([1, x.shape[-1] - 1], dim=-1)
-        rgb = torch.sigmoid(raw_rgb) * (1 + 2 * 0.001) - 0.001
-        return sigma, rgb
+        rgb = torch.sigmoid(raw_rgb)
+        return sigma, (rgb * COLOUR_SCALE + COLOUR_SHIFT if map_colours else rgb)
 
 
 class TriPlaneGenerator(PretrainedMixin, torch.nn.Module):
@@ -337,14 +343,15 @@ class TriPlaneGenerator(PretrainedMixin, torch.nn.Module):
         return raw.view(raw.shape[0], 3, PLANE_CHANNELS, raw.shape[-2], raw.shape[-1])  # [N,3,32,H,W]
 
     # -- queries --------------------------------------------------------------
-    def field(self, planes: torch.Tensor) -> volume.Field:
-        """The density/colour field of plane sets [P,3,32,H,W] as a ``volume.Field``."""
+    def field(self, planes: torch.Tensor, *, map_colours: bool = True) -> volume.Field:
+        """The density/colour field of plane sets [P,3,32,H,W] as a ``volume.Field``; with
+        ``map_colours=False`` its colours before the decoder's affine map (see ``OSGDecoder``)."""
         box_warp = self.config.rendering.box_warp
         decoder = self.decoder
 
         def query(coords: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             del dirs  # the OSG decoder ignores view directions
-            return decoder.decode(volume.sample_plane_mean(planes, coords, box_warp))
+            return decoder.decode(volume.sample_plane_mean(planes, coords, box_warp), map_colours=map_colours)
 
         return query
 
@@ -402,9 +409,14 @@ class TriPlaneGenerator(PretrainedMixin, torch.nn.Module):
         if max_points_per_pass:
             per_ray = opts.depth_resolution + opts.depth_resolution_importance
             ray_chunk = max(1, int(max_points_per_pass) // (p * per_ray))
-        out = volume.render_views(self.field(planes), c[:, :16].reshape(b, 4, 4), c[:, 16:25].reshape(b, 3, 3), res,
-                                  opts, n_fields=p, generator=generator, ray_chunk=ray_chunk)
-        feats = out["features"]  # [B,32,R,R]
+        # The decoder's affine colour map is applied to the composites, [B,32,R,R], instead of to the
+        # samples' colours, [P,R*R*S,32] (S = 96 at full size): the same values up to rounding, and
+        # three passes over the samples' colours fewer per render, forward and backward.
+        out = volume.render_views(self.field(planes, map_colours=False), c[:, :16].reshape(b, 4, 4),
+                                  c[:, 16:25].reshape(b, 3, 3), res, opts, n_fields=p, generator=generator,
+                                  ray_chunk=ray_chunk)
+        feats = volume.map_composite(out["features"], out["opacity"], COLOUR_SCALE, COLOUR_SHIFT,
+                                     white_back=opts.white_back)  # [B,32,R,R]
         rgb = feats[:, :3]
         result = {"image_raw": rgb, "image_features": feats, "image_depth": out["depth"], "image_alpha": out["opacity"]}
         if superresolution:

@@ -344,6 +344,22 @@ def march_sample_sets(colors: Sequence[torch.Tensor], densities: torch.Tensor, d
     return composite_rgb * 2 - 1, composite_depth, weights
 
 
+def map_composite(features: torch.Tensor, opacity: torch.Tensor, scale: float, shift: float, *,
+                  white_back: bool = False) -> torch.Tensor:
+    """The marcher's features (``2 * composite - 1``, [N,C,...]) for the colours ``scale * c +
+    shift`` of a field, from those it made of the field's colours ``c``, with the ray's opacity
+    ``W`` (the sum of its weights, broadcastable to ``features``). The composite is a weighted sum
+    of the samples' colours, so ``sum w (a c + b) = a sum w c + b W``: a field can leave an affine
+    map of its colours to the rays, far fewer than its samples. Worked through the marcher's
+    ``2 x - 1`` (and the white background's ``+ 1 - W``), that is ``scale * features`` plus a
+    per-ray offset ``W k1 + k0``: one pass over the features."""
+    if white_back:
+        k1, k0 = 2 * (scale + shift - 1), 1 - scale
+    else:
+        k1, k0 = 2 * shift, scale - 1
+    return torch.add(opacity * k1 + k0, features, alpha=scale)
+
+
 # ----------------------------------------------------------------------------- tri-plane sampling
 
 def project_onto_planes(coords: torch.Tensor) -> torch.Tensor:

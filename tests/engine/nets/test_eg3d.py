@@ -296,3 +296,35 @@ def test_the_decoder_gives_the_official_slices_values_and_gradients():
     grads = [torch.autograd.grad((out[0] * probe_sigma).sum() + (out[1] * probe_rgb).sum(), leaves)
              for out in (got, want)]
     assert all(torch.allclose(g, w, rtol=1e-6, atol=1e-7) for g, w in zip(*grads))
+
+
+def test_the_render_maps_the_decoders_colours_on_the_composites(G):
+    """``render`` asks the decoder for its colours before the affine map and maps the composites
+    (``volume.map_composite``): the features, the raw image and the gradients (planes, decoder
+    weights) of marching the mapped colours, as the official renderer does, up to rounding."""
+    from engine.nets import volume
+
+    ws = G.mapping(_z(1, seed=6), camera.conditioning_label(1)).detach()
+    planes = G.planes(ws).detach().requires_grad_(True)
+    c = camera.orbit_label(0.3, -0.1)
+    opts = G.render_options("deterministic", depth_resolution=8, depth_resolution_importance=8)
+    weights = list(G.decoder.parameters())
+    trainable = [p.requires_grad for p in weights]
+    for p in weights:
+        p.requires_grad_(True)
+    try:
+        got = G.render(planes, ws, c, neural_rendering_resolution=16, options=opts, superresolution=False)
+        want = volume.render_views(G.field(planes), c[:, :16].reshape(1, 4, 4), c[:, 16:25].reshape(1, 3, 3), 16,
+                                   opts, n_fields=1)
+        probe = torch.randn(want["features"].shape, generator=torch.Generator().manual_seed(1))
+        grads = [torch.autograd.grad((f * probe).sum(), [planes, *weights])
+                 for f in (got["image_features"], want["features"])]
+    finally:
+        for p, was in zip(weights, trainable):
+            p.requires_grad_(was)
+    torch.testing.assert_close(got["image_features"], want["features"], rtol=0, atol=2e-6)
+    torch.testing.assert_close(got["image_raw"], want["features"][:, :3], rtol=0, atol=2e-6)
+    for g, w in zip(*grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6 * float(w.abs().max()))
+    _sigma, colour = G.decoder.decode(torch.randn(1, 5, 32), map_colours=False)
+    assert float(colour.min()) >= 0 and float(colour.max()) <= 1  # the sigmoid, before the map
