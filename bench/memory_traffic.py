@@ -249,7 +249,7 @@ def compare_changes() -> None:
 
     print_side_by_side("the EG3D inversion's noise regularisation, 13 maps of 4-256 px", noise_maps, (
         ("map by map (before)", lambda maps: [stages_before.noise_regularisation(maps)]),
-        ("batched by size (now)", lambda maps: [noise_regularisation(maps)])))
+        ("batched by size, shifts as one product (now)", lambda maps: [noise_regularisation(maps)])))
 
     def sample_sets():  # depths, colours, densities of the 48 coarse and the 48 fine samples of 16,384 rays
         leaves = [torch.zeros(1, 16384, 48, c, requires_grad=True) for c in (1, 32, 1, 1, 32, 1)]

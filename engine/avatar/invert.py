@@ -155,24 +155,25 @@ def noise_regularisation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
     StyleGAN2 projector does.
 
     The maps of one size are taken as one batch: a map entering the pyramid at a size joins the
-    pooled larger maps already there. The same sum (up to float rounding) in a fifth of the
-    kernels: taken map by map, EG3D's 13 backbone noise maps cost 1,253 small kernels per
-    inversion step (forward and backward), now 226 (``bench/memory_traffic.py``)."""
+    pooled larger maps already there, and both shifts of a batch are one product. The squared
+    autocorrelations of all sizes are summed once, at the end. The same sum (up to float
+    rounding) in a tenth of the kernels: taken map by map, EG3D's 13 backbone noise maps cost
+    1,253 small kernels per inversion step (forward and backward; ``bench/memory_traffic.py``)."""
     at_size: dict[tuple[int, int], list[torch.Tensor]] = {}
     for v in noise:
         v = v[None, None] if v.ndim == 2 else v
         at_size.setdefault(tuple(v.shape[-2:]), []).append(v.reshape(-1, 1, *v.shape[-2:]))  # [n, 1, h, w]
-    reg = torch.zeros((), device=noise[0].device)
+    terms = []
     while at_size:
         size = max(at_size)  # the tallest maps first, so every pooled map meets the maps of its size
         group = at_size.pop(size)
         batch = group[0] if len(group) == 1 else torch.cat(group)  # [n, 1, h, w]
-        for dim in (3, 2):
-            reg = reg + (batch * torch.roll(batch, 1, dims=dim)).mean(dim=(1, 2, 3)).square().sum()
+        shifted = torch.stack([torch.roll(batch, 1, dims=3), torch.roll(batch, 1, dims=2)])  # [2, n, 1, h, w]
+        terms.append((batch * shifted).mean(dim=(2, 3, 4)).flatten())  # [2n] autocorrelations
         if size[0] > 8:
             pooled = F.avg_pool2d(batch, 2)  # [n, 1, h/2, w/2]
             at_size.setdefault(tuple(pooled.shape[-2:]), []).append(pooled)
-    return reg
+    return torch.cat(terms).square().sum()
 
 
 def latent_statistics(mapping: Callable[[torch.Tensor], torch.Tensor], n: int, w_dim: int,
