@@ -37,10 +37,10 @@ from engine import ops
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
 from engine.blob_memo import BlobMemo
-from engine.face_memo import FaceMemo
 from engine.cuda_math import configure_cuda_math
 from engine.face.analyze import FaceConfig
 from engine.face.landmarks import LandmarkDetector
+from engine.face_memo import FaceMemo
 from engine.render.edits import BoundarySet, generator_digest, load_boundaries
 
 log = logging.getLogger("emoji3d.engine")

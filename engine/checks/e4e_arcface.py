@@ -9,9 +9,10 @@ and running_var → 1 + 0.1|t|, running_mean → 0.1 t, ``*bias`` → 0.1 t, oth
 
 Checked tensors (tolerance ``1e-3·max(1, max|ref|)``): ``e4e_codes`` (encoder
 output before ``latent_avg``), ``arcface_input_112`` (the ID crop of
-``input_256``), ``arcface_embedding`` (also as the identity loss runs the
-network, its batch norms folded: ``arcface_embedding_folded``); plus the parameter counts (267.1 M and
-43.8 M, to 0.1 M) and the recipe's key/shape list against our modules.
+``input_256``), ``arcface_embedding`` (and ``arcface_embedding_folded``: the
+same, as the identity loss runs the network, its batch norms folded); plus the
+parameter counts (267.1 M and 43.8 M, to 0.1 M) and the recipe's key/shape list
+against our modules.
 
 Each network takes the product's own path: the converter builds it from the
 official-key state dict, it is saved as a pretrained folder (in a temporary
