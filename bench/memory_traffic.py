@@ -194,27 +194,33 @@ def print_table(stage: str, rows: dict[tuple[str, str], tuple[float, float]], to
               f"{floor_ms(k, b) / total:>6.0%}")
 
 
-def print_side_by_side(title: str, make_inputs, forms, modelled: tuple[tuple[str, int, int], ...] = ()) -> None:
+def print_side_by_side(title: str, make_inputs, forms, modelled: tuple[tuple[str, int, int], ...] = ()
+                       ) -> dict[str, tuple[int, int]]:
     """One change before and now: each of ``forms`` (name, ``fn(*args) -> outputs``) runs forward
     and backward on fake tensors from ``make_inputs() -> (args, leaves)``, differentiated with
     respect to ``leaves``. Kernels and bytes of every op, products included (the optimiser has none).
     ``modelled``: rows (name, kernels, bytes) of a form that cannot run here (a CUDA kernel),
-    counted from what its kernels read and write."""
+    counted from what its kernels read and write. Returns each form's (kernels, bytes)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     print(f"\n# {title}, forward + backward")
     print(f"{'form':<44} {'kernels':>8} {'GB':>8} {'floor ms':>9}")
+    counted = {}
     for name, fn in forms:
         with FakeTensorMode():
             args, leaves = make_inputs()
             mode = TrafficMode()
             with mode:
                 torch.autograd.grad([out if out.ndim == 0 else out.sum() for out in fn(*args)], leaves)
-        kernels = sum(k for k, _b in mode.table.values())
-        nbytes = sum(b for _k, b in mode.table.values())
-        print(f"{name:<44} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
+        counted[name] = (sum(k for k, _b in mode.table.values()), sum(b for _k, b in mode.table.values()))
+        print_row(name, *counted[name])
     for name, kernels, nbytes in modelled:
-        print(f"{name:<44} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
+        print_row(name, kernels, nbytes)
+    return counted
+
+
+def print_row(name: str, kernels: int, nbytes: int) -> None:
+    print(f"{name:<44} {kernels:>8} {nbytes / 1e9:>8.3f} {floor_ms(kernels, nbytes):>9.2f}")
 
 
 def fused_lpips_traffic(layers: tuple[tuple[int, int], ...], images: int, learns_b: bool) -> tuple[int, int]:
@@ -313,34 +319,34 @@ def compare_changes() -> None:
         image = torch.zeros(1, 3, 512, 512, requires_grad=True)
         return [net, FoldedArcFace(net), image], [image]
 
-    print_side_by_side("ArcFace IR-SE50 on a 512 px render (PTI's identity loss, every step)", arcface_inputs, (
-        ("batch norms as loaded (before)", lambda net, _folded, image: [embed(net, image)]),
-        ("30 batch norms folded, 20 shortcuts dropped (now)", lambda _net, folded, image: [embed(folded, image)])),
-        modelled=(("folded, with cuDNN's bias adds (now, CUDA)", *arcface_bias_adds()),))
+    now = "batch norms folded, shortcuts dropped (now)"
+    counted = print_side_by_side("ArcFace IR-SE50 on a 512 px render (PTI's identity loss, every step)",
+                                 arcface_inputs, (
+                                     ("batch norms as loaded (before)", lambda net, _f, image: [embed(net, image)]),
+                                     (now, lambda _net, folded, image: [embed(folded, image)])))
+    adds = arcface_bias_adds(arcface_inputs)
+    print_row("folded, with cuDNN's bias adds (now, CUDA)", counted[now][0] + adds[0], counted[now][1] + adds[1])
 
 
-def arcface_bias_adds() -> tuple[int, int]:
-    """Kernels and bytes of ``FoldedArcFace`` on CUDA, forward + backward, as counted by
-    :func:`print_side_by_side` plus what that count cannot see: cuDNN's convolution takes no bias,
-    so PyTorch adds a folded convolution's bias to its float32 output in a kernel of its own
-    (reading and writing the output). The frozen bias needs no gradient."""
+def arcface_bias_adds(make_inputs) -> tuple[int, int]:
+    """Kernels and bytes on CUDA that :func:`print_side_by_side`'s count of ``FoldedArcFace`` cannot
+    see: cuDNN's convolution takes no bias, so PyTorch adds a folded convolution's bias to its float32
+    output in a kernel of its own (reading and writing the output). The frozen bias needs no
+    gradient, so the backward pass adds nothing."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from engine.nets.arcface import ArcFaceBackbone, FoldedArcFace, embed
+    from engine.nets.arcface import embed
 
     with FakeTensorMode():
-        folded = FoldedArcFace(ArcFaceBackbone().eval().requires_grad_(False))
-        image = torch.zeros(1, 3, 512, 512, requires_grad=True)
+        (_net, folded, image), _leaves = make_inputs()
         outputs: list[int] = []
         hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
                  for m in folded.modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None]
-        mode = TrafficMode()
-        with mode:
-            torch.autograd.grad(embed(folded, image).sum(), [image])
+        with torch.no_grad():
+            embed(folded, image)
         for hook in hooks:
             hook.remove()
-    kernels = sum(k for k, _b in mode.table.values()) + len(outputs)
-    return kernels, sum(b for _k, b in mode.table.values()) + sum(2 * 4 * n for n in outputs)
+    return len(outputs), sum(2 * 4 * n for n in outputs)
 
 
 def main(argv=None) -> int:

@@ -204,8 +204,6 @@ def dual_branch_train(
 
     def compute(variant: tuple[bool, bool]) -> dict:
         with_2d, with_style = variant
-        # the last 2D round's cartoon (made before its 2D step), or the fixed one when 2D is not trained
-        warped, mask, cartoon_lpips = held_warped, held_mask, held_lpips
         out = {}
         for sub in range(cfg.steps_3d):
             joint = sub == 0 and with_2d
@@ -221,9 +219,10 @@ def dual_branch_train(
                 held_mask.copy_(mask)
                 for held, made_now in zip(held_lpips, cartoon_lpips):
                     held.copy_(made_now.detach())
+            else:  # the last 2D round's cartoon (made before its 2D step; in this round's further 3D
+                # steps, its first step's), or the fixed one when 2D is not trained
+                warped, mask, cartoon_lpips = held_warped, held_mask, held_lpips
             with autocast(device, precision):
-                if not joint:  # the round's further 3D steps: the cartoon of its first, held fixed
-                    warped, cartoon_lpips = held_warped, held_lpips
                 terms = eq5(img_3d, warped, mask, cartoon_lpips)
                 loss = terms["total"]
                 if feats is not None:

@@ -109,15 +109,11 @@ def frozen_unit(unit: BottleneckIRSE) -> BottleneckIRSE:
     shortcut = unit.shortcut_layer
     if isinstance(shortcut, nn.Sequential):
         shortcut = fold_sequential(shortcut)
-    elif isinstance(shortcut, nn.MaxPool2d) and _pairs(shortcut.kernel_size) == _pairs(shortcut.stride) == (1, 1):
-        shortcut = nn.Identity()
+    elif isinstance(shortcut, nn.MaxPool2d) and {shortcut.kernel_size, shortcut.stride} <= {1, (1, 1)}:
+        shortcut = nn.Identity()  # a 1x1 max pool of stride 1
     folded.shortcut_layer = shortcut
     folded.res_layer = fold_sequential(unit.res_layer)
     return folded.train(unit.training)
-
-
-def _pairs(value: int | tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def make_input_layer() -> nn.Sequential:
