@@ -77,7 +77,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # bench/queue.py would shadow the standard library's queue (torch imports it).
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
-OPS = ("upfirdn2d", "bias_act", "modconv", "triplane", "lpips_layer")
+# The fused ops' extensions, one per kernel source (engine.ops._build.EXTENSIONS names the same; this
+# script imports no torch, so it reads the folder).
+OPS = tuple(sorted(p.stem for p in (REPO / "engine" / "ops" / "cuda").glob("*.cu")))
 OUTPUT_TAIL_CHARS = 12_000  # per part, in the report
 
 

@@ -116,14 +116,33 @@ def python_event(name: str) -> bool:
     return bool(PYTHON_FRAME.match(name)) or name.startswith(("<built-in", "nn.Module: "))
 
 
+def profile_with_sources(activities):
+    """A ``torch.profiler.profile`` that records each operator's Python stack. Torch 2.14 puts the
+    Python calls into the event tree (an operator's ``cpu_parent`` chain); torch 2.11, the GPU
+    machines' torch, records neither those events nor ``stack`` unless the profiler is verbose, and
+    then lists the frames in the operator's ``stack``. :func:`repo_frame` reads either."""
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import profile
+
+    return profile(activities=activities, with_stack=True, experimental_config=_ExperimentalConfig(verbose=True))
+
+
 def repo_frame(event, packages: tuple[str, ...] = REPO_PACKAGES) -> str | None:
     """The innermost Python frame under ``packages`` above ``event``, as ``path(line): function``
-    (the line is where the function is defined: the profiler names frames by their code)."""
-    while event is not None:
-        found = PYTHON_FRAME.match(event.name)
+    (the line is where the function is defined: the profiler names frames by their code): from
+    the Python calls among its ancestors, else from the innermost stack recorded on it or an
+    ancestor (see :func:`profile_with_sources`)."""
+    stack, node = None, event
+    while node is not None:
+        found = PYTHON_FRAME.match(node.name)
         if found and found["path"].startswith(packages):
-            return event.name
-        event = event.cpu_parent
+            return node.name
+        stack = stack or node.stack
+        node = node.cpu_parent
+    for frame in stack or ():
+        found = PYTHON_FRAME.match(frame)
+        if found and found["path"].startswith(packages):
+            return frame
     return None
 
 
@@ -181,7 +200,7 @@ class StageProfiler:
         if step == self.warmup and self.active is None:
             synchronize(self.device)
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-            self.active = profile(activities=activities, with_stack=self.sources)
+            self.active = profile_with_sources(activities) if self.sources else profile(activities=activities)
             self.active.start()
             self.t0 = time.perf_counter()
         elif step == total and self.active is not None:

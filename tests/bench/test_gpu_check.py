@@ -52,6 +52,12 @@ def test_the_gpu_tests_part_collects_only_files_with_gpu_tests():
     assert not any(f.startswith("tests/bots") for f in files)
 
 
+def test_the_build_part_builds_every_fused_op_extension():
+    from engine.ops import _build
+
+    assert sorted(load_driver().OPS) == sorted(_build.EXTENSIONS)
+
+
 def test_the_device_script_runs_the_named_parts_into_out(tmp_path):
     """bench/gpu_run.sh as a device call runs it (here on the CPU, --quick, no wheels to install):
     the named parts only, the report named after them in $OUT."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
-from bench.step_profile import by_source
+from bench.step_profile import by_source, profile_with_sources
 
 HERE = ("tests/bench/",)
 
@@ -49,7 +49,7 @@ def test_time_goes_to_the_function_that_ran_or_was_differentiated():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(64, 64, generator=g, requires_grad=True)
     b = torch.randn(64, 64, generator=g)
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+    with profile_with_sources([ProfilerActivity.CPU]) as prof:
         for _ in range(2):
             (light(twice(heavy(a, b))) + light(constant(b))).backward()
     sources = by_source(prof.events(), on_device=False, packages=HERE)
