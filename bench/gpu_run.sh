@@ -18,9 +18,10 @@ if compgen -G "$wheels/*.whl" > /dev/null; then
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 out="${OUT:-bench/results}"
-name="gpu-check$(printf -- '-%s' "$@").md"
+name="gpu-check.md"
 parts=()
 if [ "$#" -gt 0 ]; then
+    name="gpu-check$(printf -- '-%s' "$@").md"
     parts=(--parts "$@")
 fi
 exec python3 bench/gpu_check.py --budget "${GPU_CHECK_BUDGET:-540}" --out "$out/$name" --json-out "$out" "${parts[@]}" ${GPU_CHECK_ARGS:-}
