@@ -68,13 +68,17 @@ OPTIMISER = "(the optimiser)"
 
 
 def _relative(path: str) -> str | None:
+    """``path`` relative to the repository, or None where it is not our code: outside the
+    repository, an installed package (any venv's, ``.venv`` or ``make test-torch-floor``'s
+    ``.venv-torch-floor`` inside the repository included), or scaffolding."""
+    resolved = pathlib.Path(path).resolve()
+    if not {"site-packages", "dist-packages"}.isdisjoint(resolved.parts):
+        return None
     try:
-        rel = pathlib.Path(path).resolve().relative_to(_REPO).as_posix()
+        rel = resolved.relative_to(_REPO).as_posix()
     except ValueError:
         return None
-    if rel.startswith(".venv/") or rel.startswith(SCAFFOLDING):
-        return None
-    return rel
+    return None if rel.startswith(SCAFFOLDING) else rel
 
 
 def _source_from_frames(frames) -> str:
