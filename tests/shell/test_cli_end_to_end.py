@@ -147,20 +147,36 @@ def _children(pid: int) -> list[int]:
     return sorted(out)
 
 
+def _engines(pid: int) -> list[int]:
+    """The engine processes among ``pid``'s children (``... -m shell.cli ... engine``). ``serve``
+    has short-lived children of its own too: about when the engine starts, an import looks for
+    PortAudio with ``ctypes.util.find_library``, which runs ``gcc`` three times. Taken for the
+    engine, such a child is gone before it can be killed (a CI failure of 2026-12-06)."""
+    out = []
+    for child in _children(pid):
+        try:
+            argv = pathlib.Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"shell.cli" in argv and argv[-2:] == [b"engine", b""]:
+            out.append(child)
+    return out
+
+
 def test_serve_supervises_the_engine_and_stops_cleanly(config):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TELEGRAM_BOT_TOKEN": "", "DISCORD_BOT_TOKEN": ""}
     proc = subprocess.Popen(EMOJI3D + ["--config", str(config), "serve"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 60
-        while not _children(proc.pid) and time.monotonic() < deadline:
+        while not _engines(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        [engine] = _children(proc.pid)
+        [engine] = _engines(proc.pid)
         os.kill(engine, signal.SIGKILL)  # a crashed engine is restarted
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _children(proc.pid) in ([], [engine]):
+        while time.monotonic() < deadline and _engines(proc.pid) in ([], [engine]):
             time.sleep(0.2)
-        restarted = _children(proc.pid)
+        restarted = _engines(proc.pid)
         assert restarted and restarted != [engine]
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
