@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", nargs="*", default=[], help="distributions to leave out")
     args = parser.parse_args(argv)
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["test"]
     left_out = {distribution(name) for name in args.without}
-    unknown = left_out - {distribution(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    unknown = left_out - {distribution(r) for r in requirements}
     if unknown:
         print(f"requirements.py: pyproject.toml names none of {sorted(unknown)}", file=sys.stderr)
         return 2
     seen = set()
-    for requirement in project["dependencies"] + project["optional-dependencies"]["test"]:
+    for requirement in requirements:
         name = distribution(requirement)
         if name not in left_out and name not in seen:
             seen.add(name)

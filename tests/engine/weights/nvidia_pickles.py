@@ -115,14 +115,10 @@ def persistent_network(persistence, easydict, class_name: str, state_dict: Mappi
 
 
 def nvidia_pickle_bytes(networks: Mapping[str, object], **extras) -> bytes:
-    """The pickle of ``{name: network, **extras}`` (write it inside ``fake_nvidia_modules``)."""
-    return pickle.dumps({**networks, **extras}, protocol=4)
-
-
-def deep_nvidia_pickle_bytes(networks: Mapping[str, object], **extras) -> bytes:
-    """:func:`nvidia_pickle_bytes` through the pure-Python pickler, for objects nested thousands of
-    levels deep: from Python 3.12 the C pickler recurses on the C stack, whose limit
-    ``sys.setrecursionlimit`` no longer raises; the Python one's recursion is Python's."""
+    """The pickle of ``{name: network, **extras}`` (write it inside ``fake_nvidia_modules``). Written
+    by the pure-Python pickler, the same format: from Python 3.12 the C pickler recurses on the C
+    stack, whose limit ``sys.setrecursionlimit`` no longer raises, and the pickle-bomb tests write
+    objects nested thousands of levels deep."""
     buffer = io.BytesIO()
     pickle._Pickler(buffer, protocol=4).dump({**networks, **extras})
     return buffer.getvalue()

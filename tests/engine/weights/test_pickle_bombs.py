@@ -16,7 +16,7 @@ import torch
 from engine.weights import unpickle
 from engine.weights.errors import UnsafePickle, WeightsError
 from tests.engine.weights.cli_run import one_line_refusal, run_weights, write_config
-from tests.engine.weights.nvidia_pickles import deep_nvidia_pickle_bytes, fake_nvidia_modules, persistent_network
+from tests.engine.weights.nvidia_pickles import fake_nvidia_modules, nvidia_pickle_bytes, persistent_network
 
 TENSORS = {"block.weight": torch.arange(6.0).reshape(2, 3), "block.bias": torch.ones(2)}
 
@@ -36,7 +36,7 @@ def _network_pickle(tmp_path, name: str, change=None, **extras) -> tuple:
         if change is not None:
             change(net)
         with _deep_recursion():
-            blob = deep_nvidia_pickle_bytes({"G": net}, **extras)
+            blob = nvidia_pickle_bytes({"G": net}, **extras)
     path = tmp_path / name
     path.write_bytes(blob)
     return path, len(blob)
