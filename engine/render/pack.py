@@ -26,7 +26,10 @@ Conventions
   page and sheet are built there after the last sticker renders, while the
   caller waits for the sticker files. Same bytes as the serial path.
 * ``progress(stage, done, total)`` is called with the stages ``render`` and
-  ``encode``; it may raise to stop the work (the engine's cancellation).
+  ``encode``; it may raise to stop the work (the engine's cancellation). While
+  the files are waited for, the last ``encode`` report is repeated every
+  ``WAIT_POLL_S`` seconds, so that a cancel reaches the pack's encode tail too;
+  a cancel stops the files being encoded at their next frame.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ import io
 import os
 import pathlib
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -55,6 +59,11 @@ from engine.stickers.preview import PackItem, PackPreview, build_pack_preview, c
 STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
 
 PackProgress = Callable[[str, int, int], None]
+Stop = Callable[[], bool] | None
+
+# Seconds between two calls of the caller's check while it waits for a sticker file: a cancel reaches a
+# pack in its encode tail within about this (plus the check's own interval, a second in the engine).
+WAIT_POLL_S = 0.25
 
 
 @dataclass
@@ -135,12 +144,18 @@ def default_encode_workers() -> int:
 
 
 def _encoded_bytes(frames: StickerFrames, target: str, config: EncodeConfig | None = None,
-                   lanes: SpareLanes | None = None) -> bytes:
-    return encode(frames.frames, frames.fps, target, config, lanes).data
+                   lanes: SpareLanes | None = None, stop: Stop = None) -> bytes:
+    return encode(frames.frames, frames.fps, target, config, lanes, stop).data
 
 
-def _preview_encode(frames: StickerFrames, lanes: SpareLanes | None = None) -> EncodeResult:
-    return encode(frames.frames, frames.fps, "preview", lanes=lanes)
+def _preview_encode(frames: StickerFrames, lanes: SpareLanes | None = None, stop: Stop = None) -> EncodeResult:
+    return encode(frames.frames, frames.fps, "preview", lanes=lanes, stop=stop)
+
+
+def _waited(future: Future, while_waiting: Callable[[], None]) -> Any:
+    while not wait([future], timeout=WAIT_POLL_S).done:
+        while_waiting()
+    return future.result()
 
 
 def _sheet_only(rendered: list[StickerFrames], _encodes: list[Future]) -> PackPreview:
@@ -165,7 +180,11 @@ class StickerEncoder:
     (:class:`engine.stickers.lanes.SpareLanes`): a search whose lanes would idle, typically the
     last stickers' at the end of a pack, encodes the candidates it may need next on them
     (:mod:`engine.stickers.search`). The same files, sooner where workers idle
-    (``bench/stickers.py --photographed-pack --ahead off on``)."""
+    (``bench/stickers.py --photographed-pack --ahead off on``).
+
+    A cancelled pack (``close(cancel=True)``) stops its running encodes too: each is told to stop
+    (``stop``, passed to the encodes) and gives up before its next frame, so a cancel or an engine's
+    shutdown does not wait for the files of a pack nobody will receive."""
 
     def __init__(self, workers: int, config: EncodeConfig | None = None, speculate: bool = True) -> None:
         if workers < 1:
@@ -174,13 +193,15 @@ class StickerEncoder:
         self.lanes = SpareLanes(workers) if speculate and workers > 1 else None
         self.config = config
         self.pending: list[tuple[int, str, Future | bytes]] = []  # (sticker index, target, file or its future)
+        self._cancelled = threading.Event()
+        self.stop: Callable[[], bool] = self._cancelled.is_set  # for the encodes: true once the pack is cancelled
 
     def submit(self, index: int, frames: StickerFrames, target: str) -> None:
         if self.pool is None:
             self.pending.append((index, target, _encoded_bytes(frames, target, self.config)))
         else:
             self.pending.append((index, target, self.pool.submit(_encoded_bytes, frames, target, self.config,
-                                                                 self.lanes)))
+                                                                 self.lanes, self.stop)))
 
     def later(self, fn: Callable[..., Any], *args: Any) -> Future:
         """``fn(*args)`` on the pool behind the files submitted so far (with one worker: now, here)."""
@@ -193,19 +214,25 @@ class StickerEncoder:
             done.set_exception(exc)
         return done
 
-    def results(self, on_sticker_done: Callable[[int], None]) -> dict[int, dict[str, bytes]]:
+    def results(self, on_sticker_done: Callable[[int], None],
+                while_waiting: Callable[[], None] = lambda: None) -> dict[int, dict[str, bytes]]:
         """{sticker index: {target: file}}, waiting for each; ``on_sticker_done(i)`` after sticker i's
-        last file (it may raise: the caller then closes with ``cancel=True``)."""
+        last file, and ``while_waiting()`` every ``WAIT_POLL_S`` seconds while a file is still being
+        encoded (either may raise, e.g. the engine's cancellation: the caller then closes with
+        ``cancel=True``)."""
         out: dict[int, dict[str, bytes]] = {}
         last = {index: n for n, (index, _target, _file) in enumerate(self.pending)}
         for n, (index, target, item) in enumerate(self.pending):
-            out.setdefault(index, {})[target] = item.result() if isinstance(item, Future) else item
+            out.setdefault(index, {})[target] = _waited(item, while_waiting) if isinstance(item, Future) else item
             if last[index] == n:
                 on_sticker_done(index)
         return out
 
     def close(self, *, cancel: bool) -> None:
-        """Stop the threads; ``cancel`` drops the files not started yet (a cancelled job)."""
+        """Stop the threads; ``cancel`` drops the files not started yet and stops those being encoded
+        at their next frame (a cancelled job)."""
+        if cancel:
+            self._cancelled.set()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=cancel)
         if self.lanes is not None:
@@ -243,16 +270,26 @@ def make_pack_files(generator: nn.Module, avatar: AvatarPose, pack: PackConfig, 
                 for target in per_sticker:
                     encoder.submit(len(rendered), frames, target)
                 if preview_page:
-                    previews.append(encoder.later(_preview_encode, frames, encoder.lanes))
+                    previews.append(encoder.later(_preview_encode, frames, encoder.lanes, encoder.stop))
                 if thumbnail_target and thumbnail_job is None:
                     thumbnail_job = encoder.later(_encoded_bytes, frames, thumbnail_target, encoder.config,
-                                                  encoder.lanes)
+                                                  encoder.lanes, encoder.stop)
                 rendered.append(frames)
             progress("render", i + 2, len(specs) + 1)
         preview_job = encoder.later(_pack_preview if preview_page else _sheet_only, list(rendered), previews)
-        files = encoder.results(lambda i: progress("encode", i + 1, len(rendered) + 1))
-        thumbnail = {thumbnail_target: thumbnail_job.result()} if thumbnail_job is not None else {}
-        preview = preview_job.result()
+        stickers_encoded = 0
+
+        def sticker_encoded(i: int) -> None:
+            nonlocal stickers_encoded
+            stickers_encoded = i + 1
+            progress("encode", stickers_encoded, len(rendered) + 1)
+
+        def waiting() -> None:  # the same report again: the caller's chance to stop the pack
+            progress("encode", stickers_encoded, len(rendered) + 1)
+
+        files = encoder.results(sticker_encoded, waiting)
+        thumbnail = {thumbnail_target: _waited(thumbnail_job, waiting)} if thumbnail_job is not None else {}
+        preview = _waited(preview_job, waiting)
     except BaseException:
         encoder.close(cancel=True)
         raise

@@ -207,8 +207,8 @@ def _try(target: Target, rule: FormatRule, settings: dict[str, object], make: Ca
 class _Tries:
     """Bookkeeping of one encode call (local to it; never stored on anything)."""
 
-    def __init__(self, cfg: EncodeConfig, lanes: SpareLanes | None) -> None:
-        self.cfg, self.lanes = cfg, lanes
+    def __init__(self, cfg: EncodeConfig, lanes: SpareLanes | None, stop: codecs.Stop) -> None:
+        self.cfg, self.lanes, self.stop = cfg, lanes, stop
         self.attempts: list[Attempt] = []
         self.rounds = 0
         self.spare = 0
@@ -221,7 +221,9 @@ class _Tries:
                ) -> tuple[_Found, search.Key] | None:
         """Run a plan (:mod:`engine.stickers.search`) on this call's lanes: the chosen candidate's file
         and key, or None when nothing fitted."""
-        run = search.run_plan(make_plan, try_key, _fits, self.lanes)
+        if self.stop is not None and self.stop():  # before a search that never writes a frame (a still's)
+            raise codecs.Abandoned("the file is no longer needed")
+        run = search.run_plan(make_plan, try_key, _fits, self.lanes, self.stop)
         for outcome in run.used:
             self.attempts.append(outcome.attempt)
             if outcome.found is None:
@@ -232,22 +234,24 @@ class _Tries:
 
 
 def encode(frames: list[np.ndarray], fps: float, target: Target | str, config: EncodeConfig | None = None,
-           lanes: SpareLanes | None = None) -> EncodeResult:
+           lanes: SpareLanes | None = None, stop: codecs.Stop = None) -> EncodeResult:
     """Frames (RGBA uint8, (H, W, 4)) at ``fps`` -> the best file that passes ``target``.
 
     ``lanes``: the encode lanes this call shares with other encodes (a pack's). It holds one while
     it runs, and its searches run candidates ahead on idle ones (:mod:`engine.stickers.search`):
-    the same file and tries, in less time where lanes idle. None: one candidate after another."""
+    the same file and tries, in less time where lanes idle. None: one candidate after another.
+    ``stop``: once it returns true the file is no longer wanted (a cancelled pack, a stopping
+    engine); :class:`codecs.Abandoned` is raised before the next frame is written."""
     with lanes.hold() if lanes is not None else contextlib.nullcontext():
-        return _encode(frames, fps, target, config or EncodeConfig(), lanes)
+        return _encode(frames, fps, target, config or EncodeConfig(), lanes, stop)
 
 
 def _encode(frames: list[np.ndarray], fps: float, target: Target | str, cfg: EncodeConfig,
-            lanes: SpareLanes | None) -> EncodeResult:
+            lanes: SpareLanes | None, stop: codecs.Stop) -> EncodeResult:
     t_start = time.perf_counter()
     tgt = get_target(target) if isinstance(target, str) else target
     src_h, src_w = validate_frames(frames, fps)
-    tries = _Tries(cfg, lanes)
+    tries = _Tries(cfg, lanes, stop)
     adjustments: list[str] = []
     animated_in = len(frames) > 1
     result: tuple[_Found, Layout, Timing | None, float, str] | None = None

@@ -167,11 +167,15 @@ def _never() -> bool:
 
 
 def run_plan(make_plan: Callable[[], Plan], try_key: Callable[[Key, Callable[[], bool]], T],
-             fits: Callable[[T], bool], lanes: SpareLanes | None = None) -> PlanRun[T]:
+             fits: Callable[[T], bool], lanes: SpareLanes | None = None,
+             stop: Callable[[], bool] | None = None) -> PlanRun[T]:
     """Run a plan: ``try_key(key, stop)`` encodes a candidate (raising :class:`Abandoned` when
     ``stop()`` turns true), ``fits(outcome)`` says whether it fitted. ``lanes``: idle lanes to run
     candidates ahead on (None: one after another). An exception from a candidate the plan asked for
-    propagates, as in the serial search; one from a speculative candidate never asked for does not."""
+    propagates, as in the serial search; one from a speculative candidate never asked for does not.
+    ``stop``: the caller no longer needs the file (a cancelled pack); every candidate, its own and
+    those run ahead, is told so, and :class:`Abandoned` propagates from the next frame written."""
+    stop = stop or _never
     run: PlanRun[T] = PlanRun(None, {}, [])
     done: dict[Key, T] = {}
     running: dict[Key, tuple[Future, threading.Event]] = {}
@@ -183,8 +187,8 @@ def run_plan(make_plan: Callable[[], Plan], try_key: Callable[[Key, Callable[[],
         while True:
             if lanes is not None:
                 _settle(running, done)
-                _look_ahead(make_plan, history, key, done, running, speculated, try_key, fits, lanes)
-            out = _obtain(key, done, running, try_key, run)
+                _look_ahead(make_plan, history, key, done, running, speculated, try_key, fits, lanes, stop)
+            out = _obtain(key, done, running, try_key, run, stop)
             done[key] = run.outcomes[key] = out
             run.used.append(out)
             history.append(fits(out))
@@ -193,8 +197,8 @@ def run_plan(make_plan: Callable[[], Plan], try_key: Callable[[Key, Callable[[],
         run.chosen = end.value
     finally:
         plan.close()
-        for _future, stop in running.values():
-            stop.set()
+        for _future, unwanted in running.values():
+            unwanted.set()
         run.spare = len(speculated - run.outcomes.keys())
     return run
 
@@ -202,14 +206,15 @@ def run_plan(make_plan: Callable[[], Plan], try_key: Callable[[Key, Callable[[],
 def _settle(running: dict, done: dict) -> None:
     """Move speculative candidates that finished into ``done`` (a stopped or failed one is dropped:
     if the plan asks for it, it is encoded again, and a failure then propagates)."""
-    for key, (future, _stop) in list(running.items()):
+    for key, (future, _unwanted) in list(running.items()):
         if future.done():
             del running[key]
             if not future.cancelled() and future.exception() is None:
                 done[key] = future.result()
 
 
-def _look_ahead(make_plan, history, current, done, running, speculated, try_key, fits, lanes: SpareLanes) -> None:
+def _look_ahead(make_plan, history, current, done, running, speculated, try_key, fits, lanes: SpareLanes,
+                stop: Callable[[], bool]) -> None:
     order, complete = reachable(make_plan, history, {k: fits(v) for k, v in done.items()})
     if complete:  # stop what the plan can no longer ask for
         wanted = set(order)
@@ -220,22 +225,22 @@ def _look_ahead(make_plan, history, current, done, running, speculated, try_key,
             break
         if key == current or key in done or key in running:
             continue
-        stop = threading.Event()
-        future = lanes.start(try_key, key, lambda stop=stop: stop.is_set() or lanes.wanted())
+        unwanted = threading.Event()
+        future = lanes.start(try_key, key, lambda unwanted=unwanted: unwanted.is_set() or lanes.wanted() or stop())
         if future is None:
             break
-        running[key] = (future, stop)
+        running[key] = (future, unwanted)
         speculated.add(key)
 
 
-def _obtain(key, done, running, try_key, run: PlanRun):
+def _obtain(key, done, running, try_key, run: PlanRun, stop: Callable[[], bool]):
     if key in done:
         return done[key]
     if key in running:
-        future, _stop = running.pop(key)
+        future, _unwanted = running.pop(key)
         try:
             return future.result()
-        except Abandoned:  # stopped for another file's encode: encode it here after all
+        except Abandoned:  # stopped for another file's encode: encode it here after all (or stopped for good)
             pass
     run.rounds += 1
-    return try_key(key, _never)
+    return try_key(key, stop)

@@ -1,10 +1,12 @@
 """make_pack_files on the slim EG3D: sticker files, the thumbnail and the preview encoded on a thread
 pool while the next sticker renders are byte-identical to the serial path, in the same order; without
-the preview page no preview is encoded and the rest is unchanged; a cancel stops the encoders."""
+the preview page no preview is encoded and the rest is unchanged; a cancel stops the encoders, also
+the files being encoded while the pack waits for them."""
 from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from unittest import mock
 
 import pytest
@@ -13,7 +15,10 @@ import torch
 from emoji3d.config import PackConfig, StickerEntry
 from engine.nets import camera, eg3d
 from engine.render import pack as pack_module
+from engine.render.frames import StickerFrames
 from engine.render.pack import AvatarPose, StickerEncoder, make_pack_files
+from engine.stickers.codecs import Abandoned
+from tests.engine.stickers.content import portrait
 
 PACK = PackConfig(fps=4.0, size=64, views_per_pass=4, stickers=(
     StickerEntry("turn", "😎", motion="orbit", seconds=1.0), StickerEntry("nod", "🙂", motion="nod", seconds=1.0),
@@ -46,7 +51,12 @@ def test_parallel_encoding_gives_the_serial_bytes_in_the_same_order(avatar):
     assert serial.stills == parallel.stills and serial.preview_png == parallel.preview_png
     assert serial.preview_html == parallel.preview_html and b"wide turn" in parallel.preview_html
     assert list(parallel.thumbnail) == ["telegram_thumb"] and serial.thumbnail == parallel.thumbnail
-    assert serial_seen == parallel_seen  # the same progress reports, in the same order
+    # the same progress reports, in the same order (the parallel path repeats the last one while it waits)
+    assert _distinct(serial_seen) == _distinct(parallel_seen)
+
+
+def _distinct(reports: list) -> list:
+    return [r for n, r in enumerate(reports) if n == 0 or r != reports[n - 1]]
 
 
 
@@ -81,6 +91,57 @@ def test_a_cancel_while_encoding_stops_the_pool_and_propagates(avatar):
     assert not [t for t in threading.enumerate() if t.name.startswith("sticker-encode")]
 
 
+def test_a_cancel_while_waiting_for_files_stops_the_encodes_being_made():
+    """The engine's cancel (or shutdown) reaches a pack waiting for its last files: ``results`` calls
+    its check while a file is being encoded, and closing with ``cancel`` stops the running encodes at
+    their next frame instead of waiting for them. Each of these files takes seconds here (a
+    photographed head at 512 px, several candidates); the check raises on its first call."""
+    head = StickerFrames("turn", "😎", portrait(30, 512, 512), 30.0)
+    encoder = StickerEncoder(2)
+    encoder.submit(0, head, "telegram_video")
+    encoder.submit(0, head, "discord_sticker")
+    checks = []
+
+    class Cancelled(Exception):
+        pass
+
+    def cancelled() -> None:
+        checks.append(time.monotonic())
+        raise Cancelled
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        encoder.results(lambda i: pytest.fail("no file can be done yet"), cancelled)
+    encoder.close(cancel=True)
+    stopped = time.monotonic()
+    assert len(checks) == 1 and checks[0] - started < 5 * pack_module.WAIT_POLL_S + 1.0
+    for _index, target, future in encoder.pending:
+        assert isinstance(future.exception(), Abandoned), target  # stopped, not finished
+    assert not [t for t in threading.enumerate() if t.name.startswith(("sticker-encode", "sticker-spare"))]
+    # Told between frames: the one frame (or palette) in hand when the cancel came is all that is waited for.
+    assert stopped - checks[0] < 3.0
+
+
+def test_an_encode_told_to_stop_gives_up_before_writing_and_a_search_ahead_does_too():
+    """``encode(stop=...)``: a file no longer wanted raises ``Abandoned`` rather than being made, for an
+    animation (its writer checks before each frame) and a still (checked before its search), with and
+    without lanes to search ahead on."""
+    from engine.stickers.encode import encode
+    from engine.stickers.lanes import SpareLanes
+
+    head = portrait(4, 128, 128)
+    lanes = SpareLanes(3)
+    try:
+        for frames, target in ((head, "telegram_video"), (head, "discord_sticker"), (head[:1], "telegram_static")):
+            for share in (None, lanes):
+                with pytest.raises(Abandoned):
+                    encode(frames, 30.0, target, lanes=share, stop=lambda: True)
+                assert encode(frames, 30.0, target, lanes=share, stop=lambda: False).data
+    finally:
+        lanes.close()
+    assert lanes.free() == 3
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_job_on_the_encoder_gives_its_value_or_its_error_through_its_future(workers):
     encoder = StickerEncoder(workers)
@@ -106,9 +167,9 @@ def test_encode_threads_reach_every_file_of_the_pack(avatar):
     configs = []
     real = pack_module._encoded_bytes
 
-    def spy(frames, target, config=None, lanes=None):
+    def spy(frames, target, config=None, lanes=None, stop=None):
         configs.append((target, config.threads))
-        return real(frames, target, config, lanes)
+        return real(frames, target, config, lanes, stop)
 
     with mock.patch.object(pack_module, "_encoded_bytes", spy):
         two = make_pack_files(G, pose, dataclasses.replace(PACK, encode_threads=2), TARGETS,
