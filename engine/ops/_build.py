@@ -126,12 +126,15 @@ def arch_covers(arch_list: str, capability: str) -> bool:
     return False
 
 
-def _load_prebuilt(name: str) -> ModuleType | None:
-    """Import a cached build of ``name`` that fits the visible GPU, if there is one."""
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    cap = f"{major}.{minor}"
+def _load_prebuilt(name: str, cap: str | None = None) -> ModuleType | None:
+    """Import a cached build of ``name`` that fits the visible GPU (or capability ``cap``, "9.0"), if
+    there is one. A build that does not load here (made against another CUDA runtime or C++ library,
+    or damaged) is passed over with a warning, so that the caller builds one instead."""
+    if cap is None:
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability()
+        cap = f"{major}.{minor}"
     src = source_digest(name)
     for folder in sorted(cache_root().glob(f"{name}-*")):
         try:
@@ -144,8 +147,13 @@ def _load_prebuilt(name: str) -> ModuleType | None:
         spec = importlib.util.spec_from_file_location(info["module"], so)
         if spec is None or spec.loader is None:
             continue
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:  # the shared object is opened by module_from_spec
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except (ImportError, OSError) as exc:
+            warnings.warn(f"emoji3d: the prebuilt {name} in {folder} does not load here ({exc}); building it "
+                          "instead", RuntimeWarning)
+            continue
         return module
     return None
 

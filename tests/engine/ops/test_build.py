@@ -1,7 +1,8 @@
 """The lazy build machinery (_build): digest keys, arch coverage, no compile on
-CPU paths, prebuild without a GPU."""
+CPU paths, prebuild without a GPU, which prebuilt binaries are reused."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -69,3 +70,26 @@ def test_arch_coverage_rules():
     assert not _build.arch_covers("8.0;8.6", "9.0")
     assert _build.arch_covers("8.0 8.6+PTX", "9.0")  # PTX JIT-compiles forward
     assert not _build.arch_covers("9.0+PTX", "8.6")
+
+
+def _prebuilt(cache, folder: str, so_bytes: bytes, *, arch: str = "9.0", source_digest: str | None = None) -> None:
+    """A cache folder as a prebuild leaves it: the manifest and the module's .so."""
+    d = cache / folder
+    d.mkdir(parents=True)
+    (d / "mod.so").write_bytes(so_bytes)
+    (d / "emoji3d-build.json").write_text(json.dumps(
+        {"name": "bias_act", "module": "emoji3d_bias_act_test", "so_file": "mod.so", "arch": arch,
+         "source_digest": source_digest or _build.source_digest("bias_act")}))
+
+
+def test_a_prebuilt_binary_that_does_not_load_is_passed_over_for_a_build(tmp_path, monkeypatch):
+    """A prebuilt extension made elsewhere (e.g. carried to a GPU machine, or in an image) that cannot be
+    imported here is skipped with a warning, so that ``build`` compiles one instead of the op falling
+    back to its reference for good; folders for other sources or other GPUs are never opened."""
+    monkeypatch.setenv("EMOJI3D_OPS_CACHE", str(tmp_path))
+    _prebuilt(tmp_path, "bias_act-other-gpu", b"not opened", arch="8.0")
+    _prebuilt(tmp_path, "bias_act-other-source", b"not opened", source_digest="0" * 16)
+    assert _build._load_prebuilt("bias_act", cap="9.0") is None  # nothing fits: no warning, nothing loaded
+    _prebuilt(tmp_path, "bias_act-damaged", b"\x7fELF but not a shared object")
+    with pytest.warns(RuntimeWarning, match="prebuilt bias_act in .*bias_act-damaged does not load here"):
+        assert _build._load_prebuilt("bias_act", cap="9.0") is None
