@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-all test-torch-floor bench gpu-check gpu-wheels lint-docker clean-venv
+.PHONY: venv demo test test-slow test-all test-torch-floor bench gpu-check gpu-prebuild gpu-wheels lint-docker clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,18 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 ## into one Markdown report, bench/results/gpu-check.md; each part has its own timeout. See README "GPU check".
 gpu-check:
 	$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+## The fused ops built here for the GPU machines (sm_90 and their torch 2.11 on Python 3.12: the
+## torch-floor venv) into .ops-cache/ (ignored), the shared objects and their manifests only. Carry
+## .ops-cache with .whl: bench/gpu_run.sh imports them instead of compiling there (the build part
+## took 75 s of device time), and builds there any that does not fit or load.
+GPU_ARCH ?= 9.0
+gpu-prebuild: $(FLOOR_STAMP)
+	rm -rf .ops-cache
+	TORCH_CUDA_ARCH_LIST=$(GPU_ARCH) EMOJI3D_OPS_CACHE=$(CURDIR)/.ops-cache PYTHONPATH=$(CURDIR) \
+	  $(FLOOR_VENV)/bin/python -m engine.ops.prebuild
+	find .ops-cache -type f ! -name '*.so' ! -name emoji3d-build.json -delete
+	@du -sh .ops-cache
 
 ## The wheels `make gpu-check` needs beyond a GPU machine's own torch image (its Python 3.12, x86-64),
 ## at this environment's versions, into .whl/ (ignored): carry .whl and run bench/gpu_run.sh there.

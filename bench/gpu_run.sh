@@ -17,6 +17,11 @@ if compgen -G "$wheels/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# The fused ops `make gpu-prebuild` compiled for this machine's torch, carried as .ops-cache: imported
+# instead of built here (one that does not fit or load is built as usual).
+if [ -d .ops-cache ] && [ -z "${EMOJI3D_OPS_CACHE:-}" ]; then
+    export EMOJI3D_OPS_CACHE="$PWD/.ops-cache"
+fi
 out="${OUT:-bench/results}"
 name="gpu-check.md"
 parts=()
