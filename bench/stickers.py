@@ -47,6 +47,13 @@ running candidates ahead on N lanes (``engine.stickers.search``: its own and N -
 by side: tries, the encodes waited for in a row, spare tries (run ahead, not needed), seconds, and
 whether the file and the tries are the same.
 
+    .venv/bin/python bench/stickers.py --cancel 0.5 --pack-stickers 2 --pack-workers 2 --frames 30 --fps 15
+
+``--cancel AFTER_S`` cancels a Telegram pack's encodes (photographed stickers) that many seconds
+after they were submitted, and prints how long the encoder took to stop: before, when the running
+encodes were waited for, and now, when they are told to stop at their next frame. Here (2 cores, 2
+workers, 2 stickers of 30 frames, cancelled after 0.5 s): 4.43 s before, 0.02 s now.
+
     .venv/bin/python bench/stickers.py --search [--content cartoon motion] [--frames 30 --fps 15]
 
 ``--search`` encodes each content for each target twice, side by side: with the search as it was
@@ -413,6 +420,39 @@ def photographed_pack_table(workers: list[int], threads: list[int], n_stickers: 
                       f"{'yes' if same else 'NO'} |", flush=True)
 
 
+def cancel_table(n_stickers: int, n_frames: int, fps: float, workers: int, after_s: float, repeat: int = 3) -> None:
+    """A pack cancelled while its files are encoded (``StickerEncoder.close(cancel=True)``, as
+    ``make_pack_files`` closes on the engine's cancel or shutdown): the seconds from the cancel until
+    the encoder has stopped, when its running encodes are waited for (before: nothing told them to
+    stop) and when they are told to stop at their next frame (now), side by side."""
+    from emoji3d.orders import CUSTOM_EMOJI_TARGETS
+    from engine.render.pack import StickerEncoder
+
+    per_sticker = ("telegram_video", CUSTOM_EMOJI_TARGETS["telegram"])
+    stickers = photographed_stickers(n_stickers, n_frames, fps)
+    print(f"a Telegram pack's files ({n_stickers} photographed stickers of {n_frames} frames at {fps:g} fps) on "
+          f"{workers} encode workers, cancelled {after_s:g} s after they were submitted; median of {repeat}")
+    print("| running encodes on a cancel | s from the cancel until the encoder stopped | vs before |")
+    print("|---|---:|---:|")
+    base = None
+    for label, told in (("waited for (before)", False), ("told to stop at their next frame (now)", True)):
+        times = []
+        for _ in range(repeat):
+            encoder = StickerEncoder(workers)
+            if not told:
+                encoder.stop = lambda: False  # the encoder before: nothing reached a running encode
+            for i, frames in enumerate(stickers):
+                for target in per_sticker:
+                    encoder.submit(i, frames, target)
+            time.sleep(after_s)
+            t0 = time.perf_counter()
+            encoder.close(cancel=True)
+            times.append(time.perf_counter() - t0)
+        median = sorted(times)[len(times) // 2]
+        base = base or median
+        print(f"| {label} | {median:.2f} | {base / max(median, 1e-6):.1f}x |", flush=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", action="store_true", help="serial vs parallel encoding of a pack (see above)")
@@ -427,6 +467,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--ahead", nargs="+", choices=["off", "on"], default=["off", "on"],
                     help="--photographed-pack: searches run candidates ahead on idle workers or not")
     ap.add_argument("--vp9-speed", action="store_true", help="the VP9 encode at each libvpx speed (see above)")
+    ap.add_argument("--cancel", type=float, default=None, metavar="AFTER_S",
+                    help="a pack cancelled this many seconds into its encodes: running encodes waited for vs "
+                         "stopped (see above)")
     ap.add_argument("--pack-workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--pack-stickers", type=int, default=4)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
@@ -450,6 +493,9 @@ def main(argv: list[str]) -> int:
         return 0
     if a.vp9_speed:
         vp9_speed_table(a.content, a.frames, a.fps, a.size)
+        return 0
+    if a.cancel is not None:
+        cancel_table(a.pack_stickers, a.frames, a.fps, max(a.pack_workers), a.cancel)
         return 0
     if a.over_limit:
         over_limit_table(a.content, a.frames, a.fps, a.size)

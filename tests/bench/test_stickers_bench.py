@@ -1,5 +1,5 @@
-"""bench/stickers.py with tiny numbers (--vp9-speed, --photographed-pack, --lanes), and the photographed
-content it measures with."""
+"""bench/stickers.py with tiny numbers (--vp9-speed, --photographed-pack, --lanes, --cancel), and the
+photographed content it measures with."""
 from __future__ import annotations
 
 import re
@@ -56,3 +56,12 @@ def test_lanes_bench_gives_the_serial_file_and_tries_and_waits_for_fewer_encodes
     for _target, tries, serial, ahead, _spare, *_seconds, same in rows:
         assert int(serial) == int(tries) and int(ahead) <= int(serial) and same == "yes", out
     assert any(int(ahead) < int(serial) for _t, _n, serial, ahead, *_ in rows), out
+
+
+def test_cancel_bench_times_a_cancelled_pack_both_ways(tmp_path):
+    out = run_bench("stickers.py", "--cancel", "0.2", "--pack-stickers", "1", "--pack-workers", "2", "--frames",
+                    "30", cwd=tmp_path)
+    rows = re.findall(r"^\| (waited for \(before\)|told to stop at their next frame \(now\)) \| ([\d.]+) \| "
+                      r"([\d.]+)x \|$", out, re.M)
+    assert [label for label, *_ in rows] == ["waited for (before)", "told to stop at their next frame (now)"], out
+    assert rows[0][2] == "1.0", out
