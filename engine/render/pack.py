@@ -52,6 +52,7 @@ from engine.render.edits import BoundarySet
 from engine.render.frames import (RenderSettings, StickerFrames, StickerSpec, render_frames, render_pack,
                                   spec_from_entry, to_rgba)
 from engine.render.mesh import export_glb
+from engine.stickers.codecs import Stop
 from engine.stickers.encode import EncodeConfig, EncodeResult, encode
 from engine.stickers.lanes import SpareLanes
 from engine.stickers.preview import PackItem, PackPreview, build_pack_preview, contact_sheet
@@ -59,7 +60,6 @@ from engine.stickers.preview import PackItem, PackPreview, build_pack_preview, c
 STILL_YAWS = (-0.35, 0.0, 0.35)  # radians: a three-quarter view each side and the front
 
 PackProgress = Callable[[str, int, int], None]
-Stop = Callable[[], bool] | None
 
 # Seconds between two calls of the caller's check while it waits for a sticker file: a cancel reaches a
 # pack in its encode tail within about this (plus the check's own interval, a second in the engine).
