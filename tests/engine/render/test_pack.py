@@ -114,12 +114,12 @@ def test_a_cancel_while_waiting_for_files_stops_the_encodes_being_made():
         encoder.results(lambda i: pytest.fail("no file can be done yet"), cancelled)
     encoder.close(cancel=True)
     stopped = time.monotonic()
-    assert len(checks) == 1 and checks[0] - started < 5 * pack_module.WAIT_POLL_S + 1.0
+    assert len(checks) == 1 and checks[0] - started < 10 * pack_module.WAIT_POLL_S
     for _index, target, future in encoder.pending:
         assert isinstance(future.exception(), Abandoned), target  # stopped, not finished
     assert not [t for t in threading.enumerate() if t.name.startswith(("sticker-encode", "sticker-spare"))]
     # Told between frames: the one frame (or palette) in hand when the cancel came is all that is waited for.
-    assert stopped - checks[0] < 3.0
+    assert stopped - checks[0] < 5.0
 
 
 def test_an_encode_told_to_stop_gives_up_before_writing_and_a_search_ahead_does_too():
