@@ -59,8 +59,8 @@ def test_lanes_bench_gives_the_serial_file_and_tries_and_waits_for_fewer_encodes
 
 
 def test_cancel_bench_times_a_cancelled_pack_both_ways(tmp_path):
-    out = run_bench("stickers.py", "--cancel", "0.2", "--pack-stickers", "1", "--pack-workers", "2", "--frames",
-                    "30", cwd=tmp_path)
+    out = run_bench("stickers.py", "--cancel", "0.05", "--pack-stickers", "1", "--pack-workers", "2", "--frames",
+                    "4", cwd=tmp_path)
     rows = re.findall(r"^\| (waited for \(before\)|told to stop at their next frame \(now\)) \| ([\d.]+) \| "
                       r"([\d.]+)x \|$", out, re.M)
     assert [label for label, *_ in rows] == ["waited for (before)", "told to stop at their next frame (now)"], out
