@@ -221,8 +221,6 @@ class _Tries:
                ) -> tuple[_Found, search.Key] | None:
         """Run a plan (:mod:`engine.stickers.search`) on this call's lanes: the chosen candidate's file
         and key, or None when nothing fitted."""
-        if self.stop is not None and self.stop():  # before a search that never writes a frame (a still's)
-            raise codecs.Abandoned("the file is no longer needed")
         run = search.run_plan(make_plan, try_key, _fits, self.lanes, self.stop)
         for outcome in run.used:
             self.attempts.append(outcome.attempt)

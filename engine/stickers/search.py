@@ -174,7 +174,8 @@ def run_plan(make_plan: Callable[[], Plan], try_key: Callable[[Key, Callable[[],
     candidates ahead on (None: one after another). An exception from a candidate the plan asked for
     propagates, as in the serial search; one from a speculative candidate never asked for does not.
     ``stop``: the caller no longer needs the file (a cancelled pack); every candidate, its own and
-    those run ahead, is told so, and :class:`Abandoned` propagates from the next frame written."""
+    those run ahead, is told so, and :class:`Abandoned` propagates from the next frame written, or
+    before the next candidate (a still's, which writes no frames, is never stopped midway)."""
     stop = stop or _never
     run: PlanRun[T] = PlanRun(None, {}, [])
     done: dict[Key, T] = {}
@@ -188,6 +189,8 @@ def run_plan(make_plan: Callable[[], Plan], try_key: Callable[[Key, Callable[[],
             if lanes is not None:
                 _settle(running, done)
                 _look_ahead(make_plan, history, key, done, running, speculated, try_key, fits, lanes, stop)
+            if stop():
+                raise Abandoned("the file is no longer needed")
             out = _obtain(key, done, running, try_key, run, stop)
             done[key] = run.outcomes[key] = out
             run.used.append(out)
