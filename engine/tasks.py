@@ -40,7 +40,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
@@ -54,8 +56,8 @@ from emoji3d.orders import (CUSTOM_EMOJI_TARGETS, ENGINE_VERSION, JOB_KIND, PLAT
 from emoji3d.texts import quality_summary
 from engine import boundary_job
 from engine.avatar import params, portrait_artifact
-from engine.avatar.avatar_file import AvatarFileError, result_from_bytes, result_to_bytes
-from engine.avatar.pipeline import AvatarResult, PortraitInputs
+from engine.avatar.avatar_file import AvatarFileError, quantise_residual, result_from_bytes, result_to_bytes
+from engine.avatar.pipeline import AvatarResult, PortraitFn, PortraitInputs
 from engine.avatar.portrait import portrait_inputs
 from engine.blob_memo import BlobMemo
 from engine.face.analyze import FaceResult, analyze_face
@@ -113,6 +115,11 @@ class BlobArtifactCache:
     read also finds the owner's artifacts stored before keys named owners
     (under the shared form of the key, with this owner recorded), so the
     avatars made then still render.
+
+    :meth:`put_later` puts on the cache's own thread. Use the cache as a context
+    manager when anything may be put later: leaving it waits for those puts (so
+    a failed job's clean-up sees every blob it wrote) and raises the first
+    failure among them, unless the block is already raising.
     """
 
     def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool,
@@ -121,6 +128,50 @@ class BlobArtifactCache:
         self.owner = owner_user_id
         self.shared_style = shared_style
         self.memo = memo if memo is not None else BlobMemo(0)
+        self._later: ThreadPoolExecutor | None = None
+        self._pending: dict[tuple[str, str], Future] = {}
+        self._pending_lock = threading.Lock()  # a put may be waited for from another thread (the avatar file's)
+
+    def __enter__(self) -> "BlobArtifactCache":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.settle()
+        except Exception as failure:
+            if exc is None:
+                raise
+            log.warning("job %s: an artifact stored on the side failed too: %s", self.jc.job.id, failure)
+        finally:
+            if self._later is not None:
+                self._later.shutdown(wait=True)
+                self._later = None
+
+    def put_later(self, kind: str, key: str, make: Callable[[], bytes]) -> None:
+        """``put(kind, key, make())`` on this cache's thread (``ArtifactCache.put_later``)."""
+        if self._later is None:
+            self._later = ThreadPoolExecutor(1, thread_name_prefix=f"artifact-put-{self.jc.job.id}")
+        future = self._later.submit(lambda: self.put(kind, key, make()))
+        with self._pending_lock:
+            self._pending[(kind, key)] = future
+
+    def settle(self, kind: str | None = None, key: str | None = None) -> None:
+        """Wait for the pending :meth:`put_later` of ``(kind, key)`` (all of them without a kind), raising
+        the first failure (a failed put is forgotten once raised, as if never made)."""
+        with self._pending_lock:
+            waiting = [(k, f) for k, f in self._pending.items() if kind is None or k == (kind, key)]
+        failure = None
+        for k, future in waiting:
+            try:
+                future.result()
+            except Exception as exc:  # the others are still waited for
+                failure = failure or exc
+            finally:
+                with self._pending_lock:
+                    if self._pending.get(k) is future:
+                        del self._pending[k]
+        if failure is not None:
+            raise failure
 
     def _owner_of(self, kind: str) -> int | None:
         """Who an artifact of ``kind`` put by this cache belongs to (None: shared)."""
@@ -132,7 +183,9 @@ class BlobArtifactCache:
 
     def find(self, kind: str, key: str) -> artifacts.Artifact | None:
         """This owner's artifact for ``(kind, key)``, else a shared one (or one of this owner's stored
-        under the shared key form); never another user's. Its ``cache_key`` is the table key it has."""
+        under the shared key form); never another user's. Its ``cache_key`` is the table key it has.
+        Waits for a :meth:`put_later` of it."""
+        self.settle(kind, key)
         if self.owner is not None:
             own = artifacts.get_artifact(self.jc.db, artifact_key(kind, key, self.owner))
             if own is not None:
@@ -169,30 +222,20 @@ class BlobArtifactCache:
             self.memo.put(digest, data)
 
 
-class FirstLookCache(BlobArtifactCache):
-    """The job's artifact cache that also shows the photo-real avatar as soon as it exists: when the
-    pivotal-tuning result is stored (or found cached), ``on_pivot(blob)`` renders and records its still.
-    ``before_portrait()`` runs before the pipeline looks for the portrait's inversion (after the style
-    stage): an order waits there for its selfie's head start (:func:`await_preparation`)."""
+class OrderCache(BlobArtifactCache):
+    """An order's artifact cache: ``before_portrait()`` runs before the pipeline looks for the portrait's
+    inversion (after the style stage); the order waits there for its selfie's head start
+    (:func:`await_preparation`)."""
 
-    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool, on_pivot,
+    def __init__(self, jc: JobContext, owner_user_id: int | None, *, shared_style: bool,
                  memo: BlobMemo | None = None, before_portrait: Callable[[], Any] | None = None) -> None:
         super().__init__(jc, owner_user_id, shared_style=shared_style, memo=memo)
-        self.on_pivot = on_pivot
         self.before_portrait = before_portrait
 
     def get(self, kind: str, key: str) -> bytes | None:
         if kind == "portrait_3d" and self.before_portrait is not None:
             self.before_portrait()
-        data = super().get(kind, key)
-        if kind == "portrait_3d" and data is not None:
-            self.on_pivot(data)
-        return data
-
-    def put(self, kind: str, key: str, data: bytes) -> None:
-        super().put(kind, key, data)
-        if kind == "portrait_3d":
-            self.on_pivot(data)
+        return super().get(kind, key)
 
 
 def still_png(image: torch.Tensor) -> bytes:
@@ -215,21 +258,15 @@ def record_first_look(res: EngineResources, jc: JobContext, owner: int | None, s
     artifacts.put_artifact(jc.db, first_look_key(jc.job.id, stage), "first_look", digest, owner, wake_waiters=True)
 
 
-def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None):
-    done = []
+def _pivot_still(res: EngineResources, jc: JobContext, owner: int | None) -> PortraitFn:
+    """The pipeline's ``on_portrait``: the photo-real avatar's still, from the values stage 5 starts from
+    (not from the artifact's bytes, which may still be being made)."""
 
-    def on_pivot(blob: bytes) -> None:
-        if done:
-            return
-        try:
-            art = portrait_artifact.from_bytes(blob)
-        except portrait_artifact.PortraitArtifactError:
-            return  # a damaged cached artifact: the pipeline inverts again and the new one is shown
-        done.append(True)
+    def on_portrait(art: portrait_artifact.PortraitArtifact) -> None:
         g3d = res.pipeline.nets.g3d
         record_first_look(res, jc, owner, "photo_real", params.apply_delta(g3d, art.delta_pti), art.w_3d, art.noise)
 
-    return on_pivot
+    return on_portrait
 
 
 def stage_progress(jc: JobContext):
@@ -294,8 +331,12 @@ def handle_prepare_portrait(res: EngineResources, job, jc: JobContext) -> dict:
     The result names the artifact, so that one no order read goes with its selfie
     (:func:`storage.selfies.purge_expired`)."""
     prep = PortraitPrep.from_payload(job.payload)
+    with BlobArtifactCache(jc, prep.user_id, shared_style=False, memo=res.artifact_memo) as cache:
+        return _prepare_portrait(res, prep, jc, cache)
+
+
+def _prepare_portrait(res: EngineResources, prep: PortraitPrep, jc: JobContext, cache: BlobArtifactCache) -> dict:
     seed = prep.seed + res.cfg.engine.seed
-    cache = BlobArtifactCache(jc, prep.user_id, shared_style=False, memo=res.artifact_memo)
     key = res.pipeline.portrait_key(prep.selfie_digest, seed)
     cached = cache.find("portrait_3d", key)
     if cached is not None and jc.blobs.exists(cached.blob_digest):  # the artifact's own key, whichever form
@@ -330,11 +371,17 @@ def await_preparation(jc: JobContext, order: PackOrder) -> bool:
 
 
 def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
+    cache = OrderCache(jc, order.user_id, shared_style=order.style_id is not None, memo=res.artifact_memo,
+                       before_portrait=functools.partial(await_preparation, jc, order))
+    # One thread beside the job's for the avatar file's bytes; leaving either block waits for what runs there.
+    with cache, ThreadPoolExecutor(1, thread_name_prefix=f"avatar-file-{jc.job.id}") as beside:
+        return _make_pack_with(res, order, jc, cache, beside)
+
+
+def _make_pack_with(res: EngineResources, order: PackOrder, jc: JobContext, cache: OrderCache,
+                    beside: ThreadPoolExecutor) -> dict:
     progress = stage_progress(jc)
     progress("face", 0, 1)
-    cache = FirstLookCache(jc, order.user_id, shared_style=order.style_id is not None,
-                           on_pivot=_pivot_still(res, jc, order.user_id), memo=res.artifact_memo,
-                           before_portrait=functools.partial(await_preparation, jc, order))
     warnings = []
     seed = order.seed + res.cfg.engine.seed
     if jc.blobs.exists(order.selfie_digest):
@@ -350,7 +397,14 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
     style = portrait_inputs(_style_face(res, jc, order.exemplar_digest, shared=order.style_id is not None),
                             order.exemplar_digest)
     progress("face", 1, 1)
-    avatar = res.pipeline(portrait, style, seed=seed, progress=progress, cache=cache)
+    avatar = res.pipeline(portrait, style, seed=seed, progress=progress, cache=cache,
+                          on_portrait=_pivot_still(res, jc, order.user_id))
+    cache.settle()  # the portrait artifact's put, done during stage 5: a failure of it ends the job before the pack
+    # The avatar references the style and selfie artifacts in the cache instead of copying them. Its residual
+    # is rounded here (on the GPU) and coded from a CPU copy beside the render and encode of the pack.
+    residual = quantise_residual(avatar).to("cpu")
+    avatar_file = beside.submit(result_to_bytes, avatar, cache, style_key=res.pipeline.style_key(style),
+                                portrait_key=res.pipeline.portrait_key(order.selfie_digest, seed), residual=residual)
     pose = AvatarPose(res.pipeline.generator_params(avatar, order.strength), avatar.w_3d, avatar.noise)
     record_first_look(res, jc, order.user_id, "stylized", pose.params, avatar.w_3d, avatar.noise)
     report = quality_report(res, avatar, portrait, style, pose.params)
@@ -359,13 +413,11 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
                             boundaries_problem=res.boundaries_problem, mesh=order.mesh, progress=progress,
                             emoji_target=custom_emoji_target(res.cfg, order.platform),
                             preview_page=order.platform in PREVIEW_PAGE_PLATFORMS)
-    # The avatar references the style and selfie artifacts in the cache instead of copying them.
-    avatar_file = result_to_bytes(avatar, cache, style_key=res.pipeline.style_key(style),
-                                  portrait_key=res.pipeline.portrait_key(order.selfie_digest, seed))
     preview_html = (with_quality(files.preview_html, quality_summary(report, avatar.preset), report["notes"])
                     if files.preview_html else None)
     result = PackResult(
-        pack_id=order.pack_id, preset=avatar.preset, **store_pack_files(jc, files, preview_html, avatar_file),
+        pack_id=order.pack_id, preset=avatar.preset,
+        **store_pack_files(jc, files, preview_html, avatar_file.result()),
         missing=files.notes, timings=avatar.timings, skipped=avatar.skipped(), warnings=warnings, quality=report)
     # one step: a first make becomes ready, a remake now shows this job's result
     if order.pack_id is not None and not packs.mark_made(jc.db, order.pack_id, jc.job.id, order.strength):

@@ -114,12 +114,23 @@ def _ref(cache: ArtifactReader, kind: str, key: str) -> ArtifactRef:
     return ArtifactRef(kind, key, digest)
 
 
+def quantise_residual(result: AvatarResult, levels_per_std: float = LEVELS_PER_STD) -> delta_codec.QuantisedDelta:
+    """The stylized delta quantised against the PTI delta, on the deltas' device: what the avatar file
+    stores before the entropy coding."""
+    return delta_codec.quantise(result.delta_stylized, result.delta_pti, levels_per_std)
+
+
 def result_to_bytes(result: AvatarResult, cache: ArtifactReader, *, style_key: str, portrait_key: str,
-                    levels_per_std: float = LEVELS_PER_STD) -> bytes:
+                    levels_per_std: float = LEVELS_PER_STD,
+                    residual: delta_codec.QuantisedDelta | None = None) -> bytes:
     """The storable form of an avatar: references to the style and portrait artifacts (which must be in
-    ``cache``, under the pipeline's keys), the camera and the compact stylized residual (safetensors)."""
+    ``cache``, under the pipeline's keys), the camera and the compact stylized residual (safetensors).
+    ``residual``: ``quantise_residual(result, levels_per_std)`` made beforehand (the engine makes it on the
+    GPU and codes a CPU copy on another thread); the deltas of ``result`` are then not read."""
     refs = [_ref(cache, "style_2d", style_key), _ref(cache, "portrait_3d", portrait_key)]
-    residual, shapes = encode_residual(result.delta_stylized, result.delta_pti, levels_per_std)
+    if residual is None:
+        residual = quantise_residual(result, levels_per_std)
+    residual, shapes = delta_codec.entropy_code(residual)
     meta = {"format": FORMAT, "preset": result.preset, "engine_version": result.engine_version,
             "refs": json.dumps([ref.__dict__ for ref in refs]), "shapes": json.dumps(shapes),
             "levels_per_std": repr(float(levels_per_std)),

@@ -59,6 +59,13 @@ class QuantisedDelta:
     steps: dict[str, torch.Tensor] = field(default_factory=dict)          # name -> fp32 [C]
     raw: dict[str, torch.Tensor] = field(default_factory=dict)            # name -> fp16 residual, < 2 dims
 
+    def to(self, device: torch.device | str) -> "QuantisedDelta":
+        """The same values on ``device``: e.g. copied to the CPU once, so that :func:`entropy_code` can run on
+        another thread without a CUDA call."""
+        return QuantisedDelta(shapes=dict(self.shapes), levels={k: v.to(device) for k, v in self.levels.items()},
+                              steps={k: v.to(device) for k, v in self.steps.items()},
+                              raw={k: v.to(device) for k, v in self.raw.items()})
+
 
 def _deflate_huffman(data: bytes) -> bytes:
     packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)

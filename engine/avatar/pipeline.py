@@ -49,7 +49,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -137,9 +137,19 @@ class AvatarResult:
         return [k for k, v in self.logs.items() if v.skipped]
 
 
+# Given the portrait artifact the later stages continue from (Pipeline.invert_portrait).
+PortraitFn = Callable[[portrait_artifact.PortraitArtifact], None]
+
+
 class ArtifactCache(Protocol):
     def get(self, kind: str, key: str) -> bytes | None: ...
     def put(self, kind: str, key: str, data: bytes) -> None: ...
+
+    def put_later(self, kind: str, key: str, make: Callable[[], bytes]) -> None:
+        """``put(kind, key, make())``, which may still run after this returns, on another thread: ``make``
+        does CPU work only (no CUDA call, as a stage may be capturing a CUDA graph meanwhile). A ``get`` or
+        ``digest`` of that artifact waits for it; whoever owns the cache waits for the rest."""
+
     def digest(self, kind: str, key: str) -> str | None: ...  # sha256 hex of the bytes; None when absent
 
 
@@ -154,6 +164,9 @@ class MemoryCache:
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         self.store[(kind, key)] = data
+
+    def put_later(self, kind: str, key: str, make: Callable[[], bytes]) -> None:
+        self.put(kind, key, make())
 
     def digest(self, kind: str, key: str) -> str | None:
         data = self.store.get((kind, key))
@@ -285,8 +298,11 @@ class Pipeline:
     def invert_portrait(self, portrait: PortraitInputs, generator: torch.Generator,
                         progress: ProgressFn = no_progress,
                         cache: ArtifactCache | None = None,
-                        seed: int = 0) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
-        """Stages 1 (portrait) + 3 + 4, cached per selfie and seed. Returns (w_2d, pivot, delta_pti, logs)."""
+                        seed: int = 0, on_portrait: PortraitFn | None = None
+                        ) -> tuple[torch.Tensor, Inversion, dict, list[StageLog]]:
+        """Stages 1 (portrait) + 3 + 4, cached per selfie and seed. Returns (w_2d, pivot, delta_pti, logs).
+        ``on_portrait`` is given the portrait artifact the later stages continue from (read from the cache
+        or just made), once."""
         key = self.portrait_key(portrait.key, seed)
         art = None
         if cache is not None and (blob := cache.get("portrait_3d", key)) is not None:
@@ -301,6 +317,8 @@ class Pipeline:
             names = self.noise_names_3d()
             pivot = Inversion(art.w_3d, [art.noise[n] for n in names], StageLog("invert_3d", skipped=True))
             progress("pivotal_tuning", 1, 1)
+            if on_portrait is not None:
+                on_portrait(art)
             return art.w_2d, pivot, art.delta_pti, [pivot.log, StageLog("pivotal_tuning", skipped=True)]
         if portrait.image_2d is None or portrait.image_3d is None:
             raise ValueError(f"portrait {portrait.key}: no photo and no cached inversion")
@@ -327,7 +345,11 @@ class Pipeline:
         stored = quantised.stored()
         pivot = Inversion(pivot.ws, [stored.noise[n] for n in self.noise_names_3d()], pivot.log)
         if cache is not None:
-            cache.put("portrait_3d", key, quantised.to_bytes())
+            # The bytes (entropy coding, about 0.3 s of CPU at full size) and their store go on the cache's
+            # thread while stage 5 runs, made from a CPU copy (see ArtifactCache.put_later).
+            cache.put_later("portrait_3d", key, quantised.to("cpu").to_bytes)
+        if on_portrait is not None:
+            on_portrait(stored)
         return w_2d, pivot, stored.delta_pti, [pivot.log, pti_log]
 
     def _id_loss_in_3d_frame(self, portrait: PortraitInputs) -> DistanceFn | None:
@@ -352,14 +374,17 @@ class Pipeline:
         return self.invert_portrait(portrait, gen, progress, cache, seed)[3]
 
     def __call__(self, portrait: PortraitInputs, exemplar: PortraitInputs, *, seed: int = 0,
-                 progress: ProgressFn = no_progress, cache: ArtifactCache | None = None) -> AvatarResult:
+                 progress: ProgressFn = no_progress, cache: ArtifactCache | None = None,
+                 on_portrait: PortraitFn | None = None) -> AvatarResult:
+        """Stages 1-5 (module docstring). ``on_portrait``: see :meth:`invert_portrait` (the engine shows the
+        photo-real avatar with it while stage 5 runs)."""
         dev = self.nets.device
         gen = torch.Generator(device="cpu").manual_seed(seed)
         logs: dict[str, StageLog] = {}
         t0 = time.perf_counter()
         w_e, delta_2d, style_log = self.stylize_2d(exemplar, gen, progress, cache)
         logs["style_finetune"] = style_log
-        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, cache, seed)
+        w_2d, pivot, delta_pti, inv_logs = self.invert_portrait(portrait, gen, progress, cache, seed, on_portrait)
         logs["invert_3d"], logs["pivotal_tuning"] = inv_logs
 
         params_2d = {k: v.requires_grad_(True) for k, v in params.apply_delta(self.nets.g2d, delta_2d).items()} \

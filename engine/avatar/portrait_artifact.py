@@ -21,7 +21,9 @@ what this artifact gives back. It gets them without the bytes
 on their own device (a GPU too) and :meth:`QuantisedPortrait.stored` gives,
 bit for bit, what ``from_bytes`` of :meth:`QuantisedPortrait.to_bytes`
 would; the entropy coding and the copy to the CPU happen only in
-``to_bytes``, when the artifact is cached.
+``to_bytes``, when the artifact is cached, and the pipeline has them done
+beside stage 5 (``ArtifactCache.put_later``, from
+:meth:`QuantisedPortrait.to` the CPU).
 
 Error bound (the setting chosen, ``PTI_LEVELS_PER_STD = 1``): each weight of
 the delta within step/2 = std(delta_c)/2 per output channel, RMS about
@@ -80,6 +82,20 @@ class QuantisedPortrait:
                                 crop2d_to_crop3d=None if self.art.crop2d_to_crop3d is None
                                 else self.art.crop2d_to_crop3d.double(),
                                 delta_pti=delta_codec.dequantise(self.delta, None))
+
+    def to(self, device: torch.device | str) -> "QuantisedPortrait":
+        """What :meth:`to_bytes` reads, copied to ``device`` (the unused ``art.delta_pti`` left out): on the
+        CPU, :meth:`to_bytes` makes no CUDA call, so it may run on another thread while a stage captures a
+        CUDA graph, and reads a snapshot of the latents and noise whatever later stages do with theirs."""
+        def copied(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, copy=True)
+
+        art = self.art
+        moved = PortraitArtifact(w_2d=copied(art.w_2d), w_3d=copied(art.w_3d), noise={}, camera=copied(art.camera),
+                                 crop2d_to_crop3d=copied(art.crop2d_to_crop3d), delta_pti={})
+        # the rounded delta is this object's own (made by quantise): moved, not copied
+        return QuantisedPortrait(art=moved, noise_fp16={n: copied(v) for n, v in self.noise_fp16.items()},
+                                 delta=self.delta.to(device), levels_per_std=self.levels_per_std)
 
     def to_bytes(self) -> bytes:
         """The artifact's file: here the delta is entropy-coded and everything copied to the CPU."""

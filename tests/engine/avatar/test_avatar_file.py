@@ -10,7 +10,7 @@ import torch
 
 from engine.avatar.avatar_file import (
     RENDER_PSNR_BOUND_DB, AvatarArtifactChanged, AvatarArtifactGone, AvatarFileError, decode_residual,
-    encode_residual, pack_tensors, result_from_bytes, result_to_bytes)
+    encode_residual, pack_tensors, quantise_residual, result_from_bytes, result_to_bytes, unpack_tensors)
 from engine.avatar.pipeline import AvatarResult, MemoryCache
 from engine.nets.eg3d import slim_generator
 from engine.render.frames import camera_path
@@ -58,6 +58,21 @@ def test_the_file_references_the_artifacts_and_round_trips_within_the_bound(g3d,
     exact = render(g3d, result.delta_stylized, result.w_3d, result.noise, cameras)
     decoded = render(g3d, back.delta_stylized, result.w_3d, result.noise, cameras)
     assert psnr(exact, decoded) >= RENDER_PSNR_BOUND_DB
+
+
+def test_a_residual_quantised_beforehand_gives_the_same_file(avatar):
+    """The engine rounds the residual on the GPU and codes a CPU copy on another thread: the deltas are then
+    not read again, and the file holds the same tensors."""
+    import dataclasses
+
+    result, cache = avatar
+    residual = quantise_residual(result).to("cpu")
+    blob = result_to_bytes(dataclasses.replace(result, delta_pti={}, delta_stylized={}), cache, style_key="style-key",
+                           portrait_key="selfie-key", residual=residual)
+    mine, theirs = (unpack_tensors(b) for b in (blob, result_to_bytes(result, cache, style_key="style-key",
+                                                                      portrait_key="selfie-key")))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert set(result_from_bytes(blob, cache).delta_stylized) == set(result.delta_stylized)
 
 
 def test_each_weight_is_within_half_a_step_of_the_residual():

@@ -107,6 +107,47 @@ def test_a_damaged_cached_inversion_is_computed_again_from_the_photo_and_refused
     assert portrait_artifact.from_bytes(damaged.get("portrait_3d", key)).delta_pti.keys() == delta.keys()
 
 
+class _LaterCache(MemoryCache):
+    """Keeps what ``put_later`` was given to make, unmade, until the test makes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.later: list[tuple[str, str, object]] = []
+
+    def put_later(self, kind, key, make):
+        self.later.append((kind, key, make))
+
+
+def test_the_portrait_goes_to_on_portrait_at_once_and_its_bytes_are_made_later(first_run, faces):
+    """Stage 5 starts without waiting for the portrait artifact's bytes: the pipeline hands their making to
+    the cache, and gives ``on_portrait`` (the engine's photo-real still) the values it continues from.
+    Made later, the bytes give back exactly those values; a cached portrait is handed over the same way."""
+    from engine.avatar import portrait_artifact
+
+    pipe, _cache, _result, _seen = first_run
+    portrait, _style = faces
+    cache, handed = _LaterCache(), []
+    _w_2d, pivot, delta, logs = pipe.invert_portrait(portrait, torch.Generator().manual_seed(0), cache=cache,
+                                                     seed=11, on_portrait=handed.append)
+    assert not logs[1].skipped and cache.store == {}  # returned with the bytes not yet made
+    (art,) = handed
+    assert all(torch.equal(art.delta_pti[k], v) for k, v in delta.items()) and set(art.delta_pti) == set(delta)
+    assert [torch.equal(art.noise[n], v) for n, v in zip(pipe.noise_names_3d(), pivot.noise)] == \
+        [True] * len(pivot.noise) and torch.equal(art.w_3d, pivot.ws)
+    ((kind, key, make),) = cache.later
+    assert (kind, key) == ("portrait_3d", pipe.portrait_key(portrait.key, 11))
+    cache.put(kind, key, make())
+    back = portrait_artifact.from_bytes(cache.get(kind, key))
+    assert all(torch.equal(back.delta_pti[k], v.cpu()) for k, v in delta.items())
+    assert all(torch.equal(back.noise[n], v.cpu()) for n, v in art.noise.items())
+    # From the cache: handed over once, decoded; nothing put.
+    handed.clear()
+    _w_2d, _pivot, again, logs = pipe.invert_portrait(portrait, torch.Generator().manual_seed(0), cache=cache,
+                                                      seed=11, on_portrait=handed.append)
+    assert logs[1].skipped and len(handed) == 1 and len(cache.later) == 1
+    assert all(torch.equal(handed[0].delta_pti[k], v) for k, v in again.items())
+
+
 def test_strength_endpoints_are_the_two_generators(first_run):
     pipe, _cache, result, _seen = first_run
     g = pipe.nets.g3d

@@ -71,6 +71,15 @@ def test_the_values_rounded_on_the_device_are_those_the_stored_artifact_gives_ba
     assert read_metadata(written) == read_metadata(blob)
     mine, theirs = unpack_tensors(written), unpack_tensors(blob)
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    # The engine codes a CPU copy on another thread (no CUDA call there): the same file.
+    on_cpu = quantised.to("cpu")
+    moved = [on_cpu.art.w_2d, on_cpu.art.w_3d, on_cpu.art.camera, on_cpu.art.crop2d_to_crop3d,
+             *on_cpu.noise_fp16.values(), *on_cpu.delta.levels.values(), *on_cpu.delta.steps.values(),
+             *on_cpu.delta.raw.values()]
+    assert all(t.device.type == "cpu" for t in moved) and not on_cpu.art.delta_pti
+    copied = unpack_tensors(on_cpu.to_bytes())
+    assert read_metadata(on_cpu.to_bytes()) == read_metadata(blob)
+    assert copied.keys() == theirs.keys() and all(torch.equal(copied[k], theirs[k]) for k in theirs)
 
 
 def test_an_artifact_written_before_the_compact_format_is_still_read(artifact):
