@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
                               [--parts build tests syncs pipeline kernels layout branches nets render
-                                       profile encode] [--quick]
+                                       profile encode bytes] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -44,6 +44,10 @@ Parts, in this order (the most important first, so a short budget loses the leas
     engine's encode workers, by libvpx threads per file (1 and 2) and with the
     searches running candidates ahead on idle workers or not. The CPU side of the
     projected time; the host's cores decide it.
+12. ``bytes``: ``bench/job_bytes.py``: the CPU work a make_pack job does between
+    its GPU parts (the portrait artifact after pivotal tuning, the avatar file
+    after the pack), on the job's thread as before and now beside it, at full
+    size with the deltas on the GPU.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -115,6 +119,7 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         profile = [py, "bench/step_profile.py", "--steps", "2", "--top", "5", "--by-source"]
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4",
                   "--pack-workers", "2", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
+        job_bytes = [py, "bench/job_bytes.py", "--preset", "slim128", "--repeats", "1"]
     else:
         # CUDA graphs only (the engine's default; eager steps were timed side by side in run 5), and
         # one precision in the profile (bf16's kernels were the same): the command stays under 8 minutes
@@ -135,6 +140,7 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         # the engine's encode workers, files on 1 and 2 libvpx threads, searches running ahead or not
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "7", "--frames", "30", "--fps",
                   "15", "--pack-workers", "0", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
+        job_bytes = [py, "bench/job_bytes.py", "--device", "cuda"]
     timing_json = json_dir / "stage_timing.json"
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
@@ -156,6 +162,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         Part("render", "Multi-view rendering at full size (bench/render.py)", 180, [render]),
         Part("encode", "A Telegram pack's files from photographed frames (bench/stickers.py --photographed-pack)", 150,
              [encode]),
+        Part("bytes", "A job's bytes between its GPU parts, on its thread and beside it (bench/job_bytes.py)", 90,
+             [job_bytes]),
     ]
 
 
