@@ -53,7 +53,7 @@ PORTRAIT, STYLE = "the-selfie", "the-style"
 def portrait_before(cache: BlobArtifactCache, art: portrait_artifact.PortraitArtifact, g3d) -> dict:
     """The hand-off after PTI as it was: everything on the job's thread, and the still from the bytes."""
     quantised = portrait_artifact.quantise(art)
-    quantised.stored()
+    quantised.stored()  # what stage 5 continues from, made either way
     blob = quantised.to_bytes()
     cache.put("portrait_3d", PORTRAIT, blob)
     return params.apply_delta(g3d, portrait_artifact.from_bytes(blob).delta_pti)

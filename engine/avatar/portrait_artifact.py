@@ -21,9 +21,9 @@ what this artifact gives back. It gets them without the bytes
 on their own device (a GPU too) and :meth:`QuantisedPortrait.stored` gives,
 bit for bit, what ``from_bytes`` of :meth:`QuantisedPortrait.to_bytes`
 would; the entropy coding and the copy to the CPU happen only in
-``to_bytes``, when the artifact is cached, and the pipeline has them done
-beside stage 5 (``ArtifactCache.put_later``, from
-:meth:`QuantisedPortrait.to` the CPU).
+``to_bytes``, when the artifact is cached; the pipeline has them done
+beside stage 5 (``ArtifactCache.put_later``), from a CPU copy
+(:meth:`QuantisedPortrait.to`).
 
 Error bound (the setting chosen, ``PTI_LEVELS_PER_STD = 1``): each weight of
 the delta within step/2 = std(delta_c)/2 per output channel, RMS about

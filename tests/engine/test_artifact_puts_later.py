@@ -79,8 +79,11 @@ def test_leaving_the_cache_waits_for_the_put_and_raises_its_failure(engine_side)
 
 def test_a_read_gets_the_failure_of_the_put_it_waited_for(engine_side):
     _, _, user, jc = engine_side
+    def disk_full() -> bytes:
+        raise OSError("disk full")
+
     with BlobArtifactCache(jc, user.id, shared_style=False) as cache:
-        cache.put_later("portrait_3d", "selfie", lambda: (_ for _ in ()).throw(OSError("disk full")))
+        cache.put_later("portrait_3d", "selfie", disk_full)
         with pytest.raises(OSError, match="disk full"):
             cache.digest("portrait_3d", "selfie")
         assert cache.get("portrait_3d", "selfie") is None  # raised once; nothing was stored

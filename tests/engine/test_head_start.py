@@ -1,6 +1,7 @@
 """The head start on the engine side (engine.tasks): a ``prepare_portrait`` job inverts a selfie while its
 user picks a style; the order that follows runs from stage 5, and an order that finds the head start still
-running on another engine waits for it (showing its progress) instead of inverting twice.
+running on another engine waits for it (showing its progress) instead of inverting twice. An order without
+a head start stores its own inversion beside stage 5, and fails before its pack when that store fails.
 
 The real slim engine on the CPU (steps cut down), a real SQLite database and blob folder, real workers."""
 from __future__ import annotations

@@ -132,8 +132,9 @@ def test_the_portrait_goes_to_on_portrait_at_once_and_its_bytes_are_made_later(f
     assert not logs[1].skipped and cache.store == {}  # returned with the bytes not yet made
     (art,) = handed
     assert all(torch.equal(art.delta_pti[k], v) for k, v in delta.items()) and set(art.delta_pti) == set(delta)
-    assert [torch.equal(art.noise[n], v) for n, v in zip(pipe.noise_names_3d(), pivot.noise)] == \
-        [True] * len(pivot.noise) and torch.equal(art.w_3d, pivot.ws)
+    names = pipe.noise_names_3d()
+    assert len(names) == len(pivot.noise) and all(torch.equal(art.noise[n], v) for n, v in zip(names, pivot.noise))
+    assert torch.equal(art.w_3d, pivot.ws)
     ((kind, key, make),) = cache.later
     assert (kind, key) == ("portrait_3d", pipe.portrait_key(portrait.key, 11))
     cache.put(kind, key, make())
