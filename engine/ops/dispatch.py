@@ -26,6 +26,14 @@ Conventions
   probe result; ``SELF_CHECK_TOLERANCE`` is the bound per dtype.
 * Decisions are cached per (op name, device, dtype); a build failure is cached
   (and warned about) once per (device type, extension).
+* Under ``torch.compile`` nothing is decided while tracing (this module's lock
+  and dicts are not traceable). ``upfirdn2d`` and ``triplane_mean``, whose
+  kernels do what the compiler cannot (a shared-memory tiled filter; warp-wide
+  tri-plane reads and atomics), become ``torch.library`` custom ops there
+  (``emoji3d::*``): opaque nodes of the compiled graph that decide as above when
+  they run. The other ops (``bias_act``, ``modulate_weights``, ``lpips_layer``)
+  are element-wise work and reductions that the compiler fuses with their
+  neighbours itself: :func:`fused_kernel` gives their reference to trace.
 """
 from __future__ import annotations
 
@@ -171,16 +179,29 @@ def concrete_device(device: torch.device | str) -> torch.device:
 def fused_kernel(op: FusedOp, impl: str, device: torch.device, dtype: torch.dtype) -> ModuleType | None:
     """The kernel module to run ``op`` with on ``device``/``dtype``, or None for the reference.
 
-    Called on every op call: after the first call per (op, device, dtype) it is one dict look-up."""
+    Called on every op call: after the first call per (op, device, dtype) it is one dict look-up.
+    Under ``torch.compile`` it is None (the reference is traced, see the module docstring)."""
     if impl == "ref":
         return None
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if torch.compiler.is_compiling():
+        if impl == "cuda":
+            raise FusedKernelUnavailable(f"{op.name}: impl='cuda' under torch.compile, which traces the reference "
+                                         "and fuses it itself")
+        return None
     decision = _decisions.get((op.name, device, dtype)) or decide(op, device, dtype)
     if decision.kernel is None and impl == "cuda":
         raise FusedKernelUnavailable(f"{op.name}: impl='cuda' cannot use the fused kernel for {dtype_name(dtype)} "
                                      f"on {device}: {decision.reason}")
     return decision.kernel
+
+
+def custom_op_traced(impl: str, device: torch.device) -> bool:
+    """Under ``torch.compile``: whether an op that has a custom op for its kernel traces that custom op
+    (which decides when it runs), rather than its reference: ``impl`` allows a kernel, and tensors of
+    ``device``'s type have kernels to load."""
+    return impl != "ref" and device.type in KERNEL_LOADERS
 
 
 def decide(op: FusedOp, device: torch.device, dtype: torch.dtype) -> Decision:

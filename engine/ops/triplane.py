@@ -28,6 +28,9 @@ Three parts, one file:
   dtypes are computed in float32 and rounded back.
 * ``triplane_mean(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is
   used only after it passed its self-check (``engine.ops.dispatch``, probe below).
+  Under ``torch.compile`` it traces ``triplane_mean_traced``: the
+  ``emoji3d::triplane_mean`` custom op and its backward, which choose kernel
+  or reference when they run.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 
 from engine.ops import dispatch
 
-__all__ = ["triplane_mean", "triplane_mean_ref", "triplane_mean_fused", "FUSED"]
+__all__ = ["triplane_mean", "triplane_mean_ref", "triplane_mean_fused", "triplane_mean_traced", "FUSED"]
 
 # 32-bit indices in the kernels (cuda/triplane.cpp checks the same bound).
 _MAX_ELEMENTS = 2**31 - 1 - 256 * 65535 * 8
@@ -64,29 +67,39 @@ def triplane_mean_ref(planes: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return feats.view(n, 3, c, m).mean(1).transpose(1, 2)
 
 
+def _forward_on(kernel: ModuleType, planes: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: ([N, M, C] in the planes' dtype, the float32 grid the backward reads)."""
+    n, _, c, h, w = planes.shape
+    # One copy: to channels last and to float32 at once.
+    planes_last = planes.new_empty((n, 3, h, w, c), dtype=torch.float32).copy_(planes.permute(0, 1, 3, 4, 2))
+    grid32 = grid.detach().float().contiguous()
+    return kernel.triplane_mean_forward(planes_last, grid32).to(planes.dtype), grid32
+
+
+def _backward_on(kernel: ModuleType, dy: torch.Tensor, grid32: torch.Tensor, h: int, w: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The planes' gradient [N, 3, C, H, W] (a view of channels-last memory [N, 3, H, W, C]) from the kernel."""
+    grad_last = kernel.triplane_mean_backward(dy.float().contiguous(), grid32, h, w)  # [N, 3, H, W, C]
+    return grad_last.permute(0, 1, 4, 2, 3).to(dtype)
+
+
 class _TriplaneMean(torch.autograd.Function):
     """Forward and planes-gradient kernels on channels-last float32 copies of the planes."""
 
     @staticmethod
     def forward(ctx, kernel, planes, grid):
-        n, _, c, h, w = planes.shape
-        # One copy: to channels last and to float32 at once.
-        planes_last = planes.new_empty((n, 3, h, w, c), dtype=torch.float32).copy_(planes.permute(0, 1, 3, 4, 2))
-        grid32 = grid.detach().float().contiguous()
-        out = kernel.triplane_mean_forward(planes_last, grid32)  # [N, M, C] float32
+        out, grid32 = _forward_on(kernel, planes, grid)
         ctx.save_for_backward(grid32)
         ctx.kernel = kernel
         ctx.plane_hw = tuple(planes.shape[3:])
         ctx.dtype = planes.dtype
-        return out.to(planes.dtype)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         (grid32,) = ctx.saved_tensors
-        h, w = ctx.plane_hw
-        grad_last = ctx.kernel.triplane_mean_backward(dy.float().contiguous(), grid32, h, w)  # [N, 3, H, W, C]
-        return None, grad_last.permute(0, 1, 4, 2, 3).to(ctx.dtype), None
+        return None, _backward_on(ctx.kernel, dy, grid32, *ctx.plane_hw, ctx.dtype), None
 
 
 def triplane_mean_fused(kernel: ModuleType, planes: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -118,6 +131,68 @@ FUSED = dispatch.FusedOp(name="triplane_mean", extension="triplane",
                          dtypes=(torch.float32, torch.float16, torch.bfloat16), probe=_probe)
 
 
+# Under torch.compile: the forward and the planes' gradient as custom ops, decided when they run
+# (``engine.ops.dispatch``'s docstring). Both paths give the same layouts: the forward a contiguous
+# [N, M, C], the gradient [N, 3, C, H, W] over channels-last memory, as the kernels make them.
+
+
+@torch.library.custom_op("emoji3d::triplane_mean", mutates_args=())
+def _mean_op(planes: torch.Tensor, grid: torch.Tensor, impl: str) -> torch.Tensor:
+    kernel = dispatch.fused_kernel(FUSED, impl, planes.device, planes.dtype)
+    if kernel is not None:
+        return _forward_on(kernel, planes, grid)[0]
+    return triplane_mean_ref(planes, grid).contiguous()
+
+
+@_mean_op.register_fake
+def _mean_shape(planes, grid, impl):
+    return planes.new_empty((planes.shape[0], grid.shape[2], planes.shape[2]))  # [N, M, C]
+
+
+@torch.library.custom_op("emoji3d::triplane_mean_backward", mutates_args=())
+def _mean_backward_op(dy: torch.Tensor, grid: torch.Tensor, height: int, width: int, impl: str) -> torch.Tensor:
+    kernel = dispatch.fused_kernel(FUSED, impl, dy.device, dy.dtype)
+    if kernel is not None:
+        return _backward_on(kernel, dy, grid.float().contiguous(), height, width, dy.dtype)
+    # The reference's gradient, spelt out: a custom op runs below autograd. grid_sample is linear in
+    # its input, so the planes' values do not matter (zeros of their shape); the mean spreads dy / 3.
+    n, m, c = dy.shape
+    d_samples = (dy.transpose(1, 2) / 3).unsqueeze(1).expand(n, 3, c, m).reshape(n * 3, c, 1, m)
+    grad, _ = torch.ops.aten.grid_sampler_2d_backward(
+        d_samples, dy.new_zeros((n * 3, c, height, width)), grid.reshape(n * 3, 1, m, 2).to(dy.dtype),
+        0, 0, False, [True, False])  # bilinear, zero padding, align_corners=False: as triplane_mean_ref
+    return grad.view(n, 3, c, height, width).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+@_mean_backward_op.register_fake
+def _mean_backward_shape(dy, grid, height, width, impl):
+    n, _, c = dy.shape
+    return dy.new_empty((n, 3, height, width, c)).permute(0, 1, 4, 2, 3)  # [N, 3, C, H, W]
+
+
+def _mean_op_setup(ctx, inputs, output) -> None:
+    planes, grid, impl = inputs
+    ctx.save_for_backward(grid)
+    ctx.params = (planes.shape[3], planes.shape[4], impl)
+
+
+def _mean_op_backward(ctx, dy):
+    (grid,) = ctx.saved_tensors
+    return _mean_backward_op(dy, grid, *ctx.params), None, None
+
+
+_mean_op.register_autograd(_mean_op_backward, setup_context=_mean_op_setup)
+
+
+def triplane_mean_traced(planes: torch.Tensor, grid: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """triplane_mean as the ``emoji3d::triplane_mean`` custom op, what ``torch.compile`` traces; no
+    gradient w.r.t. ``grid``."""
+    _check(planes, grid)
+    if grid.requires_grad:
+        raise ValueError("triplane_mean_traced: no gradient w.r.t. grid (use triplane_mean, which runs the reference)")
+    return _mean_op(planes, grid, impl)
+
+
 def triplane_mean(planes: torch.Tensor, grid: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """triplane_mean with an implementation switch (``'ref'|'cuda'|'auto'``, see ``engine.ops.dispatch``).
     A ``grid`` that needs a gradient, or tensors past the kernels' 32-bit indices, run the reference."""
@@ -129,6 +204,8 @@ def triplane_mean(planes: torch.Tensor, grid: torch.Tensor, impl: str = "auto") 
             raise dispatch.FusedKernelUnavailable("triplane_mean: impl='cuda' cannot run the fused kernel for a grid "
                                                   "that needs a gradient or tensors past 32-bit indices")
         return triplane_mean_ref(planes, grid)
+    if torch.compiler.is_compiling() and dispatch.custom_op_traced(impl, planes.device):
+        return triplane_mean_traced(planes, grid, impl)
     kernel = dispatch.fused_kernel(FUSED, impl, planes.device, planes.dtype)
     if kernel is not None:
         return triplane_mean_fused(kernel, planes, grid)

@@ -32,11 +32,14 @@ Three parts, one file:
   the Function and every gradient order stays on the kernel.
 * ``upfirdn2d(..., impl='ref'|'cuda'|'auto')``: the switch; the kernel is used
   only after it passed its self-check (``engine.ops.dispatch``, probe below).
+  Under ``torch.compile`` it traces ``upfirdn2d_traced``: the same passes as
+  ``emoji3d::upfirdn2d_pass`` custom ops, which choose kernel or reference when
+  they run.
 """
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,8 +47,8 @@ import torch.nn.functional as F
 
 from engine.ops import dispatch
 
-__all__ = ["setup_filter", "upfirdn2d", "upfirdn2d_ref", "upfirdn2d_fused", "adjoint_params", "upsample2d",
-           "downsample2d", "filter2d", "parse_padding", "FUSED"]
+__all__ = ["setup_filter", "upfirdn2d", "upfirdn2d_ref", "upfirdn2d_fused", "upfirdn2d_traced", "adjoint_params",
+           "upsample2d", "downsample2d", "filter2d", "parse_padding", "FUSED"]
 
 
 def parse_scaling(scaling: int | Sequence[int]) -> tuple[int, int]:
@@ -209,21 +212,28 @@ class _Upfirdn2d2D(torch.autograd.Function):
         return None, dx, None, None, None, None, None, None
 
 
-def upfirdn2d_fused(kernel: ModuleType, x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0) -> torch.Tensor:
-    """upfirdn2d on ``kernel`` (a module with the ``cuda/upfirdn2d.cpp`` signature), differentiable."""
-    _check(x, f)
+# One pass of a 2D filter: (x, f [fh, fw], up (x, y), down (x, y), padding [x0, x1, y0, y1], flip_filter, gain) -> y
+PassFn = Callable[[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int], list[int], bool, float], torch.Tensor]
+
+
+def _in_passes(one_pass: PassFn, x, f, up, down, padding, flip_filter, gain) -> torch.Tensor:
+    """upfirdn2d as passes of a 2D filter: one, or for a 1D filter an x pass then a y pass."""
     up, down, padding = parse_scaling(up), parse_scaling(down), parse_padding(padding)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     f = f.to(device=x.device, dtype=torch.float32)
     if f.ndim == 2:
-        return _Upfirdn2d2D.apply(kernel, x, f, up, down, list(padding), bool(flip_filter), float(gain))
+        return one_pass(x, f, up, down, list(padding), bool(flip_filter), float(gain))
     px0, px1, py0, py1 = padding
     axis_gain = float(gain) ** 0.5
-    x = _Upfirdn2d2D.apply(kernel, x, f[None, :], (up[0], 1), (down[0], 1), [px0, px1, 0, 0], bool(flip_filter),
-                           axis_gain)
-    return _Upfirdn2d2D.apply(kernel, x, f[:, None], (1, up[1]), (1, down[1]), [0, 0, py0, py1], bool(flip_filter),
-                              axis_gain)
+    x = one_pass(x, f[None, :], (up[0], 1), (down[0], 1), [px0, px1, 0, 0], bool(flip_filter), axis_gain)
+    return one_pass(x, f[:, None], (1, up[1]), (1, down[1]), [0, 0, py0, py1], bool(flip_filter), axis_gain)
+
+
+def upfirdn2d_fused(kernel: ModuleType, x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0) -> torch.Tensor:
+    """upfirdn2d on ``kernel`` (a module with the ``cuda/upfirdn2d.cpp`` signature), differentiable."""
+    _check(x, f)
+    return _in_passes(lambda *args: _Upfirdn2d2D.apply(kernel, *args), x, f, up, down, padding, flip_filter, gain)
 
 
 def _probe(kernel: ModuleType, device: torch.device, dtype: torch.dtype) -> dispatch.ProbeResults:
@@ -268,6 +278,62 @@ FUSED = dispatch.FusedOp(name="upfirdn2d", extension="upfirdn2d",
                          dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), probe=_probe)
 
 
+# --------------------------------------------------------------------------- under torch.compile
+
+
+@torch.library.custom_op("emoji3d::upfirdn2d_pass", mutates_args=())
+def _pass_op(x: torch.Tensor, f: torch.Tensor, up: list[int], down: list[int], padding: list[int],
+             flip_filter: bool, gain: float, impl: str) -> torch.Tensor:
+    """One 2D-filter pass, decided when it runs (the fused kernel or the reference): an opaque node of a
+    compiled graph, so the compiler keeps the tiled kernel (``engine.ops.dispatch``'s docstring)."""
+    x = dispatch.dense(x)
+    kernel = dispatch.fused_kernel(FUSED, impl, x.device, x.dtype)
+    if kernel is not None:
+        y = kernel.upfirdn2d(x, f, up[0], up[1], down[0], down[1], *padding, flip_filter, gain)
+    else:
+        y = upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)  # a strided view where down > 1
+    return y.contiguous(memory_format=_layout_of(x))  # what the fake promises (no copy for the kernel's)
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The output's layout for input ``x``: the kernels' (channels-last in, channels-last out)."""
+    return torch.channels_last if dispatch.channels_last(x) else torch.contiguous_format
+
+
+@_pass_op.register_fake
+def _pass_shape(x, f, up, down, padding, flip_filter, gain, impl):
+    n, c, h, w = x.shape
+    fh, fw = f.shape
+    out = x.new_empty((n, c, (h * up[1] + padding[2] + padding[3] - fh) // down[1] + 1,
+                       (w * up[0] + padding[0] + padding[1] - fw) // down[0] + 1))  # [N, C, H', W']
+    return out.contiguous(memory_format=_layout_of(x))
+
+
+def _pass_op_setup(ctx, inputs, output) -> None:
+    x, f, up, down, padding, flip_filter, gain, impl = inputs
+    ctx.save_for_backward(f)
+    ctx.params = (tuple(x.shape[2:]), tuple(output.shape[2:]), tuple(up), tuple(down), list(padding), flip_filter,
+                  gain, impl)
+
+
+def _pass_op_backward(ctx, dy):
+    (f,) = ctx.saved_tensors
+    in_hw, out_hw, up, down, padding, flip_filter, gain, impl = ctx.params
+    up2, down2, pad2, flip2 = adjoint_params(in_hw, out_hw, tuple(f.shape), up, down, padding, flip_filter)
+    return _pass_op(dy, f, list(up2), list(down2), pad2, flip2, gain, impl), None, None, None, None, None, None, None
+
+
+_pass_op.register_autograd(_pass_op_backward, setup_context=_pass_op_setup)
+
+
+def upfirdn2d_traced(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0, impl="auto") -> torch.Tensor:
+    """upfirdn2d as ``emoji3d::upfirdn2d_pass`` custom ops, what ``torch.compile`` traces; differentiable
+    (the backward is the adjoint pass, the same op)."""
+    _check(x, f)
+    return _in_passes(lambda x, f, up, down, padding, flip_filter, gain: _pass_op(
+        x, f, list(up), list(down), padding, flip_filter, gain, impl), x, f, up, down, padding, flip_filter, gain)
+
+
 # --------------------------------------------------------------------------- switch and helpers
 
 
@@ -283,6 +349,8 @@ def upfirdn2d(
 ) -> torch.Tensor:
     """upfirdn2d with an implementation switch (``'ref'|'cuda'|'auto'``, see ``engine.ops.dispatch``)."""
     _check(x, f)
+    if torch.compiler.is_compiling() and dispatch.custom_op_traced(impl, x.device):
+        return upfirdn2d_traced(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain, impl=impl)
     kernel = dispatch.fused_kernel(FUSED, impl, x.device, x.dtype)
     if kernel is not None:
         return upfirdn2d_fused(kernel, x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)

@@ -75,7 +75,10 @@ class Upfirdn2dKernel:
                 fx = tx if flip else fw - 1 - tx
                 taps = xs[:, :, iy[:, None], ix[None, :]]  # [N, C, OH, OW]
                 out += taps * (rows_ok[:, None] & cols_ok[None, :]) * fs[fy, fx]
-        return _like(self.finish(out * gain, x), x)
+        out = _like(self.finish(out * gain, x), x)
+        # the kernel's contract: a channels-last input gives a channels-last output
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     def finish(self, out: np.ndarray, x: torch.Tensor) -> np.ndarray:
         """Hook for the deliberately wrong variants; the correct kernel returns ``out``."""
