@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
                               [--parts build tests syncs pipeline kernels layout branches nets render
-                                       profile encode bytes] [--quick]
+                                       profile encode bytes compile] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -10,7 +10,8 @@ Parts, in this order (the most important first, so a short budget loses the leas
    process per op, in parallel) and self-check each against its pure-torch
    reference (forward and gradient, float32 and float16).
 2. ``tests``: the ``gpu``-marked tests (each fused kernel against its reference
-   at the networks' shapes, forward and backward; the networks end to end).
+   at the networks' shapes, forward and backward; the networks end to end),
+   except those also marked ``slow`` (the ``compile`` part runs its own).
 3. ``syncs``: ``bench/host_syncs.py``: the op behind the first host
    synchronisation inside each stage's step, if any (one would drain the GPU
    queue every step and keep the step from being captured as a CUDA graph).
@@ -48,6 +49,15 @@ Parts, in this order (the most important first, so a short budget loses the leas
     its GPU parts (the portrait artifact after pivotal tuning, the avatar file
     after the pack), on the job's thread as before and now beside it, at full
     size with the deltas on the GPU.
+13. ``compile``: the ``gpu`` test that compiles the slim pipeline's generator
+    passes with inductor inside captured steps (the eager loss curves), then
+    ``bench/stage_timing.py --compile both``: the per-user stages
+    in bf16 with CUDA graphs, the generator passes eager (as the engine runs)
+    and under ``torch.compile`` with inductor (``[pipeline] compile``), side by
+    side: whether fusing the work between the kernels pays, and what compiling
+    costs once per process (in "the stages' time beyond their steps"). Inductor
+    needs Triton on the GPU machine (PyTorch's CUDA wheels bring it); without it
+    the compile fails, each pass warns and runs eagerly, and the two runs match.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -120,6 +130,8 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "2", "--frames", "4",
                   "--pack-workers", "2", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
         job_bytes = [py, "bench/job_bytes.py", "--preset", "slim128", "--repeats", "1"]
+        compile_ = [py, "bench/stage_timing.py", "--warmup", "1", "--steps", "2", "--precisions", "fp32",
+                    "--compile", "both", "--compile-backend", "aot_eager", "--no-dual-schedules", "--no-pack"]
     else:
         # CUDA graphs only (the engine's default; eager steps were timed side by side in run 5), and
         # one precision in the profile (bf16's kernels were the same): the command stays under 8 minutes
@@ -141,12 +153,16 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         encode = [py, "bench/stickers.py", "--photographed-pack", "--pack-stickers", "7", "--frames", "30", "--fps",
                   "15", "--pack-workers", "0", "--vp9-threads", "1", "2", "--ahead", "off", "on"]
         job_bytes = [py, "bench/job_bytes.py", "--device", "cuda"]
+        # the engine's precision on CUDA, graphs on; eager and inductor side by side
+        compile_ = [py, "bench/stage_timing.py", "--preset", "full", "--device", "cuda", "--graphs", "on",
+                    "--precisions", "bf16", "--compile", "both", "--no-dual-schedules", "--no-pack"]
     timing_json = json_dir / "stage_timing.json"
     return [
         Part("build", "Fused CUDA ops: build and self-check", 300,
              [[py, "-m", "engine.ops.prebuild", "--ops", op] for op in OPS]),
-        Part("tests", "GPU tests (`pytest -m gpu`)", 300,
-             [[py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *gpu_test_files()]]),
+        Part("tests", "GPU tests (`pytest -m 'gpu and not slow'`)", 300,
+             [[py, "-m", "pytest", "-m", "gpu and not slow", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+               *gpu_test_files()]]),
         Part("syncs", "Host synchronisations inside the steps (bench/host_syncs.py)", 150,
              [[py, "bench/host_syncs.py"]]),
         Part("pipeline", "Per-user pipeline at full size (bench/stage_timing.py)", 300,
@@ -164,6 +180,10 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
              [encode]),
         Part("bytes", "A job's bytes between its GPU parts, on its thread and beside it (bench/job_bytes.py)", 90,
              [job_bytes]),
+        Part("compile", "The pipeline with the generator passes under torch.compile (inductor), side by side "
+             "(bench/stage_timing.py --compile both)", 420,
+             [[py, "-m", "pytest", "-m", "gpu and slow", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+               "tests/engine/avatar/test_compiled.py"], compile_]),
     ]
 
 

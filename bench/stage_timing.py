@@ -5,6 +5,7 @@ without and with CUDA graphs.
     python bench/stage_timing.py [--preset full|slim] [--device auto|cpu|cuda] [--warmup 2] [--steps 4]
                                  [--precisions fp32 bf16] [--graphs both|on|off] [--cudnn-autotune both|on|off]
                                  [--channels-last both|on|off] [--concurrent-branches both|on|off]
+                                 [--compile both|on|off] [--compile-backend inductor|aot_eager|eager]
                                  [--no-dual-schedules] [--no-pack] [--json PATH]
 
 How it measures
@@ -40,6 +41,14 @@ How it measures
   kernels on one stream and with its independent parts on CUDA streams of
   their own (engine/avatar/branches.py), side by side: whether the batch-1
   kernels leave enough of the GPU idle for that to pay.
+* torch.compile (``[pipeline] compile``, off by default as in the engine):
+  ``--compile both`` times each run with the generator passes eager and
+  compiled with ``--compile-backend`` (inductor), side by side
+  (engine/avatar/compiled.py): whether fusing the element-wise work between
+  the kernels pays at batch 1. A compiled run's first steps of each stage
+  compile (a long-lived engine pays that once per process and variant, then
+  inductor's on-disk cache): the seconds are in "the stages' time beyond their
+  steps", not in the per-step pace.
 * FLOPs per step are counted once (``torch.utils.flop_counter``, fp32 run of the
   same code; autocast does not change the count); achieved TFLOP/s = FLOPs per
   step / seconds per step.
@@ -246,7 +255,8 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
             json_path: pathlib.Path | None = None,
             graph_modes: tuple[bool, ...] = (False, True), autotune_modes: tuple[bool, ...] = (False,),
             compare_dual_schedules: bool = True, layout_modes: tuple[bool, ...] = (False,),
-            branch_modes: tuple[bool, ...] = (False,), time_packs: bool = True) -> dict:
+            branch_modes: tuple[bool, ...] = (False,), time_packs: bool = True,
+            compile_modes: tuple[str, ...] = ("off",)) -> dict:
     from bench.pipeline import count_flops, flop_steps
     from emoji3d.config import load_config
     from engine.avatar.networks import full_networks, slim_networks
@@ -275,11 +285,11 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
     # CUDA graphs, cuDNN and streams only exist on CUDA: elsewhere those runs would repeat the plain ones.
     if device.type != "cuda":
         graph_modes, autotune_modes, branch_modes = (False,), (False,), (False,)
-    modes = [(graphs, autotune, layout, concurrent) for graphs in graph_modes for autotune in autotune_modes
-             for layout in layout_modes for concurrent in branch_modes]
+    modes = [(graphs, autotune, layout, concurrent, backend) for graphs in graph_modes for autotune in autotune_modes
+             for layout in layout_modes for concurrent in branch_modes for backend in compile_modes]
     primed: set[str] = set()  # precisions whose convolution shapes cuDNN has timed
     for precision in precisions:  # one failing run (or the pack after it) keeps what the others measured
-        for graphs, autotune, channels_last, concurrent in modes:
+        for graphs, autotune, channels_last, concurrent, backend in modes:
             if device.type == "cuda":
                 configure_cuda_math(autotune)
                 gc.collect()  # the previous run's graphs and tensors
@@ -287,12 +297,12 @@ def measure(preset: str, device: torch.device, warmup: int, steps: int, precisio
                 torch.cuda.reset_peak_memory_stats(device)
             skip = graph_warmup(warmup, cfg.pipeline.dual) if graphs else warmup
             run: dict = {"precision": precision, "graphs": graphs, "cudnn_autotune": autotune, "warmup": skip,
-                         "channels_last": channels_last, "concurrent_branches": concurrent}
+                         "channels_last": channels_last, "concurrent_branches": concurrent, "compile": backend}
             report["runs"][run_name(precision, graphs, autotune, autotune_modes, channels_last, layout_modes,
-                                    concurrent, branch_modes)] = run
+                                    concurrent, branch_modes, backend, compile_modes)] = run
             try:
                 switches = {"precision": precision, "cuda_graphs": graphs, "channels_last": channels_last,
-                            "concurrent_branches": concurrent}
+                            "concurrent_branches": concurrent, "compile": backend}
                 pipe = Pipeline(nets, dataclasses.replace(cfg.pipeline.reduced(skip + steps), **switches))
                 if autotune and precision not in primed:
                     # cuDNN times each convolution shape once per process: an untimed short run pays that,
@@ -361,9 +371,10 @@ def time_dual_schedules(nets, pipeline_cfg, portrait, exemplar, skip: int, steps
 
 def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple[bool, ...],
              channels_last: bool = False, layout_modes: tuple[bool, ...] = (False,),
-             concurrent: bool = False, branch_modes: tuple[bool, ...] = (False,)) -> str:
-    """A run's label; cuDNN autotuning, the layout and the streams are named only when runs with and
-    without them are compared (or, for the layout and the streams, when they differ from the default)."""
+             concurrent: bool = False, branch_modes: tuple[bool, ...] = (False,), backend: str = "off",
+             compile_modes: tuple[str, ...] = ("off",)) -> str:
+    """A run's label; cuDNN autotuning, the layout, the streams and torch.compile are named only when runs
+    with and without them are compared (or, for the last three, when they differ from the default)."""
     name = precision + (" + CUDA graphs" if graphs else "")
     if len(autotune_modes) > 1:
         name += " + cuDNN autotune" if autotune else " (cuDNN heuristics)"
@@ -375,6 +386,10 @@ def run_name(precision: str, graphs: bool, autotune: bool, autotune_modes: tuple
         name += " + concurrent branches"
     elif len(branch_modes) > 1:
         name += " (one stream)"
+    if backend != "off":
+        name += f" + compiled ({backend})"
+    elif len(compile_modes) > 1:
+        name += " (eager)"
     return name
 
 
@@ -429,7 +444,9 @@ def summarise(report: dict) -> list[str]:
                 set_up += max(0.0, run["stages"][stage]["stage_seconds"] - ran * s)
         if "pack" not in run:
             why = f"the pack failed: {run['error']}" if "error" in run else "the pack was not timed (--no-pack)"
-            lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s; {why}", ""]
+            lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s; {why}",
+                      f"- the stages' time beyond their steps (warm-up, capture, compile above the timed pace): "
+                      f"{set_up:.1f} s", ""]
             totals[name] = (per_user, None)
             continue
         pack = run["pack"]
@@ -439,7 +456,8 @@ def summarise(report: dict) -> list[str]:
         lines += ["", f"- per-user optimisation (style cached): {per_user:.1f} s for {per_user_flop / 1e12:,.0f} TFLOP "
                   f"({per_user_flop / per_user / 1e12:.1f} TFLOP/s achieved; PTI at its most steps, which its "
                   "early stop shortens for a photo it fits well)",
-                  f"- the stages' time beyond their steps (warm-up and capture above the timed pace): {set_up:.1f} s",
+                  f"- the stages' time beyond their steps (warm-up, capture, compile above the timed pace): "
+                  f"{set_up:.1f} s",
                   f"- pack render alone: {pack['stickers']} stickers, {pack['frames']} frames + 3 stills in "
                   f"{pack['render_seconds']:.1f} s",
                   "- pack files: " + (f"{files_s:.1f} s ({pack['files_note']})" if files_s is not None
@@ -483,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent-branches", choices=["both", "on", "off"], default="off",
                    help="a step's independent parts on CUDA streams of their own ([pipeline] concurrent_branches, "
                         "off by default): on, off, or both side by side (CUDA only)")
+    p.add_argument("--compile", choices=["both", "on", "off"], default="off",
+                   help="the generator passes under torch.compile ([pipeline] compile, off by default): on, off, "
+                        "or both side by side")
+    p.add_argument("--compile-backend", choices=["inductor", "aot_eager", "eager"], default="inductor",
+                   help="the torch.compile backend of --compile (inductor fuses; the others only trace)")
     p.add_argument("--no-pack", action="store_true",
                    help="time the optimisation stages only (the pack does not depend on the switches compared)")
     p.add_argument("--no-dual-schedules", action="store_true",
@@ -498,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                                             args.concurrent_branches))
     report = measure(preset, device, args.warmup, args.steps, args.precisions, args.json, graph_modes,
                      autotune_modes, compare_dual_schedules=not args.no_dual_schedules, layout_modes=layout_modes,
-                     branch_modes=branch_modes, time_packs=not args.no_pack)
+                     branch_modes=branch_modes, time_packs=not args.no_pack,
+                     compile_modes=tuple(args.compile_backend if on else "off" for on in SWITCH_MODES[args.compile]))
     print("\n".join(summarise(report)))
     return 1 if any("error" in run for run in report["runs"].values()) else 0
 

@@ -106,6 +106,8 @@ class DualConfig:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# "off", or the torch.compile backend of the generator passes (engine/avatar/compiled.py)
+COMPILE_BACKENDS = ("off", "inductor", "aot_eager", "eager")
 
 
 @dataclass(frozen=True)
@@ -122,12 +124,16 @@ class PipelineConfig:
     step that do not read each other's results (stage 5's 2D cartoon, style-loss batch and render;
     PTI's LPIPS and ArcFace terms; the inversion's render and noise regularisation) run side by
     side on CUDA streams (the same values; engine/avatar/branches.py); off until a GPU run shows
-    it pays."""
+    it pays. ``compile``: the generator passes of the optimisation stages under ``torch.compile``
+    with this backend ("inductor" fuses the element-wise work between the kernels; "aot_eager" and
+    "eager" only trace, for debugging), or "off"; the same values up to rounding
+    (engine/avatar/compiled.py); off until a GPU run shows it pays."""
 
     precision: str = "auto"
     cuda_graphs: bool = True
     channels_last: bool = False
     concurrent_branches: bool = False
+    compile: str = "off"
     style: StyleFinetuneConfig = field(default_factory=StyleFinetuneConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     pti: PivotalTuningConfig = field(default_factory=PivotalTuningConfig)
@@ -137,7 +143,8 @@ class PipelineConfig:
         _check(self, precision=(self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
                cuda_graphs=(isinstance(self.cuda_graphs, bool), "true or false"),
                channels_last=(isinstance(self.channels_last, bool), "true or false"),
-               concurrent_branches=(isinstance(self.concurrent_branches, bool), "true or false"))
+               concurrent_branches=(isinstance(self.concurrent_branches, bool), "true or false"),
+               compile=(self.compile in COMPILE_BACKENDS, f"one of {list(COMPILE_BACKENDS)}"))
 
     def resolved_precision(self, device_type: str) -> str:
         """"bf16" or "fp32" on a device of this type ("cuda", "cpu", ...)."""

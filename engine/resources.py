@@ -123,8 +123,9 @@ class EngineResources:
         face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
         pipeline = Pipeline(nets, cfg.pipeline)
-        log.info("optimisation steps: %s, %s", pipeline.precision,
-                 "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)")
+        log.info("optimisation steps: %s, %s, generator passes %s", pipeline.precision,
+                 "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)",
+                 "eager" if cfg.pipeline.compile == "off" else f"compiled ({cfg.pipeline.compile}) on first use")
         res = cls(cfg, pipeline, LandmarkDetector(), face_cfg,
                   DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d),
                   artifact_memo=BlobMemo(cfg.engine.shared_artifact_cache_mb << 20))

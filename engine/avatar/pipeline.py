@@ -57,6 +57,7 @@ from torch import nn
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params, portrait_artifact
+from engine.avatar.compiled import compiled
 from engine.avatar.tensor_file import pack_tensors, split_prefixed, unpack_tensors  # the style_2d artifact
 from engine.avatar.branches import concurrent_usable
 from engine.avatar.dual import DualInputs, dual_branch_train
@@ -178,9 +179,15 @@ def _with_prefix(prefix: str, d: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 class Pipeline:
-    def __init__(self, nets: Networks, cfg: PipelineConfig = PipelineConfig()) -> None:
+    def __init__(self, nets: Networks, cfg: PipelineConfig = PipelineConfig(),
+                 compile_backend: str | Callable | None = None) -> None:
+        """``compile_backend``: the generator passes' ``torch.compile`` backend, when not ``cfg.compile``'s
+        (a backend callable, in tests)."""
         self.nets = nets
         self.cfg = cfg
+        backend = cfg.compile if compile_backend is None else compile_backend
+        self._synthesis_3d = compiled(_synthesis, backend, "the EG3D generator")
+        self._synthesis_2d = compiled(_forward, backend, "the StyleGAN2 synthesis")
 
     # -- bound network calls ----------------------------------------------------------
     @property
@@ -193,8 +200,8 @@ class Pipeline:
 
     def synthesis_2d(self, weights: params.Params, ws: torch.Tensor) -> torch.Tensor:
         """StyleGAN2 image [B, 3, S, S] of W+ ``ws`` [B, L, 512] with the 2D generator ``weights``."""
-        return params.call(self.nets.g2d.synthesis, split_prefixed("synthesis.", weights), ws, noise_mode="const",
-                           **self._layout())
+        return params.call_with(self.nets.g2d.synthesis, split_prefixed("synthesis.", weights), self._synthesis_2d, ws,
+                                noise_mode="const", **self._layout())
 
     def mapping_2d(self, z: torch.Tensor) -> torch.Tensor:
         return self.nets.g2d.mapping(z, None)
@@ -212,7 +219,8 @@ class Pipeline:
     def render_3d(self, weights: params.Params, ws: torch.Tensor, c: torch.Tensor, noise) -> torch.Tensor:
         """EG3D image [B, 3, S, S] for W+ ``ws`` at camera ``c`` with the given weights and noise."""
         noise_inputs = noise if isinstance(noise, dict) else dict(zip(self.noise_names_3d(), noise))
-        return params.call_with(self.nets.g3d, weights, _synthesis, ws, c, noise_inputs, self._layout())["image"]
+        return params.call_with(self.nets.g3d, weights, self._synthesis_3d, ws, c, noise_inputs,
+                                self._layout())["image"]
 
     def _layout(self) -> dict:
         """The generators' layout argument: channels-last activations where the config asks for them."""
@@ -421,3 +429,7 @@ class Pipeline:
 
 def _synthesis(g3d: nn.Module, ws, c, noise_inputs, layout: dict) -> dict:
     return g3d.synthesis(ws, c, noise_inputs=noise_inputs, **layout)
+
+
+def _forward(module: nn.Module, *args, **kwargs):
+    return module(*args, **kwargs)

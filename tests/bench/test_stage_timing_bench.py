@@ -8,10 +8,13 @@ from bench.stage_timing import SWITCH_MODES, run_name, summarise
 
 
 def test_every_combination_of_switches_is_labelled_apart():
-    for autotune_modes, layout_modes, branch_modes in itertools.product(SWITCH_MODES.values(), repeat=3):
-        names = [run_name(precision, graphs, autotune, autotune_modes, layout, layout_modes, concurrent, branch_modes)
+    compile_choices = [("off",), ("inductor",), ("off", "inductor")]
+    for (autotune_modes, layout_modes, branch_modes), compile_modes in itertools.product(
+            itertools.product(SWITCH_MODES.values(), repeat=3), compile_choices):
+        names = [run_name(precision, graphs, autotune, autotune_modes, layout, layout_modes, concurrent, branch_modes,
+                          backend, compile_modes)
                  for precision in ("fp32", "bf16") for graphs in (False, True) for autotune in autotune_modes
-                 for layout in layout_modes for concurrent in branch_modes]
+                 for layout in layout_modes for concurrent in branch_modes for backend in compile_modes]
         assert len(set(names)) == len(names), names
 
 
@@ -21,6 +24,10 @@ def test_the_default_settings_keep_the_plain_label():
         "bf16 + CUDA graphs (NCHW) (one stream)"
     assert run_name("bf16", True, False, (False,), False, (False,), True, (False, True)) == \
         "bf16 + CUDA graphs + concurrent branches"
+    assert run_name("bf16", True, False, (False,), backend="off", compile_modes=("off", "inductor")) == \
+        "bf16 + CUDA graphs (eager)"
+    assert run_name("bf16", True, False, (False,), backend="inductor", compile_modes=("inductor",)) == \
+        "bf16 + CUDA graphs + compiled (inductor)"
 
 
 def test_a_run_without_its_pack_says_so_and_still_projects_the_optimisation():

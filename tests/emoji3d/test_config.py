@@ -177,6 +177,15 @@ def test_cuda_graphs_is_a_switch(tmp_path):
         load_config(write(tmp_path, '[pipeline]\ncuda_graphs = "yes"\n'), env={})
 
 
+def test_compile_names_a_backend_and_is_off_by_default(tmp_path):
+    assert load_config(write(tmp_path, "[pipeline]\nprecision = \"auto\"\n"), env={}).pipeline.compile == "off"
+    assert load_config(write(tmp_path, '[pipeline]\ncompile = "inductor"\n'), env={}).pipeline.compile == "inductor"
+    with pytest.raises(ConfigError, match="compile must be a string"):
+        load_config(write(tmp_path, "[pipeline]\ncompile = true\n"), env={})
+    with pytest.raises(ConfigError, match="compile must be one of"):
+        load_config(write(tmp_path, '[pipeline]\ncompile = "fastest"\n'), env={})
+
+
 def test_channels_last_is_a_switch_and_off_by_default(tmp_path):
     assert load_config(write(tmp_path, "[pipeline]\nprecision = \"auto\"\n"), env={}).pipeline.channels_last is False
     assert load_config(write(tmp_path, "[pipeline]\nchannels_last = true\n"), env={}).pipeline.channels_last is True
