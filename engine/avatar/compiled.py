@@ -32,7 +32,11 @@ Conventions:
   naming the error, and that pass runs eagerly for the rest of the process:
   compiling is an optimisation, never a requirement. An error of the
   computation itself (an input it rejects) propagates as it would eagerly,
-  and the pass stays compiled.
+  and the pass stays compiled. On torch 2.11 with Python 3.12 (the GPU
+  machines') a failed compile also leaves dynamo's frame evaluator installed,
+  so every later Python call in the process recurses on the C stack: about 750
+  nested calls at most (not seen with torch 2.14 on Python 3.11). Nothing in
+  the engine nests that deep (the weights reader refuses more than 100 levels).
 """
 from __future__ import annotations
 

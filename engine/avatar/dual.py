@@ -46,7 +46,7 @@ Decisions on the objective (each measured; see the tests named):
   earlier schedule's own result differs under another seed (RMS 0.071 vs
   0.063 on the slim networks, 0.075 vs 0.066 with the joint round; dropping
   the style loss: 0.36), checked by
-  ``tests/engine/avatar/test_cost.py::test_dual_style_schedule_keeps_the_result_close``.
+  ``tests/engine/avatar/test_cost.py::test_dual_style_schedule_keeps_the_result_close`` (``-m slow``).
   One pair of seeds is a noisy yardstick (0.017-0.127 over pairs); medians over four seeds
   (``test_cost_over_seeds.py``, slow) give 0.063 vs 0.054 and 0.074 vs 0.067 from two cached
   starts, but 0.058 vs 0.034 when stage 5 draws from an RNG stream of its own: borderline.
@@ -63,7 +63,7 @@ Decisions on the objective (each measured; see the tests named):
   update. The result stays closer to the every-round schedule's than that
   moves under another seed (RMS 0.060 vs 0.118 on the slim networks, 12
   rounds; 0.053 vs 0.083 over 48; without 2D updates 0.33), checked by
-  ``tests/engine/avatar/test_cost.py::test_2d_branch_on_every_second_round_keeps_the_result_close``.
+  ``tests/engine/avatar/test_cost.py::test_2d_branch_on_every_second_round_keeps_the_result_close`` (``-m slow``).
   ``update_2d_every = 1, lr_2d = 2e-4`` restores the earlier objective.
 - The 512 px super-resolution is kept in every step, although LPIPS looks at
   256 px here: the masked MSE of Eq. 5 compares the full 512 px render with

@@ -7,6 +7,10 @@ custom ops inside are tested at op level (tests/engine/ops/test_traced_ops.py)."
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -66,8 +70,7 @@ def _raise_in_backend(graph_module, example_inputs):
     raise RuntimeError("the backend fell over")
 
 
-def test_a_compile_that_fails_warns_once_and_runs_eagerly():
-    torch._dynamo.reset()
+def failed_compile_warns_once_and_runs_eagerly() -> None:
     x = torch.linspace(-1, 1, 12).reshape(3, 4)
     double_sin = compiled(lambda t: t.sin() * 2, _raise_in_backend, "the test pass")
     with pytest.warns(RuntimeWarning, match="torch.compile of the test pass failed .*the backend fell over"):
@@ -78,13 +81,32 @@ def test_a_compile_that_fails_warns_once_and_runs_eagerly():
     assert "the backend fell over" in double_sin.failure
 
 
-def test_an_error_of_the_computation_itself_propagates_and_keeps_the_compile():
-    torch._dynamo.reset()
+def error_of_the_computation_propagates_and_keeps_the_compile() -> None:
     product = compiled(lambda a, b: a @ b, "eager", "the test pass")
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         product(torch.ones(2, 3), torch.ones(2, 3))
     assert product.failure is None
     torch.testing.assert_close(product(torch.ones(2, 3), torch.ones(3, 2)), torch.full((2, 2), 3.0))
+
+
+def _in_a_process_of_its_own(check: str) -> None:
+    """Runs ``check`` (a function of this module) in a fresh interpreter. torch 2.11 on Python 3.12
+    leaves dynamo's frame evaluator installed after a compile fails, and from then on every Python
+    call recurses on the C stack: about 750 nested calls at most, in that process (the pickle-bomb
+    tests nest 5,000 deep)."""
+    repo = pathlib.Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", f"from tests.engine.avatar.test_compiled import {check}; {check}()"],
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_compile_that_fails_warns_once_and_runs_eagerly():
+    _in_a_process_of_its_own("failed_compile_warns_once_and_runs_eagerly")
+
+
+def test_an_error_of_the_computation_itself_propagates_and_keeps_the_compile():
+    _in_a_process_of_its_own("error_of_the_computation_propagates_and_keeps_the_compile")
 
 
 def test_off_is_the_function_itself_and_a_backend_must_be_known():

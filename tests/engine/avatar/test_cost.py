@@ -167,6 +167,7 @@ def stage5(cached_run, faces):
     return run
 
 
+@pytest.mark.slow  # 24 s: a decision made once (the style loss's batch and frequency in stage 5's defaults)
 def test_dual_style_schedule_keeps_the_result_close(cached_run, stage5):
     """Stage 5 from the same cached stages 2-4 (12 rounds). The style loss samples random
     style-mixed latents, so the earlier objective (stage 2's batch of 4, every round) already
@@ -274,6 +275,7 @@ def test_rounds_without_a_2d_update_reuse_the_held_cartoons_lpips_features(cache
     assert every_calls - held_calls == 3 - 1
 
 
+@pytest.mark.slow  # 15 s: a decision made once (update_2d_every and lr_2d in stage 5's defaults)
 def test_2d_branch_on_every_second_round_keeps_the_result_close(cached_run, stage5):
     """Stage 5's 2D branch (StyleGAN2 at 1024 px, about half of a round's GPU time) renders and
     steps on every 2nd round at twice the learning rate; the rounds between compare the render
