@@ -7,8 +7,8 @@ third of a step on the H200 (``bench/results/2026-12-04-h200-run6-kernels.md``):
 the volume marcher, the OSG decoder's MLP, the noise and bias additions.
 Inductor fuses such chains into a few generated kernels, forward and backward.
 Whether that pays at batch 1, against the compile time, only a GPU can say:
-``bench/compile.py`` measures it (``make gpu-check``'s ``compile`` part). Off by
-default until it does.
+``bench/stage_timing.py --compile both`` measures it (``make gpu-check``'s
+``compile`` part). Off by default until it does.
 
 What is compiled: the EG3D generator's forward (backbone, tri-plane render,
 super-resolution) and the StyleGAN2 synthesis, as the optimisation stages call

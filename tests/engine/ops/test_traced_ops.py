@@ -184,8 +184,6 @@ def test_ops_the_compiler_fuses_trace_their_reference():
 def test_the_real_kernels_under_compile(backend):
     """The CUDA kernels as custom ops in a compiled graph with the reference ops around them, against
     the same function eager; the custom ops' checks (opcheck) on the real kernels."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     g = torch.Generator().manual_seed(13)
     x = torch.randn(2, 64, 33, 33, generator=g).cuda().contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
