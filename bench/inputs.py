@@ -22,6 +22,7 @@ def centre_crop_inputs(img, key: str):
 
     from engine.avatar.pipeline import PortraitInputs
     from engine.avatar.portrait import to_tensor
+    from engine.avatar.warm_up import CENTRED_CROP2D_TO_CROP3D
     from engine.nets.camera import orbit_label
 
     img = img.convert("RGB")
@@ -32,7 +33,7 @@ def centre_crop_inputs(img, key: str):
         image_2d=to_tensor(np.asarray(square.resize((1024, 1024), Image.LANCZOS))),  # [1, 3, 1024, 1024]
         image_3d=to_tensor(np.asarray(square.resize((512, 512), Image.LANCZOS))),    # [1, 3, 512, 512]
         camera=orbit_label(torch.zeros(1), torch.zeros(1)).float(),                    # [1, 25] frontal
-        crop2d_to_crop3d=torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]], dtype=torch.float64), key=key)
+        crop2d_to_crop3d=CENTRED_CROP2D_TO_CROP3D.clone(), key=key)
 
 
 def sample_inputs(repo: pathlib.Path):

@@ -1,7 +1,9 @@
 """What the engine process loads once, before its first job.
 
 At start it also logs how each custom op will run on its device (a fused
-CUDA kernel that passed its self-check, or the reference and why).
+CUDA kernel that passed its self-check, or the reference and why), and with
+``[pipeline] compile`` on, compiles the generator passes before the first job
+(:func:`compile_before_jobs`).
 
 :class:`EngineResources` holds the networks (through the avatar
 :class:`~engine.avatar.pipeline.Pipeline`), the face-mesh detector, the face
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,6 +39,7 @@ from emoji3d.images import DecodeLimits
 from engine import ops
 from engine.avatar.networks import SLIM_WARNING, load_networks
 from engine.avatar.pipeline import Pipeline
+from engine.avatar.warm_up import warm_up
 from engine.blob_memo import BlobMemo
 from engine.cuda_math import configure_cuda_math
 from engine.face.analyze import FaceConfig
@@ -122,15 +126,38 @@ class EngineResources:
             log.warning(SLIM_WARNING)
         face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
+        if cfg.pipeline.compile != "off":
+            # before the Pipeline imports torch._dynamo, which fixes inductor's cache folder
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(cfg)))
         pipeline = Pipeline(nets, cfg.pipeline)
         log.info("optimisation steps: %s, %s, generator passes %s", pipeline.precision,
                  "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)",
-                 "eager" if cfg.pipeline.compile == "off" else f"compiled ({cfg.pipeline.compile}) on first use")
+                 "eager" if cfg.pipeline.compile == "off" else f"compiled ({cfg.pipeline.compile})")
+        if cfg.pipeline.compile != "off":
+            compile_before_jobs(pipeline, cfg)
         res = cls(cfg, pipeline, LandmarkDetector(), face_cfg,
                   DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d),
                   artifact_memo=BlobMemo(cfg.engine.shared_artifact_cache_mb << 20))
         res.refresh_boundaries()
         return res
+
+
+def compile_cache_dir(cfg: Config) -> pathlib.Path:
+    """Where inductor keeps what it compiled, unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise: in the
+    data folder (a volume in the Docker image), so that a restarted engine finds it; its default
+    folder is under /tmp."""
+    return cfg.data_dir / "cache" / "torch-compile"
+
+
+def compile_before_jobs(pipeline: Pipeline, cfg: Config) -> None:
+    """Compile every generator pass a job calls (:mod:`engine.avatar.warm_up`), so that no user's job
+    waits for it, and report the passes whose compile failed."""
+    log.info("compiling the generator passes (%s) before the first job ...", cfg.pipeline.compile)
+    done = warm_up(pipeline)
+    for name, why in done.failures.items():
+        log.warning("torch.compile of %s failed, it runs eagerly: %s", name, why)
+    log.info("compile warm-up done in %.1f s (steps per stage: %d; they ran as %s)", done.seconds, done.steps,
+             ", ".join(f"{stage}: {mode}" for stage, mode in done.modes.items()))
 
 
 def _file_stamp(path) -> tuple | None:

@@ -28,6 +28,9 @@ Conventions:
 * Our fused kernels trace as ``torch.library`` custom ops (``engine.ops.dispatch``).
 * CUDA graphs (``engine.avatar.step_graph``): a stage's eager warm-up steps
   compile, the capture then records the generated kernels like any others.
+* The engine compiles every pass before its first job
+  (``engine.avatar.warm_up``, called by ``engine.resources``), so that no
+  user's job waits for a compile.
 * A compile that fails (a backend error, an op it cannot trace) warns once,
   naming the error, and that pass runs eagerly for the rest of the process:
   compiling is an optimisation, never a requirement. An error of the

@@ -57,7 +57,7 @@ from torch import nn
 from emoji3d.orders import ENGINE_VERSION
 from emoji3d.pipeline_config import PipelineConfig
 from engine.avatar import params, portrait_artifact
-from engine.avatar.compiled import compiled
+from engine.avatar.compiled import CompiledPass, compiled
 from engine.avatar.tensor_file import pack_tensors, split_prefixed, unpack_tensors  # the style_2d artifact
 from engine.avatar.branches import concurrent_usable
 from engine.avatar.dual import DualInputs, dual_branch_train
@@ -188,6 +188,11 @@ class Pipeline:
         backend = cfg.compile if compile_backend is None else compile_backend
         self._synthesis_3d = compiled(_synthesis, backend, "the EG3D generator")
         self._synthesis_2d = compiled(_forward, backend, "the StyleGAN2 synthesis")
+
+    def compile_failures(self) -> dict[str, str]:
+        """Compiled pass -> why it runs eagerly in this process (empty: none failed, or nothing compiled)."""
+        return {p.name: p.failure for p in (self._synthesis_3d, self._synthesis_2d)
+                if isinstance(p, CompiledPass) and p.failure is not None}
 
     # -- bound network calls ----------------------------------------------------------
     @property

@@ -7,10 +7,6 @@ custom ops inside are tested at op level (tests/engine/ops/test_traced_ops.py)."
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -25,6 +21,7 @@ from engine.avatar.compiled import CompiledPass, compiled
 from engine.avatar.pipeline import TUNE_PREFIXES_2D, TUNE_PREFIXES_3D, Pipeline
 from engine.nets.camera import orbit_label
 from tests.engine.avatar.loss_curves import assert_curves_agree
+from tests.engine.avatar.own_process import in_a_process_of_its_own
 
 
 def _inputs(pipe: Pipeline, seed: int = 0):
@@ -89,24 +86,12 @@ def error_of_the_computation_propagates_and_keeps_the_compile() -> None:
     torch.testing.assert_close(product(torch.ones(2, 3), torch.ones(3, 2)), torch.full((2, 2), 3.0))
 
 
-def _in_a_process_of_its_own(check: str) -> None:
-    """Runs ``check`` (a function of this module) in a fresh interpreter. torch 2.11 on Python 3.12
-    leaves dynamo's frame evaluator installed after a compile fails, and from then on every Python
-    call recurses on the C stack: about 750 nested calls at most, in that process (the pickle-bomb
-    tests nest 5,000 deep)."""
-    repo = pathlib.Path(__file__).resolve().parents[3]
-    done = subprocess.run([sys.executable, "-c", f"from tests.engine.avatar.test_compiled import {check}; {check}()"],
-                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def test_a_compile_that_fails_warns_once_and_runs_eagerly():
-    _in_a_process_of_its_own("failed_compile_warns_once_and_runs_eagerly")
+    in_a_process_of_its_own(__name__, "failed_compile_warns_once_and_runs_eagerly")
 
 
 def test_an_error_of_the_computation_itself_propagates_and_keeps_the_compile():
-    _in_a_process_of_its_own("error_of_the_computation_propagates_and_keeps_the_compile")
+    in_a_process_of_its_own(__name__, "error_of_the_computation_propagates_and_keeps_the_compile")
 
 
 def test_off_is_the_function_itself_and_a_backend_must_be_known():
