@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import warnings
 from typing import Any, Callable
 
@@ -96,3 +97,23 @@ def compiled(fn: Callable[..., Any], backend: str | Callable[..., Any], name: st
     if isinstance(backend, str) and backend not in COMPILE_BACKENDS:
         raise ValueError(f"compile backend must be one of {list(COMPILE_BACKENDS)} or a callable, got {backend!r}")
     return fn if backend == "off" else CompiledPass(fn, backend, name)
+
+
+def _probe_pass(x: torch.Tensor) -> torch.Tensor:
+    return (x.sin() * 2 + 1).relu().sum(dim=1)  # element-wise work and a reduction: what inductor fuses
+
+
+def probe(backend: str, device: str) -> tuple[str | None, float]:
+    """Compile a small pass with ``backend`` on ``device`` and run it, as the engine would: (why it
+    cannot compile, or None; seconds taken). For ``emoji3d doctor``: inductor needs a C++ compiler
+    on the CPU, and Triton, a C compiler and the Python headers on CUDA."""
+    x = torch.linspace(-1, 1, 64, device=device).reshape(4, 16)  # [4, 16]
+    t0 = time.perf_counter()
+    probe_pass = CompiledPass(_probe_pass, backend, "the probe")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the failure is returned instead
+        out = probe_pass(x)
+    seconds = time.perf_counter() - t0
+    if probe_pass.failure is None and not torch.allclose(out, _probe_pass(x), rtol=1e-5, atol=1e-5):
+        return f"the compiled probe computed {out.tolist()} instead of {_probe_pass(x).tolist()}", seconds
+    return probe_pass.failure, seconds

@@ -14,6 +14,10 @@ Checks, in order (each a function returning :class:`Check` lines):
 - database: reachable, and migrated to the newest schema;
 - blobs: the blob store takes a write and a delete, and has free space;
 - tokens: the enabled front ends have their tokens (never printed);
+- compile: with ``[pipeline] compile`` on, a small pass compiles with that
+  backend on the engine's device (inductor needs a C++ compiler on the CPU,
+  and Triton, a C compiler and the Python headers on CUDA); without it the
+  engine runs the generator passes eagerly, so this only warns;
 - config: the keys that differ from the defaults.
 
 Levels: ``ok``; ``warn`` (works, but something is off, e.g. the slim
@@ -247,6 +251,24 @@ def check_tokens(cfg: Config) -> list[Check]:
     return out
 
 
+def check_compile(cfg: Config) -> list[Check]:
+    backend = cfg.pipeline.compile
+    if backend == "off":
+        return [Check("compile", OK, "off: the generator passes run eagerly")]
+    from engine.avatar.compiled import probe
+
+    device = engine_device(cfg)
+    failure, seconds = probe(backend, device)
+    if failure is not None:
+        return [Check("compile", WARN, f"{backend} cannot compile on {device} here ({failure}); the engine will run "
+                      "the generator passes eagerly",
+                      "install what the compiler needs on this host (on CUDA: Triton, which PyTorch's CUDA wheels "
+                      "bring, a C compiler and the Python headers, e.g. apt install gcc python3-dev; on the CPU: "
+                      "a C++ compiler), or set [pipeline] compile = \"off\"")]
+    return [Check("compile", OK, f"{backend} compiles on {device} ({seconds:.1f} s for a probe); the engine "
+                  "compiles its generator passes before its first job")]
+
+
 def changed_keys(value, default, prefix: str = "") -> list[str]:
     """``key = value`` for every config key whose value differs from its default (secrets and paths' root skipped)."""
     out = []
@@ -271,7 +293,7 @@ def check_config(cfg: Config, path: str | None) -> list[Check]:
 def run_checks(cfg: Config, config_path: str | None = None) -> list[Check]:
     out: list[Check] = []
     for check in (check_runtime, check_weights, check_ops, check_boundaries, check_database, check_blobs,
-                  check_tokens):
+                  check_tokens, check_compile):
         try:
             out += check(cfg)
         except Exception as exc:  # noqa: BLE001 - one check's crash is that check's finding

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -59,9 +60,10 @@ def test_healthy_install_passes_and_never_prints_a_token(healthy):
     checks = doctor.run_checks(cfg)
     assert not [c for c in checks if c.level == doctor.FAIL], [c.line() for c in checks]
     assert {c.name for c in checks} == {"runtime", "weights", "ops", "boundaries", "database", "blobs", "tokens",
-                                        "config"}
+                                        "compile", "config"}
     levels = {c.name: c.level for c in checks}
-    assert levels["boundaries"] == levels["database"] == levels["blobs"] == levels["ops"] == doctor.OK
+    assert levels["boundaries"] == levels["database"] == levels["blobs"] == levels["ops"] == levels["compile"] \
+        == doctor.OK
     assert "FOR TESTS ONLY" in next(c.text for c in checks if c.name == "boundaries")
     assert "TELEGRAM_BOT_TOKEN is set" in " ".join(c.text for c in checks)
     # the command itself: exit 0, one line per check, no token anywhere
@@ -160,3 +162,31 @@ def test_config_lists_the_keys_that_differ_from_the_defaults(tmp_path):
     checks = doctor.check_config(config(tmp_path, "[limits]\nmin_face_px = 200\n"), None)
     assert "limits.min_face_px = 200" in checks[0].text and "engine.preset = 'slim'" in checks[0].text
     assert "paths.data_dir" not in checks[0].text  # "data" is the default
+
+
+def test_compile_off_is_fine_and_a_backend_that_compiles_is_named(tmp_path):
+    off = doctor.check_compile(config(tmp_path))
+    assert [(c.level, c.text) for c in off] == [(doctor.OK, "off: the generator passes run eagerly")]
+    traced = doctor.check_compile(config(tmp_path, '[pipeline]\ncompile = "eager"\n'))
+    assert [c.level for c in traced] == [doctor.OK] and traced[0].text.startswith("eager compiles on cpu (")
+
+
+def test_a_host_that_cannot_compile_gets_a_warning_naming_why(tmp_path):
+    """Inductor without a working C++ compiler (CXX is read when inductor is imported, and a failed
+    compile is kept out of this process: see tests/engine/avatar/own_process.py)."""
+    write_config(tmp_path, '[pipeline]\ncompile = "inductor"\n')
+    script = ("from emoji3d.config import load_config; from shell.commands import doctor; "
+              f"print(doctor.check_compile(load_config({str(tmp_path / 'config.toml')!r}, env={{}}))[0].line())")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "CXX": "/nonexistent/g++"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("[warn] compile    inductor cannot compile on cpu here "
+                           "(InductorError, InvalidCxxCompiler"), line
+    assert "the engine will run the generator passes eagerly  -> install what the compiler needs" in line, line
+
+
+@pytest.mark.slow  # inductor's first compile on a CPU: about 20 s
+def test_inductor_compiles_on_a_host_with_a_cpp_compiler(tmp_path):
+    checks = doctor.check_compile(config(tmp_path, '[pipeline]\ncompile = "inductor"\n'))
+    assert [c.level for c in checks] == [doctor.OK] and checks[0].text.startswith("inductor compiles on cpu ("), checks
