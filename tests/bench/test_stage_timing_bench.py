@@ -40,3 +40,21 @@ def test_a_run_without_its_pack_says_so_and_still_projects_the_optimisation():
     text = "\n".join(summarise(report))
     assert "per-user optimisation (style cached): 23.0 s; the pack was not timed (--no-pack)" in text
     assert "FAILED" not in text and "the pack failed" not in text
+
+
+def test_a_compiled_run_reports_its_start_up_compile_apart_from_the_projection():
+    stage = {"seconds_per_step": 0.02, "stage_seconds": 1.0}
+    stages = ("style_finetune", "invert_3d", "pivotal_tuning", "dual_branch")
+    compiled = {"warmup": 12, "stages": dict.fromkeys(stages, stage), "compile_warm_up_seconds": 95.25,
+                "compile_failures": {"the StyleGAN2 synthesis": "BackendCompilerFailed: no Triton"}}
+    report = {"preset": "full", "device": "cuda", "gpu": "H100", "torch": "2.11", "steps": 4, "load_seconds": 1.0,
+              "configured_steps": {"style_finetune": 300, "invert_3d": 500, "pivotal_tuning": 350, "dual_branch": 300},
+              "flops_per_step": dict.fromkeys(stages, 1e12),
+              "runs": {"bf16 (eager)": {"warmup": 12, "stages": dict.fromkeys(stages, stage)},
+                       "bf16 + compiled (inductor)": compiled}}
+    text = "\n".join(summarise(report))
+    assert text.count("compiled before the first job") == 1
+    assert ("- compiled before the first job (the engine's start-up warm-up, once per process, not in the "
+            "projection): 95.2 s; the StyleGAN2 synthesis FAILED to compile and ran eagerly: "
+            "BackendCompilerFailed: no Triton") in text
+    assert text.count("per-user optimisation (style cached): 23.0 s") == 2  # the same projection for both
