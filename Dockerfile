@@ -28,8 +28,9 @@ FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 \
     EMOJI3D_OPS_CACHE=/opt/emoji3d/ops-cache EMOJI3D_CONFIG=/opt/emoji3d/config.toml \
     PATH=/opt/emoji3d/venv/bin:$PATH
+# gcc and the Python headers: Triton builds its kernel launcher at run time, for `[pipeline] compile = "inductor"`.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 libgl1 libglib2.0-0 \
+ && apt-get install -y --no-install-recommends python3 libgl1 libglib2.0-0 gcc libc6-dev python3-dev \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 10001 emoji3d \
  && mkdir -p /data && chown emoji3d:emoji3d /data
