@@ -173,6 +173,15 @@ class BlobArtifactCache:
         if failure is not None:
             raise failure
 
+    def raise_failed_put(self) -> None:
+        """Raise the failure of a put that has already failed, without waiting for those still running
+        (as :meth:`settle` would): checked after every step, so that a job whose artifact could not be
+        stored stops there instead of after its stage."""
+        with self._pending_lock:
+            failed = next((k for k, f in self._pending.items() if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            self.settle(*failed)
+
     def _owner_of(self, kind: str) -> int | None:
         """Who an artifact of ``kind`` put by this cache belongs to (None: shared)."""
         return None if kind == "style_2d" and self.shared_style else self.owner
@@ -380,7 +389,12 @@ def _make_pack(res: EngineResources, order: PackOrder, jc: JobContext) -> dict:
 
 def _make_pack_with(res: EngineResources, order: PackOrder, jc: JobContext, cache: OrderCache,
                     beside: ThreadPoolExecutor) -> dict:
-    progress = stage_progress(jc)
+    report_progress = stage_progress(jc)
+
+    def progress(stage: str, step: int, total: int) -> None:
+        report_progress(stage, step, total)
+        cache.raise_failed_put()  # the portrait artifact's, stored during stage 5
+
     progress("face", 0, 1)
     warnings = []
     seed = order.seed + res.cfg.engine.seed
@@ -399,7 +413,7 @@ def _make_pack_with(res: EngineResources, order: PackOrder, jc: JobContext, cach
     progress("face", 1, 1)
     avatar = res.pipeline(portrait, style, seed=seed, progress=progress, cache=cache,
                           on_portrait=_pivot_still(res, jc, order.user_id))
-    cache.settle()  # the portrait artifact's put, done during stage 5: a failure of it ends the job before the pack
+    cache.settle()  # the portrait artifact's put, done during stage 5: its failure ends the job before the pack
     # The avatar references the style and selfie artifacts in the cache instead of copying them. Its residual
     # is rounded here (on the GPU) and coded from a CPU copy beside the render and encode of the pack.
     residual = quantise_residual(avatar).to("cpu")

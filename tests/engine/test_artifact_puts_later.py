@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import pytest
 
@@ -87,6 +88,27 @@ def test_a_read_gets_the_failure_of_the_put_it_waited_for(engine_side):
         with pytest.raises(OSError, match="disk full"):
             cache.digest("portrait_3d", "selfie")
         assert cache.get("portrait_3d", "selfie") is None  # raised once; nothing was stored
+
+
+def test_a_failed_put_is_raised_between_steps_without_waiting_for_one_still_running(engine_side):
+    _, _, user, jc = engine_side
+    gate = _Gate(b"the style's finetune, still being made")
+
+    def disk_full() -> bytes:
+        raise OSError("disk full")
+
+    with BlobArtifactCache(jc, user.id, shared_style=False) as cache:
+        cache.put_later("style_2d", "toon", gate)
+        cache.put_later("portrait_3d", "selfie", disk_full)  # queued behind the gated put
+        assert gate.started.wait(WAIT_S)
+        cache.raise_failed_put()  # nothing failed yet, and it does not wait for the running put
+        gate.open.set()
+        with pytest.raises(OSError, match="disk full"):
+            for _ in range(WAIT_S * 100):  # as a stage's steps would, until the put has failed
+                cache.raise_failed_put()
+                time.sleep(0.01)
+    # raised once: leaving the cache raised nothing more, and the other put was stored
+    assert cache.get("style_2d", "toon") == gate.data
 
 
 def test_a_job_failing_meanwhile_keeps_its_error_and_its_clean_up_sees_the_put(engine_side):

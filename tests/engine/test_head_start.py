@@ -118,11 +118,12 @@ def test_a_head_start_for_a_deleted_selfie_prepares_nothing(engine):
     assert artifacts.list_artifacts(db, owner_user_id=user.id) == []
 
 
-def test_an_order_whose_inversion_cannot_be_stored_fails_with_that_error_before_its_pack(engine, monkeypatch):
+def test_an_order_whose_inversion_cannot_be_stored_fails_with_that_error_in_stage_5(engine, monkeypatch):
     """Without a head start the order stores the inversion itself, on its cache's thread while stage 5 runs
-    (``ArtifactCache.put_later``). When that fails, the job fails with the store's error once stage 5 is
-    done, before any sticker is rendered; the photo-real first look was shown meanwhile from the values
-    stage 5 started from."""
+    (``ArtifactCache.put_later``). When that fails, the job fails with the store's error at stage 5's next
+    step, not after its last one, and before any sticker is rendered; the photo-real first look was shown
+    meanwhile from the values stage 5 started from."""
+    from engine import tasks
     from engine.avatar import portrait_artifact
 
     cfg, db, blobs, res, selfie, style = engine
@@ -132,12 +133,28 @@ def test_an_order_whose_inversion_cannot_be_stored_fails_with_that_error_before_
         raise OSError("disk full")
 
     monkeypatch.setattr(portrait_artifact.QuantisedPortrait, "to_bytes", disk_full)
+    rounds = 12
+    monkeypatch.setattr(res.pipeline, "cfg", dataclasses.replace(
+        res.pipeline.cfg, dual=dataclasses.replace(res.pipeline.cfg.dual, steps=rounds)))
+    reported: list[tuple[str, int]] = []
+
+    def recorded(jc):
+        report = stage_progress(jc)
+
+        def progress(stage: str, step: int, total: int) -> None:
+            reported.append((stage, step))
+            report(stage, step, total)
+        return progress
+
+    stage_progress = tasks.stage_progress
+    monkeypatch.setattr(tasks, "stage_progress", recorded)
     _pack, order_id = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest=selfie, exemplar_digest=style,
                                                      platform="telegram", seed=cfg.engine.seed))
     _run_one(db, blobs, res, JOB_KIND)
     order = jobs.get_job(db, order_id)
     assert order.result is None and "disk full" in (order.error or ""), (order.status, order.error)
     assert order.stage == "dual_branch"  # the pack's render never began
+    assert 1 <= max(step for stage, step in reported if stage == "dual_branch") < rounds / 2
     assert artifacts.get_artifact(db, first_look_key(order_id, "photo_real")) is not None
     assert "portrait_3d" not in {a.kind for a in artifacts.list_artifacts(db, owner_user_id=user.id)}
 
