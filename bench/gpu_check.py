@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py [--out bench/results/gpu-check.md] [--budget 480] [--json-out DIR]
                               [--parts build tests syncs pipeline kernels layout branches nets render
-                                       profile encode bytes compile] [--quick]
+                                       profile encode bytes compile compile-tests] [--quick]
 
 Parts, in this order (the most important first, so a short budget loses the least):
 
@@ -11,7 +11,7 @@ Parts, in this order (the most important first, so a short budget loses the leas
    reference (forward and gradient, float32 and float16).
 2. ``tests``: the ``gpu``-marked tests (each fused kernel against its reference
    at the networks' shapes, forward and backward; the networks end to end),
-   except those also marked ``slow`` (the ``compile`` part runs its own).
+   except those also marked ``slow`` (the ``compile-tests`` part runs those).
 3. ``syncs``: ``bench/host_syncs.py``: the op behind the first host
    synchronisation inside each stage's step, if any (one would drain the GPU
    queue every step and keep the step from being captured as a CUDA graph).
@@ -49,15 +49,17 @@ Parts, in this order (the most important first, so a short budget loses the leas
     its GPU parts (the portrait artifact after pivotal tuning, the avatar file
     after the pack), on the job's thread as before and now beside it, at full
     size with the deltas on the GPU.
-13. ``compile``: the ``gpu`` test that compiles the slim pipeline's generator
-    passes with inductor inside captured steps (the eager loss curves), then
-    ``bench/stage_timing.py --compile both``: the per-user stages
+13. ``compile``: ``bench/stage_timing.py --compile both``: the per-user stages
     in bf16 with CUDA graphs, the generator passes eager (as the engine runs)
     and under ``torch.compile`` with inductor (``[pipeline] compile``), side by
     side: whether fusing the work between the kernels pays, and what compiling
-    costs once per process (in "the stages' time beyond their steps"). Inductor
+    costs once per process (the engine's start-up warm-up, timed apart). Inductor
     needs Triton on the GPU machine (PyTorch's CUDA wheels bring it); without it
     the compile fails, each pass warns and runs eagerly, and the two runs match.
+14. ``compile-tests``: the ``gpu`` test that compiles the slim pipeline's
+    generator passes with inductor inside captured steps (the eager loss
+    curves). A part of its own: the commands of one part run at the same time,
+    and a test beside the bench would share its GPU and skew its timings.
 
 Each part runs in its own process with its own timeout (a crash or a hang
 loses that part only), capped by what is left of ``--budget`` seconds. The
@@ -181,9 +183,11 @@ def parts(quick: bool, json_dir: pathlib.Path) -> list[Part]:
         Part("bytes", "A job's bytes between its GPU parts, on its thread and beside it (bench/job_bytes.py)", 90,
              [job_bytes]),
         Part("compile", "The pipeline with the generator passes under torch.compile (inductor), side by side "
-             "(bench/stage_timing.py --compile both)", 420,
+             "(bench/stage_timing.py --compile both)", 480, [compile_]),
+        Part("compile-tests", "Inductor-compiled generator passes inside captured steps follow the eager loss "
+             "curves (`pytest -m 'gpu and slow'`)", 300,
              [[py, "-m", "pytest", "-m", "gpu and slow", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "tests/engine/avatar/test_compiled.py"], compile_]),
+               "tests/engine/avatar/test_compiled.py"]]),
     ]
 
 

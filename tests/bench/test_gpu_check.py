@@ -68,3 +68,12 @@ def test_the_device_script_runs_the_named_parts_into_out(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     report = (tmp_path / "gpu-check-kernels-encode.md").read_text()
     assert "| kernels | passed |" in report and "| encode | passed |" in report and "| pipeline |" not in report
+
+
+def test_a_part_that_times_something_runs_alone():
+    """The commands of one part run at the same time: a bench beside another command would share the GPU
+    (and the CPU) with it and report skewed timings."""
+    for quick in (False, True):
+        for part in load_driver().parts(quick, REPO):
+            if any("bench/" in " ".join(command) for command in part.commands):
+                assert len(part.commands) == 1, (part.name, part.commands)
