@@ -126,14 +126,12 @@ class EngineResources:
             log.warning(SLIM_WARNING)
         face_cfg = FaceConfig(min_face_px=cfg.limits.min_face_px, max_yaw_degrees=cfg.limits.max_yaw_degrees,
                               max_pitch_degrees=cfg.limits.max_pitch_degrees)
-        if cfg.pipeline.compile != "off":
-            # before the Pipeline imports torch._dynamo, which fixes inductor's cache folder
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(cfg)))
         pipeline = Pipeline(nets, cfg.pipeline)
         log.info("optimisation steps: %s, %s, generator passes %s", pipeline.precision,
                  "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)",
                  "eager" if cfg.pipeline.compile == "off" else f"compiled ({cfg.pipeline.compile})")
         if cfg.pipeline.compile != "off":
+            log.info("inductor's cache: %s", use_compile_cache_dir(cfg))
             compile_before_jobs(pipeline, cfg)
         res = cls(cfg, pipeline, LandmarkDetector(), face_cfg,
                   DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d),
@@ -143,10 +141,31 @@ class EngineResources:
 
 
 def compile_cache_dir(cfg: Config) -> pathlib.Path:
-    """Where inductor keeps what it compiled, unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise: in the
-    data folder (a volume in the Docker image), so that a restarted engine finds it; its default
-    folder is under /tmp."""
+    """Where inductor keeps what it compiled, unless the operator chose a folder: in the data folder
+    (a volume in the Docker image), so that a restarted engine finds it; inductor's default is under /tmp."""
     return cfg.data_dir / "cache" / "torch-compile"
+
+
+def _inductor_default_cache_dir() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch that keeps it elsewhere: the same rule
+        import getpass
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    return default_cache_dir()
+
+
+def use_compile_cache_dir(cfg: Config) -> str:
+    """Point inductor at :func:`compile_cache_dir` unless ``TORCHINDUCTOR_CACHE_DIR`` names another
+    folder than its default (the importing of ``torch._dynamo`` writes the default into the
+    variable, so a default there is not the operator's choice); inductor reads the variable whenever
+    it looks for its cache. Returns the folder in use."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(_inductor_default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir(cfg))
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def compile_before_jobs(pipeline: Pipeline, cfg: Config) -> None:

@@ -40,9 +40,11 @@ def test_after_the_start_up_warm_up_the_jobs_compile_nothing(tmp_path, monkeypat
     from bench.inputs import sample_inputs
     from engine.resources import EngineResources
 
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     torch._dynamo.reset()
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "set by the test")
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # as in a fresh engine process; restored afterwards
+    # what importing torch._dynamo leaves there in an engine process, before its resources load
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
     counters.clear()
     cfg = _slim_engine_config(tmp_path, "eager")
     with caplog.at_level(logging.INFO, logger="emoji3d.engine"):
@@ -63,6 +65,18 @@ def test_after_the_start_up_warm_up_the_jobs_compile_nothing(tmp_path, monkeypat
     assert portrait_cached.logs["invert_3d"].skipped
     assert _compiled_graphs() == compiled_at_start
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_inductor_caches_in_the_data_folder_unless_the_operator_chose_another(tmp_path, monkeypatch):
+    from engine.resources import use_compile_cache_dir
+
+    cfg = _slim_engine_config(tmp_path, "inductor")
+    ours = str(cfg.data_dir / "cache" / "torch-compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "set by the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # restored afterwards
+    assert use_compile_cache_dir(cfg) == ours == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "the operator's choice"))
+    assert use_compile_cache_dir(cfg) == str(tmp_path / "the operator's choice")
 
 
 def test_without_compile_the_engine_does_not_warm_up(tmp_path, caplog):
