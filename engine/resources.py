@@ -131,7 +131,6 @@ class EngineResources:
                  "captured as CUDA graphs" if pipeline.graphs else "eager (no CUDA graphs)",
                  "eager" if cfg.pipeline.compile == "off" else f"compiled ({cfg.pipeline.compile})")
         if cfg.pipeline.compile != "off":
-            log.info("inductor's cache: %s", use_compile_cache_dir(cfg))
             compile_before_jobs(pipeline, cfg)
         res = cls(cfg, pipeline, LandmarkDetector(), face_cfg,
                   DecodeLimits.from_config(cfg.limits), generator_digest(nets.g3d),
@@ -170,8 +169,10 @@ def use_compile_cache_dir(cfg: Config) -> str:
 
 def compile_before_jobs(pipeline: Pipeline, cfg: Config) -> None:
     """Compile every generator pass a job calls (:mod:`engine.avatar.warm_up`), so that no user's job
-    waits for it, and report the passes whose compile failed."""
-    log.info("compiling the generator passes (%s) before the first job ...", cfg.pipeline.compile)
+    waits for it, with inductor's cache in :func:`use_compile_cache_dir`, and report the passes whose
+    compile failed."""
+    log.info("compiling the generator passes (%s) before the first job, inductor's cache in %s ...",
+             pipeline.cfg.compile, use_compile_cache_dir(cfg))
     done = warm_up(pipeline)
     for name, why in done.failures.items():
         log.warning("torch.compile of %s failed, it runs eagerly: %s", name, why)

@@ -137,6 +137,7 @@ def test_an_order_whose_inversion_cannot_be_stored_fails_with_that_error_in_stag
     monkeypatch.setattr(res.pipeline, "cfg", dataclasses.replace(
         res.pipeline.cfg, dual=dataclasses.replace(res.pipeline.cfg.dual, steps=rounds)))
     reported: list[tuple[str, int]] = []
+    stage_progress = tasks.stage_progress
 
     def recorded(jc):
         report = stage_progress(jc)
@@ -146,7 +147,6 @@ def test_an_order_whose_inversion_cannot_be_stored_fails_with_that_error_in_stag
             report(stage, step, total)
         return progress
 
-    stage_progress = tasks.stage_progress
     monkeypatch.setattr(tasks, "stage_progress", recorded)
     _pack, order_id = packs.order_pack(db, PackOrder(user_id=user.id, selfie_digest=selfie, exemplar_digest=style,
                                                      platform="telegram", seed=cfg.engine.seed))
